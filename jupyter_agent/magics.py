@@ -1,0 +1,307 @@
+"""``%%agent`` and ``%agent``: the user-facing commands.
+
+The magics only parse and report; what a run does lives in :mod:`runner` and
+:mod:`agent`. Every error a user can cause is a short :class:`UsageError`
+saying what to do, raised before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Bool, Float, Int, Unicode
+
+from .agent import RunOptions, effective_status, load_state
+from .identity import AgentIdentity, IdentityError, notebook_path, resolve
+from .model import ConfigError
+from .redaction import secrets_in_environment
+from .render import STATUS_TEXT, TextEvents
+from .runner import Outcome, run_cell
+from .state import AWAITING_APPROVAL, DONE, RUNNING, StateVersionError
+from .store import RunRow, Store, StoreError
+
+USER_ERRORS = (StoreError, ConfigError, IdentityError, StateVersionError)
+
+
+@magics_class
+class AgentMagics(Magics):
+    """Durable LLM agents in notebook cells."""
+
+    model = Unicode("", help="Default model name for %%agent (e.g. 'gpt-4o-mini', 'offline').").tag(
+        config=True
+    )
+    max_steps = Int(30, help="Default maximum model calls per execution of an agent.").tag(
+        config=True
+    )
+    approve = Bool(False, help="Ask for approval before every tool call.").tag(config=True)
+    base_url = Unicode("", help="OpenAI-compatible endpoint; default: $OPENAI_BASE_URL.").tag(
+        config=True
+    )
+    store = Unicode(
+        "", help="Store file; default: $JUPYTER_AGENT_STORE or the Jupyter data dir."
+    ).tag(config=True)
+    retries = Int(4, help="Retries of a failing model call before the agent pauses.").tag(
+        config=True
+    )
+    retry_backoff = Float(0.5, help="First retry delay in seconds; doubles each retry.").tag(
+        config=True
+    )
+    timeout = Float(120.0, help="Seconds to wait for the model endpoint.").tag(config=True)
+
+    def _store(self) -> Store:
+        return Store(self.store or None)
+
+    def _options(self, max_steps: int | None = None, approve: bool = False) -> RunOptions:
+        return RunOptions(
+            max_steps=max_steps if max_steps is not None else self.max_steps,
+            approve=approve or self.approve,
+            model_timeout=self.timeout,
+            retries=self.retries,
+            backoff=self.retry_backoff,
+            secrets=secrets_in_environment(),
+        )
+
+    def _endpoint_args(self) -> dict:
+        return {"base_url": self.base_url} if self.base_url else {}
+
+    # -- %%agent --------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("-m", "--model", help="Model name; 'offline' is the built-in demo model.")
+    @argument("-n", "--name", help="Name of the agent (identifies it where no cell id exists).")
+    @argument("--max-steps", type=int, help="Maximum model calls in this execution.")
+    @argument("--restart", action="store_true", help="Start a new run even if one can resume.")
+    @argument("--approve", action="store_true", help="Ask for approval before each tool call.")
+    @cell_magic
+    def agent(self, line: str, cell: str) -> None:
+        """Run the task in the cell body as a durable agent.
+
+        Re-running the cell resumes an unfinished run from its last checkpoint, or
+        restores a finished one (answer and variables) without calling the model.
+        """
+        args = parse_argstring(self.agent, line)
+        prompt = cell.strip()
+        if not prompt:
+            raise UsageError(
+                "The %%agent cell is empty: write the task for the agent below the %%agent line."
+            )
+        if args.max_steps is not None and args.max_steps < 1:
+            raise UsageError("--max-steps must be a positive number.")
+        model = args.model or self.model
+        try:
+            identity = resolve(self.shell, args.name, prompt)
+            self._run(
+                identity,
+                prompt,
+                model or "",
+                args.restart,
+                self._options(args.max_steps, args.approve),
+            )
+        except USER_ERRORS as exc:
+            raise UsageError(str(exc)) from None
+
+    def _run(
+        self,
+        identity: AgentIdentity,
+        prompt: str,
+        model: str,
+        restart: bool,
+        options: RunOptions,
+        decision: dict | None = None,
+    ) -> Outcome:
+        events = TextEvents()
+        store = self._store()
+        outcome = run_cell(
+            store=store,
+            shell=self.shell,
+            identity=identity,
+            prompt=prompt,
+            model=model,
+            options=options,
+            events=events,
+            restart=restart,
+            decision=decision,
+            endpoint_args=self._endpoint_args(),
+        )
+        report(outcome, identity)
+        return outcome
+
+    # -- %agent ---------------------------------------------------------------------
+
+    @line_magic("agent")
+    def agent_line(self, line: str) -> Any:
+        """Manage agents: list, show, resume, approve, reject, delete. `%agent --help`."""
+        parser = _line_parser()
+        try:
+            args = parser.parse_args(shlex.split(line))
+        except _HelpShown as shown:
+            print(shown.text)
+            return None
+        except ValueError as exc:
+            raise UsageError(f"{exc}\n\n{parser.format_usage().strip()}") from None
+        try:
+            return getattr(self, f"_cmd_{args.command}")(args)
+        except USER_ERRORS as exc:
+            raise UsageError(str(exc)) from None
+
+    def _notebook(self) -> str:
+        return notebook_path(self.shell.user_ns)[0]
+
+    def _find(self, name: str) -> RunRow:
+        """The latest run of the agent called ``name`` (or a unique prefix of it)."""
+        runs = self._store().runs(notebook=self._notebook())
+        names = sorted({r.agent for r in runs})
+        matches = [n for n in names if n == name] or [n for n in names if n.startswith(name)]
+        if len(matches) != 1:
+            known = ", ".join(names) or "none yet"
+            what = "is ambiguous" if matches else "is not an agent of this notebook"
+            raise UsageError(f"{name!r} {what}. Agents here: {known}.")
+        return [r for r in runs if r.agent == matches[0]][-1]
+
+    def _cmd_list(self, args: argparse.Namespace) -> None:
+        store = self._store()
+        runs = store.runs(notebook=self._notebook())
+        if not runs:
+            print("No agents in this notebook yet.")
+            return
+        latest: dict[str, RunRow] = {}
+        counts: dict[str, int] = {}
+        for run in runs:
+            latest[run.agent] = run
+            counts[run.agent] = counts.get(run.agent, 0) + 1
+        last = store.latest_checkpoints([r.run_id for r in latest.values()])
+        live = store.live_runs()
+        rows = [("agent", "status", "steps", "runs", "last checkpoint")]
+        for agent, run in latest.items():
+            cp = last.get(run.run_id)
+            status = effective_status(cp.status, run.run_id, live) if cp else RUNNING
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cp.created_at)) if cp else "-"
+            rows.append(
+                (
+                    agent,
+                    _status_text(status, cp.step if cp else 0),
+                    str(cp.step if cp else 0),
+                    str(counts[agent]),
+                    when,
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+    def _cmd_show(self, args: argparse.Namespace) -> None:
+        run = self._find(args.name)
+        store = self._store()
+        print(f"Agent {run.agent} · run {run.run_id} · model {run.model}")
+        for cp in store.checkpoints(run.run_id):
+            print(f"[{cp.step:>3}] {cp.kind:<12} {cp.status:<18} {cp.summary}")
+        state = load_state(store, run)
+        answer = state.final_answer()
+        if answer is not None:
+            print("\nAnswer:\n" + answer)
+
+    def _cmd_resume(self, args: argparse.Namespace) -> None:
+        self._continue(args.name, None)
+
+    def _cmd_approve(self, args: argparse.Namespace) -> None:
+        decision = {"action": "edit", "code": args.code} if args.code else {"action": "approve"}
+        self._continue(args.name, decision)
+
+    def _cmd_reject(self, args: argparse.Namespace) -> None:
+        self._continue(args.name, {"action": "reject", "note": args.note or ""})
+
+    def _continue(self, name: str, decision: dict | None) -> None:
+        run = self._find(name)
+        identity = AgentIdentity(run.notebook, run.agent, run.cell_id, "store")
+        if decision is not None:
+            state = load_state(self._store(), run)
+            if state.status != AWAITING_APPROVAL:
+                raise UsageError(f"Agent {run.agent!r} is not waiting for an approval.")
+        self._run(
+            identity,
+            run.prompt,
+            run.model,
+            False,
+            self._options(),
+            decision,
+        )
+
+    def _cmd_delete(self, args: argparse.Namespace) -> None:
+        run = self._find(args.name)
+        store = self._store()
+        runs = [r.run_id for r in store.runs(notebook=run.notebook, agent=run.agent)]
+        store.delete_runs(runs)
+        print(f"Deleted agent {run.agent} ({len(runs)} run(s)).")
+
+
+def _status_text(status: str, step: int) -> str:
+    if status in (DONE, RUNNING):
+        return status
+    return f"{STATUS_TEXT.get(status, status)} at step {step}"
+
+
+def report(outcome: Outcome, identity: AgentIdentity) -> None:
+    """The closing lines of a cell: what was restored, and the answer."""
+    if outcome.restored:
+        print("Variables restored from the store: " + ", ".join(outcome.restored))
+    for name, why in outcome.failed.items():
+        print(f"⚠ {name} {why}")
+    state = outcome.state
+    if outcome.action == "restore":
+        print(
+            f"Agent {identity.agent} finished earlier ({state.step} steps); restored from the store "
+            "without calling the model. Use --restart to run it again."
+        )
+        print(state.final_answer() or "")
+    elif outcome.action == "waiting":
+        call = state.pending_tool_call() or {}
+        from .render import format_call
+
+        print(f"Agent {identity.agent} is waiting for your approval of:")
+        print(format_call(call))
+        print(
+            f"Approve with %agent approve {identity.agent}, or reject with %agent reject {identity.agent} --note '...'."
+        )
+
+
+class _HelpShown(Exception):
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports instead of exiting the kernel."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ValueError(message)
+
+    def print_help(self, file: Any = None) -> None:
+        raise _HelpShown(self.format_help())
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        raise _HelpShown(message or "")
+
+
+def _line_parser() -> _Parser:
+    parser = _Parser(prog="%agent", description="Manage the durable agents of this notebook.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("list", help="agents of this notebook: status, steps, last checkpoint")
+    for cmd, text in [
+        ("show", "the transcript of an agent's latest run"),
+        ("resume", "continue an unfinished agent from its last checkpoint"),
+        ("delete", "delete an agent and all its runs from the store"),
+    ]:
+        sub.add_parser(cmd, help=text).add_argument("name")
+    approve = sub.add_parser("approve", help="approve the tool call an agent is waiting on")
+    approve.add_argument("name")
+    approve.add_argument("--code", help="run this code instead of the proposed code")
+    reject = sub.add_parser("reject", help="reject the tool call an agent is waiting on")
+    reject.add_argument("name")
+    reject.add_argument("--note", help="why; the model receives it")
+    return parser

@@ -1,0 +1,137 @@
+"""An agent run's persistent state, and the step deltas it is folded from.
+
+Persistent state is what a checkpoint must bring back: the conversation, the
+namespace variables the agent set (as content hashes), approval decisions and
+counters. Ephemeral state — the HTTP client, threads, widgets, the kernel's
+namespace objects themselves — is rebuilt, never stored.
+
+A checkpoint stores only its step's :class:`Delta` (the one or two messages it
+added, the variables it changed), so writing step N costs the same as step 1 and
+a run's store grows linearly. :func:`fold` rebuilds the state by replaying deltas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import dill
+
+#: Version of the delta payload layout. Bump it when :class:`Delta` changes and
+#: teach :func:`decode_delta` to read the older versions.
+STATE_VERSION = 1
+
+RUNNING = "running"
+DONE = "done"
+INTERRUPTED = "interrupted"
+AWAITING_APPROVAL = "awaiting_approval"
+ERROR = "error"
+LIMIT = "limit"
+#: Statuses of a run that may be resumed by re-running its cell.
+RESUMABLE = {RUNNING, INTERRUPTED, AWAITING_APPROVAL, ERROR, LIMIT}
+
+
+class StateVersionError(Exception):
+    """A checkpoint was written by a newer version of jupyter-agent."""
+
+
+@dataclass
+class Delta:
+    """What one step adds to a run's state: the payload of one checkpoint."""
+
+    messages: list[dict] = field(default_factory=list)
+    vars: dict[str, str | None] = field(default_factory=dict)  # name -> blob hash (None: deleted)
+    unsaved: dict[str, str] = field(default_factory=dict)  # name -> why it was not saved
+    decision: dict | None = None  # an approval decision: {call_id, action, note?, code?}
+    tool_call_id: str | None = None  # the tool call this step started or finished
+
+
+@dataclass
+class RunState:
+    """Everything needed to continue a run, rebuilt from its checkpoints."""
+
+    messages: list[dict] = field(default_factory=list)
+    vars: dict[str, str] = field(default_factory=dict)
+    unsaved: dict[str, str] = field(default_factory=dict)
+    decisions: dict[str, dict] = field(default_factory=dict)
+    step: int = -1
+    status: str = RUNNING
+    kind: str = ""
+    tokens: int = 0
+    started_call: str | None = None  # a tool call started but not finished
+
+    def apply(self, delta: Delta, *, step: int, kind: str, status: str, tokens: int) -> None:
+        self.messages.extend(delta.messages)
+        for name, digest in delta.vars.items():
+            if digest is None:
+                self.vars.pop(name, None)
+            else:
+                self.vars[name] = digest
+            self.unsaved.pop(name, None)
+        self.unsaved.update(delta.unsaved)
+        if delta.decision:
+            self.decisions[delta.decision["call_id"]] = delta.decision
+        if kind == "tool_call":
+            self.started_call = delta.tool_call_id
+        elif kind == "tool_result":
+            self.started_call = None
+        self.step, self.kind, self.status = step, kind, status
+        self.tokens += tokens
+
+    def pending_tool_call(self) -> dict | None:
+        """The first tool call of the last assistant message that has no result yet."""
+        answered = set()
+        for msg in reversed(self.messages):
+            if msg.get("role") == "tool":
+                answered.add(msg.get("tool_call_id"))
+            elif msg.get("role") == "assistant":
+                for call in msg.get("tool_calls") or []:
+                    if call["id"] not in answered:
+                        return call
+                return None
+        return None
+
+    def final_answer(self) -> str | None:
+        if self.status != DONE:
+            return None
+        for msg in reversed(self.messages):
+            if msg.get("role") == "assistant":
+                return msg.get("content") or ""
+        return None
+
+
+def encode_delta(delta: Delta) -> bytes:
+    return dill.dumps({"v": STATE_VERSION, **delta.__dict__}, protocol=5)
+
+
+def decode_delta(payload: bytes) -> Delta:
+    if not payload:
+        return Delta()
+    data: dict[str, Any] = dill.loads(payload)
+    version = data.pop("v", 1)
+    if version > STATE_VERSION:
+        raise StateVersionError(
+            f"This checkpoint was written by a newer jupyter-agent (state version {version}, "
+            f"this one reads up to {STATE_VERSION}). Upgrade jupyter-agent to resume it."
+        )
+    known = Delta.__dataclass_fields__
+    return Delta(**{k: v for k, v in data.items() if k in known})
+
+
+def fold(checkpoints: list[tuple[Any, bytes]]) -> RunState:
+    """Replay ``(checkpoint row, payload)`` pairs, oldest first, into a :class:`RunState`."""
+    state = RunState()
+    for row, payload in checkpoints:
+        state.apply(
+            decode_delta(payload),
+            step=row.step,
+            kind=row.kind,
+            status=row.status,
+            tokens=row.tokens,
+        )
+    return state
+
+
+def prompt_hash(prompt: str) -> str:
+    return hashlib.sha256(prompt.strip().encode()).hexdigest()[:16]

@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import httpx
 import openai
 
 from .offline import OFFLINE_MODEL, offline_base_url
@@ -82,8 +81,7 @@ class Endpoint:
 
 
 RETRYABLE = (
-    openai.APIConnectionError,  # includes timeouts
-    httpx.TransportError,  # a stream cut midway surfaces from the iterator unwrapped
+    openai.APIConnectionError,  # includes timeouts and streams cut midway
     openai.RateLimitError,
     openai.InternalServerError,
     openai.APIResponseValidationError,

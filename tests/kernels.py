@@ -1,0 +1,133 @@
+"""Real ipykernel kernels for tests, driven through jupyter_client the way JupyterLab does.
+
+Execute requests carry the cell id in their metadata (``cellId``), exactly as
+JupyterLab 4 and Notebook 7 send it, so agent identity works as for a user.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jupyter_client import KernelManager
+
+
+@dataclass
+class Execution:
+    msg_id: str
+    stdout: str = ""
+    stderr: str = ""
+    error: dict | None = None
+    outputs: list[dict] = field(default_factory=list)
+    status: str | None = None  # "ok", "error", "aborted"; None while running
+
+    @property
+    def text(self) -> str:
+        return self.stdout + self.stderr
+
+
+class Kernel:
+    """One ipykernel process with its own environment."""
+
+    def __init__(self, env: dict[str, str], cwd: Path | None = None) -> None:
+        self.km = KernelManager(kernel_name="python3")
+        self.km.kernel_spec  # noqa: B018  (fail early if no kernel spec)
+        full_env = {**os.environ, **env}
+        full_env.pop("JPY_SESSION_NAME", None)
+        self.km.start_kernel(env=full_env, cwd=str(cwd) if cwd else None, extra_arguments=[])
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+        self._runs: dict[str, Execution] = {}
+
+    def start(self, code: str, cell_id: str | None = None) -> Execution:
+        """Send an execute request without waiting for it to finish."""
+        metadata = {"cellId": cell_id} if cell_id else {}
+        content = {
+            "code": code,
+            "silent": False,
+            "store_history": True,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": True,
+        }
+        msg = self.kc.session.msg("execute_request", content, metadata=metadata)
+        self.kc.shell_channel.send(msg)
+        run = Execution(msg["header"]["msg_id"])
+        self._runs[run.msg_id] = run
+        return run
+
+    def pump(self, timeout: float = 0.1) -> None:
+        """Collect iopub output and replies that have arrived."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                msg = self.kc.get_iopub_msg(timeout=remaining)
+            except queue.Empty:
+                break
+            run = self._runs.get(msg["parent_header"].get("msg_id"))
+            if run is None:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                if content["name"] == "stdout":
+                    run.stdout += content["text"]
+                else:
+                    run.stderr += content["text"]
+            elif kind in ("execute_result", "display_data", "update_display_data"):
+                run.outputs.append(content)
+            elif kind == "error":
+                run.error = content
+            elif kind == "status" and content["execution_state"] == "idle":
+                run.status = "error" if run.error else "ok"
+        while True:
+            try:
+                reply = self.kc.get_shell_msg(timeout=0)
+            except queue.Empty:
+                break
+            run = self._runs.get(reply["parent_header"].get("msg_id"))
+            if run is not None and reply["content"].get("status") == "aborted":
+                run.status = "aborted"
+
+    def wait(self, run: Execution, timeout: float = 120) -> Execution:
+        deadline = time.monotonic() + timeout
+        while run.status is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cell did not finish in {timeout} s; output so far:\n{run.text}")
+            self.pump(0.2)
+        return run
+
+    def run(self, code: str, cell_id: str | None = None, timeout: float = 120) -> Execution:
+        return self.wait(self.start(code, cell_id), timeout)
+
+    def wait_for(self, run: Execution, text: str, timeout: float = 60) -> None:
+        """Wait until ``text`` appears in the cell's output."""
+        deadline = time.monotonic() + timeout
+        while text not in run.text:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} did not appear; output so far:\n{run.text}")
+            if run.status is not None:
+                raise AssertionError(f"cell ended before {text!r} appeared:\n{run.text}")
+            self.pump(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL the kernel process, as a crash or the OOM killer would."""
+        self.km.kill_kernel(now=True) if hasattr(self.km, "kill_kernel") else self.km.shutdown_kernel(now=True)
+        self.kc.stop_channels()
+
+    def interrupt(self) -> None:
+        self.km.interrupt_kernel()
+
+    def shutdown(self) -> None:
+        if self.km.is_alive():
+            self.kc.stop_channels()
+            self.km.shutdown_kernel(now=True)
+
+
+def python() -> str:
+    return sys.executable

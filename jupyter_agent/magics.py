@@ -248,10 +248,6 @@ def _status_text(status: str, step: int) -> str:
 
 def report(outcome: Outcome, identity: AgentIdentity) -> None:
     """The closing lines of a cell: what was restored, and the answer."""
-    if outcome.restored:
-        print("Variables restored from the store: " + ", ".join(outcome.restored))
-    for name, why in outcome.failed.items():
-        print(f"⚠ {name} {why}")
     state = outcome.state
     if outcome.action == "restore":
         print(

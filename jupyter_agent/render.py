@@ -46,6 +46,9 @@ class TextEvents:
         self.out.flush()
         self._mid_line = not chunk.endswith("\n")
 
+    def info(self, message: str) -> None:
+        self._line(message)
+
     def notice(self, message: str) -> None:
         self._line(f"⚠ {message}")
 

@@ -39,9 +39,15 @@ def latest_run(store: Store, notebook: str, agent: str) -> RunRow | None:
 
 
 def restore_variables(
-    store: Store, shell: Any, state: RunState
+    store: Store, shell: Any, state: RunState, events: Events
 ) -> tuple[list[str], dict[str, str]]:
-    return namespace.restore(shell.user_ns, state.vars, store.blobs)
+    """Put the run's saved variables back into the namespace, and say which."""
+    restored, failed = namespace.restore(shell.user_ns, state.vars, store.blobs)
+    if restored:
+        events.info("Variables restored from the store: " + ", ".join(restored))
+    for name, why in failed.items():
+        events.notice(f"{name} {why}")
+    return restored, failed
 
 
 def run_cell(
@@ -75,10 +81,10 @@ def run_cell(
     state = load_state(store, previous)
     status = effective_status(state.status, previous.run_id, live)
     if status == AWAITING_APPROVAL and decision is None:
-        restored, failed = restore_variables(store, shell, state)
+        restored, failed = restore_variables(store, shell, state, events)
         return Outcome(previous, state, "waiting", restored, failed)
     if status == DONE:
-        restored, failed = restore_variables(store, shell, state)
+        restored, failed = restore_variables(store, shell, state, events)
         return Outcome(previous, state, "restore", restored, failed)
     # The approval policy belongs to the run: a resumed run keeps asking.
     options = replace(options, approve=options.approve or bool(previous.info.get("approve")))
@@ -87,7 +93,7 @@ def run_cell(
     execution = _execution(
         store, shell, previous, state, previous.model or model, options, events, endpoint_args
     )
-    restored, failed = restore_variables(store, shell, state)
+    restored, failed = restore_variables(store, shell, state, events)
     execution.execute(first=False, decision=decision)
     return Outcome(previous, execution.state, "resume", restored, failed)
 

@@ -98,7 +98,9 @@ class Kernel:
         deadline = time.monotonic() + timeout
         while run.status is None:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"cell did not finish in {timeout} s; output so far:\n{run.text}")
+                raise TimeoutError(
+                    f"cell did not finish in {timeout} s; output so far:\n{run.text}"
+                )
             self.pump(0.2)
         return run
 
@@ -117,7 +119,9 @@ class Kernel:
 
     def kill(self) -> None:
         """SIGKILL the kernel process, as a crash or the OOM killer would."""
-        self.km.kill_kernel(now=True) if hasattr(self.km, "kill_kernel") else self.km.shutdown_kernel(now=True)
+        self.km.kill_kernel(now=True) if hasattr(
+            self.km, "kill_kernel"
+        ) else self.km.shutdown_kernel(now=True)
         self.kc.stop_channels()
 
     def interrupt(self) -> None:

@@ -76,10 +76,10 @@ class TextEvents:
             self._line(f"  · step {row.step}: {row.summary}")
         elif row.kind == "resume":
             self._line(f"↻ resuming after step {row.info.get('from_step')}")
-        elif row.kind in ("interrupted", "error", "limit"):
+        if row.status in (INTERRUPTED, ERROR, LIMIT):
             self._line(f"■ {STATUS_TEXT[row.status]} at step {row.step}: {row.summary}")
             self._line(f"  Re-run the cell (or %agent resume {run.agent}) to continue.")
-        if row.status == DONE:
+        elif row.status == DONE:
             self._line(f"■ done after {row.step} steps")
 
 

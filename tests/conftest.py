@@ -1,0 +1,52 @@
+"""Shared fixtures: a scripted model endpoint, a private store, real kernels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from jupyter_agent.testing import ScriptedServer
+
+from .kernels import Kernel
+
+API_KEY = "sk-test-0123456789abcdef"
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "store" / "agents.duckdb"
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedServer]:
+    with ScriptedServer([]) as server:
+        yield server
+
+
+@pytest.fixture
+def agent_env(store_path: Path, scripted: ScriptedServer) -> dict[str, str]:
+    """Environment for kernels: a private store and the scripted endpoint."""
+    return {
+        "JUPYTER_AGENT_STORE": str(store_path),
+        "OPENAI_BASE_URL": scripted.url,
+        "OPENAI_API_KEY": API_KEY,
+    }
+
+
+@pytest.fixture
+def kernel_factory(agent_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Kernel]]:
+    """Start real kernels with the agent extension loaded; all are stopped at teardown."""
+    kernels: list[Kernel] = []
+
+    def start(**extra_env: str) -> Kernel:
+        kernel = Kernel({**agent_env, **extra_env}, cwd=tmp_path)
+        kernels.append(kernel)
+        result = kernel.run("%load_ext jupyter_agent\n%config AgentMagics.retry_backoff = 0.05")
+        assert result.status == "ok", result.text
+        return kernel
+
+    yield start
+    for kernel in kernels:
+        kernel.shutdown()

@@ -1,0 +1,181 @@
+"""End-to-end durability in real kernels: kill, restart, re-run the cell.
+
+Each test drives ipykernel through jupyter_client with the cell id in the
+execute request's metadata, as JupyterLab does, and counts model requests in
+the scripted server's log and tool side effects in a file.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import duckdb
+
+from jupyter_agent.testing import ScriptedServer
+
+CELL = "%%agent --model scripted\nBuild a, b and c step by step."
+
+
+def tool(code: str) -> dict:
+    return {"tool_calls": [{"name": "python", "arguments": {"code": code}}]}
+
+
+def counting_script(log: Path, slow_step: int | None = None) -> list[dict]:
+    """Three tool steps that each append a line to ``log`` (to count executions)."""
+    codes = [
+        "a = 1",
+        "b = a + 1",
+        "c = a + b",
+    ]
+    script = []
+    for i, code in enumerate(codes):
+        pause = "import time; time.sleep(30)\n" if i == slow_step else ""
+        script.append(
+            tool(
+                f"with open({str(log)!r}, 'a') as f: f.write('step{i}\\n')\n{pause}{code}\nprint('ran step{i}')"
+            )
+        )
+    script.append({"content": "Finished: c == 3."})
+    return script
+
+
+def test_kill_during_tool_resumes_where_it_stopped(
+    kernel_factory, scripted: ScriptedServer, tmp_path
+):
+    log = tmp_path / "effects.log"
+    scripted.set_script(counting_script(log, slow_step=1))
+    k1 = kernel_factory()
+    run = k1.start(CELL, cell_id="cell-a")
+    k1.wait_for(run, "time.sleep(30)")
+    deadline = time.monotonic() + 20
+    while log.read_text().count("step1") < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    k1.kill()
+    assert scripted.turns_requested() == [0, 1]
+
+    k2 = kernel_factory()
+    scripted.set_script(counting_script(log))  # the server heals: no more sleeping
+    result = k2.run(CELL, cell_id="cell-a")
+    assert result.status == "ok", result.text
+    assert "↻ resuming after step" in result.text
+    assert "Variables restored from the store: a" in result.text
+    assert "was running when the agent stopped; running it again" in result.text
+    assert "Finished: c == 3." in result.text
+    # No completed model call was sent twice: turns 0 and 1 were answered before the kill.
+    assert scripted.turns_requested() == [0, 1, 2, 3]
+    # step0 ran once; step1 was in flight and ran again (at-least-once); step2 once.
+    assert log.read_text().splitlines() == ["step0", "step1", "step1", "step2"]
+    assert k2.run("print(a, b, c)").stdout.strip() == "1 2 3"
+
+
+def test_kill_while_model_streams_reissues_only_that_call(kernel_factory, store_path, tmp_path):
+    log = tmp_path / "effects.log"
+    script = counting_script(log)
+    script[2] = {**script[2], "delay": 30}
+    with ScriptedServer(script) as slow:
+        k1 = kernel_factory(OPENAI_BASE_URL=slow.url)
+        run = k1.start(CELL, cell_id="cell-b")
+        k1.wait_for(run, "ran step1")
+        deadline = time.monotonic() + 20
+        while 2 not in slow.turns_requested() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        k1.kill()
+        slow.set_script(counting_script(log))
+        k2 = kernel_factory(OPENAI_BASE_URL=slow.url)
+        result = k2.run(CELL, cell_id="cell-b")
+        assert result.status == "ok", result.text
+        assert "Finished: c == 3." in result.text
+        # Only the call in flight (turn 2) was issued again.
+        assert slow.turns_requested() == [0, 1, 2, 2, 3]
+        assert log.read_text().splitlines() == ["step0", "step1", "step2"]
+
+
+def test_finished_cell_restores_without_calling_the_model(kernel_factory, scripted, tmp_path):
+    scripted.set_script(counting_script(tmp_path / "effects.log"))
+    k1 = kernel_factory()
+    first = k1.run(CELL, cell_id="cell-c")
+    assert "Finished: c == 3." in first.text
+    k1.kill()
+    requests_before = len(scripted.requests)
+
+    k2 = kernel_factory()
+    again = k2.run(CELL, cell_id="cell-c")
+    assert again.status == "ok", again.text
+    assert "restored from the store without calling the model" in again.text
+    assert "Finished: c == 3." in again.text
+    assert len(scripted.requests) == requests_before
+    assert k2.run("print(a + b + c)").stdout.strip() == "6"
+
+
+def test_changed_prompt_or_restart_starts_a_new_run(kernel_factory, scripted, tmp_path, store_path):
+    scripted.set_script(counting_script(tmp_path / "effects.log"))
+    k = kernel_factory()
+    k.run(CELL, cell_id="cell-d")
+    k.run(CELL + " Again.", cell_id="cell-d")
+    restarted = k.run(CELL.replace("scripted", "scripted --restart"), cell_id="cell-d")
+    assert "Finished" in restarted.text
+    k.run("%agent list")
+    listing = k.run("%agent list").stdout
+    assert "cell-cell-d" in listing and "done" in listing
+    k.shutdown()
+    with duckdb.connect(str(store_path), read_only=True) as con:
+        (runs,) = con.execute("SELECT count(*) FROM runs WHERE agent = 'cell-cell-d'").fetchone()
+    assert runs == 3  # earlier runs stay in the store
+
+
+def test_interrupt_stops_cleanly_and_resumes(kernel_factory, scripted, tmp_path):
+    log = tmp_path / "effects.log"
+    scripted.set_script(counting_script(log, slow_step=1))
+    k = kernel_factory()
+    run = k.start(CELL, cell_id="cell-e")
+    k.wait_for(run, "time.sleep(30)")
+    time.sleep(0.5)
+    k.interrupt()
+    k.wait(run, timeout=30)
+    assert "interrupted at step" in run.text, run.text
+    assert run.error is None  # stopped at a checkpoint, not a crash
+    listing = k.run("%agent list").stdout
+    assert "interrupted at step" in listing
+
+    scripted.set_script(counting_script(log))
+    resumed = k.run(CELL, cell_id="cell-e")
+    assert "Finished: c == 3." in resumed.text
+    # The model saw the interruption as the tool's result.
+    bodies = [r["body"] for r in scripted.requests if r["turn"] == 2]
+    assert any(
+        "KeyboardInterrupt" in m.get("content", "")
+        for m in bodies[0]["messages"]
+        if m["role"] == "tool"
+    )
+
+
+def test_two_kernels_run_agents_on_one_store_at_once(kernel_factory, store_path, tmp_path):
+    def script(tag: str) -> list[dict]:
+        steps = [tool(f"{tag}_{i} = {i}\nimport time; time.sleep(0.2)") for i in range(6)]
+        return [*steps, {"content": f"{tag} finished"}]
+
+    with (
+        ScriptedServer(script("x"), chunk_delay=0.01) as sx,
+        ScriptedServer(script("y"), chunk_delay=0.01) as sy,
+    ):
+        kx = kernel_factory(OPENAI_BASE_URL=sx.url)
+        ky = kernel_factory(OPENAI_BASE_URL=sy.url)
+        rx = kx.start("%%agent --model scripted --name ax\nx task", cell_id="cx")
+        ry = ky.start("%%agent --model scripted --name ay\ny task", cell_id="cy")
+        kx.wait(rx, 120)
+        ky.wait(ry, 120)
+    for r, tag in ((rx, "x"), (ry, "y")):
+        assert r.status == "ok", r.text
+        assert f"{tag} finished" in r.text
+        assert "lock" not in r.text.lower()
+    kx.shutdown()
+    ky.shutdown()
+    with duckdb.connect(str(store_path), read_only=True) as con:
+        counts = dict(
+            con.execute(
+                "SELECT r.agent, count(*) FROM checkpoints c JOIN runs r USING (run_id) GROUP BY 1"
+            ).fetchall()
+        )
+    # start + 6 x (model, tool_call, tool_result) + final model reply
+    assert counts == {"ax": 20, "ay": 20}

@@ -285,7 +285,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _line_parser() -> _Parser:
-    parser = _Parser(prog="%agent", description="Manage the durable agents of this notebook.")
+    parser = _Parser(
+        prog="%agent",
+        description="Manage the durable agents of this notebook.",
+        epilog=(
+            "Run an agent with the cell magic: %%agent [--model NAME] [--name NAME] "
+            "[--max-steps N] [--restart] [--approve], followed by the task. "
+            "Details: %%agent?"
+        ),
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("list", help="agents of this notebook: status, steps, last checkpoint")
     for cmd, text in [

@@ -1,0 +1,119 @@
+"""The pure core: state folding, namespace snapshots, tools, redaction."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from jupyter_agent import namespace
+from jupyter_agent.redaction import REDACTED, redact, secrets_in_environment
+from jupyter_agent.state import Delta, RunState, decode_delta, encode_delta
+from jupyter_agent.tools import MalformedCall, parse_call, run_python
+
+
+def call(name: str = "python", arguments: str = '{"code": "1"}', id: str = "c1") -> dict:
+    return {"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def test_fold_tracks_pending_tool_calls_and_variables():
+    state = RunState()
+    state.apply(
+        Delta(messages=[{"role": "user", "content": "hi"}]),
+        step=0,
+        kind="start",
+        status="running",
+        tokens=0,
+    )
+    state.apply(
+        Delta(
+            messages=[
+                {"role": "assistant", "content": "", "tool_calls": [call(id="a"), call(id="b")]}
+            ]
+        ),
+        step=1,
+        kind="model",
+        status="running",
+        tokens=5,
+    )
+    assert state.pending_tool_call()["id"] == "a"
+    state.apply(Delta(tool_call_id="a"), step=2, kind="tool_call", status="running", tokens=0)
+    assert state.started_call == "a"
+    state.apply(
+        Delta(messages=[{"role": "tool", "tool_call_id": "a", "content": "1"}], vars={"x": "h1"}),
+        step=3,
+        kind="tool_result",
+        status="running",
+        tokens=0,
+    )
+    assert state.started_call is None
+    assert state.pending_tool_call()["id"] == "b"
+    assert state.vars == {"x": "h1"} and state.tokens == 5
+
+
+def test_delta_round_trip_and_newer_version_refused():
+    delta = Delta(
+        messages=[{"role": "user", "content": "x"}], vars={"a": "h"}, unsaved={"g": "why"}
+    )
+    assert decode_delta(encode_delta(delta)) == delta
+    import dill
+
+    from jupyter_agent.state import StateVersionError
+
+    with pytest.raises(StateVersionError):
+        decode_delta(dill.dumps({"v": 999, "messages": []}))
+
+
+def test_touched_names_cover_binding_and_mutation():
+    code = "import numpy as np\nx = 1\nrows.append(2)\ndf['a'] = 3\nobj.attr.b = 4\ndel old\nprint(readonly)\ndef f(): pass"
+    assert namespace.touched_names(code) >= {"np", "x", "rows", "df", "obj", "old", "f"}
+    assert "readonly" not in namespace.touched_names(code)
+
+
+def test_snapshot_skips_unchanged_and_reports_unpicklable():
+    ns = {"a": [1, 2], "gen": (i for i in range(3)), "lock": threading.Lock()}
+    first = namespace.snapshot(ns, ["a", "gen"], {}, [])
+    assert set(first.vars) == {"a"} and "gen" in first.unsaved
+    again = namespace.snapshot(ns, ["a"], dict(first.vars), [])
+    assert again.vars == {} and again.blobs == {}
+    ns["a"].append(3)
+    changed = namespace.snapshot(ns, ["a"], dict(first.vars), [])
+    assert set(changed.vars) == {"a"} and changed.info["a"]["type"] == "list"
+    del ns["a"]
+    assert namespace.snapshot(ns, ["a"], dict(first.vars), []).vars == {"a": None}
+
+
+def test_snapshot_never_stores_a_secret():
+    snap = namespace.snapshot({"key": "sk-secret-value-123"}, ["key"], {}, ["sk-secret-value-123"])
+    assert snap.blobs == {} and "secret" in snap.unsaved["key"]
+
+
+def test_redaction_of_messages_and_environment(monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-abcdefgh12345")
+    secrets = secrets_in_environment("sk-live-1234567890")
+    msg = {"role": "tool", "content": "key sk-live-1234567890 and tok-abcdefgh12345"}
+    assert redact(msg, secrets)["content"] == f"key {REDACTED} and {REDACTED}"
+
+
+def test_parse_call_explains_malformed_calls():
+    assert parse_call(call(arguments='{"code": "x = 1"}')) == "x = 1"
+    for bad, message in [
+        (call(name="shell"), "Unknown tool"),
+        (call(arguments="{not json"), "not valid JSON"),
+        (call(arguments='{"source": "x"}'), 'Missing argument "code"'),
+    ]:
+        with pytest.raises(MalformedCall, match=message):
+            parse_call(bad)
+
+
+def test_run_python_reports_output_value_and_errors():
+    shell = InteractiveShell.instance()
+    result = run_python(shell, "x = 40\nprint('hi')\nx + 2")
+    assert "hi" in result.output and "42" in result.output and not result.error
+    assert "x" in result.touched and shell.user_ns["x"] == 40
+    failing = run_python(shell, "1 / 0")
+    assert failing.error and "ZeroDivisionError" in failing.output
+    assert "jupyter_agent" not in failing.output  # only the agent code's frames
+    exiting = run_python(shell, "raise SystemExit(3)")
+    assert exiting.error  # the agent's code cannot end the kernel

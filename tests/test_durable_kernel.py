@@ -179,3 +179,22 @@ def test_two_kernels_run_agents_on_one_store_at_once(kernel_factory, store_path,
         )
     # start + 6 x (model, tool_call, tool_result) + final model reply
     assert counts == {"ax": 20, "ay": 20}
+
+
+def test_extension_autoloads_from_ipython_config(agent_env, tmp_path):
+    from .kernels import Kernel
+
+    profile = tmp_path / "ipython" / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipython_kernel_config.py").write_text(
+        "c.InteractiveShellApp.extensions = ['jupyter_agent']\n"
+        "c.AgentMagics.model = 'offline'\n"
+    )
+    kernel = Kernel({**agent_env, "IPYTHONDIR": str(tmp_path / "ipython")}, cwd=tmp_path)
+    try:
+        result = kernel.run("%%agent --name auto\n```python\nanswer = 6 * 7\n```", cell_id="auto")
+        assert result.status == "ok", result.text
+        assert "■ done" in result.text
+        assert kernel.run("print(answer)").stdout.strip() == "42"
+    finally:
+        kernel.shutdown()

@@ -2,7 +2,8 @@
 
 A run alternates model calls and tool calls. Every step boundary is a
 checkpoint — a model reply, a tool call starting, a tool result, an approval
-request or decision, an interruption — written before the next step begins.
+request or decision, a fork, an interruption — written before the next step
+begins.
 So a completed step is never executed again: resuming folds the checkpoints
 back into a :class:`~jupyter_agent.state.RunState` and continues from the
 first step that has no checkpoint.
@@ -53,6 +54,8 @@ SYSTEM_PROMPT = (
     "is done, reply with a short final answer and no tool call."
 )
 SUMMARY_LIMIT = 120
+FORK_SKIPPED = "Not run: the user gave a new instruction at this point instead."
+DECIDED = {"approve": "approved", "reject": "rejected", "edit": "edited"}
 
 
 class Events(Protocol):
@@ -68,6 +71,8 @@ class Events(Protocol):
 class RunOptions:
     max_steps: int = 30
     approve: bool = False
+    #: Tools that need approval when ``approve`` is on; empty means every tool.
+    approve_tools: tuple[str, ...] = ()
     model_timeout: float = 120.0
     retries: int = 4
     backoff: float = 0.5
@@ -201,9 +206,11 @@ class Execution:
     def execute(self, *, first: bool, decision: dict | None = None) -> RunState:
         self.writer = self.store.writer(self.run.run_id)
         try:
+            # Check before the resume checkpoint, which would end the waiting.
+            call = self._awaited_call() if decision is not None else None
             if first:
                 self.writer.put_run(self.run)
-                self._start()
+                self._fork() if self.run.parent_run else self._start()
             else:
                 self.checkpoint(
                     "resume",
@@ -211,8 +218,8 @@ class Execution:
                     f"resumed after step {self.state.step} ({self.state.kind})",
                     info={"from_step": self.state.step, "from_status": self.state.status},
                 )
-            if decision is not None:
-                self._decide(decision)
+            if decision is not None and call is not None:
+                self._decide(decision, call)
             self._drive()
         except Stop:
             pass
@@ -239,15 +246,52 @@ class Execution:
         ]
         self.checkpoint("start", RUNNING, self.run.prompt, Delta(messages=messages))
 
-    def _decide(self, decision: dict) -> None:
+    def _fork(self) -> None:
+        """First checkpoint of a fork: its state so far was folded from the parent run.
+
+        An edited instruction becomes a user message; tool calls still unanswered
+        at the fork point are answered as not run first, as the API requires.
+        """
+        instruction = (self.run.info.get("instruction") or "").strip()
+        messages: list[dict] = []
+        if instruction:
+            answered = {
+                m.get("tool_call_id") for m in self.state.messages if m.get("role") == "tool"
+            }
+            last = next(
+                (m for m in reversed(self.state.messages) if m.get("role") == "assistant"), {}
+            )
+            for call in last.get("tool_calls") or []:
+                if call["id"] not in answered:
+                    messages.append(
+                        {"role": "tool", "tool_call_id": call["id"], "content": FORK_SKIPPED}
+                    )
+            messages.append({"role": "user", "content": redact(instruction, self.options.secrets)})
+        where = f"forked from step {self.run.parent_step}"
+        self.checkpoint(
+            "fork",
+            RUNNING,
+            where + (f": {instruction}" if instruction else ""),
+            Delta(messages=messages),
+            info={
+                "parent_run": self.run.parent_run,
+                "parent_step": self.run.parent_step,
+                "instruction": instruction,
+            },
+        )
+
+    def _awaited_call(self) -> dict:
         call = self.state.pending_tool_call()
         if self.state.status != AWAITING_APPROVAL or call is None:
             raise StoreError("This agent is not waiting for an approval.")
+        return call
+
+    def _decide(self, decision: dict, call: dict) -> None:
         decision = {**decision, "call_id": call["id"]}
         self.checkpoint(
             "approval",
             RUNNING,
-            f"{decision['action']}d" + (f": {decision['note']}" if decision.get("note") else ""),
+            DECIDED[decision["action"]] + (f": {decision['note']}" if decision.get("note") else ""),
             Delta(decision=decision),
             info={"decision": decision},
         )
@@ -255,6 +299,8 @@ class Execution:
     def _drive(self) -> None:
         model_calls = 0
         while True:
+            if self.client.cancel.is_set():  # Pause, between two steps
+                raise Cancelled()
             call = self.state.pending_tool_call()
             if call is not None:
                 self._tool_step(call)
@@ -302,7 +348,7 @@ class Execution:
             self._tool_result(call_id, ToolResult(f"Error: {exc}", error=True, executed=False))
             return
         decision = self.state.decisions.get(call_id)
-        if self.options.approve and decision is None:
+        if self._needs_approval(call) and decision is None:
             self.checkpoint(
                 "approval",
                 AWAITING_APPROVAL,
@@ -346,6 +392,10 @@ class Execution:
             self._tool_result(call_id, result, status=INTERRUPTED)
             raise Stop() from None
         self._tool_result(call_id, result)
+
+    def _needs_approval(self, call: dict) -> bool:
+        tools = self.options.approve_tools
+        return self.options.approve and (not tools or call["function"]["name"] in tools)
 
     def _tool_result(self, call_id: str, result: ToolResult, status: str = RUNNING) -> None:
         snap = namespace.snapshot(

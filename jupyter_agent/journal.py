@@ -7,32 +7,57 @@ costs tens of milliseconds. So each running agent appends its checkpoints to a
 journal file of its own (append + fdatasync, well under a millisecond), and the
 journal is folded into DuckDB when the run stops or whenever anybody reads.
 
-A journal is owned by the process that holds an exclusive ``flock`` on it: a
-journal that nobody can lock belongs to a live run, one that can be locked was
-left behind by a dead process and may be merged and deleted. Records are framed
-with their length and a CRC32, so a torn tail written by a killed process is
-detected and ignored instead of corrupting what came before.
+A journal is owned by the process that holds an exclusive ``flock`` on it. A
+reader probes with a *shared* lock: it fails only while the owner lives, so a
+journal that nobody owns — left behind by a dead process — is recognised as
+such even while another reader is folding it (readers hold shared locks too,
+and must never make a dead run look alive). A child forked by the owner closes
+its copy of the descriptor, so a forked worker outliving a crashed kernel does
+not keep the run looking alive.
+
+Records are framed with their length and a CRC32. A killed writer leaves at
+most one incomplete frame at the end (a *torn tail*: never acknowledged, safely
+dropped). A complete frame whose CRC does not match is *damage* (a bad disk, a
+stray write): readers skip it, recover the frames after it, and report it, so
+acknowledged checkpoints are never silently thrown away. A write that fails
+midway (disk full, file size limit) is cut back off, so the journal stays
+well-formed for the next append.
 
 Records are JSON metadata plus an opaque byte payload: reading a journal never
 unpickles anything.
+
+Fault injection for tests: ``JUPYTER_AGENT_CRASH=<when>:<what>[:<n>]`` makes
+this process SIGKILL itself at the n-th (default first) matching point, where
+``when`` is ``before``, ``torn`` (half the frame written) or ``after`` (frame
+durable), and ``what`` is a prefix of the record label (``run``, ``blob``,
+``checkpoint.<kind>``) or ``merge.live`` / ``merge.dead`` (folding a running or
+a finished run's journal into DuckDB: ``before`` its commit, ``after`` it but
+before a finished journal is deleted). Unset, it costs one environment lookup
+per record.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import signal
 import struct
 import uuid
+import weakref
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MAGIC = b"JAJ1"
 _HEADER = struct.Struct("<4sII")  # magic, body length, crc32(body)
 _JSON_LEN = struct.Struct("<I")
 SUFFIX = ".jnl"
+#: Suffix a journal with damaged frames is kept under once folded (see :func:`decode`).
+DAMAGED_SUFFIX = ".damaged"
+MAX_BODY = 2**32 - 1
+CRASH_ENV = "JUPYTER_AGENT_CRASH"
 
 
 @dataclass(frozen=True)
@@ -43,11 +68,107 @@ class Record:
     row: dict
     payload: bytes = b""
 
+    @property
+    def label(self) -> str:
+        """What fault injection matches on: ``run``, ``blob`` or ``checkpoint.<kind>``."""
+        if self.table == "checkpoints":
+            return f"checkpoint.{self.row.get('kind', '')}"
+        return self.table.removesuffix("s")
+
 
 def encode(record: Record) -> bytes:
     meta = json.dumps({"t": record.table, "r": record.row}, separators=(",", ":")).encode()
     body = _JSON_LEN.pack(len(meta)) + meta + record.payload
+    if len(body) > MAX_BODY:
+        raise ValueError(f"a journal record is limited to 4 GiB (this one is {len(body)} bytes)")
     return _HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
+
+
+@dataclass
+class Decoded:
+    """What :func:`decode` found in a journal."""
+
+    records: list[Record] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)  # where each record starts
+    end: int = 0  # where the last readable frame ends
+    clean_end: int = 0  # where the unbroken run of readable frames from the start ends
+    damaged: list[tuple[int, int]] = field(default_factory=list)  # (start, end) of skipped bytes
+    torn: bool = False  # an incomplete last frame (a write cut short)
+
+
+def _frame_at(data: bytes, pos: int) -> tuple[str, int, Record | None]:
+    """Classify the bytes at ``pos``: ("ok", end, record), ("short", ...) or ("bad", ...)."""
+    if pos + _HEADER.size > len(data):
+        return "short", len(data), None
+    magic, length, crc = _HEADER.unpack_from(data, pos)
+    if magic != MAGIC:
+        return "bad", pos + 1, None
+    start, end = pos + _HEADER.size, pos + _HEADER.size + length
+    if end > len(data):
+        return "short", len(data), None
+    body = data[start:end]
+    if zlib.crc32(body) != crc or length < _JSON_LEN.size:
+        return "bad", pos + 1, None
+    try:
+        (meta_len,) = _JSON_LEN.unpack_from(body, 0)
+        meta = json.loads(body[_JSON_LEN.size : _JSON_LEN.size + meta_len])
+        record = Record(meta["t"], meta["r"], bytes(body[_JSON_LEN.size + meta_len :]))
+    except (ValueError, KeyError, TypeError, struct.error):
+        return "bad", pos + 1, None
+    return "ok", end, record
+
+
+def decode(data: bytes, pos: int = 0, *, recover: bool = True) -> Decoded:
+    """Decode the frames from ``pos``, skipping damaged ones when ``recover`` is set.
+
+    An incomplete frame with nothing readable after it is a torn tail. Anything
+    else unreadable is damage: with ``recover`` the scan resynchronises on the
+    next intact frame, so one bad frame does not take the rest of the run with it.
+    """
+    out = Decoded(end=pos, clean_end=pos)
+    clean = True
+    while pos < len(data):
+        kind, nxt, record = _frame_at(data, pos)
+        if kind == "ok":
+            assert record is not None
+            out.records.append(record)
+            out.offsets.append(pos)
+            pos = out.end = nxt
+            if clean:
+                out.clean_end = pos
+            continue
+        # Unreadable at pos: find the next intact frame, if any.
+        resync = _next_frame(data, pos + 1) if recover else None
+        if resync is None:
+            out.torn = _is_torn_tail(data, pos)
+            if not out.torn:
+                out.damaged.append((pos, len(data)))
+            break
+        out.damaged.append((pos, resync))
+        clean = False
+        pos = resync
+    return out
+
+
+def _is_torn_tail(data: bytes, pos: int) -> bool:
+    """A tail that is a cut-off frame, or zeros (size extended, data never written)."""
+    tail = data[pos:]
+    if not tail.strip(b"\0"):
+        return True
+    if len(tail) < _HEADER.size:
+        return MAGIC.startswith(tail[: len(MAGIC)])
+    magic, length, _ = _HEADER.unpack_from(data, pos)
+    return magic == MAGIC and pos + _HEADER.size + length > len(data)
+
+
+def _next_frame(data: bytes, pos: int) -> int | None:
+    while True:
+        pos = data.find(MAGIC, pos)
+        if pos < 0:
+            return None
+        if _frame_at(data, pos)[0] == "ok":
+            return pos
+        pos += 1
 
 
 def decode_all(data: bytes, pos: int = 0) -> tuple[list[Record], int]:
@@ -56,20 +177,44 @@ def decode_all(data: bytes, pos: int = 0) -> tuple[list[Record], int]:
     Decoding stops at the first incomplete or damaged frame: a torn tail left by
     a killed writer (or a record still being written) is never misread.
     """
-    records: list[Record] = []
-    while pos + _HEADER.size <= len(data):
-        magic, length, crc = _HEADER.unpack_from(data, pos)
-        start, end = pos + _HEADER.size, pos + _HEADER.size + length
-        if magic != MAGIC or end > len(data):
-            break
-        body = data[start:end]
-        if zlib.crc32(body) != crc:
-            break
-        (meta_len,) = _JSON_LEN.unpack_from(body, 0)
-        meta = json.loads(body[_JSON_LEN.size : _JSON_LEN.size + meta_len])
-        records.append(Record(meta["t"], meta["r"], bytes(body[_JSON_LEN.size + meta_len :])))
-        pos = end
-    return records, pos
+    found = decode(data, pos, recover=False)
+    return found.records, found.clean_end
+
+
+# -- fault injection (tests only) -------------------------------------------------------
+
+_crash_counts: dict[str, int] = {}
+
+
+def crash_due(what: str) -> str | None:
+    """``when`` if ``$JUPYTER_AGENT_CRASH`` names this occurrence of ``what``, else None."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return None
+    when, _, rest = spec.partition(":")
+    target, _, nth = rest.partition(":")
+    if not target or not what.startswith(target):
+        return None
+    count = _crash_counts[spec] = _crash_counts.get(spec, 0) + 1
+    return when if count == int(nth or 1) else None
+
+
+def crash() -> None:
+    """Die the way a kernel killed by the OOM killer or ``kill -9`` does."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- writing ----------------------------------------------------------------------------
+
+_open_writers: weakref.WeakSet[JournalWriter] = weakref.WeakSet()
+
+
+def _close_in_forked_child() -> None:
+    for writer in list(_open_writers):
+        writer._forget()
+
+
+os.register_at_fork(after_in_child=_close_in_forked_child)
 
 
 class JournalWriter:
@@ -82,58 +227,116 @@ class JournalWriter:
         self.path = directory / (name + SUFFIX)
         self.sync = sync
         self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
+        self._size = 0
         # Lock before the file gets its visible name, so no merger can mistake
         # a journal that is being born for one left behind by a dead process.
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.rename(tmp, self.path)
+        _open_writers.add(self)
 
     def append(self, record: Record) -> int:
-        """Write one record durably; return its size in bytes."""
+        """Write one record durably; return its size in bytes.
+
+        On failure the journal is cut back to its last whole record, so a full
+        disk leaves no half frame that would hide the records written after it.
+        """
         frame = encode(record)
-        os.write(self._fd, frame)
-        if self.sync:
-            os.fdatasync(self._fd)
+        due = crash_due(record.label)
+        if due == "before":
+            crash()
+        start = self._size
+        try:
+            view = memoryview(frame)
+            if due == "torn":
+                view = view[: max(1, len(frame) // 2)]
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            if due == "torn":
+                os.fdatasync(self._fd)
+                crash()
+            if self.sync:
+                os.fdatasync(self._fd)
+        except BaseException:
+            with contextlib.suppress(OSError):  # else the reader drops the torn tail
+                os.ftruncate(self._fd, start)
+            raise
+        self._size = start + len(frame)
+        if due == "after":
+            crash()
         return len(frame)
 
     def close(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
+            _open_writers.discard(self)
             os.close(fd)  # also releases the flock
+
+    def _forget(self) -> None:
+        """In a forked child: drop the inherited descriptor without touching the parent's lock."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+# -- reading ----------------------------------------------------------------------------
 
 
 @dataclass
 class JournalFile:
-    """A journal found on disk, as seen by a reader."""
+    """A journal found on disk, as seen by a reader; close it when done."""
 
     path: Path
-    data: bytes
+    fd: int
     live: bool  # a running process still owns it
-    lock_fd: int | None  # for a dead journal: an fd holding its lock, closed by the caller
 
     @property
     def run_id(self) -> str:
         return self.path.name.split(".", 1)[0]
 
+    def read(self, offset: int = 0) -> bytes:
+        """The journal's bytes from ``offset`` on (only what a reader has not folded yet)."""
+        chunks = []
+        while True:
+            chunk = os.pread(self.fd, 1 << 24, offset)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            offset += len(chunk)
 
-def scan(directory: Path) -> Iterator[JournalFile]:
-    """Yield every journal on disk; dead ones come locked, so only one reader folds them."""
-    if not directory.is_dir():
-        return
-    for path in sorted(directory.glob("*" + SUFFIX)):
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue  # merged and deleted by somebody else meanwhile
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            live = False
-        except BlockingIOError:
-            live = True
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read()
-        if live:
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
             os.close(fd)
-        yield JournalFile(path, data, live, None if live else fd)
+
+
+def _probe(path: Path) -> tuple[int, bool] | None:
+    """Open ``path``; return (fd, live). A dead journal's fd keeps a shared lock."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None  # merged and deleted by somebody else meanwhile
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return fd, False
+    except BlockingIOError:
+        return fd, True
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def scan(directory: Path) -> list[JournalFile]:
+    """Every journal on disk, opened; dead ones hold a shared lock until closed."""
+    found: list[JournalFile] = []
+    if not directory.is_dir():
+        return found
+    for path in sorted(directory.glob("*" + SUFFIX)):
+        probed = _probe(path)
+        if probed is not None:
+            found.append(JournalFile(path, *probed))
+    return found
 
 
 def live_run_ids(directory: Path) -> set[str]:
@@ -142,14 +345,11 @@ def live_run_ids(directory: Path) -> set[str]:
     if not directory.is_dir():
         return live
     for path in directory.glob("*" + SUFFIX):
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
+        probed = _probe(path)
+        if probed is None:
             continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        fd, is_live = probed
+        os.close(fd)
+        if is_live:
             live.add(path.name.split(".", 1)[0])
-        finally:
-            os.close(fd)
     return live

@@ -17,16 +17,15 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Bool, Float, Int, Unicode
 
-from .agent import RunOptions, effective_status, load_state
-from .identity import AgentIdentity, IdentityError, notebook_path, resolve
-from .model import ConfigError
+from . import runner, widget
+from .agent import Events, RunOptions, effective_status, load_state
+from .identity import AgentIdentity, notebook_path, resolve
 from .redaction import secrets_in_environment
-from .render import STATUS_TEXT, TextEvents
-from .runner import Outcome, run_cell
-from .state import AWAITING_APPROVAL, DONE, RUNNING, StateVersionError
-from .store import RunRow, Store, StoreError
-
-USER_ERRORS = (StoreError, ConfigError, IdentityError, StateVersionError)
+from .render import TextEvents, status_text
+from .runner import USER_ERRORS, Outcome, run_cell
+from .state import AWAITING_APPROVAL, ERROR, RUNNING
+from .store import RunRow, Store
+from .tools import TOOLS
 
 
 @magics_class
@@ -53,14 +52,20 @@ class AgentMagics(Magics):
         config=True
     )
     timeout = Float(120.0, help="Seconds to wait for the model endpoint.").tag(config=True)
+    timeline = Bool(
+        True, help="Show the checkpoint timeline widget under %%agent cells (in a kernel)."
+    ).tag(config=True)
 
     def _store(self) -> Store:
         return Store(self.store or None)
 
-    def _options(self, max_steps: int | None = None, approve: bool = False) -> RunOptions:
+    def _options(
+        self, max_steps: int | None = None, approve: bool = False, tools: tuple[str, ...] = ()
+    ) -> RunOptions:
         return RunOptions(
             max_steps=max_steps if max_steps is not None else self.max_steps,
             approve=approve or self.approve,
+            approve_tools=() if self.approve else tools,
             model_timeout=self.timeout,
             retries=self.retries,
             backoff=self.retry_backoff,
@@ -77,7 +82,19 @@ class AgentMagics(Magics):
     @argument("-n", "--name", help="Name of the agent (identifies it where no cell id exists).")
     @argument("--max-steps", type=int, help="Maximum model calls in this execution.")
     @argument("--restart", action="store_true", help="Start a new run even if one can resume.")
-    @argument("--approve", action="store_true", help="Ask for approval before each tool call.")
+    @argument(
+        "--approve",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="TOOLS",
+        help="Ask for approval before each tool call (or only calls of these comma-separated tools).",
+    )
+    @argument(
+        "--background",
+        action="store_true",
+        help="Run on a background thread and return at once; pause it from its timeline.",
+    )
     @cell_magic
     def agent(self, line: str, cell: str) -> None:
         """Run the task in the cell body as a durable agent.
@@ -94,15 +111,28 @@ class AgentMagics(Magics):
         if args.max_steps is not None and args.max_steps < 1:
             raise UsageError("--max-steps must be a positive number.")
         model = args.model or self.model
+        tools = tuple(t.strip() for t in (args.approve or "").split(",") if t.strip())
+        known = [t["function"]["name"] for t in TOOLS]
+        unknown = [t for t in tools if t not in known]
+        if unknown:
+            raise UsageError(
+                f"--approve: unknown tool {unknown[0]!r}; the tools are: {', '.join(known)}."
+            )
+        options = self._options(args.max_steps, args.approve is not None, tools)
         try:
             identity = resolve(self.shell, args.name, prompt)
-            self._run(
-                identity,
-                prompt,
-                model or "",
-                args.restart,
-                self._options(args.max_steps, args.approve),
-            )
+            if args.background:
+                self._run_in_background(identity, prompt, model or "", args.restart, options)
+            else:
+                outcome = self._run(identity, prompt, model or "", args.restart, options, cell=True)
+                if outcome.state.status == ERROR:  # e.g. the endpoint kept failing
+                    last = self._store().latest_checkpoints([outcome.run.run_id])
+                    cp = last.get(outcome.run.run_id)
+                    error = (cp.info.get("error") if cp else None) or "see above"
+                    raise UsageError(
+                        f"Agent {identity.agent} paused after an error: {error} Nothing was "
+                        "lost: re-run the cell to resume once the cause is fixed."
+                    )
         except USER_ERRORS as exc:
             raise UsageError(str(exc)) from None
 
@@ -114,23 +144,83 @@ class AgentMagics(Magics):
         restart: bool,
         options: RunOptions,
         decision: dict | None = None,
+        cell: bool = False,
     ) -> Outcome:
-        events = TextEvents()
+        """Run in the cell, blocking it; a ``%%agent`` cell shows its timeline first.
+
+        Open timelines of the agent follow the run live either way.
+        """
         store = self._store()
-        outcome = run_cell(
-            store=store,
-            shell=self.shell,
-            identity=identity,
-            prompt=prompt,
-            model=model,
-            options=options,
-            events=events,
-            restart=restart,
-            decision=decision,
-            endpoint_args=self._endpoint_args(),
-        )
+        key = (identity.notebook, identity.agent)
+        with runner.claim(*key):
+            if cell:
+                self._show_timeline(store, identity)
+            try:
+                outcome = run_cell(
+                    store=store,
+                    shell=self.shell,
+                    identity=identity,
+                    prompt=prompt,
+                    model=model,
+                    options=options,
+                    events=widget.WidgetEvents(key, TextEvents()),
+                    restart=restart,
+                    decision=decision,
+                    endpoint_args=self._endpoint_args(),
+                )
+            finally:
+                for view in widget.widgets_of(key):
+                    view.refresh()
         report(outcome, identity)
         return outcome
+
+    def _run_in_background(
+        self,
+        identity: AgentIdentity,
+        prompt: str,
+        model: str,
+        restart: bool,
+        options: RunOptions,
+    ) -> None:
+        store = self._store()
+        key = (identity.notebook, identity.agent)
+        runner.acquire(*key)  # a busy agent fails here, before anything is shown
+        runner.release(*key)
+        self._show_timeline(store, identity)
+        endpoint_args = self._endpoint_args()
+
+        def work(events: Events, cancel: Any) -> Outcome:
+            return run_cell(
+                store=store,
+                shell=self.shell,
+                identity=identity,
+                prompt=prompt,
+                model=model,
+                options=options,
+                events=events,
+                restart=restart,
+                endpoint_args=endpoint_args,
+                cancel=cancel,
+            )
+
+        widget.start_job(key, work, done=lambda outcome, out: report(outcome, identity, out))
+        print(
+            f"Agent {identity.agent} is running in the background; its timeline shows its "
+            f"progress. Pause it there or with %agent pause {identity.agent}."
+        )
+
+    def _show_timeline(self, store: Store, identity: AgentIdentity) -> None:
+        if not self.timeline or getattr(self.shell, "kernel", None) is None:
+            return
+        widget.display_timeline(
+            store,
+            identity.notebook,
+            identity.agent,
+            shell=self.shell,
+            options=self._options,
+            endpoint_args=self._endpoint_args(),
+            replace=True,
+        )
 
     # -- %agent ---------------------------------------------------------------------
 
@@ -185,7 +275,7 @@ class AgentMagics(Magics):
             rows.append(
                 (
                     agent,
-                    _status_text(status, cp.step if cp else 0),
+                    status_text(status, cp.step if cp else 0),
                     str(cp.step if cp else 0),
                     str(counts[agent]),
                     when,
@@ -232,6 +322,24 @@ class AgentMagics(Magics):
             decision,
         )
 
+    def _cmd_timeline(self, args: argparse.Namespace) -> None:
+        run = self._find(args.name)
+        widget.display_timeline(
+            self._store(),
+            run.notebook,
+            run.agent,
+            shell=self.shell,
+            options=self._options,
+            endpoint_args=self._endpoint_args(),
+        )
+
+    def _cmd_pause(self, args: argparse.Namespace) -> None:
+        run = self._find(args.name)
+        if widget.pause((run.notebook, run.agent)):
+            print(f"Pausing agent {run.agent} after its current step.")
+        else:
+            print(f"Agent {run.agent} is not running in the background in this kernel.")
+
     def _cmd_delete(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)
         store = self._store()
@@ -240,29 +348,25 @@ class AgentMagics(Magics):
         print(f"Deleted agent {run.agent} ({len(runs)} run(s)).")
 
 
-def _status_text(status: str, step: int) -> str:
-    if status in (DONE, RUNNING):
-        return status
-    return f"{STATUS_TEXT.get(status, status)} at step {step}"
-
-
-def report(outcome: Outcome, identity: AgentIdentity) -> None:
+def report(outcome: Outcome, identity: AgentIdentity, file: Any = None) -> None:
     """The closing lines of a cell: what was restored, and the answer."""
     state = outcome.state
     if outcome.action == "restore":
         print(
             f"Agent {identity.agent} finished earlier ({state.step} steps); restored from the store "
-            "without calling the model. Use --restart to run it again."
+            "without calling the model. Use --restart to run it again.",
+            file=file,
         )
-        print(state.final_answer() or "")
+        print(state.final_answer() or "", file=file)
     elif outcome.action == "waiting":
         call = state.pending_tool_call() or {}
         from .render import format_call
 
-        print(f"Agent {identity.agent} is waiting for your approval of:")
-        print(format_call(call))
+        print(f"Agent {identity.agent} is waiting for your approval of:", file=file)
+        print(format_call(call), file=file)
         print(
-            f"Approve with %agent approve {identity.agent}, or reject with %agent reject {identity.agent} --note '...'."
+            f"Approve with %agent approve {identity.agent}, or reject with %agent reject {identity.agent} --note '...'.",
+            file=file,
         )
 
 
@@ -300,6 +404,8 @@ def _line_parser() -> _Parser:
         ("show", "the transcript of an agent's latest run"),
         ("resume", "continue an unfinished agent from its last checkpoint"),
         ("delete", "delete an agent and all its runs from the store"),
+        ("timeline", "the checkpoint timeline widget of an agent, straight from the store"),
+        ("pause", "pause an agent running in the background after its current step"),
     ]:
         sub.add_parser(cmd, help=text).add_argument("name")
     approve = sub.add_parser("approve", help="approve the tool call an agent is waiting on")

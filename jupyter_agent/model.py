@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import httpx
 import openai
 
 from .offline import OFFLINE_MODEL, offline_base_url
@@ -85,7 +86,10 @@ RETRYABLE = (
     openai.RateLimitError,
     openai.InternalServerError,
     openai.APIResponseValidationError,
+    httpx.TransportError,  # a connection lost while a stream is read, if not wrapped
 )
+#: Statuses that say "try again" without being a 429 or a 5xx.
+RETRYABLE_STATUS = {408, 409}
 
 
 class ModelClient:
@@ -131,9 +135,12 @@ class ModelClient:
             except ValueError as exc:  # unparsable chunk
                 problem = f"the model sent a malformed reply ({exc})"
             except openai.APIStatusError as exc:
-                raise ModelError(
-                    f"The model endpoint refused the request: {_describe(exc)}"
-                ) from exc
+                if exc.status_code not in RETRYABLE_STATUS:
+                    raise ModelError(
+                        f"The model endpoint refused the request: {_describe(exc)}"
+                    ) from exc
+                problem = _describe(exc)
+                wait = _retry_after(exc)
             if attempt >= self.retries:
                 raise ModelError(
                     f"The model endpoint kept failing ({problem}) after {attempt + 1} attempts."
@@ -192,12 +199,19 @@ class ModelClient:
 
 
 def _retry_after(exc: Exception) -> float | None:
+    """The server's requested wait (``retry-after-ms`` or ``retry-after`` seconds), capped."""
     response = getattr(exc, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return min(float(value), 60.0) if value is not None else None
-    except ValueError:
+    if response is None:
         return None
+    for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = response.headers.get(header)
+        if value is None:
+            continue
+        try:
+            return min(max(float(value) * scale, 0.0), 60.0)
+        except ValueError:
+            continue  # an HTTP date: fall back to our own backoff
+    return None
 
 
 def _describe(exc: Exception) -> str:

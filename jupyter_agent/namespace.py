@@ -6,14 +6,22 @@ subscript or method call (``df.x = ...``, ``rows.append(...)``), plus names new
 in the namespace. Each is serialized with dill and hashed (xxh3-128); a value
 whose hash did not change is not stored again, and equal values share one blob.
 
-A value that cannot be serialized (a generator, a lock, a socket, an open
-connection) is reported by name with the reason and skipped; it never stops the
-agent. Values whose bytes contain a secret are never written.
+A value that cannot be serialized (a generator, a socket, an open connection)
+is reported by name with the reason and skipped; it never stops the agent.
+File objects — open or closed, also inside other values — are refused too:
+dill would restore one by reopening its path with the same mode, and for a
+file written with ``"w"`` (every ``with open(path, "w") as f``) that empties
+the file the agent wrote. Blobs written before this rule are restored with the
+file objects refused for the same reason. So is a value larger than :data:`MAX_VALUE_BYTES` serialized, which a
+journal frame could not hold. Values whose bytes contain a secret are never
+written.
 """
 
 from __future__ import annotations
 
 import ast
+import io
+import pickle
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +34,8 @@ from .redaction import contains_secret
 #: Names IPython and the kernel put in the namespace; never agent state.
 _IGNORED = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 _REPR_LIMIT = 80
+#: Largest serialized value checkpointed; bigger ones are reported, not stored.
+MAX_VALUE_BYTES = 1 << 30
 
 
 def is_user_name(name: str) -> bool:
@@ -85,8 +95,42 @@ def type_name(value: Any) -> str:
     )
 
 
+#: File objects dill restores by reopening a path (in-memory BytesIO/StringIO are fine).
+_FILE_TYPES = (io.FileIO, io.BufferedReader, io.BufferedWriter, io.BufferedRandom, io.TextIOWrapper)
+
+
+def _refuse_file(pickler: Any, obj: Any) -> None:
+    raise pickle.PicklingError(
+        f"file object {getattr(obj, 'name', '?')!r} is not saved: restoring it would reopen "
+        "the file (and empty it if it was opened for writing)"
+    )
+
+
+class _Pickler(dill.Pickler):  # type: ignore[misc]
+    # A dispatch entry costs nothing per object, unlike a reducer_override hook.
+    dispatch = type(dill.Pickler.dispatch)(dill.Pickler.dispatch.copy())
+    for _t in _FILE_TYPES:
+        dispatch[_t] = _refuse_file
+    del _t
+
+
+class _Unpickler(dill.Unpickler):  # type: ignore[misc]
+    def find_class(self, module: str, name: str) -> Any:
+        if name == "_create_filehandle" and module in ("dill._dill", "dill.dill"):
+            raise pickle.UnpicklingError(
+                "it holds a file object, which is not restored: reopening the file could empty it"
+            )
+        return super().find_class(module, name)
+
+
 def serialize(value: Any) -> bytes:
-    return dill.dumps(value, protocol=5, recurse=True)
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=5, recurse=True).dump(value)
+    return buffer.getvalue()
+
+
+def deserialize(data: bytes) -> Any:
+    return _Unpickler(io.BytesIO(data)).load()
 
 
 def digest(data: bytes) -> str:
@@ -114,6 +158,12 @@ def snapshot(
         except Exception as exc:
             snap.unsaved[name] = f"{type_name(value)} cannot be saved ({type(exc).__name__}: {exc})"
             continue
+        if len(data) > MAX_VALUE_BYTES:
+            snap.unsaved[name] = (
+                f"{type_name(value)} is too large to checkpoint ({len(data) / 2**20:.0f} MiB "
+                f"serialized; the limit is {MAX_VALUE_BYTES / 2**20:.0f} MiB)"
+            )
+            continue
         if contains_secret(data, secrets):
             snap.unsaved[name] = "holds a secret (an API key or token); not stored"
             continue
@@ -139,7 +189,7 @@ def restore(
             failed[name] = "its saved value is missing from the store"
             continue
         try:
-            namespace[name] = dill.loads(data)
+            namespace[name] = deserialize(data)
             restored.append(name)
         except Exception as exc:
             failed[name] = f"cannot be restored ({type(exc).__name__}: {exc})"

@@ -3,7 +3,11 @@
 The API key in use, and every environment value whose name looks like a secret
 (``*KEY*``, ``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*`` …), are replaced by
 ``[REDACTED]`` in stored messages, and a namespace value whose serialized bytes
-contain one of them is not stored at all.
+contain one of them (as UTF-8, UTF-16 or UTF-32, as pickled strings and numpy
+text arrays hold them) is not stored at all. Credentials that are not in the
+environment are caught by their shape where it is unmistakable: an
+``Authorization`` header's value, a ``Bearer`` token, and common API key
+formats (OpenAI, GitHub, Slack, AWS access key ids).
 """
 
 from __future__ import annotations
@@ -15,6 +19,15 @@ from typing import Any
 REDACTED = "[REDACTED]"
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
 _MIN_LENGTH = 8  # shorter values are too likely to occur by chance
+_ENCODINGS = ("utf-8", "utf-16-le", "utf-32-le")
+
+# Group 1 (kept) is the label; the rest of the match is the credential.
+_CREDENTIAL = re.compile(
+    r"""((?i:authorization)["']?\s*[:=]\s*["']?(?i:bearer|basic|token|digest)\s+)[^\s"',}]{8,}"""
+    r"""|(\b(?i:bearer)\s+)(?=[\w.~+/=-]*\d)[\w.~+/=-]{16,}"""
+    r"""|()\b(?:sk-[\w-]{20,}|gh[pousr]_[A-Za-z0-9]{30,}|xox[abprs]-[A-Za-z0-9-]{10,}"""
+    r"""|AKIA[0-9A-Z]{16})\b"""
+)
 
 
 def secrets_in_environment(*extra: str | None) -> list[str]:
@@ -27,21 +40,25 @@ def secrets_in_environment(*extra: str | None) -> list[str]:
     return sorted(found, key=len, reverse=True)
 
 
+def _redact_text(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    if _CREDENTIAL.search(text):
+        text = _CREDENTIAL.sub(lambda m: (m.group(1) or m.group(2) or "") + REDACTED, text)
+    return text
+
+
 def redact(value: Any, secrets: list[str]) -> Any:
     """A copy of a JSON-like value with every secret string replaced."""
-    if not secrets:
-        return value
     if isinstance(value, str):
-        for secret in secrets:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
-        return value
+        return _redact_text(value, secrets)
     if isinstance(value, dict):
         return {k: redact(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [redact(v, secrets) for v in value]
     return value
 
 
 def contains_secret(data: bytes, secrets: list[str]) -> bool:
-    return any(s.encode() in data for s in secrets)
+    return any(s.encode(enc) in data for s in secrets for enc in _ENCODINGS)

@@ -11,7 +11,7 @@ import sys
 import textwrap
 from typing import TextIO
 
-from .state import AWAITING_APPROVAL, DONE, ERROR, INTERRUPTED, LIMIT, Delta
+from .state import AWAITING_APPROVAL, DONE, ERROR, INTERRUPTED, LIMIT, RUNNING, Delta
 from .store import CheckpointRow, RunRow
 
 STATUS_TEXT = {
@@ -21,6 +21,13 @@ STATUS_TEXT = {
     ERROR: "paused after an error",
     LIMIT: "stopped at the step limit",
 }
+
+
+def status_text(status: str, step: int) -> str:
+    """A run's status as users read it: "done", "interrupted at step 4"."""
+    if status in (DONE, RUNNING):
+        return status
+    return f"{STATUS_TEXT.get(status, status)} at step {step}"
 
 
 class TextEvents:
@@ -74,6 +81,8 @@ class TextEvents:
             )
         elif row.kind == "approval":
             self._line(f"  · step {row.step}: {row.summary}")
+        elif row.kind == "fork":
+            self._line(f"⋔ {row.summary}")
         elif row.kind == "resume":
             self._line(f"↻ resuming after step {row.info.get('from_step')}")
         if row.status in (INTERRUPTED, ERROR, LIMIT):
@@ -93,6 +102,8 @@ def format_call(call: dict) -> str:
         try:
             code = json.loads(args)["code"]
         except Exception:
+            code = args
+        if not isinstance(code, str):  # a malformed call: show it as sent
             code = args
         return "→ python\n" + textwrap.indent(code.rstrip(), "    ")
     return f"→ {name}({args[:200]})"

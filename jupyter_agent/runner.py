@@ -5,18 +5,24 @@
 * A finished cell with an unchanged prompt restores its answer and variables
   from the store and calls no model.
 * A changed prompt, or ``--restart``, starts a new run; older runs stay stored.
+
+One agent is executed by at most one thread of a kernel at a time
+(:func:`claim`), and a run whose journal another process holds is not resumed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 from . import namespace
 from .agent import Events, Execution, RunOptions, effective_status, load_state, new_run
-from .identity import AgentIdentity
-from .model import Endpoint, ModelClient
-from .state import AWAITING_APPROVAL, DONE, RunState, prompt_hash
+from .identity import AgentIdentity, IdentityError
+from .model import ConfigError, Endpoint, ModelClient
+from .state import AWAITING_APPROVAL, DONE, RunState, StateVersionError, prompt_hash
 from .store import RunRow, Store, StoreError
 
 
@@ -24,13 +30,47 @@ class AgentBusy(StoreError):
     """The agent is running elsewhere (another kernel, or in the background here)."""
 
 
+#: Errors a user can cause; they are reported as one short message, not a traceback.
+USER_ERRORS = (StoreError, ConfigError, IdentityError, StateVersionError)
+
+
 @dataclass
 class Outcome:
     run: RunRow
     state: RunState
-    action: str  # "new", "resume", "restore" or "waiting"
+    action: str  # "new", "resume", "restore", "waiting" or "fork"
     restored: list[str]
     failed: dict[str, str]
+
+
+_claimed: set[tuple[str, str]] = set()
+_claim_lock = threading.Lock()
+
+
+def acquire(notebook: str, agent: str) -> None:
+    """Mark the agent as executing in this kernel, or raise :class:`AgentBusy`."""
+    with _claim_lock:
+        if (notebook, agent) in _claimed:
+            raise AgentBusy(
+                f"Agent {agent!r} is already running in this kernel (in the background or "
+                "from its timeline). Wait for it, or pause it in the timeline or with "
+                f"%agent pause {agent}."
+            )
+        _claimed.add((notebook, agent))
+
+
+def release(notebook: str, agent: str) -> None:
+    with _claim_lock:
+        _claimed.discard((notebook, agent))
+
+
+@contextlib.contextmanager
+def claim(notebook: str, agent: str) -> Iterator[None]:
+    acquire(notebook, agent)
+    try:
+        yield
+    finally:
+        release(notebook, agent)
 
 
 def latest_run(store: Store, notebook: str, agent: str) -> RunRow | None:
@@ -47,6 +87,9 @@ def restore_variables(
         events.info("Variables restored from the store: " + ", ".join(restored))
     for name, why in failed.items():
         events.notice(f"{name} {why}")
+    for name, why in sorted(state.unsaved.items()):
+        if name not in shell.user_ns:  # e.g. a generator, after a kernel restart
+            events.notice(f"{name} is not restored: {why}")
     return restored, failed
 
 
@@ -62,43 +105,91 @@ def run_cell(
     restart: bool = False,
     decision: dict | None = None,
     endpoint_args: dict | None = None,
+    cancel: threading.Event | None = None,
 ) -> Outcome:
     previous = None if restart else latest_run(store, identity.notebook, identity.agent)
     if previous is not None and previous.prompt_hash != prompt_hash(prompt):
         previous = None
     if previous is None:
-        run = new_run(identity, prompt, model, info={"approve": options.approve})
-        execution = _execution(store, shell, run, RunState(), model, options, events, endpoint_args)
+        run = new_run(identity, prompt, model, info={"approve": approve_policy(options)})
+        execution = make_execution(
+            store, shell, run, RunState(), model, options, events, endpoint_args, cancel
+        )
         execution.execute(first=True)
         return Outcome(run, execution.state, "new", [], {})
+    return resume_run(
+        store=store,
+        shell=shell,
+        run=previous,
+        model=model,
+        options=options,
+        events=events,
+        decision=decision,
+        endpoint_args=endpoint_args,
+        cancel=cancel,
+    )
 
+
+def resume_run(
+    *,
+    store: Store,
+    shell: Any,
+    run: RunRow,
+    options: RunOptions,
+    events: Events,
+    model: str = "",
+    decision: dict | None = None,
+    endpoint_args: dict | None = None,
+    cancel: threading.Event | None = None,
+) -> Outcome:
+    """Continue ``run`` from its last checkpoint, or restore it when it has nothing left to do."""
     live = store.live_runs()
-    if previous.run_id in live:
+    if run.run_id in live:
         raise AgentBusy(
-            f"Agent {identity.agent!r} is running in another kernel or in the background. "
+            f"Agent {run.agent!r} is running in another kernel or in the background. "
             "Wait for it, or stop it there, before running it here."
         )
-    state = load_state(store, previous)
-    status = effective_status(state.status, previous.run_id, live)
+    state = load_state(store, run)
+    status = effective_status(state.status, run.run_id, live)
     if status == AWAITING_APPROVAL and decision is None:
         restored, failed = restore_variables(store, shell, state, events)
-        return Outcome(previous, state, "waiting", restored, failed)
+        return Outcome(run, state, "waiting", restored, failed)
     if status == DONE:
         restored, failed = restore_variables(store, shell, state, events)
-        return Outcome(previous, state, "restore", restored, failed)
-    # The approval policy belongs to the run: a resumed run keeps asking.
-    options = replace(options, approve=options.approve or bool(previous.info.get("approve")))
+        return Outcome(run, state, "restore", restored, failed)
+    options = run_options(run, options)
     # Resolve the endpoint before touching the namespace, so a configuration
     # error leaves everything as it was.
-    execution = _execution(
-        store, shell, previous, state, previous.model or model, options, events, endpoint_args
+    execution = make_execution(
+        store, shell, run, state, run.model or model, options, events, endpoint_args, cancel
     )
     restored, failed = restore_variables(store, shell, state, events)
-    execution.execute(first=False, decision=decision)
-    return Outcome(previous, execution.state, "resume", restored, failed)
+    # Killed after the run row was written but before its first checkpoint:
+    # start it properly, or the model would be called with no conversation.
+    own_first = run.parent_step + 1 if run.parent_run and run.parent_step is not None else 0
+    execution.execute(first=state.step < own_first, decision=decision)
+    return Outcome(run, execution.state, "resume", restored, failed)
 
 
-def _execution(
+def approve_policy(options: RunOptions) -> bool | list[str]:
+    """How a run records its approval policy: off, every tool, or the listed tools."""
+    if not options.approve:
+        return False
+    return list(options.approve_tools) or True
+
+
+def run_options(run: RunRow, options: RunOptions) -> RunOptions:
+    """The approval policy belongs to the run: a resumed or forked run keeps asking."""
+    policy = run.info.get("approve")
+    if not policy:
+        return options
+    tools = tuple(policy) if isinstance(policy, list) else ()
+    if options.approve and not options.approve_tools:
+        tools = ()
+    return replace(options, approve=True, approve_tools=tools)
+
+
+def make_execution(
     store: Store,
     shell: Any,
     run: RunRow,
@@ -107,9 +198,14 @@ def _execution(
     options: RunOptions,
     events: Events,
     endpoint_args: dict | None,
+    cancel: threading.Event | None = None,
 ) -> Execution:
     endpoint = Endpoint.resolve(model, **(endpoint_args or {}))
     client = ModelClient(
-        endpoint, timeout=options.model_timeout, retries=options.retries, backoff=options.backoff
+        endpoint,
+        timeout=options.model_timeout,
+        retries=options.retries,
+        backoff=options.backoff,
+        cancel=cancel,
     )
     return Execution(store, run, state, shell, client, events, options)

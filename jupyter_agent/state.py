@@ -74,6 +74,9 @@ class RunState:
             self.decisions[delta.decision["call_id"]] = delta.decision
         if kind == "tool_call":
             self.started_call = delta.tool_call_id
+            # An approval covers one execution: if this one is cut short by a
+            # crash, running the call again needs a new approval.
+            self.decisions.pop(delta.tool_call_id or "", None)
         elif kind == "tool_result":
             self.started_call = None
         self.step, self.kind, self.status = step, kind, status
@@ -109,14 +112,27 @@ def decode_delta(payload: bytes) -> Delta:
     if not payload:
         return Delta()
     data: dict[str, Any] = dill.loads(payload)
+    if not isinstance(data, dict):
+        raise StateVersionError("A checkpoint payload is not in a format this version knows.")
     version = data.pop("v", 1)
-    if version > STATE_VERSION:
+    if not isinstance(version, int) or version > STATE_VERSION:
         raise StateVersionError(
             f"This checkpoint was written by a newer jupyter-agent (state version {version}, "
             f"this one reads up to {STATE_VERSION}). Upgrade jupyter-agent to resume it."
         )
     known = Delta.__dataclass_fields__
     return Delta(**{k: v for k, v in data.items() if k in known})
+
+
+def redact_payload(payload: bytes, secrets: list[str]) -> bytes:
+    """The payload with every secret in its messages and decision replaced."""
+    from .redaction import redact
+
+    delta = decode_delta(payload)
+    delta.messages = redact(delta.messages, secrets)
+    delta.decision = redact(delta.decision, secrets)
+    delta.unsaved = redact(delta.unsaved, secrets)
+    return encode_delta(delta)
 
 
 def fold(checkpoints: list[tuple[Any, bytes]]) -> RunState:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,6 +28,7 @@ import duckdb
 
 from . import journal
 from .journal import JournalWriter, Record
+from .redaction import contains_secret, redact, secrets_in_environment
 
 SCHEMA_VERSION = 1
 
@@ -60,6 +63,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 CREATE TABLE IF NOT EXISTS blobs (hash VARCHAR PRIMARY KEY, size BIGINT NOT NULL, data BLOB);
 CREATE TABLE IF NOT EXISTS journal_progress (journal VARCHAR PRIMARY KEY, merged_to BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS notebook_moves (old VARCHAR NOT NULL, new VARCHAR NOT NULL, moved_at DOUBLE NOT NULL);
 """
 
 
@@ -69,6 +73,10 @@ class StoreError(Exception):
 
 class StoreBusy(StoreError):
     """Another process held the store for longer than the wait allows."""
+
+
+class StoreWarning(UserWarning):
+    """Something in the store needs attention, but nothing stopped working."""
 
 
 @dataclass
@@ -119,6 +127,36 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text and ("conflicting" in text or "could not set" in text)
 
 
+_umask_lock = threading.Lock()
+_umask_users = 0
+_umask_saved = 0
+#: Serializes folding within this process; DuckDB's file lock does so across processes.
+_merge_locks: dict[Path, threading.Lock] = {}
+
+
+@contextlib.contextmanager
+def _private_files() -> Iterator[None]:
+    """Create files private to the user while DuckDB is open.
+
+    DuckDB creates its database file and write-ahead log with the process umask
+    (usually world-readable), and the WAL holds checkpoint data while it exists.
+    The umask is process-wide, so it is tightened only while a connection is
+    open and restored when the last one closes.
+    """
+    global _umask_users, _umask_saved
+    with _umask_lock:
+        if _umask_users == 0:
+            _umask_saved = os.umask(0o077)
+        _umask_users += 1
+    try:
+        yield
+    finally:
+        with _umask_lock:
+            _umask_users -= 1
+            if _umask_users == 0:
+                os.umask(_umask_saved)
+
+
 class Store:
     """Checkpoints of every agent, kept in one DuckDB file and its journals."""
 
@@ -129,20 +167,31 @@ class Store:
 
     # -- writing -----------------------------------------------------------------
 
-    def writer(self, run_id: str) -> RunWriter:
-        """A journal for one execution of ``run_id``; close it to fold it into DuckDB."""
+    def writer(self, run_id: str, secrets: list[str] | None = None) -> RunWriter:
+        """A journal for one execution of ``run_id``; close it to fold it into DuckDB.
+
+        ``secrets`` (default: the secret-looking environment values) are redacted
+        from everything written, whatever the caller passes in.
+        """
         self._ensure_dir()
         try:
-            return RunWriter(self, JournalWriter(self.journal_dir, run_id))
+            jw = JournalWriter(self.journal_dir, run_id)
         except OSError as exc:
             raise StoreError(
                 f"Cannot write checkpoints under {self.journal_dir}: {exc.strerror or exc}."
             ) from exc
+        return RunWriter(self, jw, secrets_in_environment() if secrets is None else secrets)
 
     def _ensure_dir(self) -> None:
         parent = self.path.parent
-        if not parent.exists():
-            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            if not parent.exists():
+                parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"Cannot create the agent store directory {parent}: {exc.strerror or exc}. "
+                "Set JUPYTER_AGENT_STORE (or %config AgentMagics.store) to a writable path."
+            ) from exc
 
     # -- DuckDB access -------------------------------------------------------------
 
@@ -150,13 +199,23 @@ class Store:
     def connect(self, *, merge: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
         """Open DuckDB briefly (waiting while another process holds it), fold journals in."""
         self._ensure_dir()
-        con = self._open()
-        try:
-            if merge:
-                self._merge(con)
-            yield con
-        finally:
-            con.close()
+        with _private_files():
+            con = self._open()
+            try:
+                if merge:
+                    self._merge(con)
+                yield con
+            except duckdb.Error as exc:
+                raise self._unusable(exc) from exc
+            finally:
+                con.close()
+
+    def _unusable(self, exc: Exception) -> StoreError:
+        return StoreError(
+            f"The agent store {self.path} cannot be used ({exc}). It was left untouched: "
+            "move it aside (or set JUPYTER_AGENT_STORE to another file) to start a new store; "
+            "journals of running agents are kept."
+        )
 
     def _open(self) -> duckdb.DuckDBPyConnection:
         created = not self.path.exists()
@@ -168,11 +227,7 @@ class Store:
                 break
             except duckdb.Error as exc:
                 if not _is_lock_error(exc):
-                    raise StoreError(
-                        f"The agent store {self.path} cannot be opened ({exc}). It was left "
-                        "untouched: move it aside (or set JUPYTER_AGENT_STORE to another file) "
-                        "to start a new store; journals of running agents are kept."
-                    ) from exc
+                    raise self._unusable(exc) from exc
                 if time.monotonic() > deadline:
                     raise StoreBusy(
                         f"The agent store {self.path} stayed busy for {self.busy_timeout:.0f} s "
@@ -181,25 +236,37 @@ class Store:
                     ) from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
-        if created:
-            os.chmod(self.path, 0o600)
         try:
+            if created:
+                os.chmod(self.path, 0o600)
             self._check_schema(con)
+        except duckdb.Error as exc:
+            con.close()
+            raise self._unusable(exc) from exc
         except BaseException:
             con.close()
             raise
         return con
 
     def _check_schema(self, con: duckdb.DuckDBPyConnection) -> None:
-        con.execute(_DDL)
-        row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None:
-            con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-        elif int(row[0]) > SCHEMA_VERSION:
+        # Read the version before creating anything: a store written by a newer
+        # version must be left exactly as it is.
+        has_meta = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'"
+        ).fetchone()
+        row = None
+        if has_meta and has_meta[0]:
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is not None and _version(row[0]) > SCHEMA_VERSION:
             raise StoreError(
                 f"The agent store {self.path} was written by a newer jupyter-agent (schema "
                 f"{row[0]}, this one reads {SCHEMA_VERSION}). Upgrade jupyter-agent; the store "
                 "was not modified."
+            )
+        con.execute(_DDL)
+        if row is None:
+            con.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
             )
 
     def _merge(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -207,30 +274,77 @@ class Store:
 
         Live journals are folded from where the last merge stopped, so a reader
         polling a long run does work proportional to what is new, not to the run.
+        A dead journal is deleted only once everything in it is in DuckDB: one
+        with damaged frames is kept (renamed ``*.damaged``) and reported, and one
+        with records this version does not know stays for a newer version.
         """
-        for jf in journal.scan(self.journal_dir):
-            try:
-                row = con.execute(
-                    "SELECT merged_to FROM journal_progress WHERE journal = ?", [jf.path.name]
-                ).fetchone()
-                records, end = journal.decode_all(jf.data, row[0] if row else 0)
-                con.execute("BEGIN")
-                for rec in records:
-                    _insert(con, rec)
-                if jf.lock_fd is None:
-                    con.execute(
-                        "INSERT OR REPLACE INTO journal_progress VALUES (?, ?)", [jf.path.name, end]
-                    )
-                else:
-                    con.execute("DELETE FROM journal_progress WHERE journal = ?", [jf.path.name])
-                con.execute("COMMIT")
-                if jf.lock_fd is not None:
-                    # Its owner is gone and everything readable is in DuckDB; a torn
-                    # tail is an unacknowledged write and is dropped with the file.
-                    jf.path.unlink(missing_ok=True)
-            finally:
-                if jf.lock_fd is not None:
-                    os.close(jf.lock_fd)
+        lock = _merge_locks.setdefault(self.path, threading.Lock())
+        with lock:
+            for jf in journal.scan(self.journal_dir):
+                try:
+                    self._merge_one(con, jf)
+                except BaseException:
+                    with contextlib.suppress(duckdb.Error):
+                        con.execute("ROLLBACK")
+                    raise
+                finally:
+                    jf.close()
+
+    def _merge_one(self, con: duckdb.DuckDBPyConnection, jf: journal.JournalFile) -> None:
+        row = con.execute(
+            "SELECT merged_to FROM journal_progress WHERE journal = ?", [jf.path.name]
+        ).fetchone()
+        start = row[0] if row else 0
+        found = journal.decode(jf.read(start))
+        unknown = None
+        con.execute("BEGIN")
+        for offset, rec in zip(found.offsets, found.records, strict=True):
+            if not _insert(con, rec) and unknown is None:
+                unknown = offset
+        keep = not jf.live and (unknown is not None or found.damaged)
+        if jf.live or unknown is not None:
+            # Never move past a record this version could not store.
+            end = start + (found.end if unknown is None else unknown)
+            con.execute(
+                "INSERT OR REPLACE INTO journal_progress VALUES (?, ?)", [jf.path.name, end]
+            )
+        else:
+            con.execute("DELETE FROM journal_progress WHERE journal = ?", [jf.path.name])
+        due = journal.crash_due("merge.live" if jf.live else "merge.dead")
+        if due == "before":
+            journal.crash()
+        con.execute("COMMIT")
+        if due == "after":
+            journal.crash()
+        if found.damaged:
+            self._report_damage(jf, found, start, moved=not jf.live)
+        if jf.live or keep:
+            return
+        # Its owner is gone and everything readable is in DuckDB; a torn tail is
+        # an unacknowledged write and is dropped with the file.
+        jf.path.unlink(missing_ok=True)
+
+    def _report_damage(
+        self, jf: journal.JournalFile, found: journal.Decoded, start: int, *, moved: bool
+    ) -> None:
+        where = ", ".join(f"bytes {start + a}-{start + b}" for a, b in found.damaged)
+        kept = jf.path
+        if moved:
+            kept = jf.path.with_name(jf.path.name + journal.DAMAGED_SUFFIX)
+            with contextlib.suppress(OSError):
+                jf.path.rename(kept)
+        # Attributed to the kept file, so the notice points at what to inspect.
+        warnings.warn_explicit(
+            StoreWarning(
+                f"The checkpoint journal {jf.path.name} of run {jf.run_id} has damaged data "
+                f"({where}); {len(found.records)} intact record(s) were folded into the store "
+                f"and the file was kept as {kept} for inspection. A run missing a checkpoint "
+                "cannot be resumed; the others are unaffected."
+            ),
+            StoreWarning,
+            str(kept),
+            0,
+        )
 
     def flush(self) -> None:
         """Fold all journals into DuckDB now."""
@@ -280,15 +394,30 @@ class Store:
         return {r[0]: _checkpoint_row(r) for r in rows}
 
     def payloads(self, chain: list[tuple[str, int | None]]) -> list[tuple[CheckpointRow, bytes]]:
-        """Checkpoints with payloads along a chain of (run_id, up-to-step) segments."""
+        """Checkpoints with payloads along a chain of (run_id, up-to-step) segments.
+
+        A history with a hole in it (a checkpoint lost to a damaged journal)
+        would fold into a conversation that never happened, so it is refused.
+        """
         out: list[tuple[CheckpointRow, bytes]] = []
         with self.connect() as con:
-            for run_id, upto in chain:
+            for i, (run_id, upto) in enumerate(chain):
                 rows = con.execute(
                     f"SELECT {', '.join(CHECKPOINT_COLUMNS)}, payload FROM checkpoints "
                     "WHERE run_id = ? AND step <= ? ORDER BY step",
                     [run_id, upto if upto is not None else 2**31 - 1],
                 ).fetchall()
+                steps = [r[1] for r in rows]
+                first = 0 if i == 0 else (steps[0] if steps else 0)
+                expected = list(range(first, first + len(steps)))
+                if steps != expected:
+                    missing = next(e for s, e in zip(steps, expected, strict=True) if s != e)
+                    raise StoreError(
+                        f"Checkpoint {missing} of run {run_id} is missing from the store (lost "
+                        "to a damaged journal, which was kept beside the store for inspection), "
+                        "so this run cannot be resumed or restored faithfully. Run the cell with "
+                        "--restart to start over; the other runs are unaffected."
+                    )
                 out.extend((_checkpoint_row(r[:-1]), bytes(r[-1] or b"")) for r in rows)
         return out
 
@@ -331,26 +460,72 @@ class Store:
             con.execute("COMMIT")
         return len(run_ids)
 
+    # -- notebook moves ------------------------------------------------------------
+
+    def move_notebook(self, old: str, new: str, moved_at: float | None = None) -> int:
+        """Record that the notebook or folder at ``old`` now lives at ``new``.
+
+        Runs stored under ``old`` (or below it, for a folder) move along; runs
+        folded in later from journals written before the move follow them when
+        :func:`apply_moves` runs. Returns how many runs moved.
+        """
+        with self.connect() as con:
+            con.execute("BEGIN")
+            con.execute(
+                "INSERT INTO notebook_moves VALUES (?, ?, ?)",
+                [old, new, time.time() if moved_at is None else moved_at],
+            )
+            moved = apply_moves(con)
+            con.execute("COMMIT")
+        return moved
+
+    def resolve_notebook(self, path: str, since: float | None = None) -> str:
+        """Where the notebook known as ``path`` since ``since`` lives now.
+
+        A kernel learns its notebook's path when it starts and is not told about
+        renames, so the default ``since`` is this process's start time.
+        """
+        cutoff = process_started_at() if since is None else since
+        with self.connect(merge=False) as con:
+            moves = con.execute(
+                "SELECT old, new FROM notebook_moves WHERE moved_at > ? ORDER BY moved_at",
+                [cutoff],
+            ).fetchall()
+        for old, new in moves:
+            path = moved_path(path, old, new)
+        return path
+
 
 class RunWriter:
-    """Appends one run execution's records to its journal."""
+    """Appends one run execution's records to its journal, with secrets redacted.
 
-    def __init__(self, store: Store, jw: JournalWriter) -> None:
+    Redaction here is the last line of defence: prompts, summaries, tool code
+    and error texts in rows are scrubbed, and a checkpoint payload that still
+    holds a secret is re-encoded redacted. Blobs are screened earlier, by
+    :mod:`~jupyter_agent.namespace`, which skips values holding a secret.
+    """
+
+    def __init__(self, store: Store, jw: JournalWriter, secrets: list[str] | None = None) -> None:
         self.store = store
         self._journal = jw
+        self.secrets = list(secrets or [])
         self.bytes_written = 0
 
     def put_run(self, run: RunRow) -> None:
-        row = {c: getattr(run, c) for c in RUN_COLUMNS}
-        row["info"] = json.dumps(run.info)
+        row = redact({c: getattr(run, c) for c in RUN_COLUMNS}, self.secrets)
+        row["info"] = json.dumps(row["info"])
         self._append(Record("runs", row))
 
     def put_blob(self, digest: str, data: bytes) -> None:
         self._append(Record("blobs", {"hash": digest, "size": len(data)}, data))
 
     def put_checkpoint(self, cp: CheckpointRow, payload: bytes) -> None:
-        row = {c: getattr(cp, c) for c in CHECKPOINT_COLUMNS}
-        row["info"] = json.dumps(cp.info)
+        row = redact({c: getattr(cp, c) for c in CHECKPOINT_COLUMNS}, self.secrets)
+        row["info"] = json.dumps(row["info"])
+        if self.secrets and contains_secret(payload, self.secrets):
+            from .state import redact_payload
+
+            payload = redact_payload(payload, self.secrets)
         self._append(Record("checkpoints", row, payload))
 
     def _append(self, record: Record) -> None:
@@ -362,6 +537,8 @@ class RunWriter:
                 "The agent stopped at its last saved checkpoint; free space or fix "
                 "permissions, then re-run the cell to resume."
             ) from exc
+        except ValueError as exc:  # a record too large to frame
+            raise StoreError(f"Cannot write a checkpoint: {exc}.") from exc
 
     def close(self, *, merge: bool = True) -> None:
         """Release the journal and fold it into DuckDB (best effort: a busy store merges later)."""
@@ -371,7 +548,8 @@ class RunWriter:
                 self.store.flush()
 
 
-def _insert(con: duckdb.DuckDBPyConnection, rec: Record) -> None:
+def _insert(con: duckdb.DuckDBPyConnection, rec: Record) -> bool:
+    """Store one journal record; False for a record kind this version does not know."""
     if rec.table == "runs":
         cols = RUN_COLUMNS
         values = [rec.row.get(c) for c in cols]
@@ -381,10 +559,18 @@ def _insert(con: duckdb.DuckDBPyConnection, rec: Record) -> None:
     elif rec.table == "blobs":
         cols = ["hash", "size", "data"]
         values = [rec.row["hash"], rec.row["size"], rec.payload]
-    else:  # a record kind from a newer version: keep the journal readable, skip it
-        return
+    else:  # a record kind from a newer version: left in its journal for that version
+        return False
     marks = ", ".join("?" for _ in cols)
     con.execute(f"INSERT OR IGNORE INTO {rec.table} ({', '.join(cols)}) VALUES ({marks})", values)
+    return True
+
+
+def _version(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return SCHEMA_VERSION + 1  # unreadable: treat as newer, never overwrite
 
 
 def _filters(**kw: str | None) -> tuple[str, list]:
@@ -404,3 +590,53 @@ def _checkpoint_row(r: tuple) -> CheckpointRow:
     d = dict(zip(CHECKPOINT_COLUMNS, r, strict=True))
     d["info"] = json.loads(d["info"]) if d["info"] else {}
     return CheckpointRow(**d)
+
+
+def moved_path(path: str, old: str, new: str) -> str:
+    """``path`` after moving ``old`` (a notebook or a folder) to ``new``."""
+    if path == old:
+        return new
+    if path.startswith(old.rstrip("/") + "/"):
+        return new.rstrip("/") + path[len(old.rstrip("/")) :]
+    return path
+
+
+def apply_moves(con: duckdb.DuckDBPyConnection) -> int:
+    """Move runs created before a recorded notebook move to the new path; return how many."""
+    pending = con.execute(
+        "SELECT count(*) FROM runs r JOIN notebook_moves m ON r.created_at < m.moved_at "
+        "AND (r.notebook = m.old OR starts_with(r.notebook, rtrim(m.old, '/') || '/'))"
+    ).fetchone()
+    if not pending or not pending[0]:
+        return 0
+    moved = 0
+    for old, new, moved_at in con.execute(
+        "SELECT old, new, moved_at FROM notebook_moves ORDER BY moved_at"
+    ).fetchall():
+        rows = con.execute(
+            "SELECT run_id, notebook FROM runs WHERE created_at < ? "
+            "AND (notebook = ? OR starts_with(notebook, ?))",
+            [moved_at, old, old.rstrip("/") + "/"],
+        ).fetchall()
+        for run_id, notebook in rows:
+            con.execute(
+                "UPDATE runs SET notebook = ? WHERE run_id = ?",
+                [moved_path(notebook, old, new), run_id],
+            )
+        moved += len(rows)
+    return moved
+
+
+_IMPORTED_AT = time.time()
+
+
+def process_started_at() -> float:
+    """When this process started (Linux ``/proc``; elsewhere, when this module was imported)."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED_AT

@@ -118,11 +118,17 @@ class Kernel:
             self.pump(0.1)
 
     def kill(self) -> None:
-        """SIGKILL the kernel process, as a crash or the OOM killer would."""
-        self.km.kill_kernel(now=True) if hasattr(
-            self.km, "kill_kernel"
-        ) else self.km.shutdown_kernel(now=True)
+        """SIGKILL the kernel process, as a crash or the OOM killer would.
+
+        ``shutdown_kernel(now=True)`` interrupts the kernel first, which would let
+        the agent write an orderly "interrupted" checkpoint; a crash gives no
+        such chance, so the signal goes straight to the process.
+        """
+        process = self.km.provisioner.process  # type: ignore[union-attr]
+        process.kill()
+        process.wait(10)
         self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)  # only cleans up: ports, connection file
 
     def interrupt(self) -> None:
         self.km.interrupt_kernel()

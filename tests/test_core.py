@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
+from IPython import get_ipython
+from IPython.testing.globalipapp import start_ipython
 
 from jupyter_agent import namespace
 from jupyter_agent.redaction import REDACTED, redact, secrets_in_environment
@@ -108,7 +109,7 @@ def test_parse_call_explains_malformed_calls():
 
 
 def test_run_python_reports_output_value_and_errors():
-    shell = InteractiveShell.instance()
+    shell = start_ipython() or get_ipython()
     result = run_python(shell, "x = 40\nprint('hi')\nx + 2")
     assert "hi" in result.output and "42" in result.output and not result.error
     assert "x" in result.touched and shell.user_ns["x"] == 40

@@ -1,0 +1,531 @@
+// Checkpoint timeline of a jupyter-agent agent (anywidget ES module, no build step).
+//
+// The kernel sends each new checkpoint once, as an "append" custom message; the
+// `entries` trait holds a window of the latest entries and is resent only when
+// the shown run changes, an execution ends, or more entries are asked for. The
+// entries live in a per-model store (keyed by the `uid` trait) that is filled
+// from `initialize`, so a view rendered late, or a second view, misses nothing.
+
+const STORES = (globalThis.__jupyterAgentTimelines ??= new Map());
+const EXTRA = 50; // live entries kept beyond the window before the oldest are dropped
+const LOG_LIMIT = 20000;
+
+const KINDS = {
+  start: ["▶", "start"],
+  model: ["◆", "model"],
+  tool_call: ["⚙", "tool call"],
+  tool_result: ["↳", "result"],
+  approval: ["‖", "approval"],
+  resume: ["↻", "resume"],
+  fork: ["⋔", "fork"],
+  interrupted: ["■", "interrupted"],
+  error: ["⚠", "error"],
+  limit: ["⊘", "limit"],
+};
+
+function storeOf(model) {
+  const uid = model.get("uid");
+  let s = STORES.get(uid);
+  if (!s) {
+    s = { uid, run: "", first: 0, window: 100, entries: [], log: "", views: new Set(), listening: false };
+    STORES.set(uid, s);
+    takeSnapshot(s, model.get("entries"));
+    s.log = model.get("log") || "";
+  }
+  return s;
+}
+
+function takeSnapshot(s, snap) {
+  snap = snap || {};
+  s.run = snap.run || "";
+  s.entries = (snap.items || []).slice();
+  s.first = snap.first || 0;
+  s.window = Math.max(100, s.entries.length);
+}
+
+function listen(model, s) {
+  if (s.listening) return;
+  s.listening = true;
+  model.on("change:entries", () => {
+    takeSnapshot(s, model.get("entries"));
+    s.views.forEach((v) => v.renderList());
+  });
+  model.on("change:log", () => {
+    s.log = model.get("log") || "";
+    s.views.forEach((v) => v.renderLog());
+  });
+  model.on("msg:custom", (msg) => {
+    if (msg.type === "append") {
+      if (msg.run !== s.run) return;
+      const end = s.first + s.entries.length;
+      let fresh = msg.entries;
+      if (msg.start < end) fresh = fresh.slice(end - msg.start); // already have some
+      else if (msg.start > end) {
+        // Missed some (a view that started late): keep the newest, older load on demand.
+        s.entries = [];
+        s.first = msg.start;
+      }
+      if (!fresh.length) return;
+      s.entries.push(...fresh);
+      let dropped = 0;
+      if (s.entries.length > s.window + EXTRA) {
+        dropped = s.entries.length - s.window;
+        s.entries.splice(0, dropped);
+        s.first += dropped;
+      }
+      s.views.forEach((v) => v.appendRows(fresh, dropped));
+    } else if (msg.type === "log") {
+      s.log = (s.log + msg.text).slice(-LOG_LIMIT);
+      s.views.forEach((v) => v.appendLog(msg.text));
+    }
+  });
+}
+
+// -- formatting -------------------------------------------------------------------
+
+function h(tag, props, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k === "text") el.textContent = v;
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+const pad = (n) => String(n).padStart(2, "0");
+function fmtTime(t) {
+  const d = new Date(t * 1000);
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+function fmtMs(ms) {
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 60000) return `${(ms / 1000).toFixed(1)} s`;
+  return `${Math.floor(ms / 60000)} min ${Math.round((ms % 60000) / 1000)} s`;
+}
+function fmtSize(b) {
+  if (b < 1024) return `${b} B`;
+  if (b < 1024 * 1024) return `${(b / 1024).toFixed(1)} kB`;
+  return `${(b / 1024 / 1024).toFixed(1)} MB`;
+}
+function fmtTokens(n) {
+  return n >= 10000 ? `${(n / 1000).toFixed(1)}k tok` : `${n} tok`;
+}
+const statusClass = (s) => `ja-st-${(s || "none").replace(/_/g, "-")}`;
+const key = (e) => `${e.run}:${e.step}`;
+
+// -- one view -----------------------------------------------------------------------
+
+class View {
+  constructor(model, el, s) {
+    this.model = model;
+    this.s = s;
+    this.selected = null; // {run, step} of the opened checkpoint
+    this.editing = false;
+    el.classList.add("ja-timeline");
+    this.root = el;
+    this.headerEl = h("div", { class: "ja-header" });
+    this.runsEl = h("div", { class: "ja-runs" });
+    this.noticeEl = h("div", { class: "ja-notice" });
+    this.approvalEl = h("div", { class: "ja-approval" });
+    this.listEl = h("div", { class: "ja-list", role: "list" });
+    this.detailEl = h("div", { class: "ja-detail" });
+    this.logPre = h("pre", { class: "ja-log-text" });
+    this.logEl = h("details", { class: "ja-log" }, h("summary", { text: "Background output" }), this.logPre);
+    el.replaceChildren(
+      this.headerEl,
+      this.runsEl,
+      this.noticeEl,
+      this.approvalEl,
+      h("div", { class: "ja-body" }, this.listEl, this.detailEl),
+      this.logEl,
+    );
+    this.renderHeader();
+    this.renderRuns();
+    this.renderNotice();
+    this.renderApproval();
+    this.renderList();
+    this.renderDetail();
+    this.renderLog();
+  }
+
+  send(msg) {
+    this.model.send(msg);
+  }
+
+  get kernelBusy() {
+    // A cell running in the foreground: the kernel reads clicks only after it ends.
+    const sum = this.model.get("summary") || {};
+    return sum.status === "running" && !sum.busy;
+  }
+
+  // header: agent, model, status, step count, tokens, size, Pause
+  renderHeader() {
+    const head = this.model.get("header") || {};
+    const sum = this.model.get("summary") || {};
+    const stats = [];
+    if (sum.step >= 0) stats.push(`${sum.step + 1} checkpoints`);
+    if (sum.tokens) stats.push(fmtTokens(sum.tokens));
+    if (sum.size) stats.push(fmtSize(sum.size));
+    const parts = [
+      h("span", { class: "ja-title" }, h("span", { class: "ja-logo", text: "◷" }), "Agent ", h("b", { text: head.agent || "" })),
+      sum.model ? h("span", { class: "ja-model", title: "model", text: sum.model }) : null,
+      h("span", { class: `ja-badge ${statusClass(sum.status)}`, text: sum.text || "" }),
+      h("span", { class: "ja-stats", text: stats.join(" · ") }),
+      h("span", { class: "ja-spacer" }),
+      sum.can_pause
+        ? h("button", { class: "ja-btn ja-pause", onclick: () => this.send({ type: "pause" }), text: "Pause" })
+        : null,
+      h("button", {
+        class: "ja-btn ja-ghost",
+        title: "Reload from the store",
+        onclick: () => this.send({ type: "refresh" }),
+        text: "↻",
+      }),
+    ];
+    this.headerEl.replaceChildren(...parts.filter(Boolean));
+  }
+
+  // runs: first run, restarts, forks as an indented branch list
+  renderRuns() {
+    const runs = this.model.get("runs") || [];
+    const current = this.model.get("run_id");
+    if (runs.length < 2) {
+      this.runsEl.replaceChildren();
+      this.runsEl.hidden = true;
+      return;
+    }
+    this.runsEl.hidden = false;
+    this.runsEl.replaceChildren(
+      h("span", { class: "ja-runs-label", text: "Runs" }),
+      ...runs.map((r) =>
+        h(
+          "button",
+          {
+            class: `ja-run ${r.id === current ? "ja-selected" : ""}`,
+            style: `margin-left: ${r.depth * 14}px`,
+            title: `${r.label}: ${r.text}${r.latest ? " (latest: re-running the cell continues it)" : ""}`,
+            dataset: { run: r.id },
+            onclick: () => this.send({ type: "run", run: r.id }),
+          },
+          h("span", { class: `ja-dot ${statusClass(r.status)}` }),
+          r.parent ? `${r.depth ? "└ " : ""}${r.label} ⋔ ${r.parent}@${r.parent_step}` : r.label,
+          h("span", { class: "ja-run-text", text: ` ${r.text}` }),
+          r.latest ? h("span", { class: "ja-latest", text: "latest" }) : null,
+        ),
+      ),
+    );
+  }
+
+  renderNotice() {
+    const n = this.model.get("notice") || {};
+    this.noticeEl.hidden = !n.text;
+    this.noticeEl.className = `ja-notice ja-notice-${n.level || "info"}`;
+    this.noticeEl.textContent = n.text || "";
+  }
+
+  // the call waiting for approval: Approve, Edit, Reject with a note
+  renderApproval() {
+    const p = this.model.get("pending") || {};
+    const sum = this.model.get("summary") || {};
+    if (!p.call_id || p.run !== this.model.get("run_id")) {
+      this.approvalEl.replaceChildren();
+      this.approvalEl.hidden = true;
+      this.editing = false;
+      return;
+    }
+    this.approvalEl.hidden = false;
+    const code = h("textarea", { class: "ja-code-edit", spellcheck: "false", rows: Math.min(14, p.code.split("\n").length + 1) });
+    code.value = p.code;
+    code.readOnly = !this.editing;
+    const note = h("input", { class: "ja-note", type: "text", placeholder: "Note for the model (sent with Reject)" });
+    const disabled = sum.busy;
+    const approve = h("button", {
+      class: "ja-btn ja-primary",
+      disabled,
+      text: "Approve",
+      onclick: () => {
+        const edited = this.editing && code.value !== p.code;
+        this.send({ type: "approve", call_id: p.call_id, code: edited ? code.value : null });
+        this.editing = false;
+      },
+    });
+    const edit = h("button", {
+      class: "ja-btn",
+      disabled,
+      text: this.editing ? "Cancel edit" : "Edit",
+      onclick: () => {
+        this.editing = !this.editing;
+        this.renderApproval();
+      },
+    });
+    code.addEventListener("input", () => {
+      approve.textContent = code.value !== p.code ? "Run edited code" : "Approve";
+    });
+    const reject = h("button", {
+      class: "ja-btn ja-danger",
+      disabled,
+      text: "Reject",
+      onclick: () => this.send({ type: "reject", call_id: p.call_id, note: note.value }),
+    });
+    this.approvalEl.replaceChildren(
+      h("div", { class: "ja-approval-head" }, h("b", { text: "Waiting for approval" }), ` · step ${p.step} · ${p.tool}`),
+      code,
+      h("div", { class: "ja-actions" }, approve, edit, reject, note),
+    );
+    if (this.editing) code.focus();
+  }
+
+  // the list of checkpoints
+  renderList() {
+    const s = this.s;
+    const rows = [];
+    if (s.first > 0) {
+      rows.push(
+        h("button", {
+          class: "ja-more",
+          text: `Show earlier (${s.first} more)`,
+          onclick: () => this.send({ type: "more", size: s.entries.length + 200 }),
+        }),
+      );
+    }
+    let prev = null;
+    for (const e of s.entries) {
+      const div = this.divider(prev, e);
+      if (div) rows.push(div);
+      rows.push(this.row(e));
+      prev = e;
+    }
+    if (!s.entries.length) rows.push(h("div", { class: "ja-empty", text: "No checkpoints yet." }));
+    this.listEl.replaceChildren(...rows);
+    this.listEl.scrollTop = this.listEl.scrollHeight;
+  }
+
+  appendRows(fresh, dropped) {
+    if (dropped) return this.renderList();
+    const stick = this.listEl.scrollHeight - this.listEl.scrollTop - this.listEl.clientHeight < 40;
+    this.listEl.querySelector(".ja-empty")?.remove();
+    const all = this.s.entries;
+    let prev = all[all.length - fresh.length - 1] || null;
+    for (const e of fresh) {
+      const div = this.divider(prev, e);
+      if (div) this.listEl.append(div);
+      this.listEl.append(this.row(e));
+      prev = e;
+    }
+    if (stick) this.listEl.scrollTop = this.listEl.scrollHeight;
+  }
+
+  divider(prev, e) {
+    if (!prev || prev.run === e.run) return null;
+    const runs = this.model.get("runs") || [];
+    const r = runs.find((x) => x.id === e.run);
+    return h("div", { class: "ja-divider", text: `⋔ ${r ? r.label : "fork"} branches off after step ${prev.step}` });
+  }
+
+  row(e) {
+    const [icon, label] = KINDS[e.kind] || ["•", e.kind];
+    const inherited = e.run !== this.s.run;
+    const meta = [fmtTime(e.time), fmtMs(e.ms)];
+    if (e.tokens) meta.push(fmtTokens(e.tokens));
+    meta.push(fmtSize(e.size));
+    const sel = this.selected && this.selected.run === e.run && this.selected.step === e.step;
+    return h(
+      "div",
+      {
+        class: `ja-row ${statusClass(e.status)} ja-k-${e.kind}${inherited ? " ja-inherited" : ""}${sel ? " ja-selected" : ""}`,
+        role: "listitem",
+        tabindex: "0",
+        title: inherited ? "From the run this one was forked from" : null,
+        dataset: { key: key(e), kind: e.kind, step: String(e.step) },
+        onclick: () => this.open(e),
+        onkeydown: (ev) => (ev.key === "Enter" ? this.open(e) : null),
+      },
+      h("span", { class: "ja-step", text: e.step }),
+      h("span", { class: "ja-kind" }, h("span", { class: "ja-icon", text: icon }), label),
+      h("span", { class: "ja-summary", text: e.summary, title: e.summary }),
+      h("span", { class: "ja-meta", text: meta.join(" · ") }),
+    );
+  }
+
+  open(e) {
+    this.selected = { run: e.run, step: e.step };
+    this.listEl.querySelectorAll(".ja-row.ja-selected").forEach((r) => r.classList.remove("ja-selected"));
+    this.listEl.querySelector(`.ja-row[data-key="${key(e)}"]`)?.classList.add("ja-selected");
+    this.send({ type: "open", run: e.run, step: e.step });
+    this.renderDetail();
+  }
+
+  // the opened checkpoint: messages, tool call and result, variables, Fork and Rewind
+  renderDetail() {
+    if (!this.selected) {
+      this.detailEl.replaceChildren(h("div", { class: "ja-empty", text: "Click a checkpoint to see its messages, tool call and variables." }));
+      return;
+    }
+    const { run, step } = this.selected;
+    const d = this.model.get("detail") || {};
+    const loaded = d.run === run && d.step === step;
+    const e = loaded ? d : this.s.entries.find((x) => x.run === run && x.step === step) || { run, step };
+    const info = loaded ? {} : e.info || {};
+    const [icon, label] = KINDS[e.kind] || ["•", e.kind || ""];
+    const parts = [
+      h(
+        "div",
+        { class: "ja-detail-head" },
+        h("b", { text: `Step ${step}` }),
+        ` · ${icon} ${label}`,
+        e.status && e.status !== "running"
+          ? h("span", { class: `ja-badge ${statusClass(e.status)}`, text: e.status.replace(/_/g, " ") })
+          : null,
+      ),
+      e.summary ? h("div", { class: "ja-detail-summary", text: e.summary }) : null,
+    ];
+    if (loaded) {
+      for (const m of d.messages || []) parts.push(this.message(m));
+      if (d.call && d.kind !== "model") {
+        parts.push(this.section(`Tool call · ${d.call.name}`, h("pre", { class: "ja-code", text: d.call.code ?? d.call.arguments ?? "" })));
+      }
+      if (d.decision) {
+        const dec = d.decision;
+        parts.push(this.section("Decision", `${dec.action}${dec.note ? `: ${dec.note}` : ""}`, dec.code ? h("pre", { class: "ja-code", text: dec.code }) : null));
+      }
+    } else {
+      if (info.code) parts.push(this.section("Code", h("pre", { class: "ja-code", text: info.code })));
+      parts.push(
+        h("div", {
+          class: "ja-hint",
+          text: this.kernelBusy ? "Messages load when the running cell has finished." : "Loading messages…",
+        }),
+      );
+    }
+    const vars = loaded ? d.vars || [] : Object.entries(info.vars || {}).map(([name, v]) => ({ name, ...v }));
+    if (vars.length) {
+      parts.push(
+        this.section(
+          "Variables changed",
+          h(
+            "table",
+            { class: "ja-vars" },
+            h("tr", {}, h("th", { text: "name" }), h("th", { text: "type" }), h("th", { text: "value" }), h("th", { text: "size" })),
+            ...vars.map((v) =>
+              h("tr", {}, h("td", { class: "ja-var", text: v.name }), h("td", { text: v.type }), h("td", { class: "ja-repr", text: v.repr }), h("td", { text: fmtSize(v.size || 0) })),
+            ),
+          ),
+        ),
+      );
+    }
+    const deleted = loaded ? d.deleted || [] : info.deleted || [];
+    if (deleted.length) parts.push(this.section("Deleted", deleted.join(", ")));
+    const unsaved = Object.entries((loaded ? d.unsaved : info.unsaved) || {});
+    if (unsaved.length) {
+      parts.push(this.section("Not saved", h("ul", { class: "ja-unsaved" }, ...unsaved.map(([n, why]) => h("li", {}, h("b", { text: n }), `: ${why}`)))));
+    }
+    if (loaded && d.namespace) {
+      parts.push(h("div", { class: "ja-hint", text: `Agent variables at this point: ${d.namespace.join(", ") || "none"}` }));
+    }
+    parts.push(this.detailActions());
+    this.detailEl.replaceChildren(...parts);
+    this.updateBusy();
+  }
+
+  // Fork and Rewind act on the opened checkpoint; built once, so a typed
+  // instruction survives the detail being re-rendered when its payload arrives.
+  detailActions() {
+    if (!this.actionsEl) {
+      this.instructionEl = h("textarea", { class: "ja-instruction", rows: 2, placeholder: "New instruction for the fork (optional)" });
+      this.forkBtn = h("button", {
+        class: "ja-btn ja-primary",
+        text: "Fork from here",
+        title: "Start a new run from this checkpoint; this run stays as it is",
+        onclick: () => {
+          this.send({ type: "fork", ...this.selected, instruction: this.instructionEl.value });
+          this.instructionEl.value = "";
+        },
+      });
+      this.rewindBtn = h("button", {
+        class: "ja-btn",
+        text: "Rewind namespace",
+        title: "Put the agent's variables back as they were at this checkpoint",
+        onclick: () => this.send({ type: "rewind", ...this.selected }),
+      });
+      this.actionsEl = h(
+        "div",
+        { class: "ja-detail-actions" },
+        this.instructionEl,
+        h("div", { class: "ja-actions" }, this.forkBtn, this.rewindBtn),
+      );
+    }
+    return this.actionsEl;
+  }
+
+  updateBusy() {
+    const busy = Boolean((this.model.get("summary") || {}).busy);
+    if (this.forkBtn) this.forkBtn.disabled = busy;
+    if (this.rewindBtn) this.rewindBtn.disabled = busy;
+  }
+
+  section(title, ...content) {
+    return h("div", { class: "ja-section" }, h("div", { class: "ja-section-title", text: title }), ...content);
+  }
+
+  message(m) {
+    const body = [];
+    if (m.content) body.push(h("pre", { class: "ja-msg-text", text: m.content }));
+    for (const c of m.tool_calls || []) {
+      body.push(h("div", { class: "ja-call-name", text: `→ ${c.name}` }), h("pre", { class: "ja-code", text: c.code ?? c.arguments ?? "" }));
+    }
+    return h("div", { class: `ja-msg ja-role-${m.role}` }, h("div", { class: "ja-role", text: m.role === "tool" ? "tool result" : m.role }), ...body);
+  }
+
+  renderLog() {
+    this.logEl.hidden = !this.s.log;
+    this.logPre.textContent = this.s.log;
+    this.logPre.scrollTop = this.logPre.scrollHeight;
+  }
+
+  appendLog(text) {
+    if (this.logEl.hidden) {
+      this.logEl.hidden = false;
+      this.logEl.open = true;
+    }
+    this.logPre.append(text);
+    if (this.logPre.textContent.length > LOG_LIMIT * 1.5) this.logPre.textContent = this.s.log;
+    this.logPre.scrollTop = this.logPre.scrollHeight;
+  }
+}
+
+export default {
+  initialize({ model }) {
+    const s = storeOf(model);
+    listen(model, s);
+    return () => STORES.delete(s.uid);
+  },
+  render({ model, el }) {
+    const s = storeOf(model);
+    listen(model, s); // in case this runtime did not call initialize
+    const view = new View(model, el, s);
+    s.views.add(view);
+    model.on("change:summary", () => {
+      view.renderHeader();
+      view.renderApproval();
+      view.updateBusy();
+    });
+    model.on("change:header", () => view.renderHeader());
+    model.on("change:runs", () => view.renderRuns());
+    model.on("change:run_id", () => {
+      view.renderRuns();
+      view.renderApproval();
+    });
+    model.on("change:pending", () => view.renderApproval());
+    model.on("change:notice", () => view.renderNotice());
+    model.on("change:detail", () => view.renderDetail());
+    return () => s.views.delete(view);
+  },
+};

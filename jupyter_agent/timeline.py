@@ -1,0 +1,437 @@
+"""One agent's checkpoint history as the timeline shows it, and the actions on it.
+
+The timeline of an agent holds all its runs — first runs, restarts, and forks,
+a fork being a run whose history starts with its parent's checkpoints up to
+the fork point — and the entries of one selected run's history. Entries are
+built from store rows only (never payloads), so listing a long run stays cheap;
+a checkpoint's messages are decoded only when it is opened (:func:`detail`).
+
+This module knows nothing about widgets: :mod:`jupyter_agent.widget` renders a
+:class:`Timeline` and calls the actions here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from .agent import Events, load_state, new_run
+from .identity import AgentIdentity
+from .namespace import restore
+from .render import status_text
+from .runner import (
+    AgentBusy,
+    Outcome,
+    approve_policy,
+    make_execution,
+    run_options,
+)
+from .state import AWAITING_APPROVAL, RUNNING, RunState, decode_delta, fold
+from .store import CheckpointRow, RunRow, Store, StoreError
+
+#: Entries of the selected history sent to a frontend at first; more on request.
+WINDOW = 100
+CODE_LIMIT = 2_000  # characters of code kept in an entry
+CONTENT_LIMIT = 8_000  # characters of a message shown when a checkpoint is opened
+_INFO_KEYS = ("vars", "deleted", "unsaved", "error", "code", "decision", "instruction")
+
+
+def entry(row: CheckpointRow) -> dict:
+    """A timeline entry: what a row shows and what opening it shows before payloads load."""
+    e: dict[str, Any] = {
+        "run": row.run_id,
+        "step": row.step,
+        "kind": row.kind,
+        "status": row.status,
+        "summary": row.summary,
+        "time": row.created_at,
+        "ms": row.duration_ms,
+        "tokens": row.tokens,
+        "size": row.size,
+    }
+    info = {k: row.info[k] for k in _INFO_KEYS if row.info.get(k)}
+    if isinstance(info.get("code"), str):
+        info["code"] = _clip(info["code"], CODE_LIMIT)
+    if info:
+        e["info"] = info
+    return e
+
+
+def _clip(text: str, limit: int) -> str:
+    return (
+        text if len(text) <= limit else text[:limit] + f"\n…[{len(text) - limit} more characters]"
+    )
+
+
+@dataclass
+class Change:
+    """What :meth:`Timeline.add` changed, so a view can send no more than that."""
+
+    entry: dict | None = None  # appended to the selected history, at ``index``
+    index: int = 0
+    reloaded: bool = False  # the selection moved to a new run: resend everything
+    runs: bool = False  # the list of runs or a run's status changed
+
+
+@dataclass
+class Timeline:
+    """The runs of one agent, and the entries of the selected run's history."""
+
+    store: Store
+    notebook: str
+    agent: str
+    runs: list[RunRow] = field(default_factory=list)
+    selected: str = ""
+    history: list[dict] = field(default_factory=list)
+    _last: dict[str, CheckpointRow] = field(default_factory=dict)
+    _live: set[str] = field(default_factory=set)
+    _tokens: int = 0
+    _size: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.notebook, self.agent)
+
+    def run(self, run_id: str) -> RunRow:
+        for run in self.runs:
+            if run.run_id == run_id:
+                return run
+        raise StoreError(f"Agent {self.agent!r} has no run {run_id!r}.")
+
+    @property
+    def latest(self) -> RunRow | None:
+        return self.runs[-1] if self.runs else None
+
+    # -- reading from the store ------------------------------------------------------
+
+    def load(self, run_id: str | None = None) -> None:
+        """Read the agent's runs from the store; select ``run_id``, else keep or take the latest."""
+        self.runs = self.store.runs(notebook=self.notebook, agent=self.agent)
+        self._last = self.store.latest_checkpoints([r.run_id for r in self.runs])
+        self._live = self.store.live_runs()
+        ids = {r.run_id for r in self.runs}
+        want = run_id if run_id in ids else self.selected if self.selected in ids else None
+        self.select(want or (self.runs[-1].run_id if self.runs else ""))
+
+    def select(self, run_id: str) -> None:
+        """Make ``run_id``'s history (its ancestors' checkpoints up to each fork, then its own) current."""
+        self.selected = run_id
+        self.history = []
+        if run_id:
+            for seg_run, upto in self.segments(self.run(run_id)):
+                rows = self.store.checkpoints(seg_run)
+                self.history.extend(entry(r) for r in rows if upto is None or r.step <= upto)
+        self._tokens = sum(e["tokens"] for e in self.history)
+        self._size = sum(e["size"] for e in self.history)
+
+    def segments(self, run: RunRow) -> list[tuple[str, int | None]]:
+        """Like :func:`jupyter_agent.agent.chain`, from the runs already loaded."""
+        out: list[tuple[str, int | None]] = [(run.run_id, None)]
+        while run.parent_run:
+            out.insert(0, (run.parent_run, run.parent_step))
+            run = self.run(run.parent_run)
+        return out
+
+    # -- following a live execution --------------------------------------------------
+
+    def add(self, run: RunRow, row: CheckpointRow) -> Change:
+        """Take in a checkpoint just written by an execution of this agent."""
+        new = all(r.run_id != run.run_id for r in self.runs)
+        if new:
+            self.runs.append(run)
+        old = self._last.get(run.run_id)
+        self._last[run.run_id] = row
+        self._live.add(run.run_id)
+        if new:  # a run started here (new, restarted or forked): follow it
+            self.select(run.run_id)
+            self._append(row)  # unless the store already had it
+            return Change(reloaded=True, runs=True)
+        runs_changed = old is None or old.status != row.status
+        if run.run_id != self.selected:
+            return Change(runs=runs_changed)
+        e = self._append(row)
+        if e is None:
+            return Change(runs=runs_changed)
+        return Change(entry=e, index=len(self.history) - 1, runs=runs_changed)
+
+    def _append(self, row: CheckpointRow) -> dict | None:
+        last = self.history[-1] if self.history else {}
+        if last.get("run") == row.run_id and last["step"] >= row.step:
+            return None  # already read from the store
+        e = entry(row)
+        self.history.append(e)
+        self._tokens += row.tokens
+        self._size += row.size
+        return e
+
+    # -- what a view shows -----------------------------------------------------------
+
+    def status(self, run_id: str) -> tuple[str, int]:
+        last = self._last.get(run_id)
+        if last is None:
+            return RUNNING, -1
+        status = last.status
+        if status == RUNNING and run_id not in self._live:
+            status = "interrupted"
+        return status, last.step
+
+    def tree(self) -> list[dict]:
+        """Runs as branches: each fork right under its parent, indented one level deeper."""
+        label = {r.run_id: f"#{i}" for i, r in enumerate(self.runs, 1)}
+        children: dict[str | None, list[RunRow]] = {}
+        for r in self.runs:
+            parent = r.parent_run if r.parent_run in label else None
+            children.setdefault(parent, []).append(r)
+        rows: list[dict] = []
+
+        def visit(parent: str | None, depth: int) -> None:
+            for r in children.get(parent, []):
+                status, step = self.status(r.run_id)
+                rows.append(
+                    {
+                        "id": r.run_id,
+                        "label": label[r.run_id],
+                        "parent": label.get(r.parent_run or ""),
+                        "parent_step": r.parent_step,
+                        "depth": depth,
+                        "status": status,
+                        "text": status_text(status, step),
+                        "steps": step + 1,
+                        "latest": r is self.runs[-1],
+                    }
+                )
+                visit(r.run_id, depth + 1)
+
+        visit(None, 0)
+        return rows
+
+    def summary(self) -> dict:
+        status, step = self.status(self.selected) if self.selected else (RUNNING, -1)
+        run = self.run(self.selected) if self.selected else None
+        return {
+            "status": status if run else "",
+            "text": status_text(status, step) if run else "not run yet",
+            "step": step,
+            "tokens": self._tokens,
+            "size": self._size,
+            "total": len(self.history),
+            "model": run.model if run else "",
+            "latest": bool(run) and run is self.runs[-1],
+        }
+
+    def snapshot(self, window: int = WINDOW) -> dict:
+        items = self.history[-window:] if window > 0 else []
+        return {
+            "run": self.selected,
+            "first": len(self.history) - len(items),
+            "items": items,
+        }
+
+    def pending(self) -> dict:
+        """The tool call the selected run waits on for approval, if any."""
+        if not self.history or self.status(self.selected)[0] != AWAITING_APPROVAL:
+            return {}
+        last = self.history[-1]
+        info = last.get("info") or {}
+        row = self._last[self.selected]
+        return {
+            "run": self.selected,
+            "step": last["step"],
+            "call_id": row.info.get("call_id", ""),
+            "tool": "python",
+            "code": row.info.get("code", info.get("code", "")),
+        }
+
+
+# -- opening a checkpoint ----------------------------------------------------------------
+
+
+def detail(timeline: Timeline, run_id: str, step: int) -> dict:
+    """Everything about one checkpoint: its messages, tool call and result, variables."""
+    run = timeline.run(run_id)
+    segments = timeline.segments(run)
+    segments[-1] = (run_id, step)
+    state = RunState()
+    found: tuple[CheckpointRow, Any] | None = None
+    for row, payload in timeline.store.payloads(segments):
+        delta = decode_delta(payload)
+        state.apply(delta, step=row.step, kind=row.kind, status=row.status, tokens=row.tokens)
+        if row.run_id == run_id and row.step == step:
+            found = (row, delta)
+    if found is None:
+        raise StoreError(f"Run {run_id} has no checkpoint at step {step}.")
+    row, delta = found
+    call_id = delta.tool_call_id or row.info.get("call_id")
+    if call_id is None and delta.decision:
+        call_id = delta.decision.get("call_id")
+    call = _find_call(state.messages, call_id) if call_id else None
+    result = next(
+        (m.get("content") for m in delta.messages if m.get("role") == "tool"),
+        None,
+    )
+    info = row.info.get("vars") or {}
+    return {
+        **entry(row),
+        "messages": [_message(m) for m in delta.messages],
+        "call": call,
+        "result": _clip(result, CONTENT_LIMIT) if isinstance(result, str) else None,
+        "vars": [{"name": n, **info[n]} for n in sorted(info)],
+        "deleted": sorted(n for n, h in delta.vars.items() if h is None),
+        "unsaved": dict(delta.unsaved),
+        "decision": delta.decision,
+        "namespace": sorted(state.vars),
+    }
+
+
+def _find_call(messages: list[dict], call_id: str) -> dict | None:
+    for msg in reversed(messages):
+        for call in msg.get("tool_calls") or []:
+            if call.get("id") == call_id:
+                return _call(call)
+    return None
+
+
+def _call(call: dict) -> dict:
+    fn = call.get("function") or {}
+    args = fn.get("arguments") or ""
+    try:
+        code = json.loads(args).get("code")
+    except (ValueError, AttributeError):
+        code = None
+    return {
+        "id": call.get("id", ""),
+        "name": fn.get("name") or "?",
+        "code": _clip(code, CONTENT_LIMIT) if isinstance(code, str) else None,
+        "arguments": None if isinstance(code, str) else _clip(args, CONTENT_LIMIT),
+    }
+
+
+def _message(msg: dict) -> dict:
+    content = msg.get("content")
+    if not isinstance(content, str):
+        content = "" if content is None else str(content)
+    out = {"role": msg.get("role", "?"), "content": _clip(content, CONTENT_LIMIT)}
+    if msg.get("tool_calls"):
+        out["tool_calls"] = [_call(c) for c in msg["tool_calls"]]
+    if msg.get("tool_call_id"):
+        out["tool_call_id"] = msg["tool_call_id"]
+    return out
+
+
+# -- actions -------------------------------------------------------------------------------
+
+
+@dataclass
+class Rewound:
+    """What rewinding the namespace did."""
+
+    step: int
+    restored: list[str]
+    removed: list[str]
+    failed: dict[str, str]
+    unsaved: dict[str, str]
+
+    def message(self) -> str:
+        parts = [f"Namespace rewound to step {self.step}"]
+        if self.restored:
+            parts.append("restored " + ", ".join(self.restored))
+        if self.removed:
+            parts.append("removed " + ", ".join(self.removed))
+        if not self.restored and not self.removed:
+            parts.append("no agent variables to change")
+        text = "; ".join(parts) + "."
+        for name, why in {**self.unsaved, **self.failed}.items():
+            text += f" {name}: {why} (left as it is)."
+        return text
+
+
+def ensure_idle(timeline: Timeline) -> None:
+    """Refuse to act while any run of the agent executes in another process."""
+    live = timeline.store.live_runs() & {r.run_id for r in timeline.runs}
+    if live:
+        raise AgentBusy(
+            f"Agent {timeline.agent!r} is running in another kernel; wait for it or stop it there."
+        )
+
+
+def state_at(timeline: Timeline, run: RunRow, step: int) -> RunState:
+    """The run's state folded up to and including ``step``."""
+    segments = [*timeline.segments(run)[:-1], (run.run_id, step)]
+    state = fold(timeline.store.payloads(segments))
+    if state.step != step:
+        raise StoreError(f"Run {run.run_id} has no checkpoint at step {step}.")
+    return state
+
+
+def rewind(timeline: Timeline, shell: Any, run_id: str, step: int) -> Rewound:
+    """Put the agent's variables back as they were at a checkpoint.
+
+    Variables the agent set later (in this run or the agent's latest run) and
+    that did not exist yet at that step are removed; values that could not be
+    saved are left as they are.
+    """
+    ensure_idle(timeline)
+    run = timeline.run(run_id)
+    target = state_at(timeline, run, step)
+    later: set[str] = set(load_state(timeline.store, run).vars)
+    latest = timeline.latest
+    if latest is not None and latest.run_id != run.run_id:
+        later |= set(load_state(timeline.store, latest).vars)
+    return _rewind_to(timeline.store, shell, target, later)
+
+
+def _rewind_to(store: Store, shell: Any, target: RunState, later: set[str]) -> Rewound:
+    ns = shell.user_ns
+    removed = sorted(n for n in later - set(target.vars) if n in ns and n not in target.unsaved)
+    for name in removed:
+        del ns[name]
+    restored, failed = restore(ns, target.vars, store.blobs)
+    return Rewound(target.step, restored, removed, failed, dict(target.unsaved))
+
+
+def fork(
+    timeline: Timeline,
+    shell: Any,
+    run_id: str,
+    step: int,
+    *,
+    instruction: str = "",
+    options: Any,
+    events: Events,
+    endpoint_args: dict | None = None,
+    cancel: Any = None,
+) -> Outcome:
+    """Start a new run from a checkpoint and execute it; the original run stays as it was.
+
+    The fork continues from that checkpoint's state, so the namespace is first
+    rewound to it. It keeps the run's prompt, so it becomes what re-running
+    the agent's cell continues.
+    """
+    ensure_idle(timeline)
+    source = timeline.run(run_id)
+    identity = AgentIdentity(source.notebook, source.agent, source.cell_id, "store")
+    options = run_options(source, options)
+    run = new_run(
+        identity,
+        source.prompt,
+        source.model,
+        parent=(source.run_id, step),
+        info={"approve": approve_policy(options), "instruction": instruction.strip()},
+    )
+    state = state_at(timeline, source, step)
+    execution = make_execution(
+        timeline.store, shell, run, state, run.model, options, events, endpoint_args, cancel
+    )
+    later = set(load_state(timeline.store, source).vars)
+    if timeline.latest is not None:
+        later |= set(load_state(timeline.store, timeline.latest).vars)
+    rewound = _rewind_to(timeline.store, shell, state, later)
+    events.info(rewound.message())
+    execution.execute(first=True)
+    return Outcome(run, execution.state, "fork", rewound.restored, rewound.failed)
+
+
+def notebook_name(path: str) -> str:
+    return os.path.basename(path) or path

@@ -1,0 +1,232 @@
+"""The timeline widget in real kernels, driven the way a browser drives it.
+
+Clicks are sent as ipywidgets custom comm messages to the widget's model id
+(taken from the cell's display output), exactly what the frontend sends; what
+a click started runs on a background thread, so each test then waits for the
+kernel's background executions before looking at the store, the kernel's
+namespace, and the scripted model's request log.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jupyter_agent.store import Store
+from jupyter_agent.testing import ScriptedServer
+
+from .kernels import Execution, Kernel
+
+pytestmark = pytest.mark.timeout(180)
+
+CELL_ID = "cell-timeline-1"
+AGENT = f"cell-{CELL_ID}"
+CELL = "%%agent -m scripted --approve\nSet a, then b."
+VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def call(code: str) -> dict[str, Any]:
+    return {"tool_calls": [{"name": "python", "arguments": {"code": code}}]}
+
+
+SCRIPT = [
+    {"content": "Setting a.", **call("a = 1\nprint('a =', a)")},
+    {"content": "Setting b.", **call("b = a + 1")},
+    {"content": "Done: b = 2."},
+]
+
+
+def widget_id(run: Execution) -> str:
+    ids = [out["data"][VIEW]["model_id"] for out in run.outputs if VIEW in out.get("data", {})]
+    assert ids, f"no widget in the cell's output:\n{run.text}"
+    return ids[-1]
+
+
+def click(kernel: Kernel, model_id: str, **content: Any) -> None:
+    """What the widget's frontend sends when a button is clicked."""
+    data = {"method": "custom", "content": content}
+    msg = kernel.kc.session.msg("comm_msg", {"comm_id": model_id, "data": data})
+    kernel.kc.shell_channel.send(msg)
+
+
+def settle(kernel: Kernel) -> Execution:
+    """Wait until what the clicks started has finished."""
+    result = kernel.run("import jupyter_agent.widget as _w\nassert _w.wait_all(90)", timeout=120)
+    assert result.status == "ok", result.text
+    return result
+
+
+def state(kernel: Kernel, model_id: str) -> dict:
+    """The widget's synced state, as the frontend has it."""
+    code = (
+        "import json, ipywidgets.widgets.widget as _ww\n"
+        f"_t = _ww._instances[{model_id!r}]\n"
+        "print(json.dumps({k: getattr(_t, k) for k in "
+        "('summary', 'pending', 'runs', 'run_id', 'entries', 'notice', 'detail', 'log')}))"
+    )
+    result = kernel.run(code)
+    assert result.status == "ok", result.text
+    return json.loads(result.stdout)
+
+
+def value(kernel: Kernel, expr: str) -> Any:
+    result = kernel.run(f"import json; print(json.dumps({expr}))")
+    assert result.status == "ok", result.text
+    return json.loads(result.stdout)
+
+
+def start_waiting(kernel: Kernel, scripted: ScriptedServer) -> tuple[Execution, str]:
+    scripted.set_script(list(SCRIPT))
+    run = kernel.run(CELL, cell_id=CELL_ID)
+    assert run.status == "ok", run.text
+    assert "waiting for your approval" in run.text
+    model_id = widget_id(run)
+    return run, model_id
+
+
+def test_cell_shows_timeline_and_approve_finishes(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, store_path: Path
+) -> None:
+    kernel = kernel_factory()
+    run, model_id = start_waiting(kernel, scripted)
+    view = next(o for o in run.outputs if VIEW in o.get("data", {}))
+    assert view["data"]["text/plain"].startswith("Agent timeline")
+    s = state(kernel, model_id)
+    assert s["summary"]["status"] == "awaiting_approval"
+    assert s["pending"]["code"].startswith("a = 1")
+    assert [e["kind"] for e in s["entries"]["items"]] == ["start", "model", "approval"]
+
+    click(kernel, model_id, type="approve", call_id=s["pending"]["call_id"])
+    meanwhile = settle(kernel)
+    assert "a =" not in meanwhile.text and not meanwhile.outputs  # no stray output in a cell
+    s = state(kernel, model_id)
+    assert s["pending"]["code"] == "b = a + 1"
+    assert "a = 1" in s["log"]  # background output went to the widget, not to a cell
+    click(kernel, model_id, type="approve", call_id=s["pending"]["call_id"])
+    settle(kernel)
+    s = state(kernel, model_id)
+    assert s["summary"]["status"] == "done" and s["pending"] == {}
+    assert value(kernel, "[a, b]") == [1, 2]
+    (stored,) = Store(store_path).runs()
+    assert Store(store_path).checkpoints(stored.run_id)[-1].status == "done"
+
+
+def test_reject_note_reaches_the_model(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer
+) -> None:
+    kernel = kernel_factory()
+    _, model_id = start_waiting(kernel, scripted)
+    pending = state(kernel, model_id)["pending"]
+    click(kernel, model_id, type="reject", call_id=pending["call_id"], note="use a = 5 instead")
+    settle(kernel)
+    tool = [m for m in scripted.requests[-1]["body"]["messages"] if m["role"] == "tool"]
+    assert "rejected" in tool[0]["content"] and "use a = 5 instead" in tool[0]["content"]
+    assert value(kernel, "'a' in globals()") is False
+
+
+def test_edit_runs_the_edited_code(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer
+) -> None:
+    kernel = kernel_factory()
+    _, model_id = start_waiting(kernel, scripted)
+    pending = state(kernel, model_id)["pending"]
+    click(kernel, model_id, type="approve", call_id=pending["call_id"], code="a = 100")
+    settle(kernel)
+    assert value(kernel, "a") == 100
+    tool = [m for m in scripted.requests[-1]["body"]["messages"] if m["role"] == "tool"]
+    assert tool[0]["content"] == "(no output)"
+
+
+def test_restart_while_waiting_comes_back_waiting(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, store_path: Path
+) -> None:
+    kernel = kernel_factory()
+    start_waiting(kernel, scripted)
+    kernel.kill()
+
+    kernel = kernel_factory()
+    again = kernel.run(CELL, cell_id=CELL_ID)
+    assert again.status == "ok", again.text
+    assert "waiting for your approval" in again.text
+    model_id = widget_id(again)
+    s = state(kernel, model_id)
+    assert s["summary"]["status"] == "awaiting_approval"
+    for _ in range(2):  # a, then b
+        click(kernel, model_id, type="approve", call_id=s["pending"]["call_id"])
+        settle(kernel)
+        s = state(kernel, model_id)
+    assert s["summary"]["status"] == "done"
+    assert value(kernel, "[a, b]") == [1, 2]
+    # The timeline command shows the same history straight from the store.
+    shown = kernel.run(f"%agent timeline {AGENT}")
+    other = state(kernel, widget_id(shown))
+    assert other["entries"]["items"] == s["entries"]["items"]
+
+
+def test_fork_from_an_earlier_checkpoint(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, store_path: Path
+) -> None:
+    kernel = kernel_factory()
+    scripted.set_script(list(SCRIPT))
+    run = kernel.run(CELL.replace(" --approve", ""), cell_id=CELL_ID)
+    assert "Done: b = 2." in run.text
+    model_id = widget_id(run)
+    s = state(kernel, model_id)
+    original = s["run_id"]
+    a_result = next(e for e in s["entries"]["items"] if e["kind"] == "tool_result")
+    click(kernel, model_id, type="open", run=original, step=a_result["step"])
+    s = state(kernel, model_id)
+    assert s["detail"]["vars"][0]["name"] == "a" and s["detail"]["result"] == "a = 1\n"
+
+    scripted.set_script([SCRIPT[0], {"content": "Now c.", **call("c = a * 3")}, SCRIPT[2]])
+    click(kernel, model_id, type="fork", run=original, step=a_result["step"], instruction="Set c.")
+    settle(kernel)
+    s = state(kernel, model_id)
+    assert s["run_id"] != original and s["summary"]["status"] == "done"
+    assert [(r["label"], r["parent"]) for r in s["runs"]] == [("#1", None), ("#2", "#1")]
+    assert value(kernel, "[a, c, 'b' in globals()]") == [1, 3, False]
+    store = Store(store_path)
+    fork = store.run(s["run_id"])
+    assert fork is not None and (fork.parent_run, fork.parent_step) == (original, 3)
+    assert [c.kind for c in store.checkpoints(original)][-1] == "model"  # left intact
+    # The fork is now what the cell continues: re-running it restores the fork's answer.
+    again = kernel.run(CELL.replace(" --approve", ""), cell_id=CELL_ID)
+    assert "Done: b = 2." in again.text and "restored from the store" in again.text
+    assert value(kernel, "c") == 3
+
+
+def test_rewind_namespace(kernel_factory: Callable[..., Kernel], scripted: ScriptedServer) -> None:
+    kernel = kernel_factory()
+    scripted.set_script(list(SCRIPT))
+    run = kernel.run(CELL.replace(" --approve", ""), cell_id=CELL_ID)
+    model_id = widget_id(run)
+    kernel.run("a = 'edited by hand'")
+    s = state(kernel, model_id)
+    first_result = next(e for e in s["entries"]["items"] if e["kind"] == "tool_result")
+    click(kernel, model_id, type="rewind", run=s["run_id"], step=first_result["step"])
+    assert value(kernel, "[a, 'b' in globals()]") == [1, False]
+    notice = state(kernel, model_id)["notice"]
+    assert (
+        notice["text"]
+        == f"Namespace rewound to step {first_result['step']}; restored a; removed b."
+    )
+
+
+def test_background_cell_returns_at_once_and_pauses(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer
+) -> None:
+    kernel = kernel_factory()
+    scripted.set_script([{**entry, "delay": 0.5} for entry in SCRIPT])
+    run = kernel.run("%%agent -m scripted --background\nSet a, then b.", cell_id=CELL_ID)
+    assert run.status == "ok" and "running in the background" in run.text
+    model_id = widget_id(run)
+    assert state(kernel, model_id)["summary"]["busy"]  # the kernel is free meanwhile
+    click(kernel, model_id, type="pause")
+    settle(kernel)
+    s = state(kernel, model_id)
+    assert s["summary"]["status"] == "interrupted" and not s["summary"]["busy"]
+    assert s["entries"]["items"][-1]["kind"] == "interrupted"

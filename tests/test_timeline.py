@@ -1,0 +1,469 @@
+"""The timeline widget's model and actions, without a frontend.
+
+Agents run for real — in an IPython shell of this process, against a DuckDB
+store in tmp_path and a scripted model endpoint — and the widget is driven
+through its Python API and its frontend message handler; what it would send to
+a browser is recorded instead.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.testing.globalipapp import start_ipython
+
+from jupyter_agent import runner, widget
+from jupyter_agent.agent import RunOptions
+from jupyter_agent.identity import AgentIdentity
+from jupyter_agent.store import CheckpointRow, RunRow, Store
+from jupyter_agent.testing import ScriptedServer
+from jupyter_agent.timeline import WINDOW, Timeline
+
+AGENT = "demo"
+
+
+def call(code: str) -> dict[str, Any]:
+    return {"tool_calls": [{"name": "python", "arguments": {"code": code}}]}
+
+
+SCRIPT = [
+    {"content": "First a.", **call("a = 1\nprint('a is', a)")},
+    {"content": "Then b.", **call("b = a + 1\ngen = (i for i in range(3))")},
+    {"content": "b is 2."},
+]
+
+
+def ipython() -> InteractiveShell:
+    """The test session's shell, whichever test module made it first."""
+    if InteractiveShell.initialized():
+        return InteractiveShell.instance()
+    return start_ipython() or InteractiveShell.instance()
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedServer]:
+    with ScriptedServer(list(SCRIPT)) as server:
+        yield server
+
+
+@pytest.fixture
+def shell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scripted: ScriptedServer
+) -> Iterator[InteractiveShell]:
+    monkeypatch.setenv("JUPYTER_AGENT_STORE", str(tmp_path / "store" / "agents.duckdb"))
+    monkeypatch.setenv("JUPYTER_AGENT_NOTEBOOK", str(tmp_path / "nb.ipynb"))
+    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    sh = ipython()
+    sh.run_line_magic("load_ext", "jupyter_agent")
+    sh.run_line_magic("config", "AgentMagics.retry_backoff = 0.01")
+    for name in ("a", "b", "gen", "c"):
+        sh.user_ns.pop(name, None)
+    yield sh
+    assert widget.wait_all(30)
+    for name in ("a", "b", "gen", "c"):
+        sh.user_ns.pop(name, None)
+
+
+@pytest.fixture
+def store(tmp_path: Path, shell: InteractiveShell) -> Store:
+    return Store(tmp_path / "store" / "agents.duckdb")
+
+
+def notebook(tmp_path: Path) -> str:
+    return str(tmp_path / "nb.ipynb")
+
+
+def run_agent(shell: InteractiveShell, flags: str = "", prompt: str = "Compute b.") -> None:
+    shell.run_cell_magic("agent", f"-m scripted --name {AGENT} {flags}", prompt)
+
+
+class Recorder:
+    """Stands in for the frontend: keeps what the widget sends and which traits change."""
+
+    def __init__(self, w: widget.TimelineWidget) -> None:
+        self.messages: list[dict] = []
+        self.traits: list[str] = []
+        w.send = lambda content, buffers=None: self.messages.append(content)  # type: ignore[method-assign]
+        w.observe(lambda change: self.traits.append(change["name"]))
+
+    def appends(self) -> list[dict]:
+        return [m for m in self.messages if m["type"] == "append"]
+
+
+def make_widget(store: Store, tmp_path: Path, shell: InteractiveShell) -> widget.TimelineWidget:
+    return widget.TimelineWidget(
+        store, notebook(tmp_path), AGENT, shell=shell, options=lambda: RunOptions(retries=0)
+    )
+
+
+@pytest.fixture
+def timeline_widget(
+    store: Store, tmp_path: Path, shell: InteractiveShell
+) -> Iterator[widget.TimelineWidget]:
+    w = make_widget(store, tmp_path, shell)
+    yield w
+    w.close()
+
+
+# -- entries and status --------------------------------------------------------------------
+
+
+def test_entries_come_from_store_rows(
+    shell: InteractiveShell, store: Store, tmp_path: Path, timeline_widget: widget.TimelineWidget
+) -> None:
+    run_agent(shell)
+    w = timeline_widget
+    w.refresh()
+    (run,) = store.runs()
+    rows = store.checkpoints(run.run_id)
+    items = w.entries["items"]
+    assert [(e["step"], e["kind"], e["status"], e["summary"]) for e in items] == [
+        (r.step, r.kind, r.status, r.summary) for r in rows
+    ]
+    assert [e["kind"] for e in items] == [
+        "start", "model", "tool_call", "tool_result", "model", "tool_call", "tool_result", "model",
+    ]  # fmt: skip
+    assert w.entries["first"] == 0 and w.entries["run"] == run.run_id == w.run_id
+    assert all(e["size"] > 0 and e["time"] > 0 for e in items)
+    assert items[1]["tokens"] > 0
+    result = items[6]["info"]
+    assert result["vars"]["b"] == {"type": "int", "repr": "2", "size": result["vars"]["b"]["size"]}
+    assert "gen" in result["unsaved"]
+    assert w.summary["status"] == "done" and w.summary["text"] == "done"
+    assert w.summary["step"] == 7 and w.summary["total"] == 8
+    assert w.summary["tokens"] == sum(r.tokens for r in rows)
+    assert w.summary["model"] == "scripted"
+    assert w.header == {"agent": AGENT, "notebook": "nb.ipynb"}
+    assert [r["label"] for r in w.runs] == ["#1"] and w.runs[0]["latest"]
+    assert w.pending == {}
+
+
+def test_text_repr_is_deterministic(
+    shell: InteractiveShell, timeline_widget: widget.TimelineWidget
+) -> None:
+    data, _ = shell.display_formatter.format(timeline_widget)
+    assert data["text/plain"] == widget.TEXT_REPR
+    assert "application/vnd.jupyter.widget-view+json" in data
+    assert repr(timeline_widget) == widget.TEXT_REPR
+
+
+def test_live_run_is_sent_one_entry_at_a_time(
+    shell: InteractiveShell, timeline_widget: widget.TimelineWidget
+) -> None:
+    rec = Recorder(timeline_widget)
+    run_agent(shell)
+    appends = rec.appends()
+    # The first checkpoint of a new run reloads (the run is new); every later one is one message.
+    assert len(appends) == 7
+    assert all(len(m["entries"]) == 1 for m in appends)
+    assert [m["start"] for m in appends] == list(range(1, 8))
+    assert rec.traits.count("entries") <= 2  # the new run, then the final refresh
+    assert timeline_widget.summary["status"] == "done"
+
+
+def test_a_long_run_stays_cheap(store: Store, tmp_path: Path, shell: InteractiveShell) -> None:
+    w = make_widget(store, tmp_path, shell)
+    rec = Recorder(w)
+    run = RunRow("r1", notebook(tmp_path), AGENT, None, "p", "h", "m", None, None, time.time())
+    n = 500
+    started = time.perf_counter()
+    for step in range(n):
+        row = CheckpointRow(
+            "r1", step, "model", "running", f"step {step}", time.time(), 1.0, 10, 100
+        )
+        w.add(run, row)
+    elapsed = time.perf_counter() - started
+    appends = rec.appends()
+    assert len(appends) == n - 1 and all(len(m["entries"]) == 1 for m in appends)
+    # The list trait is resent only now and then, and only as a bounded window.
+    assert rec.traits.count("entries") <= n // widget.SNAPSHOT_EVERY + 2
+    assert len(w.entries["items"]) == WINDOW
+    assert w.entries["first"] >= n - WINDOW - widget.SNAPSHOT_EVERY
+    w.show_more(300)
+    assert len(w.entries["items"]) == 300 and w.entries["items"][-1]["step"] == n - 1
+    assert w.summary["tokens"] == 10 * n and w.summary["total"] == n
+    assert elapsed < 5, f"{n} checkpoints took {elapsed:.1f} s"
+    w.close()
+
+
+def test_restart_makes_a_second_run(
+    shell: InteractiveShell, scripted: ScriptedServer, timeline_widget: widget.TimelineWidget
+) -> None:
+    run_agent(shell)
+    scripted.reset_log()
+    run_agent(shell, "--restart")
+    w = timeline_widget
+    assert [(r["label"], r["depth"], r["latest"]) for r in w.runs] == [
+        ("#1", 0, False),
+        ("#2", 0, True),
+    ]
+    assert w.run_id == w.runs[1]["id"]
+    w.show_run(w.runs[0]["id"])
+    assert w.run_id == w.runs[0]["id"] and w.entries["run"] == w.runs[0]["id"]
+
+
+# -- opening a checkpoint --------------------------------------------------------------
+
+
+def test_open_checkpoint_decodes_messages_call_result_and_vars(
+    shell: InteractiveShell, timeline_widget: widget.TimelineWidget
+) -> None:
+    run_agent(shell)
+    w = timeline_widget
+    w.refresh()
+    run = w.run_id
+    model = w.open_checkpoint(run, 1)
+    assert model["messages"][0]["role"] == "assistant"
+    assert model["messages"][0]["content"] == "First a."
+    assert model["messages"][0]["tool_calls"][0]["code"].startswith("a = 1")
+    result = w.open_checkpoint(run, 6)
+    assert result["call"]["name"] == "python" and result["call"]["code"].startswith("b = a + 1")
+    assert result["messages"][0]["role"] == "tool"
+    assert [v["name"] for v in result["vars"]] == ["b"]
+    assert result["vars"][0]["repr"] == "2"
+    assert "generator" in result["unsaved"]["gen"]
+    assert result["namespace"] == ["a", "b"]
+    assert w.detail == result  # what the frontend shows
+    start = w.open_checkpoint(run, 0)
+    assert [m["role"] for m in start["messages"]] == ["system", "user"]
+
+
+# -- approvals -------------------------------------------------------------------------------
+
+
+def test_approve_continues_in_the_background(
+    shell: InteractiveShell, timeline_widget: widget.TimelineWidget
+) -> None:
+    w = timeline_widget
+    run_agent(shell, "--approve")
+    assert w.summary["status"] == "awaiting_approval"
+    assert w.pending["code"].startswith("a = 1") and w.pending["call_id"]
+    rec = Recorder(w)
+    job = w.approve()
+    assert job.join(30) and job.error is None
+    assert w.pending["code"].startswith("b = a + 1")  # the next call waits in turn
+    assert shell.user_ns["a"] == 1
+    assert any(m["type"] == "log" and "a is 1" in m["text"] for m in rec.messages)
+    w._on_message(w, {"type": "approve", "call_id": w.pending["call_id"]}, [])
+    assert widget.wait_all(30)
+    assert w.summary["status"] == "done" and shell.user_ns["b"] == 2
+    assert w.pending == {} and not w.summary["busy"]
+    kinds = [e["kind"] for e in w.entries["items"]]
+    assert kinds.count("approval") == 4 and kinds.count("resume") == 2
+
+
+def test_reject_sends_the_note_to_the_model(
+    shell: InteractiveShell, scripted: ScriptedServer, timeline_widget: widget.TimelineWidget
+) -> None:
+    w = timeline_widget
+    run_agent(shell, "--approve")
+    w._on_message(w, {"type": "reject", "call_id": w.pending["call_id"], "note": "no prints"}, [])
+    assert widget.wait_all(30)
+    assert "a" not in shell.user_ns
+    tool_msgs = [
+        m
+        for m in scripted.requests[-1]["body"]["messages"]
+        if m["role"] == "tool"  # the request after the rejection
+    ]
+    assert "rejected" in tool_msgs[0]["content"] and "no prints" in tool_msgs[0]["content"]
+    assert any(e["summary"] == "rejected: no prints" for e in w.entries["items"])
+
+
+def test_edit_runs_the_changed_code(
+    shell: InteractiveShell, timeline_widget: widget.TimelineWidget
+) -> None:
+    w = timeline_widget
+    run_agent(shell, "--approve")
+    job = w.approve(code="a = 40")
+    assert job.join(30)
+    assert shell.user_ns["a"] == 40
+    edited = [e for e in w.entries["items"] if e["summary"] == "edited"]
+    assert edited and edited[0]["info"]["decision"]["code"] == "a = 40"
+
+
+def test_a_stale_click_is_refused(
+    shell: InteractiveShell, timeline_widget: widget.TimelineWidget
+) -> None:
+    w = timeline_widget
+    run_agent(shell, "--approve")
+    w._on_message(w, {"type": "approve", "call_id": "call_not_pending"}, [])
+    assert w.notice["level"] == "error" and "no longer waiting" in w.notice["text"]
+    assert w.summary["status"] == "awaiting_approval"
+
+
+def test_per_tool_policy(shell: InteractiveShell, store: Store) -> None:
+    with pytest.raises(UsageError, match="unknown tool 'sql'"):
+        run_agent(shell, "--approve sql")
+    run_agent(shell, "--approve python")
+    (run,) = store.runs()
+    assert run.info["approve"] == ["python"]
+    assert store.checkpoints(run.run_id)[-1].status == "awaiting_approval"
+
+
+# -- fork and rewind -----------------------------------------------------------------------
+
+
+def test_fork_from_an_earlier_checkpoint(
+    shell: InteractiveShell,
+    scripted: ScriptedServer,
+    store: Store,
+    timeline_widget: widget.TimelineWidget,
+) -> None:
+    run_agent(shell)
+    w = timeline_widget
+    w.refresh()
+    original = w.run_id
+    before = [(r.step, r.kind, r.summary) for r in store.checkpoints(original)]
+    # Step 3 is a's result; the fork gets a new instruction there.
+    scripted.set_script([*SCRIPT[:1], {"content": "OK.", **call("c = a * 10")}, SCRIPT[2]])
+    w._on_message(w, {"type": "fork", "run": original, "step": 3, "instruction": "Set c."}, [])
+    assert widget.wait_all(30)
+    assert w.notice["text"] == ""  # "Forking from step 3…" while it ran
+    runs = store.runs()
+    assert len(runs) == 2
+    fork = runs[1]
+    assert (fork.parent_run, fork.parent_step) == (original, 3)
+    assert fork.prompt == runs[0].prompt and fork.info["instruction"] == "Set c."
+    assert [(r.step, r.kind, r.summary) for r in store.checkpoints(original)] == before
+    assert shell.user_ns["c"] == 10 and "b" not in shell.user_ns  # rewound to step 3 first
+    first = store.checkpoints(fork.run_id)[0]
+    assert (first.step, first.kind) == (4, "fork")
+    sent = scripted.requests[-2]["body"]["messages"]  # the fork's first model call
+    assert sent[-1] == {"role": "user", "content": "Set c."}
+    # The widget follows the fork: its history is the parent's up to step 3, then its own.
+    assert w.run_id == fork.run_id
+    assert [(e["run"] == original, e["step"]) for e in w.entries["items"][:5]] == [
+        (True, 0), (True, 1), (True, 2), (True, 3), (False, 4),
+    ]  # fmt: skip
+    assert [(r["label"], r["parent"], r["depth"]) for r in w.runs] == [
+        ("#1", None, 0),
+        ("#2", "#1", 1),
+    ]
+    # The fork is now the agent's latest run: re-running the cell restores it.
+    shell.user_ns.pop("c")
+    run_agent(shell)
+    assert shell.user_ns["c"] == 10 and len(store.runs()) == 2
+
+
+def test_fork_answers_a_pending_call_before_a_new_instruction(
+    shell: InteractiveShell,
+    scripted: ScriptedServer,
+    store: Store,
+    timeline_widget: widget.TimelineWidget,
+) -> None:
+    run_agent(shell, "--approve")
+    w = timeline_widget
+    scripted.set_script([SCRIPT[0], {"content": "Fine, no code."}])
+    job = w.fork(w.run_id, 1, "Do not run code.")
+    assert job.join(30) and job.error is None
+    messages = scripted.requests[-1]["body"]["messages"]
+    assert [m["role"] for m in messages[-3:]] == ["assistant", "tool", "user"]
+    assert "Not run" in messages[-2]["content"]
+    assert w.summary["status"] == "done"
+
+
+def test_rewind_namespace(shell: InteractiveShell, timeline_widget: widget.TimelineWidget) -> None:
+    run_agent(shell)
+    w = timeline_widget
+    w.refresh()
+    shell.user_ns["a"] = "changed by hand"
+    result = w.rewind(w.run_id, 3)
+    assert result.restored == ["a"] and result.removed == ["b"]
+    assert shell.user_ns["a"] == 1 and "b" not in shell.user_ns
+    assert w.notice["text"].startswith("Namespace rewound to step 3; restored a; removed b.")
+    w._on_message(w, {"type": "rewind", "run": w.run_id, "step": 7}, [])
+    assert shell.user_ns["b"] == 2
+    assert "gen:" in w.notice["text"] and "left as it is" in w.notice["text"]
+
+
+# -- background execution, pause, and the one-execution guard -------------------------------
+
+
+def test_background_run_pauses_and_resumes(
+    shell: InteractiveShell,
+    scripted: ScriptedServer,
+    store: Store,
+    timeline_widget: widget.TimelineWidget,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    w = timeline_widget
+    slow = [{**entry, "delay": 0.3} for entry in SCRIPT]
+    scripted.set_script(slow)
+    run_agent(shell, "--background")
+    assert "running in the background" in capsys.readouterr().out
+    deadline = time.monotonic() + 10
+    while not w.entries["items"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert w.summary["busy"] and w.summary["can_pause"]
+    with pytest.raises(UsageError, match="already running"):
+        run_agent(shell)
+    with pytest.raises(runner.AgentBusy):
+        w.fork(w.run_id, 0)
+    w._on_message(w, {"type": "pause"}, [])
+    assert widget.wait_all(30)
+    assert w.summary["status"] == "interrupted" and not w.summary["busy"]
+    (run,) = store.runs()
+    last = store.checkpoints(run.run_id)[-1]
+    assert last.kind == "interrupted"
+    # Re-running the cell continues the paused run.
+    scripted.set_script(list(SCRIPT))
+    run_agent(shell)
+    assert store.checkpoints(run.run_id)[-1].status == "done" and shell.user_ns["b"] == 2
+
+
+def test_background_executions_are_one_per_agent(tmp_path: Path) -> None:
+    release = threading.Event()
+    key = (str(tmp_path), "x")
+
+    def work(events: Any, cancel: threading.Event) -> Any:
+        release.wait(10)
+
+    job = widget.start_job(key, work)
+    with pytest.raises(runner.AgentBusy):
+        widget.start_job(key, work)
+    with pytest.raises(runner.AgentBusy), runner.claim(*key):
+        pass
+    release.set()
+    assert job.join(10)
+    with runner.claim(*key):  # free again
+        pass
+
+
+def test_timeline_command_reads_the_store(
+    shell: InteractiveShell, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_agent(shell)
+    shell.run_line_magic("agent", f"timeline {AGENT}")
+    assert widget.TEXT_REPR in capsys.readouterr().out
+    (w,) = [v for v in widget.widgets_of((notebook(tmp_path), AGENT))]
+    assert w.summary["status"] == "done" and len(w.entries["items"]) == 8
+    w.close()
+    shell.run_line_magic("agent", f"pause {AGENT}")
+    assert "not running in the background" in capsys.readouterr().out
+
+
+def test_timeline_model_follows_forks(store: Store, tmp_path: Path) -> None:
+    """Entries of a fork: the parent's checkpoints up to the fork point, then its own."""
+    identity = AgentIdentity(notebook(tmp_path), AGENT, None, "test")
+    t = Timeline(store, identity.notebook, AGENT)
+    t.load()
+    assert t.summary()["text"] == "not run yet" and t.tree() == [] and t.pending() == {}
+    parent = RunRow("p", identity.notebook, AGENT, None, "x", "h", "m", None, None, 1.0)
+    child = RunRow("c", identity.notebook, AGENT, None, "x", "h", "m", "p", 1, 2.0)
+    rows = [CheckpointRow("p", s, "model", "running", f"p{s}", 1.0 + s, 1, 1, 1) for s in range(3)]
+    for row in rows:
+        t.add(parent, row)
+    change = t.add(child, CheckpointRow("c", 2, "fork", "running", "f", 9.0, 1, 0, 1))
+    assert change.reloaded and t.selected == "c"
+    assert t.segments(child) == [("p", 1), ("c", None)]
+    assert [r["label"] for r in t.tree()] == ["#1", "#2"]
+    assert json.dumps(t.tree())  # plain JSON for the frontend

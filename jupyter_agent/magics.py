@@ -241,7 +241,7 @@ class AgentMagics(Magics):
             raise UsageError(str(exc)) from None
 
     def _notebook(self) -> str:
-        return notebook_path(self.shell.user_ns)[0]
+        return self._store().resolve_notebook(notebook_path(self.shell.user_ns)[0])
 
     def _find(self, name: str) -> RunRow:
         """The latest run of the agent called ``name`` (or a unique prefix of it)."""

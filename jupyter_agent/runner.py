@@ -107,6 +107,8 @@ def run_cell(
     endpoint_args: dict | None = None,
     cancel: threading.Event | None = None,
 ) -> Outcome:
+    # The kernel learns its notebook's path at start; follow renames made since.
+    identity = replace(identity, notebook=store.resolve_notebook(identity.notebook))
     previous = None if restart else latest_run(store, identity.notebook, identity.agent)
     if previous is not None and previous.prompt_hash != prompt_hash(prompt):
         previous = None

@@ -1,0 +1,157 @@
+"""The Jupyter Server extension: agent status over REST, before any kernel runs.
+
+Enabled on install by ``jupyter-config/server-config/jupyter_agent.json``. It
+reads checkpoint *metadata* from the same store the kernels write (see
+:mod:`jupyter_agent.store`) and never deserializes a payload. DuckDB work runs
+on one worker thread with a short busy timeout, so a kernel holding the store
+makes a request fail fast with 503 instead of stalling the server, and the
+server never holds the store long enough to make a kernel wait.
+
+It also follows notebook renames and moves made through the contents API, so a
+renamed notebook keeps its agents (see docs/server.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tornado import web
+from traitlets import Float, Unicode
+from traitlets.config import LoggingConfigurable
+
+from .. import __version__
+from ..store import Store, StoreBusy, StoreError, default_store_path
+from .handlers import handlers
+from .queries import Reader
+
+CONTENTS_EVENTS = "https://events.jupyter.org/jupyter_server/contents_service/v1"
+
+
+class AgentServer(LoggingConfigurable):
+    """Serves the agent store to JupyterLab. Configure as ``c.AgentServer.<trait>``."""
+
+    store_path = Unicode(
+        "",
+        help="The agent store (a DuckDB file). Default: $JUPYTER_AGENT_STORE, else "
+        "<Jupyter data dir>/jupyter_agent/agents.duckdb, as in kernels.",
+    ).tag(config=True)
+    busy_timeout = Float(
+        2.0, help="Seconds to wait for a store another process holds before answering 503."
+    ).tag(config=True)
+
+    def __init__(self, root_dir: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.root_dir = os.path.abspath(root_dir)
+        path = Path(self.store_path).expanduser().absolute() if self.store_path else None
+        self.store = Store(path or default_store_path(), busy_timeout=self.busy_timeout)
+        self.reader = Reader(self.store)
+        # One thread: DuckDB work is serialized, and the IOLoop never waits on it.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jupyter-agent")
+        self._pending_moves: list[tuple[str, str]] = []
+
+    # -- paths ----------------------------------------------------------------------
+
+    def absolute(self, rel: str) -> str:
+        """The absolute path of a contents-API path, as kernels store it; ValueError if unsafe."""
+        if "\\" in rel or "\0" in rel:
+            raise ValueError(f"Invalid notebook path {rel!r}.")
+        if rel.startswith("/") or posixpath.isabs(rel) or (len(rel) > 1 and rel[1] == ":"):
+            raise ValueError(
+                f"The notebook path {rel!r} must be relative to the server root, "
+                "as in the contents API."
+            )
+        parts = [p for p in rel.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise ValueError(f"The notebook path {rel!r} must not contain '..'.")
+        if not parts:
+            raise ValueError("The 'notebook' parameter is empty.")
+        return os.path.join(self.root_dir, *parts)
+
+    def relative(self, path: str) -> str | None:
+        """The contents-API path of an absolute notebook path, or None outside the root."""
+        root = self.root_dir.rstrip(os.sep) + os.sep
+        if not path.startswith(root):
+            return None
+        return path[len(root) :].replace(os.sep, "/")
+
+    # -- running store work ---------------------------------------------------------------
+
+    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` on the worker thread; 503 if the store stays busy."""
+        loop = asyncio.get_running_loop()
+        job = functools.partial(self._with_moves, fn, *args, **kwargs)
+        future = loop.run_in_executor(self._executor, job)
+        try:
+            # Queued requests share the thread: bound the total wait, not just the open.
+            return await asyncio.wait_for(asyncio.shield(future), self.busy_timeout + 3)
+        except (StoreBusy, asyncio.TimeoutError):
+            raise web.HTTPError(
+                503,
+                f"The agent store is busy (another process holds {self.store.path}); try again.",
+            ) from None
+        except StoreError as exc:
+            raise web.HTTPError(500, str(exc)) from None
+
+    def _with_moves(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Apply renames that could not be recorded yet, then ``fn`` (worker thread only)."""
+        while self._pending_moves:
+            old, new = self._pending_moves[0]
+            moved = self.store.move_notebook(old, new)
+            self._pending_moves.pop(0)
+            self.log.info("jupyter-agent: %s moved to %s (%d runs)", old, new, moved)
+        return fn(*args, **kwargs)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "store": str(self.store.path),
+            "exists": self.store.path.exists(),
+            "root_dir": self.root_dir,
+        }
+
+    # -- renames ----------------------------------------------------------------------------
+
+    async def on_contents_event(self, logger: Any, schema_id: str, data: dict) -> None:
+        """Record notebook and folder renames so agents follow their notebooks."""
+        if data.get("action") != "rename" or not data.get("source_path"):
+            return
+        try:
+            old = self.absolute(str(data["source_path"]))
+            new = self.absolute(str(data["path"]))
+        except ValueError:
+            return
+        if not self.reader.exists():
+            return  # no agents anywhere yet
+        if not (new.endswith(".ipynb") or os.path.isdir(new)):
+            return
+        loop = asyncio.get_running_loop()
+        self._pending_moves.append((old, new))
+        try:
+            await loop.run_in_executor(self._executor, self._with_moves, lambda: None)
+        except StoreError as exc:  # kept pending: applied before the next request
+            self.log.warning("jupyter-agent: rename of %s recorded later: %s", old, exc)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    root = getattr(serverapp.contents_manager, "root_dir", None) or serverapp.root_dir
+    ext = AgentServer(root, parent=serverapp, log=serverapp.log)
+    web_app = serverapp.web_app
+    web_app.settings["jupyter_agent"] = ext
+    web_app.add_handlers(".*$", handlers(web_app.settings["base_url"]))
+    event_logger = getattr(serverapp, "event_logger", None)
+    if event_logger is not None:
+        event_logger.add_listener(schema_id=CONTENTS_EVENTS, listener=ext.on_contents_event)
+    serverapp.log.info("jupyter-agent: serving agent status from %s", ext.store.path)
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "jupyter_agent.server"}]

@@ -1,0 +1,174 @@
+"""REST handlers under ``/jupyter-agent/api``.
+
+Every verb is authenticated, every parameter is checked before the store is
+touched (400), and every error is JSON. Store work runs on the extension's
+worker thread, never on the IOLoop.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+
+from ..identity import NAME_PATTERN
+from .queries import Conflict, NotFound
+
+if TYPE_CHECKING:
+    from . import AgentServer
+
+API_PREFIX = "jupyter-agent/api"
+RUN_ID_PATTERN = re.compile(r"^[0-9a-f]{8,64}$")
+#: nbformat 4.5 cell ids.
+CELL_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SEGMENT = r"(?P<{}>[^/]+)"
+
+
+def valid_agent_name(name: str) -> bool:
+    """``--name`` names, and the ``cell-<cell id>`` names of unnamed agents."""
+    if NAME_PATTERN.match(name):
+        return True
+    return name.startswith("cell-") and bool(CELL_ID_PATTERN.match(name[5:]))
+
+
+class BaseHandler(APIHandler):
+    """Shared parameter checks and store access."""
+
+    auth_resource = "contents"
+
+    @property
+    def agents(self) -> AgentServer:
+        return self.settings["jupyter_agent"]
+
+    def notebook_param(self) -> tuple[str, str]:
+        """The ``notebook`` parameter (relative, as in the contents API) and its absolute path."""
+        rel = self.get_query_argument("notebook", "")
+        if not rel:
+            raise web.HTTPError(400, "The 'notebook' parameter is required.")
+        try:
+            return rel, self.agents.absolute(rel)
+        except ValueError as exc:
+            raise web.HTTPError(400, str(exc)) from None
+
+    def agent_name(self, name: str) -> str:
+        if not valid_agent_name(name):
+            raise web.HTTPError(
+                400,
+                f"Invalid agent name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+                "starting with a letter or digit.",
+            )
+        return name
+
+    def run_id(self, run_id: str) -> str:
+        if not RUN_ID_PATTERN.match(run_id):
+            raise web.HTTPError(400, f"Invalid run id {run_id!r}.")
+        return run_id
+
+    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a store query on the worker thread; map store errors to HTTP errors."""
+        try:
+            return await self.agents.call(fn, *args, **kwargs)
+        except NotFound as exc:
+            raise web.HTTPError(404, str(exc)) from None
+        except Conflict as exc:
+            raise web.HTTPError(409, str(exc)) from None
+
+    def reply(self, payload: dict[str, Any]) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(payload))
+
+
+class StatusHandler(BaseHandler):
+    """``GET /status``: where the store is; answers without opening it."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.reply(self.agents.status())
+
+
+class AgentsHandler(BaseHandler):
+    """``GET /agents?notebook=P[&cell_id=C]``: the agents of a notebook and their status."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        rel, path = self.notebook_param()
+        cell_id = self.get_query_argument("cell_id", None)
+        if cell_id is not None and not CELL_ID_PATTERN.match(cell_id):
+            raise web.HTTPError(400, f"Invalid cell id {cell_id!r}.")
+        agents = await self.call(self.agents.reader.agents, path)
+        if cell_id is not None:
+            agents = [a for a in agents if a["cell_id"] == cell_id]
+        self.reply(
+            {
+                "notebook": rel,
+                "agents": agents,
+                "running": any(a["status"] == "running" for a in agents),
+            }
+        )
+
+
+class AgentHandler(BaseHandler):
+    """``GET /agents/NAME?notebook=P``: one agent; ``DELETE`` removes it (``keep=latest`` prunes)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, name: str) -> None:
+        rel, path = self.notebook_param()
+        agent = await self.call(self.agents.reader.agent, path, self.agent_name(name))
+        self.reply({"notebook": rel, **agent})
+
+    @web.authenticated
+    @authorized
+    async def delete(self, name: str) -> None:
+        rel, path = self.notebook_param()
+        keep = self.get_query_argument("keep", "")
+        if keep not in ("", "latest"):
+            raise web.HTTPError(400, "The 'keep' parameter can only be 'latest'.")
+        deleted = await self.call(
+            self.agents.reader.delete_agent, path, self.agent_name(name), keep_latest=bool(keep)
+        )
+        self.reply({"notebook": rel, "name": name, "deleted": deleted})
+
+
+class AgentRunsHandler(BaseHandler):
+    """``GET /agents/NAME/runs?notebook=P``: every run of an agent."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, name: str) -> None:
+        rel, path = self.notebook_param()
+        runs = await self.call(self.agents.reader.runs, path, self.agent_name(name))
+        self.reply({"notebook": rel, "name": name, "runs": runs})
+
+
+class RunHandler(BaseHandler):
+    """``GET /runs/RUN`` (and ``/runs/RUN/checkpoints``): a run and its checkpoint metadata."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, run_id: str) -> None:
+        run, notebook = await self.call(self.agents.reader.run, self.run_id(run_id))
+        self.reply({"notebook": self.agents.relative(notebook), **run})
+
+
+def handlers(base_url: str) -> list[tuple[str, type[BaseHandler]]]:
+    from jupyter_server.utils import url_path_join
+
+    def route(*parts: str) -> str:
+        return url_path_join(base_url, API_PREFIX, *parts)
+
+    return [
+        (route("status"), StatusHandler),
+        (route("agents"), AgentsHandler),
+        (route("agents", _SEGMENT.format("name")), AgentHandler),
+        (route("agents", _SEGMENT.format("name"), "runs"), AgentRunsHandler),
+        (route("runs", _SEGMENT.format("run_id")), RunHandler),
+        (route("runs", _SEGMENT.format("run_id"), "checkpoints"), RunHandler),
+    ]

@@ -1,0 +1,79 @@
+/**
+ * Client for the server extension's REST API (`/jupyter-agent/api/...`).
+ */
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+
+export type AgentStatus =
+  'done' | 'running' | 'interrupted' | 'awaiting_approval' | 'error' | 'limit';
+
+/** One checkpoint of an agent's latest run, as drawn on the timeline. */
+export interface ITimelineEntry {
+  step: number;
+  kind: string;
+  status: string;
+}
+
+/** An agent of a notebook and the state of its latest run. */
+export interface IAgentSummary {
+  name: string;
+  cell_id: string | null;
+  named: boolean;
+  status: AgentStatus;
+  step: number;
+  label: string;
+  live: boolean;
+  run_id: string;
+  runs: number;
+  model: string;
+  prompt: string;
+  started_at: number;
+  updated_at: number;
+  checkpoints: number;
+  tokens: number;
+  timeline: ITimelineEntry[];
+}
+
+export interface IAgentList {
+  notebook: string;
+  agents: IAgentSummary[];
+  running: boolean;
+}
+
+/** An error answered by the API, with its JSON message. */
+export class APIError extends Error {
+  constructor(
+    readonly status: number,
+    message: string
+  ) {
+    super(message);
+  }
+}
+
+const settings = ServerConnection.makeSettings();
+
+async function request<T>(path: string, init: RequestInit = {}): Promise<T> {
+  const url = URLExt.join(settings.baseUrl, 'jupyter-agent', 'api', path);
+  let response: Response;
+  try {
+    response = await ServerConnection.makeRequest(url, init, settings);
+  } catch (error) {
+    throw new ServerConnection.NetworkError(error as TypeError);
+  }
+  const text = await response.text();
+  let data: any = {};
+  try {
+    data = text ? JSON.parse(text) : {};
+  } catch {
+    data = { message: text };
+  }
+  if (!response.ok) {
+    throw new APIError(response.status, data.message || response.statusText);
+  }
+  return data as T;
+}
+
+/** The agents of a notebook, by its path relative to the server root. */
+export function listAgents(notebook: string): Promise<IAgentList> {
+  return request<IAgentList>(`agents?${URLExt.objectToQueryString({ notebook }).slice(1)}`);
+}

@@ -1,0 +1,146 @@
+/**
+ * The side panel: the current notebook's agents, their status and a compact
+ * timeline; clicking an agent scrolls to its cell.
+ */
+import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { Widget } from '@lumino/widgets';
+
+import { IAgentEntry, NotebookAgents, describe } from './agents';
+import { ITimelineEntry } from './api';
+import { agentIcon } from './icon';
+
+/** How many checkpoints the compact timeline shows (the latest ones). */
+const TIMELINE_MAX = 60;
+
+export class AgentsPanel extends Widget {
+  constructor(
+    private readonly tracker: INotebookTracker,
+    private readonly agentsOf: (panel: NotebookPanel) => NotebookAgents | undefined,
+    private readonly resume: (agents: NotebookAgents) => void
+  ) {
+    super();
+    this.id = 'jupyter-agent-panel';
+    this.addClass('jp-AgentsPanel');
+    this.title.icon = agentIcon;
+    this.title.caption = 'Agents';
+    tracker.currentChanged.connect(this._bind, this);
+    this._bind();
+  }
+
+  /** Re-bind to the current notebook, e.g. after its agents model was created. */
+  rebind(): void {
+    this._bind();
+  }
+
+  private _bind(): void {
+    const current = this.tracker.currentWidget;
+    const agents = current ? this.agentsOf(current) : undefined;
+    if (agents !== this._agents) {
+      this._agents?.changed.disconnect(this._render, this);
+      this._agents = agents;
+      this._agents?.changed.connect(this._render, this);
+    }
+    this._render();
+  }
+
+  private _render(): void {
+    const node = this.node;
+    node.replaceChildren();
+    const header = el('div', 'jp-AgentsPanel-header');
+    header.appendChild(el('h2', 'jp-AgentsPanel-title', 'Agents'));
+    node.appendChild(header);
+    const agents = this._agents;
+    if (!agents || agents.isDisposed) {
+      node.appendChild(el('p', 'jp-AgentsPanel-empty', 'Open a notebook to see its agents.'));
+      return;
+    }
+    header.appendChild(el('div', 'jp-AgentsPanel-notebook', agents.panel.context.localPath));
+    const entries = agents.entries();
+    if (entries.some(e => e.agent.status === 'interrupted' && e.cell)) {
+      const button = el('button', 'jp-AgentsPanel-resume jp-mod-styled jp-mod-accept');
+      button.textContent = 'Resume interrupted agents';
+      button.addEventListener('click', () => this.resume(agents));
+      header.appendChild(button);
+    }
+    if (agents.error) {
+      node.appendChild(el('p', 'jp-AgentsPanel-error', agents.error));
+    }
+    if (!entries.length) {
+      const text = agents.loaded ? 'No agents in this notebook yet.' : 'Loading…';
+      node.appendChild(el('p', 'jp-AgentsPanel-empty', text));
+      return;
+    }
+    const list = el('ul', 'jp-AgentsPanel-list');
+    for (const entry of entries) {
+      list.appendChild(this._item(agents, entry));
+    }
+    node.appendChild(list);
+  }
+
+  private _item(agents: NotebookAgents, entry: IAgentEntry): HTMLElement {
+    const { agent, cell } = entry;
+    const item = el('li', 'jp-AgentsPanel-item');
+    item.dataset.agentName = agent.name;
+    item.dataset.agentStatus = agent.status;
+    item.title = describe(agent);
+    const top = el('div', 'jp-AgentsPanel-itemTop');
+    // Unnamed agents are known by their cell; named ones by their --name.
+    const title = agent.named || !cell ? agent.name : `cell ${entry.index + 1}`;
+    top.appendChild(el('span', 'jp-AgentsPanel-name', title));
+    top.appendChild(el('span', `jp-AgentBadge jp-AgentBadge-${agent.status}`, agent.label));
+    item.appendChild(top);
+    item.appendChild(el('div', 'jp-AgentsPanel-prompt', agent.prompt));
+    item.appendChild(timeline(agent.timeline));
+    const meta = [
+      agent.checkpoints === 1 ? '1 checkpoint' : `${agent.checkpoints} checkpoints`,
+      `${agent.tokens} tokens`,
+      agent.runs === 1 ? '1 run' : `${agent.runs} runs`
+    ];
+    if (!cell) {
+      meta.push('no cell in this notebook');
+    }
+    item.appendChild(el('div', 'jp-AgentsPanel-meta', meta.join(' · ')));
+    if (cell) {
+      item.classList.add('jp-mod-clickable');
+      item.addEventListener('click', () => void scrollToCell(agents, entry));
+    }
+    return item;
+  }
+
+  private _agents: NotebookAgents | undefined;
+}
+
+function el(tag: string, className: string, text?: string): HTMLElement {
+  const node = document.createElement(tag);
+  node.className = className;
+  if (text !== undefined) {
+    node.textContent = text;
+  }
+  return node;
+}
+
+function timeline(entries: ITimelineEntry[]): HTMLElement {
+  const bar = el('div', 'jp-AgentTimeline');
+  for (const entry of entries.slice(-TIMELINE_MAX)) {
+    const tick = el('span', `jp-AgentTimeline-tick jp-AgentTimeline-${entry.kind}`);
+    tick.dataset.status = entry.status;
+    tick.title = `step ${entry.step}: ${entry.kind} (${entry.status.replace('_', ' ')})`;
+    bar.appendChild(tick);
+  }
+  return bar;
+}
+
+async function scrollToCell(agents: NotebookAgents, entry: IAgentEntry): Promise<void> {
+  const { panel } = agents;
+  const notebook = panel.content;
+  const index = notebook.widgets.indexOf(entry.cell!);
+  if (index < 0) {
+    return;
+  }
+  notebook.activeCellIndex = index;
+  notebook.deselectAll();
+  await notebook.scrollToItem(index, 'auto');
+  const cell = notebook.widgets[index];
+  cell.addClass('jp-AgentCell-flash');
+  window.setTimeout(() => cell.removeClass('jp-AgentCell-flash'), 1200);
+}

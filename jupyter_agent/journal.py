@@ -106,12 +106,12 @@ def _frame_at(data: bytes, pos: int) -> tuple[str, int, Record | None]:
     start, end = pos + _HEADER.size, pos + _HEADER.size + length
     if end > len(data):
         return "short", len(data), None
-    body = data[start:end]
+    body = memoryview(data)[start:end]  # no copy: payloads can be hundreds of MB
     if zlib.crc32(body) != crc or length < _JSON_LEN.size:
         return "bad", pos + 1, None
     try:
         (meta_len,) = _JSON_LEN.unpack_from(body, 0)
-        meta = json.loads(body[_JSON_LEN.size : _JSON_LEN.size + meta_len])
+        meta = json.loads(bytes(body[_JSON_LEN.size : _JSON_LEN.size + meta_len]))
         record = Record(meta["t"], meta["r"], bytes(body[_JSON_LEN.size + meta_len :]))
     except (ValueError, KeyError, TypeError, struct.error):
         return "bad", pos + 1, None
@@ -297,13 +297,13 @@ class JournalFile:
 
     def read(self, offset: int = 0) -> bytes:
         """The journal's bytes from ``offset`` on (only what a reader has not folded yet)."""
-        chunks = []
-        while True:
-            chunk = os.pread(self.fd, 1 << 24, offset)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-            offset += len(chunk)
+        size = os.fstat(self.fd).st_size
+        data = os.pread(self.fd, max(size - offset, 0), offset) if size > offset else b""
+        while True:  # a live journal may have grown meanwhile
+            more = os.pread(self.fd, 1 << 20, offset + len(data))
+            if not more:
+                return data
+            data += more
 
     def close(self) -> None:
         if self.fd >= 0:

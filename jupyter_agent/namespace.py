@@ -80,6 +80,8 @@ class Snapshot:
 
 def short_repr(value: Any) -> str:
     try:
+        if isinstance(value, (str, bytes, bytearray)) and len(value) > _REPR_LIMIT:
+            value = value[:_REPR_LIMIT]  # repr of a 64 MiB bytes would take seconds
         text = repr(value)
     except Exception as exc:  # a broken __repr__ must not break a checkpoint
         text = f"<unrepresentable: {type(exc).__name__}>"

@@ -19,6 +19,7 @@ What happens to the step that was in flight when the kernel died:
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -38,6 +39,7 @@ from .state import (
     INTERRUPTED,
     LIMIT,
     RUNNING,
+    STALLED,
     Delta,
     RunState,
     encode_delta,
@@ -129,10 +131,32 @@ def load_state(store: Store, run: RunRow) -> RunState:
     return fold(store.payloads(chain(store, run)))
 
 
-def effective_status(status: str, run_id: str, live: set[str]) -> str:
-    """A run whose last checkpoint says running but whose journal has no owner died."""
+def stall_after() -> float:
+    """Seconds without a checkpoint after which a live run is reported stalled."""
+    try:
+        return float(os.environ.get("JUPYTER_AGENT_STALL_AFTER", "900"))
+    except ValueError:
+        return 900.0
+
+
+def effective_status(
+    status: str, run_id: str, live: set[str], last_checkpoint_at: float | None = None
+) -> str:
+    """The status users see, from the last checkpoint's and the journal's.
+
+    A run whose last checkpoint says running but whose journal has no owner died
+    with its kernel: interrupted, resumable. One whose owner lives but has not
+    checkpointed for :func:`stall_after` seconds is stalled: its kernel is hung or
+    a tool call never returns; interrupting or restarting that kernel frees it.
+    """
     if status == RUNNING and run_id not in live:
         return INTERRUPTED
+    if (
+        status == RUNNING
+        and last_checkpoint_at is not None
+        and time.time() - last_checkpoint_at > stall_after()
+    ):
+        return STALLED
     return status
 
 

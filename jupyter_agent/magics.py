@@ -270,7 +270,7 @@ class AgentMagics(Magics):
         rows = [("agent", "status", "steps", "runs", "last checkpoint")]
         for agent, run in latest.items():
             cp = last.get(run.run_id)
-            status = effective_status(cp.status, run.run_id, live) if cp else RUNNING
+            status = effective_status(cp.status, run.run_id, live, cp.created_at) if cp else RUNNING
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cp.created_at)) if cp else "-"
             rows.append(
                 (

@@ -11,7 +11,7 @@ import sys
 import textwrap
 from typing import TextIO
 
-from .state import AWAITING_APPROVAL, DONE, ERROR, INTERRUPTED, LIMIT, RUNNING, Delta
+from .state import AWAITING_APPROVAL, DONE, ERROR, INTERRUPTED, LIMIT, RUNNING, STALLED, Delta
 from .store import CheckpointRow, RunRow
 
 STATUS_TEXT = {
@@ -20,6 +20,7 @@ STATUS_TEXT = {
     AWAITING_APPROVAL: "awaiting approval",
     ERROR: "paused after an error",
     LIMIT: "stopped at the step limit",
+    STALLED: "stalled (no checkpoint for a long time)",
 }
 
 

@@ -28,6 +28,9 @@ INTERRUPTED = "interrupted"
 AWAITING_APPROVAL = "awaiting_approval"
 ERROR = "error"
 LIMIT = "limit"
+#: Derived, never stored: a live run with no checkpoint for longer than the
+#: stall threshold (a hung kernel, a tool call that never returns).
+STALLED = "stalled"
 #: Statuses of a run that may be resumed by re-running its cell.
 RESUMABLE = {RUNNING, INTERRUPTED, AWAITING_APPROVAL, ERROR, LIMIT}
 

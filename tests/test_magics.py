@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from IPython import get_ipython
 from IPython.core.error import UsageError
@@ -76,3 +78,28 @@ def test_model_default_from_config(ip, capsys):
     ip.run_line_magic("config", "AgentMagics.model = 'offline'")
     ip.run_cell_magic("agent", "--name configured", TASK)
     assert "■ done" in capsys.readouterr().out
+
+
+def test_a_live_run_without_checkpoints_for_long_is_reported_stalled(
+    ip, store_path, capsys, monkeypatch
+):
+    from jupyter_agent.identity import notebook_path
+    from jupyter_agent.store import CheckpointRow, RunRow
+
+    monkeypatch.setenv("JUPYTER_AGENT_STALL_AFTER", "60")
+    notebook = notebook_path(ip.user_ns)[0]
+    store = Store(store_path)
+    writer = store.writer("hung")  # held open: the run looks alive, like a hung kernel's
+    try:
+        writer.put_run(RunRow("hung", notebook, "slow", None, "t", "h", "m", None, None, 1.0, {}))
+        long_ago = time.time() - 3600
+        writer.put_checkpoint(
+            CheckpointRow("hung", 4, "tool_call", "running", "python: ...", long_ago, 0, 0, 1, {}),
+            b"",
+        )
+        ip.run_line_magic("agent", "list")
+        assert "stalled (no checkpoint for a long time) at step 4" in capsys.readouterr().out
+    finally:
+        writer.close()
+    ip.run_line_magic("agent", "list")  # the owner is gone: an interrupted run, resumable
+    assert "interrupted at step 4" in capsys.readouterr().out

@@ -163,7 +163,12 @@ class Reader:
     ) -> dict[str, Any]:
         info = _run_dict(run)
         last = timeline[-1] if timeline else None
-        status = effective_status(last["status"] if last else RUNNING, info["run_id"], live)
+        status = effective_status(
+            last["status"] if last else RUNNING,
+            info["run_id"],
+            live,
+            last["created_at"] if last else None,
+        )
         step = last["step"] if last else 0
         count, tokens, _size, updated, _step, _status = stats or (0, 0, 0, run[8], 0, RUNNING)
         return {
@@ -228,7 +233,7 @@ class Reader:
             0,
             RUNNING,
         )
-        status = effective_status(last_status, out["run_id"], live)
+        status = effective_status(last_status, out["run_id"], live, updated)
         out.update(
             status=status,
             step=last_step,

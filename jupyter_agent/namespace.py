@@ -108,12 +108,21 @@ def _refuse_file(pickler: Any, obj: Any) -> None:
     )
 
 
+class _Dispatch(dict):
+    """dill's dispatch table, read live (types registered later count), minus file objects."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        if key in _FILE_TYPES:
+            return _refuse_file
+        return dill.Pickler.dispatch.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in _FILE_TYPES or key in dill.Pickler.dispatch
+
+
 class _Pickler(dill.Pickler):  # type: ignore[misc]
     # A dispatch entry costs nothing per object, unlike a reducer_override hook.
-    dispatch = type(dill.Pickler.dispatch)(dill.Pickler.dispatch.copy())
-    for _t in _FILE_TYPES:
-        dispatch[_t] = _refuse_file
-    del _t
+    dispatch = _Dispatch()
 
 
 class _Unpickler(dill.Unpickler):  # type: ignore[misc]
@@ -188,7 +197,7 @@ def restore(
     for name, h in sorted(vars.items()):
         data = blobs.get(h)
         if data is None:
-            failed[name] = "its saved value is missing from the store"
+            failed[name] = "is not restored: its saved value is missing from the store"
             continue
         try:
             namespace[name] = deserialize(data)

@@ -110,7 +110,11 @@ def run_cell(
     # The kernel learns its notebook's path at start; follow renames made since.
     identity = replace(identity, notebook=store.resolve_notebook(identity.notebook))
     previous = None if restart else latest_run(store, identity.notebook, identity.agent)
-    if previous is not None and previous.prompt_hash != prompt_hash(prompt):
+    # The stored prompt has its secrets redacted; `%agent resume` passes that text back.
+    if previous is not None and prompt_hash(prompt) not in (
+        previous.prompt_hash,
+        prompt_hash(previous.prompt),
+    ):
         previous = None
     if previous is None:
         run = new_run(identity, prompt, model, info={"approve": approve_policy(options)})

@@ -50,3 +50,19 @@ def kernel_factory(agent_env: dict[str, str], tmp_path: Path) -> Iterator[Callab
     yield start
     for kernel in kernels:
         kernel.shutdown()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        default=False,
+        help="run the long fault-injection soak of tests/faults (same as JUPYTER_AGENT_SOAK=1)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--soak", default=False):
+        import os
+
+        os.environ["JUPYTER_AGENT_SOAK"] = "1"

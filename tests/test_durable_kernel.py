@@ -30,7 +30,7 @@ def counting_script(log: Path, slow_step: int | None = None) -> list[dict]:
     ]
     script = []
     for i, code in enumerate(codes):
-        pause = "import time; time.sleep(30)\n" if i == slow_step else ""
+        pause = "import time; time.sleep(5)\n" if i == slow_step else ""
         script.append(
             tool(
                 f"with open({str(log)!r}, 'a') as f: f.write('step{i}\\n')\n{pause}{code}\nprint('ran step{i}')"
@@ -47,7 +47,7 @@ def test_kill_during_tool_resumes_where_it_stopped(
     scripted.set_script(counting_script(log, slow_step=1))
     k1 = kernel_factory()
     run = k1.start(CELL, cell_id="cell-a")
-    k1.wait_for(run, "time.sleep(30)")
+    k1.wait_for(run, "time.sleep(5)")
     deadline = time.monotonic() + 20
     while log.read_text().count("step1") < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -129,7 +129,7 @@ def test_interrupt_stops_cleanly_and_resumes(kernel_factory, scripted, tmp_path)
     scripted.set_script(counting_script(log, slow_step=1))
     k = kernel_factory()
     run = k.start(CELL, cell_id="cell-e")
-    k.wait_for(run, "time.sleep(30)")
+    k.wait_for(run, "time.sleep(5)")
     time.sleep(0.5)
     k.interrupt()
     k.wait(run, timeout=30)

@@ -1,0 +1,206 @@
+"""Store and journal faults at the file level: fast, in-process, one fault per test.
+
+These pin down the mechanisms the kernel-level tests rely on: a failed write
+never leaves a half frame behind, a reader folding a dead journal never makes
+it look alive, damage in the middle of a journal costs one record and is
+reported, and a store written by a newer version is left exactly as it is.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from jupyter_agent import journal
+from jupyter_agent.store import CheckpointRow, RunRow, Store, StoreError, StoreWarning
+
+from .harness import record
+
+
+def run_row(run_id: str = "r1") -> RunRow:
+    return RunRow(run_id, "/nb.ipynb", "a", None, "task", "h", "m", None, None, 1.0, {})
+
+
+def cp(run_id: str, step: int) -> CheckpointRow:
+    return CheckpointRow(run_id, step, "model", "running", f"step {step}", 1.0, 1.0, 0, 1, {})
+
+
+def dead_journal(store: Path, body: str) -> None:
+    """Write journal records in a child process that then dies without closing anything."""
+    code = (
+        textwrap.dedent(
+            f"""
+        import os
+        from jupyter_agent.store import Store, RunRow, CheckpointRow
+        from jupyter_agent.journal import Record
+        w = Store({str(store)!r}).writer("r1", secrets=[])
+        run = RunRow("r1", "/nb.ipynb", "a", None, "t", "h", "m", None, None, 1.0, {{}})
+        def cp(step):
+            return CheckpointRow("r1", step, "model", "running", f"step {{step}}", 1.0, 1.0, 0, 1, {{}})
+        """
+        )
+        + textwrap.dedent(body)
+        + "\nos._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_failed_write_is_cut_back_so_later_records_stay_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "s.duckdb")
+    w = store.writer("r1", secrets=[])
+    w.put_run(run_row())
+    w.put_checkpoint(cp("r1", 0), b"zero")
+    real_write = os.write
+    calls = {"n": 0}
+
+    def short_then_full(fd: int, data: bytes) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_write(fd, bytes(data)[:7])  # a short write...
+        raise OSError(errno.ENOSPC, "No space left on device")  # ...then the disk is full
+
+    monkeypatch.setattr(os, "write", short_then_full)
+    with pytest.raises(StoreError, match="No space left on device.*re-run the cell to resume"):
+        w.put_checkpoint(cp("r1", 1), b"one" * 1000)
+    monkeypatch.setattr(os, "write", real_write)
+    w.put_checkpoint(cp("r1", 1), b"one")  # space freed: the run goes on
+    path = next(store.journal_dir.glob("*.jnl"))
+    found = journal.decode(path.read_bytes())
+    assert not found.damaged and not found.torn
+    assert [r.row.get("step") for r in found.records] == [None, 0, 1]
+    w.close()
+    assert [c.step for c in store.checkpoints("r1")] == [0, 1]
+    record(
+        "state",
+        "short write, then ENOSPC",
+        injection="os.write writes 7 bytes of a frame, then fails with ENOSPC",
+        trials=1,
+        completed=1,
+        lost=0,
+        duplicated=0,
+        outcome="StoreError naming the cause; the half frame cut off; the next write and "
+        "every earlier record readable",
+    )
+
+
+def test_a_reader_folding_a_dead_journal_does_not_make_it_look_alive(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    dead_journal(path, "w.put_run(run)\nw.put_checkpoint(cp(0), b'x')\n")
+    store = Store(path)
+    held = journal.scan(store.journal_dir)  # what a merging reader holds meanwhile
+    try:
+        assert [j.live for j in held] == [False]
+        assert store.live_runs() == set()  # a locking merger used to read as "running"
+    finally:
+        for j in held:
+            j.close()
+    assert [r.run_id for r in store.runs()] == ["r1"]
+
+
+def test_a_forked_child_does_not_keep_a_crashed_run_alive(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    dead_journal(
+        path,
+        """
+        w.put_run(run)
+        if os.fork() == 0:  # a worker forked by the agent's code, outliving the kernel
+            import time
+            time.sleep(3)
+            os._exit(0)
+        """,
+    )
+    assert Store(path).live_runs() == set()
+
+
+def test_damage_mid_journal_costs_one_record_and_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    dead_journal(path, "w.put_run(run)\nfor i in range(5):\n    w.put_checkpoint(cp(i), b'p')\n")
+    jnl = next((tmp_path / "s.duckdb.journal").glob("*.jnl"))
+    data = bytearray(jnl.read_bytes())
+    found = journal.decode(bytes(data))
+    data[found.offsets[3] + 15] ^= 0xFF  # inside checkpoint 2
+    jnl.write_bytes(bytes(data))
+    store = Store(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        steps = [c.step for c in store.checkpoints("r1")]
+    assert steps == [0, 1, 3, 4]  # the records after the damage were recovered
+    assert any(issubclass(w.category, StoreWarning) and "damaged" in str(w.message) for w in caught)
+    kept = list(jnl.parent.glob("*.damaged"))
+    assert len(kept) == 1 and kept[0].read_bytes() == bytes(data)
+    with pytest.raises(StoreError, match="Checkpoint 2 of run r1 is missing"):
+        store.payloads([("r1", None)])
+    record(
+        "state",
+        "CRC damage in a journal",
+        injection="one byte flipped in the third of five checkpoint frames of a dead journal",
+        trials=1,
+        completed=1,
+        lost=0,
+        duplicated=0,
+        outcome="four intact checkpoints folded (resynchronised past the bad frame); the "
+        "file kept as *.damaged with a StoreWarning; loading the run refused",
+    )
+
+
+def test_a_frame_with_valid_crc_but_garbage_inside_is_damage_not_a_crash() -> None:
+    body = b"\x05\x00\x00\x00{nope" + b"payload"
+    import struct
+    import zlib
+
+    frame = struct.pack("<4sII", journal.MAGIC, len(body), zlib.crc32(body)) + body
+    good = journal.encode(journal.Record("runs", {"x": 1}))
+    found = journal.decode(good + frame + good)
+    assert len(found.records) == 2 and found.damaged
+
+
+def test_records_of_a_newer_version_stay_in_their_journal(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    dead_journal(
+        path,
+        """
+        w.put_run(run)
+        w._append(Record("annotations", {"run_id": "r1", "note": "from the future"}, b""))
+        w.put_checkpoint(cp(0), b'x')
+        """,
+    )
+    store = Store(path)
+    assert [c.step for c in store.checkpoints("r1")] == [0]
+    kept = list(store.journal_dir.glob("*.jnl"))
+    assert len(kept) == 1  # not deleted: the unknown record is waiting for a newer version
+    store.flush()
+    assert [c.step for c in store.checkpoints("r1")] == [0]
+
+
+def test_a_newer_store_is_not_touched_even_when_it_lacks_our_tables(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    Store(path).flush()
+    with duckdb.connect(str(path)) as con:
+        con.execute("ALTER TABLE blobs RENAME TO values_v2")
+        con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="newer jupyter-agent"):
+        Store(path).runs()
+    assert path.read_bytes() == before
+    with duckdb.connect(str(path), read_only=True) as con:
+        rows = con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+        tables = {r[0] for r in rows}
+    assert "blobs" not in tables  # the old code created it before checking the version
+
+
+def test_store_path_problems_are_store_errors(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="Cannot create the agent store directory"):
+        Store(tmp_path / "file" / "sub" / "s.duckdb").runs()
+    with pytest.raises(StoreError, match="cannot be used"):
+        Store(tmp_path / "file" / "s.duckdb").runs()

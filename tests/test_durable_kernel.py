@@ -187,8 +187,7 @@ def test_extension_autoloads_from_ipython_config(agent_env, tmp_path):
     profile = tmp_path / "ipython" / "profile_default"
     profile.mkdir(parents=True)
     (profile / "ipython_kernel_config.py").write_text(
-        "c.InteractiveShellApp.extensions = ['jupyter_agent']\n"
-        "c.AgentMagics.model = 'offline'\n"
+        "c.InteractiveShellApp.extensions = ['jupyter_agent']\nc.AgentMagics.model = 'offline'\n"
     )
     kernel = Kernel({**agent_env, "IPYTHONDIR": str(tmp_path / "ipython")}, cwd=tmp_path)
     try:

@@ -8,8 +8,10 @@ saying what to do, raised before anything is written.
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 import time
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -18,7 +20,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from traitlets import Bool, Float, Int, Unicode
 
 from . import runner, widget
-from .agent import Events, RunOptions, effective_status, load_state
+from .agent import RunOptions, effective_status, load_state
 from .identity import AgentIdentity, notebook_path, resolve
 from .redaction import secrets_in_environment
 from .render import TextEvents, status_text
@@ -152,27 +154,39 @@ class AgentMagics(Magics):
         """
         store = self._store()
         key = (identity.notebook, identity.agent)
+        run = self._runner(store, identity, prompt, model, restart, options)
         with runner.claim(*key):
             if cell:
                 self._show_timeline(store, identity)
             try:
-                outcome = run_cell(
-                    store=store,
-                    shell=self.shell,
-                    identity=identity,
-                    prompt=prompt,
-                    model=model,
-                    options=options,
-                    events=widget.WidgetEvents(key, TextEvents()),
-                    restart=restart,
-                    decision=decision,
-                    endpoint_args=self._endpoint_args(),
-                )
+                outcome = run(events=widget.WidgetEvents(key, TextEvents()), decision=decision)
             finally:
                 for view in widget.widgets_of(key):
                     view.refresh()
         report(outcome, identity)
         return outcome
+
+    def _runner(
+        self,
+        store: Store,
+        identity: AgentIdentity,
+        prompt: str,
+        model: str,
+        restart: bool,
+        options: RunOptions,
+    ) -> Callable[..., Outcome]:
+        """``run_cell`` bound to this cell, for the foreground and the background alike."""
+        return functools.partial(
+            run_cell,
+            store=store,
+            shell=self.shell,
+            identity=identity,
+            prompt=prompt,
+            model=model,
+            options=options,
+            restart=restart,
+            endpoint_args=self._endpoint_args(),
+        )
 
     def _run_in_background(
         self,
@@ -187,23 +201,12 @@ class AgentMagics(Magics):
         runner.acquire(*key)  # a busy agent fails here, before anything is shown
         runner.release(*key)
         self._show_timeline(store, identity)
-        endpoint_args = self._endpoint_args()
-
-        def work(events: Events, cancel: Any) -> Outcome:
-            return run_cell(
-                store=store,
-                shell=self.shell,
-                identity=identity,
-                prompt=prompt,
-                model=model,
-                options=options,
-                events=events,
-                restart=restart,
-                endpoint_args=endpoint_args,
-                cancel=cancel,
-            )
-
-        widget.start_job(key, work, done=lambda outcome, out: report(outcome, identity, out))
+        run = self._runner(store, identity, prompt, model, restart, options)
+        widget.start_job(
+            key,
+            lambda events, cancel: run(events=events, cancel=cancel),
+            done=lambda outcome, out: report(outcome, identity, out),
+        )
         print(
             f"Agent {identity.agent} is running in the background; its timeline shows its "
             f"progress. Pause it there or with %agent pause {identity.agent}."

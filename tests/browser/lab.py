@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+import nbformat
 from playwright.sync_api import Page
 
 STARTUP_TIMEOUT_S = 60.0
@@ -261,3 +262,18 @@ def wait_for_text(page: Page, text: str, timeout: float = 15_000, within: str = 
     in cell sources, which are rendered on the page too.
     """
     page.locator(within).get_by_text(text).first.wait_for(state="visible", timeout=timeout)
+
+
+def write_notebook(path: Path, cells: list) -> None:
+    """Write ``cells`` as a notebook with a kernelspec, so Lab starts the kernel without asking."""
+    nb = nbformat.v4.new_notebook(
+        cells=cells,
+        metadata={
+            "kernelspec": {
+                "name": "python3",
+                "display_name": "Python 3 (ipykernel)",
+                "language": "python",
+            }
+        },
+    )
+    nbformat.write(nb, path)

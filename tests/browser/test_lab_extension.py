@@ -22,7 +22,7 @@ from jupyter_agent.store import Store
 from jupyter_agent.testing import ScriptedServer
 
 from ..kernels import Kernel
-from .lab import LabServer, open_notebook
+from .lab import LabServer, open_notebook, write_notebook
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -51,24 +51,17 @@ def script(answer_delay: float) -> Callable[[dict], dict]:
     return reply
 
 
-def write_notebook(path: Path) -> None:
-    nb = nbformat.v4.new_notebook(
-        cells=[
+def write_report_notebook(path: Path) -> None:
+    write_notebook(
+        path,
+        [
             nbformat.v4.new_markdown_cell("# Morning report", id="title"),
             nbformat.v4.new_code_cell(LOAD_CELL, id="load"),
             nbformat.v4.new_code_cell(AGENT_CELL, id=AGENT_CELL_ID),
             nbformat.v4.new_code_cell(SUMMARY_CELL, id="summary-agent"),
             nbformat.v4.new_code_cell("print(a, b)", id="after"),
         ],
-        metadata={
-            "kernelspec": {
-                "name": "python3",
-                "display_name": "Python 3 (ipykernel)",
-                "language": "python",
-            }
-        },
     )
-    nbformat.write(nb, path)
 
 
 def kill_mid_run(env: dict[str, str], nb_path: Path, scripted: ScriptedServer) -> None:
@@ -104,7 +97,7 @@ def morning(lab_server_factory, tmp_path: Path) -> Iterator[tuple[LabServer, Scr
         }
         server: LabServer = lab_server_factory(env=env)
         nb_path = server.root_dir / NOTEBOOK
-        write_notebook(nb_path)
+        write_report_notebook(nb_path)
         kill_mid_run(env, nb_path, scripted)
         scripted.set_script(script(answer_delay=0))  # the model answers promptly today
         yield server, scripted

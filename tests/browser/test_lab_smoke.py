@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from playwright.sync_api import Page, expect
 
-from .lab import LabServer, open_notebook, run_all_cells, wait_for_text
+from .lab import LabServer, open_notebook, run_all_cells, wait_for_text, write_notebook
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -34,17 +34,9 @@ PRINT_CELL = 'print("hello from kernel")'
 
 def write_smoke_notebook(path: Path) -> None:
     """A notebook with a kernelspec, so Lab starts the kernel without asking."""
-    nb = nbformat.v4.new_notebook(
-        cells=[nbformat.v4.new_code_cell(WIDGET_CELL), nbformat.v4.new_code_cell(PRINT_CELL)],
-        metadata={
-            "kernelspec": {
-                "name": "python3",
-                "display_name": "Python 3 (ipykernel)",
-                "language": "python",
-            }
-        },
+    write_notebook(
+        path, [nbformat.v4.new_code_cell(WIDGET_CELL), nbformat.v4.new_code_cell(PRINT_CELL)]
     )
-    nbformat.write(nb, path)
 
 
 def test_notebook_runs_and_widget_round_trips(

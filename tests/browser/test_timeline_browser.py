@@ -17,7 +17,7 @@ from jupyter_agent.store import Store
 from jupyter_agent.testing import ScriptedServer
 
 from .conftest import LabServerFactory
-from .lab import open_notebook, run_all_cells, wait_for_kernel_idle
+from .lab import open_notebook, run_all_cells, wait_for_kernel_idle, write_notebook
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
@@ -47,21 +47,14 @@ def model(body: dict[str, Any]) -> dict[str, Any]:
     return {"content": "The numbers add up to 14."}
 
 
-def write_notebook(path: Path) -> None:
-    nb = nbformat.v4.new_notebook(
-        cells=[
+def write_agent_notebook(path: Path) -> None:
+    write_notebook(
+        path,
+        [
             nbformat.v4.new_code_cell("%load_ext jupyter_agent"),
             nbformat.v4.new_code_cell(f"%%agent -m scripted --approve\n{TASK}"),
         ],
-        metadata={
-            "kernelspec": {
-                "name": "python3",
-                "display_name": "Python 3 (ipykernel)",
-                "language": "python",
-            }
-        },
     )
-    nbformat.write(nb, path)
 
 
 def test_timeline_approve_and_fork_by_clicking(
@@ -76,7 +69,7 @@ def test_timeline_approve_and_fork_by_clicking(
                 "OPENAI_API_KEY": "sk-test-0123456789abcdef",
             }
         )
-        write_notebook(lab.root_dir / "agent.ipynb")
+        write_agent_notebook(lab.root_dir / "agent.ipynb")
         open_notebook(page, lab, "agent.ipynb")
         run_all_cells(page)  # the agent cell ends at its first approval
 

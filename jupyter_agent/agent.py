@@ -28,18 +28,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import namespace
+from . import context, namespace
+from .budget import Budget, Ledger, budget_text, cost_of, over_budget, price_of
 from .identity import AgentIdentity
-from .model import Cancelled, ModelClient, ModelError
+from .model import Cancelled, ContextOverflow, ModelClient, ModelError
+from .plan import PLANNER_PROMPT, PlanError, current_item, parse_items, progress, with_status
 from .redaction import redact
 from .state import (
     AWAITING_APPROVAL,
+    BUDGET,
     DONE,
     ERROR,
     INTERRUPTED,
     LIMIT,
     RUNNING,
     STALLED,
+    STUCK,
     Delta,
     RunState,
     encode_delta,
@@ -47,6 +51,7 @@ from .state import (
     prompt_hash,
 )
 from .store import CheckpointRow, RunRow, RunWriter, Store, StoreError
+from .stuck import REPEATS, stuck_reason, unstuck_note
 from .tools import TOOLS, MalformedCall, ToolResult, parse_call, run_python
 
 SYSTEM_PROMPT = (
@@ -71,7 +76,8 @@ class Events(Protocol):
 
 @dataclass
 class RunOptions:
-    max_steps: int = 30
+    #: Model calls in one execution; None: no limit (the default under a budget).
+    max_steps: int | None = 30
     approve: bool = False
     #: Tools that need approval when ``approve`` is on; empty means every tool.
     approve_tools: tuple[str, ...] = ()
@@ -79,6 +85,21 @@ class RunOptions:
     retries: int = 4
     backoff: float = 0.5
     secrets: list[str] = field(default_factory=list)
+    #: The model's context window in tokens; None: learnt from the endpoint or
+    #: :func:`context.default_window`.
+    context_window: int | None = None
+    #: What the run may spend over all its executions; None: the run's last budget.
+    budget: Budget | None = None
+    #: Dollars per million (prompt, completion) tokens, by model name prefix.
+    prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: Start with a planning phase, then work through the plan an item at a time.
+    plan: bool = False
+    #: Identical failing calls or replies in a row that make a run stuck.
+    stuck_after: int = REPEATS
+
+
+#: Consecutive "too long" refusals after which the agent stops trying to compact.
+MAX_OVERFLOWS = 3
 
 
 def one_line(text: str, limit: int = SUMMARY_LIMIT) -> str:
@@ -189,6 +210,17 @@ class Execution:
         self.options = options
         self.writer: RunWriter | None = None
         self._last = time.monotonic()
+        model = client.endpoint.model
+        self.window = (
+            options.context_window or store.learnt_window(model) or context.default_window(model)
+        )
+        self.price = price_of(model, options.prices)
+        self.budget = options.budget or _budget_of(state.budget)
+        self.plan_mode = bool(run.info.get("plan")) or (options.plan and state.step < 0)
+        self.tools = [*TOOLS]
+        #: Reported over estimated prompt tokens of the last request (see context).
+        self._ratio = 1.0
+        self._overflows = 0
 
     # The single place where state changes: write the checkpoint, then apply it.
     def checkpoint(
@@ -223,7 +255,9 @@ class Execution:
             )
             self.writer.put_checkpoint(row, payload)
         self._last = now
-        self.state.apply(delta, step=row.step, kind=kind, status=status, tokens=tokens)
+        self.state.apply(
+            delta, step=row.step, kind=kind, status=status, tokens=tokens, info=row.info
+        )
         self.events.checkpoint(self.run, row, delta)
         return row
 
@@ -236,19 +270,22 @@ class Execution:
                 self.writer.put_run(self.run)
                 self._fork() if self.run.parent_run else self._start()
             else:
-                self.checkpoint(
-                    "resume",
-                    RUNNING,
-                    f"resumed after step {self.state.step} ({self.state.kind})",
-                    info={"from_step": self.state.step, "from_status": self.state.status},
-                )
+                self._resume()
             if decision is not None and call is not None:
                 self._decide(decision, call)
             self._drive()
         except Stop:
             pass
         except (KeyboardInterrupt, Cancelled):
-            self.checkpoint("interrupted", INTERRUPTED, f"interrupted after step {self.state.step}")
+            # A call cut short is not a result: it stays in flight and runs again
+            # on resume, like the call in flight at a crash.
+            in_flight = self.state.started_call
+            summary = (
+                "interrupted during a python call; it runs again when the agent resumes"
+                if in_flight
+                else f"interrupted after checkpoint {self.state.step}"
+            )
+            self.checkpoint("interrupted", INTERRUPTED, summary, info={"in_flight": in_flight})
         except ModelError as exc:
             self.checkpoint("error", ERROR, str(exc), info={"error": str(exc)})
         except StoreError:
@@ -268,7 +305,40 @@ class Execution:
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": redact(self.run.prompt, self.options.secrets)},
         ]
-        self.checkpoint("start", RUNNING, self.run.prompt, Delta(messages=messages))
+        self.checkpoint(
+            "start", RUNNING, self.run.prompt, Delta(messages=messages), info=self._settings()
+        )
+
+    def _settings(self) -> dict:
+        """What this execution runs with, recorded on its first checkpoint."""
+        return {
+            "model": self.client.endpoint.model,
+            "context_window": self.window,
+            "budget": _budget_dict(self.budget),
+        }
+
+    def _resume(self) -> None:
+        messages = []
+        if self.state.status == STUCK:
+            reason = self.state_reason()
+            messages.append(
+                {"role": "user", "content": context.HARNESS_NOTE + unstuck_note(reason)}
+            )
+        self.checkpoint(
+            "resume",
+            RUNNING,
+            f"resumed after checkpoint {self.state.step} ({self.state.kind})",
+            Delta(messages=messages),
+            info={
+                "from_step": self.state.step,
+                "from_status": self.state.status,
+                "saved_tokens": self.state.tokens,
+                **self._settings(),
+            },
+        )
+
+    def state_reason(self) -> str:
+        return stuck_reason(self.state.messages, self.options.stuck_after) or "it repeated itself"
 
     def _fork(self) -> None:
         """First checkpoint of a fork: its state so far was folded from the parent run.
@@ -331,26 +401,227 @@ class Execution:
                 continue
             if self.state.status == DONE:
                 return
-            if model_calls >= self.options.max_steps:
+            limit = self.options.max_steps
+            if limit is not None and model_calls >= limit:
                 self.checkpoint(
                     "limit",
                     LIMIT,
-                    f"stopped after {model_calls} model calls (--max-steps); re-run to continue",
+                    f"stopped after {model_calls} steps (--max-steps); re-run to continue",
                 )
                 raise Stop()
-            self._model_step()
-            model_calls += 1
+            reason = stuck_reason(self.state.messages, self.options.stuck_after)
+            if reason:
+                self.checkpoint("stuck", STUCK, f"stuck: {reason}", info={"reason": reason})
+                raise Stop()
+            self._compact()
+            if self._model_step():
+                model_calls += 1
 
-    def _model_step(self) -> None:
-        reply = self.client.complete(
-            self.state.messages,
-            TOOLS,
-            on_text=self.events.text,
-            on_retry=lambda msg: self.events.notice(f"model: {msg}"),
+    # -- context, budget, plan -----------------------------------------------------
+
+    def view(self) -> list[dict]:
+        """What the model is sent now (see :mod:`jupyter_agent.context`)."""
+        view = context.model_view(self.state.messages, self.state.compaction, self.state.plan)
+        if self.plan_mode and not self.state.plan:
+            view.append({"role": "user", "content": context.HARNESS_NOTE + PLANNER_PROMPT})
+        return view
+
+    def ledger(self) -> Ledger:
+        state = self.state
+        cost = cost_of(state.prompt_tokens, state.completion_tokens, self.price)
+        return Ledger(state.prompt_tokens, state.completion_tokens, cost)
+
+    def _check_budget(self, prompt_tokens: int) -> None:
+        """Stop at a checkpoint if a call with this prompt would cross the budget."""
+        if self.budget is None:
+            return
+        state = self.state
+        completion = state.completion_tokens // state.model_calls if state.model_calls else 256
+        next_cost = cost_of(prompt_tokens, completion, self.price)
+        spent = self.ledger()
+        if not over_budget(
+            self.budget, state.tokens, spent.cost, prompt_tokens + completion, next_cost
+        ):
+            return
+        self.checkpoint(
+            "budget",
+            BUDGET,
+            budget_text(state.tokens, spent.cost, self.budget),
+            info={
+                "spent": state.tokens,
+                "budget": self.budget.tokens,
+                "cost": spent.cost,
+                "budget_cost": self.budget.cost,
+                "next": prompt_tokens + completion,
+            },
         )
+        raise Stop()
+
+    def _compact(self, *, force: bool = False) -> None:
+        """Bring the model's view inside the window, as a checkpoint of its own."""
+        state = self.state
+        decision = context.decide(
+            state.messages, state.compaction, state.plan, self.window, self._ratio, force=force
+        )
+        if decision is None:
+            if force:
+                raise ModelError(
+                    f"The endpoint refused the request as too long for the model's context "
+                    f"window ({self.window:,} tokens), and there is nothing left to compact: "
+                    "the latest step alone is too large. Give the model a larger window "
+                    "(--context-window) or a task with smaller outputs."
+                )
+            return
+        before = context.estimate_tokens(self.view(), self._ratio)
+        compaction = decision.compaction
+        tokens = 0
+        usage: dict = {}
+        if decision.summarize is not None:
+            start, end = decision.summarize
+            request = context.summarizer_request(
+                state.messages,
+                start,
+                end,
+                compaction["summary"],
+                context.variables_overview(self.shell.user_ns, list(state.vars)),
+                self.window,
+            )
+            self._check_budget(context.estimate_tokens(request, self._ratio))
+            self.events.info(f"Compacting the context (checkpoints before {end} into a summary)…")
+            reply = self.client.complete(request, [])
+            summary = redact(reply.content, self.options.secrets)
+            compaction = {
+                **compaction,
+                "summary": context.summary_message(
+                    summary, compaction["replies"], compaction["results"]
+                ),
+            }
+            tokens, usage = reply.tokens, reply.usage
+        compaction["window"] = self.window
+        after = context.estimate_tokens(
+            context.model_view(state.messages, compaction, state.plan), self._ratio
+        )
+        kind = compaction["strategy"]
+        self.checkpoint(
+            "compaction",
+            RUNNING,
+            f"context compacted: {before:,} → {after:,} tokens ({kind})",
+            Delta(compaction=compaction),
+            tokens=tokens,
+            info={
+                "strategy": kind,
+                "before_tokens": before,
+                "after_tokens": after,
+                "messages_dropped": int(compaction.get("upto") or 0),
+                "window": self.window,
+                "usage": usage,
+            },
+        )
+
+    def _overflowed(self, exc: ContextOverflow, sent: int) -> None:
+        """The endpoint said the request was too long: learn the window, compact, retry."""
+        self._overflows += 1
+        if self._overflows > MAX_OVERFLOWS:
+            raise ModelError(f"The request stays too long for the model's context window: {exc}")
+        learnt = exc.limit or int(sent * 0.8)
+        if learnt < self.window:
+            self.window = max(learnt, context.MIN_WINDOW)
+            with contextlib.suppress(StoreError):
+                self.store.remember_window(self.client.endpoint.model, self.window)
+        self.events.notice(
+            f"the request was too long for the model ({exc.limit or 'unknown'} tokens); "
+            "compacting the context and retrying"
+        )
+        self._compact(force=True)
+
+    def _next_item(self, note: str) -> bool:
+        """In plan mode, after a reply that ends an item: start the next one afresh.
+
+        Returns False when no item is left (the reply is the run's answer).
+        """
+        plan = self._ended_plan()
+        index = current_item(plan)
+        if index is None:
+            self.checkpoint(
+                "tool_result",
+                RUNNING,
+                f"plan {progress(plan)}",
+                Delta(plan=plan),
+                info={"plan": plan, "progress": progress(plan)},
+            )
+            return False
+        plan = with_status(plan, index, "in_progress")
+        state = self.state
+        notes = (state.compaction.get("notes") or []) + ([note] if note else [])
+        variables = context.variables_overview(self.shell.user_ns, list(state.vars))
+        body = "Progress notes:\n" + ("\n".join(f"- {n}" for n in notes[-40:]) or "- none yet")
+        if variables:
+            body += "\n\nNotebook variables:\n" + "\n".join(
+                f"- {k}: {v}" for k, v in variables.items()
+            )
+        replies = sum(1 for m in state.messages if m.get("role") == "assistant")
+        results = sum(1 for m in state.messages if m.get("role") == "tool")
+        compaction = {
+            "strategy": "item",
+            "upto": len(state.messages),
+            "trim_before": len(state.messages),
+            "replies": replies,
+            "results": results,
+            "notes": notes,
+            "item": index,
+            "summary": context.summary_message(body, replies, results),
+            "window": self.window,
+        }
+        title = plan[index]["title"]
+        instruction = (
+            f"{context.HARNESS_NOTE}Now work on item {index + 1} of {len(plan)}: {title}. "
+            "Work on this item only. When it is done, call update_plan to mark it done, then "
+            "reply with a short note of what you did and learnt."
+        )
+        self.checkpoint(
+            "compaction",
+            RUNNING,
+            f"plan item {index + 1}/{len(plan)}: {title}",
+            Delta(
+                messages=[{"role": "user", "content": instruction}],
+                compaction=compaction,
+                plan=plan,
+            ),
+            info={
+                "strategy": "item",
+                "plan": plan,
+                "progress": progress(plan),
+                "item": index,
+                "messages_dropped": len(state.messages),
+            },
+        )
+        return True
+
+    def _model_step(self) -> bool:
+        """One model call, checkpointed; False when it was refused and compacted instead."""
+        view = self.view()
+        estimate = context.estimate_tokens(view, self._ratio)
+        self._check_budget(estimate)
+        try:
+            reply = self.client.complete(
+                view,
+                self.tools,
+                on_text=self.events.text,
+                on_retry=lambda msg: self.events.notice(f"model: {msg}"),
+            )
+        except ContextOverflow as exc:
+            self._overflowed(exc, estimate)
+            return False
+        self._overflows = 0
+        reported = int(reply.usage.get("prompt_tokens") or 0)
+        if reported:
+            raw = context.estimate_tokens(view)
+            self._ratio = min(max(reported / max(raw, 1), 0.25), 4.0)
         message = redact(reply.message(), self.options.secrets)
         done = not reply.tool_calls
-        if done:
+        if done and self.plan_mode and self.state.plan:
+            done = not self._has_next_item()
+        if not reply.tool_calls:
             summary = reply.content
         else:
             names = ", ".join(c["function"]["name"] or "?" for c in reply.tool_calls)
@@ -363,9 +634,35 @@ class Execution:
             tokens=reply.tokens,
             info={"usage": reply.usage, "tool_calls": len(reply.tool_calls)},
         )
+        if not reply.tool_calls and not done:
+            self._next_item(f"{self._item_title()}: {one_line(reply.content, 300)}")
+        return True
+
+    def _working_on(self) -> int | None:
+        """The plan item this context was started for (None while planning)."""
+        compaction = self.state.compaction
+        return compaction.get("item") if compaction.get("strategy") == "item" else None
+
+    def _ended_plan(self) -> list[dict]:
+        """The plan once the item being worked on has ended (marked done)."""
+        plan, index = self.state.plan, self._working_on()
+        if index is not None and index < len(plan):
+            plan = with_status(plan, index, "done")
+        return plan
+
+    def _has_next_item(self) -> bool:
+        return current_item(self._ended_plan()) is not None
+
+    def _item_title(self) -> str:
+        index = self._working_on()
+        plan = self.state.plan
+        return plan[index]["title"] if index is not None and index < len(plan) else "plan"
 
     def _tool_step(self, call: dict) -> None:
         call_id = call["id"]
+        if (call.get("function") or {}).get("name") == "update_plan":
+            self._plan_step(call)
+            return
         try:
             code = parse_call(call)
         except MalformedCall as exc:
@@ -405,19 +702,32 @@ class Execution:
             Delta(tool_call_id=call_id),
             info={"code": code},
         )
-        try:
-            result = run_python(self.shell, code)
-        except KeyboardInterrupt:
-            result = ToolResult(
-                "KeyboardInterrupt: the user interrupted this code.",
-                error=True,
-                touched=namespace.touched_names(code),
-            )
-            self._tool_result(call_id, result, status=INTERRUPTED)
-            raise Stop() from None
+        # An interrupt here propagates: the call stays in flight (see execute).
+        result = run_python(self.shell, code)
         self._tool_result(call_id, result)
 
-    def _needs_approval(self, call: dict) -> bool:
+    def _plan_step(self, call: dict) -> None:
+        """``update_plan``: no side effects, so no start checkpoint and no approval."""
+        try:
+            plan = parse_items((call.get("function") or {}).get("arguments") or "")
+        except PlanError as exc:
+            self._tool_result(call["id"], ToolResult(f"Error: {exc}", error=True, executed=False))
+            return
+        done = progress(plan)
+        message = {
+            "role": "tool",
+            "tool_call_id": call["id"],
+            "content": f"Plan updated: {done} done.",
+        }
+        self.checkpoint(
+            "tool_result",
+            RUNNING,
+            f"plan {done}",
+            Delta(messages=[message], plan=plan, tool_call_id=call["id"]),
+            info={"plan": plan, "progress": done},
+        )
+
+    def _needs_approval(self, call: dict) -> bool:  # update_plan never asks
         tools = self.options.approve_tools
         return self.options.approve and (not tools or call["function"]["name"] in tools)
 
@@ -445,6 +755,17 @@ class Execution:
         if snap.unsaved:
             for name, why in snap.unsaved.items():
                 self.events.notice(f"not saved: {name}: {why}")
+
+
+def _budget_dict(budget: Budget | None) -> dict | None:
+    return None if budget is None else {"tokens": budget.tokens, "cost": budget.cost}
+
+
+def _budget_of(recorded: dict | None) -> Budget | None:
+    """The budget a run last ran with, from its checkpoints' settings."""
+    if not recorded:
+        return None
+    return Budget(tokens=recorded.get("tokens"), cost=recorded.get("cost"))
 
 
 @contextlib.contextmanager

@@ -17,10 +17,12 @@ from typing import Any
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Bool, Float, Int, Unicode
+from traitlets import Bool, Dict, Float, Int, Unicode
 
 from . import runner, widget
 from .agent import RunOptions, effective_status, load_state
+from .budget import Budget, BudgetError, parse_budget
+from .context import MIN_WINDOW
 from .identity import AgentIdentity, notebook_path, resolve
 from .redaction import secrets_in_environment
 from .render import TextEvents, status_text
@@ -54,6 +56,15 @@ class AgentMagics(Magics):
         config=True
     )
     timeout = Float(120.0, help="Seconds to wait for the model endpoint.").tag(config=True)
+    budget = Unicode(
+        "", help="Default budget of a run: tokens (50000, 50k) or dollars ('$2.50'); '' for none."
+    ).tag(config=True)
+    context_window = Int(
+        0, help="The model's context window in tokens; 0: learnt from the endpoint or known."
+    ).tag(config=True)
+    prices = Dict(
+        help="Dollars per million [prompt, completion] tokens by model prefix, for $ budgets."
+    ).tag(config=True)
     timeline = Bool(
         True, help="Show the checkpoint timeline widget under %%agent cells (in a kernel)."
     ).tag(config=True)
@@ -62,10 +73,24 @@ class AgentMagics(Magics):
         return Store(self.store or None)
 
     def _options(
-        self, max_steps: int | None = None, approve: bool = False, tools: tuple[str, ...] = ()
+        self,
+        max_steps: int | None = None,
+        approve: bool = False,
+        tools: tuple[str, ...] = (),
+        *,
+        budget: Budget | None = None,
+        context_window: int | None = None,
+        plan: bool = False,
     ) -> RunOptions:
+        budget = budget or self._budget()
+        if max_steps is None:  # a budget is a long run's natural limit, not the step count
+            max_steps = None if budget is not None else self.max_steps
         return RunOptions(
-            max_steps=max_steps if max_steps is not None else self.max_steps,
+            max_steps=max_steps,
+            budget=budget,
+            context_window=context_window or self.context_window or None,
+            prices={k: tuple(v) for k, v in self.prices.items()},
+            plan=plan,
             approve=approve or self.approve,
             approve_tools=() if self.approve else tools,
             model_timeout=self.timeout,
@@ -73,6 +98,12 @@ class AgentMagics(Magics):
             backoff=self.retry_backoff,
             secrets=secrets_in_environment(),
         )
+
+    def _budget(self) -> Budget | None:
+        try:
+            return parse_budget(self.budget)
+        except BudgetError as exc:
+            raise UsageError(f"AgentMagics.budget: {exc}") from None
 
     def _endpoint_args(self) -> dict:
         return {"base_url": self.base_url} if self.base_url else {}
@@ -91,6 +122,23 @@ class AgentMagics(Magics):
         default=None,
         metavar="TOOLS",
         help="Ask for approval before each tool call (or only calls of these comma-separated tools).",
+    )
+    @argument(
+        "--budget",
+        metavar="LIMIT",
+        help="Tokens (50000, 50k) or dollars ($2.50) the run may spend over all its "
+        "executions; it pauses there, and re-running with a larger budget continues.",
+    )
+    @argument(
+        "--context-window",
+        type=int,
+        metavar="TOKENS",
+        help="The model's context window; the agent compacts its history to stay inside it.",
+    )
+    @argument(
+        "--plan",
+        action="store_true",
+        help="Write a plan first, then work through it one item at a time with fresh context.",
     )
     @argument(
         "--background",
@@ -120,7 +168,23 @@ class AgentMagics(Magics):
             raise UsageError(
                 f"--approve: unknown tool {unknown[0]!r}; the tools are: {', '.join(known)}."
             )
-        options = self._options(args.max_steps, args.approve is not None, tools)
+        try:
+            budget = parse_budget(args.budget)
+        except BudgetError as exc:
+            raise UsageError(str(exc)) from None
+        if args.context_window is not None and args.context_window < MIN_WINDOW:
+            raise UsageError(
+                f"--context-window must be at least {MIN_WINDOW:,} tokens (got "
+                f"{args.context_window:,}); not even one step fits in less."
+            )
+        options = self._options(
+            args.max_steps,
+            args.approve is not None,
+            tools,
+            budget=budget,
+            context_window=args.context_window,
+            plan=args.plan,
+        )
         try:
             identity = resolve(self.shell, args.name, prompt)
             if args.background:

@@ -11,6 +11,7 @@ pauses at its last checkpoint, resumable later.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,33 @@ class ConfigError(Exception):
 
 class ModelError(Exception):
     """The model endpoint kept failing; the agent pauses and can be resumed."""
+
+
+class ContextOverflow(ModelError):
+    """The endpoint refused the request as too long for the model's context window."""
+
+    def __init__(self, message: str, limit: int | None = None, requested: int | None = None):
+        super().__init__(message)
+        self.limit = limit
+        self.requested = requested
+
+
+_WINDOW = re.compile(r"maximum context length is (\d+)|context (?:length|window) (?:is|of) (\d+)")
+_OVERFLOW = re.compile(
+    r"context_length_exceeded|maximum context length|context (?:length|window)|n_ctx|"
+    r"ContextWindowExceeded|too many tokens|prompt is too long",
+    re.IGNORECASE,
+)
+
+
+def context_overflow(exc: Exception) -> ContextOverflow | None:
+    """The refusal as a :class:`ContextOverflow`, if it says the request was too long."""
+    text = f"{getattr(exc, 'code', '') or ''} {getattr(exc, 'message', '') or exc}"
+    if not _OVERFLOW.search(text):
+        return None
+    m = _WINDOW.search(text)
+    limit = int(next(g for g in m.groups() if g)) if m else None
+    return ContextOverflow("the request is too long for the model's context window", limit)
 
 
 class Cancelled(Exception):
@@ -135,6 +163,9 @@ class ModelClient:
             except ValueError as exc:  # unparsable chunk
                 problem = f"the model sent a malformed reply ({exc})"
             except openai.APIStatusError as exc:
+                overflow = context_overflow(exc) if exc.status_code in (400, 413) else None
+                if overflow is not None:
+                    raise overflow from exc
                 if exc.status_code not in RETRYABLE_STATUS:
                     raise ModelError(
                         f"The model endpoint refused the request: {_describe(exc)}"
@@ -161,7 +192,7 @@ class ModelClient:
             # they go in extra_body, which is merged into the body as it is.
             messages=[],
             extra_body={"messages": messages},
-            tools=tools,  # type: ignore[arg-type]
+            tools=tools or openai.NOT_GIVEN,  # type: ignore[arg-type]
             stream=True,
             stream_options={"include_usage": True},
         )

@@ -11,7 +11,18 @@ import sys
 import textwrap
 from typing import TextIO
 
-from .state import AWAITING_APPROVAL, DONE, ERROR, INTERRUPTED, LIMIT, RUNNING, STALLED, Delta
+from .state import (
+    AWAITING_APPROVAL,
+    BUDGET,
+    DONE,
+    ERROR,
+    INTERRUPTED,
+    LIMIT,
+    RUNNING,
+    STALLED,
+    STUCK,
+    Delta,
+)
 from .store import CheckpointRow, RunRow
 
 STATUS_TEXT = {
@@ -21,6 +32,8 @@ STATUS_TEXT = {
     ERROR: "paused after an error",
     LIMIT: "stopped at the step limit",
     STALLED: "stalled (no checkpoint for a long time)",
+    BUDGET: "paused at the budget",
+    STUCK: "stuck",
 }
 
 
@@ -86,7 +99,15 @@ class TextEvents:
             self._line(f"⋔ {row.summary}")
         elif row.kind == "resume":
             self._line(f"↻ resuming after step {row.info.get('from_step')}")
-        if row.status in (INTERRUPTED, ERROR, LIMIT):
+        elif row.kind == "compaction":
+            self._line(f"⇣ {row.summary}")
+        if row.status in (BUDGET, STUCK):
+            self._line(f"■ {row.summary}")
+            self._line(
+                f"  Re-run the cell (with a larger --budget, if that is what stopped it) "
+                f"to continue, or %agent resume {run.agent}."
+            )
+        elif row.status in (INTERRUPTED, ERROR, LIMIT):
             self._line(f"■ {STATUS_TEXT[row.status]} at step {row.step}: {row.summary}")
             self._line(f"  Re-run the cell (or %agent resume {run.agent}) to continue.")
         elif row.status == DONE:

@@ -117,7 +117,8 @@ def run_cell(
     ):
         previous = None
     if previous is None:
-        run = new_run(identity, prompt, model, info={"approve": approve_policy(options)})
+        info = {"approve": approve_policy(options), "plan": options.plan}
+        run = new_run(identity, prompt, model, info=info)
         execution = make_execution(
             store, shell, run, RunState(), model, options, events, endpoint_args, cancel
         )

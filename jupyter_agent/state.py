@@ -20,7 +20,7 @@ import dill
 
 #: Version of the delta payload layout. Bump it when :class:`Delta` changes and
 #: teach :func:`decode_delta` to read the older versions.
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 RUNNING = "running"
 DONE = "done"
@@ -28,11 +28,15 @@ INTERRUPTED = "interrupted"
 AWAITING_APPROVAL = "awaiting_approval"
 ERROR = "error"
 LIMIT = "limit"
+#: Paused before a step that would cross the run's token or cost budget.
+BUDGET = "budget"
+#: Paused because the same failing call or the same reply kept repeating.
+STUCK = "stuck"
 #: Derived, never stored: a live run with no checkpoint for longer than the
 #: stall threshold (a hung kernel, a tool call that never returns).
 STALLED = "stalled"
 #: Statuses of a run that may be resumed by re-running its cell.
-RESUMABLE = {RUNNING, INTERRUPTED, AWAITING_APPROVAL, ERROR, LIMIT}
+RESUMABLE = {RUNNING, INTERRUPTED, AWAITING_APPROVAL, ERROR, LIMIT, BUDGET, STUCK}
 
 
 class StateVersionError(Exception):
@@ -48,6 +52,10 @@ class Delta:
     unsaved: dict[str, str] = field(default_factory=dict)  # name -> why it was not saved
     decision: dict | None = None  # an approval decision: {call_id, action, note?, code?}
     tool_call_id: str | None = None  # the tool call this step started or finished
+    #: A compaction of the model's view (see :mod:`jupyter_agent.context`): replaces
+    #: the previous one; the messages themselves are never removed.
+    compaction: dict | None = None
+    plan: list[dict] | None = None  # the agent's plan, replacing the previous one
 
 
 @dataclass
@@ -63,9 +71,39 @@ class RunState:
     kind: str = ""
     tokens: int = 0
     started_call: str | None = None  # a tool call started but not finished
+    #: The latest compaction: what the model is sent instead of the full history.
+    compaction: dict = field(default_factory=dict)
+    plan: list[dict] = field(default_factory=list)
+    #: Model replies so far (each one a step); prompt and completion tokens spent.
+    model_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    #: The budget the run last ran with ({"tokens": …, "cost": …}), if any.
+    budget: dict | None = None
 
-    def apply(self, delta: Delta, *, step: int, kind: str, status: str, tokens: int) -> None:
+    def apply(
+        self,
+        delta: Delta,
+        *,
+        step: int,
+        kind: str,
+        status: str,
+        tokens: int,
+        info: dict | None = None,
+    ) -> None:
         self.messages.extend(delta.messages)
+        if delta.compaction is not None:
+            self.compaction = delta.compaction
+        if delta.plan is not None:
+            self.plan = delta.plan
+        if kind == "model":
+            self.model_calls += 1
+        info = info or {}
+        if kind in ("start", "resume") and "budget" in info:
+            self.budget = info["budget"]
+        usage = info.get("usage") or {}
+        self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+        self.completion_tokens += int(usage.get("completion_tokens") or 0)
         for name, digest in delta.vars.items():
             if digest is None:
                 self.vars.pop(name, None)
@@ -148,6 +186,7 @@ def fold(checkpoints: list[tuple[Any, bytes]]) -> RunState:
             kind=row.kind,
             status=row.status,
             tokens=row.tokens,
+            info=row.info,
         )
     return state
 

@@ -549,6 +549,26 @@ class Store:
             path = moved_path(path, old, new)
         return path
 
+    # -- what was learnt about models --------------------------------------------------
+
+    def learnt_window(self, model: str) -> int | None:
+        """The context window ``model``'s endpoint last reported, if it ever refused one."""
+        if not self.path.exists():
+            return None
+        with self.connect(merge=False) as con:
+            row = con.execute(
+                "SELECT value FROM meta WHERE key = ?", [f"context_window:{model}"]
+            ).fetchone()
+        return int(row[0]) if row and str(row[0]).isdigit() else None
+
+    def remember_window(self, model: str, tokens: int) -> None:
+        """Remember ``model``'s context window for later runs (see :mod:`context`)."""
+        with self.connect(merge=False) as con:
+            con.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [f"context_window:{model}", str(tokens)],
+            )
+
 
 class RunWriter:
     """Appends one run execution's records to its journal, with secrets redacted.

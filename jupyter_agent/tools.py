@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .namespace import touched_names
+from .plan import UPDATE_PLAN_TOOL
 
 OUTPUT_LIMIT = 20_000  # characters of tool output sent back to the model
 
@@ -40,7 +41,7 @@ PYTHON_TOOL = {
         },
     },
 }
-TOOLS = [PYTHON_TOOL]
+TOOLS = [PYTHON_TOOL, UPDATE_PLAN_TOOL]
 
 
 @dataclass
@@ -61,7 +62,8 @@ def parse_call(call: dict) -> str:
     name = fn.get("name")
     if name != "python":
         raise MalformedCall(
-            f"Unknown tool {name!r}. The only tool is 'python' with argument 'code'."
+            f"Unknown tool {name!r}. The tools are 'python' (argument 'code') and "
+            "'update_plan' (argument 'items')."
         )
     raw = fn.get("arguments") or ""
     try:

@@ -133,6 +133,15 @@ class Kernel:
     def interrupt(self) -> None:
         self.km.interrupt_kernel()
 
+    def restart(self) -> None:
+        """Restart as JupyterLab's Restart Kernel does: interrupt, ask to shut down, start."""
+        self.kc.stop_channels()
+        self.km.restart_kernel(now=False)
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+        self._runs = {}
+
     def shutdown(self) -> None:
         if self.km.is_alive():
             self.kc.stop_channels()

@@ -125,6 +125,7 @@ def test_changed_prompt_or_restart_starts_a_new_run(kernel_factory, scripted, tm
 
 
 def test_interrupt_stops_cleanly_and_resumes(kernel_factory, scripted, tmp_path):
+    """An interrupted call is not a result: it is in flight, and runs again on resume."""
     log = tmp_path / "effects.log"
     scripted.set_script(counting_script(log, slow_step=1))
     k = kernel_factory()
@@ -133,21 +134,42 @@ def test_interrupt_stops_cleanly_and_resumes(kernel_factory, scripted, tmp_path)
     time.sleep(0.5)
     k.interrupt()
     k.wait(run, timeout=30)
-    assert "interrupted at step" in run.text, run.text
+    assert "interrupted" in run.text and "runs again" in run.text, run.text
     assert run.error is None  # stopped at a checkpoint, not a crash
     listing = k.run("%agent list").stdout
     assert "interrupted at step" in listing
+    assert k.run("print('b' in dir())").stdout.strip() == "False"
 
     scripted.set_script(counting_script(log))
     resumed = k.run(CELL, cell_id="cell-e")
+    assert "Finished: c == 3." in resumed.text, resumed.text
+    assert "running it again" in resumed.text
+    assert k.run("print(a, b, c)").stdout.strip() == "1 2 3"
+    # The model never saw an interruption as a result, and no step was asked twice.
+    assert scripted.turns_requested() == [0, 1, 2, 3]
+    tool_results = [
+        m["content"] for r in scripted.requests for m in r["body"]["messages"] if m["role"] == "tool"
+    ]
+    assert not any("KeyboardInterrupt" in t for t in tool_results)
+    assert log.read_text().count("step1") == 2  # started, interrupted, run again
+
+
+def test_restart_kernel_during_a_tool_call_runs_it_again(kernel_factory, scripted, tmp_path):
+    """JupyterLab's Restart Kernel interrupts first; the call must still count as in flight."""
+    log = tmp_path / "effects.log"
+    scripted.set_script(counting_script(log, slow_step=1))
+    k = kernel_factory()
+    run = k.start(CELL, cell_id="cell-r")
+    k.wait_for(run, "time.sleep(5)")
+    time.sleep(0.5)
+    k.restart()
+    k.run("%load_ext jupyter_agent\n%config AgentMagics.retry_backoff = 0.05")
+    scripted.set_script(counting_script(log))
+    resumed = k.run(CELL, cell_id="cell-r")
+    assert resumed.status == "ok", resumed.text
     assert "Finished: c == 3." in resumed.text
-    # The model saw the interruption as the tool's result.
-    bodies = [r["body"] for r in scripted.requests if r["turn"] == 2]
-    assert any(
-        "KeyboardInterrupt" in m.get("content", "")
-        for m in bodies[0]["messages"]
-        if m["role"] == "tool"
-    )
+    assert k.run("print(a, b, c)").stdout.strip() == "1 2 3"
+    assert log.read_text().count("step1") == 2
 
 
 def test_two_kernels_run_agents_on_one_store_at_once(kernel_factory, store_path, tmp_path):

@@ -1,0 +1,315 @@
+"""What the model is sent: a bounded view of a run's history.
+
+A run's history only grows (the store keeps every message for the timeline,
+``%agent show``, forks and time travel), but a model's context window does not.
+So the model is sent a *view*: the system prompt and the task, then, once the
+history has been compacted, a summary of the earlier work, the user's own
+instructions from that part (pinned), the plan, and the latest steps whole.
+
+A compaction is a checkpoint of its own (kind ``compaction``) whose delta holds
+the new view's description, so the view is durable state: a resume after a
+kill neither summarizes again nor sends what was compacted away. Cheap first:
+
+1. **trim**: old tool outputs are replaced by a stub saying what was dropped;
+   the latest :data:`KEEP_RESULTS` stay whole;
+2. **summary**: the steps before a cut point are replaced by a summary the
+   model writes (what was done, what was learnt, which variables hold what,
+   what is left), folded together with the previous summary.
+
+Token counts come from the endpoint's ``usage`` where it reports one; in
+between they are estimated (:func:`estimate_tokens`: four characters a token
+plus a few tokens a message, scaled by what the endpoint last reported).
+
+This module is pure: it decides, the agent loop calls the model and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+#: Context windows of well-known models, in tokens (prefix match, longest first).
+#: Anything else gets :data:`DEFAULT_WINDOW` until the endpoint says otherwise.
+KNOWN_WINDOWS: dict[str, int] = {
+    "gpt-5": 400_000,
+    "gpt-4.1": 1_047_576,
+    "gpt-4o": 128_000,
+    "gpt-4-turbo": 128_000,
+    "gpt-4": 8_192,
+    "gpt-3.5-turbo": 16_385,
+    "o1": 200_000,
+    "o3": 200_000,
+    "o4-mini": 200_000,
+    "claude": 200_000,
+    "gemini": 1_000_000,
+    "deepseek": 128_000,
+    "llama3.1": 128_000,
+    "llama3.2": 128_000,
+    "llama3": 8_192,
+    "qwen2.5": 32_768,
+    "qwen3": 32_768,
+    "mistral": 32_768,
+    "offline": 16_000,
+}
+DEFAULT_WINDOW = 32_768
+#: Smallest window accepted from the user: below it not even one step fits.
+MIN_WINDOW = 1_024
+#: Compact when the estimated request passes this share of the window…
+COMPACT_AT = 0.75
+#: …down to this share, so a compaction is followed by many steps without one.
+COMPACT_TO = 0.5
+#: Tool outputs kept whole when older ones are trimmed.
+KEEP_RESULTS = 4
+#: Tool outputs shorter than this are never trimmed (the stub would be as long).
+STUB_MIN = 240
+#: Share of the window the summarizer may read of the history it summarizes.
+SUMMARIZER_INPUT = 0.6
+#: Per-message text the summarizer sees (the tool output's start and end).
+SUMMARIZER_CLIP = 2_000
+#: First words of a summarization request (the scripted test server knows them).
+SUMMARIZER_PROMPT = (
+    "You are compacting an agent's working context. The agent works in a Jupyter notebook "
+    "with a python tool; its history is below. Write a concise summary that lets the agent "
+    "continue without the history: what was done, what was learnt (facts, numbers, errors "
+    "and their fixes), which notebook variables hold what, and what is left to do. Keep "
+    "names, paths and values exact. Plain text, at most 400 words."
+)
+HARNESS_NOTE = "(jupyter-agent) "
+_SUMMARY_HEAD = (
+    "Summary of the earlier work (the full history is kept in the store) "
+    "[{replies} earlier model replies summarized] [{results} earlier tool results summarized]:\n"
+)
+_MARKERS = re.compile(r"\[\d+ earlier (?:model replies|tool results) summarized\]")
+
+
+def default_window(model: str) -> int:
+    """The context window of ``model`` from :data:`KNOWN_WINDOWS`, else the default."""
+    name = model.lower().rsplit("/", 1)[-1]  # "openai/gpt-4o" → "gpt-4o"
+    for prefix in sorted(KNOWN_WINDOWS, key=len, reverse=True):
+        if name.startswith(prefix):
+            return KNOWN_WINDOWS[prefix]
+    return DEFAULT_WINDOW
+
+
+# -- token estimates -------------------------------------------------------------
+
+
+def message_chars(msg: dict) -> int:
+    content = msg.get("content")
+    n = len(content) if isinstance(content, str) else len(json.dumps(content or ""))
+    for call in msg.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        n += len(fn.get("name") or "") + len(fn.get("arguments") or "") + 20
+    return n
+
+
+def estimate_tokens(messages: list[dict], ratio: float = 1.0) -> int:
+    """Tokens of a request: four characters a token and four a message, times ``ratio``.
+
+    ``ratio`` is what the endpoint's last reported ``prompt_tokens`` was to this
+    estimate of the same request; it adapts the estimate to the model's tokenizer.
+    """
+    return int((sum(message_chars(m) for m in messages) / 4 + 4 * len(messages)) * ratio)
+
+
+# -- the view --------------------------------------------------------------------
+
+
+def is_note(msg: dict) -> bool:
+    """A user message the harness wrote (item instructions, stuck notes): not pinned."""
+    content = msg.get("content")
+    return isinstance(content, str) and content.startswith(HARNESS_NOTE)
+
+
+def stub(msg: dict) -> dict:
+    """A tool result with its output replaced by a line saying what was dropped."""
+    text = msg.get("content") or ""
+    if not isinstance(text, str) or len(text) < STUB_MIN:
+        return msg
+    lines = text.strip().splitlines()
+    first = lines[0][:120] if lines else ""
+    last = lines[-1][:120] if len(lines) > 1 else ""
+    note = f"[output trimmed to save context: {len(text):,} characters, {len(lines)} lines"
+    note += f"; first line: {first!r}" + (f"; last line: {last!r}" if last else "") + "]"
+    return {**msg, "content": note}
+
+
+def plan_text(plan: list[dict]) -> str:
+    marks = {"done": "x", "in_progress": ">", "pending": " "}
+    rows = [
+        f"[{marks.get(i.get('status'), ' ')}] {n}. {i.get('title')}" for n, i in enumerate(plan, 1)
+    ]
+    return "Current plan (keep it current with update_plan):\n" + "\n".join(rows)
+
+
+def model_view(messages: list[dict], compaction: dict, plan: list[dict]) -> list[dict]:
+    """The messages sent to the model for a history and its latest compaction."""
+    head = messages[:2]  # the system prompt and the task
+    upto = max(int(compaction.get("upto") or 0), len(head))
+    trim_before = int(compaction.get("trim_before") or 0)
+    view = list(head)
+    if compaction.get("summary"):
+        view.append({"role": "user", "content": compaction["summary"]})
+        view += [
+            m for m in messages[len(head) : upto] if m.get("role") == "user" and not is_note(m)
+        ]
+    if plan:
+        view.append({"role": "user", "content": HARNESS_NOTE + plan_text(plan)})
+    for i in range(upto, len(messages)):
+        msg = messages[i]
+        view.append(stub(msg) if msg.get("role") == "tool" and i < trim_before else msg)
+    return view
+
+
+# -- deciding a compaction ---------------------------------------------------------
+
+
+@dataclass
+class Decision:
+    """What to compact: a trim (``summarize`` is None) or a summary of a range."""
+
+    compaction: dict
+    #: Messages ``[start, end)`` to fold into the summary, or None for a trim.
+    summarize: tuple[int, int] | None = None
+
+
+def _tool_indices(messages: list[dict], start: int) -> list[int]:
+    return [i for i in range(start, len(messages)) if messages[i].get("role") == "tool"]
+
+
+def step_starts(messages: list[dict], start: int) -> list[int]:
+    """Indices where a step begins (an assistant message): safe places to cut."""
+    return [i for i in range(start, len(messages)) if messages[i].get("role") == "assistant"]
+
+
+def decide(
+    messages: list[dict],
+    compaction: dict,
+    plan: list[dict],
+    window: int,
+    ratio: float = 1.0,
+    *,
+    force: bool = False,
+) -> Decision | None:
+    """How to bring the view under :data:`COMPACT_TO` of ``window``, or None if it fits.
+
+    ``force`` (the endpoint refused the request as too long) compacts even when
+    the estimate says the view fits, and prefers a summary.
+    """
+    view_tokens = estimate_tokens(model_view(messages, compaction, plan), ratio)
+    if not force and view_tokens <= window * COMPACT_AT:
+        return None
+    target = window * COMPACT_TO
+    upto = max(int(compaction.get("upto") or 0), 2)
+    tools = _tool_indices(messages, upto)
+    keep = tools[-KEEP_RESULTS:] if tools else []
+    trim_before = keep[0] if len(tools) > KEEP_RESULTS else int(compaction.get("trim_before") or 0)
+    trimmed = {**compaction, "strategy": "trim", "trim_before": trim_before}
+    trimmed_tokens = estimate_tokens(model_view(messages, trimmed, plan), ratio)
+    if (
+        not force
+        and trimmed_tokens <= target
+        and trim_before > int(compaction.get("trim_before") or 0)
+    ):
+        return Decision(trimmed)
+    # Summarize: keep the newest steps that fit in a quarter of the window whole.
+    starts = step_starts(messages, upto)
+    if len(starts) < 2:
+        return Decision(trimmed) if trim_before > int(compaction.get("trim_before") or 0) else None
+    budget = window * (1 - COMPACT_TO) / 2
+    cut = starts[-1]
+    for i in reversed(starts[1:]):
+        if estimate_tokens(messages[i:], ratio) > budget:
+            break
+        cut = i
+    replies = int(compaction.get("replies") or 0) + sum(
+        1 for m in messages[upto:cut] if m.get("role") == "assistant"
+    )
+    results = int(compaction.get("results") or 0) + sum(
+        1 for m in messages[upto:cut] if m.get("role") == "tool"
+    )
+    summary = {
+        "strategy": "summary",
+        "upto": cut,
+        "trim_before": max(trim_before, cut),
+        "replies": replies,
+        "results": results,
+        "summary": compaction.get("summary") or "",
+    }
+    return Decision(summary, summarize=(upto, cut))
+
+
+def summarizer_request(
+    messages: list[dict],
+    start: int,
+    end: int,
+    previous: str,
+    variables: dict[str, str],
+    window: int,
+) -> list[dict]:
+    """The request asking the model for a summary of ``messages[start:end]``."""
+    parts: list[str] = []
+    if previous:
+        parts.append("Summary of what came before:\n" + _MARKERS.sub("", previous).strip())
+    for msg in messages[start:end]:
+        parts.append(_transcript_line(msg))
+    if variables:
+        parts.append(
+            "Notebook variables now:\n" + "\n".join(f"- {k}: {v}" for k, v in variables.items())
+        )
+    text = "\n\n".join(parts)
+    limit = int(window * SUMMARIZER_INPUT * 4)  # characters
+    if len(text) > limit:  # keep the start (the previous summary) and the newest part
+        text = (
+            text[: limit // 3]
+            + "\n\n…[middle of the history omitted]…\n\n"
+            + text[-2 * limit // 3 :]
+        )
+    task = messages[1].get("content") if len(messages) > 1 else ""
+    return [
+        {"role": "system", "content": SUMMARIZER_PROMPT},
+        {"role": "user", "content": f"The agent's task:\n{task}\n\nIts history:\n\n{text}"},
+    ]
+
+
+def _clip(text: str) -> str:
+    if len(text) <= SUMMARIZER_CLIP:
+        return text
+    half = SUMMARIZER_CLIP // 2
+    return text[:half] + f"\n…[{len(text) - SUMMARIZER_CLIP} characters]…\n" + text[-half:]
+
+
+def _transcript_line(msg: dict) -> str:
+    role = msg.get("role")
+    content = msg.get("content") if isinstance(msg.get("content"), str) else ""
+    if role == "assistant":
+        out = f"assistant: {_clip(content)}" if content else "assistant:"
+        for call in msg.get("tool_calls") or []:
+            fn = call.get("function") or {}
+            args = fn.get("arguments") or ""
+            try:
+                code = json.loads(args).get("code", args)
+            except (ValueError, AttributeError):
+                code = args
+            out += f"\n  called {fn.get('name')}: {_clip(str(code))}"
+        return out
+    return f"{role}: {_clip(content)}"
+
+
+def summary_message(summary: str, replies: int, results: int) -> str:
+    """The text that stands for the compacted steps in the model's view."""
+    return _SUMMARY_HEAD.format(replies=replies, results=results) + summary.strip()
+
+
+def variables_overview(namespace: dict[str, Any], names: list[str]) -> dict[str, str]:
+    """Name → "type: short repr" of the run's saved variables, for the summarizer."""
+    from .namespace import short_repr, type_name
+
+    out = {}
+    for name in sorted(names)[:60]:
+        if name in namespace:
+            value = namespace[name]
+            out[name] = f"{type_name(value)}: {short_repr(value)}"
+    return out

@@ -31,30 +31,17 @@ class ModelError(Exception):
 
 
 class ContextOverflow(ModelError):
-    """The endpoint refused the request as too long for the model's context window."""
+    """The endpoint refused the prompt as too long for the model's context window.
+
+    Never retried: the same prompt fails the same way. The caller shortens the
+    conversation (compaction) and asks again. ``limit`` is the window and
+    ``requested`` the prompt size, in tokens, where the endpoint's message says them.
+    """
 
     def __init__(self, message: str, limit: int | None = None, requested: int | None = None):
         super().__init__(message)
         self.limit = limit
         self.requested = requested
-
-
-_WINDOW = re.compile(r"maximum context length is (\d+)|context (?:length|window) (?:is|of) (\d+)")
-_OVERFLOW = re.compile(
-    r"context_length_exceeded|maximum context length|context (?:length|window)|n_ctx|"
-    r"ContextWindowExceeded|too many tokens|prompt is too long",
-    re.IGNORECASE,
-)
-
-
-def context_overflow(exc: Exception) -> ContextOverflow | None:
-    """The refusal as a :class:`ContextOverflow`, if it says the request was too long."""
-    text = f"{getattr(exc, 'code', '') or ''} {getattr(exc, 'message', '') or exc}"
-    if not _OVERFLOW.search(text):
-        return None
-    m = _WINDOW.search(text)
-    limit = int(next(g for g in m.groups() if g)) if m else None
-    return ContextOverflow("the request is too long for the model's context window", limit)
 
 
 class Cancelled(Exception):
@@ -163,7 +150,7 @@ class ModelClient:
             except ValueError as exc:  # unparsable chunk
                 problem = f"the model sent a malformed reply ({exc})"
             except openai.APIStatusError as exc:
-                overflow = context_overflow(exc) if exc.status_code in (400, 413) else None
+                overflow = _overflow_of(exc)
                 if overflow is not None:
                     raise overflow from exc
                 if exc.status_code not in RETRYABLE_STATUS:
@@ -231,6 +218,87 @@ class ModelClient:
 
     def close(self) -> None:
         self._client.close()
+
+
+# How endpoints word "the prompt does not fit": OpenAI, vLLM, Ollama, llama.cpp and
+# LM Studio, LiteLLM, Anthropic-compatible proxies.
+_OVERFLOW = re.compile(
+    r"context[_ ](?:length|window|size)|contextwindowexceeded|maximum model length|n_ctx"
+    r"|prompt is too long|too many tokens|exceeds? the (?:model's )?(?:max(?:imum)? )?context",
+    re.IGNORECASE,
+)
+_NUMBER = r"(\d[\d,]*)"
+_LIMIT = [
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        rf"maximum context length (?:is|of) {_NUMBER}",
+        rf"maximum model length (?:is |of )?{_NUMBER}",
+        rf"context (?:length|window|size) (?:is |of )?(?:only )?\(?{_NUMBER}",
+        rf"n_ctx\W{{0,4}}{_NUMBER}",
+        rf"(?:limit|maximum) of {_NUMBER}",
+        rf"> {_NUMBER} maximum",
+    )
+]
+_REQUESTED = [
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        rf"(?:resulted in|requested|keep the first) {_NUMBER} tokens",
+        rf"requested tokens \({_NUMBER}",
+        rf"prompt(?: length)? (?:of |\(length |\()?{_NUMBER}",
+        rf"n_prompt_tokens\W{{0,4}}{_NUMBER}",
+        rf"(?:too long|input length)\W+{_NUMBER} tokens",
+        rf"{_NUMBER} tokens >",
+    )
+]
+
+
+def _first_number(patterns: list[re.Pattern[str]], text: str) -> int | None:
+    for pattern in patterns:
+        match = pattern.search(text)
+        if match:
+            return int(match.group(1).replace(",", ""))
+    return None
+
+
+def context_overflow(
+    message: str, code: str | None = None, status: int | None = None
+) -> tuple[int | None, int | None] | None:
+    """``(limit, requested)`` if an endpoint's error says the prompt is too long, else None.
+
+    ``message`` is the error text (plus, for proxies, the error type or body),
+    ``code`` the OpenAI error code. A 429 is a rate limit, never an overflow.
+    """
+    if status == 429:
+        return None
+    if code != "context_length_exceeded" and not _OVERFLOW.search(message):
+        return None
+    return _first_number(_LIMIT, message), _first_number(_REQUESTED, message)
+
+
+def _overflow_of(exc: openai.APIError) -> ContextOverflow | None:
+    """The :class:`ContextOverflow` an endpoint error amounts to, if it is one."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    message = str(body.get("message") or exc.message)
+    text = " ".join(
+        [message, str(body.get("type") or "")]
+        + [f"{k}={body[k]}" for k in ("n_ctx", "n_prompt_tokens") if k in body]
+    )
+    found = context_overflow(text, exc.code, getattr(exc, "status_code", None))
+    if found is None:
+        return None
+    limit, requested = found
+    size = f" ({requested:,} tokens of {limit:,})" if limit and requested else ""
+    return ContextOverflow(
+        f"The conversation is too long for the model's context window{size}: "
+        + _first_line(message),
+        limit,
+        requested,
+    )
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    line = text.strip().split("\n", 1)[0].strip()
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _retry_after(exc: Exception) -> float | None:

@@ -25,6 +25,7 @@ RESULT_LIMIT = 500
 
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
 _PYTHON_LANGS = {"", "python", "py", "python3", "ipython"}
+_RESULTS_SUMMARIZED = re.compile(r"\[(\d+) earlier tool results summarized\]")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # A traceback header, or an "XxxError:" line, at the start of a line (also
 # after an escaped newline or a quote, for results serialised as JSON).
@@ -78,7 +79,11 @@ def offline_reply(request_body: dict[str, Any]) -> dict[str, Any]:
     if not blocks:
         return {"content": HELP_TEXT}
     results = [_text_of(m.get("content")) for m in messages if m.get("role") == "tool"]
-    k, n = len(results), len(blocks)
+    # A compacted history says how many tool results it summarized away.
+    summarized = sum(
+        int(n) for m in messages for n in _RESULTS_SUMMARIZED.findall(_text_of(m.get("content")))
+    )
+    k, n = len(results) + summarized, len(blocks)
     if k < n:
         return {
             "content": f"Step {k + 1} of {n}: running the next code block.",

@@ -20,7 +20,12 @@ import pytest
 
 from jupyter_agent.offline import OFFLINE_MODEL, offline_base_url, offline_reply
 from jupyter_agent.testing import ScriptedServer
-from jupyter_agent.testing.server import EXHAUSTED
+from jupyter_agent.testing.server import (
+    EXHAUSTED,
+    SUMMARY_PROMPT_PREFIX,
+    is_summary_request,
+    summary_text,
+)
 
 USER = [{"role": "user", "content": "hello there"}]
 
@@ -487,6 +492,126 @@ def test_offline_reply_uses_first_user_message() -> None:
     }
     entry = offline_reply(body)
     assert entry["tool_calls"] == [{"name": "python", "arguments": {"code": "a = 1"}}]
+
+
+# -- context window, compaction markers, summaries ---------------------------
+
+
+def test_context_window_refused_like_openai(server: ScriptedServer) -> None:
+    server.set_script([{"content": "fits"}])
+    server.context_window = 30
+    c = client(server)
+    long = [{"role": "user", "content": "y" * 200}]
+    with pytest.raises(openai.BadRequestError) as info:
+        stream(c, long)
+    assert info.value.status_code == 400 and info.value.code == "context_length_exceeded"
+    assert "maximum context length is 30 tokens" in info.value.message
+    assert "resulted in 50 tokens" in info.value.message
+    # Tools count too: this prompt fits alone, not with the tool schema.
+    tools = [{"type": "function", "function": {"name": "p" * 100, "parameters": {}}}]
+    short = [{"role": "user", "content": "z" * 80}]
+    with pytest.raises(openai.BadRequestError):
+        stream(c, short, tools=tools)
+    assert [r["outcome"] for r in server.requests] == ["error:context_length_exceeded"] * 2
+    assert "".join(ch.choices[0].delta.content or "" for ch in stream(c, short) if ch.choices) == (
+        "fits"
+    )
+    assert server.requests[-1]["attempt"] == 0  # refusals are no attempts of the turn
+
+
+def test_context_window_from_constructor() -> None:
+    assert ScriptedServer().context_window is None
+    with (
+        ScriptedServer([{"content": "x"}], context_window=5) as srv,
+        pytest.raises(openai.BadRequestError),
+    ):
+        client(srv).chat.completions.create(model="m", messages=after(3))  # type: ignore[arg-type]
+
+
+def test_turn_counts_replies_summarized_by_compaction(server: ScriptedServer) -> None:
+    server.set_script([{"content": f"reply {i}"} for i in range(8)])
+    compacted = [
+        {"role": "system", "content": "You are an agent."},
+        {"role": "user", "content": "[5 earlier model replies summarized] Summary: ..."},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "go on"},
+    ]
+    r = client(server).chat.completions.create(model="m", messages=compacted)  # type: ignore[arg-type]
+    assert r.choices[0].message.content == "reply 6"
+    assert server.turns_requested() == [6]
+
+
+def test_offline_model_continues_after_compaction() -> None:
+    task = "```python\na = 1\n```\n```python\nb = 2\n```\n```python\nc = 3\n```"
+    messages = [
+        {"role": "user", "content": task},
+        {"role": "user", "content": "[2 earlier tool results summarized] ran a and b"},
+    ]
+    c = client(offline_base_url())
+    r = c.chat.completions.create(model=OFFLINE_MODEL, messages=messages)  # type: ignore[arg-type]
+    call = (r.choices[0].message.tool_calls or [])[0]
+    assert json.loads(call.function.arguments) == {"code": "c = 3"}  # type: ignore[union-attr]
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "ok"})
+    r = c.chat.completions.create(model=OFFLINE_MODEL, messages=messages)  # type: ignore[arg-type]
+    assert (r.choices[0].message.content or "").startswith("Done: ran 3")
+
+
+def summary_request(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    prompt = SUMMARY_PROMPT_PREFIX + ". Summarize the conversation below."
+    return [{"role": "system", "content": prompt}, *history]
+
+
+def test_summary_request_answered_outside_the_script(server: ScriptedServer) -> None:
+    server.set_script([{"content": "turn zero", "faults": ["500"]}, {"content": "turn one"}])
+    history: list[dict[str, Any]] = [{"role": "user", "content": "task"}]
+    for i in range(25):
+        code = f"x{i} = {i}  # a long comment that goes well beyond sixty characters\nmore()"
+        history += [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": f"c{i}",
+                        "type": "function",
+                        "function": {"name": "python", "arguments": json.dumps({"code": code})},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": f"c{i}", "content": f"result {i}\nsecond line"},
+        ]
+    c = client(server)
+    chunks = stream(c, summary_request(history))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    lines = text.split("\n")
+    assert lines[0] == "Summary of the work so far: "
+    ran = [line for line in lines if line.startswith("- ran: ")]
+    assert len(ran) == 20
+    assert (
+        ran[0] == "- ran: " + "x5 = 5  # a long comment that goes well beyond sixty characters"[:60]
+    )
+    assert lines[-1] == "- last result: result 24"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    assert summary_text(history) == text
+    # Non-streaming too; neither consumed the script nor counted as an attempt.
+    r = c.chat.completions.create(model="m", messages=summary_request(history[:3]))  # type: ignore[arg-type]
+    assert r.choices[0].message.content == (
+        "Summary of the work so far: \n- ran: "
+        + "x0 = 0  # a long comment that goes well beyond sixty characters"[:60]
+        + "\n- last result: result 0"
+    )
+    assert sum(1 for r in server.requests if r["summary"]) == 2
+    assert server.turns_requested() == []
+    with pytest.raises(openai.InternalServerError):  # the fault of turn 0 is still ahead
+        c.chat.completions.create(model="m", messages=USER)  # type: ignore[arg-type]
+    # With tools, or without the system prompt, it is an ordinary request.
+    r = c.chat.completions.create(
+        model="m",
+        messages=summary_request([])[1:] + USER,  # type: ignore[arg-type]
+    )
+    assert r.choices[0].message.content == "turn zero"
+    assert not is_summary_request({"messages": summary_request([]), "tools": [{}]})
+    assert is_summary_request({"messages": summary_request([])})
 
 
 # -- command line --------------------------------------------------------------

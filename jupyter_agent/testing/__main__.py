@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fault-delay", type=float, default=30.0, help="seconds a 'timeout' fault stalls"
     )
+    parser.add_argument(
+        "--context-window", type=int, default=None, help="refuse prompts longer (in tokens)"
+    )
     parser.add_argument("--verbose", action="store_true", help="log each HTTP request")
     args = parser.parse_args(argv)
 
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         chunk_delay=args.chunk_delay,
         fault_delay=args.fault_delay,
         verbose=args.verbose,
+        context_window=args.context_window,
     ).start()
     try:
         print(server.url, flush=True)

@@ -6,15 +6,22 @@ timeouts, garbage) on demand. This module provides one using only the standard
 library, speaking the wire format the official ``openai`` client expects.
 
 The reply to a request is picked by its *turn*: the number of assistant
-messages already in the conversation. A request re-issued after a crash
-therefore gets the same reply as the original, which is what makes
-resume-after-crash tests deterministic.
+messages already in the conversation, plus N for every message saying
+``[N earlier model replies summarized]`` (a compacted history keeps its turn).
+A request re-issued after a crash therefore gets the same reply as the
+original, which is what makes resume-after-crash tests deterministic.
+
+Like a real endpoint, the server can refuse a prompt longer than its
+``context_window`` (OpenAI's 400 ``context_length_exceeded``), and it answers a
+compaction request (no tools, first message a system message starting with
+:data:`SUMMARY_PROMPT_PREFIX`) with a deterministic summary, outside the script.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import socketserver
 import sys
@@ -26,7 +33,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-__all__ = ["CREATED", "FAULT_KINDS", "MODEL_IDS", "Script", "ScriptedServer"]
+__all__ = [
+    "CREATED",
+    "FAULT_KINDS",
+    "MODEL_IDS",
+    "SUMMARY_PROMPT_PREFIX",
+    "Script",
+    "ScriptedServer",
+    "is_summary_request",
+    "prompt_tokens",
+    "summary_text",
+    "turn_of",
+]
 
 Script = list[dict[str, Any]] | Callable[[dict[str, Any]], dict[str, Any]] | None
 
@@ -38,6 +56,10 @@ MODEL_IDS = ("scripted", "offline")
 CREATED = 1_700_000_000
 EXHAUSTED = "(script exhausted)"
 CHAT_PATH = "/v1/chat/completions"
+#: How a compaction (summarization) request's system message begins.
+SUMMARY_PROMPT_PREFIX = "You are compacting an agent's working context"
+_REPLIES_SUMMARIZED = re.compile(r"\[(\d+) earlier model replies summarized\]")
+_SUMMARY_RAN = 20  # tool calls listed in a summary, the latest ones
 
 _ERRORS: dict[str, tuple[int, str, str, str]] = {
     "429": (429, "Rate limit reached (scripted fault).", "requests", "rate_limit_exceeded"),
@@ -78,6 +100,61 @@ def _prompt_chars(messages: list[Any]) -> int:
                 fn = call.get("function") or {}
                 total += len(str(fn.get("name", ""))) + len(str(fn.get("arguments", "")))
     return total
+
+
+def prompt_tokens(messages: list[Any], tools: Any = None) -> int:
+    """Deterministic prompt size estimate the context window is checked against."""
+    tool_chars = len(json.dumps(tools)) if tools else 0
+    return (_prompt_chars(messages) + tool_chars) // 4
+
+
+def turn_of(messages: list[Any]) -> int:
+    """Model replies so far: assistant messages plus those a compaction summarized."""
+    turn = 0
+    for msg in messages:
+        if not isinstance(msg, dict):
+            continue
+        if msg.get("role") == "assistant":
+            turn += 1
+        turn += sum(int(n) for n in _REPLIES_SUMMARIZED.findall(_text_of(msg.get("content"))))
+    return turn
+
+
+def is_summary_request(body: dict[str, Any]) -> bool:
+    """A compaction request: no tools, and a first system message with the known opening."""
+    messages = body.get("messages") or []
+    if body.get("tools") or not messages or not isinstance(messages[0], dict):
+        return False
+    first = messages[0]
+    return first.get("role") == "system" and _text_of(first.get("content")).startswith(
+        SUMMARY_PROMPT_PREFIX
+    )
+
+
+def _first_line(text: str, limit: int | None = None) -> str:
+    line = text.strip().split("\n", 1)[0].strip() if text.strip() else ""
+    return line[:limit] if limit else line
+
+
+def summary_text(messages: list[Any]) -> str:
+    """The deterministic answer to a compaction request: the code run and the last result."""
+    ran: list[str] = []
+    last_result = "(none)"
+    for msg in messages:
+        if not isinstance(msg, dict):
+            continue
+        if msg.get("role") == "tool":
+            last_result = _first_line(_text_of(msg.get("content"))) or "(no output)"
+        for call in msg.get("tool_calls") or []:
+            args = ((call or {}).get("function") or {}).get("arguments", "")
+            try:
+                code = json.loads(args).get("code", args)
+            except (ValueError, AttributeError):
+                code = args
+            ran.append(_first_line(str(code), 60))
+    lines = [f"- ran: {code}" for code in ran[-_SUMMARY_RAN:]]
+    lines.append(f"- last result: {last_result}")
+    return "Summary of the work so far: \n" + "\n".join(lines)
 
 
 def _split3(text: str) -> list[str]:
@@ -264,8 +341,25 @@ class _Handler(BaseHTTPRequestHandler):
             msg = "Request body must be JSON with a 'messages' list."
             self._error(400, msg if ok else "We could not parse the JSON body of your request.")
             return
-        turn = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
-        entry, attempt, fault = owner._begin(turn, body, self.path, headers)
+        turn = turn_of(messages)
+        window = owner.context_window
+        tokens = prompt_tokens(messages, body.get("tools"))
+        if window is not None and tokens > window:
+            owner._log(turn, self.path, body, headers, "error:context_length_exceeded")
+            message = (
+                f"This model's maximum context length is {window} tokens. However, your "
+                f"messages resulted in {tokens} tokens. Please reduce the length of the messages."
+            )
+            error = _error_body(message, "invalid_request_error", "context_length_exceeded")
+            error["error"]["param"] = "messages"
+            self._send_json(400, error)
+            return
+        if is_summary_request(body):
+            owner._log(-1, self.path, body, headers, "summary", summary=True)
+            entry: dict[str, Any] | None = {"content": summary_text(messages)}
+            attempt, fault = 0, None
+        else:
+            entry, attempt, fault = owner._begin(turn, body, self.path, headers)
         if entry is None:
             self._error(500, f"Scripted server could not build a reply ({fault}).", "server_error")
             return
@@ -426,8 +520,11 @@ class ScriptedServer:
         chunk_delay: float = 0.0,
         fault_delay: float = 30.0,
         verbose: bool = False,
+        context_window: int | None = None,
     ) -> None:
         self.host = host
+        #: Prompt tokens (:func:`prompt_tokens`) beyond which a request is refused.
+        self.context_window = context_window
         self.port = port
         self.chunk_delay = chunk_delay
         self.fault_delay = fault_delay
@@ -502,7 +599,7 @@ class ScriptedServer:
             self.requests.clear()
 
     def turns_requested(self) -> list[int]:
-        """Turn of each chat request, in arrival order (bad requests excluded)."""
+        """Turn of each chat request, in arrival order (bad and summary requests excluded)."""
         with self._lock:
             return [r["turn"] for r in self.requests if r["turn"] >= 0]
 
@@ -521,9 +618,19 @@ class ScriptedServer:
             self._stopping.wait(seconds)
 
     def _log(
-        self, turn: int, path: str, body: dict[str, Any], headers: dict[str, str], outcome: str
+        self,
+        turn: int,
+        path: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        outcome: str,
+        *,
+        summary: bool = False,
     ) -> None:
-        """Record a request that never reached the script (e.g. a malformed body)."""
+        """Record a request the script does not answer (bad body, refusal, summary).
+
+        Such records count as no attempt of their turn.
+        """
         with self._lock:
             self.requests.append(
                 {
@@ -534,6 +641,8 @@ class ScriptedServer:
                     "headers": headers,
                     "time": time.time(),
                     "outcome": outcome,
+                    "summary": summary,
+                    "scripted": False,
                 }
             )
 
@@ -560,7 +669,7 @@ class ScriptedServer:
             entry, problem = {}, "error:script"
         faults = entry.get("faults") or []
         with self._lock:
-            attempt = sum(1 for r in self.requests if r["turn"] == turn)
+            attempt = sum(1 for r in self.requests if r["turn"] == turn and r["scripted"])
             fault = str(faults[attempt]) if attempt < len(faults) else None
             if fault is not None and fault not in FAULT_KINDS:
                 problem = f"error:unknown fault {fault!r}"
@@ -574,6 +683,8 @@ class ScriptedServer:
                     "headers": headers,
                     "time": time.time(),
                     "outcome": outcome,
+                    "summary": False,
+                    "scripted": True,
                 }
             )
         if problem:

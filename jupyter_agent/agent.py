@@ -461,7 +461,13 @@ class Execution:
         """Bring the model's view inside the window, as a checkpoint of its own."""
         state = self.state
         decision = context.decide(
-            state.messages, state.compaction, state.plan, self.window, self._ratio, force=force
+            state.messages,
+            state.compaction,
+            state.plan,
+            self.window,
+            self._ratio,
+            tools=self.tools,
+            force=force,
         )
         if decision is None:
             if force:
@@ -472,7 +478,7 @@ class Execution:
                     "(--context-window) or a task with smaller outputs."
                 )
             return
-        before = context.estimate_tokens(self.view(), self._ratio)
+        before = context.estimate_tokens(self.view(), self._ratio, self.tools)
         compaction = decision.compaction
         tokens = 0
         usage: dict = {}
@@ -499,7 +505,7 @@ class Execution:
             tokens, usage = reply.tokens, reply.usage
         compaction["window"] = self.window
         after = context.estimate_tokens(
-            context.model_view(state.messages, compaction, state.plan), self._ratio
+            context.model_view(state.messages, compaction, state.plan), self._ratio, self.tools
         )
         kind = compaction["strategy"]
         self.checkpoint(
@@ -600,7 +606,7 @@ class Execution:
     def _model_step(self) -> bool:
         """One model call, checkpointed; False when it was refused and compacted instead."""
         view = self.view()
-        estimate = context.estimate_tokens(view, self._ratio)
+        estimate = context.estimate_tokens(view, self._ratio, self.tools)
         self._check_budget(estimate)
         try:
             reply = self.client.complete(
@@ -615,7 +621,7 @@ class Execution:
         self._overflows = 0
         reported = int(reply.usage.get("prompt_tokens") or 0)
         if reported:
-            raw = context.estimate_tokens(view)
+            raw = context.estimate_tokens(view, tools=self.tools)
             self._ratio = min(max(reported / max(raw, 1), 0.25), 4.0)
         message = redact(reply.message(), self.options.secrets)
         done = not reply.tool_calls
@@ -626,13 +632,12 @@ class Execution:
         else:
             names = ", ".join(c["function"]["name"] or "?" for c in reply.tool_calls)
             summary = (reply.content + " → " if reply.content.strip() else "→ ") + names
+        info = {"usage": reply.usage, "tool_calls": len(reply.tool_calls)}
+        delta = Delta(messages=[message])
+        if done and self.plan_mode and self._working_on() is not None:
+            delta.plan = info["plan"] = self._ended_plan()  # the last item is done
         self.checkpoint(
-            "model",
-            DONE if done else RUNNING,
-            summary,
-            Delta(messages=[message]),
-            tokens=reply.tokens,
-            info={"usage": reply.usage, "tool_calls": len(reply.tool_calls)},
+            "model", DONE if done else RUNNING, summary, delta, tokens=reply.tokens, info=info
         )
         if not reply.tool_calls and not done:
             self._next_item(f"{self._item_title()}: {one_line(reply.content, 300)}")

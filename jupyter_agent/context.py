@@ -105,13 +105,15 @@ def message_chars(msg: dict) -> int:
     return n
 
 
-def estimate_tokens(messages: list[dict], ratio: float = 1.0) -> int:
+def estimate_tokens(messages: list[dict], ratio: float = 1.0, tools: list | None = None) -> int:
     """Tokens of a request: four characters a token and four a message, times ``ratio``.
 
     ``ratio`` is what the endpoint's last reported ``prompt_tokens`` was to this
     estimate of the same request; it adapts the estimate to the model's tokenizer.
+    The tool schemas count too: they are part of every request.
     """
-    return int((sum(message_chars(m) for m in messages) / 4 + 4 * len(messages)) * ratio)
+    chars = sum(message_chars(m) for m in messages) + (len(json.dumps(tools)) if tools else 0)
+    return int((chars / 4 + 4 * len(messages)) * ratio)
 
 
 # -- the view --------------------------------------------------------------------
@@ -191,6 +193,7 @@ def decide(
     window: int,
     ratio: float = 1.0,
     *,
+    tools: list | None = None,
     force: bool = False,
 ) -> Decision | None:
     """How to bring the view under :data:`COMPACT_TO` of ``window``, or None if it fits.
@@ -198,7 +201,7 @@ def decide(
     ``force`` (the endpoint refused the request as too long) compacts even when
     the estimate says the view fits, and prefers a summary.
     """
-    view_tokens = estimate_tokens(model_view(messages, compaction, plan), ratio)
+    view_tokens = estimate_tokens(model_view(messages, compaction, plan), ratio, tools)
     if not force and view_tokens <= window * COMPACT_AT:
         return None
     target = window * COMPACT_TO
@@ -207,7 +210,7 @@ def decide(
     keep = tools[-KEEP_RESULTS:] if tools else []
     trim_before = keep[0] if len(tools) > KEEP_RESULTS else int(compaction.get("trim_before") or 0)
     trimmed = {**compaction, "strategy": "trim", "trim_before": trim_before}
-    trimmed_tokens = estimate_tokens(model_view(messages, trimmed, plan), ratio)
+    trimmed_tokens = estimate_tokens(model_view(messages, trimmed, plan), ratio, tools)
     if (
         not force
         and trimmed_tokens <= target

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Bool, Dict, Float, Int, Unicode
 
@@ -146,6 +146,7 @@ class AgentMagics(Magics):
         help="Run on a background thread and return at once; pause it from its timeline.",
     )
     @cell_magic
+    @no_var_expand  # "--budget $2.50" means dollars, not a variable
     def agent(self, line: str, cell: str) -> None:
         """Run the task in the cell body as a durable agent.
 

@@ -1,0 +1,281 @@
+"""Long runs in an in-process shell: bounded context, budgets, stuck runs, plans.
+
+The model is the scripted server over HTTP with the real openai client; its
+``context_window`` refuses over-long requests the way OpenAI does, so a run
+that did not compact would fail here exactly as it would against a real API.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from IPython import get_ipython
+from IPython.core.error import UsageError
+from IPython.testing.globalipapp import start_ipython
+
+from jupyter_agent import context
+from jupyter_agent.agent import load_state
+from jupyter_agent.plan import PlanError, parse_items
+from jupyter_agent.store import Store
+from jupyter_agent.stuck import stuck_reason
+from jupyter_agent.testing import ScriptedServer
+
+OUTPUT = "x" * 900  # each step adds ~0.9 KB of tool output, as in the report
+
+
+def tool(code: str) -> dict:
+    return {"tool_calls": [{"name": "python", "arguments": {"code": code}}]}
+
+
+def plan_call(items: list[tuple[str, str]]) -> dict:
+    arguments = {"items": [{"title": t, "status": s} for t, s in items]}
+    return {"tool_calls": [{"name": "update_plan", "arguments": arguments}]}
+
+
+def long_script(steps: int) -> list[dict]:
+    script = [tool(f"v{i} = {i}\nprint('x' * 880, {i})") for i in range(steps)]
+    return [*script, {"content": f"All {steps} steps done."}]
+
+
+@pytest.fixture
+def ip(store_path, scripted, monkeypatch):
+    monkeypatch.setenv("JUPYTER_AGENT_STORE", str(store_path))
+    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    shell = start_ipython() or get_ipython()
+    shell.run_line_magic("load_ext", "jupyter_agent")
+    shell.run_line_magic("config", "AgentMagics.retry_backoff = 0.01")
+    yield shell
+    for name in [n for n in shell.user_ns if n.startswith("v") and n[1:].isdigit()]:
+        del shell.user_ns[name]
+
+
+def latest(store_path):
+    store = Store(store_path)
+    run = store.runs()[-1]
+    return store, run, store.checkpoints(run.run_id)
+
+
+# -- the pure core ---------------------------------------------------------------------
+
+
+def conversation(steps: int, output: str = OUTPUT) -> list[dict]:
+    messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": "task"}]
+    for i in range(steps):
+        call = {
+            "id": f"c{i}",
+            "type": "function",
+            "function": {"name": "python", "arguments": "{}"},
+        }
+        messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+        messages.append({"role": "tool", "tool_call_id": f"c{i}", "content": output})
+    return messages
+
+
+def test_a_view_that_fits_is_not_compacted():
+    assert context.decide(conversation(3), {}, [], window=16_000) is None
+
+
+def test_trim_first_then_summary_and_the_view_keeps_task_pins_and_latest_results():
+    messages = conversation(40)
+    messages.insert(30, {"role": "user", "content": "Use euros, not dollars."})
+    decision = context.decide(messages, {}, [], window=12_000)
+    assert decision is not None and decision.summarize is None  # trimming is enough
+    view = context.model_view(messages, decision.compaction, [])
+    assert context.estimate_tokens(view) <= 12_000 * context.COMPACT_TO
+    tools = [m for m in view if m["role"] == "tool"]
+    assert all(m["content"] == OUTPUT for m in tools[-context.KEEP_RESULTS :])
+    assert "output trimmed" in tools[0]["content"]
+
+    decision = context.decide(messages, {}, [], window=5_000)
+    assert decision is not None and decision.summarize is not None
+    start, end = decision.summarize
+    compaction = {**decision.compaction, "summary": context.summary_message("did things", 9, 9)}
+    plan = [{"title": "load", "status": "done"}, {"title": "plot", "status": "pending"}]
+    view = context.model_view(messages, compaction, plan)
+    assert view[:2] == messages[:2]  # the system prompt and the task
+    texts = [m.get("content") or "" for m in view]
+    assert any("Use euros" in t for t in texts)  # a pinned user instruction
+    assert any("[x] 1. load" in t for t in texts)  # the plan
+    assert view[-1] == messages[-1]  # the latest result, whole
+    assert view[2]["content"].startswith("Summary of the earlier work")
+    assert "[9 earlier model replies summarized]" in view[2]["content"]
+    # A cut never separates a tool call from its result.
+    assert messages[end]["role"] == "assistant"
+
+
+def test_known_windows_and_budgets_parse():
+    assert context.default_window("gpt-4o-mini") == 128_000
+    assert context.default_window("openai/gpt-3.5-turbo-0125") == 16_385
+    assert context.default_window("my-local-model") == context.DEFAULT_WINDOW
+
+
+def test_stuck_detection_reads_the_history():
+    failing = conversation(3, output="Traceback ...\nNameError: name 'x' is not defined")
+    assert "failed 3 times" in stuck_reason(failing)
+    assert stuck_reason(conversation(3, output="ok")) is not None  # the same reply 3 times
+    assert stuck_reason(conversation(2, output="Traceback\nNameError")) is None
+    failing.append({"role": "user", "content": "try again"})
+    assert stuck_reason(failing) is None  # a note from the user resets it
+
+
+def test_update_plan_arguments_are_validated():
+    assert parse_items(json.dumps({"items": [{"title": "a", "status": "done"}]})) == [
+        {"title": "a", "status": "done"}
+    ]
+    for bad, message in [
+        ("{", "not valid JSON"),
+        ("{}", 'Missing argument "items"'),
+        ('{"items": [{"title": ""}]}', "non-empty string 'title'"),
+        ('{"items": [{"title": "a", "status": "later"}]}', "status 'later'"),
+    ]:
+        with pytest.raises(PlanError, match=message):
+            parse_items(bad)
+
+
+# -- runs --------------------------------------------------------------------------------
+
+
+def test_a_run_longer_than_the_window_completes_with_a_bounded_context(
+    ip, scripted: ScriptedServer, store_path
+):
+    scripted.context_window = 15_000
+    scripted.set_script(long_script(80))
+    ip.run_cell_magic(
+        "agent", "--model scripted --name long --max-steps 200 --context-window 15000", "Work."
+    )
+    store, run, cps = latest(store_path)
+    assert cps[-1].status == "done", cps[-1].summary
+    assert not [r for r in scripted.requests if r["outcome"] == "error:context_length_exceeded"]
+    chat = [r for r in scripted.requests if r["turn"] >= 0]
+    assert scripted.turns_requested() == list(range(81))  # no step asked twice
+    sizes = [context.estimate_tokens(r["body"]["messages"]) for r in chat]
+    assert max(sizes) <= 15_000
+    assert max(sizes[-20:]) <= max(sizes[20:40]) * 1.5  # prompt size plateaus
+    kinds = [c.kind for c in cps]
+    assert "compaction" in kinds
+    # The full history stays in the store; only the view was compacted.
+    state = load_state(store, run)
+    assert sum(1 for m in state.messages if m["role"] == "tool") == 80
+    assert ip.user_ns["v79"] == 79
+
+
+def test_the_window_is_learnt_from_a_refusal_and_remembered(
+    ip, scripted: ScriptedServer, store_path
+):
+    scripted.context_window = 9_000
+    scripted.set_script(long_script(40))
+    ip.run_cell_magic("agent", "--model scripted --name learner --max-steps 100", "Work.")
+    store, run, cps = latest(store_path)
+    assert cps[-1].status == "done", cps[-1].summary
+    refused = [r for r in scripted.requests if r["outcome"] == "error:context_length_exceeded"]
+    assert len(refused) == 1  # learnt once, then compacted ahead of time
+    assert store.learnt_window("scripted") == 9_000
+    # Only the refused request was asked again, after compacting.
+    turns = scripted.turns_requested()
+    assert sorted(set(turns)) == list(range(41)) and len(turns) == 42
+
+
+def test_budget_pauses_and_a_larger_budget_continues(
+    ip, scripted: ScriptedServer, store_path, capsys
+):
+    scripted.set_script(long_script(12))
+    ip.run_cell_magic("agent", "--model scripted --name spender --budget 8000", "Spend.")
+    out = capsys.readouterr().out
+    store, run, cps = latest(store_path)
+    assert cps[-1].status == "budget" and cps[-1].kind == "budget"
+    assert "paused at the budget" in out and "of 8,000 tokens" in out
+    spent = cps[-1].info["spent"]
+    assert spent <= 8_000
+    turns_before = scripted.turns_requested()
+
+    ip.run_cell_magic("agent", "--model scripted --name spender --budget 1M", "Spend.")
+    store, run, cps = latest(store_path)
+    assert cps[-1].status == "done"
+    turns = scripted.turns_requested()
+    assert turns == sorted(set(turns))  # no step requested twice
+    assert turns[len(turns_before)] == turns_before[-1] + 1
+    assert len(store.runs()) == 1
+
+
+def test_a_budget_below_what_was_spent_pauses_at_once(ip, scripted, store_path, capsys):
+    scripted.set_script(long_script(12))
+    ip.run_cell_magic("agent", "--model scripted --name cheap --budget 3000", "Spend.")
+    _, _, cps = latest(store_path)
+    spent = cps[-1].info["spent"]
+    requests = len(scripted.requests)
+    capsys.readouterr()
+    ip.run_cell_magic("agent", "--model scripted --name cheap --budget 100", "Spend.")
+    out = capsys.readouterr().out
+    assert f"{spent:,} of 100 tokens" in out
+    assert len(scripted.requests) == requests  # no model call
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("--budget 0", "positive number of tokens"),
+        ("--budget abc", "is not a budget"),
+        ("--budget $0", "more than \\$0"),
+        ("--context-window 10", "at least 1,024 tokens"),
+    ],
+)
+def test_bad_long_run_options(ip, store_path, line, message):
+    with pytest.raises(UsageError, match=message):
+        ip.run_cell_magic("agent", f"--model scripted --name bad {line}", "task")
+    assert not store_path.exists() or Store(store_path).runs() == []
+
+
+def test_a_stuck_run_pauses_and_continues_with_a_note(ip, scripted, store_path, capsys):
+    failing = tool("undefined_name + 1")
+    scripted.set_script([failing, failing, failing, {"content": "I give up on that; done."}])
+    ip.run_cell_magic("agent", "--model scripted --name looper", "Loop.")
+    out = capsys.readouterr().out
+    _, _, cps = latest(store_path)
+    assert cps[-1].status == "stuck" and "failed 3 times" in cps[-1].summary
+    assert "stuck" in out
+    ip.run_cell_magic("agent", "--model scripted --name looper", "Loop.")
+    _, _, cps = latest(store_path)
+    assert cps[-1].status == "done"
+    last = scripted.requests[-1]["body"]["messages"]
+    assert any("You were stuck" in (m.get("content") or "") for m in last)
+
+
+def test_plan_mode_works_item_by_item_with_fresh_context(ip, scripted, store_path):
+    items = [("load", "pending"), ("clean", "pending"), ("report", "pending")]
+    scripted.set_script(
+        [
+            plan_call(items),  # the initializer writes the plan
+            {"content": "Plan written."},
+            tool("loaded = 1"),
+            {"content": "Loaded the data."},
+            tool("cleaned = 2"),
+            {"content": "Cleaned it."},
+            tool("reported = 3"),
+            {"content": "Report ready: 3."},
+        ]
+    )
+    ip.run_cell_magic("agent", "--model scripted --name planner --plan", "Do three things.")
+    store, run, cps = latest(store_path)
+    assert cps[-1].status == "done"
+    state = load_state(store, run)
+    assert [i["status"] for i in state.plan] == ["done", "done", "done"]
+    items_started = [c for c in cps if c.kind == "compaction" and c.info.get("strategy") == "item"]
+    assert [c.info["item"] for c in items_started] == [0, 1, 2]
+    # Each item starts afresh: the request for item 3 holds no earlier tool output.
+    third = [r for r in scripted.requests if r["turn"] == 6][0]["body"]["messages"]
+    assert not [m for m in third if m["role"] == "tool"]
+    assert any("Cleaned it." in (m.get("content") or "") for m in third)  # progress notes
+    assert any("[x] 2. clean" in (m.get("content") or "") for m in third)
+    assert ip.user_ns["reported"] == 3
+
+
+def test_a_malformed_plan_is_told_to_the_model(ip, scripted, store_path):
+    bad = {"tool_calls": [{"name": "update_plan", "arguments": {"items": "all of it"}}]}
+    scripted.set_script([bad, {"content": "ok"}])
+    ip.run_cell_magic("agent", "--model scripted --name badplan", "Plan.")
+    _, _, cps = latest(store_path)
+    assert cps[-1].status == "done"
+    second = scripted.requests[-1]["body"]["messages"]
+    assert any('Missing argument "items"' in (m.get("content") or "") for m in second)

@@ -293,6 +293,8 @@ class _Reply:
         )
         if self.finish is None:
             raise _Retry("the reply stream ended before the model finished")
+        if self.finish == "content_filter":
+            raise ModelError("The endpoint's content filter stopped the model's reply.")
         if self.finish == "length":
             raise _Truncated(int(self.usage.get("completion_tokens") or self.size // 3))
         if reply.content.strip() or reply.tool_calls:
@@ -524,28 +526,28 @@ _OVERFLOW = re.compile(
     re.IGNORECASE,
 )
 _NUMBER = r"(\d[\d,]*)"
-_LIMIT = [
-    re.compile(p, re.IGNORECASE)
-    for p in (
-        rf"maximum context length (?:is|of) {_NUMBER}",
-        rf"maximum model length (?:is |of )?{_NUMBER}",
-        rf"context (?:length|window|size) (?:is |of )?(?:only )?\(?{_NUMBER}",
-        rf"n_ctx\W{{0,4}}{_NUMBER}",
-        rf"(?:limit|maximum) of {_NUMBER}",
-        rf"> {_NUMBER} maximum",
-    )
-]
-_REQUESTED = [
-    re.compile(p, re.IGNORECASE)
-    for p in (
-        rf"(?:resulted in|requested|keep the first) {_NUMBER} tokens",
-        rf"requested tokens \({_NUMBER}",
-        rf"prompt(?: length)? (?:of |\(length |\()?{_NUMBER}",
-        rf"n_prompt_tokens\W{{0,4}}{_NUMBER}",
-        rf"(?:too long|input length)\W+{_NUMBER} tokens",
-        rf"{_NUMBER} tokens >",
-    )
-]
+
+
+def _patterns(*patterns: str) -> list[re.Pattern[str]]:
+    return [re.compile(p, re.IGNORECASE) for p in patterns]
+
+
+_LIMIT = _patterns(
+    rf"maximum context length (?:is|of) {_NUMBER}",
+    rf"maximum model length (?:is |of )?{_NUMBER}",
+    rf"context (?:length|window|size) (?:is |of )?(?:only )?\(?{_NUMBER}",
+    rf"n_ctx\W{{0,4}}{_NUMBER}",
+    rf"(?:limit|maximum) of {_NUMBER}",
+    rf"> {_NUMBER} maximum",
+)
+_REQUESTED = _patterns(
+    rf"(?:resulted in|requested|keep the first) {_NUMBER} tokens",
+    rf"requested tokens \({_NUMBER}",
+    rf"prompt(?: length)? (?:of |\(length |\()?{_NUMBER}",
+    rf"n_prompt_tokens\W{{0,4}}{_NUMBER}",
+    rf"(?:too long|input length)\W+{_NUMBER} tokens",
+    rf"{_NUMBER} tokens >",
+)
 
 
 def _first_number(patterns: list[re.Pattern[str]], text: str) -> int | None:

@@ -212,6 +212,13 @@ def test_length_cut_every_time_is_an_error_never_a_reply(server: ScriptedServer)
     assert rooms == [None, 4096, 8192]
 
 
+def test_content_filter_stop_is_an_error_not_a_reply(server: ScriptedServer) -> None:
+    server.set_script([{"content": "Half of this is filtered.", "faults": ["content_filter"]}])
+    with pytest.raises(ModelError, match="content filter stopped"):
+        model_client(server).complete(USER, TOOLS)
+    assert outcomes(server) == ["fault:content_filter"]
+
+
 # -- 3. error events inside the stream -------------------------------------------
 
 

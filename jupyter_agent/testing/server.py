@@ -53,7 +53,7 @@ Script = list[dict[str, Any]] | Callable[[dict[str, Any]], dict[str, Any]] | Non
 #: ``proxy_400``, a LiteLLM-style error pasted over several lines), ``timeout``,
 #: ``drop`` (connection lost mid-stream), ``cut`` (the stream ends cleanly but
 #: early: no ``finish_reason``, no ``[DONE]``), ``length`` (half the reply, with
-#: ``finish_reason: "length"``), ``stream_error`` / ``stream_error_fatal`` (an
+#: ``finish_reason: "length"``; ``content_filter`` likewise), ``stream_error`` / ``stream_error_fatal`` (an
 #: ``error`` event inside the stream, transient / permanent), ``endless`` (text
 #: that never stops), ``malformed`` and ``empty``.
 FAULT_KINDS = (
@@ -66,6 +66,7 @@ FAULT_KINDS = (
     "drop",
     "cut",
     "length",
+    "content_filter",
     "stream_error",
     "stream_error_fatal",
     "endless",
@@ -465,8 +466,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(500, f"Bad script entry for turn {turn}: {exc!r}", "server_error")
             return
         streaming = bool(body.get("stream")) and not owner.stream_json
-        if fault == "length" or (fault == "cut" and not streaming):
+        if fault in ("length", "content_filter") or (fault == "cut" and not streaming):
             reply.truncate()
+        if fault == "content_filter":
+            reply.finish_reason = "content_filter"
         cid = f"chatcmpl-{turn}-{attempt}"
         model = str(body.get("model") or "scripted")
         if streaming:

@@ -48,8 +48,36 @@ __all__ = [
 
 Script = list[dict[str, Any]] | Callable[[dict[str, Any]], dict[str, Any]] | None
 
-#: Fault kinds understood in a script entry's ``"faults"`` list.
-FAULT_KINDS = ("429", "500", "503", "timeout", "drop", "malformed", "empty")
+#: Fault kinds understood in a script entry's ``"faults"`` list:
+#: HTTP errors (``429``, ``500``, ``503``; ``401`` echoing the key like OpenAI does;
+#: ``proxy_400``, a LiteLLM-style error pasted over several lines), ``timeout``,
+#: ``drop`` (connection lost mid-stream), ``cut`` (the stream ends cleanly but
+#: early: no ``finish_reason``, no ``[DONE]``), ``length`` (half the reply, with
+#: ``finish_reason: "length"``; ``content_filter`` likewise), ``stream_error`` / ``stream_error_fatal`` (an
+#: ``error`` event inside the stream, transient / permanent), ``endless`` (text
+#: that never stops), ``malformed`` and ``empty``.
+FAULT_KINDS = (
+    "429",
+    "500",
+    "503",
+    "401",
+    "proxy_400",
+    "timeout",
+    "drop",
+    "cut",
+    "length",
+    "content_filter",
+    "stream_error",
+    "stream_error_fatal",
+    "endless",
+    "malformed",
+    "empty",
+)
+#: Entry keys beyond content/tool_calls/usage/faults/delay/fault_delay:
+#: ``reasoning`` (text streamed first as ``reasoning_content`` deltas, or under the
+#: name in ``reasoning_field``, e.g. ``"reasoning"`` as OpenRouter and Ollama send it)
+#: and ``tool_call_index``: ``"omit"`` (fragments without ``index``) or ``"same"``
+#: (every call at index 0), as some servers stream parallel tool calls.
 #: Model ids listed by ``GET /v1/models``.
 MODEL_IDS = ("scripted", "offline")
 #: Fixed ``created`` timestamp so replies are byte-for-byte reproducible.
@@ -65,6 +93,40 @@ _ERRORS: dict[str, tuple[int, str, str, str]] = {
     "429": (429, "Rate limit reached (scripted fault).", "requests", "rate_limit_exceeded"),
     "500": (500, "The server had an error (scripted fault).", "server_error", "server_error"),
     "503": (503, "The server is overloaded (scripted fault).", "server_error", "overloaded"),
+    "401": (
+        401,
+        "Incorrect API key provided: {key}. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+        "invalid_request_error",
+        "invalid_api_key",
+    ),
+    "proxy_400": (
+        400,
+        "litellm.BadRequestError: OpenAIException - Error code: 400 - {{'error': {{'message': "
+        "\"Unrecognized request argument supplied: frobnicate\", 'type': "
+        "'invalid_request_error', 'param': None, 'code': None}}}}\n"
+        "Received Model Group=scripted\nAvailable Model Group Fallbacks=None\n"
+        + 'Traceback (most recent call last):\n  File "litellm/main.py", line 1\n'
+        * 20,
+        "None",
+        "400",
+    ),
+}
+#: Error events sent inside a stream (LiteLLM and OpenAI do during incidents).
+_STREAM_ERRORS: dict[str, dict[str, Any]] = {
+    "stream_error": {
+        "message": "The server had an error while processing your request. Sorry about that!",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    },
+    "stream_error_fatal": {
+        "message": "The response was filtered due to the prompt triggering the content "
+        "management policy.",
+        "type": "invalid_request_error",
+        "param": "prompt",
+        "code": "content_filter",
+    },
 }
 
 
@@ -171,6 +233,9 @@ class _Reply:
     def __init__(self, entry: dict[str, Any], turn: int, messages: list[Any], empty: bool) -> None:
         self.content: str | None
         self.tool_calls: list[dict[str, str]] = []
+        self.reasoning = "" if empty else str(entry.get("reasoning") or "")
+        self.reasoning_field = str(entry.get("reasoning_field") or "reasoning_content")
+        self.index_mode = entry.get("tool_call_index")
         if empty:
             self.content = ""
         else:
@@ -200,9 +265,19 @@ class _Reply:
             "total_tokens": prompt + completion,
         }
 
+    def truncate(self) -> None:
+        """Keep the first half of the text and of each call's arguments (a cut reply)."""
+        if self.content:
+            self.content = self.content[: len(self.content) // 2]
+        for c in self.tool_calls:
+            c["arguments"] = c["arguments"][: len(c["arguments"]) // 2]
+        self.finish_reason = "length"
+
     def message(self) -> dict[str, Any]:
         """The non-streaming ``choices[0].message`` object."""
         msg: dict[str, Any] = {"role": "assistant", "content": self.content, "refusal": None}
+        if self.reasoning:
+            msg[self.reasoning_field] = self.reasoning
         if self.tool_calls:
             msg["tool_calls"] = [
                 {
@@ -216,21 +291,17 @@ class _Reply:
 
     def deltas(self) -> Iterator[dict[str, Any]]:
         """Streaming deltas after the initial role delta, in OpenAI's order."""
+        for piece in _split3(self.reasoning):
+            yield {self.reasoning_field: piece}
         for piece in _split3(self.content or ""):
             yield {"content": piece}
         for i, c in enumerate(self.tool_calls):
             half = len(c["arguments"]) // 2
-            yield {
-                "tool_calls": [
-                    {
-                        "index": i,
-                        "id": c["id"],
-                        "type": "function",
-                        "function": {"name": c["name"], "arguments": c["arguments"][:half]},
-                    }
-                ]
-            }
-            yield {"tool_calls": [{"index": i, "function": {"arguments": c["arguments"][half:]}}]}
+            index = {"omit": {}, "same": {"index": 0}}.get(self.index_mode, {"index": i})
+            first = {"type": "function", "function": {"name": c["name"], "arguments": ""}}
+            first["function"]["arguments"] = c["arguments"][:half]
+            yield {"tool_calls": [{**index, "id": c["id"], **first}]}
+            yield {"tool_calls": [{**index, "function": {"arguments": c["arguments"][half:]}}]}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -354,6 +425,13 @@ class _Handler(BaseHTTPRequestHandler):
             error["error"]["param"] = "messages"
             self._send_json(400, error)
             return
+        if owner.reject_stream_options and "stream_options" in body:
+            owner._log(turn, self.path, body, headers, "error:stream_options")
+            message = "Unrecognized request argument supplied: stream_options"
+            error = _error_body(message, "invalid_request_error")
+            error["error"]["param"] = "stream_options"
+            self._send_json(400, error)
+            return
         if is_summary_request(body):
             owner._log(-1, self.path, body, headers, "summary", summary=True)
             entry: dict[str, Any] | None = {"content": summary_text(messages)}
@@ -373,6 +451,8 @@ class _Handler(BaseHTTPRequestHandler):
         req_id = {"x-request-id": f"req-{turn}-{attempt}"}
         if fault in _ERRORS:
             status, message, type_, code = _ERRORS[fault]
+            key = headers.get("authorization", "").removeprefix("Bearer ")
+            message = message.format(key=key)
             extra = {"Retry-After": "0"} if fault == "429" else {}
             self._send_json(status, _error_body(message, type_, code), {**req_id, **extra})
             return
@@ -385,9 +465,14 @@ class _Handler(BaseHTTPRequestHandler):
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             self._error(500, f"Bad script entry for turn {turn}: {exc!r}", "server_error")
             return
+        streaming = bool(body.get("stream")) and not owner.stream_json
+        if fault in ("length", "content_filter") or (fault == "cut" and not streaming):
+            reply.truncate()
+        if fault == "content_filter":
+            reply.finish_reason = "content_filter"
         cid = f"chatcmpl-{turn}-{attempt}"
         model = str(body.get("model") or "scripted")
-        if body.get("stream"):
+        if streaming:
             self._stream(cid, model, reply, body, fault, req_id)
             return
         if fault == "malformed":
@@ -404,7 +489,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "index": 0,
                     "message": reply.message(),
                     "logprobs": None,
-                    "finish_reason": reply.finish_reason,
+                    "finish_reason": None if fault == "cut" else reply.finish_reason,
                 }
             ],
             "usage": reply.usage,
@@ -464,6 +549,21 @@ class _Handler(BaseHTTPRequestHandler):
             # Abrupt end: no [DONE], no terminating zero-length chunk.
             self.close_connection = True
             return
+        if fault in ("cut", *_STREAM_ERRORS):
+            # All but the last delta (a tool call's arguments stay half), then a clean
+            # end of the HTTP body without finish_reason or [DONE]; or an error event.
+            for delta in deltas[: max(1, len(deltas) - 1)]:
+                event(chunk(delta))
+            if fault in _STREAM_ERRORS:
+                event({"error": _STREAM_ERRORS[fault]})
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            return
+        if fault == "endless":
+            while not owner._stopping.is_set():
+                event(chunk({"content": "and on "}))
+                owner._sleep(0.005)
+            return
         if fault == "malformed":
             send(b'data: {"id": "' + cid.encode() + b'", "choices": [{"delta": \n\n')
         else:
@@ -521,10 +621,16 @@ class ScriptedServer:
         fault_delay: float = 30.0,
         verbose: bool = False,
         context_window: int | None = None,
+        stream_json: bool = False,
+        reject_stream_options: bool = False,
     ) -> None:
         self.host = host
         #: Prompt tokens (:func:`prompt_tokens`) beyond which a request is refused.
         self.context_window = context_window
+        #: Answer streaming requests with a plain JSON completion (no SSE at all).
+        self.stream_json = stream_json
+        #: Refuse any request carrying ``stream_options`` with a 400, as older servers do.
+        self.reject_stream_options = reject_stream_options
         self.port = port
         self.chunk_delay = chunk_delay
         self.fault_delay = fault_delay

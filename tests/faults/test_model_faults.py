@@ -98,7 +98,14 @@ TRANSIENT = {
     "malformed": ["malformed"],
     "empty": ["empty", "empty"],
     "mixed": ["429", "drop", "500", "malformed"],
+    # A reply is complete only with a finish_reason that is not "length".
+    "cut": ["cut", "cut"],
+    "length": ["length"],
+    "stream_error": ["stream_error"],
+    "mixed incomplete": ["cut", "stream_error", "length"],
 }
+#: Retried at once: the endpoint is not overloaded, the reply just needs more room.
+IMMEDIATE = {"length"}
 
 
 @pytest.mark.parametrize("kind", list(TRANSIENT))
@@ -120,7 +127,7 @@ def test_transient_faults_are_retried_and_leave_no_trace(
     assert result.text.count("model: ") >= 3 * len(faults)  # each retry is reported
     if kind == "429":  # the server says Retry-After: 0, which wins over the backoff
         assert result.text.count("retrying in 0.0 s") == 3 * len(faults), result.text
-    if "429" not in faults:  # a 429 waits what Retry-After says (0 here), not the backoff
+    if not {"429", *IMMEDIATE} & set(faults):  # a 429 waits what Retry-After says (0 here)
         times = [r["time"] for r in env.server.requests if r["turn"] == 0]
         gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
         assert all(g >= 0.04 for g in gaps), gaps
@@ -194,6 +201,26 @@ def test_persistent_fault_pauses_with_a_clear_message_and_resumes_after_healing(
         duplicated=0,
         outcome="paused at an error checkpoint (UsageError, no traceback); "
         "re-running the cell resumed and finished",
+    )
+
+
+def test_wrong_key_error_is_redacted_in_the_cell(env: Env) -> None:
+    # The endpoint echoes the key it was given, as OpenAI does for a wrong key.
+    result, store, _ = env.agent([answer(["401"])])
+    assert "Incorrect API key provided: [REDACTED]." in result.text, result.text
+    assert API_KEY not in result.text
+    view = read_store(store)
+    assert view.state.status == "error"
+    assert API_KEY not in json.dumps(view.checkpoints[-1].info)
+    record(
+        "model",
+        "wrong API key",
+        injection="HTTP 401 whose message repeats the key",
+        trials=1,
+        completed=1,
+        lost=0,
+        duplicated=0,
+        outcome="paused with the key redacted in the cell output and the checkpoint",
     )
 
 

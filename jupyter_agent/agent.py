@@ -98,6 +98,8 @@ class RunOptions:
     stuck_after: int = REPEATS
 
 
+#: Characters of a reply's reasoning kept in its checkpoint (shown in the timeline).
+REASONING_KEPT = 20_000
 #: Consecutive "too long" refusals after which the agent stops trying to compact.
 MAX_OVERFLOWS = 3
 
@@ -287,7 +289,8 @@ class Execution:
             )
             self.checkpoint("interrupted", INTERRUPTED, summary, info={"in_flight": in_flight})
         except ModelError as exc:
-            self.checkpoint("error", ERROR, str(exc), info={"error": str(exc)})
+            info = {"error": str(exc), "detail": getattr(exc, "detail", None)}
+            self.checkpoint("error", ERROR, str(exc), info=info)
         except StoreError:
             raise
         except Exception as exc:  # a bug must not lose the run: pause it, resumable
@@ -632,7 +635,12 @@ class Execution:
         else:
             names = ", ".join(c["function"]["name"] or "?" for c in reply.tool_calls)
             summary = (reply.content + " → " if reply.content.strip() else "→ ") + names
-        info = {"usage": reply.usage, "tool_calls": len(reply.tool_calls)}
+        info: dict[str, Any] = {"usage": reply.usage, "tool_calls": len(reply.tool_calls)}
+        if reply.attempts > 1:  # what it took: visible in the timeline entry
+            info["attempts"], info["retries"] = reply.attempts, reply.retries
+        if reply.reasoning:
+            info["reasoning"] = redact(reply.reasoning[:REASONING_KEPT], self.options.secrets)
+            self.events.info("(reasoning) " + one_line(info["reasoning"], 200))
         delta = Delta(messages=[message])
         if done and self.plan_mode and self._working_on() is not None:
             delta.plan = info["plan"] = self._ended_plan()  # the last item is done

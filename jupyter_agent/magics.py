@@ -123,6 +123,8 @@ class AgentMagics(Magics):
         options = self._options(args.max_steps, args.approve is not None, tools)
         try:
             identity = resolve(self.shell, args.name, prompt)
+            if identity.notice:  # a weak identity: say so before running
+                print(identity.notice)
             if args.background:
                 self._run_in_background(identity, prompt, model or "", args.restart, options)
             else:

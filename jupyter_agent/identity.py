@@ -181,15 +181,21 @@ def find_notebook(prompt: str | None, history: list[str]) -> tuple[str, str] | N
         here = sorted(e.path for e in os.scandir(os.getcwd()) if e.name.endswith(".ipynb"))
         candidates += [p for p in here if p not in candidates]
     ran = [h.strip() for h in history if h.strip()]
-    matches = []
+    exact, loose = [], []
     for path in candidates[:SCAN_FILES]:
-        cells = _code_cells(path)
-        if not cells or not any(_agent_body(c["source"]) == prompt.strip() for c in cells):
+        cells = [c["source"].strip() for c in _code_cells(path) or [] if c["source"].strip()]
+        at = [i for i, c in enumerate(cells) if _agent_body(c) == prompt.strip()]
+        if not at:
             continue
-        sources = {c["source"].strip() for c in cells}
-        if all(h in sources for h in ran):
-            matches.append(path)
-    return (matches[0], FOUND_SOURCES[1]) if len(matches) == 1 else None
+        # Runners execute every cell in order: what ran is exactly what precedes this one.
+        if any(cells[:i] == ran[:-1] for i in at):
+            exact.append(path)
+        if set(ran) <= set(cells):
+            loose.append(path)
+    for matches in (exact, loose):
+        if len(matches) == 1:
+            return matches[0], FOUND_SOURCES[1]
+    return None
 
 
 def _history(shell: Any) -> list[str]:

@@ -188,6 +188,8 @@ class AgentMagics(Magics):
         )
         try:
             identity = resolve(self.shell, args.name, prompt)
+            if identity.notice:  # a weak identity: say so before running
+                print(identity.notice)
             if args.background:
                 self._run_in_background(identity, prompt, model or "", args.restart, options)
             else:

@@ -1,0 +1,7 @@
+"""``python -m jupyter_agent``: the same command line as ``jupyter agent``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -236,11 +236,18 @@ class Execution:
                 self.writer.put_run(self.run)
                 self._fork() if self.run.parent_run else self._start()
             else:
+                from .runner import approve_policy  # here: runner imports this module
+
                 self.checkpoint(
                     "resume",
                     RUNNING,
                     f"resumed after step {self.state.step} ({self.state.kind})",
-                    info={"from_step": self.state.step, "from_status": self.state.status},
+                    info={
+                        "from_step": self.state.step,
+                        "from_status": self.state.status,
+                        "model": self.client.endpoint.model,
+                        "approve": approve_policy(self.options),
+                    },
                 )
             if decision is not None and call is not None:
                 self._decide(decision, call)

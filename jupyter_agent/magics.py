@@ -348,12 +348,6 @@ class AgentMagics(Magics):
 
     def _cmd_timeline(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)
-        if getattr(self.shell, "kernel", None) is None:  # terminal IPython: no widgets
-            print(
-                f"The timeline of agent {run.agent} is a widget, shown in JupyterLab and "
-                f"Notebook 7. Here, %agent show {run.agent} prints its checkpoints."
-            )
-            return
         widget.display_timeline(
             self._store(),
             run.notebook,
@@ -362,6 +356,11 @@ class AgentMagics(Magics):
             options=self._options,
             endpoint_args=self._endpoint_args(),
         )
+        if getattr(self.shell, "kernel", None) is None:  # terminal IPython shows no widgets
+            print(
+                f"The timeline is a widget, shown in JupyterLab and Notebook 7. "
+                f"Here, %agent show {run.agent} prints the checkpoints of agent {run.agent}."
+            )
 
     def _cmd_pause(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)

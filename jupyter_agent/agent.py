@@ -318,6 +318,7 @@ class Execution:
             "model": self.client.endpoint.model,
             "context_window": self.window,
             "budget": _budget_dict(self.budget),
+            "approve": approve_policy(self.options),
         }
 
     def _resume(self) -> None:
@@ -768,6 +769,13 @@ class Execution:
         if snap.unsaved:
             for name, why in snap.unsaved.items():
                 self.events.notice(f"not saved: {name}: {why}")
+
+
+def approve_policy(options: RunOptions) -> bool | list[str]:
+    """How a run records its approval policy: off, every tool, or the listed tools."""
+    if not options.approve:
+        return False
+    return list(options.approve_tools) or True
 
 
 def _budget_dict(budget: Budget | None) -> dict | None:

@@ -16,8 +16,8 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Bool, Dict, Float, Int, Unicode
+from IPython.core.magic_arguments import argument, magic_arguments
+from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
 
 from . import runner, widget
 from .agent import RunOptions, effective_status, load_state
@@ -69,6 +69,25 @@ class AgentMagics(Magics):
         True, help="Show the checkpoint timeline widget under %%agent cells (in a kernel)."
     ).tag(config=True)
 
+    @validate("max_steps")
+    def _check_max_steps(self, proposal: Any) -> int:
+        return _at_least(proposal, 1, "the agent could never take a step")
+
+    @validate("retries")
+    def _check_retries(self, proposal: Any) -> int:
+        return _at_least(proposal, 0, "0 means: no retries")
+
+    @validate("retry_backoff")
+    def _check_backoff(self, proposal: Any) -> float:
+        return _at_least(proposal, 0, "0 means: retry at once")
+
+    @validate("timeout")
+    def _check_timeout(self, proposal: Any) -> float:
+        value = proposal["value"]
+        if not value > 0:
+            raise TraitError(f"AgentMagics.timeout must be more than 0 seconds, not {value!r}.")
+        return value
+
     def _store(self) -> Store:
         return Store(self.store or None)
 
@@ -110,10 +129,11 @@ class AgentMagics(Magics):
 
     # -- %%agent --------------------------------------------------------------------
 
-    @magic_arguments()
+    # Options of %%agent; `%agent --help` and `%%agent?` are generated from these.
+    @magic_arguments(name="%agent")  # the usage line adds one '%': "%%agent [-m MODEL] ..."
     @argument("-m", "--model", help="Model name; 'offline' is the built-in demo model.")
     @argument("-n", "--name", help="Name of the agent (identifies it where no cell id exists).")
-    @argument("--max-steps", type=int, help="Maximum model calls in this execution.")
+    @argument("--max-steps", type=int, metavar="N", help="Maximum steps in this execution.")
     @argument("--restart", action="store_true", help="Start a new run even if one can resume.")
     @argument(
         "--approve",
@@ -153,7 +173,7 @@ class AgentMagics(Magics):
         Re-running the cell resumes an unfinished run from its last checkpoint, or
         restores a finished one (answer and variables) without calling the model.
         """
-        args = parse_argstring(self.agent, line)
+        args = self.agent.parser.parse_args(split_line("%%agent", line))
         prompt = cell.strip()
         if not prompt:
             raise UsageError(
@@ -221,7 +241,7 @@ class AgentMagics(Magics):
         """
         store = self._store()
         key = (identity.notebook, identity.agent)
-        run = self._runner(store, identity, prompt, model, restart, options)
+        run = self._runner(store, identity, prompt, model, restart, options, from_cell=cell)
         with runner.claim(*key):
             if cell:
                 self._show_timeline(store, identity)
@@ -241,8 +261,13 @@ class AgentMagics(Magics):
         model: str,
         restart: bool,
         options: RunOptions,
+        from_cell: bool,
     ) -> Callable[..., Outcome]:
-        """``run_cell`` bound to this cell, for the foreground and the background alike."""
+        """``run_cell`` bound to this cell, for the foreground and the background alike.
+
+        ``from_cell``: the options are what the ``%%agent`` line says now, so they
+        replace the run's; ``%agent resume`` and the like keep the run's.
+        """
         return functools.partial(
             run_cell,
             store=store,
@@ -253,6 +278,7 @@ class AgentMagics(Magics):
             options=options,
             restart=restart,
             endpoint_args=self._endpoint_args(),
+            cell_options=from_cell,
         )
 
     def _run_in_background(
@@ -268,7 +294,7 @@ class AgentMagics(Magics):
         runner.acquire(*key)  # a busy agent fails here, before anything is shown
         runner.release(*key)
         self._show_timeline(store, identity)
-        run = self._runner(store, identity, prompt, model, restart, options)
+        run = self._runner(store, identity, prompt, model, restart, options, from_cell=True)
         widget.start_job(
             key,
             lambda events, cancel: run(events=events, cancel=cancel),
@@ -299,7 +325,7 @@ class AgentMagics(Magics):
         """Manage agents: list, show, resume, approve, reject, delete. `%agent --help`."""
         parser = _line_parser()
         try:
-            args = parser.parse_args(shlex.split(line))
+            args = parser.parse_args(split_line("%agent", line))
         except _HelpShown as shown:
             print(shown.text)
             return None
@@ -358,7 +384,8 @@ class AgentMagics(Magics):
     def _cmd_show(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)
         store = self._store()
-        print(f"Agent {run.agent} · run {run.run_id} · model {run.model}")
+        model = runner.last_settings(store, run)["model"]
+        print(f"Agent {run.agent} · run {run.run_id} · model {model}")
         for cp in store.checkpoints(run.run_id):
             print(f"[{cp.step:>3}] {cp.kind:<12} {cp.status:<18} {cp.summary}")
         state = load_state(store, run)
@@ -383,14 +410,8 @@ class AgentMagics(Magics):
             state = load_state(self._store(), run)
             if state.status != AWAITING_APPROVAL:
                 raise UsageError(f"Agent {run.agent!r} is not waiting for an approval.")
-        self._run(
-            identity,
-            run.prompt,
-            run.model,
-            False,
-            self._options(),
-            decision,
-        )
+        # No model: the run continues with the model of its latest execution.
+        self._run(identity, run.prompt, "", False, self._options(), decision)
 
     def _cmd_timeline(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)
@@ -402,6 +423,11 @@ class AgentMagics(Magics):
             options=self._options,
             endpoint_args=self._endpoint_args(),
         )
+        if getattr(self.shell, "kernel", None) is None:  # terminal IPython shows no widgets
+            print(
+                f"The timeline is a widget, shown in JupyterLab and Notebook 7. "
+                f"Here, %agent show {run.agent} prints the checkpoints of agent {run.agent}."
+            )
 
     def _cmd_pause(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)
@@ -440,6 +466,33 @@ def report(outcome: Outcome, identity: AgentIdentity, file: Any = None) -> None:
         )
 
 
+def _at_least(proposal: Any, low: float, why: str) -> Any:
+    value = proposal["value"]
+    if value < low:
+        name = proposal["trait"].name
+        raise TraitError(f"AgentMagics.{name} must be {low} or more ({why}), not {value!r}.")
+    return value
+
+
+def split_line(magic: str, line: str) -> list[str]:
+    """The words of a magic's line, shell-style: quotes group words and are removed."""
+    try:
+        return shlex.split(line)
+    except ValueError as exc:  # "No closing quotation", "No escaped character"
+        raise UsageError(f"{magic} {line.strip()}: {exc}; close the quote.") from None
+
+
+def cell_options_help() -> str:
+    """The ``%%agent`` options, formatted from their declarations on the cell magic."""
+    parser = AgentMagics.agent.parser
+    formatter = argparse.HelpFormatter("%" + parser.prog)  # prog is "%agent"
+    formatter.add_usage(None, parser._actions, [], prefix="")
+    formatter.start_section("%%agent options")
+    formatter.add_arguments(parser._actions)
+    formatter.end_section()
+    return formatter.format_help()
+
+
 class _HelpShown(Exception):
     def __init__(self, text: str) -> None:
         self.text = text
@@ -463,10 +516,10 @@ def _line_parser() -> _Parser:
         prog="%agent",
         description="Manage the durable agents of this notebook.",
         epilog=(
-            "Run an agent with the cell magic: %%agent [--model NAME] [--name NAME] "
-            "[--max-steps N] [--restart] [--approve], followed by the task. "
-            "Details: %%agent?"
+            "Run an agent with the cell magic, the task below its line:\n\n"
+            f"{cell_options_help()}\nDetails: %%agent?"
         ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("list", help="agents of this notebook: status, steps, last checkpoint")

@@ -19,7 +19,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import namespace
-from .agent import Events, Execution, RunOptions, effective_status, load_state, new_run
+from .agent import (
+    Events,
+    Execution,
+    RunOptions,
+    approve_policy,
+    effective_status,
+    load_state,
+    new_run,
+)
 from .identity import AgentIdentity, IdentityError
 from .model import ConfigError, Endpoint, ModelClient
 from .state import AWAITING_APPROVAL, DONE, RunState, StateVersionError, prompt_hash
@@ -106,7 +114,14 @@ def run_cell(
     decision: dict | None = None,
     endpoint_args: dict | None = None,
     cancel: threading.Event | None = None,
+    cell_options: bool = False,
 ) -> Outcome:
+    """Start, resume or restore the agent of a cell.
+
+    ``model`` (empty: the run's latest) and ``options`` apply to this execution;
+    ``cell_options`` says they are what the cell's line says now, so they also
+    replace the run's approval policy (see :func:`resume_run`).
+    """
     # The kernel learns its notebook's path at start; follow renames made since.
     identity = replace(identity, notebook=store.resolve_notebook(identity.notebook))
     previous = None if restart else latest_run(store, identity.notebook, identity.agent)
@@ -134,6 +149,7 @@ def run_cell(
         decision=decision,
         endpoint_args=endpoint_args,
         cancel=cancel,
+        cell_options=cell_options,
     )
 
 
@@ -148,8 +164,14 @@ def resume_run(
     decision: dict | None = None,
     endpoint_args: dict | None = None,
     cancel: threading.Event | None = None,
+    cell_options: bool = False,
 ) -> Outcome:
-    """Continue ``run`` from its last checkpoint, or restore it when it has nothing left to do."""
+    """Continue ``run`` from its last checkpoint, or restore it when it has nothing left to do.
+
+    The continuation uses ``model``, or without one the model of the run's
+    latest execution, so a corrected ``--model`` takes effect. Its approval
+    policy is the cell's with ``cell_options``, else the run's latest.
+    """
     live = store.live_runs()
     if run.run_id in live:
         raise AgentBusy(
@@ -164,11 +186,13 @@ def resume_run(
     if status == DONE:
         restored, failed = restore_variables(store, shell, state, events)
         return Outcome(run, state, "restore", restored, failed)
-    options = run_options(run, options)
+    last = last_settings(store, run)
+    if not cell_options:
+        options = run_options(run, options, last["approve"])
     # Resolve the endpoint before touching the namespace, so a configuration
     # error leaves everything as it was.
     execution = make_execution(
-        store, shell, run, state, run.model or model, options, events, endpoint_args, cancel
+        store, shell, run, state, model or last["model"], options, events, endpoint_args, cancel
     )
     restored, failed = restore_variables(store, shell, state, events)
     # Killed after the run row was written but before its first checkpoint:
@@ -178,16 +202,23 @@ def resume_run(
     return Outcome(run, execution.state, "resume", restored, failed)
 
 
-def approve_policy(options: RunOptions) -> bool | list[str]:
-    """How a run records its approval policy: off, every tool, or the listed tools."""
-    if not options.approve:
-        return False
-    return list(options.approve_tools) or True
+def last_settings(store: Store, run: RunRow) -> dict[str, Any]:
+    """The model and approval policy of the run's latest execution (its latest resume)."""
+    for cp in reversed(store.checkpoints(run.run_id)):
+        if cp.kind == "resume" and "model" in cp.info:
+            return {"model": cp.info["model"], "approve": cp.info.get("approve", False)}
+    return {"model": run.model, "approve": run.info.get("approve", False)}
 
 
-def run_options(run: RunRow, options: RunOptions) -> RunOptions:
-    """The approval policy belongs to the run: a resumed or forked run keeps asking."""
-    policy = run.info.get("approve")
+def run_options(
+    run: RunRow, options: RunOptions, policy: bool | list[str] | None = None
+) -> RunOptions:
+    """Continuations the cell does not start keep asking: a run's approval policy stays on.
+
+    ``policy``: the run's latest (:func:`last_settings`); default, the one it started with.
+    """
+    if policy is None:
+        policy = run.info.get("approve")
     if not policy:
         return options
     tools = tuple(policy) if isinstance(policy, list) else ()

@@ -103,3 +103,130 @@ def test_a_live_run_without_checkpoints_for_long_is_reported_stalled(
         writer.close()
     ip.run_line_magic("agent", "list")  # the owner is gone: an interrupted run, resumable
     assert "interrupted at step 4" in capsys.readouterr().out
+
+
+def test_help_lists_every_option_of_the_cell_magic(ip, capsys):
+    from jupyter_agent.magics import AgentMagics
+
+    ip.run_line_magic("agent", "--help")
+    out = capsys.readouterr().out
+    declared = [s for a in AgentMagics.agent.parser._actions for s in a.option_strings]
+    assert "--background" in declared and "--approve" in declared
+    assert all(option in out for option in declared), out
+    assert "--approve [TOOLS]" in out and "%%agent [-m MODEL]" in out
+
+
+def test_cell_magic_usage_names_the_cell_magic(ip):
+    usage = ip.find_cell_magic("agent").__doc__
+    assert "%%agent [-m MODEL]" in usage
+    assert "%agent [-m" not in usage.replace("%%agent", "")
+
+
+def test_timeline_without_a_frontend_says_where_it_shows(ip, capsys):
+    ip.run_cell_magic("agent", "--model offline --name adder", TASK)
+    capsys.readouterr()
+    ip.run_line_magic("agent", "timeline adder")
+    out = capsys.readouterr().out
+    assert "widget, shown in JupyterLab and Notebook 7" in out
+    assert "%agent show adder" in out
+
+
+def test_quotes_around_option_values_are_removed(ip, store_path, capsys):
+    ip.run_cell_magic("agent", "--model \"offline\" --name 'quoted'", TASK)
+    assert "■ done" in capsys.readouterr().out
+    (run,) = Store(store_path).runs()
+    assert (run.model, run.agent) == ("offline", "quoted")
+
+
+@pytest.mark.parametrize("magic", ["cell", "line"])
+def test_an_unbalanced_quote_is_a_usage_error_quoting_the_line(ip, store_path, magic):
+    with pytest.raises(UsageError, match=r"--name 'half: No closing quotation"):
+        if magic == "cell":
+            ip.run_cell_magic("agent", "--model offline --name 'half", TASK)
+        else:
+            ip.run_line_magic("agent", "show --name 'half")
+    assert not store_path.exists() or Store(store_path).runs() == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("max_steps = 0", "max_steps must be 1 or more"),
+        ("max_steps = -5", "max_steps must be 1 or more"),
+        ("retries = -1", "retries must be 0 or more"),
+        ("retry_backoff = -1.0", "retry_backoff must be 0 or more"),
+        ("timeout = 0", "timeout must be more than 0 seconds"),
+    ],
+)
+def test_config_values_out_of_range_are_refused(ip, caplog, setting, message):
+    from jupyter_agent.magics import AgentMagics
+
+    (magics,) = [c for c in ip.configurables if isinstance(c, AgentMagics)]
+    name = setting.split()[0]
+    before = getattr(magics, name)
+    ip.run_line_magic("config", f"AgentMagics.{setting}")
+    assert getattr(magics, name) == before
+    assert message in caplog.text
+
+
+CALLS = [
+    {"tool_calls": [{"name": "python", "arguments": {"code": "a = 1"}}]},
+    {"tool_calls": [{"name": "python", "arguments": {"code": "b = a + 1"}}]},
+    {"tool_calls": [{"name": "python", "arguments": {"code": "c = b + 1"}}]},
+    {"content": "c is 3"},
+]
+
+
+@pytest.fixture
+def endpoint(scripted, monkeypatch, ip):
+    """The scripted endpoint; it fails every call naming the model ``typo``."""
+    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    ip.run_line_magic("config", "AgentMagics.retries = 0")
+
+    def reply(body: dict) -> dict:
+        if body["model"] == "typo":
+            return {"faults": ["500"] * 10}
+        turn = sum(1 for m in body["messages"] if m["role"] == "assistant")
+        return CALLS[turn]
+
+    scripted.set_script(reply)
+    yield scripted
+    ip.run_line_magic("config", "AgentMagics.retries = 4")
+
+
+def resume_infos(store_path) -> list[dict]:
+    store = Store(store_path)
+    (run,) = store.runs()
+    return [cp.info for cp in store.checkpoints(run.run_id) if cp.kind == "resume"]
+
+
+def test_a_corrected_model_applies_to_the_continuation(ip, endpoint, store_path, capsys):
+    ip.user_ns.pop("c", None)
+    with pytest.raises(UsageError, match="paused after an error"):
+        ip.run_cell_magic("agent", "--model typo --name fix", "Compute b.")
+    ip.run_cell_magic("agent", "--model right --name fix --max-steps 1", "Compute b.")
+    endpoint.reset_log()
+    ip.run_line_magic("agent", "resume fix")  # no cell options: the run's latest model
+    assert "■ done" in capsys.readouterr().out
+    assert {r["body"]["model"] for r in endpoint.requests} == {"right"}
+    assert ip.user_ns["c"] == 3
+    infos = resume_infos(store_path)
+    assert [(i["model"], i["approve"]) for i in infos] == [("right", False), ("right", False)]
+    ip.run_line_magic("agent", "show fix")
+    assert "model right" in capsys.readouterr().out
+
+
+def test_the_cells_approval_option_applies_and_commands_keep_it(ip, endpoint, store_path, capsys):
+    for name in "abc":
+        ip.user_ns.pop(name, None)
+    ip.run_cell_magic("agent", "--model right --name gate --max-steps 1", "Compute b.")
+    assert ip.user_ns["a"] == 1  # no approval asked for
+    ip.run_cell_magic("agent", "--model right --name gate --approve", "Compute b.")
+    assert "waiting for your approval" in capsys.readouterr().out
+    ip.run_line_magic("agent", "approve gate")
+    assert ip.user_ns["b"] == 2 and "c" not in ip.user_ns
+    assert "waiting for your approval" in capsys.readouterr().out  # still asks
+    ip.run_line_magic("agent", "approve gate")
+    assert ip.user_ns["c"] == 3
+    assert [i["approve"] for i in resume_infos(store_path)] == [True, True, True]

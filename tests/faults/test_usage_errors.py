@@ -66,6 +66,20 @@ CASES = {
     "empty cell": ("%%agent --model offline\n   \n", "cell is empty"),
     "no model": ("%%agent\ntask", "No model chosen"),
     "no endpoint configured": ("%%agent --model gpt-4o-mini\ntask", "No model endpoint configured"),
+    "--max-steps -3": ("%%agent --model offline --max-steps -3\ntask", "positive number"),
+    "--max-steps without a value": (
+        "%%agent --model offline --max-steps\ntask",
+        "expected one argument",
+    ),
+    "--model without a value": ("%%agent --name x --model\ntask", "expected one argument"),
+    "--approve unknown": (
+        "%%agent --model offline --approve unknown\ntask",
+        "unknown tool 'unknown'",
+    ),
+    '--name "bad name"': ('%%agent --model offline --name "bad name"\ntask', "Invalid agent name"),
+    "unbalanced quote": ("%%agent --model offline --name 'kept\ntask", "No closing quotation"),
+    "line: unbalanced quote": ("%agent show 'kept", "No closing quotation"),
+    "line: unknown command": ("%agent frobnicate", "invalid choice"),
     "approve unknown agent": ("%agent approve nobody", "is not an agent of this notebook"),
     "approve a finished agent": ("%agent approve kept", "is not waiting for an approval"),
 }
@@ -79,8 +93,36 @@ def test_bad_input_is_a_short_usage_error_and_loses_nothing(ip, case: str) -> No
     assert isinstance(result.error_in_exec, UsageError), (case, output)
     assert message in str(result.error_in_exec), str(result.error_in_exec)
     assert "Traceback" not in output
+    assert len(str(result.error_in_exec).splitlines()) <= 3, str(result.error_in_exec)  # short
     assert contents(ip.store_path) == before
     _record(case, cell.replace("\n", " ⏎ "), message)
+
+
+CONFIG_CASES = {
+    "max_steps = 0": "must be 1 or more",
+    "max_steps = -5": "must be 1 or more",
+    "retries = -1": "must be 0 or more",
+    "timeout = 0": "must be more than 0 seconds",
+}
+
+
+@pytest.mark.parametrize("setting", list(CONFIG_CASES))
+def test_config_out_of_range_is_refused_and_the_agent_still_runs(ip, caplog, setting: str) -> None:  # type: ignore[no-untyped-def]
+    """%config reports a refused value as one logged line (on the cell's stderr in a kernel)."""
+    from jupyter_agent.magics import AgentMagics
+
+    name = setting.split()[0]
+    before = contents(ip.store_path)
+    try:
+        result, output = run(ip, f"%config AgentMagics.{setting}")
+        assert CONFIG_CASES[setting] in caplog.text and "Traceback" not in output, output
+        assert contents(ip.store_path) == before
+        rerun, output = run(ip, f"%%agent --model offline --name kept\n{TASK}")
+        assert rerun.success and "restored from the store" in output, output
+    finally:  # the shell is shared: never leave a bad value behind
+        default = AgentMagics.class_traits()[name].default_value
+        ip.run_line_magic("config", f"AgentMagics.{name} = {default!r}")
+    _record(f"config {setting}", f"%config AgentMagics.{setting}", CONFIG_CASES[setting])
 
 
 def test_unreachable_endpoint_is_a_usage_error_and_resumable(ip, monkeypatch) -> None:  # type: ignore[no-untyped-def]

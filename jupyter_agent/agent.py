@@ -189,6 +189,7 @@ class Execution:
         self.options = options
         self.writer: RunWriter | None = None
         self._last = time.monotonic()
+        self.tracker = namespace.Tracker()
 
     # The single place where state changes: write the checkpoint, then apply it.
     def checkpoint(
@@ -366,6 +367,7 @@ class Execution:
 
     def _tool_step(self, call: dict) -> None:
         call_id = call["id"]
+        self.tracker.begin(self.shell.user_ns, self.state.vars)
         try:
             code = parse_call(call)
         except MalformedCall as exc:
@@ -422,8 +424,8 @@ class Execution:
         return self.options.approve and (not tools or call["function"]["name"] in tools)
 
     def _tool_result(self, call_id: str, result: ToolResult, status: str = RUNNING) -> None:
-        snap = namespace.snapshot(
-            self.shell.user_ns, result.touched, self.state.vars, self.options.secrets
+        snap = self.tracker.snapshot(
+            self.shell.user_ns, self.state.vars, self.options.secrets, result.touched
         )
         output = redact(result.output, self.options.secrets)
         message = {"role": "tool", "tool_call_id": call_id, "content": output}

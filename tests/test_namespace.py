@@ -10,6 +10,7 @@ import pytest
 
 from jupyter_agent import namespace
 from jupyter_agent.redaction import contains_secret
+from jupyter_agent.state import RUNNING, Delta, RunState
 
 SECRET = "sk-live-abcdefghijklmnop0123"
 
@@ -20,7 +21,8 @@ class Steps:
     def __init__(self, **values: object) -> None:
         self.ns: dict = dict(values)
         self.tracker = namespace.Tracker()
-        self.known: dict[str, str] = {}
+        self.state = RunState()
+        self.known = self.state.vars  # name -> hash, as the run's folded state holds them
         self.blobs: dict[str, bytes] = {}
         self.tracker.begin(self.ns, self.known)
 
@@ -29,11 +31,9 @@ class Steps:
         exec(code, self.ns)
         snap = self.tracker.snapshot(self.ns, self.known, secrets or [])
         self.blobs.update(snap.blobs)
-        for name, h in snap.vars.items():
-            if h is None:
-                self.known.pop(name, None)
-            else:
-                self.known[name] = h
+        self.state.apply(
+            Delta(vars=snap.vars), step=0, kind="tool_result", status=RUNNING, tokens=0
+        )
         return snap
 
     def restored(self) -> dict:

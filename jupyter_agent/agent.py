@@ -223,6 +223,7 @@ class Execution:
         #: Reported over estimated prompt tokens of the last request (see context).
         self._ratio = 1.0
         self._overflows = 0
+        self.tracker = namespace.Tracker()
 
     # The single place where state changes: write the checkpoint, then apply it.
     def checkpoint(
@@ -677,6 +678,7 @@ class Execution:
         if (call.get("function") or {}).get("name") == "update_plan":
             self._plan_step(call)
             return
+        self.tracker.begin(self.shell.user_ns, self.state.vars)
         try:
             code = parse_call(call)
         except MalformedCall as exc:
@@ -746,8 +748,8 @@ class Execution:
         return self.options.approve and (not tools or call["function"]["name"] in tools)
 
     def _tool_result(self, call_id: str, result: ToolResult, status: str = RUNNING) -> None:
-        snap = namespace.snapshot(
-            self.shell.user_ns, result.touched, self.state.vars, self.options.secrets
+        snap = self.tracker.snapshot(
+            self.shell.user_ns, self.state.vars, self.options.secrets, result.touched
         )
         output = redact(result.output, self.options.secrets)
         message = {"role": "tool", "tool_call_id": call_id, "content": output}

@@ -1,27 +1,42 @@
 """Incremental checkpoints of the notebook variables an agent's code creates or changes.
 
-After each ``python`` tool call only the names the code could have touched are
-looked at: names it binds, deletes, or uses as the base of an attribute,
-subscript or method call (``df.x = ...``, ``rows.append(...)``), plus names new
-in the namespace. Each is serialized with dill and hashed (xxh3-128); a value
-whose hash did not change is not stored again, and equal values share one blob.
+After each ``python`` tool call every user name in the namespace is
+fingerprinted cheaply and compared with its fingerprint after the previous step
+(:class:`Tracker`), so a value is seen as changed however it changed: rebound,
+mutated in place, through an alias (``b = a; b.append(1)``), by a function
+(``random.shuffle(items)``, a helper mutating a global) or through
+``globals()``. Fingerprints are a buffer hash (xxh3) for numpy arrays and
+pandas objects, a structural hash for containers, and a hash of the dill bytes
+for anything else; they include the identity of containers, so a value that
+now shares an object with another one counts as changed too.
+
+Changed values are serialized with dill together with their *alias group*: all
+names whose values share a referenced object go into one dump, so ``a is b``,
+and two lists holding the same dict, still hold after a restore. A group blob
+is a :class:`_Group` (name -> value); a value alone is stored bare. A value
+whose bytes did not change is not stored again, and equal values share a blob.
 
 A value that cannot be serialized (a generator, a socket, an open connection)
 is reported by name with the reason and skipped; it never stops the agent.
-File objects — open or closed, also inside other values — are refused too:
-dill would restore one by reopening its path with the same mode, and for a
-file written with ``"w"`` (every ``with open(path, "w") as f``) that empties
-the file the agent wrote. Blobs written before this rule are restored with the
-file objects refused for the same reason. So is a value larger than :data:`MAX_VALUE_BYTES` serialized, which a
-journal frame could not hold. Values whose bytes contain a secret are never
-written.
+File objects — also inside other values — are refused: dill would restore one
+by reopening its path with the same mode, and for a file written with ``"w"``
+(every ``with open(path, "w") as f``) that empties the file the agent wrote.
+A *closed* file (what ``with open(...) as f`` leaves behind) is not state and
+is skipped silently. Blobs written before this rule are restored with the file
+objects refused for the same reason. So is a value larger than
+:data:`MAX_VALUE_BYTES` serialized, which a journal frame could not hold.
+Values whose bytes contain a secret are never written.
 """
 
 from __future__ import annotations
 
 import ast
+import collections
+import gc
 import io
 import pickle
+import sys
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,16 +81,6 @@ def touched_names(code: str) -> set[str]:
             if isinstance(base, ast.Name):
                 names.add(base.id)
     return names
-
-
-@dataclass
-class Snapshot:
-    """What changed in the namespace during one step."""
-
-    vars: dict[str, str | None] = field(default_factory=dict)  # name -> hash, None = deleted
-    blobs: dict[str, bytes] = field(default_factory=dict)  # hash -> dill bytes, new ones only
-    unsaved: dict[str, str] = field(default_factory=dict)  # name -> reason
-    info: dict[str, dict] = field(default_factory=dict)  # name -> {type, repr, size}
 
 
 def short_repr(value: Any) -> str:
@@ -148,50 +153,362 @@ def digest(data: bytes) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
+# -- fingerprints --------------------------------------------------------------------
+
+#: Immutable values hashed by their repr (exact and distinct across these types).
+_ATOMS = frozenset({type(None), bool, int, float, complex, str, bytes, type(Ellipsis)})
+#: Handled as before: a module, function or class changes only when it is rebound.
+_BY_IDENTITY = (
+    types.ModuleType,
+    type,
+    types.FunctionType,
+    types.BuiltinFunctionType,
+    types.MethodType,
+    types.CodeType,
+)
+#: dict subclasses fingerprinted as dicts (with their type and default factory).
+_DICTS = (collections.OrderedDict, collections.defaultdict, collections.Counter)
+#: Objects followed for alias detection inside values hashed by their dill bytes.
+_REFERENTS_LIMIT = 10_000
+
+
+@dataclass
+class Print:
+    """A value's fingerprint: ``key`` changes when the value does; ``ids`` are the
+    identities of the objects it holds, to find values that share one."""
+
+    key: str | None  # None: cannot be fingerprinted, always treated as changed
+    ids: set[int] = field(default_factory=set)
+
+
+def _closed_file(value: Any) -> bool:
+    return isinstance(value, _FILE_TYPES) and value.closed
+
+
+def _only_closed_files(value: Any) -> bool:
+    """A closed file, or a non-empty container of closed files: not state."""
+    if _closed_file(value):
+        return True
+    if type(value) is dict:
+        value = value.values()
+    elif type(value) not in (list, tuple, set, frozenset):
+        return False
+    return bool(value) and all(_closed_file(v) for v in value)
+
+
+class _Walker:
+    """Builds one value's fingerprint in a single pass over its object graph."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.ids: set[int] = set()
+        self._seen: set[int] = set()
+        self._np = sys.modules.get("numpy")
+        self._pd = sys.modules.get("pandas")
+
+    def walk(self, obj: Any) -> None:
+        t = type(obj)
+        if t in _ATOMS:
+            self.parts.append(repr(obj))
+            return
+        i = id(obj)
+        if i in self._seen:
+            self.parts.append(f"@{i}")
+            return
+        if isinstance(obj, _BY_IDENTITY):
+            code = getattr(obj, "__code__", None)
+            self.parts.append(f"{t.__name__} {i} {id(code)} {id(getattr(obj, '__defaults__', 0))}")
+            return
+        self._seen.add(i)
+        self.ids.add(i)
+        if t is list or t is tuple or t is set or t is frozenset:
+            self.parts.append(f"{t.__name__} {i}")
+            self._items(obj)
+        elif t is dict:
+            self.parts.append(f"dict {i}")
+            self._mapping(obj)
+        elif t is collections.deque:
+            self.parts.append(f"deque {i} {obj.maxlen}")
+            self._items(obj)
+        elif t in _DICTS:
+            factory = getattr(obj, "default_factory", None)
+            self.parts.append(f"{t.__name__} {i} {id(factory)}")
+            self._mapping(obj)
+        elif t is bytearray:
+            self.parts.append(f"bytearray {i} {xxhash.xxh3_128_hexdigest(obj)}")
+        elif self._np is not None and t is self._np.ndarray:
+            self._array(obj, f"ndarray {i}")
+        elif self._pd is not None and self._pandas(obj, i):
+            pass
+        else:
+            self._fallback(obj, i)
+
+    # Contents only: also for containers made here (``tolist()``), whose identity is new each time.
+    def _items(self, items: Any) -> None:
+        self.parts.append(str(len(items)))
+        if set(map(type, items)) <= _ATOMS:
+            self.parts.append(repr(items))
+        else:
+            for item in items:
+                self.walk(item)
+
+    def _mapping(self, mapping: Any) -> None:
+        self.parts.append(str(len(mapping)))
+        if set(map(type, mapping.values())) <= _ATOMS and set(map(type, mapping)) <= _ATOMS:
+            self.parts.append(repr(dict(mapping)))
+        else:
+            for k, v in mapping.items():
+                self.walk(k)
+                self.walk(v)
+
+    def _array(self, arr: Any, label: str) -> None:
+        np = self._np
+        base = arr
+        while isinstance(base.base, np.ndarray):
+            base = base.base
+            self.ids.add(id(base))  # views share their base: one alias group
+        self.parts.append(f"{label} {arr.dtype!r} {arr.shape} {arr.strides}")
+        if arr.dtype.hasobject:
+            self._items(arr.ravel().tolist())
+            return
+        flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+        self.parts.append(xxhash.xxh3_128_hexdigest(flat))
+
+    def _pandas(self, obj: Any, i: int) -> bool:
+        pd = self._pd
+        if isinstance(obj, pd.Index):
+            self._index(obj, i)
+        elif type(obj) is pd.Series:
+            self.parts.append(f"series {i} {obj.dtype!r}")
+            self.walk(obj.name)
+            self._index(obj.index, None)
+            self._column(obj)
+            self._mapping(obj.attrs)
+        elif type(obj) is pd.DataFrame:
+            self.parts.append(f"frame {i} {obj.shape}")
+            self._index(obj.columns, None)
+            self._index(obj.index, None)
+            for _, column in obj.items():
+                self._column(column)
+            self._mapping(obj.attrs)
+        else:
+            return False
+        return True
+
+    def _index(self, index: Any, i: int | None) -> None:
+        if isinstance(index, self._pd.RangeIndex):
+            self.parts.append(repr(index))
+            return
+        self.parts.append(f"index {i} {index.dtype!r}")
+        self._items(list(index.names))
+        # Arrays pandas makes on access are new objects each time: hash them, not their id.
+        self._array(self._np.asarray(index), "values")
+
+    def _column(self, column: Any) -> None:
+        self.parts.append(f"column {column.dtype!r}")
+        self._array(self._np.asarray(column.array), "values")
+
+    def _fallback(self, obj: Any, i: int) -> None:
+        try:
+            self.parts.append(f"dill {digest(serialize(obj))}")
+        except Exception:
+            self.parts.append(f"unpicklable {i}")
+        self._referents(obj)
+
+    def _referents(self, obj: Any) -> None:
+        """Identities of the objects ``obj`` holds, so a shared one puts values in one group."""
+        stack = gc.get_referents(obj)
+        while stack and len(self.ids) < _REFERENTS_LIMIT:
+            item = stack.pop()
+            i = id(item)
+            if type(item) in _ATOMS or isinstance(item, _BY_IDENTITY) or i in self.ids:
+                continue
+            self.ids.add(i)
+            stack.extend(gc.get_referents(item))
+
+
+def fingerprint(value: Any) -> Print:
+    walker = _Walker()
+    try:
+        walker.walk(value)
+    except Exception:  # RecursionError on a deep structure, a broken __array__ …
+        return Print(None, walker.ids)
+    key = xxhash.xxh3_128_hexdigest("\x1f".join(walker.parts).encode("utf-8", "surrogatepass"))
+    return Print(key, walker.ids)
+
+
+def fingerprints(namespace: dict[str, Any], names: Iterable[str] | None = None) -> dict[str, Print]:
+    """Fingerprints of the user names (all of them, or ``names``) that hold state."""
+    names = list(namespace) if names is None else [n for n in names if n in namespace]
+    return {
+        name: fingerprint(namespace[name])
+        for name in names
+        if is_user_name(name) and not _only_closed_files(namespace[name])
+    }
+
+
+def alias_groups(names: Iterable[str], prints: dict[str, Print]) -> list[list[str]]:
+    """``names`` with every name sharing an object with them, in groups saved together."""
+    done: set[str] = set()
+    groups: list[list[str]] = []
+    for name in sorted(names):
+        if name in done or name not in prints:
+            continue
+        group, shared = {name}, set(prints[name].ids)
+        grew = True
+        while grew:
+            grew = False
+            for other, p in prints.items():
+                if other not in group and p.ids and not shared.isdisjoint(p.ids):
+                    group.add(other)
+                    shared |= p.ids
+                    grew = True
+        done |= group
+        groups.append(sorted(group))
+    return groups
+
+
+# -- snapshots -----------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    """What changed in the namespace during one step."""
+
+    vars: dict[str, str | None] = field(default_factory=dict)  # name -> hash, None = deleted
+    blobs: dict[str, bytes] = field(default_factory=dict)  # hash -> dill bytes, new ones only
+    unsaved: dict[str, str] = field(default_factory=dict)  # name -> reason
+    info: dict[str, dict] = field(default_factory=dict)  # name -> {type, repr, size}
+
+
+class _Group(dict):
+    """Values of names that share objects, serialized in one dump to keep their identity."""
+
+
+def _dump(value: Any, secrets: list[str]) -> tuple[bytes | None, str | None]:
+    """The value's dill bytes, or why they cannot be stored."""
+    try:
+        data = serialize(value)
+    except Exception as exc:
+        return None, f"{type_name(value)} cannot be saved ({type(exc).__name__}: {exc})"
+    if len(data) > MAX_VALUE_BYTES:
+        return None, (
+            f"{type_name(value)} is too large to checkpoint ({len(data) / 2**20:.0f} MiB "
+            f"serialized; the limit is {MAX_VALUE_BYTES / 2**20:.0f} MiB)"
+        )
+    if contains_secret(data, secrets):
+        return None, "holds a secret (an API key or token); not stored"
+    return data, None
+
+
+def _save(
+    snap: Snapshot, namespace: dict[str, Any], names: list[str], known: dict[str, str], data: bytes
+) -> None:
+    h = digest(data)
+    for name in names:
+        if known.get(name) == h:
+            continue
+        value = namespace[name]
+        snap.vars[name] = h
+        snap.blobs[h] = data
+        snap.info[name] = {"type": type_name(value), "repr": short_repr(value), "size": len(data)}
+
+
+def _store(
+    namespace: dict[str, Any],
+    prints: dict[str, Print],
+    dirty: Iterable[str],
+    known: dict[str, str],
+    secrets: list[str],
+) -> Snapshot:
+    snap = Snapshot()
+    for name in sorted(known):
+        if name not in prints:  # deleted, or now only a closed file
+            snap.vars[name] = None
+    for group in alias_groups(dirty, prints):
+        if len(group) > 1:
+            data, _ = _dump(_Group((n, namespace[n]) for n in group), secrets)
+            if data is not None:
+                _save(snap, namespace, group, known, data)
+                continue
+        # Alone, or the group cannot be stored whole: each value on its own, reported by name.
+        for name in group:
+            data, why = _dump(namespace[name], secrets)
+            if data is None:
+                snap.unsaved[name] = why or ""
+            else:
+                _save(snap, namespace, [name], known, data)
+    return snap
+
+
 def snapshot(
     namespace: dict[str, Any],
     candidates: Iterable[str],
     known: dict[str, str],
     secrets: list[str],
 ) -> Snapshot:
-    """Serialize the candidate names whose value changed since ``known`` (name -> hash)."""
-    snap = Snapshot()
-    for name in sorted(set(candidates)):
-        if not is_user_name(name):
-            continue
-        if name not in namespace:
-            if name in known:
-                snap.vars[name] = None
-            continue
-        value = namespace[name]
-        try:
-            data = serialize(value)
-        except Exception as exc:
-            snap.unsaved[name] = f"{type_name(value)} cannot be saved ({type(exc).__name__}: {exc})"
-            continue
-        if len(data) > MAX_VALUE_BYTES:
-            snap.unsaved[name] = (
-                f"{type_name(value)} is too large to checkpoint ({len(data) / 2**20:.0f} MiB "
-                f"serialized; the limit is {MAX_VALUE_BYTES / 2**20:.0f} MiB)"
-            )
-            continue
-        if contains_secret(data, secrets):
-            snap.unsaved[name] = "holds a secret (an API key or token); not stored"
-            continue
-        h = digest(data)
-        if known.get(name) == h:
-            continue
-        snap.vars[name] = h
-        snap.blobs[h] = data
-        snap.info[name] = {"type": type_name(value), "repr": short_repr(value), "size": len(data)}
-    return snap
+    """Serialize the candidate names (and their alias groups among them) whose value changed
+    since ``known`` (name -> hash). :class:`Tracker` finds the candidates by itself."""
+    candidates = {n for n in candidates if is_user_name(n)}
+    prints = fingerprints(namespace, candidates)
+    gone = {n: h for n, h in known.items() if n in candidates}
+    return _store(namespace, prints, prints, gone, secrets)
+
+
+class Tracker:
+    """Finds what each step changed by comparing fingerprints with the previous step's.
+
+    Call :meth:`begin` before a step runs code: the first call records the namespace
+    as it is, and marks every saved name for a check at the next snapshot (the user
+    may have changed values between runs). Without a record (no :meth:`begin`) every
+    name is taken as changed. Values are re-serialized only when changed, and
+    written only when their bytes differ from the saved ones.
+    """
+
+    def __init__(self) -> None:
+        self._prints: dict[str, Print] | None = None
+        self._recheck: set[str] = set()
+
+    def begin(self, namespace: dict[str, Any], known: Iterable[str] = ()) -> None:
+        if self._prints is None:
+            self._prints = fingerprints(namespace)
+            self._recheck = set(known)
+
+    def changed(self, prints: dict[str, Print]) -> set[str]:
+        previous = self._prints
+        if previous is None:
+            return set(prints)
+        return {
+            name
+            for name, p in prints.items()
+            if p.key is None or name not in previous or previous[name].key != p.key
+        }
+
+    def snapshot(
+        self,
+        namespace: dict[str, Any],
+        known: dict[str, str],
+        secrets: list[str],
+        touched: Iterable[str] = (),
+    ) -> Snapshot:
+        """What changed since the last step. ``touched`` (names the step's code binds or
+        uses) adds the ones this run has not saved yet, even if their value is as before."""
+        prints = fingerprints(namespace)
+        dirty = self.changed(prints) | (self._recheck & set(prints))
+        dirty |= (set(touched) - set(known)) & set(prints)
+        snap = _store(namespace, prints, dirty, known, secrets)
+        self._prints, self._recheck = prints, set()
+        return snap
 
 
 def restore(
     namespace: dict[str, Any], vars: dict[str, str], load: Callable[[list[str]], dict[str, bytes]]
 ) -> tuple[list[str], dict[str, str]]:
-    """Put saved variables back into ``namespace``; return (restored names, failures)."""
+    """Put saved variables back into ``namespace``; return (restored names, failures).
+
+    A group blob is loaded once, so the names it holds share objects as they did."""
     blobs = load(sorted(set(vars.values())))
+    groups: dict[str, _Group] = {}
     restored: list[str] = []
     failed: dict[str, str] = {}
     for name, h in sorted(vars.items()):
@@ -200,8 +517,13 @@ def restore(
             failed[name] = "is not restored: its saved value is missing from the store"
             continue
         try:
-            namespace[name] = deserialize(data)
-            restored.append(name)
+            value = groups[h] if h in groups else deserialize(data)
+            if isinstance(value, _Group):
+                groups[h] = value
+                value = value[name]
         except Exception as exc:
             failed[name] = f"cannot be restored ({type(exc).__name__}: {exc})"
+            continue
+        namespace[name] = value
+        restored.append(name)
     return restored, failed

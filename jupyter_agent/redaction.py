@@ -3,11 +3,17 @@
 The API key in use, and every environment value whose name looks like a secret
 (``*KEY*``, ``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*`` …), are replaced by
 ``[REDACTED]`` in stored messages, and a namespace value whose serialized bytes
-contain one of them (as UTF-8, UTF-16 or UTF-32, as pickled strings and numpy
-text arrays hold them) is not stored at all. Credentials that are not in the
-environment are caught by their shape where it is unmistakable: an
-``Authorization`` header's value, a ``Bearer`` token, and common API key
-formats (OpenAI, GitHub, Slack, AWS access key ids).
+contain one of them is not stored at all. The secret is looked for as UTF-8,
+UTF-16 and UTF-32, each in both byte orders (little- and big-endian): the forms
+pickled strings, ``str.encode`` and numpy text arrays (``<U``, ``>U``) hold.
+Credentials that are not in the environment are caught by their shape where it
+is unmistakable: an ``Authorization`` header's value, a ``Bearer`` token, and
+common API key formats (OpenAI, GitHub, Slack, AWS access key ids).
+
+Not detected: a secret stored in a transformed form — base64, hex, URL-quoted,
+compressed, encrypted or hashed, reversed, or split into pieces (``key[:10]``
+and ``key[10:]`` in two strings, a list of its characters) — and a secret
+shorter than 8 characters. Such values are stored like any other.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 REDACTED = "[REDACTED]"
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH", re.IGNORECASE)
 _MIN_LENGTH = 8  # shorter values are too likely to occur by chance
-_ENCODINGS = ("utf-8", "utf-16-le", "utf-32-le")
+_ENCODINGS = ("utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be")
 
 # Group 1 (kept) is the label; the rest of the match is the credential.
 _CREDENTIAL = re.compile(

@@ -344,8 +344,10 @@ and unpickling can execute arbitrary code. So:
 `*TOKEN*`, `*SECRET*`, `*PASSWORD*`, `*CREDENTIAL*`, `*AUTH*`) are replaced by `[REDACTED]` in
 prompts, messages, summaries, tool code and errors before anything is written; `Authorization`
 header values, `Bearer` tokens and well-known key formats (OpenAI, GitHub, Slack, AWS) are
-redacted by shape. A variable whose serialized bytes contain a secret (UTF-8, UTF-16 or UTF-32)
-is not saved, and is reported by name.
+redacted by shape. A variable whose serialized bytes contain a secret (UTF-8, UTF-16 or UTF-32,
+little- or big-endian) is not saved, and is reported by name. Not detected: a secret in a
+transformed form (base64, hex, URL-quoted, compressed, encrypted or hashed, reversed, or split
+into pieces held in separate strings) or shorter than 8 characters; such a value is stored.
 
 **Files.** The store directory and journal directory are created `0700`; the DuckDB file, its
 WAL and every journal `0600`. In a directory that is not private, DuckDB is opened under a

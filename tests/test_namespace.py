@@ -1,0 +1,179 @@
+"""Change detection, alias groups, closed files and secret encodings of namespace checkpoints."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import dill
+import pytest
+
+from jupyter_agent import namespace
+from jupyter_agent.redaction import contains_secret
+from jupyter_agent.state import RUNNING, Delta, RunState
+
+SECRET = "sk-live-abcdefghijklmnop0123"
+
+
+class Steps:
+    """A namespace with a tracker and an in-memory store, stepped like the agent does."""
+
+    def __init__(self, **values: object) -> None:
+        self.ns: dict = dict(values)
+        self.tracker = namespace.Tracker()
+        self.state = RunState()
+        self.known = self.state.vars  # name -> hash, as the run's folded state holds them
+        self.blobs: dict[str, bytes] = {}
+        self.tracker.begin(self.ns, self.known)
+
+    def step(self, code: str = "", secrets: list[str] | None = None) -> namespace.Snapshot:
+        self.tracker.begin(self.ns, self.known)  # a no-op after the first step, as in the agent
+        exec(code, self.ns)
+        snap = self.tracker.snapshot(self.ns, self.known, secrets or [])
+        self.blobs.update(snap.blobs)
+        self.state.apply(
+            Delta(vars=snap.vars), step=0, kind="tool_result", status=RUNNING, tokens=0
+        )
+        return snap
+
+    def restored(self) -> dict:
+        fresh: dict = {}
+        _, failed = namespace.restore(fresh, self.known, lambda hs: {h: self.blobs[h] for h in hs})
+        assert failed == {}
+        return fresh
+
+
+def test_indirect_changes_are_seen_and_unchanged_values_are_not_serialized(monkeypatch):
+    s = Steps()
+    s.step("import random, heapq\nitems = list(range(8))\nheap = []\nbig = list(range(1000))")
+    calls: list[object] = []
+    real = namespace.serialize
+    monkeypatch.setattr(namespace, "serialize", lambda v: calls.append(v) or real(v))
+    snap = s.step("random.seed(3)\nrandom.shuffle(items)\nheapq.heappush(heap, 5)")
+    assert set(snap.vars) == {"items", "heap"}
+    assert calls and all(v is s.ns["heap"] or v is s.ns["items"] for v in calls)
+    calls.clear()
+    assert s.step("print('nothing changes')").vars == {} and calls == []
+    fresh = s.restored()
+    assert fresh["items"] == s.ns["items"] and fresh["heap"] == [5]
+
+
+def test_alias_groups_keep_identity_through_a_restore():
+    s = Steps()
+    s.step("shared = {'v': 1}\nl1 = [shared]\nl2 = [shared]\na = [1]\nb = a\nalone = [2]")
+    s.step("l1[0]['v'] = 2\nb.append(3)")
+    fresh = s.restored()
+    assert fresh["a"] is fresh["b"] and fresh["a"] == [1, 3]
+    assert fresh["l1"][0] is fresh["l2"][0] is fresh["shared"] and fresh["shared"] == {"v": 2}
+    assert fresh["alone"] == [2]
+    # A group is one blob; a value sharing nothing is stored bare.
+    assert s.known["a"] == s.known["b"] != s.known["alone"]
+    assert not isinstance(namespace.deserialize(s.blobs[s.known["alone"]]), namespace._Group)
+
+
+def test_a_new_alias_and_a_broken_alias_are_both_seen():
+    s = Steps(a=[1], c=[9])
+    s.step("b = a")
+    s.step("c.append(a)")  # c now holds a: a, b and c are one group
+    fresh = s.restored()
+    assert fresh["c"][1] is fresh["a"] is fresh["b"]
+    s.step("b = list(b)\nc.pop()")  # no longer shared
+    fresh = s.restored()
+    assert fresh["a"] == fresh["b"] and fresh["a"] is not fresh["b"] and fresh["c"] == [9]
+
+
+def test_a_group_member_that_cannot_be_saved_is_reported_by_name_and_the_rest_saved():
+    s = Steps()
+    snap = s.step(
+        "import threading\nlock_holder = [threading.Lock]\nitems = [1]\n"
+        f"pair = [items, (i for i in range(3))]\nkeyed = [items, {SECRET!r}]",
+        secrets=[SECRET],
+    )
+    assert "generator" in snap.unsaved["pair"]
+    assert "secret" in snap.unsaved["keyed"]
+    assert "items" in snap.vars and "lock_holder" in snap.vars
+    assert SECRET.encode() not in b"".join(s.blobs.values())
+
+
+def test_without_a_record_every_name_is_checked_and_after_begin_saved_names_are():
+    ns = {"x": [1], "y": [2]}
+    first = namespace.Tracker().snapshot(ns, {}, [])
+    assert set(first.vars) == {"x", "y"}
+    known = {n: h for n, h in first.vars.items() if h}
+    ns["x"].append(2)  # changed between two runs, by the user
+    tracker = namespace.Tracker()
+    tracker.begin(ns, known)
+    again = tracker.snapshot(ns, known, [])
+    assert set(again.vars) == {"x"}  # y re-checked, its bytes unchanged
+
+
+def test_names_the_code_binds_are_saved_even_when_the_value_was_there():
+    tracker = namespace.Tracker()
+    ns = {"blob": b"x" * 100}
+    tracker.begin(ns)
+    assert set(tracker.snapshot(ns, {}, [], touched={"blob"}).vars) == {"blob"}
+
+
+def test_deleted_names_and_numpy_and_pandas_changes():
+    np = pytest.importorskip("numpy")
+    s = Steps(arr=np.zeros(1000))
+    s.step("arr2 = arr\ngone = [1]")
+    assert s.step("arr[5] = 1.0\ndel gone").vars.keys() == {"arr", "arr2", "gone"}
+    assert s.known.get("gone") is None
+    assert s.step("x = arr.sum()").vars.keys() == {"x"}
+    fresh = s.restored()
+    assert fresh["arr"][5] == 1.0 and fresh["arr"] is fresh["arr2"]
+    pd = pytest.importorskip("pandas")
+    s.ns["df"] = pd.DataFrame({"a": range(5), "s": list("abcde")})
+    s.step()
+    assert s.step("df.iloc[2, 0] = 99").vars.keys() == {"df"}
+    assert s.step("df.loc[0, 's'] = 'z'").vars.keys() == {"df"}
+    assert s.step("df.index = df.index + 1").vars.keys() == {"df"}
+    assert s.step("y = len(df)").vars.keys() == {"y"}
+    assert s.restored()["df"].equals(s.ns["df"])
+
+
+def test_closed_files_are_skipped_silently_and_open_ones_reported(tmp_path: Path):
+    with open(tmp_path / "out.txt", "w") as f:
+        f.write("data")
+    handle = open(tmp_path / "log.txt", "a")  # noqa: SIM115
+    try:
+        ns = {"f": f, "files": [f, f], "handle": handle, "mixed": [f, 1]}
+        snap = namespace.snapshot(ns, ns, {}, [])
+        assert set(snap.unsaved) == {"handle", "mixed"}
+        assert "f" not in snap.vars and "files" not in snap.vars
+        tracker = namespace.Tracker()
+        tracker.begin({})
+        snap = tracker.snapshot(ns, {}, [])
+        assert set(snap.unsaved) == {"handle", "mixed"}
+        # A saved name that now holds only a closed file is no longer state.
+        assert namespace.snapshot({"f": f}, ["f"], {"f": "h"}, []).vars == {"f": None}
+    finally:
+        handle.close()
+    assert (tmp_path / "out.txt").read_text() == "data"
+
+
+def test_values_saved_before_alias_groups_are_restored():
+    ns: dict = {}
+    old = {"h1": dill.dumps([1, 2], protocol=5), "h2": dill.dumps(threading, protocol=5)}
+    restored, failed = namespace.restore(ns, {"a": "h1", "b": "h1", "t": "h2"}, lambda hs: old)
+    assert failed == {} and restored == ["a", "b", "t"]
+    assert ns["a"] == ns["b"] == [1, 2] and ns["a"] is not ns["b"]  # equal, not aliased
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])
+def test_secrets_are_found_in_every_utf_encoding_and_byte_order(encoding: str):
+    data = b"\x00prefix" + SECRET.encode(encoding) + b"suffix"
+    assert contains_secret(data, [SECRET])
+    assert not contains_secret(b"prefix" + "sk-other-value-000".encode(encoding), [SECRET])
+
+
+def test_big_endian_secrets_in_values_are_not_stored():
+    np = pytest.importorskip("numpy")
+    ns = {
+        "be16": SECRET.encode("utf-16-be"),
+        "be32": SECRET.encode("utf-32-be"),
+        "arr": np.array([SECRET], dtype=">U40"),
+    }
+    snap = namespace.snapshot(ns, ns, {}, [SECRET])
+    assert snap.blobs == {} and set(snap.unsaved) == {"be16", "be32", "arr"}

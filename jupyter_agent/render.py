@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import time
 from typing import TextIO
 
 from . import vocab
+from .agent import effective_status
 from .state import AWAITING_APPROVAL, DONE, Delta
 from .store import CheckpointRow, RunRow, Store
 from .vocab import RESUMABLE, Status
@@ -28,6 +30,24 @@ def status_text(
     ``steps`` counts model calls (see :func:`jupyter_agent.vocab.status_text`).
     """
     return vocab.status_text(status, steps, info, idle=idle)
+
+
+def run_status(
+    store: Store, run: RunRow, live: set[str], last: CheckpointRow | None = None
+) -> tuple[str, str, int]:
+    """A run's effective status (stalled included), its sentence, and its steps.
+
+    ``last`` is the run's last checkpoint if the caller has it already (from
+    :meth:`Store.latest_checkpoints`); metadata only, no payload is read.
+    """
+    if last is None:
+        last = store.latest_checkpoints([run.run_id]).get(run.run_id)
+    if last is None:
+        return Status.RUNNING, Status.RUNNING.label(), 0
+    status = effective_status(last.status, run.run_id, live, last.created_at)
+    steps = history_steps(store, run)
+    idle = time.time() - last.created_at
+    return status, status_text(status, steps, last.info, idle=idle), steps
 
 
 def history_steps(store: Store, run: RunRow, below: int | None = None) -> int:

@@ -20,7 +20,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.testing.globalipapp import start_ipython
 
-from jupyter_agent import runner, widget
+from jupyter_agent import render, runner, widget
 from jupyter_agent.agent import RunOptions
 from jupyter_agent.identity import AgentIdentity
 from jupyter_agent.store import CheckpointRow, RunRow, Store
@@ -572,6 +572,8 @@ def test_offline_tokens_are_marked_estimated(store: Store, tmp_path: Path) -> No
     t = Timeline(store, notebook(tmp_path), AGENT)
     t.load()
     assert t.summary()["estimated"] is True and t.summary()["text"] == "done after 1 step"
+    # What %agent list shows, from the same metadata.
+    assert render.run_status(store, t.run("r1"), set()) == ("done", "done after 1 step", 1)
 
 
 def test_a_quiet_live_run_is_stalled_in_the_widget(
@@ -585,6 +587,8 @@ def test_a_quiet_live_run_is_stalled_in_the_widget(
         assert w.summary["status"] == "stalled"
         assert w.summary["text"] == "stalled: no checkpoint for 17 min"
         assert w.runs[0]["status"] == "stalled"
+        status, text, steps = render.run_status(store, w.timeline.run("r1"), store.live_runs())
+        assert (status, text, steps) == ("stalled", "stalled: no checkpoint for 17 min", 1)
         w.close()
     finally:
         writer.close(merge=False)

@@ -17,98 +17,68 @@ from enum import Enum
 from typing import Any
 
 
-class Status(str, Enum):
-    """A run's status. All but ``STALLED`` are stored in checkpoints."""
+class _Word(str, Enum):
+    """A stored string with the words users read for it."""
 
-    RUNNING = "running"
-    DONE = "done"
-    INTERRUPTED = "interrupted"
-    AWAITING_APPROVAL = "awaiting_approval"
-    ERROR = "error"
-    LIMIT = "limit"
-    BUDGET = "budget"  # paused at the token or cost budget; resumable
-    STUCK = "stuck"  # paused: the same failing call or the same reply repeated; resumable
+    def __new__(cls, value: str, label: str, icon: str = "") -> _Word:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member._label = label  # type: ignore[attr-defined]
+        member._icon = icon  # type: ignore[attr-defined]
+        return member
+
+    def __str__(self) -> str:
+        return self.value
+
+    def label(self) -> str:
+        return self._label  # type: ignore[attr-defined]
+
+
+class Status(_Word):
+    """A run's status. All but ``STALLED`` are stored in checkpoints.
+
+    :meth:`label` gives the status in a few words, without counts.
+    """
+
+    RUNNING = "running", "running"
+    DONE = "done", "done"
+    INTERRUPTED = "interrupted", "interrupted"
+    AWAITING_APPROVAL = "awaiting_approval", "waiting for approval"
+    ERROR = "error", "paused after an error"
+    LIMIT = "limit", "stopped at the step limit"
+    #: Paused at the token or cost budget; resumable.
+    BUDGET = "budget", "paused at the budget"
+    #: Paused: the same failing call or the same reply repeated; resumable.
+    STUCK = "stuck", "stuck"
     #: Derived, never stored: a live run with no checkpoint for longer than the
     #: stall threshold (a hung kernel, a tool call that never returns).
-    STALLED = "stalled"
+    STALLED = "stalled", "stalled"
 
-    def __str__(self) -> str:
-        return self.value
-
-    def label(self) -> str:
-        """The status in a few words, without counts: "waiting for approval"."""
-        return _STATUS_LABELS[self]
-
-
-_STATUS_LABELS = {
-    Status.RUNNING: "running",
-    Status.DONE: "done",
-    Status.INTERRUPTED: "interrupted",
-    Status.AWAITING_APPROVAL: "waiting for approval",
-    Status.ERROR: "paused after an error",
-    Status.LIMIT: "stopped at the step limit",
-    Status.BUDGET: "paused at the budget",
-    Status.STUCK: "stuck",
-    Status.STALLED: "stalled",
-}
 
 #: Statuses of a run that may be resumed by re-running its cell.
-RESUMABLE = frozenset(
-    {
-        Status.RUNNING,
-        Status.INTERRUPTED,
-        Status.AWAITING_APPROVAL,
-        Status.ERROR,
-        Status.LIMIT,
-        Status.BUDGET,
-        Status.STUCK,
-    }
-)
+RESUMABLE = frozenset(set(Status) - {Status.DONE, Status.STALLED})
 
 
-class Kind(str, Enum):
-    """What a checkpoint records."""
+class Kind(_Word):
+    """What a checkpoint records; :meth:`label` and :meth:`icon` name its timeline row."""
 
-    START = "start"
-    FORK = "fork"
-    RESUME = "resume"
-    MODEL = "model"
-    TOOL_CALL = "tool_call"
-    TOOL_RESULT = "tool_result"
-    APPROVAL = "approval"
-    INTERRUPTED = "interrupted"
-    ERROR = "error"
-    LIMIT = "limit"
-    COMPACTION = "compaction"  # the model's context was compacted
-    BUDGET = "budget"
-    STUCK = "stuck"
-
-    def __str__(self) -> str:
-        return self.value
-
-    def label(self) -> str:
-        """The kind as a timeline row names it: "tool call"."""
-        return _KIND_LABELS[self][1]
+    START = "start", "start", "▶"
+    FORK = "fork", "fork", "⋔"
+    RESUME = "resume", "resume", "↻"
+    MODEL = "model", "model", "◆"
+    TOOL_CALL = "tool_call", "tool call", "⚙"
+    TOOL_RESULT = "tool_result", "result", "↳"
+    APPROVAL = "approval", "approval", "‖"
+    INTERRUPTED = "interrupted", "interrupted", "■"
+    ERROR = "error", "error", "⚠"
+    LIMIT = "limit", "limit", "⊘"
+    #: The model's context was compacted.
+    COMPACTION = "compaction", "context compacted", "⇊"
+    BUDGET = "budget", "budget", "¤"
+    STUCK = "stuck", "stuck", "↺"
 
     def icon(self) -> str:
-        return _KIND_LABELS[self][0]
-
-
-_KIND_LABELS = {
-    Kind.START: ("▶", "start"),
-    Kind.FORK: ("⋔", "fork"),
-    Kind.RESUME: ("↻", "resume"),
-    Kind.MODEL: ("◆", "model"),
-    Kind.TOOL_CALL: ("⚙", "tool call"),
-    Kind.TOOL_RESULT: ("↳", "result"),
-    Kind.APPROVAL: ("‖", "approval"),
-    Kind.INTERRUPTED: ("■", "interrupted"),
-    Kind.ERROR: ("⚠", "error"),
-    Kind.LIMIT: ("⊘", "limit"),
-    Kind.COMPACTION: ("⇊", "context compacted"),
-    Kind.BUDGET: ("¤", "budget"),
-    Kind.STUCK: ("↺", "stuck"),
-}
+        return self._icon  # type: ignore[attr-defined]
 
 
 def kinds() -> dict[str, list[str]]:

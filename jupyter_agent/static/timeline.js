@@ -53,6 +53,9 @@ function listen(model, s) {
   s.listening = true;
   model.on("comm:close", () => markStale(s, true));
   model.on("destroy", () => markStale(s, true));
+  // The widget manager sets comm_live to false when the kernel restarts (a live comm is
+  // only ever set up before this listener); anything the kernel sends later revives it.
+  model.on("comm_live_update", () => markStale(s, true));
   model.on("change", () => heard(s));
   model.on("change:entries", () => {
     takeSnapshot(s, model.get("entries"));
@@ -171,11 +174,10 @@ class View {
     this.renderList();
     this.renderDetail();
     this.renderLog();
-    // ipywidgets marks a view whose kernel went away (restart) with this class.
+    // ipywidgets marks a view whose kernel went away (restart) with this class; anywidget
+    // drops that listener of the view, so the model's comm_live_update is heard here too.
     this.observer = new MutationObserver(() => this.checkDisconnected());
     this.observer.observe(el, { attributes: true, attributeFilter: ["class"] });
-    this.onLive = () => setTimeout(() => this.checkDisconnected());
-    model.on("comm_live_update", this.onLive);
     this.checkDisconnected();
   }
 
@@ -602,7 +604,6 @@ export default {
     model.on("change:detail", () => view.renderDetail());
     return () => {
       view.observer.disconnect();
-      model.off("comm_live_update", view.onLive);
       s.views.delete(view);
     };
   },

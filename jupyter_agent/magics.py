@@ -20,16 +20,17 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
 
 from . import runner, widget
-from .agent import RunOptions, effective_status, load_state
+from .agent import RunOptions, load_state
 from .budget import Budget, BudgetError, parse_budget
 from .context import MIN_WINDOW
 from .identity import AgentIdentity, notebook_path, resolve
 from .redaction import secrets_in_environment
-from .render import TextEvents, status_text
+from .render import TextEvents, run_status
 from .runner import USER_ERRORS, Outcome, run_cell
-from .state import AWAITING_APPROVAL, ERROR, RUNNING
+from .state import AWAITING_APPROVAL, ERROR
 from .store import RunRow, Store
 from .tools import TOOLS
+from .vocab import plural
 
 
 @magics_class
@@ -363,20 +364,13 @@ class AgentMagics(Magics):
             counts[run.agent] = counts.get(run.agent, 0) + 1
         last = store.latest_checkpoints([r.run_id for r in latest.values()])
         live = store.live_runs()
-        rows = [("agent", "status", "steps", "runs", "last checkpoint")]
+        rows = [("agent", "status", "steps", "runs", "tokens", "last checkpoint")]
         for agent, run in latest.items():
             cp = last.get(run.run_id)
-            status = effective_status(cp.status, run.run_id, live, cp.created_at) if cp else RUNNING
+            _status, text, steps = run_status(store, run, live, cp)
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cp.created_at)) if cp else "-"
-            rows.append(
-                (
-                    agent,
-                    status_text(status, cp.step if cp else 0),
-                    str(cp.step if cp else 0),
-                    str(counts[agent]),
-                    when,
-                )
-            )
+            tokens = sum(c.tokens for c in store.checkpoints(run.run_id))
+            rows.append((agent, text, str(steps), str(counts[agent]), f"{tokens:,}", when))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -449,7 +443,8 @@ def report(outcome: Outcome, identity: AgentIdentity, file: Any = None) -> None:
     state = outcome.state
     if outcome.action == "restore":
         print(
-            f"Agent {identity.agent} finished earlier ({state.step} steps); restored from the store "
+            f"Agent {identity.agent} finished earlier ({plural(state.model_calls, 'step')}); restored "
+            "from the store "
             "without calling the model. Use --restart to run it again.",
             file=file,
         )

@@ -9,47 +9,84 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import time
 from typing import TextIO
 
-from .state import (
-    AWAITING_APPROVAL,
-    BUDGET,
-    DONE,
-    ERROR,
-    INTERRUPTED,
-    LIMIT,
-    RUNNING,
-    STALLED,
-    STUCK,
-    Delta,
-)
-from .store import CheckpointRow, RunRow
+from . import vocab
+from .agent import effective_status
+from .state import AWAITING_APPROVAL, DONE, Delta
+from .store import CheckpointRow, RunRow, Store
+from .vocab import RESUMABLE, Status
 
-STATUS_TEXT = {
-    DONE: "done",
-    INTERRUPTED: "interrupted",
-    AWAITING_APPROVAL: "awaiting approval",
-    ERROR: "paused after an error",
-    LIMIT: "stopped at the step limit",
-    STALLED: "stalled (no checkpoint for a long time)",
-    BUDGET: "paused at the budget",
-    STUCK: "stuck",
-}
+#: Kept for code that reads it: each status in a few words (see :mod:`vocab`).
+STATUS_TEXT = {s: s.label() for s in Status}
 
 
-def status_text(status: str, step: int) -> str:
-    """A run's status as users read it: "done", "interrupted at step 4"."""
-    if status in (DONE, RUNNING):
-        return status
-    return f"{STATUS_TEXT.get(status, status)} at step {step}"
+def status_text(
+    status: str, steps: int, info: dict | None = None, *, idle: float | None = None
+) -> str:
+    """A run's status as users read it: "done after 3 steps", "interrupted at step 3".
+
+    ``steps`` counts model calls (see :func:`jupyter_agent.vocab.status_text`).
+    """
+    return vocab.status_text(status, steps, info, idle=idle)
+
+
+def run_status(
+    store: Store, run: RunRow, live: set[str], last: CheckpointRow | None = None
+) -> tuple[str, str, int]:
+    """A run's effective status (stalled included), its sentence, and its steps.
+
+    ``last`` is the run's last checkpoint if the caller has it already (from
+    :meth:`Store.latest_checkpoints`); metadata only, no payload is read.
+    """
+    if last is None:
+        last = store.latest_checkpoints([run.run_id]).get(run.run_id)
+    if last is None:
+        return Status.RUNNING, Status.RUNNING.label(), 0
+    status = effective_status(last.status, run.run_id, live, last.created_at)
+    steps = history_steps(store, run)
+    idle = time.time() - last.created_at
+    return status, status_text(status, steps, last.info, idle=idle), steps
+
+
+def history_steps(store: Store, run: RunRow, below: int | None = None) -> int:
+    """The steps of ``run``'s history (its parents' up to each fork point included).
+
+    With ``below``, only those before the run's own checkpoint ``below``.
+    """
+    segments: list[tuple[str, int | None]] = [(run.run_id, None if below is None else below - 1)]
+    current: RunRow | None = run
+    while current is not None and current.parent_run:
+        segments.insert(0, (current.parent_run, current.parent_step))
+        current = store.run(current.parent_run)
+    with store.connect() as con:
+        rows = con.execute(vocab.MODEL_STEPS_SQL, [[r for r, _ in segments]]).fetchall()
+    return vocab.history_steps(segments, {r: list(seqs) for r, seqs in rows})
 
 
 class TextEvents:
     """Writes a run's progress as readable text."""
 
-    def __init__(self, out: TextIO | None = None) -> None:
+    def __init__(self, out: TextIO | None = None, *, store: Store | None = None) -> None:
         self._out = out
         self._mid_line = False
+        self.store = store  # to count the steps a resumed or forked run had done
+        self._steps: dict[str, int | None] = {}
+
+    def _count(self, run: RunRow, row: CheckpointRow) -> int | None:
+        """Steps of the run's history up to ``row``; None when that cannot be known."""
+        if run.run_id not in self._steps:
+            if row.kind == "start" and not run.parent_run:
+                self._steps[run.run_id] = 0
+            elif self.store is not None:
+                self._steps[run.run_id] = history_steps(self.store, run, below=row.step)
+            else:
+                self._steps[run.run_id] = None
+        steps = self._steps[run.run_id]
+        if steps is not None and row.kind == "model":
+            steps = self._steps[run.run_id] = steps + 1
+        return steps
 
     @property
     def out(self) -> TextIO:
@@ -74,6 +111,7 @@ class TextEvents:
         self._line(f"⚠ {message}")
 
     def checkpoint(self, run: RunRow, row: CheckpointRow, delta: Delta) -> None:
+        steps = self._count(run, row)
         if row.kind == "model":
             for msg in delta.messages:
                 for call in msg.get("tool_calls") or []:
@@ -87,31 +125,34 @@ class TextEvents:
             if deleted:
                 parts.append("deleted " + ", ".join(deleted))
             if parts:
-                self._line(f"  · step {row.step}: " + "; ".join(parts))
+                self._line(f"  · checkpoint {row.step}: " + "; ".join(parts))
         elif row.kind == "approval" and row.status == AWAITING_APPROVAL:
             self._line(
-                f"⏸ step {row.step}: waiting for your approval of this python call. Approve it "
-                f"in the timeline, or run %agent approve {run.agent} (or reject/edit)."
+                f"⏸ checkpoint {row.step}: waiting for your approval of this python call. "
+                f"Approve it in the timeline, or run %agent approve {run.agent} (or reject/edit)."
             )
         elif row.kind == "approval":
-            self._line(f"  · step {row.step}: {row.summary}")
+            self._line(f"  · checkpoint {row.step}: {row.summary}")
         elif row.kind == "fork":
             self._line(f"⋔ {row.summary}")
         elif row.kind == "resume":
-            self._line(f"↻ resuming after step {row.info.get('from_step')}")
+            after = f"step {steps}" if steps is not None else "its last step"
+            self._line(f"↻ resuming after {after} (checkpoint {row.info.get('from_step')})")
         elif row.kind == "compaction":
-            self._line(f"⇣ {row.summary}")
-        if row.status in (BUDGET, STUCK):
-            self._line(f"■ {row.summary}")
-            self._line(
-                f"  Re-run the cell (with a larger --budget, if that is what stopped it) "
-                f"to continue, or %agent resume {run.agent}."
+            self._line(f"  · {vocab.checkpoint_text(row.kind, row.info)}")
+        if row.status == DONE:
+            self._line(f"■ {status_text(DONE, steps or 0)}")
+        elif row.status in RESUMABLE and row.status not in (Status.RUNNING, AWAITING_APPROVAL):
+            text = status_text(row.status, steps or 0, row.info)
+            if steps is None:  # the count is unknown: say only what happened
+                text = Status(row.status).label()
+            detail = (
+                f": {row.summary}"
+                if row.summary and row.kind not in ("limit", "budget", "stuck")
+                else ""
             )
-        elif row.status in (INTERRUPTED, ERROR, LIMIT):
-            self._line(f"■ {STATUS_TEXT[row.status]} at step {row.step}: {row.summary}")
+            self._line(f"■ {text}{detail}")
             self._line(f"  Re-run the cell (or %agent resume {run.agent}) to continue.")
-        elif row.status == DONE:
-            self._line(f"■ done after {row.step} steps")
 
 
 def format_call(call: dict) -> str:

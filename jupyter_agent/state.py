@@ -18,25 +18,23 @@ from typing import Any
 
 import dill
 
+from .vocab import RESUMABLE as RESUMABLE
+from .vocab import Status
+
 #: Version of the delta payload layout. Bump it when :class:`Delta` changes and
 #: teach :func:`decode_delta` to read the older versions.
 STATE_VERSION = 2
 
-RUNNING = "running"
-DONE = "done"
-INTERRUPTED = "interrupted"
-AWAITING_APPROVAL = "awaiting_approval"
-ERROR = "error"
-LIMIT = "limit"
-#: Paused before a step that would cross the run's token or cost budget.
-BUDGET = "budget"
-#: Paused because the same failing call or the same reply kept repeating.
-STUCK = "stuck"
-#: Derived, never stored: a live run with no checkpoint for longer than the
-#: stall threshold (a hung kernel, a tool call that never returns).
-STALLED = "stalled"
-#: Statuses of a run that may be resumed by re-running its cell.
-RESUMABLE = {RUNNING, INTERRUPTED, AWAITING_APPROVAL, ERROR, LIMIT, BUDGET, STUCK}
+# The statuses are defined, with their user-facing words, in :mod:`jupyter_agent.vocab`.
+RUNNING = Status.RUNNING
+DONE = Status.DONE
+INTERRUPTED = Status.INTERRUPTED
+AWAITING_APPROVAL = Status.AWAITING_APPROVAL
+ERROR = Status.ERROR
+LIMIT = Status.LIMIT
+BUDGET = Status.BUDGET
+STUCK = Status.STUCK
+STALLED = Status.STALLED  # derived, never stored
 
 
 class StateVersionError(Exception):

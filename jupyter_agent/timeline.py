@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .agent import Events, load_state, new_run
+from . import vocab
+from .agent import Events, effective_status, load_state, new_run
 from .identity import AgentIdentity
 from .namespace import restore
-from .render import status_text
+from .offline import OFFLINE_MODEL
 from .runner import (
     AgentBusy,
     Outcome,
@@ -35,7 +37,11 @@ from .store import CheckpointRow, RunRow, Store, StoreError
 WINDOW = 100
 CODE_LIMIT = 2_000  # characters of code kept in an entry
 CONTENT_LIMIT = 8_000  # characters of a message shown when a checkpoint is opened
-_INFO_KEYS = ("vars", "deleted", "unsaved", "error", "code", "decision", "instruction")
+_INFO_KEYS = (
+    *("vars", "deleted", "unsaved", "error", "code", "decision", "instruction", "usage", "plan"),
+    *("strategy", "before_tokens", "after_tokens", "messages_dropped"),  # compaction
+    *("spent", "budget", "cost", "budget_cost", "reason"),  # budget, stuck
+)
 
 
 def entry(row: CheckpointRow) -> dict:
@@ -51,11 +57,14 @@ def entry(row: CheckpointRow) -> dict:
         "tokens": row.tokens,
         "size": row.size,
     }
-    info = {k: row.info[k] for k in _INFO_KEYS if row.info.get(k)}
+    info = {k: row.info[k] for k in _INFO_KEYS if row.info.get(k) not in (None, "", [], {})}
     if isinstance(info.get("code"), str):
         info["code"] = _clip(info["code"], CODE_LIMIT)
     if info:
         e["info"] = info
+    text = vocab.checkpoint_text(row.kind, row.info)
+    if text:
+        e["text"] = text  # compaction, budget, stuck: what happened, in words
     return e
 
 
@@ -87,7 +96,9 @@ class Timeline:
     history: list[dict] = field(default_factory=list)
     _last: dict[str, CheckpointRow] = field(default_factory=dict)
     _live: set[str] = field(default_factory=set)
-    _tokens: int = 0
+    _model_steps: dict[str, list[int]] = field(default_factory=dict)  # run -> model checkpoints
+    _ledger: dict[str, int] = field(default_factory=lambda: vocab.ledger([]))
+    _plan: dict | None = None
     _size: int = 0
 
     @property
@@ -111,6 +122,9 @@ class Timeline:
         self.runs = self.store.runs(notebook=self.notebook, agent=self.agent)
         self._last = self.store.latest_checkpoints([r.run_id for r in self.runs])
         self._live = self.store.live_runs()
+        with self.store.connect() as con:
+            rows = con.execute(vocab.MODEL_STEPS_SQL, [[r.run_id for r in self.runs]]).fetchall()
+        self._model_steps = {run_id: list(seqs) for run_id, seqs in rows}
         ids = {r.run_id for r in self.runs}
         want = run_id if run_id in ids else self.selected if self.selected in ids else None
         self.select(want or (self.runs[-1].run_id if self.runs else ""))
@@ -123,8 +137,13 @@ class Timeline:
             for seg_run, upto in self.segments(self.run(run_id)):
                 rows = self.store.checkpoints(seg_run)
                 self.history.extend(entry(r) for r in rows if upto is None or r.step <= upto)
-        self._tokens = sum(e["tokens"] for e in self.history)
+        self._ledger = vocab.ledger(self.history)
         self._size = sum(e["size"] for e in self.history)
+        self._plan = None
+        for e in reversed(self.history):
+            if "plan" in (e.get("info") or {}):
+                self._plan = vocab.plan_progress(e["info"]["plan"])
+                break
 
     def segments(self, run: RunRow) -> list[tuple[str, int | None]]:
         """Like :func:`jupyter_agent.agent.chain`, from the runs already loaded."""
@@ -144,6 +163,10 @@ class Timeline:
         old = self._last.get(run.run_id)
         self._last[run.run_id] = row
         self._live.add(run.run_id)
+        if row.kind == "model":
+            seqs = self._model_steps.setdefault(run.run_id, [])
+            if not seqs or seqs[-1] < row.step:
+                seqs.append(row.step)
         if new:  # a run started here (new, restarted or forked): follow it
             self.select(run.run_id)
             self._append(row)  # unless the store already had it
@@ -162,20 +185,31 @@ class Timeline:
             return None  # already read from the store
         e = entry(row)
         self.history.append(e)
-        self._tokens += row.tokens
+        for key, value in vocab.ledger([e]).items():
+            self._ledger[key] += value
         self._size += row.size
+        if "plan" in (e.get("info") or {}):
+            self._plan = vocab.plan_progress(e["info"]["plan"])
         return e
 
     # -- what a view shows -----------------------------------------------------------
 
     def status(self, run_id: str) -> tuple[str, int]:
+        """The run's effective status (stalled included) and its last checkpoint's number."""
         last = self._last.get(run_id)
         if last is None:
             return RUNNING, -1
-        status = last.status
-        if status == RUNNING and run_id not in self._live:
-            status = "interrupted"
-        return status, last.step
+        return effective_status(last.status, run_id, self._live, last.created_at), last.step
+
+    def steps(self, run_id: str) -> int:
+        """Model calls in the run's history, its parents' up to each fork point included."""
+        return vocab.history_steps(self.segments(self.run(run_id)), self._model_steps)
+
+    def status_text(self, run_id: str) -> str:
+        status, _ = self.status(run_id)
+        last = self._last.get(run_id)
+        idle = time.time() - last.created_at if last is not None else None
+        return vocab.status_text(status, self.steps(run_id), last.info if last else None, idle=idle)
 
     def tree(self) -> list[dict]:
         """Runs as branches: each fork right under its parent, indented one level deeper."""
@@ -197,8 +231,9 @@ class Timeline:
                         "parent_step": r.parent_step,
                         "depth": depth,
                         "status": status,
-                        "text": status_text(status, step),
-                        "steps": step + 1,
+                        "text": self.status_text(r.run_id),
+                        "steps": self.steps(r.run_id),
+                        "checkpoints": step + 1,
                         "latest": r is self.runs[-1],
                     }
                 )
@@ -208,17 +243,25 @@ class Timeline:
         return rows
 
     def summary(self) -> dict:
-        status, step = self.status(self.selected) if self.selected else (RUNNING, -1)
         run = self.run(self.selected) if self.selected else None
+        if run is None:
+            return {"status": "", "text": "not run yet", "step": -1, "steps": 0, "total": 0,
+                    **vocab.ledger([]), "size": 0, "model": "", "estimated": False,
+                    "plan": None, "latest": False}  # fmt: skip
+        status, step = self.status(run.run_id)
         return {
-            "status": status if run else "",
-            "text": status_text(status, step) if run else "not run yet",
-            "step": step,
-            "tokens": self._tokens,
+            "status": status,
+            "text": self.status_text(run.run_id),
+            "step": step,  # the last checkpoint's number
+            "steps": self.steps(run.run_id),
+            "total": len(self.history),  # checkpoints of the history
+            **self._ledger,
             "size": self._size,
-            "total": len(self.history),
-            "model": run.model if run else "",
-            "latest": bool(run) and run is self.runs[-1],
+            "model": run.model,
+            # The offline model counts no tokens: its numbers are estimates.
+            "estimated": run.model == OFFLINE_MODEL,
+            "plan": self._plan,
+            "latest": run is self.runs[-1],
         }
 
     def snapshot(self, window: int = WINDOW) -> dict:

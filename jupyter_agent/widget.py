@@ -30,7 +30,7 @@ from typing import Any, TextIO
 import anywidget
 from traitlets import Dict, List, Unicode
 
-from . import runner
+from . import runner, vocab
 from .agent import Events, RunOptions
 from .render import TextEvents
 from .runner import USER_ERRORS, Outcome
@@ -39,9 +39,10 @@ from .store import CheckpointRow, RunRow, Store
 from .timeline import WINDOW, Rewound, Timeline, detail, fork, notebook_name, rewind
 
 STATIC = Path(__file__).parent / "static"
-#: What a frontend without widget support shows, and what nbval compares:
-#: deterministic on purpose (no ids, times or counts).
-TEXT_REPR = "Agent timeline (interactive; shown in JupyterLab and Notebook 7)"
+#: The text/plain of the widget: shown only where the widget is not (no widget
+#: manager, an untrusted notebook, nbconvert, a terminal), and what nbval
+#: compares, so deterministic on purpose (no ids, times or counts).
+TEXT_REPR = "Agent timeline of {agent}: not displayed here; %agent timeline {agent} shows it"
 LOG_LIMIT = 20_000  # characters of background output a widget keeps
 RESULT_LINES = 12  # lines of a tool's output echoed into the background output
 SNAPSHOT_EVERY = 50  # appends between list refreshes that heal a view that missed some
@@ -87,12 +88,13 @@ class TimelineWidget(anywidget.AnyWidget):
         self._appended = 0
         self._log: list[str] = []
         self._log_size = 0
+        self._pending_display: threading.Thread | None = None  # see display_timeline(lazy=True)
         self.on_msg(self._on_message)
         _register(self)
         self.refresh()
 
     def __repr__(self) -> str:
-        return TEXT_REPR
+        return TEXT_REPR.format(agent=self.timeline.agent)
 
     @property
     def key(self) -> Key:
@@ -109,11 +111,29 @@ class TimelineWidget(anywidget.AnyWidget):
         with self._lock:
             self.timeline.load(run_id)
             self._push()
+        if sys.exc_info()[0] is None:
+            # An execution that ended without an error has something to show
+            # (a restored run writes no checkpoint); one that failed before its
+            # first checkpoint, e.g. on a configuration error, does not.
+            self.show()
+
+    def show(self) -> None:
+        """Display a timeline whose display was deferred, in the thread that deferred it."""
+        if self._pending_display is threading.current_thread():
+            from IPython.display import display
+
+            self._pending_display = None
+            display(self)
 
     def _push(self) -> None:
         t = self.timeline
         with self.hold_sync():
-            self.header = {"agent": t.agent, "notebook": notebook_name(t.notebook)}
+            self.header = {
+                "agent": t.agent,
+                "notebook": notebook_name(t.notebook),
+                "kinds": vocab.kinds(),  # the rows' icons and labels
+                "statuses": vocab.statuses(),
+            }
             self.runs = t.tree()
             self.run_id = t.selected
             self.entries = t.snapshot(self.window)
@@ -214,7 +234,7 @@ class TimelineWidget(anywidget.AnyWidget):
                 cancel=cancel,
             )
 
-        return start_job(self.key, work)
+        return start_job(self.key, work, store=self.timeline.store)
 
     def fork(self, run_id: str, step: int, instruction: str = "") -> Job:
         """Start a new run from a checkpoint, on a background thread."""
@@ -237,7 +257,7 @@ class TimelineWidget(anywidget.AnyWidget):
                 cancel=cancel,
             )
 
-        return start_job(self.key, work)
+        return start_job(self.key, work, store=self.timeline.store)
 
     def rewind(self, run_id: str, step: int) -> Rewound:
         """Put the namespace variables back as they were at a checkpoint."""
@@ -306,21 +326,34 @@ def widgets_of(key: Key) -> list[TimelineWidget]:
 class WidgetEvents:
     """Progress of a run: as text (cell output, or background output), and to its timelines."""
 
-    def __init__(self, key: Key, text: TextEvents, *, echo_results: bool = False) -> None:
+    def __init__(
+        self, key: Key, text: TextEvents, *, echo_results: bool = False, store: Store | None = None
+    ) -> None:
         self.key = key
         self._text = text
         self._echo = echo_results
+        if text.store is None:  # it counts the steps of resumed runs from the store
+            text.store = store or _magics_store()
+
+    def _show(self) -> None:
+        """The run has begun: deferred timelines of the agent appear now, above its output."""
+        for widget in widgets_of(self.key):
+            widget.show()
 
     def text(self, chunk: str) -> None:
+        self._show()
         self._text.text(chunk)
 
     def info(self, message: str) -> None:
+        self._show()
         self._text.info(message)
 
     def notice(self, message: str) -> None:
+        self._show()
         self._text.notice(message)
 
     def checkpoint(self, run: RunRow, row: CheckpointRow, delta: Delta) -> None:
+        self._show()
         if self._echo and row.kind == "tool_result":
             # In a cell, the code's output shows as it runs; in the background it
             # cannot, so its result is shown here instead.
@@ -363,8 +396,15 @@ def display_timeline(
     options: Callable[[], RunOptions],
     endpoint_args: dict | None,
     replace: bool = False,
+    lazy: bool | None = None,
 ) -> TimelineWidget:
-    """Show a timeline; with ``replace``, close the one an earlier run of the cell showed."""
+    """Show a timeline; with ``replace``, close the one an earlier run of the cell showed.
+
+    With ``lazy`` (the default with ``replace``: a cell's own timeline) it is
+    displayed once the run has begun — its first checkpoint or output, a
+    background job starting, or the execution ending well — so a run that fails
+    before it starts (a configuration error) shows its error and no empty timeline.
+    """
     from IPython.display import display
 
     widget = TimelineWidget(
@@ -376,8 +416,18 @@ def display_timeline(
             _CELL_WIDGETS[widget.key] = widget
         if old is not None and old.key not in _JOBS:
             old.close()
-    display(widget)
+    if replace if lazy is None else lazy:
+        widget._pending_display = threading.current_thread()
+    else:
+        display(widget)
     return widget
+
+
+def _magics_store() -> Store | None:
+    """The store the ``%%agent`` magics of this shell use, if they are loaded."""
+    ip = _ipython()
+    magics = ip.magics_manager.registry.get("AgentMagics") if ip is not None else None
+    return magics._store() if magics is not None else None
 
 
 _CELL_WIDGETS: dict[Key, TimelineWidget] = {}
@@ -409,11 +459,14 @@ def start_job(
     work: Callable[[Events, threading.Event], Outcome],
     *,
     done: Callable[[Outcome, TextIO], None] | None = None,
+    store: Store | None = None,
 ) -> Job:
     """Run ``work`` on a thread, one per agent; its text goes to the agent's timelines."""
     runner.acquire(*key)
+    for widget in widgets_of(key):
+        widget.show()  # the cell returns now: its deferred timeline shows the progress
     out = _Output(key, None if widgets_of(key) else sys.stdout)
-    events = WidgetEvents(key, TextEvents(out), echo_results=True)  # type: ignore[arg-type]
+    events = WidgetEvents(key, TextEvents(out), echo_results=True, store=store)  # type: ignore[arg-type]
     cancel = threading.Event()
 
     def main() -> None:

@@ -160,7 +160,7 @@ def test_list_show_export_and_store_info(populated, store_path):
         (nb, "costs", "done", 2, 1),
     ]
     table = cli("list", nb, env=env).stdout
-    assert re.search(r"sales\s+done\s+2\s+2\s", table), table
+    assert re.search(r"sales\s+done after 2 steps\s+2\s+2\s", table), table
 
     shown = cli("show", "sal", "--json", env=env)  # a unique prefix
     assert shown.returncode == 0, shown.stderr

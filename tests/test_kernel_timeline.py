@@ -230,3 +230,25 @@ def test_background_cell_returns_at_once_and_pauses(
     s = state(kernel, model_id)
     assert s["summary"]["status"] == "interrupted" and not s["summary"]["busy"]
     assert s["entries"]["items"][-1]["kind"] == "interrupted"
+
+
+def test_timeline_appears_once_the_run_has_begun(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer
+) -> None:
+    kernel = kernel_factory()
+    # No model configured: the cell fails before its run begins, and shows no empty timeline.
+    failed = kernel.run("%%agent\nSet a, then b.", cell_id="no-model")
+    assert "UsageError: No model chosen" in failed.text, failed.text
+    assert not [o for o in failed.outputs if VIEW in o.get("data", {})], failed.outputs
+
+    scripted.set_script(list(SCRIPT))
+    cell = "%%agent -m scripted\nSet a, then b."
+    run = kernel.run(cell, cell_id=CELL_ID)
+    assert run.status == "ok", run.text
+    assert VIEW in run.outputs[0].get("data", {}), run.outputs  # above the run's output
+    assert "■ done after 3 steps" in run.text
+    # Re-running restores the finished run without a checkpoint; its timeline still shows.
+    again = kernel.run(cell, cell_id=CELL_ID)
+    assert again.status == "ok" and "restored from the store" in again.text, again.text
+    s = state(kernel, widget_id(again))
+    assert (s["summary"]["text"], s["summary"]["steps"]) == ("done after 3 steps", 3)

@@ -123,6 +123,7 @@ def add_run(
     created: float | None = None,
     parent: tuple[str, int] | None = None,
     keep_open: bool = False,
+    last_info: dict | None = None,
 ) -> RunWriter | str:
     """A run with one checkpoint per (kind, status); open writers make it live."""
     created = time.time() if created is None else created
@@ -144,8 +145,9 @@ def add_run(
         )
     )
     for i, (kind, status) in enumerate(steps):
+        info = (last_info or {}) if i == len(steps) - 1 else {}
         writer.put_checkpoint(
-            CheckpointRow(run_id, i, kind, status, f"{kind} {i}", created + i, 5.0, 10, 100, {}),
+            CheckpointRow(run_id, i, kind, status, f"{kind} {i}", created + i, 5.0, 10, 100, info),
             payload,
         )
     if keep_open:
@@ -185,6 +187,10 @@ def test_agents_of_a_notebook_with_every_status(
     live = add_run(store, nb, "cell-c4", RUNNING_STEPS, trap, cell_id="c4", keep_open=True)
     add_run(store, nb, "broken", [*RUNNING_STEPS, ("error", "error")], trap, cell_id="c5")
     add_run(store, nb, "long", [*RUNNING_STEPS, ("limit", "limit")], trap)
+    budget = {"spent": 48210, "budget": 50000, "cost": None, "budget_cost": None}
+    add_run(store, nb, "pricey", [*RUNNING_STEPS, ("budget", "budget")], trap, last_info=budget)
+    looping = {"reason": "the same python call failed 3 times"}
+    add_run(store, nb, "looping", [*RUNNING_STEPS, ("stuck", "stuck")], trap, last_info=looping)
     add_run(store, notebook(jp_root_dir, "other.ipynb"), "elsewhere", RUNNING_STEPS, trap)
     try:
         code, body = api.get("agents", notebook="work/analysis.ipynb")
@@ -195,13 +201,16 @@ def test_agents_of_a_notebook_with_every_status(
     assert body["notebook"] == "work/analysis.ipynb"
     assert body["running"] is True
     agents = {a["name"]: a for a in body["agents"]}
-    assert {n: (a["status"], a["label"]) for n, a in agents.items()} == {
-        "cell-c1": ("done", "done"),
-        "cell-c2": ("interrupted", "interrupted at step 2"),
-        "reviewer": ("awaiting_approval", "awaiting approval"),
-        "cell-c4": ("running", "running"),
-        "broken": ("error", "error at step 3"),
-        "long": ("limit", "step limit at step 3"),
+    # Steps are model calls (not checkpoints), the same sentences as %agent list and the widget.
+    assert {n: (a["status"], a["label"], a["steps"]) for n, a in agents.items()} == {
+        "cell-c1": ("done", "done after 2 steps", 2),
+        "cell-c2": ("interrupted", "interrupted at step 1", 1),
+        "reviewer": ("awaiting_approval", "waiting for approval", 1),
+        "cell-c4": ("running", "running", 1),
+        "broken": ("error", "paused after an error at step 1", 1),
+        "long": ("limit", "stopped at the step limit after 1 step", 1),
+        "pricey": ("budget", "paused at the budget: 48,210 of 50,000 tokens", 1),
+        "looping": ("stuck", "stuck: the same python call failed 3 times", 1),
     }
     c2 = agents["cell-c2"]
     assert c2["cell_id"] == "c2" and c2["named"] is False and c2["step"] == 2
@@ -233,11 +242,12 @@ def test_runs_of_an_agent_and_checkpoints_of_a_run(
     code, body = api.get("agents", "cell-x", "runs", notebook="nb.ipynb")
     assert code == 200
     runs = body["runs"]
-    assert [(r["run_id"], r["status"], r["step"]) for r in runs] == [
-        (first, "interrupted", 2),
-        (second, "done", 1),
+    assert [(r["run_id"], r["status"], r["step"], r["steps"]) for r in runs] == [
+        (first, "interrupted", 2, 1),
+        (second, "done", 1, 1),
     ]
-    assert runs[0]["label"] == "interrupted at step 2"
+    assert runs[0]["label"] == "interrupted at step 1"
+    assert runs[1]["label"] == "done after 1 step"
     assert runs[0]["checkpoints"] == 3 and runs[0]["size"] == 300
 
     for suffix in ([], ["checkpoints"]):
@@ -263,6 +273,38 @@ def test_runs_of_an_agent_and_checkpoints_of_a_run(
             10,
             100,
         )
+
+
+def test_a_fork_counts_its_parents_steps_and_a_quiet_live_run_is_stalled(
+    api: Api, store: Store, jp_root_dir: Path, trap: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nb = notebook(jp_root_dir, "nb.ipynb")
+    steps = [*RUNNING_STEPS, ("tool_result", "running"), ("model", "done")]
+    base = add_run(store, nb, "forky", steps, trap, created=1000.0)
+    # Forked after checkpoint 3: one model call inherited, then one of its own.
+    fork = add_run(
+        store, nb, "forky", [("fork", "running"), ("model", "done")], trap, parent=(str(base), 3)
+    )
+    code, run = api.get("runs", str(fork))
+    assert (code, run["steps"], run["label"]) == (200, 2, "done after 2 steps")
+    code, agent = api.get("agents", "forky", notebook="nb.ipynb")
+    assert [(r["steps"], r["label"]) for r in agent["all_runs"]] == [
+        (2, "done after 2 steps"),
+        (2, "done after 2 steps"),
+    ]
+
+    monkeypatch.setenv("JUPYTER_AGENT_STALL_AFTER", "60")
+    quiet = add_run(
+        store, nb, "quiet", RUNNING_STEPS, trap, created=time.time() - 1020, keep_open=True
+    )
+    try:
+        code, body = api.get("agents", notebook="nb.ipynb")
+    finally:
+        assert isinstance(quiet, RunWriter)
+        quiet.close(merge=False)
+    (agent,) = [a for a in body["agents"] if a["name"] == "quiet"]
+    assert agent["status"] == "stalled"
+    assert agent["label"] == "stalled: no checkpoint for 16 min"
 
 
 def test_reading_never_creates_the_store(api: Api, store_path: Path) -> None:

@@ -20,7 +20,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.testing.globalipapp import start_ipython
 
-from jupyter_agent import runner, widget
+from jupyter_agent import render, runner, widget
 from jupyter_agent.agent import RunOptions
 from jupyter_agent.identity import AgentIdentity
 from jupyter_agent.store import CheckpointRow, RunRow, Store
@@ -138,11 +138,15 @@ def test_entries_come_from_store_rows(
     result = items[6]["info"]
     assert result["vars"]["b"] == {"type": "int", "repr": "2", "size": result["vars"]["b"]["size"]}
     assert "gen" in result["unsaved"]
-    assert w.summary["status"] == "done" and w.summary["text"] == "done"
-    assert w.summary["step"] == 7 and w.summary["total"] == 8
+    assert w.summary["status"] == "done" and w.summary["text"] == "done after 3 steps"
+    assert w.summary["step"] == 7 and w.summary["total"] == 8 and w.summary["steps"] == 3
     assert w.summary["tokens"] == sum(r.tokens for r in rows)
     assert w.summary["model"] == "scripted"
-    assert w.header == {"agent": AGENT, "notebook": "nb.ipynb"}
+    assert {k: w.header[k] for k in ("agent", "notebook")} == {
+        "agent": AGENT,
+        "notebook": "nb.ipynb",
+    }
+    assert w.header["kinds"]["compaction"][1] == "context compacted"
     assert [r["label"] for r in w.runs] == ["#1"] and w.runs[0]["latest"]
     assert w.pending == {}
 
@@ -151,9 +155,12 @@ def test_text_repr_is_deterministic(
     shell: InteractiveShell, timeline_widget: widget.TimelineWidget
 ) -> None:
     data, _ = shell.display_formatter.format(timeline_widget)
-    assert data["text/plain"] == widget.TEXT_REPR
+    # Shown only where the widget is not (an untrusted notebook, nbconvert): it must
+    # not claim the widget shows "in JupyterLab", where it may be read.
+    text = f"Agent timeline of {AGENT}: not displayed here; %agent timeline {AGENT} shows it"
+    assert data["text/plain"] == text
     assert "application/vnd.jupyter.widget-view+json" in data
-    assert repr(timeline_widget) == widget.TEXT_REPR
+    assert repr(timeline_widget) == text
 
 
 def test_live_run_is_sent_one_entry_at_a_time(
@@ -443,7 +450,7 @@ def test_timeline_command_reads_the_store(
 ) -> None:
     run_agent(shell)
     shell.run_line_magic("agent", f"timeline {AGENT}")
-    assert widget.TEXT_REPR in capsys.readouterr().out
+    assert widget.TEXT_REPR.format(agent=AGENT) in capsys.readouterr().out
     (w,) = [v for v in widget.widgets_of((notebook(tmp_path), AGENT))]
     assert w.summary["status"] == "done" and len(w.entries["items"]) == 8
     w.close()
@@ -467,3 +474,133 @@ def test_timeline_model_follows_forks(store: Store, tmp_path: Path) -> None:
     assert t.segments(child) == [("p", 1), ("c", None)]
     assert [r["label"] for r in t.tree()] == ["#1", "#2"]
     assert json.dumps(t.tree())  # plain JSON for the frontend
+    # Steps are model calls of the history: the fork inherits the two before its fork point.
+    assert [r["steps"] for r in t.tree()] == [3, 2]
+
+
+# -- what long runs add, and honest numbers ------------------------------------------------
+
+
+def write_run(
+    store: Store,
+    nb: str,
+    rows: list[tuple[str, str, dict]],
+    *,
+    model: str = "scripted",
+    run_id: str = "r1",
+    created: float | None = None,
+    keep_open: bool = False,
+) -> Any:
+    """A run with one checkpoint per (kind, status, info), written through the store."""
+    created = time.time() if created is None else created
+    writer = store.writer(run_id)
+    writer.put_run(RunRow(run_id, nb, AGENT, None, "task", "h", model, None, None, created))
+    for i, (kind, status, info) in enumerate(rows):
+        tokens = (info.get("usage") or {}).get("total_tokens", 0)
+        cp = CheckpointRow(
+            run_id, i, kind, status, f"{kind} {i}", created + i, 5.0, tokens, 10, info
+        )
+        writer.put_checkpoint(cp, b"")
+    if keep_open:
+        return writer
+    writer.close()
+    return None
+
+
+def usage(prompt: int, completion: int) -> dict:
+    return {"usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                      "total_tokens": prompt + completion}}  # fmt: skip
+
+
+PLAN = [
+    {"title": "Load the data", "status": "done"},
+    {"title": "Clean it", "status": "in_progress"},
+    {"title": "Plot it", "status": "pending"},
+]
+
+
+def test_compaction_budget_plan_and_ledger(store: Store, tmp_path: Path) -> None:
+    write_run(
+        store,
+        notebook(tmp_path),
+        [
+            ("start", "running", {}),
+            ("model", "running", usage(1000, 200)),
+            ("tool_result", "running", {"plan": PLAN[:1]}),
+            ("model", "running", usage(3000, 100)),
+            ("tool_result", "running", {"plan": PLAN}),
+            ("compaction", "running", {"strategy": "summary", "before_tokens": 41200,
+                                       "after_tokens": 9800, "messages_dropped": 30}),
+            ("model", "running", usage(500, 50)),
+            ("budget", "budget", {"spent": 48210, "budget": 50000, "cost": None,
+                                  "budget_cost": None}),
+        ],
+    )  # fmt: skip
+    t = Timeline(store, notebook(tmp_path), AGENT)
+    t.load()
+    texts = {e["kind"]: e.get("text") for e in t.history}
+    assert texts["compaction"] == "context compacted: 41,200 → 9,800 tokens (summary)"
+    assert texts["budget"] == "paused at the budget: 48,210 of 50,000 tokens"
+    assert texts["model"] is None  # other rows keep their summary
+    s = t.summary()
+    assert s["status"] == "budget"
+    assert s["text"] == "paused at the budget: 48,210 of 50,000 tokens"
+    assert (s["total"], s["steps"]) == (8, 3)
+    assert (s["tokens"], s["prompt_tokens"], s["completion_tokens"]) == (4850, 4500, 350)
+    assert s["plan"] == {"items": PLAN, "done": 1, "total": 3, "text": "1/3"}
+    assert s["estimated"] is False
+
+    # Live: a stuck checkpoint and a newer plan arrive one at a time.
+    run = t.run("r1")
+    t.add(run, CheckpointRow("r1", 8, "resume", "running", "", time.time(), 1, 0, 1, {}))
+    newer = [{**i, "status": "done"} for i in PLAN]
+    t.add(
+        run,
+        CheckpointRow("r1", 9, "tool_result", "running", "", time.time(), 1, 0, 1, {"plan": newer}),
+    )
+    stuck = {"reason": "the same python call failed 3 times"}
+    change = t.add(run, CheckpointRow("r1", 10, "stuck", "stuck", "", time.time(), 1, 0, 1, stuck))
+    assert change.entry is not None and change.entry["text"] == f"stuck: {stuck['reason']}"
+    s = t.summary()
+    assert s["text"] == "stuck: the same python call failed 3 times"
+    assert s["plan"]["text"] == "3/3" and s["total"] == 11
+
+
+def test_offline_tokens_are_marked_estimated(store: Store, tmp_path: Path) -> None:
+    write_run(store, notebook(tmp_path), [("start", "running", {}),
+              ("model", "done", usage(120, 30))], model="offline")  # fmt: skip
+    t = Timeline(store, notebook(tmp_path), AGENT)
+    t.load()
+    assert t.summary()["estimated"] is True and t.summary()["text"] == "done after 1 step"
+    # What %agent list shows, from the same metadata.
+    assert render.run_status(store, t.run("r1"), set()) == ("done", "done after 1 step", 1)
+
+
+def test_a_quiet_live_run_is_stalled_in_the_widget(
+    store: Store, tmp_path: Path, shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JUPYTER_AGENT_STALL_AFTER", "60")
+    rows = [("start", "running", {}), ("model", "running", usage(1, 1))]
+    writer = write_run(store, notebook(tmp_path), rows, created=time.time() - 1021, keep_open=True)
+    try:
+        w = make_widget(store, tmp_path, shell)
+        assert w.summary["status"] == "stalled"
+        assert w.summary["text"] == "stalled: no checkpoint for 17 min"
+        assert w.runs[0]["status"] == "stalled"
+        status, text, steps = render.run_status(store, w.timeline.run("r1"), store.live_runs())
+        assert (status, text, steps) == ("stalled", "stalled: no checkpoint for 17 min", 1)
+        w.close()
+    finally:
+        writer.close(merge=False)
+
+
+def test_output_counts_steps_across_a_resume(shell: InteractiveShell, capsys: Any) -> None:
+    """The cell output says steps for model calls, and checkpoint for a record's number."""
+    run_agent(shell, "--max-steps 1")
+    out = capsys.readouterr().out
+    assert "■ stopped at the step limit after 1 step\n" in out
+    assert "  · checkpoint 3: saved a" in out
+    run_agent(shell)
+    out = capsys.readouterr().out
+    assert "↻ resuming after step 1 (checkpoint 4)" in out
+    assert "■ done after 3 steps" in out

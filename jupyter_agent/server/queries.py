@@ -8,13 +8,15 @@ payload is ever read, let alone deserialized.
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from typing import Any
 
 import duckdb
 
+from .. import vocab
 from ..agent import effective_status
-from ..state import AWAITING_APPROVAL, DONE, ERROR, INTERRUPTED, LIMIT, RUNNING
+from ..state import RUNNING
 from ..store import Store, StoreError, apply_moves
 
 #: How many checkpoints of an agent's latest run the agent list includes.
@@ -29,14 +31,15 @@ _CHECKPOINT_SQL = (
     "SELECT run_id, step, kind, status, summary, created_at, duration_ms, tokens, size, info "
     "FROM checkpoints"
 )
-_LABELS = {
-    DONE: "done",
-    RUNNING: "running",
-    AWAITING_APPROVAL: "awaiting approval",
-    INTERRUPTED: "interrupted at step {step}",
-    ERROR: "error at step {step}",
-    LIMIT: "step limit at step {step}",
-}
+
+
+def _no_stats(run: tuple) -> tuple:
+    """The stats of a run without checkpoints yet."""
+    return (0, 0, 0, run[8], 0, RUNNING, None)
+
+
+def _info(raw: str | None) -> dict:
+    return json.loads(raw) if raw else {}
 
 
 class NotFound(LookupError):
@@ -47,9 +50,40 @@ class Conflict(Exception):
     """The request would touch a run that is still running."""
 
 
-def status_label(status: str, step: int) -> str:
-    """How a status reads on a badge: ``done``, ``interrupted at step 3``, ..."""
-    return _LABELS.get(status, status + " at step {step}").format(step=step)
+def status_label(
+    status: str, steps: int, info: dict | None = None, updated: float | None = None
+) -> str:
+    """How a status reads on a badge: ``done after 3 steps``, ``interrupted at step 3``, ...
+
+    ``steps`` counts model calls (see :mod:`jupyter_agent.vocab`), ``updated`` is
+    the time of the last checkpoint (how long a stalled run has been quiet).
+    """
+    idle = time.time() - updated if updated is not None else None
+    return vocab.status_text(status, steps, info, idle=idle)
+
+
+def _history_steps(
+    con: duckdb.DuckDBPyConnection, run_ids: list[str], runs: list[tuple]
+) -> dict[str, int]:
+    """Per run, the model calls of its history (a fork's parent's up to the fork point).
+
+    ``runs`` are rows of :data:`_RUN_SQL` that include the runs' ancestors.
+    """
+    parents = {r[0]: (r[6], r[7]) for r in runs}
+    chains: dict[str, list[tuple[str, int | None]]] = {}
+    for run_id in run_ids:
+        segments: list[tuple[str, int | None]] = [(run_id, None)]
+        current = run_id
+        while parents.get(current, (None, None))[0]:
+            parent, upto = parents[current]
+            segments.insert(0, (parent, upto))
+            current = parent
+        chains[run_id] = segments
+    needed = sorted({seg for segments in chains.values() for seg, _ in segments})
+    model_steps = {
+        r: list(seqs) for r, seqs in con.execute(vocab.MODEL_STEPS_SQL, [needed]).fetchall()
+    }
+    return {r: vocab.history_steps(segments, model_steps) for r, segments in chains.items()}
 
 
 def _first_line(text: str) -> str:
@@ -118,7 +152,7 @@ class Reader:
         """Every agent of a notebook with the status of its latest run."""
         if not self.exists():
             return []
-        (runs, checkpoints, stats), live = self._read(self._agents_sql, notebook)
+        (runs, checkpoints, stats, steps), live = self._read(self._agents_sql, notebook)
         by_agent: dict[str, list[tuple]] = defaultdict(list)
         for row in runs:
             by_agent[row[2]].append(row)
@@ -130,7 +164,15 @@ class Reader:
             latest = agent_runs[-1]
             timeline = timelines.get(latest[0], [])
             agents.append(
-                self._summary(name, latest, len(agent_runs), timeline, stats.get(latest[0]), live)
+                self._summary(
+                    name,
+                    latest,
+                    len(agent_runs),
+                    timeline,
+                    stats.get(latest[0]),
+                    live,
+                    steps.get(latest[0], 0),
+                )
             )
         agents.sort(key=lambda a: a["started_at"])
         return agents
@@ -150,7 +192,7 @@ class Reader:
             "ORDER BY run_id, step",
             [ids, TIMELINE_LIMIT],
         ).fetchall()
-        return runs, checkpoints, _run_stats(con, ids)
+        return runs, checkpoints, _run_stats(con, ids), _history_steps(con, ids, runs)
 
     @staticmethod
     def _summary(
@@ -160,6 +202,7 @@ class Reader:
         timeline: list[dict],
         stats: tuple | None,
         live: set[str],
+        steps: int,
     ) -> dict[str, Any]:
         info = _run_dict(run)
         last = timeline[-1] if timeline else None
@@ -170,14 +213,15 @@ class Reader:
             last["created_at"] if last else None,
         )
         step = last["step"] if last else 0
-        count, tokens, _size, updated, _step, _status = stats or (0, 0, 0, run[8], 0, RUNNING)
+        count, tokens, _size, updated, _step, _status, last_info = stats or _no_stats(run)
         return {
             "name": name,
             "cell_id": info["cell_id"],
             "named": not _is_derived(name, info["cell_id"]),
             "status": status,
             "step": step,
-            "label": status_label(status, step),
+            "steps": steps,
+            "label": status_label(status, steps, _info(last_info), updated),
             "live": info["run_id"] in live,
             "run_id": info["run_id"],
             "runs": runs,
@@ -196,12 +240,17 @@ class Reader:
         """One agent: the summary of its latest run and every run it has."""
         if not self.exists():
             raise NotFound(f"No agent named {name!r} in this notebook.")
-        (runs, checkpoints, stats), live = self._read(self._agent_sql, notebook, name)
+        (runs, checkpoints, stats, steps), live = self._read(self._agent_sql, notebook, name)
         if not runs:
             raise NotFound(f"No agent named {name!r} in this notebook.")
         timeline = [_checkpoint_dict(r, info=False) for r in checkpoints]
-        summary = self._summary(name, runs[-1], len(runs), timeline, stats.get(runs[-1][0]), live)
-        summary["all_runs"] = [self._run_summary(r, stats.get(r[0]), live) for r in runs]
+        latest = runs[-1][0]
+        summary = self._summary(
+            name, runs[-1], len(runs), timeline, stats.get(latest), live, steps.get(latest, 0)
+        )
+        summary["all_runs"] = [
+            self._run_summary(r, stats.get(r[0]), live, steps.get(r[0], 0)) for r in runs
+        ]
         return summary
 
     @staticmethod
@@ -210,34 +259,29 @@ class Reader:
             f"{_RUN_SQL} WHERE notebook = ? AND agent = ? ORDER BY created_at", [notebook, name]
         ).fetchall()
         if not runs:
-            return [], [], {}
+            return [], [], {}, {}
         checkpoints = con.execute(
             f"{_CHECKPOINT_SQL} WHERE run_id = ? "
             "QUALIFY ROW_NUMBER() OVER (ORDER BY step DESC) <= ? ORDER BY step",
             [runs[-1][0], TIMELINE_LIMIT],
         ).fetchall()
-        return runs, checkpoints, _run_stats(con, [r[0] for r in runs])
+        ids = [r[0] for r in runs]
+        return runs, checkpoints, _run_stats(con, ids), _history_steps(con, ids, runs)
 
     def runs(self, notebook: str, name: str) -> list[dict[str, Any]]:
         """The runs of an agent, oldest first, each with its status."""
         return self.agent(notebook, name)["all_runs"]
 
     @staticmethod
-    def _run_summary(run: tuple, stats: tuple | None, live: set[str]) -> dict[str, Any]:
+    def _run_summary(run: tuple, stats: tuple | None, live: set[str], steps: int) -> dict[str, Any]:
         out = _run_dict(run)
-        count, tokens, size, updated, last_step, last_status = stats or (
-            0,
-            0,
-            0,
-            run[8],
-            0,
-            RUNNING,
-        )
+        count, tokens, size, updated, last_step, last_status, last_info = stats or _no_stats(run)
         status = effective_status(last_status, out["run_id"], live, updated)
         out.update(
             status=status,
             step=last_step,
-            label=status_label(status, last_step),
+            steps=steps,
+            label=status_label(status, steps, _info(last_info), updated),
             live=out["run_id"] in live,
             checkpoints=count,
             tokens=int(tokens or 0),
@@ -252,10 +296,10 @@ class Reader:
         """A run's metadata and checkpoints, and the absolute notebook path it belongs to."""
         if not self.exists():
             raise NotFound(f"No run {run_id!r}.")
-        (run, stats, checkpoints), live = self._read(self._run_sql, run_id)
+        (run, stats, checkpoints, steps), live = self._read(self._run_sql, run_id)
         if run is None:
             raise NotFound(f"No run {run_id!r}.")
-        out = self._run_summary(run, stats.get(run_id), live)
+        out = self._run_summary(run, stats.get(run_id), live, steps.get(run_id, 0))
         out["checkpoints"] = [_checkpoint_dict(r) for r in checkpoints]
         return out, run[1]
 
@@ -263,11 +307,15 @@ class Reader:
     def _run_sql(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple:
         run = con.execute(f"{_RUN_SQL} WHERE run_id = ?", [run_id]).fetchone()
         if run is None:
-            return None, {}, []
+            return None, {}, [], {}
         checkpoints = con.execute(
             f"{_CHECKPOINT_SQL} WHERE run_id = ? ORDER BY step", [run_id]
         ).fetchall()
-        return run, _run_stats(con, [run_id]), checkpoints
+        family = con.execute(  # a fork's ancestors are earlier runs of its agent
+            f"{_RUN_SQL} WHERE notebook = ? AND agent = ?", [run[1], run[2]]
+        ).fetchall()
+        steps = _history_steps(con, [run_id], family)
+        return run, _run_stats(con, [run_id]), checkpoints, steps
 
     # -- deleting -----------------------------------------------------------------------
 
@@ -320,10 +368,10 @@ class Reader:
 
 
 def _run_stats(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[str, tuple]:
-    """Per run: checkpoints, tokens, bytes, last time, last step and last status."""
+    """Per run: checkpoints, tokens, bytes, last time, last step, last status and info."""
     rows = con.execute(
         "SELECT run_id, count(*), sum(tokens), sum(size), max(created_at), "
-        "arg_max(step, step), arg_max(status, step) FROM checkpoints "
+        "arg_max(step, step), arg_max(status, step), arg_max(info, step) FROM checkpoints "
         "WHERE run_id IN (SELECT UNNEST(?)) GROUP BY run_id",
         [run_ids],
     ).fetchall()

@@ -10,24 +10,16 @@ const STORES = (globalThis.__jupyterAgentTimelines ??= new Map());
 const EXTRA = 50; // live entries kept beyond the window before the oldest are dropped
 const LOG_LIMIT = 20000;
 
-const KINDS = {
-  start: ["▶", "start"],
-  model: ["◆", "model"],
-  tool_call: ["⚙", "tool call"],
-  tool_result: ["↳", "result"],
-  approval: ["‖", "approval"],
-  resume: ["↻", "resume"],
-  fork: ["⋔", "fork"],
-  interrupted: ["■", "interrupted"],
-  error: ["⚠", "error"],
-  limit: ["⊘", "limit"],
-};
+// Kind icons and labels, and status labels, come from the kernel (jupyter_agent.vocab)
+// in the `header` trait, so the timeline says what the cell output and the badge say.
+const kindOf = (model, kind) => ((model.get("header") || {}).kinds || {})[kind] || ["•", (kind || "").replace(/_/g, " ")];
+const statusLabel = (model, st) => ((model.get("header") || {}).statuses || {})[st] || (st || "").replace(/_/g, " ");
 
 function storeOf(model) {
   const uid = model.get("uid");
   let s = STORES.get(uid);
   if (!s) {
-    s = { uid, run: "", first: 0, window: 100, entries: [], log: "", views: new Set(), listening: false };
+    s = { uid, run: "", first: 0, window: 100, entries: [], log: "", views: new Set(), listening: false, stale: false, heard: Date.now() / 1000 };
     STORES.set(uid, s);
     takeSnapshot(s, model.get("entries"));
     s.log = model.get("log") || "";
@@ -43,9 +35,28 @@ function takeSnapshot(s, snap) {
   s.window = Math.max(100, s.entries.length);
 }
 
+// The kernel side of the model is gone (kernel restarted or shut down, comm closed):
+// what the view shows is only the status as of the last update, and it must say so.
+function markStale(s, stale) {
+  if (s.stale === stale) return;
+  s.stale = stale;
+  s.views.forEach((v) => v.renderStale());
+}
+
+function heard(s) {
+  s.heard = Date.now() / 1000;
+  markStale(s, false);
+}
+
 function listen(model, s) {
   if (s.listening) return;
   s.listening = true;
+  model.on("comm:close", () => markStale(s, true));
+  model.on("destroy", () => markStale(s, true));
+  // The widget manager sets comm_live to false when the kernel restarts (a live comm is
+  // only ever set up before this listener); anything the kernel sends later revives it.
+  model.on("comm_live_update", () => markStale(s, true));
+  model.on("change", () => heard(s));
   model.on("change:entries", () => {
     takeSnapshot(s, model.get("entries"));
     s.views.forEach((v) => v.renderList());
@@ -55,6 +66,7 @@ function listen(model, s) {
     s.views.forEach((v) => v.renderLog());
   });
   model.on("msg:custom", (msg) => {
+    heard(s);
     if (msg.type === "append") {
       if (msg.run !== s.run) return;
       const end = s.first + s.entries.length;
@@ -115,9 +127,13 @@ function fmtSize(b) {
   if (b < 1024 * 1024) return `${(b / 1024).toFixed(1)} kB`;
   return `${(b / 1024 / 1024).toFixed(1)} MB`;
 }
-function fmtTokens(n) {
-  return n >= 10000 ? `${(n / 1000).toFixed(1)}k tok` : `${n} tok`;
+function fmtCount(n) {
+  return n >= 10000 ? `${(n / 1000).toFixed(1)}k` : `${n}`;
 }
+function fmtTokens(n, estimated) {
+  return `${estimated ? "~" : ""}${fmtCount(n)} tok`;
+}
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 const statusClass = (s) => `ja-st-${(s || "none").replace(/_/g, "-")}`;
 const key = (e) => `${e.run}:${e.step}`;
 
@@ -132,6 +148,8 @@ class View {
     el.classList.add("ja-timeline");
     this.root = el;
     this.headerEl = h("div", { class: "ja-header" });
+    this.staleEl = h("div", { class: "ja-stale-note", hidden: true });
+    this.planEl = h("details", { class: "ja-plan", hidden: true });
     this.runsEl = h("div", { class: "ja-runs" });
     this.noticeEl = h("div", { class: "ja-notice" });
     this.approvalEl = h("div", { class: "ja-approval" });
@@ -141,6 +159,8 @@ class View {
     this.logEl = h("details", { class: "ja-log" }, h("summary", { text: "Background output" }), this.logPre);
     el.replaceChildren(
       this.headerEl,
+      this.staleEl,
+      this.planEl,
       this.runsEl,
       this.noticeEl,
       this.approvalEl,
@@ -154,6 +174,22 @@ class View {
     this.renderList();
     this.renderDetail();
     this.renderLog();
+    // ipywidgets marks a view whose kernel went away (restart) with this class; anywidget
+    // drops that listener of the view, so the model's comm_live_update is heard here too.
+    this.observer = new MutationObserver(() => this.checkDisconnected());
+    this.observer.observe(el, { attributes: true, attributeFilter: ["class"] });
+    this.checkDisconnected();
+  }
+
+  checkDisconnected() {
+    if (this.root.closest(".jupyter-widgets-disconnected")) markStale(this.s, true);
+  }
+
+  renderStale() {
+    this.root.classList.toggle("ja-stale", this.s.stale);
+    this.renderHeader();
+    this.renderApproval();
+    this.updateBusy();
   }
 
   send(msg) {
@@ -166,31 +202,70 @@ class View {
     return sum.status === "running" && !sum.busy;
   }
 
-  // header: agent, model, status, step count, tokens, size, Pause
+  // header: agent, model, status, checkpoints and steps, tokens, size, plan, Pause
   renderHeader() {
     const head = this.model.get("header") || {};
     const sum = this.model.get("summary") || {};
+    const stale = this.s.stale;
     const stats = [];
-    if (sum.step >= 0) stats.push(`${sum.step + 1} checkpoints`);
-    if (sum.tokens) stats.push(fmtTokens(sum.tokens));
+    if (sum.total) stats.push(`${plural(sum.total, "checkpoint")} · ${plural(sum.steps || 0, "step")}`);
+    if (sum.tokens) {
+      let tok = fmtTokens(sum.tokens, sum.estimated);
+      if (sum.prompt_tokens || sum.completion_tokens) {
+        tok += ` (${fmtCount(sum.prompt_tokens || 0)} prompt / ${fmtCount(sum.completion_tokens || 0)} completion)`;
+      }
+      if (sum.estimated) tok += " (offline model: estimated)";
+      stats.push(tok);
+    }
     if (sum.size) stats.push(fmtSize(sum.size));
+    const plan = sum.plan;
+    // Without its kernel the view cannot know the status now: never claim "running".
+    let badge = sum.text || "";
+    if (stale && sum.status === "running") badge = `was running at ${fmtTime(this.s.heard)}`;
     const parts = [
       h("span", { class: "ja-title" }, h("span", { class: "ja-logo", text: "◷" }), "Agent ", h("b", { text: head.agent || "" })),
       sum.model ? h("span", { class: "ja-model", title: "model", text: sum.model }) : null,
-      h("span", { class: `ja-badge ${statusClass(sum.status)}`, text: sum.text || "" }),
+      h("span", { class: `ja-badge ${stale ? "ja-st-stale" : statusClass(sum.status)}`, text: badge }),
+      plan && plan.total ? h("span", { class: "ja-plan-progress", title: "plan: done / total", text: `plan ${plan.text}` }) : null,
       h("span", { class: "ja-stats", text: stats.join(" · ") }),
       h("span", { class: "ja-spacer" }),
-      sum.can_pause
+      sum.can_pause && !stale
         ? h("button", { class: "ja-btn ja-pause", onclick: () => this.send({ type: "pause" }), text: "Pause" })
         : null,
-      h("button", {
-        class: "ja-btn ja-ghost",
-        title: "Reload from the store",
-        onclick: () => this.send({ type: "refresh" }),
-        text: "↻",
-      }),
+      stale
+        ? null
+        : h("button", {
+            class: "ja-btn ja-ghost",
+            title: "Reload from the store",
+            onclick: () => this.send({ type: "refresh" }),
+            text: "↻",
+          }),
     ];
     this.headerEl.replaceChildren(...parts.filter(Boolean));
+    this.staleEl.hidden = !stale;
+    this.staleEl.textContent = stale
+      ? `Kernel restarted or disconnected — status as of ${fmtTime(this.s.heard)}. ` +
+        `Run %agent timeline ${head.agent || "NAME"} for the current status.`
+      : "";
+    this.renderPlan(plan);
+  }
+
+  // the latest plan the agent made (update_plan), as a checklist
+  renderPlan(plan) {
+    const items = (plan && plan.items) || [];
+    this.planEl.hidden = !items.length;
+    if (!items.length) return this.planEl.replaceChildren();
+    const mark = { done: "☑", in_progress: "◐", pending: "☐" };
+    this.planEl.replaceChildren(
+      h("summary", { text: `Plan ${plan.text}` }),
+      h(
+        "ul",
+        { class: "ja-plan-items" },
+        ...items.map((i) =>
+          h("li", { class: `ja-plan-${i.status.replace(/_/g, "-")}`, dataset: { status: i.status } }, `${mark[i.status] || "•"} ${i.title}`),
+        ),
+      ),
+    );
   }
 
   // runs: first run, restarts, forks as an indented branch list
@@ -246,7 +321,7 @@ class View {
     code.value = p.code;
     code.readOnly = !this.editing;
     const note = h("input", { class: "ja-note", type: "text", placeholder: "Note for the model (sent with Reject)" });
-    const disabled = sum.busy;
+    const disabled = sum.busy || this.s.stale;
     const approve = h("button", {
       class: "ja-btn ja-primary",
       disabled,
@@ -276,7 +351,7 @@ class View {
       onclick: () => this.send({ type: "reject", call_id: p.call_id, note: note.value }),
     });
     this.approvalEl.replaceChildren(
-      h("div", { class: "ja-approval-head" }, h("b", { text: "Waiting for approval" }), ` · step ${p.step} · ${p.tool}`),
+      h("div", { class: "ja-approval-head" }, h("b", { text: "Waiting for approval" }), ` · checkpoint ${p.step} · ${p.tool}`),
       code,
       h("div", { class: "ja-actions" }, approve, edit, reject, note),
     );
@@ -327,14 +402,14 @@ class View {
     if (!prev || prev.run === e.run) return null;
     const runs = this.model.get("runs") || [];
     const r = runs.find((x) => x.id === e.run);
-    return h("div", { class: "ja-divider", text: `⋔ ${r ? r.label : "fork"} branches off after step ${prev.step}` });
+    return h("div", { class: "ja-divider", text: `⋔ ${r ? r.label : "fork"} branches off after checkpoint ${prev.step}` });
   }
 
   row(e) {
-    const [icon, label] = KINDS[e.kind] || ["•", e.kind];
+    const [icon, label] = kindOf(this.model, e.kind);
     const inherited = e.run !== this.s.run;
     const meta = [fmtTime(e.time), fmtMs(e.ms)];
-    if (e.tokens) meta.push(fmtTokens(e.tokens));
+    if (e.tokens) meta.push(fmtTokens(e.tokens, (this.model.get("summary") || {}).estimated));
     meta.push(fmtSize(e.size));
     const sel = this.selected && this.selected.run === e.run && this.selected.step === e.step;
     return h(
@@ -350,7 +425,7 @@ class View {
       },
       h("span", { class: "ja-step", text: e.step }),
       h("span", { class: "ja-kind" }, h("span", { class: "ja-icon", text: icon }), label),
-      h("span", { class: "ja-summary", text: e.summary, title: e.summary }),
+      h("span", { class: "ja-summary", text: e.text || e.summary, title: e.text || e.summary }),
       h("span", { class: "ja-meta", text: meta.join(" · ") }),
     );
   }
@@ -374,18 +449,19 @@ class View {
     const loaded = d.run === run && d.step === step;
     const e = loaded ? d : this.s.entries.find((x) => x.run === run && x.step === step) || { run, step };
     const info = loaded ? {} : e.info || {};
-    const [icon, label] = KINDS[e.kind] || ["•", e.kind || ""];
+    const [icon, label] = kindOf(this.model, e.kind);
     const parts = [
       h(
         "div",
         { class: "ja-detail-head" },
-        h("b", { text: `Step ${step}` }),
+        h("b", { text: `Checkpoint ${step}` }),
         ` · ${icon} ${label}`,
         e.status && e.status !== "running"
-          ? h("span", { class: `ja-badge ${statusClass(e.status)}`, text: e.status.replace(/_/g, " ") })
+          ? h("span", { class: `ja-badge ${statusClass(e.status)}`, text: statusLabel(this.model, e.status) })
           : null,
       ),
-      e.summary ? h("div", { class: "ja-detail-summary", text: e.summary }) : null,
+      e.text ? h("div", { class: "ja-detail-summary", text: e.text }) : null,
+      e.summary && e.summary !== e.text ? h("div", { class: "ja-detail-summary", text: e.summary }) : null,
     ];
     if (loaded) {
       for (const m of d.messages || []) parts.push(this.message(m));
@@ -466,7 +542,7 @@ class View {
   }
 
   updateBusy() {
-    const busy = Boolean((this.model.get("summary") || {}).busy);
+    const busy = Boolean((this.model.get("summary") || {}).busy) || this.s.stale;
     if (this.forkBtn) this.forkBtn.disabled = busy;
     if (this.rewindBtn) this.rewindBtn.disabled = busy;
   }
@@ -526,6 +602,9 @@ export default {
     model.on("change:pending", () => view.renderApproval());
     model.on("change:notice", () => view.renderNotice());
     model.on("change:detail", () => view.renderDetail());
-    return () => s.views.delete(view);
+    return () => {
+      view.observer.disconnect();
+      s.views.delete(view);
+    };
   },
 };

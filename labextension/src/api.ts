@@ -4,8 +4,17 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
+/** A run's status; the same list as `jupyter_agent.vocab.Status` (a test checks). */
 export type AgentStatus =
-  'done' | 'running' | 'interrupted' | 'awaiting_approval' | 'error' | 'limit';
+  | 'running'
+  | 'done'
+  | 'interrupted'
+  | 'awaiting_approval'
+  | 'error'
+  | 'limit'
+  | 'budget'
+  | 'stuck'
+  | 'stalled';
 
 /** One checkpoint of an agent's latest run, as drawn on the timeline. */
 export interface ITimelineEntry {
@@ -20,7 +29,11 @@ export interface IAgentSummary {
   cell_id: string | null;
   named: boolean;
   status: AgentStatus;
+  /** The last checkpoint's sequence number. */
   step: number;
+  /** Steps done: model calls in the run's history. */
+  steps: number;
+  /** The status as users read it: "done after 3 steps", "interrupted at step 3". */
   label: string;
   live: boolean;
   run_id: string;

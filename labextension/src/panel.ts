@@ -124,7 +124,7 @@ function timeline(entries: ITimelineEntry[]): HTMLElement {
   for (const entry of entries.slice(-TIMELINE_MAX)) {
     const tick = el('span', `jp-AgentTimeline-tick jp-AgentTimeline-${entry.kind}`);
     tick.dataset.status = entry.status;
-    tick.title = `step ${entry.step}: ${entry.kind} (${entry.status.replace('_', ' ')})`;
+    tick.title = `checkpoint ${entry.step}: ${entry.kind.replace(/_/g, ' ')} (${entry.status.replace(/_/g, ' ')})`;
     bar.appendChild(tick);
   }
   return bar;

@@ -76,7 +76,8 @@ def test_timeline_approve_and_fork_by_clicking(
         timeline = page.locator(".ja-timeline")
         expect(timeline).to_have_count(1)
         badge = timeline.locator(".ja-header .ja-badge")
-        expect(badge).to_have_text("awaiting approval at step 2")
+        expect(badge).to_have_text("waiting for approval")
+        expect(timeline.locator(".ja-stats")).to_contain_text("3 checkpoints · 1 step")
         expect(timeline.locator(".ja-row")).to_have_count(3)
         approval = timeline.locator(".ja-approval")
         expect(approval.locator("textarea")).to_have_value(
@@ -86,14 +87,14 @@ def test_timeline_approve_and_fork_by_clicking(
         # Approve the first call: the run continues in the background, the list fills in.
         approval.get_by_role("button", name="Approve").click()
         expect(approval.locator("textarea")).to_have_value("total = sum(numbers)\ntotal")
-        expect(badge).to_have_text("awaiting approval at step 8")
+        expect(timeline.locator(".ja-stats")).to_contain_text("9 checkpoints · 2 steps")
         expect(timeline.locator(".ja-log")).to_contain_text("5 numbers")
 
         # Edit the second call before running it.
         approval.get_by_role("button", name="Edit").click()
         approval.locator("textarea").fill("total = sum(numbers) + 0\ntotal")
         approval.get_by_role("button", name="Run edited code").click()
-        expect(badge).to_have_text("done")
+        expect(badge).to_have_text("done after 3 steps")
         expect(timeline.locator(".ja-row").last).to_contain_text("The numbers add up to 14.")
         expect(approval).to_be_hidden()
 
@@ -116,10 +117,10 @@ def test_timeline_approve_and_fork_by_clicking(
             "mean = sum(numbers) / len(numbers)\nmean"
         )
         approval.get_by_role("button", name="Approve").click()
-        expect(badge).to_have_text("done")
+        expect(badge).to_have_text("done after 3 steps")  # one inherited from #1, two its own
         expect(timeline.locator(".ja-row").last).to_contain_text("The mean of the numbers is 2.8.")
         expect(timeline.locator(".ja-divider")).to_contain_text(
-            f"⋔ #2 branches off after step {step}"
+            f"⋔ #2 branches off after checkpoint {step}"
         )
         expect(timeline.locator(".ja-row.ja-inherited")).to_have_count(int(step) + 1)
         expect(runs.nth(0)).to_contain_text("done")
@@ -132,6 +133,13 @@ def test_timeline_approve_and_fork_by_clicking(
         expect(page.get_by_text("Error displaying widget")).to_have_count(0)
         timeline.screenshot(path=artifacts_dir / "timeline.png")
         page.screenshot(path=artifacts_dir / "notebook.png", full_page=True)
+
+        # After a kernel restart the view says it is out of date, and offers no actions.
+        page.evaluate(
+            "() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart()"
+        )
+        expect(timeline.locator(".ja-stale-note")).to_contain_text("Kernel restarted")
+        expect(detail.get_by_role("button", name="Fork from here")).to_be_disabled()
 
     store = Store(store_path)
     original, fork = store.runs()

@@ -1,0 +1,230 @@
+"""The words users read: run statuses, checkpoint kinds, and what a step is.
+
+One definition for the cell output, ``%agent list``, the timeline widget, the
+REST API and the JupyterLab badge, so they never disagree. Standard library
+only: the server extension and the widget import it without the agent loop.
+
+A **step** is one model call together with the tool calls it asks for, so the
+steps a run has done are the ``model`` checkpoints of its history. A
+**checkpoint** is one saved record; its sequence number is never called a step.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping
+from enum import Enum
+from typing import Any
+
+
+class _Word(str, Enum):
+    """A stored string with the words users read for it."""
+
+    def __new__(cls, value: str, label: str, icon: str = "") -> _Word:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member._label = label  # type: ignore[attr-defined]
+        member._icon = icon  # type: ignore[attr-defined]
+        return member
+
+    def __str__(self) -> str:
+        return self.value
+
+    def label(self) -> str:
+        return self._label  # type: ignore[attr-defined]
+
+
+class Status(_Word):
+    """A run's status. All but ``STALLED`` are stored in checkpoints.
+
+    :meth:`label` gives the status in a few words, without counts.
+    """
+
+    RUNNING = "running", "running"
+    DONE = "done", "done"
+    INTERRUPTED = "interrupted", "interrupted"
+    AWAITING_APPROVAL = "awaiting_approval", "waiting for approval"
+    ERROR = "error", "paused after an error"
+    LIMIT = "limit", "stopped at the step limit"
+    #: Paused at the token or cost budget; resumable.
+    BUDGET = "budget", "paused at the budget"
+    #: Paused: the same failing call or the same reply repeated; resumable.
+    STUCK = "stuck", "stuck"
+    #: Derived, never stored: a live run with no checkpoint for longer than the
+    #: stall threshold (a hung kernel, a tool call that never returns).
+    STALLED = "stalled", "stalled"
+
+
+#: Statuses of a run that may be resumed by re-running its cell.
+RESUMABLE = frozenset(set(Status) - {Status.DONE, Status.STALLED})
+
+
+class Kind(_Word):
+    """What a checkpoint records; :meth:`label` and :meth:`icon` name its timeline row."""
+
+    START = "start", "start", "▶"
+    FORK = "fork", "fork", "⋔"
+    RESUME = "resume", "resume", "↻"
+    MODEL = "model", "model", "◆"
+    TOOL_CALL = "tool_call", "tool call", "⚙"
+    TOOL_RESULT = "tool_result", "result", "↳"
+    APPROVAL = "approval", "approval", "‖"
+    INTERRUPTED = "interrupted", "interrupted", "■"
+    ERROR = "error", "error", "⚠"
+    LIMIT = "limit", "limit", "⊘"
+    #: The model's context was compacted.
+    COMPACTION = "compaction", "context compacted", "⇊"
+    BUDGET = "budget", "budget", "¤"
+    STUCK = "stuck", "stuck", "↺"
+
+    def icon(self) -> str:
+        return self._icon  # type: ignore[attr-defined]
+
+
+def kinds() -> dict[str, list[str]]:
+    """Every kind's ``[icon, label]``, for a frontend that draws rows."""
+    return {k.value: [k.icon(), k.label()] for k in Kind}
+
+
+def statuses() -> dict[str, str]:
+    """Every status's :meth:`Status.label`, for a frontend."""
+    return {s.value: s.label() for s in Status}
+
+
+# -- sentences -------------------------------------------------------------------------
+
+
+def plural(n: int, word: str) -> str:
+    """``1 step``, ``3 steps``, ``12,000 tokens``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def status_text(
+    status: str, steps: int, info: Mapping[str, Any] | None = None, *, idle: float | None = None
+) -> str:
+    """A run's status as users read it: "done after 3 steps", "interrupted at step 3".
+
+    ``steps`` is the steps the run's history has done (its ``model``
+    checkpoints); ``info`` the last checkpoint's info (budget and stuck
+    checkpoints explain themselves there); ``idle`` the seconds since the last
+    checkpoint (for a stalled run).
+    """
+    info = info or {}
+    try:
+        st = Status(status)
+    except ValueError:
+        return str(status).replace("_", " ")
+    at = f"at step {steps}" if steps > 0 else "before the first step"
+    if st is Status.DONE:
+        return f"done after {plural(steps, 'step')}" if steps > 0 else "done"
+    if st in (Status.INTERRUPTED, Status.ERROR):
+        return f"{st.label()} {at}"
+    if st is Status.LIMIT:
+        return f"{st.label()} after {plural(steps, 'step')}"
+    if st is Status.BUDGET:
+        return budget_text(info)
+    if st is Status.STUCK:
+        reason = str(info.get("reason") or "").strip()
+        return f"stuck: {reason}" if reason else "stuck: the same call or reply kept repeating"
+    if st is Status.STALLED:
+        since = f"for {duration(idle)}" if idle is not None else "for a long time"
+        return f"stalled: no checkpoint {since}"
+    return st.label()
+
+
+def budget_text(info: Mapping[str, Any]) -> str:
+    """ "paused at the budget: 48,210 of 50,000 tokens" from a budget checkpoint's info."""
+    spent, budget = info.get("spent"), info.get("budget")
+    if isinstance(spent, int) and isinstance(budget, int):
+        return f"paused at the budget: {spent:,} of {budget:,} tokens"
+    cost, budget_cost = info.get("cost"), info.get("budget_cost")
+    if isinstance(cost, int | float) and isinstance(budget_cost, int | float):
+        return f"paused at the budget: ${cost:,.2f} of ${budget_cost:,.2f}"
+    return Status.BUDGET.label()
+
+
+def checkpoint_text(kind: str, info: Mapping[str, Any]) -> str:
+    """What a compaction, budget or stuck checkpoint says; "" for other kinds."""
+    if kind == Kind.COMPACTION:
+        before, after = info.get("before_tokens"), info.get("after_tokens")
+        text = Kind.COMPACTION.label()
+        if isinstance(before, int) and isinstance(after, int):
+            text += f": {before:,} → {after:,} tokens"
+        if info.get("strategy"):
+            text += f" ({info['strategy']})"
+        return text
+    if kind == Kind.BUDGET:
+        return budget_text(info)
+    if kind == Kind.STUCK:
+        return status_text(Status.STUCK, 0, info)
+    return ""
+
+
+def duration(seconds: float) -> str:
+    """ "45 s", "17 min", "3 h 5 min": how long a run has been quiet."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    hours, minutes = divmod(s // 60, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+# -- counting steps ----------------------------------------------------------------------
+
+
+def count_steps(rows: Iterable[Any]) -> int:
+    """The steps among checkpoint rows (anything with a ``kind``, or dicts with one)."""
+    return sum(
+        1 for r in rows if (r.get("kind") if isinstance(r, Mapping) else r.kind) == Kind.MODEL
+    )
+
+
+def history_steps(
+    segments: Iterable[tuple[str, int | None]], model_steps: Mapping[str, list[int]]
+) -> int:
+    """The steps of a history made of ``(run, up-to-checkpoint)`` segments.
+
+    ``model_steps`` holds, per run, the sorted sequence numbers of its ``model``
+    checkpoints: a fork's history counts its parent's steps up to the fork point.
+    """
+    total = 0
+    for run_id, upto in segments:
+        seqs = model_steps.get(run_id, [])
+        total += len(seqs) if upto is None else bisect_right(seqs, upto)
+    return total
+
+
+#: Per run, the sorted sequence numbers of its model checkpoints; one
+#: parameter: the list of run ids. Metadata only, never a payload.
+MODEL_STEPS_SQL = (
+    "SELECT run_id, list(step ORDER BY step) FROM checkpoints "
+    "WHERE kind = 'model' AND run_id IN (SELECT UNNEST(?)) GROUP BY run_id"
+)
+
+
+def ledger(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Tokens of a history: total (the ``tokens`` column), prompt and completion (usage)."""
+    out = {"tokens": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    for r in rows:
+        out["tokens"] += int(r.get("tokens") or 0)
+        usage = (r.get("info") or {}).get("usage") or {}
+        for key in ("prompt_tokens", "completion_tokens"):
+            value = usage.get(key)
+            if isinstance(value, int):
+                out[key] += value
+    return out
+
+
+def plan_progress(items: Any) -> dict[str, Any] | None:
+    """A plan's items and "4/12" progress, from an ``update_plan`` result's ``info["plan"]``."""
+    if not isinstance(items, list):
+        return None
+    clean = [
+        {"title": str(i.get("title", "")), "status": str(i.get("status", "pending"))}
+        for i in items
+        if isinstance(i, Mapping)
+    ]
+    done = sum(1 for i in clean if i["status"] == "done")
+    return {"items": clean, "done": done, "total": len(clean), "text": f"{done}/{len(clean)}"}

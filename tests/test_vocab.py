@@ -1,0 +1,109 @@
+"""The user-facing words: one definition, and every surface speaking it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jupyter_agent import render, state, vocab
+from jupyter_agent.vocab import Kind, Status
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_lab_status_type_is_the_vocabulary() -> None:
+    source = (ROOT / "labextension" / "src" / "api.ts").read_text()
+    match = re.search(r"export type AgentStatus\s*=([^;]*);", source)
+    assert match, "labextension/src/api.ts has no AgentStatus type"
+    declared = re.findall(r"'([a-z_]+)'", match.group(1))
+    assert sorted(declared) == sorted(s.value for s in Status)
+
+
+def test_the_shared_statuses_and_kinds() -> None:
+    assert [s.value for s in Status] == [
+        "running", "done", "interrupted", "awaiting_approval", "error", "limit",
+        "budget", "stuck", "stalled",
+    ]  # fmt: skip
+    assert {k.value for k in Kind} == {
+        "start", "fork", "resume", "model", "tool_call", "tool_result", "approval",
+        "interrupted", "error", "limit", "compaction", "budget", "stuck",
+    }  # fmt: skip
+    assert all(s.label() for s in Status) and all(k.label() and k.icon() for k in Kind)
+    # The old names stay importable and compare like the stored strings.
+    assert state.DONE == "done" and state.STALLED == "stalled" and state.BUDGET == "budget"
+    assert "limit" in state.RESUMABLE and "stuck" in state.RESUMABLE
+    assert "done" not in state.RESUMABLE and f"{state.AWAITING_APPROVAL}" == "awaiting_approval"
+
+
+@pytest.mark.parametrize(
+    ("status", "steps", "info", "idle", "text"),
+    [
+        ("running", 2, None, None, "running"),
+        ("done", 3, None, None, "done after 3 steps"),
+        ("done", 1, None, None, "done after 1 step"),
+        ("interrupted", 3, None, None, "interrupted at step 3"),
+        ("interrupted", 0, None, None, "interrupted before the first step"),
+        ("awaiting_approval", 2, None, None, "waiting for approval"),
+        ("error", 4, None, None, "paused after an error at step 4"),
+        ("limit", 30, None, None, "stopped at the step limit after 30 steps"),
+        ("budget", 9, {"spent": 48210, "budget": 50000}, None,
+         "paused at the budget: 48,210 of 50,000 tokens"),
+        ("budget", 9, {"spent": 1, "budget": None, "cost": 0.52, "budget_cost": 0.5}, None,
+         "paused at the budget: $0.52 of $0.50"),
+        ("budget", 9, {}, None, "paused at the budget"),
+        ("stuck", 5, {"reason": "the same reply 3 times"}, None, "stuck: the same reply 3 times"),
+        ("stalled", 5, None, 17 * 60 + 20, "stalled: no checkpoint for 17 min"),
+        ("stalled", 5, None, None, "stalled: no checkpoint for a long time"),
+        ("paused_somehow", 1, None, None, "paused somehow"),  # a newer version's status
+    ],
+)  # fmt: skip
+def test_status_sentences(
+    status: str, steps: int, info: dict | None, idle: float | None, text: str
+) -> None:
+    assert vocab.status_text(status, steps, info, idle=idle) == text
+    # The cell output and %agent list speak through render, with the same words.
+    assert render.status_text(status, steps, info, idle=idle) == text
+
+
+def test_checkpoint_sentences() -> None:
+    info = {"strategy": "trim", "before_tokens": 41200, "after_tokens": 9800}
+    assert vocab.checkpoint_text("compaction", info) == (
+        "context compacted: 41,200 → 9,800 tokens (trim)"
+    )
+    assert vocab.checkpoint_text("model", info) == ""
+    assert vocab.duration(45) == "45 s" and vocab.duration(3 * 3600 + 300) == "3 h 5 min"
+
+
+def test_counting_steps_follows_forks() -> None:
+    model_steps = {"parent": [1, 4, 7], "fork": [9]}
+    assert vocab.history_steps([("parent", None)], model_steps) == 3
+    assert vocab.history_steps([("parent", 4), ("fork", None)], model_steps) == 3
+    assert vocab.history_steps([("parent", 3), ("fork", None)], model_steps) == 2
+    assert vocab.count_steps([{"kind": "model"}, {"kind": "tool_call"}, {"kind": "model"}]) == 2
+
+
+def test_plan_and_ledger() -> None:
+    plan = vocab.plan_progress(
+        [{"title": "a", "status": "done"}, {"title": "b", "status": "pending"}, "junk"]
+    )
+    assert plan is not None and (plan["text"], plan["total"]) == ("1/2", 2)
+    assert vocab.plan_progress("not a list") is None
+    rows = [
+        {"tokens": 12, "info": {"usage": {"prompt_tokens": 10, "completion_tokens": 2}}},
+        {"tokens": 0},
+    ]
+    assert vocab.ledger(rows) == {"tokens": 12, "prompt_tokens": 10, "completion_tokens": 2}
+
+
+def test_the_vocabulary_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, jupyter_agent.vocab\n"
+        "heavy = {'duckdb', 'dill', 'openai', 'IPython', 'anywidget'} & set(sys.modules)\n"
+        "assert not heavy, heavy"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -7,7 +7,8 @@
 * A changed prompt, or ``--restart``, starts a new run; older runs stay stored.
 
 One agent is executed by at most one thread of a kernel at a time
-(:func:`claim`), and a run whose journal another process holds is not resumed.
+(:func:`claim`), and by at most one process: :meth:`Store.agent_lock` is taken
+before the agent's latest run is read and held until its execution ends.
 """
 
 from __future__ import annotations
@@ -23,12 +24,7 @@ from .agent import Events, Execution, RunOptions, effective_status, load_state, 
 from .identity import AgentIdentity, IdentityError
 from .model import ConfigError, Endpoint, ModelClient
 from .state import AWAITING_APPROVAL, DONE, RunState, StateVersionError, prompt_hash
-from .store import RunRow, Store, StoreError
-
-
-class AgentBusy(StoreError):
-    """The agent is running elsewhere (another kernel, or in the background here)."""
-
+from .store import AgentBusy, RunRow, Store, StoreError
 
 #: Errors a user can cause; they are reported as one short message, not a traceback.
 USER_ERRORS = (StoreError, ConfigError, IdentityError, StateVersionError)
@@ -51,11 +47,7 @@ def acquire(notebook: str, agent: str) -> None:
     """Mark the agent as executing in this kernel, or raise :class:`AgentBusy`."""
     with _claim_lock:
         if (notebook, agent) in _claimed:
-            raise AgentBusy(
-                f"Agent {agent!r} is already running in this kernel (in the background or "
-                "from its timeline). Wait for it, or pause it in the timeline or with "
-                f"%agent pause {agent}."
-            )
+            raise AgentBusy.here(agent)
         _claimed.add((notebook, agent))
 
 
@@ -109,6 +101,36 @@ def run_cell(
 ) -> Outcome:
     # The kernel learns its notebook's path at start; follow renames made since.
     identity = replace(identity, notebook=store.resolve_notebook(identity.notebook))
+    with store.agent_lock(identity.notebook, identity.agent):
+        return _run_cell_locked(
+            store=store,
+            shell=shell,
+            identity=identity,
+            prompt=prompt,
+            model=model,
+            options=options,
+            events=events,
+            restart=restart,
+            decision=decision,
+            endpoint_args=endpoint_args,
+            cancel=cancel,
+        )
+
+
+def _run_cell_locked(
+    *,
+    store: Store,
+    shell: Any,
+    identity: AgentIdentity,
+    prompt: str,
+    model: str,
+    options: RunOptions,
+    events: Events,
+    restart: bool,
+    decision: dict | None,
+    endpoint_args: dict | None,
+    cancel: threading.Event | None,
+) -> Outcome:
     previous = None if restart else latest_run(store, identity.notebook, identity.agent)
     # The stored prompt has its secrets redacted; `%agent resume` passes that text back.
     if previous is not None and prompt_hash(prompt) not in (
@@ -149,6 +171,23 @@ def resume_run(
     cancel: threading.Event | None = None,
 ) -> Outcome:
     """Continue ``run`` from its last checkpoint, or restore it when it has nothing left to do."""
+    with store.agent_lock(run.notebook, run.agent):
+        return _resume_locked(
+            store, shell, run, options, events, model, decision, endpoint_args, cancel
+        )
+
+
+def _resume_locked(
+    store: Store,
+    shell: Any,
+    run: RunRow,
+    options: RunOptions,
+    events: Events,
+    model: str,
+    decision: dict | None,
+    endpoint_args: dict | None,
+    cancel: threading.Event | None,
+) -> Outcome:
     live = store.live_runs()
     if run.run_id in live:
         raise AgentBusy(

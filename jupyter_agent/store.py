@@ -15,6 +15,7 @@ itself never unpickles a payload: that is left to the caller that owns the data
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import threading
@@ -73,6 +74,26 @@ class StoreError(Exception):
 
 class StoreBusy(StoreError):
     """Another process held the store for longer than the wait allows."""
+
+
+class AgentBusy(StoreError):
+    """The agent is running elsewhere (another kernel, or in the background here)."""
+
+    @classmethod
+    def here(cls, agent: str) -> AgentBusy:
+        return cls(
+            f"Agent {agent!r} is already running in this kernel (in the background or "
+            "from its timeline). Wait for it, or pause it in the timeline or with "
+            f"%agent pause {agent}."
+        )
+
+    @classmethod
+    def elsewhere(cls, agent: str, pid: int | None) -> AgentBusy:
+        who = f"pid {pid}" if pid is not None else "pid unknown"
+        return cls(
+            f"Agent {agent!r} is running in another kernel ({who}). Wait for it, or stop it "
+            "there, before running it here."
+        )
 
 
 class StoreWarning(UserWarning):
@@ -193,6 +214,34 @@ class Store:
                 f"Cannot write checkpoints under {self.journal_dir}: {exc.strerror or exc}."
             ) from exc
         return RunWriter(self, jw, secrets_in_environment() if secrets is None else secrets)
+
+    @contextlib.contextmanager
+    def agent_lock(self, notebook: str, agent: str) -> Iterator[None]:
+        """Be the only writer of the agent ``agent`` of ``notebook`` while this is held.
+
+        Taken before the agent's latest run is read, and held until its execution
+        ends, so deciding what to run and running it are one atomic step across
+        processes. Re-entrant within a thread; another thread or process gets
+        :class:`AgentBusy` at once, naming the holder's pid. A process that dies
+        releases it (a ``flock`` on a per-agent file in the journal directory; a
+        database backend would use an advisory lock on the same key).
+        """
+        self._ensure_dir()
+        key = hashlib.sha256(f"{notebook}\0{agent}".encode()).hexdigest()[:32]
+        held = contextlib.ExitStack()
+        try:
+            held.enter_context(journal.owner_lock(self.journal_dir / (key + journal.LOCK_SUFFIX)))
+        except journal.LockHeld as exc:
+            raise (
+                AgentBusy.here(agent) if exc.here else AgentBusy.elsewhere(agent, exc.pid)
+            ) from None
+        except OSError as exc:
+            raise StoreError(
+                f"Cannot take the lock of agent {agent!r} under {self.journal_dir}: "
+                f"{exc.strerror or exc}."
+            ) from exc
+        with held:
+            yield
 
     def _ensure_dir(self) -> None:
         parent = self.path.parent

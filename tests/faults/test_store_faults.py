@@ -113,10 +113,13 @@ def test_a_forked_child_does_not_keep_a_crashed_run_alive(tmp_path: Path) -> Non
         path,
         """
         w.put_run(run)
+        ready, tell = os.pipe()
         if os.fork() == 0:  # a worker forked by the agent's code, outliving the kernel
             import time
+            os.write(tell, b"up")  # its fork handlers have run: it is as it will stay
             time.sleep(3)
             os._exit(0)
+        os.read(ready, 2)
         """,
     )
     assert Store(path).live_runs() == set()

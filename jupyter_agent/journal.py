@@ -46,10 +46,12 @@ per record.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import signal
+import stat
 import struct
 import threading
 import time
@@ -300,6 +302,8 @@ class JournalFile:
     path: Path
     fd: int
     live: bool  # a running process still owns it
+    owner: int = -1  # uid of the file, checked before anything in it is trusted
+    mode: int = 0
 
     @property
     def run_id(self) -> str:
@@ -321,31 +325,56 @@ class JournalFile:
             os.close(fd)
 
 
-def _probe(path: Path) -> tuple[int, bool] | None:
-    """Open ``path``; return (fd, live). A dead journal's fd keeps a shared lock."""
+class NotAJournal(OSError):
+    """Something named like a journal that is not a regular file."""
+
+
+def _probe(path: Path) -> tuple[int, bool, os.stat_result] | None:
+    """Open ``path``; return (fd, live, stat). A dead journal's fd keeps a shared lock.
+
+    Symlinks are not followed and anything but a regular file is refused with
+    :class:`NotAJournal`, so nothing planted beside the journals is read as one.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None  # merged and deleted by somebody else meanwhile
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotAJournal(errno.ELOOP, "a symbolic link, not a journal") from None
+        raise
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAJournal(errno.EISDIR, "not a regular file")
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return fd, False
+        return fd, False, st
     except BlockingIOError:
-        return fd, True
+        return fd, True, st
     except BaseException:
         os.close(fd)
         raise
 
 
-def scan(directory: Path) -> list[JournalFile]:
-    """Every journal on disk, opened; dead ones hold a shared lock until closed."""
+def scan(directory: Path, skipped: list[tuple[Path, OSError]] | None = None) -> list[JournalFile]:
+    """Every journal on disk, opened; dead ones hold a shared lock until closed.
+
+    Entries that cannot be opened as journals are left out, and listed in
+    ``skipped`` with the reason, for the caller to report.
+    """
     found: list[JournalFile] = []
     if not directory.is_dir():
         return found
     for path in sorted(directory.glob("*" + SUFFIX)):
-        probed = _probe(path)
+        try:
+            probed = _probe(path)
+        except OSError as exc:
+            if skipped is not None:
+                skipped.append((path, exc))
+            continue
         if probed is not None:
-            found.append(JournalFile(path, *probed))
+            fd, live, st = probed
+            found.append(JournalFile(path, fd, live, st.st_uid, st.st_mode))
     return found
 
 
@@ -355,10 +384,13 @@ def live_run_ids(directory: Path) -> set[str]:
     if not directory.is_dir():
         return live
     for path in directory.glob("*" + SUFFIX):
-        probed = _probe(path)
+        try:
+            probed = _probe(path)
+        except OSError:
+            continue  # not a journal: reported by the readers that fold
         if probed is None:
             continue
-        fd, is_live = probed
+        fd, is_live, _ = probed
         os.close(fd)
         if is_live:
             live.add(path.name.split(".", 1)[0])
@@ -460,3 +492,38 @@ def _holder(fd: int) -> int | None:
         if time.monotonic() > deadline:
             return None
         time.sleep(0.01)
+
+
+# -- inspecting a journal ---------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m jupyter_agent.journal FILE...``: list records, never unpickling a payload."""
+    import sys
+
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print("usage: python -m jupyter_agent.journal FILE...", file=sys.stderr)
+        return 2
+    for name in paths:
+        try:
+            st = os.lstat(name)
+            with open(name, "rb") as f:
+                found = decode(f.read())
+        except OSError as exc:
+            print(f"{name}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        mode = stat.filemode(st.st_mode)
+        print(f"{name}: {st.st_size} bytes, owner uid {st.st_uid}, mode {mode}")
+        for offset, record in zip(found.offsets, found.records, strict=True):
+            row = json.dumps(record.row, sort_keys=True)
+            print(f"  @{offset} {record.table} {row} + {len(record.payload)} payload bytes")
+        for start, end in found.damaged:
+            print(f"  bytes {start}-{end}: damaged")
+        if found.torn:
+            print("  an incomplete last record (a write cut short)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -102,60 +102,31 @@ def run_cell(
     # The kernel learns its notebook's path at start; follow renames made since.
     identity = replace(identity, notebook=store.resolve_notebook(identity.notebook))
     with store.agent_lock(identity.notebook, identity.agent):
-        return _run_cell_locked(
+        previous = None if restart else latest_run(store, identity.notebook, identity.agent)
+        # The stored prompt has its secrets redacted; `%agent resume` passes that text back.
+        if previous is not None and prompt_hash(prompt) not in (
+            previous.prompt_hash,
+            prompt_hash(previous.prompt),
+        ):
+            previous = None
+        if previous is None:
+            run = new_run(identity, prompt, model, info={"approve": approve_policy(options)})
+            execution = make_execution(
+                store, shell, run, RunState(), model, options, events, endpoint_args, cancel
+            )
+            execution.execute(first=True)
+            return Outcome(run, execution.state, "new", [], {})
+        return resume_run(
             store=store,
             shell=shell,
-            identity=identity,
-            prompt=prompt,
+            run=previous,
             model=model,
             options=options,
             events=events,
-            restart=restart,
             decision=decision,
             endpoint_args=endpoint_args,
             cancel=cancel,
         )
-
-
-def _run_cell_locked(
-    *,
-    store: Store,
-    shell: Any,
-    identity: AgentIdentity,
-    prompt: str,
-    model: str,
-    options: RunOptions,
-    events: Events,
-    restart: bool,
-    decision: dict | None,
-    endpoint_args: dict | None,
-    cancel: threading.Event | None,
-) -> Outcome:
-    previous = None if restart else latest_run(store, identity.notebook, identity.agent)
-    # The stored prompt has its secrets redacted; `%agent resume` passes that text back.
-    if previous is not None and prompt_hash(prompt) not in (
-        previous.prompt_hash,
-        prompt_hash(previous.prompt),
-    ):
-        previous = None
-    if previous is None:
-        run = new_run(identity, prompt, model, info={"approve": approve_policy(options)})
-        execution = make_execution(
-            store, shell, run, RunState(), model, options, events, endpoint_args, cancel
-        )
-        execution.execute(first=True)
-        return Outcome(run, execution.state, "new", [], {})
-    return resume_run(
-        store=store,
-        shell=shell,
-        run=previous,
-        model=model,
-        options=options,
-        events=events,
-        decision=decision,
-        endpoint_args=endpoint_args,
-        cancel=cancel,
-    )
 
 
 def resume_run(
@@ -172,48 +143,32 @@ def resume_run(
 ) -> Outcome:
     """Continue ``run`` from its last checkpoint, or restore it when it has nothing left to do."""
     with store.agent_lock(run.notebook, run.agent):
-        return _resume_locked(
-            store, shell, run, options, events, model, decision, endpoint_args, cancel
+        live = store.live_runs()
+        if run.run_id in live:
+            raise AgentBusy(
+                f"Agent {run.agent!r} is running in another kernel or in the background. "
+                "Wait for it, or stop it there, before running it here."
+            )
+        state = load_state(store, run)
+        status = effective_status(state.status, run.run_id, live)
+        if status == AWAITING_APPROVAL and decision is None:
+            restored, failed = restore_variables(store, shell, state, events)
+            return Outcome(run, state, "waiting", restored, failed)
+        if status == DONE:
+            restored, failed = restore_variables(store, shell, state, events)
+            return Outcome(run, state, "restore", restored, failed)
+        options = run_options(run, options)
+        # Resolve the endpoint before touching the namespace, so a configuration
+        # error leaves everything as it was.
+        execution = make_execution(
+            store, shell, run, state, run.model or model, options, events, endpoint_args, cancel
         )
-
-
-def _resume_locked(
-    store: Store,
-    shell: Any,
-    run: RunRow,
-    options: RunOptions,
-    events: Events,
-    model: str,
-    decision: dict | None,
-    endpoint_args: dict | None,
-    cancel: threading.Event | None,
-) -> Outcome:
-    live = store.live_runs()
-    if run.run_id in live:
-        raise AgentBusy(
-            f"Agent {run.agent!r} is running in another kernel or in the background. "
-            "Wait for it, or stop it there, before running it here."
-        )
-    state = load_state(store, run)
-    status = effective_status(state.status, run.run_id, live)
-    if status == AWAITING_APPROVAL and decision is None:
         restored, failed = restore_variables(store, shell, state, events)
-        return Outcome(run, state, "waiting", restored, failed)
-    if status == DONE:
-        restored, failed = restore_variables(store, shell, state, events)
-        return Outcome(run, state, "restore", restored, failed)
-    options = run_options(run, options)
-    # Resolve the endpoint before touching the namespace, so a configuration
-    # error leaves everything as it was.
-    execution = make_execution(
-        store, shell, run, state, run.model or model, options, events, endpoint_args, cancel
-    )
-    restored, failed = restore_variables(store, shell, state, events)
-    # Killed after the run row was written but before its first checkpoint:
-    # start it properly, or the model would be called with no conversation.
-    own_first = run.parent_step + 1 if run.parent_run and run.parent_step is not None else 0
-    execution.execute(first=state.step < own_first, decision=decision)
-    return Outcome(run, execution.state, "resume", restored, failed)
+        # Killed after the run row was written but before its first checkpoint:
+        # start it properly, or the model would be called with no conversation.
+        own_first = run.parent_step + 1 if run.parent_run and run.parent_step is not None else 0
+        execution.execute(first=state.step < own_first, decision=decision)
+        return Outcome(run, execution.state, "resume", restored, failed)
 
 
 def approve_policy(options: RunOptions) -> bool | list[str]:

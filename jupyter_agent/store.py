@@ -360,7 +360,10 @@ class Store:
                 # blocks of its own, and at the default 256 KiB that fixed floor
                 # dwarfs the checkpoints of a short run.
                 config = {"default_block_size": str(BLOCK_SIZE)} if created else {}
-                con = duckdb.connect(str(self.path), read_only=read_only, config=config)
+                # read_only only when set: a connection whose configuration differs
+                # from one open in this process (another thread) is refused.
+                extra = {"read_only": True} if read_only else {}
+                con = duckdb.connect(str(self.path), config=config, **extra)
                 break
             except duckdb.Error as exc:
                 low = str(exc).lower()

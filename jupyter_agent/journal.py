@@ -26,6 +26,13 @@ well-formed for the next append.
 Records are JSON metadata plus an opaque byte payload: reading a journal never
 unpickles anything.
 
+One writer per agent: :func:`owner_lock` holds an exclusive ``flock`` on a
+per-agent lock file (``*.lock``) naming the holder's pid. It is taken before
+the agent's latest run is even read and held for the whole execution, so two
+kernels can never both decide to start or resume the same agent. The kernel
+drops it when the process dies, so a crashed kernel never blocks the next one;
+forked children close their copy, like journals.
+
 Fault injection for tests: ``JUPYTER_AGENT_CRASH=<when>:<what>[:<n>]`` makes
 this process SIGKILL itself at the n-th (default first) matching point, where
 ``when`` is ``before``, ``torn`` (half the frame written) or ``after`` (frame
@@ -39,14 +46,19 @@ per record.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import signal
+import stat
 import struct
+import threading
+import time
 import uuid
 import weakref
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -290,6 +302,8 @@ class JournalFile:
     path: Path
     fd: int
     live: bool  # a running process still owns it
+    owner: int = -1  # uid of the file, checked before anything in it is trusted
+    mode: int = 0
 
     @property
     def run_id(self) -> str:
@@ -311,31 +325,56 @@ class JournalFile:
             os.close(fd)
 
 
-def _probe(path: Path) -> tuple[int, bool] | None:
-    """Open ``path``; return (fd, live). A dead journal's fd keeps a shared lock."""
+class NotAJournal(OSError):
+    """Something named like a journal that is not a regular file."""
+
+
+def _probe(path: Path) -> tuple[int, bool, os.stat_result] | None:
+    """Open ``path``; return (fd, live, stat). A dead journal's fd keeps a shared lock.
+
+    Symlinks are not followed and anything but a regular file is refused with
+    :class:`NotAJournal`, so nothing planted beside the journals is read as one.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None  # merged and deleted by somebody else meanwhile
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotAJournal(errno.ELOOP, "a symbolic link, not a journal") from None
+        raise
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAJournal(errno.EISDIR, "not a regular file")
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return fd, False
+        return fd, False, st
     except BlockingIOError:
-        return fd, True
+        return fd, True, st
     except BaseException:
         os.close(fd)
         raise
 
 
-def scan(directory: Path) -> list[JournalFile]:
-    """Every journal on disk, opened; dead ones hold a shared lock until closed."""
+def scan(directory: Path, skipped: list[tuple[Path, OSError]] | None = None) -> list[JournalFile]:
+    """Every journal on disk, opened; dead ones hold a shared lock until closed.
+
+    Entries that cannot be opened as journals are left out, and listed in
+    ``skipped`` with the reason, for the caller to report.
+    """
     found: list[JournalFile] = []
     if not directory.is_dir():
         return found
     for path in sorted(directory.glob("*" + SUFFIX)):
-        probed = _probe(path)
+        try:
+            probed = _probe(path)
+        except OSError as exc:
+            if skipped is not None:
+                skipped.append((path, exc))
+            continue
         if probed is not None:
-            found.append(JournalFile(path, *probed))
+            fd, live, st = probed
+            found.append(JournalFile(path, fd, live, st.st_uid, st.st_mode))
     return found
 
 
@@ -345,11 +384,146 @@ def live_run_ids(directory: Path) -> set[str]:
     if not directory.is_dir():
         return live
     for path in directory.glob("*" + SUFFIX):
-        probed = _probe(path)
+        try:
+            probed = _probe(path)
+        except OSError:
+            continue  # not a journal: reported by the readers that fold
         if probed is None:
             continue
-        fd, is_live = probed
+        fd, is_live, _ = probed
         os.close(fd)
         if is_live:
             live.add(path.name.split(".", 1)[0])
     return live
+
+
+# -- one writer per agent ---------------------------------------------------------------
+
+LOCK_SUFFIX = ".lock"
+
+
+class LockHeld(Exception):
+    """Another process (``pid``), or another thread of this one (``here``), holds the lock."""
+
+    def __init__(self, pid: int | None, *, here: bool) -> None:
+        super().__init__(pid)
+        self.pid = pid
+        self.here = here
+
+
+@dataclass
+class _Hold:
+    fd: int
+    thread: int
+    depth: int = 1
+
+
+_holds: dict[Path, _Hold] = {}
+_holds_lock = threading.Lock()
+
+
+def _drop_locks_in_child() -> None:
+    """In a forked child: the parent holds the locks, not the child (nor its threads' state)."""
+    global _holds_lock
+    _holds_lock = threading.Lock()
+    for hold in _holds.values():
+        with contextlib.suppress(OSError):
+            os.close(hold.fd)
+    _holds.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
+@contextlib.contextmanager
+def owner_lock(path: Path) -> Iterator[None]:
+    """Hold the exclusive lock ``path`` (re-entrant within one thread) or raise :class:`LockHeld`.
+
+    Non-blocking: the caller reports who holds it instead of waiting. The file
+    is never deleted (unlinking a lock file lets two processes lock two files).
+    """
+    me = threading.get_ident()
+    with _holds_lock:
+        hold = _holds.get(path)
+        if hold is None:
+            _holds[path] = _Hold(_take(path), me)
+        elif hold.thread == me:
+            hold.depth += 1
+        else:
+            raise LockHeld(os.getpid(), here=True)
+    try:
+        yield
+    finally:
+        with _holds_lock:
+            hold = _holds[path]
+            hold.depth -= 1
+            if hold.depth == 0:
+                del _holds[path]
+                os.close(hold.fd)  # releases the flock
+
+
+def _take(path: Path) -> int:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _holder(fd)
+        os.close(fd)
+        raise LockHeld(pid, here=False) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _holder(fd: int) -> int | None:
+    """The pid the holder wrote; it may be a moment late, so look for up to 0.2 s."""
+    deadline = time.monotonic() + 0.2
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            return int(os.pread(fd, 32, 0).decode().strip())
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
+
+
+# -- inspecting a journal ---------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m jupyter_agent.journal FILE...``: list records, never unpickling a payload."""
+    import sys
+
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print("usage: python -m jupyter_agent.journal FILE...", file=sys.stderr)
+        return 2
+    for name in paths:
+        try:
+            st = os.lstat(name)
+            with open(name, "rb") as f:
+                found = decode(f.read())
+        except OSError as exc:
+            print(f"{name}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        mode = stat.filemode(st.st_mode)
+        print(f"{name}: {st.st_size} bytes, owner uid {st.st_uid}, mode {mode}")
+        for offset, record in zip(found.offsets, found.records, strict=True):
+            row = json.dumps(record.row, sort_keys=True)
+            print(f"  @{offset} {record.table} {row} + {len(record.payload)} payload bytes")
+        for start, end in found.damaged:
+            print(f"  bytes {start}-{end}: damaged")
+        if found.torn:
+            print("  an incomplete last record (a write cut short)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,7 +7,8 @@
 * A changed prompt, or ``--restart``, starts a new run; older runs stay stored.
 
 One agent is executed by at most one thread of a kernel at a time
-(:func:`claim`), and a run whose journal another process holds is not resumed.
+(:func:`claim`), and by at most one process: :meth:`Store.agent_lock` is taken
+before the agent's latest run is read and held until its execution ends.
 """
 
 from __future__ import annotations
@@ -31,12 +32,7 @@ from .agent import (
 from .identity import AgentIdentity, IdentityError
 from .model import ConfigError, Endpoint, ModelClient
 from .state import AWAITING_APPROVAL, DONE, RunState, StateVersionError, prompt_hash
-from .store import RunRow, Store, StoreError
-
-
-class AgentBusy(StoreError):
-    """The agent is running elsewhere (another kernel, or in the background here)."""
-
+from .store import AgentBusy, RunRow, Store, StoreError
 
 #: Errors a user can cause; they are reported as one short message, not a traceback.
 USER_ERRORS = (StoreError, ConfigError, IdentityError, StateVersionError)
@@ -59,11 +55,7 @@ def acquire(notebook: str, agent: str) -> None:
     """Mark the agent as executing in this kernel, or raise :class:`AgentBusy`."""
     with _claim_lock:
         if (notebook, agent) in _claimed:
-            raise AgentBusy(
-                f"Agent {agent!r} is already running in this kernel (in the background or "
-                "from its timeline). Wait for it, or pause it in the timeline or with "
-                f"%agent pause {agent}."
-            )
+            raise AgentBusy.here(agent)
         _claimed.add((notebook, agent))
 
 
@@ -124,33 +116,34 @@ def run_cell(
     """
     # The kernel learns its notebook's path at start; follow renames made since.
     identity = replace(identity, notebook=store.resolve_notebook(identity.notebook))
-    previous = None if restart else latest_run(store, identity.notebook, identity.agent)
-    # The stored prompt has its secrets redacted; `%agent resume` passes that text back.
-    if previous is not None and prompt_hash(prompt) not in (
-        previous.prompt_hash,
-        prompt_hash(previous.prompt),
-    ):
-        previous = None
-    if previous is None:
-        info = {"approve": approve_policy(options), "plan": options.plan}
-        run = new_run(identity, prompt, model, info=info)
-        execution = make_execution(
-            store, shell, run, RunState(), model, options, events, endpoint_args, cancel
+    with store.agent_lock(identity.notebook, identity.agent):
+        previous = None if restart else latest_run(store, identity.notebook, identity.agent)
+        # The stored prompt has its secrets redacted; `%agent resume` passes that text back.
+        if previous is not None and prompt_hash(prompt) not in (
+            previous.prompt_hash,
+            prompt_hash(previous.prompt),
+        ):
+            previous = None
+        if previous is None:
+            info = {"approve": approve_policy(options), "plan": options.plan}
+            run = new_run(identity, prompt, model, info=info)
+            execution = make_execution(
+                store, shell, run, RunState(), model, options, events, endpoint_args, cancel
+            )
+            execution.execute(first=True)
+            return Outcome(run, execution.state, "new", [], {})
+        return resume_run(
+            store=store,
+            shell=shell,
+            run=previous,
+            model=model,
+            options=options,
+            events=events,
+            decision=decision,
+            endpoint_args=endpoint_args,
+            cancel=cancel,
+            cell_options=cell_options,
         )
-        execution.execute(first=True)
-        return Outcome(run, execution.state, "new", [], {})
-    return resume_run(
-        store=store,
-        shell=shell,
-        run=previous,
-        model=model,
-        options=options,
-        events=events,
-        decision=decision,
-        endpoint_args=endpoint_args,
-        cancel=cancel,
-        cell_options=cell_options,
-    )
 
 
 def resume_run(
@@ -172,34 +165,35 @@ def resume_run(
     latest execution, so a corrected ``--model`` takes effect. Its approval
     policy is the cell's with ``cell_options``, else the run's latest.
     """
-    live = store.live_runs()
-    if run.run_id in live:
-        raise AgentBusy(
-            f"Agent {run.agent!r} is running in another kernel or in the background. "
-            "Wait for it, or stop it there, before running it here."
+    with store.agent_lock(run.notebook, run.agent):
+        live = store.live_runs()
+        if run.run_id in live:
+            raise AgentBusy(
+                f"Agent {run.agent!r} is running in another kernel or in the background. "
+                "Wait for it, or stop it there, before running it here."
+            )
+        state = load_state(store, run)
+        status = effective_status(state.status, run.run_id, live)
+        if status == AWAITING_APPROVAL and decision is None:
+            restored, failed = restore_variables(store, shell, state, events)
+            return Outcome(run, state, "waiting", restored, failed)
+        if status == DONE:
+            restored, failed = restore_variables(store, shell, state, events)
+            return Outcome(run, state, "restore", restored, failed)
+        last = last_settings(store, run)
+        if not cell_options:
+            options = run_options(run, options, last["approve"])
+        # Resolve the endpoint before touching the namespace, so a configuration
+        # error leaves everything as it was.
+        execution = make_execution(
+            store, shell, run, state, model or last["model"], options, events, endpoint_args, cancel
         )
-    state = load_state(store, run)
-    status = effective_status(state.status, run.run_id, live)
-    if status == AWAITING_APPROVAL and decision is None:
         restored, failed = restore_variables(store, shell, state, events)
-        return Outcome(run, state, "waiting", restored, failed)
-    if status == DONE:
-        restored, failed = restore_variables(store, shell, state, events)
-        return Outcome(run, state, "restore", restored, failed)
-    last = last_settings(store, run)
-    if not cell_options:
-        options = run_options(run, options, last["approve"])
-    # Resolve the endpoint before touching the namespace, so a configuration
-    # error leaves everything as it was.
-    execution = make_execution(
-        store, shell, run, state, model or last["model"], options, events, endpoint_args, cancel
-    )
-    restored, failed = restore_variables(store, shell, state, events)
-    # Killed after the run row was written but before its first checkpoint:
-    # start it properly, or the model would be called with no conversation.
-    own_first = run.parent_step + 1 if run.parent_run and run.parent_step is not None else 0
-    execution.execute(first=state.step < own_first, decision=decision)
-    return Outcome(run, execution.state, "resume", restored, failed)
+        # Killed after the run row was written but before its first checkpoint:
+        # start it properly, or the model would be called with no conversation.
+        own_first = run.parent_step + 1 if run.parent_run and run.parent_step is not None else 0
+        execution.execute(first=state.step < own_first, decision=decision)
+        return Outcome(run, execution.state, "resume", restored, failed)
 
 
 def last_settings(store: Store, run: RunRow) -> dict[str, Any]:

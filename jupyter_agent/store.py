@@ -15,6 +15,8 @@ itself never unpickles a payload: that is left to the caller that owns the data
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import threading
@@ -73,6 +75,26 @@ class StoreError(Exception):
 
 class StoreBusy(StoreError):
     """Another process held the store for longer than the wait allows."""
+
+
+class AgentBusy(StoreError):
+    """The agent is running elsewhere (another kernel, or in the background here)."""
+
+    @classmethod
+    def here(cls, agent: str) -> AgentBusy:
+        return cls(
+            f"Agent {agent!r} is already running in this kernel (in the background or "
+            "from its timeline). Wait for it, or pause it in the timeline or with "
+            f"%agent pause {agent}."
+        )
+
+    @classmethod
+    def elsewhere(cls, agent: str, pid: int | None) -> AgentBusy:
+        who = f"pid {pid}" if pid is not None else "pid unknown"
+        return cls(
+            f"Agent {agent!r} is running in another kernel ({who}). Wait for it, or stop it "
+            "there, before running it here."
+        )
 
 
 class StoreWarning(UserWarning):
@@ -194,6 +216,37 @@ class Store:
             ) from exc
         return RunWriter(self, jw, secrets_in_environment() if secrets is None else secrets)
 
+    @contextlib.contextmanager
+    def agent_lock(self, notebook: str, agent: str) -> Iterator[None]:
+        """Be the only writer of the agent ``agent`` of ``notebook`` while this is held.
+
+        Taken before the agent's latest run is read, and held until its execution
+        ends, so deciding what to run and running it are one atomic step across
+        processes. Re-entrant within a thread; another thread or process gets
+        :class:`AgentBusy` at once, naming the holder's pid. A process that dies
+        releases it (a ``flock`` on a per-agent file in the journal directory; a
+        database backend would use an advisory lock on the same key).
+        """
+        self._ensure_dir()
+        key = hashlib.sha256(f"{notebook}\0{agent}".encode()).hexdigest()[:32]
+        held = contextlib.ExitStack()
+        try:
+            held.enter_context(journal.owner_lock(self.journal_dir / (key + journal.LOCK_SUFFIX)))
+        except journal.LockHeld as exc:
+            raise (
+                AgentBusy.here(agent) if exc.here else AgentBusy.elsewhere(agent, exc.pid)
+            ) from None
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise StoreError(
+                    f"Cannot take the lock of agent {agent!r} under {self.journal_dir}: "
+                    f"{exc.strerror or exc}."
+                ) from exc
+            # A store this process cannot write: it cannot be a second writer either
+            # (its journal cannot be created), and restoring from it must still work.
+        with held:
+            yield
+
     def _ensure_dir(self) -> None:
         parent = self.path.parent
         try:
@@ -209,20 +262,34 @@ class Store:
 
     @contextlib.contextmanager
     def connect(self, *, merge: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
-        """Open DuckDB briefly (waiting while another process holds it), fold journals in."""
+        """Open DuckDB briefly (waiting while another process holds it), fold journals in.
+
+        A store this process cannot write (a read-only disk or file) is opened
+        read-only and nothing is folded: it can still be listed and restored from.
+        A failing query is the caller's bug and is raised as it is, unless the
+        error says the store itself is damaged, full or read-only.
+        """
         self._ensure_dir()
         with _private_files(self.path.parent):
-            con = self._open()
+            con, read_only = self._open()
             try:
-                if merge:
+                if merge and not read_only:
                     self._merge(con)
                     self._private_wal()
                 yield con
             except duckdb.Error as exc:
-                raise self._unusable(exc) from exc
+                problem = self._problem(exc, opening=False)
+                if problem is None:
+                    raise
+                raise problem from exc
             finally:
                 self._private_wal()
                 con.close()
+
+    def _writable(self) -> bool:
+        """Whether this process may write the store (``os.access`` sees read-only mounts)."""
+        target = self.path if self.path.exists() else self.path.parent
+        return os.access(target, os.W_OK) and os.access(self.path.parent, os.W_OK)
 
     def _private_wal(self) -> None:
         """Keep a write-ahead log 0600 even where the umask was not tightened."""
@@ -232,14 +299,59 @@ class Store:
                 os.chmod(wal, 0o600)
 
     def _unusable(self, exc: Exception) -> StoreError:
-        return StoreError(
-            f"The agent store {self.path} cannot be used ({exc}). It was left untouched: "
-            "move it aside (or set JUPYTER_AGENT_STORE to another file) to start a new store; "
-            "journals of running agents are kept."
-        )
+        problem = self._problem(exc, opening=True)
+        assert problem is not None
+        return problem
 
-    def _open(self) -> duckdb.DuckDBPyConnection:
+    def _problem(self, exc: Exception, *, opening: bool) -> StoreError | None:
+        """What a DuckDB error says about the store, with the fix for that cause.
+
+        None for an error that says nothing about the store (a bad query), which
+        the caller raises as it is: only real damage gets the advice to start over.
+        """
+        text = str(exc)
+        low = text.lower()
+        wal = self.path.with_name(self.path.name + ".wal")
+        if "no space left" in low or "disk full" in low or "disk quota" in low:
+            return StoreError(
+                f"The agent store {self.path} could not be updated: the disk is full ({text}). "
+                "Nothing was lost: checkpoints stay in their journals and are folded in once "
+                f"there is room. Free space on the disk holding {self.path.parent}, then run "
+                "the cell again."
+            )
+        if "read-only" in low or "permission denied" in low:
+            return StoreError(
+                f"The agent store {self.path} cannot be written ({text}). Its runs can still be "
+                "listed and restored; to run agents, make it writable or set "
+                "JUPYTER_AGENT_STORE to a writable path."
+            )
+        if "wal" in low and ("does not match" in low or "replaying wal" in low):
+            return StoreError(
+                f"The write-ahead log {wal} does not belong to the agent store {self.path} "
+                f"({text}); it was probably copied or restored apart from the store. Both were "
+                f"left untouched. Move {wal} aside and run again: the store opens as it was at "
+                "its last checkpoint, and only changes held in that log are lost."
+            )
+        corrupt = isinstance(exc, duckdb.SerializationException | duckdb.InternalException) or any(
+            word in low for word in ("corrupt", "checksum", "not a valid duckdb")
+        )
+        if corrupt:
+            return StoreError(
+                f"The agent store {self.path} is damaged ({text}). It was left untouched: "
+                "move it aside (or set JUPYTER_AGENT_STORE to another file) to start a new "
+                "store; journals of running agents are kept."
+            )
+        if opening or isinstance(exc, duckdb.IOException):
+            return StoreError(
+                f"The agent store {self.path} cannot be used ({text}). Check that the path "
+                "names a file in a directory you can write, or set JUPYTER_AGENT_STORE to "
+                "another path."
+            )
+        return None
+
+    def _open(self) -> tuple[duckdb.DuckDBPyConnection, bool]:
         created = not self.path.exists()
+        read_only = not created and not self._writable()
         deadline = time.monotonic() + self.busy_timeout
         delay = 0.005
         while True:
@@ -248,11 +360,21 @@ class Store:
                 # blocks of its own, and at the default 256 KiB that fixed floor
                 # dwarfs the checkpoints of a short run.
                 config = {"default_block_size": str(BLOCK_SIZE)} if created else {}
-                con = duckdb.connect(str(self.path), config=config)
+                # read_only only when set: a connection whose configuration differs
+                # from one open in this process (another thread) is refused.
+                extra = {"read_only": True} if read_only else {}
+                con = duckdb.connect(str(self.path), config=config, **extra)
                 break
             except duckdb.Error as exc:
-                if not _is_lock_error(exc):
+                low = str(exc).lower()
+                if not read_only and not created and ("read-only" in low or "denied" in low):
+                    read_only = True  # not writable after all: serve reads
+                    continue
+                # Another thread here is creating the file with its block size: that
+                # connection closes in moments, like another process's lock.
+                if not _is_lock_error(exc) and "different configuration" not in low:
                     raise self._unusable(exc) from exc
+                created = created and not self.path.exists()
                 if time.monotonic() > deadline:
                     raise StoreBusy(
                         f"The agent store {self.path} stayed busy for {self.busy_timeout:.0f} s "
@@ -264,16 +386,16 @@ class Store:
         try:
             if created:
                 os.chmod(self.path, 0o600)
-            self._check_schema(con)
+            self._check_schema(con, read_only)
         except duckdb.Error as exc:
             con.close()
             raise self._unusable(exc) from exc
         except BaseException:
             con.close()
             raise
-        return con
+        return con, read_only
 
-    def _check_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+    def _check_schema(self, con: duckdb.DuckDBPyConnection, read_only: bool = False) -> None:
         # Read the version before creating anything: a store written by a newer
         # version must be left exactly as it is.
         has_meta = con.execute(
@@ -288,6 +410,8 @@ class Store:
                 f"{row[0]}, this one reads {SCHEMA_VERSION}). Upgrade jupyter-agent; the store "
                 "was not modified."
             )
+        if read_only:
+            return
         con.execute(_DDL)
         if row is None:
             con.execute(
@@ -305,9 +429,41 @@ class Store:
         """
         lock = _merge_locks.setdefault(Path(os.path.abspath(self.path)), threading.Lock())
         with lock:
-            for jf in journal.scan(self.journal_dir):
+            try:
+                exposed = _exposure(os.stat(self.journal_dir))
+            except FileNotFoundError:
+                return
+            if exposed:
+                _warn(
+                    f"The journal directory {self.journal_dir} {exposed}, so none of its "
+                    "journals was folded into the agent store: another user could have planted "
+                    "one whose checkpoints run code when loaded. If it is yours, make it "
+                    f"private (chmod go-w {self.journal_dir}); journals written by others stay "
+                    f"out even then. {_INSPECT}",
+                    self.journal_dir,
+                )
+                return
+            skipped: list[tuple[Path, OSError]] = []
+            journals = journal.scan(self.journal_dir, skipped)
+            for path, exc in skipped:
+                _warn(f"{path} was skipped: {exc.strerror or exc}. Move it out of the way.", path)
+            for jf in journals:
                 try:
+                    untrusted = _exposure(jf)
+                    if untrusted:
+                        _warn(
+                            f"The checkpoint journal {jf.path} {untrusted}, so it was not folded "
+                            "into the agent store (loading a checkpoint can run code). The "
+                            "journal directory was open to other users at some time: anything "
+                            f"written while it was exposed may be hostile. {_INSPECT}",
+                            jf.path,
+                        )
+                        continue
                     self._merge_one(con, jf)
+                except OSError as exc:  # unreadable: the rest of the store stays usable
+                    with contextlib.suppress(duckdb.Error):
+                        con.execute("ROLLBACK")
+                    _warn(f"{jf.path} was skipped: {exc.strerror or exc}.", jf.path)
                 except BaseException:
                     with contextlib.suppress(duckdb.Error):
                         con.execute("ROLLBACK")
@@ -322,13 +478,24 @@ class Store:
         start = row[0] if row else 0
         found = journal.decode(jf.read(start))
         unknown = None
+        damaged = list(found.damaged)
         con.execute("BEGIN")
         rows = _RowBatch(con)
-        for offset, rec in zip(found.offsets, found.records, strict=True):
-            if not _insert(con, rec, rows) and unknown is None:
-                unknown = offset
-        rows.flush()
-        keep = not jf.live and (unknown is not None or found.damaged)
+        ends = [*found.offsets[1:], found.end][: len(found.offsets)]
+        try:
+            for offset, end, rec in zip(found.offsets, ends, found.records, strict=True):
+                if _malformed(rec):
+                    damaged.append((offset, end))  # a CRC-valid record that is not a row
+                elif not _insert(con, rec, rows) and unknown is None:
+                    unknown = offset
+            rows.flush()
+        except _DATA_ERRORS as exc:  # a record DuckDB refuses: set the whole journal aside
+            con.execute("ROLLBACK")
+            self._quarantine(jf, f"a record could not be stored ({exc})")
+            return
+        damaged.sort()
+        folded = len(found.records) - (len(damaged) - len(found.damaged))
+        keep = not jf.live and (unknown is not None or bool(damaged))
         if jf.live or unknown is not None:
             # Never move past a record this version could not store.
             end = start + (found.end if unknown is None else unknown)
@@ -343,8 +510,8 @@ class Store:
         con.execute("COMMIT")
         if due == "after":
             journal.crash()
-        if found.damaged:
-            self._report_damage(jf, found, start, moved=not jf.live)
+        if damaged:
+            self._report_damage(jf, damaged, folded, start, moved=not jf.live)
         if jf.live or keep:
             return
         # Its owner is gone and everything readable is in DuckDB; a torn tail is
@@ -352,26 +519,40 @@ class Store:
         jf.path.unlink(missing_ok=True)
 
     def _report_damage(
-        self, jf: journal.JournalFile, found: journal.Decoded, start: int, *, moved: bool
+        self,
+        jf: journal.JournalFile,
+        damaged: list[tuple[int, int]],
+        folded: int,
+        start: int,
+        *,
+        moved: bool,
     ) -> None:
-        where = ", ".join(f"bytes {start + a}-{start + b}" for a, b in found.damaged)
-        kept = jf.path
-        if moved:
-            kept = jf.path.with_name(jf.path.name + journal.DAMAGED_SUFFIX)
-            with contextlib.suppress(OSError):
-                jf.path.rename(kept)
-        # Attributed to the kept file, so the notice points at what to inspect.
-        warnings.warn_explicit(
-            StoreWarning(
-                f"The checkpoint journal {jf.path.name} of run {jf.run_id} has damaged data "
-                f"({where}); {len(found.records)} intact record(s) were folded into the store "
-                f"and the file was kept as {kept} for inspection. A run missing a checkpoint "
-                "cannot be resumed; the others are unaffected."
-            ),
-            StoreWarning,
-            str(kept),
-            0,
+        where = ", ".join(f"bytes {start + a}-{start + b}" for a, b in damaged)
+        kept = self._set_aside(jf) if moved else jf.path
+        _warn(
+            f"The checkpoint journal {jf.path.name} of run {jf.run_id} has damaged data "
+            f"({where}); {folded} intact record(s) were folded into the store "
+            f"and the file was kept as {kept} for inspection. A run missing a checkpoint "
+            "cannot be resumed; the others are unaffected.",
+            kept,
         )
+
+    def _quarantine(self, jf: journal.JournalFile, why: str) -> None:
+        """Fold nothing of a journal DuckDB refuses; keep it for inspection once its run ended."""
+        kept = jf.path if jf.live else self._set_aside(jf)
+        _warn(
+            f"The checkpoint journal {jf.path.name} of run {jf.run_id} was not folded into the "
+            f"store: {why}. It was kept as {kept} for inspection; the other runs are "
+            f"unaffected. {_INSPECT}",
+            kept,
+        )
+
+    @staticmethod
+    def _set_aside(jf: journal.JournalFile) -> Path:
+        kept = jf.path.with_name(jf.path.name + journal.DAMAGED_SUFFIX)
+        with contextlib.suppress(OSError):
+            jf.path.rename(kept)
+        return kept
 
     def flush(self) -> None:
         """Fold all journals into DuckDB now."""
@@ -392,18 +573,18 @@ class Store:
                 st = os.stat(path)
             except FileNotFoundError:
                 continue
-            if st.st_uid != os.getuid():
-                raise StoreError(
-                    f"The agent store {path} belongs to another user; its checkpoints are not "
-                    "loaded, because loading a checkpoint can run code. Use a store of your own "
-                    "(JUPYTER_AGENT_STORE)."
-                )
-            if st.st_mode & 0o022:
-                raise StoreError(
-                    f"The agent store {path} is writable by other users; its checkpoints are "
-                    "not loaded, because loading a checkpoint can run code. If it is yours, "
-                    f"make it private (chmod go-w {path}) and run the cell again."
-                )
+            exposed = _exposure(st)
+            if exposed is None:
+                continue
+            fix = (
+                "Use a store of your own (JUPYTER_AGENT_STORE)."
+                if st.st_uid != os.getuid()
+                else f"If it is yours, make it private (chmod go-w {path}) and run the cell again."
+            )
+            raise StoreError(
+                f"The agent store {path} {exposed}; its checkpoints are not loaded, because "
+                f"loading a checkpoint can run code. {fix}"
+            )
 
     def live_runs(self) -> set[str]:
         return journal.live_run_ids(self.journal_dir)
@@ -656,6 +837,88 @@ class _RowBatch:
             + ", ".join(one for _ in rows),
             [v for row in rows for v in row],
         )
+
+
+#: How to look into a suspicious journal without loading (unpickling) anything.
+_INSPECT = "Inspect a journal without loading it with: python -m jupyter_agent.journal FILE."
+
+#: DuckDB errors that mean one record's values cannot be stored, not a broken store.
+_DATA_ERRORS = (
+    duckdb.ConstraintException,
+    duckdb.ConversionException,
+    duckdb.InvalidInputException,
+    duckdb.TypeMismatchException,
+    duckdb.NotImplementedException,
+)
+
+_TEXT, _INT, _NUMBER = (str,), (int,), (int, float)
+#: The columns each record kind must have, and their types (None allowed where optional).
+_SHAPES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+    "runs": {
+        "run_id": (_TEXT, False),
+        "notebook": (_TEXT, False),
+        "agent": (_TEXT, False),
+        "cell_id": (_TEXT, True),
+        "prompt": (_TEXT, False),
+        "prompt_hash": (_TEXT, False),
+        "model": (_TEXT, False),
+        "parent_run": (_TEXT, True),
+        "parent_step": (_INT, True),
+        "created_at": (_NUMBER, False),
+        "info": (_TEXT, True),
+    },
+    "checkpoints": {
+        "run_id": (_TEXT, False),
+        "step": (_INT, False),
+        "kind": (_TEXT, False),
+        "status": (_TEXT, False),
+        "summary": (_TEXT, False),
+        "created_at": (_NUMBER, False),
+        "duration_ms": (_NUMBER, False),
+        "tokens": (_INT, False),
+        "size": (_INT, False),
+        "info": (_TEXT, True),
+    },
+    "blobs": {"hash": (_TEXT, False), "size": (_INT, False)},
+}
+
+
+def _malformed(rec: Record) -> bool:
+    """A record of a known kind whose row lacks a column or has one of the wrong type."""
+    shape = _SHAPES.get(rec.table)
+    if shape is None or not isinstance(rec.row, dict):
+        return shape is not None
+    for column, (types, optional) in shape.items():
+        value = rec.row.get(column)
+        if value is None:
+            if not optional:
+                return True
+        elif not isinstance(value, types) or isinstance(value, bool):
+            return True
+    return False
+
+
+def _exposure(st: os.stat_result | journal.JournalFile) -> str | None:
+    """Why another user could have written this file: None when only this user can."""
+    uid, mode = (
+        (st.owner, st.mode) if isinstance(st, journal.JournalFile) else (st.st_uid, st.st_mode)
+    )
+    if uid != os.getuid():
+        return f"belongs to another user (uid {uid})"
+    if mode & 0o022:
+        return "is writable by other users"
+    return None
+
+
+_warned: dict = {}
+
+
+def _warn(message: str, path: Path) -> None:
+    """A :class:`StoreWarning` attributed to ``path``, so the notice points at what to inspect.
+
+    Shown once per message in a process (a polling reader would repeat it every poll).
+    """
+    warnings.warn_explicit(StoreWarning(message), StoreWarning, str(path), 0, registry=_warned)
 
 
 def _insert(con: duckdb.DuckDBPyConnection, rec: Record, rows: _RowBatch) -> bool:

@@ -452,28 +452,29 @@ def fork(
     rewound to it. It keeps the run's prompt, so it becomes what re-running
     the agent's cell continues.
     """
-    ensure_idle(timeline)
-    source = timeline.run(run_id)
-    identity = AgentIdentity(source.notebook, source.agent, source.cell_id, "store")
-    options = run_options(source, options)
-    run = new_run(
-        identity,
-        source.prompt,
-        source.model,
-        parent=(source.run_id, step),
-        info={"approve": approve_policy(options), "instruction": instruction.strip()},
-    )
-    state = state_at(timeline, source, step)
-    execution = make_execution(
-        timeline.store, shell, run, state, run.model, options, events, endpoint_args, cancel
-    )
-    later = set(load_state(timeline.store, source).vars)
-    if timeline.latest is not None:
-        later |= set(load_state(timeline.store, timeline.latest).vars)
-    rewound = _rewind_to(timeline.store, shell, state, later)
-    events.info(rewound.message())
-    execution.execute(first=True)
-    return Outcome(run, execution.state, "fork", rewound.restored, rewound.failed)
+    with timeline.store.agent_lock(*timeline.key):
+        ensure_idle(timeline)
+        source = timeline.run(run_id)
+        identity = AgentIdentity(source.notebook, source.agent, source.cell_id, "store")
+        options = run_options(source, options)
+        run = new_run(
+            identity,
+            source.prompt,
+            source.model,
+            parent=(source.run_id, step),
+            info={"approve": approve_policy(options), "instruction": instruction.strip()},
+        )
+        state = state_at(timeline, source, step)
+        execution = make_execution(
+            timeline.store, shell, run, state, run.model, options, events, endpoint_args, cancel
+        )
+        later = set(load_state(timeline.store, source).vars)
+        if timeline.latest is not None:
+            later |= set(load_state(timeline.store, timeline.latest).vars)
+        rewound = _rewind_to(timeline.store, shell, state, later)
+        events.info(rewound.message())
+        execution.execute(first=True)
+        return Outcome(run, execution.state, "fork", rewound.restored, rewound.failed)
 
 
 def notebook_name(path: str) -> str:

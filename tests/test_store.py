@@ -7,12 +7,13 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 
 import duckdb
 import pytest
 
 from jupyter_agent import journal
-from jupyter_agent.store import CheckpointRow, RunRow, Store, StoreError
+from jupyter_agent.store import AgentBusy, CheckpointRow, RunRow, Store, StoreError
 
 
 def run_row(run_id: str = "r1", agent: str = "a") -> RunRow:
@@ -128,3 +129,63 @@ def test_delete_removes_runs_and_unreferenced_blobs(tmp_path):
     assert store.blobs(["h1"]) == {"h1": b"value"}
     store.delete_runs(["r1"])
     assert store.runs() == [] and store.blobs(["h1"]) == {}
+
+
+def hold_agent_lock(path, agent: str, then: str = "") -> subprocess.Popen:
+    """A process that takes the agent lock, says so, then runs ``then`` and sleeps."""
+    code = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from jupyter_agent.store import Store
+        with Store({str(path)!r}).agent_lock("/nb.ipynb", {agent!r}):
+            {then or "pass"}
+            print("held", flush=True)
+            time.sleep(30)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_one_writer_per_agent_across_processes(tmp_path):
+    store = Store(tmp_path / "s.duckdb")
+    holder = hold_agent_lock(store.path, "a")
+    try:
+        busy = rf"running in another kernel \(pid {holder.pid}\)"
+        with pytest.raises(AgentBusy, match=busy), store.agent_lock("/nb.ipynb", "a"):
+            pytest.fail("two holders")
+        with store.agent_lock("/nb.ipynb", "b"):  # another agent is not affected
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with store.agent_lock("/nb.ipynb", "a"):  # released by the holder's death
+        with store.agent_lock("/nb.ipynb", "a"):  # re-entrant in the holding thread
+            pass
+        errors = []
+
+        def other_thread():
+            try:
+                with store.agent_lock("/nb.ipynb", "a"):
+                    errors.append("two holders")
+            except AgentBusy as exc:
+                errors.append(str(exc))
+
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+        assert errors and "already running in this kernel" in errors[0]
+    with store.agent_lock("/nb.ipynb", "a"):  # released after the outer hold ended
+        pass
+
+
+def test_a_forked_child_does_not_keep_the_agent_lock(tmp_path):
+    path = tmp_path / "s.duckdb"
+    # The holder forks a worker that outlives it, as agent code may.
+    then = "if os.fork() == 0:\n                time.sleep(5)\n                os._exit(0)"
+    holder = hold_agent_lock(path, "a", then)
+    holder.kill()
+    holder.wait()
+    with Store(path).agent_lock("/nb.ipynb", "a"):
+        pass

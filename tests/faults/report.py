@@ -300,7 +300,9 @@ INTROS = {
         "Readers poll every 5 ms: the store API (`runs`, `latest_checkpoints`, "
         "`checkpoints`, `live_runs`) and the REST API's query layer "
         "(`jupyter_agent.server.queries.Reader`, which the HTTP handlers call). A reader "
-        "that sees a step must see it forever after; every read must succeed.\n"
+        "that sees a step must see it forever after; every read must succeed. Two "
+        "processes racing for one agent (new runs and resumes, released by a barrier) must "
+        "never both execute it: one writer per agent, counted as duplicated.\n"
     ),
     "model": (
         "Faults come from the scripted endpoint, per attempt of a turn; the kernel uses "
@@ -335,6 +337,12 @@ and unpickling can execute arbitrary code. So:
   `Store.blobs` refuse a DuckDB file or journal directory owned by another user or writable by
   group or others (`chmod go-w` fixes a store of your own). **Only load your own store**;
   never point `JUPYTER_AGENT_STORE` at a file someone else could have written.
+* Nothing another user could have written is folded into the store: while the journal
+  directory is owned by someone else or writable by others no journal is folded, and a
+  journal that is not yours, is writable by others, or is not a regular file is skipped
+  with a warning naming it — also after `chmod go-w`, since data written while the
+  directory was exposed may be hostile. `python -m jupyter_agent.journal FILE` lists its
+  records without unpickling anything.
 * The REST server and the store's metadata API (`runs`, `checkpoints`, …) never read a
   payload, let alone unpickle one; journals are framed JSON plus opaque bytes.
 * File objects are never pickled or unpickled: dill restores a file by reopening its path with

@@ -11,6 +11,7 @@ reader has seen may disappear, and every agent's history must come out intact.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -129,6 +130,11 @@ def one_round(root: Path, index: int) -> dict:
         (cwd / "fx.txt").write_text("")
         (cwd / "ctl.json").write_text(json.dumps({str(i): 0.05 for i in range(sum(calls))}))
         cwds.append(cwd)
+    # The victim's tool 2 runs long enough that the kill lands inside it, however busy
+    # the machine; the resumed run finds the file emptied and goes fast.
+    (cwds[2] / "ctl.json").write_text(
+        json.dumps({**{str(i): 0.05 for i in range(sum(calls))}, "2": 10})
+    )
     with ThreadPoolExecutor(KERNELS + 1) as ex:
         kernels = list(ex.map(lambda c: start_kernel(env, c), cwds))
         spare = ex.submit(start_kernel, env, cwds[2])
@@ -271,3 +277,187 @@ def test_four_kernels_one_store_readers_polling_and_a_kill(tmp_path: Path) -> No
     )
     assert not problems, "\n\n".join(problems)
     assert read_store  # imported for symmetry with the other modules
+
+
+# -- one writer per agent -----------------------------------------------------------------
+
+
+class RaceScript:
+    """Turn 0 runs a tool call that logs its process; turn 1 fails the first time, then ends.
+
+    So racing a new cell leaves a resumable run (paused at the error), and the
+    next race resumes it: both kinds of execution are raced.
+    """
+
+    def __init__(self, effects: Path) -> None:
+        self.effects = effects
+        self.failed: set[str] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, body: dict) -> dict:
+        from .race_worker import prompt
+
+        messages = body.get("messages", [])
+        task = next(m["content"] for m in messages if m.get("role") == "user")
+        agent = next(a for a in (f"a{k}" for k in range(1000)) if prompt(a) == task)
+        turn = sum(1 for m in messages if m.get("role") == "assistant")
+        if turn == 0:
+            code = (
+                f"_ = open({str(self.effects)!r}, 'a').write("
+                f"'{agent} ' + str(__import__('os').getpid()) + '\\n')"
+            )
+            return {
+                "content": "Working.",
+                "tool_calls": [{"name": "python", "arguments": {"code": code}}],
+            }
+        with self.lock:
+            first = agent not in self.failed
+            self.failed.add(agent)
+        if first:
+            return {"faults": ["500"] * 100_000}
+        return {"content": "All done."}
+
+
+def race_trials(root: Path, agents: int) -> dict:
+    """Two processes race ``agents`` new cells and then their resumes; count double writers."""
+    import multiprocessing
+
+    from .race_worker import NOTEBOOK, race
+
+    store_path = root / "race" / "agents.duckdb"
+    effects = root / "race-effects.txt"
+    effects.write_text("")
+    rounds = agents * 2
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    with ScriptedServer(RaceScript(effects), chunk_delay=0.05) as server:
+        procs = [
+            ctx.Process(
+                target=race, args=(str(store_path), server.url, API_KEY, barrier, results, rounds)
+            )
+            for _ in range(2)
+        ]
+        for p in procs:
+            p.start()
+        got = [results.get(timeout=300) for _ in range(2 * rounds)]
+        for p in procs:
+            p.join(timeout=60)
+    by_race: dict[int, list[tuple]] = {}
+    for item in got:
+        by_race.setdefault(item[0], []).append(item)
+    problems, doubles, busy = [], 0, 0
+    for i, (a, b) in sorted(by_race.items()):
+        for r in (a, b):
+            if r[2] == "error":
+                problems.append(f"race {i}: {r[3]}")
+        ran = [r for r in (a, b) if r[2] in ("new", "resume")]
+        busy += sum(r[2] == "busy" for r in (a, b))
+        if len(ran) == 2 and ran[0][4] < ran[1][5] and ran[1][4] < ran[0][5]:
+            doubles += 1
+            problems.append(f"race {i}: both processes executed the agent at once: {a[:4]} {b[:4]}")
+    for r in got:
+        if r[2] == "busy" and not re.fullmatch(
+            r"Agent 'a\d+' is running in another kernel \(pid \d+\)\. Wait for it, or stop it "
+            r"there, before running it here\.",
+            r[3],
+        ):
+            problems.append(f"unexpected busy message: {r[3]}")
+    store = Store(store_path)
+    for k in range(agents):
+        runs = store.runs(notebook=NOTEBOOK, agent=f"a{k}")
+        if len(runs) != 1:
+            problems.append(f"agent a{k}: {len(runs)} runs stored, expected 1")
+            continue
+        cps = store.checkpoints(runs[0].run_id)
+        steps = [c.step for c in cps]
+        if steps != list(range(len(steps))):
+            problems.append(f"agent a{k}: steps {steps}")
+        if [c.kind for c in cps].count("resume") > 1 or cps[-1].status != "done":
+            problems.append(f"agent a{k}: {[(c.kind, c.status) for c in cps]}")
+    calls = Counter(line.split()[0] for line in effects.read_text().splitlines())
+    repeated = {a: n for a, n in calls.items() if n != 1}
+    if repeated or len(calls) != agents:
+        problems.append(f"tool calls per agent (expected 1 each): {dict(calls)}")
+    return {"races": rounds, "doubles": doubles, "busy": busy, "problems": problems}
+
+
+def test_two_processes_racing_one_agent_never_both_write(tmp_path: Path) -> None:
+    agents = 25 if soak() else 10  # two races each: the new cell, then its resume
+    started = time.monotonic()
+    outcome = race_trials(tmp_path, agents)
+    record(
+        "concurrency",
+        "two processes racing one agent",
+        injection="two processes call run_cell for the same agent at the same instant "
+        "(a barrier), for a new run and then for its resume",
+        trials=outcome["races"],
+        completed=outcome["races"] - len(outcome["problems"]),
+        lost=0,
+        duplicated=outcome["doubles"],
+        busy=outcome["busy"],
+        seconds=round(time.monotonic() - started, 1),
+    )
+    assert outcome["doubles"] == 0, "\n".join(outcome["problems"])
+    assert not outcome["problems"], "\n".join(outcome["problems"])
+    assert outcome["busy"] >= outcome["races"] // 2  # the rivals really met
+
+
+def test_two_kernels_rerunning_one_paused_cell_at_once(tmp_path: Path) -> None:
+    """Real kernels, same notebook and cell id, re-run within milliseconds: one resumes."""
+    trials = 6 if soak() else 2
+    script = build_script([1, 1])
+    script[1]["faults"] = ["500"] * 5  # the first execution pauses at an error: resumable
+    server = ScriptedServer(script).start()
+    store_path = tmp_path / "agents.duckdb"
+    env = {
+        "JUPYTER_AGENT_STORE": str(store_path),
+        "OPENAI_BASE_URL": server.url,
+        "OPENAI_API_KEY": API_KEY,
+    }
+    cwd = tmp_path / "nb"
+    cwd.mkdir()
+    (cwd / "ctl.json").write_text(json.dumps({"1": 0.5}))  # the resumed run takes a while
+    problems: list[str] = []
+    busy = 0
+    with ThreadPoolExecutor(2) as ex:
+        kernels = list(ex.map(lambda _: start_kernel(env, cwd), range(2)))
+    try:
+        for t in range(trials):
+            (cwd / "fx.txt").write_text("")
+            server.set_script(script)
+            server.reset_log()
+            first = kernels[0].start(CELL, cell_id=f"t{t}")
+            assert wait_done_or_dead(kernels[0], first), first.text
+            assert "paused after an error" in first.text, first.text
+            cells = [k.start(CELL, cell_id=f"t{t}") for k in kernels]
+            for k, c in zip(kernels, cells, strict=True):
+                assert wait_done_or_dead(k, c, timeout=120), c.text
+            resumed = [c for c in cells if "resuming after step" in c.text]
+            refused = [c for c in cells if "is running in another kernel (pid" in c.text]
+            busy += len(refused)
+            if len(resumed) != 1 or len(refused) != 1:
+                problems.append(f"trial {t}: " + " /// ".join(c.text[-600:] for c in cells))
+            starts = Counter(x for x in (cwd / "fx.txt").read_text().split("\n") if "start" in x)
+            if starts != Counter({"start 0": 1, "start 1": 1}):
+                problems.append(f"trial {t}: tool calls ran {dict(starts)}")
+            store = Store(store_path)
+            runs = [r for r in store.runs() if r.cell_id == f"t{t}"]
+            kinds = [c.kind for c in store.checkpoints(runs[-1].run_id)] if runs else []
+            if len(runs) != 1 or kinds.count("resume") != 1:
+                problems.append(f"trial {t}: {len(runs)} runs, checkpoints {kinds}")
+    finally:
+        for k in kernels:
+            k.shutdown()
+        server.stop()
+    record(
+        "concurrency",
+        "two kernels re-running one paused cell",
+        injection="a cell paused at a model error; two kernels on the same notebook re-run "
+        "it (same cellId) within milliseconds",
+        trials=trials,
+        completed=trials - len(problems),
+        lost=0,
+        duplicated=len(problems),
+        busy=busy,
+    )
+    assert not problems, "\n\n".join(problems)

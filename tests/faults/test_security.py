@@ -222,3 +222,72 @@ def test_only_the_kernel_unpickles_and_only_a_trusted_store(tmp_path: Path) -> N
         outcome="store metadata API and REST queries never unpickle; the kernel refuses a "
         "store owned by another user or writable by others; loading your own store runs it",
     )
+
+
+def plant_journal(directory: Path, run_id: str, payload: bytes, uid: int = 65534) -> Path:
+    """A CRC-valid journal written "by another user": a run and a checkpoint carrying ``payload``."""
+    from jupyter_agent import journal
+
+    row = RunRow(run_id, "/nb.ipynb", "a", None, "task", "h", "m", None, None, 9.0, {})
+    cp = CheckpointRow(run_id, 0, "start", "done", "planted", 9.0, 0, 0, 1, {})
+    run = {**row.__dict__, "info": "{}"}
+    checkpoint = {**cp.__dict__, "info": "{}"}
+    data = journal.encode(journal.Record("runs", run)) + journal.encode(
+        journal.Record("checkpoints", checkpoint, payload)
+    )
+    path = directory / f"{run_id}.4242.deadbeef.jnl"
+    path.write_bytes(data)
+    os.chown(path, uid, uid)
+    return path
+
+
+def test_a_journal_planted_by_another_user_is_never_folded(tmp_path: Path) -> None:
+    import warnings
+
+    from jupyter_agent.store import StoreWarning
+
+    marker = tmp_path / "code-ran"
+    store = Store(tmp_path / "agents.duckdb")
+    w = store.writer("mine", secrets=[])
+    w.put_run(RunRow("mine", "/nb.ipynb", "a", None, "task", "h", "m", None, None, 1.0, {}))
+    w.close()
+    store.journal_dir.chmod(0o777)  # exposed, as a shared or misconfigured directory would be
+    planted = plant_journal(store.journal_dir, "evil", pickle.dumps(Boom(marker)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert [r.run_id for r in store.runs()] == ["mine"]  # a reader: nothing folded
+        assert Reader(store).agents("/nb.ipynb")  # the server's polling: same
+        store.journal_dir.chmod(0o700)  # the owner notices and makes it private
+        assert [r.run_id for r in store.runs()] == ["mine"]
+    texts = [str(w.message) for w in caught if issubclass(w.category, StoreWarning)]
+    assert any(
+        "writable by other users" in t and "python -m jupyter_agent.journal" in t for t in texts
+    )
+    assert any(
+        str(planted) in t and "another user (uid 65534)" in t and "hostile" in t for t in texts
+    )
+    assert planted.exists()  # kept for inspection, not deleted as a folded dead journal
+    with duckdb.connect(str(store.path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM runs WHERE run_id = 'evil'").fetchone() == (0,)
+    assert store.payloads([("mine", None)]) == []  # trusted again; the planted data is not in
+    assert not marker.exists()
+    # A journal of our own uid that others could write is refused the same way.
+    own = plant_journal(store.journal_dir, "evil2", pickle.dumps(Boom(marker)), uid=os.getuid())
+    own.chmod(0o666)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert [r.run_id for r in store.runs()] == ["mine"]
+    assert any("writable by other users" in str(w.message) for w in caught)
+    record(
+        "security",
+        "a journal planted by another user",
+        injection="journal directory made 0777; a CRC-valid journal owned by uid 65534 whose "
+        "checkpoint unpickles into code; readers (store API, REST queries) poll; then the "
+        "directory is made private again",
+        trials=1,
+        completed=1,
+        lost=0,
+        duplicated=0,
+        outcome="never folded (nor deleted); a StoreWarning names the file and how to inspect "
+        "it; the planted pickle never runs",
+    )

@@ -113,10 +113,13 @@ def test_a_forked_child_does_not_keep_a_crashed_run_alive(tmp_path: Path) -> Non
         path,
         """
         w.put_run(run)
+        ready, tell = os.pipe()
         if os.fork() == 0:  # a worker forked by the agent's code, outliving the kernel
             import time
+            os.write(tell, b"up")  # its fork handlers have run: it is as it will stay
             time.sleep(3)
             os._exit(0)
+        os.read(ready, 2)
         """,
     )
     assert Store(path).live_runs() == set()
@@ -204,3 +207,143 @@ def test_store_path_problems_are_store_errors(tmp_path: Path) -> None:
         Store(tmp_path / "file" / "sub" / "s.duckdb").runs()
     with pytest.raises(StoreError, match="cannot be used"):
         Store(tmp_path / "file" / "s.duckdb").runs()
+
+
+def caught_warnings(fn):  # type: ignore[no-untyped-def]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = fn()
+    return value, [str(w.message) for w in caught if issubclass(w.category, StoreWarning)]
+
+
+def test_a_malformed_record_sets_its_journal_aside_and_nothing_else(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    dead_journal(path, "w.put_run(run)\nw.put_checkpoint(cp(0), b'p')\n")
+    store = Store(path)
+    assert [r.run_id for r in store.runs()] == ["r1"]
+    # A second run whose checkpoint lacks a column: CRC-valid, but not a row.
+    w = store.writer("r2", secrets=[])
+    w.put_run(RunRow("r2", "/nb.ipynb", "b", None, "t", "h", "m", None, None, 2.0, {}))
+    w._append(journal.Record("checkpoints", {"run_id": "r2", "step": 0, "kind": "model"}, b"x"))
+    w.put_checkpoint(cp("r2", 1), b"y")
+    w.close(merge=False)
+    runs, texts = caught_warnings(store.runs)
+    assert sorted(r.run_id for r in runs) == ["r1", "r2"]  # every agent still works
+    assert [c.step for c in store.checkpoints("r1")] == [0]
+    assert [c.step for c in store.checkpoints("r2")] == [1]
+    kept = list(store.journal_dir.glob("r2.*" + journal.DAMAGED_SUFFIX))
+    assert len(kept) == 1 and any(kept[0].name in t for t in texts), texts
+    # A value DuckDB itself refuses (out of range): that journal is set aside whole.
+    w = store.writer("r3", secrets=[])
+    w.put_run(RunRow("r3", "/nb.ipynb", "c", None, "t", "h", "m", None, None, 3.0, {}))
+    w.put_checkpoint(cp("r3", 2**40), b"z")
+    w.close(merge=False)
+    runs, texts = caught_warnings(store.runs)
+    assert sorted(r.run_id for r in runs) == ["r1", "r2"]
+    kept = list(store.journal_dir.glob("r3.*" + journal.DAMAGED_SUFFIX))
+    assert len(kept) == 1 and any("could not be stored" in t for t in texts), texts
+    record(
+        "state",
+        "a malformed journal record",
+        injection="a CRC-valid checkpoint record missing its required columns",
+        trials=1,
+        completed=1,
+        lost=0,
+        duplicated=0,
+        outcome="the record skipped, the journal kept as *.damaged with a StoreWarning naming "
+        "it; every other run and agent readable",
+    )
+
+
+def test_things_named_like_journals_are_skipped_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "s.duckdb"
+    dead_journal(path, "w.put_run(run)\nw.put_checkpoint(cp(0), b'p')\n")
+    jdir = tmp_path / "s.duckdb.journal"
+    (jdir / "adir.1.x.jnl").mkdir()
+    (jdir / "loop.1.x.jnl").symlink_to("loop.1.x.jnl")
+    os.mkfifo(jdir / "fifo.1.x.jnl")
+    store = Store(path)
+    runs, texts = caught_warnings(store.runs)
+    assert [r.run_id for r in runs] == ["r1"]
+    for name in ("adir", "loop", "fifo"):
+        assert any(f"{name}.1.x.jnl was skipped" in t for t in texts), (name, texts)
+    assert store.live_runs() == set()
+
+
+def test_a_bad_query_is_the_callers_bug_not_a_damaged_store(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.duckdb")
+    store.flush()
+    with pytest.raises(duckdb.BinderException), store.connect() as con:
+        con.execute("SELECT no_such_column FROM runs")
+    assert store.runs() == []
+
+
+def test_a_foreign_wal_gets_its_own_advice(tmp_path: Path) -> None:
+    ours, other = Store(tmp_path / "a" / "s.duckdb"), tmp_path / "b" / "t.duckdb"
+    ours.flush()
+    other.parent.mkdir()
+    code = (
+        f"import duckdb, os; c = duckdb.connect({str(other)!r}); "
+        "c.execute('PRAGMA disable_checkpoint_on_shutdown'); "
+        "c.execute('CREATE TABLE t AS SELECT 1 AS x'); os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    wal = ours.path.with_name(ours.path.name + ".wal")
+    wal.write_bytes(other.with_name(other.name + ".wal").read_bytes())
+    with pytest.raises(StoreError) as err:
+        ours.runs()
+    text = str(err.value)
+    assert "does not belong to the agent store" in text and f"Move {wal} aside" in text, text
+    assert "start a new store" not in text
+    wal.rename(wal.with_name("aside.wal"))
+    assert ours.runs() == []
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN); see docs")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_full_and_read_only_disks_say_so_and_a_read_only_store_still_reads(tmpfs: Path) -> None:
+    store = Store(tmpfs / "s.duckdb")
+    w = store.writer("r1", secrets=[])
+    w.put_run(run_row())
+    w.put_checkpoint(cp("r1", 0), b"small")
+    store.flush()
+    w.put_checkpoint(cp("r1", 1), os.urandom(2_500_000))  # fits the journal, not DuckDB too
+    with pytest.raises(StoreError) as err:
+        store.flush()
+    text = str(err.value)
+    assert "the disk is full" in text and "Free space" in text and "move it aside" not in text
+    w.close(merge=False)
+    (store.journal_dir / next(store.journal_dir.glob("*.jnl")).name).unlink()
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    try:
+        assert [r.run_id for r in store.runs()] == ["r1"]  # listed
+        assert [bytes(p) for _, p in store.payloads([("r1", None)])] == [b"small"]  # restorable
+        with store.agent_lock("/nb.ipynb", "a"):  # nobody can write here: no lock to take
+            pass
+        with pytest.raises(StoreError, match="cannot be written|Read-only file system") as err:
+            store.delete_runs(["r1"])
+        assert "move it aside" not in str(err.value)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tmpfs)], check=True)
+    record(
+        "state",
+        "full disk while folding; read-only store",
+        injection="a 4 MiB tmpfs filled by a fold; then remounted read-only",
+        trials=2,
+        completed=2,
+        lost=0,
+        duplicated=0,
+        outcome="'the disk is full … free space' (no advice to start over); the read-only "
+        "store opened read-only: listed and restored from",
+    )

@@ -1,0 +1,54 @@
+"""A plain process that runs agents with :func:`jupyter_agent.runner.run_cell` in lockstep.
+
+Two of these race for the same agent, trial after trial: each waits at a shared
+barrier, then runs (or re-runs) the cell at the same instant as its rival. What
+each got — an outcome or the busy error — goes back on a queue.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import traceback
+from types import SimpleNamespace
+from typing import Any
+
+NOTEBOOK = "/race/notebook.ipynb"
+
+
+def prompt(agent: str) -> str:
+    return f"Race task of {agent}."
+
+
+def race(store_path: str, url: str, api_key: str, barrier: Any, results: Any, rounds: int) -> None:
+    """Run ``rounds`` races, two per agent: race ``2k`` starts ``a<k>``, race ``2k+1`` re-runs it."""
+    from jupyter_agent.agent import RunOptions
+    from jupyter_agent.identity import AgentIdentity
+    from jupyter_agent.render import TextEvents
+    from jupyter_agent.runner import AgentBusy, run_cell
+    from jupyter_agent.store import Store
+
+    shell = SimpleNamespace(user_ns={})
+    options = RunOptions(retries=0, backoff=0.0, model_timeout=30)
+    for i in range(rounds):
+        agent = f"a{i // 2}"
+        identity = AgentIdentity(NOTEBOOK, agent, "cell", "cell id")
+        barrier.wait(timeout=120)
+        started = time.time()
+        try:
+            outcome = run_cell(
+                store=Store(store_path, busy_timeout=60),
+                shell=shell,
+                identity=identity,
+                prompt=prompt(agent),
+                model="scripted",
+                options=options,
+                events=TextEvents(io.StringIO()),
+                endpoint_args={"base_url": url, "api_key": api_key},
+            )
+            results.put((i, os.getpid(), outcome.action, outcome.run.run_id, started, time.time()))
+        except AgentBusy as exc:
+            results.put((i, os.getpid(), "busy", str(exc), started, time.time()))
+        except BaseException:  # reported, never hidden: the test fails on it
+            results.put((i, os.getpid(), "error", traceback.format_exc(), started, time.time()))

@@ -48,6 +48,7 @@ import duckdb
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import jupyter_agent  # noqa: E402
 from jupyter_agent import agent as agent_module  # noqa: E402
@@ -1250,8 +1251,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report, encoding="utf-8")
+        from report import write_section
+
+        write_section(args.out, "agent-steps", report)
         log(f"wrote {args.out}")
     else:
         print(report)

@@ -24,6 +24,7 @@ from .agent import RunOptions, load_state
 from .budget import Budget, BudgetError, parse_budget
 from .context import MIN_WINDOW
 from .identity import AgentIdentity, notebook_path, resolve
+from .plan import progress
 from .redaction import secrets_in_environment
 from .render import TextEvents, run_status
 from .runner import USER_ERRORS, Outcome, run_cell
@@ -364,13 +365,25 @@ class AgentMagics(Magics):
             counts[run.agent] = counts.get(run.agent, 0) + 1
         last = store.latest_checkpoints([r.run_id for r in latest.values()])
         live = store.live_runs()
-        rows = [("agent", "status", "steps", "runs", "tokens", "last checkpoint")]
+        rows = [("agent", "status", "steps", "plan", "runs", "tokens", "last checkpoint")]
         for agent, run in latest.items():
             cp = last.get(run.run_id)
             _status, text, steps = run_status(store, run, live, cp)
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cp.created_at)) if cp else "-"
-            tokens = sum(c.tokens for c in store.checkpoints(run.run_id))
-            rows.append((agent, text, str(steps), str(counts[agent]), f"{tokens:,}", when))
+            history = store.checkpoints(run.run_id)
+            tokens = sum(c.tokens for c in history)
+            plan = next((c.info["plan"] for c in reversed(history) if "plan" in c.info), [])
+            rows.append(
+                (
+                    agent,
+                    text,
+                    str(steps),
+                    progress(plan) or "-",
+                    str(counts[agent]),
+                    f"{tokens:,}",
+                    when,
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

@@ -28,10 +28,12 @@ def stuck_reason(messages: list[dict], repeats: int = REPEATS) -> str | None:
     if repeats < 2:
         return None
     tail: list[dict] = []
-    for msg in reversed(messages):
-        if msg.get("role") == "user":
+    assistants = 0
+    for msg in reversed(messages):  # only the last few steps: O(1) however long the run
+        if msg.get("role") == "user" or assistants == repeats:
             break
         tail.insert(0, msg)
+        assistants += msg.get("role") == "assistant"
     steps: list[tuple[str, str, str]] = []  # (content, calls, results)
     for i, msg in enumerate(tail):
         if msg.get("role") != "assistant":

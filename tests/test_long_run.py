@@ -242,7 +242,7 @@ def test_a_stuck_run_pauses_and_continues_with_a_note(ip, scripted, store_path, 
     assert any("You were stuck" in (m.get("content") or "") for m in last)
 
 
-def test_plan_mode_works_item_by_item_with_fresh_context(ip, scripted, store_path):
+def test_plan_mode_works_item_by_item_with_fresh_context(ip, scripted, store_path, capsys):
     items = [("load", "pending"), ("clean", "pending"), ("report", "pending")]
     scripted.set_script(
         [
@@ -269,6 +269,12 @@ def test_plan_mode_works_item_by_item_with_fresh_context(ip, scripted, store_pat
     assert any("Cleaned it." in (m.get("content") or "") for m in third)  # progress notes
     assert any("[x] 2. clean" in (m.get("content") or "") for m in third)
     assert ip.user_ns["reported"] == 3
+    capsys.readouterr()
+    ip.run_line_magic("agent", "list")
+    listing = capsys.readouterr().out
+    row = next(line for line in listing.splitlines() if line.startswith("planner"))
+    assert "done after 8 steps" in row and " 3/3 " in row
+    assert f"{sum(c.tokens for c in cps):,}" in row  # the ledger: tokens spent
 
 
 def test_a_malformed_plan_is_told_to_the_model(ip, scripted, store_path):

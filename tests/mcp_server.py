@@ -1,14 +1,16 @@
 """A small MCP server for the tests, written with the SDK's FastMCP (``MCPServer`` in mcp 2).
 
-``python tests/mcp_server.py LOG [--slow SECONDS] [--http PORT]``: every call
-appends ``<tool> start`` and ``<tool> done`` lines to LOG, so tests can count
-how often each call ran and whether it finished; ``send_report`` sleeps
-``--slow`` seconds in between (long enough to kill the kernel mid-call).
+``python tests/mcp_server.py LOG [--http PORT]``: every call appends
+``<tool> start`` and ``<tool> done`` lines to LOG, so tests can count how often
+each call ran and whether it finished; while a file ``LOG.slow`` exists, calls
+sleep 30 s in between (long enough to kill the kernel mid-call). The server
+logs ``stopped`` when it shuts down.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 try:
@@ -19,7 +21,6 @@ from mcp.types import ToolAnnotations
 
 parser = argparse.ArgumentParser()
 parser.add_argument("log")
-parser.add_argument("--slow", type=float, default=0.0)
 parser.add_argument("--http", type=int, default=0)
 options = parser.parse_args()
 app = FastMCP("reports")
@@ -30,21 +31,24 @@ def logged(line: str) -> None:
         f.write(line + "\n")
 
 
+def work(tool: str) -> None:
+    logged(f"{tool} start")
+    if os.path.exists(options.log + ".slow"):
+        time.sleep(30)
+    logged(f"{tool} done")
+
+
 @app.tool()
 def send_report(text: str) -> str:
     """Send a report to the team (not idempotent: each call sends one)."""
-    logged("send_report start")
-    time.sleep(options.slow)
-    logged("send_report done")
+    work("send_report")
     return f"sent: {text}"
 
 
 @app.tool(annotations=ToolAnnotations(idempotentHint=True))
 def lookup(key: str) -> str:
     """Look a key up (idempotent)."""
-    logged("lookup start")
-    time.sleep(options.slow)
-    logged("lookup done")
+    work("lookup")
     return f"{key} = {len(key)}"
 
 
@@ -59,3 +63,4 @@ if __name__ == "__main__":
         app.run("streamable-http", host="127.0.0.1", port=options.http)
     else:
         app.run()
+    logged("stopped")

@@ -766,8 +766,8 @@ class Execution:
             )
             if uncertain:
                 self.events.notice(
-                    f"step {self.state.step}: this {name} call was in flight when the agent "
-                    f"stopped and may have run; it runs again only if you approve it "
+                    f"this {name} call was in flight when the agent stopped and may have "
+                    "run; it runs again only if you approve it "
                     f"(%agent approve {self.run.agent}, or reject it)"
                 )
             self.checkpoint(

@@ -13,7 +13,10 @@ What happens to the step that was in flight when the kernel died:
 * a model call is simply issued again (it has no side effects);
 * a ``python`` call whose start was checkpointed but whose result was not is
   run again, after saying so in the output (at-least-once, like a Temporal
-  activity); with approvals on, it waits for approval again first.
+  activity); with approvals on, it waits for approval again first;
+* so is a call of a user or MCP tool that is idempotent (``@tool(idempotent=True)``,
+  an MCP ``idempotentHint``); any other tool's call waits for the user's
+  approval, since it may have run (see docs/tools.md).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import context, namespace
+from . import context, namespace, user_tools
 from .budget import Budget, Ledger, budget_text, cost_of, over_budget, price_of
 from .identity import AgentIdentity
 from .model import Cancelled, ContextOverflow, ModelClient, ModelError
@@ -52,7 +55,7 @@ from .state import (
 )
 from .store import CheckpointRow, RunRow, RunWriter, Store, StoreError
 from .stuck import REPEATS, stuck_reason, unstuck_note
-from .tools import TOOLS, MalformedCall, ToolResult, parse_call, run_python
+from .tools import TOOLS, MalformedCall, Toolbox, ToolResult, check_approve, unknown_tool
 
 SYSTEM_PROMPT = (
     "You are a careful data assistant working inside a Jupyter notebook. Use the `python` "
@@ -96,6 +99,12 @@ class RunOptions:
     plan: bool = False
     #: Identical failing calls or replies in a row that make a run stuck.
     stuck_after: int = REPEATS
+    #: A new run's notebook functions offered as tools (besides ``@tool`` ones).
+    tools: tuple[str, ...] = ()
+    #: A new run's MCP servers, by name in ``mcp_servers``.
+    mcp: tuple[str, ...] = ()
+    #: MCP server configurations by name (``c.AgentMagics.mcp_servers``).
+    mcp_servers: dict[str, dict] = field(default_factory=dict)
 
 
 #: Characters of a reply's reasoning kept in its checkpoint (shown in the timeline).
@@ -220,6 +229,7 @@ class Execution:
         self.budget = options.budget or _budget_of(state.budget)
         self.plan_mode = bool(run.info.get("plan")) or (options.plan and state.step < 0)
         self.tools = [*TOOLS]
+        self.toolbox = Toolbox([])
         #: Reported over estimated prompt tokens of the last request (see context).
         self._ratio = 1.0
         self._overflows = 0
@@ -265,6 +275,11 @@ class Execution:
         return row
 
     def execute(self, *, first: bool, decision: dict | None = None) -> RunState:
+        try:  # before anything is written: a missing tool is a short error, nothing lost
+            self._open_tools(first)
+        except BaseException:
+            self.client.close()
+            raise
         self.writer = self.store.writer(self.run.run_id)
         try:
             # Check before the resume checkpoint, which would end the waiting.
@@ -284,7 +299,7 @@ class Execution:
             # on resume, like the call in flight at a crash.
             in_flight = self.state.started_call
             summary = (
-                "interrupted during a python call; it runs again when the agent resumes"
+                self._interrupted_call(in_flight)
                 if in_flight
                 else f"interrupted after checkpoint {self.state.step}"
             )
@@ -302,7 +317,54 @@ class Execution:
         finally:
             self.writer.close()
             self.client.close()
+            self.toolbox.close()
         return self.state
+
+    def _open_tools(self, first: bool) -> None:
+        """Look the run's tools up in the namespace and start its MCP servers.
+
+        A run keeps the tools it started with (only their names are stored, in
+        its info); a fork keeps its parent's.
+        """
+        info = self.run.info
+        if "tools" not in info and first:
+            source = self.store.run(self.run.parent_run) if self.run.parent_run else None
+            if source is not None:
+                names, servers = source.info.get("tools") or [], source.info.get("mcp") or []
+            else:
+                ns = self.shell.user_ns
+                names = list(dict.fromkeys([*self.options.tools, *user_tools.decorated(ns)]))
+                servers = list(self.options.mcp)
+            self.run.info = info = {**info, "tools": names, "mcp": servers}
+        self.toolbox = Toolbox.open(
+            self.shell, info.get("tools") or [], info.get("mcp") or [], self.options.mcp_servers
+        )
+        self.tools = self.toolbox.schemas()
+        if first and self.state.step < 0:
+            try:
+                check_approve(self.options.approve_tools, self.toolbox.names())
+            except BaseException:
+                self.toolbox.close()
+                raise
+
+    def _interrupted_call(self, call_id: str) -> str:
+        call = next(
+            (
+                c
+                for m in self.state.messages
+                for c in m.get("tool_calls") or []
+                if c.get("id") == call_id
+            ),
+            {},
+        )
+        name = (call.get("function") or {}).get("name") or "tool"
+        tool = self.toolbox.get(name)
+        if tool is None or tool.idempotent:
+            return f"interrupted during a {name} call; it runs again when the agent resumes"
+        return (
+            f"interrupted during a {name} call; it may have run, so the agent asks before "
+            "running it again"
+        )
 
     def _start(self) -> None:
         messages = [
@@ -674,23 +736,53 @@ class Execution:
         return plan[index]["title"] if index is not None and index < len(plan) else "plan"
 
     def _tool_step(self, call: dict) -> None:
+        """One tool call: approval if needed, then its start and its result as checkpoints.
+
+        A call in flight when the agent stopped (started, no result) runs again
+        if its tool is idempotent (``python`` is, at-least-once); otherwise it may
+        have had its effect, so it waits for the user's approval first.
+        """
         call_id = call["id"]
-        if (call.get("function") or {}).get("name") == "update_plan":
+        fn = call.get("function") or {}
+        name = fn.get("name")
+        if name == "update_plan":
             self._plan_step(call)
             return
         self.tracker.begin(self.shell.user_ns, self.state.vars)
+        tool = self.toolbox.get(name)
         try:
-            code = parse_call(call)
+            if tool is None:
+                raise MalformedCall(unknown_tool(name, self.toolbox.names()))
+            args = tool.parse(fn.get("arguments") or "")
         except MalformedCall as exc:
             self._tool_result(call_id, ToolResult(f"Error: {exc}", error=True, executed=False))
             return
         decision = self.state.decisions.get(call_id)
-        if self._needs_approval(call) and decision is None:
+        in_flight = self.state.started_call == call_id
+        uncertain = in_flight and not tool.idempotent  # it may have run: ask
+        if decision is None and (uncertain or tool.approve or self._needs_approval(call)):
+            summary = "awaiting approval: " + (
+                f"{name} was in flight when the agent stopped and may have run; "
+                "approve to run it again"
+                if uncertain
+                else f"{name} " + one_line(tool.show(args), 80)
+            )
+            if uncertain:
+                self.events.notice(
+                    f"this {name} call was in flight when the agent stopped and may have "
+                    "run; it runs again only if you approve it "
+                    f"(%agent approve {self.run.agent}, or reject it)"
+                )
             self.checkpoint(
                 "approval",
                 AWAITING_APPROVAL,
-                "awaiting approval: python " + one_line(code, 80),
-                info={"call_id": call_id, "code": code},
+                summary,
+                info={
+                    "call_id": call_id,
+                    "tool": name,
+                    "code": tool.show(args),
+                    "in_flight": in_flight,
+                },
             )
             raise Stop()
         if decision and decision["action"] == "reject":
@@ -705,22 +797,31 @@ class Execution:
             )
             return
         if decision and decision["action"] == "edit":
-            code = decision["code"]
-        if self.state.started_call == call_id:
+            try:
+                args = tool.edited(decision["code"])
+            except MalformedCall as exc:
+                self._tool_result(
+                    call_id,
+                    ToolResult(
+                        f"Error: the user's edit of this call: {exc}", error=True, executed=False
+                    ),
+                )
+                return
+        if in_flight:
             self.events.notice(
-                f"step {self.state.step}: this python call was running when the agent stopped; "
+                f"step {self.state.step}: this {name} call was running when the agent stopped; "
                 "running it again"
             )
+        shown = tool.show(args)
         self.checkpoint(
             "tool_call",
             RUNNING,
-            "python: " + code,
+            f"{name}: {shown}",
             Delta(tool_call_id=call_id),
-            info={"code": code},
+            info={"code": shown} if name == "python" else {"tool": name, "code": shown},
         )
         # An interrupt here propagates: the call stays in flight (see execute).
-        result = run_python(self.shell, code)
-        self._tool_result(call_id, result)
+        self._tool_result(call_id, tool.run(args))
 
     def _plan_step(self, call: dict) -> None:
         """``update_plan``: no side effects, so no start checkpoint and no approval."""

@@ -19,7 +19,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
 
-from . import runner, widget
+from . import mcp_tools, runner, user_tools, widget
 from .agent import RunOptions, load_state
 from .budget import Budget, BudgetError, parse_budget
 from .context import MIN_WINDOW
@@ -30,7 +30,7 @@ from .render import TextEvents, run_status
 from .runner import USER_ERRORS, Outcome, run_cell
 from .state import AWAITING_APPROVAL, ERROR
 from .store import RunRow, Store
-from .tools import TOOLS
+from .tools import TOOLS, ToolError, check_approve
 from .vocab import plural
 
 
@@ -70,6 +70,10 @@ class AgentMagics(Magics):
     timeline = Bool(
         True, help="Show the checkpoint timeline widget under %%agent cells (in a kernel)."
     ).tag(config=True)
+    mcp_servers = Dict(
+        help='MCP servers for --mcp, as Claude Desktop writes them: {"name": {"command": ..., '
+        '"args": [...], "env": {...}}} (stdio) or {"name": {"url": ...}} (streamable HTTP).'
+    ).tag(config=True)
 
     @validate("max_steps")
     def _check_max_steps(self, proposal: Any) -> int:
@@ -102,6 +106,8 @@ class AgentMagics(Magics):
         budget: Budget | None = None,
         context_window: int | None = None,
         plan: bool = False,
+        user_tools: tuple[str, ...] = (),
+        mcp: tuple[str, ...] = (),
     ) -> RunOptions:
         budget = budget or self._budget()
         if max_steps is None:  # a budget is a long run's natural limit, not the step count
@@ -118,6 +124,9 @@ class AgentMagics(Magics):
             retries=self.retries,
             backoff=self.retry_backoff,
             secrets=secrets_in_environment(),
+            tools=user_tools,
+            mcp=mcp,
+            mcp_servers=dict(self.mcp_servers),
         )
 
     def _budget(self) -> Budget | None:
@@ -163,6 +172,18 @@ class AgentMagics(Magics):
         help="Write a plan first, then work through it one item at a time with fresh context.",
     )
     @argument(
+        "--tools",
+        metavar="NAMES",
+        help="Notebook functions the agent may call as tools (comma-separated); "
+        "functions decorated with @tool are offered without it.",
+    )
+    @argument(
+        "--mcp",
+        metavar="SERVERS",
+        help="MCP servers whose tools the agent may call (comma-separated names of "
+        "c.AgentMagics.mcp_servers); their tools are named SERVER__tool.",
+    )
+    @argument(
         "--background",
         action="store_true",
         help="Run on a background thread and return at once; pause it from its timeline.",
@@ -184,13 +205,16 @@ class AgentMagics(Magics):
         if args.max_steps is not None and args.max_steps < 1:
             raise UsageError("--max-steps must be a positive number.")
         model = args.model or self.model
-        tools = tuple(t.strip() for t in (args.approve or "").split(",") if t.strip())
-        known = [t["function"]["name"] for t in TOOLS]
-        unknown = [t for t in tools if t not in known]
-        if unknown:
-            raise UsageError(
-                f"--approve: unknown tool {unknown[0]!r}; the tools are: {', '.join(known)}."
-            )
+        tools = _names(args.approve)
+        functions, servers = _names(args.tools), _names(args.mcp)
+        try:  # the cell's tools must exist; MCP names are checked once the servers list them
+            user_tools.check_names(self.shell.user_ns, functions)
+            mcp_tools.check_servers(servers, self.mcp_servers)
+            offered = [*functions, *user_tools.decorated(self.shell.user_ns)]
+            known = [t["function"]["name"] for t in TOOLS] + list(dict.fromkeys(offered))
+            check_approve(tools, known, servers)
+        except ToolError as exc:
+            raise UsageError(str(exc)) from None
         try:
             budget = parse_budget(args.budget)
         except BudgetError as exc:
@@ -207,6 +231,8 @@ class AgentMagics(Magics):
             budget=budget,
             context_window=args.context_window,
             plan=args.plan,
+            user_tools=functions,
+            mcp=servers,
         )
         try:
             identity = resolve(self.shell, args.name, prompt)
@@ -449,6 +475,11 @@ class AgentMagics(Magics):
         runs = [r.run_id for r in store.runs(notebook=run.notebook, agent=run.agent)]
         store.delete_runs(runs)
         print(f"Deleted agent {run.agent} ({len(runs)} run(s)).")
+
+
+def _names(option: str | None) -> tuple[str, ...]:
+    """The names of a comma-separated option."""
+    return tuple(dict.fromkeys(n.strip() for n in (option or "").split(",") if n.strip()))
 
 
 def report(outcome: Outcome, identity: AgentIdentity, file: Any = None) -> None:

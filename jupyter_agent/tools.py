@@ -5,6 +5,10 @@ repr of the last expression, and a short traceback when the code fails, so it
 can notice errors and recover. Output is also shown live in the cell.
 Malformed calls (unknown tool, arguments that are not JSON, a missing ``code``)
 are answered with an error the model can act on; nothing is executed.
+
+Every tool the loop dispatches — ``python``, the notebook's own functions
+(:mod:`user_tools`) and MCP servers' tools (:mod:`mcp_tools`) — is a
+:class:`Tool`; a :class:`Toolbox` holds one execution's tools.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import json
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from .model import ConfigError
 from .namespace import touched_names
 from .plan import UPDATE_PLAN_TOOL
 
@@ -56,26 +62,154 @@ class MalformedCall(ValueError):
     pass
 
 
+class ToolError(ConfigError):
+    """A tool cannot be offered: not defined, not callable, its server did not start.
+
+    Raised before an execution writes anything; the message says what to do.
+    """
+
+
 def parse_call(call: dict) -> str:
     """The ``code`` of a python tool call, or :class:`MalformedCall` saying what is wrong."""
     fn = call.get("function") or {}
     name = fn.get("name")
     if name != "python":
-        raise MalformedCall(
-            f"Unknown tool {name!r}. The tools are 'python' (argument 'code') and "
-            "'update_plan' (argument 'items')."
-        )
-    raw = fn.get("arguments") or ""
+        raise MalformedCall(unknown_tool(name))
+    args = json_arguments(fn.get("arguments") or "", 'Send {"code": "<python source>"}.')
+    if not isinstance(args.get("code"), str):
+        raise MalformedCall('Missing argument "code" (a string of Python source).')
+    return args["code"]
+
+
+def unknown_tool(name: str | None, names: list[str] | None = None) -> str:
+    """What the model is told when it calls a tool that does not exist."""
+    others = "".join(f", {n!r}" for n in names or [] if n not in ("python", "update_plan"))
+    return (
+        f"Unknown tool {name!r}. The tools are 'python' (argument 'code'), "
+        f"'update_plan' (argument 'items'){others}."
+    )
+
+
+def json_arguments(raw: str, hint: str = "") -> dict:
+    """A call's arguments as a JSON object, or :class:`MalformedCall` saying why not."""
     try:
         args = json.loads(raw) if raw.strip() else {}
     except json.JSONDecodeError as exc:
         raise MalformedCall(
-            f"The arguments are not valid JSON ({exc.msg} at position {exc.pos}). "
-            'Send {"code": "<python source>"}.'
+            f"The arguments are not valid JSON ({exc.msg} at position {exc.pos}). {hint}".strip()
         ) from exc
-    if not isinstance(args, dict) or not isinstance(args.get("code"), str):
-        raise MalformedCall('Missing argument "code" (a string of Python source).')
-    return args["code"]
+    if not isinstance(args, dict):
+        raise MalformedCall(f"The arguments must be a JSON object. {hint}".strip())
+    return args
+
+
+@dataclass
+class Tool:
+    """One tool as the loop dispatches it.
+
+    ``parse`` turns the model's JSON arguments into what ``run`` takes, raising
+    :class:`MalformedCall`; ``show`` gives the text of a call for checkpoints
+    and the approval prompt, and ``edit`` reads that text back from an approver
+    who changed it (by default: the same JSON as the model's).
+    """
+
+    name: str
+    schema: dict
+    run: Callable[[Any], ToolResult]
+    parse: Callable[[str], Any]
+    show: Callable[[Any], str] = lambda args: json.dumps(args, ensure_ascii=False)
+    edit: Callable[[str], Any] | None = None
+    #: Run again, without asking, when the call was in flight at a crash.
+    idempotent: bool = False
+    #: Ask for approval before every call, even with approvals off.
+    approve: bool = False
+
+    def edited(self, text: str) -> Any:
+        return (self.edit or self.parse)(text)
+
+
+def function_schema(name: str, description: str, parameters: dict) -> dict:
+    return {
+        "type": "function",
+        "function": {"name": name, "description": description, "parameters": parameters},
+    }
+
+
+def python_tool(shell: Any) -> Tool:
+    """``python`` in ``shell``: at-least-once, so a call in flight at a crash runs again."""
+    return Tool(
+        "python",
+        PYTHON_TOOL,
+        run=lambda code: run_python(shell, code),
+        parse=lambda raw: parse_call({"function": {"name": "python", "arguments": raw}}),
+        show=lambda code: code,
+        edit=lambda code: code,  # the approver sends code
+        idempotent=True,
+    )
+
+
+class Toolbox:
+    """The tools of one execution: ``python``, the run's user tools and MCP tools.
+
+    Opened when the execution starts (functions are looked up in the namespace
+    then, MCP servers started) and closed when it ends (servers stopped).
+    """
+
+    def __init__(self, tools: list[Tool], closers: list[Callable[[], None]] | None = None) -> None:
+        self.tools = {t.name: t for t in tools}
+        self._closers = closers or []
+
+    @classmethod
+    def open(
+        cls,
+        shell: Any,
+        names: list[str],
+        servers: list[str],
+        config: dict,
+    ) -> Toolbox:
+        """Resolve ``names`` in the namespace and start ``servers``; :class:`ToolError` if not."""
+        from . import user_tools
+
+        box = cls([python_tool(shell), *user_tools.resolve(shell.user_ns, names)])
+        if servers:
+            from . import mcp_tools
+
+            try:
+                for server in mcp_tools.start(servers, config):
+                    box._closers.append(server.close)
+                    box.tools.update((t.name, t) for t in server.tools)
+            except BaseException:
+                box.close()
+                raise
+        return box
+
+    def get(self, name: str | None) -> Tool | None:
+        return self.tools.get(name or "")
+
+    def names(self) -> list[str]:
+        """Every tool the model may call, ``update_plan`` included."""
+        return [*(t["function"]["name"] for t in TOOLS), *(n for n in self.tools if n != "python")]
+
+    def schemas(self) -> list[dict]:
+        """What the model is offered: the built-in tools, then the user's and servers'."""
+        extra = [t.schema for n, t in self.tools.items() if n != "python"]
+        return [*TOOLS, *extra]
+
+    def close(self) -> None:
+        for close in reversed(self._closers):
+            with suppress(Exception):
+                close()
+        self._closers.clear()
+
+
+def check_approve(
+    approve: tuple[str, ...], known: list[str], servers: tuple[str, ...] = ()
+) -> None:
+    """``--approve`` names must be tools; ``SERVER__…`` names wait for the server's list."""
+    for name in approve:
+        if name in known or any(name.startswith(f"{s}__") for s in servers):
+            continue
+        raise ToolError(f"--approve: unknown tool {name!r}; the tools are: {', '.join(known)}.")
 
 
 class _ThreadTee(io.TextIOBase):
@@ -141,21 +275,29 @@ def run_python(shell: Any, code: str) -> ToolResult:
             raise
         except BaseException as exc:  # SystemExit too: the agent's code must not end the kernel
             error = True
-            tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
-            # Drop our own frames so the model sees its code's traceback only.
-            frames = [line for line in tb if "jupyter_agent/tools.py" not in line]
-            sys.stderr.write("".join(frames))
+            sys.stderr.write(short_traceback(exc))
     touched |= set(namespace) - before
-    text = "".join(out)
+    return ToolResult(clip("".join(out)), error=error, touched=touched)
+
+
+_PACKAGE = str(Path(__file__).parent)
+
+
+def short_traceback(exc: BaseException) -> str:
+    """The traceback without our own frames: the model sees its code's (or tool's) only."""
+    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    return "".join(line for line in tb if _PACKAGE not in line)
+
+
+def clip(text: str) -> str:
+    """Tool output as sent to the model: at most :data:`OUTPUT_LIMIT` characters, never empty."""
     if len(text) > OUTPUT_LIMIT:
         text = (
             text[: OUTPUT_LIMIT // 2]
             + f"\n…[{len(text) - OUTPUT_LIMIT} characters cut]…\n"
             + text[-OUTPUT_LIMIT // 2 :]
         )
-    if not text.strip():
-        text = "(no output)"
-    return ToolResult(text, error=error, touched=touched)
+    return text if text.strip() else "(no output)"
 
 
 def _show_figures() -> None:

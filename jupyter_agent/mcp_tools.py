@@ -1,0 +1,230 @@
+"""MCP servers' tools, through the official ``mcp`` SDK: ``%%agent --mcp NAME``.
+
+Servers are configured in ``c.AgentMagics.mcp_servers`` in the shape Claude
+Desktop and VS Code use: ``{"name": {"command": ..., "args": [...], "env":
+{...}}}`` for a stdio server, ``{"name": {"url": ..., "headers": {...}}}`` for
+streamable HTTP. Their tools are offered as ``NAME__tool``.
+
+A server is ephemeral: started when an execution opens its tools, stopped
+when the execution ends, started again by the next one (after a kernel
+restart too). The SDK is async and the kernel's own event loop is busy running
+the cell, so each server's session lives on a private thread with its own
+loop (an anyio blocking portal); the agent's thread waits on each call, and
+Ctrl-C still interrupts that wait.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
+from typing import Any
+
+from .tools import Tool, ToolError, ToolResult, clip, function_schema, json_arguments
+
+#: Seconds a server has to start and answer ``initialize`` and ``tools/list``.
+START_TIMEOUT = 30.0
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+SEPARATOR = "__"
+
+
+def server_spec(name: str, config: dict) -> dict:
+    """The configuration of server ``name``, checked; :class:`ToolError` saying what is wrong."""
+    where = "c.AgentMagics.mcp_servers"
+    if name not in config:
+        known = ", ".join(sorted(config)) or "none"
+        raise ToolError(f"--mcp: unknown MCP server {name!r}; configured in {where}: {known}.")
+    if not _NAME.match(name):
+        raise ToolError(
+            f"MCP server {name!r}: a server name has 1 to 40 letters, digits, '_' or '-'."
+        )
+    spec = config[name]
+    if not isinstance(spec, dict) or bool(spec.get("command")) == bool(spec.get("url")):
+        raise ToolError(
+            f'{where}[{name!r}] needs either "command" (a stdio server, with optional "args" '
+            'and "env") or "url" (a streamable HTTP server).'
+        )
+    if spec.get("command"):
+        args, env = spec.get("args") or [], spec.get("env") or {}
+        if not isinstance(spec["command"], str) or not isinstance(args, list):
+            raise ToolError(f'{where}[{name!r}]: "command" is a string and "args" a list.')
+        if not isinstance(env, dict):
+            raise ToolError(f'{where}[{name!r}]: "env" is a mapping of names to values.')
+        return {
+            "command": spec["command"],
+            "args": [str(a) for a in args],
+            "env": {str(k): str(v) for k, v in env.items()},
+            "cwd": spec.get("cwd"),
+            "timeout": float(spec.get("timeout") or START_TIMEOUT),
+        }
+    return {
+        "url": str(spec["url"]),
+        "headers": {str(k): str(v) for k, v in (spec.get("headers") or {}).items()},
+        "timeout": float(spec.get("timeout") or START_TIMEOUT),
+    }
+
+
+def check_servers(names: tuple[str, ...] | list[str], config: dict) -> None:
+    for name in names:
+        server_spec(name, config)
+
+
+def start(names: list[str], config: dict) -> list[Server]:
+    """Start the servers named; all or none (a failure stops those already started)."""
+    started: list[Server] = []
+    try:
+        for name in names:
+            started.append(Server(name, server_spec(name, config)))
+    except BaseException:
+        for server in started:
+            server.close()
+        raise
+    return started
+
+
+class Server:
+    """One running MCP server and its session, on a private thread and event loop."""
+
+    def __init__(self, name: str, spec: dict) -> None:
+        import anyio.from_thread
+
+        self.name = name
+        self._stack = ExitStack()
+        self._errlog = self._stack.enter_context(tempfile.TemporaryFile("w+"))  # noqa: SIM115
+        try:
+            self._portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal())
+            self._session = self._stack.enter_context(
+                self._portal.wrap_async_context_manager(_session(spec, self._errlog))
+            )
+            listed = self._portal.call(self._list_tools, spec["timeout"])
+        except BaseException as exc:
+            reason = self._reason(exc)
+            self.close()
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise ToolError(f"MCP server {name!r} failed to start: {reason}") from None
+        self.tools = [self._tool(t) for t in listed]
+
+    async def _list_tools(self, timeout: float) -> list[dict]:
+        import anyio
+
+        tools: list[dict] = []
+        cursor = None
+        with anyio.fail_after(timeout):
+            while True:
+                page = await (
+                    self._session.list_tools(cursor=cursor)
+                    if cursor
+                    else self._session.list_tools()
+                )
+                tools += [_plain(t) for t in page.tools]
+                cursor = getattr(page, "next_cursor", None) or getattr(page, "nextCursor", None)
+                if not cursor:
+                    return tools
+
+    def _tool(self, listed: dict) -> Tool:
+        original = listed["name"]
+        room = 64 - len(self.name) - len(SEPARATOR)
+        name = self.name + SEPARATOR + re.sub(r"[^A-Za-z0-9_-]", "_", original)[:room]
+        annotations = listed.get("annotations") or {}
+        description = listed.get("description") or annotations.get("title") or original
+        parameters = listed.get("inputSchema") or {"type": "object", "properties": {}}
+        return Tool(
+            name,
+            function_schema(name, description, parameters),
+            run=lambda args: self.call(original, args),
+            parse=lambda raw: json_arguments(raw, f"Send the arguments of {name} as an object."),
+            idempotent=annotations.get("idempotentHint") is True,
+        )
+
+    def call(self, tool: str, args: dict) -> ToolResult:
+        try:
+            result = _plain(self._portal.call(self._session.call_tool, tool, args))
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            return ToolResult(
+                f"Error: the MCP server {self.name!r} failed: {self._reason(exc)}", error=True
+            )
+        return ToolResult(clip(result_text(result)), error=bool(result.get("isError")))
+
+    def _reason(self, exc: BaseException) -> str:
+        """One line: the innermost error, and the server's last line of stderr."""
+        while getattr(exc, "exceptions", None):  # an anyio task group's ExceptionGroup
+            exc = exc.exceptions[0]  # type: ignore[attr-defined]
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            text = "no answer in time"
+        try:
+            self._errlog.seek(0)
+            last = [line.strip() for line in self._errlog.read().splitlines() if line.strip()]
+        except (OSError, ValueError):
+            last = []
+        return text + (f" (stderr: {last[-1][:300]})" if last else "")
+
+    def close(self) -> None:
+        """Stop the server: end the session and transport, then the portal's thread."""
+        self._stack.close()
+
+
+@asynccontextmanager
+async def _session(spec: dict, errlog: Any) -> AsyncIterator[Any]:
+    import anyio
+    from mcp import ClientSession
+
+    async with AsyncExitStack() as stack:
+        if "url" in spec:
+            streams = await stack.enter_async_context(
+                await _http_transport(stack, spec["url"], spec["headers"])
+            )
+        else:
+            from mcp import StdioServerParameters, stdio_client
+
+            params = StdioServerParameters(
+                command=spec["command"], args=spec["args"], env=spec["env"] or None, cwd=spec["cwd"]
+            )
+            streams = await stack.enter_async_context(stdio_client(params, errlog=errlog))
+        session = await stack.enter_async_context(ClientSession(streams[0], streams[1]))
+        with anyio.fail_after(spec["timeout"]):
+            await session.initialize()
+        yield session
+
+
+async def _http_transport(stack: AsyncExitStack, url: str, headers: dict) -> Any:
+    """The SDK's streamable HTTP client (``mcp`` 2 and 1 name it differently)."""
+    from mcp.client import streamable_http
+
+    if hasattr(streamable_http, "streamable_http_client"):
+        client = None
+        if headers:
+            from mcp.shared._httpx_utils import create_mcp_http_client
+
+            client = await stack.enter_async_context(create_mcp_http_client(headers=headers))
+        return streamable_http.streamable_http_client(url, http_client=client)
+    return streamable_http.streamablehttp_client(url, headers=headers or None)
+
+
+def _plain(model: Any) -> dict:
+    """An SDK object as its JSON (camelCase) form, the same under SDK 1 and 2."""
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def result_text(result: dict) -> str:
+    """What the model reads of a ``tools/call`` result."""
+    parts = []
+    for block in result.get("content") or []:
+        kind = block.get("type")
+        if kind == "text":
+            parts.append(block.get("text") or "")
+        elif kind == "resource":
+            resource = block.get("resource") or {}
+            parts.append(resource.get("text") or f"[resource {resource.get('uri', '')}]")
+        elif kind == "resource_link":
+            parts.append(f"[resource {block.get('uri', '')}]")
+        else:  # image, audio: the model of a text tool result cannot see them
+            parts.append(f"[{kind} {block.get('mimeType', '')}]".replace(" ]", "]"))
+    if not parts and result.get("structuredContent") is not None:
+        parts.append(json.dumps(result["structuredContent"], ensure_ascii=False))
+    return "\n".join(parts)

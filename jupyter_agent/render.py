@@ -128,7 +128,8 @@ class TextEvents:
                 self._line(f"  · checkpoint {row.step}: " + "; ".join(parts))
         elif row.kind == "approval" and row.status == AWAITING_APPROVAL:
             self._line(
-                f"⏸ checkpoint {row.step}: waiting for your approval of this python call. "
+                f"⏸ checkpoint {row.step}: waiting for your approval of this "
+                f"{row.info.get('tool', 'python')} call. "
                 f"Approve it in the timeline, or run %agent approve {run.agent} (or reject/edit)."
             )
         elif row.kind == "approval":

@@ -283,7 +283,7 @@ class Timeline:
             "run": self.selected,
             "step": last["step"],
             "call_id": row.info.get("call_id", ""),
-            "tool": "python",
+            "tool": row.info.get("tool", "python"),
             "code": row.info.get("code", info.get("code", "")),
         }
 

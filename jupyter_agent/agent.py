@@ -31,8 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import context, namespace, user_tools
-from .budget import Budget, Ledger, budget_text, cost_of, over_budget, price_of
+from . import context, namespace, user_tools, vocab
+from .budget import Budget, Ledger, cost_of, over_budget, price_of
 from .identity import AgentIdentity
 from .model import Cancelled, ContextOverflow, ModelClient, ModelError
 from .plan import PLANNER_PROMPT, PlanError, current_item, parse_items, progress, with_status
@@ -510,18 +510,14 @@ class Execution:
             self.budget, state.tokens, spent.cost, prompt_tokens + completion, next_cost
         ):
             return
-        self.checkpoint(
-            "budget",
-            BUDGET,
-            budget_text(state.tokens, spent.cost, self.budget),
-            info={
-                "spent": state.tokens,
-                "budget": self.budget.tokens,
-                "cost": spent.cost,
-                "budget_cost": self.budget.cost,
-                "next": prompt_tokens + completion,
-            },
-        )
+        info = {
+            "spent": state.tokens,
+            "budget": self.budget.tokens,
+            "cost": spent.cost,
+            "budget_cost": self.budget.cost,
+            "next": prompt_tokens + completion,
+        }
+        self.checkpoint("budget", BUDGET, vocab.budget_text(info), info=info)
         raise Stop()
 
     def _compact(self, *, force: bool = False) -> None:

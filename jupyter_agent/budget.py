@@ -133,10 +133,3 @@ def over_budget(
         return spent_tokens + next_tokens > budget.tokens
     assert budget.cost is not None
     return (spent_cost or 0.0) + (next_cost or 0.0) > budget.cost
-
-
-def budget_text(spent_tokens: int, spent_cost: float | None, budget: Budget) -> str:
-    """ "paused at the budget: 48,210 of 50,000 tokens" (or dollars)."""
-    if budget.cost is not None:
-        return f"paused at the budget: ${spent_cost or 0:,.2f} of ${budget.cost:,.2f}"
-    return f"paused at the budget: {spent_tokens:,} of {budget.tokens:,} tokens"

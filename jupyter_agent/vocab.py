@@ -205,11 +205,15 @@ MODEL_STEPS_SQL = (
 
 
 def ledger(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Tokens of a history: total (the ``tokens`` column), prompt and completion (usage)."""
-    out = {"tokens": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    """Tokens of a history: total (the ``tokens`` column), prompt and completion (usage),
+    and saved: what the resumes did not pay again (the tokens spent before each one)."""
+    out = {"tokens": 0, "prompt_tokens": 0, "completion_tokens": 0, "saved_tokens": 0}
     for r in rows:
         out["tokens"] += int(r.get("tokens") or 0)
-        usage = (r.get("info") or {}).get("usage") or {}
+        info = r.get("info") or {}
+        if r.get("kind") == "resume" and isinstance(info.get("saved_tokens"), int):
+            out["saved_tokens"] += info["saved_tokens"]
+        usage = info.get("usage") or {}
         for key in ("prompt_tokens", "completion_tokens"):
             value = usage.get(key)
             if isinstance(value, int):

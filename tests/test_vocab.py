@@ -95,8 +95,14 @@ def test_plan_and_ledger() -> None:
     rows = [
         {"tokens": 12, "info": {"usage": {"prompt_tokens": 10, "completion_tokens": 2}}},
         {"tokens": 0},
+        {"tokens": 0, "kind": "resume", "info": {"saved_tokens": 12}},
     ]
-    assert vocab.ledger(rows) == {"tokens": 12, "prompt_tokens": 10, "completion_tokens": 2}
+    assert vocab.ledger(rows) == {
+        "tokens": 12,
+        "prompt_tokens": 10,
+        "completion_tokens": 2,
+        "saved_tokens": 12,
+    }
 
 
 def test_the_vocabulary_imports_nothing_heavy() -> None:

@@ -215,6 +215,7 @@ class View {
         tok += ` (${fmtCount(sum.prompt_tokens || 0)} prompt / ${fmtCount(sum.completion_tokens || 0)} completion)`;
       }
       if (sum.estimated) tok += " (offline model: estimated)";
+      if (sum.saved_tokens) tok += ` · resumes saved ${fmtCount(sum.saved_tokens)}`;
       stats.push(tok);
     }
     if (sum.size) stats.push(fmtSize(sum.size));

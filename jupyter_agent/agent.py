@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from . import context, namespace, user_tools, vocab
 from .budget import Budget, Ledger, cost_of, over_budget, price_of
 from .identity import AgentIdentity
-from .model import Cancelled, ContextOverflow, ModelClient, ModelError
+from .model import Cancelled, ConfigError, ContextOverflow, ModelClient, ModelError
 from .plan import PLANNER_PROMPT, PlanError, current_item, parse_items, progress, with_status
 from .redaction import redact
 from .state import (
@@ -227,6 +227,12 @@ class Execution:
         )
         self.price = price_of(model, options.prices)
         self.budget = options.budget or _budget_of(state.budget)
+        if self.budget and self.budget.cost is not None and self.price is None:
+            raise ConfigError(
+                f"--budget {self.budget.text()} needs a price for model {model!r}, and none is "
+                "known. Give one in dollars per million tokens, e.g. %config AgentMagics.prices "
+                f"= {{{model!r}: [0.15, 0.60]}}, or give the budget in tokens (--budget 200k)."
+            )
         self.plan_mode = bool(run.info.get("plan")) or (options.plan and state.step < 0)
         self.tools = [*TOOLS]
         self.toolbox = Toolbox([])

@@ -212,6 +212,22 @@ def test_a_budget_below_what_was_spent_pauses_at_once(ip, scripted, store_path, 
     assert len(scripted.requests) == requests  # no model call
 
 
+def test_a_dollar_budget_uses_the_model_price(ip, scripted, store_path, capsys):
+    scripted.set_script(long_script(12))
+    with pytest.raises(UsageError, match="needs a price for model 'scripted'"):
+        ip.run_cell_magic("agent", "--model scripted --name dollars --budget $0.05", "Spend.")
+    assert not store_path.exists() or Store(store_path).runs() == []
+    ip.run_line_magic("config", "AgentMagics.prices = {'scripted': [10.0, 30.0]}")
+    try:
+        ip.run_cell_magic("agent", "--model scripted --name dollars --budget $0.05", "Spend.")
+    finally:
+        ip.run_line_magic("config", "AgentMagics.prices = {}")
+    _, _, cps = latest(store_path)
+    assert cps[-1].status == "budget"
+    assert 0 < cps[-1].info["cost"] <= 0.05 and cps[-1].info["budget_cost"] == 0.05
+    assert "paused at the budget: $0.0" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [

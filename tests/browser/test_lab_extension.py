@@ -3,7 +3,7 @@
 A notebook has two agents. In a real kernel, the one named ``summary``
 finishes and the other is killed with its kernel while waiting for the model.
 The notebook is then opened fresh: before anything runs, the cells show "done"
-and "interrupted at step 6", and "Resume interrupted agents" loads the
+and "interrupted at step 2", and "Resume interrupted agents" loads the
 extension in the new kernel, resumes the interrupted agent only and turns its
 badge to "done".
 """
@@ -88,7 +88,7 @@ def badge(page: Page, agent: str = AGENT) -> Locator:
 
 @pytest.fixture
 def morning(lab_server_factory, tmp_path: Path) -> Iterator[tuple[LabServer, ScriptedServer]]:
-    """A Lab server whose root holds a notebook whose agent's kernel died at step 6."""
+    """A Lab server whose root holds a notebook whose agent's kernel died after step 2."""
     with ScriptedServer(script(answer_delay=300)) as scripted:
         env = {
             "JUPYTER_AGENT_STORE": str(tmp_path / "store" / "agents.duckdb"),
@@ -111,21 +111,21 @@ def test_interrupted_agent_is_visible_and_resumes(
 ) -> None:
     server, _ = morning
     open_notebook(page, server, NOTEBOOK)
-    # start (0), then model, tool call, tool result twice: the last checkpoint is step 6.
-    expect(badge(page)).to_have_text("interrupted at step 6")
-    expect(badge(page, "summary")).to_have_text("done")
+    # Two steps done (each a model reply and its tool call) when the kernel died.
+    expect(badge(page)).to_have_text("interrupted at step 2")
+    expect(badge(page, "summary")).to_have_text("done after 1 step")
     expect(page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-AgentBadge")).to_have_count(2)
 
     page.evaluate("() => window.jupyterapp.commands.execute('jupyter-agent:show-panel')")
     item = page.locator(f'.jp-AgentsPanel-item[data-agent-name="{AGENT}"]')
-    expect(item).to_contain_text("interrupted at step 6")
+    expect(item).to_contain_text("interrupted at step 2")
     expect(page.locator('.jp-AgentsPanel-item[data-agent-name="summary"]')).to_contain_text("done")
     item.click()
     expect(page.locator(".jp-Cell.jp-mod-active")).to_contain_text("%%agent")
     page.screenshot(path=artifacts_dir / "lab-extension.png")
 
     page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-AgentResumeButton").click()
-    expect(badge(page)).to_have_text("done", timeout=60_000)
+    expect(badge(page)).to_have_text("done after 3 steps", timeout=60_000)
     expect(item).to_contain_text("done")
     outputs = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output")
     expect(outputs.get_by_text("a = 1, b = 2.").first).to_be_visible()
@@ -139,8 +139,8 @@ def test_interrupted_agent_is_visible_and_resumes(
     )
     expect(page.locator(".jp-AgentsPanel-notebook")).to_have_text(f"archive/{NOTEBOOK}")
     expect(item).to_contain_text("done")
-    expect(badge(page)).to_have_text("done")
-    expect(badge(page, "summary")).to_have_text("done")
+    expect(badge(page)).to_have_text("done after 3 steps")
+    expect(badge(page, "summary")).to_have_text("done after 1 step")
     moved = str(server.root_dir / "archive" / NOTEBOOK)
     store = Store(server.env["JUPYTER_AGENT_STORE"])
     assert {r.agent for r in store.runs(notebook=moved)} == {AGENT, "summary"}
@@ -153,7 +153,7 @@ def test_notebook7_shows_badges_and_resumes(
     pytest.importorskip("notebook", minversion="7")
     server, _ = morning
     page.goto(f"{server.url}/notebooks/{NOTEBOOK}?token={server.token}")
-    expect(badge(page)).to_have_text("interrupted at step 6", timeout=45_000)
+    expect(badge(page)).to_have_text("interrupted at step 2", timeout=45_000)
     page.locator(".jp-AgentResumeButton").click()
-    expect(badge(page)).to_have_text("done", timeout=60_000)
+    expect(badge(page)).to_have_text("done after 3 steps", timeout=60_000)
     page.screenshot(path=artifacts_dir / "notebook7.png")

@@ -722,6 +722,14 @@ class PgRunWriter(RunWriter):
             raise AgentBusy(f"Run {run_id} is already being written {where}.")
         try:
             self._con: psycopg.Connection | None = _connect(store.url, "writer", store.busy_timeout)
+            if "synchronous_commit" not in store.url:
+                # A commit need not wait for the server's disk: a dead kernel loses
+                # nothing, and a crashed server only the last moments' checkpoints
+                # (the run resumes before them). The URL can ask for it per commit.
+                self._con.execute("SET synchronous_commit = off")
+        except psycopg.Error as exc:
+            self._locks.release(self._key)
+            raise _problem(store.url, exc, "start writing checkpoints") from exc
         except BaseException:
             self._locks.release(self._key)
             raise

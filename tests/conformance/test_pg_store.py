@@ -1,4 +1,4 @@
-"""PostgreSQL only: a team's store, where every row has an owner.
+"""PostgreSQL only: a team's store, where every row has an owner; how commits wait.
 
 A user lists and resumes only their own agents, never unpickles what someone
 else wrote, and, with the documented roles and row-level security, cannot
@@ -65,3 +65,20 @@ def test_row_security_stops_writing_in_another_members_name(pg_url):
     assert forger.runs() == []  # and she cannot read alice's rows either
     assert [r.run_id for r in alice.runs()] == ["ra"]
     assert alice.blobs(["h"]) == {"h": b"alice's value"}
+
+
+def test_commits_wait_for_the_disk_only_when_the_url_asks(pg_url):
+    fast = PgStore(pg_url).writer("r1", secrets=[])
+    durable = PgStore(pg_url + "?options=-c%20synchronous_commit%3Don").writer("r2", secrets=[])
+    try:
+        assert fast._con.execute("SHOW synchronous_commit").fetchone()[0] == "off"
+        assert durable._con.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+    finally:
+        fast.close()
+        durable.close()
+
+
+def test_an_unreachable_server_is_one_clear_error():
+    store = open_store("postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(StoreError, match=r"127\.0\.0\.1:1/none could not be reached.*PGPASSWORD"):
+        store.runs()

@@ -454,6 +454,14 @@ class PgStore:
                     con.rollback()
             raise _problem(self.url, exc, doing) from exc
 
+    def _all(self, sql: str, args: list) -> list[tuple]:
+        with self._db("be read") as con:
+            return con.execute(sql, args).fetchall()
+
+    def _one(self, sql: str, args: list) -> tuple | None:
+        with self._db("be read") as con:
+            return con.execute(sql, args).fetchone()
+
     @contextlib.contextmanager
     def connect(self, *, merge: bool = True) -> Iterator[_DuckCompat]:
         """A connection for SQL written against the DuckDB store, scoped to this owner."""
@@ -501,13 +509,12 @@ class PgStore:
 
     def live_runs(self) -> set[str]:
         """Runs of this owner whose writer holds its lock, on any host."""
-        with self._db("be read") as con:
-            rows = con.execute(
-                f"SELECT run_id FROM {SCHEMA}.runs WHERE owner = %s AND lock_key IN ("
-                "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
-                "WHERE locktype = 'advisory' AND granted AND objsubid = 1)",
-                [self.owner],
-            ).fetchall()
+        rows = self._all(
+            f"SELECT run_id FROM {SCHEMA}.runs WHERE owner = %s AND lock_key IN ("
+            "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
+            "WHERE locktype = 'advisory' AND granted AND objsubid = 1)",
+            [self.owner],
+        )
         return {r[0] for r in rows}
 
     def runs(self, notebook: str | None = None, agent: str | None = None) -> list[RunRow]:
@@ -516,41 +523,37 @@ class PgStore:
             if value is not None:
                 where.append(f"{column} = %s")
                 args.append(value)
-        with self._db("be read") as con:
-            rows = con.execute(
-                f"SELECT {_RUN_SELECT} FROM {SCHEMA}.runs WHERE {' AND '.join(where)} "
-                "ORDER BY created_at, run_id",
-                args,
-            ).fetchall()
+        rows = self._all(
+            f"SELECT {_RUN_SELECT} FROM {SCHEMA}.runs WHERE {' AND '.join(where)} "
+            "ORDER BY created_at, run_id",
+            args,
+        )
         return [_run_row(r) for r in rows]
 
     def run(self, run_id: str) -> RunRow | None:
-        with self._db("be read") as con:
-            row = con.execute(
-                f"SELECT {_RUN_SELECT} FROM {SCHEMA}.runs WHERE run_id = %s AND owner = %s",
-                [run_id, self.owner],
-            ).fetchone()
+        row = self._one(
+            f"SELECT {_RUN_SELECT} FROM {SCHEMA}.runs WHERE run_id = %s AND owner = %s",
+            [run_id, self.owner],
+        )
         return _run_row(row) if row else None
 
     def checkpoints(self, run_id: str) -> list[CheckpointRow]:
-        with self._db("be read") as con:
-            rows = con.execute(
-                f"SELECT {_CP_SELECT} FROM {SCHEMA}.checkpoints WHERE run_id = %s AND owner = %s "
-                "ORDER BY step",
-                [run_id, self.owner],
-            ).fetchall()
+        rows = self._all(
+            f"SELECT {_CP_SELECT} FROM {SCHEMA}.checkpoints WHERE run_id = %s AND owner = %s "
+            "ORDER BY step",
+            [run_id, self.owner],
+        )
         return [_checkpoint_row(r) for r in rows]
 
     def latest_checkpoints(self, run_ids: list[str]) -> dict[str, CheckpointRow]:
         """The last checkpoint of each run, in one query."""
         if not run_ids:
             return {}
-        with self._db("be read") as con:
-            rows = con.execute(
-                f"SELECT DISTINCT ON (run_id) {_CP_SELECT} FROM {SCHEMA}.checkpoints "
-                "WHERE run_id = ANY(%s) AND owner = %s ORDER BY run_id, step DESC",
-                [list(run_ids), self.owner],
-            ).fetchall()
+        rows = self._all(
+            f"SELECT DISTINCT ON (run_id) {_CP_SELECT} FROM {SCHEMA}.checkpoints "
+            "WHERE run_id = ANY(%s) AND owner = %s ORDER BY run_id, step DESC",
+            [list(run_ids), self.owner],
+        )
         return {r[0]: _checkpoint_row(r) for r in rows}
 
     def payloads(self, chain: list[tuple[str, int | None]]) -> list[tuple[CheckpointRow, bytes]]:
@@ -561,19 +564,18 @@ class PgStore:
         """
         if not chain:
             return []
-        with self._db("be read") as con:
-            rows = con.execute(
-                f"SELECT s.i, c.owner, {', '.join('c.' + c for c in CHECKPOINT_COLUMNS)}, "
-                "CASE WHEN c.owner = %s THEN c.payload END "
-                "FROM unnest(%s::text[], %s::int[]) WITH ORDINALITY AS s(run_id, upto, i) "
-                f"JOIN {SCHEMA}.checkpoints c ON c.run_id = s.run_id AND c.step <= s.upto "
-                "ORDER BY s.i, c.step",
-                [
-                    self.owner,
-                    [r for r, _ in chain],
-                    [_MAX_STEP if u is None else u for _, u in chain],
-                ],
-            ).fetchall()
+        rows = self._all(
+            f"SELECT s.i, c.owner, {', '.join('c.' + c for c in CHECKPOINT_COLUMNS)}, "
+            "CASE WHEN c.owner = %s THEN c.payload END "
+            "FROM unnest(%s::text[], %s::int[]) WITH ORDINALITY AS s(run_id, upto, i) "
+            f"JOIN {SCHEMA}.checkpoints c ON c.run_id = s.run_id AND c.step <= s.upto "
+            "ORDER BY s.i, c.step",
+            [
+                self.owner,
+                [r for r, _ in chain],
+                [_MAX_STEP if u is None else u for _, u in chain],
+            ],
+        )
         foreign = next((r for r in rows if r[1] != self.owner), None)
         if foreign is not None:
             raise StoreError(
@@ -602,12 +604,11 @@ class PgStore:
         """Saved values by hash: only this owner's, since unpickling one runs code."""
         if not hashes:
             return {}
-        with self._db("be read") as con:
-            rows = con.execute(
-                f"SELECT hash, owner, CASE WHEN owner = %s THEN data END FROM {SCHEMA}.blobs "
-                "WHERE hash = ANY(%s)",
-                [self.owner, list(hashes)],
-            ).fetchall()
+        rows = self._all(
+            f"SELECT hash, owner, CASE WHEN owner = %s THEN data END FROM {SCHEMA}.blobs "
+            "WHERE hash = ANY(%s)",
+            [self.owner, list(hashes)],
+        )
         own = {h: bytes(d or b"") for h, who, d in rows if who == self.owner}
         foreign = sorted({(h, who) for h, who, _ in rows if h not in own})
         if foreign:
@@ -621,13 +622,12 @@ class PgStore:
 
     def sizes(self) -> dict[str, int]:
         """Bytes the agent tables take in the database (with indexes and TOAST)."""
-        with self._db("be read") as con:
-            row = con.execute(
-                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = %s AND c.relkind = 'r'",
-                [SCHEMA],
-            ).fetchone()
+        row = self._one(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relkind = 'r'",
+            [SCHEMA],
+        )
         return {"postgres": int(row[0]), "duckdb": 0, "journals": 0}
 
     # -- deleting ----------------------------------------------------------------------
@@ -672,12 +672,11 @@ class PgStore:
     def resolve_notebook(self, path: str, since: float | None = None) -> str:
         """Where the notebook known as ``path`` since ``since`` lives now."""
         cutoff = process_started_at() if since is None else since
-        with self._db("be read") as con:
-            moves = con.execute(
-                f"SELECT old, new FROM {SCHEMA}.notebook_moves WHERE owner = %s AND moved_at > %s "
-                "ORDER BY moved_at",
-                [self.owner, cutoff],
-            ).fetchall()
+        moves = self._all(
+            f"SELECT old, new FROM {SCHEMA}.notebook_moves WHERE owner = %s AND moved_at > %s "
+            "ORDER BY moved_at",
+            [self.owner, cutoff],
+        )
         for old, new in moves:
             path = moved_path(path, old, new)
         return path
@@ -686,10 +685,9 @@ class PgStore:
 
     def learnt_window(self, model: str) -> int | None:
         """The context window ``model``'s endpoint last reported, if it ever refused one."""
-        with self._db("be read") as con:
-            row = con.execute(
-                f"SELECT value FROM {SCHEMA}.meta WHERE key = %s", [f"context_window:{model}"]
-            ).fetchone()
+        row = self._one(
+            f"SELECT value FROM {SCHEMA}.meta WHERE key = %s", [f"context_window:{model}"]
+        )
         return int(row[0]) if row and str(row[0]).isdigit() else None
 
     def remember_window(self, model: str, tokens: int) -> None:

@@ -21,6 +21,7 @@ from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
 
 from . import mcp_tools, runner, user_tools, widget
 from .agent import RunOptions, load_state
+from .backends import open_store
 from .budget import Budget, BudgetError, parse_budget
 from .context import MIN_WINDOW
 from .identity import AgentIdentity, notebook_path, resolve
@@ -95,7 +96,7 @@ class AgentMagics(Magics):
         return value
 
     def _store(self) -> Store:
-        return Store(self.store or None)
+        return open_store(self.store or None)
 
     def _options(
         self,

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .agent import chain, effective_status
+from .backends import open_store
 from .identity import ENV_NOTEBOOK
 from .redaction import redact, secrets_in_environment
 from .render import status_text
@@ -534,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # exits 2 on a usage error
     args.json = getattr(args, "json", False)
     path = getattr(args, "store", None)
-    store = Store(os.path.abspath(os.path.expanduser(path)) if path else None)
+    store = open_store(path or None)
     try:
         result = args.fn(store, args)
     except _Partial as partial:

@@ -18,7 +18,6 @@ import functools
 import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from tornado import web
@@ -26,7 +25,8 @@ from traitlets import Float, Unicode
 from traitlets.config import LoggingConfigurable
 
 from .. import __version__
-from ..store import Store, StoreBusy, StoreError, default_store_path
+from ..backends import open_store
+from ..store import StoreBusy, StoreError
 from .handlers import handlers
 from .queries import Reader
 
@@ -48,8 +48,7 @@ class AgentServer(LoggingConfigurable):
     def __init__(self, root_dir: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.root_dir = os.path.abspath(root_dir)
-        path = Path(self.store_path).expanduser().absolute() if self.store_path else None
-        self.store = Store(path or default_store_path(), busy_timeout=self.busy_timeout)
+        self.store = open_store(self.store_path or None, busy_timeout=self.busy_timeout)
         self.reader = Reader(self.store)
         # One thread: DuckDB work is serialized, and the IOLoop never waits on it.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jupyter-agent")

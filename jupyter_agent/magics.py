@@ -8,10 +8,8 @@ saying what to do, raised before anything is written.
 from __future__ import annotations
 
 import argparse
-import functools
 import shlex
 import time
-from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -19,14 +17,15 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
 
-from . import runner, widget
+from . import runner
 from .agent import RunOptions, load_state
 from .budget import Budget, BudgetError, parse_budget
 from .context import MIN_WINDOW
 from .identity import AgentIdentity, notebook_path, resolve
 from .redaction import secrets_in_environment
 from .render import TextEvents, run_status
-from .runner import USER_ERRORS, Outcome, run_cell
+from .runner import USER_ERRORS, Outcome
+from .runtime import AgentRuntime, current
 from .state import AWAITING_APPROVAL, ERROR
 from .store import RunRow, Store
 from .tools import TOOLS
@@ -89,8 +88,18 @@ class AgentMagics(Magics):
             raise TraitError(f"AgentMagics.timeout must be more than 0 seconds, not {value!r}.")
         return value
 
+    @property
+    def runtime(self) -> AgentRuntime:
+        """This kernel's runtime, configured as these magics are now."""
+        runtime = current()
+        runtime.shell = self.shell
+        runtime.store_path = self.store or None
+        runtime.endpoint_args = self._endpoint_args()
+        runtime.options = self._options
+        return runtime
+
     def _store(self) -> Store:
-        return Store(self.store or None)
+        return self.runtime.store()
 
     def _options(
         self,
@@ -238,49 +247,30 @@ class AgentMagics(Magics):
     ) -> Outcome:
         """Run in the cell, blocking it; a ``%%agent`` cell shows its timeline first.
 
-        Open timelines of the agent follow the run live either way.
+        Open timelines of the agent follow the run live either way. ``cell``: the
+        options are what the ``%%agent`` line says now, so they replace the run's;
+        ``%agent resume`` and the like keep the run's.
         """
-        store = self._store()
+        runtime = self.runtime
         key = (identity.notebook, identity.agent)
-        run = self._runner(store, identity, prompt, model, restart, options, from_cell=cell)
-        with runner.claim(*key):
+        with runtime.claimed(key):
             if cell:
-                self._show_timeline(store, identity)
+                self._show_timeline(runtime.store(), identity)
             try:
-                outcome = run(events=widget.WidgetEvents(key, TextEvents()), decision=decision)
+                outcome = runtime.run(
+                    identity,
+                    prompt,
+                    model,
+                    options=options,
+                    events=runtime.events(key, TextEvents()),
+                    restart=restart,
+                    decision=decision,
+                    cell_options=cell,
+                )
             finally:
-                for view in widget.widgets_of(key):
-                    view.refresh()
+                runtime.refresh(key)
         report(outcome, identity)
         return outcome
-
-    def _runner(
-        self,
-        store: Store,
-        identity: AgentIdentity,
-        prompt: str,
-        model: str,
-        restart: bool,
-        options: RunOptions,
-        from_cell: bool,
-    ) -> Callable[..., Outcome]:
-        """``run_cell`` bound to this cell, for the foreground and the background alike.
-
-        ``from_cell``: the options are what the ``%%agent`` line says now, so they
-        replace the run's; ``%agent resume`` and the like keep the run's.
-        """
-        return functools.partial(
-            run_cell,
-            store=store,
-            shell=self.shell,
-            identity=identity,
-            prompt=prompt,
-            model=model,
-            options=options,
-            restart=restart,
-            endpoint_args=self._endpoint_args(),
-            cell_options=from_cell,
-        )
 
     def _run_in_background(
         self,
@@ -290,17 +280,25 @@ class AgentMagics(Magics):
         restart: bool,
         options: RunOptions,
     ) -> None:
-        store = self._store()
+        runtime = self.runtime
         key = (identity.notebook, identity.agent)
-        runner.acquire(*key)  # a busy agent fails here, before anything is shown
-        runner.release(*key)
-        self._show_timeline(store, identity)
-        run = self._runner(store, identity, prompt, model, restart, options, from_cell=True)
-        widget.start_job(
-            key,
-            lambda events, cancel: run(events=events, cancel=cancel),
-            done=lambda outcome, out: report(outcome, identity, out),
-        )
+        if runtime.busy(key):  # fail here, before anything is shown
+            raise runner.AgentBusy.here(identity.agent)
+        self._show_timeline(runtime.store(), identity)
+
+        def work(events: Any, cancel: Any) -> Outcome:
+            return runtime.run(
+                identity,
+                prompt,
+                model,
+                options=options,
+                events=events,
+                restart=restart,
+                cancel=cancel,
+                cell_options=True,
+            )
+
+        runtime.start_job(key, work, done=lambda outcome, out: report(outcome, identity, out))
         print(
             f"Agent {identity.agent} is running in the background; its timeline shows its "
             f"progress. Pause it there or with %agent pause {identity.agent}."
@@ -309,6 +307,8 @@ class AgentMagics(Magics):
     def _show_timeline(self, store: Store, identity: AgentIdentity) -> None:
         if not self.timeline or getattr(self.shell, "kernel", None) is None:
             return
+        from . import widget  # only where a frontend can show it
+
         widget.display_timeline(
             store,
             identity.notebook,
@@ -409,6 +409,8 @@ class AgentMagics(Magics):
 
     def _cmd_timeline(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)
+        from . import widget
+
         widget.display_timeline(
             self._store(),
             run.notebook,
@@ -425,7 +427,7 @@ class AgentMagics(Magics):
 
     def _cmd_pause(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)
-        if widget.pause((run.notebook, run.agent)):
+        if self.runtime.pause((run.notebook, run.agent)):
             print(f"Pausing agent {run.agent} after its current step.")
         else:
             print(f"Agent {run.agent} is not running in the background in this kernel.")

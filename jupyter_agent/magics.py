@@ -22,11 +22,12 @@ from .agent import RunOptions, load_state
 from .budget import Budget, BudgetError, parse_budget
 from .context import MIN_WINDOW
 from .identity import AgentIdentity, notebook_path, resolve
+from .model import Cancelled
 from .redaction import secrets_in_environment
 from .render import TextEvents, run_status
 from .runner import USER_ERRORS, Outcome
-from .runtime import AgentRuntime, current
-from .state import AWAITING_APPROVAL, ERROR
+from .runtime import AgentRuntime, UsageProblem, current
+from .state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
 from .store import RunRow, Store
 from .tools import TOOLS
 from .vocab import plural
@@ -171,6 +172,12 @@ class AgentMagics(Magics):
         help="Write a plan first, then work through it one item at a time with fresh context.",
     )
     @argument(
+        "--after",
+        metavar="AGENTS",
+        help="Start once these agents (comma-separated names) are done; till then the cell "
+        "says what it waits for and ends without a model call.",
+    )
+    @argument(
         "--background",
         action="store_true",
         help="Run on a background thread and return at once; pause it from its timeline.",
@@ -208,6 +215,9 @@ class AgentMagics(Magics):
                 f"--context-window must be at least {MIN_WINDOW:,} tokens (got "
                 f"{args.context_window:,}); not even one step fits in less."
             )
+        after = [name.strip() for name in (args.after or "").split(",") if name.strip()]
+        if args.after is not None and not after:
+            raise UsageError("--after needs the names of agents, e.g. --after loader,cleaner.")
         options = self._options(
             args.max_steps,
             args.approve is not None,
@@ -220,10 +230,36 @@ class AgentMagics(Magics):
             identity = resolve(self.shell, args.name, prompt)
             if identity.notice:  # a weak identity: say so before running
                 print(identity.notice)
+            notebook = self._store().resolve_notebook(identity.notebook)
+            if after:
+                try:
+                    self.runtime.check_after(notebook, identity.agent, after)
+                except UsageProblem as exc:
+                    raise UsageError(str(exc)) from None
+                if self._finished(identity, prompt, args.restart):
+                    after = []  # restored as it is: what it waited for is history
             if args.background:
-                self._run_in_background(identity, prompt, model or "", args.restart, options)
+                self._run_in_background(
+                    identity, prompt, model or "", args.restart, options, after=after
+                )
+            elif after and not self.runtime.wait_for(
+                notebook, after, lambda text: print(f"Agent {identity.agent} is {text}")
+            ):
+                waiting = ", ".join(self.runtime.waiting_for(notebook, after))
+                print(
+                    f"Agent {identity.agent} has not started. Re-run this cell once {waiting} "
+                    "is done (re-run or resume it)."
+                )
             else:
-                outcome = self._run(identity, prompt, model or "", args.restart, options, cell=True)
+                outcome = self._run(
+                    identity,
+                    prompt,
+                    model or "",
+                    args.restart,
+                    options,
+                    cell=True,
+                    info={"after": after} if after else None,
+                )
                 if outcome.state.status == ERROR:  # e.g. the endpoint kept failing
                     last = self._store().latest_checkpoints([outcome.run.run_id])
                     cp = last.get(outcome.run.run_id)
@@ -244,6 +280,7 @@ class AgentMagics(Magics):
         options: RunOptions,
         decision: dict | None = None,
         cell: bool = False,
+        info: dict | None = None,
     ) -> Outcome:
         """Run in the cell, blocking it; a ``%%agent`` cell shows its timeline first.
 
@@ -266,6 +303,7 @@ class AgentMagics(Magics):
                     restart=restart,
                     decision=decision,
                     cell_options=cell,
+                    info=info,
                 )
             finally:
                 runtime.refresh(key)
@@ -279,14 +317,24 @@ class AgentMagics(Magics):
         model: str,
         restart: bool,
         options: RunOptions,
+        after: list[str] | None = None,
     ) -> None:
+        """Run on a thread; with ``after``, first wait (resumes included) for those agents."""
         runtime = self.runtime
         key = (identity.notebook, identity.agent)
         if runtime.busy(key):  # fail here, before anything is shown
             raise runner.AgentBusy.here(identity.agent)
         self._show_timeline(runtime.store(), identity)
 
-        def work(events: Any, cancel: Any) -> Outcome:
+        def work(events: Any, cancel: Any) -> Outcome | None:
+            if after:
+                try:
+                    runtime.wait_for(
+                        key[0], after, events.info, cancel=cancel, until_done=True, poll=0.5
+                    )
+                except Cancelled:
+                    events.info(f"Agent {identity.agent} was paused before it started.")
+                    return None
             return runtime.run(
                 identity,
                 prompt,
@@ -296,13 +344,30 @@ class AgentMagics(Magics):
                 restart=restart,
                 cancel=cancel,
                 cell_options=True,
+                info={"after": after} if after else None,
             )
 
-        runtime.start_job(key, work, done=lambda outcome, out: report(outcome, identity, out))
+        def done(outcome: Outcome | None, out: Any) -> None:
+            if outcome is not None:
+                report(outcome, identity, out)
+
+        runtime.start_job(key, work, done=done)
         print(
             f"Agent {identity.agent} is running in the background; its timeline shows its "
             f"progress. Pause it there or with %agent pause {identity.agent}."
         )
+
+    def _finished(self, identity: AgentIdentity, prompt: str, restart: bool) -> bool:
+        """The cell's agent finished this prompt: re-running it restores, it waits for nothing."""
+        store = self._store()
+        run = None if restart else runner.latest_run(store, *self._key(identity))
+        if run is None or prompt_hash(prompt) not in (run.prompt_hash, prompt_hash(run.prompt)):
+            return False
+        cp = store.latest_checkpoints([run.run_id]).get(run.run_id)
+        return cp is not None and cp.status == DONE
+
+    def _key(self, identity: AgentIdentity) -> tuple[str, str]:
+        return (self._store().resolve_notebook(identity.notebook), identity.agent)
 
     def _show_timeline(self, store: Store, identity: AgentIdentity) -> None:
         if not self.timeline or getattr(self.shell, "kernel", None) is None:

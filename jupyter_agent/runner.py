@@ -88,12 +88,14 @@ def run_cell(
     endpoint_args: dict | None = None,
     cancel: threading.Event | None = None,
     cell_options: bool = False,
+    info: dict | None = None,
 ) -> Outcome:
     """Start, resume or restore the agent of a cell.
 
     ``model`` (empty: the run's latest) and ``options`` apply to this execution;
     ``cell_options`` says they are what the cell's line says now, so they also
-    replace the run's approval policy (see :func:`resume_run`).
+    replace the run's approval policy (see :func:`resume_run`). ``info`` is
+    recorded on a new run (e.g. the agents it waits for, or its parent).
     """
     # The kernel learns its notebook's path at start; follow renames made since.
     identity = replace(identity, notebook=store.resolve_notebook(identity.notebook))
@@ -106,7 +108,7 @@ def run_cell(
         ):
             previous = None
         if previous is None:
-            info = {"approve": approve_policy(options), "plan": options.plan}
+            info = {**(info or {}), "approve": approve_policy(options), "plan": options.plan}
             run = new_run(identity, prompt, model, info=info)
             execution = make_execution(
                 store, shell, run, RunState(), model, options, events, endpoint_args, cancel

@@ -30,12 +30,19 @@ from typing import Any, Protocol, TextIO
 from . import runner, timeline
 from .agent import Events, RunOptions
 from .identity import AgentIdentity
-from .render import TextEvents
+from .model import Cancelled
+from .render import TextEvents, run_status
 from .runner import USER_ERRORS, Outcome
-from .state import Delta
+from .state import DONE, RUNNING, STALLED, Delta
 from .store import AgentBusy, CheckpointRow, RunRow, Store, default_store_path
 
 Key = tuple[str, str]  # (notebook, agent)
+
+
+class UsageProblem(ValueError):
+    """Bad input to a command (``--after`` naming no agent, a cycle); one short message."""
+
+
 RESULT_LINES = 12  # lines of a tool's output echoed into the background output
 
 
@@ -183,6 +190,7 @@ class AgentRuntime:
         decision: dict | None = None,
         cancel: threading.Event | None = None,
         cell_options: bool = False,
+        info: dict | None = None,
     ) -> Outcome:
         """Start, resume or restore the agent of a cell (:func:`runner.run_cell`)."""
         return runner.run_cell(
@@ -198,7 +206,80 @@ class AgentRuntime:
             endpoint_args=self.endpoint_args,
             cancel=cancel,
             cell_options=cell_options,
+            info=info,
         )
+
+    # -- agents that wait for others (--after) -------------------------------------
+
+    def check_after(self, notebook: str, agent: str, after: list[str]) -> None:
+        """Refuse ``--after`` naming the agent itself, an unknown agent, or making a cycle."""
+        if agent in after:
+            raise UsageProblem(f"--after {agent}: an agent cannot wait for itself.")
+        latest = {r.agent: r for r in self.store().runs(notebook=notebook)}
+        unknown = [name for name in after if name not in latest]
+        if unknown:
+            known = ", ".join(sorted(latest)) or "none yet"
+            raise UsageProblem(
+                f"--after {unknown[0]}: no agent of that name in this notebook (agents here: "
+                f"{known}). Run it first, or correct the name."
+            )
+        waits = {name: list(run.info.get("after") or []) for name, run in latest.items()}
+        waits[agent] = after
+        path = _cycle(waits, agent)
+        if path:
+            raise UsageProblem(
+                "--after makes a cycle: " + " → ".join(path) + "; an agent waits for itself."
+            )
+
+    def waiting_for(self, notebook: str, after: list[str]) -> dict[str, tuple[str, str]]:
+        """The agents of ``after`` whose latest run is not done: name → (status, its words)."""
+        store = self.store()
+        latest = {r.agent: r for r in store.runs(notebook=notebook) if r.agent in after}
+        live = store.live_runs()
+        last = store.latest_checkpoints([r.run_id for r in latest.values()])
+        out = {}
+        for name in after:
+            run = latest.get(name)
+            if run is None:
+                out[name] = ("missing", "deleted")
+                continue
+            status, text, _ = run_status(store, run, live, last.get(run.run_id))
+            if status != DONE:
+                out[name] = (status, text)
+        return out
+
+    def wait_for(
+        self,
+        notebook: str,
+        after: list[str],
+        say: Callable[[str], None],
+        *,
+        cancel: threading.Event | None = None,
+        until_done: bool = False,
+        poll: float = 0.2,
+    ) -> bool:
+        """Wait while the agents of ``after`` run; True once all are done.
+
+        A dependency that stopped unfinished (interrupted, paused, failed) ends
+        the wait at once (False), unless ``until_done``: a background agent keeps
+        waiting for it to be resumed, here or in another kernel.
+        """
+        said: dict[str, str] = {}
+        while True:
+            pending = self.waiting_for(notebook, after)
+            if not pending:
+                return True
+            for name, (_status, text) in pending.items():
+                if said.get(name) != text:
+                    say(f"waiting for {name} ({text})")
+                    said[name] = text
+            stopped = all(status not in (RUNNING, STALLED) for status, _ in pending.values())
+            if stopped and not until_done:
+                return False
+            if cancel is not None and cancel.wait(poll):
+                raise Cancelled()
+            if cancel is None:
+                time.sleep(poll)
 
     def resume(
         self,
@@ -430,6 +511,27 @@ def _ipython() -> Any:
     from IPython import get_ipython
 
     return get_ipython()
+
+
+def _cycle(waits: dict[str, list[str]], start: str) -> list[str]:
+    """A path ``start → … → start`` through the waits-for graph, or [] if there is none."""
+    path: list[str] = [start]
+    seen: set[str] = set()
+
+    def visit(name: str) -> bool:
+        for dep in waits.get(name, []):
+            if dep == start:
+                path.append(dep)
+                return True
+            if dep not in seen:
+                seen.add(dep)
+                path.append(dep)
+                if visit(dep):
+                    return True
+                path.pop()
+        return False
+
+    return path if visit(start) else []
 
 
 _current: AgentRuntime | None = None

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from . import context, namespace
 from .budget import Budget, Ledger, budget_text, cost_of, over_budget, price_of
+from .delegate import DELEGATE_TOOL, Children, DelegateError, parse_delegate
 from .identity import AgentIdentity
 from .model import Cancelled, ContextOverflow, ModelClient, ModelError
 from .plan import PLANNER_PROMPT, PlanError, current_item, parse_items, progress, with_status
@@ -96,6 +97,8 @@ class RunOptions:
     plan: bool = False
     #: Identical failing calls or replies in a row that make a run stuck.
     stuck_after: int = REPEATS
+    #: Runs children for the ``delegate`` tool; None: the tool is not offered.
+    children: Children | None = None
 
 
 #: Characters of a reply's reasoning kept in its checkpoint (shown in the timeline).
@@ -219,7 +222,7 @@ class Execution:
         self.price = price_of(model, options.prices)
         self.budget = options.budget or _budget_of(state.budget)
         self.plan_mode = bool(run.info.get("plan")) or (options.plan and state.step < 0)
-        self.tools = [*TOOLS]
+        self.tools = [*TOOLS] + ([DELEGATE_TOOL] if options.children is not None else [])
         #: Reported over estimated prompt tokens of the last request (see context).
         self._ratio = 1.0
         self._overflows = 0
@@ -678,6 +681,9 @@ class Execution:
         if (call.get("function") or {}).get("name") == "update_plan":
             self._plan_step(call)
             return
+        if (call.get("function") or {}).get("name") == "delegate" and self.options.children:
+            self._delegate_step(call, self.options.children)
+            return
         self.tracker.begin(self.shell.user_ns, self.state.vars)
         try:
             code = parse_call(call)
@@ -743,11 +749,55 @@ class Execution:
             info={"plan": plan, "progress": done},
         )
 
+    def _delegate_step(self, call: dict, children: Children) -> None:
+        """``delegate``: run a child agent; its final answer is this call's result, once.
+
+        The start is checkpointed, so after a stop the same child resumes; a
+        child that pauses pauses this run too, saying why.
+        """
+        call_id = call["id"]
+        self.tracker.begin(self.shell.user_ns, self.state.vars)
+        try:
+            agent, task, model = parse_delegate((call.get("function") or {}).get("arguments"))
+            if self.state.started_call != call_id and (problem := children.refuse(self, agent)):
+                raise DelegateError(problem)
+        except DelegateError as exc:
+            self._tool_result(call_id, ToolResult(f"Error: {exc}", error=True, executed=False))
+            return
+        if self.state.started_call == call_id:
+            self.events.notice(f"resuming child agent {agent}, which was working when this stopped")
+        else:
+            self.checkpoint(
+                "tool_call",
+                RUNNING,
+                f"delegate to {agent}: {task}",
+                Delta(tool_call_id=call_id),
+                info={"delegate": {"agent": agent, "task": task, "model": model}},
+            )
+        child = children.run(self, call_id, agent, task, model)
+        info = {"child": child.agent, "child_run": child.run_id, "child_status": child.status}
+        if child.status == DONE:
+            self._tool_result(call_id, ToolResult(child.answer), tokens=child.tokens, info=info)
+            return
+        kind = child.status if child.status in (ERROR, LIMIT, BUDGET, STUCK) else "interrupted"
+        status = kind if kind != "interrupted" else INTERRUPTED
+        why = f"waiting for child agent {agent}: {child.text}"
+        self.checkpoint(kind, status, why, info={**info, "error": why, "reason": why})
+        raise Stop()
+
     def _needs_approval(self, call: dict) -> bool:  # update_plan never asks
         tools = self.options.approve_tools
         return self.options.approve and (not tools or call["function"]["name"] in tools)
 
-    def _tool_result(self, call_id: str, result: ToolResult, status: str = RUNNING) -> None:
+    def _tool_result(
+        self,
+        call_id: str,
+        result: ToolResult,
+        status: str = RUNNING,
+        *,
+        tokens: int = 0,
+        info: dict | None = None,
+    ) -> None:
         snap = self.tracker.snapshot(
             self.shell.user_ns, self.state.vars, self.options.secrets, result.touched
         )
@@ -765,8 +815,10 @@ class Execution:
                 "unsaved": snap.unsaved,
                 "blobs": [h for h in snap.vars.values() if h],
                 "error": result.error,
+                **(info or {}),
             },
             blobs=snap.blobs,
+            tokens=tokens,  # a child's tokens count towards its parent's
         )
         if snap.unsaved:
             for name, why in snap.unsaved.items():

@@ -430,12 +430,14 @@ class AgentMagics(Magics):
         last = store.latest_checkpoints([r.run_id for r in latest.values()])
         live = store.live_runs()
         rows = [("agent", "status", "steps", "runs", "tokens", "last checkpoint")]
-        for agent, run in latest.items():
+        for agent, depth in _as_tree(latest):
+            run = latest[agent]
             cp = last.get(run.run_id)
             _status, text, steps = run_status(store, run, live, cp)
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cp.created_at)) if cp else "-"
             tokens = sum(c.tokens for c in store.checkpoints(run.run_id))
-            rows.append((agent, text, str(steps), str(counts[agent]), f"{tokens:,}", when))
+            name = "  " * depth + agent  # a delegated agent under its parent
+            rows.append((name, text, str(steps), str(counts[agent]), f"{tokens:,}", when))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -526,6 +528,24 @@ def report(outcome: Outcome, identity: AgentIdentity, file: Any = None) -> None:
             f"Approve with %agent approve {identity.agent}, or reject with %agent reject {identity.agent} --note '...'.",
             file=file,
         )
+
+
+def _as_tree(latest: dict[str, RunRow]) -> list[tuple[str, int]]:
+    """Agents in order, each child agent (``delegate``) right under its parent, one deeper."""
+    children: dict[str | None, list[str]] = {}
+    for agent, run in latest.items():
+        parent = run.info.get("parent_agent")
+        children.setdefault(parent if parent in latest else None, []).append(agent)
+    out: list[tuple[str, int]] = []
+
+    def visit(parent: str | None, depth: int) -> None:
+        for agent in children.get(parent, []):
+            if all(agent != seen for seen, _ in out):
+                out.append((agent, depth))
+                visit(agent, depth + 1)
+
+    visit(None, 0)
+    return out
 
 
 def _at_least(proposal: Any, low: float, why: str) -> Any:

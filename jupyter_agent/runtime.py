@@ -24,12 +24,14 @@ import traceback
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TextIO
 
 from . import runner, timeline
 from .agent import Events, RunOptions
-from .identity import AgentIdentity
+from .budget import Budget
+from .delegate import MAX_CHILDREN, MAX_DEPTH, Delegated, delegations
+from .identity import AgentIdentity, IdentityError, validate_name
 from .model import Cancelled
 from .render import TextEvents, run_status
 from .runner import USER_ERRORS, Outcome
@@ -178,6 +180,10 @@ class AgentRuntime:
 
     # -- runs -----------------------------------------------------------------------
 
+    def _with_children(self, options: RunOptions) -> RunOptions:
+        """Options whose runs may delegate, their children running in this runtime."""
+        return replace(options, children=options.children or Delegation(self))
+
     def run(
         self,
         identity: AgentIdentity,
@@ -199,7 +205,7 @@ class AgentRuntime:
             identity=identity,
             prompt=prompt,
             model=model,
-            options=options,
+            options=self._with_children(options),
             events=events,
             restart=restart,
             decision=decision,
@@ -296,7 +302,7 @@ class AgentRuntime:
             store=store or self.store(),
             shell=self._shell(),
             run=run,
-            options=options,
+            options=self._with_children(options),
             events=events,
             decision=decision,
             endpoint_args=self.endpoint_args,
@@ -323,7 +329,7 @@ class AgentRuntime:
             run_id,
             step,
             instruction=instruction,
-            options=options,
+            options=self._with_children(options),
             events=events,
             endpoint_args=self.endpoint_args,
             cancel=cancel,
@@ -511,6 +517,94 @@ def _ipython() -> Any:
     from IPython import get_ipython
 
     return get_ipython()
+
+
+class Delegation:
+    """Runs the children of ``delegate`` calls as durable runs of their own (see :mod:`delegate`)."""
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self.runtime = runtime
+
+    def refuse(self, parent: Any, agent: str) -> str | None:
+        """Why ``parent`` may not start a child ``agent`` now, or None."""
+        try:
+            validate_name(agent)
+        except IdentityError as exc:
+            return str(exc)
+        lineage = [parent.run.agent, *(parent.run.info.get("lineage") or [])]
+        if agent in lineage:
+            return f"agent {agent!r} is this agent or one of its parents; choose another name"
+        depth = int(parent.run.info.get("depth") or 0) + 1
+        if depth > MAX_DEPTH:
+            return (
+                f"delegation is limited to {MAX_DEPTH} levels of child agents and this agent "
+                "is at the deepest; do the work yourself"
+            )
+        state = parent.state
+        calls = delegations(state.messages)
+        answered = {m.get("tool_call_id") for m in state.messages if m.get("role") == "tool"}
+        if len(calls & answered) >= MAX_CHILDREN:
+            return f"an agent may delegate at most {MAX_CHILDREN} subtasks; do the rest yourself"
+        return None
+
+    def run(self, parent: Any, call_id: str, agent: str, task: str, model: str) -> Delegated:
+        """Start, resume or restore the child of ``call_id``, in the parent's thread."""
+        store, notebook = parent.store, parent.run.notebook
+        options = replace(parent.options, plan=False, budget=_remaining(parent))
+        mine = [
+            r
+            for r in store.runs(notebook=notebook, agent=agent)
+            if r.info.get("parent_run") == parent.run.run_id
+            and r.info.get("parent_call") == call_id
+        ]
+        key = (notebook, agent)
+        events = self.runtime.events(key, TextEvents(), store=store)
+        with self.runtime.claimed(key):
+            if mine:
+                outcome = runner.resume_run(
+                    store=store,
+                    shell=parent.shell,
+                    run=mine[-1],
+                    options=options,
+                    events=events,
+                    model=model,
+                    endpoint_args=self.runtime.endpoint_args,
+                    cancel=parent.client.cancel,
+                )
+            else:
+                events.info(f"↳ delegating to child agent {agent}")
+                outcome = runner.run_cell(
+                    store=store,
+                    shell=parent.shell,
+                    identity=AgentIdentity(notebook, agent, None, "delegate"),
+                    prompt=task,
+                    model=model or parent.client.endpoint.model,
+                    options=options,
+                    events=events,
+                    restart=True,
+                    endpoint_args=self.runtime.endpoint_args,
+                    cancel=parent.client.cancel,
+                    info={
+                        "parent_agent": parent.run.agent,
+                        "parent_run": parent.run.run_id,
+                        "parent_call": call_id,
+                        "depth": int(parent.run.info.get("depth") or 0) + 1,
+                        "lineage": [parent.run.agent, *(parent.run.info.get("lineage") or [])],
+                    },
+                )
+        self.runtime.refresh(key)
+        state, run = outcome.state, outcome.run
+        last = store.latest_checkpoints([run.run_id]).get(run.run_id)
+        status, text, _ = run_status(store, run, set(), last)
+        return Delegated(agent, status, text, state.final_answer() or "", state.tokens, run.run_id)
+
+
+def _remaining(parent: Any) -> Budget | None:
+    """What is left of the parent's budget: its children spend from it."""
+    budget = parent.budget
+    if budget is None or budget.tokens is None:
+        return budget
+    return Budget(tokens=max(budget.tokens - parent.state.tokens, 0), cost=budget.cost)
 
 
 def _cycle(waits: dict[str, list[str]], start: str) -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from IPython.core.error import UsageError
 
+from jupyter_agent.store import Store
 from jupyter_agent.testing import ScriptedServer
 
 from .kernels import Kernel
@@ -133,3 +134,129 @@ def test_bad_after_is_one_clear_error(ip: Any, agent: str, line: str, message: s
     ip.run_cell_magic("agent", "-m offline --name cleaner --after loader", OFFLINE)
     with pytest.raises(UsageError, match=message):
         ip.run_cell_magic("agent", f"-m offline --name {agent} {line}", "Another task.")
+
+
+PARENT = "%%agent -m scripted --name lead\nSplit the work."
+
+
+def delegate(agent: str, task: str) -> dict:
+    return {"tool_calls": [{"name": "delegate", "arguments": {"agent": agent, "task": task}}]}
+
+
+def family(log: Path, slow_beta: bool = False) -> Callable[[dict], dict]:
+    """lead delegates to alpha, then to beta, then answers with what they said."""
+
+    def reply(body: dict) -> dict:
+        task, step = task_of(body), steps_of(body)
+        if task.startswith("Split"):
+            if step == 0:
+                return delegate("alpha", "Alpha: count.")
+            if step == 1:
+                return delegate("beta", "Beta: sum.")
+            results = [m["content"] for m in body["messages"] if m.get("role") == "tool"]
+            return {"content": "Lead done: " + " | ".join(results)}
+        name = task.split(":")[0].lower()
+        if step == 0:
+            nap = "import time; time.sleep(30)\n" if slow_beta and name == "beta" else ""
+            code = f"with open({str(log)!r}, 'a') as f: f.write('{name}\\n')\n{nap}{name}_x = 1"
+            return tool(code)
+        return {"content": f"{name} says hi"}
+
+    return reply
+
+
+def test_a_parent_delegates_to_two_children_and_survives_a_kill_in_the_second(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "effects.log"
+    scripted.set_script(family(log, slow_beta=True))
+    k1 = kernel_factory()
+    k1.start(PARENT, cell_id="lead")
+    wait_for_line(log, "beta")
+    k1.kill()  # while beta runs its python call
+
+    scripted.set_script(family(log))
+    k2 = kernel_factory()
+    result = k2.run(PARENT, cell_id="lead")
+    assert result.status == "ok", result.text
+    assert "resuming child agent beta" in result.text
+    assert "Lead done: alpha says hi | beta says hi" in result.text
+    # No completed step of the parent or a child was asked for twice; alpha never re-ran.
+    assert requested(scripted) == [
+        ("Split", 0),
+        ("Alpha:", 0),
+        ("Alpha:", 1),
+        ("Split", 1),
+        ("Beta:", 0),
+        ("Beta:", 1),
+        ("Split", 2),
+    ]
+    assert log.read_text().splitlines() == ["alpha", "beta", "beta"]  # beta's call was in flight
+    assert k2.run("print(alpha_x, beta_x)").stdout.strip() == "1 1"
+    listing = k2.run("%agent list").stdout
+    lines = {line.split()[0]: line for line in listing.splitlines()[1:]}
+    assert set(lines) == {"lead", "alpha", "beta"}, listing
+    order = [line.strip().split()[0] for line in listing.splitlines()[1:]]
+    assert order == ["lead", "alpha", "beta"], listing
+    assert [line[:4] for line in listing.splitlines()[2:]] == ["  al", "  be"], listing
+    # The parent's budget covers its children: its tokens include theirs.
+    again = k2.run(PARENT, cell_id="lead")
+    assert "restored from the store" in again.text and len(requested(scripted)) == 7
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (delegate("../x", "t"), "Invalid agent name"),
+        (delegate("lead", "t"), "is this agent or one of its parents"),
+        ({"tool_calls": [{"name": "delegate", "arguments": {"agent": "a"}}]}, "'task'"),
+    ],
+)
+def test_bad_delegation_is_told_to_the_model(
+    ip: Any,  # noqa: F811
+    scripted: ScriptedServer,
+    monkeypatch: pytest.MonkeyPatch,
+    call: dict,
+    error: str,
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    scripted.set_script([call, {"content": "Gave up."}])
+    ip.run_cell_magic("agent", "-m scripted --name lead", "Split the work.")
+    told = [m["content"] for m in scripted.requests[-1]["body"]["messages"] if m["role"] == "tool"]
+    assert len(told) == 1 and told[0].startswith("Error:") and error in told[0], told
+
+
+def test_delegation_depth_is_limited(
+    ip: Any,  # noqa: F811
+    store_path: Path,
+    scripted: ScriptedServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+
+    def reply(body: dict) -> dict:
+        level = int(task_of(body).split()[1])
+        if steps_of(body) == 0:
+            return delegate(f"level{level + 1}", f"Level {level + 1}")
+        told = [m["content"] for m in body["messages"] if m.get("role") == "tool"]
+        return {"content": f"level {level}: {told[-1]}"}
+
+    scripted.set_script(reply)
+    ip.run_cell_magic("agent", "-m scripted --name level0", "Level 0")
+    # level1..level3 are children; level3 may not delegate: the error reaches its model,
+    # and each answer travels up once, as its parent's tool result.
+    last = scripted.requests[-1]["body"]["messages"][-1]["content"]
+    assert (
+        last == "level 1: level 2: level 3: Error: delegation is limited to 3 levels of "
+        "child agents and this agent is at the deepest; do the work yourself"
+    ), last
+    runs = {r.agent: r for r in Store(store_path).runs()}
+    assert {a: r.info.get("depth", 0) for a, r in runs.items()} == {
+        "level0": 0,
+        "level1": 1,
+        "level2": 2,
+        "level3": 3,
+    }
+    assert runs["level2"].info["parent_agent"] == "level1"

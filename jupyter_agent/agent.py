@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from . import context, namespace, user_tools, vocab
 from .budget import Budget, Ledger, cost_of, over_budget, price_of
+from .delegate import DELEGATE_TOOL, Children, DelegateError, parse_delegate
 from .identity import AgentIdentity
 from .model import Cancelled, ConfigError, ContextOverflow, ModelClient, ModelError
 from .plan import PLANNER_PROMPT, PlanError, current_item, parse_items, progress, with_status
@@ -105,6 +106,8 @@ class RunOptions:
     mcp: tuple[str, ...] = ()
     #: MCP server configurations by name (``c.AgentMagics.mcp_servers``).
     mcp_servers: dict[str, dict] = field(default_factory=dict)
+    #: Runs children for the ``delegate`` tool; None: the tool is not offered.
+    children: Children | None = None
 
 
 #: Characters of a reply's reasoning kept in its checkpoint (shown in the timeline).
@@ -234,7 +237,8 @@ class Execution:
                 f"= {{{model!r}: [0.15, 0.60]}}, or give the budget in tokens (--budget 200k)."
             )
         self.plan_mode = bool(run.info.get("plan")) or (options.plan and state.step < 0)
-        self.tools = [*TOOLS]
+        self._extra_tools = [DELEGATE_TOOL] if options.children is not None else []
+        self.tools = [*TOOLS, *self._extra_tools]
         self.toolbox = Toolbox([])
         #: Reported over estimated prompt tokens of the last request (see context).
         self._ratio = 1.0
@@ -345,7 +349,7 @@ class Execution:
         self.toolbox = Toolbox.open(
             self.shell, info.get("tools") or [], info.get("mcp") or [], self.options.mcp_servers
         )
-        self.tools = self.toolbox.schemas()
+        self.tools = [*self.toolbox.schemas(), *self._extra_tools]
         if first and self.state.step < 0:
             try:
                 check_approve(self.options.approve_tools, self.toolbox.names())
@@ -750,6 +754,9 @@ class Execution:
         if name == "update_plan":
             self._plan_step(call)
             return
+        if (call.get("function") or {}).get("name") == "delegate" and self.options.children:
+            self._delegate_step(call, self.options.children)
+            return
         self.tracker.begin(self.shell.user_ns, self.state.vars)
         tool = self.toolbox.get(name)
         try:
@@ -846,11 +853,55 @@ class Execution:
             info={"plan": plan, "progress": done},
         )
 
+    def _delegate_step(self, call: dict, children: Children) -> None:
+        """``delegate``: run a child agent; its final answer is this call's result, once.
+
+        The start is checkpointed, so after a stop the same child resumes; a
+        child that pauses pauses this run too, saying why.
+        """
+        call_id = call["id"]
+        self.tracker.begin(self.shell.user_ns, self.state.vars)
+        try:
+            agent, task, model = parse_delegate((call.get("function") or {}).get("arguments"))
+            if self.state.started_call != call_id and (problem := children.refuse(self, agent)):
+                raise DelegateError(problem)
+        except DelegateError as exc:
+            self._tool_result(call_id, ToolResult(f"Error: {exc}", error=True, executed=False))
+            return
+        if self.state.started_call == call_id:
+            self.events.notice(f"resuming child agent {agent}, which was working when this stopped")
+        else:
+            self.checkpoint(
+                "tool_call",
+                RUNNING,
+                f"delegate to {agent}: {task}",
+                Delta(tool_call_id=call_id),
+                info={"delegate": {"agent": agent, "task": task, "model": model}},
+            )
+        child = children.run(self, call_id, agent, task, model)
+        info = {"child": child.agent, "child_run": child.run_id, "child_status": child.status}
+        if child.status == DONE:
+            self._tool_result(call_id, ToolResult(child.answer), tokens=child.tokens, info=info)
+            return
+        kind = child.status if child.status in (ERROR, LIMIT, BUDGET, STUCK) else "interrupted"
+        status = kind if kind != "interrupted" else INTERRUPTED
+        why = f"waiting for child agent {agent}: {child.text}"
+        self.checkpoint(kind, status, why, info={**info, "error": why, "reason": why})
+        raise Stop()
+
     def _needs_approval(self, call: dict) -> bool:  # update_plan never asks
         tools = self.options.approve_tools
         return self.options.approve and (not tools or call["function"]["name"] in tools)
 
-    def _tool_result(self, call_id: str, result: ToolResult, status: str = RUNNING) -> None:
+    def _tool_result(
+        self,
+        call_id: str,
+        result: ToolResult,
+        status: str = RUNNING,
+        *,
+        tokens: int = 0,
+        info: dict | None = None,
+    ) -> None:
         snap = self.tracker.snapshot(
             self.shell.user_ns, self.state.vars, self.options.secrets, result.touched
         )
@@ -868,8 +919,10 @@ class Execution:
                 "unsaved": snap.unsaved,
                 "blobs": [h for h in snap.vars.values() if h],
                 "error": result.error,
+                **(info or {}),
             },
             blobs=snap.blobs,
+            tokens=tokens,  # a child's tokens count towards its parent's
         )
         if snap.unsaved:
             for name, why in snap.unsaved.items():

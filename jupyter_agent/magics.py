@@ -8,10 +8,8 @@ saying what to do, raised before anything is written.
 from __future__ import annotations
 
 import argparse
-import functools
 import shlex
 import time
-from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -19,17 +17,18 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
 
-from . import mcp_tools, runner, user_tools, widget
+from . import mcp_tools, runner, user_tools
 from .agent import RunOptions, load_state
-from .backends import open_store
 from .budget import Budget, BudgetError, parse_budget
 from .context import MIN_WINDOW
 from .identity import AgentIdentity, notebook_path, resolve
+from .model import Cancelled
 from .plan import progress
 from .redaction import secrets_in_environment
 from .render import TextEvents, run_status
-from .runner import USER_ERRORS, Outcome, run_cell
-from .state import AWAITING_APPROVAL, ERROR
+from .runner import USER_ERRORS, Outcome
+from .runtime import AgentRuntime, UsageProblem, current
+from .state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
 from .store import RunRow, Store
 from .tools import TOOLS, ToolError, check_approve
 from .vocab import plural
@@ -95,8 +94,18 @@ class AgentMagics(Magics):
             raise TraitError(f"AgentMagics.timeout must be more than 0 seconds, not {value!r}.")
         return value
 
+    @property
+    def runtime(self) -> AgentRuntime:
+        """This kernel's runtime, configured as these magics are now."""
+        runtime = current()
+        runtime.shell = self.shell
+        runtime.store_path = self.store or None
+        runtime.endpoint_args = self._endpoint_args()
+        runtime.options = self._options
+        return runtime
+
     def _store(self) -> Store:
-        return open_store(self.store or None)
+        return self.runtime.store()
 
     def _options(
         self,
@@ -185,6 +194,12 @@ class AgentMagics(Magics):
         "c.AgentMagics.mcp_servers); their tools are named SERVER__tool.",
     )
     @argument(
+        "--after",
+        metavar="AGENTS",
+        help="Start once these agents (comma-separated names) are done; till then the cell "
+        "says what it waits for and ends without a model call.",
+    )
+    @argument(
         "--background",
         action="store_true",
         help="Run on a background thread and return at once; pause it from its timeline.",
@@ -225,6 +240,9 @@ class AgentMagics(Magics):
                 f"--context-window must be at least {MIN_WINDOW:,} tokens (got "
                 f"{args.context_window:,}); not even one step fits in less."
             )
+        after = [name.strip() for name in (args.after or "").split(",") if name.strip()]
+        if args.after is not None and not after:
+            raise UsageError("--after needs the names of agents, e.g. --after loader,cleaner.")
         options = self._options(
             args.max_steps,
             args.approve is not None,
@@ -239,10 +257,36 @@ class AgentMagics(Magics):
             identity = resolve(self.shell, args.name, prompt)
             if identity.notice:  # a weak identity: say so before running
                 print(identity.notice)
+            notebook = self._store().resolve_notebook(identity.notebook)
+            if after:
+                try:
+                    self.runtime.check_after(notebook, identity.agent, after)
+                except UsageProblem as exc:
+                    raise UsageError(str(exc)) from None
+                if self._finished(identity, prompt, args.restart):
+                    after = []  # restored as it is: what it waited for is history
             if args.background:
-                self._run_in_background(identity, prompt, model or "", args.restart, options)
+                self._run_in_background(
+                    identity, prompt, model or "", args.restart, options, after=after
+                )
+            elif after and not self.runtime.wait_for(
+                notebook, after, lambda text: print(f"Agent {identity.agent} is {text}")
+            ):
+                waiting = ", ".join(self.runtime.waiting_for(notebook, after))
+                print(
+                    f"Agent {identity.agent} has not started. Re-run this cell once {waiting} "
+                    "is done (re-run or resume it)."
+                )
             else:
-                outcome = self._run(identity, prompt, model or "", args.restart, options, cell=True)
+                outcome = self._run(
+                    identity,
+                    prompt,
+                    model or "",
+                    args.restart,
+                    options,
+                    cell=True,
+                    info={"after": after} if after else None,
+                )
                 if outcome.state.status == ERROR:  # e.g. the endpoint kept failing
                     last = self._store().latest_checkpoints([outcome.run.run_id])
                     cp = last.get(outcome.run.run_id)
@@ -263,52 +307,35 @@ class AgentMagics(Magics):
         options: RunOptions,
         decision: dict | None = None,
         cell: bool = False,
+        info: dict | None = None,
     ) -> Outcome:
         """Run in the cell, blocking it; a ``%%agent`` cell shows its timeline first.
 
-        Open timelines of the agent follow the run live either way.
+        Open timelines of the agent follow the run live either way. ``cell``: the
+        options are what the ``%%agent`` line says now, so they replace the run's;
+        ``%agent resume`` and the like keep the run's.
         """
-        store = self._store()
+        runtime = self.runtime
         key = (identity.notebook, identity.agent)
-        run = self._runner(store, identity, prompt, model, restart, options, from_cell=cell)
-        with runner.claim(*key):
+        with runtime.claimed(key):
             if cell:
-                self._show_timeline(store, identity)
+                self._show_timeline(runtime.store(), identity)
             try:
-                outcome = run(events=widget.WidgetEvents(key, TextEvents()), decision=decision)
+                outcome = runtime.run(
+                    identity,
+                    prompt,
+                    model,
+                    options=options,
+                    events=runtime.events(key, TextEvents()),
+                    restart=restart,
+                    decision=decision,
+                    cell_options=cell,
+                    info=info,
+                )
             finally:
-                for view in widget.widgets_of(key):
-                    view.refresh()
+                runtime.refresh(key)
         report(outcome, identity)
         return outcome
-
-    def _runner(
-        self,
-        store: Store,
-        identity: AgentIdentity,
-        prompt: str,
-        model: str,
-        restart: bool,
-        options: RunOptions,
-        from_cell: bool,
-    ) -> Callable[..., Outcome]:
-        """``run_cell`` bound to this cell, for the foreground and the background alike.
-
-        ``from_cell``: the options are what the ``%%agent`` line says now, so they
-        replace the run's; ``%agent resume`` and the like keep the run's.
-        """
-        return functools.partial(
-            run_cell,
-            store=store,
-            shell=self.shell,
-            identity=identity,
-            prompt=prompt,
-            model=model,
-            options=options,
-            restart=restart,
-            endpoint_args=self._endpoint_args(),
-            cell_options=from_cell,
-        )
 
     def _run_in_background(
         self,
@@ -317,26 +344,63 @@ class AgentMagics(Magics):
         model: str,
         restart: bool,
         options: RunOptions,
+        after: list[str] | None = None,
     ) -> None:
-        store = self._store()
+        """Run on a thread; with ``after``, first wait (resumes included) for those agents."""
+        runtime = self.runtime
         key = (identity.notebook, identity.agent)
-        runner.acquire(*key)  # a busy agent fails here, before anything is shown
-        runner.release(*key)
-        self._show_timeline(store, identity)
-        run = self._runner(store, identity, prompt, model, restart, options, from_cell=True)
-        widget.start_job(
-            key,
-            lambda events, cancel: run(events=events, cancel=cancel),
-            done=lambda outcome, out: report(outcome, identity, out),
-        )
+        if runtime.busy(key):  # fail here, before anything is shown
+            raise runner.AgentBusy.here(identity.agent)
+        self._show_timeline(runtime.store(), identity)
+
+        def work(events: Any, cancel: Any) -> Outcome | None:
+            if after:
+                try:
+                    runtime.wait_for(
+                        key[0], after, events.info, cancel=cancel, until_done=True, poll=0.5
+                    )
+                except Cancelled:
+                    events.info(f"Agent {identity.agent} was paused before it started.")
+                    return None
+            return runtime.run(
+                identity,
+                prompt,
+                model,
+                options=options,
+                events=events,
+                restart=restart,
+                cancel=cancel,
+                cell_options=True,
+                info={"after": after} if after else None,
+            )
+
+        def done(outcome: Outcome | None, out: Any) -> None:
+            if outcome is not None:
+                report(outcome, identity, out)
+
+        runtime.start_job(key, work, done=done)
         print(
             f"Agent {identity.agent} is running in the background; its timeline shows its "
             f"progress. Pause it there or with %agent pause {identity.agent}."
         )
 
+    def _finished(self, identity: AgentIdentity, prompt: str, restart: bool) -> bool:
+        """The cell's agent finished this prompt: re-running it restores, it waits for nothing."""
+        store = self._store()
+        run = None if restart else runner.latest_run(store, *self._key(identity))
+        if run is None or prompt_hash(prompt) not in (run.prompt_hash, prompt_hash(run.prompt)):
+            return False
+        cp = store.latest_checkpoints([run.run_id]).get(run.run_id)
+        return cp is not None and cp.status == DONE
+
+    def _key(self, identity: AgentIdentity) -> tuple[str, str]:
+        return (self._store().resolve_notebook(identity.notebook), identity.agent)
+
     def _show_timeline(self, store: Store, identity: AgentIdentity) -> None:
         if not self.timeline or getattr(self.shell, "kernel", None) is None:
             return
+        from . import widget  # only where a frontend can show it
+
         widget.display_timeline(
             store,
             identity.notebook,
@@ -393,16 +457,18 @@ class AgentMagics(Magics):
         last = store.latest_checkpoints([r.run_id for r in latest.values()])
         live = store.live_runs()
         rows = [("agent", "status", "steps", "plan", "runs", "tokens", "last checkpoint")]
-        for agent, run in latest.items():
+        for agent, depth in _as_tree(latest):
+            run = latest[agent]
             cp = last.get(run.run_id)
             _status, text, steps = run_status(store, run, live, cp)
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cp.created_at)) if cp else "-"
             history = store.checkpoints(run.run_id)
             tokens = sum(c.tokens for c in history)
             plan = next((c.info["plan"] for c in reversed(history) if "plan" in c.info), [])
+            name = "  " * depth + agent  # a delegated agent under its parent
             rows.append(
                 (
-                    agent,
+                    name,
                     text,
                     str(steps),
                     progress(plan) or "-",
@@ -449,6 +515,8 @@ class AgentMagics(Magics):
 
     def _cmd_timeline(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)
+        from . import widget
+
         widget.display_timeline(
             self._store(),
             run.notebook,
@@ -465,7 +533,7 @@ class AgentMagics(Magics):
 
     def _cmd_pause(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)
-        if widget.pause((run.notebook, run.agent)):
+        if self.runtime.pause((run.notebook, run.agent)):
             print(f"Pausing agent {run.agent} after its current step.")
         else:
             print(f"Agent {run.agent} is not running in the background in this kernel.")
@@ -504,6 +572,24 @@ def report(outcome: Outcome, identity: AgentIdentity, file: Any = None) -> None:
             f"Approve with %agent approve {identity.agent}, or reject with %agent reject {identity.agent} --note '...'.",
             file=file,
         )
+
+
+def _as_tree(latest: dict[str, RunRow]) -> list[tuple[str, int]]:
+    """Agents in order, each child agent (``delegate``) right under its parent, one deeper."""
+    children: dict[str | None, list[str]] = {}
+    for agent, run in latest.items():
+        parent = run.info.get("parent_agent")
+        children.setdefault(parent if parent in latest else None, []).append(agent)
+    out: list[tuple[str, int]] = []
+
+    def visit(parent: str | None, depth: int) -> None:
+        for agent in children.get(parent, []):
+            if all(agent != seen for seen, _ in out):
+                out.append((agent, depth))
+                visit(agent, depth + 1)
+
+    visit(None, 0)
+    return out
 
 
 def _at_least(proposal: Any, low: float, why: str) -> Any:

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import openai
 
-from .offline import OFFLINE_MODEL, offline_base_url
+from .offline import OFFLINE_MODEL
 from .redaction import redact, secrets_in_environment
 
 
@@ -116,7 +116,7 @@ class Endpoint:
         cls, model: str, base_url: str | None = None, api_key: str | None = None
     ) -> Endpoint:
         if model == OFFLINE_MODEL:
-            return cls(model, offline_base_url(), "offline", "built-in offline demo model")
+            return cls(model, None, "offline", "built-in offline demo model")
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
         if not model:

@@ -3,20 +3,20 @@
 Demos and first-run experiences should work without an API key. The offline
 model does not think; it runs the fenced ``python`` code blocks of the task
 one tool call at a time and then summarises, so the whole agent loop (tool
-calls, streaming, persistence) can be exercised end to end. It is served by
-a local :class:`~jupyter_agent.testing.ScriptedServer` under the model name
-``"offline"``.
+calls, streaming, persistence) can be exercised end to end. It runs in
+process, behind the same small protocol as :class:`~jupyter_agent.model.ModelClient`
+(:class:`OfflineClient`), under the model name ``"offline"``; no server, no socket.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from jupyter_agent.testing.server import ScriptedServer
-
-__all__ = ["OFFLINE_MODEL", "extract_code_blocks", "offline_base_url", "offline_reply"]
+__all__ = ["OFFLINE_MODEL", "OfflineClient", "extract_code_blocks", "offline_reply"]
 
 OFFLINE_MODEL = "offline"
 #: Tool the offline model calls, with arguments ``{"code": ...}``.
@@ -98,14 +98,65 @@ def offline_reply(request_body: dict[str, Any]) -> dict[str, Any]:
     return {"content": "\n".join(lines)}
 
 
-_lock = threading.Lock()
-_server: ScriptedServer | None = None
+def _chars(messages: list[dict]) -> int:
+    """Characters of a conversation: what the offline model's token counts are made of."""
+    total = 0
+    for msg in messages:
+        total += len(_text_of(msg.get("content")))
+        for call in msg.get("tool_calls") or []:
+            fn = call.get("function") or {}
+            total += len(str(fn.get("name") or "")) + len(str(fn.get("arguments") or ""))
+    return total
 
 
-def offline_base_url() -> str:
-    """Base URL of this process's offline model server, started on first use."""
-    global _server
-    with _lock:
-        if _server is None:
-            _server = ScriptedServer(script=offline_reply, host="127.0.0.1", port=0).start()
-        return _server.url
+class OfflineClient:
+    """The offline model as a model client: :meth:`complete` answers with :func:`offline_reply`.
+
+    Usage is counted like the scripted test server counts it (characters / 4),
+    so the numbers are the same whichever way the offline model is reached.
+    """
+
+    def __init__(self, endpoint: Any, *, cancel: threading.Event | None = None) -> None:
+        self.endpoint = endpoint
+        self.cancel = cancel or threading.Event()
+
+    def complete(
+        self,
+        messages: list[dict],
+        tools: list[dict],
+        on_text: Callable[[str], None] = lambda _: None,
+        on_retry: Callable[[str], None] = lambda _: None,
+        on_reasoning: Callable[[str], None] | None = None,
+    ) -> Any:
+        from .model import Cancelled, ModelReply
+
+        if self.cancel.is_set():
+            raise Cancelled()
+        if tools:
+            answer = offline_reply({"messages": messages})
+        else:  # a compaction asks for a summary; the offline model counts results instead
+            answer = {"content": "Summary: the work so far is in the notes and results kept."}
+        turn = sum(1 for m in messages if m.get("role") == "assistant")
+        calls = [
+            {
+                "id": f"call_{turn}_{i}",
+                "type": "function",
+                "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
+            }
+            for i, c in enumerate(answer.get("tool_calls") or [])
+        ]
+        content = answer["content"]
+        size = max(1, -(-len(content) // 3))
+        for start in range(0, len(content), size):  # streamed in pieces, like a server
+            on_text(content[start : start + size])
+        completion = (len(content) + _chars([{"tool_calls": calls}])) // 4 + 1
+        prompt = _chars(messages) // 4
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        return ModelReply(content, calls, usage, finish_reason="tool_calls" if calls else "stop")
+
+    def close(self) -> None:
+        """Nothing to close: no connection was opened."""

@@ -6,8 +6,8 @@
   from the store and calls no model.
 * A changed prompt, or ``--restart``, starts a new run; older runs stay stored.
 
-One agent is executed by at most one thread of a kernel at a time
-(:func:`claim`), and by at most one process: :meth:`Store.agent_lock` is taken
+One agent is executed by at most one thread of a kernel at a time (the
+claims of :class:`~jupyter_agent.runtime.AgentRuntime`), and by at most one process: :meth:`Store.agent_lock` is taken
 before the agent's latest run is read and held until its execution ends.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,6 +30,7 @@ from .agent import (
 )
 from .identity import AgentIdentity, IdentityError
 from .model import ConfigError, Endpoint, ModelClient
+from .offline import OFFLINE_MODEL, OfflineClient
 from .state import AWAITING_APPROVAL, DONE, RunState, StateVersionError, prompt_hash
 from .store import AgentBusy, RunRow, Store, StoreError
 
@@ -47,30 +47,11 @@ class Outcome:
     failed: dict[str, str]
 
 
-_claimed: set[tuple[str, str]] = set()
-_claim_lock = threading.Lock()
+def claim(notebook: str, agent: str) -> contextlib.AbstractContextManager:
+    """Hold the agent's claim in this kernel's runtime while the block runs."""
+    from .runtime import current
 
-
-def acquire(notebook: str, agent: str) -> None:
-    """Mark the agent as executing in this kernel, or raise :class:`AgentBusy`."""
-    with _claim_lock:
-        if (notebook, agent) in _claimed:
-            raise AgentBusy.here(agent)
-        _claimed.add((notebook, agent))
-
-
-def release(notebook: str, agent: str) -> None:
-    with _claim_lock:
-        _claimed.discard((notebook, agent))
-
-
-@contextlib.contextmanager
-def claim(notebook: str, agent: str) -> Iterator[None]:
-    acquire(notebook, agent)
-    try:
-        yield
-    finally:
-        release(notebook, agent)
+    return current().claimed((notebook, agent))
 
 
 def latest_run(store: Store, notebook: str, agent: str) -> RunRow | None:
@@ -107,12 +88,14 @@ def run_cell(
     endpoint_args: dict | None = None,
     cancel: threading.Event | None = None,
     cell_options: bool = False,
+    info: dict | None = None,
 ) -> Outcome:
     """Start, resume or restore the agent of a cell.
 
     ``model`` (empty: the run's latest) and ``options`` apply to this execution;
     ``cell_options`` says they are what the cell's line says now, so they also
-    replace the run's approval policy (see :func:`resume_run`).
+    replace the run's approval policy (see :func:`resume_run`). ``info`` is
+    recorded on a new run (e.g. the agents it waits for, or its parent).
     """
     # The kernel learns its notebook's path at start; follow renames made since.
     identity = replace(identity, notebook=store.resolve_notebook(identity.notebook))
@@ -125,7 +108,7 @@ def run_cell(
         ):
             previous = None
         if previous is None:
-            info = {"approve": approve_policy(options), "plan": options.plan}
+            info = {**(info or {}), "approve": approve_policy(options), "plan": options.plan}
             run = new_run(identity, prompt, model, info=info)
             execution = make_execution(
                 store, shell, run, RunState(), model, options, events, endpoint_args, cancel
@@ -232,12 +215,17 @@ def make_execution(
     endpoint_args: dict | None,
     cancel: threading.Event | None = None,
 ) -> Execution:
+    """The one place an :class:`Execution` is built: the endpoint resolved, its client made."""
     endpoint = Endpoint.resolve(model, **(endpoint_args or {}))
-    client = ModelClient(
-        endpoint,
-        timeout=options.model_timeout,
-        retries=options.retries,
-        backoff=options.backoff,
-        cancel=cancel,
-    )
+    client: ModelClient | OfflineClient
+    if endpoint.model == OFFLINE_MODEL:
+        client = OfflineClient(endpoint, cancel=cancel)
+    else:
+        client = ModelClient(
+            endpoint,
+            timeout=options.model_timeout,
+            retries=options.retries,
+            backoff=options.backoff,
+            cancel=cancel,
+        )
     return Execution(store, run, state, shell, client, events, options)

@@ -15,15 +15,11 @@ selection changes, or a frontend asks for more.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import threading
 import time
-import traceback
 import uuid
-import weakref
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,11 +28,10 @@ from traitlets import Dict, List, Unicode
 
 from . import runner, vocab
 from .agent import Events, RunOptions
-from .render import TextEvents
 from .runner import USER_ERRORS, Outcome
-from .state import Delta
+from .runtime import AgentRuntime, Job, Key, current
 from .store import CheckpointRow, RunRow, Store
-from .timeline import WINDOW, Rewound, Timeline, detail, fork, notebook_name, rewind
+from .timeline import WINDOW, Rewound, Timeline, detail, notebook_name
 
 STATIC = Path(__file__).parent / "static"
 #: The text/plain of the widget: shown only where the widget is not (no widget
@@ -44,10 +39,7 @@ STATIC = Path(__file__).parent / "static"
 #: compares, so deterministic on purpose (no ids, times or counts).
 TEXT_REPR = "Agent timeline of {agent}: not displayed here; %agent timeline {agent} shows it"
 LOG_LIMIT = 20_000  # characters of background output a widget keeps
-RESULT_LINES = 12  # lines of a tool's output echoed into the background output
 SNAPSHOT_EVERY = 50  # appends between list refreshes that heal a view that missed some
-
-Key = tuple[str, str]  # (notebook, agent)
 
 
 class TimelineWidget(anywidget.AnyWidget):
@@ -77,8 +69,11 @@ class TimelineWidget(anywidget.AnyWidget):
         options: Callable[[], RunOptions] = RunOptions,
         endpoint_args: dict | None = None,
         window: int = WINDOW,
+        runtime: AgentRuntime | None = None,
     ) -> None:
         super().__init__(uid=uuid.uuid4().hex)
+        #: Who executes what this widget starts; ``endpoint_args`` are the runtime's.
+        self.runtime = runtime or current()
         self.timeline = Timeline(store, notebook, agent)
         self.shell = shell
         self.options = options
@@ -90,7 +85,7 @@ class TimelineWidget(anywidget.AnyWidget):
         self._log_size = 0
         self._pending_display: threading.Thread | None = None  # see display_timeline(lazy=True)
         self.on_msg(self._on_message)
-        _register(self)
+        self.runtime.register(self)
         self.refresh()
 
     def __repr__(self) -> str:
@@ -101,7 +96,7 @@ class TimelineWidget(anywidget.AnyWidget):
         return self.timeline.key
 
     def close(self) -> None:
-        _unregister(self)
+        self.runtime.unregister(self)
         super().close()
 
     # -- state pushed to frontends ----------------------------------------------------
@@ -142,7 +137,7 @@ class TimelineWidget(anywidget.AnyWidget):
             self.log = "".join(self._log)
 
     def _summary(self) -> dict:
-        busy = self.key in _JOBS
+        busy = self.runtime.job(self.key) is not None
         return {**self.timeline.summary(), "busy": busy, "can_pause": busy}
 
     def add(self, run: RunRow, row: CheckpointRow) -> None:
@@ -221,20 +216,19 @@ class TimelineWidget(anywidget.AnyWidget):
         if not pending or (call_id and pending.get("call_id") != call_id):
             raise runner.AgentBusy("That call is no longer waiting for approval.")
         run = self.timeline.run(pending["run"])
+        store = self.timeline.store
 
         def work(events: Events, cancel: threading.Event) -> Outcome:
-            return runner.resume_run(
-                store=self.timeline.store,
-                shell=self.shell,
-                run=run,
+            return self.runtime.resume(
+                run,
                 options=self.options(),
                 events=events,
                 decision=decision,
-                endpoint_args=self.endpoint_args,
                 cancel=cancel,
+                store=store,
             )
 
-        return start_job(self.key, work, store=self.timeline.store)
+        return self.runtime.start_job(self.key, work, store=store)
 
     def fork(self, run_id: str, step: int, instruction: str = "") -> Job:
         """Start a new run from a checkpoint, on a background thread."""
@@ -242,33 +236,27 @@ class TimelineWidget(anywidget.AnyWidget):
         self.timeline.run(run_id)
 
         def work(events: Events, cancel: threading.Event) -> Outcome:
-            # Its own view of the store: the widget's may change under a click meanwhile.
-            timeline = Timeline(self.timeline.store, *self.key)
-            timeline.load(run_id)
-            return fork(
-                timeline,
-                self.shell,
+            return self.runtime.fork(
+                self.timeline,
                 run_id,
                 int(step),
                 instruction=instruction,
                 options=self.options(),
                 events=events,
-                endpoint_args=self.endpoint_args,
                 cancel=cancel,
             )
 
-        return start_job(self.key, work, store=self.timeline.store)
+        return self.runtime.start_job(self.key, work, store=self.timeline.store)
 
     def rewind(self, run_id: str, step: int) -> Rewound:
         """Put the namespace variables back as they were at a checkpoint."""
-        with runner.claim(*self.key):
-            self.refresh()
-            result = rewind(self.timeline, self.shell, run_id, int(step))
+        result = self.runtime.rewind(self.timeline, run_id, int(step))
+        self.refresh()
         self.say(result.message())
         return result
 
     def pause(self) -> bool:
-        return pause(self.key)
+        return self.runtime.pause(self.key)
 
     # -- messages from the frontend ----------------------------------------------------
 
@@ -302,89 +290,11 @@ class TimelineWidget(anywidget.AnyWidget):
             self.say(f"{type(exc).__name__}: {exc}", "error")
 
 
-# -- every open timeline of an agent hears about its checkpoints ------------------------
-
-_WIDGETS: dict[Key, weakref.WeakSet[TimelineWidget]] = {}
-_registry_lock = threading.Lock()
-
-
-def _register(widget: TimelineWidget) -> None:
-    with _registry_lock:
-        _WIDGETS.setdefault(widget.key, weakref.WeakSet()).add(widget)
-
-
-def _unregister(widget: TimelineWidget) -> None:
-    with _registry_lock:
-        _WIDGETS.get(widget.key, weakref.WeakSet()).discard(widget)
+# -- every open timeline of an agent hears about its checkpoints (via the runtime) --------
 
 
 def widgets_of(key: Key) -> list[TimelineWidget]:
-    with _registry_lock:
-        return list(_WIDGETS.get(key, ()))
-
-
-class WidgetEvents:
-    """Progress of a run: as text (cell output, or background output), and to its timelines."""
-
-    def __init__(
-        self, key: Key, text: TextEvents, *, echo_results: bool = False, store: Store | None = None
-    ) -> None:
-        self.key = key
-        self._text = text
-        self._echo = echo_results
-        if text.store is None:  # it counts the steps of resumed runs from the store
-            text.store = store or _magics_store()
-
-    def _show(self) -> None:
-        """The run has begun: deferred timelines of the agent appear now, above its output."""
-        for widget in widgets_of(self.key):
-            widget.show()
-
-    def text(self, chunk: str) -> None:
-        self._show()
-        self._text.text(chunk)
-
-    def info(self, message: str) -> None:
-        self._show()
-        self._text.info(message)
-
-    def notice(self, message: str) -> None:
-        self._show()
-        self._text.notice(message)
-
-    def checkpoint(self, run: RunRow, row: CheckpointRow, delta: Delta) -> None:
-        self._show()
-        if self._echo and row.kind == "tool_result":
-            # In a cell, the code's output shows as it runs; in the background it
-            # cannot, so its result is shown here instead.
-            for msg in delta.messages:
-                lines = str(msg.get("content") or "").rstrip().splitlines()
-                more = len(lines) - RESULT_LINES
-                shown = lines[:RESULT_LINES] + ([f"… {more} more lines"] if more > 0 else [])
-                self._text.info("\n".join("    " + line for line in shown))
-        self._text.checkpoint(run, row, delta)
-        for widget in widgets_of(self.key):
-            widget.add(run, row)
-
-
-class _Output:
-    """A text stream into the background output of an agent's timelines."""
-
-    def __init__(self, key: Key, fallback: TextIO | None) -> None:
-        self.key = key
-        self.fallback = fallback
-
-    def write(self, text: str) -> int:
-        widgets = widgets_of(self.key)
-        for widget in widgets:
-            widget.write(text)
-        if not widgets and self.fallback is not None:
-            self.fallback.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        if self.fallback is not None:
-            self.fallback.flush()
+    return [v for v in current().views(key) if isinstance(v, TimelineWidget)]
 
 
 def display_timeline(
@@ -411,10 +321,10 @@ def display_timeline(
         store, notebook, agent, shell=shell, options=options, endpoint_args=endpoint_args
     )
     if replace:
-        with _registry_lock:
+        with _cell_lock:
             old = _CELL_WIDGETS.pop(widget.key, None)
             _CELL_WIDGETS[widget.key] = widget
-        if old is not None and old.key not in _JOBS:
+        if old is not None and widget.runtime.job(old.key) is None:
             old.close()
     if replace if lazy is None else lazy:
         widget._pending_display = threading.current_thread()
@@ -423,35 +333,11 @@ def display_timeline(
     return widget
 
 
-def _magics_store() -> Store | None:
-    """The store the ``%%agent`` magics of this shell use, if they are loaded."""
-    ip = _ipython()
-    magics = ip.magics_manager.registry.get("AgentMagics") if ip is not None else None
-    return magics._store() if magics is not None else None
+_CELL_WIDGETS: dict[Key, TimelineWidget] = {}  # the timeline each agent's cell shows
+_cell_lock = threading.Lock()
 
 
-_CELL_WIDGETS: dict[Key, TimelineWidget] = {}
-
-
-# -- background executions ------------------------------------------------------------
-
-
-@dataclass
-class Job:
-    """An execution of an agent on a background thread of this kernel."""
-
-    key: Key
-    cancel: threading.Event
-    thread: threading.Thread
-    outcome: Outcome | None = None
-    error: BaseException | None = None
-
-    def join(self, timeout: float | None = None) -> bool:
-        self.thread.join(timeout)
-        return not self.thread.is_alive()
-
-
-_JOBS: dict[Key, Job] = {}
+# -- kept for code that calls them here: the runtime does the work ---------------------
 
 
 def start_job(
@@ -461,110 +347,12 @@ def start_job(
     done: Callable[[Outcome, TextIO], None] | None = None,
     store: Store | None = None,
 ) -> Job:
-    """Run ``work`` on a thread, one per agent; its text goes to the agent's timelines."""
-    runner.acquire(*key)
-    for widget in widgets_of(key):
-        widget.show()  # the cell returns now: its deferred timeline shows the progress
-    out = _Output(key, None if widgets_of(key) else sys.stdout)
-    events = WidgetEvents(key, TextEvents(out), echo_results=True, store=store)  # type: ignore[arg-type]
-    cancel = threading.Event()
-
-    def main() -> None:
-        try:
-            with _detached_output():
-                job.outcome = work(events, cancel)
-                if done is not None:
-                    done(job.outcome, out)  # type: ignore[arg-type]
-        except USER_ERRORS as exc:
-            job.error = exc
-            _tell(key, str(exc), "error", out)
-        except BaseException as exc:
-            job.error = exc
-            out.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-            _tell(key, f"{type(exc).__name__}: {exc}", "error", out)
-        finally:
-            runner.release(*key)
-            _JOBS.pop(key, None)
-            for widget in widgets_of(key):
-                with contextlib.suppress(Exception):
-                    widget.refresh()
-            if job.error is None:
-                for widget in widgets_of(key):
-                    widget.say("")
-
-    job = Job(
-        key, cancel, threading.Thread(target=main, daemon=True, name=f"jupyter-agent {key[1]}")
-    )
-    _JOBS[key] = job
-    for widget in widgets_of(key):
-        widget.job_changed()
-    job.thread.start()
-    return job
-
-
-def _tell(key: Key, text: str, level: str, out: Any) -> None:
-    widgets = widgets_of(key)
-    for widget in widgets:
-        widget.say(text, level)
-    if not widgets and out is not None:
-        out.write(text + "\n")
+    return current().start_job(key, work, done=done, store=store)
 
 
 def pause(key: Key) -> bool:
-    """Ask a background execution to stop after its current step; False if none runs."""
-    job = _JOBS.get(key)
-    if job is None:
-        return False
-    job.cancel.set()
-    return True
+    return current().pause(key)
 
 
 def wait_all(timeout: float = 60.0) -> bool:
-    """Wait for every background execution of this kernel to end (True if they all did)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        jobs = list(_JOBS.values())
-        if not jobs:
-            return True
-        for j in jobs:
-            if not j.join(max(0.0, deadline - time.monotonic())):
-                return False
-
-
-@contextlib.contextmanager
-def _detached_output() -> Iterator[None]:
-    """Keep a background thread's stray output out of whichever cell runs meanwhile.
-
-    A kernel sends output with the "current" request as parent, so a frontend
-    shows it under that cell. Output of this thread gets a parent of its own,
-    which no cell owns; what it prints is in the run's checkpoints instead.
-    """
-    parent = {
-        "header": {
-            "msg_id": f"jupyter-agent-background-{uuid.uuid4().hex}",
-            "msg_type": "execute_request",
-            "session": "",
-            "username": "",
-            "version": "5.3",
-        }
-    }
-    undo = []
-    ip = _ipython()
-    targets = [sys.stdout, sys.stderr, getattr(ip, "display_pub", None)]
-    for target in targets:
-        setter = getattr(target, "set_thread_parent", None)
-        if setter is not None:
-            with contextlib.suppress(Exception):
-                undo.append((target, setter(parent)))
-    try:
-        yield
-    finally:
-        for target, token in undo:
-            with contextlib.suppress(Exception):
-                target.reset_thread_parent(token)
-
-
-def _ipython() -> Any:
-    from IPython import get_ipython
-
-    return get_ipython()
+    return current().wait_all(timeout)

@@ -1,0 +1,643 @@
+"""The agent runtime of a kernel: its store, its executions, and who may run what.
+
+One :class:`AgentRuntime` per kernel (:func:`current`; ``AgentMagics.runtime``)
+owns the store handle and endpoint defaults, the registry of agents executing
+in the kernel (in a cell, in the background, from a timeline click), and the
+views that follow them. It starts, resumes, forks and rewinds runs; the
+timeline widget only renders and calls it, so ``--background`` and
+``%agent pause`` need no widget, e.g. in terminal IPython.
+
+The registry holds one :class:`Claim` per executing agent. A background
+:class:`Job` carries its claim and gives it back as the very last thing its
+thread does, and only that claim: an agent is either free or claimed by one
+execution, never "free but still listed", so a job started as another ends
+is never lost to ``pause`` or :meth:`AgentRuntime.wait_all`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+import traceback
+import uuid
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TextIO
+
+from . import runner, timeline
+from .agent import Events, RunOptions
+from .backends import open_store
+from .budget import Budget
+from .delegate import MAX_CHILDREN, MAX_DEPTH, Delegated, delegations
+from .identity import AgentIdentity, IdentityError, validate_name
+from .model import Cancelled
+from .render import TextEvents, run_status
+from .runner import USER_ERRORS, Outcome
+from .state import DONE, RUNNING, STALLED, Delta
+from .store import AgentBusy, CheckpointRow, RunRow, Store, default_store_path
+
+Key = tuple[str, str]  # (notebook, agent)
+
+
+class UsageProblem(ValueError):
+    """Bad input to a command (``--after`` naming no agent, a cycle); one short message."""
+
+
+RESULT_LINES = 12  # lines of a tool's output echoed into the background output
+
+
+class View(Protocol):
+    """What follows an agent live (the timeline widget)."""
+
+    key: Key
+
+    def show(self) -> None: ...
+    def add(self, run: RunRow, row: CheckpointRow) -> None: ...
+    def write(self, text: str) -> None: ...
+    def refresh(self) -> None: ...
+    def say(self, text: str, level: str = "info") -> None: ...
+    def job_changed(self) -> None: ...
+
+
+@dataclass(eq=False)
+class Claim:
+    """The right to execute one agent in this kernel; given back exactly once."""
+
+    key: Key
+    job: Job | None = None
+
+
+@dataclass(eq=False)
+class Job:
+    """An execution of an agent on a background thread of this kernel."""
+
+    key: Key
+    cancel: threading.Event
+    thread: threading.Thread
+    claim: Claim
+    outcome: Any = None
+    error: BaseException | None = None
+
+    def join(self, timeout: float | None = None) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
+@dataclass
+class AgentRuntime:
+    """The executions of one kernel; see the module docstring."""
+
+    shell: Any = None
+    #: The store path; None: $JUPYTER_AGENT_STORE or the Jupyter data dir.
+    store_path: str | None = None
+    endpoint_args: dict = field(default_factory=dict)
+    #: The run options of the configuration (the magics' traits).
+    options: Callable[[], RunOptions] = RunOptions
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _claims: dict[Key, Claim] = field(default_factory=dict, repr=False)
+    _views: dict[Key, weakref.WeakSet] = field(default_factory=dict, repr=False)
+    _stores: dict[str, Store] = field(default_factory=dict, repr=False)
+
+    def store(self) -> Store:
+        """The store of the configuration; one handle per path."""
+        spec = self.store_path or os.environ.get("JUPYTER_AGENT_STORE") or str(default_store_path())
+        with self._lock:
+            store = self._stores.get(spec)
+            if store is None:
+                store = self._stores[spec] = open_store(spec)
+            return store
+
+    def _shell(self) -> Any:
+        return self.shell if self.shell is not None else _ipython()
+
+    # -- claims -----------------------------------------------------------------------
+
+    def claim(self, key: Key) -> Claim:
+        """Mark the agent as executing here, or raise :class:`AgentBusy`."""
+        with self._lock:
+            if key in self._claims:
+                raise AgentBusy.here(key[1])
+            claim = self._claims[key] = Claim(key)
+            return claim
+
+    def release(self, claim: Claim) -> None:
+        """Give ``claim`` back; a claim given back already, or replaced, changes nothing."""
+        with self._lock:
+            if self._claims.get(claim.key) is claim:
+                del self._claims[claim.key]
+        for view in self.views(claim.key):
+            view.job_changed()
+
+    @contextlib.contextmanager
+    def claimed(self, key: Key) -> Iterator[Claim]:
+        claim = self.claim(key)
+        try:
+            yield claim
+        finally:
+            self.release(claim)
+
+    def busy(self, key: Key) -> bool:
+        with self._lock:
+            return key in self._claims
+
+    def job(self, key: Key) -> Job | None:
+        """The background job executing the agent, if one does."""
+        with self._lock:
+            claim = self._claims.get(key)
+            return claim.job if claim is not None else None
+
+    def jobs(self) -> list[Job]:
+        with self._lock:
+            return [c.job for c in self._claims.values() if c.job is not None]
+
+    # -- views ------------------------------------------------------------------------
+
+    def register(self, view: View) -> None:
+        with self._lock:
+            self._views.setdefault(view.key, weakref.WeakSet()).add(view)
+
+    def unregister(self, view: View) -> None:
+        with self._lock:
+            self._views.get(view.key, weakref.WeakSet()).discard(view)
+
+    def views(self, key: Key) -> list[View]:
+        with self._lock:
+            return list(self._views.get(key, ()))
+
+    def refresh(self, key: Key) -> None:
+        for view in self.views(key):
+            with contextlib.suppress(Exception):
+                view.refresh()
+
+    def events(
+        self, key: Key, text: TextEvents, *, echo_results: bool = False, store: Store | None = None
+    ) -> LiveEvents:
+        if text.store is None:  # it counts the steps of resumed runs from the store
+            text.store = store or self.store()
+        return LiveEvents(self, key, text, echo_results=echo_results)
+
+    # -- runs -----------------------------------------------------------------------
+
+    def _with_children(self, options: RunOptions) -> RunOptions:
+        """Options whose runs may delegate, their children running in this runtime."""
+        return replace(options, children=options.children or Delegation(self))
+
+    def run(
+        self,
+        identity: AgentIdentity,
+        prompt: str,
+        model: str,
+        *,
+        options: RunOptions,
+        events: Events,
+        restart: bool = False,
+        decision: dict | None = None,
+        cancel: threading.Event | None = None,
+        cell_options: bool = False,
+        info: dict | None = None,
+    ) -> Outcome:
+        """Start, resume or restore the agent of a cell (:func:`runner.run_cell`)."""
+        return runner.run_cell(
+            store=self.store(),
+            shell=self._shell(),
+            identity=identity,
+            prompt=prompt,
+            model=model,
+            options=self._with_children(options),
+            events=events,
+            restart=restart,
+            decision=decision,
+            endpoint_args=self.endpoint_args,
+            cancel=cancel,
+            cell_options=cell_options,
+            info=info,
+        )
+
+    # -- agents that wait for others (--after) -------------------------------------
+
+    def check_after(self, notebook: str, agent: str, after: list[str]) -> None:
+        """Refuse ``--after`` naming the agent itself, an unknown agent, or making a cycle."""
+        if agent in after:
+            raise UsageProblem(f"--after {agent}: an agent cannot wait for itself.")
+        latest = {r.agent: r for r in self.store().runs(notebook=notebook)}
+        unknown = [name for name in after if name not in latest]
+        if unknown:
+            known = ", ".join(sorted(latest)) or "none yet"
+            raise UsageProblem(
+                f"--after {unknown[0]}: no agent of that name in this notebook (agents here: "
+                f"{known}). Run it first, or correct the name."
+            )
+        waits = {name: list(run.info.get("after") or []) for name, run in latest.items()}
+        waits[agent] = after
+        path = _cycle(waits, agent)
+        if path:
+            raise UsageProblem(
+                "--after makes a cycle: " + " → ".join(path) + "; an agent waits for itself."
+            )
+
+    def waiting_for(self, notebook: str, after: list[str]) -> dict[str, tuple[str, str]]:
+        """The agents of ``after`` whose latest run is not done: name → (status, its words)."""
+        store = self.store()
+        latest = {r.agent: r for r in store.runs(notebook=notebook) if r.agent in after}
+        live = store.live_runs()
+        last = store.latest_checkpoints([r.run_id for r in latest.values()])
+        out = {}
+        for name in after:
+            run = latest.get(name)
+            if run is None:
+                out[name] = ("missing", "deleted")
+                continue
+            status, text, _ = run_status(store, run, live, last.get(run.run_id))
+            if status != DONE:
+                out[name] = (status, text)
+        return out
+
+    def wait_for(
+        self,
+        notebook: str,
+        after: list[str],
+        say: Callable[[str], None],
+        *,
+        cancel: threading.Event | None = None,
+        until_done: bool = False,
+        poll: float = 0.2,
+    ) -> bool:
+        """Wait while the agents of ``after`` run; True once all are done.
+
+        A dependency that stopped unfinished (interrupted, paused, failed) ends
+        the wait at once (False), unless ``until_done``: a background agent keeps
+        waiting for it to be resumed, here or in another kernel.
+        """
+        said: dict[str, str] = {}
+        while True:
+            pending = self.waiting_for(notebook, after)
+            if not pending:
+                return True
+            for name, (_status, text) in pending.items():
+                if said.get(name) != text:
+                    say(f"waiting for {name} ({text})")
+                    said[name] = text
+            stopped = all(status not in (RUNNING, STALLED) for status, _ in pending.values())
+            if stopped and not until_done:
+                return False
+            if cancel is not None and cancel.wait(poll):
+                raise Cancelled()
+            if cancel is None:
+                time.sleep(poll)
+
+    def resume(
+        self,
+        run: RunRow,
+        *,
+        options: RunOptions,
+        events: Events,
+        decision: dict | None = None,
+        cancel: threading.Event | None = None,
+        store: Store | None = None,
+    ) -> Outcome:
+        """Continue a run from its last checkpoint (:func:`runner.resume_run`)."""
+        return runner.resume_run(
+            store=store or self.store(),
+            shell=self._shell(),
+            run=run,
+            options=self._with_children(options),
+            events=events,
+            decision=decision,
+            endpoint_args=self.endpoint_args,
+            cancel=cancel,
+        )
+
+    def fork(
+        self,
+        source: timeline.Timeline,
+        run_id: str,
+        step: int,
+        *,
+        instruction: str,
+        options: RunOptions,
+        events: Events,
+        cancel: threading.Event | None = None,
+    ) -> Outcome:
+        """A new run from a checkpoint, from a view of its own (``source`` may change meanwhile)."""
+        view = timeline.Timeline(source.store, *source.key)
+        view.load(run_id)
+        return timeline.fork(
+            view,
+            self._shell(),
+            run_id,
+            step,
+            instruction=instruction,
+            options=self._with_children(options),
+            events=events,
+            endpoint_args=self.endpoint_args,
+            cancel=cancel,
+        )
+
+    def rewind(self, source: timeline.Timeline, run_id: str, step: int) -> timeline.Rewound:
+        """Put the namespace variables back as they were at a checkpoint."""
+        with self.claimed(source.key):
+            source.load()
+            return timeline.rewind(source, self._shell(), run_id, step)
+
+    # -- background jobs --------------------------------------------------------------
+
+    def start_job(
+        self,
+        key: Key,
+        work: Callable[[Events, threading.Event], Any],
+        *,
+        done: Callable[[Any, TextIO], None] | None = None,
+        store: Store | None = None,
+    ) -> Job:
+        """Run ``work`` on a thread, one per agent; its text goes to the agent's views."""
+        claim = self.claim(key)
+        for view in self.views(key):
+            view.show()  # the cell returns now: its deferred timeline shows the progress
+        out = _Output(self, key, None if self.views(key) else sys.stdout)
+        events = self.events(key, TextEvents(out), echo_results=True, store=store)  # type: ignore[arg-type]
+        cancel = threading.Event()
+
+        def main() -> None:
+            try:
+                with _detached_output():
+                    job.outcome = work(events, cancel)
+                    if done is not None:
+                        done(job.outcome, out)  # type: ignore[arg-type]
+            except BaseException as exc:
+                job.error = exc
+                if not isinstance(exc, USER_ERRORS):
+                    out.write(
+                        "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                    )
+                    self._tell(key, f"{type(exc).__name__}: {exc}", "error", out)
+                else:
+                    self._tell(key, str(exc), "error", out)
+            finally:
+                self.refresh(key)
+                if job.error is None:
+                    for view in self.views(key):
+                        view.say("")
+                self.release(claim)  # the last thing: the agent is free from here on
+
+        thread = threading.Thread(target=main, daemon=True, name=f"jupyter-agent {key[1]}")
+        job = Job(key, cancel, thread, claim)
+        claim.job = job
+        for view in self.views(key):
+            view.job_changed()
+        thread.start()
+        return job
+
+    def _tell(self, key: Key, text: str, level: str, out: Any) -> None:
+        views = self.views(key)
+        for view in views:
+            view.say(text, level)
+        if not views and out is not None:
+            out.write(text + "\n")
+
+    def pause(self, key: Key) -> bool:
+        """Ask a background execution to stop after its current step; False if none runs."""
+        job = self.job(key)
+        if job is None:
+            return False
+        job.cancel.set()
+        return True
+
+    def wait_all(self, timeout: float = 60.0) -> bool:
+        """Wait for every background execution of this kernel to end (True if they all did)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            jobs = self.jobs()
+            if not jobs:
+                return True
+            for job in jobs:
+                if not job.join(max(0.0, deadline - time.monotonic())):
+                    return False
+
+
+class LiveEvents:
+    """Progress of a run: as text (cell output, or background output), and to its views."""
+
+    def __init__(
+        self, runtime: AgentRuntime, key: Key, text: TextEvents, *, echo_results: bool = False
+    ) -> None:
+        self.runtime = runtime
+        self.key = key
+        self._text = text
+        self._echo = echo_results
+
+    def _show(self) -> None:
+        """The run has begun: deferred views of the agent appear now, above its output."""
+        for view in self.runtime.views(self.key):
+            view.show()
+
+    def text(self, chunk: str) -> None:
+        self._show()
+        self._text.text(chunk)
+
+    def info(self, message: str) -> None:
+        self._show()
+        self._text.info(message)
+
+    def notice(self, message: str) -> None:
+        self._show()
+        self._text.notice(message)
+
+    def checkpoint(self, run: RunRow, row: CheckpointRow, delta: Delta) -> None:
+        self._show()
+        if self._echo and row.kind == "tool_result":
+            # In a cell, the code's output shows as it runs; in the background it
+            # cannot, so its result is shown here instead.
+            for msg in delta.messages:
+                lines = str(msg.get("content") or "").rstrip().splitlines()
+                more = len(lines) - RESULT_LINES
+                shown = lines[:RESULT_LINES] + ([f"… {more} more lines"] if more > 0 else [])
+                self._text.info("\n".join("    " + line for line in shown))
+        self._text.checkpoint(run, row, delta)
+        for view in self.runtime.views(self.key):
+            view.add(run, row)
+
+
+class _Output:
+    """A text stream into the background output of an agent's views."""
+
+    def __init__(self, runtime: AgentRuntime, key: Key, fallback: TextIO | None) -> None:
+        self.runtime = runtime
+        self.key = key
+        self.fallback = fallback
+
+    def write(self, text: str) -> int:
+        views = self.runtime.views(self.key)
+        for view in views:
+            view.write(text)
+        if not views and self.fallback is not None:
+            self.fallback.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.fallback is not None:
+            self.fallback.flush()
+
+
+@contextlib.contextmanager
+def _detached_output() -> Iterator[None]:
+    """Keep a background thread's stray output out of whichever cell runs meanwhile.
+
+    A kernel sends output with the "current" request as parent, so a frontend
+    shows it under that cell. Output of this thread gets a parent of its own,
+    which no cell owns; what it prints is in the run's checkpoints instead.
+    """
+    parent = {
+        "header": {
+            "msg_id": f"jupyter-agent-background-{uuid.uuid4().hex}",
+            "msg_type": "execute_request",
+            "session": "",
+            "username": "",
+            "version": "5.3",
+        }
+    }
+    undo = []
+    ip = _ipython()
+    targets = [sys.stdout, sys.stderr, getattr(ip, "display_pub", None)]
+    for target in targets:
+        setter = getattr(target, "set_thread_parent", None)
+        if setter is not None:
+            with contextlib.suppress(Exception):
+                undo.append((target, setter(parent)))
+    try:
+        yield
+    finally:
+        for target, token in undo:
+            with contextlib.suppress(Exception):
+                target.reset_thread_parent(token)
+
+
+def _ipython() -> Any:
+    from IPython import get_ipython
+
+    return get_ipython()
+
+
+class Delegation:
+    """Runs the children of ``delegate`` calls as durable runs of their own (see :mod:`delegate`)."""
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self.runtime = runtime
+
+    def refuse(self, parent: Any, agent: str) -> str | None:
+        """Why ``parent`` may not start a child ``agent`` now, or None."""
+        try:
+            validate_name(agent)
+        except IdentityError as exc:
+            return str(exc)
+        lineage = [parent.run.agent, *(parent.run.info.get("lineage") or [])]
+        if agent in lineage:
+            return f"agent {agent!r} is this agent or one of its parents; choose another name"
+        depth = int(parent.run.info.get("depth") or 0) + 1
+        if depth > MAX_DEPTH:
+            return (
+                f"delegation is limited to {MAX_DEPTH} levels of child agents and this agent "
+                "is at the deepest; do the work yourself"
+            )
+        state = parent.state
+        calls = delegations(state.messages)
+        answered = {m.get("tool_call_id") for m in state.messages if m.get("role") == "tool"}
+        if len(calls & answered) >= MAX_CHILDREN:
+            return f"an agent may delegate at most {MAX_CHILDREN} subtasks; do the rest yourself"
+        return None
+
+    def run(self, parent: Any, call_id: str, agent: str, task: str, model: str) -> Delegated:
+        """Start, resume or restore the child of ``call_id``, in the parent's thread."""
+        store, notebook = parent.store, parent.run.notebook
+        options = replace(parent.options, plan=False, budget=_remaining(parent))
+        mine = [
+            r
+            for r in store.runs(notebook=notebook, agent=agent)
+            if r.info.get("parent_run") == parent.run.run_id
+            and r.info.get("parent_call") == call_id
+        ]
+        key = (notebook, agent)
+        events = self.runtime.events(key, TextEvents(), store=store)
+        with self.runtime.claimed(key):
+            if mine:
+                outcome = runner.resume_run(
+                    store=store,
+                    shell=parent.shell,
+                    run=mine[-1],
+                    options=options,
+                    events=events,
+                    model=model,
+                    endpoint_args=self.runtime.endpoint_args,
+                    cancel=parent.client.cancel,
+                )
+            else:
+                events.info(f"↳ delegating to child agent {agent}")
+                outcome = runner.run_cell(
+                    store=store,
+                    shell=parent.shell,
+                    identity=AgentIdentity(notebook, agent, None, "delegate"),
+                    prompt=task,
+                    model=model or parent.client.endpoint.model,
+                    options=options,
+                    events=events,
+                    restart=True,
+                    endpoint_args=self.runtime.endpoint_args,
+                    cancel=parent.client.cancel,
+                    info={
+                        "parent_agent": parent.run.agent,
+                        "parent_run": parent.run.run_id,
+                        "parent_call": call_id,
+                        "depth": int(parent.run.info.get("depth") or 0) + 1,
+                        "lineage": [parent.run.agent, *(parent.run.info.get("lineage") or [])],
+                    },
+                )
+        self.runtime.refresh(key)
+        state, run = outcome.state, outcome.run
+        last = store.latest_checkpoints([run.run_id]).get(run.run_id)
+        status, text, _ = run_status(store, run, set(), last)
+        return Delegated(agent, status, text, state.final_answer() or "", state.tokens, run.run_id)
+
+
+def _remaining(parent: Any) -> Budget | None:
+    """What is left of the parent's budget: its children spend from it."""
+    budget = parent.budget
+    if budget is None or budget.tokens is None:
+        return budget
+    return Budget(tokens=max(budget.tokens - parent.state.tokens, 0), cost=budget.cost)
+
+
+def _cycle(waits: dict[str, list[str]], start: str) -> list[str]:
+    """A path ``start → … → start`` through the waits-for graph, or [] if there is none."""
+    path: list[str] = [start]
+    seen: set[str] = set()
+
+    def visit(name: str) -> bool:
+        for dep in waits.get(name, []):
+            if dep == start:
+                path.append(dep)
+                return True
+            if dep not in seen:
+                seen.add(dep)
+                path.append(dep)
+                if visit(dep):
+                    return True
+                path.pop()
+        return False
+
+    return path if visit(start) else []
+
+
+_current: AgentRuntime | None = None
+_current_lock = threading.Lock()
+
+
+def current() -> AgentRuntime:
+    """This kernel's runtime (the one the ``%%agent`` magics use)."""
+    global _current
+    with _current_lock:
+        if _current is None:
+            _current = AgentRuntime(shell=_ipython())
+        return _current

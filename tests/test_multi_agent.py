@@ -1,0 +1,262 @@
+"""Agents that wait for each other (``--after``) and delegate to each other, in real kernels.
+
+The scripted model answers by the agent's task, so several agents share one
+endpoint; its request log tells which step of which agent was asked for, and
+how often. Tool side effects are counted in a file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython.core.error import UsageError
+
+from jupyter_agent.store import Store
+from jupyter_agent.testing import ScriptedServer
+
+from .kernels import Kernel
+from .test_magics import ip  # noqa: F401  (the in-process shell fixture)
+
+pytestmark = pytest.mark.timeout(240)
+
+LOADER = "%%agent -m scripted --name loader\nLoad the data."
+CLEANER = "%%agent -m scripted --name cleaner --after loader\nClean the data."
+
+
+def tool(code: str) -> dict:
+    return {"tool_calls": [{"name": "python", "arguments": {"code": code}}]}
+
+
+def task_of(body: dict) -> str:
+    return next(m["content"] for m in body["messages"] if m.get("role") == "user")
+
+
+def steps_of(body: dict) -> int:
+    return sum(1 for m in body["messages"] if m.get("role") == "assistant")
+
+
+def by_task(log: Path, slow: dict[str, int] | None = None) -> Callable[[dict], dict]:
+    """Each agent's steps write ``<agent><step>`` to ``log``; ``slow``: agent → step that sleeps."""
+    plans = {"Load": ("load", 2, "Loaded."), "Clean": ("clean", 1, "Cleaned.")}
+
+    def reply(body: dict) -> dict:
+        task = task_of(body)
+        name, steps, answer = next(v for k, v in plans.items() if task.startswith(k))
+        step = steps_of(body)
+        if step >= steps:
+            return {"content": answer}
+        nap = "import time; time.sleep(30)\n" if (slow or {}).get(name) == step else ""
+        code = f"with open({str(log)!r}, 'a') as f: f.write('{name}{step}\\n')\n{nap}{name}{step} = {step}"
+        return tool(code)
+
+    return reply
+
+
+def requested(server: ScriptedServer) -> list[tuple[str, int]]:
+    """(task, step) of each model request, in order."""
+    return [
+        (task_of(r["body"]).split()[0], steps_of(r["body"]))
+        for r in server.requests
+        if r["scripted"]
+    ]
+
+
+def wait_for_line(log: Path, line: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and line in log.read_text().splitlines():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{line!r} never appeared in {log}")
+
+
+def test_after_waits_for_an_interrupted_agent_and_runs_once_it_is_done(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "effects.log"
+    scripted.set_script(by_task(log, slow={"load": 1}))
+    k1 = kernel_factory()
+    k1.start(LOADER, cell_id="loader")
+    wait_for_line(log, "load1")
+    k1.kill()  # in loader's second step
+
+    scripted.set_script(by_task(log))
+    k2 = kernel_factory()
+    waiting = k2.run(CLEANER, cell_id="cleaner")
+    assert waiting.status == "ok", waiting.text
+    assert "Agent cleaner is waiting for loader (interrupted at step 2)" in waiting.text
+    assert "has not started" in waiting.text
+    assert not [t for t, _ in requested(scripted) if t == "Clean"]  # no model call
+
+    # Run All: loader resumes and finishes, then cleaner runs.
+    assert k2.run(LOADER, cell_id="loader").status == "ok"
+    cleaner = k2.run(CLEANER, cell_id="cleaner")
+    assert cleaner.status == "ok" and "Cleaned." in cleaner.text, cleaner.text
+    # No completed step was asked for twice: after the kill, loader's step 1 (its
+    # python call in flight) ran again without a new model call.
+    assert requested(scripted) == [
+        ("Load", 0),
+        ("Load", 1),
+        ("Load", 2),
+        ("Clean", 0),
+        ("Clean", 1),
+    ]
+    assert log.read_text().splitlines() == ["load0", "load1", "load1", "clean0"]
+
+    # A reopened notebook, Run All again: both restore, no model call.
+    before = len(requested(scripted))
+    k3 = kernel_factory()
+    for cell, cid in ((LOADER, "loader"), (CLEANER, "cleaner")):
+        again = k3.run(cell, cell_id=cid)
+        assert again.status == "ok" and "restored from the store" in again.text, again.text
+    assert len(requested(scripted)) == before
+
+
+OFFLINE = "```python\nx = 1\n```"
+
+
+@pytest.mark.parametrize(
+    ("agent", "line", "message"),
+    [
+        ("cleaner", "--after", "expected one argument"),
+        ("cleaner", "--after ,", "--after needs the names of agents"),
+        ("cleaner", "--after cleaner", "an agent cannot wait for itself"),
+        ("cleaner", "--after nobody", "no agent of that name in this notebook"),
+        ("loader", "--after cleaner", "--after makes a cycle: loader → cleaner → loader"),
+    ],
+)
+def test_bad_after_is_one_clear_error(ip: Any, agent: str, line: str, message: str) -> None:  # noqa: F811
+    ip.run_cell_magic("agent", "-m offline --name loader", OFFLINE)
+    ip.run_cell_magic("agent", "-m offline --name cleaner --after loader", OFFLINE)
+    with pytest.raises(UsageError, match=message):
+        ip.run_cell_magic("agent", f"-m offline --name {agent} {line}", "Another task.")
+
+
+PARENT = "%%agent -m scripted --name lead\nSplit the work."
+
+
+def delegate(agent: str, task: str) -> dict:
+    return {"tool_calls": [{"name": "delegate", "arguments": {"agent": agent, "task": task}}]}
+
+
+def family(log: Path, slow_beta: bool = False) -> Callable[[dict], dict]:
+    """lead delegates to alpha, then to beta, then answers with what they said."""
+
+    def reply(body: dict) -> dict:
+        task, step = task_of(body), steps_of(body)
+        if task.startswith("Split"):
+            if step == 0:
+                return delegate("alpha", "Alpha: count.")
+            if step == 1:
+                return delegate("beta", "Beta: sum.")
+            results = [m["content"] for m in body["messages"] if m.get("role") == "tool"]
+            return {"content": "Lead done: " + " | ".join(results)}
+        name = task.split(":")[0].lower()
+        if step == 0:
+            nap = "import time; time.sleep(30)\n" if slow_beta and name == "beta" else ""
+            code = f"with open({str(log)!r}, 'a') as f: f.write('{name}\\n')\n{nap}{name}_x = 1"
+            return tool(code)
+        return {"content": f"{name} says hi"}
+
+    return reply
+
+
+def test_a_parent_delegates_to_two_children_and_survives_a_kill_in_the_second(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "effects.log"
+    scripted.set_script(family(log, slow_beta=True))
+    k1 = kernel_factory()
+    k1.start(PARENT, cell_id="lead")
+    wait_for_line(log, "beta")
+    k1.kill()  # while beta runs its python call
+
+    scripted.set_script(family(log))
+    k2 = kernel_factory()
+    result = k2.run(PARENT, cell_id="lead")
+    assert result.status == "ok", result.text
+    assert "resuming child agent beta" in result.text
+    assert "Lead done: alpha says hi | beta says hi" in result.text
+    # No completed step of the parent or a child was asked for twice; alpha never re-ran.
+    assert requested(scripted) == [
+        ("Split", 0),
+        ("Alpha:", 0),
+        ("Alpha:", 1),
+        ("Split", 1),
+        ("Beta:", 0),
+        ("Beta:", 1),
+        ("Split", 2),
+    ]
+    assert log.read_text().splitlines() == ["alpha", "beta", "beta"]  # beta's call was in flight
+    assert k2.run("print(alpha_x, beta_x)").stdout.strip() == "1 1"
+    listing = k2.run("%agent list").stdout
+    lines = {line.split()[0]: line for line in listing.splitlines()[1:]}
+    assert set(lines) == {"lead", "alpha", "beta"}, listing
+    order = [line.strip().split()[0] for line in listing.splitlines()[1:]]
+    assert order == ["lead", "alpha", "beta"], listing
+    assert [line[:4] for line in listing.splitlines()[2:]] == ["  al", "  be"], listing
+    # The parent's budget covers its children: its tokens include theirs.
+    again = k2.run(PARENT, cell_id="lead")
+    assert "restored from the store" in again.text and len(requested(scripted)) == 7
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (delegate("../x", "t"), "Invalid agent name"),
+        (delegate("lead", "t"), "is this agent or one of its parents"),
+        ({"tool_calls": [{"name": "delegate", "arguments": {"agent": "a"}}]}, "'task'"),
+    ],
+)
+def test_bad_delegation_is_told_to_the_model(
+    ip: Any,  # noqa: F811
+    scripted: ScriptedServer,
+    monkeypatch: pytest.MonkeyPatch,
+    call: dict,
+    error: str,
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    scripted.set_script([call, {"content": "Gave up."}])
+    ip.run_cell_magic("agent", "-m scripted --name lead", "Split the work.")
+    told = [m["content"] for m in scripted.requests[-1]["body"]["messages"] if m["role"] == "tool"]
+    assert len(told) == 1 and told[0].startswith("Error:") and error in told[0], told
+
+
+def test_delegation_depth_is_limited(
+    ip: Any,  # noqa: F811
+    store_path: Path,
+    scripted: ScriptedServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+
+    def reply(body: dict) -> dict:
+        level = int(task_of(body).split()[1])
+        if steps_of(body) == 0:
+            return delegate(f"level{level + 1}", f"Level {level + 1}")
+        told = [m["content"] for m in body["messages"] if m.get("role") == "tool"]
+        return {"content": f"level {level}: {told[-1]}"}
+
+    scripted.set_script(reply)
+    ip.run_cell_magic("agent", "-m scripted --name level0", "Level 0")
+    # level1..level3 are children; level3 may not delegate: the error reaches its model,
+    # and each answer travels up once, as its parent's tool result.
+    last = scripted.requests[-1]["body"]["messages"][-1]["content"]
+    assert (
+        last == "level 1: level 2: level 3: Error: delegation is limited to 3 levels of "
+        "child agents and this agent is at the deepest; do the work yourself"
+    ), last
+    runs = {r.agent: r for r in Store(store_path).runs()}
+    assert {a: r.info.get("depth", 0) for a, r in runs.items()} == {
+        "level0": 0,
+        "level1": 1,
+        "level2": 2,
+        "level3": 3,
+    }
+    assert runs["level2"].info["parent_agent"] == "level1"

@@ -28,7 +28,7 @@ from .redaction import secrets_in_environment
 from .render import TextEvents, run_status
 from .runner import USER_ERRORS, Outcome, run_cell
 from .state import AWAITING_APPROVAL, ERROR
-from .store import RunRow, Store
+from .store_api import RunRow, Store, open_store
 from .tools import TOOLS
 from .vocab import plural
 
@@ -90,7 +90,7 @@ class AgentMagics(Magics):
         return value
 
     def _store(self) -> Store:
-        return Store(self.store or None)
+        return open_store(self.store or None)
 
     def _options(
         self,

@@ -29,13 +29,17 @@ from .agent import (
     load_state,
     new_run,
 )
+from .errors import AgentBusy, AgentError
+from .errors import NotWaiting as NotWaiting
 from .identity import AgentIdentity, IdentityError
 from .model import ConfigError, Endpoint, ModelClient
 from .state import AWAITING_APPROVAL, DONE, RunState, StateVersionError, prompt_hash
-from .store import AgentBusy, RunRow, Store, StoreError
+from .store_api import RunRow, Store
 
 #: Errors a user can cause; they are reported as one short message, not a traceback.
-USER_ERRORS = (StoreError, ConfigError, IdentityError, StateVersionError)
+#: :class:`AgentError` covers store faults, busy agents, approvals nothing waits for
+#: and lookups that found nothing.
+USER_ERRORS = (AgentError, ConfigError, IdentityError, StateVersionError)
 
 
 @dataclass

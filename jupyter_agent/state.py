@@ -18,6 +18,7 @@ from typing import Any
 
 import dill
 
+from .errors import AgentError
 from .vocab import RESUMABLE as RESUMABLE
 from .vocab import Status
 
@@ -37,7 +38,7 @@ STUCK = Status.STUCK
 STALLED = Status.STALLED  # derived, never stored
 
 
-class StateVersionError(Exception):
+class StateVersionError(AgentError):
     """A checkpoint was written by a newer version of jupyter-agent."""
 
 

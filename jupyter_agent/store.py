@@ -22,15 +22,32 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 
-from . import journal
+from . import journal, vocab
+from .errors import AgentBusy, Conflict, StoreBusy, StoreError, StoreWarning
 from .journal import JournalWriter, Record
 from .redaction import contains_secret, redact, secrets_in_environment
+from .store_api import (
+    CHECKPOINT_COLUMNS,
+    RUN_COLUMNS,
+    TIMELINE_LIMIT,
+    AgentDetail,
+    AgentSummary,
+    CheckpointRow,
+    RunDetail,
+    RunRow,
+    RunStats,
+    RunSummary,
+    StoreInfo,
+    delete_agent_runs,
+    history_chain,
+)
 
 SCHEMA_VERSION = 1
 
@@ -69,69 +86,17 @@ CREATE TABLE IF NOT EXISTS notebook_moves (old VARCHAR NOT NULL, new VARCHAR NOT
 """
 
 
-class StoreError(Exception):
-    """The store cannot be used; the message says why and what to do."""
+__all__ = [
+    "AgentBusy",
+    "CheckpointRow",
+    "DuckDBStore",
+    "RunRow",
+    "Store",
+    "StoreBusy",
+    "StoreError",
+    "StoreWarning",
+]
 
-
-class StoreBusy(StoreError):
-    """Another process held the store for longer than the wait allows."""
-
-
-class AgentBusy(StoreError):
-    """The agent is running elsewhere (another kernel, or in the background here)."""
-
-    @classmethod
-    def here(cls, agent: str) -> AgentBusy:
-        return cls(
-            f"Agent {agent!r} is already running in this kernel (in the background or "
-            "from its timeline). Wait for it, or pause it in the timeline or with "
-            f"%agent pause {agent}."
-        )
-
-    @classmethod
-    def elsewhere(cls, agent: str, pid: int | None) -> AgentBusy:
-        who = f"pid {pid}" if pid is not None else "pid unknown"
-        return cls(
-            f"Agent {agent!r} is running in another kernel ({who}). Wait for it, or stop it "
-            "there, before running it here."
-        )
-
-
-class StoreWarning(UserWarning):
-    """Something in the store needs attention, but nothing stopped working."""
-
-
-@dataclass
-class RunRow:
-    run_id: str
-    notebook: str
-    agent: str
-    cell_id: str | None
-    prompt: str
-    prompt_hash: str
-    model: str
-    parent_run: str | None
-    parent_step: int | None
-    created_at: float
-    info: dict = field(default_factory=dict)
-
-
-@dataclass
-class CheckpointRow:
-    run_id: str
-    step: int
-    kind: str
-    status: str
-    summary: str
-    created_at: float
-    duration_ms: float
-    tokens: int
-    size: int
-    info: dict = field(default_factory=dict)
-
-
-RUN_COLUMNS = [f.name for f in fields(RunRow)]
-CHECKPOINT_COLUMNS = [f.name for f in fields(CheckpointRow)]
 _TABLE_COLUMNS = {"runs": RUN_COLUMNS, "checkpoints": [*CHECKPOINT_COLUMNS, "payload"]}
 #: DuckDB block size for new store files (see :meth:`Store._open`).
 BLOCK_SIZE = 64 * 1024
@@ -152,6 +117,7 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text and ("conflicting" in text or "could not set" in text)
 
 
+_T = TypeVar("_T")
 _umask_lock = threading.Lock()
 _umask_users = 0
 _umask_saved = 0
@@ -191,13 +157,20 @@ def _private_files(directory: Path) -> Iterator[None]:
                 os.umask(_umask_saved)
 
 
-class Store:
-    """Checkpoints of every agent, kept in one DuckDB file and its journals."""
+class DuckDBStore:
+    """Checkpoints of every agent, kept in one DuckDB file and its journals.
+
+    Implements :class:`jupyter_agent.store_api.Store`.
+    """
 
     def __init__(self, path: str | os.PathLike | None = None, *, busy_timeout: float = 30.0):
         self.path = Path(path) if path is not None else default_store_path()
         self.journal_dir = self.path.with_name(self.path.name + ".journal")
         self.busy_timeout = busy_timeout
+        self.location = str(self.path)
+        #: How many times DuckDB was opened (what :meth:`session` saves shows here).
+        self.opens = 0
+        self._local = threading.local()
 
     # -- writing -----------------------------------------------------------------
 
@@ -261,30 +234,64 @@ class Store:
     # -- DuckDB access -------------------------------------------------------------
 
     @contextlib.contextmanager
-    def connect(self, *, merge: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _connect(self, *, merge: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
         """Open DuckDB briefly (waiting while another process holds it), fold journals in.
 
         A store this process cannot write (a read-only disk or file) is opened
         read-only and nothing is folded: it can still be listed and restored from.
         A failing query is the caller's bug and is raised as it is, unless the
         error says the store itself is damaged, full or read-only.
+
+        Inside :meth:`session` the session's connection is used again (its
+        journals were folded when it opened).
         """
+        shared = getattr(self._local, "con", None)
+        if shared is not None:
+            with self._mapped():
+                yield shared
+            return
         self._ensure_dir()
         with _private_files(self.path.parent):
             con, read_only = self._open()
             try:
-                if merge and not read_only:
-                    self._merge(con)
-                    self._private_wal()
-                yield con
-            except duckdb.Error as exc:
-                problem = self._problem(exc, opening=False)
-                if problem is None:
-                    raise
-                raise problem from exc
+                with self._mapped():
+                    if merge and not read_only:
+                        self._merge(con)
+                        apply_moves(con)  # runs folded in after a notebook move follow it
+                        self._private_wal()
+                    yield con
             finally:
                 self._private_wal()
                 con.close()
+
+    @contextlib.contextmanager
+    def _mapped(self) -> Iterator[None]:
+        """Raise a DuckDB error that says the store is damaged, full or read-only as such."""
+        try:
+            yield
+        except duckdb.Error as exc:
+            problem = self._problem(exc, opening=False)
+            if problem is None:
+                raise
+            raise problem from exc
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Serve this thread's reads from one connection (journals folded once, at the start).
+
+        For a batch of reads that belong together, such as everything a resume
+        reads before its first model request. It holds the DuckDB file, so no
+        model call or user wait may happen inside. Re-entrant.
+        """
+        if getattr(self._local, "con", None) is not None:
+            yield
+            return
+        with self._connect() as con:
+            self._local.con = con
+            try:
+                yield
+            finally:
+                self._local.con = None
 
     def _writable(self) -> bool:
         """Whether this process may write the store (``os.access`` sees read-only mounts)."""
@@ -364,6 +371,7 @@ class Store:
                 # from one open in this process (another thread) is refused.
                 extra = {"read_only": True} if read_only else {}
                 con = duckdb.connect(str(self.path), config=config, **extra)
+                self.opens += 1
                 break
             except duckdb.Error as exc:
                 low = str(exc).lower()
@@ -556,7 +564,7 @@ class Store:
 
     def flush(self) -> None:
         """Fold all journals into DuckDB now."""
-        with self.connect():
+        with self._connect():
             pass
 
     # -- reading -----------------------------------------------------------------
@@ -591,21 +599,21 @@ class Store:
 
     def runs(self, notebook: str | None = None, agent: str | None = None) -> list[RunRow]:
         where, args = _filters(notebook=notebook, agent=agent)
-        with self.connect() as con:
+        with self._connect() as con:
             rows = con.execute(
                 f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {where} ORDER BY created_at", args
             ).fetchall()
         return [_run_row(r) for r in rows]
 
     def run(self, run_id: str) -> RunRow | None:
-        with self.connect() as con:
+        with self._connect() as con:
             row = con.execute(
                 f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", [run_id]
             ).fetchone()
         return _run_row(row) if row else None
 
     def checkpoints(self, run_id: str) -> list[CheckpointRow]:
-        with self.connect() as con:
+        with self._connect() as con:
             rows = con.execute(
                 f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM checkpoints WHERE run_id = ? "
                 "ORDER BY step",
@@ -617,7 +625,7 @@ class Store:
         """The last checkpoint of each run, in one query."""
         if not run_ids:
             return {}
-        with self.connect() as con:
+        with self._connect() as con:
             rows = con.execute(
                 f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM checkpoints "
                 "WHERE run_id IN (SELECT UNNEST(?)) "
@@ -625,6 +633,125 @@ class Store:
                 [run_ids],
             ).fetchall()
         return {r[0]: _checkpoint_row(r) for r in rows}
+
+    def model_steps(self, run_ids: list[str]) -> dict[str, list[int]]:
+        if not run_ids:
+            return {}
+        with self._connect() as con:
+            return _model_steps(con, run_ids)
+
+    # -- summaries ------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.path.exists() or self.journal_dir.is_dir()
+
+    def _sampled(self, read: Callable[[duckdb.DuckDBPyConnection], _T]) -> tuple[_T, set[str]]:
+        """``read`` on one connection, with the runs live before or after it.
+
+        A run that started or stopped during the read is live in one of the samples.
+        """
+        live = self.live_runs()
+        with self._connect() as con:
+            result = read(con)
+        return result, live | self.live_runs()
+
+    def run_stats(self, run_ids: list[str]) -> dict[str, RunStats]:
+        if not run_ids or not self.exists():
+            return {}
+
+        def read(con: duckdb.DuckDBPyConnection) -> dict[str, RunStats]:
+            return _stats(con, _runs(con, "WHERE run_id IN (SELECT UNNEST(?))", [run_ids]))
+
+        with self._connect() as con:
+            return read(con)
+
+    def agent_summaries(
+        self, notebook: str, *, timeline: int = TIMELINE_LIMIT
+    ) -> list[AgentSummary]:
+        if not self.exists():
+            return []
+
+        def read(con: duckdb.DuckDBPyConnection) -> tuple:
+            runs = _runs(con, "WHERE notebook = ? ORDER BY created_at", [notebook])
+            latest = {r.agent: r for r in runs}
+            return (
+                runs,
+                latest,
+                _timelines(con, list(latest.values()), timeline),
+                _stats(con, list(latest.values()), runs),
+            )
+
+        (runs, latest, timelines, stats), live = self._sampled(read)
+        counts = Counter(r.agent for r in runs)
+        return [
+            AgentSummary(
+                name, _summary(run, stats, live), counts[name], timelines.get(run.run_id, [])
+            )
+            for name, run in latest.items()
+        ]
+
+    def agent_detail(
+        self, notebook: str, agent: str, *, timeline: int = TIMELINE_LIMIT
+    ) -> AgentDetail | None:
+        if not self.exists():
+            return None
+
+        def read(con: duckdb.DuckDBPyConnection) -> tuple:
+            runs = _runs(
+                con, "WHERE notebook = ? AND agent = ? ORDER BY created_at", [notebook, agent]
+            )
+            if not runs:
+                return runs, {}, {}
+            return runs, _timelines(con, runs[-1:], timeline), _stats(con, runs)
+
+        (runs, timelines, stats), live = self._sampled(read)
+        if not runs:
+            return None
+        summaries = [_summary(r, stats, live) for r in runs]
+        head = AgentSummary(agent, summaries[-1], len(runs), timelines.get(runs[-1].run_id, []))
+        return AgentDetail(head, summaries)
+
+    def run_detail(self, run_id: str) -> RunDetail | None:
+        if not self.exists():
+            return None
+
+        def read(con: duckdb.DuckDBPyConnection) -> tuple:
+            runs = _runs(con, "WHERE run_id = ?", [run_id])
+            if not runs:
+                return None, [], {}
+            return runs[0], _checkpoints(con, run_id), _stats(con, runs)
+
+        (run, checkpoints, stats), live = self._sampled(read)
+        if run is None:
+            return None
+        return RunDetail(_summary(run, stats, live), checkpoints)
+
+    def forks(self, run_ids: list[str]) -> list[RunRow]:
+        if not run_ids or not self.exists():
+            return []
+        with self._connect() as con:
+            return _runs(
+                con,
+                "WHERE parent_run IN (SELECT UNNEST(?)) AND run_id NOT IN (SELECT UNNEST(?)) "
+                "ORDER BY created_at",
+                [run_ids, run_ids],
+            )
+
+    def info(self) -> StoreInfo:
+        if not self.exists():
+            return StoreInfo(self.location, False, None, SCHEMA_VERSION, 0, 0)
+        with self._connect() as con:
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            runs = con.execute("SELECT count(*) FROM runs").fetchone()
+            checkpoints = con.execute("SELECT count(*) FROM checkpoints").fetchone()
+        return StoreInfo(
+            self.location,
+            True,
+            _version(row[0]) if row else None,
+            SCHEMA_VERSION,
+            runs[0] if runs else 0,
+            checkpoints[0] if checkpoints else 0,
+        )
 
     def payloads(self, chain: list[tuple[str, int | None]]) -> list[tuple[CheckpointRow, bytes]]:
         """Checkpoints with payloads along a chain of (run_id, up-to-step) segments.
@@ -634,7 +761,7 @@ class Store:
         """
         self.check_trusted()
         out: list[tuple[CheckpointRow, bytes]] = []
-        with self.connect() as con:
+        with self._connect() as con:
             for i, (run_id, upto) in enumerate(chain):
                 rows = con.execute(
                     f"SELECT {', '.join(CHECKPOINT_COLUMNS)}, payload FROM checkpoints "
@@ -659,7 +786,7 @@ class Store:
         if not hashes:
             return {}
         self.check_trusted()
-        with self.connect() as con:
+        with self._connect() as con:
             rows = con.execute(
                 "SELECT hash, data FROM blobs WHERE hash IN (SELECT UNNEST(?))", [hashes]
             ).fetchall()
@@ -678,13 +805,12 @@ class Store:
     # -- deleting ----------------------------------------------------------------
 
     def delete_runs(self, run_ids: list[str]) -> int:
-        """Delete runs, their checkpoints, and blobs no checkpoint refers to any more."""
         if not run_ids:
             return 0
         busy = self.live_runs() & set(run_ids)
         if busy:
-            raise StoreError(f"Run {sorted(busy)[0]} is running; stop it before deleting it.")
-        with self.connect() as con:
+            raise Conflict(f"Run {sorted(busy)[0]} is running; stop it before deleting it.")
+        with self._connect() as con:
             con.execute("BEGIN")
             con.execute("DELETE FROM checkpoints WHERE run_id IN (SELECT UNNEST(?))", [run_ids])
             con.execute("DELETE FROM runs WHERE run_id IN (SELECT UNNEST(?))", [run_ids])
@@ -695,6 +821,9 @@ class Store:
             con.execute("COMMIT")
         return len(run_ids)
 
+    def delete_agent(self, notebook: str, agent: str, *, keep_latest: bool = False) -> list[str]:
+        return delete_agent_runs(self, notebook, agent, keep_latest=keep_latest)
+
     # -- notebook moves ------------------------------------------------------------
 
     def move_notebook(self, old: str, new: str, moved_at: float | None = None) -> int:
@@ -704,7 +833,7 @@ class Store:
         folded in later from journals written before the move follow them when
         :func:`apply_moves` runs. Returns how many runs moved.
         """
-        with self.connect() as con:
+        with self._connect() as con:
             con.execute("BEGIN")
             con.execute(
                 "INSERT INTO notebook_moves VALUES (?, ?, ?)",
@@ -721,7 +850,7 @@ class Store:
         renames, so the default ``since`` is this process's start time.
         """
         cutoff = process_started_at() if since is None else since
-        with self.connect(merge=False) as con:
+        with self._connect(merge=False) as con:
             moves = con.execute(
                 "SELECT old, new FROM notebook_moves WHERE moved_at > ? ORDER BY moved_at",
                 [cutoff],
@@ -736,7 +865,7 @@ class Store:
         """The context window ``model``'s endpoint last reported, if it ever refused one."""
         if not self.path.exists():
             return None
-        with self.connect(merge=False) as con:
+        with self._connect(merge=False) as con:
             row = con.execute(
                 "SELECT value FROM meta WHERE key = ?", [f"context_window:{model}"]
             ).fetchone()
@@ -744,7 +873,7 @@ class Store:
 
     def remember_window(self, model: str, tokens: int) -> None:
         """Remember ``model``'s context window for later runs (see :mod:`context`)."""
-        with self.connect(merge=False) as con:
+        with self._connect(merge=False) as con:
             con.execute(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                 [f"context_window:{model}", str(tokens)],
@@ -969,6 +1098,90 @@ def _checkpoint_row(r: tuple) -> CheckpointRow:
     return CheckpointRow(**d)
 
 
+def _runs(con: duckdb.DuckDBPyConnection, where: str, args: list) -> list[RunRow]:
+    rows = con.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {where}", args).fetchall()
+    return [_run_row(r) for r in rows]
+
+
+def _checkpoints(con: duckdb.DuckDBPyConnection, run_id: str) -> list[CheckpointRow]:
+    rows = con.execute(
+        f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM checkpoints WHERE run_id = ? ORDER BY step",
+        [run_id],
+    ).fetchall()
+    return [_checkpoint_row(r) for r in rows]
+
+
+def _timelines(
+    con: duckdb.DuckDBPyConnection, runs: list[RunRow], limit: int
+) -> dict[str, list[CheckpointRow]]:
+    """Each run's last ``limit`` checkpoints, oldest first."""
+    rows = con.execute(
+        f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM checkpoints "
+        "WHERE run_id IN (SELECT UNNEST(?)) "
+        "QUALIFY ROW_NUMBER() OVER (PARTITION BY run_id ORDER BY step DESC) <= ? "
+        "ORDER BY run_id, step",
+        [[r.run_id for r in runs], limit],
+    ).fetchall()
+    out: dict[str, list[CheckpointRow]] = {}
+    for r in rows:
+        out.setdefault(r[0], []).append(_checkpoint_row(r))
+    return out
+
+
+def _model_steps(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[str, list[int]]:
+    rows = con.execute(
+        "SELECT run_id, list(step ORDER BY step) FROM checkpoints "
+        "WHERE kind = 'model' AND run_id IN (SELECT UNNEST(?)) GROUP BY run_id",
+        [run_ids],
+    ).fetchall()
+    return {r: list(seqs) for r, seqs in rows}
+
+
+def _stats(
+    con: duckdb.DuckDBPyConnection, runs: list[RunRow], known: list[RunRow] | None = None
+) -> dict[str, RunStats]:
+    """Aggregates of ``runs``; ``known`` are rows already read (ancestors are read as needed)."""
+    if not runs:
+        return {}
+    family = {r.run_id: r for r in [*(known or []), *runs]}
+    missing = {r.parent_run for r in family.values() if r.parent_run} - set(family)
+    while missing:  # a fork's ancestors, a generation at a time
+        found = _runs(con, "WHERE run_id IN (SELECT UNNEST(?))", [sorted(missing)])
+        family.update((r.run_id, r) for r in found)
+        missing = {r.parent_run for r in found if r.parent_run} - set(family)
+    chains = {r.run_id: history_chain(r, family) for r in runs}
+    needed = sorted({seg for segments in chains.values() for seg, _ in segments})
+    model_steps = _model_steps(con, needed)
+    rows = con.execute(
+        "SELECT run_id, count(*), sum(tokens), "
+        "sum(TRY_CAST(json_extract_string(info, '$.usage.prompt_tokens') AS BIGINT)), "
+        "sum(TRY_CAST(json_extract_string(info, '$.usage.completion_tokens') AS BIGINT)), "
+        "sum(size), max(created_at), arg_max(step, step), arg_max(status, step), "
+        "arg_max(info, step) FROM checkpoints WHERE run_id IN (SELECT UNNEST(?)) GROUP BY run_id",
+        [list(chains)],
+    ).fetchall()
+    return {
+        r[0]: RunStats(
+            run_id=r[0],
+            checkpoints=r[1],
+            tokens=int(r[2] or 0),
+            prompt_tokens=int(r[3] or 0),
+            completion_tokens=int(r[4] or 0),
+            size=int(r[5] or 0),
+            updated_at=r[6],
+            last_step=r[7],
+            last_status=r[8],
+            last_info=json.loads(r[9]) if r[9] else {},
+            steps=vocab.history_steps(chains[r[0]], model_steps),
+        )
+        for r in rows
+    }
+
+
+def _summary(run: RunRow, stats: dict[str, RunStats], live: set[str]) -> RunSummary:
+    return RunSummary(run, stats.get(run.run_id), run.run_id in live)
+
+
 def moved_path(path: str, old: str, new: str) -> str:
     """``path`` after moving ``old`` (a notebook or a folder) to ``new``."""
     if path == old:
@@ -1017,3 +1230,7 @@ def process_started_at() -> float:
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return _IMPORTED_AT
+
+
+#: The name the kernel and tests have always used for the DuckDB backend.
+Store = DuckDBStore

@@ -35,7 +35,7 @@ from .agent import Events, RunOptions
 from .render import TextEvents
 from .runner import USER_ERRORS, Outcome
 from .state import Delta
-from .store import CheckpointRow, RunRow, Store
+from .store_api import CheckpointRow, RunRow, Store
 from .timeline import WINDOW, Rewound, Timeline, detail, fork, notebook_name, rewind
 
 STATIC = Path(__file__).parent / "static"
@@ -219,7 +219,7 @@ class TimelineWidget(anywidget.AnyWidget):
         self.refresh()
         pending = self.pending
         if not pending or (call_id and pending.get("call_id") != call_id):
-            raise runner.AgentBusy("That call is no longer waiting for approval.")
+            raise runner.NotWaiting("That call is no longer waiting for approval.")
         run = self.timeline.run(pending["run"])
 
         def work(events: Events, cancel: threading.Event) -> Outcome:

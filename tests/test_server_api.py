@@ -526,3 +526,22 @@ def test_api_answers_fast_while_a_kernel_runs_an_agent(
     assert len(checkpoints) == 1 + 4 * 3 + 1
     code, body = api.get("runs", runs[0].run_id, "checkpoints")
     assert [c["step"] for c in body["checkpoints"]] == [c.step for c in checkpoints]
+
+
+def test_the_server_imports_the_vocabulary_and_the_store_interface_only() -> None:
+    code = (
+        "import sys, time\n"
+        "t = time.perf_counter()\n"
+        "import jupyter_agent.server\n"
+        "print(time.perf_counter() - t)\n"
+        "ours = {m for m in sys.modules if m.startswith('jupyter_agent')}\n"
+        "heavy = {'dill', 'openai', 'IPython', 'jupyter_agent.agent', 'jupyter_agent.state',\n"
+        "         'jupyter_agent.testing', 'jupyter_agent.model'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "allowed = {'jupyter_agent', 'jupyter_agent.errors', 'jupyter_agent.identity',\n"
+        "           'jupyter_agent.vocab', 'jupyter_agent.store_api', 'jupyter_agent.server',\n"
+        "           'jupyter_agent.server.handlers', 'jupyter_agent.server.queries'}\n"
+        "assert ours <= allowed, ours - allowed\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

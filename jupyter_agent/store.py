@@ -7,9 +7,10 @@ retries with backoff while another process holds the file, so no lock error
 ever reaches a user and no checkpoint waits on another process.
 
 Every row is insert-only and keyed (runs by id, checkpoints by run and step,
-blobs by content hash), so folding a journal in twice is harmless. The store
-itself never unpickles a payload: that is left to the caller that owns the data
-(the kernel), never the server.
+blobs by content hash), so folding a journal in twice is harmless. Checkpoint
+payloads are JSON (``payload_format`` 'json'); the store unpickles nothing but
+the dill payloads of an older release, once, when it migrates them. Blobs
+(namespace values) are unpickled by the kernel, after :meth:`check_trusted`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 import warnings
@@ -49,7 +51,8 @@ from .store_api import (
     history_chain,
 )
 
-SCHEMA_VERSION = 1
+#: 2: checkpoint payloads are JSON, tagged by ``payload_format`` (1 pickled them with dill).
+SCHEMA_VERSION = 2
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -78,6 +81,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER NOT NULL,
     info VARCHAR,
     payload BLOB,
+    payload_format VARCHAR DEFAULT 'json',
     PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS blobs (hash VARCHAR PRIMARY KEY, size BIGINT NOT NULL, data BLOB);
@@ -97,7 +101,12 @@ __all__ = [
     "StoreWarning",
 ]
 
-_TABLE_COLUMNS = {"runs": RUN_COLUMNS, "checkpoints": [*CHECKPOINT_COLUMNS, "payload"]}
+_TABLE_COLUMNS = {
+    "runs": RUN_COLUMNS,
+    "checkpoints": [*CHECKPOINT_COLUMNS, "payload", "payload_format"],
+}
+#: Serializes schema migrations within this process; DuckDB's file lock does so across.
+_migrate_lock = threading.Lock()
 #: DuckDB block size for new store files (see :meth:`Store._open`).
 BLOCK_SIZE = 64 * 1024
 
@@ -168,6 +177,7 @@ class DuckDBStore:
         self.journal_dir = self.path.with_name(self.path.name + ".journal")
         self.busy_timeout = busy_timeout
         self.location = str(self.path)
+        self._v1 = False
         #: How many times DuckDB was opened (what :meth:`session` saves shows here).
         self.opens = 0
         self._local = threading.local()
@@ -418,6 +428,9 @@ class DuckDBStore:
                 f"{row[0]}, this one reads {SCHEMA_VERSION}). Upgrade jupyter-agent; the store "
                 "was not modified."
             )
+        version = SCHEMA_VERSION if row is None else _version(row[0])
+        # A v1 file this process cannot upgrade is read as it is, its payloads converted.
+        self._v1 = version < 2
         if read_only:
             return
         con.execute(_DDL)
@@ -425,6 +438,82 @@ class DuckDBStore:
             con.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
             )
+        elif version < SCHEMA_VERSION:
+            self._migrate(con)
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Upgrade a schema 1 store in place: dill payloads become JSON.
+
+        A copy of the file is kept first (named in a :class:`StoreWarning`). The
+        old payloads are unpickled here, once, so only a store this user alone
+        could have written is migrated.
+        """
+        with _migrate_lock:
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None or _version(row[0]) >= SCHEMA_VERSION:
+                self._v1 = False
+                return  # another thread here did it meanwhile
+            self.check_trusted()
+            con.execute("CHECKPOINT")  # the file holds everything: the copy is complete
+            backup = self.path.with_name(f"{self.path.name}.v{row[0]}.bak")
+            n = 1
+            while backup.exists():
+                n += 1
+                backup = self.path.with_name(f"{self.path.name}.v{row[0]}.{n}.bak")
+            try:
+                shutil.copyfile(self.path, backup)
+                os.chmod(backup, 0o600)
+            except OSError as exc:
+                raise StoreError(
+                    f"The agent store {self.path} must be upgraded, but a copy of it could not "
+                    f"be made first ({exc.strerror or exc}); it was not modified. Free space "
+                    f"beside it, then run again."
+                ) from exc
+            from .state import dill_to_json
+
+            con.execute("BEGIN")
+            columns = {
+                r[0]
+                for r in con.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = 'checkpoints'"
+                ).fetchall()
+            }
+            if "payload_format" not in columns:
+                con.execute("ALTER TABLE checkpoints ADD COLUMN payload_format VARCHAR")
+            con.execute(
+                "UPDATE checkpoints SET payload_format = 'dill' WHERE payload_format IS NULL"
+            )
+            keys = con.execute(
+                "SELECT run_id, step FROM checkpoints WHERE payload_format = 'dill'"
+            ).fetchall()
+            converted = 0
+            for run_id, step in keys:
+                (data,) = con.execute(
+                    "SELECT payload FROM checkpoints WHERE run_id = ? AND step = ?", [run_id, step]
+                ).fetchone()
+                try:
+                    payload = dill_to_json(bytes(data or b""))
+                except Exception:  # unreadable: left tagged dill, refused when loaded
+                    continue
+                con.execute(
+                    "UPDATE checkpoints SET payload = ?, payload_format = 'json' "
+                    "WHERE run_id = ? AND step = ?",
+                    [payload, run_id, step],
+                )
+                converted += 1
+            con.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)]
+            )
+            con.execute("COMMIT")
+            self._v1 = False
+        _warn(
+            f"The agent store {self.path} was upgraded from schema {row[0]} to "
+            f"{SCHEMA_VERSION} ({converted} of {len(keys)} checkpoints re-encoded as JSON). "
+            f"A copy of the store as it was is kept as {backup}; delete it once you no "
+            "longer need older jupyter-agent versions.",
+            backup,
+        )
 
     def _merge(self, con: duckdb.DuckDBPyConnection) -> None:
         """Fold every journal into DuckDB; delete the ones whose owner has died.
@@ -754,17 +843,20 @@ class DuckDBStore:
         )
 
     def payloads(self, chain: list[tuple[str, int | None]]) -> list[tuple[CheckpointRow, bytes]]:
-        """Checkpoints with payloads along a chain of (run_id, up-to-step) segments.
+        """Checkpoints with their JSON payloads along (run_id, up-to-step) segments.
+
+        No trust check: nothing here is unpickled (but a read-only store of the
+        previous release, whose dill payloads are converted as they are read).
 
         A history with a hole in it (a checkpoint lost to a damaged journal)
         would fold into a conversation that never happened, so it is refused.
         """
-        self.check_trusted()
         out: list[tuple[CheckpointRow, bytes]] = []
         with self._connect() as con:
+            fmt = "'dill'" if self._v1 else "coalesce(payload_format, 'dill')"
             for i, (run_id, upto) in enumerate(chain):
                 rows = con.execute(
-                    f"SELECT {', '.join(CHECKPOINT_COLUMNS)}, payload FROM checkpoints "
+                    f"SELECT {', '.join(CHECKPOINT_COLUMNS)}, {fmt}, payload FROM checkpoints "
                     "WHERE run_id = ? AND step <= ? ORDER BY step",
                     [run_id, upto if upto is not None else 2**31 - 1],
                 ).fetchall()
@@ -779,8 +871,17 @@ class DuckDBStore:
                         "so this run cannot be resumed or restored faithfully. Run the cell with "
                         "--restart to start over; the other runs are unaffected."
                     )
-                out.extend((_checkpoint_row(r[:-1]), bytes(r[-1] or b"")) for r in rows)
+                out.extend((_checkpoint_row(r[:-2]), self._json(r[-2], r[-1])) for r in rows)
         return out
+
+    def _json(self, fmt: str, data: bytes | None) -> bytes:
+        """A payload as JSON; one of an older release (a read-only v1 store) is converted."""
+        if fmt == "json":
+            return bytes(data or b"")
+        self.check_trusted()  # only the older release's dill payloads need it
+        from .state import dill_to_json
+
+        return dill_to_json(bytes(data or b""))
 
     def blobs(self, hashes: list[str]) -> dict[str, bytes]:
         if not hashes:
@@ -906,6 +1007,7 @@ class RunWriter:
     def put_checkpoint(self, cp: CheckpointRow, payload: bytes) -> None:
         row = redact({c: getattr(cp, c) for c in CHECKPOINT_COLUMNS}, self.secrets)
         row["info"] = json.dumps(row["info"])
+        row["payload_format"] = "json"
         if self.secrets and contains_secret(payload, self.secrets):
             from .state import redact_payload
 
@@ -1007,6 +1109,7 @@ _SHAPES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "tokens": (_INT, False),
         "size": (_INT, False),
         "info": (_TEXT, True),
+        "payload_format": (_TEXT, True),
     },
     "blobs": {"hash": (_TEXT, False), "size": (_INT, False)},
 }
@@ -1056,8 +1159,13 @@ def _insert(con: duckdb.DuckDBPyConnection, rec: Record, rows: _RowBatch) -> boo
         rows.add("runs", [rec.row.get(c) for c in RUN_COLUMNS])
         return True
     if rec.table == "checkpoints":
-        values = [rec.row.get(c) for c in CHECKPOINT_COLUMNS] + [rec.payload]
-        rows.add("checkpoints", values)
+        payload, fmt = rec.payload, rec.row.get("payload_format") or "dill"
+        if fmt == "dill":  # a journal of the previous release: re-encode it once, here
+            from .state import dill_to_json
+
+            with contextlib.suppress(Exception):  # unreadable: kept tagged, refused on load
+                payload, fmt = dill_to_json(payload or b""), "json"
+        rows.add("checkpoints", [rec.row.get(c) for c in CHECKPOINT_COLUMNS] + [payload, fmt])
         return True
     if rec.table == "blobs":
         # INSERT OR IGNORE costs DuckDB ~10x the plain insert for a large value (4 s

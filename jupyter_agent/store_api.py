@@ -397,6 +397,18 @@ def delete_agent_runs(
     return doomed
 
 
+def payload_messages(payload: bytes) -> list[dict]:
+    """The messages a checkpoint's JSON payload adds (for display; nothing is unpickled)."""
+    import json
+
+    try:
+        data = json.loads(payload) if payload else {}
+    except ValueError:
+        return []
+    messages = data.get("messages") if isinstance(data, dict) else None
+    return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+
+
 def open_store(target: str | os.PathLike | None = None, *, busy_timeout: float = 30.0) -> Store:
     """The store at ``target``: a ``postgresql://`` URL, ``duckdb://PATH`` or a file path.
 

@@ -18,7 +18,8 @@ import pytest
 from IPython import get_ipython
 from IPython.testing.globalipapp import start_ipython
 
-from jupyter_agent import namespace
+from jupyter_agent import journal, namespace
+from jupyter_agent.errors import StoreError, StoreWarning
 from jupyter_agent.state import prompt_hash
 from jupyter_agent.store import Store
 from jupyter_agent.testing import ScriptedServer
@@ -165,10 +166,20 @@ def test_a_v1_store_opens_and_its_unfinished_run_resumes(
     store_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     run_id = build_v1_store(store_path)
     scripted.set_script([{"content": "unused"}, {"content": "x is 42."}])
-    with warnings.catch_warnings(record=True):
+    original = store_path.read_bytes()
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ip.run_cell_magic("agent", "--name sales --model scripted", PROMPT)
     out = capsys.readouterr().out
+    # Upgraded in place, after a copy of the file as it was, named in the message.
+    backup = store_path.with_name(store_path.name + ".v1.bak")
+    assert backup.read_bytes() == original and oct(backup.stat().st_mode & 0o777) == "0o600"
+    notes = [str(w.message) for w in caught if issubclass(w.category, StoreWarning)]
+    assert any(str(backup) in n and "schema 1 to 2" in n for n in notes), notes
+    with duckdb.connect(str(backup), read_only=True) as con:  # the copy is the v1 file
+        assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            "1",
+        )
     assert "x is 42." in out, out
     assert ip.user_ns.get("x") == 42  # the value saved by the old release, restored
     chat = [r for r in scripted.requests if r["turn"] >= 0]
@@ -180,3 +191,37 @@ def test_a_v1_store_opens_and_its_unfinished_run_resumes(
     assert kinds[:5] == ["start", "model", "tool_call", "tool_result", "limit"]
     assert kinds[5] == "resume" and kinds[-1] == "model"
     assert store.checkpoints(run_id)[-1].status == "done"
+    assert store.info().schema_version == 2
+    # Every payload is JSON now: a history reads without unpickling, even from a
+    # store others could write (values stay behind the trust check).
+    store_path.chmod(0o666)
+    try:
+        history = store.payloads([(run_id, None)])
+        assert all(json.loads(p)["v"] == 3 for _, p in history)
+        assert json.loads(history[1][1])["messages"][0]["tool_calls"] == [CALL]
+        with pytest.raises(StoreError, match="writable by other users"):
+            store.blobs(["any"])
+    finally:
+        store_path.chmod(0o600)
+
+
+def test_a_journal_of_the_previous_release_is_folded_as_json(tmp_path: Path) -> None:
+    """A kernel of the previous release may still be writing when the new one first reads."""
+    path = tmp_path / "s.duckdb"
+    build_v1_store(path)
+    store = Store(path)
+    w = store.writer("fedcba9876543210", secrets=[])
+    w.put_run(
+        store.runs()[0].__class__(**{**store.runs()[0].__dict__, "run_id": "fedcba9876543210"})
+    )
+    old = v1_payload(messages=[{"role": "user", "content": "from the old kernel"}])
+    # The record as the previous release framed it: no payload_format in the row.
+    from jupyter_agent.store import CHECKPOINT_COLUMNS, CheckpointRow
+
+    row = CheckpointRow("fedcba9876543210", 0, "start", "running", "s", 1.0, 1.0, 0, 1, {})
+    values = {c: getattr(row, c) for c in CHECKPOINT_COLUMNS}
+    values["info"] = "{}"
+    w._append(journal.Record("checkpoints", values, old))
+    w.close()
+    ((cp, payload),) = store.payloads([("fedcba9876543210", None)])
+    assert json.loads(payload)["messages"] == [{"role": "user", "content": "from the old kernel"}]

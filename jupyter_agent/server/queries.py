@@ -13,7 +13,16 @@ from typing import Any
 
 from .. import vocab
 from ..errors import Conflict, NotFound
-from ..store_api import AgentSummary, CheckpointRow, RunSummary, Store
+from ..redaction import redact, secrets_in_environment
+from ..store_api import (
+    AgentSummary,
+    CheckpointRow,
+    RunRow,
+    RunSummary,
+    Store,
+    history_chain,
+    payload_messages,
+)
 from ..vocab import effective_status
 
 __all__ = ["Conflict", "NotFound", "PROMPT_LIMIT", "Reader", "status_label"]
@@ -161,14 +170,36 @@ class Reader:
 
     # -- runs -------------------------------------------------------------------------
 
-    def run(self, run_id: str) -> tuple[dict[str, Any], str]:
-        """A run's metadata and checkpoints, and the absolute notebook path it belongs to."""
+    def run(self, run_id: str, *, messages: bool = False) -> tuple[dict[str, Any], str]:
+        """A run's metadata and checkpoints, and the absolute notebook path it belongs to.
+
+        With ``messages``, each checkpoint also has the messages it added, read
+        from its JSON payload (no code runs to read it) with secrets redacted.
+        """
         detail = self.store.run_detail(run_id)
         if detail is None:
             raise NotFound(f"No run {run_id!r}.")
         out = self._run_summary(detail.summary)
         out["checkpoints"] = [_checkpoint_dict(c) for c in detail.checkpoints]
+        if messages:
+            added = self._messages(detail.summary.run)
+            secrets = secrets_in_environment()
+            for cp in out["checkpoints"]:
+                cp["messages"] = redact(added.get(cp["step"], []), secrets)
         return out, detail.summary.run.notebook
+
+    def _messages(self, run: RunRow) -> dict[int, list[dict]]:
+        """The messages each of the run's own checkpoints added."""
+        parents: dict[str, RunRow] = {}
+        current: RunRow | None = run
+        while current is not None and current.parent_run and current.parent_run not in parents:
+            parent = self.store.run(current.parent_run)
+            if parent is None:
+                break
+            parents[parent.run_id] = parent
+            current = parent
+        pairs = self.store.payloads(history_chain(run, parents))
+        return {cp.step: payload_messages(p) for cp, p in pairs if cp.run_id == run.run_id}
 
     # -- changing -----------------------------------------------------------------------
 

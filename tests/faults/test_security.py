@@ -13,7 +13,9 @@ import duckdb
 import pytest
 
 from jupyter_agent.agent import load_state
+from jupyter_agent.namespace import restore
 from jupyter_agent.server.queries import Reader
+from jupyter_agent.state import StateVersionError
 from jupyter_agent.store import CheckpointRow, RunRow, Store, StoreError
 
 from .harness import API_KEY, AgentEnv, raw_store_bytes, record
@@ -198,19 +200,22 @@ def test_only_the_kernel_unpickles_and_only_a_trusted_store(tmp_path: Path) -> N
         for word in ("dill", "pickle", "decode_delta", "fold(", "load_state", "namespace"):
             assert word not in text, f"{source.name} mentions {word}"
 
-    # The kernel does unpickle (that is how a run comes back): only from a store it trusts.
+    # Payloads are JSON: reading a history runs nothing, whoever wrote the store.
     os.chmod(store.path, 0o666)
+    with pytest.raises(StateVersionError, match="not in a format"):
+        load_state(store, store.runs()[0])  # a pickle planted as a payload is just refused
+    assert not marker.exists()
+    # Values (blobs) are unpickled by the kernel: only from a store it trusts.
     with pytest.raises(StoreError, match="writable by other users"):
-        load_state(store, store.runs()[0])
+        store.blobs(["h1"])
     os.chmod(store.path, 0o600)
     os.chown(store.path, 12345, -1)
     with pytest.raises(StoreError, match="belongs to another user"):
         store.blobs(["h1"])
     assert not marker.exists()
     os.chown(store.path, os.getuid(), -1)
-    with pytest.raises(Exception):  # noqa: B017  the payload is not a delta; it ran anyway
-        load_state(store, store.runs()[0])
-    assert marker.exists()  # which is why only your own store is ever loaded
+    restore({}, {"v": "h1"}, store.blobs)  # your own store's values are loaded
+    assert marker.exists()  # which is why only your own store's values are ever loaded
     record(
         "security",
         "unpickling",
@@ -219,8 +224,8 @@ def test_only_the_kernel_unpickles_and_only_a_trusted_store(tmp_path: Path) -> N
         completed=1,
         lost=0,
         duplicated=0,
-        outcome="store metadata API and REST queries never unpickle; the kernel refuses a "
-        "store owned by another user or writable by others; loading your own store runs it",
+        outcome="histories are JSON and never unpickled; the kernel loads values only from "
+        "a store of its own user that no one else can write; loading your own store runs it",
     )
 
 

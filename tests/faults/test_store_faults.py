@@ -190,7 +190,7 @@ def test_a_newer_store_is_not_touched_even_when_it_lacks_our_tables(tmp_path: Pa
     Store(path).flush()
     with duckdb.connect(str(path)) as con:
         con.execute("ALTER TABLE blobs RENAME TO values_v2")
-        con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     before = path.read_bytes()
     with pytest.raises(StoreError, match="newer jupyter-agent"):
         Store(path).runs()

@@ -27,7 +27,7 @@ from .identity import ENV_NOTEBOOK
 from .redaction import redact, secrets_in_environment
 from .render import status_text
 from .state import RUNNING, fold
-from .store_api import CheckpointRow, RunRow, Store, open_store
+from .store_api import CHECKPOINT_COLUMNS, CheckpointRow, RunRow, Store, open_store
 
 OK, REFUSED, USAGE = 0, 1, 2
 
@@ -78,16 +78,11 @@ def _when(ts: float | None) -> str:
 
 
 def _checkpoint(cp: CheckpointRow) -> dict[str, Any]:
+    """A checkpoint's metadata; its sequence number is called ``checkpoint``."""
     return {
-        "checkpoint": cp.step,
-        "kind": cp.kind,
-        "status": cp.status,
-        "summary": cp.summary,
-        "created_at": cp.created_at,
-        "duration_ms": cp.duration_ms,
-        "tokens": cp.tokens,
-        "size": cp.size,
-        "info": cp.info,
+        ("checkpoint" if c == "step" else c): getattr(cp, c)
+        for c in CHECKPOINT_COLUMNS
+        if c != "run_id"
     }
 
 

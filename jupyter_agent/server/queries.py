@@ -15,6 +15,7 @@ from .. import vocab
 from ..errors import Conflict, NotFound
 from ..redaction import redact, secrets_in_environment
 from ..store_api import (
+    CHECKPOINT_COLUMNS,
     AgentSummary,
     CheckpointRow,
     RunRow,
@@ -66,17 +67,7 @@ def _run_dict(run: Any) -> dict[str, Any]:
 
 
 def _checkpoint_dict(cp: CheckpointRow) -> dict[str, Any]:
-    return {
-        "step": cp.step,
-        "kind": cp.kind,
-        "status": cp.status,
-        "summary": cp.summary,
-        "created_at": cp.created_at,
-        "duration_ms": cp.duration_ms,
-        "tokens": cp.tokens,
-        "size": cp.size,
-        "info": cp.info,
-    }
+    return {c: getattr(cp, c) for c in CHECKPOINT_COLUMNS if c != "run_id"}
 
 
 def _status(summary: RunSummary) -> tuple[str, str]:

@@ -22,7 +22,6 @@ What happens to the step that was in flight when the kernel died:
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import time
@@ -34,6 +33,7 @@ from typing import Any, Protocol
 from . import context, namespace, user_tools, vocab
 from .budget import Budget, Ledger, cost_of, over_budget, price_of
 from .delegate import DELEGATE_TOOL, Children, DelegateError, parse_delegate
+from .errors import NotWaiting, StoreError
 from .identity import AgentIdentity
 from .model import Cancelled, ConfigError, ContextOverflow, ModelClient, ModelError
 from .plan import PLANNER_PROMPT, PlanError, current_item, parse_items, progress, with_status
@@ -46,7 +46,6 @@ from .state import (
     INTERRUPTED,
     LIMIT,
     RUNNING,
-    STALLED,
     STUCK,
     Delta,
     RunState,
@@ -54,9 +53,11 @@ from .state import (
     fold,
     prompt_hash,
 )
-from .store import CheckpointRow, RunRow, RunWriter, Store, StoreError
+from .store_api import CheckpointRow, RunRow, RunWriterLike, Store
 from .stuck import REPEATS, stuck_reason, unstuck_note
 from .tools import TOOLS, MalformedCall, Toolbox, ToolResult, check_approve, unknown_tool
+from .vocab import effective_status as effective_status
+from .vocab import stall_after as stall_after
 
 SYSTEM_PROMPT = (
     "You are a careful data assistant working inside a Jupyter notebook. Use the `python` "
@@ -166,35 +167,6 @@ def load_state(store: Store, run: RunRow) -> RunState:
     return fold(store.payloads(chain(store, run)))
 
 
-def stall_after() -> float:
-    """Seconds without a checkpoint after which a live run is reported stalled."""
-    try:
-        return float(os.environ.get("JUPYTER_AGENT_STALL_AFTER", "900"))
-    except ValueError:
-        return 900.0
-
-
-def effective_status(
-    status: str, run_id: str, live: set[str], last_checkpoint_at: float | None = None
-) -> str:
-    """The status users see, from the last checkpoint's and the journal's.
-
-    A run whose last checkpoint says running but whose journal has no owner died
-    with its kernel: interrupted, resumable. One whose owner lives but has not
-    checkpointed for :func:`stall_after` seconds is stalled: its kernel is hung or
-    a tool call never returns; interrupting or restarting that kernel frees it.
-    """
-    if status == RUNNING and run_id not in live:
-        return INTERRUPTED
-    if (
-        status == RUNNING
-        and last_checkpoint_at is not None
-        and time.time() - last_checkpoint_at > stall_after()
-    ):
-        return STALLED
-    return status
-
-
 # -- one execution of a run ---------------------------------------------------------
 
 
@@ -222,7 +194,7 @@ class Execution:
         self.client = client
         self.events = events
         self.options = options
-        self.writer: RunWriter | None = None
+        self.writer: RunWriterLike | None = None
         self._last = time.monotonic()
         model = client.endpoint.model
         self.window = (
@@ -454,7 +426,7 @@ class Execution:
     def _awaited_call(self) -> dict:
         call = self.state.pending_tool_call()
         if self.state.status != AWAITING_APPROVAL or call is None:
-            raise StoreError("This agent is not waiting for an approval.")
+            raise NotWaiting("This agent is not waiting for an approval.")
         return call
 
     def _decide(self, decision: dict, call: dict) -> None:

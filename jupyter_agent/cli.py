@@ -22,12 +22,12 @@ from collections.abc import Callable
 from typing import Any
 
 from .agent import chain, effective_status
-from .backends import open_store
+from .errors import AgentError, Conflict, NotFound
 from .identity import ENV_NOTEBOOK
 from .redaction import redact, secrets_in_environment
 from .render import status_text
 from .state import RUNNING, fold
-from .store import SCHEMA_VERSION, CheckpointRow, RunRow, Store, StoreError
+from .store_api import CHECKPOINT_COLUMNS, CheckpointRow, RunRow, Store, open_store
 
 OK, REFUSED, USAGE = 0, 1, 2
 
@@ -39,13 +39,9 @@ class Refused(Exception):
 # -- reading the store -------------------------------------------------------------------
 
 
-def _exists(store: Store) -> bool:
-    """Whether there is a store at all (reading must not create one)."""
-    return store.path.exists() or store.journal_dir.is_dir()
-
-
 def _runs(store: Store, notebook: str | None = None) -> list[RunRow]:
-    return store.runs(notebook=notebook) if _exists(store) else []
+    """The runs (reading must not create a store)."""
+    return store.runs(notebook=notebook) if store.exists() else []
 
 
 def _agents(runs: list[RunRow]) -> dict[tuple[str, str], list[RunRow]]:
@@ -58,14 +54,8 @@ def _agents(runs: list[RunRow]) -> dict[tuple[str, str], list[RunRow]]:
 
 def _steps(store: Store, run: RunRow) -> int:
     """Steps done: model checkpoints along the run's history, forks' parents included."""
-    total = 0
-    for run_id, upto in chain(store, run):
-        total += sum(
-            1
-            for cp in store.checkpoints(run_id)
-            if cp.kind == "model" and (upto is None or cp.step <= upto)
-        )
-    return total
+    stats = store.run_stats([run.run_id]).get(run.run_id)
+    return stats.steps if stats else 0
 
 
 def _find(store: Store, name: str, notebook: str | None) -> tuple[str, str, list[RunRow]]:
@@ -88,16 +78,11 @@ def _when(ts: float | None) -> str:
 
 
 def _checkpoint(cp: CheckpointRow) -> dict[str, Any]:
+    """A checkpoint's metadata; its sequence number is called ``checkpoint``."""
     return {
-        "checkpoint": cp.step,
-        "kind": cp.kind,
-        "status": cp.status,
-        "summary": cp.summary,
-        "created_at": cp.created_at,
-        "duration_ms": cp.duration_ms,
-        "tokens": cp.tokens,
-        "size": cp.size,
-        "info": cp.info,
+        ("checkpoint" if c == "step" else c): getattr(cp, c)
+        for c in CHECKPOINT_COLUMNS
+        if c != "run_id"
     }
 
 
@@ -200,10 +185,8 @@ def _confirm(args: argparse.Namespace, question: str) -> None:
 
 def _delete(store: Store, notebook: str, agent: str, *, keep_latest: bool) -> list[str]:
     """Delete an agent's runs (all, or all but the latest and its ancestors), as the server does."""
-    from .server.queries import Conflict, NotFound, Reader
-
     try:
-        return Reader(store).delete_agent(notebook, agent, keep_latest=keep_latest)
+        return store.delete_agent(notebook, agent, keep_latest=keep_latest)
     except (Conflict, NotFound) as exc:
         raise Refused(str(exc)) from None
 
@@ -257,7 +240,6 @@ class _Partial(Exception):
 def cmd_export(store: Store, args: argparse.Namespace) -> Any:
     notebook, agent, runs = _find(store, args.name, _notebook_arg(args.notebook))
     run = runs[-1]
-    store.check_trusted()  # decoding a payload can run code: only stores of this user
     pairs = store.payloads(chain(store, run))
     state = fold(pairs)
     secrets = secrets_in_environment()
@@ -328,30 +310,26 @@ def _markdown(data: dict[str, Any]) -> str:
 
 
 def cmd_store_info(store: Store, args: argparse.Namespace) -> Any:
-    exists = _exists(store)
+    about = store.info()
     sizes = store.sizes()
+    exists = about.exists
     info: dict[str, Any] = {
-        "path": str(store.path),
+        "path": about.location,
         "exists": exists,
-        "schema_version": None,
-        "reads_schema_version": SCHEMA_VERSION,
-        "size_duckdb": sizes["duckdb"],
-        "size_journals": sizes["journals"],
-        "runs": 0,
-        "checkpoints": 0,
+        "schema_version": about.schema_version,
+        "reads_schema_version": about.reads_version,
+        "size_duckdb": sizes.get("duckdb", 0),
+        "size_journals": sizes.get("journals", 0),
+        "runs": about.runs,
+        "checkpoints": about.checkpoints,
         "live_runs": len(store.live_runs()) if exists else 0,
     }
-    if exists:
-        # No Store method reads these yet; one short read-only query.
-        with store.connect() as con:
-            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            info["schema_version"] = int(row[0]) if row else None
-            info["runs"] = con.execute("SELECT count(*) FROM runs").fetchone()[0]
-            info["checkpoints"] = con.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
     if args.json:
         return info
     print(f"store          {info['path']}" + ("" if exists else " (does not exist yet)"))
-    print(f"schema version {info['schema_version'] or '-'} (this version reads {SCHEMA_VERSION})")
+    print(
+        f"schema version {info['schema_version'] or '-'} (this version reads {info['reads_schema_version']})"
+    )
     print(
         f"size           DuckDB {_bytes(info['size_duckdb'])}, journals {_bytes(info['size_journals'])}"
     )
@@ -465,7 +443,7 @@ def cmd_resume(store: Store, args: argparse.Namespace) -> Any:
     path = os.path.abspath(os.path.expanduser(args.notebook))
     if not os.path.isfile(path):
         raise Refused(f"No notebook {args.notebook}.")
-    env = {ENV_NOTEBOOK: path, "JUPYTER_AGENT_STORE": str(store.path)}
+    env = {ENV_NOTEBOOK: path, "JUPYTER_AGENT_STORE": store.location}
     failure = run_notebook(path, env=env, timeout=args.timeout, write=_write_atomic)
     if failure:
         raise Refused(f"{failure} The outputs so far were written to {args.notebook}.")
@@ -535,14 +513,20 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)  # exits 2 on a usage error
     args.json = getattr(args, "json", False)
     path = getattr(args, "store", None)
-    store = open_store(path or None)
+    if path and "://" not in path:
+        path = os.path.abspath(os.path.expanduser(path))
+    try:
+        store = open_store(path or None)
+    except AgentError as exc:
+        print(f"jupyter agent: {exc}", file=sys.stderr)
+        return REFUSED
     try:
         result = args.fn(store, args)
     except _Partial as partial:
         if args.json:
             print(json.dumps(partial.result, indent=2, default=str))
         return REFUSED
-    except (Refused, StoreError) as exc:
+    except (Refused, AgentError) as exc:
         if args.json:
             print(json.dumps({"error": str(exc)}))
         print(f"jupyter agent: {exc}", file=sys.stderr)

@@ -29,7 +29,7 @@ from .render import TextEvents, run_status
 from .runner import USER_ERRORS, Outcome
 from .runtime import AgentRuntime, UsageProblem, current
 from .state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
-from .store import RunRow, Store
+from .store_api import RunRow, Store
 from .tools import TOOLS, ToolError, check_approve
 from .vocab import plural
 
@@ -257,8 +257,9 @@ class AgentMagics(Magics):
             identity = resolve(self.shell, args.name, prompt)
             if identity.notice:  # a weak identity: say so before running
                 print(identity.notice)
-            notebook = self._store().resolve_notebook(identity.notebook)
+            notebook = identity.notebook
             if after:
+                notebook = self._store().resolve_notebook(identity.notebook)
                 try:
                     self.runtime.check_after(notebook, identity.agent, after)
                 except UsageProblem as exc:

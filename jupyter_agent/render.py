@@ -15,7 +15,7 @@ from typing import TextIO
 from . import vocab
 from .agent import effective_status
 from .state import AWAITING_APPROVAL, DONE, Delta
-from .store import CheckpointRow, RunRow, Store
+from .store_api import CheckpointRow, RunRow, Store
 from .vocab import RESUMABLE, Status
 
 #: Kept for code that reads it: each status in a few words (see :mod:`vocab`).
@@ -60,9 +60,7 @@ def history_steps(store: Store, run: RunRow, below: int | None = None) -> int:
     while current is not None and current.parent_run:
         segments.insert(0, (current.parent_run, current.parent_step))
         current = store.run(current.parent_run)
-    with store.connect() as con:
-        rows = con.execute(vocab.MODEL_STEPS_SQL, [[r for r, _ in segments]]).fetchall()
-    return vocab.history_steps(segments, {r: list(seqs) for r, seqs in rows})
+    return vocab.history_steps(segments, store.model_steps([r for r, _ in segments]))
 
 
 class TextEvents:

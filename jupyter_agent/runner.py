@@ -28,14 +28,18 @@ from .agent import (
     load_state,
     new_run,
 )
+from .errors import AgentBusy, AgentError
+from .errors import NotWaiting as NotWaiting
 from .identity import AgentIdentity, IdentityError
 from .model import ConfigError, Endpoint, ModelClient
 from .offline import OFFLINE_MODEL, OfflineClient
 from .state import AWAITING_APPROVAL, DONE, RunState, StateVersionError, prompt_hash
-from .store import AgentBusy, RunRow, Store, StoreError
+from .store_api import RunRow, Store
 
 #: Errors a user can cause; they are reported as one short message, not a traceback.
-USER_ERRORS = (StoreError, ConfigError, IdentityError, StateVersionError)
+#: :class:`AgentError` covers store faults, busy agents, approvals nothing waits for
+#: and lookups that found nothing.
+USER_ERRORS = (AgentError, ConfigError, IdentityError, StateVersionError)
 
 
 @dataclass
@@ -97,36 +101,42 @@ def run_cell(
     replace the run's approval policy (see :func:`resume_run`). ``info`` is
     recorded on a new run (e.g. the agents it waits for, or its parent).
     """
-    # The kernel learns its notebook's path at start; follow renames made since.
-    identity = replace(identity, notebook=store.resolve_notebook(identity.notebook))
-    with store.agent_lock(identity.notebook, identity.agent):
-        previous = None if restart else latest_run(store, identity.notebook, identity.agent)
-        # The stored prompt has its secrets redacted; `%agent resume` passes that text back.
-        if previous is not None and prompt_hash(prompt) not in (
-            previous.prompt_hash,
-            prompt_hash(previous.prompt),
-        ):
-            previous = None
-        if previous is None:
-            info = {**(info or {}), "approve": approve_policy(options), "plan": options.plan}
-            run = new_run(identity, prompt, model, info=info)
-            execution = make_execution(
-                store, shell, run, RunState(), model, options, events, endpoint_args, cancel
+    # Everything read before the first model request shares one store connection.
+    reads = contextlib.ExitStack()
+    reads.enter_context(store.session())
+    with reads:
+        # The kernel learns its notebook's path at start; follow renames made since.
+        identity = replace(identity, notebook=store.resolve_notebook(identity.notebook))
+        with store.agent_lock(identity.notebook, identity.agent):
+            previous = None if restart else latest_run(store, identity.notebook, identity.agent)
+            # The stored prompt has its secrets redacted; `%agent resume` passes that text back.
+            if previous is not None and prompt_hash(prompt) not in (
+                previous.prompt_hash,
+                prompt_hash(previous.prompt),
+            ):
+                previous = None
+            if previous is None:
+                info = {**(info or {}), "approve": approve_policy(options), "plan": options.plan}
+                run = new_run(identity, prompt, model, info=info)
+                execution = make_execution(
+                    store, shell, run, RunState(), model, options, events, endpoint_args, cancel
+                )
+                reads.close()
+                execution.execute(first=True)
+                return Outcome(run, execution.state, "new", [], {})
+            return resume_run(
+                store=store,
+                shell=shell,
+                run=previous,
+                model=model,
+                options=options,
+                events=events,
+                decision=decision,
+                endpoint_args=endpoint_args,
+                cancel=cancel,
+                cell_options=cell_options,
+                reads=reads,
             )
-            execution.execute(first=True)
-            return Outcome(run, execution.state, "new", [], {})
-        return resume_run(
-            store=store,
-            shell=shell,
-            run=previous,
-            model=model,
-            options=options,
-            events=events,
-            decision=decision,
-            endpoint_args=endpoint_args,
-            cancel=cancel,
-            cell_options=cell_options,
-        )
 
 
 def resume_run(
@@ -141,14 +151,20 @@ def resume_run(
     endpoint_args: dict | None = None,
     cancel: threading.Event | None = None,
     cell_options: bool = False,
+    reads: contextlib.ExitStack | None = None,
 ) -> Outcome:
     """Continue ``run`` from its last checkpoint, or restore it when it has nothing left to do.
 
     The continuation uses ``model``, or without one the model of the run's
     latest execution, so a corrected ``--model`` takes effect. Its approval
-    policy is the cell's with ``cell_options``, else the run's latest.
+    policy is the cell's with ``cell_options``, else the run's latest. What it
+    reads before executing shares one store session (``reads``, the caller's
+    if it has one), closed before the first model request.
     """
-    with store.agent_lock(run.notebook, run.agent):
+    if reads is None:
+        reads = contextlib.ExitStack()
+        reads.enter_context(store.session())
+    with store.agent_lock(run.notebook, run.agent), reads:
         live = store.live_runs()
         if run.run_id in live:
             raise AgentBusy(
@@ -172,6 +188,7 @@ def resume_run(
             store, shell, run, state, model or last["model"], options, events, endpoint_args, cancel
         )
         restored, failed = restore_variables(store, shell, state, events)
+        reads.close()
         # Killed after the run row was written but before its first checkpoint:
         # start it properly, or the model would be called with no conversation.
         own_first = run.parent_step + 1 if run.parent_run and run.parent_step is not None else 0

@@ -30,7 +30,6 @@ from typing import Any, Protocol, TextIO
 
 from . import runner, timeline
 from .agent import Events, RunOptions
-from .backends import open_store
 from .budget import Budget
 from .delegate import MAX_CHILDREN, MAX_DEPTH, Delegated, delegations
 from .identity import AgentIdentity, IdentityError, validate_name
@@ -39,6 +38,7 @@ from .render import TextEvents, run_status
 from .runner import USER_ERRORS, Outcome
 from .state import DONE, RUNNING, STALLED, Delta
 from .store import AgentBusy, CheckpointRow, RunRow, Store, default_store_path
+from .store_api import open_store
 
 Key = tuple[str, str]  # (notebook, agent)
 

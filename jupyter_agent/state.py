@@ -13,17 +13,19 @@ a run's store grows linearly. :func:`fold` rebuilds the state by replaying delta
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import dill
-
+from .errors import AgentError
 from .vocab import RESUMABLE as RESUMABLE
 from .vocab import Status
 
 #: Version of the delta payload layout. Bump it when :class:`Delta` changes and
-#: teach :func:`decode_delta` to read the older versions.
-STATE_VERSION = 2
+#: teach :func:`decode_delta` to read the older versions. Version 3 is JSON;
+#: versions 1 and 2 were pickled with dill and are only read to migrate them
+#: (:func:`dill_to_json`).
+STATE_VERSION = 3
 
 # The statuses are defined, with their user-facing words, in :mod:`jupyter_agent.vocab`.
 RUNNING = Status.RUNNING
@@ -37,7 +39,7 @@ STUCK = Status.STUCK
 STALLED = Status.STALLED  # derived, never stored
 
 
-class StateVersionError(Exception):
+class StateVersionError(AgentError):
     """A checkpoint was written by a newer version of jupyter-agent."""
 
 
@@ -144,13 +146,27 @@ class RunState:
 
 
 def encode_delta(delta: Delta) -> bytes:
-    return dill.dumps({"v": STATE_VERSION, **delta.__dict__}, protocol=5)
+    """The delta as JSON (format ``"json"``): readable without running any code."""
+    return json.dumps(
+        {"v": STATE_VERSION, **delta.__dict__},
+        ensure_ascii=False,
+        separators=(",", ":"),
+        default=str,  # a stray non-JSON value is kept as its text, never loses the step
+    ).encode()
 
 
 def decode_delta(payload: bytes) -> Delta:
+    """A delta from its JSON payload; unpickles nothing."""
     if not payload:
         return Delta()
-    data: dict[str, Any] = dill.loads(payload)
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, ValueError):
+        data = None
+    return _delta(data)
+
+
+def _delta(data: Any) -> Delta:
     if not isinstance(data, dict):
         raise StateVersionError("A checkpoint payload is not in a format this version knows.")
     version = data.pop("v", 1)
@@ -161,6 +177,19 @@ def decode_delta(payload: bytes) -> Delta:
         )
     known = Delta.__dataclass_fields__
     return Delta(**{k: v for k, v in data.items() if k in known})
+
+
+def dill_to_json(payload: bytes) -> bytes:
+    """Re-encode a payload of an older release (dill) as JSON, for a migration only.
+
+    Unpickling runs code: call it only on data the store has checked is this
+    user's (:meth:`Store.check_trusted`, or a journal folded as trusted).
+    """
+    if not payload:
+        return encode_delta(Delta())
+    import dill
+
+    return encode_delta(_delta(dill.loads(payload)))
 
 
 def redact_payload(payload: bytes, secrets: list[str]) -> bytes:

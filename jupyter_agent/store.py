@@ -7,9 +7,10 @@ retries with backoff while another process holds the file, so no lock error
 ever reaches a user and no checkpoint waits on another process.
 
 Every row is insert-only and keyed (runs by id, checkpoints by run and step,
-blobs by content hash), so folding a journal in twice is harmless. The store
-itself never unpickles a payload: that is left to the caller that owns the data
-(the kernel), never the server.
+blobs by content hash), so folding a journal in twice is harmless. Checkpoint
+payloads are JSON (``payload_format`` 'json'); the store unpickles nothing but
+the dill payloads of an older release, once, when it migrates them. Blobs
+(namespace values) are unpickled by the kernel, after :meth:`check_trusted`.
 """
 
 from __future__ import annotations
@@ -19,20 +20,39 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 
-from . import journal
+from . import journal, vocab
+from .errors import AgentBusy, Conflict, StoreBusy, StoreError, StoreWarning
 from .journal import JournalWriter, Record
 from .redaction import contains_secret, redact, secrets_in_environment
+from .store_api import (
+    CHECKPOINT_COLUMNS,
+    RUN_COLUMNS,
+    TIMELINE_LIMIT,
+    AgentDetail,
+    AgentSummary,
+    CheckpointRow,
+    RunDetail,
+    RunRow,
+    RunStats,
+    RunSummary,
+    StoreInfo,
+    delete_agent_runs,
+    history_chain,
+)
 
-SCHEMA_VERSION = 1
+#: 2: checkpoint payloads are JSON, tagged by ``payload_format`` (1 pickled them with dill).
+SCHEMA_VERSION = 2
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -61,6 +81,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER NOT NULL,
     info VARCHAR,
     payload BLOB,
+    payload_format VARCHAR DEFAULT 'json',
     PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS blobs (hash VARCHAR PRIMARY KEY, size BIGINT NOT NULL, data BLOB);
@@ -69,70 +90,23 @@ CREATE TABLE IF NOT EXISTS notebook_moves (old VARCHAR NOT NULL, new VARCHAR NOT
 """
 
 
-class StoreError(Exception):
-    """The store cannot be used; the message says why and what to do."""
+__all__ = [
+    "AgentBusy",
+    "CheckpointRow",
+    "DuckDBStore",
+    "RunRow",
+    "Store",
+    "StoreBusy",
+    "StoreError",
+    "StoreWarning",
+]
 
-
-class StoreBusy(StoreError):
-    """Another process held the store for longer than the wait allows."""
-
-
-class AgentBusy(StoreError):
-    """The agent is running elsewhere (another kernel, or in the background here)."""
-
-    @classmethod
-    def here(cls, agent: str) -> AgentBusy:
-        return cls(
-            f"Agent {agent!r} is already running in this kernel (in the background or "
-            "from its timeline). Wait for it, or pause it in the timeline or with "
-            f"%agent pause {agent}."
-        )
-
-    @classmethod
-    def elsewhere(cls, agent: str, pid: int | None) -> AgentBusy:
-        who = f"pid {pid}" if pid is not None else "pid unknown"
-        return cls(
-            f"Agent {agent!r} is running in another kernel ({who}). Wait for it, or stop it "
-            "there, before running it here."
-        )
-
-
-class StoreWarning(UserWarning):
-    """Something in the store needs attention, but nothing stopped working."""
-
-
-@dataclass
-class RunRow:
-    run_id: str
-    notebook: str
-    agent: str
-    cell_id: str | None
-    prompt: str
-    prompt_hash: str
-    model: str
-    parent_run: str | None
-    parent_step: int | None
-    created_at: float
-    info: dict = field(default_factory=dict)
-
-
-@dataclass
-class CheckpointRow:
-    run_id: str
-    step: int
-    kind: str
-    status: str
-    summary: str
-    created_at: float
-    duration_ms: float
-    tokens: int
-    size: int
-    info: dict = field(default_factory=dict)
-
-
-RUN_COLUMNS = [f.name for f in fields(RunRow)]
-CHECKPOINT_COLUMNS = [f.name for f in fields(CheckpointRow)]
-_TABLE_COLUMNS = {"runs": RUN_COLUMNS, "checkpoints": [*CHECKPOINT_COLUMNS, "payload"]}
+_TABLE_COLUMNS = {
+    "runs": RUN_COLUMNS,
+    "checkpoints": [*CHECKPOINT_COLUMNS, "payload", "payload_format"],
+}
+#: Serializes schema migrations within this process; DuckDB's file lock does so across.
+_migrate_lock = threading.Lock()
 #: DuckDB block size for new store files (see :meth:`Store._open`).
 BLOCK_SIZE = 64 * 1024
 
@@ -152,6 +126,7 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text and ("conflicting" in text or "could not set" in text)
 
 
+_T = TypeVar("_T")
 _umask_lock = threading.Lock()
 _umask_users = 0
 _umask_saved = 0
@@ -191,13 +166,21 @@ def _private_files(directory: Path) -> Iterator[None]:
                 os.umask(_umask_saved)
 
 
-class Store:
-    """Checkpoints of every agent, kept in one DuckDB file and its journals."""
+class DuckDBStore:
+    """Checkpoints of every agent, kept in one DuckDB file and its journals.
+
+    Implements :class:`jupyter_agent.store_api.Store`.
+    """
 
     def __init__(self, path: str | os.PathLike | None = None, *, busy_timeout: float = 30.0):
         self.path = Path(path) if path is not None else default_store_path()
         self.journal_dir = self.path.with_name(self.path.name + ".journal")
         self.busy_timeout = busy_timeout
+        self.location = str(self.path)
+        self._v1 = False
+        #: How many times DuckDB was opened (what :meth:`session` saves shows here).
+        self.opens = 0
+        self._local = threading.local()
 
     # -- writing -----------------------------------------------------------------
 
@@ -261,30 +244,64 @@ class Store:
     # -- DuckDB access -------------------------------------------------------------
 
     @contextlib.contextmanager
-    def connect(self, *, merge: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _connect(self, *, merge: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
         """Open DuckDB briefly (waiting while another process holds it), fold journals in.
 
         A store this process cannot write (a read-only disk or file) is opened
         read-only and nothing is folded: it can still be listed and restored from.
         A failing query is the caller's bug and is raised as it is, unless the
         error says the store itself is damaged, full or read-only.
+
+        Inside :meth:`session` the session's connection is used again (its
+        journals were folded when it opened).
         """
+        shared = getattr(self._local, "con", None)
+        if shared is not None:
+            with self._mapped():
+                yield shared
+            return
         self._ensure_dir()
         with _private_files(self.path.parent):
             con, read_only = self._open()
             try:
-                if merge and not read_only:
-                    self._merge(con)
-                    self._private_wal()
-                yield con
-            except duckdb.Error as exc:
-                problem = self._problem(exc, opening=False)
-                if problem is None:
-                    raise
-                raise problem from exc
+                with self._mapped():
+                    if merge and not read_only:
+                        self._merge(con)
+                        apply_moves(con)  # runs folded in after a notebook move follow it
+                        self._private_wal()
+                    yield con
             finally:
                 self._private_wal()
                 con.close()
+
+    @contextlib.contextmanager
+    def _mapped(self) -> Iterator[None]:
+        """Raise a DuckDB error that says the store is damaged, full or read-only as such."""
+        try:
+            yield
+        except duckdb.Error as exc:
+            problem = self._problem(exc, opening=False)
+            if problem is None:
+                raise
+            raise problem from exc
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Serve this thread's reads from one connection (journals folded once, at the start).
+
+        For a batch of reads that belong together, such as everything a resume
+        reads before its first model request. It holds the DuckDB file, so no
+        model call or user wait may happen inside. Re-entrant.
+        """
+        if getattr(self._local, "con", None) is not None:
+            yield
+            return
+        with self._connect() as con:
+            self._local.con = con
+            try:
+                yield
+            finally:
+                self._local.con = None
 
     def _writable(self) -> bool:
         """Whether this process may write the store (``os.access`` sees read-only mounts)."""
@@ -364,6 +381,7 @@ class Store:
                 # from one open in this process (another thread) is refused.
                 extra = {"read_only": True} if read_only else {}
                 con = duckdb.connect(str(self.path), config=config, **extra)
+                self.opens += 1
                 break
             except duckdb.Error as exc:
                 low = str(exc).lower()
@@ -410,6 +428,9 @@ class Store:
                 f"{row[0]}, this one reads {SCHEMA_VERSION}). Upgrade jupyter-agent; the store "
                 "was not modified."
             )
+        version = SCHEMA_VERSION if row is None else _version(row[0])
+        # A v1 file this process cannot upgrade is read as it is, its payloads converted.
+        self._v1 = version < 2
         if read_only:
             return
         con.execute(_DDL)
@@ -417,6 +438,82 @@ class Store:
             con.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
             )
+        elif version < SCHEMA_VERSION:
+            self._migrate(con)
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Upgrade a schema 1 store in place: dill payloads become JSON.
+
+        A copy of the file is kept first (named in a :class:`StoreWarning`). The
+        old payloads are unpickled here, once, so only a store this user alone
+        could have written is migrated.
+        """
+        with _migrate_lock:
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None or _version(row[0]) >= SCHEMA_VERSION:
+                self._v1 = False
+                return  # another thread here did it meanwhile
+            self.check_trusted()
+            con.execute("CHECKPOINT")  # the file holds everything: the copy is complete
+            backup = self.path.with_name(f"{self.path.name}.v{row[0]}.bak")
+            n = 1
+            while backup.exists():
+                n += 1
+                backup = self.path.with_name(f"{self.path.name}.v{row[0]}.{n}.bak")
+            try:
+                shutil.copyfile(self.path, backup)
+                os.chmod(backup, 0o600)
+            except OSError as exc:
+                raise StoreError(
+                    f"The agent store {self.path} must be upgraded, but a copy of it could not "
+                    f"be made first ({exc.strerror or exc}); it was not modified. Free space "
+                    f"beside it, then run again."
+                ) from exc
+            from .state import dill_to_json
+
+            con.execute("BEGIN")
+            columns = {
+                r[0]
+                for r in con.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = 'checkpoints'"
+                ).fetchall()
+            }
+            if "payload_format" not in columns:
+                con.execute("ALTER TABLE checkpoints ADD COLUMN payload_format VARCHAR")
+            con.execute(
+                "UPDATE checkpoints SET payload_format = 'dill' WHERE payload_format IS NULL"
+            )
+            keys = con.execute(
+                "SELECT run_id, step FROM checkpoints WHERE payload_format = 'dill'"
+            ).fetchall()
+            converted = 0
+            for run_id, step in keys:
+                (data,) = con.execute(
+                    "SELECT payload FROM checkpoints WHERE run_id = ? AND step = ?", [run_id, step]
+                ).fetchone()
+                try:
+                    payload = dill_to_json(bytes(data or b""))
+                except Exception:  # unreadable: left tagged dill, refused when loaded
+                    continue
+                con.execute(
+                    "UPDATE checkpoints SET payload = ?, payload_format = 'json' "
+                    "WHERE run_id = ? AND step = ?",
+                    [payload, run_id, step],
+                )
+                converted += 1
+            con.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)]
+            )
+            con.execute("COMMIT")
+            self._v1 = False
+        _warn(
+            f"The agent store {self.path} was upgraded from schema {row[0]} to "
+            f"{SCHEMA_VERSION} ({converted} of {len(keys)} checkpoints re-encoded as JSON). "
+            f"A copy of the store as it was is kept as {backup}; delete it once you no "
+            "longer need older jupyter-agent versions.",
+            backup,
+        )
 
     def _merge(self, con: duckdb.DuckDBPyConnection) -> None:
         """Fold every journal into DuckDB; delete the ones whose owner has died.
@@ -556,7 +653,7 @@ class Store:
 
     def flush(self) -> None:
         """Fold all journals into DuckDB now."""
-        with self.connect():
+        with self._connect():
             pass
 
     # -- reading -----------------------------------------------------------------
@@ -591,21 +688,21 @@ class Store:
 
     def runs(self, notebook: str | None = None, agent: str | None = None) -> list[RunRow]:
         where, args = _filters(notebook=notebook, agent=agent)
-        with self.connect() as con:
+        with self._connect() as con:
             rows = con.execute(
                 f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {where} ORDER BY created_at", args
             ).fetchall()
         return [_run_row(r) for r in rows]
 
     def run(self, run_id: str) -> RunRow | None:
-        with self.connect() as con:
+        with self._connect() as con:
             row = con.execute(
                 f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", [run_id]
             ).fetchone()
         return _run_row(row) if row else None
 
     def checkpoints(self, run_id: str) -> list[CheckpointRow]:
-        with self.connect() as con:
+        with self._connect() as con:
             rows = con.execute(
                 f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM checkpoints WHERE run_id = ? "
                 "ORDER BY step",
@@ -617,7 +714,7 @@ class Store:
         """The last checkpoint of each run, in one query."""
         if not run_ids:
             return {}
-        with self.connect() as con:
+        with self._connect() as con:
             rows = con.execute(
                 f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM checkpoints "
                 "WHERE run_id IN (SELECT UNNEST(?)) "
@@ -626,18 +723,140 @@ class Store:
             ).fetchall()
         return {r[0]: _checkpoint_row(r) for r in rows}
 
+    def model_steps(self, run_ids: list[str]) -> dict[str, list[int]]:
+        if not run_ids:
+            return {}
+        with self._connect() as con:
+            return _model_steps(con, run_ids)
+
+    # -- summaries ------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.path.exists() or self.journal_dir.is_dir()
+
+    def _sampled(self, read: Callable[[duckdb.DuckDBPyConnection], _T]) -> tuple[_T, set[str]]:
+        """``read`` on one connection, with the runs live before or after it.
+
+        A run that started or stopped during the read is live in one of the samples.
+        """
+        live = self.live_runs()
+        with self._connect() as con:
+            result = read(con)
+        return result, live | self.live_runs()
+
+    def run_stats(self, run_ids: list[str]) -> dict[str, RunStats]:
+        if not run_ids or not self.exists():
+            return {}
+
+        def read(con: duckdb.DuckDBPyConnection) -> dict[str, RunStats]:
+            return _stats(con, _runs(con, "WHERE run_id IN (SELECT UNNEST(?))", [run_ids]))
+
+        with self._connect() as con:
+            return read(con)
+
+    def agent_summaries(
+        self, notebook: str, *, timeline: int = TIMELINE_LIMIT
+    ) -> list[AgentSummary]:
+        if not self.exists():
+            return []
+
+        def read(con: duckdb.DuckDBPyConnection) -> tuple:
+            runs = _runs(con, "WHERE notebook = ? ORDER BY created_at", [notebook])
+            latest = {r.agent: r for r in runs}
+            return (
+                runs,
+                latest,
+                _timelines(con, list(latest.values()), timeline),
+                _stats(con, list(latest.values()), runs),
+            )
+
+        (runs, latest, timelines, stats), live = self._sampled(read)
+        counts = Counter(r.agent for r in runs)
+        return [
+            AgentSummary(
+                name, _summary(run, stats, live), counts[name], timelines.get(run.run_id, [])
+            )
+            for name, run in latest.items()
+        ]
+
+    def agent_detail(
+        self, notebook: str, agent: str, *, timeline: int = TIMELINE_LIMIT
+    ) -> AgentDetail | None:
+        if not self.exists():
+            return None
+
+        def read(con: duckdb.DuckDBPyConnection) -> tuple:
+            runs = _runs(
+                con, "WHERE notebook = ? AND agent = ? ORDER BY created_at", [notebook, agent]
+            )
+            if not runs:
+                return runs, {}, {}
+            return runs, _timelines(con, runs[-1:], timeline), _stats(con, runs)
+
+        (runs, timelines, stats), live = self._sampled(read)
+        if not runs:
+            return None
+        summaries = [_summary(r, stats, live) for r in runs]
+        head = AgentSummary(agent, summaries[-1], len(runs), timelines.get(runs[-1].run_id, []))
+        return AgentDetail(head, summaries)
+
+    def run_detail(self, run_id: str) -> RunDetail | None:
+        if not self.exists():
+            return None
+
+        def read(con: duckdb.DuckDBPyConnection) -> tuple:
+            runs = _runs(con, "WHERE run_id = ?", [run_id])
+            if not runs:
+                return None, [], {}
+            return runs[0], _checkpoints(con, run_id), _stats(con, runs)
+
+        (run, checkpoints, stats), live = self._sampled(read)
+        if run is None:
+            return None
+        return RunDetail(_summary(run, stats, live), checkpoints)
+
+    def forks(self, run_ids: list[str]) -> list[RunRow]:
+        if not run_ids or not self.exists():
+            return []
+        with self._connect() as con:
+            return _runs(
+                con,
+                "WHERE parent_run IN (SELECT UNNEST(?)) AND run_id NOT IN (SELECT UNNEST(?)) "
+                "ORDER BY created_at",
+                [run_ids, run_ids],
+            )
+
+    def info(self) -> StoreInfo:
+        if not self.exists():
+            return StoreInfo(self.location, False, None, SCHEMA_VERSION, 0, 0)
+        with self._connect() as con:
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            runs = con.execute("SELECT count(*) FROM runs").fetchone()
+            checkpoints = con.execute("SELECT count(*) FROM checkpoints").fetchone()
+        return StoreInfo(
+            self.location,
+            True,
+            _version(row[0]) if row else None,
+            SCHEMA_VERSION,
+            runs[0] if runs else 0,
+            checkpoints[0] if checkpoints else 0,
+        )
+
     def payloads(self, chain: list[tuple[str, int | None]]) -> list[tuple[CheckpointRow, bytes]]:
-        """Checkpoints with payloads along a chain of (run_id, up-to-step) segments.
+        """Checkpoints with their JSON payloads along (run_id, up-to-step) segments.
+
+        No trust check: nothing here is unpickled (but a read-only store of the
+        previous release, whose dill payloads are converted as they are read).
 
         A history with a hole in it (a checkpoint lost to a damaged journal)
         would fold into a conversation that never happened, so it is refused.
         """
-        self.check_trusted()
         out: list[tuple[CheckpointRow, bytes]] = []
-        with self.connect() as con:
+        with self._connect() as con:
+            fmt = "'dill'" if self._v1 else "coalesce(payload_format, 'dill')"
             for i, (run_id, upto) in enumerate(chain):
                 rows = con.execute(
-                    f"SELECT {', '.join(CHECKPOINT_COLUMNS)}, payload FROM checkpoints "
+                    f"SELECT {', '.join(CHECKPOINT_COLUMNS)}, {fmt}, payload FROM checkpoints "
                     "WHERE run_id = ? AND step <= ? ORDER BY step",
                     [run_id, upto if upto is not None else 2**31 - 1],
                 ).fetchall()
@@ -652,14 +871,23 @@ class Store:
                         "so this run cannot be resumed or restored faithfully. Run the cell with "
                         "--restart to start over; the other runs are unaffected."
                     )
-                out.extend((_checkpoint_row(r[:-1]), bytes(r[-1] or b"")) for r in rows)
+                out.extend((_checkpoint_row(r[:-2]), self._json(r[-2], r[-1])) for r in rows)
         return out
+
+    def _json(self, fmt: str, data: bytes | None) -> bytes:
+        """A payload as JSON; one of an older release (a read-only v1 store) is converted."""
+        if fmt == "json":
+            return bytes(data or b"")
+        self.check_trusted()  # only the older release's dill payloads need it
+        from .state import dill_to_json
+
+        return dill_to_json(bytes(data or b""))
 
     def blobs(self, hashes: list[str]) -> dict[str, bytes]:
         if not hashes:
             return {}
         self.check_trusted()
-        with self.connect() as con:
+        with self._connect() as con:
             rows = con.execute(
                 "SELECT hash, data FROM blobs WHERE hash IN (SELECT UNNEST(?))", [hashes]
             ).fetchall()
@@ -678,13 +906,12 @@ class Store:
     # -- deleting ----------------------------------------------------------------
 
     def delete_runs(self, run_ids: list[str]) -> int:
-        """Delete runs, their checkpoints, and blobs no checkpoint refers to any more."""
         if not run_ids:
             return 0
         busy = self.live_runs() & set(run_ids)
         if busy:
-            raise StoreError(f"Run {sorted(busy)[0]} is running; stop it before deleting it.")
-        with self.connect() as con:
+            raise Conflict(f"Run {sorted(busy)[0]} is running; stop it before deleting it.")
+        with self._connect() as con:
             con.execute("BEGIN")
             con.execute("DELETE FROM checkpoints WHERE run_id IN (SELECT UNNEST(?))", [run_ids])
             con.execute("DELETE FROM runs WHERE run_id IN (SELECT UNNEST(?))", [run_ids])
@@ -695,6 +922,9 @@ class Store:
             con.execute("COMMIT")
         return len(run_ids)
 
+    def delete_agent(self, notebook: str, agent: str, *, keep_latest: bool = False) -> list[str]:
+        return delete_agent_runs(self, notebook, agent, keep_latest=keep_latest)
+
     # -- notebook moves ------------------------------------------------------------
 
     def move_notebook(self, old: str, new: str, moved_at: float | None = None) -> int:
@@ -704,7 +934,7 @@ class Store:
         folded in later from journals written before the move follow them when
         :func:`apply_moves` runs. Returns how many runs moved.
         """
-        with self.connect() as con:
+        with self._connect() as con:
             con.execute("BEGIN")
             con.execute(
                 "INSERT INTO notebook_moves VALUES (?, ?, ?)",
@@ -721,7 +951,7 @@ class Store:
         renames, so the default ``since`` is this process's start time.
         """
         cutoff = process_started_at() if since is None else since
-        with self.connect(merge=False) as con:
+        with self._connect(merge=False) as con:
             moves = con.execute(
                 "SELECT old, new FROM notebook_moves WHERE moved_at > ? ORDER BY moved_at",
                 [cutoff],
@@ -736,7 +966,7 @@ class Store:
         """The context window ``model``'s endpoint last reported, if it ever refused one."""
         if not self.path.exists():
             return None
-        with self.connect(merge=False) as con:
+        with self._connect(merge=False) as con:
             row = con.execute(
                 "SELECT value FROM meta WHERE key = ?", [f"context_window:{model}"]
             ).fetchone()
@@ -744,7 +974,7 @@ class Store:
 
     def remember_window(self, model: str, tokens: int) -> None:
         """Remember ``model``'s context window for later runs (see :mod:`context`)."""
-        with self.connect(merge=False) as con:
+        with self._connect(merge=False) as con:
             con.execute(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                 [f"context_window:{model}", str(tokens)],
@@ -777,6 +1007,7 @@ class RunWriter:
     def put_checkpoint(self, cp: CheckpointRow, payload: bytes) -> None:
         row = redact({c: getattr(cp, c) for c in CHECKPOINT_COLUMNS}, self.secrets)
         row["info"] = json.dumps(row["info"])
+        row["payload_format"] = "json"
         if self.secrets and contains_secret(payload, self.secrets):
             from .state import redact_payload
 
@@ -878,6 +1109,7 @@ _SHAPES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "tokens": (_INT, False),
         "size": (_INT, False),
         "info": (_TEXT, True),
+        "payload_format": (_TEXT, True),
     },
     "blobs": {"hash": (_TEXT, False), "size": (_INT, False)},
 }
@@ -927,8 +1159,13 @@ def _insert(con: duckdb.DuckDBPyConnection, rec: Record, rows: _RowBatch) -> boo
         rows.add("runs", [rec.row.get(c) for c in RUN_COLUMNS])
         return True
     if rec.table == "checkpoints":
-        values = [rec.row.get(c) for c in CHECKPOINT_COLUMNS] + [rec.payload]
-        rows.add("checkpoints", values)
+        payload, fmt = rec.payload, rec.row.get("payload_format") or "dill"
+        if fmt == "dill":  # a journal of the previous release: re-encode it once, here
+            from .state import dill_to_json
+
+            with contextlib.suppress(Exception):  # unreadable: kept tagged, refused on load
+                payload, fmt = dill_to_json(payload or b""), "json"
+        rows.add("checkpoints", [rec.row.get(c) for c in CHECKPOINT_COLUMNS] + [payload, fmt])
         return True
     if rec.table == "blobs":
         # INSERT OR IGNORE costs DuckDB ~10x the plain insert for a large value (4 s
@@ -967,6 +1204,90 @@ def _checkpoint_row(r: tuple) -> CheckpointRow:
     d = dict(zip(CHECKPOINT_COLUMNS, r, strict=True))
     d["info"] = json.loads(d["info"]) if d["info"] else {}
     return CheckpointRow(**d)
+
+
+def _runs(con: duckdb.DuckDBPyConnection, where: str, args: list) -> list[RunRow]:
+    rows = con.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {where}", args).fetchall()
+    return [_run_row(r) for r in rows]
+
+
+def _checkpoints(con: duckdb.DuckDBPyConnection, run_id: str) -> list[CheckpointRow]:
+    rows = con.execute(
+        f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM checkpoints WHERE run_id = ? ORDER BY step",
+        [run_id],
+    ).fetchall()
+    return [_checkpoint_row(r) for r in rows]
+
+
+def _timelines(
+    con: duckdb.DuckDBPyConnection, runs: list[RunRow], limit: int
+) -> dict[str, list[CheckpointRow]]:
+    """Each run's last ``limit`` checkpoints, oldest first."""
+    rows = con.execute(
+        f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM checkpoints "
+        "WHERE run_id IN (SELECT UNNEST(?)) "
+        "QUALIFY ROW_NUMBER() OVER (PARTITION BY run_id ORDER BY step DESC) <= ? "
+        "ORDER BY run_id, step",
+        [[r.run_id for r in runs], limit],
+    ).fetchall()
+    out: dict[str, list[CheckpointRow]] = {}
+    for r in rows:
+        out.setdefault(r[0], []).append(_checkpoint_row(r))
+    return out
+
+
+def _model_steps(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[str, list[int]]:
+    rows = con.execute(
+        "SELECT run_id, list(step ORDER BY step) FROM checkpoints "
+        "WHERE kind = 'model' AND run_id IN (SELECT UNNEST(?)) GROUP BY run_id",
+        [run_ids],
+    ).fetchall()
+    return {r: list(seqs) for r, seqs in rows}
+
+
+def _stats(
+    con: duckdb.DuckDBPyConnection, runs: list[RunRow], known: list[RunRow] | None = None
+) -> dict[str, RunStats]:
+    """Aggregates of ``runs``; ``known`` are rows already read (ancestors are read as needed)."""
+    if not runs:
+        return {}
+    family = {r.run_id: r for r in [*(known or []), *runs]}
+    missing = {r.parent_run for r in family.values() if r.parent_run} - set(family)
+    while missing:  # a fork's ancestors, a generation at a time
+        found = _runs(con, "WHERE run_id IN (SELECT UNNEST(?))", [sorted(missing)])
+        family.update((r.run_id, r) for r in found)
+        missing = {r.parent_run for r in found if r.parent_run} - set(family)
+    chains = {r.run_id: history_chain(r, family) for r in runs}
+    needed = sorted({seg for segments in chains.values() for seg, _ in segments})
+    model_steps = _model_steps(con, needed)
+    rows = con.execute(
+        "SELECT run_id, count(*), sum(tokens), "
+        "sum(TRY_CAST(json_extract_string(info, '$.usage.prompt_tokens') AS BIGINT)), "
+        "sum(TRY_CAST(json_extract_string(info, '$.usage.completion_tokens') AS BIGINT)), "
+        "sum(size), max(created_at), arg_max(step, step), arg_max(status, step), "
+        "arg_max(info, step) FROM checkpoints WHERE run_id IN (SELECT UNNEST(?)) GROUP BY run_id",
+        [list(chains)],
+    ).fetchall()
+    return {
+        r[0]: RunStats(
+            run_id=r[0],
+            checkpoints=r[1],
+            tokens=int(r[2] or 0),
+            prompt_tokens=int(r[3] or 0),
+            completion_tokens=int(r[4] or 0),
+            size=int(r[5] or 0),
+            updated_at=r[6],
+            last_step=r[7],
+            last_status=r[8],
+            last_info=json.loads(r[9]) if r[9] else {},
+            steps=vocab.history_steps(chains[r[0]], model_steps),
+        )
+        for r in rows
+    }
+
+
+def _summary(run: RunRow, stats: dict[str, RunStats], live: set[str]) -> RunSummary:
+    return RunSummary(run, stats.get(run.run_id), run.run_id in live)
 
 
 def moved_path(path: str, old: str, new: str) -> str:
@@ -1017,3 +1338,7 @@ def process_started_at() -> float:
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return _IMPORTED_AT
+
+
+#: The name the kernel and tests have always used for the DuckDB backend.
+Store = DuckDBStore

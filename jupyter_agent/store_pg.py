@@ -1,7 +1,7 @@
 """The checkpoint store on PostgreSQL, for teams and for agents on several hosts.
 
 Selected by a ``postgresql://`` URL in ``JUPYTER_AGENT_STORE`` (or
-``%config AgentMagics.store``), see :func:`jupyter_agent.backends.open_store`.
+``%config AgentMagics.store``), see :func:`jupyter_agent.store_api.open_store`.
 It answers the same verbs as :class:`jupyter_agent.store.Store`, with three
 differences that follow from a shared server:
 
@@ -272,7 +272,7 @@ class _DuckCompat:
 
     Callers that predate the store protocol (the server's metadata queries, the
     timeline's step counts, :func:`~jupyter_agent.store.apply_moves`) run their
-    SQL through :meth:`PgStore.connect`; the few DuckDB idioms they use are
+    SQL through :meth:`PostgresStore.connect`; the few DuckDB idioms they use are
     rewritten, and owner-scoped temporary views stand in for the tables.
     """
 
@@ -387,7 +387,7 @@ def _locks(url: str, busy_timeout: float) -> _Locks:
 class _Location:
     """What callers written for the DuckDB store ask of ``store.path``."""
 
-    def __init__(self, store: PgStore) -> None:
+    def __init__(self, store: PostgresStore) -> None:
         self.store = store
 
     def exists(self) -> bool:
@@ -412,7 +412,7 @@ class _NoJournals:
 # -- the store --------------------------------------------------------------------------
 
 
-class PgStore:
+class PostgresStore:
     """Checkpoints of every agent of a team, in one PostgreSQL database."""
 
     def __init__(self, url: str, *, busy_timeout: float = 30.0, owner: str | None = None) -> None:
@@ -425,7 +425,7 @@ class PgStore:
         self.journal_dir = _NoJournals()
 
     def __repr__(self) -> str:
-        return f"PgStore({display_url(self.url)!r}, owner={self.owner!r})"
+        return f"PostgresStore({display_url(self.url)!r}, owner={self.owner!r})"
 
     # -- connections -------------------------------------------------------------------
 
@@ -480,9 +480,9 @@ class PgStore:
 
     # -- writing -----------------------------------------------------------------------
 
-    def writer(self, run_id: str, secrets: list[str] | None = None) -> PgRunWriter:
+    def writer(self, run_id: str, secrets: list[str] | None = None) -> PostgresRunWriter:
         """A writer for one execution of ``run_id``; the run is live while it is open."""
-        return PgRunWriter(self, run_id, secrets_in_environment() if secrets is None else secrets)
+        return PostgresRunWriter(self, run_id, secrets_in_environment() if secrets is None else secrets)
 
     @contextlib.contextmanager
     def agent_lock(self, notebook: str, agent: str) -> Iterator[None]:
@@ -700,7 +700,7 @@ class PgStore:
             )
 
 
-class PgRunWriter(RunWriter):
+class PostgresRunWriter(RunWriter):
     """Writes one run execution's records straight to PostgreSQL, secrets redacted.
 
     Redaction is :class:`~jupyter_agent.store.RunWriter`'s. Blobs wait for the
@@ -708,9 +708,9 @@ class PgRunWriter(RunWriter):
     never stored without its values. The run counts as live while this is open.
     """
 
-    def __init__(self, store: PgStore, run_id: str, secrets: list[str]) -> None:
+    def __init__(self, store: PostgresStore, run_id: str, secrets: list[str]) -> None:
         super().__init__(store, None, secrets)  # type: ignore[arg-type]  # no journal
-        self.store: PgStore = store
+        self.store: PostgresStore = store
         self.run_id = run_id
         self._key = lock_key("run", run_id)
         self._locks = _locks(store.url, store.busy_timeout)

@@ -20,6 +20,7 @@ from typing import Any
 
 from . import vocab
 from .agent import Events, effective_status, load_state, new_run
+from .errors import NotFound
 from .identity import AgentIdentity
 from .namespace import restore
 from .offline import OFFLINE_MODEL
@@ -31,7 +32,7 @@ from .runner import (
     run_options,
 )
 from .state import AWAITING_APPROVAL, RUNNING, RunState, decode_delta, fold
-from .store import CheckpointRow, RunRow, Store, StoreError
+from .store_api import CheckpointRow, RunRow, Store
 
 #: Entries of the selected history sent to a frontend at first; more on request.
 WINDOW = 100
@@ -109,7 +110,7 @@ class Timeline:
         for run in self.runs:
             if run.run_id == run_id:
                 return run
-        raise StoreError(f"Agent {self.agent!r} has no run {run_id!r}.")
+        raise NotFound(f"Agent {self.agent!r} has no run {run_id!r}.")
 
     @property
     def latest(self) -> RunRow | None:
@@ -122,9 +123,7 @@ class Timeline:
         self.runs = self.store.runs(notebook=self.notebook, agent=self.agent)
         self._last = self.store.latest_checkpoints([r.run_id for r in self.runs])
         self._live = self.store.live_runs()
-        with self.store.connect() as con:
-            rows = con.execute(vocab.MODEL_STEPS_SQL, [[r.run_id for r in self.runs]]).fetchall()
-        self._model_steps = {run_id: list(seqs) for run_id, seqs in rows}
+        self._model_steps = self.store.model_steps([r.run_id for r in self.runs])
         ids = {r.run_id for r in self.runs}
         want = run_id if run_id in ids else self.selected if self.selected in ids else None
         self.select(want or (self.runs[-1].run_id if self.runs else ""))
@@ -304,7 +303,7 @@ def detail(timeline: Timeline, run_id: str, step: int) -> dict:
         if row.run_id == run_id and row.step == step:
             found = (row, delta)
     if found is None:
-        raise StoreError(f"Run {run_id} has no checkpoint at step {step}.")
+        raise NotFound(f"Run {run_id} has no checkpoint at step {step}.")
     row, delta = found
     call_id = delta.tool_call_id or row.info.get("call_id")
     if call_id is None and delta.decision:
@@ -404,7 +403,7 @@ def state_at(timeline: Timeline, run: RunRow, step: int) -> RunState:
     segments = [*timeline.segments(run)[:-1], (run.run_id, step)]
     state = fold(timeline.store.payloads(segments))
     if state.step != step:
-        raise StoreError(f"Run {run.run_id} has no checkpoint at step {step}.")
+        raise NotFound(f"Run {run.run_id} has no checkpoint at step {step}.")
     return state
 
 

@@ -11,6 +11,8 @@ steps a run has done are the ``model`` checkpoints of its history. A
 
 from __future__ import annotations
 
+import os
+import time
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from enum import Enum
@@ -171,6 +173,38 @@ def duration(seconds: float) -> str:
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
+# -- derived statuses -------------------------------------------------------------------
+
+
+def stall_after() -> float:
+    """Seconds without a checkpoint after which a live run is reported stalled."""
+    try:
+        return float(os.environ.get("JUPYTER_AGENT_STALL_AFTER", "900"))
+    except ValueError:
+        return 900.0
+
+
+def effective_status(
+    status: str, run_id: str, live: set[str], last_checkpoint_at: float | None = None
+) -> str:
+    """The status users see, from the last checkpoint's and the journal's.
+
+    A run whose last checkpoint says running but whose journal has no owner died
+    with its kernel: interrupted, resumable. One whose owner lives but has not
+    checkpointed for :func:`stall_after` seconds is stalled: its kernel is hung or
+    a tool call never returns; interrupting or restarting that kernel frees it.
+    """
+    if status == Status.RUNNING and run_id not in live:
+        return Status.INTERRUPTED
+    if (
+        status == Status.RUNNING
+        and last_checkpoint_at is not None
+        and time.time() - last_checkpoint_at > stall_after()
+    ):
+        return Status.STALLED
+    return status
+
+
 # -- counting steps ----------------------------------------------------------------------
 
 
@@ -194,14 +228,6 @@ def history_steps(
         seqs = model_steps.get(run_id, [])
         total += len(seqs) if upto is None else bisect_right(seqs, upto)
     return total
-
-
-#: Per run, the sorted sequence numbers of its model checkpoints; one
-#: parameter: the list of run ids. Metadata only, never a payload.
-MODEL_STEPS_SQL = (
-    "SELECT run_id, list(step ORDER BY step) FROM checkpoints "
-    "WHERE kind = 'model' AND run_id IN (SELECT UNNEST(?)) GROUP BY run_id"
-)
 
 
 def ledger(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:

@@ -30,7 +30,7 @@ from . import runner, vocab
 from .agent import Events, RunOptions
 from .runner import USER_ERRORS, Outcome
 from .runtime import AgentRuntime, Job, Key, current
-from .store import CheckpointRow, RunRow, Store
+from .store_api import CheckpointRow, RunRow, Store
 from .timeline import WINDOW, Rewound, Timeline, detail, notebook_name
 
 STATIC = Path(__file__).parent / "static"
@@ -214,7 +214,7 @@ class TimelineWidget(anywidget.AnyWidget):
         self.refresh()
         pending = self.pending
         if not pending or (call_id and pending.get("call_id") != call_id):
-            raise runner.AgentBusy("That call is no longer waiting for approval.")
+            raise runner.NotWaiting("That call is no longer waiting for approval.")
         run = self.timeline.run(pending["run"])
         store = self.timeline.store
 

@@ -180,19 +180,19 @@ def test_list_show_export_and_store_info(populated, store_path):
     assert "# Agent costs" in md and "```python\nx = 1\n```" in md
 
     info = json.loads(cli("store", "info", "--json", env=env).stdout)
-    assert info["path"] == str(store_path) and info["schema_version"] == 1
+    assert info["path"] == str(store_path) and info["schema_version"] == 2
     assert info["runs"] == 3 and info["checkpoints"] == 15
     assert info["size_duckdb"] == store_path.stat().st_size > 0
 
 
-def test_only_export_unpickles_so_only_export_needs_a_trusted_store(populated, store_path):
+def test_no_command_unpickles_so_none_needs_a_trusted_store(populated, store_path):
     env = populated["env"]
     mode = store_path.stat().st_mode
     store_path.chmod(mode | stat.S_IWOTH)  # a store others could have planted code in
     try:
-        refused = cli("export", "sales", "--format", "json", env=env)
-        assert refused.returncode == 1
-        assert "writable by other users" in refused.stderr
+        exported = cli("export", "sales", "--format", "json", env=env)  # histories are JSON
+        assert exported.returncode == 0, exported.stderr
+        assert json.loads(exported.stdout)["messages"]
         assert cli("list", env=env).returncode == 0
         assert cli("show", "sales", env=env).returncode == 0
     finally:

@@ -63,7 +63,10 @@ def test_delta_round_trip_and_newer_version_refused():
     from jupyter_agent.state import StateVersionError
 
     with pytest.raises(StateVersionError):
-        decode_delta(dill.dumps({"v": 999, "messages": []}))
+        decode_delta(b'{"v": 999, "messages": []}')
+    assert encode_delta(delta).startswith(b"{")  # JSON: decoding runs no code
+    with pytest.raises(StateVersionError, match="not in a format"):
+        decode_delta(dill.dumps({"v": 2, "messages": []}))  # dill is read by migrations only
 
 
 def test_touched_names_cover_binding_and_mutation():

@@ -10,8 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import duckdb
-
+from jupyter_agent.store import Store
 from jupyter_agent.testing import ScriptedServer
 
 CELL = "%%agent --model scripted\nBuild a, b and c step by step."
@@ -119,8 +118,7 @@ def test_changed_prompt_or_restart_starts_a_new_run(kernel_factory, scripted, tm
     listing = k.run("%agent list").stdout
     assert "cell-cell-d" in listing and "done" in listing
     k.shutdown()
-    with duckdb.connect(str(store_path), read_only=True) as con:
-        (runs,) = con.execute("SELECT count(*) FROM runs WHERE agent = 'cell-cell-d'").fetchone()
+    runs = len(Store(store_path).runs(agent="cell-cell-d"))
     assert runs == 3  # earlier runs stay in the store
 
 
@@ -148,7 +146,10 @@ def test_interrupt_stops_cleanly_and_resumes(kernel_factory, scripted, tmp_path)
     # The model never saw an interruption as a result, and no step was asked twice.
     assert scripted.turns_requested() == [0, 1, 2, 3]
     tool_results = [
-        m["content"] for r in scripted.requests for m in r["body"]["messages"] if m["role"] == "tool"
+        m["content"]
+        for r in scripted.requests
+        for m in r["body"]["messages"]
+        if m["role"] == "tool"
     ]
     assert not any("KeyboardInterrupt" in t for t in tool_results)
     assert log.read_text().count("step1") == 2  # started, interrupted, run again
@@ -193,12 +194,12 @@ def test_two_kernels_run_agents_on_one_store_at_once(kernel_factory, store_path,
         assert "lock" not in r.text.lower()
     kx.shutdown()
     ky.shutdown()
-    with duckdb.connect(str(store_path), read_only=True) as con:
-        counts = dict(
-            con.execute(
-                "SELECT r.agent, count(*) FROM checkpoints c JOIN runs r USING (run_id) GROUP BY 1"
-            ).fetchall()
-        )
+    store = Store(store_path)
+    runs = store.runs()
+    stats = store.run_stats([r.run_id for r in runs])
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.agent] = counts.get(r.agent, 0) + stats[r.run_id].checkpoints
     # start + 6 x (model, tool_call, tool_result) + final model reply
     assert counts == {"ax": 20, "ay": 20}
 

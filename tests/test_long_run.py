@@ -301,3 +301,28 @@ def test_a_malformed_plan_is_told_to_the_model(ip, scripted, store_path):
     assert cps[-1].status == "done"
     second = scripted.requests[-1]["body"]["messages"]
     assert any('Missing argument "items"' in (m.get("content") or "") for m in second)
+
+
+def test_a_resume_opens_the_store_at_most_twice_before_its_first_model_request(
+    ip, scripted: ScriptedServer, monkeypatch
+):
+    import duckdb
+
+    from jupyter_agent import store as store_module
+
+    scripted.set_script([tool("v0 = 0"), tool("v1 = 1"), {"content": "done"}])
+    ip.run_cell_magic("agent", "--model scripted --name opens --max-steps 1", "Count opens.")
+    opened_at: list[int] = []  # requests the endpoint had seen at each open
+    real_connect = duckdb.connect
+
+    def counting_connect(*args, **kwargs):
+        opened_at.append(len(scripted.requests))
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(store_module.duckdb, "connect", counting_connect)
+    before = len(scripted.requests)
+    ip.run_cell_magic("agent", "--model scripted --name opens --max-steps 5", "Count opens.")
+    assert len(scripted.requests) > before  # it did resume and call the model
+    opens = sum(1 for n in opened_at if n == before)
+    print(f"opens before the first model request of a resume: {opens}")
+    assert 1 <= opens <= 2, opened_at

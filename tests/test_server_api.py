@@ -526,3 +526,42 @@ def test_api_answers_fast_while_a_kernel_runs_an_agent(
     assert len(checkpoints) == 1 + 4 * 3 + 1
     code, body = api.get("runs", runs[0].run_id, "checkpoints")
     assert [c["step"] for c in body["checkpoints"]] == [c.step for c in checkpoints]
+
+
+def test_the_server_imports_the_vocabulary_and_the_store_interface_only() -> None:
+    code = (
+        "import sys, time\n"
+        "t = time.perf_counter()\n"
+        "import jupyter_agent.server\n"
+        "print(time.perf_counter() - t)\n"
+        "ours = {m for m in sys.modules if m.startswith('jupyter_agent')}\n"
+        "heavy = {'dill', 'openai', 'IPython', 'jupyter_agent.agent', 'jupyter_agent.state',\n"
+        "         'jupyter_agent.testing', 'jupyter_agent.model'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "allowed = {'jupyter_agent', 'jupyter_agent.errors', 'jupyter_agent.identity',\n"
+        "           'jupyter_agent.vocab', 'jupyter_agent.store_api', 'jupyter_agent.server',\n"
+        "           'jupyter_agent.redaction',\n"
+        "           'jupyter_agent.server.handlers', 'jupyter_agent.server.queries'}\n"
+        "assert ours <= allowed, ours - allowed\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_run_shows_its_messages_from_json_payloads_redacted(
+    api: Api, store: Store, jp_root_dir: Path, trap: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jupyter_agent.state import Delta, encode_delta
+
+    nb = notebook(jp_root_dir, "nb.ipynb")
+    said = [{"role": "assistant", "content": "the answer is 42"}]
+    run_id = add_run(store, nb, "a", [("start", "done")], encode_delta(Delta(messages=said)))
+    code, run = api.get("runs", str(run_id), messages="1")
+    assert code == 200 and run["checkpoints"][0]["messages"] == said
+    code, plain = api.get("runs", str(run_id))
+    assert code == 200 and "messages" not in plain["checkpoints"][0]
+    assert api.get("runs", str(run_id), messages="yes")[0] == 400
+    # A pickle planted as a payload is not a message, and is never unpickled.
+    trapped = add_run(store, nb, "b", [("start", "done")], trap)
+    code, run = api.get("runs", str(trapped), messages="1")
+    assert code == 200 and run["checkpoints"][0]["messages"] == []

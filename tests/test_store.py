@@ -13,7 +13,10 @@ import duckdb
 import pytest
 
 from jupyter_agent import journal
-from jupyter_agent.store import AgentBusy, CheckpointRow, RunRow, Store, StoreError
+from jupyter_agent.errors import AgentError, Conflict, NotFound, NotWaiting, StoreBusy
+from jupyter_agent.store import AgentBusy, CheckpointRow, DuckDBStore, RunRow, Store, StoreError
+from jupyter_agent.store_api import Store as StoreProtocol
+from jupyter_agent.store_api import open_store
 
 
 def run_row(run_id: str = "r1", agent: str = "a") -> RunRow:
@@ -189,3 +192,87 @@ def test_a_forked_child_does_not_keep_the_agent_lock(tmp_path):
     holder.wait()
     with Store(path).agent_lock("/nb.ipynb", "a"):
         pass
+
+
+def write_run(store: Store, run: RunRow, kinds: list[str], tokens: int = 3) -> None:
+    """A run with one checkpoint per kind (model ones with usage), through a writer."""
+    w = store.writer(run.run_id, secrets=[])
+    w.put_run(run)
+    first = 0 if run.parent_step is None else run.parent_step + 1
+    for i, kind in enumerate(kinds):
+        usage = {"prompt_tokens": 2, "completion_tokens": 1} if kind == "model" else {}
+        info = {"usage": usage} if usage else {}
+        step = first + i
+        row = CheckpointRow(
+            run.run_id, step, kind, "running", kind, 10.0 + step, 1.0, tokens, 5, info
+        )
+        w.put_checkpoint(row, b"{}")
+    w.close()
+
+
+def test_summaries_forks_and_deletion_rules_are_store_verbs(tmp_path):
+    store = Store(tmp_path / "s.duckdb")
+    assert store.agent_summaries("/nb.ipynb") == [] and not store.exists()  # nothing created
+    assert store.info().exists is False
+    parent = run_row("p1", "a")
+    write_run(store, parent, ["start", "model", "tool_call", "tool_result", "model"])
+    fork = RunRow("f1", "/nb.ipynb", "a", None, "task", "h", "m", "p1", 2, 2.0, {})
+    write_run(store, fork, ["fork", "model"])
+    other = RunRow("o1", "/nb.ipynb", "b", None, "x", "h", "m", "p1", 1, 3.0, {})
+    write_run(store, other, ["fork"])
+
+    (a, b) = store.agent_summaries("/nb.ipynb")
+    assert (a.name, a.runs, a.latest.run.run_id, b.name) == ("a", 2, "f1", "b")
+    assert [c.kind for c in a.timeline] == ["fork", "model"]
+    stats = a.latest.stats
+    assert stats is not None and not a.latest.live
+    # The fork's history: the parent's model step up to checkpoint 2, then its own.
+    assert (stats.steps, stats.checkpoints, stats.tokens) == (2, 2, 6)
+    assert (stats.prompt_tokens, stats.completion_tokens, stats.last_step) == (2, 1, 4)
+    detail = store.agent_detail("/nb.ipynb", "a")
+    assert detail is not None and [r.run.run_id for r in detail.runs] == ["p1", "f1"]
+    assert detail.runs[0].stats is not None and detail.runs[0].stats.steps == 2
+    run = store.run_detail("f1")
+    assert run is not None and [c.step for c in run.checkpoints] == [3, 4]
+    assert store.run_detail("nope") is None and store.agent_detail("/nb.ipynb", "z") is None
+    assert store.model_steps(["p1", "f1"]) == {"p1": [1, 4], "f1": [4]}
+    assert [r.run_id for r in store.forks(["p1"])] == ["f1", "o1"]
+    info = store.info()
+    assert (info.exists, info.schema_version, info.runs, info.checkpoints) == (True, 2, 3, 8)
+
+    # Forks keep their ancestors: agent b's run was forked from p1.
+    with pytest.raises(Conflict, match="forked from a run that would be deleted"):
+        store.delete_agent("/nb.ipynb", "a")
+    assert store.delete_agent("/nb.ipynb", "a", keep_latest=True) == []  # p1 is f1's ancestor
+    assert store.delete_agent("/nb.ipynb", "b") == ["o1"]
+    assert store.delete_agent("/nb.ipynb", "a", keep_latest=True) == []
+    assert sorted(store.delete_agent("/nb.ipynb", "a")) == ["f1", "p1"]
+    with pytest.raises(NotFound):
+        store.delete_agent("/nb.ipynb", "a")
+
+
+def test_open_store_picks_the_backend(tmp_path, monkeypatch):
+    path = tmp_path / "s.duckdb"
+    assert isinstance(open_store(path), DuckDBStore)
+    assert open_store(f"duckdb://{path}").location == str(path)
+    monkeypatch.setenv("JUPYTER_AGENT_STORE", str(path))
+    assert open_store().location == str(path)
+    assert isinstance(open_store(), StoreProtocol)
+    try:
+        import jupyter_agent.store_pg  # noqa: F401
+    except ImportError:
+        with pytest.raises(StoreError, match="PostgreSQL backend"):
+            open_store("postgresql://user@db.example/agents")
+    else:  # the PostgreSQL backend is there: the URL selects it (without connecting yet)
+        store = open_store("postgresql://user@db.example/agents")
+        assert type(store).__name__ == "PostgresStore"
+
+
+def test_refusals_are_agent_errors_not_store_faults():
+    assert issubclass(StoreError, AgentError) and issubclass(StoreBusy, StoreError)
+    for refusal in (AgentBusy, NotWaiting, NotFound, Conflict):
+        assert issubclass(refusal, AgentError) and not issubclass(refusal, StoreError)
+    from jupyter_agent.runner import USER_ERRORS
+    from jupyter_agent.state import StateVersionError
+
+    assert AgentError in USER_ERRORS and issubclass(StateVersionError, AgentError)

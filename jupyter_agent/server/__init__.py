@@ -1,8 +1,9 @@
 """The Jupyter Server extension: agent status over REST, before any kernel runs.
 
 Enabled on install by ``jupyter-config/server-config/jupyter_agent.json``. It
-reads checkpoint *metadata* from the same store the kernels write (see
-:mod:`jupyter_agent.store`) and never deserializes a payload. DuckDB work runs
+reads checkpoint *metadata* from the same store the kernels write, through
+the store interface (:mod:`jupyter_agent.store_api`), and never deserializes a
+variable's value. DuckDB work runs
 on one worker thread with a short busy timeout, so a kernel holding the store
 makes a request fail fast with 503 instead of stalling the server, and the
 server never holds the store long enough to make a kernel wait.
@@ -18,6 +19,7 @@ import functools
 import os
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from tornado import web
@@ -25,8 +27,8 @@ from traitlets import Float, Unicode
 from traitlets.config import LoggingConfigurable
 
 from .. import __version__
-from ..backends import open_store
-from ..store import StoreBusy, StoreError
+from ..errors import StoreBusy, StoreError
+from ..store_api import open_store
 from .handlers import handlers
 from .queries import Reader
 
@@ -38,8 +40,8 @@ class AgentServer(LoggingConfigurable):
 
     store_path = Unicode(
         "",
-        help="The agent store (a DuckDB file). Default: $JUPYTER_AGENT_STORE, else "
-        "<Jupyter data dir>/jupyter_agent/agents.duckdb, as in kernels.",
+        help="The agent store: a DuckDB file or a postgresql:// URL. Default: "
+        "$JUPYTER_AGENT_STORE, else <Jupyter data dir>/jupyter_agent/agents.duckdb, as in kernels.",
     ).tag(config=True)
     busy_timeout = Float(
         2.0, help="Seconds to wait for a store another process holds before answering 503."
@@ -48,7 +50,10 @@ class AgentServer(LoggingConfigurable):
     def __init__(self, root_dir: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.root_dir = os.path.abspath(root_dir)
-        self.store = open_store(self.store_path or None, busy_timeout=self.busy_timeout)
+        target: str | None = self.store_path or None
+        if target and "://" not in target:
+            target = str(Path(target).expanduser().absolute())
+        self.store = open_store(target, busy_timeout=self.busy_timeout)
         self.reader = Reader(self.store)
         # One thread: DuckDB work is serialized, and the IOLoop never waits on it.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jupyter-agent")
@@ -92,7 +97,7 @@ class AgentServer(LoggingConfigurable):
         except (StoreBusy, asyncio.TimeoutError):
             raise web.HTTPError(
                 503,
-                f"The agent store is busy (another process holds {self.store.path}); try again.",
+                f"The agent store is busy (another process holds {self.store.location}); try again.",
             ) from None
         except StoreError as exc:
             raise web.HTTPError(500, str(exc)) from None
@@ -109,8 +114,8 @@ class AgentServer(LoggingConfigurable):
     def status(self) -> dict[str, Any]:
         return {
             "version": __version__,
-            "store": str(self.store.path),
-            "exists": self.store.path.exists(),
+            "store": self.store.location,
+            "exists": self.store.exists(),
             "root_dir": self.root_dir,
         }
 
@@ -149,7 +154,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     event_logger = getattr(serverapp, "event_logger", None)
     if event_logger is not None:
         event_logger.add_listener(schema_id=CONTENTS_EVENTS, listener=ext.on_contents_event)
-    serverapp.log.info("jupyter-agent: serving agent status from %s", ext.store.path)
+    serverapp.log.info("jupyter-agent: serving agent status from %s", ext.store.location)
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:

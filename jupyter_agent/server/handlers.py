@@ -149,12 +149,18 @@ class AgentRunsHandler(BaseHandler):
 
 
 class RunHandler(BaseHandler):
-    """``GET /runs/RUN`` (and ``/runs/RUN/checkpoints``): a run and its checkpoint metadata."""
+    """``GET /runs/RUN[?messages=1]`` (and ``/runs/RUN/checkpoints``): a run, its checkpoints'
+    metadata and, with ``messages=1``, the messages each added (secrets redacted)."""
 
     @web.authenticated
     @authorized
     async def get(self, run_id: str) -> None:
-        run, notebook = await self.call(self.agents.reader.run, self.run_id(run_id))
+        flag = self.get_query_argument("messages", "0")
+        if flag not in ("0", "1"):
+            raise web.HTTPError(400, "The 'messages' parameter can only be 0 or 1.")
+        run, notebook = await self.call(
+            self.agents.reader.run, self.run_id(run_id), messages=flag == "1"
+        )
         self.reply({"notebook": self.agents.relative(notebook), **run})
 
 

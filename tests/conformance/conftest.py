@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_agent.backends import open_store
+from jupyter_agent.store_api import open_store
 
 from ..pg import pg_server, pg_url  # noqa: F401  (fixtures)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from jupyter_agent.store_pg import PgStore
+from jupyter_agent.store_pg import PostgresStore
 from jupyter_agent.testing import ScriptedServer
 
 from ..test_durable_kernel import CELL, counting_script
@@ -25,7 +25,7 @@ def test_kill_during_tool_resumes_from_postgres(
     deadline = time.monotonic() + 20
     while log.read_text().count("step1") < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
-    store = PgStore(pg_url)
+    store = PostgresStore(pg_url)
     (row,) = store.runs()
     assert store.live_runs() == {row.run_id}  # its kernel holds the run's lock
     k1.kill()

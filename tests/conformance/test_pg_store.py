@@ -10,15 +10,15 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from jupyter_agent.backends import open_store
 from jupyter_agent.store import StoreError
-from jupyter_agent.store_pg import ROW_SECURITY_SQL, PgStore, grants_sql
+from jupyter_agent.store_api import open_store
+from jupyter_agent.store_pg import ROW_SECURITY_SQL, PostgresStore, grants_sql
 
 from .test_store_conformance import NB, run_row, write
 
 
 def test_each_owner_sees_only_their_own_runs(pg_url):
-    alice, bob = PgStore(pg_url, owner="alice"), PgStore(pg_url, owner="bob")
+    alice, bob = PostgresStore(pg_url, owner="alice"), PostgresStore(pg_url, owner="bob")
     write(alice, run_row("ra"), range(2), {0: {"shared": b"alice's"}})
     write(bob, run_row("rb"), range(2), {0: {"shared": b"bob's", "hb": b"bob only"}})
     assert [r.run_id for r in alice.runs(notebook=NB, agent="a")] == ["ra"]
@@ -31,7 +31,7 @@ def test_each_owner_sees_only_their_own_runs(pg_url):
 
 
 def test_nothing_written_by_another_owner_is_handed_out(pg_url):
-    alice, bob = PgStore(pg_url, owner="alice"), PgStore(pg_url, owner="bob")
+    alice, bob = PostgresStore(pg_url, owner="alice"), PostgresStore(pg_url, owner="bob")
     write(bob, run_row("rb"), range(2), {0: {"hb": b"bob's pickle"}})
     with pytest.raises(StoreError, match=r"written by 'bob', not 'alice'.*--restart to recompute"):
         alice.blobs(["hb"])
@@ -44,22 +44,22 @@ def test_the_owner_is_the_hub_user(pg_url, monkeypatch):
     store = open_store(pg_url)
     write(store, run_row("rc"), [0])
     assert store.owner == "carol"
-    assert PgStore(pg_url, owner="dave").runs() == []
+    assert PostgresStore(pg_url, owner="dave").runs() == []
 
 
 def test_row_security_stops_writing_in_another_members_name(pg_url):
-    PgStore(pg_url, owner="admin").flush()  # the admin creates the tables
+    PostgresStore(pg_url, owner="admin").flush()  # the admin creates the tables
     with psycopg.connect(pg_url, autocommit=True) as con:
         con.execute(grants_sql("team"))
         con.execute(ROW_SECURITY_SQL)
         for member in ("alice", "mallory"):
             con.execute(f"CREATE ROLE {member} LOGIN IN ROLE team")
     as_role = {m: pg_url.replace("postgres@", f"{m}@", 1) for m in ("alice", "mallory")}
-    alice = PgStore(as_role["alice"], owner="alice")
+    alice = PostgresStore(as_role["alice"], owner="alice")
     write(alice, run_row("ra"), [0], {0: {"h": b"alice's value"}})
     assert [r.run_id for r in alice.runs()] == ["ra"]
     # mallory claims to be alice: the database refuses the rows, and nothing lands.
-    forger = PgStore(as_role["mallory"], owner="alice")
+    forger = PostgresStore(as_role["mallory"], owner="alice")
     with pytest.raises(StoreError, match="row-level security"):
         write(forger, run_row("forged"), [0], {0: {"h": b"hostile pickle"}})
     assert forger.runs() == []  # and she cannot read alice's rows either
@@ -68,8 +68,8 @@ def test_row_security_stops_writing_in_another_members_name(pg_url):
 
 
 def test_commits_wait_for_the_disk_only_when_the_url_asks(pg_url):
-    fast = PgStore(pg_url).writer("r1", secrets=[])
-    durable = PgStore(pg_url + "?options=-c%20synchronous_commit%3Don").writer("r2", secrets=[])
+    fast = PostgresStore(pg_url).writer("r1", secrets=[])
+    durable = PostgresStore(pg_url + "?options=-c%20synchronous_commit%3Don").writer("r2", secrets=[])
     try:
         assert fast._con.execute("SHOW synchronous_commit").fetchone()[0] == "off"
         assert durable._con.execute("SHOW synchronous_commit").fetchone()[0] == "on"

@@ -177,7 +177,7 @@ def test_a_history_with_a_hole_is_refused(open_):
 
 _CHILD = f"""
 import sys, time
-from jupyter_agent.backends import open_store
+from jupyter_agent.store_api import open_store
 from jupyter_agent.store import RunRow
 store = open_store(sys.argv[1])
 if sys.argv[2] == "lock":

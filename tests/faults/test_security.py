@@ -13,7 +13,9 @@ import duckdb
 import pytest
 
 from jupyter_agent.agent import load_state
+from jupyter_agent.namespace import restore
 from jupyter_agent.server.queries import Reader
+from jupyter_agent.state import StateVersionError
 from jupyter_agent.store import CheckpointRow, RunRow, Store, StoreError
 
 from .harness import API_KEY, AgentEnv, raw_store_bytes, record
@@ -137,10 +139,10 @@ def test_store_files_are_private(tmp_path: Path) -> None:
             writer.put_run(RunRow("r1", "/nb", "a", None, "t", "h", "m", None, None, 1.0, {}))
             journal = next(store.journal_dir.glob("*.jnl"))
             assert mode(journal) == 0o600 and mode(store.journal_dir) == 0o700
-            with store.connect() as con:  # folds the live journal: DuckDB writes its WAL
+            with store.session():  # one open connection; it folded the live journal
                 wal = path.with_name(path.name + ".wal")
                 assert wal.exists() and mode(wal) == 0o600, oct(mode(wal))
-                con.execute("INSERT INTO meta VALUES ('probe', 'x')")
+                store.remember_window("probe", 4096)  # a write while it is open
                 assert mode(wal) == 0o600, oct(mode(wal))
             writer.close()
             assert mode(path) == 0o600
@@ -198,19 +200,22 @@ def test_only_the_kernel_unpickles_and_only_a_trusted_store(tmp_path: Path) -> N
         for word in ("dill", "pickle", "decode_delta", "fold(", "load_state", "namespace"):
             assert word not in text, f"{source.name} mentions {word}"
 
-    # The kernel does unpickle (that is how a run comes back): only from a store it trusts.
+    # Payloads are JSON: reading a history runs nothing, whoever wrote the store.
     os.chmod(store.path, 0o666)
+    with pytest.raises(StateVersionError, match="not in a format"):
+        load_state(store, store.runs()[0])  # a pickle planted as a payload is just refused
+    assert not marker.exists()
+    # Values (blobs) are unpickled by the kernel: only from a store it trusts.
     with pytest.raises(StoreError, match="writable by other users"):
-        load_state(store, store.runs()[0])
+        store.blobs(["h1"])
     os.chmod(store.path, 0o600)
     os.chown(store.path, 12345, -1)
     with pytest.raises(StoreError, match="belongs to another user"):
         store.blobs(["h1"])
     assert not marker.exists()
     os.chown(store.path, os.getuid(), -1)
-    with pytest.raises(Exception):  # noqa: B017  the payload is not a delta; it ran anyway
-        load_state(store, store.runs()[0])
-    assert marker.exists()  # which is why only your own store is ever loaded
+    restore({}, {"v": "h1"}, store.blobs)  # your own store's values are loaded
+    assert marker.exists()  # which is why only your own store's values are ever loaded
     record(
         "security",
         "unpickling",
@@ -219,8 +224,8 @@ def test_only_the_kernel_unpickles_and_only_a_trusted_store(tmp_path: Path) -> N
         completed=1,
         lost=0,
         duplicated=0,
-        outcome="store metadata API and REST queries never unpickle; the kernel refuses a "
-        "store owned by another user or writable by others; loading your own store runs it",
+        outcome="histories are JSON and never unpickled; the kernel loads values only from "
+        "a store of its own user that no one else can write; loading your own store runs it",
     )
 
 
@@ -267,8 +272,7 @@ def test_a_journal_planted_by_another_user_is_never_folded(tmp_path: Path) -> No
         str(planted) in t and "another user (uid 65534)" in t and "hostile" in t for t in texts
     )
     assert planted.exists()  # kept for inspection, not deleted as a folded dead journal
-    with duckdb.connect(str(store.path), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM runs WHERE run_id = 'evil'").fetchone() == (0,)
+    assert store.run("evil") is None
     assert store.payloads([("mine", None)]) == []  # trusted again; the planted data is not in
     assert not marker.exists()
     # A journal of our own uid that others could write is refused the same way.

@@ -248,7 +248,7 @@ def test_a_store_from_a_newer_version_is_refused_untouched(env: AgentEnv) -> Non
     assert "newer jupyter-agent" in fresh.text
     assert tree_digest(env.store) == before
     with duckdb.connect(str(env.store)) as con:
-        con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     restored = env.rerun()
     assert clean(restored) and "finished earlier" in restored.text
     record(

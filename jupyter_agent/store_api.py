@@ -1,0 +1,436 @@
+"""The store interface: the records and verbs every part of jupyter-agent uses.
+
+The kernel, the timeline widget, the CLI and the server extension talk to the
+checkpoint store only through :class:`Store`; no connection object ever leaves
+a backend, and only backend modules import a database driver. Two backends:
+
+* :mod:`jupyter_agent.store` — a local DuckDB file fed by per-run journals
+  (the default; a path, or ``duckdb://PATH``);
+* :mod:`jupyter_agent.store_pg` — a PostgreSQL server (a ``postgresql://`` URL),
+  imported only when such a URL is given.
+
+:func:`open_store` picks one. Records are plain dataclasses, so this module
+imports nothing heavy: the server extension loads it without the agent loop.
+
+Invariants every backend keeps (see each verb for its own):
+
+* Rows are insert-only and keyed — runs by ``run_id``, checkpoints by
+  ``(run_id, step)``, blobs by content hash — so writing a record twice is
+  harmless and a reader never sees a row change under it (deletion aside).
+* A run has one writer at a time (:meth:`Store.agent_lock`); readers never wait
+  for it and never block it for longer than one short read.
+* Payloads are JSON (format ``"json"``); the only pickled data are blobs
+  (namespace values), which are handed out only after :meth:`Store.check_trusted`.
+* Everything written has the writer's secrets redacted.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, fields
+from typing import Protocol, runtime_checkable
+
+#: How many checkpoints of an agent's latest run a summary includes by default.
+TIMELINE_LIMIT = 200
+#: The payload encodings a checkpoint row can be tagged with. Only "json" is
+#: written; "dill" is read once, when an older store or journal is migrated.
+PAYLOAD_FORMATS = ("json", "dill")
+
+
+# -- records --------------------------------------------------------------------------
+
+
+@dataclass
+class RunRow:
+    """One run of an agent: a prompt executed from its start (or from a fork point)."""
+
+    run_id: str
+    """16 hex digits, unique in the store."""
+    notebook: str
+    """Absolute path of the notebook the agent belongs to (follows recorded moves)."""
+    agent: str
+    """The agent's name: ``--name``, ``cell-<cell id>`` or ``prompt-<hash>``."""
+    cell_id: str | None
+    """The notebook cell that runs the agent, when the frontend sent one."""
+    prompt: str
+    """The task, with secrets redacted."""
+    prompt_hash: str
+    """:func:`jupyter_agent.state.prompt_hash` of the prompt as typed (before redaction)."""
+    model: str
+    """The model the run started with (a resume may use another; see its checkpoint)."""
+    parent_run: str | None
+    """For a fork, the run it was forked from; None for a run started afresh."""
+    parent_step: int | None
+    """For a fork, the parent's checkpoint it continues from (inclusive)."""
+    created_at: float
+    """Unix time the run was created."""
+    info: dict = field(default_factory=dict)
+    """Run settings as JSON: ``approve`` policy, ``plan`` mode, a fork's ``instruction``."""
+
+
+@dataclass
+class CheckpointRow:
+    """The metadata of one checkpoint; its payload (a step delta) is read apart."""
+
+    run_id: str
+    """The run the checkpoint belongs to."""
+    step: int
+    """The checkpoint's sequence number in its run (0, 1, …; a fork starts after its
+    parent step). Users read it as "checkpoint N", never "step N"."""
+    kind: str
+    """What it records: a :class:`jupyter_agent.vocab.Kind` value."""
+    status: str
+    """The run's stored status after it: a :class:`jupyter_agent.vocab.Status` value."""
+    summary: str
+    """One line for the timeline, secrets redacted."""
+    created_at: float
+    """Unix time it was written."""
+    duration_ms: float
+    """Time since the previous checkpoint of the same execution."""
+    tokens: int
+    """Tokens the step spent (model and compaction checkpoints)."""
+    size: int
+    """Bytes of its payload and of the blobs written with it."""
+    info: dict = field(default_factory=dict)
+    """Kind-specific JSON: ``usage``, ``plan``, ``blobs`` (hashes of its values), …"""
+
+
+@dataclass
+class RunStats:
+    """Aggregates of one run's checkpoints, computed by the store (metadata only)."""
+
+    run_id: str
+    """The run."""
+    checkpoints: int
+    """How many checkpoints the run has (its own, not its ancestors')."""
+    tokens: int
+    """Sum of the ``tokens`` column: the ledger's total."""
+    prompt_tokens: int
+    """Sum of ``info.usage.prompt_tokens`` over the run's checkpoints."""
+    completion_tokens: int
+    """Sum of ``info.usage.completion_tokens`` over the run's checkpoints."""
+    size: int
+    """Bytes of its payloads and blobs."""
+    updated_at: float
+    """Time of its last checkpoint."""
+    last_step: int
+    """Sequence number of its last checkpoint."""
+    last_status: str
+    """Stored status of its last checkpoint (see :func:`vocab.effective_status`)."""
+    last_info: dict
+    """``info`` of its last checkpoint (budget and stuck checkpoints explain themselves)."""
+    steps: int = 0
+    """Steps (``model`` checkpoints) of the run's history: a fork's parent's up to the
+    fork point, then its own."""
+
+
+@dataclass
+class RunSummary:
+    """A run with its aggregates and liveness, as lists and badges show it."""
+
+    run: RunRow
+    """The run's row."""
+    stats: RunStats | None
+    """Its aggregates; None while it has no checkpoint yet."""
+    live: bool
+    """Whether a process is executing it now (sampled before and after the read)."""
+
+
+@dataclass
+class AgentSummary:
+    """An agent of a notebook: its latest run, how many runs it has, its recent timeline."""
+
+    name: str
+    """The agent's name."""
+    latest: RunSummary
+    """Its latest run."""
+    runs: int
+    """How many runs it has."""
+    timeline: list[CheckpointRow]
+    """The latest run's last checkpoints (at most the limit asked for), oldest first."""
+
+
+@dataclass
+class AgentDetail:
+    """One agent with every run it has."""
+
+    summary: AgentSummary
+    """As in :meth:`Store.agent_summaries`."""
+    runs: list[RunSummary]
+    """Every run, oldest first."""
+
+
+@dataclass
+class RunDetail:
+    """One run with all its checkpoints' metadata."""
+
+    summary: RunSummary
+    """The run, its aggregates and liveness."""
+    checkpoints: list[CheckpointRow]
+    """Its own checkpoints, in order."""
+
+
+@dataclass
+class StoreInfo:
+    """What ``jupyter-agent store-info`` reports."""
+
+    location: str
+    """Where the store is (a path, or a URL without its password)."""
+    exists: bool
+    """Whether anything was ever written there."""
+    schema_version: int | None
+    """The schema version stored; None for a store not created yet."""
+    reads_version: int
+    """The newest schema version this backend reads."""
+    runs: int
+    """Runs stored."""
+    checkpoints: int
+    """Checkpoints stored."""
+
+
+RUN_COLUMNS = [f.name for f in fields(RunRow)]
+CHECKPOINT_COLUMNS = [f.name for f in fields(CheckpointRow)]
+
+
+# -- the protocol -----------------------------------------------------------------------
+
+
+@runtime_checkable
+class RunWriterLike(Protocol):
+    """Appends one execution's records durably; see :meth:`Store.writer`."""
+
+    def put_run(self, run: RunRow) -> None:
+        """Record the run's row (once, in its first execution)."""
+
+    def put_blob(self, digest: str, data: bytes) -> None:
+        """Record a namespace value (dill bytes) under its content hash."""
+
+    def put_checkpoint(self, cp: CheckpointRow, payload: bytes) -> None:
+        """Record a checkpoint and its JSON payload; durable when this returns."""
+
+    def close(self, *, merge: bool = True) -> None:
+        """End the execution; its records become visible to every reader."""
+
+
+@runtime_checkable
+class Store(Protocol):
+    """The checkpoint store of every agent. Implementations must be thread-safe.
+
+    Reads never block a writer for long and never create a store that does not
+    exist (except where a verb says it writes). Every fault of the store itself
+    is a :class:`~jupyter_agent.errors.StoreError` whose message says what to do;
+    a lookup that finds nothing returns None or an empty collection, except
+    :meth:`delete_agent`, which raises :class:`~jupyter_agent.errors.NotFound`.
+    """
+
+    location: str
+    """Where the store is, for messages (never holds a password)."""
+
+    # -- writing --------------------------------------------------------------------
+
+    def writer(self, run_id: str, secrets: list[str] | None = None) -> RunWriterLike:
+        """A writer for one execution of ``run_id``.
+
+        ``secrets`` (default: the secret-looking environment values) are redacted
+        from every row and payload written. While it is open the run is live
+        (:meth:`live_runs`); a process that dies leaves it not live.
+        """
+
+    def agent_lock(self, notebook: str, agent: str) -> AbstractContextManager[None]:
+        """Be the only writer of the agent while held (re-entrant in a thread).
+
+        Another thread or process gets :class:`~jupyter_agent.errors.AgentBusy` at
+        once; a process that dies releases it.
+        """
+
+    def flush(self) -> None:
+        """Make everything written by finished and live writers visible to queries now."""
+
+    # -- reading rows -----------------------------------------------------------------
+
+    def runs(self, notebook: str | None = None, agent: str | None = None) -> list[RunRow]:
+        """Runs, oldest first, optionally of one notebook and agent."""
+
+    def run(self, run_id: str) -> RunRow | None:
+        """One run, or None."""
+
+    def checkpoints(self, run_id: str) -> list[CheckpointRow]:
+        """A run's own checkpoints, in order (metadata only)."""
+
+    def latest_checkpoints(self, run_ids: list[str]) -> dict[str, CheckpointRow]:
+        """The last checkpoint of each run that has one."""
+
+    def payloads(self, chain: list[tuple[str, int | None]]) -> list[tuple[CheckpointRow, bytes]]:
+        """Checkpoints with their JSON payloads along ``(run_id, up-to-step)`` segments.
+
+        Unpickles nothing, so it needs no trust check. A chain with a hole (a
+        checkpoint lost to damage) raises :class:`~jupyter_agent.errors.StoreError`:
+        folding it would make up a conversation that never happened.
+        """
+
+    def blobs(self, hashes: list[str]) -> dict[str, bytes]:
+        """Namespace values (dill bytes) by hash; calls :meth:`check_trusted` first."""
+
+    def check_trusted(self) -> None:
+        """Raise :class:`~jupyter_agent.errors.StoreError` unless only this user could
+        have written the store: blobs are unpickled, and unpickling runs code."""
+
+    def live_runs(self) -> set[str]:
+        """Runs a living process is executing now."""
+
+    def model_steps(self, run_ids: list[str]) -> dict[str, list[int]]:
+        """Per run, the sorted sequence numbers of its ``model`` checkpoints."""
+
+    # -- summaries (what lists, badges and the REST API show) ---------------------------
+
+    def run_stats(self, run_ids: list[str]) -> dict[str, RunStats]:
+        """Aggregates of each run that has checkpoints, ``steps`` counting its history."""
+
+    def agent_summaries(
+        self, notebook: str, *, timeline: int = TIMELINE_LIMIT
+    ) -> list[AgentSummary]:
+        """Every agent of a notebook with its latest run, oldest agent first."""
+
+    def agent_detail(
+        self, notebook: str, agent: str, *, timeline: int = TIMELINE_LIMIT
+    ) -> AgentDetail | None:
+        """One agent with all its runs, or None."""
+
+    def run_detail(self, run_id: str) -> RunDetail | None:
+        """One run with all its checkpoints, or None."""
+
+    def forks(self, run_ids: list[str]) -> list[RunRow]:
+        """Runs outside ``run_ids`` forked from one of them (they depend on its history)."""
+
+    def exists(self) -> bool:
+        """Whether anything was ever written (reading must not create the store)."""
+
+    def info(self) -> StoreInfo:
+        """Schema version and row counts."""
+
+    def sizes(self) -> dict[str, int]:
+        """Bytes the store takes, by part (backend-specific keys)."""
+
+    # -- deleting -------------------------------------------------------------------------
+
+    def delete_runs(self, run_ids: list[str]) -> int:
+        """Delete runs and their checkpoints, then every blob no checkpoint refers to.
+
+        Refuses (:class:`~jupyter_agent.errors.Conflict`) while one of them is live.
+        """
+
+    def delete_agent(self, notebook: str, agent: str, *, keep_latest: bool = False) -> list[str]:
+        """Delete an agent's runs (all, or all but the latest and its ancestors).
+
+        Forks keep their ancestors: a run another agent's run was forked from is
+        not deleted (:class:`~jupyter_agent.errors.Conflict`), nor a live run. An
+        agent with no runs raises :class:`~jupyter_agent.errors.NotFound`.
+        Returns the deleted run ids.
+        """
+
+    # -- notebooks and models ----------------------------------------------------------
+
+    def move_notebook(self, old: str, new: str, moved_at: float | None = None) -> int:
+        """Record that a notebook or folder moved; its runs (also ones written later by
+        kernels that still use the old path) follow. Returns how many runs moved."""
+
+    def resolve_notebook(self, path: str, since: float | None = None) -> str:
+        """Where the notebook known as ``path`` since ``since`` (default: this
+        process's start) lives now."""
+
+    def learnt_window(self, model: str) -> int | None:
+        """The context window ``model``'s endpoint reported, if it ever refused one."""
+
+    def remember_window(self, model: str, tokens: int) -> None:
+        """Remember ``model``'s context window for later runs."""
+
+    # -- batching -----------------------------------------------------------------------
+
+    def session(self) -> AbstractContextManager[None]:
+        """Serve the reads of this thread from one connection until it exits.
+
+        Nothing may wait on a model or a user inside it: other processes may be
+        kept waiting while it is open.
+        """
+
+
+def history_chain(run: RunRow, parent_of: dict[str, RunRow]) -> list[tuple[str, int | None]]:
+    """The ``(run, up-to-step)`` segments of ``run``'s history, from rows already read."""
+    segments: list[tuple[str, int | None]] = [(run.run_id, None)]
+    current: RunRow | None = run
+    seen = {run.run_id}
+    while current is not None and current.parent_run and current.parent_run not in seen:
+        segments.insert(0, (current.parent_run, current.parent_step))
+        seen.add(current.parent_run)
+        current = parent_of.get(current.parent_run)
+    return segments
+
+
+def delete_agent_runs(
+    store: Store, notebook: str, agent: str, *, keep_latest: bool = False
+) -> list[str]:
+    """:meth:`Store.delete_agent` for every backend, on the other verbs.
+
+    The rules live here once: forks keep their ancestors, live runs are not
+    touched, and the backend's :meth:`Store.delete_runs` collects the blobs.
+    """
+    from .errors import Conflict, NotFound
+
+    runs = store.runs(notebook=notebook, agent=agent) if store.exists() else []
+    if not runs:
+        raise NotFound(f"No agent named {agent!r} in this notebook.")
+    doomed = [r.run_id for r in runs]
+    if keep_latest:
+        keep = {seg for seg, _ in history_chain(runs[-1], {r.run_id: r for r in runs})}
+        doomed = [r for r in doomed if r not in keep]
+    busy = sorted(store.live_runs() & set(doomed))
+    if busy:
+        raise Conflict(f"Agent {agent!r} is running (run {busy[0]}); stop it before deleting it.")
+    forks = store.forks(doomed)
+    if forks:
+        raise Conflict(
+            f"Run {forks[0].run_id} of agent {forks[0].agent!r} was forked from a run that "
+            "would be deleted; delete that agent first."
+        )
+    store.delete_runs(doomed)
+    return doomed
+
+
+def payload_messages(payload: bytes) -> list[dict]:
+    """The messages a checkpoint's JSON payload adds (for display; nothing is unpickled)."""
+    import json
+
+    try:
+        data = json.loads(payload) if payload else {}
+    except ValueError:
+        return []
+    messages = data.get("messages") if isinstance(data, dict) else None
+    return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+
+
+def open_store(target: str | os.PathLike | None = None, *, busy_timeout: float = 30.0) -> Store:
+    """The store at ``target``: a ``postgresql://`` URL, ``duckdb://PATH`` or a file path.
+
+    None means ``$JUPYTER_AGENT_STORE``, else the default DuckDB file. A URL
+    selects :class:`jupyter_agent.store_pg.PostgresStore` (imported only then).
+    """
+    if target is None:
+        target = os.environ.get("JUPYTER_AGENT_STORE") or None
+    text = os.fspath(target) if target is not None else None
+    if text is not None and text.startswith(("postgresql://", "postgres://")):
+        try:
+            from . import store_pg
+        except ImportError as exc:
+            from .errors import StoreError
+
+            raise StoreError(
+                f"A PostgreSQL store needs the PostgreSQL backend ({exc}). Install "
+                "jupyter-agent with its postgres extra, or use a DuckDB file."
+            ) from exc
+        return store_pg.PostgresStore(text, busy_timeout=busy_timeout)
+    from .store import DuckDBStore
+
+    if text is not None and text.startswith("duckdb://"):
+        text = text[len("duckdb://") :]
+    return DuckDBStore(text, busy_timeout=busy_timeout)

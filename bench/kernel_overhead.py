@@ -1,0 +1,568 @@
+"""Harness overhead per step in a real kernel, against a bare openai tool loop.
+
+Two fresh ipykernel kernels (``tests/kernels.py``, driven through jupyter_client
+as JupyterLab does), each against its own scripted server (in a process of its
+own) with the same script: ``--steps`` steps, each a ``python`` call printing
+975 bytes.
+
+* **harness**: ``%%agent`` with its timeline widget displayed (the default),
+  the default context window of the model (so compaction runs as it would).
+* **bare loop**: the ``openai`` client streaming Chat Completions with the same
+  tool, ``exec`` of the code with its output captured and printed, no
+  persistence, keeping the last :data:`BARE_KEEP` steps (the scripted server
+  counts dropped replies from a ``[N earlier model replies summarized]`` line,
+  so both get the same replies).
+
+Per-step time comes from the server's request log: the gap between one model
+request and the next, less the tool's own time (``run_python`` in the harness,
+the ``exec`` in the bare loop, timed in the kernel). Harness overhead is the
+harness's per-step time less the bare loop's. In the harness kernel the parts
+of a step (checkpoint, journal append, fdatasync, text output, widget messages,
+namespace tracking, state apply, …) are timed by wrappers installed in the
+kernel before the run; nothing in the package is edited.
+
+Also: resume latency after ``--resume-steps`` steps (the run stops at
+``--max-steps``; a new kernel re-runs the cell; from the execute request to the
+next model request) with the number of ``duckdb.connect`` calls before that
+request, and the kernel's RSS over the run (psutil).
+
+Usage: ``python bench/kernel_overhead.py [--steps 500] [--long] [--profile] [--out docs/performance.md]``
+(``--long`` adds a 10,000-step harness run for steps 9,951–10,000 and RSS growth.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from agent_steps import API_KEY, PROMPT, Script, scripted, step_code  # noqa: E402
+
+from jupyter_agent.testing.server import turn_of  # noqa: E402
+
+WINDOW = 50
+BARE_KEEP = 16  # steps the bare loop keeps in its context
+TARGET_MS = 3.0
+TARGET_RESUME_S = 0.150
+TARGET_RSS_MB = 50.0
+
+
+class TurnScript(Script):
+    """``Script``, with turns counted as the server counts them (compacted histories too)."""
+
+    def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
+        messages = body["messages"]
+        if self.server is not None:
+            for entry in self.server.requests[-2:]:
+                entry.pop("body", None)
+        turn = turn_of(messages)
+        if turn >= self.steps:
+            return {"content": f"Finished after {self.steps} steps."}
+        return {"tool_calls": [{"name": "python", "arguments": {"code": step_code(turn + 1)}}]}
+
+
+#: Installed in the harness kernel before the run: per-step seconds by part, RSS.
+PROBE = r"""
+import os as _kb_os, time as _kb_time, psutil as _kb_psutil, duckdb as _kb_duckdb
+import jupyter_agent.agent as _kb_agent, jupyter_agent.journal as _kb_journal
+import jupyter_agent.model as _kb_model, jupyter_agent.namespace as _kb_ns
+import jupyter_agent.render as _kb_render, jupyter_agent.state as _kb_state
+import jupyter_agent.tools as _kb_tools, jupyter_agent.widget as _kb_widget
+import jupyter_agent.context as _kb_context
+_kb = {"parts": {}, "step": [0], "rss": [], "model_at": [], "connects": []}
+_kb_proc = _kb_psutil.Process()
+def _kb_wrap(owner, name, label):
+    original = getattr(owner, name)
+    parts = _kb["parts"].setdefault(label, {})
+    def timed(*args, **kwargs):
+        if label == "model call" and len(args) > 2 and args[2]:  # not a summary request
+            _kb["step"][0] += 1
+            _kb["model_at"].append(_kb_time.time())
+            if _kb["step"][0] % 50 == 1:
+                _kb["rss"].append((_kb["step"][0], _kb_proc.memory_info().rss))
+        start = _kb_time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            step = _kb["step"][0]
+            parts[step] = parts.get(step, 0.0) + _kb_time.perf_counter() - start
+    setattr(owner, name, timed)
+_kb_wrap(_kb_model.ModelClient, "complete", "model call")
+_kb_wrap(_kb_tools, "run_python", "tool (run_python)")
+_kb_wrap(_kb_agent.Execution, "checkpoint", "Execution.checkpoint")
+_kb_wrap(_kb_agent, "encode_delta", "  encode_delta")
+_kb_wrap(_kb_journal.JournalWriter, "append", "  JournalWriter.append")
+_kb_wrap(_kb_os, "fdatasync", "    os.fdatasync")
+_kb_wrap(_kb_state.RunState, "apply", "  RunState.apply")
+_kb_wrap(_kb_widget.WidgetEvents, "checkpoint", "  WidgetEvents.checkpoint")
+_kb_wrap(_kb_render.TextEvents, "checkpoint", "    TextEvents.checkpoint")
+_kb_wrap(_kb_widget.TimelineWidget, "add", "    TimelineWidget.add")
+_kb_wrap(_kb_widget.TimelineWidget, "write", "TimelineWidget.write")
+_kb_wrap(_kb_ns.Tracker, "begin", "Tracker.begin")
+_kb_wrap(_kb_ns.Tracker, "snapshot", "Tracker.snapshot")
+_kb_wrap(_kb_agent.Execution, "view", "Execution.view")
+_kb_wrap(_kb_context, "estimate_tokens", "context.estimate_tokens")
+_kb_wrap(_kb_agent.Execution, "_compact", "Execution._compact")
+_kb_connect = _kb_duckdb.connect
+import traceback as _kb_tb
+def _kb_counted_connect(*args, **kwargs):
+    at = _kb_time.time()
+    frames = [f"{_kb_os.path.basename(f.filename)}:{f.name}" for f in _kb_tb.extract_stack(limit=12)[:-1]
+              if "jupyter_agent" in f.filename and not f.filename.endswith("store.py")]
+    start = _kb_time.perf_counter()
+    try:
+        return _kb_connect(*args, **kwargs)
+    finally:
+        _kb["connects"].append((at, _kb_time.perf_counter() - start, " < ".join(frames[::-1][:3])))
+_kb_duckdb.connect = _kb_counted_connect
+"""
+
+#: The bare loop, run as one cell in a fresh kernel.
+BARE = r"""
+import contextlib as _b_cl, io as _b_io, json as _b_json, os as _b_os, time as _b_time
+import openai as _b_openai, psutil as _b_psutil
+_b_client = _b_openai.OpenAI(base_url=_b_os.environ["OPENAI_BASE_URL"], api_key=_b_os.environ["OPENAI_API_KEY"])
+_b_tools = [{"type": "function", "function": {"name": "python", "description": "Run Python code.",
+    "parameters": {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}}}]
+_b_messages, _b_dropped, _b_keep = [], 0, __KEEP__
+_b_prompt = {"role": "user", "content": __PROMPT__}
+_b = {"tool": [], "model": [], "rss": []}
+_b_proc = _b_psutil.Process()
+while True:
+    if len(_b_messages) > 2 * _b_keep:
+        del _b_messages[:2]
+        _b_dropped += 1
+    view = [_b_prompt] + ([{"role": "user", "content": f"[{_b_dropped} earlier model replies summarized]"}] if _b_dropped else []) + _b_messages
+    if len(_b["model"]) % 50 == 0:
+        _b["rss"].append((len(_b["model"]) + 1, _b_proc.memory_info().rss))
+    start = _b_time.perf_counter()
+    content, calls = "", {}
+    for chunk in _b_client.chat.completions.create(model="scripted", messages=view, tools=_b_tools, stream=True):
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        for tc in delta.tool_calls or []:
+            call = calls.setdefault(tc.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+            call["id"] = tc.id or call["id"]
+            if tc.function:
+                call["function"]["name"] += tc.function.name or ""
+                call["function"]["arguments"] += tc.function.arguments or ""
+    _b["model"].append(_b_time.perf_counter() - start)
+    if not calls:
+        print(content)
+        break
+    _b_messages.append({"role": "assistant", "content": content or None, "tool_calls": list(calls.values())})
+    for call in calls.values():
+        start = _b_time.perf_counter()
+        code = _b_json.loads(call["function"]["arguments"])["code"]
+        out = _b_io.StringIO()
+        with _b_cl.redirect_stdout(out):
+            exec(code, globals())
+        print(out.getvalue(), end="")
+        _b["tool"].append(_b_time.perf_counter() - start)
+        _b_messages.append({"role": "tool", "tool_call_id": call["id"], "content": out.getvalue()})
+"""
+
+#: What the breakdown and the resume table point at, and the smallest fixes (production
+#: code is not changed by this benchmark).
+FINDINGS = """### Findings and proposed fixes
+
+- **Per-step work that grows with the conversation.** `context.model_view` re-stubs every
+  old tool output on every call (`context.stub`, `message_chars`: hundreds of thousands of
+  calls in the profile) and runs twice a step, for `Execution.view` and for the compaction
+  decision in `Execution._compact`; `context.estimate_tokens` walks the whole view again.
+  Fix: in `jupyter_agent/context.py` cache the stubbed message per (index, trim_before) and
+  keep a running character count per message list, so `model_view`/`estimate_tokens` cost
+  what was appended since the last step; in `agent.py` `Execution._model_step` pass the view
+  it already built to `_compact` instead of building it again.
+- **Timeline widget per checkpoint.** `TimelineWidget.add` (widget.py) sends an `append`
+  comm message and then re-assigns `summary` (a second comm message, `hold_sync` or not)
+  for every one of the three checkpoints of a step. Fix: send the summary inside the
+  `append` message (one comm message per checkpoint), or coalesce the widget updates of a
+  step and send them on the `tool_result` checkpoint.
+- **Three fdatasyncs per step** (`JournalWriter.append`, journal.py): the model reply and the
+  tool call start can share one sync (the tool call start is written right after the model
+  reply, with nothing observable in between). Fix: `Execution.checkpoint` takes a
+  `sync=False` for the model checkpoint when a tool call follows, and the `tool_call`
+  checkpoint syncs both; two syncs per step instead of three.
+- **Resume opens DuckDB about ten times.** Every `Store.connect` opens the file and checks
+  the schema (`store.py` `_open`/`_check_schema`, ~10 ms each here): `runner.run_cell`,
+  `runner.latest_run`, `runner.last_settings`, `agent.load_state`, `Execution.__init__`
+  (`store.learnt_window`), `render.history_steps` and the timeline's `Timeline.load`
+  (three, plus `Timeline.select`). Fix: one read connection per cell execution — a
+  `Store.session()` context in `magics.py` `_run` that `Store.connect` reuses while it is
+  open — and check the schema once per `Store` object, not per open. That alone removes
+  most of the DuckDB open time in the resume table.
+"""
+
+
+def kernel(env: dict[str, str], cwd: Path, *setup: str) -> Any:
+    from tests.kernels import Kernel
+
+    k = Kernel(env, cwd=cwd)
+    for code in setup:
+        done = k.run(code)
+        if done.status != "ok":
+            k.shutdown()
+            raise RuntimeError(done.text[-3000:])
+    return k
+
+
+def kernel_json(k: Any, expr: str) -> Any:
+    done = k.run(f"import json as _kj; print(_kj.dumps({expr}))", timeout=120)
+    return json.loads(done.stdout)
+
+
+def run_to_end(k: Any, code: str, steps: int, probe: str) -> Any:
+    """Run a loop's cell to its end and return what its probe collected."""
+    done = k.run(code, cell_id="bench", timeout=3600)
+    if f"Finished after {steps} steps." not in done.text:
+        raise RuntimeError(done.text[-3000:])
+    return kernel_json(k, probe)
+
+
+def env_for(server: Any, cwd: Path) -> dict[str, str]:
+    return {
+        "JUPYTER_AGENT_STORE": str(cwd / "agents.duckdb"),
+        "JUPYTER_AGENT_NOTEBOOK": str(cwd / "bench.ipynb"),
+        "OPENAI_BASE_URL": server.url,
+        "OPENAI_API_KEY": API_KEY,
+    }
+
+
+def gaps(requests: list[dict[str, Any]]) -> list[float]:
+    """Seconds from each scripted model request to the next (summary requests in between)."""
+    times = [r["time"] for r in requests if r["turn"] >= 0 and r.get("scripted")]
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
+
+
+def per_step(gap: list[float], tool: list[float]) -> list[float]:
+    return [g - t for g, t in zip(gap, tool, strict=False)]
+
+
+def outside_model(run: dict[str, Any]) -> list[float]:
+    """Per step: the gap less the tool and the model call (the loop's own time)."""
+    return [p - m for p, m in zip(run["per_step"], run["model"], strict=False)]
+
+
+def harness(steps: int, workdir: Path, profile: bool = False) -> dict[str, Any]:
+    cwd = workdir / f"harness-{steps}-{profile}"
+    cwd.mkdir(parents=True)
+    cell = f"%%agent --model scripted --max-steps {steps + 10}\n{PROMPT}"
+    with scripted(TurnScript(steps)) as server:
+        k = kernel(env_for(server, cwd), cwd, PROBE, "%load_ext jupyter_agent")
+        try:
+            if profile:
+                code = (
+                    "import cProfile as _cp, pstats as _ps, io as _pio\n"
+                    "_prof = _cp.Profile()\n_prof.enable()\n"
+                    f"get_ipython().run_cell_magic('agent', '--model scripted --max-steps {steps + 10}', {PROMPT!r})\n"
+                    "_prof.disable()\n_pout = _pio.StringIO()\n"
+                    "_ps.Stats(_prof, stream=_pout).sort_stats('tottime').print_stats(30)\n"
+                    "_pprof = _pout.getvalue()"
+                )
+                done = k.run(code, cell_id="bench-profile", timeout=1800)
+                text = kernel_json(k, "_pprof")
+                return {"profile": text, "ok": f"Finished after {steps} steps." in done.text}
+            started = time.time()
+            probe = run_to_end(k, cell, steps, "_kb")
+        finally:
+            k.shutdown()
+        requests = server.requests()
+    tool = [probe["parts"]["tool (run_python)"].get(str(i), 0.0) for i in range(1, steps + 1)]
+    g = gaps(requests)[:steps]
+    return {
+        "per_step": per_step(g, tool),
+        "gaps": g,
+        "tool": tool,
+        "parts": {
+            label: [v.get(str(i), 0.0) for i in range(1, steps + 1)]
+            for label, v in probe["parts"].items()
+        },
+        "model": [probe["parts"]["model call"].get(str(i), 0.0) for i in range(1, steps + 1)],
+        "rss": probe["rss"],
+        "summaries": sum(1 for r in requests if r.get("summary")),
+        "started": started,
+    }
+
+
+def bare(steps: int, workdir: Path) -> dict[str, Any]:
+    cwd = workdir / f"bare-{steps}"
+    cwd.mkdir(parents=True)
+    code = BARE.replace("__KEEP__", str(BARE_KEEP)).replace("__PROMPT__", repr(PROMPT))
+    with scripted(TurnScript(steps)) as server:
+        k = kernel(env_for(server, cwd), cwd)
+        try:
+            probe = run_to_end(k, code, steps, "_b")
+        finally:
+            k.shutdown()
+        requests = server.requests()
+    g = gaps(requests)[:steps]
+    return {
+        "per_step": per_step(g, probe["tool"]),
+        "gaps": g,
+        "tool": probe["tool"],
+        "model": probe["model"],
+        "rss": probe["rss"],
+    }
+
+
+def resume(steps: int, workdir: Path) -> dict[str, Any]:
+    """Stop a run at ``--max-steps steps``; time a new kernel's re-run to its model request."""
+    cwd = workdir / f"resume-{steps}"
+    cwd.mkdir(parents=True)
+    with scripted(TurnScript(steps + 50)) as server:
+        env = env_for(server, cwd)
+        k = kernel(env, cwd, "%load_ext jupyter_agent")
+        first = k.run(
+            f"%%agent --model scripted --max-steps {steps}\n{PROMPT}", cell_id="bench", timeout=3600
+        )
+        k.shutdown()
+        if "step limit" not in first.text:
+            raise RuntimeError(first.text[-3000:])
+        k = kernel(env, cwd, PROBE)
+        loaded = time.time()
+        k.run("%load_ext jupyter_agent")
+        sent = time.time()
+        execution = k.start(f"%%agent --model scripted --max-steps 1\n{PROMPT}", cell_id="bench")
+        deadline = time.monotonic() + 120
+        while True:
+            arrived = [r["time"] for r in server.requests() if r["time"] >= sent]
+            if arrived or time.monotonic() > deadline:
+                break
+            k.pump(0.01)
+        k.wait(execution, timeout=120)
+        probe = kernel_json(k, "_kb")
+        k.shutdown()
+    if not arrived:
+        raise RuntimeError("no model request after resuming")
+    first_model = probe["model_at"][0] if probe["model_at"] else arrived[0]
+    connects = probe["connects"]
+    before = [c for c in connects if sent <= c[0] < first_model]
+    callers: dict[str, list[float]] = {}
+    for _, seconds, caller in before:
+        callers.setdefault(caller or "?", []).append(seconds)
+    return {
+        "latency": arrived[0] - sent,
+        "connects_load": sum(1 for c in connects if loaded <= c[0] < sent),
+        "connects_before_model": len(before),
+        "connect_seconds": sum(c[1] for c in before),
+        "callers": callers,
+        "in_kernel": first_model - sent,
+    }
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def p50(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def windows(steps: int) -> list[tuple[str, slice]]:
+    out = [(f"1–{WINDOW}", slice(0, WINDOW))]
+    out.append((f"{steps - WINDOW + 1:,}–{steps:,}", slice(steps - WINDOW, steps)))
+    return out
+
+
+def rss_growth(rss: list[list[int]]) -> float:
+    """MB from the sample at step 51 (after warm-up) to the last."""
+    if len(rss) < 3:
+        return float("nan")
+    return (rss[-1][1] - rss[1][1]) / 2**20
+
+
+def render(
+    command: str,
+    steps: int,
+    h: dict[str, Any],
+    b: dict[str, Any],
+    long: dict[str, Any] | None,
+    res: dict[str, Any],
+    profile: str | None,
+) -> str:
+    add_lines: list[str] = []
+    add = add_lines.append
+    add("## Harness overhead in a real kernel")
+    add("")
+    add(
+        f"Generated by `{command}` (see its docstring). Per-step time = the gap between "
+        "consecutive model requests in the scripted server's log, less the tool's own time. "
+        "Harness overhead = that less the model call as timed in the kernel (the bare loop's "
+        "streaming parse of the same replies is slower than the harness's, so the plain "
+        "difference of the two loops' per-step times would understate it). p50 over each "
+        "window of steps."
+    )
+    add("")
+    add(
+        "| steps | harness: gap − tool | bare loop: gap − tool | **harness overhead** "
+        "(gap − tool − model call) | bare loop: gap − tool − model call | target |"
+    )
+    add("| --- | --- | --- | --- | --- | --- |")
+    rows = [(label, sl, h) for label, sl in windows(steps)]
+    if long is not None:
+        n = len(long["per_step"])
+        rows.append((f"{n - WINDOW + 1:,}–{n:,} (10,000-step run)", slice(n - WINDOW, n), long))
+    for label, sl, hh in rows:
+        bsl = sl if hh is h else slice(-WINDOW, None)
+        over = p50(outside_model(hh)[sl])
+        mark = "met" if over * 1000 <= TARGET_MS else "**not met**"
+        add(
+            f"| {label} | {ms(p50(hh['per_step'][sl]))} | {ms(p50(b['per_step'][bsl]))} | "
+            f"**{ms(over)}** | {ms(p50(outside_model(b)[bsl]))} | ≤ {TARGET_MS:.0f} ms: {mark} |"
+        )
+    add("")
+    add(
+        f"The harness ran with the model's default context window ({h['summaries']} summary "
+        f"requests in the {steps}-step run); the bare loop keeps its last {BARE_KEEP} steps."
+    )
+    add("")
+    add("### Where a harness step's time goes")
+    add("")
+    add(
+        "p50 per step of each part, timed in the harness kernel (indented parts are inside "
+        "the part above them; the model call and the tool are the same work the bare loop does)."
+    )
+    add("")
+    wins = windows(steps)
+    add("| part | " + " | ".join(f"steps {w}" for w, _ in wins) + " |")
+    add("| --- | " + " | ".join("---" for _ in wins) + " |")
+    add(
+        "| gap between model requests | "
+        + " | ".join(ms(p50(h["gaps"][sl])) for _, sl in wins)
+        + " |"
+    )
+    for label, values in h["parts"].items():
+        name = label.strip()
+        indent = "&nbsp;" * (len(label) - len(name)) * 2
+        add(f"| {indent}`{name}` | " + " | ".join(ms(p50(values[sl])) for _, sl in wins) + " |")
+    rest = [
+        g - m - t - c - nb - ns - v
+        for g, m, t, c, nb, ns, v in zip(
+            h["gaps"],
+            h["model"],
+            h["tool"],
+            h["parts"]["Execution.checkpoint"],
+            h["parts"]["Tracker.begin"],
+            h["parts"]["Tracker.snapshot"],
+            h["parts"]["Execution.view"],
+            strict=False,
+        )
+    ]
+    add(
+        "| rest (gap − model call − tool − checkpoints − namespace − view) | "
+        + " | ".join(ms(p50(rest[sl])) for _, sl in wins)
+        + " |"
+    )
+    add(
+        f"| bare loop: model call | {ms(p50(b['model'][:WINDOW]))} | {ms(p50(b['model'][-WINDOW:]))} |"
+    )
+    add("")
+    add("### Resume, DuckDB opens, memory")
+    add("")
+    add("| measure | result | target | |")
+    add("| --- | --- | --- | --- |")
+    ok = res["latency"] <= TARGET_RESUME_S
+    add(
+        f"| resume at {res['steps']:,} steps: execute request → next model request | "
+        f"{ms(res['latency'])} | ≤ {TARGET_RESUME_S * 1000:.0f} ms | {'met' if ok else '**not met**'} |"
+    )
+    add(
+        f"| `duckdb.connect` calls before that request | {res['connects_before_model']} "
+        f"(and {res['connects_load']} in `%load_ext`) | | |"
+    )
+    add(f"| DuckDB connect time before that request | {ms(res['connect_seconds'])} | | |")
+    for caller, times in sorted(res["callers"].items(), key=lambda kv: -sum(kv[1])):
+        add(f"| &nbsp;&nbsp;opened from `{caller}` | {len(times)}× , {ms(sum(times))} | | |")
+    for name, run in [("harness", h), ("bare loop", b)] + (
+        [("harness, 10,000 steps", long)] if long else []
+    ):
+        growth = rss_growth(run["rss"])
+        n = run["rss"][-1][0] if run["rss"] else 0
+        target = f"< {TARGET_RSS_MB:.0f} MB over 10,000 steps" if "10,000" in name else ""
+        mark = ("met" if growth < TARGET_RSS_MB else "**not met**") if target else ""
+        add(
+            f"| kernel RSS growth, {name} (step 51 → {n:,}) | {growth:.1f} MB "
+            f"(ends at {run['rss'][-1][1] / 2**20:.0f} MB) | {target} | {mark} |"
+        )
+    add("")
+    add(FINDINGS.strip())
+    if profile:
+        add("")
+        add("### cProfile of the harness kernel (top 30 by own time)")
+        add("")
+        add("```")
+        add(profile.strip())
+        add("```")
+    return "\n".join(add_lines)
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--long", action="store_true", help="add a 10,000-step harness run")
+    parser.add_argument("--long-steps", type=int, default=10_000, help=argparse.SUPPRESS)
+    parser.add_argument("--resume-steps", type=int, default=1000)
+    parser.add_argument("--profile", action="store_true", help="add a cProfile of the harness")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.steps < 2 * WINDOW:
+        parser.error(f"--steps must be at least {2 * WINDOW}")
+    command = " ".join(
+        ["python bench/kernel_overhead.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="jupyter-agent-kernel-"))
+    try:
+        log(f"harness, {args.steps} steps")
+        h = harness(args.steps, workdir)
+        log(f"  p50 {ms(p50(h['per_step'][:WINDOW]))} → {ms(p50(h['per_step'][-WINDOW:]))}")
+        log(f"bare loop, {args.steps} steps")
+        b = bare(args.steps, workdir)
+        log(f"  p50 {ms(p50(b['per_step'][:WINDOW]))} → {ms(p50(b['per_step'][-WINDOW:]))}")
+        log(f"resume at {args.resume_steps} steps")
+        res = resume(args.resume_steps, workdir)
+        res["steps"] = args.resume_steps
+        log(f"  {ms(res['latency'])}, {res['connects_before_model']} connects")
+        long = None
+        if args.long:
+            log(f"harness, {args.long_steps} steps")
+            long = harness(args.long_steps, workdir)
+            log(f"  p50 late {ms(p50(long['per_step'][-WINDOW:]))}")
+        profile = None
+        if args.profile:
+            log(f"profiled harness, {args.steps} steps")
+            profile = harness(args.steps, workdir, profile=True)["profile"]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    text = render(command, args.steps, h, b, long, res, profile)
+    if args.out:
+        from report import write_section
+
+        write_section(args.out, "kernel-overhead", text)
+        log(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

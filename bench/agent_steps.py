@@ -18,6 +18,10 @@ reply, tool call start, tool result).
   cell, timed from sending the execute request until the scripted server
   receives the next model request.
 
+The agents run with a context window far larger than the conversation, so
+nothing is compacted: this measures persistence, not context management (see
+``bench/long_run.py`` for that).
+
 Usage: ``python bench/agent_steps.py [--steps 500] [--out docs/performance.md]``
 """
 
@@ -340,7 +344,7 @@ def run_in_process(ip: Any, steps: int, workdir: Path, poll_every: int = 0) -> R
         os.environ["OPENAI_API_KEY"] = API_KEY
         start = time.perf_counter()
         with probe.installed(), contextlib.redirect_stdout(_Null()):
-            ip.run_cell_magic("agent", "--model scripted --max-steps 100000 --name bench", PROMPT)
+            ip.run_cell_magic("agent", "--model scripted --context-window 100000000 --max-steps 100000 --name bench", PROMPT)
         wall = time.perf_counter() - start
     os.close(control_fd)
     load_after = os.getloadavg()[0]
@@ -580,7 +584,7 @@ def kernel_overhead(steps: int, workdir: Path, timeline: bool) -> tuple[list[flo
         kernel = _start_kernel(_kernel_env(cwd / "agents.duckdb", server), cwd, *setup)
         try:
             done = kernel.run(
-                f"%%agent --model scripted --max-steps 100000\n{PROMPT}",
+                f"%%agent --model scripted --context-window 100000000 --max-steps 100000\n{PROMPT}",
                 cell_id="bench-kernel",
                 timeout=900,
             )
@@ -603,7 +607,7 @@ def resume_after_crash(steps: int, at: int, repeats: int, workdir: Path) -> Resu
     cwd = workdir / "crash"
     path = cwd / "agents.duckdb"
     cwd.mkdir(parents=True, exist_ok=True)
-    cell = f"%%agent --model scripted --max-steps 100000\n{PROMPT}"
+    cell = f"%%agent --model scripted --context-window 100000000 --max-steps 100000\n{PROMPT}"
     latencies: list[float] = []
     breakdowns: list[dict[str, float]] = []
     with scripted(Script(steps, set(blocks))) as server:
@@ -643,7 +647,7 @@ def resume_after_limit(steps: int, at: int, repeats: int, workdir: Path) -> Resu
     with scripted(Script(steps)) as server:
         kernel = _start_kernel(_kernel_env(path, server), cwd)
         first = kernel.run(
-            f"%%agent --model scripted --max-steps {at}\n{PROMPT}",
+            f"%%agent --model scripted --context-window 100000000 --max-steps {at}\n{PROMPT}",
             cell_id="bench-limit",
             timeout=900,
         )
@@ -655,7 +659,7 @@ def resume_after_limit(steps: int, at: int, repeats: int, workdir: Path) -> Resu
             env = _kernel_env(path, server, BENCH_EVENTS=str(events))
             kernel = _start_kernel(env, cwd, RESUME_PROBE)
             execution, latency = _timed_resume(
-                kernel, server, f"%%agent --model scripted --max-steps 1\n{PROMPT}", "bench-limit"
+                kernel, server, f"%%agent --model scripted --context-window 100000000 --max-steps 1\n{PROMPT}", "bench-limit"
             )
             kernel.wait(execution, timeout=120)
             breakdowns.append(_resume_breakdown(events))

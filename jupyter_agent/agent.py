@@ -214,6 +214,7 @@ class Execution:
         self.toolbox = Toolbox([])
         #: Reported over estimated prompt tokens of the last request (see context).
         self._ratio = 1.0
+        self._sizes = context.Sizes()
         self._overflows = 0
         self.tracker = namespace.Tracker()
 
@@ -470,7 +471,9 @@ class Execution:
 
     def view(self) -> list[dict]:
         """What the model is sent now (see :mod:`jupyter_agent.context`)."""
-        view = context.model_view(self.state.messages, self.state.compaction, self.state.plan)
+        view = context.model_view(
+            self.state.messages, self.state.compaction, self.state.plan, self._sizes
+        )
         if self.plan_mode and not self.state.plan:
             view.append({"role": "user", "content": context.HARNESS_NOTE + PLANNER_PROMPT})
         return view
@@ -513,6 +516,7 @@ class Execution:
             self._ratio,
             tools=self.tools,
             force=force,
+            sizes=self._sizes,
         )
         if decision is None:
             if force:
@@ -523,7 +527,7 @@ class Execution:
                     "(--context-window) or a task with smaller outputs."
                 )
             return
-        before = context.estimate_tokens(self.view(), self._ratio, self.tools)
+        before = context.estimate_tokens(self.view(), self._ratio, self.tools, self._sizes)
         compaction = decision.compaction
         tokens = 0
         usage: dict = {}
@@ -550,7 +554,10 @@ class Execution:
             tokens, usage = reply.tokens, reply.usage
         compaction["window"] = self.window
         after = context.estimate_tokens(
-            context.model_view(state.messages, compaction, state.plan), self._ratio, self.tools
+            context.model_view(state.messages, compaction, state.plan, self._sizes),
+            self._ratio,
+            self.tools,
+            self._sizes,
         )
         kind = compaction["strategy"]
         self.checkpoint(
@@ -651,7 +658,7 @@ class Execution:
     def _model_step(self) -> bool:
         """One model call, checkpointed; False when it was refused and compacted instead."""
         view = self.view()
-        estimate = context.estimate_tokens(view, self._ratio, self.tools)
+        estimate = context.estimate_tokens(view, self._ratio, self.tools, self._sizes)
         self._check_budget(estimate)
         try:
             reply = self.client.complete(
@@ -666,7 +673,7 @@ class Execution:
         self._overflows = 0
         reported = int(reply.usage.get("prompt_tokens") or 0)
         if reported:
-            raw = context.estimate_tokens(view, tools=self.tools)
+            raw = context.estimate_tokens(view, tools=self.tools, sizes=self._sizes)
             self._ratio = min(max(reported / max(raw, 1), 0.25), 4.0)
         message = redact(reply.message(), self.options.secrets)
         done = not reply.tool_calls

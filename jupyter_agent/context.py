@@ -105,14 +105,56 @@ def message_chars(msg: dict) -> int:
     return n
 
 
-def estimate_tokens(messages: list[dict], ratio: float = 1.0, tools: list | None = None) -> int:
+class Sizes:
+    """Measured sizes and stubs, remembered: a model reply or tool result never changes
+    once it is in the history, so each is measured (and stubbed) once, not every step.
+
+    Only assistant and tool messages are remembered; the view's own user messages
+    (summary, plan) are made anew each step and cost a ``len``.
+    """
+
+    def __init__(self) -> None:
+        self._chars: dict[int, tuple[dict, int]] = {}
+        self._stubs: dict[int, tuple[dict, dict]] = {}
+        self._tools: tuple[object, int] = (None, 0)
+
+    def chars(self, msg: dict) -> int:
+        if msg.get("role") not in ("assistant", "tool"):
+            return message_chars(msg)
+        hit = self._chars.get(id(msg))
+        if hit is not None and hit[0] is msg:
+            return hit[1]
+        n = message_chars(msg)
+        self._chars[id(msg)] = (msg, n)
+        return n
+
+    def stub(self, msg: dict) -> dict:
+        hit = self._stubs.get(id(msg))
+        if hit is not None and hit[0] is msg:
+            return hit[1]
+        short = stub(msg)
+        self._stubs[id(msg)] = (msg, short)
+        return short
+
+    def tools(self, tools: list | None) -> int:
+        if not tools:
+            return 0
+        if self._tools[0] is not tools:
+            self._tools = (tools, len(json.dumps(tools)))
+        return self._tools[1]
+
+
+def estimate_tokens(
+    messages: list[dict], ratio: float = 1.0, tools: list | None = None, sizes: Sizes | None = None
+) -> int:
     """Tokens of a request: four characters a token and four a message, times ``ratio``.
 
     ``ratio`` is what the endpoint's last reported ``prompt_tokens`` was to this
     estimate of the same request; it adapts the estimate to the model's tokenizer.
     The tool schemas count too: they are part of every request.
     """
-    chars = sum(message_chars(m) for m in messages) + (len(json.dumps(tools)) if tools else 0)
+    sizes = sizes or Sizes()
+    chars = sum(sizes.chars(m) for m in messages) + sizes.tools(tools)
     return int((chars / 4 + 4 * len(messages)) * ratio)
 
 
@@ -146,8 +188,11 @@ def plan_text(plan: list[dict]) -> str:
     return "Current plan (keep it current with update_plan):\n" + "\n".join(rows)
 
 
-def model_view(messages: list[dict], compaction: dict, plan: list[dict]) -> list[dict]:
+def model_view(
+    messages: list[dict], compaction: dict, plan: list[dict], sizes: Sizes | None = None
+) -> list[dict]:
     """The messages sent to the model for a history and its latest compaction."""
+    shorten = sizes.stub if sizes is not None else stub
     head = messages[:2]  # the system prompt and the task
     upto = max(int(compaction.get("upto") or 0), len(head))
     trim_before = int(compaction.get("trim_before") or 0)
@@ -161,7 +206,7 @@ def model_view(messages: list[dict], compaction: dict, plan: list[dict]) -> list
         view.append({"role": "user", "content": HARNESS_NOTE + plan_text(plan)})
     for i in range(upto, len(messages)):
         msg = messages[i]
-        view.append(stub(msg) if msg.get("role") == "tool" and i < trim_before else msg)
+        view.append(shorten(msg) if msg.get("role") == "tool" and i < trim_before else msg)
     return view
 
 
@@ -195,22 +240,30 @@ def decide(
     *,
     tools: list | None = None,
     force: bool = False,
+    sizes: Sizes | None = None,
 ) -> Decision | None:
     """How to bring the view under :data:`COMPACT_TO` of ``window``, or None if it fits.
 
     ``force`` (the endpoint refused the request as too long) compacts even when
     the estimate says the view fits, and prefers a summary.
     """
-    view_tokens = estimate_tokens(model_view(messages, compaction, plan), ratio, tools)
+    sizes = sizes or Sizes()
+    view_tokens = estimate_tokens(
+        model_view(messages, compaction, plan, sizes), ratio, tools, sizes
+    )
     if not force and view_tokens <= window * COMPACT_AT:
         return None
     target = window * COMPACT_TO
     upto = max(int(compaction.get("upto") or 0), 2)
-    tools = _tool_indices(messages, upto)
-    keep = tools[-KEEP_RESULTS:] if tools else []
-    trim_before = keep[0] if len(tools) > KEEP_RESULTS else int(compaction.get("trim_before") or 0)
+    results_at = _tool_indices(messages, upto)
+    keep = results_at[-KEEP_RESULTS:]
+    trim_before = (
+        keep[0] if len(results_at) > KEEP_RESULTS else int(compaction.get("trim_before") or 0)
+    )
     trimmed = {**compaction, "strategy": "trim", "trim_before": trim_before}
-    trimmed_tokens = estimate_tokens(model_view(messages, trimmed, plan), ratio, tools)
+    trimmed_tokens = estimate_tokens(
+        model_view(messages, trimmed, plan, sizes), ratio, tools, sizes
+    )
     if (
         not force
         and trimmed_tokens <= target
@@ -223,8 +276,10 @@ def decide(
         return Decision(trimmed) if trim_before > int(compaction.get("trim_before") or 0) else None
     budget = window * (1 - COMPACT_TO) / 2
     cut = starts[-1]
-    for i in reversed(starts[1:]):
-        if estimate_tokens(messages[i:], ratio) > budget:
+    tail = estimate_tokens(messages[cut:], ratio, sizes=sizes)
+    for i, j in zip(reversed(starts[1:-1]), reversed(starts[2:]), strict=True):
+        tail += estimate_tokens(messages[i:j], ratio, sizes=sizes)  # grows a step at a time
+        if tail > budget:
             break
         cut = i
     replies = int(compaction.get("replies") or 0) + sum(

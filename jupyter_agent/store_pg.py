@@ -482,7 +482,9 @@ class PostgresStore:
 
     def writer(self, run_id: str, secrets: list[str] | None = None) -> PostgresRunWriter:
         """A writer for one execution of ``run_id``; the run is live while it is open."""
-        return PostgresRunWriter(self, run_id, secrets_in_environment() if secrets is None else secrets)
+        return PostgresRunWriter(
+            self, run_id, secrets_in_environment() if secrets is None else secrets
+        )
 
     @contextlib.contextmanager
     def agent_lock(self, notebook: str, agent: str) -> Iterator[None]:

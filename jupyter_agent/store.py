@@ -350,8 +350,9 @@ class DuckDBStore:
                 "its last checkpoint, and only changes held in that log are lost."
             )
         corrupt = isinstance(exc, duckdb.SerializationException | duckdb.InternalException) or any(
-            word in low for word in ("corrupt", "checksum", "not a valid duckdb")
-        )
+            word in low
+            for word in ("corrupt", "checksum", "not a valid duckdb", "could not read enough bytes")
+        )  # the last: a file cut short (truncated), which no retry mends
         if corrupt:
             return StoreError(
                 f"The agent store {self.path} is damaged ({text}). It was left untouched: "

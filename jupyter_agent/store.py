@@ -1266,7 +1266,9 @@ def _stats(
         "sum(TRY_CAST(json_extract_string(info, '$.usage.prompt_tokens') AS BIGINT)), "
         "sum(TRY_CAST(json_extract_string(info, '$.usage.completion_tokens') AS BIGINT)), "
         "sum(size), max(created_at), arg_max(step, step), arg_max(status, step), "
-        "arg_max(info, step) FROM checkpoints WHERE run_id IN (SELECT UNNEST(?)) GROUP BY run_id",
+        "arg_max(info, step), arg_max(json_extract(info, '$.plan'), step) FILTER "
+        "(WHERE json_extract(info, '$.plan') IS NOT NULL) "
+        "FROM checkpoints WHERE run_id IN (SELECT UNNEST(?)) GROUP BY run_id",
         [list(chains)],
     ).fetchall()
     return {
@@ -1282,6 +1284,7 @@ def _stats(
             last_status=r[8],
             last_info=json.loads(r[9]) if r[9] else {},
             steps=vocab.history_steps(chains[r[0]], model_steps),
+            plan=json.loads(r[10]) if r[10] else None,
         )
         for r in rows
     }

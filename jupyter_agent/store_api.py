@@ -123,6 +123,8 @@ class RunStats:
     steps: int = 0
     """Steps (``model`` checkpoints) of the run's history: a fork's parent's up to the
     fork point, then its own."""
+    plan: list[dict] | None = None
+    """The run's latest plan (``info.plan`` of its last checkpoint that has one)."""
 
 
 @dataclass

@@ -226,6 +226,27 @@ def test_agents_of_a_notebook_with_every_status(
     assert (code, body["agents"], body["running"]) == (200, [], False)
 
 
+def test_an_agent_shows_its_plan_progress_and_its_ledger(
+    api: Api, store: Store, jp_root_dir: Path, trap: bytes
+) -> None:
+    nb = notebook(jp_root_dir, "plans.ipynb")
+    plan = [{"title": "load", "status": "done"}, {"title": "plot", "status": "in_progress"}]
+    info = {"plan": plan, "usage": {"prompt_tokens": 25, "completion_tokens": 5}}
+    add_run(
+        store, nb, "planner", [*RUNNING_STEPS, ("tool_result", "running")], trap, last_info=info
+    )
+    add_run(store, nb, "plain", RUNNING_STEPS, trap)
+    code, body = api.get("agents", notebook="plans.ipynb")
+    assert code == 200
+    agents = {a["name"]: a for a in body["agents"]}
+    planner = agents["planner"]
+    assert planner["plan"]["text"] == "1/2" and planner["plan"]["items"] == plan
+    assert (planner["prompt_tokens"], planner["completion_tokens"]) == (25, 5)
+    assert agents["plain"]["plan"] is None
+    code, detail = api.get("agents", "planner", notebook="plans.ipynb")
+    assert detail["all_runs"][-1]["plan"]["text"] == "1/2"
+
+
 def test_runs_of_an_agent_and_checkpoints_of_a_run(
     api: Api, store: Store, jp_root_dir: Path, trap: bytes
 ) -> None:

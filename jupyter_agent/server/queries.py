@@ -19,6 +19,7 @@ from ..store_api import (
     AgentSummary,
     CheckpointRow,
     RunRow,
+    RunStats,
     RunSummary,
     Store,
     history_chain,
@@ -122,7 +123,7 @@ class Reader:
             "started_at": info["created_at"],
             "updated_at": stats.updated_at if stats else info["created_at"],
             "checkpoints": stats.checkpoints if stats else 0,
-            "tokens": stats.tokens if stats else 0,
+            **_ledger(stats),
             "timeline": [
                 {"step": c.step, "kind": c.kind, "status": c.status} for c in agent.timeline
             ],
@@ -153,7 +154,7 @@ class Reader:
             label=label,
             live=summary.live,
             checkpoints=stats.checkpoints if stats else 0,
-            tokens=stats.tokens if stats else 0,
+            **_ledger(stats),
             size=stats.size if stats else 0,
             updated_at=stats.updated_at if stats else summary.run.created_at,
         )
@@ -201,3 +202,13 @@ class Reader:
     def move(self, old: str, new: str) -> int:
         """Record a notebook (or folder) rename."""
         return self.store.move_notebook(old, new)
+
+
+def _ledger(stats: RunStats | None) -> dict[str, Any]:
+    """What a run spent (tokens, prompt and completion) and its plan's progress."""
+    return {
+        "tokens": stats.tokens if stats else 0,
+        "prompt_tokens": stats.prompt_tokens if stats else 0,
+        "completion_tokens": stats.completion_tokens if stats else 0,
+        "plan": vocab.plan_progress(stats.plan) if stats and stats.plan else None,
+    }

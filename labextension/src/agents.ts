@@ -256,7 +256,7 @@ class Badge {
     this.node.className = `jp-AgentBadge jp-AgentBadge-${agent.status}`;
     this.node.dataset.agentName = agent.name;
     this.node.dataset.agentStatus = agent.status;
-    this.node.textContent = agent.label;
+    this.node.textContent = agent.plan ? `${agent.label} · plan ${agent.plan.text}` : agent.label;
     this.node.title = describe(agent);
     this._place();
   }
@@ -298,7 +298,8 @@ export function describe(agent: IAgentSummary): string {
   const runs = agent.runs === 1 ? '1 run' : `${agent.runs} runs`;
   return (
     `Agent ${agent.name}: ${agent.label}\n` +
-    `${agent.checkpoints} checkpoints · ${agent.tokens} tokens · ${runs}\n` +
+    `${agent.checkpoints} checkpoints · ${agent.tokens} tokens ` +
+    `(${agent.prompt_tokens} prompt, ${agent.completion_tokens} completion) · ${runs}\n` +
     `Last checkpoint: ${when}`
   );
 }

@@ -43,8 +43,20 @@ export interface IAgentSummary {
   started_at: number;
   updated_at: number;
   checkpoints: number;
+  /** The ledger: tokens spent, and how many of them prompt and completion. */
   tokens: number;
+  prompt_tokens: number;
+  completion_tokens: number;
+  /** The latest plan's progress ("4/12"), if the agent keeps a plan. */
+  plan: IPlanProgress | null;
   timeline: ITimelineEntry[];
+}
+
+export interface IPlanProgress {
+  items: { title: string; status: string }[];
+  done: number;
+  total: number;
+  text: string;
 }
 
 export interface IAgentList {

@@ -31,12 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import context, namespace, user_tools, vocab
+from . import plan as plans
 from .budget import Budget, Ledger, cost_of, over_budget, price_of
 from .delegate import DELEGATE_TOOL, Children, DelegateError, parse_delegate
 from .errors import NotWaiting, StoreError
 from .identity import AgentIdentity
 from .model import Cancelled, ConfigError, ContextOverflow, ModelClient, ModelError
-from .plan import PLANNER_PROMPT, PlanError, current_item, parse_items, progress, with_status
+from .plan import PLANNER_PROMPT, PlanError, parse_items, progress
 from .redaction import redact
 from .state import (
     AWAITING_APPROVAL,
@@ -592,68 +593,36 @@ class Execution:
         )
         self._compact(force=True)
 
-    def _next_item(self, note: str) -> bool:
-        """In plan mode, after a reply that ends an item: start the next one afresh.
-
-        Returns False when no item is left (the reply is the run's answer).
-        """
-        plan = self._ended_plan()
-        index = current_item(plan)
-        if index is None:
-            self.checkpoint(
-                "tool_result",
-                RUNNING,
-                f"plan {progress(plan)}",
-                Delta(plan=plan),
-                info={"plan": plan, "progress": progress(plan)},
-            )
-            return False
-        plan = with_status(plan, index, "in_progress")
+    def _next_item(self, note: str) -> None:
+        """In plan mode, after a reply that ends an item: start the next one afresh."""
         state = self.state
-        notes = (state.compaction.get("notes") or []) + ([note] if note else [])
         variables = context.variables_overview(self.shell.user_ns, list(state.vars))
-        body = "Progress notes:\n" + ("\n".join(f"- {n}" for n in notes[-40:]) or "- none yet")
-        if variables:
-            body += "\n\nNotebook variables:\n" + "\n".join(
-                f"- {k}: {v}" for k, v in variables.items()
+        item = plans.next_item(state.plan, state.compaction, state.messages, note, variables)
+        if item is None:  # nothing left: the plan is done
+            done = plans.ended(state.plan, state.compaction)
+            info = {"plan": done, "progress": progress(done)}
+            self.checkpoint(
+                "tool_result", RUNNING, f"plan {progress(done)}", Delta(plan=done), info=info
             )
-        replies = sum(1 for m in state.messages if m.get("role") == "assistant")
-        results = sum(1 for m in state.messages if m.get("role") == "tool")
-        compaction = {
-            "strategy": "item",
-            "upto": len(state.messages),
-            "trim_before": len(state.messages),
-            "replies": replies,
-            "results": results,
-            "notes": notes,
-            "item": index,
-            "summary": context.summary_message(body, replies, results),
-            "window": self.window,
-        }
-        title = plan[index]["title"]
-        instruction = (
-            f"{context.HARNESS_NOTE}Now work on item {index + 1} of {len(plan)}: {title}. "
-            "Work on this item only. When it is done, call update_plan to mark it done, then "
-            "reply with a short note of what you did and learnt."
-        )
+            return
+        title = item.plan[item.index]["title"]
         self.checkpoint(
             "compaction",
             RUNNING,
-            f"plan item {index + 1}/{len(plan)}: {title}",
+            f"plan item {item.index + 1}/{len(item.plan)}: {title}",
             Delta(
-                messages=[{"role": "user", "content": instruction}],
-                compaction=compaction,
-                plan=plan,
+                messages=[{"role": "user", "content": item.instruction}],
+                compaction={**item.compaction, "window": self.window},
+                plan=item.plan,
             ),
             info={
                 "strategy": "item",
-                "plan": plan,
-                "progress": progress(plan),
-                "item": index,
+                "plan": item.plan,
+                "progress": progress(item.plan),
+                "item": item.index,
                 "messages_dropped": len(state.messages),
             },
         )
-        return True
 
     def _model_step(self) -> bool:
         """One model call, checkpointed; False when it was refused and compacted instead."""
@@ -677,8 +646,9 @@ class Execution:
             self._ratio = min(max(reported / max(raw, 1), 0.25), 4.0)
         message = redact(reply.message(), self.options.secrets)
         done = not reply.tool_calls
-        if done and self.plan_mode and self.state.plan:
-            done = not self._has_next_item()
+        state = self.state
+        if done and self.plan_mode and state.plan:
+            done = not plans.has_next(state.plan, state.compaction)
         if not reply.tool_calls:
             summary = reply.content
         else:
@@ -691,34 +661,15 @@ class Execution:
             info["reasoning"] = redact(reply.reasoning[:REASONING_KEPT], self.options.secrets)
             self.events.info("(reasoning) " + one_line(info["reasoning"], 200))
         delta = Delta(messages=[message])
-        if done and self.plan_mode and self._working_on() is not None:
-            delta.plan = info["plan"] = self._ended_plan()  # the last item is done
+        if done and self.plan_mode and plans.working_on(state.compaction) is not None:
+            delta.plan = info["plan"] = plans.ended(state.plan, state.compaction)  # last one
         self.checkpoint(
             "model", DONE if done else RUNNING, summary, delta, tokens=reply.tokens, info=info
         )
         if not reply.tool_calls and not done:
-            self._next_item(f"{self._item_title()}: {one_line(reply.content, 300)}")
+            title = plans.item_title(state.plan, state.compaction)
+            self._next_item(f"{title}: {one_line(reply.content, 300)}")
         return True
-
-    def _working_on(self) -> int | None:
-        """The plan item this context was started for (None while planning)."""
-        compaction = self.state.compaction
-        return compaction.get("item") if compaction.get("strategy") == "item" else None
-
-    def _ended_plan(self) -> list[dict]:
-        """The plan once the item being worked on has ended (marked done)."""
-        plan, index = self.state.plan, self._working_on()
-        if index is not None and index < len(plan):
-            plan = with_status(plan, index, "done")
-        return plan
-
-    def _has_next_item(self) -> bool:
-        return current_item(self._ended_plan()) is not None
-
-    def _item_title(self) -> str:
-        index = self._working_on()
-        plan = self.state.plan
-        return plan[index]["title"] if index is not None and index < len(plan) else "plan"
 
     def _tool_step(self, call: dict) -> None:
         """One tool call: approval if needed, then its start and its result as checkpoints.

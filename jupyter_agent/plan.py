@@ -12,6 +12,9 @@ its own history.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+
+from . import context
 
 STATUSES = ("pending", "in_progress", "done")
 MAX_ITEMS = 200
@@ -100,3 +103,80 @@ def current_item(plan: list[dict]) -> int | None:
 
 def with_status(plan: list[dict], index: int, status: str) -> list[dict]:
     return [{**item, "status": status} if i == index else item for i, item in enumerate(plan)]
+
+
+# -- working through a plan an item at a time (``--plan``) ----------------------------
+
+
+def working_on(compaction: dict) -> int | None:
+    """The item the current context was started for (None while planning)."""
+    return compaction.get("item") if compaction.get("strategy") == "item" else None
+
+
+def ended(plan: list[dict], compaction: dict) -> list[dict]:
+    """The plan once the item being worked on has ended (marked done)."""
+    index = working_on(compaction)
+    return with_status(plan, index, "done") if index is not None and index < len(plan) else plan
+
+
+def has_next(plan: list[dict], compaction: dict) -> bool:
+    """Whether an item is left once the current one ends."""
+    return current_item(ended(plan, compaction)) is not None
+
+
+def item_title(plan: list[dict], compaction: dict) -> str:
+    index = working_on(compaction)
+    return plan[index]["title"] if index is not None and index < len(plan) else "plan"
+
+
+@dataclass
+class NextItem:
+    """The checkpoint that starts an item with a fresh context."""
+
+    index: int
+    plan: list[dict]
+    compaction: dict
+    instruction: str
+
+
+def next_item(
+    plan: list[dict],
+    compaction: dict,
+    messages: list[dict],
+    note: str,
+    variables: dict[str, str],
+) -> NextItem | None:
+    """The next item to start afresh after ``note`` ended the current one; None: all done.
+
+    Its context is the task, the plan, the progress notes of the items done and
+    the notebook's variables: the view is cut at the end of ``messages``.
+    """
+    plan = ended(plan, compaction)
+    index = current_item(plan)
+    if index is None:
+        return None
+    plan = with_status(plan, index, "in_progress")
+    notes = (compaction.get("notes") or []) + ([note] if note else [])
+    body = "Progress notes:\n" + ("\n".join(f"- {n}" for n in notes[-40:]) or "- none yet")
+    if variables:
+        body += "\n\nNotebook variables:\n" + "\n".join(f"- {k}: {v}" for k, v in variables.items())
+    replies = sum(1 for m in messages if m.get("role") == "assistant")
+    results = sum(1 for m in messages if m.get("role") == "tool")
+    title = plan[index]["title"]
+    return NextItem(
+        index,
+        plan,
+        {
+            "strategy": "item",
+            "upto": len(messages),
+            "trim_before": len(messages),
+            "replies": replies,
+            "results": results,
+            "notes": notes,
+            "item": index,
+            "summary": context.summary_message(body, replies, results),
+        },
+        f"{context.HARNESS_NOTE}Now work on item {index + 1} of {len(plan)}: {title}. "
+        "Work on this item only. When it is done, call update_plan to mark it done, then "
+        "reply with a short note of what you did and learnt.",
+    )

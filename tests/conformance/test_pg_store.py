@@ -69,7 +69,9 @@ def test_row_security_stops_writing_in_another_members_name(pg_url):
 
 def test_commits_wait_for_the_disk_only_when_the_url_asks(pg_url):
     fast = PostgresStore(pg_url).writer("r1", secrets=[])
-    durable = PostgresStore(pg_url + "?options=-c%20synchronous_commit%3Don").writer("r2", secrets=[])
+    durable = PostgresStore(pg_url + "?options=-c%20synchronous_commit%3Don").writer(
+        "r2", secrets=[]
+    )
     try:
         assert fast._con.execute("SHOW synchronous_commit").fetchone()[0] == "off"
         assert durable._con.execute("SHOW synchronous_commit").fetchone()[0] == "on"

@@ -24,14 +24,13 @@ import shutil
 import threading
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import duckdb
 
-from . import journal, vocab
+from . import journal, store_rows
 from .errors import AgentBusy, Conflict, StoreBusy, StoreError, StoreWarning
 from .journal import JournalWriter, Record
 from .redaction import contains_secret, redact, secrets_in_environment
@@ -45,10 +44,17 @@ from .store_api import (
     RunDetail,
     RunRow,
     RunStats,
-    RunSummary,
     StoreInfo,
     delete_agent_runs,
     history_chain,
+)
+from .store_rows import (
+    checkpoint_from_row,
+    json_payload,
+    malformed,
+    parse_version,
+    run_from_row,
+    stats_from_row,
 )
 
 #: 2: checkpoint payloads are JSON, tagged by ``payload_format`` (1 pickled them with dill).
@@ -423,13 +429,13 @@ class DuckDBStore:
         row = None
         if has_meta and has_meta[0]:
             row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is not None and _version(row[0]) > SCHEMA_VERSION:
+        if row is not None and parse_version(row[0], SCHEMA_VERSION) > SCHEMA_VERSION:
             raise StoreError(
                 f"The agent store {self.path} was written by a newer jupyter-agent (schema "
                 f"{row[0]}, this one reads {SCHEMA_VERSION}). Upgrade jupyter-agent; the store "
                 "was not modified."
             )
-        version = SCHEMA_VERSION if row is None else _version(row[0])
+        version = SCHEMA_VERSION if row is None else parse_version(row[0], SCHEMA_VERSION)
         # A v1 file this process cannot upgrade is read as it is, its payloads converted.
         self._v1 = version < 2
         if read_only:
@@ -451,7 +457,7 @@ class DuckDBStore:
         """
         with _migrate_lock:
             row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None or _version(row[0]) >= SCHEMA_VERSION:
+            if row is None or parse_version(row[0], SCHEMA_VERSION) >= SCHEMA_VERSION:
                 self._v1 = False
                 return  # another thread here did it meanwhile
             self.check_trusted()
@@ -582,7 +588,7 @@ class DuckDBStore:
         ends = [*found.offsets[1:], found.end][: len(found.offsets)]
         try:
             for offset, end, rec in zip(found.offsets, ends, found.records, strict=True):
-                if _malformed(rec):
+                if malformed(rec):
                     damaged.append((offset, end))  # a CRC-valid record that is not a row
                 elif not _insert(con, rec, rows) and unknown is None:
                     unknown = offset
@@ -693,14 +699,14 @@ class DuckDBStore:
             rows = con.execute(
                 f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {where} ORDER BY created_at", args
             ).fetchall()
-        return [_run_row(r) for r in rows]
+        return [run_from_row(r) for r in rows]
 
     def run(self, run_id: str) -> RunRow | None:
         with self._connect() as con:
             row = con.execute(
                 f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", [run_id]
             ).fetchone()
-        return _run_row(row) if row else None
+        return run_from_row(row) if row else None
 
     def checkpoints(self, run_id: str) -> list[CheckpointRow]:
         with self._connect() as con:
@@ -709,7 +715,7 @@ class DuckDBStore:
                 "ORDER BY step",
                 [run_id],
             ).fetchall()
-        return [_checkpoint_row(r) for r in rows]
+        return [checkpoint_from_row(r) for r in rows]
 
     def latest_checkpoints(self, run_ids: list[str]) -> dict[str, CheckpointRow]:
         """The last checkpoint of each run, in one query."""
@@ -722,7 +728,7 @@ class DuckDBStore:
                 "QUALIFY ROW_NUMBER() OVER (PARTITION BY run_id ORDER BY step DESC) = 1",
                 [run_ids],
             ).fetchall()
-        return {r[0]: _checkpoint_row(r) for r in rows}
+        return {r[0]: checkpoint_from_row(r) for r in rows}
 
     def model_steps(self, run_ids: list[str]) -> dict[str, list[int]]:
         if not run_ids:
@@ -763,7 +769,7 @@ class DuckDBStore:
 
         def read(con: duckdb.DuckDBPyConnection) -> tuple:
             runs = _runs(con, "WHERE notebook = ? ORDER BY created_at", [notebook])
-            latest = {r.agent: r for r in runs}
+            latest = store_rows.latest_runs(runs)
             return (
                 runs,
                 latest,
@@ -771,14 +777,8 @@ class DuckDBStore:
                 _stats(con, list(latest.values()), runs),
             )
 
-        (runs, latest, timelines, stats), live = self._sampled(read)
-        counts = Counter(r.agent for r in runs)
-        return [
-            AgentSummary(
-                name, _summary(run, stats, live), counts[name], timelines.get(run.run_id, [])
-            )
-            for name, run in latest.items()
-        ]
+        (runs, _latest, timelines, stats), live = self._sampled(read)
+        return store_rows.agent_summaries(runs, timelines, stats, live)
 
     def agent_detail(
         self, notebook: str, agent: str, *, timeline: int = TIMELINE_LIMIT
@@ -795,11 +795,7 @@ class DuckDBStore:
             return runs, _timelines(con, runs[-1:], timeline), _stats(con, runs)
 
         (runs, timelines, stats), live = self._sampled(read)
-        if not runs:
-            return None
-        summaries = [_summary(r, stats, live) for r in runs]
-        head = AgentSummary(agent, summaries[-1], len(runs), timelines.get(runs[-1].run_id, []))
-        return AgentDetail(head, summaries)
+        return store_rows.agent_detail(agent, runs, timelines, stats, live)
 
     def run_detail(self, run_id: str) -> RunDetail | None:
         if not self.exists():
@@ -814,7 +810,7 @@ class DuckDBStore:
         (run, checkpoints, stats), live = self._sampled(read)
         if run is None:
             return None
-        return RunDetail(_summary(run, stats, live), checkpoints)
+        return RunDetail(store_rows.summary(run, stats, live), checkpoints)
 
     def forks(self, run_ids: list[str]) -> list[RunRow]:
         if not run_ids or not self.exists():
@@ -837,7 +833,7 @@ class DuckDBStore:
         return StoreInfo(
             self.location,
             True,
-            _version(row[0]) if row else None,
+            parse_version(row[0], SCHEMA_VERSION) if row else None,
             SCHEMA_VERSION,
             runs[0] if runs else 0,
             checkpoints[0] if checkpoints else 0,
@@ -863,26 +859,19 @@ class DuckDBStore:
                 ).fetchall()
                 steps = [r[1] for r in rows]
                 first = 0 if i == 0 else (steps[0] if steps else 0)
-                expected = list(range(first, first + len(steps)))
-                if steps != expected:
-                    missing = next(e for s, e in zip(steps, expected, strict=True) if s != e)
+                missing = store_rows.first_missing(steps, first)
+                if missing is not None:
                     raise StoreError(
                         f"Checkpoint {missing} of run {run_id} is missing from the store (lost "
                         "to a damaged journal, which was kept beside the store for inspection), "
                         "so this run cannot be resumed or restored faithfully. Run the cell with "
                         "--restart to start over; the other runs are unaffected."
                     )
-                out.extend((_checkpoint_row(r[:-2]), self._json(r[-2], r[-1])) for r in rows)
+                out.extend(
+                    (checkpoint_from_row(r[:-2]), json_payload(r[-2], r[-1], self.check_trusted))
+                    for r in rows
+                )
         return out
-
-    def _json(self, fmt: str, data: bytes | None) -> bytes:
-        """A payload as JSON; one of an older release (a read-only v1 store) is converted."""
-        if fmt == "json":
-            return bytes(data or b"")
-        self.check_trusted()  # only the older release's dill payloads need it
-        from .state import dill_to_json
-
-        return dill_to_json(bytes(data or b""))
 
     def blobs(self, hashes: list[str]) -> dict[str, bytes]:
         if not hashes:
@@ -1083,53 +1072,6 @@ _DATA_ERRORS = (
     duckdb.NotImplementedException,
 )
 
-_TEXT, _INT, _NUMBER = (str,), (int,), (int, float)
-#: The columns each record kind must have, and their types (None allowed where optional).
-_SHAPES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
-    "runs": {
-        "run_id": (_TEXT, False),
-        "notebook": (_TEXT, False),
-        "agent": (_TEXT, False),
-        "cell_id": (_TEXT, True),
-        "prompt": (_TEXT, False),
-        "prompt_hash": (_TEXT, False),
-        "model": (_TEXT, False),
-        "parent_run": (_TEXT, True),
-        "parent_step": (_INT, True),
-        "created_at": (_NUMBER, False),
-        "info": (_TEXT, True),
-    },
-    "checkpoints": {
-        "run_id": (_TEXT, False),
-        "step": (_INT, False),
-        "kind": (_TEXT, False),
-        "status": (_TEXT, False),
-        "summary": (_TEXT, False),
-        "created_at": (_NUMBER, False),
-        "duration_ms": (_NUMBER, False),
-        "tokens": (_INT, False),
-        "size": (_INT, False),
-        "info": (_TEXT, True),
-        "payload_format": (_TEXT, True),
-    },
-    "blobs": {"hash": (_TEXT, False), "size": (_INT, False)},
-}
-
-
-def _malformed(rec: Record) -> bool:
-    """A record of a known kind whose row lacks a column or has one of the wrong type."""
-    shape = _SHAPES.get(rec.table)
-    if shape is None or not isinstance(rec.row, dict):
-        return shape is not None
-    for column, (types, optional) in shape.items():
-        value = rec.row.get(column)
-        if value is None:
-            if not optional:
-                return True
-        elif not isinstance(value, types) or isinstance(value, bool):
-            return True
-    return False
-
 
 def _exposure(st: os.stat_result | journal.JournalFile) -> str | None:
     """Why another user could have written this file: None when only this user can."""
@@ -1181,13 +1123,6 @@ def _insert(con: duckdb.DuckDBPyConnection, rec: Record, rows: _RowBatch) -> boo
     return False  # a record kind from a newer version: left in its journal for that version
 
 
-def _version(value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        return SCHEMA_VERSION + 1  # unreadable: treat as newer, never overwrite
-
-
 def _filters(**kw: str | None) -> tuple[str, list]:
     parts = [(f"{k} = ?", v) for k, v in kw.items() if v is not None]
     if not parts:
@@ -1195,21 +1130,9 @@ def _filters(**kw: str | None) -> tuple[str, list]:
     return "WHERE " + " AND ".join(p for p, _ in parts), [v for _, v in parts]
 
 
-def _run_row(r: tuple) -> RunRow:
-    d = dict(zip(RUN_COLUMNS, r, strict=True))
-    d["info"] = json.loads(d["info"]) if d["info"] else {}
-    return RunRow(**d)
-
-
-def _checkpoint_row(r: tuple) -> CheckpointRow:
-    d = dict(zip(CHECKPOINT_COLUMNS, r, strict=True))
-    d["info"] = json.loads(d["info"]) if d["info"] else {}
-    return CheckpointRow(**d)
-
-
 def _runs(con: duckdb.DuckDBPyConnection, where: str, args: list) -> list[RunRow]:
     rows = con.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {where}", args).fetchall()
-    return [_run_row(r) for r in rows]
+    return [run_from_row(r) for r in rows]
 
 
 def _checkpoints(con: duckdb.DuckDBPyConnection, run_id: str) -> list[CheckpointRow]:
@@ -1217,7 +1140,7 @@ def _checkpoints(con: duckdb.DuckDBPyConnection, run_id: str) -> list[Checkpoint
         f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM checkpoints WHERE run_id = ? ORDER BY step",
         [run_id],
     ).fetchall()
-    return [_checkpoint_row(r) for r in rows]
+    return [checkpoint_from_row(r) for r in rows]
 
 
 def _timelines(
@@ -1233,7 +1156,7 @@ def _timelines(
     ).fetchall()
     out: dict[str, list[CheckpointRow]] = {}
     for r in rows:
-        out.setdefault(r[0], []).append(_checkpoint_row(r))
+        out.setdefault(r[0], []).append(checkpoint_from_row(r))
     return out
 
 
@@ -1271,27 +1194,7 @@ def _stats(
         "FROM checkpoints WHERE run_id IN (SELECT UNNEST(?)) GROUP BY run_id",
         [list(chains)],
     ).fetchall()
-    return {
-        r[0]: RunStats(
-            run_id=r[0],
-            checkpoints=r[1],
-            tokens=int(r[2] or 0),
-            prompt_tokens=int(r[3] or 0),
-            completion_tokens=int(r[4] or 0),
-            size=int(r[5] or 0),
-            updated_at=r[6],
-            last_step=r[7],
-            last_status=r[8],
-            last_info=json.loads(r[9]) if r[9] else {},
-            steps=vocab.history_steps(chains[r[0]], model_steps),
-            plan=json.loads(r[10]) if r[10] else None,
-        )
-        for r in rows
-    }
-
-
-def _summary(run: RunRow, stats: dict[str, RunStats], live: set[str]) -> RunSummary:
-    return RunSummary(run, stats.get(run.run_id), run.run_id in live)
+    return {r[0]: stats_from_row(r, chains[r[0]], model_steps) for r in rows}
 
 
 def moved_path(path: str, old: str, new: str) -> str:

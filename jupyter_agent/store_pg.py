@@ -27,35 +27,43 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from functools import lru_cache
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
+from . import store_rows
+from .errors import Conflict
 from .journal import Record
 from .redaction import secrets_in_environment
 from .store import (
-    CHECKPOINT_COLUMNS,
-    RUN_COLUMNS,
-    SCHEMA_VERSION,
     AgentBusy,
-    CheckpointRow,
-    RunRow,
     RunWriter,
     StoreBusy,
     StoreError,
-    _checkpoint_row,
-    _malformed,
-    _run_row,
-    _version,
-    apply_moves,
     moved_path,
     process_started_at,
 )
+from .store_api import (
+    CHECKPOINT_COLUMNS,
+    RUN_COLUMNS,
+    TIMELINE_LIMIT,
+    AgentDetail,
+    AgentSummary,
+    CheckpointRow,
+    RunDetail,
+    RunRow,
+    RunStats,
+    StoreInfo,
+    delete_agent_runs,
+    history_chain,
+)
+from .store_rows import checkpoint_from_row, json_payload, parse_version, run_from_row
 
 SCHEMA = "jupyter_agent"
+#: 2: checkpoint payloads are JSON, tagged by ``payload_format`` (1 pickled them with dill).
+SCHEMA_VERSION = 2
 
 _DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {SCHEMA};
@@ -90,6 +98,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.checkpoints (
     size INTEGER NOT NULL,
     info TEXT,
     payload BYTEA,
+    payload_format TEXT DEFAULT 'json',
     PRIMARY KEY (run_id, step)
 );
 CREATE TABLE IF NOT EXISTS {SCHEMA}.blobs (
@@ -135,21 +144,10 @@ def grants_sql(team: str) -> str:
     )
 
 
-#: Owner-scoped views that let SQL written for the DuckDB store (the server's
-#: metadata queries) run unchanged: temporary relations shadow the tables.
-_VIEWS = f"""
-SET search_path TO {SCHEMA};
-CREATE TEMP VIEW runs AS SELECT {", ".join(RUN_COLUMNS)} FROM {SCHEMA}.runs
-    WHERE owner = current_setting('jupyter_agent.owner');
-CREATE TEMP VIEW checkpoints AS SELECT {", ".join(CHECKPOINT_COLUMNS)}, payload
-    FROM {SCHEMA}.checkpoints WHERE owner = current_setting('jupyter_agent.owner');
-CREATE TEMP VIEW notebook_moves AS SELECT old, new, moved_at FROM {SCHEMA}.notebook_moves
-    WHERE owner = current_setting('jupyter_agent.owner');
-"""
-
 _RUN_SELECT = ", ".join(RUN_COLUMNS)
 _CP_SELECT = ", ".join(CHECKPOINT_COLUMNS)
 _MAX_STEP = 2**31 - 1
+_T = TypeVar("_T")
 
 
 def current_owner() -> str:
@@ -216,7 +214,10 @@ def _problem(url: str, exc: psycopg.Error, doing: str) -> StoreError:
     )
 
 
-def _connect(url: str, purpose: str, busy_timeout: float) -> psycopg.Connection:
+def _connect(
+    url: str, purpose: str, busy_timeout: float, *, create: bool = False
+) -> psycopg.Connection:
+    """A new autocommit connection; its schema checked, and created when ``create``."""
     try:
         con = psycopg.connect(
             url,
@@ -227,33 +228,43 @@ def _connect(url: str, purpose: str, busy_timeout: float) -> psycopg.Connection:
     except psycopg.Error as exc:
         raise _problem(url, exc, "be reached") from exc
     try:
-        _ensure_schema(url, con)
+        _ensure_schema(url, con, create=create)
     except BaseException:
         con.close()
         raise
     return con
 
 
-def _ensure_schema(url: str, con: psycopg.Connection) -> None:
-    """Create the tables once per database and process; refuse a newer schema untouched."""
+def _stored_version(con: psycopg.Connection) -> int | None:
+    if not con.execute("SELECT to_regclass(%s)", [f"{SCHEMA}.meta"]).fetchone()[0]:
+        return None
+    row = con.execute(f"SELECT value FROM {SCHEMA}.meta WHERE key = 'schema_version'").fetchone()
+    return None if row is None else parse_version(row[0], SCHEMA_VERSION)
+
+
+def _ensure_schema(url: str, con: psycopg.Connection, *, create: bool) -> bool:
+    """Check the schema once per database and process; whether the tables exist.
+
+    A newer schema is refused untouched; an older one is upgraded in place; a
+    missing one is created only when ``create`` (reading never creates the store,
+    and a member's role need not be able to create tables).
+    """
     if url in _ready:
-        return
+        return True
     with _ready_lock:
         if url in _ready:
-            return
+            return True
         try:
-            row = None
-            if con.execute("SELECT to_regclass(%s)", [f"{SCHEMA}.meta"]).fetchone()[0]:
-                row = con.execute(
-                    f"SELECT value FROM {SCHEMA}.meta WHERE key = 'schema_version'"
-                ).fetchone()
-            if row is not None and _version(row[0]) > SCHEMA_VERSION:
+            version = _stored_version(con)
+            if version is not None and version > SCHEMA_VERSION:
                 raise StoreError(
                     f"The agent store {display_url(url)} was written by a newer jupyter-agent "
-                    f"(schema {row[0]}, this one reads {SCHEMA_VERSION}). Upgrade jupyter-agent; "
-                    "the store was not modified."
+                    f"(schema {version}, this one reads {SCHEMA_VERSION}). Upgrade "
+                    "jupyter-agent; the store was not modified."
                 )
-            if row is None:  # only then: a member's role need not be able to create tables
+            if version is None:
+                if not create:
+                    return False
                 with con.transaction():
                     con.execute("SELECT pg_advisory_xact_lock(%s)", [_DDL_KEY])
                     con.execute(_DDL)
@@ -262,49 +273,39 @@ def _ensure_schema(url: str, con: psycopg.Connection) -> None:
                         "ON CONFLICT DO NOTHING",
                         [str(SCHEMA_VERSION)],
                     )
+            elif version < SCHEMA_VERSION:
+                _migrate(con)
         except psycopg.Error as exc:
-            raise _problem(url, exc, "create its tables") from exc
+            raise _problem(url, exc, "create or upgrade its tables") from exc
         _ready.add(url)
+        return True
 
 
-class _DuckCompat:
-    """A DuckDB-style connection over PostgreSQL for SQL written against the DuckDB store.
+def _migrate(con: psycopg.Connection) -> None:
+    """Upgrade a schema 1 store: tag its checkpoints' payloads ``dill``.
 
-    Callers that predate the store protocol (the server's metadata queries, the
-    timeline's step counts, :func:`~jupyter_agent.store.apply_moves`) run their
-    SQL through :meth:`PostgresStore.connect`; the few DuckDB idioms they use are
-    rewritten, and owner-scoped temporary views stand in for the tables.
+    Nothing is unpickled here (the rows belong to many owners): each owner's old
+    payloads are converted to JSON as that owner reads them
+    (:func:`~jupyter_agent.store_rows.json_payload`). Needs the table owner's rights.
     """
-
-    def __init__(self, con: psycopg.Connection) -> None:
-        self.con = con
-
-    def execute(self, sql: str, params: list | tuple | None = None) -> psycopg.Cursor:
-        return self.con.execute(_translate(sql), params or None)
-
-
-_QUALIFY = re.compile(
-    r"^SELECT (?P<cols>.+?) FROM (?P<body>.+?) QUALIFY (?P<window>.+\)) "
-    r"(?P<op><=|>=|=|<|>) (?P<rhs>\S+)(?P<tail>.*)$",
-    re.S,
-)
-
-
-@lru_cache(maxsize=256)
-def _translate(sql: str) -> str:
-    """DuckDB SQL of the kinds the DuckDB store's callers send, as PostgreSQL SQL."""
-    out = sql.replace("%", "%%").replace("(SELECT UNNEST(?))", "(SELECT UNNEST(?::text[]))")
-    out = re.sub(r"\blist\(", "array_agg(", out)
-    out = re.sub(r"\barg_max\((\w+), (\w+)\)", r"(array_agg(\1 ORDER BY \2 DESC))[1]", out)
-    out = re.sub(r"\bINSERT OR IGNORE INTO\b", "INSERT INTO", out)
-    match = _QUALIFY.match(out)
-    if match:
-        g = match.groupdict()
-        out = (
-            f"SELECT {g['cols']} FROM (SELECT {g['cols']}, {g['window']} AS _qualify "
-            f"FROM {g['body']}) _q WHERE _qualify {g['op']} {g['rhs']}{g['tail']}"
+    with con.transaction():
+        con.execute("SELECT pg_advisory_xact_lock(%s)", [_DDL_KEY])
+        version = _stored_version(con)
+        if version is None or version >= SCHEMA_VERSION:
+            return  # another process did it meanwhile
+        con.execute(
+            f"ALTER TABLE {SCHEMA}.checkpoints ADD COLUMN IF NOT EXISTS payload_format TEXT"
         )
-    return out.replace("?", "%s")
+        con.execute(
+            f"UPDATE {SCHEMA}.checkpoints SET payload_format = 'dill' WHERE payload_format IS NULL"
+        )
+        con.execute(
+            f"ALTER TABLE {SCHEMA}.checkpoints ALTER COLUMN payload_format SET DEFAULT 'json'"
+        )
+        con.execute(
+            f"UPDATE {SCHEMA}.meta SET value = %s WHERE key = 'schema_version'",
+            [str(SCHEMA_VERSION)],
+        )
 
 
 class _Locks:
@@ -384,36 +385,15 @@ def _locks(url: str, busy_timeout: float) -> _Locks:
         return _lock_sessions[url]
 
 
-class _Location:
-    """What callers written for the DuckDB store ask of ``store.path``."""
-
-    def __init__(self, store: PostgresStore) -> None:
-        self.store = store
-
-    def exists(self) -> bool:
-        return self.store.exists()
-
-    def __str__(self) -> str:
-        return display_url(self.store.url)
-
-    __fspath__ = __str__
-
-
-class _NoJournals:
-    """``store.journal_dir`` of a store that has no journals."""
-
-    def is_dir(self) -> bool:
-        return False
-
-    def glob(self, pattern: str) -> list:
-        return []
-
-
 # -- the store --------------------------------------------------------------------------
 
 
 class PostgresStore:
-    """Checkpoints of every agent of a team, in one PostgreSQL database."""
+    """Checkpoints of every agent of a team, in one PostgreSQL database.
+
+    Implements :class:`jupyter_agent.store_api.Store`; every query is scoped to
+    :attr:`owner`.
+    """
 
     def __init__(self, url: str, *, busy_timeout: float = 30.0, owner: str | None = None) -> None:
         if not url.startswith(("postgresql://", "postgres://")):
@@ -421,33 +401,53 @@ class PostgresStore:
         self.url = url
         self.busy_timeout = busy_timeout
         self.owner = owner or current_owner()
-        self.path = _Location(self)
-        self.journal_dir = _NoJournals()
+        self.location = display_url(url)
+        #: How many connections this store opened for reads (what :meth:`session` shares).
+        self.opens = 0
+        self._local = threading.local()
 
     def __repr__(self) -> str:
-        return f"PostgresStore({display_url(self.url)!r}, owner={self.owner!r})"
+        return f"PostgresStore({self.location!r}, owner={self.owner!r})"
 
     # -- connections -------------------------------------------------------------------
 
-    def _cached(self, kind: str) -> psycopg.Connection:
+    def _reader(self) -> psycopg.Connection:
+        """This thread's connection: the session's, else one kept per thread and database."""
+        pinned = getattr(self._local, "con", None)
+        if pinned is not None and not (pinned.closed or pinned.broken):
+            return pinned
         cache: dict = _local.__dict__.setdefault("cons", {})
-        key = (self.url, kind, self.owner if kind == "compat" else "")
-        con = cache.get(key)
+        con = cache.get(self.url)
         if con is None or con.closed or con.broken:
-            con = _connect(self.url, kind, self.busy_timeout)
-            if kind == "compat":
-                con.execute("SELECT set_config('jupyter_agent.owner', %s, false)", [self.owner])
-                con.execute(_VIEWS)
-            cache[key] = con
+            con = cache[self.url] = _connect(self.url, "reader", self.busy_timeout)
+            self.opens += 1
         return con
 
     @contextlib.contextmanager
-    def _db(self, doing: str, kind: str = "reader") -> Iterator[psycopg.Connection]:
-        con = self._cached(kind)
+    def session(self) -> Iterator[None]:
+        """Serve this thread's reads from one connection until it exits. Re-entrant.
+
+        Nothing is held in the database meanwhile (each statement commits), so
+        other processes never wait on a session.
+        """
+        if getattr(self._local, "con", None) is not None:
+            yield
+            return
+        self._local.con = self._reader()
         try:
+            yield
+        finally:
+            self._local.con = None
+
+    @contextlib.contextmanager
+    def _db(self, doing: str, *, create: bool = False) -> Iterator[psycopg.Connection]:
+        con = self._reader()
+        try:
+            if create:
+                _ensure_schema(self.url, con, create=True)
             yield con
         except psycopg.errors.ProgrammingError:
-            raise  # a bad query is the caller's bug
+            raise  # a bad query is the caller's bug (or a store not created yet, see _all)
         except psycopg.Error as exc:
             if con.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 with contextlib.suppress(psycopg.Error):
@@ -455,27 +455,27 @@ class PostgresStore:
             raise _problem(self.url, exc, doing) from exc
 
     def _all(self, sql: str, args: list) -> list[tuple]:
-        with self._db("be read") as con:
-            return con.execute(sql, args).fetchall()
+        """Rows of a read; none from a store not created yet."""
+        try:
+            with self._db("be read") as con:
+                return con.execute(sql, args).fetchall()
+        except psycopg.errors.UndefinedTable:
+            if self.exists():
+                raise
+            return []
 
     def _one(self, sql: str, args: list) -> tuple | None:
-        with self._db("be read") as con:
-            return con.execute(sql, args).fetchone()
-
-    @contextlib.contextmanager
-    def connect(self, *, merge: bool = True) -> Iterator[_DuckCompat]:
-        """A connection for SQL written against the DuckDB store, scoped to this owner."""
-        with self._db("answer a query", "compat") as con:
-            yield _DuckCompat(con)
+        rows = self._all(sql, args)
+        return rows[0] if rows else None
 
     def exists(self) -> bool:
-        """Whether the database holds the agent tables (connecting creates them)."""
+        """Whether the database holds the agent tables (reading never creates them)."""
         with self._db("be read") as con:
             return bool(con.execute("SELECT to_regclass(%s)", [f"{SCHEMA}.runs"]).fetchone()[0])
 
     def flush(self) -> None:
-        """Nothing to fold: every checkpoint is in the database once written."""
-        with self._db("be read"):
+        """Nothing to fold (a checkpoint is in the database once written); creates the tables."""
+        with self._db("create its tables", create=True):
             pass
 
     # -- writing -----------------------------------------------------------------------
@@ -504,7 +504,7 @@ class PostgresStore:
         finally:
             locks.release(key)
 
-    # -- reading -----------------------------------------------------------------------
+    # -- reading rows --------------------------------------------------------------------
 
     def check_trusted(self) -> None:
         """Nothing to check for the whole store: each payload and blob read checks its owner."""
@@ -519,25 +519,26 @@ class PostgresStore:
         )
         return {r[0] for r in rows}
 
+    def _runs(self, where: str, args: list) -> list[RunRow]:
+        """This owner's runs matching ``where`` (SQL on the runs table), oldest first."""
+        rows = self._all(
+            f"SELECT {_RUN_SELECT} FROM {SCHEMA}.runs WHERE owner = %s AND {where} "
+            "ORDER BY created_at, run_id",
+            [self.owner, *args],
+        )
+        return [run_from_row(r) for r in rows]
+
     def runs(self, notebook: str | None = None, agent: str | None = None) -> list[RunRow]:
-        where, args = ["owner = %s"], [self.owner]
+        where, args = ["TRUE"], []
         for column, value in (("notebook", notebook), ("agent", agent)):
             if value is not None:
                 where.append(f"{column} = %s")
                 args.append(value)
-        rows = self._all(
-            f"SELECT {_RUN_SELECT} FROM {SCHEMA}.runs WHERE {' AND '.join(where)} "
-            "ORDER BY created_at, run_id",
-            args,
-        )
-        return [_run_row(r) for r in rows]
+        return self._runs(" AND ".join(where), args)
 
     def run(self, run_id: str) -> RunRow | None:
-        row = self._one(
-            f"SELECT {_RUN_SELECT} FROM {SCHEMA}.runs WHERE run_id = %s AND owner = %s",
-            [run_id, self.owner],
-        )
-        return _run_row(row) if row else None
+        found = self._runs("run_id = %s", [run_id])
+        return found[0] if found else None
 
     def checkpoints(self, run_id: str) -> list[CheckpointRow]:
         rows = self._all(
@@ -545,7 +546,7 @@ class PostgresStore:
             "ORDER BY step",
             [run_id, self.owner],
         )
-        return [_checkpoint_row(r) for r in rows]
+        return [checkpoint_from_row(r) for r in rows]
 
     def latest_checkpoints(self, run_ids: list[str]) -> dict[str, CheckpointRow]:
         """The last checkpoint of each run, in one query."""
@@ -556,19 +557,29 @@ class PostgresStore:
             "WHERE run_id = ANY(%s) AND owner = %s ORDER BY run_id, step DESC",
             [list(run_ids), self.owner],
         )
-        return {r[0]: _checkpoint_row(r) for r in rows}
+        return {r[0]: checkpoint_from_row(r) for r in rows}
+
+    def model_steps(self, run_ids: list[str]) -> dict[str, list[int]]:
+        if not run_ids:
+            return {}
+        rows = self._all(
+            f"SELECT run_id, array_agg(step ORDER BY step) FROM {SCHEMA}.checkpoints "
+            "WHERE kind = 'model' AND run_id = ANY(%s) AND owner = %s GROUP BY run_id",
+            [list(run_ids), self.owner],
+        )
+        return {r: list(steps) for r, steps in rows}
 
     def payloads(self, chain: list[tuple[str, int | None]]) -> list[tuple[CheckpointRow, bytes]]:
         """Checkpoints with payloads along a chain of (run_id, up-to-step) segments, one query.
 
-        Refused when a checkpoint was written by another owner (unpickling runs
-        code) or when the history has a hole.
+        Refused when a checkpoint was written by another owner (a payload of the
+        previous release is unpickled to convert it) or when the history has a hole.
         """
         if not chain:
             return []
         rows = self._all(
             f"SELECT s.i, c.owner, {', '.join('c.' + c for c in CHECKPOINT_COLUMNS)}, "
-            "CASE WHEN c.owner = %s THEN c.payload END "
+            "c.payload_format, CASE WHEN c.owner = %s THEN c.payload END "
             "FROM unnest(%s::text[], %s::int[]) WITH ORDINALITY AS s(run_id, upto, i) "
             f"JOIN {SCHEMA}.checkpoints c ON c.run_id = s.run_id AND c.step <= s.upto "
             "ORDER BY s.i, c.step",
@@ -591,15 +602,17 @@ class PostgresStore:
         out: list[tuple[CheckpointRow, bytes]] = []
         for i, ((run_id, _), seg) in enumerate(zip(chain, segments, strict=True)):
             steps = [r[1] for r in seg]
-            first = 0 if i == 0 else (steps[0] if steps else 0)
-            missing = next((e for e, s in enumerate(steps, first) if s != e), None)
+            missing = store_rows.first_missing(steps, 0 if i == 0 else (steps[0] if steps else 0))
             if missing is not None:
                 raise StoreError(
                     f"Checkpoint {missing} of run {run_id} is missing from the store, so this run "
                     "cannot be resumed or restored faithfully. Run the cell with --restart to "
                     "start over; the other runs are unaffected."
                 )
-            out.extend((_checkpoint_row(r[:-1]), bytes(r[-1] or b"")) for r in seg)
+            out.extend(
+                (checkpoint_from_row(r[:-2]), json_payload(r[-2], r[-1], self.check_trusted))
+                for r in seg
+            )
         return out
 
     def blobs(self, hashes: list[str]) -> dict[str, bytes]:
@@ -622,6 +635,117 @@ class PostgresStore:
             )
         return own
 
+    # -- summaries -----------------------------------------------------------------------
+
+    def _sampled(self, read: Callable[[], _T]) -> tuple[_T, set[str]]:
+        """``read`` on one connection, with the runs live before or after it."""
+        with self.session():
+            live = self.live_runs()
+            result = read()
+            return result, live | self.live_runs()
+
+    def _stats(self, runs: list[RunRow], known: list[RunRow] | None = None) -> dict[str, RunStats]:
+        """Aggregates of ``runs``; ``known`` are rows already read (ancestors are read as needed)."""
+        if not runs:
+            return {}
+        family = {r.run_id: r for r in [*(known or []), *runs]}
+        missing = {r.parent_run for r in family.values() if r.parent_run} - set(family)
+        if missing:  # a fork's ancestors, all generations in one query
+            cols = ", ".join("r." + c for c in RUN_COLUMNS)
+            rows = self._all(
+                f"WITH RECURSIVE up AS (SELECT {_RUN_SELECT} FROM {SCHEMA}.runs "
+                "WHERE run_id = ANY(%s) AND owner = %s UNION "
+                f"SELECT {cols} FROM {SCHEMA}.runs r JOIN up ON r.run_id = up.parent_run "
+                f"WHERE r.owner = %s) SELECT {_RUN_SELECT} FROM up",
+                [sorted(missing), self.owner, self.owner],
+            )
+            family.update((r.run_id, r) for r in map(run_from_row, rows))
+        chains = {r.run_id: history_chain(r, family) for r in runs}
+        model_steps = self.model_steps(sorted({s for c in chains.values() for s, _ in c}))
+        usage = "(CASE WHEN jsonb_typeof(i #> '{{usage,{0}}}') = 'number' THEN (i #>> '{{usage,{0}}}')::numeric END)"
+        rows = self._all(
+            f"SELECT run_id, count(*), sum(tokens), sum({usage.format('prompt_tokens')}), "
+            f"sum({usage.format('completion_tokens')}), sum(size), max(created_at), max(step), "
+            "(array_agg(status ORDER BY step DESC))[1], (array_agg(info ORDER BY step DESC))[1], "
+            "((array_agg(i -> 'plan' ORDER BY step DESC) FILTER (WHERE i ? 'plan'))[1])::text "
+            f"FROM (SELECT *, info::jsonb AS i FROM {SCHEMA}.checkpoints "
+            "WHERE run_id = ANY(%s) AND owner = %s) c GROUP BY run_id",
+            [list(chains), self.owner],
+        )
+        return {r[0]: store_rows.stats_from_row(r, chains[r[0]], model_steps) for r in rows}
+
+    def _timelines(self, runs: list[RunRow], limit: int) -> dict[str, list[CheckpointRow]]:
+        """Each run's last ``limit`` checkpoints, oldest first."""
+        if not runs:
+            return {}
+        rows = self._all(
+            f"SELECT {_CP_SELECT} FROM (SELECT {_CP_SELECT}, row_number() OVER "
+            f"(PARTITION BY run_id ORDER BY step DESC) AS n FROM {SCHEMA}.checkpoints "
+            "WHERE run_id = ANY(%s) AND owner = %s) t WHERE n <= %s ORDER BY run_id, step",
+            [[r.run_id for r in runs], self.owner, limit],
+        )
+        out: dict[str, list[CheckpointRow]] = {}
+        for r in rows:
+            out.setdefault(r[0], []).append(checkpoint_from_row(r))
+        return out
+
+    def run_stats(self, run_ids: list[str]) -> dict[str, RunStats]:
+        if not run_ids:
+            return {}
+        with self.session():
+            return self._stats(self._runs("run_id = ANY(%s)", [list(run_ids)]))
+
+    def agent_summaries(
+        self, notebook: str, *, timeline: int = TIMELINE_LIMIT
+    ) -> list[AgentSummary]:
+        def read() -> tuple:
+            runs = self._runs("notebook = %s", [notebook])
+            latest = list(store_rows.latest_runs(runs).values())
+            return runs, self._timelines(latest, timeline), self._stats(latest, runs)
+
+        (runs, timelines, stats), live = self._sampled(read)
+        return store_rows.agent_summaries(runs, timelines, stats, live)
+
+    def agent_detail(
+        self, notebook: str, agent: str, *, timeline: int = TIMELINE_LIMIT
+    ) -> AgentDetail | None:
+        def read() -> tuple:
+            runs = self._runs("notebook = %s AND agent = %s", [notebook, agent])
+            return runs, self._timelines(runs[-1:], timeline), self._stats(runs)
+
+        (runs, timelines, stats), live = self._sampled(read)
+        return store_rows.agent_detail(agent, runs, timelines, stats, live)
+
+    def run_detail(self, run_id: str) -> RunDetail | None:
+        def read() -> tuple:
+            runs = self._runs("run_id = %s", [run_id])
+            return runs, self.checkpoints(run_id) if runs else [], self._stats(runs)
+
+        (runs, checkpoints, stats), live = self._sampled(read)
+        if not runs:
+            return None
+        return RunDetail(store_rows.summary(runs[0], stats, live), checkpoints)
+
+    def forks(self, run_ids: list[str]) -> list[RunRow]:
+        if not run_ids:
+            return []
+        ids = list(run_ids)
+        return self._runs("parent_run = ANY(%s) AND NOT run_id = ANY(%s)", [ids, ids])
+
+    def info(self) -> StoreInfo:
+        """Schema version and this owner's row counts."""
+        if not self.exists():
+            return StoreInfo(self.location, False, None, SCHEMA_VERSION, 0, 0)
+        row = self._one(
+            f"SELECT (SELECT value FROM {SCHEMA}.meta WHERE key = 'schema_version'), "
+            f"(SELECT count(*) FROM {SCHEMA}.runs WHERE owner = %s), "
+            f"(SELECT count(*) FROM {SCHEMA}.checkpoints WHERE owner = %s)",
+            [self.owner, self.owner],
+        )
+        assert row is not None
+        version = parse_version(row[0], SCHEMA_VERSION) if row[0] is not None else None
+        return StoreInfo(self.location, True, version, SCHEMA_VERSION, row[1], row[2])
+
     def sizes(self) -> dict[str, int]:
         """Bytes the agent tables take in the database (with indexes and TOAST)."""
         row = self._one(
@@ -630,17 +754,17 @@ class PostgresStore:
             "WHERE n.nspname = %s AND c.relkind = 'r'",
             [SCHEMA],
         )
-        return {"postgres": int(row[0]), "duckdb": 0, "journals": 0}
+        return {"postgres": int(row[0]) if row else 0, "duckdb": 0, "journals": 0}
 
     # -- deleting ----------------------------------------------------------------------
 
     def delete_runs(self, run_ids: list[str]) -> int:
         """Delete this owner's runs, their checkpoints, and blobs nothing refers to any more."""
-        if not run_ids:
+        if not run_ids or not self.exists():
             return 0
         busy = self.live_runs() & set(run_ids)
         if busy:
-            raise StoreError(f"Run {sorted(busy)[0]} is running; stop it before deleting it.")
+            raise Conflict(f"Run {sorted(busy)[0]} is running; stop it before deleting it.")
         ids = list(run_ids)
         with self._db("delete runs") as con, con.transaction():
             con.execute(
@@ -660,16 +784,31 @@ class PostgresStore:
             )
         return len(run_ids)
 
+    def delete_agent(self, notebook: str, agent: str, *, keep_latest: bool = False) -> list[str]:
+        return delete_agent_runs(self, notebook, agent, keep_latest=keep_latest)
+
     # -- notebook moves ----------------------------------------------------------------
 
     def move_notebook(self, old: str, new: str, moved_at: float | None = None) -> int:
-        """Record that this owner's notebook or folder at ``old`` now lives at ``new``."""
-        with self._db("record a notebook move", "compat") as con, con.transaction():
+        """Record that this owner's notebook or folder at ``old`` now lives at ``new``.
+
+        Its runs created before the move follow it (a writer stores its run when
+        it starts, so none arrives later, unlike a journal folded into DuckDB).
+        """
+        when = time.time() if moved_at is None else moved_at
+        prefix, target = old.rstrip("/") + "/", new.rstrip("/")
+        with self._db("record a notebook move", create=True) as con, con.transaction():
             con.execute(
                 f"INSERT INTO {SCHEMA}.notebook_moves VALUES (%s, %s, %s, %s)",
-                [self.owner, old, new, time.time() if moved_at is None else moved_at],
+                [self.owner, old, new, when],
             )
-            return apply_moves(_DuckCompat(con))
+            cur = con.execute(
+                f"UPDATE {SCHEMA}.runs SET notebook = CASE WHEN notebook = %s THEN %s "
+                "ELSE %s || substr(notebook, %s) END "
+                "WHERE owner = %s AND created_at < %s AND (notebook = %s OR left(notebook, %s) = %s)",
+                [old, new, target, len(prefix), self.owner, when, old, len(prefix), prefix],
+            )
+            return cur.rowcount
 
     def resolve_notebook(self, path: str, since: float | None = None) -> str:
         """Where the notebook known as ``path`` since ``since`` lives now."""
@@ -694,7 +833,7 @@ class PostgresStore:
 
     def remember_window(self, model: str, tokens: int) -> None:
         """Remember ``model``'s context window for later runs (see :mod:`context`)."""
-        with self._db("remember a context window") as con:
+        with self._db("remember a context window", create=True) as con:
             con.execute(
                 f"INSERT INTO {SCHEMA}.meta VALUES (%s, %s) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -721,7 +860,9 @@ class PostgresRunWriter(RunWriter):
             where = "in this process" if holder == "here" else f"elsewhere ({holder})"
             raise AgentBusy(f"Run {run_id} is already being written {where}.")
         try:
-            self._con: psycopg.Connection | None = _connect(store.url, "writer", store.busy_timeout)
+            self._con: psycopg.Connection | None = _connect(
+                store.url, "writer", store.busy_timeout, create=True
+            )
             if "synchronous_commit" not in store.url:
                 # A commit need not wait for the server's disk: a dead kernel loses
                 # nothing, and a crashed server only the last moments' checkpoints
@@ -736,7 +877,7 @@ class PostgresRunWriter(RunWriter):
         self._blobs: list[list] = []
 
     def _append(self, record: Record) -> None:
-        if _malformed(record) or record.table not in ("runs", "blobs", "checkpoints"):
+        if store_rows.malformed(record) or record.table not in ("runs", "blobs", "checkpoints"):
             raise StoreError(
                 f"Cannot write a {record.table} record with a missing or mistyped column "
                 f"({sorted(record.row) if isinstance(record.row, dict) else record.row!r}); "
@@ -758,13 +899,15 @@ class PostgresRunWriter(RunWriter):
                 )
             else:
                 values = [row.get(c) for c in CHECKPOINT_COLUMNS]
+                fmt = row.get("payload_format") or "json"
                 with self._con.transaction():
                     self._put_blobs()
                     self._con.execute(
-                        f"INSERT INTO {SCHEMA}.checkpoints ({_CP_SELECT}, owner, payload) "
-                        f"VALUES ({', '.join(['%s'] * (len(CHECKPOINT_COLUMNS) + 2))}) "
+                        f"INSERT INTO {SCHEMA}.checkpoints "
+                        f"({_CP_SELECT}, owner, payload_format, payload) "
+                        f"VALUES ({', '.join(['%s'] * (len(CHECKPOINT_COLUMNS) + 3))}) "
                         "ON CONFLICT DO NOTHING",
-                        [*values, self.store.owner, record.payload],
+                        [*values, self.store.owner, fmt, record.payload],
                     )
                 self._blobs.clear()
         except psycopg.Error as exc:

@@ -69,7 +69,9 @@ def test_row_security_stops_writing_in_another_members_name(pg_url):
 
 def test_commits_wait_for_the_disk_only_when_the_url_asks(pg_url):
     fast = PostgresStore(pg_url).writer("r1", secrets=[])
-    durable = PostgresStore(pg_url + "?options=-c%20synchronous_commit%3Don").writer("r2", secrets=[])
+    durable = PostgresStore(pg_url + "?options=-c%20synchronous_commit%3Don").writer(
+        "r2", secrets=[]
+    )
     try:
         assert fast._con.execute("SHOW synchronous_commit").fetchone()[0] == "off"
         assert durable._con.execute("SHOW synchronous_commit").fetchone()[0] == "on"
@@ -82,3 +84,40 @@ def test_an_unreachable_server_is_one_clear_error():
     store = open_store("postgresql://nobody@127.0.0.1:1/none")
     with pytest.raises(StoreError, match=r"127\.0\.0\.1:1/none could not be reached.*PGPASSWORD"):
         store.runs()
+
+
+def test_a_schema_1_store_is_upgraded_and_its_dill_payloads_read_as_json(pg_url):
+    from jupyter_agent import store_pg
+    from jupyter_agent.state import decode_delta
+
+    from ..test_migration import v1_payload
+
+    v1_ddl = store_pg._DDL.replace("    payload_format TEXT DEFAULT 'json',\n", "")
+    assert v1_ddl != store_pg._DDL
+    said = [{"role": "user", "content": "hello from 0.1"}]
+    with psycopg.connect(pg_url, autocommit=True) as con:
+        con.execute(v1_ddl)
+        con.execute(f"INSERT INTO {store_pg.SCHEMA}.meta VALUES ('schema_version', '1')")
+        con.execute(
+            f"INSERT INTO {store_pg.SCHEMA}.checkpoints (run_id, step, owner, kind, status, "
+            "summary, created_at, duration_ms, tokens, size, info, payload) "
+            "VALUES ('old', 0, 'alice', 'start', 'running', 's', 1.0, 0, 0, 0, '{}', %s)",
+            [v1_payload(messages=said)],
+        )
+    alice = PostgresStore(pg_url, owner="alice")
+    about = alice.info()
+    assert (about.schema_version, about.checkpoints) == (2, 1)
+    ((row, payload),) = alice.payloads([("old", None)])
+    assert row.kind == "start" and decode_delta(payload).messages == said
+    write(alice, run_row("new"), [0])
+    with psycopg.connect(pg_url, autocommit=True) as con:
+        formats = con.execute(
+            f"SELECT run_id, payload_format FROM {store_pg.SCHEMA}.checkpoints ORDER BY run_id"
+        ).fetchall()
+    assert formats == [("new", "json"), ("old", "dill")]  # converted as its owner reads it
+
+
+def test_the_location_never_shows_the_password():
+    store = PostgresStore("postgresql://alice:s3cret@db.example:5433/team")
+    assert store.location == "postgresql://alice@db.example:5433/team"
+    assert "s3cret" not in repr(store)

@@ -19,6 +19,7 @@ import warnings
 
 import pytest
 
+from jupyter_agent.errors import Conflict, NotFound
 from jupyter_agent.server.queries import Reader
 from jupyter_agent.store import (
     AgentBusy,
@@ -265,7 +266,7 @@ def test_live_runs_are_runs_whose_writer_is_alive(open_, spec):
     w.put_checkpoint(cp("open-run", 0), b"p")
     try:
         assert open_().live_runs() == {"open-run"}
-        with pytest.raises(StoreError, match="open-run is running"):
+        with pytest.raises(Conflict, match="open-run is running"):
             open_().delete_runs(["open-run"])
     finally:
         w.close()
@@ -369,3 +370,179 @@ def test_the_server_reader_works_on_every_backend(open_):
     assert reader.delete_agent(NB, "a", keep_latest=True) == []  # r2 needs r1
     assert sorted(reader.delete_agent(NB, "a")) == ["r1", "r2"]
     assert reader.agents(NB) == []
+
+
+# -- summaries: what lists, badges and the REST API show ----------------------------------
+
+USAGE = {"usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}
+
+
+def _write_kinds(store, run: RunRow, kinds: dict[int, str]) -> None:
+    """``run`` with checkpoints of the given kinds; model checkpoints carry usage."""
+    w = store.writer(run.run_id, secrets=[])
+    w.put_run(run)
+    for step, kind in kinds.items():
+        info = USAGE if kind == "model" else {"why": kind}
+        status = "done" if kind == "done" else "running"
+        w.put_checkpoint(cp(run.run_id, step, kind, info=info, status=status), b"{}")
+    w.close()
+
+
+def _team(store) -> None:
+    """Agent a: r1 (a model call at 1 and 3), then r2 forked at 2 (model calls at 3 and 4).
+    Agent b: one run, and a run of another notebook."""
+    _write_kinds(store, run_row("r1"), {0: "start", 1: "model", 2: "tool_result", 3: "model"})
+    fork = run_row("r2", created=1001.0, parent_run="r1", parent_step=2)
+    _write_kinds(store, fork, {3: "model", 4: "model", 5: "done"})
+    _write_kinds(store, run_row("b1", agent="b", created=1002.0), {0: "start", 1: "model"})
+    _write_kinds(store, run_row("x1", notebook="/other.ipynb"), {0: "start"})
+
+
+def test_run_stats_count_the_steps_of_a_forks_history(open_):
+    store = open_()
+    _team(store)
+    stats = open_().run_stats(["r1", "r2", "nope"])
+    assert set(stats) == {"r1", "r2"}
+    r1, r2 = stats["r1"], stats["r2"]
+    assert (r1.checkpoints, r1.steps, r1.tokens) == (4, 2, 40)
+    # r2's history: r1's model checkpoint 1 (3 is past the fork point), then its own 3 and 4.
+    assert (r2.checkpoints, r2.steps, r2.last_step, r2.last_status) == (3, 3, 5, "done")
+    assert (r2.prompt_tokens, r2.completion_tokens, r2.size) == (14, 6, 12)
+    assert r2.last_info == {"why": "done"} and r2.updated_at == 2005.0
+    assert open_().model_steps(["r1", "r2", "b1"]) == {"r1": [1, 3], "r2": [3, 4], "b1": [1]}
+    assert open_().run_stats([]) == {}
+    assert r1.plan is None
+
+
+def test_run_stats_carry_the_latest_plan(open_):
+    store = open_()
+    old = [{"title": "load", "status": "in_progress"}]
+    new = [{"title": "load", "status": "done"}, {"title": "plot", "status": "pending"}]
+    w = store.writer("p1", secrets=[])
+    w.put_run(run_row("p1", agent="planner"))
+    w.put_checkpoint(cp("p1", 0, "start"), b"{}")
+    w.put_checkpoint(cp("p1", 1, "tool_result", info={"plan": old}), b"{}")
+    w.put_checkpoint(cp("p1", 2, "tool_result", info={"plan": new}), b"{}")
+    w.put_checkpoint(cp("p1", 3, "model"), b"{}")  # later, without a plan
+    w.close()
+    assert open_().run_stats(["p1"])["p1"].plan == new
+
+
+def test_agent_summaries_show_each_agents_latest_run(open_):
+    store = open_()
+    _team(store)
+    w = store.writer("b2", secrets=[])  # b's latest run, being written now
+    w.put_run(run_row("b2", agent="b", created=1003.0))
+    w.put_checkpoint(cp("b2", 0, "start"), b"{}")
+    try:
+        a, b = open_().agent_summaries(NB, timeline=2)
+    finally:
+        w.close()
+    assert (a.name, a.latest.run.run_id, a.runs, a.latest.live) == ("a", "r2", 2, False)
+    assert [c.step for c in a.timeline] == [4, 5]  # the last two, oldest first
+    assert a.latest.stats is not None and a.latest.stats.steps == 3
+    assert (b.name, b.latest.run.run_id, b.runs, b.latest.live) == ("b", "b2", 2, True)
+    assert [s.name for s in open_().agent_summaries("/other.ipynb")] == ["a"]
+    assert open_().agent_summaries("/nowhere.ipynb") == []
+
+
+def test_agent_and_run_details(open_):
+    store = open_()
+    _team(store)
+    detail = open_().agent_detail(NB, "a", timeline=1)
+    assert detail is not None
+    assert [r.run.run_id for r in detail.runs] == ["r1", "r2"]
+    assert [r.stats.steps for r in detail.runs if r.stats] == [2, 3]
+    assert detail.summary.latest.run.run_id == "r2" and detail.summary.runs == 2
+    assert [c.step for c in detail.summary.timeline] == [5]
+    assert open_().agent_detail(NB, "nobody") is None
+    run = open_().run_detail("r2")
+    assert run is not None and run.summary.run == store.run("r2")
+    assert [c.step for c in run.checkpoints] == [3, 4, 5]
+    assert run.summary.stats is not None and run.summary.stats.steps == 3
+    assert open_().run_detail("nope") is None
+
+
+def test_forks_are_the_runs_that_depend_on_others(open_):
+    store = open_()
+    _team(store)
+    assert [r.run_id for r in open_().forks(["r1"])] == ["r2"]
+    assert open_().forks(["r1", "r2"]) == []
+    assert open_().forks([]) == []
+
+
+def test_deleting_an_agent_keeps_what_other_agents_forked_from(open_):
+    store = open_()
+    _write_kinds(store, run_row("old", created=999.0), {0: "start", 1: "model"})
+    _team(store)
+    other = run_row("c1", agent="c", created=1004.0, parent_run="b1", parent_step=1)
+    _write_kinds(store, other, {2: "model"})
+    # a's latest (r2) needs r1: keep_latest deletes only the unrelated older run.
+    assert open_().delete_agent(NB, "a", keep_latest=True) == ["old"]
+    assert [r.run_id for r in open_().runs(notebook=NB, agent="a")] == ["r1", "r2"]
+    with pytest.raises(Conflict, match="c1 of agent 'c' was forked"):
+        open_().delete_agent(NB, "b")  # c's run continues b1's history
+    assert store.run("b1") is not None
+    with pytest.raises(NotFound, match="'nobody'"):
+        open_().delete_agent(NB, "nobody")
+    assert sorted(open_().delete_agent(NB, "a")) == ["r1", "r2"]
+    assert open_().delete_agent(NB, "c") == ["c1"]
+    assert open_().delete_agent(NB, "b") == ["b1"]
+    assert [r.run_id for r in open_().runs()] == ["x1"]
+
+
+def test_info_and_reading_never_create_the_store(open_):
+    store = open_()
+    assert not store.exists()
+    # What the server and the CLI read before any agent ran (DuckDB's row verbs
+    # such as runs() still create an empty file).
+    assert store.agent_summaries(NB) == []
+    assert store.agent_detail(NB, "a") is None and store.run_detail("r") is None
+    assert store.run_stats(["r"]) == {} and store.forks(["r"]) == [] and store.live_runs() == set()
+    assert store.learnt_window("m") is None
+    about = store.info()
+    assert (about.exists, about.schema_version, about.runs, about.checkpoints) == (
+        False,
+        None,
+        0,
+        0,
+    )
+    assert about.reads_version == 2
+    assert not open_().exists()  # none of those reads created it
+    _team(store)
+    about = open_().info()
+    assert (about.exists, about.schema_version, about.runs, about.checkpoints) == (True, 2, 4, 10)
+    assert about.location == store.location
+
+
+def test_a_session_serves_its_reads_from_one_connection(open_):
+    store = open_()
+    _team(store)
+    reader = open_()
+    before = reader.opens
+    with reader.session(), reader.session():  # re-entrant
+        for _ in range(3):
+            reader.runs(notebook=NB)
+            reader.agent_summaries(NB)
+            reader.payloads([("r1", 2), ("r2", None)])
+            reader.latest_checkpoints(["r1"])
+    assert reader.opens - before <= 1
+
+
+def test_payloads_are_stored_as_json(open_):
+    from jupyter_agent.state import Delta, decode_delta, encode_delta
+
+    store = open_()
+    payload = encode_delta(Delta(messages=[{"role": "user", "content": "hi"}]))
+    w = store.writer("j", secrets=["sk-secret-0123456789abcdefghij"])
+    w.put_run(run_row("j"))
+    w.put_checkpoint(cp("j", 0, "start"), payload)
+    leaky = encode_delta(
+        Delta(messages=[{"role": "user", "content": "sk-secret-0123456789abcdefghij"}])
+    )
+    w.put_checkpoint(cp("j", 1, "model"), leaky)
+    w.close()
+    (first, p0), (_, p1) = open_().payloads([("j", None)])
+    assert first.kind == "start" and p0 == payload
+    assert decode_delta(p0).messages == [{"role": "user", "content": "hi"}]
+    assert b"sk-secret" not in p1 and decode_delta(p1).messages[0]["role"] == "user"

@@ -78,7 +78,7 @@ import jupyter_agent.agent as _kb_agent, jupyter_agent.journal as _kb_journal
 import jupyter_agent.model as _kb_model, jupyter_agent.namespace as _kb_ns
 import jupyter_agent.render as _kb_render, jupyter_agent.state as _kb_state
 import jupyter_agent.tools as _kb_tools, jupyter_agent.widget as _kb_widget
-import jupyter_agent.context as _kb_context
+import jupyter_agent.context as _kb_context, jupyter_agent.runtime as _kb_runtime
 _kb = {"parts": {}, "step": [0], "rss": [], "model_at": [], "connects": []}
 _kb_proc = _kb_psutil.Process()
 def _kb_wrap(owner, name, label):
@@ -104,7 +104,7 @@ _kb_wrap(_kb_agent, "encode_delta", "  encode_delta")
 _kb_wrap(_kb_journal.JournalWriter, "append", "  JournalWriter.append")
 _kb_wrap(_kb_os, "fdatasync", "    os.fdatasync")
 _kb_wrap(_kb_state.RunState, "apply", "  RunState.apply")
-_kb_wrap(_kb_widget.WidgetEvents, "checkpoint", "  WidgetEvents.checkpoint")
+_kb_wrap(_kb_runtime.LiveEvents, "checkpoint", "  LiveEvents.checkpoint")
 _kb_wrap(_kb_render.TextEvents, "checkpoint", "    TextEvents.checkpoint")
 _kb_wrap(_kb_widget.TimelineWidget, "add", "    TimelineWidget.add")
 _kb_wrap(_kb_widget.TimelineWidget, "write", "TimelineWidget.write")

@@ -319,15 +319,18 @@ class AgentMagics(Magics):
         runtime = self.runtime
         key = (identity.notebook, identity.agent)
         with runtime.claimed(key):
+            text = TextEvents()
             if cell:
-                self._show_timeline(runtime.store(), identity)
+                view = self._show_timeline(runtime.store(), identity)
+                if view is not None:  # its steps need not be read again for the output
+                    text.known = view.timeline.known_steps()
             try:
                 outcome = runtime.run(
                     identity,
                     prompt,
                     model,
                     options=options,
-                    events=runtime.events(key, TextEvents()),
+                    events=runtime.events(key, text),
                     restart=restart,
                     decision=decision,
                     cell_options=cell,
@@ -397,12 +400,13 @@ class AgentMagics(Magics):
     def _key(self, identity: AgentIdentity) -> tuple[str, str]:
         return (self._store().resolve_notebook(identity.notebook), identity.agent)
 
-    def _show_timeline(self, store: Store, identity: AgentIdentity) -> None:
+    def _show_timeline(self, store: Store, identity: AgentIdentity) -> Any:
+        """The cell's timeline widget (None outside a kernel, or with the timeline off)."""
         if not self.timeline or getattr(self.shell, "kernel", None) is None:
-            return
+            return None
         from . import widget  # only where a frontend can show it
 
-        widget.display_timeline(
+        return widget.display_timeline(
             store,
             identity.notebook,
             identity.agent,

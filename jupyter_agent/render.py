@@ -66,17 +66,30 @@ def history_steps(store: Store, run: RunRow, below: int | None = None) -> int:
 class TextEvents:
     """Writes a run's progress as readable text."""
 
-    def __init__(self, out: TextIO | None = None, *, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        out: TextIO | None = None,
+        *,
+        store: Store | None = None,
+        known: dict[str, tuple[int, int]] | None = None,
+    ) -> None:
         self._out = out
         self._mid_line = False
         self.store = store  # to count the steps a resumed or forked run had done
+        #: Per run, its last checkpoint's number and its steps, as already read
+        #: (:meth:`jupyter_agent.timeline.Timeline.known_steps`): used when the run
+        #: continues right after that checkpoint, instead of reading the store again.
+        self.known = known or {}
         self._steps: dict[str, int | None] = {}
 
     def _count(self, run: RunRow, row: CheckpointRow) -> int | None:
         """Steps of the run's history up to ``row``; None when that cannot be known."""
         if run.run_id not in self._steps:
+            last, steps = self.known.get(run.run_id, (None, 0))
             if row.kind == "start" and not run.parent_run:
                 self._steps[run.run_id] = 0
+            elif last is not None and last == row.step - 1:
+                self._steps[run.run_id] = steps
             elif self.store is not None:
                 self._steps[run.run_id] = history_steps(self.store, run, below=row.step)
             else:

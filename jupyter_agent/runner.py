@@ -24,8 +24,8 @@ from .agent import (
     Execution,
     RunOptions,
     approve_policy,
+    chain,
     effective_status,
-    load_state,
     new_run,
 )
 from .errors import AgentBusy, AgentError
@@ -33,8 +33,8 @@ from .errors import NotWaiting as NotWaiting
 from .identity import AgentIdentity, IdentityError
 from .model import ConfigError, Endpoint, ModelClient
 from .offline import OFFLINE_MODEL, OfflineClient
-from .state import AWAITING_APPROVAL, DONE, RunState, StateVersionError, prompt_hash
-from .store_api import RunRow, Store
+from .state import AWAITING_APPROVAL, DONE, RunState, StateVersionError, fold, prompt_hash
+from .store_api import CheckpointRow, RunRow, Store
 
 #: Errors a user can cause; they are reported as one short message, not a traceback.
 #: :class:`AgentError` covers store faults, busy agents, approvals nothing waits for
@@ -171,7 +171,8 @@ def resume_run(
                 f"Agent {run.agent!r} is running in another kernel or in the background. "
                 "Wait for it, or stop it there, before running it here."
             )
-        state = load_state(store, run)
+        history = store.payloads(chain(store, run))
+        state = fold(history)
         status = effective_status(state.status, run.run_id, live)
         if status == AWAITING_APPROVAL and decision is None:
             restored, failed = restore_variables(store, shell, state, events)
@@ -179,7 +180,7 @@ def resume_run(
         if status == DONE:
             restored, failed = restore_variables(store, shell, state, events)
             return Outcome(run, state, "restore", restored, failed)
-        last = last_settings(store, run)
+        last = last_settings(store, run, [row for row, _ in history])
         if not cell_options:
             options = run_options(run, options, last["approve"])
         # Resolve the endpoint before touching the namespace, so a configuration
@@ -196,10 +197,18 @@ def resume_run(
         return Outcome(run, execution.state, "resume", restored, failed)
 
 
-def last_settings(store: Store, run: RunRow) -> dict[str, Any]:
-    """The model and approval policy of the run's latest execution (its latest resume)."""
-    for cp in reversed(store.checkpoints(run.run_id)):
-        if cp.kind == "resume" and "model" in cp.info:
+def last_settings(
+    store: Store, run: RunRow, rows: list[CheckpointRow] | None = None
+) -> dict[str, Any]:
+    """The model and approval policy of the run's latest execution (its latest resume).
+
+    ``rows``: the run's history if the caller read it already (its ancestors' rows
+    may be in it), so the checkpoints are not read twice.
+    """
+    if rows is None:
+        rows = store.checkpoints(run.run_id)
+    for cp in reversed(rows):
+        if cp.run_id == run.run_id and cp.kind == "resume" and "model" in cp.info:
             return {"model": cp.info["model"], "approve": cp.info.get("approve", False)}
     return {"model": run.model, "approve": run.info.get("approve", False)}
 

@@ -119,14 +119,18 @@ class Timeline:
     # -- reading from the store ------------------------------------------------------
 
     def load(self, run_id: str | None = None) -> None:
-        """Read the agent's runs from the store; select ``run_id``, else keep or take the latest."""
-        self.runs = self.store.runs(notebook=self.notebook, agent=self.agent)
-        self._last = self.store.latest_checkpoints([r.run_id for r in self.runs])
-        self._live = self.store.live_runs()
-        self._model_steps = self.store.model_steps([r.run_id for r in self.runs])
-        ids = {r.run_id for r in self.runs}
-        want = run_id if run_id in ids else self.selected if self.selected in ids else None
-        self.select(want or (self.runs[-1].run_id if self.runs else ""))
+        """Read the agent's runs from the store; select ``run_id``, else keep or take the latest.
+
+        One store session for all of it: each read would otherwise open the store.
+        """
+        with self.store.session():
+            self.runs = self.store.runs(notebook=self.notebook, agent=self.agent)
+            self._last = self.store.latest_checkpoints([r.run_id for r in self.runs])
+            self._live = self.store.live_runs()
+            self._model_steps = self.store.model_steps([r.run_id for r in self.runs])
+            ids = {r.run_id for r in self.runs}
+            want = run_id if run_id in ids else self.selected if self.selected in ids else None
+            self.select(want or (self.runs[-1].run_id if self.runs else ""))
 
     def select(self, run_id: str) -> None:
         """Make ``run_id``'s history (its ancestors' checkpoints up to each fork, then its own) current."""
@@ -203,6 +207,14 @@ class Timeline:
     def steps(self, run_id: str) -> int:
         """Model calls in the run's history, its parents' up to each fork point included."""
         return vocab.history_steps(self.segments(self.run(run_id)), self._model_steps)
+
+    def known_steps(self) -> dict[str, tuple[int, int]]:
+        """Per run: its last checkpoint's number and the steps of its history up to it.
+
+        What :class:`jupyter_agent.render.TextEvents` would otherwise read again.
+        """
+        return {r.run_id: (self._last[r.run_id].step, self.steps(r.run_id))
+                for r in self.runs if r.run_id in self._last}  # fmt: skip
 
     def status_text(self, run_id: str) -> str:
         status, _ = self.status(run_id)

@@ -8,13 +8,15 @@ call, forking, or ``%%agent --background`` — runs on a background thread of th
 kernel, leaving the kernel free for more clicks (Pause) and for other cells.
 
 Updates stay cheap for long runs: a new checkpoint is sent as one small custom
-message (``append``), never by resending the list; the list trait holds a
-window of the latest entries, refreshed only when an execution ends, the
-selection changes, or a frontend asks for more.
+message (``append``) carrying its entry and the summary fields it changed, never
+by resending the list; the list trait holds a window of the latest entries,
+refreshed only when an execution ends, the selection changes, or a frontend asks
+for more.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -40,6 +42,7 @@ STATIC = Path(__file__).parent / "static"
 TEXT_REPR = "Agent timeline of {agent}: not displayed here; %agent timeline {agent} shows it"
 LOG_LIMIT = 20_000  # characters of background output a widget keeps
 SNAPSHOT_EVERY = 50  # appends between list refreshes that heal a view that missed some
+_ABSENT = object()
 
 
 class TimelineWidget(anywidget.AnyWidget):
@@ -141,30 +144,49 @@ class TimelineWidget(anywidget.AnyWidget):
         return {**self.timeline.summary(), "busy": busy, "can_pause": busy}
 
     def add(self, run: RunRow, row: CheckpointRow) -> None:
-        """A checkpoint was just written: send it, and only it, to the frontends."""
+        """A checkpoint was just written: send it, and only it, to the frontends.
+
+        One message per checkpoint, whatever the length of the run: the entry,
+        the summary fields that changed, and any other trait that changed with
+        it; the traits are updated here without being sent again.
+        """
         with self._lock:
             change = self.timeline.add(run, row)
             if change.reloaded:
                 self._push()
                 return
+            state: dict[str, Any] = {}
             if change.entry is not None:
-                self.send(
-                    {
-                        "type": "append",
-                        "run": self.timeline.selected,
-                        "start": change.index,
-                        "entries": [change.entry],
-                    }
-                )
                 self._appended += 1
-            with self.hold_sync():
-                if change.entry is not None and self._appended % SNAPSHOT_EVERY == 0:
-                    self.entries = self.timeline.snapshot(self.window)
-                if change.runs:
-                    self.runs = self.timeline.tree()
-                self.summary = self._summary()
-                if row.kind == "approval" or self.pending:
-                    self.pending = self.timeline.pending()
+                if self._appended % SNAPSHOT_EVERY == 0:
+                    state["entries"] = self.timeline.snapshot(self.window)
+            if change.runs:
+                state["runs"] = self.timeline.tree()
+            if row.kind == "approval" or self.pending:
+                pending = self.timeline.pending()
+                if pending != self.pending:
+                    state["pending"] = pending
+            summary = self._summary()
+            delta = {k: v for k, v in summary.items() if self.summary.get(k, _ABSENT) != v}
+            message: dict[str, Any] = {"type": "append", "run": self.timeline.selected}
+            if change.entry is not None:
+                message.update(start=change.index, entries=[change.entry])
+            elif not delta and not state:
+                return
+            else:
+                message["type"] = "update"
+            if delta:
+                message["summary"] = delta
+            if state:
+                message["state"] = state
+            self.send(message)
+            self._set_sent(summary=summary, **state)
+
+    def _set_sent(self, **values: Any) -> None:
+        """Set traits to what a message of ours already told the frontends, without resending."""
+        with self._lock_property(**json.loads(json.dumps(values))):
+            for name, value in values.items():
+                setattr(self, name, value)
 
     def write(self, text: str) -> None:
         """Append background output (model text, progress, tool output)."""

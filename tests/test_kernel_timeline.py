@@ -252,3 +252,34 @@ def test_timeline_appears_once_the_run_has_begun(
     assert again.status == "ok" and "restored from the store" in again.text, again.text
     s = state(kernel, widget_id(again))
     assert (s["summary"]["text"], s["summary"]["steps"]) == ("done after 3 steps", 3)
+
+
+COUNT_OPENS = """
+import duckdb as _d, jupyter_agent.store as _s, jupyter_agent.model as _m
+_opened, _at_first_request = [], []
+_connect, _complete = _d.connect, _m.ModelClient.complete
+def _counting_connect(*a, **k):
+    _opened.append(1)
+    return _connect(*a, **k)
+def _noting_complete(self, *a, **k):
+    if not _at_first_request:
+        _at_first_request.append(len(_opened))
+    return _complete(self, *a, **k)
+_s.duckdb.connect = _counting_connect
+_m.ModelClient.complete = _noting_complete
+"""
+
+
+def test_a_resume_with_its_timeline_opens_the_store_at_most_twice_before_the_model(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer
+) -> None:
+    scripted.set_script([call("x = 1"), call("y = 2"), {"content": "Done."}])
+    kernel = kernel_factory()
+    first = kernel.run("%%agent -m scripted --max-steps 1\nSet x, then y.", cell_id=CELL_ID)
+    assert "step limit" in first.text, first.text
+    assert kernel.run(COUNT_OPENS).status == "ok"
+    again = kernel.run("%%agent -m scripted --max-steps 5\nSet x, then y.", cell_id=CELL_ID)
+    assert again.status == "ok" and VIEW in json.dumps(again.outputs), again.text
+    assert "resuming after step 1" in again.text  # the step count came without a read
+    opens = value(kernel, "_at_first_request")
+    assert len(opens) == 1 and 1 <= opens[0] <= 2, opens

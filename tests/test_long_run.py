@@ -326,3 +326,28 @@ def test_a_resume_opens_the_store_at_most_twice_before_its_first_model_request(
     opens = sum(1 for n in opened_at if n == before)
     print(f"opens before the first model request of a resume: {opens}")
     assert 1 <= opens <= 2, opened_at
+
+
+def test_a_resume_reads_its_history_once(ip, scripted: ScriptedServer, monkeypatch):
+    from jupyter_agent import store as store_module
+
+    scripted.set_script([tool("v0 = 0"), tool("v1 = 1"), {"content": "done"}])
+    ip.run_cell_magic("agent", "--model scripted --name once --max-steps 1", "Read once.")
+    reads: list[str] = []
+    real = store_module.DuckDBStore.checkpoints
+
+    def counting(self, run_id):
+        reads.append(run_id)
+        return real(self, run_id)
+
+    monkeypatch.setattr(store_module.DuckDBStore, "checkpoints", counting)
+    real_payloads = store_module.DuckDBStore.payloads
+    monkeypatch.setattr(
+        store_module.DuckDBStore,
+        "payloads",
+        lambda self, chain: reads.extend(r for r, _ in chain) or real_payloads(self, chain),
+    )
+    before = len(scripted.requests)
+    ip.run_cell_magic("agent", "--model scripted --name once --max-steps 5", "Read once.")
+    assert len(scripted.requests) > before and "v1" in ip.user_ns  # it resumed and went on
+    assert len(reads) == len(set(reads)), reads  # the run's checkpoints were read once

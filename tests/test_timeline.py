@@ -202,6 +202,53 @@ def test_a_long_run_stays_cheap(store: Store, tmp_path: Path, shell: Interactive
     w.close()
 
 
+class Frontend:
+    """Applies every comm message a widget sends as a browser would: traits and custom ones."""
+
+    def __init__(self, w: widget.TimelineWidget) -> None:
+        self.messages: list[dict] = []
+        self.state = {"summary": dict(w.summary), "runs": list(w.runs), "pending": dict(w.pending)}
+        w.comm.send = self.receive  # type: ignore[method-assign]
+
+    def receive(self, data: dict, metadata: Any = None, buffers: Any = None) -> None:
+        self.messages.append(data)
+        if data["method"] == "update":
+            self.state.update(data["state"])
+        elif data["method"] == "custom":
+            msg = data["content"]
+            self.state.update(msg.get("state") or {})
+            self.state["summary"] = {**self.state["summary"], **msg.get("summary", {})}
+
+
+def test_each_checkpoint_is_one_message_carrying_its_summary_change(
+    store: Store, tmp_path: Path, shell: InteractiveShell
+) -> None:
+    w = make_widget(store, tmp_path, shell)
+    run = RunRow("r1", notebook(tmp_path), AGENT, None, "p", "h", "m", None, None, time.time())
+    w.add(run, CheckpointRow("r1", 0, "start", "running", "p", time.time(), 1.0, 0, 10))
+    front = Frontend(w)
+    n = 300
+    for step in range(1, n):
+        kind = ("model", "tool_call", "tool_result")[step % 3]
+        status = "done" if step == n - 1 else "running"
+        usage = {"usage": {"prompt_tokens": 7, "completion_tokens": 3}} if kind == "model" else {}
+        row = CheckpointRow("r1", step, kind, status, "s", time.time(), 1.0, 10, 100, usage)
+        before = len(front.messages)
+        w.add(run, row)
+        assert len(front.messages) == before + 1, front.messages[before:]
+        assert front.messages[-1]["content"]["type"] == "append"
+    # What the frontend pieced together from the deltas is what the kernel holds.
+    assert front.state["summary"] == w.summary
+    assert front.state["runs"] == w.runs and front.state["runs"][0]["status"] == "done"
+    assert w.summary["status"] == "done" and w.summary["total"] == n
+    models = len(range(3, n, 3))
+    assert w.summary["prompt_tokens"] == 7 * models and w.summary["steps"] == models
+    # A checkpoint sends only what it changed: never the whole summary again.
+    deltas = [m["content"].get("summary", {}) for m in front.messages]
+    assert all("model" not in d and "busy" not in d for d in deltas)
+    w.close()
+
+
 def test_restart_makes_a_second_run(
     shell: InteractiveShell, scripted: ScriptedServer, timeline_widget: widget.TimelineWidget
 ) -> None:

@@ -1,8 +1,9 @@
 // Checkpoint timeline of a jupyter-agent agent (anywidget ES module, no build step).
 //
-// The kernel sends each new checkpoint once, as an "append" custom message; the
-// `entries` trait holds a window of the latest entries and is resent only when
-// the shown run changes, an execution ends, or more entries are asked for. The
+// The kernel sends each new checkpoint once, as one "append" custom message that
+// also carries the summary fields it changed; the `entries` trait holds a window
+// of the latest entries and is resent only when the shown run changes, an
+// execution ends, or more entries are asked for. The
 // entries live in a per-model store (keyed by the `uid` trait) that is filled
 // from `initialize`, so a view rendered late, or a second view, misses nothing.
 
@@ -48,6 +49,15 @@ function heard(s) {
   markStale(s, false);
 }
 
+// A checkpoint's message carries the summary fields that changed and any other trait
+// that changed with it (the kernel does not send those again). Set here only: the
+// kernel already has these values, and this module never saves traits back.
+function applyState(model, msg) {
+  const state = { ...(msg.state || {}) };
+  if (msg.summary) state.summary = { ...(model.get("summary") || {}), ...msg.summary };
+  if (Object.keys(state).length) model.set(state);
+}
+
 function listen(model, s) {
   if (s.listening) return;
   s.listening = true;
@@ -67,6 +77,7 @@ function listen(model, s) {
   });
   model.on("msg:custom", (msg) => {
     heard(s);
+    if (msg.type === "append" || msg.type === "update") applyState(model, msg);
     if (msg.type === "append") {
       if (msg.run !== s.run) return;
       const end = s.first + s.entries.length;

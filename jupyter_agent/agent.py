@@ -56,9 +56,19 @@ from .state import (
 )
 from .store_api import CheckpointRow, RunRow, RunWriterLike, Store
 from .stuck import REPEATS, stuck_reason, unstuck_note
-from .tools import TOOLS, MalformedCall, Toolbox, ToolResult, check_approve, unknown_tool
+from .tools import (
+    TOOLS,
+    MalformedCall,
+    NamespaceLock,
+    Tool,
+    Toolbox,
+    ToolResult,
+    check_approve,
+    unknown_tool,
+)
 from .vocab import effective_status as effective_status
 from .vocab import stall_after as stall_after
+from .workspace import READ_AGENT_TOOL, ReadAgentError, read_agent
 
 SYSTEM_PROMPT = (
     "You are a careful data assistant working inside a Jupyter notebook. Use the `python` "
@@ -108,8 +118,10 @@ class RunOptions:
     mcp: tuple[str, ...] = ()
     #: MCP server configurations by name (``c.AgentMagics.mcp_servers``).
     mcp_servers: dict[str, dict] = field(default_factory=dict)
-    #: Runs children for the ``delegate`` tool; None: the tool is not offered.
+    #: Runs children for the ``delegate`` tool; None: neither it nor ``read_agent`` is offered.
     children: Children | None = None
+    #: The kernel's namespace lock: one agent's code runs at a time (the runtime's).
+    namespace: NamespaceLock | None = None
 
 
 #: Characters of a reply's reasoning kept in its checkpoint (shown in the timeline).
@@ -210,7 +222,7 @@ class Execution:
                 f"= {{{model!r}: [0.15, 0.60]}}, or give the budget in tokens (--budget 200k)."
             )
         self.plan_mode = bool(run.info.get("plan")) or (options.plan and state.step < 0)
-        self._extra_tools = [DELEGATE_TOOL] if options.children is not None else []
+        self._extra_tools = [DELEGATE_TOOL, READ_AGENT_TOOL] if options.children is not None else []
         self.tools = [*TOOLS, *self._extra_tools]
         self.toolbox = Toolbox([])
         #: Reported over estimated prompt tokens of the last request (see context).
@@ -687,6 +699,9 @@ class Execution:
         if (call.get("function") or {}).get("name") == "delegate" and self.options.children:
             self._delegate_step(call, self.options.children)
             return
+        if name == "read_agent" and self.options.children:
+            self._read_agent_step(call)
+            return
         self.tracker.begin(self.shell.user_ns, self.state.vars)
         tool = self.toolbox.get(name)
         try:
@@ -746,21 +761,46 @@ class Execution:
                     ),
                 )
                 return
-        if in_flight:
-            self.events.notice(
-                f"step {self.state.step}: this {name} call was running when the agent stopped; "
-                "running it again"
+        with self._namespace_turn(tool):
+            if in_flight:
+                self.events.notice(
+                    f"step {self.state.step}: this {name} call was running when the agent "
+                    "stopped; running it again"
+                )
+            shown = tool.show(args)
+            self.checkpoint(
+                "tool_call",
+                RUNNING,
+                f"{name}: {shown}",
+                Delta(tool_call_id=call_id),
+                info={"code": shown} if name == "python" else {"tool": name, "code": shown},
             )
-        shown = tool.show(args)
+            # An interrupt here propagates: the call stays in flight (see execute).
+            self._tool_result(call_id, tool.run(args))
+
+    def _namespace_turn(self, tool: Tool) -> contextlib.AbstractContextManager:
+        """Code in the kernel waits while another agent's code runs (the runtime's lock)."""
+        lock = self.options.namespace
+        if lock is None or not tool.in_kernel:
+            return contextlib.nullcontext()
+        return lock.turn(self.run.agent, self.events.info, self.client.cancel, tool.name)
+
+    def _read_agent_step(self, call: dict) -> None:
+        """``read_agent``: reads the store only, so no start checkpoint and no approval."""
+        fn = call.get("function") or {}
+        try:
+            output, error = read_agent(self.store, self.run, fn.get("arguments") or ""), False
+        except ReadAgentError as exc:
+            output, error = f"Error: {exc}", True
+        output = redact(output, self.options.secrets)
+        message = {"role": "tool", "tool_call_id": call["id"], "content": output}
         self.checkpoint(
-            "tool_call",
+            "tool_result",
             RUNNING,
-            f"{name}: {shown}",
-            Delta(tool_call_id=call_id),
-            info={"code": shown} if name == "python" else {"tool": name, "code": shown},
+            ("error: " if error else "") + f"read_agent: {one_line(output, 80)}",
+            Delta(messages=[message], tool_call_id=call["id"]),
+            info={"tool": "read_agent", "error": error},
         )
-        # An interrupt here propagates: the call stays in flight (see execute).
-        self._tool_result(call_id, tool.run(args))
 
     def _plan_step(self, call: dict) -> None:
         """``update_plan``: no side effects, so no start checkpoint and no approval."""
@@ -806,7 +846,9 @@ class Execution:
                 RUNNING,
                 f"delegate to {agent}: {task}",
                 Delta(tool_call_id=call_id),
-                info={"delegate": {"agent": agent, "task": task, "model": model}},
+                info={
+                    "delegate": {"agent": agent, "task": task, "model": model, "call_id": call_id}
+                },
             )
         child = children.run(self, call_id, agent, task, model)
         info = {"child": child.agent, "child_run": child.run_id, "child_status": child.status}

@@ -39,6 +39,7 @@ from .runner import USER_ERRORS, Outcome
 from .state import DONE, RUNNING, STALLED, Delta
 from .store import AgentBusy, CheckpointRow, RunRow, Store, default_store_path
 from .store_api import open_store
+from .tools import NamespaceLock
 
 Key = tuple[str, str]  # (notebook, agent)
 
@@ -97,6 +98,8 @@ class AgentRuntime:
     endpoint_args: dict = field(default_factory=dict)
     #: The run options of the configuration (the magics' traits).
     options: Callable[[], RunOptions] = RunOptions
+    #: One agent's code at a time in this kernel's namespace; the others wait, saying so.
+    namespace: NamespaceLock = field(default_factory=NamespaceLock, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _claims: dict[Key, Claim] = field(default_factory=dict, repr=False)
     _views: dict[Key, weakref.WeakSet] = field(default_factory=dict, repr=False)
@@ -183,8 +186,12 @@ class AgentRuntime:
     # -- runs -----------------------------------------------------------------------
 
     def _with_children(self, options: RunOptions) -> RunOptions:
-        """Options whose runs may delegate, their children running in this runtime."""
-        return replace(options, children=options.children or Delegation(self))
+        """Options whose runs may delegate (children run in this runtime) and share the namespace."""
+        return replace(
+            options,
+            children=options.children or Delegation(self),
+            namespace=options.namespace or self.namespace,
+        )
 
     def run(
         self,

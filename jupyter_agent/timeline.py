@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import vocab
-from .agent import Events, effective_status, load_state, new_run
+from .agent import Events, chain, effective_status, load_state, new_run
 from .errors import NotFound
 from .identity import AgentIdentity
 from .namespace import restore
@@ -42,6 +42,7 @@ _INFO_KEYS = (
     *("vars", "deleted", "unsaved", "error", "code", "decision", "instruction", "usage", "plan"),
     *("strategy", "before_tokens", "after_tokens", "messages_dropped"),  # compaction
     *("spent", "budget", "cost", "budget_cost", "reason"),  # budget, stuck
+    *("delegate", "child", "child_run", "child_status"),  # delegation
 )
 
 
@@ -101,6 +102,8 @@ class Timeline:
     _ledger: dict[str, int] = field(default_factory=lambda: vocab.ledger([]))
     _plan: dict | None = None
     _size: int = 0
+    #: Child agents' runs that the selected history delegated to, by run id.
+    children: dict[str, RunRow] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -147,6 +150,57 @@ class Timeline:
             if "plan" in (e.get("info") or {}):
                 self._plan = vocab.plan_progress(e["info"]["plan"])
                 break
+        self._nest()
+
+    def _nest(self) -> None:
+        """Link the history's ``delegate`` rows to their child runs, as branches to open.
+
+        The first row of a delegation (its call) carries the child's checkpoints,
+        the later ones (its result, a pause for it) a link only. Children are not
+        part of this agent's ledger: their tokens are in the call's result already.
+        """
+        self.children = {}
+        linked = [e for e in self.history if {"delegate", "child_run"} & set(e.get("info") or {})]
+        if not linked:
+            return  # no store read for a run that never delegated
+        ids = {e["run"] for e in self.history}
+        kids = [
+            r for r in self.store.runs(notebook=self.notebook) if r.info.get("parent_run") in ids
+        ]
+        self.children = {r.run_id: r for r in kids}
+        by_call = {(r.info["parent_run"], r.info.get("parent_call")): r for r in kids}
+        last = self.store.latest_checkpoints(list(self.children))
+        steps = self.store.model_steps(list(self.children))
+        shown: set[str] = set()
+        for e in linked:
+            info = e["info"]
+            call = (info.get("delegate") or {}).get("call_id")
+            child = by_call.get((e["run"], call)) or self.children.get(info.get("child_run", ""))
+            if child is None:
+                continue
+            items = None if child.run_id in shown else self._child_entries(child)
+            shown.add(child.run_id)
+            done = len(steps.get(child.run_id, []))
+            e["child"] = self._branch(child, last.get(child.run_id), done, items)
+
+    def _child_entries(self, child: RunRow) -> list[dict]:
+        return [entry(r) for r in self.store.checkpoints(child.run_id)]
+
+    def _branch(
+        self, child: RunRow, last: CheckpointRow | None, steps: int, items: list[dict] | None
+    ) -> dict:
+        """A child run as a delegate row shows it: its name, status and (once) its checkpoints."""
+        status = (
+            RUNNING
+            if last is None
+            else effective_status(last.status, child.run_id, self._live, last.created_at)
+        )
+        idle = time.time() - last.created_at if last is not None else None
+        text = vocab.status_text(status, steps, last.info if last else None, idle=idle)
+        out = {"agent": child.agent, "run": child.run_id, "status": status, "text": text}
+        if items is not None:
+            out["items"] = items
+        return out
 
     def segments(self, run: RunRow) -> list[tuple[str, int | None]]:
         """Like :func:`jupyter_agent.agent.chain`, from the runs already loaded."""
@@ -180,6 +234,9 @@ class Timeline:
         e = self._append(row)
         if e is None:
             return Change(runs=runs_changed)
+        if "child_run" in row.info:  # a child's work ended: show its branch
+            self.select(self.selected)
+            return Change(reloaded=True, runs=True)
         return Change(entry=e, index=len(self.history) - 1, runs=runs_changed)
 
     def _append(self, row: CheckpointRow) -> dict | None:
@@ -304,8 +361,9 @@ class Timeline:
 
 def detail(timeline: Timeline, run_id: str, step: int) -> dict:
     """Everything about one checkpoint: its messages, tool call and result, variables."""
-    run = timeline.run(run_id)
-    segments = timeline.segments(run)
+    child = timeline.children.get(run_id)  # a delegated child's checkpoint, opened here
+    run = child or timeline.run(run_id)
+    segments = chain(timeline.store, run) if child else timeline.segments(run)
     segments[-1] = (run_id, step)
     state = RunState()
     found: tuple[CheckpointRow, Any] | None = None

@@ -21,11 +21,11 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .model import ConfigError
+from .model import Cancelled, ConfigError
 from .namespace import touched_names
 from .plan import UPDATE_PLAN_TOOL
 
@@ -123,6 +123,8 @@ class Tool:
     idempotent: bool = False
     #: Ask for approval before every call, even with approvals off.
     approve: bool = False
+    #: Runs in the kernel's namespace: one such call at a time (:class:`NamespaceLock`).
+    in_kernel: bool = False
 
     def edited(self, text: str) -> Any:
         return (self.edit or self.parse)(text)
@@ -145,6 +147,7 @@ def python_tool(shell: Any) -> Tool:
         show=lambda code: code,
         edit=lambda code: code,  # the approver sends code
         idempotent=True,
+        in_kernel=True,
     )
 
 
@@ -170,7 +173,8 @@ class Toolbox:
         """Resolve ``names`` in the namespace and start ``servers``; :class:`ToolError` if not."""
         from . import user_tools
 
-        box = cls([python_tool(shell), *user_tools.resolve(shell.user_ns, names)])
+        functions = [replace(t, in_kernel=True) for t in user_tools.resolve(shell.user_ns, names)]
+        box = cls([python_tool(shell), *functions])
         if servers:
             from . import mcp_tools
 
@@ -210,6 +214,61 @@ def check_approve(
         if name in known or any(name.startswith(f"{s}__") for s in servers):
             continue
         raise ToolError(f"--approve: unknown tool {name!r}; the tools are: {', '.join(known)}.")
+
+
+class NamespaceLock:
+    """Agents of a kernel run code in its namespace one at a time; a waiting one says so.
+
+    Several agents may run at once (their model calls overlap), but two
+    agents' code must never interleave in the one namespace. One lock per
+    kernel, held by :class:`jupyter_agent.runtime.AgentRuntime`. Re-entrant for
+    its thread, so code that runs an agent (or a child in the same thread) does
+    not wait for itself.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._thread: int | None = None
+        self._holder = ""
+        self._tool = ""
+        self._depth = 0
+
+    @property
+    def holder(self) -> str:
+        """The agent running code in the namespace now ("" if none)."""
+        with self._cond:
+            return self._holder
+
+    @contextmanager
+    def turn(
+        self,
+        agent: str,
+        say: Callable[[str], None],
+        cancel: threading.Event | None = None,
+        tool: str = "python",
+    ) -> Iterator[None]:
+        """Hold the namespace for ``agent``; while another holds it, wait (``cancel`` ends that)."""
+        me = threading.get_ident()
+        with self._cond:
+            said = ""
+            while self._thread not in (None, me):
+                if said != self._holder:
+                    said = self._holder
+                    say(f"waiting for the namespace (agent {said} is running {self._tool})")
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled()
+                self._cond.wait(0.1)
+            if self._thread is None:
+                self._thread, self._holder, self._tool = me, agent, tool
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if not self._depth:
+                    self._thread, self._holder = None, ""
+                    self._cond.notify_all()
 
 
 class _ThreadTee(io.TextIOBase):

@@ -7,6 +7,8 @@ how often. Tool side effects are counted in a file.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +17,10 @@ from typing import Any
 import pytest
 from IPython.core.error import UsageError
 
+from jupyter_agent.server.queries import Reader
 from jupyter_agent.store import Store
 from jupyter_agent.testing import ScriptedServer
+from jupyter_agent.timeline import Timeline, detail
 
 from .kernels import Kernel
 from .test_magics import ip  # noqa: F401  (the in-process shell fixture)
@@ -260,3 +264,196 @@ def test_delegation_depth_is_limited(
         "level3": 3,
     }
     assert runs["level2"].info["parent_agent"] == "level1"
+
+
+# -- agents in parallel ---------------------------------------------------------------
+
+PARALLEL = {
+    name: f"%%agent -m scripted --name {name} --background\n{name.title()} works."
+    for name in ("alpha", "beta")
+}
+PARALLEL_STEPS = 3
+
+
+def parallel(log: Path) -> Callable[[dict], dict]:
+    """alpha and beta each run three python calls that record when they start and end."""
+
+    def reply(body: dict) -> dict:
+        name, step = task_of(body).split()[0].lower(), steps_of(body)
+        if step >= PARALLEL_STEPS:
+            return {"content": f"{name} finished."}
+
+        def stamp(edge: str) -> str:
+            line = f"{name} {step} {edge} " + "{time.time()}"
+            return f"with open({str(log)!r}, 'a') as f: f.write(f'{line}\\n')"
+
+        code = (
+            f"import time\n{stamp('start')}\ntime.sleep(0.6)\n{name}{step} = {step}\n{stamp('end')}"
+        )
+        return tool(code)
+
+    return reply
+
+
+def intervals(log: Path, killed_at: float) -> list[tuple[float, float, str]]:
+    """(start, end, who) of each python call; one cut short by the kill ends at ``killed_at``."""
+    starts: dict[str, float] = {}
+    out = []
+    for line in log.read_text().splitlines():
+        name, step, edge, at = line.split()
+        who = f"{name}{step}"
+        if edge == "start":
+            if who in starts:  # run again after the kill: the first run never ended
+                out.append((starts[who], killed_at, f"{who} (killed)"))
+            starts[who] = float(at)
+        else:
+            out.append((starts.pop(who), float(at), who))
+    return sorted(out)
+
+
+def model_steps_done(store_path: Path) -> dict[str, int]:
+    store = Store(store_path)
+    return {
+        r.agent: sum(1 for c in store.checkpoints(r.run_id) if c.kind == "model")
+        for r in store.runs()
+    }
+
+
+def test_two_background_agents_run_at_once_and_never_share_the_namespace(
+    kernel_factory: Callable[..., Kernel],
+    scripted: ScriptedServer,
+    tmp_path: Path,
+    store_path: Path,
+) -> None:
+    log = tmp_path / "calls.log"
+    scripted.set_script(parallel(log))
+    k1 = kernel_factory()
+    for name, cell in PARALLEL.items():
+        started = k1.run(cell, cell_id=name)
+        assert started.status == "ok" and "running in the background" in started.text
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not log.exists() or log.read_text().count(" end ") < 1):
+        time.sleep(0.05)
+    k1.kill()
+    killed_at = time.time()
+    done_at_kill = model_steps_done(store_path)
+    assert set(done_at_kill) == {"alpha", "beta"}
+    before = len(requested(scripted))
+
+    k2 = kernel_factory()
+    for name, cell in PARALLEL.items():
+        assert k2.run(cell, cell_id=name).status == "ok"
+    assert (
+        k2.run("from jupyter_agent.runtime import current\nassert current().wait_all(90)").status
+        == "ok"
+    )
+    assert k2.run("print(alpha2, beta2)").stdout.strip() == "2 2"
+    for name in PARALLEL:
+        runs = Store(store_path).runs(agent=name)
+        last = Store(store_path).checkpoints(runs[-1].run_id)[-1]
+        assert len(runs) == 1 and last.status == "done", (name, last)
+
+    # Resuming asked for no step that had completed (had its model checkpoint) at the kill.
+    after = requested(scripted)[before:]
+    for name, done in done_at_kill.items():
+        asked = sorted(step for task, step in after if task == name.title())
+        assert asked and asked[0] >= done and asked == list(range(asked[0], PARALLEL_STEPS + 1))
+    # Their python calls never overlapped, though both agents ran at once.
+    calls = intervals(log, killed_at)
+    assert {re.sub(r"\d.*", "", who) for _, _, who in calls} == {"alpha", "beta"}
+    for (_, end, who), (start, _, other) in zip(calls, calls[1:], strict=False):
+        assert end <= start, f"{who} and {other} ran at the same time"
+    # The one that waited said so, in its own output.
+    logs = k2.run(
+        "import ipywidgets.widgets.widget as _ww\n"
+        "print('\\n'.join(''.join(w._log) for w in list(_ww._instances.values()) "
+        "if hasattr(w, 'timeline')))"
+    ).stdout
+    assert "waiting for the namespace (agent" in logs and "is running python)" in logs, logs
+
+
+# -- a shared workspace: read_agent -----------------------------------------------------
+
+
+def readers(log: Path) -> Callable[[dict], dict]:
+    """lead delegates to alpha, then beta; beta reads alpha's answer and an unknown agent."""
+
+    def reply(body: dict) -> dict:
+        task, step = task_of(body), steps_of(body)
+        told = [m["content"] for m in body["messages"] if m.get("role") == "tool"]
+        if task.startswith("Split"):
+            if step == 0:
+                return delegate("alpha", "Alpha: count.")
+            if step == 1:
+                return delegate("beta", "Beta: read alpha.")
+            return {"content": "Lead done: " + " | ".join(told)}
+        if task.startswith("Alpha"):
+            if step == 0:
+                return tool(f"with open({str(log)!r}, 'a') as f: f.write('alpha\\n')\ncount = 42")
+            return {"content": "alpha counted 42 rows"}
+        if step == 0:
+            read = [{"name": "read_agent", "arguments": {"agent": a}} for a in ("alpha", "nobody")]
+            return {"tool_calls": read}
+        return {"content": "beta read: " + told[0].replace("\n", " ")}
+
+    return reply
+
+
+def test_read_agent_passes_a_siblings_answer_and_the_timeline_nests_children(
+    kernel_factory: Callable[..., Kernel],
+    scripted: ScriptedServer,
+    tmp_path: Path,
+    store_path: Path,
+) -> None:
+    scripted.set_script(readers(tmp_path / "effects.log"))
+    kernel = kernel_factory()
+    result = kernel.run(PARENT, cell_id="lead")
+    assert result.status == "ok" and "Lead done:" in result.text, result.text
+    beta_last = next(
+        r["body"]["messages"]
+        for r in reversed(scripted.requests)
+        if task_of(r["body"]).startswith("Beta")
+    )
+    read, unknown = [m["content"] for m in beta_last if m.get("role") == "tool"]
+    assert json.loads(read) == {
+        "agent": "alpha",
+        "status": "done",
+        "status_text": "done after 2 steps",
+        "steps": 2,
+        "parent_agent": "lead",
+        "final_answer": "alpha counted 42 rows",
+    }
+    assert unknown.startswith("Error: no agent named 'nobody' in this notebook"), unknown
+    assert "alpha" in unknown and "lead" in unknown  # the names it could have used
+
+    store = Store(store_path)
+    notebook = store.runs(agent="lead")[0].notebook
+    # The REST API's agent summaries carry the parent, so a list can show the tree.
+    agents = {a["name"]: a for a in Reader(store).agents(notebook)}
+    assert {n: a["parent_agent"] for n, a in agents.items()} == {
+        "lead": None,
+        "alpha": "lead",
+        "beta": "lead",
+    }
+    # The parent's timeline: each delegate call links to its child, whose checkpoints nest there.
+    view = Timeline(store, notebook, "lead")
+    view.load()
+    linked = [e for e in view.history if "child" in e]
+    assert [(e["kind"], e["child"]["agent"]) for e in linked] == [
+        ("tool_call", "alpha"),
+        ("tool_result", "alpha"),
+        ("tool_call", "beta"),
+        ("tool_result", "beta"),
+    ]
+    alpha = linked[0]["child"]
+    assert alpha["text"] == "done after 2 steps" and "items" not in linked[1]["child"]
+    assert [e["kind"] for e in alpha["items"]] == [
+        "start",
+        "model",
+        "tool_call",
+        "tool_result",
+        "model",
+    ]
+    assert view.summary()["steps"] == 3  # the children's steps are theirs, not lead's
+    opened = detail(view, alpha["run"], alpha["items"][-1]["step"])
+    assert opened["messages"][0]["content"] == "alpha counted 42 rows"

@@ -63,6 +63,8 @@ def _run_dict(run: Any) -> dict[str, Any]:
         "model": run.model,
         "parent_run": run.parent_run,
         "parent_step": run.parent_step,
+        # The agent that delegated this run (``delegate``), so a list can show the tree.
+        "parent_agent": run.info.get("parent_agent"),
         "created_at": run.created_at,
     }
 
@@ -110,6 +112,7 @@ class Reader:
         return {
             "name": agent.name,
             "cell_id": info["cell_id"],
+            "parent_agent": info["parent_agent"],
             "named": not _is_derived(agent.name, info["cell_id"]),
             "status": status,
             "step": last.step if last else 0,

@@ -155,6 +155,7 @@ class View {
     this.model = model;
     this.s = s;
     this.selected = null; // {run, step} of the opened checkpoint
+    this.opened = new Set(); // child runs whose branch is shown
     this.editing = false;
     el.classList.add("ja-timeline");
     this.root = el;
@@ -387,7 +388,7 @@ class View {
     for (const e of s.entries) {
       const div = this.divider(prev, e);
       if (div) rows.push(div);
-      rows.push(this.row(e));
+      rows.push(...this.rows(e));
       prev = e;
     }
     if (!s.entries.length) rows.push(h("div", { class: "ja-empty", text: "No checkpoints yet." }));
@@ -404,7 +405,7 @@ class View {
     for (const e of fresh) {
       const div = this.divider(prev, e);
       if (div) this.listEl.append(div);
-      this.listEl.append(this.row(e));
+      this.listEl.append(...this.rows(e));
       prev = e;
     }
     if (stick) this.listEl.scrollTop = this.listEl.scrollHeight;
@@ -417,9 +418,36 @@ class View {
     return h("div", { class: "ja-divider", text: `⋔ ${r ? r.label : "fork"} branches off after checkpoint ${prev.step}` });
   }
 
-  row(e) {
+  // a row, and under a delegate row whose branch is open, the child's checkpoints indented
+  rows(e, depth = 0) {
+    const out = [this.row(e, depth)];
+    const c = e.child;
+    if (c && c.items && this.opened.has(c.run)) {
+      for (const ce of c.items) out.push(...this.rows(ce, depth + 1));
+    }
+    return out;
+  }
+
+  childLink(c, depth) {
+    const open = this.opened.has(c.run);
+    return h("button", {
+      class: `ja-child-link ${statusClass(c.status)}`,
+      title: c.items ? `${open ? "Hide" : "Show"} the checkpoints of child agent ${c.agent}` : `Child agent ${c.agent}`,
+      dataset: { child: c.run },
+      onclick: (ev) => {
+        ev.stopPropagation();
+        if (!c.items) return;
+        if (open) this.opened.delete(c.run);
+        else this.opened.add(c.run);
+        this.renderList();
+      },
+      text: `${c.items ? (open ? "▾" : "▸") : "↳"} child agent ${c.agent} · ${c.text}`,
+    });
+  }
+
+  row(e, depth = 0) {
     const [icon, label] = kindOf(this.model, e.kind);
-    const inherited = e.run !== this.s.run;
+    const inherited = !depth && e.run !== this.s.run;
     const meta = [fmtTime(e.time), fmtMs(e.ms)];
     if (e.tokens) meta.push(fmtTokens(e.tokens, (this.model.get("summary") || {}).estimated));
     meta.push(fmtSize(e.size));
@@ -427,9 +455,10 @@ class View {
     return h(
       "div",
       {
-        class: `ja-row ${statusClass(e.status)} ja-k-${e.kind}${inherited ? " ja-inherited" : ""}${sel ? " ja-selected" : ""}`,
+        class: `ja-row ${statusClass(e.status)} ja-k-${e.kind}${inherited ? " ja-inherited" : ""}${sel ? " ja-selected" : ""}${depth ? " ja-child-row" : ""}`,
         role: "listitem",
         tabindex: "0",
+        style: depth ? `margin-left: ${depth * 18}px` : null,
         title: inherited ? "From the run this one was forked from" : null,
         dataset: { key: key(e), kind: e.kind, step: String(e.step) },
         onclick: () => this.open(e),
@@ -437,7 +466,7 @@ class View {
       },
       h("span", { class: "ja-step", text: e.step }),
       h("span", { class: "ja-kind" }, h("span", { class: "ja-icon", text: icon }), label),
-      h("span", { class: "ja-summary", text: e.text || e.summary, title: e.text || e.summary }),
+      h("span", { class: "ja-summary", text: e.text || e.summary, title: e.text || e.summary }, e.child ? this.childLink(e.child, depth) : null),
       h("span", { class: "ja-meta", text: meta.join(" · ") }),
     );
   }
@@ -518,7 +547,9 @@ class View {
     if (loaded && d.namespace) {
       parts.push(h("div", { class: "ja-hint", text: `Agent variables at this point: ${d.namespace.join(", ") || "none"}` }));
     }
-    parts.push(this.detailActions());
+    // Fork and Rewind act on this agent's runs, not on a child's (open its own timeline).
+    const own = (this.model.get("runs") || []).some((r) => r.id === run) || run === this.model.get("run_id");
+    if (own) parts.push(this.detailActions());
     this.detailEl.replaceChildren(...parts);
     this.updateBusy();
   }

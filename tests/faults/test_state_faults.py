@@ -9,6 +9,7 @@ or newer store is never rewritten behind the user's back.
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -270,7 +271,7 @@ def test_a_checkpoint_from_a_newer_version_is_refused(env: AgentEnv) -> None:
     view = env.view()
     last = view.checkpoints[-1]
     w = Store(env.store).writer(last.run_id)
-    newer = dill.dumps({"v": 99, "messages": [], "shape": "unknown"}, protocol=5)
+    newer = json.dumps({"v": 99, "messages": [], "shape": "unknown"}).encode()
     w.put_checkpoint(
         Row(
             last.run_id,
@@ -489,7 +490,11 @@ def test_full_and_read_only_filesystems(env: AgentEnv, tmpfs: Path) -> None:
     env.store = tmpfs / "agents.duckdb"
     env.cell_id = f"a{env.n}"
     env.server.set_script(
-        [tool("x = 1", "Step 0."), tool("y = bytes(3 * 2**20)\nprint(len(y))", "Step 1."), done()]
+        [
+            tool("x = 1", "Step 0."),
+            tool("import os\ny = os.urandom(3 * 2**20)\nprint(len(y))", "Step 1."),
+            done(),
+        ]
     )
     env.server.reset_log()
     full = env.rerun()

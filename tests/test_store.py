@@ -363,3 +363,68 @@ def test_listing_while_a_live_journal_grows_does_not_write_to_duckdb(tmp_path):
     assert os.stat(store.path).st_mtime_ns != before.st_mtime_ns
     assert [c.step for c in store.checkpoints("r1")] == list(range(5))
     assert not list(store.journal_dir.glob("*.jnl"))
+
+
+def _python(code: str) -> dict:
+    return {"tool_calls": [{"name": "python", "arguments": {"code": code}}]}
+
+
+def test_a_large_value_is_restored_from_its_file_after_a_kernel_kill(
+    kernel_factory, scripted, store_path, tmp_path
+):
+    hold = tmp_path / "hold"
+    hold.touch()
+    wait = f"import os, time\nwhile os.path.exists({str(hold)!r}): time.sleep(0.05)\nprint('w')"
+    script = [
+        _python("big = bytes(range(256)) * (16 * 4096)\nprint('made', len(big))"),
+        _python(wait),
+        {"content": "Done."},
+    ]
+    scripted.set_script(script)
+    cell = "%%agent --model scripted\nMake a big value."
+    k1 = kernel_factory()
+    run = k1.start(cell, cell_id="cell-big")
+    k1.wait_for(run, "made 16777216")
+    deadline = time.monotonic() + 30
+    store = Store(store_path)
+    while not list(store.blob_dir.glob("*/*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    k1.kill()
+    (file,) = store.blob_dir.glob("*/*")
+    assert file.stat().st_size > 16 << 20 and stat.S_IMODE(file.stat().st_mode) == 0o600
+    hold.unlink()
+    scripted.set_script(script)
+    k2 = kernel_factory()
+    result = k2.run(cell, cell_id="cell-big")
+    assert result.status == "ok", result.text
+    assert "Variables restored from the store: big" in result.text
+    assert k2.run("print(big == bytes(range(256)) * (16 * 4096))").stdout.strip() == "True"
+    with duckdb.connect(str(store_path), read_only=True) as con:
+        assert con.execute(
+            "SELECT count(*) FROM blobs WHERE size > 1e6 AND data IS NOT NULL"
+        ).fetchone() == (0,)
+
+
+def test_a_200_mib_value_does_not_hold_up_agent_list(kernel_factory, scripted, tmp_path):
+    done = tmp_path / "done"
+    scripted.set_script(
+        [_python("big = bytearray(200 * 2**20)\nprint('made')"), {"content": "Done."}]
+    )
+    lister = kernel_factory()
+    lister.run("%agent list")  # warm: imports and the store's first open are not measured
+    poll = lister.start(
+        "import os, time\nworst = 0.0\nend = time.monotonic() + 90\n"
+        f"while not os.path.exists({str(done)!r}) and time.monotonic() < end:\n"
+        "    t = time.monotonic()\n"
+        "    get_ipython().run_line_magic('agent', 'list')\n"
+        "    worst = max(worst, time.monotonic() - t)\n"
+        "    time.sleep(0.05)\n"
+        "print('worst', worst)"
+    )
+    writer = kernel_factory()
+    result = writer.run("%%agent --model scripted\nMake a big value.", cell_id="cell-big")
+    assert result.status == "ok" and "made" in result.text, result.text
+    done.touch()
+    lister.wait(poll)
+    worst = float(poll.stdout.split("worst")[-1])
+    assert worst < 3.0, f"%agent list waited {worst:.1f} s while a 200 MiB value was stored"

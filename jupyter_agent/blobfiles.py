@@ -34,6 +34,7 @@ from pathlib import Path
 MIN_BYTES = 1 << 20
 #: A file younger than this is never collected: its writer may not have journaled it yet.
 GRACE_SECONDS = 600.0
+_PIECE = 16 << 20
 _NAME = re.compile(r"[0-9a-f]{16,128}")
 
 
@@ -66,9 +67,15 @@ def write(directory: Path, digest: str, data: bytes) -> None:
     tmp = sub / f".{digest}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
+        # In pieces, each flushed: a single fsync of hundreds of MiB at the end would
+        # queue every other process's commit (and its hold on DuckDB) behind it.
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view) :]
+            piece = view[:_PIECE]
+            while piece:
+                piece = piece[os.write(fd, piece) :]
+            view = view[_PIECE:]
+            os.fdatasync(fd)
         os.fsync(fd)
     except BaseException:
         os.close(fd)

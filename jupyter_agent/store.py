@@ -1,10 +1,14 @@
 """The checkpoint store: a DuckDB file plus per-run journals beside it.
 
 Writers never touch DuckDB while an agent runs: each run execution appends to
-its own journal (see :mod:`jupyter_agent.journal`). DuckDB is opened only for
-short moments — to fold journals in and to answer queries — and every open
-retries with backoff while another process holds the file, so no lock error
-ever reaches a user and no checkpoint waits on another process.
+its own journal (see :mod:`jupyter_agent.journal`), and values of
+:data:`blobfiles.MIN_BYTES` or more are files beside the store, journaled by
+reference (see :mod:`jupyter_agent.blobfiles`). DuckDB is opened only for short
+moments — to fold finished executions' journals in and to answer queries — and
+every open retries with backoff while another process holds the file, so no
+checkpoint waits on another process. Readers never write a running agent's
+journal into DuckDB: they show it in a transaction they roll back, which keeps
+each open short however many agents run.
 
 Every row is insert-only and keyed (runs by id, checkpoints by run and step,
 blobs by content hash), so folding a journal in twice is harmless. Checkpoint

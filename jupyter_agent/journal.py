@@ -4,8 +4,12 @@ A DuckDB file can be opened by one process at a time, and while it is open no
 other process can even read it. Holding it for the whole life of an agent would
 lock every other kernel and the server out; opening it for every checkpoint
 costs tens of milliseconds. So each running agent appends its checkpoints to a
-journal file of its own (append + fdatasync, well under a millisecond), and the
-journal is folded into DuckDB when the run stops or whenever anybody reads.
+journal file of its own (append + fdatasync, well under a millisecond). The
+owning kernel folds it into DuckDB when the execution ends, and any reader folds
+it once its owner has died; while it lives, readers show its records without
+storing them (see :meth:`jupyter_agent.store.DuckDBStore._merge`). Large values
+are not journaled: the journal holds a reference to a file written beforehand
+(see :mod:`jupyter_agent.blobfiles`).
 
 A journal is owned by the process that holds an exclusive ``flock`` on it. A
 reader probes with a *shared* lock: it fails only while the owner lives, so a
@@ -39,7 +43,8 @@ this process SIGKILL itself at the n-th (default first) matching point, where
 durable), and ``what`` is a prefix of the record label (``run``, ``blob``,
 ``checkpoint.<kind>``) or ``merge.live`` / ``merge.dead`` (folding a running or
 a finished run's journal into DuckDB: ``before`` its commit, ``after`` it but
-before a finished journal is deleted). Unset, it costs one environment lookup
+before a finished journal is deleted; a running one is folded only once it holds
+more than ``DuckDBStore.LIVE_FOLD_BYTES`` unfolded). Unset, it costs one environment lookup
 per record.
 """
 

@@ -450,6 +450,10 @@ class AgentMagics(Magics):
 
     def _cmd_list(self, args: argparse.Namespace) -> None:
         store = self._store()
+        with store.session():  # one open of the store for the whole table, not two per agent
+            self._list(store)
+
+    def _list(self, store: Store) -> None:
         runs = store.runs(notebook=self._notebook())
         if not runs:
             print("No agents in this notebook yet.")

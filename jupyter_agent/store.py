@@ -1,10 +1,14 @@
 """The checkpoint store: a DuckDB file plus per-run journals beside it.
 
 Writers never touch DuckDB while an agent runs: each run execution appends to
-its own journal (see :mod:`jupyter_agent.journal`). DuckDB is opened only for
-short moments — to fold journals in and to answer queries — and every open
-retries with backoff while another process holds the file, so no lock error
-ever reaches a user and no checkpoint waits on another process.
+its own journal (see :mod:`jupyter_agent.journal`), and values of
+:data:`blobfiles.MIN_BYTES` or more are files beside the store, journaled by
+reference (see :mod:`jupyter_agent.blobfiles`). DuckDB is opened only for short
+moments — to fold finished executions' journals in and to answer queries — and
+every open retries with backoff while another process holds the file, so no
+checkpoint waits on another process. Readers never write a running agent's
+journal into DuckDB: they show it in a transaction they roll back, which keeps
+each open short however many agents run.
 
 Every row is insert-only and keyed (runs by id, checkpoints by run and step,
 blobs by content hash), so folding a journal in twice is harmless. Checkpoint
@@ -30,7 +34,7 @@ from typing import TypeVar
 
 import duckdb
 
-from . import journal, store_rows
+from . import blobfiles, journal, store_rows
 from .errors import AgentBusy, Conflict, StoreBusy, StoreError, StoreWarning
 from .journal import JournalWriter, Record
 from .redaction import contains_secret, redact, secrets_in_environment
@@ -178,9 +182,14 @@ class DuckDBStore:
     Implements :class:`jupyter_agent.store_api.Store`.
     """
 
+    #: A reader folds a live journal only once this much is new in it (see :meth:`_merge`).
+    LIVE_FOLD_BYTES = 8 << 20
+
     def __init__(self, path: str | os.PathLike | None = None, *, busy_timeout: float = 30.0):
         self.path = Path(path) if path is not None else default_store_path()
         self.journal_dir = self.path.with_name(self.path.name + ".journal")
+        #: Large values, as content-addressed files (see :mod:`jupyter_agent.blobfiles`).
+        self.blob_dir = self.path.with_name(self.path.name + ".blobs")
         self.busy_timeout = busy_timeout
         self.location = str(self.path)
         self._v1 = False
@@ -250,8 +259,16 @@ class DuckDBStore:
     # -- DuckDB access -------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _connect(self, *, merge: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _connect(
+        self, *, merge: bool = True, live: bool = True
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         """Open DuckDB briefly (waiting while another process holds it), fold journals in.
+
+        Finished runs' journals are folded for good. With ``live`` (what readers
+        ask for), the new records of running agents' journals are shown too, but
+        only inside a transaction that is rolled back when the connection closes:
+        a reader never writes another kernel's live journal into DuckDB (see
+        :meth:`_merge`). Callers that write (``live=False``) see only what is stored.
 
         A store this process cannot write (a read-only disk or file) is opened
         read-only and nothing is folded: it can still be listed and restored from.
@@ -269,14 +286,20 @@ class DuckDBStore:
         self._ensure_dir()
         with _private_files(self.path.parent):
             con, read_only = self._open()
+            shown = False
             try:
                 with self._mapped():
                     if merge and not read_only:
-                        self._merge(con)
+                        pending = self._merge(con)
                         apply_moves(con)  # runs folded in after a notebook move follow it
                         self._private_wal()
+                        if live and pending:
+                            shown = self._show_live(con, pending)
                     yield con
             finally:
+                if shown:
+                    with contextlib.suppress(duckdb.Error):
+                        con.execute("ROLLBACK")
                 self._private_wal()
                 con.close()
 
@@ -522,21 +545,30 @@ class DuckDBStore:
             backup,
         )
 
-    def _merge(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Fold every journal into DuckDB; delete the ones whose owner has died.
+    def _merge(self, con: duckdb.DuckDBPyConnection) -> list[tuple[journal.JournalFile, bytes]]:
+        """Fold finished runs' journals into DuckDB and delete them; return live ones' news.
 
-        Live journals are folded from where the last merge stopped, so a reader
-        polling a long run does work proportional to what is new, not to the run.
-        A dead journal is deleted only once everything in it is in DuckDB: one
-        with damaged frames is kept (renamed ``*.damaged``) and reported, and one
-        with records this version does not know stays for a newer version.
+        A journal whose owner has died is folded and deleted, but only once
+        everything in it is in DuckDB: one with damaged frames is kept (renamed
+        ``*.damaged``) and reported, and one with records this version does not
+        know stays for a newer version.
+
+        A live journal is the running kernel's to fold, when its execution ends:
+        folding it on every read made each reader write to DuckDB (a commit, a
+        write-ahead log, a checkpoint on close) and hold the file that much
+        longer, for every running agent. Its records past the last fold are
+        returned (closed journal, bytes) for :meth:`_show_live`, which shows them
+        without storing them. Only a live journal that grew past
+        ``LIVE_FOLD_BYTES`` since its last fold is folded by a reader, from
+        where that fold stopped, so showing a long run stays cheap.
         """
+        pending: list[tuple[journal.JournalFile, bytes]] = []
         lock = _merge_locks.setdefault(Path(os.path.abspath(self.path)), threading.Lock())
         with lock:
             try:
                 exposed = _exposure(os.stat(self.journal_dir))
             except FileNotFoundError:
-                return
+                return pending
             if exposed:
                 _warn(
                     f"The journal directory {self.journal_dir} {exposed}, so none of its "
@@ -546,7 +578,7 @@ class DuckDBStore:
                     f"out even then. {_INSPECT}",
                     self.journal_dir,
                 )
-                return
+                return pending
             skipped: list[tuple[Path, OSError]] = []
             journals = journal.scan(self.journal_dir, skipped)
             for path, exc in skipped:
@@ -563,7 +595,9 @@ class DuckDBStore:
                             jf.path,
                         )
                         continue
-                    self._merge_one(con, jf)
+                    news = self._merge_one(con, jf)
+                    if news:
+                        pending.append((jf, news))
                 except OSError as exc:  # unreadable: the rest of the store stays usable
                     with contextlib.suppress(duckdb.Error):
                         con.execute("ROLLBACK")
@@ -574,13 +608,18 @@ class DuckDBStore:
                     raise
                 finally:
                     jf.close()
+        return pending
 
-    def _merge_one(self, con: duckdb.DuckDBPyConnection, jf: journal.JournalFile) -> None:
+    def _merge_one(self, con: duckdb.DuckDBPyConnection, jf: journal.JournalFile) -> bytes:
+        """Fold one journal; for a live one below the size to fold, return its news instead."""
         row = con.execute(
             "SELECT merged_to FROM journal_progress WHERE journal = ?", [jf.path.name]
         ).fetchone()
         start = row[0] if row else 0
-        found = journal.decode(jf.read(start))
+        data = jf.read(start)
+        if jf.live and len(data) < self.LIVE_FOLD_BYTES:
+            return data
+        found = journal.decode(data)
         unknown = None
         damaged = list(found.damaged)
         con.execute("BEGIN")
@@ -596,7 +635,7 @@ class DuckDBStore:
         except _DATA_ERRORS as exc:  # a record DuckDB refuses: set the whole journal aside
             con.execute("ROLLBACK")
             self._quarantine(jf, f"a record could not be stored ({exc})")
-            return
+            return b""
         damaged.sort()
         folded = len(found.records) - (len(damaged) - len(found.damaged))
         keep = not jf.live and (unknown is not None or bool(damaged))
@@ -617,10 +656,35 @@ class DuckDBStore:
         if damaged:
             self._report_damage(jf, damaged, folded, start, moved=not jf.live)
         if jf.live or keep:
-            return
+            return b""
         # Its owner is gone and everything readable is in DuckDB; a torn tail is
         # an unacknowledged write and is dropped with the file.
         jf.path.unlink(missing_ok=True)
+        return b""
+
+    def _show_live(
+        self, con: duckdb.DuckDBPyConnection, pending: list[tuple[journal.JournalFile, bytes]]
+    ) -> bool:
+        """Insert live journals' runs and checkpoints in a transaction the caller rolls back.
+
+        Readers see a running agent's progress as if it were folded, and the
+        DuckDB file is not written (nothing is committed). Blob records are left
+        out: only the kernel that owns a run reads its values, after it was folded.
+        Damaged or unknown records are skipped here; the fold reports them.
+        """
+        con.execute("BEGIN")
+        try:
+            rows = _RowBatch(con)
+            for _jf, data in pending:
+                for rec in journal.decode(data).records:
+                    if rec.table != "blobs" and not malformed(rec):
+                        _insert(con, rec, rows)
+            rows.flush()
+            apply_moves(con)
+        except duckdb.Error:  # what the fold would refuse: show what is stored
+            con.execute("ROLLBACK")
+            return False
+        return True
 
     def _report_damage(
         self,
@@ -659,8 +723,8 @@ class DuckDBStore:
         return kept
 
     def flush(self) -> None:
-        """Fold all journals into DuckDB now."""
-        with self._connect():
+        """Fold finished runs' journals into DuckDB now (running ones are their kernel's)."""
+        with self._connect(live=False):
             pass
 
     # -- reading -----------------------------------------------------------------
@@ -672,7 +736,7 @@ class DuckDBStore:
         a store owned by someone else, or writable by others, could make this
         kernel run their code. Metadata reads (what the server does) need no check.
         """
-        for path in (self.path, self.journal_dir):
+        for path in (self.path, self.journal_dir, self.blob_dir):
             try:
                 st = os.stat(path)
             except FileNotFoundError:
@@ -879,19 +943,36 @@ class DuckDBStore:
         self.check_trusted()
         with self._connect() as con:
             rows = con.execute(
-                "SELECT hash, data FROM blobs WHERE hash IN (SELECT UNNEST(?))", [hashes]
+                "SELECT hash, size, data FROM blobs WHERE hash IN (SELECT UNNEST(?))", [hashes]
             ).fetchall()
-        return {h: bytes(d) for h, d in rows}
+        out = {h: bytes(d) for h, _, d in rows if d is not None}
+        for h, size, data in rows:  # outside the connection: other processes need not wait
+            if data is None:
+                try:
+                    value = blobfiles.read(self.blob_dir, h, size)
+                except blobfiles.Untrusted as exc:
+                    raise StoreError(
+                        f"The stored value {exc.strerror}; it is not loaded, because loading "
+                        "a value can run code. Use a store of your own (JUPYTER_AGENT_STORE)."
+                    ) from None
+                if value is not None:
+                    out[h] = value
+        return out
 
     def sizes(self) -> dict[str, int]:
-        """Bytes on disk of the DuckDB file and of the journals."""
+        """Bytes on disk of the DuckDB file, of the journals and of the blob files."""
         db = self.path.stat().st_size if self.path.exists() else 0
         jn = (
             sum(p.stat().st_size for p in self.journal_dir.glob("*"))
             if self.journal_dir.is_dir()
             else 0
         )
-        return {"duckdb": db, "journals": jn}
+        bf = (
+            sum(p.stat().st_size for p in self.blob_dir.glob("*/*"))
+            if self.blob_dir.is_dir()
+            else 0
+        )
+        return {"duckdb": db, "journals": jn, "blobs": bf}
 
     # -- deleting ----------------------------------------------------------------
 
@@ -901,16 +982,40 @@ class DuckDBStore:
         busy = self.live_runs() & set(run_ids)
         if busy:
             raise Conflict(f"Run {sorted(busy)[0]} is running; stop it before deleting it.")
-        with self._connect() as con:
+        # Blobs a running agent wrote for a checkpoint it has not journaled yet stay.
+        pending = self._live_blob_hashes()
+        with self._connect(live=False) as con:
             con.execute("BEGIN")
             con.execute("DELETE FROM checkpoints WHERE run_id IN (SELECT UNNEST(?))", [run_ids])
             con.execute("DELETE FROM runs WHERE run_id IN (SELECT UNNEST(?))", [run_ids])
             con.execute(
                 "DELETE FROM blobs WHERE hash NOT IN (SELECT DISTINCT UNNEST(CAST(json_extract("
-                "info, '$.blobs') AS VARCHAR[])) FROM checkpoints WHERE info IS NOT NULL)"
+                "info, '$.blobs') AS VARCHAR[])) FROM checkpoints WHERE info IS NOT NULL) "
+                "AND hash NOT IN (SELECT UNNEST(?))",
+                [sorted(pending)],
             )
             con.execute("COMMIT")
+            kept = {
+                h for (h,) in con.execute("SELECT hash FROM blobs WHERE data IS NULL").fetchall()
+            }
+        # Files younger than the grace period stay too: their writer may not have journaled them.
+        blobfiles.collect(self.blob_dir, kept | pending)
         return len(run_ids)
+
+    def _live_blob_hashes(self) -> set[str]:
+        """Hashes of the blobs running agents' journals hold (reading no payload)."""
+        found: set[str] = set()
+        for jf in journal.scan(self.journal_dir):
+            try:
+                if jf.live:
+                    found.update(
+                        str(r.row.get("hash"))
+                        for r in journal.decode(jf.read()).records
+                        if r.table == "blobs"
+                    )
+            finally:
+                jf.close()
+        return found
 
     def delete_agent(self, notebook: str, agent: str, *, keep_latest: bool = False) -> list[str]:
         return delete_agent_runs(self, notebook, agent, keep_latest=keep_latest)
@@ -924,7 +1029,7 @@ class DuckDBStore:
         folded in later from journals written before the move follow them when
         :func:`apply_moves` runs. Returns how many runs moved.
         """
-        with self._connect() as con:
+        with self._connect(live=False) as con:
             con.execute("BEGIN")
             con.execute(
                 "INSERT INTO notebook_moves VALUES (?, ?, ?)",
@@ -992,7 +1097,20 @@ class RunWriter:
         self._append(Record("runs", row))
 
     def put_blob(self, digest: str, data: bytes) -> None:
-        self._append(Record("blobs", {"hash": digest, "size": len(data)}, data))
+        """Journal a value; a large one is written to its file first and journaled by reference."""
+        if len(data) < blobfiles.MIN_BYTES or not blobfiles.usable_name(digest):
+            self._append(Record("blobs", {"hash": digest, "size": len(data)}, data))
+            return
+        try:
+            blobfiles.write(self.store.blob_dir, digest, data)
+        except OSError as exc:
+            raise StoreError(
+                f"Cannot write a value under {self.store.blob_dir}: {exc.strerror or exc}. "
+                "The agent stopped at its last saved checkpoint; free space or fix "
+                "permissions, then re-run the cell to resume."
+            ) from exc
+        self.bytes_written += len(data)
+        self._append(Record("blobs", {"hash": digest, "size": len(data), "file": True}))
 
     def put_checkpoint(self, cp: CheckpointRow, payload: bytes) -> None:
         row = redact({c: getattr(cp, c) for c in CHECKPOINT_COLUMNS}, self.secrets)
@@ -1113,11 +1231,13 @@ def _insert(con: duckdb.DuckDBPyConnection, rec: Record, rows: _RowBatch) -> boo
     if rec.table == "blobs":
         # INSERT OR IGNORE costs DuckDB ~10x the plain insert for a large value (4 s
         # for 64 MiB); merges are serialized, so looking first is as safe.
+        # A value kept in a file (``file``) is stored as a reference: data NULL.
         if con.execute("SELECT 1 FROM blobs WHERE hash = ?", [rec.row["hash"]]).fetchone():
             return True
+        data = None if rec.row.get("file") is True else rec.payload
         con.execute(
             "INSERT INTO blobs (hash, size, data) VALUES (?, ?, ?)",
-            [rec.row["hash"], rec.row["size"], rec.payload],
+            [rec.row["hash"], rec.row["size"], data],
         )
         return True
     return False  # a record kind from a newer version: left in its journal for that version

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import duckdb
 import pytest
@@ -276,3 +277,151 @@ def test_refusals_are_agent_errors_not_store_faults():
     from jupyter_agent.state import StateVersionError
 
     assert AgentError in USER_ERRORS and issubclass(StateVersionError, AgentError)
+
+
+# -- large values beside the store; readers that do not write --------------------------
+
+BIG = 3 << 20  # over the size kept in files
+
+
+def blob_row(run_id: str, step: int, hashes: list[str]) -> CheckpointRow:
+    row = cp(run_id, step)
+    row.info = {"blobs": hashes}
+    return row
+
+
+def test_a_large_value_is_a_private_file_and_a_foreign_one_is_refused(tmp_path):
+    store = Store(tmp_path / "s.duckdb")
+    value, digest = os.urandom(BIG), "ab" * 16
+    w = store.writer("r1")
+    w.put_run(run_row())
+    w.put_blob(digest, value)
+    w.put_checkpoint(blob_row("r1", 0, [digest]), b"")
+    w.close()
+    path = store.blob_dir / digest[:2] / digest
+    assert path.read_bytes() == value
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(store.blob_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    with duckdb.connect(str(store.path)) as con:  # DuckDB holds only the reference
+        assert con.execute("SELECT size, data IS NULL FROM blobs").fetchall() == [(BIG, True)]
+    assert store.blobs([digest]) == {digest: value}
+    os.chown(path, 65534, 65534)  # planted by another user
+    with pytest.raises(StoreError, match="another user"):
+        store.blobs([digest])
+    os.chown(path, os.getuid(), os.getgid())
+    os.chown(store.blob_dir, 65534, 65534)
+    with pytest.raises(StoreError, match="another user"):
+        store.check_trusted()
+
+
+def test_delete_collects_blob_files_nothing_refers_to(tmp_path):
+    store = Store(tmp_path / "s.duckdb")
+    kept, dropped = "11" * 16, "22" * 16
+    for run_id, digest in (("r1", kept), ("r2", dropped)):
+        w = store.writer(run_id)
+        w.put_run(run_row(run_id, agent=run_id))
+        w.put_blob(digest, os.urandom(BIG))
+        w.put_checkpoint(blob_row(run_id, 0, [digest]), b"")
+        w.close()
+    orphan = store.blob_dir / "33" / ("33" * 16)  # written by a kernel that died before its record
+    orphan.parent.mkdir(mode=0o700)
+    orphan.write_bytes(b"x")
+    fresh = store.blob_dir / "44" / ("44" * 16)  # a writer may be about to journal this one
+    fresh.parent.mkdir(mode=0o700)
+    fresh.write_bytes(b"y")
+    old = time.time() - 3600
+    for p in store.blob_dir.glob("*/*"):
+        if p != fresh:
+            os.utime(p, (old, old))
+    store.delete_runs(["r2"])
+    left = {p.name for p in store.blob_dir.glob("*/*")}
+    assert left == {kept, fresh.name}
+    assert list(store.blobs([kept, dropped])) == [kept]
+
+
+def test_listing_while_a_live_journal_grows_does_not_write_to_duckdb(tmp_path):
+    store = Store(tmp_path / "s.duckdb")
+    w = store.writer("r0")
+    w.put_run(run_row("r0", agent="done"))
+    w.put_checkpoint(cp("r0", 0, "done"), b"")
+    w.close()
+    before = os.stat(store.path)
+    files = sorted(os.listdir(tmp_path))
+    w = store.writer("r1")
+    w.put_run(run_row("r1", agent="live"))
+    for step in range(5):
+        w.put_checkpoint(cp("r1", step), b"payload")
+        agents = {a.name: a for a in store.agent_summaries("/nb.ipynb")}
+        latest = agents["live"].latest
+        assert latest.live and latest.stats is not None and latest.stats.checkpoints == step + 1
+        assert [c.step for c in store.checkpoints("r1")] == list(range(step + 1))
+    after = os.stat(store.path)
+    assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size)
+    assert sorted(os.listdir(tmp_path)) == files  # no write-ahead log either
+    w.close()  # the owner folds its journal when its execution ends
+    assert os.stat(store.path).st_mtime_ns != before.st_mtime_ns
+    assert [c.step for c in store.checkpoints("r1")] == list(range(5))
+    assert not list(store.journal_dir.glob("*.jnl"))
+
+
+def _python(code: str) -> dict:
+    return {"tool_calls": [{"name": "python", "arguments": {"code": code}}]}
+
+
+def test_a_large_value_is_restored_from_its_file_after_a_kernel_kill(
+    kernel_factory, scripted, store_path, tmp_path
+):
+    hold = tmp_path / "hold"
+    hold.touch()
+    wait = f"import os, time\nwhile os.path.exists({str(hold)!r}): time.sleep(0.05)\nprint('w')"
+    script = [
+        _python("big = bytes(range(256)) * (16 * 4096)\nprint('made', len(big))"),
+        _python(wait),
+        {"content": "Done."},
+    ]
+    scripted.set_script(script)
+    cell = "%%agent --model scripted\nMake a big value."
+    k1 = kernel_factory()
+    run = k1.start(cell, cell_id="cell-big")
+    k1.wait_for(run, "saved big")  # the checkpoint referring to the file is durable
+    store = Store(store_path)
+    k1.kill()
+    (file,) = store.blob_dir.glob("*/*")
+    assert file.stat().st_size > 16 << 20 and stat.S_IMODE(file.stat().st_mode) == 0o600
+    hold.unlink()
+    scripted.set_script(script)
+    k2 = kernel_factory()
+    result = k2.run(cell, cell_id="cell-big")
+    assert result.status == "ok", result.text
+    assert "Variables restored from the store: big" in result.text
+    assert k2.run("print(big == bytes(range(256)) * (16 * 4096))").stdout.strip() == "True"
+    with duckdb.connect(str(store_path), read_only=True) as con:
+        assert con.execute(
+            "SELECT count(*) FROM blobs WHERE size > 1e6 AND data IS NOT NULL"
+        ).fetchone() == (0,)
+
+
+def test_a_200_mib_value_does_not_hold_up_agent_list(kernel_factory, scripted, tmp_path):
+    done = tmp_path / "done"
+    scripted.set_script(
+        [_python("big = bytearray(200 * 2**20)\nprint('made')"), {"content": "Done."}]
+    )
+    lister = kernel_factory()
+    lister.run("%agent list")  # warm: imports and the store's first open are not measured
+    poll = lister.start(
+        "import os, time\nworst = 0.0\nend = time.monotonic() + 90\n"
+        f"while not os.path.exists({str(done)!r}) and time.monotonic() < end:\n"
+        "    t = time.monotonic()\n"
+        "    get_ipython().run_line_magic('agent', 'list')\n"
+        "    worst = max(worst, time.monotonic() - t)\n"
+        "    time.sleep(0.05)\n"
+        "print('worst', worst)"
+    )
+    writer = kernel_factory()
+    result = writer.run("%%agent --model scripted\nMake a big value.", cell_id="cell-big")
+    assert result.status == "ok" and "made" in result.text, result.text
+    done.touch()
+    lister.wait(poll)
+    worst = float(poll.stdout.split("worst")[-1])
+    assert worst < 3.0, f"%agent list waited {worst:.1f} s while a 200 MiB value was stored"

@@ -1,0 +1,246 @@
+"""The store under load: 8 kernels running agents, one of them saving a 512 MiB value.
+
+Eight real kernels (``tests/kernels.py``) run agents on one DuckDB store against
+the scripted model server, ``--runs`` cells each, one after another; every agent
+takes ``--turns`` python steps (a short sleep and a small variable each). The
+first kernel's first agent also creates ``big = bytearray(512 * 2**20)``, which
+the agent saves with its checkpoint. Meanwhile:
+
+* the REST API's reader (``server.queries.Reader.agents``, on a store opened with
+  the server's ``busy_timeout`` of 2 s, in a thread of this process) is polled
+  every 0.1 s; a StoreBusy is what the REST API answers 503 "store busy" for;
+* a ninth kernel runs ``%agent list`` in a loop (0.1 s apart).
+
+Each is reported as p50 / p99 / max seconds and the count of "busy" answers;
+agent cells whose output says the store "stayed busy" are counted too.
+
+The measurement runs in a child process with ``PYTHONPATH`` set to the code to
+measure (the kernels inherit it), once for ``--before`` (default /work/main, or
+skip with ``--before ''``) and once for this tree, and the table goes to
+docs/performance.md (section ``store-load``). Usage:
+``python bench/store_load.py [--before DIR] [--runs 3] [--turns 4]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = "/bench/load.ipynb"
+KERNELS = 8
+API_KEY = "sk-test-0123456789abcdef"
+
+LISTER = """
+import json, os, time
+from IPython.utils.capture import capture_output
+times, busy = [], 0
+while not os.path.exists({stop!r}):
+    t = time.monotonic()
+    with capture_output() as out:
+        try:
+            get_ipython().run_line_magic("agent", "list")
+        except Exception as exc:
+            print(exc)
+    times.append(time.monotonic() - t)
+    busy += "busy" in (out.stdout + out.stderr).lower()
+    time.sleep(0.1)
+print("RESULT" + json.dumps({{"times": times, "busy": busy}}))
+"""
+
+
+def script(turns: int) -> list[dict]:
+    """Model replies by turn: python steps, then an answer; BIG=1 kernels make the big value."""
+    steps = []
+    for i in range(turns):
+        code = (
+            f"import os, time\ntime.sleep(0.2)\nv{i} = list(range(2000))\n"
+            f"if os.environ.get('BIG') and {i} == 1 and 'big' not in globals():\n"
+            "    big = bytearray(512 * 2**20)\n"
+            f"print('turn {i}')"
+        )
+        steps.append({"tool_calls": [{"name": "python", "arguments": {"code": code}}]})
+    return [*steps, {"content": "Done."}]
+
+
+def stats(times: list[float]) -> dict:
+    if not times:
+        return {"n": 0, "p50": 0.0, "p99": 0.0, "max": 0.0}
+    ordered = sorted(times)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {"n": len(times), "p50": statistics.median(ordered), "p99": p99, "max": ordered[-1]}
+
+
+def measure(runs: int, turns: int) -> dict:
+    """One measurement with the code on ``sys.path`` (the child process's PYTHONPATH)."""
+    sys.path.append(str(ROOT))  # after PYTHONPATH: the code measured comes first
+    from jupyter_agent.errors import StoreBusy
+    from jupyter_agent.server.queries import Reader
+    from jupyter_agent.store import DuckDBStore
+    from jupyter_agent.testing import ScriptedServer
+    from tests.kernels import Kernel
+
+    tmp = Path(tempfile.mkdtemp(prefix="store-load-"))
+    store_path = tmp / "store" / "agents.duckdb"
+    stop = tmp / "stop"
+    rest_times: list[float] = []
+    rest_busy = 0
+    cell_busy = 0
+    failed = 0
+    with ScriptedServer(script(turns)) as server:
+        env = {
+            "JUPYTER_AGENT_STORE": str(store_path),
+            "OPENAI_BASE_URL": server.url,
+            "OPENAI_API_KEY": API_KEY,
+            "JUPYTER_AGENT_NOTEBOOK": NOTEBOOK,
+        }
+        kernels = [
+            Kernel({**env, **({"BIG": "1"} if i == 0 else {})}, cwd=tmp) for i in range(KERNELS)
+        ]
+        lister = Kernel(env, cwd=tmp)
+        try:
+            for k in [*kernels, lister]:
+                out = k.run("%load_ext jupyter_agent\n%config AgentMagics.retry_backoff = 0.05")
+                assert out.status == "ok", out.text
+            lister.run("%agent list")  # imports, first open: not measured
+            poll = lister.start(LISTER.format(stop=str(stop)))
+            done = threading.Event()
+
+            def rest() -> None:
+                nonlocal rest_busy
+                reader = Reader(DuckDBStore(store_path, busy_timeout=2.0))
+                while not done.is_set():
+                    t = time.monotonic()
+                    try:
+                        reader.agents(NOTEBOOK)
+                    except StoreBusy:
+                        rest_busy += 1
+                    rest_times.append(time.monotonic() - t)
+                    time.sleep(0.1)
+
+            def drive(k: int, kernel: Kernel) -> None:
+                nonlocal cell_busy, failed
+                for r in range(runs):
+                    cell = f"%%agent --model scripted\nAgent {k}, run {r}: take the steps."
+                    out = kernel.run(cell, cell_id=f"k{k}r{r}", timeout=600)
+                    cell_busy += "stayed busy" in out.text
+                    if out.status != "ok" or "Done." not in out.text:
+                        failed += 1
+                        print(out.text[-1500:], file=sys.stderr)
+
+            poller = threading.Thread(target=rest)
+            poller.start()
+            started = time.monotonic()
+            drivers = [threading.Thread(target=drive, args=(k, kernels[k])) for k in range(KERNELS)]
+            for d in drivers:
+                d.start()
+            for d in drivers:
+                d.join()
+            wall = time.monotonic() - started
+            done.set()
+            poller.join()
+            stop.touch()
+            lister.wait(poll, timeout=120)
+            listed = json.loads(poll.stdout.split("RESULT", 1)[1])
+        finally:
+            for k in [*kernels, lister]:
+                k.shutdown()
+    return {
+        "wall": wall,
+        "agents": KERNELS * runs,
+        "failed": failed,
+        "cell_busy": cell_busy,
+        "rest": {**stats(rest_times), "busy": rest_busy},
+        "list": {**stats(listed["times"]), "busy": listed["busy"]},
+    }
+
+
+def run_child(code: Path, runs: int, turns: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    args = [sys.executable, __file__, "--child", "--runs", str(runs), "--turns", str(turns)]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise SystemExit(f"measurement with {code} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(results: dict[str, dict]) -> str:
+    cols = list(results)
+    rows = [
+        ("REST API (agents of the notebook): p50 / p99 / max s", "rest"),
+        ("`%agent list` in another kernel: p50 / p99 / max s", "list"),
+    ]
+    head = "| | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
+    body = ""
+    for label, key in rows:
+        cells = [
+            f"{r[key]['p50']:.3f} / {r[key]['p99']:.2f} / {r[key]['max']:.1f}"
+            for r in results.values()
+        ]
+        body += f"| {label} | " + " | ".join(cells) + " |\n"
+        body += (
+            f"| {label.split(':')[0]}: busy answers / requests | "
+            + " | ".join(f"{r[key]['busy']} / {r[key]['n']}" for r in results.values())
+            + " |\n"
+        )
+    body += (
+        '| agent cells that said "stayed busy" | '
+        + " | ".join(f"{r['cell_busy']} of {r['agents']}" for r in results.values())
+        + " |\n"
+    )
+    body += (
+        "| agent cells that failed | "
+        + " | ".join(str(r["failed"]) for r in results.values())
+        + " |\n"
+    )
+    body += (
+        "| wall time of the 8 kernels' cells, s | "
+        + " | ".join(f"{r['wall']:.0f}" for r in results.values())
+        + " |\n"
+    )
+    return head + body
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", default="/work/main", help="code to compare with ('' to skip)")
+    parser.add_argument("--runs", type=int, default=3, help="agent cells per kernel")
+    parser.add_argument("--turns", type=int, default=4, help="python steps per agent")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-write", action="store_true", help="print, do not write the docs")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.runs, args.turns)))
+        return
+    results: dict[str, dict] = {}
+    if args.before:
+        results[f"before ({args.before})"] = run_child(Path(args.before), args.runs, args.turns)
+    results["after (this tree)"] = run_child(ROOT, args.runs, args.turns)
+    text = (
+        "## The store under load\n\n"
+        f"8 kernels each ran {args.runs} agents of {args.turns} python steps on one DuckDB "
+        "store (the scripted model server); the first agent saved a 512 MiB value. Polled "
+        "meanwhile: the REST API's reader every 0.1 s (busy timeout 2 s, as the server's; "
+        "a busy answer is a 503) and `%agent list` in a ninth kernel. "
+        f"`python bench/store_load.py` on {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}.\n\n" + table(results)
+    )
+    print(text)
+    if not args.no_write:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from report import write_section
+
+        write_section(ROOT / "docs" / "performance.md", "store-load", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -761,7 +761,9 @@ class Execution:
                     ),
                 )
                 return
-        with self._namespace_turn(tool):
+        with self._namespace_turn(tool) as others_ran:
+            if others_ran:  # what another agent's code changed is not this run's to save
+                self.tracker.rebase(self.shell.user_ns)
             if in_flight:
                 self.events.notice(
                     f"step {self.state.step}: this {name} call was running when the agent "

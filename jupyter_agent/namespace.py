@@ -474,6 +474,12 @@ class Tracker:
             self._prints = fingerprints(namespace)
             self._recheck = set(known)
 
+    def rebase(self, namespace: dict[str, Any]) -> None:
+        """Take the namespace as it is now as the baseline: changes made since were
+        another agent's (see :class:`jupyter_agent.tools.NamespaceLock`), not ours."""
+        if self._prints is not None:
+            self._prints = fingerprints(namespace)
+
     def changed(self, prints: dict[str, Print]) -> set[str]:
         previous = self._prints
         if previous is None:

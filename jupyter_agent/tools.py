@@ -232,6 +232,7 @@ class NamespaceLock:
         self._holder = ""
         self._tool = ""
         self._depth = 0
+        self._last = ""  # the agent whose code ran in the namespace last
 
     @property
     def holder(self) -> str:
@@ -246,8 +247,12 @@ class NamespaceLock:
         say: Callable[[str], None],
         cancel: threading.Event | None = None,
         tool: str = "python",
-    ) -> Iterator[None]:
-        """Hold the namespace for ``agent``; while another holds it, wait (``cancel`` ends that)."""
+    ) -> Iterator[bool]:
+        """Hold the namespace for ``agent``; while another holds it, wait (``cancel`` ends that).
+
+        Yields whether another agent's code ran in the namespace since ``agent``'s
+        last turn: what changed meanwhile is that agent's, not this one's to save.
+        """
         me = threading.get_ident()
         with self._cond:
             said = ""
@@ -258,11 +263,13 @@ class NamespaceLock:
                 if cancel is not None and cancel.is_set():
                     raise Cancelled()
                 self._cond.wait(0.1)
+            others_ran = False
             if self._thread is None:
                 self._thread, self._holder, self._tool = me, agent, tool
+                others_ran, self._last = self._last not in ("", agent), agent
             self._depth += 1
         try:
-            yield
+            yield others_ran
         finally:
             with self._cond:
                 self._depth -= 1

@@ -177,3 +177,26 @@ def test_big_endian_secrets_in_values_are_not_stored():
     }
     snap = namespace.snapshot(ns, ns, {}, [SECRET])
     assert snap.blobs == {} and set(snap.unsaved) == {"be16", "be32", "arr"}
+
+
+def test_an_agent_does_not_save_what_another_agents_code_changed():
+    from jupyter_agent.tools import NamespaceLock
+
+    lock = NamespaceLock()
+    ns: dict = {}
+    alpha, beta = namespace.Tracker(), namespace.Tracker()
+    saved: dict[str, set[str]] = {"alpha": set(), "beta": set()}
+
+    def turn(agent: str, tracker: namespace.Tracker, code: str) -> None:
+        tracker.begin(ns, ())
+        with lock.turn(agent, lambda _: None) as others_ran:
+            if others_ran:
+                tracker.rebase(ns)
+            exec(code, ns)
+            saved[agent] |= set(tracker.snapshot(ns, {}, [], set()).vars)
+
+    turn("alpha", alpha, "a0 = 1")
+    turn("beta", beta, "b0 = 2")
+    turn("alpha", alpha, "a1 = 3")  # beta's b0 came in meanwhile: not alpha's
+    turn("beta", beta, "b1 = 4")  # alpha's a1 likewise
+    assert saved == {"alpha": {"a0", "a1"}, "beta": {"b0", "b1"}}

@@ -344,7 +344,11 @@ def run_in_process(ip: Any, steps: int, workdir: Path, poll_every: int = 0) -> R
         os.environ["OPENAI_API_KEY"] = API_KEY
         start = time.perf_counter()
         with probe.installed(), contextlib.redirect_stdout(_Null()):
-            ip.run_cell_magic("agent", "--model scripted --context-window 100000000 --max-steps 100000 --name bench", PROMPT)
+            ip.run_cell_magic(
+                "agent",
+                "--model scripted --context-window 100000000 --max-steps 100000 --name bench",
+                PROMPT,
+            )
         wall = time.perf_counter() - start
     os.close(control_fd)
     load_after = os.getloadavg()[0]
@@ -659,7 +663,10 @@ def resume_after_limit(steps: int, at: int, repeats: int, workdir: Path) -> Resu
             env = _kernel_env(path, server, BENCH_EVENTS=str(events))
             kernel = _start_kernel(env, cwd, RESUME_PROBE)
             execution, latency = _timed_resume(
-                kernel, server, f"%%agent --model scripted --context-window 100000000 --max-steps 1\n{PROMPT}", "bench-limit"
+                kernel,
+                server,
+                f"%%agent --model scripted --context-window 100000000 --max-steps 1\n{PROMPT}",
+                "bench-limit",
             )
             kernel.wait(execution, timeout=120)
             breakdowns.append(_resume_breakdown(events))

@@ -15,8 +15,9 @@ Each is reported as p50 / p99 / max seconds and the count of "busy" answers;
 agent cells whose output says the store "stayed busy" are counted too.
 
 The measurement runs in a child process with ``PYTHONPATH`` set to the code to
-measure (the kernels inherit it), once for ``--before`` (default /work/main, or
-skip with ``--before ''``) and once for this tree, and the table goes to
+measure (the kernels inherit it), once for ``--before DIR`` (a checkout of
+another version, e.g. made with ``git worktree add``; skipped by default) and
+once for this tree, and the table goes to
 docs/performance.md (section ``store-load``). Usage:
 ``python bench/store_load.py [--before DIR] [--runs 3] [--turns 4]``.
 """
@@ -212,7 +213,7 @@ def table(results: dict[str, dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", default="/work/main", help="code to compare with ('' to skip)")
+    parser.add_argument("--before", default="", help="a checkout of the code to compare with")
     parser.add_argument("--runs", type=int, default=3, help="agent cells per kernel")
     parser.add_argument("--turns", type=int, default=4, help="python steps per agent")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -223,8 +224,12 @@ def main() -> None:
         return
     results: dict[str, dict] = {}
     if args.before:
-        results[f"before ({args.before})"] = run_child(Path(args.before), args.runs, args.turns)
-    results["after (this tree)"] = run_child(ROOT, args.runs, args.turns)
+        results["before (the release without blob files)"] = run_child(
+            Path(args.before), args.runs, args.turns
+        )
+    results["after (blob files, no folding of live journals)"] = run_child(
+        ROOT, args.runs, args.turns
+    )
     text = (
         "## The store under load\n\n"
         f"8 kernels each ran {args.runs} agents of {args.turns} python steps on one DuckDB "

@@ -13,10 +13,9 @@ import time
 from typing import TextIO
 
 from . import vocab
-from .agent import effective_status
 from .state import AWAITING_APPROVAL, DONE, Delta
 from .store_api import CheckpointRow, RunRow, Store
-from .vocab import RESUMABLE, Status
+from .vocab import RESUMABLE, Status, effective_status
 
 #: Kept for code that reads it: each status in a few words (see :mod:`vocab`).
 STATUS_TEXT = {s: s.label() for s in Status}

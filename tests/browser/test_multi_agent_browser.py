@@ -7,6 +7,8 @@ child indented under its parent, with its own status badge.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
@@ -44,10 +46,11 @@ def script(body: dict) -> dict:
     return {"content": "counter counted 42 rows"}
 
 
-def test_a_delegated_child_nests_in_the_timeline_and_the_panel(
-    lab_server_factory: LabServerFactory, page: Page, artifacts_dir: Path, tmp_path: Path
-) -> None:
-    store_path = tmp_path / "store" / "agents.duckdb"
+@contextmanager
+def team_in_lab(
+    lab_server_factory: LabServerFactory, page: Page, store_path: Path, flags: str = ""
+) -> Iterator[None]:
+    """Run the lead agent's cell (with ``flags``) in JupyterLab; the model serves while inside."""
     with ScriptedServer(script) as scripted:
         lab = lab_server_factory(
             env={
@@ -60,12 +63,21 @@ def test_a_delegated_child_nests_in_the_timeline_and_the_panel(
             lab.root_dir / "team.ipynb",
             [
                 nbformat.v4.new_code_cell("%load_ext jupyter_agent"),
-                nbformat.v4.new_code_cell(f"%%agent -m scripted --name lead\n{PARENT_TASK}"),
+                nbformat.v4.new_code_cell(
+                    f"%%agent -m scripted --name lead {flags}\n{PARENT_TASK}"
+                ),
             ],
         )
         open_notebook(page, lab, "team.ipynb")
         run_all_cells(page)
+        yield
 
+
+def test_a_delegated_child_nests_in_the_timeline_and_the_panel(
+    lab_server_factory: LabServerFactory, page: Page, artifacts_dir: Path, tmp_path: Path
+) -> None:
+    store_path = tmp_path / "store" / "agents.duckdb"
+    with team_in_lab(lab_server_factory, page, store_path):
         # The parent's timeline: the delegate call links to the child, closed at first.
         timeline = page.locator(".ja-timeline")
         expect(timeline).to_have_count(1)
@@ -112,3 +124,21 @@ def test_a_delegated_child_nests_in_the_timeline_and_the_panel(
 
     runs = {r.agent: r for r in Store(store_path).runs()}
     assert runs["counter"].info["parent_agent"] == "lead"
+
+
+def test_an_approval_asked_inside_a_child_shows_in_the_parents_cell(
+    lab_server_factory: LabServerFactory, page: Page, artifacts_dir: Path, tmp_path: Path
+) -> None:
+    store_path = tmp_path / "store" / "agents.duckdb"
+    with team_in_lab(lab_server_factory, page, store_path, flags="--approve python"):
+        # The child inherits the approval policy and waits; the parent stops, saying why.
+        timeline = page.locator(".ja-timeline")
+        last = timeline.locator(".ja-row").last
+        expect(last).to_contain_text("waiting for child agent counter: waiting for approval")
+        expect(timeline.locator(".ja-child-link").first).to_contain_text("waiting for approval")
+        output = page.locator(".jp-OutputArea-output")
+        expect(output.get_by_text("%agent approve counter")).to_be_visible()
+        page.screenshot(path=artifacts_dir / "child-approval.png")
+    store = Store(store_path)
+    statuses = {r.agent: store.checkpoints(r.run_id)[-1].status for r in store.runs()}
+    assert statuses == {"lead": "interrupted", "counter": "awaiting_approval"}, statuses

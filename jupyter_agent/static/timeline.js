@@ -466,7 +466,13 @@ class View {
       },
       h("span", { class: "ja-step", text: e.step }),
       h("span", { class: "ja-kind" }, h("span", { class: "ja-icon", text: icon }), label),
-      h("span", { class: "ja-summary", text: e.text || e.summary, title: e.text || e.summary }, e.child ? this.childLink(e.child, depth) : null),
+      // the text shortens with an ellipsis; the child link after it stays whole and clickable
+      h(
+        "span",
+        { class: "ja-summary", title: e.text || e.summary },
+        h("span", { class: "ja-summary-text", text: e.text || e.summary }),
+        e.child ? this.childLink(e.child, depth) : null,
+      ),
       h("span", { class: "ja-meta", text: meta.join(" · ") }),
     );
   }

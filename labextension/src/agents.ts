@@ -25,6 +25,48 @@ export interface IAgentEntry {
   index: number;
 }
 
+/** An agent entry and the agents it delegated to, drawn nested under it. */
+export interface IAgentNode {
+  entry: IAgentEntry;
+  children: IAgentNode[];
+}
+
+/**
+ * The entries as a tree: each delegated agent under its parent, in the order
+ * they started; agents whose parent is not in the list stay at the top.
+ */
+export function agentTree(entries: IAgentEntry[]): IAgentNode[] {
+  const nodes = new Map(
+    entries.map(entry => [entry.agent.name, { entry, children: [] as IAgentNode[] }])
+  );
+  // A parent chain that loops back (never written so, but the store is data) stays flat.
+  const nests = (name: string): boolean => {
+    const seen = new Set([name]);
+    for (let up = nodes.get(name)?.entry.agent.parent_agent; up && nodes.has(up);) {
+      if (seen.has(up)) {
+        return false;
+      }
+      seen.add(up);
+      up = nodes.get(up)!.entry.agent.parent_agent;
+    }
+    return true;
+  };
+  const roots: IAgentNode[] = [];
+  for (const entry of entries) {
+    const node = nodes.get(entry.agent.name)!;
+    const parent = entry.agent.parent_agent ? nodes.get(entry.agent.parent_agent) : undefined;
+    if (parent && parent !== node && nests(entry.agent.name)) {
+      parent.children.push(node);
+    } else {
+      roots.push(node);
+    }
+  }
+  for (const node of nodes.values()) {
+    node.children.sort((a, b) => a.entry.agent.started_at - b.entry.agent.started_at);
+  }
+  return roots;
+}
+
 export class NotebookAgents implements IDisposable {
   constructor(readonly panel: NotebookPanel) {
     NotebookActions.executionScheduled.connect(this._onScheduled, this);

@@ -27,6 +27,8 @@ export interface ITimelineEntry {
 export interface IAgentSummary {
   name: string;
   cell_id: string | null;
+  /** The agent that delegated this one (the `delegate` tool), or null for a top-level agent. */
+  parent_agent: string | null;
   named: boolean;
   status: AgentStatus;
   /** The last checkpoint's sequence number. */

@@ -1,11 +1,12 @@
 /**
  * The side panel: the current notebook's agents, their status and a compact
- * timeline; clicking an agent scrolls to its cell.
+ * timeline; clicking an agent scrolls to its cell. Agents started by another
+ * agent's `delegate` call are listed indented under it.
  */
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 
-import { IAgentEntry, NotebookAgents, describe } from './agents';
+import { IAgentEntry, IAgentNode, NotebookAgents, agentTree, describe } from './agents';
 import { ITimelineEntry } from './api';
 import { agentIcon } from './icon';
 
@@ -71,38 +72,65 @@ export class AgentsPanel extends Widget {
       return;
     }
     const list = el('ul', 'jp-AgentsPanel-list');
-    for (const entry of entries) {
-      list.appendChild(this._item(agents, entry));
+    for (const root of agentTree(entries)) {
+      list.appendChild(this._item(agents, root, null, null));
     }
     node.appendChild(list);
   }
 
-  private _item(agents: NotebookAgents, entry: IAgentEntry): HTMLElement {
+  /**
+   * One agent and, nested below it, the agents it delegated to. A delegated
+   * agent has no cell of its own: clicking it leads to `home`, the cell of the
+   * nearest agent above it that has one.
+   */
+  private _item(
+    agents: NotebookAgents,
+    node: IAgentNode,
+    parent: IAgentEntry | null,
+    home: IAgentEntry | null
+  ): HTMLElement {
+    const { entry } = node;
     const { agent, cell } = entry;
     const item = el('li', 'jp-AgentsPanel-item');
     item.dataset.agentName = agent.name;
     item.dataset.agentStatus = agent.status;
+    if (parent) {
+      item.classList.add('jp-AgentsPanel-child');
+      item.dataset.parentAgent = parent.agent.name;
+    }
     item.title = describe(agent);
+    const row = el('div', 'jp-AgentsPanel-itemBody');
+    item.appendChild(row);
     const top = el('div', 'jp-AgentsPanel-itemTop');
     // Unnamed agents are known by their cell; named ones by their --name.
     const title = agent.named || !cell ? agent.name : `cell ${entry.index + 1}`;
     top.appendChild(el('span', 'jp-AgentsPanel-name', title));
     top.appendChild(el('span', `jp-AgentBadge jp-AgentBadge-${agent.status}`, agent.label));
-    item.appendChild(top);
-    item.appendChild(el('div', 'jp-AgentsPanel-prompt', agent.prompt));
-    item.appendChild(timeline(agent.timeline));
+    row.appendChild(top);
+    row.appendChild(el('div', 'jp-AgentsPanel-prompt', agent.prompt));
+    row.appendChild(timeline(agent.timeline));
     const meta = [
       agent.checkpoints === 1 ? '1 checkpoint' : `${agent.checkpoints} checkpoints`,
       `${agent.tokens} tokens`,
       agent.runs === 1 ? '1 run' : `${agent.runs} runs`
     ];
-    if (!cell) {
+    if (parent) {
+      meta.push(`delegated by ${parent.agent.name}`);
+    } else if (!cell) {
       meta.push('no cell in this notebook');
     }
-    item.appendChild(el('div', 'jp-AgentsPanel-meta', meta.join(' · ')));
-    if (cell) {
-      item.classList.add('jp-mod-clickable');
-      item.addEventListener('click', () => void scrollToCell(agents, entry));
+    row.appendChild(el('div', 'jp-AgentsPanel-meta', meta.join(' · ')));
+    const target = cell ? entry : home;
+    if (target) {
+      row.classList.add('jp-mod-clickable');
+      row.addEventListener('click', () => void scrollToCell(agents, target));
+    }
+    if (node.children.length) {
+      const children = el('ul', 'jp-AgentsPanel-children');
+      for (const child of node.children) {
+        children.appendChild(this._item(agents, child, entry, target));
+      }
+      item.appendChild(children);
     }
     return item;
   }

@@ -27,7 +27,8 @@ next model request) with the number of ``duckdb.connect`` calls before that
 request, and the kernel's RSS over the run (psutil).
 
 Usage: ``python bench/kernel_overhead.py [--steps 500] [--long] [--profile] [--out docs/performance.md]``
-(``--long`` adds a 10,000-step harness run for steps 9,951–10,000 and RSS growth.)
+(``--long`` adds a 10,000-step harness run for steps 9,951–10,000 and RSS growth;
+``--resume-only`` measures only the resume and prints its figures, writing nothing.)
 """
 
 from __future__ import annotations
@@ -516,6 +517,23 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def resume_only(steps: int) -> int:
+    """Measure the resume alone (a quick check while working on it)."""
+    workdir = Path(tempfile.mkdtemp(prefix="jupyter-agent-kernel-"))
+    try:
+        res = resume(steps, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"resume at {steps:,} steps: {ms(res['latency'])} (in kernel {ms(res['in_kernel'])})")
+    print(
+        f"duckdb.connect before the model request: {res['connects_before_model']}, "
+        f"{ms(res['connect_seconds'])}"
+    )
+    for caller, times in sorted(res["callers"].items(), key=lambda kv: -sum(kv[1])):
+        print(f"  {caller}: {len(times)}x, {ms(sum(times))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=500)
@@ -524,7 +542,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume-steps", type=int, default=1000)
     parser.add_argument("--profile", action="store_true", help="add a cProfile of the harness")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--resume-only", action="store_true", help="measure only the resume; print, write nothing"
+    )
     args = parser.parse_args(argv)
+    if args.resume_only:
+        if args.out:
+            parser.error("--resume-only writes nothing; drop --out")
+        return resume_only(args.resume_steps)
     if args.steps < 2 * WINDOW:
         parser.error(f"--steps must be at least {2 * WINDOW}")
     command = " ".join(

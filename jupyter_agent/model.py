@@ -15,6 +15,7 @@ stored once would be restored forever. Every text produced here is redacted.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -335,7 +336,11 @@ class ModelClient:
             #: What this endpoint does not support: "stream", "stream_options", "max_tokens".
             self.quirks: dict[str, bool] = dict(_QUIRKS.get(self._key, {}))
         self._client = openai.OpenAI(
-            api_key=endpoint.api_key, base_url=endpoint.base_url, timeout=timeout, max_retries=0
+            api_key=endpoint.api_key,
+            base_url=endpoint.base_url,
+            timeout=timeout,
+            max_retries=0,
+            http_client=shared_http(self._key, timeout),
         )
 
     def _clean(self, text: str) -> str:
@@ -505,7 +510,38 @@ class ModelClient:
         return overflow
 
     def close(self) -> None:
-        self._client.close()
+        """Nothing to release: the connection pool is the process's (:func:`shared_http`)."""
+
+
+_http_lock = threading.Lock()
+_HTTP: dict[tuple[str, float], httpx.Client] = {}
+
+
+def shared_http(base_url: str, timeout: float) -> httpx.Client:
+    """The process's HTTP client for an endpoint and timeout, closed at exit.
+
+    A new one builds an SSL context and loads the CA bundle (~50 ms), which every
+    cell execution would otherwise pay before its first model request; sharing
+    it also keeps the endpoint's connections alive between executions.
+    """
+    key = (base_url, timeout)
+    with _http_lock:
+        client = _HTTP.get(key)
+        if client is None or client.is_closed:
+            client = _HTTP[key] = openai.DefaultHttpxClient(timeout=timeout)
+        return client
+
+
+def close_shared_http() -> None:
+    """Close the shared HTTP clients (at exit; a later :func:`shared_http` makes new ones)."""
+    with _http_lock:
+        clients = list(_HTTP.values())
+        _HTTP.clear()
+    for client in clients:
+        client.close()
+
+
+atexit.register(close_shared_http)
 
 
 def _refused_parameter(exc: openai.BadRequestError, params: dict) -> str | None:

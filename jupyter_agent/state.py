@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from .errors import AgentError
 from .vocab import RESUMABLE as RESUMABLE
@@ -159,11 +162,19 @@ def decode_delta(payload: bytes) -> Delta:
     """A delta from its JSON payload; unpickles nothing."""
     if not payload:
         return Delta()
-    try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, ValueError):
-        data = None
+    try:  # orjson: a third of json's time, which a resume pays for every checkpoint
+        if _LONG_DIGITS.search(payload):
+            raise orjson.JSONDecodeError("", "", 0)  # orjson reads a huge integer as a float
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        try:  # and what orjson refuses but json.dumps writes: NaN, Infinity
+            data = json.loads(payload)
+        except (UnicodeDecodeError, ValueError):
+            data = None
     return _delta(data)
+
+
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 def _delta(data: Any) -> Delta:
@@ -175,8 +186,12 @@ def _delta(data: Any) -> Delta:
             f"This checkpoint was written by a newer jupyter-agent (state version {version}, "
             f"this one reads up to {STATE_VERSION}). Upgrade jupyter-agent to resume it."
         )
-    known = Delta.__dataclass_fields__
-    return Delta(**{k: v for k, v in data.items() if k in known})
+    if data.keys() <= _FIELDS:
+        return Delta(**data)
+    return Delta(**{k: v for k, v in data.items() if k in _FIELDS})
+
+
+_FIELDS = frozenset(Delta.__dataclass_fields__)
 
 
 def dill_to_json(payload: bytes) -> bytes:

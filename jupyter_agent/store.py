@@ -195,6 +195,10 @@ class DuckDBStore:
         self._v1 = False
         #: How many times DuckDB was opened (what :meth:`session` saves shows here).
         self.opens = 0
+        #: How many times the schema was checked: once per file identity (see :meth:`_open`).
+        self.schema_checks = 0
+        #: The files' identity (and read-only-ness) when last checked or left by this object.
+        self._checked: tuple | None = None
         self._local = threading.local()
 
     # -- writing -----------------------------------------------------------------
@@ -302,6 +306,19 @@ class DuckDBStore:
                         con.execute("ROLLBACK")
                 self._private_wal()
                 con.close()
+                # What this connection wrote is not a reason to check the schema again.
+                self._checked = (self._identity(), read_only)
+
+    def _identity(self) -> tuple:
+        """The store file's and its WAL's inode, mtime and size (None where absent)."""
+        out: list = []
+        for path in (self.path, self.path.with_name(self.path.name + ".wal")):
+            try:
+                st = os.stat(path)
+                out.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append(None)
+        return tuple(out)
 
     @contextlib.contextmanager
     def _mapped(self) -> Iterator[None]:
@@ -397,7 +414,14 @@ class DuckDBStore:
         return None
 
     def _open(self) -> tuple[duckdb.DuckDBPyConnection, bool]:
+        """Open DuckDB; check its schema unless the files are as this object last left them.
+
+        The check (a newer version's store is refused, an older one migrated) costs
+        about as much as the open; a file replaced or changed by another process
+        (its inode, mtime or size, or its WAL's, differ) is checked again.
+        """
         created = not self.path.exists()
+        before = None if created else self._identity()
         read_only = not created and not self._writable()
         deadline = time.monotonic() + self.busy_timeout
         delay = 0.005
@@ -434,7 +458,8 @@ class DuckDBStore:
         try:
             if created:
                 os.chmod(self.path, 0o600)
-            self._check_schema(con, read_only)
+            if self._checked != (before, read_only):
+                self._check_schema(con, read_only)
         except duckdb.Error as exc:
             con.close()
             raise self._unusable(exc) from exc
@@ -444,6 +469,7 @@ class DuckDBStore:
         return con, read_only
 
     def _check_schema(self, con: duckdb.DuckDBPyConnection, read_only: bool = False) -> None:
+        self.schema_checks += 1
         # Read the version before creating anything: a store written by a newer
         # version must be left exactly as it is.
         has_meta = con.execute(

@@ -69,6 +69,15 @@ def test_delta_round_trip_and_newer_version_refused():
         decode_delta(dill.dumps({"v": 2, "messages": []}))  # dill is read by migrations only
 
 
+def test_delta_values_json_writes_come_back_exactly():
+    """Huge integers, NaN and infinities (which the fast decoder reads differently or not)."""
+    for value in (2**70, -(10**30), 2**63, 12, float("inf"), float("nan")):
+        decision = {"call_id": "c", "action": "approve", "value": value}
+        back = decode_delta(encode_delta(Delta(decision=decision))).decision
+        assert back is not None and type(back["value"]) is type(value)
+        assert back["value"] == value or value != value, value
+
+
 def test_touched_names_cover_binding_and_mutation():
     code = "import numpy as np\nx = 1\nrows.append(2)\ndf['a'] = 3\nobj.attr.b = 4\ndel old\nprint(readonly)\ndef f(): pass"
     assert namespace.touched_names(code) >= {"np", "x", "rows", "df", "obj", "old", "f"}

@@ -21,6 +21,7 @@ from jupyter_agent.model import (
     ModelError,
     ReplyLimitExceeded,
     context_overflow,
+    shared_http,
 )
 from jupyter_agent.testing import ScriptedServer
 
@@ -407,3 +408,18 @@ def test_endless_stream_hits_the_deadline(server: ScriptedServer) -> None:
     assert time.monotonic() - started < 5
     assert len(server.requests) == 1
     assert model_client(server).deadline == 600.0
+
+
+def test_clients_of_one_endpoint_share_one_http_client(server: ScriptedServer) -> None:
+    """Each execution makes a client: the SSL context and connection pool are made once."""
+    server.set_script([{"content": "first"}])
+    first = model_client(server)
+    assert first.complete(USER, TOOLS).content == "first"
+    first.close()
+    pool = shared_http(server.url, 5.0)
+    assert not pool.is_closed  # closing an execution's client leaves the pool to the next
+    second = model_client(server)
+    assert second._client._client is pool
+    server.set_script([{"content": "second"}])
+    assert second.complete(USER, TOOLS).content == "second"
+    assert model_client(server, timeout=7.0)._client._client is not pool

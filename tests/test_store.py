@@ -96,6 +96,24 @@ def test_a_newer_schema_is_refused_untouched(tmp_path):
     assert path.read_bytes() == before
 
 
+def test_the_schema_is_checked_once_per_file_state(tmp_path):
+    """Each open would otherwise check the schema again (half the cost of an open)."""
+    path = tmp_path / "s.duckdb"
+    store = Store(path)
+    w = store.writer("r1")
+    w.put_run(run_row())
+    w.close()
+    checks = store.schema_checks
+    store.runs()
+    store.checkpoints("r1")
+    assert store.schema_checks == checks and store.opens >= 3
+    with duckdb.connect(str(path)) as con:  # another process upgrades the file
+        con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="newer jupyter-agent"):
+        store.runs()
+    assert store.schema_checks == checks + 1
+
+
 def test_a_corrupted_store_is_reported_and_left_alone(tmp_path):
     path = tmp_path / "s.duckdb"
     path.write_bytes(b"this is not a database" * 100)

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from . import store_rows
+from . import journal, store_rows
 from .errors import Conflict
 from .journal import Record
 from .redaction import secrets_in_environment
@@ -886,8 +886,15 @@ class PostgresRunWriter(RunWriter):
         if self._con is None:
             raise StoreError(f"The writer of run {self.run_id} is closed.")
         row = {k: _text(v) for k, v in record.row.items()}
+        # Fault injection, as the journal does (``$JUPYTER_AGENT_CRASH``): ``torn``
+        # dies inside the checkpoint's transaction, before its commit.
+        due = journal.crash_due(record.label)
+        if due == "before" or (due == "torn" and record.table != "checkpoints"):
+            journal.crash()
         if record.table == "blobs":
             self._blobs.append([row["hash"], self.store.owner, row["size"], record.payload])
+            if due == "after":
+                journal.crash()
             return
         try:
             if record.table == "runs":
@@ -909,10 +916,14 @@ class PostgresRunWriter(RunWriter):
                         "ON CONFLICT DO NOTHING",
                         [*values, self.store.owner, fmt, record.payload],
                     )
+                    if due == "torn":
+                        journal.crash()
                 self._blobs.clear()
         except psycopg.Error as exc:
             raise _problem(self.store.url, exc, "store a checkpoint") from exc
         self.bytes_written += len(record.payload) + sum(len(str(v)) for v in row.values())
+        if due == "after":
+            journal.crash()
 
     def _put_blobs(self) -> None:
         assert self._con is not None

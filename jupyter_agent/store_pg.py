@@ -362,6 +362,14 @@ class _Locks:
                 with contextlib.suppress(psycopg.Error):
                     self.con.execute("SELECT pg_advisory_unlock(%s)", [key])
 
+    def close_if_idle(self) -> None:
+        """End the connection if it holds no lock (it reopens when one is taken)."""
+        with self.mutex:
+            if not self.held and self.con is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self.con.close()
+                self.con = None
+
     @staticmethod
     def _holder(con: psycopg.Connection, key: int) -> str:
         row = con.execute(
@@ -374,12 +382,23 @@ class _Locks:
         return name.removeprefix("jupyter-agent locks ") or "another process"
 
 
+#: Reader connections a thread keeps open, to the databases it read most recently.
+READERS_KEPT = 4
 _lock_sessions: dict[str, _Locks] = {}
 _lock_sessions_lock = threading.Lock()
 
 
 def _locks(url: str, busy_timeout: float) -> _Locks:
+    """The lock session of ``url``; those of other databases holding nothing are closed.
+
+    So a process that goes from store to store (a kernel re-pointed, a server
+    reading many) keeps no idle connection behind, which would otherwise pile up
+    until the server refuses clients.
+    """
     with _lock_sessions_lock:
+        for other, session in _lock_sessions.items():
+            if other != url:
+                session.close_if_idle()
         if url not in _lock_sessions:
             _lock_sessions[url] = _Locks(url, busy_timeout)
         return _lock_sessions[url]
@@ -417,10 +436,14 @@ class PostgresStore:
         if pinned is not None and not (pinned.closed or pinned.broken):
             return pinned
         cache: dict = _local.__dict__.setdefault("cons", {})
-        con = cache.get(self.url)
+        con = cache.pop(self.url, None)
         if con is None or con.closed or con.broken:
-            con = cache[self.url] = _connect(self.url, "reader", self.busy_timeout)
+            con = _connect(self.url, "reader", self.busy_timeout)
             self.opens += 1
+        cache[self.url] = con  # the most recently used last
+        while len(cache) > READERS_KEPT:  # a thread reading many databases keeps a few
+            with contextlib.suppress(psycopg.Error):
+                cache.pop(next(iter(cache))).close()
         return con
 
     @contextlib.contextmanager

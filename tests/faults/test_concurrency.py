@@ -505,3 +505,38 @@ def test_two_kernels_rerunning_one_paused_cell_at_once(tmp_path: Path) -> None:
         busy=busy,
     )
     assert not problems, "\n\n".join(problems)
+
+
+def test_a_process_going_from_database_to_database_keeps_few_connections(
+    pg_server: PgServer,  # noqa: F811
+) -> None:
+    """A kernel re-pointed from store to store (or a server reading many) must not pile up
+    idle connections until PostgreSQL refuses clients ("too many clients already")."""
+    import psycopg
+
+    from jupyter_agent.store_pg import READERS_KEPT
+
+    urls = [pg_server.create_database() for _ in range(12)]
+    for url in urls:
+        store = open_store(url)
+        assert store.runs() == []
+        with store.agent_lock("nb.ipynb", "a"):
+            store.writer("r1").close()
+    names = [url.rsplit("/", 1)[1] for url in urls]
+    with psycopg.connect(pg_server.url(), autocommit=True) as con:
+        (open_now,) = con.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s)", [names]
+        ).fetchone()
+    assert open_now <= READERS_KEPT + 1, f"{open_now} connections stay open to 12 databases"
+    assert open_store(urls[0]).runs() == []  # a closed one reopens when needed
+    record(
+        "concurrency",
+        "one process on 12 PostgreSQL databases in turn",
+        injection="a process opens, reads, locks and writes 12 databases one after another "
+        "(a kernel re-pointed from store to store)",
+        trials=1,
+        completed=1,
+        lost=0,
+        duplicated=0,
+        connections=open_now,
+    )

@@ -539,4 +539,5 @@ def test_a_process_going_from_database_to_database_keeps_few_connections(
         lost=0,
         duplicated=0,
         connections=open_now,
+        outcome=f"{open_now} connections stay open (at most {READERS_KEPT + 1} allowed)",
     )

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from . import store_rows
+from . import journal, store_rows
 from .errors import Conflict
 from .journal import Record
 from .redaction import secrets_in_environment
@@ -362,6 +362,14 @@ class _Locks:
                 with contextlib.suppress(psycopg.Error):
                     self.con.execute("SELECT pg_advisory_unlock(%s)", [key])
 
+    def close_if_idle(self) -> None:
+        """End the connection if it holds no lock (it reopens when one is taken)."""
+        with self.mutex:
+            if not self.held and self.con is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self.con.close()
+                self.con = None
+
     @staticmethod
     def _holder(con: psycopg.Connection, key: int) -> str:
         row = con.execute(
@@ -374,12 +382,23 @@ class _Locks:
         return name.removeprefix("jupyter-agent locks ") or "another process"
 
 
+#: Reader connections a thread keeps open, to the databases it read most recently.
+READERS_KEPT = 4
 _lock_sessions: dict[str, _Locks] = {}
 _lock_sessions_lock = threading.Lock()
 
 
 def _locks(url: str, busy_timeout: float) -> _Locks:
+    """The lock session of ``url``; those of other databases holding nothing are closed.
+
+    So a process that goes from store to store (a kernel re-pointed, a server
+    reading many) keeps no idle connection behind, which would otherwise pile up
+    until the server refuses clients.
+    """
     with _lock_sessions_lock:
+        for other, session in _lock_sessions.items():
+            if other != url:
+                session.close_if_idle()
         if url not in _lock_sessions:
             _lock_sessions[url] = _Locks(url, busy_timeout)
         return _lock_sessions[url]
@@ -417,10 +436,14 @@ class PostgresStore:
         if pinned is not None and not (pinned.closed or pinned.broken):
             return pinned
         cache: dict = _local.__dict__.setdefault("cons", {})
-        con = cache.get(self.url)
+        con = cache.pop(self.url, None)
         if con is None or con.closed or con.broken:
-            con = cache[self.url] = _connect(self.url, "reader", self.busy_timeout)
+            con = _connect(self.url, "reader", self.busy_timeout)
             self.opens += 1
+        cache[self.url] = con  # the most recently used last
+        while len(cache) > READERS_KEPT:  # a thread reading many databases keeps a few
+            with contextlib.suppress(psycopg.Error):
+                cache.pop(next(iter(cache))).close()
         return con
 
     @contextlib.contextmanager
@@ -886,8 +909,15 @@ class PostgresRunWriter(RunWriter):
         if self._con is None:
             raise StoreError(f"The writer of run {self.run_id} is closed.")
         row = {k: _text(v) for k, v in record.row.items()}
+        # Fault injection, as the journal does (``$JUPYTER_AGENT_CRASH``): ``torn``
+        # dies inside the checkpoint's transaction, before its commit.
+        due = journal.crash_due(record.label)
+        if due == "before" or (due == "torn" and record.table != "checkpoints"):
+            journal.crash()
         if record.table == "blobs":
             self._blobs.append([row["hash"], self.store.owner, row["size"], record.payload])
+            if due == "after":
+                journal.crash()
             return
         try:
             if record.table == "runs":
@@ -909,10 +939,14 @@ class PostgresRunWriter(RunWriter):
                         "ON CONFLICT DO NOTHING",
                         [*values, self.store.owner, fmt, record.payload],
                     )
+                    if due == "torn":
+                        journal.crash()
                 self._blobs.clear()
         except psycopg.Error as exc:
             raise _problem(self.store.url, exc, "store a checkpoint") from exc
         self.bytes_written += len(record.payload) + sum(len(str(v)) for v in row.values())
+        if due == "after":
+            journal.crash()
 
     def _put_blobs(self) -> None:
         assert self._con is not None

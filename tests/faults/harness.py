@@ -15,14 +15,15 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jupyter_agent.agent import chain
 from jupyter_agent.state import RunState, fold
-from jupyter_agent.store import CheckpointRow, Store
+from jupyter_agent.store import CheckpointRow
+from jupyter_agent.store_api import open_store
 
 from ..kernels import Execution, Kernel
 
@@ -32,6 +33,10 @@ SOAK_ENV = "JUPYTER_AGENT_SOAK"
 SEED_ENV = "JUPYTER_AGENT_FAULT_SEED"
 DEFAULT_SEED = 20240611
 SETUP = "%load_ext jupyter_agent\n%config AgentMagics.retry_backoff = 0.05"
+BACKENDS = ["duckdb", "postgres"]
+
+#: Where a store is: a DuckDB file, or a PostgreSQL database's URL.
+StoreSpec = Path | str
 
 
 def soak() -> bool:
@@ -147,7 +152,7 @@ def wait_text_or_end(kernel: Kernel, run: Execution, text: str, timeout: float =
     return True
 
 
-def set_crash(kernel: Kernel, spec: str | None, store: Path) -> None:
+def set_crash(kernel: Kernel, spec: str | None, store: StoreSpec) -> None:
     """Point the kernel at a store and arm (or disarm) the crash hook."""
     code = f"%config AgentMagics.store = {str(store)!r}\nimport os as _os\n" + (
         f"_os.environ['JUPYTER_AGENT_CRASH'] = {spec!r}\n"
@@ -235,9 +240,9 @@ class StoreView:
         return [(c.run_id, c.step, c.kind, c.status, c.summary) for c in self.checkpoints]
 
 
-def read_store(path: Path) -> StoreView:
+def read_store(path: StoreSpec) -> StoreView:
     """Read (and so fold journals into) the store at ``path``; raises if it is unreadable."""
-    store = Store(path, busy_timeout=60)
+    store = open_store(path, busy_timeout=60)
     view = StoreView(runs=store.runs())
     if view.runs:
         run = view.runs[-1]
@@ -257,6 +262,40 @@ def copy_store(path: Path, dest: Path) -> Path:
     if journal_dir.is_dir():
         shutil.copytree(journal_dir, dest / journal_dir.name)
     return dest / path.name
+
+
+@contextlib.contextmanager
+def snapshot(store: StoreSpec, dest: Path) -> Iterator[StoreSpec]:
+    """The store as a crash left it, to read without changing it (nor folding its journals).
+
+    A DuckDB store's files are copied (and the copy removed afterwards); a
+    PostgreSQL database is the server's, which a dead kernel cannot damage,
+    so it is read in place.
+    """
+    if isinstance(store, str):
+        yield store
+        return
+    try:
+        yield copy_store(store, dest)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+class Backend:
+    """Fresh stores of one backend: DuckDB files under ``root``, or databases on a server."""
+
+    def __init__(self, name: str, root: Path, pg: Any = None) -> None:
+        if name not in BACKENDS:
+            raise ValueError(f"unknown backend {name!r}; one of {BACKENDS}")
+        if name == "postgres" and pg is None:
+            raise ValueError("the postgres backend needs a PostgreSQL server (tests/pg.py)")
+        self.name, self.root, self.pg = name, root, pg
+
+    def new(self, label: str) -> StoreSpec:
+        """An empty store named after ``label`` (a directory for DuckDB)."""
+        if self.pg is not None:
+            return self.pg.create_database()
+        return self.root / label / "agents.duckdb"
 
 
 def transcript(state: RunState) -> list[dict]:

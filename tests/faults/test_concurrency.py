@@ -6,6 +6,9 @@ The readers are the store API (``runs``, ``latest_checkpoints``,
 every 5 ms. Meanwhile another process grabs the DuckDB file and holds
 it for a while. No lock error may reach a cell or a reader, no checkpoint a
 reader has seen may disappear, and every agent's history must come out intact.
+
+The same round runs on PostgreSQL (4 kernels, 8 under ``--soak``), where the
+other process holds an exclusive lock on the checkpoints table instead.
 """
 
 from __future__ import annotations
@@ -21,12 +24,18 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from jupyter_agent.server.queries import Reader
 from jupyter_agent.store import Store
+from jupyter_agent.store_api import open_store
 from jupyter_agent.testing import ScriptedServer
 
+from ..pg import PgServer, pg_server  # noqa: F401  (fixture)
 from .harness import (
     API_KEY,
+    Backend,
+    StoreSpec,
     build_script,
     read_store,
     record,
@@ -44,9 +53,9 @@ KERNELS = 4
 class Poller(threading.Thread):
     """Reads the store in a loop; remembers errors and the highest step seen per run."""
 
-    def __init__(self, store_path: Path, notebooks: list[str], rest: bool) -> None:
+    def __init__(self, store_path: StoreSpec, notebooks: list[str], rest: bool) -> None:
         super().__init__(daemon=True)
-        self.store = Store(store_path, busy_timeout=60)
+        self.store = open_store(store_path, busy_timeout=60)
         self.notebooks = notebooks
         self.rest = rest
         self.stop = threading.Event()
@@ -113,18 +122,34 @@ def hold_duckdb(path: Path, seconds: float) -> subprocess.Popen:
     return proc
 
 
-def one_round(root: Path, index: int) -> dict:
+def hold_postgres(url: str, seconds: float) -> subprocess.Popen:
+    """Another process locking the checkpoints table against writes, as a long migration would."""
+    code = (
+        "import psycopg, time\n"
+        f"with psycopg.connect({url!r}) as c:\n"
+        "    c.execute('LOCK TABLE jupyter_agent.checkpoints IN EXCLUSIVE MODE')\n"
+        "    print('held', flush=True)\n"
+        f"    time.sleep({seconds})\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+
+
+def hold(store: StoreSpec, seconds: float) -> subprocess.Popen:
+    return hold_postgres(store, seconds) if isinstance(store, str) else hold_duckdb(store, seconds)
+
+
+def one_round(root: Path, index: int, backend: Backend, kernels_n: int = KERNELS) -> dict:
     calls = [1, 1, 2, 1, 1]
     entries = build_script(calls)
     server = ScriptedServer(entries).start()
-    store_path = root / f"round{index}" / "agents.duckdb"
+    store_path = backend.new(f"round{index}")
     env = {
         "JUPYTER_AGENT_STORE": str(store_path),
         "OPENAI_BASE_URL": server.url,
         "OPENAI_API_KEY": API_KEY,
     }
     cwds = []
-    for k in range(KERNELS):
+    for k in range(kernels_n):
         cwd = root / f"round{index}" / f"k{k}"
         cwd.mkdir(parents=True)
         (cwd / "fx.txt").write_text("")
@@ -135,10 +160,10 @@ def one_round(root: Path, index: int) -> dict:
     (cwds[2] / "ctl.json").write_text(
         json.dumps({**{str(i): 0.05 for i in range(sum(calls))}, "2": 10})
     )
-    with ThreadPoolExecutor(KERNELS + 1) as ex:
+    with ThreadPoolExecutor(kernels_n + 1) as ex:
         kernels = list(ex.map(lambda c: start_kernel(env, c), cwds))
         spare = ex.submit(start_kernel, env, cwds[2])
-    Store(store_path).flush()  # create the store, so the holder has a file to hold
+    open_store(store_path).flush()  # create the store, so the holder has something to hold
     notebooks = [str(c / "(no notebook)") for c in cwds]
     pollers = [Poller(store_path, notebooks, rest=False), Poller(store_path, notebooks, rest=True)]
     for p in pollers:
@@ -146,7 +171,7 @@ def one_round(root: Path, index: int) -> dict:
     outcome: dict = {"round": index}
     try:
         runs = [k.start(CELL, cell_id="c") for k in kernels]
-        holder = hold_duckdb(store_path, 1.5)
+        holder = hold(store_path, 1.5)
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         # Kill one agent mid-run and resume it in a new kernel while the others go on.
         victim = kernels[2]
@@ -181,7 +206,7 @@ def one_round(root: Path, index: int) -> dict:
     if "resuming after step" not in resumed.text:
         problems.append("the killed agent did not resume:\n" + resumed.text[-800:])
 
-    store = Store(store_path)
+    store = open_store(store_path)
     runs_stored = store.runs()
     transcripts = []
     lost = duplicated = 0
@@ -199,8 +224,8 @@ def one_round(root: Path, index: int) -> dict:
             problems.append(
                 f"run {run.run_id}: a reader saw step {seen}, the store ends at {steps[-1]}"
             )
-    if len(runs_stored) != KERNELS:
-        problems.append(f"{len(runs_stored)} runs stored, expected {KERNELS}")
+    if len(runs_stored) != kernels_n:
+        problems.append(f"{len(runs_stored)} runs stored, expected {kernels_n}")
     if any(t != transcripts[0] for t in transcripts):
         problems.append("the agents' transcripts differ although their scripts are the same")
 
@@ -236,14 +261,14 @@ def one_round(root: Path, index: int) -> dict:
     return outcome
 
 
-def read_store_for(path: Path, notebook: str):  # type: ignore[no-untyped-def]
+def read_store_for(path: StoreSpec, notebook: str):  # type: ignore[no-untyped-def]
     """The store view of the one agent of ``notebook``."""
     from jupyter_agent.agent import chain
     from jupyter_agent.state import fold
 
     from .harness import StoreView
 
-    store = Store(path)
+    store = open_store(path)
     runs = store.runs(notebook=notebook)
     view = StoreView(runs=runs)
     view.checkpoints = store.checkpoints(runs[-1].run_id)
@@ -252,22 +277,41 @@ def read_store_for(path: Path, notebook: str):  # type: ignore[no-untyped-def]
 
 
 def test_four_kernels_one_store_readers_polling_and_a_kill(tmp_path: Path) -> None:
-    rounds = 5 if soak() else 1
+    concurrency_rounds(tmp_path, Backend("duckdb", tmp_path), 5 if soak() else 1, KERNELS)
+
+
+@pytest.mark.timeout(1800)
+def test_kernels_on_one_postgres_store_readers_polling_and_a_kill(
+    tmp_path: Path,
+    pg_server: PgServer,  # noqa: F811
+) -> None:
+    backend = Backend("postgres", tmp_path, pg_server)
+    concurrency_rounds(tmp_path, backend, 2 if soak() else 1, 8 if soak() else 4)
+
+
+def concurrency_rounds(root: Path, backend: Backend, rounds: int, kernels_n: int) -> None:
+    """Run the rounds and record them (the fault named after the kernels and the backend)."""
     started = time.monotonic()
-    outcomes = [one_round(tmp_path, i) for i in range(rounds)]
+    outcomes = [one_round(root, i, backend, kernels_n) for i in range(rounds)]
     problems = [p for o in outcomes for p in o["problems"]]
+    holder = "a DuckDB holder" if backend.name == "duckdb" else "a table lock (postgres)"
+    held = (
+        "holding the DuckDB file"
+        if backend.name == "duckdb"
+        else "locking the PostgreSQL checkpoints table against writes"
+    )
     record(
         "concurrency",
-        "4 kernels + 2 readers + a DuckDB holder",
+        f"{kernels_n} kernels + 2 readers + {holder}",
         injection=(
-            "4 agents at once on one store (5 turns, 6 python calls each); a store-API reader "
-            "and a REST-query reader polling every 5 ms; another process holding the "
-            "DuckDB file for 1.5 s; one kernel SIGKILLed mid-tool and resumed in a new kernel"
+            f"{kernels_n} agents at once on one {backend.name} store (5 turns, 6 python calls "
+            "each); a store-API reader and a REST-query reader polling every 5 ms; another "
+            f"process {held} for 1.5 s; one kernel SIGKILLed mid-tool and resumed in a new kernel"
         ),
-        trials=rounds * KERNELS,
+        trials=rounds * kernels_n,
         rounds=rounds,
-        agents=rounds * KERNELS,
-        completed=sum(not o["problems"] for o in outcomes) * KERNELS,
+        agents=rounds * kernels_n,
+        completed=sum(not o["problems"] for o in outcomes) * kernels_n,
         lost=sum(o["lost"] for o in outcomes),
         duplicated=sum(o["duplicated"] for o in outcomes),
         reader_errors=sum(o["reader_errors"] for o in outcomes),
@@ -461,3 +505,39 @@ def test_two_kernels_rerunning_one_paused_cell_at_once(tmp_path: Path) -> None:
         busy=busy,
     )
     assert not problems, "\n\n".join(problems)
+
+
+def test_a_process_going_from_database_to_database_keeps_few_connections(
+    pg_server: PgServer,  # noqa: F811
+) -> None:
+    """A kernel re-pointed from store to store (or a server reading many) must not pile up
+    idle connections until PostgreSQL refuses clients ("too many clients already")."""
+    import psycopg
+
+    from jupyter_agent.store_pg import READERS_KEPT
+
+    urls = [pg_server.create_database() for _ in range(12)]
+    for url in urls:
+        store = open_store(url)
+        assert store.runs() == []
+        with store.agent_lock("nb.ipynb", "a"):
+            store.writer("r1").close()
+    names = [url.rsplit("/", 1)[1] for url in urls]
+    with psycopg.connect(pg_server.url(), autocommit=True) as con:
+        (open_now,) = con.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(%s)", [names]
+        ).fetchone()
+    assert open_now <= READERS_KEPT + 1, f"{open_now} connections stay open to 12 databases"
+    assert open_store(urls[0]).runs() == []  # a closed one reopens when needed
+    record(
+        "concurrency",
+        "one process on 12 PostgreSQL databases in turn",
+        injection="a process opens, reads, locks and writes 12 databases one after another "
+        "(a kernel re-pointed from store to store)",
+        trials=1,
+        completed=1,
+        lost=0,
+        duplicated=0,
+        connections=open_now,
+        outcome=f"{open_now} connections stay open (at most {READERS_KEPT + 1} allowed)",
+    )

@@ -27,6 +27,10 @@ or turn in flight at the kill may repeat, as the in-flight policy says.
 ``JUPYTER_AGENT_FAULT_TRIALS`` the number of trials, ``JUPYTER_AGENT_FAULT_TRIAL``
 reruns a single trial. With ``--soak`` the default is 400 trials and a seed
 taken from the clock; the seed is printed and recorded either way.
+
+The same trials run on PostgreSQL (kernels given a ``postgresql://`` store),
+without the journal's points: there ``torn`` dies inside the checkpoint's
+transaction, before its commit, and there is no merge. By default they are 8.
 """
 
 from __future__ import annotations
@@ -34,11 +38,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,17 +52,20 @@ import pytest
 from jupyter_agent.testing import ScriptedServer
 
 from ..kernels import Kernel
+from ..pg import PgServer, pg_server  # noqa: F401  (fixture)
 from .harness import (
     API_KEY,
+    Backend,
     KernelPool,
+    StoreSpec,
     StoreView,
     TurnScript,
     build_script,
-    copy_store,
     read_store,
     record,
     seed,
     set_crash,
+    snapshot,
     soak,
     transcript,
     wait_done_or_dead,
@@ -85,6 +92,9 @@ SECOND_KILLS = [
     "torn:blob:1",
 ]
 PROMPT = "Work through the task one step at a time."
+#: A PostgreSQL store has no journal: no merge points.
+PG_KINDS = [k for k in KINDS if k != "merge"]
+PG_SECOND_KILLS = [k for k in SECOND_KILLS if "merge" not in k]
 
 
 @dataclass
@@ -112,10 +122,15 @@ class Plan:
         return len(self.calls) + 1
 
 
-def make_plan(base_seed: int, index: int) -> Plan:
+def make_plan(
+    base_seed: int,
+    index: int,
+    kinds: list[str] = KINDS,
+    second_kills: list[str] = SECOND_KILLS,
+) -> Plan:
     rng = random.Random(f"{base_seed}:{index}")
     calls = [2 if rng.random() < 0.25 else 1 for _ in range(rng.randint(1, 3))]
-    kind = KINDS[index % len(KINDS)]
+    kind = kinds[index % len(kinds)]
     plan = Plan(index, calls, approve=kind == "approval", kind=kind)
     n_tools, n_turns = plan.tools, plan.turns
     if kind == "stream":
@@ -146,7 +161,7 @@ def make_plan(base_seed: int, index: int) -> Plan:
     elif kind == "random":
         plan.at = rng.uniform(0.05, 0.25 * n_tools + 0.1 * n_turns + 0.2)
     if kind not in ("approval", "merge") and rng.random() < 0.2:
-        plan.second = rng.choice(SECOND_KILLS)
+        plan.second = rng.choice(second_kills)
     return plan
 
 
@@ -190,15 +205,18 @@ class Outcome:
 class Worker:
     """Runs trials one after another with its own endpoint, directory and kernels."""
 
-    def __init__(self, root: Path, references: dict, ref_lock: threading.Lock) -> None:
+    def __init__(
+        self, root: Path, references: dict, ref_lock: threading.Lock, backend: Backend
+    ) -> None:
         self.root = root
         self.cwd = root / "cwd"
         self.cwd.mkdir(parents=True)
+        self.backend = backend
         self.server = ScriptedServer().start()
         self.script = TurnScript(self.server, [])
         self.server.set_script(self.script)
         env = {
-            "JUPYTER_AGENT_STORE": str(root / "default.duckdb"),
+            "JUPYTER_AGENT_STORE": str(backend.new("default")),
             "OPENAI_BASE_URL": self.server.url,
             "OPENAI_API_KEY": API_KEY,
         }
@@ -246,7 +264,7 @@ class Worker:
         with self.ref_lock:
             if key in self.references:
                 return self.references[key]
-        store = self.root / f"ref-{'-'.join(map(str, calls))}" / "s.duckdb"
+        store = self.backend.new(f"ref-{'-'.join(map(str, calls))}")
         self.reset_world(build_script(calls))
         kernel = self.fresh()
         set_crash(kernel, None, store)
@@ -281,7 +299,7 @@ class Worker:
             c["id"]: n for n, c in enumerate(c for e in entries for c in e.get("tool_calls", []))
         }
         self.reset_world(entries)
-        store = self.root / f"t{plan.index}" / "s.duckdb"
+        store = self.backend.new(f"t{plan.index}")
         cell_id = f"trial{plan.index}"
         cell = f"%%agent --model scripted{' --approve' if plan.approve else ''}\n{PROMPT}"
         approve_cmd = f"%agent approve cell-{cell_id}"
@@ -395,27 +413,23 @@ class Worker:
             return True
         return False
 
-    def _after_kill(self, store: Path, out: Outcome, what: str) -> None:
+    def _after_kill(self, store: StoreSpec, out: Outcome, what: str) -> None:
         """Snapshot the store files as the crash left them; they must be readable."""
-        snap = copy_store(store, self.root / f"snap{len(out.kills)}-{store.parent.name}")
-        try:
-            view = read_store(snap)
-        except Exception as exc:
-            out.problems.append(f"store unreadable after kill at {what}: {exc!r}")
-            view = StoreView()
-        shutil.rmtree(snap.parent, ignore_errors=True)
+        with snapshot(store, self.root / f"snap{len(out.kills)}-t{out.plan.index}") as snap:
+            try:
+                view = read_store(snap)
+            except Exception as exc:
+                out.problems.append(f"store unreadable after kill at {what}: {exc!r}")
+                view = StoreView()
         last = view.checkpoints[-1].kind if view.checkpoints else "nothing"
         out.kills.append(
             Kill(view, len(self.effects()), len(self.server.requests), f"{what} (last: {last})")
         )
 
-    def _awaiting(self, store: Path) -> bool:
+    def _awaiting(self, store: StoreSpec) -> bool:
         """Whether the run waits for approval (read from a copy: the next kernel folds it)."""
-        snap = copy_store(store, self.root / f"peek-{store.parent.name}")
-        try:
+        with snapshot(store, self.root / "peek") as snap:
             return read_store(snap).state.status == "awaiting_approval"
-        finally:
-            shutil.rmtree(snap.parent, ignore_errors=True)
 
     def _account(self, out: Outcome, final: StoreView, call_index: dict[str, int]) -> None:
         final_keys = set(final.keys())
@@ -451,22 +465,48 @@ class Worker:
             out.problems.append(f"more repeats than kills: {starts} {turns}")
 
 
-def trial_count() -> int:
+def trial_count(default: int = 50) -> int:
     value = os.environ.get("JUPYTER_AGENT_FAULT_TRIALS")
-    return int(value) if value else (400 if soak() else 50)
+    return int(value) if value else (400 if soak() else default)
 
 
 @pytest.mark.timeout(3600)
 def test_sigkill_at_every_kind_of_point_loses_nothing(tmp_path: Path) -> None:
+    crash_trials(tmp_path, lambda root: Backend("duckdb", root), trial_count(), KINDS, SECOND_KILLS)
+
+
+@pytest.mark.timeout(3600)
+def test_sigkill_on_postgres_loses_nothing(tmp_path: Path, pg_server: PgServer) -> None:  # noqa: F811
+    crash_trials(
+        tmp_path,
+        lambda root: Backend("postgres", root, pg_server),
+        trial_count(8),
+        PG_KINDS,
+        PG_SECOND_KILLS,
+        suffix=" (postgres)",
+    )
+
+
+def crash_trials(
+    tmp_path: Path,
+    backend: Callable[[Path], Backend],
+    trials: int,
+    kinds: list[str],
+    second_kills: list[str],
+    suffix: str = "",
+) -> None:
+    """Run the planned trials on two workers; record them per kind (names + ``suffix``)."""
     base = seed()
     only = os.environ.get("JUPYTER_AGENT_FAULT_TRIAL")
-    plans = (
-        [make_plan(base, int(only))] if only else [make_plan(base, i) for i in range(trial_count())]
-    )
+    indices = [int(only)] if only else range(trials)
+    plans = [make_plan(base, i, kinds, second_kills) for i in indices]
     workers_n = min(2, len(plans))
     references: dict = {}
     lock = threading.Lock()
-    workers = [Worker(tmp_path / f"w{w}", references, lock) for w in range(workers_n)]
+    workers = [
+        Worker(tmp_path / f"w{w}", references, lock, backend(tmp_path / f"w{w}"))
+        for w in range(workers_n)
+    ]
     started = time.monotonic()
     try:
         with ThreadPoolExecutor(workers_n) as ex:
@@ -487,7 +527,7 @@ def test_sigkill_at_every_kind_of_point_loses_nothing(tmp_path: Path) -> None:
     for kind, group in by_kind.items():
         record(
             "crash",
-            kind,
+            kind + suffix,
             seed=base,
             trials=len(group),
             kills=sum(len(o.kills) for o in group),
@@ -501,7 +541,8 @@ def test_sigkill_at_every_kind_of_point_loses_nothing(tmp_path: Path) -> None:
             seconds=round(sum(o.seconds for o in group), 1),
             failures=[o.summary() for o in group if o.problems],
         )
-    record("crash", "(all)", seed=base, trials=len(outcomes), wall_seconds=round(elapsed, 1))
+    if not suffix:  # the report's one line of totals is the DuckDB suite's
+        record("crash", "(all)", seed=base, trials=len(outcomes), wall_seconds=round(elapsed, 1))
 
     failed = [o for o in outcomes if o.problems]
     report = "\n\n".join(

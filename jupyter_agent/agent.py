@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from . import context, namespace, user_tools, vocab
 from . import plan as plans
-from .budget import Budget, Ledger, cost_of, over_budget, price_of
+from .budget import Budget, cost_of, over_budget, price_of
 from .delegate import DELEGATE_TOOL, Children, DelegateError, parse_delegate
 from .errors import NotWaiting, StoreError
 from .identity import AgentIdentity
@@ -491,11 +491,6 @@ class Execution:
             view.append({"role": "user", "content": context.HARNESS_NOTE + PLANNER_PROMPT})
         return view
 
-    def ledger(self) -> Ledger:
-        state = self.state
-        cost = cost_of(state.prompt_tokens, state.completion_tokens, self.price)
-        return Ledger(state.prompt_tokens, state.completion_tokens, cost)
-
     def _check_budget(self, prompt_tokens: int) -> None:
         """Stop at a checkpoint if a call with this prompt would cross the budget."""
         if self.budget is None:
@@ -503,15 +498,15 @@ class Execution:
         state = self.state
         completion = state.completion_tokens // state.model_calls if state.model_calls else 256
         next_cost = cost_of(prompt_tokens, completion, self.price)
-        spent = self.ledger()
+        spent_cost = cost_of(state.prompt_tokens, state.completion_tokens, self.price)
         if not over_budget(
-            self.budget, state.tokens, spent.cost, prompt_tokens + completion, next_cost
+            self.budget, state.tokens, spent_cost, prompt_tokens + completion, next_cost
         ):
             return
         info = {
             "spent": state.tokens,
             "budget": self.budget.tokens,
-            "cost": spent.cost,
+            "cost": spent_cost,
             "budget_cost": self.budget.cost,
             "next": prompt_tokens + completion,
         }

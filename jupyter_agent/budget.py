@@ -88,37 +88,6 @@ def cost_of(
     return (prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6
 
 
-@dataclass(frozen=True)
-class Ledger:
-    """What a run has spent, and what resuming instead of re-running saved."""
-
-    prompt_tokens: int
-    completion_tokens: int
-    cost: float | None
-    saved_tokens: int = 0
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def text(self) -> str:
-        out = f"{self.tokens:,} tokens ({self.prompt_tokens:,} prompt, {self.completion_tokens:,} completion)"
-        if self.cost is not None:
-            out += f", ${self.cost:,.4f}"
-        if self.saved_tokens:
-            out += f"; resumes saved {self.saved_tokens:,}"
-        return out
-
-    def as_dict(self) -> dict:
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "tokens": self.tokens,
-            "cost": self.cost,
-            "saved_tokens": self.saved_tokens,
-        }
-
-
 def over_budget(
     budget: Budget | None,
     spent_tokens: int,

@@ -122,14 +122,20 @@ def test_changed_prompt_or_restart_starts_a_new_run(kernel_factory, scripted, tm
     assert runs == 3  # earlier runs stay in the store
 
 
+def in_slow_call(kernel_factory, scripted, log, cell_id: str):
+    """A kernel whose agent is inside its second python call (which sleeps 5 s)."""
+    scripted.set_script(counting_script(log, slow_step=1))
+    k = kernel_factory()
+    run = k.start(CELL, cell_id=cell_id)
+    k.wait_for(run, "time.sleep(5)")
+    time.sleep(0.5)
+    return k, run
+
+
 def test_interrupt_stops_cleanly_and_resumes(kernel_factory, scripted, tmp_path):
     """An interrupted call is not a result: it is in flight, and runs again on resume."""
     log = tmp_path / "effects.log"
-    scripted.set_script(counting_script(log, slow_step=1))
-    k = kernel_factory()
-    run = k.start(CELL, cell_id="cell-e")
-    k.wait_for(run, "time.sleep(5)")
-    time.sleep(0.5)
+    k, run = in_slow_call(kernel_factory, scripted, log, "cell-e")
     k.interrupt()
     k.wait(run, timeout=30)
     assert "interrupted" in run.text and "runs again" in run.text, run.text
@@ -158,11 +164,7 @@ def test_interrupt_stops_cleanly_and_resumes(kernel_factory, scripted, tmp_path)
 def test_restart_kernel_during_a_tool_call_runs_it_again(kernel_factory, scripted, tmp_path):
     """JupyterLab's Restart Kernel interrupts first; the call must still count as in flight."""
     log = tmp_path / "effects.log"
-    scripted.set_script(counting_script(log, slow_step=1))
-    k = kernel_factory()
-    run = k.start(CELL, cell_id="cell-r")
-    k.wait_for(run, "time.sleep(5)")
-    time.sleep(0.5)
+    k, _ = in_slow_call(kernel_factory, scripted, log, "cell-r")
     k.restart()
     k.run("%load_ext jupyter_agent\n%config AgentMagics.retry_backoff = 0.05")
     scripted.set_script(counting_script(log))

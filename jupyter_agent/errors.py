@@ -35,23 +35,32 @@ class Conflict(AgentError):
 
 
 class AgentBusy(AgentError):
-    """The agent is running elsewhere (another kernel, or in the background here)."""
+    """The agent is running elsewhere (another kernel, or in the background here).
+
+    ``where`` says which, for messages of callers that refuse something else.
+    """
+
+    where: str = "elsewhere"
 
     @classmethod
     def here(cls, agent: str) -> AgentBusy:
-        return cls(
+        exc = cls(
             f"Agent {agent!r} is already running in this kernel (in the background or "
             "from its timeline). Wait for it, or pause it in the timeline or with "
             f"%agent pause {agent}."
         )
+        exc.where = "in this kernel"
+        return exc
 
     @classmethod
     def elsewhere(cls, agent: str, pid: int | None) -> AgentBusy:
         who = f"pid {pid}" if pid is not None else "pid unknown"
-        return cls(
+        exc = cls(
             f"Agent {agent!r} is running in another kernel ({who}). Wait for it, or stop it "
             "there, before running it here."
         )
+        exc.where = f"in another kernel ({who})"
+        return exc
 
 
 class NotWaiting(AgentError):

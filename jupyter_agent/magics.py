@@ -549,9 +549,7 @@ class AgentMagics(Magics):
 
     def _cmd_delete(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)
-        store = self._store()
-        runs = [r.run_id for r in store.runs(notebook=run.notebook, agent=run.agent)]
-        store.delete_runs(runs)
+        runs = self._store().delete_agent(run.notebook, run.agent)
         print(f"Deleted agent {run.agent} ({len(runs)} run(s)).")
 
 

@@ -376,27 +376,37 @@ def delete_agent_runs(
 
     The rules live here once: forks keep their ancestors, live runs are not
     touched, and the backend's :meth:`Store.delete_runs` collects the blobs.
+    The agent's lock is held while its runs are read and deleted: an execution
+    that has taken it but not yet written its run owns the agent too.
     """
-    from .errors import Conflict, NotFound
+    from .errors import AgentBusy, Conflict, NotFound
 
-    runs = store.runs(notebook=notebook, agent=agent) if store.exists() else []
-    if not runs:
+    if not (store.exists() and store.runs(notebook=notebook, agent=agent)):
         raise NotFound(f"No agent named {agent!r} in this notebook.")
-    doomed = [r.run_id for r in runs]
-    if keep_latest:
-        keep = {seg for seg, _ in history_chain(runs[-1], {r.run_id: r for r in runs})}
-        doomed = [r for r in doomed if r not in keep]
-    busy = sorted(store.live_runs() & set(doomed))
-    if busy:
-        raise Conflict(f"Agent {agent!r} is running (run {busy[0]}); stop it before deleting it.")
-    forks = store.forks(doomed)
-    if forks:
+    try:
+        with store.agent_lock(notebook, agent):  # only taking it raises AgentBusy
+            runs = store.runs(notebook=notebook, agent=agent)
+            doomed = [r.run_id for r in runs]
+            if keep_latest:
+                keep = {seg for seg, _ in history_chain(runs[-1], {r.run_id: r for r in runs})}
+                doomed = [r for r in doomed if r not in keep]
+            busy = sorted(store.live_runs() & set(doomed))
+            if busy:
+                raise Conflict(
+                    f"Agent {agent!r} is running (run {busy[0]}); stop it before deleting it."
+                )
+            forks = store.forks(doomed)
+            if forks:
+                raise Conflict(
+                    f"Run {forks[0].run_id} of agent {forks[0].agent!r} was forked from a run that "
+                    "would be deleted; delete that agent first."
+                )
+            store.delete_runs(doomed)
+            return doomed
+    except AgentBusy as exc:
         raise Conflict(
-            f"Run {forks[0].run_id} of agent {forks[0].agent!r} was forked from a run that "
-            "would be deleted; delete that agent first."
-        )
-    store.delete_runs(doomed)
-    return doomed
+            f"Agent {agent!r} is running {exc.where}; stop it before deleting it."
+        ) from None
 
 
 def payload_messages(payload: bytes) -> list[dict]:

@@ -518,10 +518,12 @@ class PostgresStore:
         if holder == "here":
             raise AgentBusy.here(agent)
         if holder is not None:
-            raise AgentBusy(
+            busy = AgentBusy(
                 f"Agent {agent!r} is running elsewhere ({holder}). Wait for it, or stop it "
                 "there, before running it here."
             )
+            busy.where = f"elsewhere ({holder})"
+            raise busy
         try:
             yield
         finally:

@@ -238,6 +238,28 @@ def test_agent_lock_refuses_a_second_writer_in_another_process(open_, spec):
     assert _eventually(free), "a killed holder's lock was never released"
 
 
+def test_deleting_an_agent_another_process_is_about_to_run_is_refused(open_, spec):
+    """The holder of the agent lock may not have written its run yet: it still owns the agent."""
+    write(open_(), run_row("r1"), [0, 1])
+    child = _child(spec, "lock")
+    try:
+        with pytest.raises(
+            Conflict, match=r"'a' is running (in another kernel|elsewhere) \(pid \d+.*delet"
+        ):
+            open_().delete_agent(NB, "a")
+        assert [r.run_id for r in open_().runs(notebook=NB, agent="a")] == ["r1"]
+    finally:
+        _kill(child)
+    assert _eventually(lambda: _deletes(open_))
+
+
+def _deletes(open_) -> bool:
+    try:
+        return open_().delete_agent(NB, "a") == ["r1"]
+    except Conflict:
+        return False
+
+
 def test_agent_lock_is_reentrant_in_a_thread_and_refuses_another(open_):
     store = open_()
     refused: list[Exception] = []

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TextIO
 
 from . import runner, timeline
-from .agent import Events, RunOptions
+from .agent import Events, RunOptions, chain
 from .budget import Budget
 from .delegate import MAX_CHILDREN, MAX_DEPTH, Delegated, awaited_child, delegations
 from .identity import AgentIdentity, IdentityError, validate_name
@@ -568,10 +568,7 @@ class Delegation:
                 f"delegation is limited to {MAX_DEPTH} levels of child agents and this agent "
                 "is at the deepest; do the work yourself"
             )
-        state = parent.state
-        calls = delegations(state.messages)
-        answered = {m.get("tool_call_id") for m in state.messages if m.get("role") == "tool"}
-        if len(calls & answered) >= MAX_CHILDREN:
+        if _children_started(parent) >= MAX_CHILDREN:
             return f"an agent may delegate at most {MAX_CHILDREN} subtasks; do the rest yourself"
         return None
 
@@ -628,6 +625,23 @@ class Delegation:
         if last is not None and "child_run" in last.info and last.info.get("reason"):
             text = last.info["reason"]  # paused for its own child: say which, and why
         return Delegated(agent, status, text, state.final_answer() or "", state.tokens, run.run_id)
+
+
+def _children_started(parent: Any) -> int:
+    """Children the parent's history started: its ``delegate`` calls with a start checkpoint.
+
+    A refused call has none, so it takes no child's place; a fork's history
+    counts its parent's children up to the fork point. Row metadata only.
+    """
+    calls = delegations(parent.state.messages)
+    started = set()
+    with parent.store.session():
+        for run_id, upto in chain(parent.store, parent.run):
+            for row in parent.store.checkpoints(run_id):
+                call = (row.info.get("delegate") or {}).get("call_id")
+                if row.kind == "tool_call" and call in calls and (upto is None or row.step <= upto):
+                    started.add(call)
+    return len(started)
 
 
 def _remaining(parent: Any) -> Budget | None:

@@ -267,6 +267,44 @@ def test_delegation_depth_is_limited(
     assert runs["level2"].info["parent_agent"] == "level1"
 
 
+def test_a_ninth_child_is_refused_and_the_run_goes_on(
+    ip: Any,  # noqa: F811
+    store_path: Path,
+    scripted: ScriptedServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    asks = ["../bad", *(f"kid{n}" for n in range(1, 10))]  # a refused name starts no child
+
+    def reply(body: dict) -> dict:
+        task, step = task_of(body), steps_of(body)
+        if not task.startswith("Split"):
+            return {"content": f"{task.split(':')[0]} done"}
+        if step < len(asks):
+            return delegate(asks[step], f"{asks[step]}: answer.")
+        told = [m["content"] for m in body["messages"] if m.get("role") == "tool"]
+        return {"content": f"Lead done with {len(told)} results"}
+
+    scripted.set_script(reply)
+    ip.run_cell_magic("agent", "-m scripted --name lead", "Split the work.")
+    told = [m["content"] for m in scripted.requests[-1]["body"]["messages"] if m["role"] == "tool"]
+    assert len(told) == 10 and told[0].startswith("Error: Invalid agent name"), told
+    assert told[1:9] == [f"kid{n} done" for n in range(1, 9)], told
+    assert told[9] == ("Error: an agent may delegate at most 8 subtasks; do the rest yourself"), (
+        told[9]
+    )
+    store = Store(store_path)
+    runs = {r.agent: r for r in store.runs()}
+    assert set(runs) == {"lead", *(f"kid{n}" for n in range(1, 9))}  # no kid9
+    for run in runs.values():
+        assert store.checkpoints(run.run_id)[-1].status == "done", run.agent
+    assert scripted.requests[-1]["body"]["messages"][-1]["content"] == told[9]
+    assert store.checkpoints(runs["lead"].run_id)[-1].summary.startswith(
+        "Lead done with 10 results"
+    )
+
+
 # -- an approval inside a child, answered from the parent ---------------------------------
 
 CHAIN = [("lead", "Split the work."), ("counter", "Count: rows."), ("helper", "Help: sum.")]

@@ -209,6 +209,14 @@ def test_a_parent_delegates_to_two_children_and_survives_a_kill_in_the_second(
     assert "restored from the store" in again.text and len(requested(scripted)) == 7
 
 
+@pytest.fixture
+def lead_ip(ip: Any, scripted: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> Any:  # noqa: F811
+    """The in-process shell, its model endpoint the scripted server."""
+    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    return ip
+
+
 @pytest.mark.parametrize(
     ("call", "error"),
     [
@@ -218,28 +226,17 @@ def test_a_parent_delegates_to_two_children_and_survives_a_kill_in_the_second(
     ],
 )
 def test_bad_delegation_is_told_to_the_model(
-    ip: Any,  # noqa: F811
-    scripted: ScriptedServer,
-    monkeypatch: pytest.MonkeyPatch,
-    call: dict,
-    error: str,
+    lead_ip: Any, scripted: ScriptedServer, call: dict, error: str
 ) -> None:
-    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
     scripted.set_script([call, {"content": "Gave up."}])
-    ip.run_cell_magic("agent", "-m scripted --name lead", "Split the work.")
+    lead_ip.run_cell_magic("agent", "-m scripted --name lead", "Split the work.")
     told = [m["content"] for m in scripted.requests[-1]["body"]["messages"] if m["role"] == "tool"]
     assert len(told) == 1 and told[0].startswith("Error:") and error in told[0], told
 
 
 def test_delegation_depth_is_limited(
-    ip: Any,  # noqa: F811
-    store_path: Path,
-    scripted: ScriptedServer,
-    monkeypatch: pytest.MonkeyPatch,
+    lead_ip: Any, store_path: Path, scripted: ScriptedServer
 ) -> None:
-    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
 
     def reply(body: dict) -> dict:
         level = int(task_of(body).split()[1])
@@ -249,7 +246,7 @@ def test_delegation_depth_is_limited(
         return {"content": f"level {level}: {told[-1]}"}
 
     scripted.set_script(reply)
-    ip.run_cell_magic("agent", "-m scripted --name level0", "Level 0")
+    lead_ip.run_cell_magic("agent", "-m scripted --name level0", "Level 0")
     # level1..level3 are children; level3 may not delegate: the error reaches its model,
     # and each answer travels up once, as its parent's tool result.
     last = scripted.requests[-1]["body"]["messages"][-1]["content"]
@@ -268,13 +265,8 @@ def test_delegation_depth_is_limited(
 
 
 def test_a_ninth_child_is_refused_and_the_run_goes_on(
-    ip: Any,  # noqa: F811
-    store_path: Path,
-    scripted: ScriptedServer,
-    monkeypatch: pytest.MonkeyPatch,
+    lead_ip: Any, store_path: Path, scripted: ScriptedServer
 ) -> None:
-    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
     asks = ["../bad", *(f"kid{n}" for n in range(1, 10))]  # a refused name starts no child
 
     def reply(body: dict) -> dict:
@@ -287,7 +279,7 @@ def test_a_ninth_child_is_refused_and_the_run_goes_on(
         return {"content": f"Lead done with {len(told)} results"}
 
     scripted.set_script(reply)
-    ip.run_cell_magic("agent", "-m scripted --name lead", "Split the work.")
+    lead_ip.run_cell_magic("agent", "-m scripted --name lead", "Split the work.")
     told = [m["content"] for m in scripted.requests[-1]["body"]["messages"] if m["role"] == "tool"]
     assert len(told) == 10 and told[0].startswith("Error: Invalid agent name"), told
     assert told[1:9] == [f"kid{n} done" for n in range(1, 9)], told

@@ -515,12 +515,23 @@ class AgentMagics(Magics):
     def _continue(self, name: str, decision: dict | None) -> None:
         run = self._find(name)
         identity = AgentIdentity(run.notebook, run.agent, run.cell_id, "store")
+        options = self._options()
         if decision is not None:
             state = load_state(self._store(), run)
             if state.status != AWAITING_APPROVAL:
-                raise UsageError(f"Agent {run.agent!r} is not waiting for an approval.")
+                # Paused only for a child's approval: the decision is the child's.
+                forwarded = self.runtime.child_approval(run, decision, options)
+                if forwarded is None:
+                    raise UsageError(f"Agent {run.agent!r} is not waiting for an approval.")
+                child, options = forwarded
+                verb = "Rejecting" if decision["action"] == "reject" else "Approving"
+                print(
+                    f"{verb} the call child agent {child.agent} waits on (agent {run.agent} "
+                    f"waits for it): {child.agent} continues, then {run.agent}."
+                )
+                decision = None
         # No model: the run continues with the model of its latest execution.
-        self._run(identity, run.prompt, "", False, self._options(), decision)
+        self._run(identity, run.prompt, "", False, options, decision)
 
     def _cmd_timeline(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TextIO
 
 from . import runner, timeline
-from .agent import Events, RunOptions
+from .agent import Events, RunOptions, chain
 from .budget import Budget
-from .delegate import MAX_CHILDREN, MAX_DEPTH, Delegated, delegations
+from .delegate import MAX_CHILDREN, MAX_DEPTH, Delegated, awaited_child, delegations
 from .identity import AgentIdentity, IdentityError, validate_name
 from .model import Cancelled
 from .render import TextEvents, run_status
@@ -223,6 +223,23 @@ class AgentRuntime:
             cell_options=cell_options,
             info=info,
         )
+
+    def child_approval(
+        self, run: RunRow, decision: dict, options: RunOptions, store: Store | None = None
+    ) -> tuple[RunRow, RunOptions] | None:
+        """Answer the approval a delegated run under ``run`` waits on, by resuming ``run``.
+
+        For a run paused only because its child (or a child of it) waits for an
+        approval: that child's run, and options under which resuming ``run``
+        hands ``decision`` to the child as it resumes it, so the child continues
+        and then ``run``, in one execution, and the delegate call's result is
+        written once. None when no child of ``run`` waits for an approval.
+        """
+        found = awaited_child(store or self.store(), run)
+        if found is None:
+            return None
+        child, _ = found
+        return child, replace(options, children=Delegation(self, {child.run_id: decision}))
 
     # -- agents that wait for others (--after) -------------------------------------
 
@@ -531,8 +548,10 @@ def _ipython() -> Any:
 class Delegation:
     """Runs the children of ``delegate`` calls as durable runs of their own (see :mod:`delegate`)."""
 
-    def __init__(self, runtime: AgentRuntime) -> None:
+    def __init__(self, runtime: AgentRuntime, decisions: dict[str, dict] | None = None) -> None:
         self.runtime = runtime
+        #: Approval decisions for child runs, by run id; each is given once, as the run resumes.
+        self.decisions = dict(decisions or {})
 
     def refuse(self, parent: Any, agent: str) -> str | None:
         """Why ``parent`` may not start a child ``agent`` now, or None."""
@@ -549,10 +568,7 @@ class Delegation:
                 f"delegation is limited to {MAX_DEPTH} levels of child agents and this agent "
                 "is at the deepest; do the work yourself"
             )
-        state = parent.state
-        calls = delegations(state.messages)
-        answered = {m.get("tool_call_id") for m in state.messages if m.get("role") == "tool"}
-        if len(calls & answered) >= MAX_CHILDREN:
+        if _children_started(parent) >= MAX_CHILDREN:
             return f"an agent may delegate at most {MAX_CHILDREN} subtasks; do the rest yourself"
         return None
 
@@ -577,6 +593,7 @@ class Delegation:
                     options=options,
                     events=events,
                     model=model,
+                    decision=self.decisions.pop(mine[-1].run_id, None),
                     endpoint_args=self.runtime.endpoint_args,
                     cancel=parent.client.cancel,
                 )
@@ -605,7 +622,26 @@ class Delegation:
         state, run = outcome.state, outcome.run
         last = store.latest_checkpoints([run.run_id]).get(run.run_id)
         status, text, _ = run_status(store, run, set(), last)
+        if last is not None and "child_run" in last.info and last.info.get("reason"):
+            text = last.info["reason"]  # paused for its own child: say which, and why
         return Delegated(agent, status, text, state.final_answer() or "", state.tokens, run.run_id)
+
+
+def _children_started(parent: Any) -> int:
+    """Children the parent's history started: its ``delegate`` calls with a start checkpoint.
+
+    A refused call has none, so it takes no child's place; a fork's history
+    counts its parent's children up to the fork point. Row metadata only.
+    """
+    calls = delegations(parent.state.messages)
+    started = set()
+    with parent.store.session():
+        for run_id, upto in chain(parent.store, parent.run):
+            for row in parent.store.checkpoints(run_id):
+                call = (row.info.get("delegate") or {}).get("call_id")
+                if row.kind == "tool_call" and call in calls and (upto is None or row.step <= upto):
+                    started.add(call)
+    return len(started)
 
 
 def _remaining(parent: Any) -> Budget | None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from . import vocab
 from .agent import Events, chain, effective_status, load_state, new_run
+from .delegate import awaited_child
 from .errors import NotFound
 from .identity import AgentIdentity
 from .namespace import restore
@@ -341,19 +342,34 @@ class Timeline:
         }
 
     def pending(self) -> dict:
-        """The tool call the selected run waits on for approval, if any."""
-        if not self.history or self.status(self.selected)[0] != AWAITING_APPROVAL:
+        """The tool call the selected run waits on for approval, if any.
+
+        Also one a delegated child of it waits on, while the selected run is paused
+        only for that: then ``run`` is the child's, ``agent`` names the child and
+        ``parent`` is the selected run, whose resume answers it.
+        """
+        row = self._last.get(self.selected)
+        if not self.history or row is None:
             return {}
-        last = self.history[-1]
-        info = last.get("info") or {}
-        row = self._last[self.selected]
-        return {
-            "run": self.selected,
-            "step": last["step"],
-            "call_id": row.info.get("call_id", ""),
-            "tool": row.info.get("tool", "python"),
-            "code": row.info.get("code", info.get("code", "")),
-        }
+        if self.status(self.selected)[0] != AWAITING_APPROVAL:
+            found = awaited_child(self.store, self.run(self.selected), row)
+            if found is None:
+                return {}
+            child, row = found
+            return {**_call_waiting(row), "agent": child.agent, "parent": self.selected}
+        info = self.history[-1].get("info") or {}
+        return {**_call_waiting(row), "code": row.info.get("code", info.get("code", ""))}
+
+
+def _call_waiting(row: CheckpointRow) -> dict:
+    """The tool call an approval checkpoint waits on, as the timeline offers it."""
+    return {
+        "run": row.run_id,
+        "step": row.step,
+        "call_id": row.info.get("call_id", ""),
+        "tool": row.info.get("tool", "python"),
+        "code": row.info.get("code", ""),
+    }
 
 
 # -- opening a checkpoint ----------------------------------------------------------------

@@ -237,15 +237,23 @@ class TimelineWidget(anywidget.AnyWidget):
         pending = self.pending
         if not pending or (call_id and pending.get("call_id") != call_id):
             raise runner.NotWaiting("That call is no longer waiting for approval.")
-        run = self.timeline.run(pending["run"])
         store = self.timeline.store
+        options = self.options()
+        if pending.get("parent"):  # a child's call: resuming this agent answers it
+            run = self.timeline.run(pending["parent"])
+            forwarded = self.runtime.child_approval(run, decision, options, store)
+            if forwarded is None:
+                raise runner.NotWaiting("That call is no longer waiting for approval.")
+            options, own = forwarded[1], None
+        else:
+            run, own = self.timeline.run(pending["run"]), decision
 
         def work(events: Events, cancel: threading.Event) -> Outcome:
             return self.runtime.resume(
                 run,
-                options=self.options(),
+                options=options,
                 events=events,
-                decision=decision,
+                decision=own,
                 cancel=cancel,
                 store=store,
             )
@@ -294,11 +302,13 @@ class TimelineWidget(anywidget.AnyWidget):
             elif kind == "refresh":
                 self.refresh()
             elif kind == "approve":
+                child = self.pending.get("agent")
                 self.approve(content.get("code"), content.get("call_id"))
-                self.say("Approved; continuing…")
+                self.say(_decided("Approved", child, self.timeline.agent))
             elif kind == "reject":
+                child = self.pending.get("agent")
                 self.reject(content.get("note") or "", content.get("call_id"))
-                self.say("Rejected; continuing…")
+                self.say(_decided("Rejected", child, self.timeline.agent))
             elif kind == "fork":
                 self.fork(content["run"], content["step"], content.get("instruction") or "")
                 self.say(f"Forking from step {content['step']}…")
@@ -310,6 +320,12 @@ class TimelineWidget(anywidget.AnyWidget):
             self.say(str(exc), "error")
         except Exception as exc:  # a bug must show up in the widget, not vanish in a log
             self.say(f"{type(exc).__name__}: {exc}", "error")
+
+
+def _decided(verb: str, child: str | None, agent: str) -> str:
+    if child:
+        return f"{verb} the call of child agent {child}; it continues, then {agent}…"
+    return f"{verb}; continuing…"
 
 
 # -- every open timeline of an agent hears about its checkpoints (via the runtime) --------

@@ -23,6 +23,7 @@ from jupyter_agent.testing import ScriptedServer
 from jupyter_agent.timeline import Timeline, detail
 
 from .kernels import Kernel
+from .test_kernel_timeline import click, settle, state, widget_id
 from .test_magics import ip  # noqa: F401  (the in-process shell fixture)
 
 pytestmark = pytest.mark.timeout(240)
@@ -208,6 +209,14 @@ def test_a_parent_delegates_to_two_children_and_survives_a_kill_in_the_second(
     assert "restored from the store" in again.text and len(requested(scripted)) == 7
 
 
+@pytest.fixture
+def lead_ip(ip: Any, scripted: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> Any:  # noqa: F811
+    """The in-process shell, its model endpoint the scripted server."""
+    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    return ip
+
+
 @pytest.mark.parametrize(
     ("call", "error"),
     [
@@ -217,28 +226,17 @@ def test_a_parent_delegates_to_two_children_and_survives_a_kill_in_the_second(
     ],
 )
 def test_bad_delegation_is_told_to_the_model(
-    ip: Any,  # noqa: F811
-    scripted: ScriptedServer,
-    monkeypatch: pytest.MonkeyPatch,
-    call: dict,
-    error: str,
+    lead_ip: Any, scripted: ScriptedServer, call: dict, error: str
 ) -> None:
-    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
     scripted.set_script([call, {"content": "Gave up."}])
-    ip.run_cell_magic("agent", "-m scripted --name lead", "Split the work.")
+    lead_ip.run_cell_magic("agent", "-m scripted --name lead", "Split the work.")
     told = [m["content"] for m in scripted.requests[-1]["body"]["messages"] if m["role"] == "tool"]
     assert len(told) == 1 and told[0].startswith("Error:") and error in told[0], told
 
 
 def test_delegation_depth_is_limited(
-    ip: Any,  # noqa: F811
-    store_path: Path,
-    scripted: ScriptedServer,
-    monkeypatch: pytest.MonkeyPatch,
+    lead_ip: Any, store_path: Path, scripted: ScriptedServer
 ) -> None:
-    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
 
     def reply(body: dict) -> dict:
         level = int(task_of(body).split()[1])
@@ -248,7 +246,7 @@ def test_delegation_depth_is_limited(
         return {"content": f"level {level}: {told[-1]}"}
 
     scripted.set_script(reply)
-    ip.run_cell_magic("agent", "-m scripted --name level0", "Level 0")
+    lead_ip.run_cell_magic("agent", "-m scripted --name level0", "Level 0")
     # level1..level3 are children; level3 may not delegate: the error reaches its model,
     # and each answer travels up once, as its parent's tool result.
     last = scripted.requests[-1]["body"]["messages"][-1]["content"]
@@ -264,6 +262,142 @@ def test_delegation_depth_is_limited(
         "level3": 3,
     }
     assert runs["level2"].info["parent_agent"] == "level1"
+
+
+def test_a_ninth_child_is_refused_and_the_run_goes_on(
+    lead_ip: Any, store_path: Path, scripted: ScriptedServer
+) -> None:
+    asks = ["../bad", *(f"kid{n}" for n in range(1, 10))]  # a refused name starts no child
+
+    def reply(body: dict) -> dict:
+        task, step = task_of(body), steps_of(body)
+        if not task.startswith("Split"):
+            return {"content": f"{task.split(':')[0]} done"}
+        if step < len(asks):
+            return delegate(asks[step], f"{asks[step]}: answer.")
+        told = [m["content"] for m in body["messages"] if m.get("role") == "tool"]
+        return {"content": f"Lead done with {len(told)} results"}
+
+    scripted.set_script(reply)
+    lead_ip.run_cell_magic("agent", "-m scripted --name lead", "Split the work.")
+    told = [m["content"] for m in scripted.requests[-1]["body"]["messages"] if m["role"] == "tool"]
+    assert len(told) == 10 and told[0].startswith("Error: Invalid agent name"), told
+    assert told[1:9] == [f"kid{n} done" for n in range(1, 9)], told
+    assert told[9] == ("Error: an agent may delegate at most 8 subtasks; do the rest yourself"), (
+        told[9]
+    )
+    store = Store(store_path)
+    runs = {r.agent: r for r in store.runs()}
+    assert set(runs) == {"lead", *(f"kid{n}" for n in range(1, 9))}  # no kid9
+    for run in runs.values():
+        assert store.checkpoints(run.run_id)[-1].status == "done", run.agent
+    assert scripted.requests[-1]["body"]["messages"][-1]["content"] == told[9]
+    assert store.checkpoints(runs["lead"].run_id)[-1].summary.startswith(
+        "Lead done with 10 results"
+    )
+
+
+# -- an approval inside a child, answered from the parent ---------------------------------
+
+CHAIN = [("lead", "Split the work."), ("counter", "Count: rows."), ("helper", "Help: sum.")]
+
+
+def approval_chain(log: Path, depth: int) -> Callable[[dict], dict]:
+    """lead delegates down to a child ``depth`` levels below it, whose python call needs approval."""
+    levels = CHAIN[: depth + 1]
+
+    def reply(body: dict) -> dict:
+        task, step = task_of(body), steps_of(body)
+        level = next(i for i, (_, t) in enumerate(levels) if t == task)
+        name = levels[level][0]
+        if step == 0 and level < depth:
+            return delegate(*levels[level + 1])
+        if step == 0:
+            return tool(f"with open({str(log)!r}, 'a') as f: f.write('{name}\\n')\nrows = 42")
+        if level == depth:
+            return {"content": f"{name} counted 42 rows"}
+        told = [m["content"] for m in body["messages"] if m.get("role") == "tool"]
+        return {"content": f"{name} got: {told[-1]}"}
+
+    return reply
+
+
+@pytest.mark.parametrize(("via", "depth"), [("widget", 1), ("magic", 1), ("widget", 2)])
+def test_an_approval_inside_a_child_is_answered_from_the_parent(
+    kernel_factory: Callable[..., Kernel],
+    scripted: ScriptedServer,
+    tmp_path: Path,
+    store_path: Path,
+    via: str,
+    depth: int,
+) -> None:
+    log = tmp_path / "effects.log"
+    scripted.set_script(approval_chain(log, depth))
+    kernel = kernel_factory()
+    paused = kernel.run("%%agent -m scripted --name lead --approve python\nSplit the work.")
+    assert paused.status == "ok", paused.text
+    waiting = CHAIN[depth][0]
+    why = ": ".join(f"waiting for child agent {name}" for name, _ in CHAIN[1 : depth + 1])
+    assert f"{why}: waiting for approval" in paused.text, paused.text
+    store = Store(store_path)
+    lead = store.runs(agent="lead")[0]
+    child = store.runs(agent=waiting)[0]
+    assert store.checkpoints(child.run_id)[-1].status == "awaiting_approval"
+    assert not log.exists()
+
+    if via == "widget":
+        # The parent's timeline offers the child's call, and its Approve answers it.
+        model_id = widget_id(paused)
+        pending = state(kernel, model_id)["pending"]
+        assert pending["agent"] == waiting and pending["parent"] == lead.run_id, pending
+        assert pending["run"] == child.run_id and "rows = 42" in pending["code"], pending
+        click(kernel, model_id, type="approve", call_id=pending["call_id"])
+        settle(kernel)
+        s = state(kernel, model_id)
+        assert s["summary"]["status"] == "done" and s["pending"] == {}, s["summary"]
+        answer = s["entries"]["items"][-1]["summary"]
+    else:
+        approved = kernel.run("%agent approve lead")
+        assert approved.status == "ok", approved.text
+        assert (
+            f"Approving the call child agent {waiting} waits on (agent lead waits for it)"
+            in approved.text
+        ), approved.text
+        answer = approved.text
+    expected = " got: ".join(name for name, _ in CHAIN[:depth]) + f" got: {waiting} counted 42 rows"
+    assert expected in answer, answer
+
+    # The child ran its call once, then each parent went on; no step was asked for twice.
+    assert log.read_text().splitlines() == [waiting]
+    asked = requested(scripted)
+    assert len(asked) == len(set(asked)) == 2 * (depth + 1), asked
+    for run in store.runs():
+        history = store.checkpoints(run.run_id)
+        assert history[-1].status == "done", (run.agent, history[-1])
+        delegated = [c for c in history if c.kind == "tool_result" and "child_run" in c.info]
+        assert len(delegated) == (run.agent != waiting), (run.agent, delegated)
+    final = scripted.requests[-1]["body"]["messages"]
+    results = [m["content"] for m in final if m.get("role") == "tool"]
+    assert len(results) == 1 and results[0].endswith(f"{waiting} counted 42 rows"), results
+
+
+def test_a_parent_whose_child_was_approved_directly_waits_for_no_approval(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "effects.log"
+    scripted.set_script(approval_chain(log, 1))
+    kernel = kernel_factory()
+    cell = "%%agent -m scripted --name lead --approve python\nSplit the work."
+    assert "waiting for approval" in kernel.run(cell, cell_id="lead").text
+    assert "counter counted 42 rows" in kernel.run("%agent approve counter").text
+    # lead's pause still names its child, but the child waits no more: nothing to forward.
+    again = kernel.run("%agent approve lead")
+    assert "UsageError: Agent 'lead' is not waiting for an approval." in again.text, again.text
+    resumed = kernel.run(cell, cell_id="lead")
+    assert "lead got: counter counted 42 rows" in resumed.text, resumed.text
+    asked = requested(scripted)
+    assert len(asked) == len(set(asked)) == 4, asked
+    assert log.read_text().splitlines() == ["counter"]
 
 
 # -- agents in parallel ---------------------------------------------------------------

@@ -319,11 +319,12 @@ class View {
     this.noticeEl.textContent = n.text || "";
   }
 
-  // the call waiting for approval: Approve, Edit, Reject with a note
+  // the call waiting for approval: Approve, Edit, Reject with a note. It may be a
+  // delegated child's call (p.agent), which the shown run (p.parent) waits for.
   renderApproval() {
     const p = this.model.get("pending") || {};
     const sum = this.model.get("summary") || {};
-    if (!p.call_id || p.run !== this.model.get("run_id")) {
+    if (!p.call_id || (p.parent || p.run) !== this.model.get("run_id")) {
       this.approvalEl.replaceChildren();
       this.approvalEl.hidden = true;
       this.editing = false;
@@ -364,7 +365,13 @@ class View {
       onclick: () => this.send({ type: "reject", call_id: p.call_id, note: note.value }),
     });
     this.approvalEl.replaceChildren(
-      h("div", { class: "ja-approval-head" }, h("b", { text: "Waiting for approval" }), ` · checkpoint ${p.step} · ${p.tool}`),
+      h(
+        "div",
+        { class: "ja-approval-head" },
+        h("b", { text: "Waiting for approval" }),
+        p.agent ? h("span", { class: "ja-approval-child", text: ` · child agent ${p.agent}` }) : null,
+        ` · checkpoint ${p.step} · ${p.tool}`,
+      ),
       code,
       h("div", { class: "ja-actions" }, approve, edit, reject, note),
     );

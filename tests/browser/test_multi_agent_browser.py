@@ -1,8 +1,9 @@
 """A parent agent that delegates to a child, seen in a real JupyterLab.
 
 The parent's timeline links its ``delegate`` call to the child, whose
-checkpoints open nested under it at a click; the agents side panel lists the
-child indented under its parent, with its own status badge.
+checkpoints open nested under it at a click, and offers a call the child waits
+to have approved; the agents side panel lists the child indented under its
+parent, with its own status badge.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def test_a_delegated_child_nests_in_the_timeline_and_the_panel(
     assert runs["counter"].info["parent_agent"] == "lead"
 
 
-def test_an_approval_asked_inside_a_child_shows_in_the_parents_cell(
+def test_an_approval_asked_inside_a_child_is_answered_in_the_parents_timeline(
     lab_server_factory: LabServerFactory, page: Page, artifacts_dir: Path, tmp_path: Path
 ) -> None:
     store_path = tmp_path / "store" / "agents.duckdb"
@@ -138,7 +139,26 @@ def test_an_approval_asked_inside_a_child_shows_in_the_parents_cell(
         expect(timeline.locator(".ja-child-link").first).to_contain_text("waiting for approval")
         output = page.locator(".jp-OutputArea-output")
         expect(output.get_by_text("%agent approve counter")).to_be_visible()
+        # The parent's timeline offers the child's call: Approve runs it, then the
+        # child and the parent go on, the parent receiving the child's answer.
+        approval = timeline.locator(".ja-approval")
+        expect(approval).to_be_visible()
+        expect(approval.locator(".ja-approval-head")).to_contain_text("child agent counter")
+        expect(approval.locator("textarea.ja-code-edit")).to_have_value("rows = 42\nrows")
         page.screenshot(path=artifacts_dir / "child-approval.png")
+        approval.get_by_role("button", name="Approve").click()
+        expect(timeline.locator(".ja-header .ja-badge")).to_have_text("done after 2 steps")
+        expect(approval).to_be_hidden()
+        expect(timeline.locator(".ja-child-link").first).to_contain_text(
+            "child agent counter · done after 2 steps"
+        )
+        expect(timeline.locator(".ja-row").last).to_contain_text(
+            "Lead done: counter counted 42 rows"
+        )
+        timeline.screenshot(path=artifacts_dir / "child-approved.png")
     store = Store(store_path)
     statuses = {r.agent: store.checkpoints(r.run_id)[-1].status for r in store.runs()}
-    assert statuses == {"lead": "interrupted", "counter": "awaiting_approval"}, statuses
+    assert statuses == {"lead": "done", "counter": "done"}, statuses
+    lead = store.runs(agent="lead")[0]
+    answers = [c for c in store.checkpoints(lead.run_id) if c.kind == "tool_result"]
+    assert [c.summary for c in answers] == ["counter counted 42 rows"], answers

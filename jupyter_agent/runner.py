@@ -213,6 +213,16 @@ def last_settings(
     return {"model": run.model, "approve": run.info.get("approve", False)}
 
 
+def settings_at(store: Store, run: RunRow, step: int) -> dict[str, Any]:
+    """The model and approval policy in effect at checkpoint ``step`` of ``run``, e.g. for a fork.
+
+    Those of the run's latest resume at or before it, else the run's own (a
+    fork's own are those at its fork point).
+    """
+    rows = [cp for cp in store.checkpoints(run.run_id) if cp.step <= step]
+    return last_settings(store, run, rows)
+
+
 def run_options(
     run: RunRow, options: RunOptions, policy: bool | list[str] | None = None
 ) -> RunOptions:

@@ -31,6 +31,7 @@ from .runner import (
     approve_policy,
     make_execution,
     run_options,
+    settings_at,
 )
 from .state import AWAITING_APPROVAL, RUNNING, RunState, decode_delta, fold
 from .store_api import CheckpointRow, RunRow, Store
@@ -534,18 +535,21 @@ def fork(
     """Start a new run from a checkpoint and execute it; the original run stays as it was.
 
     The fork continues from that checkpoint's state, so the namespace is first
-    rewound to it. It keeps the run's prompt, so it becomes what re-running
-    the agent's cell continues.
+    rewound to it, with the model and approval policy in effect there
+    (``options`` may add approvals, as for any continuation). It keeps the
+    run's prompt, so it becomes what re-running the agent's cell continues.
     """
     with timeline.store.agent_lock(*timeline.key):
         ensure_idle(timeline)
         source = timeline.run(run_id)
         identity = AgentIdentity(source.notebook, source.agent, source.cell_id, "store")
-        options = run_options(source, options)
+        # What the run ran with at that checkpoint: a re-run may have changed them.
+        settings = settings_at(timeline.store, source, step)
+        options = run_options(source, options, settings["approve"])
         run = new_run(
             identity,
             source.prompt,
-            source.model,
+            settings["model"],
             parent=(source.run_id, step),
             info={"approve": approve_policy(options), "instruction": instruction.strip()},
         )

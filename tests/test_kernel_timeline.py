@@ -199,6 +199,44 @@ def test_fork_from_an_earlier_checkpoint(
     assert value(kernel, "c") == 3
 
 
+def test_a_fork_runs_with_the_settings_in_effect_at_its_checkpoint(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, store_path: Path
+) -> None:
+    """Model and approvals changed by a re-run apply to forks from after the change only."""
+    kernel = kernel_factory()
+    scripted.set_script(list(SCRIPT))
+    cell = "%%agent -m model-a {}\nSet a, then b."
+    paused = kernel.run(cell.format("--max-steps 1"), cell_id=CELL_ID)
+    assert "step limit" in paused.text, paused.text
+    waiting = kernel.run(cell.replace("model-a", "model-b").format("--approve"), cell_id=CELL_ID)
+    assert "waiting for your approval" in waiting.text, waiting.text
+    model_id = widget_id(waiting)
+    click(kernel, model_id, type="approve", call_id=state(kernel, model_id)["pending"]["call_id"])
+    settle(kernel)
+    assert [r["body"]["model"] for r in scripted.requests] == ["model-a", "model-b", "model-b"]
+    store = Store(store_path)
+    (original,) = store.runs()
+    history = store.checkpoints(original.run_id)
+    changed = next(c.step for c in history if c.kind == "resume")
+    before, after = (c.step for c in history if c.kind == "tool_result")
+    assert before < changed < after
+
+    forked: dict[int, dict] = {}
+    for step in (after, before):
+        scripted.reset_log()
+        # Whatever turn the fork starts at, it asks to set c, then ends.
+        scripted.set_script([{"content": "Now c.", **call("c = 3")}] * 3 + [SCRIPT[2]] * 2)
+        click(kernel, model_id, type="fork", run=original.run_id, step=step, instruction="Set c.")
+        settle(kernel)
+        forked[step] = {
+            "models": {r["body"]["model"] for r in scripted.requests},
+            "status": state(kernel, model_id)["summary"]["status"],
+            "c": value(kernel, "globals().get('c')"),
+        }
+    assert forked[after] == {"models": {"model-b"}, "status": "awaiting_approval", "c": None}
+    assert forked[before] == {"models": {"model-a"}, "status": "done", "c": 3}
+
+
 def test_rewind_namespace(kernel_factory: Callable[..., Kernel], scripted: ScriptedServer) -> None:
     kernel = kernel_factory()
     scripted.set_script(list(SCRIPT))

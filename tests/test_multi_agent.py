@@ -23,7 +23,7 @@ from jupyter_agent.testing import ScriptedServer
 from jupyter_agent.timeline import Timeline, detail
 
 from .kernels import Kernel
-from .test_kernel_timeline import click, settle, state, widget_id
+from .test_kernel_timeline import click, settle, state, value, widget_id
 from .test_magics import ip  # noqa: F401  (the in-process shell fixture)
 
 pytestmark = pytest.mark.timeout(240)
@@ -63,11 +63,20 @@ def by_task(log: Path, slow: dict[str, int] | None = None) -> Callable[[dict], d
 
 def requested(server: ScriptedServer) -> list[tuple[str, int]]:
     """(task, step) of each model request, in order."""
-    return [
-        (task_of(r["body"]).split()[0], steps_of(r["body"]))
-        for r in server.requests
-        if r["scripted"]
+    return [asked_for(r["body"]) for r in server.requests if r["scripted"]]
+
+
+def asked_for(body: dict) -> tuple[str, int]:
+    """(task's first word, step) a model request asks for."""
+    return (task_of(body).split()[0], steps_of(body))
+
+
+def tool_results(server: ScriptedServer, task: str, step: int) -> list[str]:
+    """The tool results in the one request for that step of that task."""
+    (body,) = [
+        r["body"] for r in server.requests if r["scripted"] and asked_for(r["body"]) == (task, step)
     ]
+    return [m["content"] for m in body["messages"] if m.get("role") == "tool"]
 
 
 def wait_for_line(log: Path, line: str, timeout: float = 30) -> None:
@@ -398,6 +407,56 @@ def test_a_parent_whose_child_was_approved_directly_waits_for_no_approval(
     asked = requested(scripted)
     assert len(asked) == len(set(asked)) == 4, asked
     assert log.read_text().splitlines() == ["counter"]
+
+
+def answer_from_the_parent(
+    kernel: Kernel, scripted: ScriptedServer, log: Path, **content: Any
+) -> dict:
+    """lead waits on counter's call; ``content`` is the click on lead's timeline that answers it.
+
+    Returns the timeline's state once the child, then the parent, went on.
+    """
+    scripted.set_script(approval_chain(log, 1))
+    paused = kernel.run("%%agent -m scripted --name lead --approve python\nSplit the work.")
+    assert "waiting for child agent counter: waiting for approval" in paused.text, paused.text
+    model_id = widget_id(paused)
+    pending = state(kernel, model_id)["pending"]
+    assert pending["agent"] == "counter" and "rows = 42" in pending["code"], pending
+    click(kernel, model_id, call_id=pending["call_id"], **content)
+    settle(kernel)
+    return state(kernel, model_id)
+
+
+def test_a_childs_call_rejected_from_the_parent_is_told_to_the_child(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "effects.log"
+    kernel = kernel_factory()
+    s = answer_from_the_parent(kernel, scripted, log, type="reject", note="count nothing yet")
+    assert s["summary"]["status"] == "done" and s["pending"] == {}, s["summary"]
+    assert s["entries"]["items"][-1]["summary"] == "lead got: counter counted 42 rows"
+    assert not log.exists() and value(kernel, "'rows' in globals()") is False  # never ran
+    # The child's next request carries the rejection as its call's result.
+    results = tool_results(scripted, "Count:", 1)
+    assert len(results) == 1 and "rejected" in results[0], results
+    assert "count nothing yet" in results[0], results
+    asked = requested(scripted)
+    assert len(asked) == len(set(asked)) == 4, asked
+
+
+def test_a_childs_call_edited_from_the_parent_runs_as_edited(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "effects.log"
+    kernel = kernel_factory()
+    edited = f"with open({str(log)!r}, 'a') as f: f.write('edited\\n')\nrows = 7"
+    s = answer_from_the_parent(kernel, scripted, log, type="approve", code=edited)
+    assert s["summary"]["status"] == "done" and s["pending"] == {}, s["summary"]
+    assert log.read_text().splitlines() == ["edited"]  # the edited code, once; not the original
+    assert value(kernel, "rows") == 7
+    assert tool_results(scripted, "Count:", 1) == ["(no output)"]
+    asked = requested(scripted)
+    assert len(asked) == len(set(asked)) == 4, asked
 
 
 # -- agents in parallel ---------------------------------------------------------------

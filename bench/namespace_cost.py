@@ -13,8 +13,26 @@ follows it (the code itself is not timed):
   of an execution that resumes a run also re-checks every saved name once
   (serializes it, stores it only if its bytes changed).
 
-Each figure is the median of ``--repeat`` runs, in milliseconds. A last table
-gives the fingerprint cost of single values, a 1M-row string column included.
+Each figure is the median of ``--repeat`` runs, in milliseconds. Then, per value
+alone in a namespace (a 100 MB float64 array, a 1M-row numeric DataFrame, a
+1M-row DataFrame with a string column), the per-step cost of
+``Tracker.snapshot`` when the value is unchanged, changed in place, or the step
+ran no code in the kernel (an MCP tool, a rejected call), two ways:
+
+* **before** — fingerprints as they were: object arrays (a string column) read
+  item by item, every tool step fingerprinted;
+* **after** — large object arrays of atoms fingerprinted by their items'
+  addresses (the previous fingerprint holds the items alive), no fingerprint
+  when no code ran.
+
+A changed value's time includes serializing it (dill) and hashing its bytes,
+not writing it: it is written once, a blob file of its own when 1 MiB or more
+(fsynced, renamed into place, its directory fsynced) before the ``tool_result``
+checkpoint naming it is appended to the run's journal; the value is durable
+when that append's fdatasync returns. Last, the candidate hashes side by side: for the
+100 MB buffer (xxh3-128, which is used, xxh3-64, blake2b, crc32, adler32) and
+for the string column (items' reprs, ``str.join``, pandas'
+``hash_pandas_object``, the items' addresses).
 
 Usage: ``python bench/namespace_cost.py [--repeat 7]`` (needs numpy and pandas).
 """
@@ -22,16 +40,19 @@ Usage: ``python bench/namespace_cost.py [--repeat 7]`` (needs numpy and pandas).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import platform
 import statistics
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import xxhash
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -109,20 +130,93 @@ def scenario_costs(label: str, code: str, repeat: int) -> tuple[float, float, li
     return statistics.median(old), statistics.median(new), saved or []
 
 
-def value_costs(repeat: int) -> list[tuple[str, float]]:
-    ns = make_namespace()
-    strings = pd.DataFrame({"s": [f"row{i}" for i in range(ROWS)]})
-    values = [
-        ("100 MB float64 array", ns["arr"]),
-        ("1M-row numeric DataFrame (8 columns, 64 MB)", ns["df"]),
-        ("1M-row DataFrame, one string column", strings),
-        ("list of 100 ints", ns["items"]),
+def strings_frame() -> pd.DataFrame:
+    return pd.DataFrame({"s": [f"row{i}" for i in range(ROWS)], "k": np.arange(ROWS)})
+
+
+#: (value, the code that makes it, the code that changes it in place)
+VALUES = [
+    ("100 MB float64 array", "v = np.random.default_rng(0).random(100 * 10**6 // 8)", "v[0] += 1"),
+    (
+        "1M-row numeric DataFrame (8 columns, 64 MB)",
+        "v = pd.DataFrame({f'c{i}': np.random.default_rng(i).random(ROWS) for i in range(8)})",
+        "v.iloc[0, 0] += 1",
+    ),
+    (
+        "1M-row DataFrame with a string column",
+        "v = strings_frame()",
+        "t += 1\nv.iloc[0, 0] = f'row{t}!'",  # a new string each time
+    ),
+]
+
+
+def step_costs(make: str, change: str, repeat: int, after: bool) -> tuple[float, float, float]:
+    """Median ms of one step's snapshot: value unchanged, changed in place, no code run."""
+    items = namespace.ADDRESS_ITEMS
+    if not after:  # as before: object arrays read item by item
+        namespace.ADDRESS_ITEMS = sys.maxsize
+    try:
+        ns: dict[str, Any] = {
+            "np": np,
+            "pd": pd,
+            "ROWS": ROWS,
+            "strings_frame": strings_frame,
+            "t": 0,
+        }
+        exec(make, ns)
+        tracker = namespace.Tracker()
+        tracker.begin(ns)
+        known = {n: h for n, h in tracker.snapshot(ns, {}, []).vars.items() if h}
+        same, changed, idle = [], [], []
+        for _ in range(repeat):
+            exec("x = 1", ns)
+            ms, snap = timed(tracker.snapshot, ns, known, [])
+            same.append(ms)
+            known.update(snap.vars)
+            exec(change, ns)
+            ms, snap = timed(tracker.snapshot, ns, known, [])
+            assert "v" in snap.vars, "the change was not seen"
+            changed.append(ms)
+            known.update(snap.vars)
+            ms, _ = timed(tracker.snapshot, ns, known, [], (), not after)  # ran=False after
+            idle.append(ms)
+        return statistics.median(same), statistics.median(changed), statistics.median(idle)
+    finally:
+        namespace.ADDRESS_ITEMS = items
+
+
+def hash_costs(repeat: int) -> list[tuple[str, float]]:
+    buffer = np.random.default_rng(0).random(100 * 10**6 // 8).view(np.uint8)
+    column = np.asarray(strings_frame()["s"].array)
+    frame = strings_frame()[["s"]]
+    kept: dict[str, Any] = {}
+
+    def addresses() -> None:
+        walker = namespace._Walker(kept)
+        walker._array(column, "values")
+        kept.update(walker.kept)
+
+    def walk() -> None:
+        namespace._Walker()._items(column.tolist())
+
+    candidates: list[tuple[str, Callable[[], object]]] = [
+        ("100 MB buffer: xxh3-128 (used)", lambda: xxhash.xxh3_128_hexdigest(buffer)),
+        ("100 MB buffer: xxh3-64", lambda: xxhash.xxh3_64_hexdigest(buffer)),
+        ("100 MB buffer: blake2b", lambda: hashlib.blake2b(buffer).hexdigest()),
+        ("100 MB buffer: zlib.crc32", lambda: zlib.crc32(buffer)),
+        ("100 MB buffer: zlib.adler32", lambda: zlib.adler32(buffer)),
+        ("1M strings: items' reprs (before)", walk),
+        (
+            "1M strings: str.join + xxh3",
+            lambda: xxhash.xxh3_128_hexdigest("\x1f".join(column.tolist()).encode()),
+        ),
+        ("1M strings: pandas hash_pandas_object", lambda: pd.util.hash_pandas_object(frame)),
+        ("1M strings: items' addresses, unchanged (after)", addresses),
     ]
-    out = []
-    for label, value in values:
-        runs = [timed(namespace.fingerprint, value)[0] for _ in range(repeat)]
-        out.append((label, statistics.median(runs)))
-    return out
+    addresses()  # the first sight checks the items' types; later steps do not
+    return [
+        (label, statistics.median(timed(fn)[0] for _ in range(repeat))) for label, fn in candidates
+    ]
 
 
 def main() -> None:
@@ -138,9 +232,18 @@ def main() -> None:
     for label, code in SCENARIOS:
         old, new, saved = scenario_costs(label, code, args.repeat)
         print(f"| {label}: `{code.splitlines()[0]}` | {old:.1f} | {new:.1f} | {', '.join(saved)} |")
-    print("\n| value | fingerprint (ms) |")
-    print("|---|---:|")
-    for label, ms in value_costs(args.repeat):
+    print(
+        "\n| value, step | before (ms) | after (ms) |\n|---|---:|---:|",
+    )
+    for label, make, change in VALUES:
+        old = step_costs(make, change, args.repeat, after=False)
+        new = step_costs(make, change, args.repeat, after=True)
+        for what, a, b in zip(
+            ("unchanged", "changed in place", "no code ran"), old, new, strict=True
+        ):
+            print(f"| {label}, {what} | {a:.1f} | {b:.1f} |")
+    print("\n| hash candidate | ms |\n|---|---:|")
+    for label, ms in hash_costs(args.repeat):
         print(f"| {label} | {ms:.2f} |")
 
 

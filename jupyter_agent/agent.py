@@ -773,7 +773,7 @@ class Execution:
                 info={"code": shown} if name == "python" else {"tool": name, "code": shown},
             )
             # An interrupt here propagates: the call stays in flight (see execute).
-            self._tool_result(call_id, tool.run(args))
+            self._tool_result(call_id, tool.run(args), in_kernel=tool.in_kernel)
 
     def _namespace_turn(self, tool: Tool) -> contextlib.AbstractContextManager:
         """Code in the kernel waits while another agent's code runs (the runtime's lock)."""
@@ -870,9 +870,14 @@ class Execution:
         *,
         tokens: int = 0,
         info: dict | None = None,
+        in_kernel: bool = True,
     ) -> None:
         snap = self.tracker.snapshot(
-            self.shell.user_ns, self.state.vars, self.options.secrets, result.touched
+            self.shell.user_ns,
+            self.state.vars,
+            self.options.secrets,
+            result.touched,
+            ran=in_kernel and result.executed,  # nothing else can change the namespace
         )
         output = redact(result.output, self.options.secrets)
         message = {"role": "tool", "tool_call_id": call_id, "content": output}

@@ -110,30 +110,43 @@ class Sizes:
     once it is in the history, so each is measured (and stubbed) once, not every step.
 
     Only assistant and tool messages are remembered; the view's own user messages
-    (summary, plan) are made anew each step and cost a ``len``.
+    (summary, plan) are made anew each step and cost a ``len``. What the last two
+    views did not use (messages compacted away) is forgotten: a long run's
+    memory does not grow with its history.
     """
 
     def __init__(self) -> None:
         self._chars: dict[int, tuple[dict, int]] = {}
         self._stubs: dict[int, tuple[dict, dict]] = {}
+        self._older: tuple[dict, dict] = ({}, {})  # the previous view's, until used again
         self._tools: tuple[object, int] = (None, 0)
+
+    def turn(self) -> None:
+        """A new view is being built: drop what the previous one did not use."""
+        self._older = (self._chars, self._stubs)
+        self._chars, self._stubs = {}, {}
+
+    @staticmethod
+    def _hit(cache: dict, older: dict, msg: dict) -> Any:
+        hit = cache.get(id(msg))
+        if hit is None and (hit := older.pop(id(msg), None)) is not None:
+            cache[id(msg)] = hit
+        return hit[1] if hit is not None and hit[0] is msg else None
 
     def chars(self, msg: dict) -> int:
         if msg.get("role") not in ("assistant", "tool"):
             return message_chars(msg)
-        hit = self._chars.get(id(msg))
-        if hit is not None and hit[0] is msg:
-            return hit[1]
-        n = message_chars(msg)
-        self._chars[id(msg)] = (msg, n)
+        n = self._hit(self._chars, self._older[0], msg)
+        if n is None:
+            n = message_chars(msg)
+            self._chars[id(msg)] = (msg, n)
         return n
 
     def stub(self, msg: dict) -> dict:
-        hit = self._stubs.get(id(msg))
-        if hit is not None and hit[0] is msg:
-            return hit[1]
-        short = stub(msg)
-        self._stubs[id(msg)] = (msg, short)
+        short = self._hit(self._stubs, self._older[1], msg)
+        if short is None:
+            short = stub(msg)
+            self._stubs[id(msg)] = (msg, short)
         return short
 
     def tools(self, tools: list | None) -> int:
@@ -192,7 +205,10 @@ def model_view(
     messages: list[dict], compaction: dict, plan: list[dict], sizes: Sizes | None = None
 ) -> list[dict]:
     """The messages sent to the model for a history and its latest compaction."""
-    shorten = sizes.stub if sizes is not None else stub
+    shorten = stub
+    if sizes is not None:
+        sizes.turn()
+        shorten = sizes.stub
     head = messages[:2]  # the system prompt and the task
     upto = max(int(compaction.get("upto") or 0), len(head))
     trim_before = int(compaction.get("trim_before") or 0)

@@ -8,7 +8,13 @@ mutated in place, through an alias (``b = a; b.append(1)``), by a function
 ``globals()``. Fingerprints are a buffer hash (xxh3) for numpy arrays and
 pandas objects, a structural hash for containers, and a hash of the dill bytes
 for anything else; they include the identity of containers, so a value that
-now shares an object with another one counts as changed too.
+now shares an object with another one counts as changed too. A large numpy
+object array whose items are all immutable atoms (a pandas string column) is
+fingerprinted by the addresses of its items, not their text: the previous
+step's fingerprint holds those items alive (a copy of the address array), so
+an address cannot be reused by another object and equal addresses mean equal
+items. A step that ran no code in the kernel (a malformed or rejected call, an
+MCP tool) is not fingerprinted at all.
 
 Changed values are serialized with dill together with their *alias group*: all
 names whose values share a referenced object go into one dump, so ``a is b``,
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import ast
 import collections
+import ctypes
 import gc
 import io
 import pickle
@@ -170,6 +177,8 @@ _BY_IDENTITY = (
 _DICTS = (collections.OrderedDict, collections.defaultdict, collections.Counter)
 #: Objects followed for alias detection inside values hashed by their dill bytes.
 _REFERENTS_LIMIT = 10_000
+#: Object arrays from this many items on are fingerprinted by their items' addresses.
+ADDRESS_ITEMS = 4096
 
 
 @dataclass
@@ -179,6 +188,9 @@ class Print:
 
     key: str | None  # None: cannot be fingerprinted, always treated as changed
     ids: set[int] = field(default_factory=set)
+    #: Address hash -> a copy of an object array of atoms: keeps its items alive
+    #: until the next fingerprint, so equal addresses then mean the same items.
+    kept: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _closed_file(value: Any) -> bool:
@@ -199,9 +211,11 @@ def _only_closed_files(value: Any) -> bool:
 class _Walker:
     """Builds one value's fingerprint in a single pass over its object graph."""
 
-    def __init__(self) -> None:
+    def __init__(self, kept: dict[str, Any] | None = None) -> None:
         self.parts: list[str] = []
         self.ids: set[int] = set()
+        self.kept: dict[str, Any] = {}
+        self._previous = kept or {}
         self._seen: set[int] = set()
         self._np = sys.modules.get("numpy")
         self._pd = sys.modules.get("pandas")
@@ -269,10 +283,27 @@ class _Walker:
             self.ids.add(id(base))  # views share their base: one alias group
         self.parts.append(f"{label} {arr.dtype!r} {arr.shape} {arr.strides}")
         if arr.dtype.hasobject:
-            self._items(arr.ravel().tolist())
+            if arr.dtype != object or arr.size < ADDRESS_ITEMS or not self._addresses(arr):
+                self._items(arr.ravel().tolist())
             return
         flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
         self.parts.append(xxhash.xxh3_128_hexdigest(flat))
+
+    def _addresses(self, arr: Any) -> bool:
+        """Fingerprint an object array of atoms by its items' addresses (see the module doc).
+
+        The items' types are checked only when the addresses are not the previous
+        fingerprint's: the same live objects have the same (immutable) types."""
+        flat = self._np.ascontiguousarray(arr).reshape(-1)
+        h = xxhash.xxh3_128_hexdigest((ctypes.c_char * flat.nbytes).from_address(flat.ctypes.data))
+        copy = self._previous.get(h)
+        if copy is None:
+            if not set(map(type, flat.tolist())) <= _ATOMS:
+                return False
+            copy = flat.copy()
+        self.kept[h] = copy
+        self.parts.append(f"addresses {h}")
+        return True
 
     def _pandas(self, obj: Any, i: int) -> bool:
         pd = self._pd
@@ -327,21 +358,28 @@ class _Walker:
             stack.extend(gc.get_referents(item))
 
 
-def fingerprint(value: Any) -> Print:
-    walker = _Walker()
+def fingerprint(value: Any, kept: dict[str, Any] | None = None) -> Print:
+    """``kept``: the address arrays the previous fingerprints hold alive (:attr:`Print.kept`)."""
+    walker = _Walker(kept)
     try:
         walker.walk(value)
     except Exception:  # RecursionError on a deep structure, a broken __array__ …
         return Print(None, walker.ids)
     key = xxhash.xxh3_128_hexdigest("\x1f".join(walker.parts).encode("utf-8", "surrogatepass"))
-    return Print(key, walker.ids)
+    return Print(key, walker.ids, walker.kept)
 
 
-def fingerprints(namespace: dict[str, Any], names: Iterable[str] | None = None) -> dict[str, Print]:
-    """Fingerprints of the user names (all of them, or ``names``) that hold state."""
+def fingerprints(
+    namespace: dict[str, Any],
+    names: Iterable[str] | None = None,
+    previous: dict[str, Print] | None = None,
+) -> dict[str, Print]:
+    """Fingerprints of the user names (all of them, or ``names``) that hold state;
+    ``previous`` are the fingerprints still held, whose kept items are alive."""
+    kept = {h: a for p in (previous or {}).values() for h, a in p.kept.items()}
     names = list(namespace) if names is None else [n for n in names if n in namespace]
     return {
-        name: fingerprint(namespace[name])
+        name: fingerprint(namespace[name], kept)
         for name in names
         if is_user_name(name) and not _only_closed_files(namespace[name])
     }
@@ -478,7 +516,7 @@ class Tracker:
         """Take the namespace as it is now as the baseline: changes made since were
         another agent's (see :class:`jupyter_agent.tools.NamespaceLock`), not ours."""
         if self._prints is not None:
-            self._prints = fingerprints(namespace)
+            self._prints = fingerprints(namespace, previous=self._prints)
 
     def changed(self, prints: dict[str, Print]) -> set[str]:
         previous = self._prints
@@ -496,10 +534,15 @@ class Tracker:
         known: dict[str, str],
         secrets: list[str],
         touched: Iterable[str] = (),
+        ran: bool = True,
     ) -> Snapshot:
         """What changed since the last step. ``touched`` (names the step's code binds or
-        uses) adds the ones this run has not saved yet, even if their value is as before."""
-        prints = fingerprints(namespace)
+        uses) adds the ones this run has not saved yet, even if their value is as before.
+        ``ran=False``: the step ran no code in the kernel, so it changed nothing; what
+        changed otherwise meanwhile is found at the next step that runs code."""
+        if not ran and self._prints is not None and not self._recheck:
+            return Snapshot()
+        prints = fingerprints(namespace, previous=self._prints)
         dirty = self.changed(prints) | (self._recheck & set(prints))
         dirty |= (set(touched) - set(known)) & set(prints)
         snap = _store(namespace, prints, dirty, known, secrets)

@@ -38,6 +38,9 @@ from .store_api import CheckpointRow, RunRow, Store
 
 #: Entries of the selected history sent to a frontend at first; more on request.
 WINDOW = 100
+#: Entries of a followed history kept in memory (at least what a view last asked for);
+#: older ones are read from the store again when asked for, so a long run's stay bounded.
+KEEP = 1_000
 CODE_LIMIT = 2_000  # characters of code kept in an entry
 CONTENT_LIMIT = 8_000  # characters of a message shown when a checkpoint is opened
 _INFO_KEYS = (
@@ -98,6 +101,9 @@ class Timeline:
     runs: list[RunRow] = field(default_factory=list)
     selected: str = ""
     history: list[dict] = field(default_factory=list)
+    #: Entries of the selected history before ``history[0]``, left in the store.
+    dropped: int = 0
+    keep: int = KEEP  # entries kept in memory, at least
     _last: dict[str, CheckpointRow] = field(default_factory=dict)
     _live: set[str] = field(default_factory=set)
     _model_steps: dict[str, list[int]] = field(default_factory=dict)  # run -> model checkpoints
@@ -140,7 +146,7 @@ class Timeline:
     def select(self, run_id: str) -> None:
         """Make ``run_id``'s history (its ancestors' checkpoints up to each fork, then its own) current."""
         self.selected = run_id
-        self.history = []
+        self.history, self.dropped = [], 0  # the whole history, then only its tail
         if run_id:
             for seg_run, upto in self.segments(self.run(run_id)):
                 rows = self.store.checkpoints(seg_run)
@@ -153,6 +159,7 @@ class Timeline:
                 self._plan = vocab.plan_progress(e["info"]["plan"])
                 break
         self._nest()
+        self._trim(self.keep)
 
     def _nest(self) -> None:
         """Link the history's ``delegate`` rows to their child runs, as branches to open.
@@ -239,7 +246,7 @@ class Timeline:
         if "child_run" in row.info:  # a child's work ended: show its branch
             self.select(self.selected)
             return Change(reloaded=True, runs=True)
-        return Change(entry=e, index=len(self.history) - 1, runs=runs_changed)
+        return Change(entry=e, index=self.dropped + len(self.history) - 1, runs=runs_changed)
 
     def _append(self, row: CheckpointRow) -> dict | None:
         last = self.history[-1] if self.history else {}
@@ -247,12 +254,20 @@ class Timeline:
             return None  # already read from the store
         e = entry(row)
         self.history.append(e)
+        if len(self.history) > 2 * self.keep:  # now and then, not at every append
+            self._trim(self.keep)
         for key, value in vocab.ledger([e]).items():
             self._ledger[key] += value
         self._size += row.size
         if "plan" in (e.get("info") or {}):
             self._plan = vocab.plan_progress(e["info"]["plan"])
         return e
+
+    def _trim(self, keep: int) -> None:
+        cut = len(self.history) - keep
+        if cut > 0:
+            del self.history[:cut]
+            self.dropped += cut
 
     # -- what a view shows -----------------------------------------------------------
 
@@ -324,7 +339,7 @@ class Timeline:
             "text": self.status_text(run.run_id),
             "step": step,  # the last checkpoint's number
             "steps": self.steps(run.run_id),
-            "total": len(self.history),  # checkpoints of the history
+            "total": self.dropped + len(self.history),  # checkpoints of the history
             **self._ledger,
             "size": self._size,
             "model": run.model,
@@ -335,10 +350,13 @@ class Timeline:
         }
 
     def snapshot(self, window: int = WINDOW) -> dict:
+        self.keep = max(self.keep, window)
+        if window > len(self.history) and self.dropped:
+            self.select(self.selected)  # the older entries, from the store
         items = self.history[-window:] if window > 0 else []
         return {
             "run": self.selected,
-            "first": len(self.history) - len(items),
+            "first": self.dropped + len(self.history) - len(items),
             "items": items,
         }
 

@@ -105,6 +105,26 @@ def test_trim_first_then_summary_and_the_view_keeps_task_pins_and_latest_results
     assert messages[end]["role"] == "assistant"
 
 
+def test_remembered_sizes_are_only_those_of_messages_still_in_the_view():
+    messages = conversation(200, output="x" * 5_000)
+    sizes = context.Sizes()
+    compaction = {"summary": "s", "upto": 2, "trim_before": len(messages) - 10}
+    view = context.model_view(messages, compaction, [], sizes)
+    full = context.estimate_tokens(view, sizes=sizes)
+    for upto in range(100, len(messages) - 20, 20):  # compacted further and further
+        compaction = {**compaction, "upto": upto}
+        view = context.model_view(messages, compaction, [], sizes)
+        context.estimate_tokens(view, sizes=sizes)
+        context.model_view(messages, compaction, [], sizes)
+    remembered = {**sizes._chars, **sizes._older[0]}
+    assert len(remembered) <= 2 * (len(messages) - 100)  # the view's and their stubs only
+    assert all(m is not messages[3] for m, _ in remembered.values())
+    # Forgotten sizes are measured again when needed: the same figures.
+    compaction = {**compaction, "upto": 2}
+    view = context.model_view(messages, compaction, [], sizes)
+    assert context.estimate_tokens(view, sizes=sizes) == full
+
+
 def test_known_windows_and_budgets_parse():
     assert context.default_window("gpt-4o-mini") == 128_000
     assert context.default_window("openai/gpt-3.5-turbo-0125") == 16_385

@@ -200,3 +200,52 @@ def test_an_agent_does_not_save_what_another_agents_code_changed():
     turn("alpha", alpha, "a1 = 3")  # beta's b0 came in meanwhile: not alpha's
     turn("beta", beta, "b1 = 4")  # alpha's a1 likewise
     assert saved == {"alpha": {"a0", "a1"}, "beta": {"b0", "b1"}}
+
+
+def test_a_large_string_column_is_fingerprinted_by_addresses_and_changes_are_seen(monkeypatch):
+    pd = pytest.importorskip("pandas")
+    rows = namespace.ADDRESS_ITEMS * 2
+    s = Steps(df=pd.DataFrame({"s": [f"row{i}" for i in range(rows)]}), n=rows)
+    s.step()
+    walked: list[int] = []
+    real = namespace._Walker._items
+    monkeypatch.setattr(
+        namespace._Walker,
+        "_items",
+        lambda self, items: walked.append(len(items)) or real(self, items),
+    )
+    assert s.step("m = len(df)").vars.keys() == {"m"}
+    assert max(walked, default=0) < namespace.ADDRESS_ITEMS  # the column's items are not read
+    # A freed item's address taken by a new string in the same step: seen, as the
+    # previous fingerprint holds the old item alive.
+    # (A string made at run time, not a constant of the code, to take the freed address.)
+    assert s.step("df.loc[0, 's'] = None\ndf.loc[0, 's'] = ''.join(['ro', 'wX'])").vars.keys() == {
+        "df"
+    }
+    s.step("import numpy as np\nobjs = np.array([f'item-{i:06d}' for i in range(n)], dtype=object)")
+    assert s.step("objs[0] = None\nobjs[0] = ''.join(['it', 'em-X'])").vars.keys() == {"objs"}
+    assert s.step("df.loc[1, 's'] = 'row1'").vars == {}  # an equal string: same bytes, not stored
+    assert s.restored()["df"].equals(s.ns["df"])
+
+
+def test_object_arrays_of_mutable_items_are_still_read_item_by_item():
+    pytest.importorskip("numpy")
+    s = Steps(n=namespace.ADDRESS_ITEMS)
+    s.step(
+        "import numpy as np\ncells = np.empty(n, dtype=object)\nfor i in range(n):\n    cells[i] = []"
+    )
+    assert s.step("cells[7].append(1)").vars.keys() == {"cells"}
+    assert s.restored()["cells"][7] == [1]
+
+
+def test_a_step_that_ran_no_code_fingerprints_nothing_and_the_next_one_sees_changes(monkeypatch):
+    tracker = namespace.Tracker()
+    ns: dict = {"items": [1]}
+    tracker.begin(ns)
+    tracker.snapshot(ns, {}, [])
+    ns["items"].append(2)  # e.g. the user's cell, while a background run called an MCP tool
+    calls: list[object] = []
+    real = namespace.fingerprint
+    monkeypatch.setattr(namespace, "fingerprint", lambda v, k=None: calls.append(v) or real(v, k))
+    assert tracker.snapshot(ns, {}, [], ran=False).vars == {} and calls == []
+    assert set(tracker.snapshot(ns, {}, []).vars) == {"items"}

@@ -202,6 +202,29 @@ def test_a_long_run_stays_cheap(store: Store, tmp_path: Path, shell: Interactive
     w.close()
 
 
+def test_a_followed_history_keeps_only_its_tail_in_memory(
+    shell: InteractiveShell, timeline_widget: widget.TimelineWidget, scripted: ScriptedServer
+) -> None:
+    steps = 12
+    scripted.set_script([call(f"print({i})") for i in range(steps)] + [{"content": "Done."}])
+    t = timeline_widget.timeline
+    timeline_widget.window, t.keep = 3, 5  # a view showing 3 entries
+    longest: list[int] = []
+    add = t.add
+    t.add = lambda run, row: longest.append(len(t.history)) or add(run, row)  # type: ignore[method-assign]
+    rec = Recorder(timeline_widget)
+    run_agent(shell)
+    total = 1 + 3 * steps + 1  # start, three checkpoints a step, the answer
+    assert max(longest) <= 2 * t.keep
+    assert timeline_widget.summary["total"] == total and t.dropped > 0
+    starts = [m["start"] for m in rec.appends()]
+    assert starts == list(range(starts[0], starts[0] + len(starts)))  # absolute positions
+    timeline_widget.show_more(200)  # older entries come back from the store
+    items = timeline_widget.entries["items"]
+    assert timeline_widget.entries["first"] == 0 and len(items) == timeline_widget.summary["total"]
+    assert [e["step"] for e in items] == list(range(len(items)))
+
+
 class Frontend:
     """Applies every comm message a widget sends as a browser would: traits and custom ones."""
 

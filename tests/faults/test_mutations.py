@@ -141,6 +141,19 @@ PATTERNS: list[tuple[str, str, str, str]] = [
         "clean(df)",
         "df['a'].tolist()",
     ),
+    (
+        "string column item replaced at a freed address",
+        "import pandas as pd\nnames = pd.DataFrame({'s': [f'row{i}' for i in range(9000)]})",
+        "names.loc[0, 's'] = None\nnames.loc[0, 's'] = ''.join(['ro', 'wX'])",
+        "names['s'].tolist()[:3]",
+    ),
+    (
+        "list inside a large object array",
+        "import numpy as np\ncells = np.empty(9000, dtype=object)\nfor i in range(9000):\n"
+        "    cells[i] = [i]",
+        "def grow(c):\n    c[7].append(0)\ngrow(cells)",
+        "cells[7]",
+    ),
 ]
 
 
@@ -192,7 +205,8 @@ def test_indirect_mutations_are_restored_current(ip) -> None:  # type: ignore[no
         "state",
         "indirect mutations",
         injection=f"{len(PATTERNS)} patterns: shuffle, heappush, aliases, helpers mutating "
-        "globals, globals(), exec, numpy out=/views, pandas through a helper …",
+        "globals, globals(), exec, numpy out=/views, pandas through a helper, a large "
+        "string column …",
         trials=len(PATTERNS),
         completed=len(PATTERNS) - len(stale),
         lost=len(stale),

@@ -2,10 +2,12 @@
 
 DuckDB lets one process hold the file read-write and excludes every other, so
 while a kernel folds its journal a reader can only wait. The REST API and
-``%agent list`` wait :data:`WAIT` seconds at most, then answer with the agent
-summaries they read last, brought up to date from the journals (live ones,
-finished ones not folded yet, and folded ones, which the store keeps for
-:attr:`DuckDBStore.FOLDED_KEEP` seconds) without folding anything.
+``%agent list`` answer with the agent summaries they read last, brought up to
+date from the journals (live ones, finished ones not folded yet, and folded
+ones, which the store keeps for :attr:`DuckDBStore.FOLDED_KEEP` seconds)
+without folding anything: at once while the DuckDB file is unchanged since
+that read (the answer is then exact), else after waiting :data:`WAIT` seconds
+for the file (the answer is then the store "as of" that read).
 
 Only an exact answer is given that way: when the journals cannot tell what
 happened since the last read (the answer is older than the folded journals
@@ -63,11 +65,17 @@ class Answer:
 
 
 class LastGood:
-    """A store's agent summaries per notebook, served from the journals while it is held."""
+    """A store's agent summaries per notebook, served from the journals while it is held.
+
+    While the DuckDB file is as it was at the last read, that read and the
+    journals are the whole truth: the file is not opened at all, so polling
+    readers neither wait for writers nor make them wait.
+    """
 
     def __init__(self, store: object) -> None:
         self.store = store
-        self._last: dict[str, tuple[float, list[AgentSummary]]] = {}
+        #: notebook -> (time of the read, its answer, the file's state then or None).
+        self._last: dict[str, tuple[float, list[AgentSummary], tuple | None]] = {}
         self._resolved: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -79,7 +87,7 @@ class LastGood:
             resolved = self.store.resolve_notebook(path)
         else:
             try:
-                with waiting(WAIT):
+                with waiting(0.0):  # one attempt: a rename seen a moment late is harmless
                     resolved = self.store.resolve_notebook(path)
             except StoreBusy:
                 return known
@@ -93,18 +101,24 @@ class LastGood:
             cached = self._last.get(notebook)
         if waiting is None or cached is None:
             return self._read(notebook)
-        keep = getattr(self.store, "FOLDED_KEEP", 0.0)
+        at, agents, state = cached
+        recent = time.time() - at < self.store.FOLDED_KEEP / 2
+        journal_dir = self.store.journal_dir
+        if recent and state is not None and state == self.store.file_state():
+            try:
+                return Answer(brought_up_to_date(agents, notebook, journal_dir))
+            except Unknown:
+                pass
         try:
             with waiting(WAIT):
                 return self._read(notebook)
         except StoreBusy:
-            if time.time() - cached[0] > keep / 2:
+            if not recent:
                 return self._read(notebook)
         try:
-            agents = brought_up_to_date(cached[1], notebook, self.store.journal_dir)
+            return Answer(brought_up_to_date(agents, notebook, journal_dir), at)
         except Unknown:
             return self._read(notebook)
-        return Answer(agents, cached[0])
 
     def forget(self) -> None:
         """Drop the answers kept (after a change made through this reader)."""
@@ -112,10 +126,14 @@ class LastGood:
             self._last.clear()
 
     def _read(self, notebook: str) -> Answer:
+        state = getattr(self.store, "file_state", None)
         at = time.time()  # before the read: anything journaled later is newer
+        before = state() if state is not None else None
         agents = self.store.agent_summaries(notebook)
+        after = state() if state is not None else None
         with self._lock:
-            self._last[notebook] = (at, agents)
+            # A file written meanwhile (this read may fold) is read again next time.
+            self._last[notebook] = (at, agents, before if before == after else None)
         return Answer(agents)
 
 

@@ -324,6 +324,10 @@ class DuckDBStore:
         finally:
             self._local.wait = before
 
+    def file_state(self) -> tuple:
+        """What changes whenever DuckDB writes the store (see :mod:`jupyter_agent.stale`)."""
+        return self._identity()
+
     def _identity(self) -> tuple:
         """The store file's and its WAL's inode, mtime and size (None where absent)."""
         out: list = []

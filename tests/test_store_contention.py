@@ -103,3 +103,24 @@ def test_readers_answer_within_a_second_while_a_writer_holds_the_store(
 
 #: ``%agent list``, timed by the kernel itself.
 TIMED_LIST = "import time\nt = time.monotonic()\n%agent list\nprint('TOOK', time.monotonic() - t)"
+
+
+def test_a_reader_does_not_open_an_unchanged_store_to_show_journaled_progress(
+    store_path: Path,
+) -> None:
+    store = Store(store_path)
+    store.flush()  # the file exists: reading it does not write it
+    now = time.time()
+    w = start_run(store, "ffff0006", "a", now)
+    reader = Reader(Store(store_path))
+    assert [a["status"] for a in reader.agents(NOTEBOOK)] == ["running"]
+    opens = reader.store.opens
+    # The run ends; its journal is not folded yet: the file is as the reader left it.
+    finish(w, "ffff0006", now + 1, fold=False)
+    (agent,), as_of = reader.agents_as_of(NOTEBOOK)
+    assert (agent["status"], agent["steps"], as_of) == ("done", 2, None)
+    assert reader.store.opens == opens  # answered from the journals alone
+    store.flush()  # folded: the file changed, so the next answer reads it again
+    (agent,), as_of = reader.agents_as_of(NOTEBOOK)
+    assert (agent["status"], agent["steps"], as_of) == ("done", 2, None)
+    assert reader.store.opens == opens + 1

@@ -77,6 +77,8 @@ class LastGood:
         #: notebook -> (time of the read, its answer, the file's state then or None).
         self._last: dict[str, tuple[float, list[AgentSummary], tuple | None]] = {}
         self._resolved: dict[str, str] = {}
+        #: Each journal's rows by its size (see :func:`journaled`).
+        self._seen: dict[Path, tuple[int, list]] = {}
         self._lock = threading.Lock()
 
     def notebook(self, path: str) -> str:
@@ -106,7 +108,7 @@ class LastGood:
         journal_dir = self.store.journal_dir
         if recent and state is not None and state == self.store.file_state():
             try:
-                return Answer(brought_up_to_date(agents, notebook, journal_dir))
+                return Answer(brought_up_to_date(agents, notebook, journal_dir, self._seen))
             except Unknown:
                 pass
         try:
@@ -116,7 +118,7 @@ class LastGood:
             if not recent:
                 return self._read(notebook)
         try:
-            return Answer(brought_up_to_date(agents, notebook, journal_dir), at)
+            return Answer(brought_up_to_date(agents, notebook, journal_dir, self._seen), at)
         except Unknown:
             return self._read(notebook)
 
@@ -137,77 +139,92 @@ class LastGood:
         return Answer(agents)
 
 
-def journaled(journal_dir: Path) -> tuple[dict[str, RunRow], dict[str, list[CheckpointRow]]]:
-    """Runs and checkpoint metadata of every journal on disk, folded or not (no payload)."""
+def journaled(
+    journal_dir: Path, seen: dict[Path, tuple[int, list]] | None = None
+) -> tuple[dict[str, RunRow], dict[str, list[CheckpointRow]]]:
+    """Runs and checkpoint metadata of every journal on disk, folded or not (no payload).
+
+    ``seen`` keeps each journal's records by its size, so one that did not grow
+    since the last call is not decoded again.
+    """
+    seen = {} if seen is None else seen
     runs: dict[str, RunRow] = {}
     checkpoints: dict[str, dict[int, CheckpointRow]] = {}
+    present: set[Path] = set()
     for suffix in (journal.SUFFIX, journal.FOLDED_SUFFIX):
         for jf in journal.scan(journal_dir, suffix=suffix):
             try:
                 if jf.owner != os.getuid() or jf.mode & 0o022:
                     continue  # what the store would not fold is not shown either
-                for rec in journal.decode(jf.read()).records:
-                    if malformed(rec):
-                        continue
-                    if rec.table == "runs":
-                        run = run_from_row([rec.row.get(c) for c in RUN_COLUMNS])
-                        runs[run.run_id] = run
-                    elif rec.table == "checkpoints":
-                        cp = checkpoint_from_row([rec.row.get(c) for c in CHECKPOINT_COLUMNS])
-                        checkpoints.setdefault(cp.run_id, {})[cp.step] = cp
+                size = os.fstat(jf.fd).st_size
+                present.add(jf.path)
+                if seen.get(jf.path, (-1,))[0] != size:
+                    seen[jf.path] = (size, _rows(jf.read()))
+                for row in seen[jf.path][1]:
+                    if isinstance(row, RunRow):
+                        runs[row.run_id] = row
+                    else:
+                        checkpoints.setdefault(row.run_id, {})[row.step] = row
             except OSError:
                 continue
             finally:
                 jf.close()
+    for gone in set(seen) - present:
+        del seen[gone]
     return runs, {r: [cps[s] for s in sorted(cps)] for r, cps in checkpoints.items()}
 
 
+def _rows(data: bytes) -> list[RunRow | CheckpointRow]:
+    """The run and checkpoint rows of a journal's bytes (blobs and payloads left out)."""
+    out: list[RunRow | CheckpointRow] = []
+    for rec in journal.decode(data).records:
+        if malformed(rec):
+            continue
+        if rec.table == "runs":
+            out.append(run_from_row([rec.row.get(c) for c in RUN_COLUMNS]))
+        elif rec.table == "checkpoints":
+            out.append(checkpoint_from_row([rec.row.get(c) for c in CHECKPOINT_COLUMNS]))
+    return out
+
+
 def brought_up_to_date(
-    agents: list[AgentSummary], notebook: str, journal_dir: Path
+    agents: list[AgentSummary],
+    notebook: str,
+    journal_dir: Path,
+    seen: dict[Path, tuple[int, list]] | None = None,
 ) -> list[AgentSummary]:
     """``agents`` with what the journals hold since they were read; :class:`Unknown` if inexact."""
-    runs, checkpoints = journaled(journal_dir)
+    runs, checkpoints = journaled(journal_dir, seen)
     live = journal.live_run_ids(journal_dir)
-    by_name = {a.name: a for a in agents}
-    order = [a.name for a in agents]
-    mine = sorted((r for r in runs.values() if r.notebook == notebook), key=lambda r: r.created_at)
-    for run in mine:
-        known = by_name.get(run.agent)
-        if known is not None and known.latest.run.run_id == run.run_id:
-            continue
-        if known is not None and run.created_at <= known.latest.run.created_at:
-            continue  # an older run: already counted
-        base = None
-        if run.parent_run:
-            parent = known.latest if known is not None else None
-            if parent is None or parent.run.run_id != run.parent_run:
-                raise Unknown(f"run {run.run_id} continues a run not in the last answer")
-            base = parent.stats
-        if run.agent not in by_name:
-            order.append(run.agent)
-        by_name[run.agent] = AgentSummary(
-            run.agent,
-            RunSummary(run, _continued(base, run), run.run_id in live),
-            (known.runs if known is not None else 0) + 1,
-            [],
-        )
-    out = []
-    for name in order:
-        agent = by_name[name]
+
+    def caught_up(agent: AgentSummary) -> AgentSummary:
         latest = agent.latest
         stats = latest.stats
         last = stats.last_step if stats is not None and stats.run_id == latest.run.run_id else -1
         new = [c for c in checkpoints.get(latest.run.run_id, []) if c.step > last]
-        out.append(
-            dataclasses.replace(
-                agent,
-                latest=RunSummary(
-                    latest.run, _added(stats, latest.run, new), latest.run.run_id in live
-                ),
-                timeline=[*agent.timeline, *new][-TIMELINE_LIMIT:],
-            )
+        return dataclasses.replace(
+            agent,
+            latest=RunSummary(
+                latest.run, _added(stats, latest.run, new), latest.run.run_id in live
+            ),
+            timeline=[*agent.timeline, *new][-TIMELINE_LIMIT:],
         )
-    return out
+
+    by_name = {a.name: caught_up(a) for a in agents}
+    mine = sorted((r for r in runs.values() if r.notebook == notebook), key=lambda r: r.created_at)
+    for run in mine:
+        known = by_name.get(run.agent)
+        if known is not None and run.created_at <= known.latest.run.created_at:
+            continue  # this run or an older one: already counted
+        base = None
+        if run.parent_run:
+            if known is None or known.latest.run.run_id != run.parent_run:
+                raise Unknown(f"run {run.run_id} continues a run not in the last answer")
+            base = known.latest.stats
+        started = RunSummary(run, _continued(base, run), run.run_id in live)
+        runs_before = known.runs if known is not None else 0
+        by_name[run.agent] = caught_up(AgentSummary(run.agent, started, runs_before + 1, []))
+    return list(by_name.values())
 
 
 def _continued(parent: RunStats | None, run: RunRow) -> RunStats | None:

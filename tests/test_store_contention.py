@@ -115,12 +115,18 @@ def test_a_reader_does_not_open_an_unchanged_store_to_show_journaled_progress(
     reader = Reader(Store(store_path))
     assert [a["status"] for a in reader.agents(NOTEBOOK)] == ["running"]
     opens = reader.store.opens
-    # The run ends; its journal is not folded yet: the file is as the reader left it.
+    # The run ends and is resumed; nothing is folded: the file is as the reader left it.
     finish(w, "ffff0006", now + 1, fold=False)
-    (agent,), as_of = reader.agents_as_of(NOTEBOOK)
-    assert (agent["status"], agent["steps"], as_of) == ("done", 2, None)
+    resumed = store.writer("ffff0007", secrets=[])
+    resumed.put_run(RunRow("ffff0007", NOTEBOOK, "a", None, "p", "h", "m", "ffff0006", 2, now + 2))
+    for step, kind in ((3, "resume"), (4, "model")):
+        row = CheckpointRow("ffff0007", step, kind, "running", kind, now + 2 + step / 10, 1, 4, 1)
+        resumed.put_checkpoint(row, b"{}")
+    (shown,), as_of = reader.agents_as_of(NOTEBOOK)
     assert reader.store.opens == opens  # answered from the journals alone
-    store.flush()  # folded: the file changed, so the next answer reads it again
-    (agent,), as_of = reader.agents_as_of(NOTEBOOK)
-    assert (agent["status"], agent["steps"], as_of) == ("done", 2, None)
-    assert reader.store.opens == opens + 1
+    assert (shown["status"], shown["steps"], shown["runs"], as_of) == ("running", 3, 2, None)
+    store.flush()  # the finished run is folded: the file changed, so it is read again
+    (stored,), as_of = reader.agents_as_of(NOTEBOOK)
+    assert reader.store.opens == opens + 1 and as_of is None
+    assert shown == stored  # the journals told the same as the store
+    resumed.close()

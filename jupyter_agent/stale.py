@@ -12,7 +12,7 @@ for the file (the answer is then the store "as of" that read).
 Only an exact answer is given that way: when the journals cannot tell what
 happened since the last read (the answer is older than the folded journals
 kept, or a run forks from the middle of a history), the reader waits for the
-store as before. So a stale answer can miss nothing but a deletion, and never
+store as before. So a stale answer can miss nothing but a deletion or a rename, and never
 shows a wrong status for a finished run.
 """
 

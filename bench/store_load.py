@@ -19,7 +19,7 @@ measure (the kernels inherit it), once for ``--before DIR`` (a checkout of
 another version, e.g. made with ``git worktree add``; skipped by default) and
 once for this tree, and the table goes to
 docs/performance.md (section ``store-load``). Usage:
-``python bench/store_load.py [--before DIR] [--runs 3] [--turns 4]``.
+``python bench/store_load.py [--before DIR] [--kernels 8] [--runs 3] [--turns 4]``.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def stats(times: list[float]) -> dict:
     return {"n": len(times), "p50": statistics.median(ordered), "p99": p99, "max": ordered[-1]}
 
 
-def measure(runs: int, turns: int) -> dict:
+def measure(runs: int, turns: int, kernels_n: int = KERNELS) -> dict:
     """One measurement with the code on ``sys.path`` (the child process's PYTHONPATH)."""
     sys.path.append(str(ROOT))  # after PYTHONPATH: the code measured comes first
     from jupyter_agent.errors import StoreBusy
@@ -105,7 +105,7 @@ def measure(runs: int, turns: int) -> dict:
             "JUPYTER_AGENT_NOTEBOOK": NOTEBOOK,
         }
         kernels = [
-            Kernel({**env, **({"BIG": "1"} if i == 0 else {})}, cwd=tmp) for i in range(KERNELS)
+            Kernel({**env, **({"BIG": "1"} if i == 0 else {})}, cwd=tmp) for i in range(kernels_n)
         ]
         lister = Kernel(env, cwd=tmp)
         try:
@@ -141,7 +141,9 @@ def measure(runs: int, turns: int) -> dict:
             poller = threading.Thread(target=rest)
             poller.start()
             started = time.monotonic()
-            drivers = [threading.Thread(target=drive, args=(k, kernels[k])) for k in range(KERNELS)]
+            drivers = [
+                threading.Thread(target=drive, args=(k, kernels[k])) for k in range(kernels_n)
+            ]
             for d in drivers:
                 d.start()
             for d in drivers:
@@ -157,7 +159,8 @@ def measure(runs: int, turns: int) -> dict:
                 k.shutdown()
     return {
         "wall": wall,
-        "agents": KERNELS * runs,
+        "kernels": kernels_n,
+        "agents": kernels_n * runs,
         "failed": failed,
         "cell_busy": cell_busy,
         "rest": {**stats(rest_times), "busy": rest_busy},
@@ -165,9 +168,10 @@ def measure(runs: int, turns: int) -> dict:
     }
 
 
-def run_child(code: Path, runs: int, turns: int) -> dict:
+def run_child(code: Path, runs: int, turns: int, kernels: int = KERNELS) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code)}
     args = [sys.executable, __file__, "--child", "--runs", str(runs), "--turns", str(turns)]
+    args += ["--kernels", str(kernels)]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise SystemExit(f"measurement with {code} failed:\n{done.stderr[-3000:]}")
@@ -204,7 +208,7 @@ def table(results: dict[str, dict]) -> str:
         + " |\n"
     )
     body += (
-        "| wall time of the 8 kernels' cells, s | "
+        f"| wall time of the {next(iter(results.values()))['kernels']} kernels' cells, s | "
         + " | ".join(f"{r['wall']:.0f}" for r in results.values())
         + " |\n"
     )
@@ -216,23 +220,24 @@ def main() -> None:
     parser.add_argument("--before", default="", help="a checkout of the code to compare with")
     parser.add_argument("--runs", type=int, default=3, help="agent cells per kernel")
     parser.add_argument("--turns", type=int, default=4, help="python steps per agent")
+    parser.add_argument("--kernels", type=int, default=KERNELS, help="kernels running agents")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-write", action="store_true", help="print, do not write the docs")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.runs, args.turns)))
+        print(json.dumps(measure(args.runs, args.turns, args.kernels)))
         return
     results: dict[str, dict] = {}
     if args.before:
         results["before (the release without blob files)"] = run_child(
-            Path(args.before), args.runs, args.turns
+            Path(args.before), args.runs, args.turns, args.kernels
         )
     results["after (blob files, no folding of live journals)"] = run_child(
-        ROOT, args.runs, args.turns
+        ROOT, args.runs, args.turns, args.kernels
     )
     text = (
         "## The store under load\n\n"
-        f"8 kernels each ran {args.runs} agents of {args.turns} python steps on one DuckDB "
+        f"{args.kernels} kernels each ran {args.runs} agents of {args.turns} python steps on one DuckDB "
         "store (the scripted model server); the first agent saved a 512 MiB value. Polled "
         "meanwhile: the REST API's reader every 0.1 s (busy timeout 2 s, as the server's; "
         "a busy answer is a 503) and `%agent list` in a ninth kernel. "

@@ -73,6 +73,9 @@ _JSON_LEN = struct.Struct("<I")
 SUFFIX = ".jnl"
 #: Suffix a journal with damaged frames is kept under once folded (see :func:`decode`).
 DAMAGED_SUFFIX = ".damaged"
+#: A finished journal once folded into DuckDB: kept a while for readers that cannot open
+#: DuckDB meanwhile (see :mod:`jupyter_agent.stale`), then deleted.
+FOLDED_SUFFIX = ".folded"
 MAX_BODY = 2**32 - 1
 CRASH_ENV = "JUPYTER_AGENT_CRASH"
 
@@ -361,8 +364,13 @@ def _probe(path: Path) -> tuple[int, bool, os.stat_result] | None:
         raise
 
 
-def scan(directory: Path, skipped: list[tuple[Path, OSError]] | None = None) -> list[JournalFile]:
-    """Every journal on disk, opened; dead ones hold a shared lock until closed.
+def scan(
+    directory: Path,
+    skipped: list[tuple[Path, OSError]] | None = None,
+    *,
+    suffix: str = SUFFIX,
+) -> list[JournalFile]:
+    """Every journal on disk (named ``*<suffix>``), opened; dead ones hold a shared lock until closed.
 
     Entries that cannot be opened as journals are left out, and listed in
     ``skipped`` with the reason, for the caller to report.
@@ -370,7 +378,7 @@ def scan(directory: Path, skipped: list[tuple[Path, OSError]] | None = None) -> 
     found: list[JournalFile] = []
     if not directory.is_dir():
         return found
-    for path in sorted(directory.glob("*" + SUFFIX)):
+    for path in sorted(directory.glob("*" + suffix)):
         try:
             probed = _probe(path)
         except OSError as exc:

@@ -23,9 +23,8 @@ from .budget import Budget, BudgetError, parse_budget
 from .context import MIN_WINDOW
 from .identity import AgentIdentity, notebook_path, resolve
 from .model import Cancelled
-from .plan import progress
 from .redaction import secrets_in_environment
-from .render import TextEvents, run_status
+from .render import TextEvents
 from .runner import USER_ERRORS, Outcome
 from .runtime import AgentRuntime, UsageProblem, current
 from .state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
@@ -93,6 +92,9 @@ class AgentMagics(Magics):
         if not value > 0:
             raise TraitError(f"AgentMagics.timeout must be more than 0 seconds, not {value!r}.")
         return value
+
+    #: What ``%agent list`` reads through (the REST API's reader, for one store).
+    _reader: Any = None
 
     @property
     def runtime(self) -> AgentRuntime:
@@ -449,46 +451,43 @@ class AgentMagics(Magics):
         return [r for r in runs if r.agent == matches[0]][-1]
 
     def _cmd_list(self, args: argparse.Namespace) -> None:
-        store = self._store()
-        with store.session():  # one open of the store for the whole table, not two per agent
-            self._list(store)
+        # The REST API's reader: one short read, and while another kernel holds the
+        # store, the last answer brought up to date from the journals (see .stale).
+        from .server.queries import Reader
 
-    def _list(self, store: Store) -> None:
-        runs = store.runs(notebook=self._notebook())
-        if not runs:
+        store = self._store()
+        if self._reader is None or self._reader.store is not store:
+            self._reader = Reader(store)
+        notebook = self._reader.last_good.notebook(notebook_path(self.shell.user_ns)[0])
+        agents, as_of = self._reader.agents_in_order(notebook)
+        if not agents:
             print("No agents in this notebook yet.")
             return
-        latest: dict[str, RunRow] = {}
-        counts: dict[str, int] = {}
-        for run in runs:
-            latest[run.agent] = run
-            counts[run.agent] = counts.get(run.agent, 0) + 1
-        last = store.latest_checkpoints([r.run_id for r in latest.values()])
-        live = store.live_runs()
+        by_name = {a["name"]: a for a in agents}
         rows = [("agent", "status", "steps", "plan", "runs", "tokens", "last checkpoint")]
-        for agent, depth in _as_tree(latest):
-            run = latest[agent]
-            cp = last.get(run.run_id)
-            _status, text, steps = run_status(store, run, live, cp)
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cp.created_at)) if cp else "-"
-            history = store.checkpoints(run.run_id)
-            tokens = sum(c.tokens for c in history)
-            plan = next((c.info["plan"] for c in reversed(history) if "plan" in c.info), [])
-            name = "  " * depth + agent  # a delegated agent under its parent
+        for name, depth in _as_tree({a["name"]: a["parent_agent"] for a in agents}):
+            a = by_name[name]
+            when = (
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["updated_at"]))
+                if a["checkpoints"]
+                else "-"
+            )
             rows.append(
                 (
-                    name,
-                    text,
-                    str(steps),
-                    progress(plan) or "-",
-                    str(counts[agent]),
-                    f"{tokens:,}",
+                    "  " * depth + name,  # a delegated agent under its parent
+                    a["label"],
+                    str(a["steps"]),
+                    a["plan"]["text"] if a["plan"] and a["plan"]["total"] else "-",
+                    str(a["runs"]),
+                    f"{a['tokens']:,}",
                     when,
                 )
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        if as_of is not None:
+            print(f"(as of {as_of}: another kernel is writing the store)")
 
     def _cmd_show(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)
@@ -592,12 +591,11 @@ def report(outcome: Outcome, identity: AgentIdentity, file: Any = None) -> None:
         )
 
 
-def _as_tree(latest: dict[str, RunRow]) -> list[tuple[str, int]]:
+def _as_tree(parents: dict[str, str | None]) -> list[tuple[str, int]]:
     """Agents in order, each child agent (``delegate``) right under its parent, one deeper."""
     children: dict[str | None, list[str]] = {}
-    for agent, run in latest.items():
-        parent = run.info.get("parent_agent")
-        children.setdefault(parent if parent in latest else None, []).append(agent)
+    for agent, parent in parents.items():
+        children.setdefault(parent if parent in parents else None, []).append(agent)
     out: list[tuple[str, int]] = []
 
     def visit(parent: str | None, depth: int) -> None:

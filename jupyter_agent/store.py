@@ -184,6 +184,8 @@ class DuckDBStore:
 
     #: A reader folds a live journal only once this much is new in it (see :meth:`_merge`).
     LIVE_FOLD_BYTES = 8 << 20
+    #: Seconds a folded journal is kept (``*.folded``) for readers that cannot open DuckDB.
+    FOLDED_KEEP = 120.0
 
     def __init__(self, path: str | os.PathLike | None = None, *, busy_timeout: float = 30.0):
         self.path = Path(path) if path is not None else default_store_path()
@@ -309,6 +311,23 @@ class DuckDBStore:
                 # What this connection wrote is not a reason to check the schema again.
                 self._checked = (self._identity(), read_only)
 
+    @contextlib.contextmanager
+    def waiting(self, seconds: float) -> Iterator[None]:
+        """Wait at most ``seconds`` for the DuckDB file in this thread, not ``busy_timeout``.
+
+        For a reader that has something else to show meanwhile (see :mod:`jupyter_agent.stale`).
+        """
+        before = getattr(self._local, "wait", None)
+        self._local.wait = seconds
+        try:
+            yield
+        finally:
+            self._local.wait = before
+
+    def file_state(self) -> tuple:
+        """What changes whenever DuckDB writes the store (see :mod:`jupyter_agent.stale`)."""
+        return self._identity()
+
     def _identity(self) -> tuple:
         """The store file's and its WAL's inode, mtime and size (None where absent)."""
         out: list = []
@@ -423,7 +442,9 @@ class DuckDBStore:
         created = not self.path.exists()
         before = None if created else self._identity()
         read_only = not created and not self._writable()
-        deadline = time.monotonic() + self.busy_timeout
+        wait = getattr(self._local, "wait", None)
+        timeout = self.busy_timeout if wait is None else wait
+        deadline = time.monotonic() + timeout
         delay = 0.005
         while True:
             try:
@@ -449,12 +470,13 @@ class DuckDBStore:
                 created = created and not self.path.exists()
                 if time.monotonic() > deadline:
                     raise StoreBusy(
-                        f"The agent store {self.path} stayed busy for {self.busy_timeout:.0f} s "
+                        f"The agent store {self.path} stayed busy for {timeout:.1f} s "
                         "(another process holds it). Nothing was lost: checkpoints stay in "
                         "their journals and are folded in on the next read."
                     ) from exc
                 time.sleep(delay)
-                delay = min(delay * 2, 0.1)
+                # Short steps: holds are short, and a long sleep misses the gaps between them.
+                delay = min(delay * 2, 0.05)
         try:
             if created:
                 os.chmod(self.path, 0o600)
@@ -634,7 +656,21 @@ class DuckDBStore:
                     raise
                 finally:
                     jf.close()
+            self._drop_folded()
         return pending
+
+    def _drop_folded(self, run_ids: set[str] | None = None) -> None:
+        """Delete folded journals kept past :attr:`FOLDED_KEEP` (or all of ``run_ids``)."""
+        cutoff = time.time() - self.FOLDED_KEEP
+        for path in self.journal_dir.glob("*" + journal.FOLDED_SUFFIX):
+            with contextlib.suppress(OSError):
+                doomed = (
+                    path.name.split(".", 1)[0] in run_ids
+                    if run_ids is not None
+                    else os.stat(path).st_ctime < cutoff  # the rename set it
+                )
+                if doomed:
+                    path.unlink()
 
     def _merge_one(self, con: duckdb.DuckDBPyConnection, jf: journal.JournalFile) -> bytes:
         """Fold one journal; for a live one below the size to fold, return its news instead."""
@@ -684,8 +720,12 @@ class DuckDBStore:
         if jf.live or keep:
             return b""
         # Its owner is gone and everything readable is in DuckDB; a torn tail is
-        # an unacknowledged write and is dropped with the file.
-        jf.path.unlink(missing_ok=True)
+        # an unacknowledged write and is dropped with the file. It is kept a while
+        # under another name, for readers waiting for DuckDB (see :mod:`.stale`).
+        try:
+            jf.path.rename(jf.path.with_name(jf.path.name + journal.FOLDED_SUFFIX))
+        except OSError:
+            jf.path.unlink(missing_ok=True)
         return b""
 
     def _show_live(
@@ -1026,6 +1066,7 @@ class DuckDBStore:
             }
         # Files younger than the grace period stay too: their writer may not have journaled them.
         blobfiles.collect(self.blob_dir, kept | pending)
+        self._drop_folded(set(run_ids))  # a stale answer must not show them again
         return len(run_ids)
 
     def _live_blob_hashes(self) -> set[str]:

@@ -4,9 +4,11 @@ Enabled on install by ``jupyter-config/server-config/jupyter_agent.json``. It
 reads checkpoint *metadata* from the same store the kernels write, through
 the store interface (:mod:`jupyter_agent.store_api`), and never deserializes a
 variable's value. DuckDB work runs
-on one worker thread with a short busy timeout, so a kernel holding the store
-makes a request fail fast with 503 instead of stalling the server, and the
-server never holds the store long enough to make a kernel wait.
+on one worker thread. While a kernel holds the store, the agents of a notebook
+are the last answer brought up to date from the journals (see
+:mod:`jupyter_agent.stale`) after a short wait; other requests wait up to
+``busy_timeout`` and answer 503 if it stays busy. The server never holds the
+store long enough to make a kernel wait.
 
 It also follows notebook renames and moves made through the contents API, so a
 renamed notebook keeps its agents (see docs/server.md).
@@ -107,6 +109,7 @@ class AgentServer(LoggingConfigurable):
         while self._pending_moves:
             old, new = self._pending_moves[0]
             moved = self.store.move_notebook(old, new)
+            self.reader.last_good.forget()
             self._pending_moves.pop(0)
             self.log.info("jupyter-agent: %s moved to %s (%d runs)", old, new, moved)
         return fn(*args, **kwargs)

@@ -102,16 +102,17 @@ class AgentsHandler(BaseHandler):
         cell_id = self.get_query_argument("cell_id", None)
         if cell_id is not None and not CELL_ID_PATTERN.match(cell_id):
             raise web.HTTPError(400, f"Invalid cell id {cell_id!r}.")
-        agents = await self.call(self.agents.reader.agents, path)
+        agents, as_of = await self.call(self.agents.reader.agents_as_of, path)
         if cell_id is not None:
             agents = [a for a in agents if a["cell_id"] == cell_id]
-        self.reply(
-            {
-                "notebook": rel,
-                "agents": agents,
-                "running": any(a["status"] == "running" for a in agents),
-            }
-        )
+        reply = {
+            "notebook": rel,
+            "agents": agents,
+            "running": any(a["status"] == "running" for a in agents),
+        }
+        if as_of is not None:  # a kernel holds the store: what it held then, plus the journals
+            reply["as_of"] = as_of
+        self.reply(reply)
 
 
 class AgentHandler(BaseHandler):

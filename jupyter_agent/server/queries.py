@@ -89,6 +89,11 @@ class Reader:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        # Imported with a store, not with the server: it reads the DuckDB backend's journals.
+        from ..stale import LastGood
+
+        #: The last answer per notebook, shown while a kernel holds the store.
+        self.last_good = LastGood(store)
 
     def exists(self) -> bool:
         """Whether any agent ever wrote to the store (reading must not create it)."""
@@ -98,9 +103,22 @@ class Reader:
 
     def agents(self, notebook: str) -> list[dict[str, Any]]:
         """Every agent of a notebook with the status of its latest run."""
-        agents = [self._summary(a) for a in self.store.agent_summaries(notebook)]
+        return self.agents_as_of(notebook)[0]
+
+    def agents_as_of(self, notebook: str) -> tuple[list[dict[str, Any]], str | None]:
+        """:meth:`agents`, and ``HH:MM:SS`` if they are what the store held then.
+
+        While a kernel holds the store the answer is the last one read, brought
+        up to date from the journals (see :mod:`jupyter_agent.stale`), not a wait.
+        """
+        agents, as_of = self.agents_in_order(notebook)
         agents.sort(key=lambda a: a["started_at"])
-        return agents
+        return agents, as_of
+
+    def agents_in_order(self, notebook: str) -> tuple[list[dict[str, Any]], str | None]:
+        """:meth:`agents_as_of`, agents in the order of their first run (as ``%agent list``)."""
+        answer = self.last_good.agent_summaries(notebook)
+        return [self._summary(a) for a in answer.agents], answer.stale_since()
 
     @staticmethod
     def _summary(agent: AgentSummary) -> dict[str, Any]:
@@ -200,10 +218,12 @@ class Reader:
 
     def delete_agent(self, notebook: str, name: str, *, keep_latest: bool = False) -> list[str]:
         """Delete an agent's runs (see :meth:`Store.delete_agent` for the rules)."""
+        self.last_good.forget()
         return self.store.delete_agent(notebook, name, keep_latest=keep_latest)
 
     def move(self, old: str, new: str) -> int:
         """Record a notebook (or folder) rename."""
+        self.last_good.forget()
         return self.store.move_notebook(old, new)
 
 

@@ -26,6 +26,7 @@ from IPython.testing.globalipapp import start_ipython
 from jupyter_agent.agent import load_state
 from jupyter_agent.store import Store
 from jupyter_agent.testing import ScriptedServer
+from jupyter_agent.testing.server import turn_of
 
 from .harness import API_KEY, record, soak
 
@@ -34,7 +35,7 @@ CELL = "%%agent --model scripted --name longrun --max-steps {limit}\nCount for a
 
 def long_script(turns: int):  # type: ignore[no-untyped-def]
     def reply(body: dict) -> dict:
-        turn = sum(1 for m in body["messages"] if m.get("role") == "assistant")
+        turn = turn_of(body["messages"])  # counts the replies a compaction summarized
         if turn >= turns:
             return {"content": f"Counted to {turns}."}
         code = f"v{turn % 10} = {turn}\nprint('count', {turn})"

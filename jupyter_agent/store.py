@@ -847,9 +847,13 @@ class DuckDBStore:
         )
         plan = "json_extract(info, '$.plan')"
 
-        def number(path: str) -> str:
-            return f"TRY_CAST(json_extract_string(info, '{path}') AS BIGINT)"
+        def total(path: str, where: str = "") -> str:
+            """The sum of a number in ``info``, parsed only in rows whose text names it."""
+            key = path.rsplit(".", 1)[-1]
+            cast = f"TRY_CAST(json_extract_string(info, '{path}') AS BIGINT)"
+            return f"sum({cast}) FILTER (WHERE info LIKE '%\"{key}\"%'{where})"
 
+        saved = total("$.saved_tokens", " AND kind = 'resume'")
         with self._connect() as con:
             rows = con.execute(
                 f"{history} SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM h "
@@ -857,10 +861,10 @@ class DuckDBStore:
                 [*segments[1], max(limit, 0)],
             ).fetchall()
             totals = con.execute(
-                f"{history} SELECT count(*), sum(tokens), sum({number('$.usage.prompt_tokens')}), "
-                f"sum({number('$.usage.completion_tokens')}), "
-                f"sum({number('$.saved_tokens')}) FILTER (WHERE kind = 'resume'), sum(size), "
-                f"arg_max({plan}, pos * 4294967296 + step) FILTER (WHERE {plan} IS NOT NULL "
+                f"{history} SELECT count(*), sum(tokens), {total('$.usage.prompt_tokens')}, "
+                f"{total('$.usage.completion_tokens')}, "
+                f"{saved}, sum(size), "
+                f"arg_max({plan}, pos * 4294967296 + step) FILTER (WHERE info LIKE '%\"plan\"%' "
                 f"AND CAST({plan} AS VARCHAR) NOT IN ('null', '\"\"', '[]', '{{}}')) FROM h",
                 segments[1],
             ).fetchone()

@@ -105,7 +105,6 @@ def run_cell(
     first load), closed here with this function's own reads, before the first
     model request.
     """
-    warm_up(model, options, endpoint_args)
     # Everything read before the first model request shares one store connection.
     reads = reads if reads is not None else contextlib.ExitStack()
     reads.enter_context(store.session())
@@ -233,23 +232,6 @@ def run_options(
     if options.approve and not options.approve_tools:
         tools = ()
     return replace(options, approve=True, approve_tools=tools)
-
-
-def warm_up(model: str, options: RunOptions, endpoint_args: dict | None) -> None:
-    """Set up ``model``'s HTTP client (TLS context, CA bundle: ~50 ms in a new kernel) on a
-    thread, while the store is read, so a new kernel's first request waits for the longer
-    of the two, not for both. :func:`make_execution` gets that client; any error shows there.
-    """
-    if not model or model == OFFLINE_MODEL:
-        return
-
-    def build() -> None:
-        with contextlib.suppress(Exception):
-            ModelClient(
-                Endpoint.resolve(model, **(endpoint_args or {})), timeout=options.model_timeout
-            )
-
-    threading.Thread(target=build, daemon=True, name="jupyter-agent warm-up").start()
 
 
 def make_execution(

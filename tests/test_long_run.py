@@ -328,32 +328,6 @@ def test_a_resume_opens_the_store_at_most_twice_before_its_first_model_request(
     assert 1 <= opens <= 2, opened_at
 
 
-def test_the_endpoints_http_setup_overlaps_the_store_reads(ip, scripted, monkeypatch):
-    """A new kernel's first HTTP client (its TLS set-up, ~50 ms) is built on a thread of its
-    own while the cell reads the store, and the execution then uses that client."""
-    import threading
-
-    from jupyter_agent import model
-
-    built: list[str] = []
-    real = model.openai.DefaultHttpxClient
-
-    def recording(*args, **kwargs):
-        built.append(threading.current_thread().name)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(model.openai, "DefaultHttpxClient", recording)
-    monkeypatch.setattr(model, "_HTTP", {})  # as in a new kernel: no client yet
-    scripted.set_script([{"content": "done"}])
-    try:
-        ip.run_cell_magic("agent", "--model scripted --name warm", "Say done.")
-    finally:
-        for client in model._HTTP.values():
-            client.close()
-    assert scripted.requests, "no model request"
-    assert built == ["jupyter-agent warm-up"], built
-
-
 def test_a_resume_reads_its_history_once(ip, scripted: ScriptedServer, monkeypatch):
     from jupyter_agent import store as store_module
 

@@ -320,7 +320,8 @@ class AgentMagics(Magics):
         """
         runtime = self.runtime
         key = (identity.notebook, identity.agent)
-        with runtime.claimed(key):
+        # The timeline's first load and the run's reads share one open of the store.
+        with runtime.claimed(key), runtime.reads() as reads:
             text = TextEvents()
             if cell:
                 view = self._show_timeline(runtime.store(), identity)
@@ -337,6 +338,7 @@ class AgentMagics(Magics):
                     decision=decision,
                     cell_options=cell,
                     info=info,
+                    reads=reads,
                 )
             finally:
                 runtime.refresh(key)

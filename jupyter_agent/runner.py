@@ -93,6 +93,7 @@ def run_cell(
     cancel: threading.Event | None = None,
     cell_options: bool = False,
     info: dict | None = None,
+    reads: contextlib.ExitStack | None = None,
 ) -> Outcome:
     """Start, resume or restore the agent of a cell.
 
@@ -100,9 +101,12 @@ def run_cell(
     ``cell_options`` says they are what the cell's line says now, so they also
     replace the run's approval policy (see :func:`resume_run`). ``info`` is
     recorded on a new run (e.g. the agents it waits for, or its parent).
+    ``reads``: a store session the caller opened already (around its timeline's
+    first load), closed here with this function's own reads, before the first
+    model request.
     """
     # Everything read before the first model request shares one store connection.
-    reads = contextlib.ExitStack()
+    reads = reads if reads is not None else contextlib.ExitStack()
     reads.enter_context(store.session())
     with reads:
         # The kernel learns its notebook's path at start; follow renames made since.

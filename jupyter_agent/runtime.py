@@ -206,8 +206,13 @@ class AgentRuntime:
         cancel: threading.Event | None = None,
         cell_options: bool = False,
         info: dict | None = None,
+        reads: contextlib.ExitStack | None = None,
     ) -> Outcome:
-        """Start, resume or restore the agent of a cell (:func:`runner.run_cell`)."""
+        """Start, resume or restore the agent of a cell (:func:`runner.run_cell`).
+
+        ``reads``: a session of :meth:`store` opened by the caller, e.g. around the
+        cell's timeline (:meth:`reads`); the run closes it before its first model request.
+        """
         return runner.run_cell(
             store=self.store(),
             shell=self._shell(),
@@ -222,6 +227,7 @@ class AgentRuntime:
             cancel=cancel,
             cell_options=cell_options,
             info=info,
+            reads=reads,
         )
 
     def child_approval(
@@ -240,6 +246,17 @@ class AgentRuntime:
             return None
         child, _ = found
         return child, replace(options, children=Delegation(self, {child.run_id: decision}))
+
+    def reads(self) -> contextlib.ExitStack:
+        """A session of :meth:`store` for :meth:`run` to close: what a cell reads before
+        its first model request (its timeline's first load too) opens the store once.
+
+        Use it as a context manager around building the timeline and :meth:`run`, so
+        it is closed also when the run never starts.
+        """
+        reads = contextlib.ExitStack()
+        reads.enter_context(self.store().session())
+        return reads
 
     # -- agents that wait for others (--after) -------------------------------------
 

@@ -866,6 +866,54 @@ class DuckDBStore:
         with self._connect() as con:
             return _model_steps(con, run_ids)
 
+    def history_tail(
+        self, chain: list[tuple[str, int | None]], limit: int
+    ) -> tuple[list[CheckpointRow], dict]:
+        """The last ``limit`` checkpoints (metadata only) of the history along ``chain``'s
+        (run_id, up-to-step) segments, oldest first, and totals over all of it.
+
+        What a timeline shows of a long run without reading its every row. Totals:
+        ``checkpoints``, ``tokens``, ``prompt_tokens``, ``completion_tokens``,
+        ``saved_tokens`` (of resumes), ``size``, and ``plan``: the latest plan, or None.
+        """
+        segments = (
+            "SELECT UNNEST(?) AS seg_run, UNNEST(?) AS upto, UNNEST(?) AS pos",
+            [[r for r, _ in chain], [2**31 - 1 if u is None else u for _, u in chain],
+             list(range(len(chain)))],
+        )  # fmt: skip
+        history = (
+            f"WITH seg AS ({segments[0]}), h AS (SELECT c.*, seg.pos FROM checkpoints c "
+            "JOIN seg ON c.run_id = seg.seg_run AND c.step <= seg.upto) "
+        )
+        plan = "json_extract(info, '$.plan')"
+
+        def total(path: str, where: str = "") -> str:
+            """The sum of a number in ``info``, parsed only in rows whose text names it."""
+            key = path.rsplit(".", 1)[-1]
+            cast = f"TRY_CAST(json_extract_string(info, '{path}') AS BIGINT)"
+            return f"sum({cast}) FILTER (WHERE info LIKE '%\"{key}\"%'{where})"
+
+        saved = total("$.saved_tokens", " AND kind = 'resume'")
+        with self._connect() as con:
+            rows = con.execute(
+                f"{history} SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM h "
+                "ORDER BY pos DESC, step DESC LIMIT ?",
+                [*segments[1], max(limit, 0)],
+            ).fetchall()
+            totals = con.execute(
+                f"{history} SELECT count(*), sum(tokens), {total('$.usage.prompt_tokens')}, "
+                f"{total('$.usage.completion_tokens')}, "
+                f"{saved}, sum(size), "
+                f"arg_max({plan}, pos * 4294967296 + step) FILTER (WHERE info LIKE '%\"plan\"%' "
+                f"AND CAST({plan} AS VARCHAR) NOT IN ('null', '\"\"', '[]', '{{}}')) FROM h",
+                segments[1],
+            ).fetchone()
+        assert totals is not None
+        keys = ("checkpoints", "tokens", "prompt_tokens", "completion_tokens", "saved_tokens")
+        out: dict = {k: int(v or 0) for k, v in zip((*keys, "size"), totals[:6], strict=True)}
+        out["plan"] = json.loads(totals[6]) if totals[6] is not None else None
+        return [checkpoint_from_row(r) for r in reversed(rows)], out
+
     # -- summaries ------------------------------------------------------------------
 
     def exists(self) -> bool:

@@ -4,7 +4,9 @@ The timeline of an agent holds all its runs — first runs, restarts, and forks,
 a fork being a run whose history starts with its parent's checkpoints up to
 the fork point — and the entries of one selected run's history. Entries are
 built from store rows only (never payloads), so listing a long run stays cheap;
-a checkpoint's messages are decoded only when it is opened (:func:`detail`).
+of a long history only the latest entries are read (a window; earlier ones when a
+view asks for them), its totals come from the store, and a checkpoint's messages
+are decoded only when it is opened (:func:`detail`).
 
 This module knows nothing about widgets: :mod:`jupyter_agent.widget` renders a
 :class:`Timeline` and calls the actions here.
@@ -101,8 +103,6 @@ class Timeline:
     runs: list[RunRow] = field(default_factory=list)
     selected: str = ""
     history: list[dict] = field(default_factory=list)
-    #: Entries of the selected history before ``history[0]``, left in the store.
-    dropped: int = 0
     keep: int = KEEP  # entries kept in memory, at least
     _last: dict[str, CheckpointRow] = field(default_factory=dict)
     _live: set[str] = field(default_factory=set)
@@ -110,6 +110,10 @@ class Timeline:
     _ledger: dict[str, int] = field(default_factory=lambda: vocab.ledger([]))
     _plan: dict | None = None
     _size: int = 0
+    #: Entries to read of a selected history (its latest); more as a view asks.
+    window: int = WINDOW
+    #: Entries of the selected history before ``history[0]``: not read, or let go of.
+    dropped: int = 0
     #: Child agents' runs that the selected history delegated to, by run id.
     children: dict[str, RunRow] = field(default_factory=dict)
 
@@ -146,20 +150,36 @@ class Timeline:
     def select(self, run_id: str) -> None:
         """Make ``run_id``'s history (its ancestors' checkpoints up to each fork, then its own) current."""
         self.selected = run_id
-        self.history, self.dropped = [], 0  # the whole history, then only its tail
-        if run_id:
-            for seg_run, upto in self.segments(self.run(run_id)):
-                rows = self.store.checkpoints(seg_run)
-                self.history.extend(entry(r) for r in rows if upto is None or r.step <= upto)
+        self.history, self.dropped = [], 0
+        self._ledger, self._size, self._plan = vocab.ledger([]), 0, None
+        if not run_id:
+            return self._nest()
+        segments = self.segments(self.run(run_id))
+        tail = getattr(self.store, "history_tail", None)
+        if tail is not None:  # the latest entries and the totals, not every row
+            rows, totals = tail(segments, max(self.window, WINDOW))
+            self.history = [entry(r) for r in rows]
+            self.dropped = totals["checkpoints"] - len(rows)
+            self._ledger = {k: totals[k] for k in self._ledger}
+            self._size = totals["size"]
+            self._plan = vocab.plan_progress(totals["plan"]) if totals["plan"] else None
+            return self._nest()
+        for seg_run, upto in segments:  # a backend without it: the whole history
+            rows = self.store.checkpoints(seg_run)
+            self.history.extend(entry(r) for r in rows if upto is None or r.step <= upto)
         self._ledger = vocab.ledger(self.history)
         self._size = sum(e["size"] for e in self.history)
-        self._plan = None
         for e in reversed(self.history):
             if "plan" in (e.get("info") or {}):
                 self._plan = vocab.plan_progress(e["info"]["plan"])
                 break
         self._nest()
         self._trim(self.keep)
+
+    @property
+    def total(self) -> int:
+        """Checkpoints of the selected history, read or not."""
+        return self.dropped + len(self.history)
 
     def _nest(self) -> None:
         """Link the history's ``delegate`` rows to their child runs, as branches to open.
@@ -172,7 +192,7 @@ class Timeline:
         linked = [e for e in self.history if {"delegate", "child_run"} & set(e.get("info") or {})]
         if not linked:
             return  # no store read for a run that never delegated
-        ids = {e["run"] for e in self.history}
+        ids = {seg for seg, _ in self.segments(self.run(self.selected))}
         kids = [
             r for r in self.store.runs(notebook=self.notebook) if r.info.get("parent_run") in ids
         ]
@@ -246,7 +266,7 @@ class Timeline:
         if "child_run" in row.info:  # a child's work ended: show its branch
             self.select(self.selected)
             return Change(reloaded=True, runs=True)
-        return Change(entry=e, index=self.dropped + len(self.history) - 1, runs=runs_changed)
+        return Change(entry=e, index=self.total - 1, runs=runs_changed)
 
     def _append(self, row: CheckpointRow) -> dict | None:
         last = self.history[-1] if self.history else {}
@@ -339,7 +359,7 @@ class Timeline:
             "text": self.status_text(run.run_id),
             "step": step,  # the last checkpoint's number
             "steps": self.steps(run.run_id),
-            "total": self.dropped + len(self.history),  # checkpoints of the history
+            "total": self.total,  # checkpoints of the history
             **self._ledger,
             "size": self._size,
             "model": run.model,
@@ -350,13 +370,15 @@ class Timeline:
         }
 
     def snapshot(self, window: int = WINDOW) -> dict:
+        """The latest ``window`` entries (read from the store first if not read yet)."""
         self.keep = max(self.keep, window)
         if window > len(self.history) and self.dropped:
-            self.select(self.selected)  # the older entries, from the store
+            self.window = window
+            self.select(self.selected)
         items = self.history[-window:] if window > 0 else []
         return {
             "run": self.selected,
-            "first": self.dropped + len(self.history) - len(items),
+            "first": self.total - len(items),
             "items": items,
         }
 

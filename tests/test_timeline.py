@@ -20,7 +20,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.testing.globalipapp import start_ipython
 
-from jupyter_agent import render, runner, widget
+from jupyter_agent import render, runner, vocab, widget
 from jupyter_agent.agent import RunOptions
 from jupyter_agent.identity import AgentIdentity
 from jupyter_agent.store import CheckpointRow, RunRow, Store
@@ -674,3 +674,45 @@ def test_output_counts_steps_across_a_resume(shell: InteractiveShell, capsys: An
     out = capsys.readouterr().out
     assert "↻ resuming after step 1 (checkpoint 4)" in out
     assert "■ done after 3 steps" in out
+
+
+def test_a_long_history_is_read_as_its_latest_window_with_totals_of_all_of_it(
+    store: Store, tmp_path: Path
+) -> None:
+    """A fork of a long run: only the window's rows are read; the totals count every row."""
+    nb = notebook(tmp_path)
+    written: list[CheckpointRow] = []
+    for run_id, parent, count in (("p", None, 250), ("c", ("p", 199), 60)):
+        writer = store.writer(run_id)
+        fork = parent or (None, None)
+        writer.put_run(RunRow(run_id, nb, AGENT, None, "task", "h", "m", *fork, 1.0))
+        first = 0 if parent is None else parent[1] + 1
+        for step in range(first, first + count):
+            kind = ("model", "tool_call", "tool_result")[step % 3]
+            info: dict = usage(10, step) if kind == "model" else {}
+            if (run_id, step) == ("p", 4):
+                info = {"plan": PLAN}
+            if (run_id, step) == ("p", 7):
+                kind, info = "resume", {"saved_tokens": 123}
+            cp = CheckpointRow(run_id, step, kind, "running", "s", 1.0 + step, 1.0, step, 3, info)
+            writer.put_checkpoint(cp, b"")
+            if run_id == "c" or step <= 199:
+                written.append(cp)
+        writer.close()
+    t = Timeline(store, nb, AGENT)
+    t.load("c")
+    assert len(t.history) == WINDOW  # not 260 rows read
+    assert [e["step"] for e in t.history] == [r.step for r in written[-WINDOW:]]
+    s = t.summary()
+    expected = vocab.ledger([{"kind": r.kind, "tokens": r.tokens, "info": r.info} for r in written])
+    assert expected["saved_tokens"] == 123 and expected["prompt_tokens"] > 0
+    assert {k: s[k] for k in expected} == expected
+    assert (s["total"], s["size"]) == (len(written), 3 * len(written))
+    assert s["plan"] == {"items": PLAN, "done": 1, "total": 3, "text": "1/3"}
+    assert t.snapshot()["first"] == len(written) - WINDOW
+    # A view asking for more gets the earlier entries, read then.
+    more = t.snapshot(1000)
+    assert more["first"] == 0 and [(e["run"], e["step"]) for e in more["items"]] == [
+        (r.run_id, r.step) for r in written
+    ]
+    assert t.summary() == s

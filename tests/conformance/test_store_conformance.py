@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -494,8 +495,7 @@ def test_deleting_an_agent_keeps_what_other_agents_forked_from(open_):
 def test_info_and_reading_never_create_the_store(open_):
     store = open_()
     assert not store.exists()
-    # What the server and the CLI read before any agent ran (DuckDB's row verbs
-    # such as runs() still create an empty file).
+    # What the server and the CLI read before any agent ran.
     assert store.agent_summaries(NB) == []
     assert store.agent_detail(NB, "a") is None and store.run_detail("r") is None
     assert store.run_stats(["r"]) == {} and store.forks(["r"]) == [] and store.live_runs() == set()
@@ -513,6 +513,25 @@ def test_info_and_reading_never_create_the_store(open_):
     about = open_().info()
     assert (about.exists, about.schema_version, about.runs, about.checkpoints) == (True, 2, 4, 10)
     assert about.location == store.location
+
+
+def test_every_read_verb_on_a_nonexistent_store_reads_as_nothing(open_, spec):
+    store = open_()
+    with store.session():  # what a resume reads first, before anything is written
+        assert store.runs() == [] and store.runs(notebook=NB, agent="a") == []
+        assert store.run("r") is None and store.checkpoints("r") == []
+        assert store.latest_checkpoints(["r"]) == {} and store.model_steps(["r"]) == {}
+        assert store.payloads([("r", None)]) == [] and store.blobs(["h"]) == {}
+    store.check_trusted()
+    assert store.live_runs() == set()
+    assert store.resolve_notebook(NB, since=0.0) == NB
+    assert store.learnt_window("m") is None
+    assert set(store.sizes().values()) <= {0}
+    assert not open_().exists()  # none of those reads created it
+    if not spec.startswith("postgresql://"):
+        assert not Path(spec).parent.exists()  # not even the store's directory
+    write(store, run_row("r"), [0])  # the first write creates it, for every backend
+    assert [r.run_id for r in open_().runs()] == ["r"]
 
 
 def test_a_session_serves_its_reads_from_one_connection(open_):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_agent import blobfiles
 from jupyter_agent.errors import Conflict, NotFound
 from jupyter_agent.server.queries import Reader
 from jupyter_agent.store import (
@@ -95,6 +96,12 @@ def test_records_come_back_as_written(open_):
     pairs = other.payloads([("r1", None)])
     assert [(r.step, p) for r, p in pairs] == [(s, f"payload r1/{s}".encode()) for s in range(3)]
     assert other.blobs(["h1", "missing"]) == {"h1": b"\x00value one"}
+
+
+def test_a_large_value_comes_back_whole(open_):
+    big = os.urandom(blobfiles.MIN_BYTES + 1)  # over the size DuckDB keeps in files
+    write(open_(), run_row("r"), range(2), {1: {"ab" * 16: big}})
+    assert open_().blobs(["ab" * 16]) == {"ab" * 16: big}
 
 
 def test_runs_are_ordered_by_creation_and_filtered(open_):
@@ -282,6 +289,21 @@ def test_live_runs_are_runs_whose_writer_is_alive(open_, spec):
 
 
 # -- bad input ------------------------------------------------------------------------------
+
+
+def test_a_value_another_user_wrote_is_never_handed_out(open_, spec):
+    """Unpickling a saved value runs code: one that someone else could have written is refused."""
+    big, digest = os.urandom(blobfiles.MIN_BYTES + 1), "cd" * 16
+    if spec.startswith("postgresql://"):  # a row of another owner
+        from jupyter_agent.store_pg import PostgresStore
+
+        write(PostgresStore(spec, owner="mallory"), run_row("m"), [0], {0: {digest: big}})
+    else:  # a file planted by another user
+        store = open_()
+        write(store, run_row("m"), [0], {0: {digest: big}})
+        os.chown(store.blob_dir / digest[:2] / digest, 65534, 65534)
+    with pytest.raises(StoreError, match="not loaded, because loading a (saved )?value can run"):
+        open_().blobs([digest])
 
 
 def test_unknown_ids_read_as_nothing(open_):

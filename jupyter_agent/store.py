@@ -358,8 +358,8 @@ class DuckDBStore:
         reads before its first model request. It holds the DuckDB file, so no
         model call or user wait may happen inside. Re-entrant.
         """
-        if getattr(self._local, "con", None) is not None:
-            yield
+        if getattr(self._local, "con", None) is not None or not self.exists():
+            yield  # nothing to read yet: each read finds that out (and creates nothing)
             return
         with self._connect() as con:
             self._local.con = con
@@ -824,6 +824,8 @@ class DuckDBStore:
         return journal.live_run_ids(self.journal_dir)
 
     def runs(self, notebook: str | None = None, agent: str | None = None) -> list[RunRow]:
+        if not self.exists():  # reading never creates the store
+            return []
         where, args = _filters(notebook=notebook, agent=agent)
         with self._connect() as con:
             rows = con.execute(
@@ -832,6 +834,8 @@ class DuckDBStore:
         return [run_from_row(r) for r in rows]
 
     def run(self, run_id: str) -> RunRow | None:
+        if not self.exists():
+            return None
         with self._connect() as con:
             row = con.execute(
                 f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", [run_id]
@@ -839,6 +843,8 @@ class DuckDBStore:
         return run_from_row(row) if row else None
 
     def checkpoints(self, run_id: str) -> list[CheckpointRow]:
+        if not self.exists():
+            return []
         with self._connect() as con:
             rows = con.execute(
                 f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM checkpoints WHERE run_id = ? "
@@ -849,7 +855,7 @@ class DuckDBStore:
 
     def latest_checkpoints(self, run_ids: list[str]) -> dict[str, CheckpointRow]:
         """The last checkpoint of each run, in one query."""
-        if not run_ids:
+        if not run_ids or not self.exists():
             return {}
         with self._connect() as con:
             rows = con.execute(
@@ -861,7 +867,7 @@ class DuckDBStore:
         return {r[0]: checkpoint_from_row(r) for r in rows}
 
     def model_steps(self, run_ids: list[str]) -> dict[str, list[int]]:
-        if not run_ids:
+        if not run_ids or not self.exists():
             return {}
         with self._connect() as con:
             return _model_steps(con, run_ids)
@@ -1027,6 +1033,8 @@ class DuckDBStore:
         would fold into a conversation that never happened, so it is refused.
         """
         out: list[tuple[CheckpointRow, bytes]] = []
+        if not self.exists():
+            return out
         with self._connect() as con:
             fmt = "'dill'" if self._v1 else "coalesce(payload_format, 'dill')"
             for i, (run_id, upto) in enumerate(chain):
@@ -1052,7 +1060,7 @@ class DuckDBStore:
         return out
 
     def blobs(self, hashes: list[str]) -> dict[str, bytes]:
-        if not hashes:
+        if not hashes or not self.exists():
             return {}
         self.check_trusted()
         with self._connect() as con:
@@ -1160,6 +1168,8 @@ class DuckDBStore:
         A kernel learns its notebook's path when it starts and is not told about
         renames, so the default ``since`` is this process's start time.
         """
+        if not self.path.exists():  # no store, so no move recorded in it
+            return path
         cutoff = process_started_at() if since is None else since
         with self._connect(merge=False) as con:
             moves = con.execute(

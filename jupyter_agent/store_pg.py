@@ -901,6 +901,14 @@ class PostgresRunWriter(RunWriter):
             raise
         self._blobs: list[list] = []
 
+    def put_blob(self, digest: str, data: bytes) -> None:
+        """Hold a value for its checkpoint's transaction; the database keeps large ones too.
+
+        (The DuckDB writer puts large values in files beside its store; a shared
+        server has no such directory, and every host must read them.)
+        """
+        self._append(Record("blobs", {"hash": digest, "size": len(data)}, data))
+
     def _append(self, record: Record) -> None:
         if store_rows.malformed(record) or record.table not in ("runs", "blobs", "checkpoints"):
             raise StoreError(

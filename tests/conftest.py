@@ -10,13 +10,32 @@ import pytest
 from jupyter_agent.testing import ScriptedServer
 
 from .kernels import Kernel
+from .pg import pg_server, pg_url  # noqa: F401  (fixtures)
 
 API_KEY = "sk-test-0123456789abcdef"
+
+#: The store backends; ``@BOTH_BACKENDS`` runs a test once on each (see ``store_spec``).
+BACKENDS = ["duckdb", "postgres"]
+BOTH_BACKENDS = pytest.mark.parametrize("backend", BACKENDS)
 
 
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:
     return tmp_path / "store" / "agents.duckdb"
+
+
+@pytest.fixture
+def backend() -> str:
+    """The store backend of a test's kernels: DuckDB unless the test is ``@BOTH_BACKENDS``."""
+    return "duckdb"
+
+
+@pytest.fixture
+def store_spec(backend: str, store_path: Path, request: pytest.FixtureRequest) -> str:
+    """What the kernels' ``JUPYTER_AGENT_STORE`` says: a DuckDB file, or a fresh database."""
+    if backend == "postgres":
+        return request.getfixturevalue("pg_url")
+    return str(store_path)
 
 
 @pytest.fixture
@@ -26,10 +45,10 @@ def scripted() -> Iterator[ScriptedServer]:
 
 
 @pytest.fixture
-def agent_env(store_path: Path, scripted: ScriptedServer) -> dict[str, str]:
+def agent_env(store_spec: str, scripted: ScriptedServer) -> dict[str, str]:
     """Environment for kernels: a private store and the scripted endpoint."""
     return {
-        "JUPYTER_AGENT_STORE": str(store_path),
+        "JUPYTER_AGENT_STORE": store_spec,
         "OPENAI_BASE_URL": scripted.url,
         "OPENAI_API_KEY": API_KEY,
     }

@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 
 from jupyter_agent.store import Store
+from jupyter_agent.store_api import open_store
 from jupyter_agent.testing import ScriptedServer
+
+from .conftest import BOTH_BACKENDS
 
 CELL = "%%agent --model scripted\nBuild a, b and c step by step."
 
@@ -39,8 +42,9 @@ def counting_script(log: Path, slow_step: int | None = None) -> list[dict]:
     return script
 
 
+@BOTH_BACKENDS
 def test_kill_during_tool_resumes_where_it_stopped(
-    kernel_factory, scripted: ScriptedServer, tmp_path
+    kernel_factory, scripted: ScriptedServer, tmp_path, store_spec
 ):
     log = tmp_path / "effects.log"
     scripted.set_script(counting_script(log, slow_step=1))
@@ -50,8 +54,15 @@ def test_kill_during_tool_resumes_where_it_stopped(
     deadline = time.monotonic() + 20
     while log.read_text().count("step1") < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
+    store = open_store(store_spec)
+    (row,) = store.runs()
+    assert store.live_runs() == {row.run_id}  # its kernel holds the run's lock
     k1.kill()
     assert scripted.turns_requested() == [0, 1]
+    deadline = time.monotonic() + 10
+    while store.live_runs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.live_runs() == set()  # the dead kernel released it
 
     k2 = kernel_factory()
     scripted.set_script(counting_script(log))  # the server heals: no more sleeping
@@ -66,9 +77,13 @@ def test_kill_during_tool_resumes_where_it_stopped(
     # step0 ran once; step1 was in flight and ran again (at-least-once); step2 once.
     assert log.read_text().splitlines() == ["step0", "step1", "step1", "step2"]
     assert k2.run("print(a, b, c)").stdout.strip() == "1 2 3"
+    assert [r.run_id for r in store.runs()] == [row.run_id]  # resumed, not restarted
+    listing = k2.run("%agent list").stdout
+    assert "cell-cell-a" in listing and "done" in listing
 
 
-def test_kill_while_model_streams_reissues_only_that_call(kernel_factory, store_path, tmp_path):
+@BOTH_BACKENDS
+def test_kill_while_model_streams_reissues_only_that_call(kernel_factory, tmp_path, backend):
     log = tmp_path / "effects.log"
     script = counting_script(log)
     script[2] = {**script[2], "delay": 30}
@@ -90,7 +105,10 @@ def test_kill_while_model_streams_reissues_only_that_call(kernel_factory, store_
         assert log.read_text().splitlines() == ["step0", "step1", "step2"]
 
 
-def test_finished_cell_restores_without_calling_the_model(kernel_factory, scripted, tmp_path):
+@BOTH_BACKENDS
+def test_finished_cell_restores_without_calling_the_model(
+    kernel_factory, scripted, tmp_path, backend
+):
     scripted.set_script(counting_script(tmp_path / "effects.log"))
     k1 = kernel_factory()
     first = k1.run(CELL, cell_id="cell-c")
@@ -132,7 +150,8 @@ def in_slow_call(kernel_factory, scripted, log, cell_id: str):
     return k, run
 
 
-def test_interrupt_stops_cleanly_and_resumes(kernel_factory, scripted, tmp_path):
+@BOTH_BACKENDS
+def test_interrupt_stops_cleanly_and_resumes(kernel_factory, scripted, tmp_path, backend):
     """An interrupted call is not a result: it is in flight, and runs again on resume."""
     log = tmp_path / "effects.log"
     k, run = in_slow_call(kernel_factory, scripted, log, "cell-e")
@@ -161,7 +180,10 @@ def test_interrupt_stops_cleanly_and_resumes(kernel_factory, scripted, tmp_path)
     assert log.read_text().count("step1") == 2  # started, interrupted, run again
 
 
-def test_restart_kernel_during_a_tool_call_runs_it_again(kernel_factory, scripted, tmp_path):
+@BOTH_BACKENDS
+def test_restart_kernel_during_a_tool_call_runs_it_again(
+    kernel_factory, scripted, tmp_path, backend
+):
     """JupyterLab's Restart Kernel interrupts first; the call must still count as in flight."""
     log = tmp_path / "effects.log"
     k, _ = in_slow_call(kernel_factory, scripted, log, "cell-r")

@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 
 from jupyter_agent.store import Store
+from jupyter_agent.store_api import open_store
 from jupyter_agent.testing import ScriptedServer
 
+from .conftest import BOTH_BACKENDS
 from .kernels import Execution, Kernel
 
 pytestmark = pytest.mark.timeout(180)
@@ -141,8 +143,9 @@ def test_edit_runs_the_edited_code(
     assert tool[0]["content"] == "(no output)"
 
 
+@BOTH_BACKENDS
 def test_restart_while_waiting_comes_back_waiting(
-    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, store_path: Path
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, backend: str
 ) -> None:
     kernel = kernel_factory()
     start_waiting(kernel, scripted)
@@ -167,8 +170,9 @@ def test_restart_while_waiting_comes_back_waiting(
     assert other["entries"]["items"] == s["entries"]["items"]
 
 
+@BOTH_BACKENDS
 def test_fork_from_an_earlier_checkpoint(
-    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, store_path: Path
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, store_spec: str
 ) -> None:
     kernel = kernel_factory()
     scripted.set_script(list(SCRIPT))
@@ -189,7 +193,7 @@ def test_fork_from_an_earlier_checkpoint(
     assert s["run_id"] != original and s["summary"]["status"] == "done"
     assert [(r["label"], r["parent"]) for r in s["runs"]] == [("#1", None), ("#2", "#1")]
     assert value(kernel, "[a, c, 'b' in globals()]") == [1, 3, False]
-    store = Store(store_path)
+    store = open_store(store_spec)
     fork = store.run(s["run_id"])
     assert fork is not None and (fork.parent_run, fork.parent_step) == (original, 3)
     assert [c.kind for c in store.checkpoints(original)][-1] == "model"  # left intact
@@ -237,7 +241,10 @@ def test_a_fork_runs_with_the_settings_in_effect_at_its_checkpoint(
     assert forked[before] == {"models": {"model-a"}, "status": "done", "c": 3}
 
 
-def test_rewind_namespace(kernel_factory: Callable[..., Kernel], scripted: ScriptedServer) -> None:
+@BOTH_BACKENDS
+def test_rewind_namespace(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, backend: str
+) -> None:
     kernel = kernel_factory()
     scripted.set_script(list(SCRIPT))
     run = kernel.run(CELL.replace(" --approve", ""), cell_id=CELL_ID)

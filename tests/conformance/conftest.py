@@ -9,9 +9,7 @@ import pytest
 
 from jupyter_agent.store_api import open_store
 
-from ..pg import pg_server, pg_url  # noqa: F401  (fixtures)
-
-BACKENDS = ["duckdb", "postgres"]
+from ..conftest import BACKENDS
 
 
 @pytest.fixture(params=BACKENDS)

@@ -16,9 +16,11 @@ import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 
+from jupyter_agent import blobfiles
 from jupyter_agent.errors import Conflict, NotFound
 from jupyter_agent.server.queries import Reader
 from jupyter_agent.store import (
@@ -94,6 +96,12 @@ def test_records_come_back_as_written(open_):
     pairs = other.payloads([("r1", None)])
     assert [(r.step, p) for r, p in pairs] == [(s, f"payload r1/{s}".encode()) for s in range(3)]
     assert other.blobs(["h1", "missing"]) == {"h1": b"\x00value one"}
+
+
+def test_a_large_value_comes_back_whole(open_):
+    big = os.urandom(blobfiles.MIN_BYTES + 1)  # over the size DuckDB keeps in files
+    write(open_(), run_row("r"), range(2), {1: {"ab" * 16: big}})
+    assert open_().blobs(["ab" * 16]) == {"ab" * 16: big}
 
 
 def test_runs_are_ordered_by_creation_and_filtered(open_):
@@ -303,6 +311,21 @@ def test_live_runs_are_runs_whose_writer_is_alive(open_, spec):
 
 
 # -- bad input ------------------------------------------------------------------------------
+
+
+def test_a_value_another_user_wrote_is_never_handed_out(open_, spec):
+    """Unpickling a saved value runs code: one that someone else could have written is refused."""
+    big, digest = os.urandom(blobfiles.MIN_BYTES + 1), "cd" * 16
+    if spec.startswith("postgresql://"):  # a row of another owner
+        from jupyter_agent.store_pg import PostgresStore
+
+        write(PostgresStore(spec, owner="mallory"), run_row("m"), [0], {0: {digest: big}})
+    else:  # a file planted by another user
+        store = open_()
+        write(store, run_row("m"), [0], {0: {digest: big}})
+        os.chown(store.blob_dir / digest[:2] / digest, 65534, 65534)
+    with pytest.raises(StoreError, match="not loaded, because loading a (saved )?value can run"):
+        open_().blobs([digest])
 
 
 def test_unknown_ids_read_as_nothing(open_):
@@ -516,8 +539,7 @@ def test_deleting_an_agent_keeps_what_other_agents_forked_from(open_):
 def test_info_and_reading_never_create_the_store(open_):
     store = open_()
     assert not store.exists()
-    # What the server and the CLI read before any agent ran (DuckDB's row verbs
-    # such as runs() still create an empty file).
+    # What the server and the CLI read before any agent ran.
     assert store.agent_summaries(NB) == []
     assert store.agent_detail(NB, "a") is None and store.run_detail("r") is None
     assert store.run_stats(["r"]) == {} and store.forks(["r"]) == [] and store.live_runs() == set()
@@ -535,6 +557,25 @@ def test_info_and_reading_never_create_the_store(open_):
     about = open_().info()
     assert (about.exists, about.schema_version, about.runs, about.checkpoints) == (True, 2, 4, 10)
     assert about.location == store.location
+
+
+def test_every_read_verb_on_a_nonexistent_store_reads_as_nothing(open_, spec):
+    store = open_()
+    with store.session():  # what a resume reads first, before anything is written
+        assert store.runs() == [] and store.runs(notebook=NB, agent="a") == []
+        assert store.run("r") is None and store.checkpoints("r") == []
+        assert store.latest_checkpoints(["r"]) == {} and store.model_steps(["r"]) == {}
+        assert store.payloads([("r", None)]) == [] and store.blobs(["h"]) == {}
+    store.check_trusted()
+    assert store.live_runs() == set()
+    assert store.resolve_notebook(NB, since=0.0) == NB
+    assert store.learnt_window("m") is None
+    assert set(store.sizes().values()) <= {0}
+    assert not open_().exists()  # none of those reads created it
+    if not spec.startswith("postgresql://"):
+        assert not Path(spec).parent.exists()  # not even the store's directory
+    write(store, run_row("r"), [0])  # the first write creates it, for every backend
+    assert [r.run_id for r in open_().runs()] == ["r"]
 
 
 def test_a_session_serves_its_reads_from_one_connection(open_):

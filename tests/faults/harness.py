@@ -291,6 +291,11 @@ class Backend:
             raise ValueError("the postgres backend needs a PostgreSQL server (tests/pg.py)")
         self.name, self.root, self.pg = name, root, pg
 
+    @property
+    def suffix(self) -> str:
+        """What the report appends to a fault's name: nothing for DuckDB, " (postgres)"."""
+        return "" if self.name == "duckdb" else f" ({self.name})"
+
     def new(self, label: str) -> StoreSpec:
         """An empty store named after ``label`` (a directory for DuckDB)."""
         if self.pg is not None:
@@ -324,13 +329,15 @@ class AgentEnv:
 
     Each :meth:`agent` call gets its own store and cell id; :meth:`restart`
     SIGKILLs the kernel and starts a new one with the same environment, as a
-    crash followed by a kernel restart would.
+    crash followed by a kernel restart would. The stores are ``backend``'s
+    (default: a DuckDB file per agent under ``root``).
     """
 
-    def __init__(self, root: Path, **server_options: Any) -> None:
+    def __init__(self, root: Path, backend: Backend | None = None, **server_options: Any) -> None:
         from jupyter_agent.testing import ScriptedServer
 
         self.root = root
+        self.backend = backend or Backend("duckdb", root)
         self.cwd = root / "cwd"
         self.cwd.mkdir(parents=True, exist_ok=True)
         (self.cwd / "ctl.json").write_text("{}")
@@ -343,7 +350,7 @@ class AgentEnv:
         }
         self.kernel = start_kernel(self.env, self.cwd)
         self.n = 0
-        self.store = root / "default.duckdb"
+        self.store: StoreSpec = root / "default.duckdb"
         self.cell_id = ""
 
     def agent(
@@ -355,7 +362,7 @@ class AgentEnv:
     ) -> Execution:
         """Start a new agent (own store and cell id) and run its cell to the end or the crash."""
         self.n += 1
-        self.store = self.root / f"s{self.n}" / "agents.duckdb"
+        self.store = self.backend.new(f"s{self.n}")
         self.cell_id = f"a{self.n}"
         self.server.set_script(script)
         self.server.reset_log()

@@ -43,6 +43,16 @@ CRASH_KINDS = {
     "right after an approval decision is durable, or while the approved call runs",
     "random": "SIGKILL at a uniformly random moment of a run whose calls take 0.15 s each",
 }
+#: The crash trials run on each backend; a row's fault names its backend by this suffix.
+CRASH_BACKENDS = {"": "DuckDB", " (postgres)": "PostgreSQL"}
+#: On PostgreSQL the same points, but there is no journal: ``torn`` dies inside the
+#: checkpoint's transaction and nothing is folded, so there is no ``merge``.
+PG_CRASH_KINDS = {
+    **{k: v for k, v in CRASH_KINDS.items() if k != "merge"},
+    "torn": "SIGKILL inside the transaction that stores a model reply, tool call, tool result "
+    "or start checkpoint (with its variable blobs), before its commit; a run row or blob is "
+    "killed before it is written (hook `torn:<record>:n`)",
+}
 CLASS_TITLES = {
     "crash": "1. Crashes (SIGKILL of the kernel)",
     "concurrency": "2. Concurrency",
@@ -89,6 +99,51 @@ def verdict(row: dict) -> str:
     return "✅" if ok else "❌"
 
 
+def crash_backend(fault: str) -> tuple[str, str]:
+    """A crash row's kind and backend suffix: ``"torn (postgres)"`` -> ``("torn", " (postgres)")``."""
+    for suffix in CRASH_BACKENDS:
+        if suffix and fault.endswith(suffix):
+            return fault.removesuffix(suffix), suffix
+    return fault, ""
+
+
+def crash_how(fault: str) -> str:
+    """The "how" of a crash row: where it kills, on that row's backend."""
+    kind, suffix = crash_backend(fault)
+    if not suffix:
+        return CRASH_KINDS.get(kind, "")
+    how = PG_CRASH_KINDS.get(kind, "")
+    return f"{CRASH_BACKENDS[suffix]} store: {how}" if how else ""
+
+
+def crash_totals(crash: list[dict], totals: list[dict]) -> dict:
+    """The crash intro's figures over every backend (``totals``: each run's ``(all)`` row)."""
+    per: list[str] = []
+    trials = kills = 0
+    wall = 0.0
+    seeds: list[str] = []
+    for suffix, name in CRASH_BACKENDS.items():
+        rows = [r for r in crash if crash_backend(r["fault"])[1] == suffix]
+        if not rows:
+            continue
+        total = next((t for t in totals if t["fault"] == "(all)" + suffix), {})
+        n = total.get("trials", sum(r["trials"] for r in rows))
+        trials += n
+        kills += sum(r["kills"] for r in rows)
+        wall += total.get("wall_seconds", 0.0)
+        seed = str(total.get("seed", rows[0].get("seed")))
+        if seed not in seeds:
+            seeds.append(seed)
+        per.append(f"{n} on {name}")
+    return {
+        "trials": trials,
+        "per_backend": ", ".join(per),
+        "seed": "`, `".join(seeds),
+        "kills": kills,
+        "wall": round(wall, 1) if wall else "?",
+    }
+
+
 def table(header: list[str], rows: list[list[object]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
@@ -99,8 +154,8 @@ def render(rows: list[dict], meta: dict) -> str:
     by_class: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_class[r["class"]].append(r)
-    crash_all = next((r for r in by_class["crash"] if r["fault"] == "(all)"), {})
-    crash = [r for r in by_class["crash"] if r["fault"] != "(all)"]
+    totals = [r for r in by_class["crash"] if r["fault"].startswith("(all)")]
+    crash = [r for r in by_class["crash"] if not r["fault"].startswith("(all)")]
     parts = [HEADER.format(**meta)]
 
     summary = []
@@ -127,14 +182,7 @@ def render(rows: list[dict], meta: dict) -> str:
 
     if crash:
         parts.append(f"## {CLASS_TITLES['crash']}\n")
-        parts.append(
-            CRASH_INTRO.format(
-                trials=crash_all.get("trials", sum(r["trials"] for r in crash)),
-                seed=crash_all.get("seed", crash[0].get("seed")),
-                wall=crash_all.get("wall_seconds", "?"),
-                kills=sum(r["kills"] for r in crash),
-            )
-        )
+        parts.append(CRASH_INTRO.format(**crash_totals(crash, totals)))
         parts.append(
             table(
                 [
@@ -152,7 +200,7 @@ def render(rows: list[dict], meta: dict) -> str:
                 [
                     [
                         r["fault"],
-                        CRASH_KINDS.get(r["fault"], ""),
+                        crash_how(r["fault"]),
                         r["trials"],
                         r["kills"],
                         r["completed"],
@@ -252,8 +300,8 @@ Regenerate with that command (add `--soak` for the long soak, `--seed N` for ano
 of the randomized crash trials). The same tests run in the normal `python -m pytest` run._
 
 **Promise: an agent never loses completed work.** Every fault below is injected into real
-kernels (ipykernel driven through jupyter_client, SIGKILL for crashes), a real store (DuckDB
-file plus journals) and the scripted OpenAI-compatible endpoint; then what was lost or done
+kernels (ipykernel driven through jupyter_client, SIGKILL for crashes), a real store (a DuckDB
+file plus journals; the crash trials also run on a PostgreSQL database) and the scripted OpenAI-compatible endpoint; then what was lost or done
 twice is counted. Suite: `{summary}` in {elapsed:.0f} s on {cores} cores
 (Python {python}, DuckDB {duckdb}, {system}).
 """
@@ -272,7 +320,8 @@ DEFINITIONS = """
 """
 
 CRASH_INTRO = """\
-{trials} randomized trials (seed `{seed}`, {kills} kills, {wall} s wall time on two workers).
+{trials} randomized trials ({per_backend}; seed `{seed}`, {kills} kills, {wall} s wall time on
+two workers).
 Each trial draws a script (1–3 model turns, 1–2 python calls per turn, then an answer), a kill
 point and its details from the seed; one trial in five also kills the resumed kernel once
 more (right after the resume checkpoint, mid-write of a later record, or during the final
@@ -280,6 +329,11 @@ fold). After every kill the store files are copied as they are and read back —
 readable — and a fresh kernel re-runs the cell (or `%agent approve`) until the run is done.
 Rerun one trial with `JUPYTER_AGENT_FAULT_SEED=<seed> JUPYTER_AGENT_FAULT_TRIAL=<n> python -m
 pytest tests/faults/test_crashes.py`.
+
+Rows marked `(postgres)` are the same trials with the kernels given a `postgresql://` store
+on a local PostgreSQL server: each checkpoint is one transaction, so there is no journal to
+tear or fold (no `merge` row), and the database is read in place after a kill (a dead kernel
+cannot damage the server's files).
 
 Precise kill points use a crash hook compiled into the journal writer and merger
 (`jupyter_agent/journal.py`): with `JUPYTER_AGENT_CRASH=<when>:<what>[:<n>]` set, the kernel

@@ -541,8 +541,9 @@ def crash_trials(
             seconds=round(sum(o.seconds for o in group), 1),
             failures=[o.summary() for o in group if o.problems],
         )
-    if not suffix:  # the report's one line of totals is the DuckDB suite's
-        record("crash", "(all)", seed=base, trials=len(outcomes), wall_seconds=round(elapsed, 1))
+    record(  # the report's totals, per backend
+        "crash", "(all)" + suffix, seed=base, trials=len(outcomes), wall_seconds=round(elapsed, 1)
+    )
 
     failed = [o for o in outcomes if o.problems]
     report = "\n\n".join(

@@ -25,6 +25,7 @@ from jupyter_agent.namespace import restore
 from jupyter_agent.store import Store
 from jupyter_agent.testing import ScriptedServer
 
+from ..conftest import BOTH_BACKENDS
 from .harness import record
 
 # (name, first step, second step, check: an expression whose repr must match live and restored)
@@ -251,7 +252,10 @@ def kernel_script(pause: bool) -> list[dict]:
     return [tool(KERNEL_FIRST), tool(KERNEL_SECOND), tool(third), {"content": "Finished."}]
 
 
-def test_indirect_mutations_survive_a_kernel_kill(kernel_factory, scripted: ScriptedServer) -> None:  # type: ignore[no-untyped-def]
+@BOTH_BACKENDS
+def test_indirect_mutations_survive_a_kernel_kill(  # type: ignore[no-untyped-def]
+    kernel_factory, scripted: ScriptedServer, backend: str
+) -> None:
     expected: dict = {}
     exec(KERNEL_FIRST, expected)
     exec(KERNEL_SECOND, expected)

@@ -203,10 +203,13 @@ def test_a_newer_store_is_not_touched_even_when_it_lacks_our_tables(tmp_path: Pa
 
 def test_store_path_problems_are_store_errors(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
+    # Reading creates nothing, so a path no store can be at reads as an empty store;
+    # the first write (what a run does first) says what is wrong with it.
+    assert Store(tmp_path / "file" / "sub" / "s.duckdb").runs() == []
     with pytest.raises(StoreError, match="Cannot create the agent store directory"):
-        Store(tmp_path / "file" / "sub" / "s.duckdb").runs()
+        Store(tmp_path / "file" / "sub" / "s.duckdb").flush()
     with pytest.raises(StoreError, match="cannot be used"):
-        Store(tmp_path / "file" / "s.duckdb").runs()
+        Store(tmp_path / "file" / "s.duckdb").flush()
 
 
 def caught_warnings(fn):  # type: ignore[no-untyped-def]

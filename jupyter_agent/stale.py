@@ -33,6 +33,7 @@ from .store_api import (
     TIMELINE_LIMIT,
     AgentSummary,
     CheckpointRow,
+    RunDetail,
     RunRow,
     RunStats,
     RunSummary,
@@ -121,6 +122,22 @@ class LastGood:
             return Answer(brought_up_to_date(agents, notebook, journal_dir, self._seen), at)
         except Unknown:
             return self._read(notebook)
+
+    def run_detail(self, run_id: str) -> RunDetail | None:
+        """A run the journals hold and the DuckDB file not yet: what the list showed can be opened.
+
+        Its checkpoints' metadata only (payloads stay in the journal until it is folded).
+        """
+        journal_dir = getattr(self.store, "journal_dir", None)
+        if journal_dir is None:
+            return None
+        runs, checkpoints = journaled(journal_dir, self._seen)
+        run = runs.get(run_id)
+        if run is None:
+            return None
+        rows = checkpoints.get(run_id, [])
+        live = run_id in journal.live_run_ids(journal_dir)
+        return RunDetail(RunSummary(run, _added(None, run, rows), live), rows)
 
     def forget(self) -> None:
         """Drop the answers kept (after a change made through this reader)."""

@@ -130,3 +130,26 @@ def test_a_reader_does_not_open_an_unchanged_store_to_show_journaled_progress(
     assert reader.store.opens == opens + 1 and as_of is None
     assert shown == stored  # the journals told the same as the store
     resumed.close()
+
+
+def test_a_run_the_list_shows_from_its_journal_can_be_opened(store_path: Path) -> None:
+    """Another kernel's live run is listed from its journal; opening it must not say it is gone."""
+    Store(store_path).flush()
+    reader = Reader(Store(store_path))
+    assert reader.agents(NOTEBOOK) == []
+    code = (
+        "import sys, time; sys.path.insert(0, '.'); from jupyter_agent.store import Store; "
+        "from tests.test_store_contention import start_run; "
+        f"w = start_run(Store({str(store_path)!r}), 'ffff0008', 'a', time.time()); "
+        "print('running', flush=True); time.sleep(60)"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "running"
+        (shown,) = reader.agents(NOTEBOOK)
+        detail, notebook = reader.run(shown["run_id"], messages=True)
+        assert notebook == NOTEBOOK and detail["status"] == "running" and detail["live"]
+        assert [c["step"] for c in detail["checkpoints"]] == [0, 1] and detail["steps"] == 1
+    finally:
+        writer.kill()
+        writer.wait()

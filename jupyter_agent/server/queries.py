@@ -189,7 +189,7 @@ class Reader:
         With ``messages``, each checkpoint also has the messages it added, read
         from its JSON payload (no code runs to read it) with secrets redacted.
         """
-        detail = self.store.run_detail(run_id)
+        detail = self.store.run_detail(run_id) or self.last_good.run_detail(run_id)
         if detail is None:
             raise NotFound(f"No run {run_id!r}.")
         out = self._run_summary(detail.summary)

@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import jupyter_agent  # noqa: E402
 from jupyter_agent import agent as agent_module  # noqa: E402
+from jupyter_agent import journal  # noqa: E402
 from jupyter_agent import store as store_module  # noqa: E402
 from jupyter_agent.agent import Execution, load_state  # noqa: E402
 from jupyter_agent.journal import JournalWriter  # noqa: E402
@@ -268,7 +269,12 @@ class Probe:
 
 def store_bytes(path: Path) -> dict[str, int]:
     """Bytes on disk: DuckDB file, WAL, journals, total, and the DuckDB file's free blocks."""
-    sizes = Store(path).sizes()
+    store = Store(path)
+    sizes = store.sizes()
+    # Folded journals stay a while for readers (DuckDBStore.FOLDED_KEEP), then go: not counted.
+    sizes["journals"] -= sum(
+        p.stat().st_size for p in store.journal_dir.glob("*" + journal.FOLDED_SUFFIX)
+    )
     wal = path.with_name(path.name + ".wal")
     sizes["wal"] = wal.stat().st_size if wal.exists() else 0
     sizes["total"] = sizes["duckdb"] + sizes["journals"] + sizes["wal"]

@@ -24,7 +24,7 @@ from .context import MIN_WINDOW
 from .identity import AgentIdentity, notebook_path, resolve
 from .model import Cancelled
 from .redaction import secrets_in_environment
-from .render import TextEvents
+from .render import TextEvents, known_steps
 from .runner import USER_ERRORS, Outcome
 from .runtime import AgentRuntime, UsageProblem, current
 from .state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
@@ -323,10 +323,13 @@ class AgentMagics(Magics):
         # The timeline's first load and the run's reads share one open of the store.
         with runtime.claimed(key), runtime.reads() as reads:
             text = TextEvents()
-            if cell:
-                view = self._show_timeline(runtime.store(), identity)
-                if view is not None:  # its steps need not be read again for the output
-                    text.known = view.timeline.known_steps()
+            view = self._show_timeline(runtime.store(), identity) if cell else None
+            # Steps so far, for the output, read in this session rather than later.
+            text.known = (
+                view.timeline.known_steps()
+                if view is not None
+                else known_steps(runtime.store(), identity.notebook, identity.agent)
+            )
             try:
                 outcome = runtime.run(
                     identity,

@@ -62,6 +62,21 @@ def history_steps(store: Store, run: RunRow, below: int | None = None) -> int:
     return vocab.history_steps(segments, store.model_steps([r for r, _ in segments]))
 
 
+def known_steps(store: Store, notebook: str, agent: str) -> dict[str, tuple[int, int]]:
+    """For the agent's latest run: its last checkpoint's number and its history's steps.
+
+    What :class:`TextEvents` would otherwise read once the run continues, read now,
+    inside the session the cell opened (the timeline's
+    :meth:`~jupyter_agent.timeline.Timeline.known_steps` when there is one).
+    """
+    runs = store.runs(notebook=notebook, agent=agent) if store.exists() else []
+    if not runs:
+        return {}
+    run = runs[-1]
+    last = store.latest_checkpoints([run.run_id]).get(run.run_id)
+    return {} if last is None else {run.run_id: (last.step, history_steps(store, run))}
+
+
 class TextEvents:
     """Writes a run's progress as readable text."""
 

@@ -315,17 +315,20 @@ _m.ModelClient.complete = _noting_complete
 """
 
 
-def test_a_resume_with_its_timeline_opens_the_store_once_before_the_model(
-    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer
+@pytest.mark.parametrize("timeline", [True, False], ids=["timeline", "no-timeline"])
+def test_a_resume_opens_the_store_once_before_the_model(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, timeline: bool
 ) -> None:
-    """The timeline's first load and the run's reads share one open of the store."""
+    """The timeline's first load (if shown) and the run's reads share one open of the store."""
     scripted.set_script([call("x = 1"), call("y = 2"), {"content": "Done."}])
     kernel = kernel_factory()
+    if not timeline:
+        assert kernel.run("%config AgentMagics.timeline = False").status == "ok"
     first = kernel.run("%%agent -m scripted --max-steps 1\nSet x, then y.", cell_id=CELL_ID)
     assert "step limit" in first.text, first.text
     assert kernel.run(COUNT_OPENS).status == "ok"
     again = kernel.run("%%agent -m scripted --max-steps 5\nSet x, then y.", cell_id=CELL_ID)
-    assert again.status == "ok" and VIEW in json.dumps(again.outputs), again.text
+    assert again.status == "ok" and (VIEW in json.dumps(again.outputs)) == timeline, again.text
     assert "resuming after step 1" in again.text  # the step count came without a read
     opens = value(kernel, "_at_first_request")
     assert opens == [1], opens

@@ -31,6 +31,7 @@ from .store_api import (
     CHECKPOINT_COLUMNS,
     RUN_COLUMNS,
     TIMELINE_LIMIT,
+    AgentDetail,
     AgentSummary,
     CheckpointRow,
     RunDetail,
@@ -122,6 +123,13 @@ class LastGood:
             return Answer(brought_up_to_date(agents, notebook, journal_dir, self._seen), at)
         except Unknown:
             return self._read(notebook)
+
+    def agent_detail(self, notebook: str, name: str) -> AgentDetail | None:
+        """An agent the journals hold and the DuckDB file not yet, with its latest run."""
+        for agent in self.agent_summaries(notebook).agents:
+            if agent.name == name:
+                return AgentDetail(agent, [agent.latest])
+        return None
 
     def run_detail(self, run_id: str) -> RunDetail | None:
         """A run the journals hold and the DuckDB file not yet: what the list showed can be opened.

@@ -150,6 +150,7 @@ def test_a_run_the_list_shows_from_its_journal_can_be_opened(store_path: Path) -
         detail, notebook = reader.run(shown["run_id"], messages=True)
         assert notebook == NOTEBOOK and detail["status"] == "running" and detail["live"]
         assert [c["step"] for c in detail["checkpoints"]] == [0, 1] and detail["steps"] == 1
+        assert [r["run_id"] for r in reader.runs(NOTEBOOK, "a")] == ["ffff0008"]
     finally:
         writer.kill()
         writer.wait()

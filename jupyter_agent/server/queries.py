@@ -153,6 +153,7 @@ class Reader:
     def agent(self, notebook: str, name: str) -> dict[str, Any]:
         """One agent: the summary of its latest run and every run it has."""
         detail = self.store.agent_detail(notebook, name)
+        detail = detail or self.last_good.agent_detail(notebook, name)  # listed, not folded yet
         if detail is None:
             raise NotFound(f"No agent named {name!r} in this notebook.")
         summary = self._summary(detail.summary)

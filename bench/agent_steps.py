@@ -143,9 +143,10 @@ class Model:
     def __init__(self, url: str) -> None:
         self.url = url
 
-    def requests(self) -> list[dict[str, Any]]:
-        """The server's request log without bodies: turn, attempt, time, outcome."""
-        log_url = self.url.removesuffix("/v1") + "/_log?brief=1"
+    def requests(self, since: int = 0) -> list[dict[str, Any]]:
+        """The server's request log without bodies (turn, attempt, time, outcome), from
+        request ``since`` on: a poll need not copy a long run's whole log each time."""
+        log_url = self.url.removesuffix("/v1") + f"/_log?brief=1&since={since}"
         with urllib.request.urlopen(log_url, timeout=10) as response:
             return json.load(response)
 

@@ -9,9 +9,13 @@ own) with the same script: ``--steps`` steps, each a ``python`` call printing
   the default context window of the model (so compaction runs as it would).
 * **bare loop**: the ``openai`` client streaming Chat Completions with the same
   tool, ``exec`` of the code with its output captured and printed, no
-  persistence, keeping the last :data:`BARE_KEEP` steps (the scripted server
-  counts dropped replies from a ``[N earlier model replies summarized]`` line,
-  so both get the same replies).
+  persistence. Its context follows the harness's thresholds with plain
+  truncation: past :data:`~jupyter_agent.context.COMPACT_AT` of the same window
+  (four characters a token) it drops its oldest steps down to
+  :data:`~jupyter_agent.context.COMPACT_TO`, so both loops send requests of
+  about the same size and the difference is the harness's own work (the
+  scripted server counts dropped replies from a ``[N earlier model replies
+  summarized]`` line, so both get the same replies).
 
 Per-step time comes from the server's request log: the gap between one model
 request and the next, less the tool's own time (``run_python`` in the harness,
@@ -49,10 +53,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from agent_steps import API_KEY, PROMPT, Script, scripted, step_code  # noqa: E402
 
+from jupyter_agent import context  # noqa: E402
 from jupyter_agent.testing.server import turn_of  # noqa: E402
 
 WINDOW = 50
-BARE_KEEP = 16  # steps the bare loop keeps in its context
+#: The bare loop's context window: the harness's for the scripted model.
+BARE_WINDOW = context.default_window("scripted")
 TARGET_MS = 3.0
 TARGET_RESUME_S = 0.150
 TARGET_RSS_MB = 50.0
@@ -135,14 +141,17 @@ import openai as _b_openai, psutil as _b_psutil
 _b_client = _b_openai.OpenAI(base_url=_b_os.environ["OPENAI_BASE_URL"], api_key=_b_os.environ["OPENAI_API_KEY"])
 _b_tools = [{"type": "function", "function": {"name": "python", "description": "Run Python code.",
     "parameters": {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}}}]
-_b_messages, _b_dropped, _b_keep = [], 0, __KEEP__
+_b_messages, _b_dropped, _b_chars = [], 0, 0
+_b_high, _b_low = __HIGH__, __LOW__  # characters: the harness's thresholds, 4 a token
 _b_prompt = {"role": "user", "content": __PROMPT__}
 _b = {"tool": [], "model": [], "rss": []}
 _b_proc = _b_psutil.Process()
 while True:
-    if len(_b_messages) > 2 * _b_keep:
-        del _b_messages[:2]
-        _b_dropped += 1
+    if _b_chars > _b_high:
+        while _b_chars > _b_low:
+            _b_chars -= len(_b_messages[0]["content"] or "") + len(_b_messages[1]["content"])
+            del _b_messages[:2]
+            _b_dropped += 1
     view = [_b_prompt] + ([{"role": "user", "content": f"[{_b_dropped} earlier model replies summarized]"}] if _b_dropped else []) + _b_messages
     if len(_b["model"]) % 50 == 0:
         _b["rss"].append((len(_b["model"]) + 1, _b_proc.memory_info().rss))
@@ -164,6 +173,7 @@ while True:
         print(content)
         break
     _b_messages.append({"role": "assistant", "content": content or None, "tool_calls": list(calls.values())})
+    _b_chars += sum(len(c["function"]["arguments"]) + 20 for c in calls.values())
     for call in calls.values():
         start = _b_time.perf_counter()
         code = _b_json.loads(call["function"]["arguments"])["code"]
@@ -173,6 +183,7 @@ while True:
         print(out.getvalue(), end="")
         _b["tool"].append(_b_time.perf_counter() - start)
         _b_messages.append({"role": "tool", "tool_call_id": call["id"], "content": out.getvalue()})
+        _b_chars += len(out.getvalue())
 """
 
 #: What the breakdown and the resume table point at, and the smallest fixes (production
@@ -295,7 +306,11 @@ def harness(steps: int, workdir: Path, profile: bool = False) -> dict[str, Any]:
 def bare(steps: int, workdir: Path) -> dict[str, Any]:
     cwd = workdir / f"bare-{steps}"
     cwd.mkdir(parents=True)
-    code = BARE.replace("__KEEP__", str(BARE_KEEP)).replace("__PROMPT__", repr(PROMPT))
+    code = (
+        BARE.replace("__HIGH__", str(int(BARE_WINDOW * context.COMPACT_AT * 4)))
+        .replace("__LOW__", str(int(BARE_WINDOW * context.COMPACT_TO * 4)))
+        .replace("__PROMPT__", repr(PROMPT))
+    )
     with scripted(TurnScript(steps)) as server:
         k = kernel(env_for(server, cwd), cwd)
         try:
@@ -329,11 +344,12 @@ def resume(steps: int, workdir: Path) -> dict[str, Any]:
         k = kernel(env, cwd, PROBE)
         loaded = time.time()
         k.run("%load_ext jupyter_agent")
+        logged = len(server.requests())
         sent = time.time()
         execution = k.start(f"%%agent --model scripted --max-steps 1\n{PROMPT}", cell_id="bench")
         deadline = time.monotonic() + 120
         while True:
-            arrived = [r["time"] for r in server.requests() if r["time"] >= sent]
+            arrived = [r["time"] for r in server.requests(logged) if r["time"] >= sent]
             if arrived or time.monotonic() > deadline:
                 break
             k.pump(0.01)
@@ -424,7 +440,8 @@ def render(
     add("")
     add(
         f"The harness ran with the model's default context window ({h['summaries']} summary "
-        f"requests in the {steps}-step run); the bare loop keeps its last {BARE_KEEP} steps."
+        f"requests in the {steps}-step run); the bare loop truncates its context at the same "
+        f"thresholds of the same {BARE_WINDOW:,}-token window (its requests are as large)."
     )
     add("")
     add("### Where a harness step's time goes")

@@ -26,8 +26,10 @@ def __getattr__(name: str) -> Any:
 
 def load_ipython_extension(ipython: Any) -> None:
     from .magics import AgentMagics
+    from .model import warm_up
 
     ipython.register_magics(AgentMagics(shell=ipython))
+    warm_up()
 
 
 def _jupyter_server_extension_points() -> list[dict]:

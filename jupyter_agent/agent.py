@@ -52,6 +52,7 @@ from .state import (
     RunState,
     encode_delta,
     fold,
+    fold_from_snapshot,
     prompt_hash,
 )
 from .store_api import CheckpointRow, RunRow, RunWriterLike, Store
@@ -176,8 +177,29 @@ def chain(store: Store, run: RunRow) -> list[tuple[str, int | None]]:
     return segments
 
 
-def load_state(store: Store, run: RunRow) -> RunState:
-    return fold(store.payloads(chain(store, run)))
+def load_state(store: Store, run: RunRow, *, full: bool = False) -> RunState:
+    """The run's state now; ``full``: with every message, not only those its view shows.
+
+    Without ``full`` the fold starts at the latest compaction's snapshot, so a
+    resume reads a window's worth of checkpoints however long the run is; the
+    messages compacted away are :data:`~jupyter_agent.state.COMPACTED` placeholders.
+    """
+    segments = chain(store, run)
+    since = 0 if full else resume_point(store, segments)
+    if since:
+        state = fold_from_snapshot(store.payloads(segments, since))
+        if state is not None:
+            return state
+    return fold(store.payloads(segments))
+
+
+def resume_point(store: Store, segments: list[tuple[str, int | None]]) -> int:
+    """The step the fold from the history's latest snapshot starts at; 0: from the start."""
+    for run_id, upto in reversed(segments):
+        for row in reversed(store.checkpoints(run_id, kind="compaction")):
+            if (upto is None or row.step <= upto) and "resume_from" in row.info:
+                return int(row.info["resume_from"])
+    return 0
 
 
 # -- one execution of a run ---------------------------------------------------------
@@ -245,6 +267,12 @@ class Execution:
     ) -> CheckpointRow:
         assert self.writer is not None
         delta = delta or Delta()
+        if kind == "compaction" and delta.compaction is not None:
+            # The state before this checkpoint, for a resume to fold from (see state).
+            point = self.state.snapshot(int(delta.compaction.get("upto") or 0))
+            if point is not None:
+                delta.snapshot = point[1]
+                info = {**(info or {}), "resume_from": point[0]}
         now = time.monotonic()
         payload = encode_delta(delta)
         with _shield_from_interrupt():
@@ -484,12 +512,29 @@ class Execution:
 
     def view(self) -> list[dict]:
         """What the model is sent now (see :mod:`jupyter_agent.context`)."""
-        view = context.model_view(
-            self.state.messages, self.state.compaction, self.state.plan, self._sizes
+        state = self.state
+        return context.model_view(state.messages, state.compaction, state.plan, self._sizes) + (
+            self._planner()
         )
+
+    def view_tokens(self, ratio: float) -> int:
+        """The estimate of :meth:`view`'s tokens, without building it."""
+        state = self.state
+        return context.view_tokens(
+            state.messages,
+            state.compaction,
+            state.plan,
+            ratio,
+            self.tools,
+            self._sizes,
+            self._planner(),
+        )
+
+    def _planner(self) -> list[dict]:
+        """The planner's instruction, while a plan run has no plan yet."""
         if self.plan_mode and not self.state.plan:
-            view.append({"role": "user", "content": context.HARNESS_NOTE + PLANNER_PROMPT})
-        return view
+            return [{"role": "user", "content": context.HARNESS_NOTE + PLANNER_PROMPT}]
+        return []
 
     def _check_budget(self, prompt_tokens: int) -> None:
         """Stop at a checkpoint if a call with this prompt would cross the budget."""
@@ -535,7 +580,7 @@ class Execution:
                     "(--context-window) or a task with smaller outputs."
                 )
             return
-        before = context.estimate_tokens(self.view(), self._ratio, self.tools, self._sizes)
+        before = self.view_tokens(self._ratio)
         compaction = decision.compaction
         tokens = 0
         usage: dict = {}
@@ -634,7 +679,7 @@ class Execution:
     def _model_step(self) -> bool:
         """One model call, checkpointed; False when it was refused and compacted instead."""
         view = self.view()
-        estimate = context.estimate_tokens(view, self._ratio, self.tools, self._sizes)
+        estimate = self.view_tokens(self._ratio)
         self._check_budget(estimate)
         try:
             reply = self.client.complete(
@@ -649,7 +694,7 @@ class Execution:
         self._overflows = 0
         reported = int(reply.usage.get("prompt_tokens") or 0)
         if reported:
-            raw = context.estimate_tokens(view, tools=self.tools, sizes=self._sizes)
+            raw = self.view_tokens(1.0)
             self._ratio = min(max(reported / max(raw, 1), 0.25), 4.0)
         message = redact(reply.message(), self.options.secrets)
         done = not reply.tool_calls

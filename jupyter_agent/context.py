@@ -120,6 +120,9 @@ class Sizes:
         self._stubs: dict[int, tuple[dict, dict]] = {}
         self._older: tuple[dict, dict] = ({}, {})  # the previous view's, until used again
         self._tools: tuple[object, int] = (None, 0)
+        self._pinned: tuple[object, int, int, list[dict]] = (None, 0, 0, [])
+        #: (history, (upto, trim_before), messages counted, their characters)
+        self._tail: tuple[object, tuple[int, int], int, int] = (None, (0, 0), 0, 0)
 
     def turn(self) -> None:
         """A new view is being built: drop what the previous one did not use."""
@@ -149,6 +152,31 @@ class Sizes:
             self._stubs[id(msg)] = (msg, short)
         return short
 
+    def pinned(self, messages: list[dict], start: int, end: int) -> list[dict]:
+        """The pinned messages of ``messages[start:end]``, found once per compaction.
+
+        The history only grows, so the same range of the same list holds the
+        same messages.
+        """
+        held, was_start, was_end, found = self._pinned
+        if held is not messages or (was_start, was_end) != (start, end):
+            found = [m for m in messages[start:end] if is_pinned(m)]
+            self._pinned = (messages, start, end, found)
+        return found
+
+    def tail(self, messages: list[dict], upto: int, trim_before: int) -> tuple[int, int]:
+        """Characters and count of the view's latest steps, ``messages[upto:]`` (old
+        tool outputs stubbed): only messages added since the last call are measured."""
+        held, bounds, counted, chars = self._tail
+        if held is not messages or bounds != (upto, trim_before) or counted > len(messages):
+            counted, chars = upto, 0
+        for i in range(max(counted, upto), len(messages)):
+            msg = messages[i]
+            tool = msg.get("role") == "tool"
+            chars += self.chars(self.stub(msg) if tool and i < trim_before else msg)
+        self._tail = (messages, (upto, trim_before), len(messages), chars)
+        return chars, max(len(messages) - upto, 0)
+
     def tools(self, tools: list | None) -> int:
         if not tools:
             return 0
@@ -167,8 +195,12 @@ def estimate_tokens(
     The tool schemas count too: they are part of every request.
     """
     sizes = sizes or Sizes()
-    chars = sum(sizes.chars(m) for m in messages) + sizes.tools(tools)
-    return int((chars / 4 + 4 * len(messages)) * ratio)
+    chars = sum(sizes.chars(m) for m in messages)
+    return _tokens(chars, len(messages), ratio, sizes.tools(tools))
+
+
+def _tokens(chars: int, count: int, ratio: float, tool_chars: int) -> int:
+    return int(((chars + tool_chars) / 4 + 4 * count) * ratio)
 
 
 # -- the view --------------------------------------------------------------------
@@ -178,6 +210,11 @@ def is_note(msg: dict) -> bool:
     """A user message the harness wrote (item instructions, stuck notes): not pinned."""
     content = msg.get("content")
     return isinstance(content, str) and content.startswith(HARNESS_NOTE)
+
+
+def is_pinned(msg: dict) -> bool:
+    """A message the view keeps however much is compacted: the user's own instructions."""
+    return msg.get("role") == "user" and not is_note(msg)
 
 
 def stub(msg: dict) -> dict:
@@ -201,6 +238,21 @@ def plan_text(plan: list[dict]) -> str:
     return "Current plan (keep it current with update_plan):\n" + "\n".join(rows)
 
 
+def _view_head(
+    messages: list[dict], compaction: dict, plan: list[dict], sizes: Sizes
+) -> tuple[list[dict], int, int]:
+    """The view's messages before the latest steps, where those start, where trimming ends."""
+    head = messages[:2]  # the system prompt and the task
+    upto = max(int(compaction.get("upto") or 0), len(head))
+    view = list(head)
+    if compaction.get("summary"):
+        view.append({"role": "user", "content": compaction["summary"]})
+        view += sizes.pinned(messages, len(head), upto)
+    if plan:
+        view.append({"role": "user", "content": HARNESS_NOTE + plan_text(plan)})
+    return view, upto, int(compaction.get("trim_before") or 0)
+
+
 def model_view(
     messages: list[dict], compaction: dict, plan: list[dict], sizes: Sizes | None = None
 ) -> list[dict]:
@@ -209,21 +261,33 @@ def model_view(
     if sizes is not None:
         sizes.turn()
         shorten = sizes.stub
-    head = messages[:2]  # the system prompt and the task
-    upto = max(int(compaction.get("upto") or 0), len(head))
-    trim_before = int(compaction.get("trim_before") or 0)
-    view = list(head)
-    if compaction.get("summary"):
-        view.append({"role": "user", "content": compaction["summary"]})
-        view += [
-            m for m in messages[len(head) : upto] if m.get("role") == "user" and not is_note(m)
-        ]
-    if plan:
-        view.append({"role": "user", "content": HARNESS_NOTE + plan_text(plan)})
+    view, upto, trim_before = _view_head(messages, compaction, plan, sizes or Sizes())
     for i in range(upto, len(messages)):
         msg = messages[i]
         view.append(shorten(msg) if msg.get("role") == "tool" and i < trim_before else msg)
     return view
+
+
+def view_tokens(
+    messages: list[dict],
+    compaction: dict,
+    plan: list[dict],
+    ratio: float = 1.0,
+    tools: list | None = None,
+    sizes: Sizes | None = None,
+    extra: list[dict] | None = None,
+) -> int:
+    """``estimate_tokens(model_view(...) + extra)``, without building the view.
+
+    The latest steps' characters are added up as they come (:meth:`Sizes.tail`),
+    so a step's estimate costs the same however long the view is.
+    """
+    sizes = sizes or Sizes()
+    head, upto, trim_before = _view_head(messages, compaction, plan, sizes)
+    head += extra or []
+    chars, count = sizes.tail(messages, upto, trim_before)
+    chars += sum(sizes.chars(m) for m in head)
+    return _tokens(chars, count + len(head), ratio, sizes.tools(tools))
 
 
 # -- deciding a compaction ---------------------------------------------------------
@@ -264,10 +328,8 @@ def decide(
     the estimate says the view fits, and prefers a summary.
     """
     sizes = sizes or Sizes()
-    view_tokens = estimate_tokens(
-        model_view(messages, compaction, plan, sizes), ratio, tools, sizes
-    )
-    if not force and view_tokens <= window * COMPACT_AT:
+    tokens = view_tokens(messages, compaction, plan, ratio, tools, sizes)
+    if not force and tokens <= window * COMPACT_AT:
         return None
     target = window * COMPACT_TO
     upto = max(int(compaction.get("upto") or 0), 2)
@@ -277,9 +339,7 @@ def decide(
         keep[0] if len(results_at) > KEEP_RESULTS else int(compaction.get("trim_before") or 0)
     )
     trimmed = {**compaction, "strategy": "trim", "trim_before": trim_before}
-    trimmed_tokens = estimate_tokens(
-        model_view(messages, trimmed, plan, sizes), ratio, tools, sizes
-    )
+    trimmed_tokens = view_tokens(messages, trimmed, plan, ratio, tools, sizes)
     if (
         not force
         and trimmed_tokens <= target

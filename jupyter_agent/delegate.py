@@ -86,17 +86,6 @@ def parse_delegate(arguments: str) -> tuple[str, str, str]:
     return agent.strip(), task.strip(), model.strip()
 
 
-def delegations(messages: list[dict]) -> set[str]:
-    """Ids of the ``delegate`` calls in a conversation."""
-    return {
-        call["id"]
-        for m in messages
-        if m.get("role") == "assistant"
-        for call in m.get("tool_calls") or []
-        if (call.get("function") or {}).get("name") == "delegate"
-    }
-
-
 def awaited_child(
     store: Store, run: RunRow, last: CheckpointRow | None = None
 ) -> tuple[RunRow, CheckpointRow] | None:

@@ -16,9 +16,12 @@ stored once would be restored forever. Every text produced here is redacted.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import functools
 import json
 import os
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -528,8 +531,33 @@ def shared_http(base_url: str, timeout: float) -> httpx.Client:
     with _http_lock:
         client = _HTTP.get(key)
         if client is None or client.is_closed:
-            client = _HTTP[key] = openai.DefaultHttpxClient(timeout=timeout)
+            client = _HTTP[key] = openai.DefaultHttpxClient(timeout=timeout, verify=ssl_context())
         return client
+
+
+@functools.cache
+def ssl_context() -> ssl.SSLContext:
+    """The process's SSL context, as httpx makes it (CA bundle, ``SSL_CERT_FILE``)."""
+    return httpx.create_ssl_context()
+
+
+def warm_up() -> None:
+    """Do in the background, before the first agent cell, what it would otherwise wait for.
+
+    Called by ``%load_ext``: a new kernel's first agent cell (a resume after a
+    restart) then does not wait for the CA bundle to load or for the modules
+    of its first model request and its timeline to be imported.
+    """
+    threading.Thread(target=_warm, name="jupyter-agent-warm-up", daemon=True).start()
+
+
+def _warm() -> None:
+    import importlib
+
+    with contextlib.suppress(Exception):  # a warm-up: the cell does it all anyway
+        openai.DefaultHttpxClient(verify=ssl_context()).close()  # imports the transport
+        for module in ("openai.resources.chat.completions", "jupyter_agent.widget"):
+            importlib.import_module(module)
 
 
 def close_shared_http() -> None:

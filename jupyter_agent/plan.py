@@ -160,8 +160,14 @@ def next_item(
     body = "Progress notes:\n" + ("\n".join(f"- {n}" for n in notes[-40:]) or "- none yet")
     if variables:
         body += "\n\nNotebook variables:\n" + "\n".join(f"- {k}: {v}" for k, v in variables.items())
-    replies = sum(1 for m in messages if m.get("role") == "assistant")
-    results = sum(1 for m in messages if m.get("role") == "tool")
+    # The earlier compactions counted what they cut; a resumed state has only the rest.
+    upto = int(compaction.get("upto") or 0)
+    replies = int(compaction.get("replies") or 0) + sum(
+        1 for m in messages[upto:] if m.get("role") == "assistant"
+    )
+    results = int(compaction.get("results") or 0) + sum(
+        1 for m in messages[upto:] if m.get("role") == "tool"
+    )
     title = plan[index]["title"]
     return NextItem(
         index,

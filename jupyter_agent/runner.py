@@ -24,8 +24,8 @@ from .agent import (
     Execution,
     RunOptions,
     approve_policy,
-    chain,
     effective_status,
+    load_state,
     new_run,
 )
 from .errors import AgentBusy, AgentError
@@ -33,7 +33,7 @@ from .errors import NotWaiting as NotWaiting
 from .identity import AgentIdentity, IdentityError
 from .model import ConfigError, Endpoint, ModelClient
 from .offline import OFFLINE_MODEL, OfflineClient
-from .state import AWAITING_APPROVAL, DONE, RunState, StateVersionError, fold, prompt_hash
+from .state import AWAITING_APPROVAL, DONE, RunState, StateVersionError, prompt_hash
 from .store_api import CheckpointRow, RunRow, Store
 
 #: Errors a user can cause; they are reported as one short message, not a traceback.
@@ -175,8 +175,7 @@ def resume_run(
                 f"Agent {run.agent!r} is running in another kernel or in the background. "
                 "Wait for it, or stop it there, before running it here."
             )
-        history = store.payloads(chain(store, run))
-        state = fold(history)
+        state = load_state(store, run)
         status = effective_status(state.status, run.run_id, live)
         if status == AWAITING_APPROVAL and decision is None:
             restored, failed = restore_variables(store, shell, state, events)
@@ -184,7 +183,7 @@ def resume_run(
         if status == DONE:
             restored, failed = restore_variables(store, shell, state, events)
             return Outcome(run, state, "restore", restored, failed)
-        last = last_settings(store, run, [row for row, _ in history])
+        last = last_settings(store, run)
         if not cell_options:
             options = run_options(run, options, last["approve"])
         # Resolve the endpoint before touching the namespace, so a configuration
@@ -206,11 +205,10 @@ def last_settings(
 ) -> dict[str, Any]:
     """The model and approval policy of the run's latest execution (its latest resume).
 
-    ``rows``: the run's history if the caller read it already (its ancestors' rows
-    may be in it), so the checkpoints are not read twice.
+    ``rows``: the run's checkpoints to look in (default: its resumes).
     """
     if rows is None:
-        rows = store.checkpoints(run.run_id)
+        rows = store.checkpoints(run.run_id, kind="resume")
     for cp in reversed(rows):
         if cp.run_id == run.run_id and cp.kind == "resume" and "model" in cp.info:
             return {"model": cp.info["model"], "approve": cp.info.get("approve", False)}
@@ -223,7 +221,7 @@ def settings_at(store: Store, run: RunRow, step: int) -> dict[str, Any]:
     Those of the run's latest resume at or before it, else the run's own (a
     fork's own are those at its fork point).
     """
-    rows = [cp for cp in store.checkpoints(run.run_id) if cp.step <= step]
+    rows = [cp for cp in store.checkpoints(run.run_id, kind="resume") if cp.step <= step]
     return last_settings(store, run, rows)
 
 

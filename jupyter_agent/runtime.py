@@ -31,7 +31,7 @@ from typing import Any, Protocol, TextIO
 from . import runner, timeline
 from .agent import Events, RunOptions, chain
 from .budget import Budget
-from .delegate import MAX_CHILDREN, MAX_DEPTH, Delegated, awaited_child, delegations
+from .delegate import MAX_CHILDREN, MAX_DEPTH, Delegated, awaited_child
 from .identity import AgentIdentity, IdentityError, validate_name
 from .model import Cancelled
 from .render import TextEvents, run_status
@@ -650,13 +650,12 @@ def _children_started(parent: Any) -> int:
     A refused call has none, so it takes no child's place; a fork's history
     counts its parent's children up to the fork point. Row metadata only.
     """
-    calls = delegations(parent.state.messages)
     started = set()
     with parent.store.session():
         for run_id, upto in chain(parent.store, parent.run):
-            for row in parent.store.checkpoints(run_id):
+            for row in parent.store.checkpoints(run_id, kind="tool_call"):
                 call = (row.info.get("delegate") or {}).get("call_id")
-                if row.kind == "tool_call" and call in calls and (upto is None or row.step <= upto):
+                if call is not None and (upto is None or row.step <= upto):
                     started.add(call)
     return len(started)
 

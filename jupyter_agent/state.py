@@ -8,6 +8,12 @@ namespace objects themselves — is rebuilt, never stored.
 A checkpoint stores only its step's :class:`Delta` (the one or two messages it
 added, the variables it changed), so writing step N costs the same as step 1 and
 a run's store grows linearly. :func:`fold` rebuilds the state by replaying deltas.
+
+A compaction checkpoint also carries a *snapshot*: the state before it, without
+the messages the model's view no longer shows. A resume folds from the latest
+one (:func:`fold` with ``partial``), so its cost is bounded by the context
+window, not by the length of the run; the compacted messages stay in the store
+for the timeline, ``%agent show`` and forks, which fold the whole history.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, cast
 
 import orjson
 
+from .context import is_pinned
 from .errors import AgentError
 from .vocab import RESUMABLE as RESUMABLE
 from .vocab import Status
@@ -59,6 +67,13 @@ class Delta:
     #: the previous one; the messages themselves are never removed.
     compaction: dict | None = None
     plan: list[dict] | None = None  # the agent's plan, replacing the previous one
+    #: On a compaction checkpoint: the state before it (:meth:`RunState.snapshot`).
+    snapshot: dict | None = None
+
+
+#: What stands for a message a partial fold did not read: one the view no longer shows.
+#: Read-only, so nothing can mistake it for a message to send or change.
+COMPACTED: dict = cast(dict, MappingProxyType({"role": "compacted", "content": ""}))
 
 
 @dataclass
@@ -83,6 +98,9 @@ class RunState:
     completion_tokens: int = 0
     #: The budget the run last ran with ({"tokens": …, "cost": …}), if any.
     budget: dict | None = None
+    #: (index of its first message, step) of the steps that added messages, from the
+    #: one holding the view's first message: where a snapshot's fold must start.
+    message_steps: list[tuple[int, int]] = field(default_factory=list)
 
     def apply(
         self,
@@ -94,9 +112,12 @@ class RunState:
         tokens: int,
         info: dict | None = None,
     ) -> None:
-        self.messages.extend(delta.messages)
+        if delta.messages:
+            self.message_steps.append((len(self.messages), step))
+            self.messages.extend(delta.messages)
         if delta.compaction is not None:
             self.compaction = delta.compaction
+            self.message_steps = self.message_steps[self._holding(_upto(delta.compaction)) :]
         if delta.plan is not None:
             self.plan = delta.plan
         if kind == "model":
@@ -125,6 +146,49 @@ class RunState:
             self.started_call = None
         self.step, self.kind, self.status = step, kind, status
         self.tokens += tokens
+
+    def _holding(self, index: int) -> int:
+        """Position in :attr:`message_steps` of the step that added message ``index``."""
+        at = 0
+        for i, (start, _) in enumerate(self.message_steps):
+            if start > index:
+                break
+            at = i
+        return at
+
+    def snapshot(self, upto: int) -> tuple[int, dict] | None:
+        """The step a fold must start at, and this state without the messages before it.
+
+        ``upto``: the first message the view will show whole. Kept are the
+        messages before the fold's start the view still shows (the system prompt
+        and task, the user's pinned instructions); None when nothing would be skipped.
+        """
+        if upto >= len(self.messages):
+            start, since = len(self.messages), self.step + 1
+        elif self.message_steps:
+            start, since = self.message_steps[self._holding(upto)]
+        else:
+            return None
+        if start <= 2:
+            return None
+        kept = [[i, m] for i, m in enumerate(self.messages[:start]) if i < 2 or is_pinned(m)]
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("messages", "message_steps"):
+            del values[name]
+        return since, {"state": values, "length": start, "kept": kept}
+
+    @classmethod
+    def from_snapshot(cls, snapshot: dict, later: list[tuple[int, list[dict]]]) -> RunState:
+        """The state a snapshot describes, with ``later``: (step, messages) read after its start."""
+        state = cls(**{k: v for k, v in snapshot["state"].items() if k in _STATE_FIELDS})
+        messages = [COMPACTED] * int(snapshot["length"])
+        for i, msg in snapshot["kept"]:
+            messages[i] = msg
+        for step, added in later:
+            state.message_steps.append((len(messages), step))
+            messages.extend(added)
+        state.messages = messages
+        return state
 
     def pending_tool_call(self) -> dict | None:
         """The first tool call of the last assistant message that has no result yet."""
@@ -192,6 +256,11 @@ def _delta(data: Any) -> Delta:
 
 
 _FIELDS = frozenset(Delta.__dataclass_fields__)
+_STATE_FIELDS = frozenset(RunState.__dataclass_fields__) - {"messages", "message_steps"}
+
+
+def _upto(compaction: dict) -> int:
+    return int(compaction.get("upto") or 0)
 
 
 def dill_to_json(payload: bytes) -> bytes:
@@ -222,15 +291,34 @@ def fold(checkpoints: list[tuple[Any, bytes]]) -> RunState:
     """Replay ``(checkpoint row, payload)`` pairs, oldest first, into a :class:`RunState`."""
     state = RunState()
     for row, payload in checkpoints:
-        state.apply(
-            decode_delta(payload),
-            step=row.step,
-            kind=row.kind,
-            status=row.status,
-            tokens=row.tokens,
-            info=row.info,
-        )
+        _apply(state, row, decode_delta(payload))
     return state
+
+
+def fold_from_snapshot(checkpoints: list[tuple[Any, bytes]]) -> RunState | None:
+    """:func:`fold` for pairs that start where a snapshot's fold starts (:meth:`RunState.snapshot`).
+
+    Until the snapshot's own checkpoint only their messages are taken; from it
+    on, the state is the snapshot's. None if no pair carries a snapshot.
+    """
+    state: RunState | None = None
+    earlier: list[tuple[int, list[dict]]] = []
+    for row, payload in checkpoints:
+        delta = decode_delta(payload)
+        if state is None:
+            if delta.snapshot is None:
+                if delta.messages:
+                    earlier.append((row.step, delta.messages))
+                continue
+            state = RunState.from_snapshot(delta.snapshot, earlier)
+        _apply(state, row, delta)
+    return state
+
+
+def _apply(state: RunState, row: Any, delta: Delta) -> None:
+    state.apply(
+        delta, step=row.step, kind=row.kind, status=row.status, tokens=row.tokens, info=row.info
+    )
 
 
 def prompt_hash(prompt: str) -> str:

@@ -842,14 +842,14 @@ class DuckDBStore:
             ).fetchone()
         return run_from_row(row) if row else None
 
-    def checkpoints(self, run_id: str) -> list[CheckpointRow]:
+    def checkpoints(self, run_id: str, kind: str | None = None) -> list[CheckpointRow]:
         if not self.exists():
             return []
         with self._connect() as con:
             rows = con.execute(
                 f"SELECT {', '.join(CHECKPOINT_COLUMNS)} FROM checkpoints WHERE run_id = ? "
-                "ORDER BY step",
-                [run_id],
+                "AND (? IS NULL OR kind = ?) ORDER BY step",
+                [run_id, kind, kind],
             ).fetchall()
         return [checkpoint_from_row(r) for r in rows]
 
@@ -1023,7 +1023,9 @@ class DuckDBStore:
             checkpoints[0] if checkpoints else 0,
         )
 
-    def payloads(self, chain: list[tuple[str, int | None]]) -> list[tuple[CheckpointRow, bytes]]:
+    def payloads(
+        self, chain: list[tuple[str, int | None]], since: int = 0
+    ) -> list[tuple[CheckpointRow, bytes]]:
         """Checkpoints with their JSON payloads along (run_id, up-to-step) segments.
 
         No trust check: nothing here is unpickled (but a read-only store of the
@@ -1040,11 +1042,11 @@ class DuckDBStore:
             for i, (run_id, upto) in enumerate(chain):
                 rows = con.execute(
                     f"SELECT {', '.join(CHECKPOINT_COLUMNS)}, {fmt}, payload FROM checkpoints "
-                    "WHERE run_id = ? AND step <= ? ORDER BY step",
-                    [run_id, upto if upto is not None else 2**31 - 1],
+                    "WHERE run_id = ? AND step BETWEEN ? AND ? ORDER BY step",
+                    [run_id, since, upto if upto is not None else 2**31 - 1],
                 ).fetchall()
                 steps = [r[1] for r in rows]
-                first = 0 if i == 0 else (steps[0] if steps else 0)
+                first = since if i == 0 else (steps[0] if steps else 0)
                 missing = store_rows.first_missing(steps, first)
                 if missing is not None:
                     raise StoreError(

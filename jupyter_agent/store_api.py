@@ -257,14 +257,18 @@ class Store(Protocol):
     def run(self, run_id: str) -> RunRow | None:
         """One run, or None."""
 
-    def checkpoints(self, run_id: str) -> list[CheckpointRow]:
-        """A run's own checkpoints, in order (metadata only)."""
+    def checkpoints(self, run_id: str, kind: str | None = None) -> list[CheckpointRow]:
+        """A run's own checkpoints, in order (metadata only); only those of ``kind`` if given."""
 
     def latest_checkpoints(self, run_ids: list[str]) -> dict[str, CheckpointRow]:
         """The last checkpoint of each run that has one."""
 
-    def payloads(self, chain: list[tuple[str, int | None]]) -> list[tuple[CheckpointRow, bytes]]:
-        """Checkpoints with their JSON payloads along ``(run_id, up-to-step)`` segments.
+    def payloads(
+        self, chain: list[tuple[str, int | None]], since: int = 0
+    ) -> list[tuple[CheckpointRow, bytes]]:
+        """Checkpoints with their JSON payloads along ``(run_id, up-to-step)`` segments,
+        from step ``since`` on (a resume reads from its latest snapshot, see
+        :func:`jupyter_agent.state.fold`).
 
         Unpickles nothing, so it needs no trust check. A chain with a hole (a
         checkpoint lost to damage) raises :class:`~jupyter_agent.errors.StoreError`:

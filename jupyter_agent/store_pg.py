@@ -565,11 +565,11 @@ class PostgresStore:
         found = self._runs("run_id = %s", [run_id])
         return found[0] if found else None
 
-    def checkpoints(self, run_id: str) -> list[CheckpointRow]:
+    def checkpoints(self, run_id: str, kind: str | None = None) -> list[CheckpointRow]:
         rows = self._all(
             f"SELECT {_CP_SELECT} FROM {SCHEMA}.checkpoints WHERE run_id = %s AND owner = %s "
-            "ORDER BY step",
-            [run_id, self.owner],
+            "AND (%s::text IS NULL OR kind = %s) ORDER BY step",
+            [run_id, self.owner, kind, kind],
         )
         return [checkpoint_from_row(r) for r in rows]
 
@@ -594,7 +594,9 @@ class PostgresStore:
         )
         return {r: list(steps) for r, steps in rows}
 
-    def payloads(self, chain: list[tuple[str, int | None]]) -> list[tuple[CheckpointRow, bytes]]:
+    def payloads(
+        self, chain: list[tuple[str, int | None]], since: int = 0
+    ) -> list[tuple[CheckpointRow, bytes]]:
         """Checkpoints with payloads along a chain of (run_id, up-to-step) segments, one query.
 
         Refused when a checkpoint was written by another owner (a payload of the
@@ -607,11 +609,12 @@ class PostgresStore:
             "c.payload_format, CASE WHEN c.owner = %s THEN c.payload END "
             "FROM unnest(%s::text[], %s::int[]) WITH ORDINALITY AS s(run_id, upto, i) "
             f"JOIN {SCHEMA}.checkpoints c ON c.run_id = s.run_id AND c.step <= s.upto "
-            "ORDER BY s.i, c.step",
+            "AND c.step >= %s ORDER BY s.i, c.step",
             [
                 self.owner,
                 [r for r, _ in chain],
                 [_MAX_STEP if u is None else u for _, u in chain],
+                since,
             ],
         )
         foreign = next((r for r in rows if r[1] != self.owner), None)
@@ -627,7 +630,9 @@ class PostgresStore:
         out: list[tuple[CheckpointRow, bytes]] = []
         for i, ((run_id, _), seg) in enumerate(zip(chain, segments, strict=True)):
             steps = [r[1] for r in seg]
-            missing = store_rows.first_missing(steps, 0 if i == 0 else (steps[0] if steps else 0))
+            missing = store_rows.first_missing(
+                steps, since if i == 0 else (steps[0] if steps else 0)
+            )
             if missing is not None:
                 raise StoreError(
                     f"Checkpoint {missing} of run {run_id} is missing from the store, so this run "

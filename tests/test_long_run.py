@@ -8,6 +8,7 @@ that did not compact would fail here exactly as it would against a real API.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from IPython import get_ipython
@@ -17,6 +18,7 @@ from IPython.testing.globalipapp import start_ipython
 from jupyter_agent import context
 from jupyter_agent.agent import load_state
 from jupyter_agent.plan import PlanError, parse_items
+from jupyter_agent.state import COMPACTED, Delta, RunState, encode_delta, fold, fold_from_snapshot
 from jupyter_agent.store import Store
 from jupyter_agent.stuck import stuck_reason
 from jupyter_agent.testing import ScriptedServer
@@ -125,6 +127,111 @@ def test_remembered_sizes_are_only_those_of_messages_still_in_the_view():
     assert context.estimate_tokens(view, sizes=sizes) == full
 
 
+class History:
+    """Checkpoints written the way the agent loop writes them, compactions with snapshots."""
+
+    def __init__(self) -> None:
+        self.state = RunState()
+        self.rows: list[tuple[SimpleNamespace, bytes]] = []
+
+    def write(self, kind: str, delta: Delta, info: dict | None = None) -> None:
+        if kind == "compaction":  # as Execution.checkpoint does
+            point = self.state.snapshot(int(delta.compaction.get("upto") or 0))
+            if point is not None:
+                delta.snapshot = point[1]
+                info = {**(info or {}), "resume_from": point[0]}
+        row = SimpleNamespace(
+            step=self.state.step + 1, kind=kind, status="running", tokens=7, info=info or {}
+        )
+        self.rows.append((row, encode_delta(delta)))
+        self.state.apply(delta, step=row.step, kind=kind, status="running", tokens=7, info=row.info)
+
+    def steps(self, start: int, end: int, window: int) -> None:
+        for i in range(start, end):
+            decision = context.decide(
+                self.state.messages, self.state.compaction, self.state.plan, window
+            )
+            if decision is not None:
+                compaction = decision.compaction
+                if decision.summarize:
+                    compaction = {**compaction, "summary": f"summary before {i}"}
+                self.write("compaction", Delta(compaction=compaction))
+            call = {"id": f"c{i}", "type": "function", "function": {"name": "python"}}
+            reply = {"role": "assistant", "content": "", "tool_calls": [call]}
+            self.write("model", Delta(messages=[reply]), {"usage": {"prompt_tokens": 5}})
+            self.write("tool_call", Delta(tool_call_id=f"c{i}"))
+            result = {"role": "tool", "tool_call_id": f"c{i}", "content": OUTPUT}
+            self.write("tool_result", Delta(messages=[result], vars={f"v{i}": f"h{i}"}))
+            if i == 30:  # the user's own instruction, pinned however much is compacted
+                user = {"role": "user", "content": "Use euros, not dollars."}
+                self.write("resume", Delta(messages=[user]), {"budget": {"tokens": 9}})
+            if i == 40:
+                decision = {"call_id": "c40", "action": "approve"}
+                self.write("tool_result", Delta(decision=decision, vars={"v3": None}))
+
+    def since(self) -> int:
+        rows = [r for r, _ in self.rows if r.kind == "compaction" and "resume_from" in r.info]
+        return rows[-1].info["resume_from"]
+
+
+def _same_state(partial: RunState, full: RunState) -> None:
+    skip = {"messages", "message_steps"}
+    assert {k: v for k, v in vars(partial).items() if k not in skip} == {
+        k: v for k, v in vars(full).items() if k not in skip
+    }
+    assert len(partial.messages) == len(full.messages)
+    assert context.model_view(partial.messages, partial.compaction, partial.plan) == (
+        context.model_view(full.messages, full.compaction, full.plan)
+    )
+    assert partial.pending_tool_call() == full.pending_tool_call()
+
+
+def test_a_fold_from_the_latest_snapshot_is_the_state_and_view_of_the_whole_history():
+    history = History()
+    history.write("start", Delta(messages=conversation(0)), {"budget": {"tokens": 5}})
+    history.steps(0, 150, window=8_000)
+    since = history.since()
+    read = [pair for pair in history.rows if pair[0].step >= since]
+    assert len(read) < len(history.rows) / 5  # a window's worth, not the run
+    partial = fold_from_snapshot(read)
+    full = fold(history.rows)
+    assert partial is not None
+    _same_state(partial, full)
+    texts = [m.get("content") for m in context.model_view(partial.messages, partial.compaction, [])]
+    assert "Use euros, not dollars." in texts and "summary before" in " ".join(map(str, texts))
+    assert partial.messages[40] is COMPACTED and partial.vars == full.vars and "v3" not in full.vars
+    # The resumed state goes on like the whole one: later snapshots are the same.
+    resumed = History()
+    resumed.state, resumed.rows = partial, list(history.rows)
+    history.steps(150, 220, window=8_000)
+    resumed.steps(150, 220, window=8_000)
+    assert resumed.rows[-1][0].step == history.rows[-1][0].step
+    assert [p for _, p in resumed.rows] == [p for _, p in history.rows]
+    assert fold_from_snapshot([p for p in history.rows if p[0].step >= history.since()])
+    # Nothing to fold from: no snapshot among the pairs.
+    assert fold_from_snapshot(history.rows[:10]) is None
+
+
+def test_the_views_estimate_is_counted_as_it_grows_and_equals_that_of_the_view():
+    history = History()
+    history.write("start", Delta(messages=conversation(0)), {})
+    each = [context.Sizes(), context.Sizes()]  # one a kind of view: each grows as it goes
+    plan = [{"title": "one", "status": "pending"}]
+    for start in range(0, 200, 5):
+        history.steps(start, start + 5, window=8_000)
+        state = history.state
+        untrimmed = {**state.compaction, "trim_before": 0}
+        for compaction, sizes in zip((state.compaction, untrimmed), each, strict=True):
+            view = context.model_view(state.messages, compaction, plan, sizes)
+            extra = [{"role": "user", "content": "and this"}]
+            expected = context.estimate_tokens(view + extra, 1.3, [{"t": 1}])
+            got = context.view_tokens(
+                state.messages, compaction, plan, 1.3, [{"t": 1}], sizes, extra
+            )
+            assert got == expected, (start, compaction)
+    assert history.since() > 0  # compacted (summaries and trims) on the way
+
+
 def test_known_windows_and_budgets_parse():
     assert context.default_window("gpt-4o-mini") == 128_000
     assert context.default_window("openai/gpt-3.5-turbo-0125") == 16_385
@@ -176,9 +283,42 @@ def test_a_run_longer_than_the_window_completes_with_a_bounded_context(
     kinds = [c.kind for c in cps]
     assert "compaction" in kinds
     # The full history stays in the store; only the view was compacted.
-    state = load_state(store, run)
+    state = load_state(store, run, full=True)
     assert sum(1 for m in state.messages if m["role"] == "tool") == 80
     assert ip.user_ns["v79"] == 79
+
+
+def test_a_resume_reads_from_the_latest_compaction_and_sends_the_same_view(
+    ip, scripted: ScriptedServer, store_path, monkeypatch
+):
+    from jupyter_agent import store as store_module
+
+    scripted.context_window = 8_000
+    scripted.set_script(long_script(80))
+    line = "--model scripted --name resumed --context-window 8000 --max-steps"
+    ip.run_cell_magic("agent", f"{line} 60", "Work.")
+    store, run, cps = latest(store_path)
+    assert cps[-1].status == "limit"
+    whole = load_state(store, run, full=True)
+    expected = context.model_view(whole.messages, whole.compaction, whole.plan)
+    read: list[int] = []
+    real = store_module.DuckDBStore.payloads
+    monkeypatch.setattr(
+        store_module.DuckDBStore,
+        "payloads",
+        lambda self, chain, since=0: (
+            read.extend(r.step for r, _ in real(self, chain, since)) or real(self, chain, since)
+        ),
+    )
+    before = len(scripted.requests)
+    ip.run_cell_magic("agent", f"{line} 200", "Work.")
+    assert read and min(read) > 40 and len(read) < len(cps) / 3, (len(cps), read[:3])
+    first = scripted.requests[before]["body"]["messages"]
+    assert first == [{k: v for k, v in m.items() if v is not None} for m in expected]
+    store, run, cps = latest(store_path)
+    assert cps[-1].status == "done", cps[-1].summary
+    assert scripted.turns_requested() == list(range(81))  # no step asked twice
+    assert ip.user_ns["v79"] == 79 and ip.user_ns["v3"] == 3
 
 
 def test_the_window_is_learnt_from_a_refusal_and_remembered(
@@ -356,16 +496,19 @@ def test_a_resume_reads_its_history_once(ip, scripted: ScriptedServer, monkeypat
     reads: list[str] = []
     real = store_module.DuckDBStore.checkpoints
 
-    def counting(self, run_id):
-        reads.append(run_id)
-        return real(self, run_id)
+    def counting(self, run_id, kind=None):
+        if kind is None:  # the whole history; a kind's few rows are read on their own
+            reads.append(run_id)
+        return real(self, run_id, kind)
 
     monkeypatch.setattr(store_module.DuckDBStore, "checkpoints", counting)
     real_payloads = store_module.DuckDBStore.payloads
     monkeypatch.setattr(
         store_module.DuckDBStore,
         "payloads",
-        lambda self, chain: reads.extend(r for r, _ in chain) or real_payloads(self, chain),
+        lambda self, chain, since=0: (
+            reads.extend(r for r, _ in chain) or real_payloads(self, chain, since)
+        ),
     )
     before = len(scripted.requests)
     ip.run_cell_magic("agent", "--model scripted --name once --max-steps 5", "Read once.")

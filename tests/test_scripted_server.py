@@ -224,6 +224,10 @@ def test_turn_selection_and_attempts(server: ScriptedServer) -> None:
     log = http(server, "GET", "/_log?brief=1")
     assert [r["turn"] for r in log] == [0, 1, 0, 5] and "body" not in log[0]
     assert http(server, "GET", "/_log")[0]["body"]["model"] == "m"
+    assert [r["turn"] for r in http(server, "GET", "/_log?brief=1&since=2")] == [0, 5]
+    assert http(server, "GET", "/_log?since=9") == []
+    with pytest.raises(urllib.error.HTTPError, match="400"):
+        http(server, "GET", "/_log?since=-1")
 
     assert http(server, "POST", "/_script", json.dumps({"script": [{"content": "new"}]}).encode())
     assert http(server, "POST", "/_reset_log", b"{}") == {"ok": True}

@@ -371,9 +371,14 @@ class _Handler(BaseHTTPRequestHandler):
             ]
             self._send_json(200, {"object": "list", "data": data})
         elif path == "/_log":
-            brief = parse_qs(url.query).get("brief", ["0"])[0] not in ("0", "", "false")
+            query = parse_qs(url.query)
+            brief = query.get("brief", ["0"])[0] not in ("0", "", "false")
+            since = query.get("since", ["0"])[0]
+            if not since.isdigit():
+                self._error(400, f"since must be a request count, not {since!r}")
+                return
             with owner._lock:
-                log = [dict(r) for r in owner.requests]
+                log = [dict(r) for r in owner.requests[int(since) :]]
             if brief:
                 for r in log:
                     r.pop("body", None)

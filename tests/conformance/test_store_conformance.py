@@ -161,6 +161,30 @@ def test_a_chain_reads_through_the_fork_point(open_):
     assert pairs[3][1] == b"payload fork/3"
 
 
+def test_a_chain_reads_from_a_step_on_and_checkpoints_filter_by_kind(open_):
+    store = open_()
+    _family(store)
+    w = store.writer("fork", secrets=[])
+    w.put_checkpoint(cp("fork", 5, kind="compaction"), b"payload fork/5")
+    w.close()
+    pairs = store.payloads([("parent", 2), ("fork", None)], since=2)
+    assert [(r.run_id, r.step) for r, _ in pairs] == [
+        ("parent", 2),
+        ("fork", 3),
+        ("fork", 4),
+        ("fork", 5),
+    ]
+    assert [r.step for r, _ in store.payloads([("parent", 2), ("fork", None)], since=4)] == [4, 5]
+    assert store.payloads([("parent", None)], since=9) == []
+    assert [r.step for r in store.checkpoints("fork", kind="compaction")] == [5]
+    assert [r.step for r in store.checkpoints("fork", kind="model")] == [3, 4]
+    assert store.checkpoints("fork", kind="resume") == []
+    write(store, run_row("holey"), [0, 1, 3, 4])
+    assert [r.step for r, _ in store.payloads([("holey", None)], since=3)] == [3, 4]
+    with pytest.raises(StoreError, match="Checkpoint 2 of run holey is missing"):
+        store.payloads([("holey", None)], since=1)
+
+
 def test_deleting_a_fork_keeps_its_ancestor_and_collects_its_blobs(open_):
     store = open_()
     _family(store)

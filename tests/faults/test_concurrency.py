@@ -101,7 +101,10 @@ class Poller(threading.Thread):
     def note(self, run_id: str, step: int) -> None:
         before = self.seen.get(run_id, -1)
         if step < before:
-            self.regressions.append(f"{run_id}: saw step {before}, later only {step}")
+            reader = "REST" if self.rest else "store"
+            self.regressions.append(
+                f"{reader} reader, {run_id}: saw step {before}, later only {step}"
+            )
         self.seen[run_id] = max(before, step)
 
 

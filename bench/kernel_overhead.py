@@ -193,23 +193,29 @@ FINDINGS = """### Findings
 What made the harness step flat and cheap, and what is left:
 
 - **Per-step work no longer grows with the conversation.** `context.Sizes` measures each
-  history message once and keeps its stub; `Execution._model_step` builds the view once and
-  hands it to the compaction decision. The caches forget messages compacted out of the view,
-  so a 10,000-step run's stay bounded.
-- **One widget message per checkpoint.** `TimelineWidget.add` sends the entry and the
-  summary in one `append` comm message; the list trait is resent only as a bounded window,
-  and a followed timeline keeps only the tail of its history in memory (`timeline.KEEP`).
-- **Three fdatasyncs per step** (`JournalWriter.append`): model reply, tool call start and
-  tool result are each durable before the next action, so a crash inside a tool call is
-  known as one. Two would do if the model reply and the tool call start shared a sync, at
-  the cost of asking the model again after a crash between them; kept at three.
-- **Resume opens the store once** (a session opened by the cell before its timeline is
-  built, closed before the first model request) and the timeline reads the latest window
-  of a long history (`DuckDBStore.history_tail`), not every row.
-- **Left:** a resume still reads and decodes every checkpoint payload of the history to
-  fold the run's state (about 55 ms at 1,000 steps, linear in the length): folding from the
-  latest compaction checkpoint would make it constant. Building the model's HTTP client
-  in a new kernel (TLS setup, about 40 ms) is on the path to the first request too.
+  history message once and keeps its stub; the view's token estimate is added up as the
+  view grows (`context.view_tokens`), and its pinned messages are found once per
+  compaction, so the compaction decision costs the same at step 10,000 as at step 10.
+- **Two fdatasyncs per step, not three** (`JournalWriter.append(durable=False)`): a model
+  reply that calls tools is made durable with the start of its first call, before the
+  tool runs; the run's row and a step's values go with the checkpoint written next.
+  Tool call start and result each stay durable before the next action, so a crash
+  inside a tool call is known as one.
+- **One widget message per checkpoint, and nothing else.** `TimelineWidget.add` sends
+  the entry and the summary in one `append` comm message and stores the traits it told
+  the frontends without the change notification that would resend them; a followed
+  timeline keeps only the tail of its history (`timeline.KEEP`). Progress lines are left
+  to the kernel's stream, which sends them every 0.2 s, instead of a flush per line that
+  waited for the IOPub thread.
+- **A resume reads a window's worth of history, not the run.** A compaction checkpoint
+  carries a snapshot of the state before it (without the messages the view no longer
+  shows); a resume folds from the latest one (`Store.payloads(since=…)`), and opens
+  the store once (a session opened by the cell before its timeline is built, closed
+  before the first model request). `%load_ext` builds the SSL context and imports the
+  HTTP transport and the timeline in the background.
+- **What grows with the view is the model call** (the request's JSON and its parse on
+  the server): timed as the model call, in both loops, which send requests of the same
+  size.
 """
 
 

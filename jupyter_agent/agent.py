@@ -264,7 +264,14 @@ class Execution:
         tokens: int = 0,
         info: dict | None = None,
         blobs: dict[str, bytes] | None = None,
+        durable: bool = True,
     ) -> CheckpointRow:
+        """Write a checkpoint and apply it to the state.
+
+        ``durable=False`` for one followed at once by another, before anything
+        acts on it: both are made durable by the second's sync (see
+        :meth:`Store.writer`'s ``put_checkpoint``).
+        """
         assert self.writer is not None
         delta = delta or Delta()
         if kind == "compaction" and delta.compaction is not None:
@@ -290,7 +297,7 @@ class Execution:
                 size=len(payload) + sum(len(b) for b in (blobs or {}).values()),
                 info=info or {},
             )
-            self.writer.put_checkpoint(row, payload)
+            self.writer.put_checkpoint(row, payload, durable=durable)
         self._last = now
         self.state.apply(
             delta, step=row.step, kind=kind, status=status, tokens=tokens, info=row.info
@@ -715,8 +722,16 @@ class Execution:
         delta = Delta(messages=[message])
         if done and self.plan_mode and plans.working_on(state.compaction) is not None:
             delta.plan = info["plan"] = plans.ended(state.plan, state.compaction)  # last one
+        # A reply that calls tools is followed by the first call's checkpoint before
+        # anything acts on it: that one's sync makes both durable.
         self.checkpoint(
-            "model", DONE if done else RUNNING, summary, delta, tokens=reply.tokens, info=info
+            "model",
+            DONE if done else RUNNING,
+            summary,
+            delta,
+            tokens=reply.tokens,
+            info=info,
+            durable=not reply.tool_calls,
         )
         if not reply.tool_calls and not done:
             title = plans.item_title(state.plan, state.compaction)

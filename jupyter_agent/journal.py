@@ -248,14 +248,20 @@ class JournalWriter:
         self.sync = sync
         self._fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
         self._size = 0
+        self._unsynced = False
         # Lock before the file gets its visible name, so no merger can mistake
         # a journal that is being born for one left behind by a dead process.
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.rename(tmp, self.path)
         _open_writers.add(self)
 
-    def append(self, record: Record) -> int:
-        """Write one record durably; return its size in bytes.
+    def append(self, record: Record, *, durable: bool = True) -> int:
+        """Write one record, durably unless ``durable`` is False; return its size in bytes.
+
+        A record written with ``durable=False`` survives the process being
+        killed (it is in the page cache) and is made durable by the next
+        durable append or by :meth:`close`: one sync for two records written
+        back to back, the first of which nothing acts on before the second.
 
         On failure the journal is cut back to its last whole record, so a full
         disk leaves no half frame that would hide the records written after it.
@@ -275,8 +281,9 @@ class JournalWriter:
             if due == "torn":
                 os.fdatasync(self._fd)
                 crash()
-            if self.sync:
+            if self.sync and durable:
                 os.fdatasync(self._fd)
+            self._unsynced = self.sync and not durable
         except BaseException:
             with contextlib.suppress(OSError):  # else the reader drops the torn tail
                 os.ftruncate(self._fd, start)
@@ -290,7 +297,11 @@ class JournalWriter:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             _open_writers.discard(self)
-            os.close(fd)  # also releases the flock
+            try:
+                if self._unsynced:
+                    os.fdatasync(fd)
+            finally:
+                os.close(fd)  # also releases the flock
 
     def _forget(self) -> None:
         """In a forked child: drop the inherited descriptor without touching the parent's lock."""

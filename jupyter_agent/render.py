@@ -122,12 +122,22 @@ class TextEvents:
             self.out.write("\n")
             self._mid_line = False
         self.out.write(text + "\n")
-        self.out.flush()
+        self._flush()
 
     def text(self, chunk: str) -> None:
         self.out.write(chunk)
-        self.out.flush()
+        self._flush()
         self._mid_line = not chunk.endswith("\n")
+
+    def _flush(self) -> None:
+        """Show what was written now, unless the stream does so by itself.
+
+        A kernel's stream sends what it holds every ``flush_interval`` seconds
+        (and before any display); flushing it per line made each checkpoint
+        wait for the kernel's IOPub thread. A terminal or a pipe is flushed.
+        """
+        if getattr(self.out, "flush_interval", None) is None:
+            self.out.flush()
 
     def info(self, message: str) -> None:
         self._line(message)

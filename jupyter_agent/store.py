@@ -1221,12 +1221,13 @@ class RunWriter:
     def put_run(self, run: RunRow) -> None:
         row = redact({c: getattr(run, c) for c in RUN_COLUMNS}, self.secrets)
         row["info"] = json.dumps(row["info"])
-        self._append(Record("runs", row))
+        self._append(Record("runs", row), durable=False)  # with the first checkpoint
 
     def put_blob(self, digest: str, data: bytes) -> None:
         """Journal a value; a large one is written to its file first and journaled by reference."""
         if len(data) < blobfiles.MIN_BYTES or not blobfiles.usable_name(digest):
-            self._append(Record("blobs", {"hash": digest, "size": len(data)}, data))
+            # Durable with the checkpoint that refers to it, written next.
+            self._append(Record("blobs", {"hash": digest, "size": len(data)}, data), durable=False)
             return
         try:
             blobfiles.write(self.store.blob_dir, digest, data)
@@ -1237,9 +1238,10 @@ class RunWriter:
                 "permissions, then re-run the cell to resume."
             ) from exc
         self.bytes_written += len(data)
-        self._append(Record("blobs", {"hash": digest, "size": len(data), "file": True}))
+        record = Record("blobs", {"hash": digest, "size": len(data), "file": True})
+        self._append(record, durable=False)
 
-    def put_checkpoint(self, cp: CheckpointRow, payload: bytes) -> None:
+    def put_checkpoint(self, cp: CheckpointRow, payload: bytes, *, durable: bool = True) -> None:
         row = redact({c: getattr(cp, c) for c in CHECKPOINT_COLUMNS}, self.secrets)
         row["info"] = json.dumps(row["info"])
         row["payload_format"] = "json"
@@ -1247,11 +1249,11 @@ class RunWriter:
             from .state import redact_payload
 
             payload = redact_payload(payload, self.secrets)
-        self._append(Record("checkpoints", row, payload))
+        self._append(Record("checkpoints", row, payload), durable=durable)
 
-    def _append(self, record: Record) -> None:
+    def _append(self, record: Record, *, durable: bool = True) -> None:
         try:
-            self.bytes_written += self._journal.append(record)
+            self.bytes_written += self._journal.append(record, durable=durable)
         except OSError as exc:
             raise StoreError(
                 f"Cannot write a checkpoint to {self._journal.path}: {exc.strerror or exc}. "

@@ -203,13 +203,18 @@ class RunWriterLike(Protocol):
     """Appends one execution's records durably; see :meth:`Store.writer`."""
 
     def put_run(self, run: RunRow) -> None:
-        """Record the run's row (once, in its first execution)."""
+        """Record the run's row (once, in its first execution); durable with the next checkpoint."""
 
     def put_blob(self, digest: str, data: bytes) -> None:
-        """Record a namespace value (dill bytes) under its content hash."""
+        """Record a namespace value (dill bytes) under its content hash; durable with the
+        checkpoint that refers to it, written next."""
 
-    def put_checkpoint(self, cp: CheckpointRow, payload: bytes) -> None:
-        """Record a checkpoint and its JSON payload; durable when this returns."""
+    def put_checkpoint(self, cp: CheckpointRow, payload: bytes, *, durable: bool = True) -> None:
+        """Record a checkpoint and its JSON payload; durable when this returns.
+
+        ``durable=False``: kept if the process dies, made durable (if not before)
+        with the next checkpoint: for one that nothing acts on until the next.
+        """
 
     def close(self, *, merge: bool = True) -> None:
         """End the execution; its records become visible to every reader."""

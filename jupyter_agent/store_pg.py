@@ -914,7 +914,8 @@ class PostgresRunWriter(RunWriter):
         """
         self._append(Record("blobs", {"hash": digest, "size": len(data)}, data))
 
-    def _append(self, record: Record) -> None:
+    def _append(self, record: Record, *, durable: bool = True) -> None:
+        # Each record commits; the commit waits for the disk as the URL asks, ``durable`` or not.
         if store_rows.malformed(record) or record.table not in ("runs", "blobs", "checkpoints"):
             raise StoreError(
                 f"Cannot write a {record.table} record with a missing or mistyped column "

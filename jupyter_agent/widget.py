@@ -16,7 +16,6 @@ for more.
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 import time
@@ -183,10 +182,15 @@ class TimelineWidget(anywidget.AnyWidget):
             self._set_sent(summary=summary, **state)
 
     def _set_sent(self, **values: Any) -> None:
-        """Set traits to what a message of ours already told the frontends, without resending."""
-        with self._lock_property(**json.loads(json.dumps(values))):
-            for name, value in values.items():
-                setattr(self, name, value)
+        """Set traits to what a message of ours already told the frontends, without resending.
+
+        Stored as traitlets stores a value, without its validation and change
+        notification: nothing observes these traits here, and the notification
+        is what would resend them (a third of the cost of a checkpoint's message).
+        A frontend that asks for the state later gets these values.
+        """
+        for name, value in values.items():
+            self._trait_values[name] = value
 
     def write(self, text: str) -> None:
         """Append background output (model text, progress, tool output)."""

@@ -321,6 +321,25 @@ def test_a_resume_reads_from_the_latest_compaction_and_sends_the_same_view(
     assert ip.user_ns["v79"] == 79 and ip.user_ns["v3"] == 3
 
 
+def test_a_tool_calling_reply_is_made_durable_with_its_calls_start(
+    ip, scripted: ScriptedServer, store_path, monkeypatch
+):
+    from jupyter_agent import journal
+
+    synced: list[int] = []
+    real = journal.os.fdatasync
+    monkeypatch.setattr(journal.os, "fdatasync", lambda fd: synced.append(fd) or real(fd))
+    scripted.set_script(long_script(5))
+    ip.run_cell_magic("agent", "--model scripted --name syncs", "Work.")
+    _, _, cps = latest(store_path)
+    kinds = [c.kind for c in cps]
+    assert kinds.count("tool_call") == 5 and cps[-1].status == "done"
+    # Every checkpoint is synced but the replies that call tools: their call's start syncs
+    # both. The run's row and the values go with the checkpoint written next.
+    assert len(synced) == len(cps) - 5
+    assert sorted(ip.user_ns[f"v{i}"] for i in range(5)) == list(range(5))
+
+
 def test_the_window_is_learnt_from_a_refusal_and_remembered(
     ip, scripted: ScriptedServer, store_path
 ):

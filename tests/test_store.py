@@ -39,6 +39,26 @@ def test_journal_framing_ignores_a_torn_tail():
     assert len(journal.decode_all(bytes(damaged))[0]) == 2
 
 
+def test_a_record_not_durable_yet_is_synced_with_the_next_or_at_close(tmp_path, monkeypatch):
+    synced: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(journal.os, "fdatasync", lambda fd: synced.append(fd) or real(fd))
+    writer = journal.JournalWriter(tmp_path, "r1")
+    record = journal.Record("runs", {"x": 1}, b"p")
+    writer.append(record, durable=False)
+    assert synced == []  # written (a killed process keeps it), not synced yet
+    assert journal.decode_all(writer.path.read_bytes())[0][0].row == {"x": 1}
+    writer.append(record)
+    assert len(synced) == 1  # one sync for both
+    writer.append(record, durable=False)
+    writer.close()
+    assert len(synced) == 2  # the last one, at close
+    quiet = journal.JournalWriter(tmp_path, "r2")
+    quiet.append(record)
+    quiet.close()
+    assert len(synced) == 3  # a durable append is not synced again at close
+
+
 def test_writes_are_readable_while_the_run_is_live_and_merged_after(tmp_path):
     store = Store(tmp_path / "s.duckdb")
     writer = store.writer("r1")

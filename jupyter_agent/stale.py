@@ -42,8 +42,9 @@ from .store_api import (
 from .store_rows import checkpoint_from_row, malformed, run_from_row
 from .vocab import Kind
 
-#: Seconds a reader waits for the file before it answers from the journals.
-WAIT = 0.3
+#: Seconds a reader waits for the file before it answers from the journals: a REST
+#: call or `%agent list` answers within a tenth of a second however busy the store.
+WAIT = 0.08
 #: An answer older than this says when it was true ("as of HH:MM:SS").
 STALE_AFTER = 1.0
 

@@ -380,7 +380,8 @@ LONG_INTRO = """\
 An in-process IPython shell, the scripted endpoint and a real store; re-running the cell after
 `--max-steps` resumes the run. Each checkpoint stores only its step's delta, so the stored
 bytes per checkpoint stay flat; the DuckDB file grows in 256 KiB blocks and reuses freed ones.
-Resuming folds the whole history; its time is the *fold* column.
+Resuming folds the history from the latest compaction's snapshot (a window's worth of
+checkpoints, not the whole run); its time is the *fold* column.
 """
 
 SECURITY = """

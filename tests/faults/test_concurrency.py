@@ -443,6 +443,9 @@ def test_two_processes_racing_one_agent_never_both_write(tmp_path: Path) -> None
         duplicated=outcome["doubles"],
         busy=outcome["busy"],
         seconds=round(time.monotonic() - started, 1),
+        outcome=f"{outcome['doubles']} double writers in {outcome['races']} races; the other "
+        f"process was told the agent is running in another kernel {outcome['busy']} times; "
+        f"{round(time.monotonic() - started, 1)} s",
     )
     assert outcome["doubles"] == 0, "\n".join(outcome["problems"])
     assert not outcome["problems"], "\n".join(outcome["problems"])
@@ -506,6 +509,8 @@ def test_two_kernels_rerunning_one_paused_cell_at_once(tmp_path: Path) -> None:
         lost=0,
         duplicated=len(problems),
         busy=busy,
+        outcome=f"{len(problems)} of {trials} trials with two writers or a call run twice; the "
+        f"other kernel was told the agent is running in another kernel {busy} times",
     )
     assert not problems, "\n\n".join(problems)
 

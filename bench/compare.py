@@ -375,10 +375,10 @@ def notes_for(steps: int, rows: dict[str, dict[str, Any]]) -> list[str]:
         "resume / read": lambda r: r["read"],
     }
     why = {
-        "overhead, early": "A jupyter-agent step is three durable checkpoints (model reply, "
-        "tool call start, tool result), each with its own fdatasync, so that a crash inside a "
-        "tool call is known as one; the others write one record per step.",
-        "overhead, late": "As early: three fdatasyncs per step against one commit.",
+        "overhead, early": "A jupyter-agent step is three checkpoints (model reply, tool call "
+        "start, tool result) and two fdatasyncs (the reply shares the call start's), so that "
+        "a crash inside a tool call is known as one; the others write one record per step.",
+        "overhead, late": "As early: two fdatasyncs per step against one commit.",
         "store size": "The DuckDB file has a fixed floor (block-allocated tables and "
         "primary-key indexes, several hundred KB empty) and jupyter-agent stores more per step "
         "(the assistant's tool call, the checkpoint metadata and the tool result, ~1.3 KB raw "
@@ -455,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "Durability settings as the libraries leave them (2 = FULL: a sync per commit): "
             + "; ".join(sync)
-            + ". jupyter-agent: one `fdatasync` per checkpoint.",
+            + ". jupyter-agent: one `fdatasync` per checkpoint, but for a tool-calling reply, "
+            "which its call's start makes durable.",
         ]
     text = render(args.steps, command, {labels.get(k, k): v for k, v in rows.items()}, notes)
     if args.out:

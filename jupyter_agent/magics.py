@@ -330,6 +330,7 @@ class AgentMagics(Magics):
                 if view is not None
                 else known_steps(runtime.store(), identity.notebook, identity.agent)
             )
+            outcome: Outcome | None = None
             try:
                 outcome = runtime.run(
                     identity,
@@ -344,7 +345,9 @@ class AgentMagics(Magics):
                     reads=reads,
                 )
             finally:
-                runtime.refresh(key)
+                # A restore wrote nothing: the timelines show the store as it is already.
+                wrote = outcome is None or outcome.action not in ("restore", "waiting")
+                runtime.refresh(key, reread=wrote)
         report(outcome, identity)
         return outcome
 

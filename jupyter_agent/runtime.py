@@ -171,10 +171,12 @@ class AgentRuntime:
         with self._lock:
             return list(self._views.get(key, ()))
 
-    def refresh(self, key: Key) -> None:
+    def refresh(self, key: Key, *, reread: bool = True) -> None:
+        """Bring the agent's views up to date after an execution; ``reread=False``: it
+        wrote nothing, so only show a view whose display waited for it."""
         for view in self.views(key):
             with contextlib.suppress(Exception):
-                view.refresh()
+                view.refresh() if reread else view.show()
 
     def events(
         self, key: Key, text: TextEvents, *, echo_results: bool = False, store: Store | None = None

@@ -1072,8 +1072,9 @@ def render(rep: Report) -> str:
     )
     add(
         "- **Resume replays deltas.** `load_state` reads the run's payloads in one query and "
-        "applies them in order: linear in the number of steps, and milliseconds at these "
-        "sizes."
+        "applies them in order, from the latest compaction's snapshot on: a window's worth "
+        "of checkpoints however long the run (without compactions, as here, all of them; "
+        "milliseconds at these sizes)."
     )
     add("")
 

@@ -224,8 +224,16 @@ def test_one_writer_per_agent_across_processes(tmp_path):
 
 def test_a_forked_child_does_not_keep_the_agent_lock(tmp_path):
     path = tmp_path / "s.duckdb"
-    # The holder forks a worker that outlives it, as agent code may.
-    then = "if os.fork() == 0:\n                time.sleep(5)\n                os._exit(0)"
+    # The holder forks a worker that outlives it, as agent code may; it goes on once the
+    # worker is past the fork (its at-fork handlers ran), so the kill cannot come between.
+    then = (
+        "r, w = os.pipe()\n"
+        "            if os.fork() == 0:\n"
+        "                os.write(w, b'x')\n"
+        "                time.sleep(5)\n"
+        "                os._exit(0)\n"
+        "            os.read(r, 1)"
+    )
     holder = hold_agent_lock(path, "a", then)
     holder.kill()
     holder.wait()

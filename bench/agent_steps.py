@@ -1269,13 +1269,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    if args.out:
-        from report import write_section
+    from report import publish
 
-        write_section(args.out, "agent-steps", report)
-        log(f"wrote {args.out}")
-    else:
-        print(report)
+    publish(args.out, "agent-steps", report)
     return 0
 
 

@@ -459,13 +459,9 @@ def main(argv: list[str] | None = None) -> int:
             "which its call's start makes durable.",
         ]
     text = render(args.steps, command, {labels.get(k, k): v for k, v in rows.items()}, notes)
-    if args.out:
-        from report import write_section
+    from report import publish
 
-        write_section(args.out, "compare", text)
-        print(f"wrote {args.out}", file=sys.stderr)
-    else:
-        print(text)
+    publish(args.out, "compare", text)
     return 0
 
 

@@ -652,13 +652,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     text = render(command, args.steps, h, b, long, res, profile, res_long, restored)
-    if args.out:
-        from report import write_section
+    from report import publish
 
-        write_section(args.out, "kernel-overhead", text)
-        log(f"wrote {args.out}")
-    else:
-        print(text)
+    publish(args.out, "kernel-overhead", text)
     return 0
 
 

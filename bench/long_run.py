@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from report import write_section  # noqa: E402
+from report import publish  # noqa: E402
 
 from jupyter_agent.agent import load_state  # noqa: E402
 from jupyter_agent.store import Store  # noqa: E402
@@ -286,11 +286,7 @@ def main() -> int:
         nth = max(1, len(r["compactions"]) - 2)
         k = resume_after_compaction(args.steps, args.window, workdir, nth)
     text = report(args.steps, args.window, r, k)
-    if args.out:
-        write_section(args.out, "long-run", text)
-        print(f"wrote {args.out}")
-    else:
-        print(text)
+    publish(args.out, "long-run", text)
     return 0
 
 

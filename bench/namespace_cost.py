@@ -264,14 +264,9 @@ def main() -> None:
     for label, ms in hash_costs(args.repeat):
         add(f"| {label} | {ms:.2f} |")
     text = "\n".join(lines)
-    if args.out:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from report import write_section
+    from report import publish
 
-        write_section(args.out, "namespace-cost", text)
-        print(f"wrote {args.out}")
-    else:
-        print(text)
+    publish(args.out, "namespace-cost", text)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Each benchmark owns the text between ``<!-- NAME:start -->`` and
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -22,3 +23,12 @@ def write_section(path: Path, name: str, text: str) -> None:
         new = (old.rstrip() + "\n\n" if old.strip() else "") + block
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new, encoding="utf-8")
+
+
+def publish(path: Path | None, name: str, text: str) -> None:
+    """Write ``text`` as section ``name`` of the file at ``path``; print it when there is none."""
+    if path is None:
+        print(text)
+        return
+    write_section(path, name, text)
+    print(f"wrote {path}", file=sys.stderr)

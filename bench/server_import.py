@@ -65,14 +65,9 @@ def main() -> int:
             f"| {'met' if not loaded else '**not met**'} |",
         ]
     )
-    if args.out:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from report import write_section
+    from report import publish
 
-        write_section(args.out, "server-import", text)
-        print(f"wrote {args.out}")
-    else:
-        print(text)
+    publish(args.out, "server-import", text)
     return 0
 
 

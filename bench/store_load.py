@@ -34,7 +34,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = "/bench/load.ipynb"
@@ -73,6 +75,25 @@ def script(turns: int) -> list[dict]:
     return [*steps, {"content": "Done."}]
 
 
+#: The REST calls polled, each timed on its own: the reader's method behind each endpoint.
+ENDPOINTS = {
+    "agent": "`GET agents/{name}` (one agent, all its runs)",
+    "run": "`GET runs/{id}` (a run's checkpoints)",
+    "messages": "`GET runs/{id}?messages=1` (with the messages each added)",
+}
+
+
+def rest_calls(reader: Any) -> Iterator[tuple[str, Callable[[], Any]]]:
+    """The REST API's reads in one poll: the list, then its first agent and that agent's run."""
+    answer: list = []
+    yield "agents", lambda: answer.extend(reader.agents(NOTEBOOK))
+    if answer:
+        name, run_id = answer[0]["name"], answer[0]["run_id"]
+        yield "agent", lambda: reader.agent(NOTEBOOK, name)
+        yield "run", lambda: reader.run(run_id)
+        yield "messages", lambda: reader.run(run_id, messages=True)
+
+
 def stats(times: list[float]) -> dict:
     if not times:
         return {"n": 0, "p50": 0.0, "p99": 0.0, "max": 0.0}
@@ -84,7 +105,7 @@ def stats(times: list[float]) -> dict:
 def measure(runs: int, turns: int, kernels_n: int = KERNELS) -> dict:
     """One measurement with the code on ``sys.path`` (the child process's PYTHONPATH)."""
     sys.path.append(str(ROOT))  # after PYTHONPATH: the code measured comes first
-    from jupyter_agent.errors import StoreBusy
+    from jupyter_agent.errors import NotFound, StoreBusy
     from jupyter_agent.server.queries import Reader
     from jupyter_agent.store import DuckDBStore
     from jupyter_agent.testing import ScriptedServer
@@ -93,7 +114,7 @@ def measure(runs: int, turns: int, kernels_n: int = KERNELS) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="store-load-"))
     store_path = tmp / "store" / "agents.duckdb"
     stop = tmp / "stop"
-    rest_times: list[float] = []
+    rest_times: dict[str, list[float]] = {}
     rest_busy = 0
     cell_busy = 0
     failed = 0
@@ -120,12 +141,15 @@ def measure(runs: int, turns: int, kernels_n: int = KERNELS) -> dict:
                 nonlocal rest_busy
                 reader = Reader(DuckDBStore(store_path, busy_timeout=2.0))
                 while not done.is_set():
-                    t = time.monotonic()
-                    try:
-                        reader.agents(NOTEBOOK)
-                    except StoreBusy:
-                        rest_busy += 1
-                    rest_times.append(time.monotonic() - t)
+                    for endpoint, call in rest_calls(reader):
+                        t = time.monotonic()
+                        try:
+                            call()
+                        except StoreBusy:
+                            rest_busy += 1
+                        except NotFound:
+                            continue  # no agent yet
+                        rest_times.setdefault(endpoint, []).append(time.monotonic() - t)
                     time.sleep(0.1)
 
             def drive(k: int, kernel: Kernel) -> None:
@@ -163,7 +187,8 @@ def measure(runs: int, turns: int, kernels_n: int = KERNELS) -> dict:
         "agents": kernels_n * runs,
         "failed": failed,
         "cell_busy": cell_busy,
-        "rest": {**stats(rest_times), "busy": rest_busy},
+        "rest": {**stats(rest_times.get("agents", [])), "busy": rest_busy},
+        **{f"rest-{e}": stats(t) for e, t in rest_times.items() if e != "agents"},
         "list": {**stats(listed["times"]), "busy": listed["busy"]},
     }
 
@@ -186,6 +211,15 @@ def table(results: dict[str, dict]) -> str:
     ]
     head = "| | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
     body = ""
+    for key, label in ENDPOINTS.items():
+        cells = [
+            f"{r[f'rest-{key}']['p50']:.3f} / {r[f'rest-{key}']['p99']:.2f} / "
+            f"{r[f'rest-{key}']['max']:.1f}"
+            if f"rest-{key}" in r
+            else "not measured"
+            for r in results.values()
+        ]
+        body += f"| REST API, {label}: p50 / p99 / max s | " + " | ".join(cells) + " |\n"
     for label, key in rows:
         cells = [
             f"{r[key]['p50']:.3f} / {r[key]['p99']:.2f} / {r[key]['max']:.1f}"

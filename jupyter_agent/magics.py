@@ -568,6 +568,8 @@ class AgentMagics(Magics):
     def _cmd_delete(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)
         runs = self._store().delete_agent(run.notebook, run.agent)
+        if self._reader is not None:
+            self._reader.last_good.forget()  # the list kept must not show it again
         print(f"Deleted agent {run.agent} ({len(runs)} run(s)).")
 
 

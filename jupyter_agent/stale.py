@@ -1,19 +1,22 @@
-"""What a polling reader shows while a writer holds the DuckDB file.
+"""What a polling reader shows without waiting for the DuckDB file.
 
 DuckDB lets one process hold the file read-write and excludes every other, so
-while a kernel folds its journal a reader can only wait. The REST API and
-``%agent list`` answer with the agent summaries they read last, brought up to
-date from the journals (live ones, finished ones not folded yet, and folded
-ones, which the store keeps for :attr:`DuckDBStore.FOLDED_KEEP` seconds)
-without folding anything: at once while the DuckDB file is unchanged since
-that read (the answer is then exact), else after waiting :data:`WAIT` seconds
-for the file (the answer is then the store "as of" that read).
+while a kernel folds its journal a reader that opens the file can only wait,
+and on a busy machine even an uncontended open and fold takes tens of
+milliseconds. The REST API and ``%agent list`` therefore answer from what they
+read last, brought up to date from the journals (live ones, finished ones not
+folded yet, and folded ones, which the store keeps for
+:attr:`DuckDBStore.FOLDED_KEEP` seconds) without folding anything. While the
+file is unchanged since that read the answer is exact; once it changed, the
+answer is still exact but for a deletion or a rename another process made, and
+the reader reads the file again on a thread of its own, so the next answer
+starts from the new read. A request waits for the store only for the first
+answer, or when the journals cannot tell what happened since the last read
+(the read is older than the folded journals kept, or a run forks from the
+middle of a history).
 
-Only an exact answer is given that way: when the journals cannot tell what
-happened since the last read (the answer is older than the folded journals
-kept, or a run forks from the middle of a history), the reader waits for the
-store as before. So a stale answer can miss nothing but a deletion or a rename, and never
-shows a wrong status for a finished run.
+So an answer can miss nothing but another process's deletion or rename, for
+one poll, and never shows a wrong status for a finished run.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from . import journal
 from .errors import StoreBusy
@@ -38,15 +42,18 @@ from .store_api import (
     RunRow,
     RunStats,
     RunSummary,
+    payload_messages,
 )
 from .store_rows import checkpoint_from_row, malformed, run_from_row
 from .vocab import Kind
 
-#: Seconds a reader waits for the file before it answers from the journals: a REST
-#: call or `%agent list` answers within a tenth of a second however busy the store.
-WAIT = 0.08
+#: How many runs' messages a reader keeps (see :meth:`LastGood.messages`).
+MESSAGES_KEPT = 32
 #: An answer older than this says when it was true ("as of HH:MM:SS").
 STALE_AFTER = 1.0
+
+
+_T = TypeVar("_T")
 
 
 class Unknown(Exception):
@@ -68,20 +75,29 @@ class Answer:
 
 
 class LastGood:
-    """A store's agent summaries per notebook, served from the journals while it is held.
+    """A store's answers, kept and brought up to date from the journals between reads.
 
-    While the DuckDB file is as it was at the last read, that read and the
-    journals are the whole truth: the file is not opened at all, so polling
-    readers neither wait for writers nor make them wait.
+    A polling reader never waits for the DuckDB file while its last read is
+    recent: it answers from that read and the journals (exact but for a
+    deletion or a rename another process made since), and when the file changed
+    it reads it again on a thread of its own for the next answer. Only the first
+    answer, or one the journals cannot bring up to date, waits for the store.
     """
 
     def __init__(self, store: object) -> None:
         self.store = store
-        #: notebook -> (time of the read, its answer, the file's state then or None).
-        self._last: dict[str, tuple[float, list[AgentSummary], tuple | None]] = {}
+        #: key -> (time of the read, its answer, the file's state then or None).
+        self._last: dict[tuple, tuple[float, Any, tuple | None]] = {}
         self._resolved: dict[str, str] = {}
         #: Each journal's rows by its size (see :func:`journaled`).
         self._seen: dict[Path, tuple[int, list]] = {}
+        #: Keys being read again on a thread, and those whose last such read found the store busy.
+        self._refreshing: set[tuple] = set()
+        self._behind: set[tuple] = set()
+        #: Each run's messages by step, for the runs opened last (see :meth:`messages`).
+        self._messages: dict[str, dict[int, list[dict]]] = {}
+        #: Bumped by :meth:`forget`, so a read started before it is not kept.
+        self._generation = 0
         self._lock = threading.Lock()
 
     def notebook(self, path: str) -> str:
@@ -100,80 +116,165 @@ class LastGood:
         return resolved
 
     def agent_summaries(self, notebook: str) -> Answer:
-        """The agents of ``notebook``: read now, or the last read brought up to date."""
-        waiting = getattr(self.store, "waiting", None)
-        with self._lock:
-            cached = self._last.get(notebook)
-        if waiting is None or cached is None:
-            return self._read(notebook)
-        at, agents, state = cached
-        recent = time.time() - at < self.store.FOLDED_KEEP / 2
-        journal_dir = self.store.journal_dir
-        if recent and state is not None and state == self.store.file_state():
-            try:
-                return Answer(brought_up_to_date(agents, notebook, journal_dir, self._seen))
-            except Unknown:
-                pass
-        try:
-            with waiting(WAIT):
-                return self._read(notebook)
-        except StoreBusy:
-            if not recent:
-                return self._read(notebook)
-        try:
-            return Answer(brought_up_to_date(agents, notebook, journal_dir, self._seen), at)
-        except Unknown:
-            return self._read(notebook)
+        """The agents of ``notebook``: the last read brought up to date, or read now."""
+        agents, as_of = self._answer(
+            ("agents", notebook),
+            lambda: self.store.agent_summaries(notebook),
+            lambda agents: brought_up_to_date(agents, notebook, self._journaled()),
+        )
+        return Answer(agents, as_of)
 
     def agent_detail(self, notebook: str, name: str) -> AgentDetail | None:
-        """An agent the journals hold and the DuckDB file not yet, with its latest run."""
+        """One agent with all its runs, as :meth:`Store.agent_detail`; None if there is none.
+
+        An agent the journals hold and the DuckDB file not yet is found too, with its latest run.
+        """
+        detail, _ = self._answer(
+            ("agent", notebook, name),
+            lambda: self.store.agent_detail(notebook, name),
+            lambda detail: detail_up_to_date(detail, notebook, self._journaled()),
+        )
+        if detail is not None:
+            return detail
         for agent in self.agent_summaries(notebook).agents:
             if agent.name == name:
                 return AgentDetail(agent, [agent.latest])
         return None
 
     def run_detail(self, run_id: str) -> RunDetail | None:
-        """A run the journals hold and the DuckDB file not yet: what the list showed can be opened.
+        """One run's metadata and checkpoints, as :meth:`Store.run_detail`; None if there is none.
 
-        Its checkpoints' metadata only (payloads stay in the journal until it is folded).
+        A run the journals hold and the DuckDB file not yet is found too (what the
+        list showed can be opened), with its checkpoints' metadata only.
         """
-        journal_dir = getattr(self.store, "journal_dir", None)
-        if journal_dir is None:
-            return None
-        runs, checkpoints = journaled(journal_dir, self._seen)
-        run = runs.get(run_id)
+        detail, _ = self._answer(
+            ("run", run_id),
+            lambda: self.store.run_detail(run_id),
+            lambda detail: run_up_to_date(detail, self._journaled()),
+        )
+        if detail is not None or getattr(self.store, "journal_dir", None) is None:
+            return detail
+        journals = self._journaled()
+        run = journals.runs.get(run_id)
         if run is None:
             return None
-        rows = checkpoints.get(run_id, [])
-        live = run_id in journal.live_run_ids(journal_dir)
-        return RunDetail(RunSummary(run, _added(None, run, rows), live), rows)
+        rows = journals.checkpoints.get(run_id, [])
+        return RunDetail(RunSummary(run, _added(None, run, rows), run_id in journals.live), rows)
+
+    def messages(self, detail: RunDetail) -> dict[int, list[dict]]:
+        """The messages each of the run's own checkpoints added, by step.
+
+        A checkpoint never changes, so each is read once: the new ones from the
+        run's journals, the rest from the store in one read of the run's own steps.
+        """
+        run_id = detail.summary.run.run_id
+        with self._lock:
+            known = dict(self._messages.get(run_id, {}))
+        missing = [c.step for c in detail.checkpoints if c.step not in known]
+        if missing and getattr(self.store, "journal_dir", None) is not None:
+            known.update(_journaled_messages(self.store.journal_dir, run_id, set(missing)))
+            missing = [s for s in missing if s not in known]
+        if missing:
+            pairs = self.store.payloads([(run_id, None)], since=min(missing))
+            known.update((cp.step, payload_messages(p)) for cp, p in pairs)
+        with self._lock:
+            self._messages.pop(run_id, None)
+            self._messages[run_id] = known  # the newest last: the oldest is dropped first
+            while len(self._messages) > MESSAGES_KEPT:
+                del self._messages[next(iter(self._messages))]
+        return {c.step: known.get(c.step, []) for c in detail.checkpoints}
 
     def forget(self) -> None:
         """Drop the answers kept (after a change made through this reader)."""
         with self._lock:
             self._last.clear()
+            self._messages.clear()
+            self._generation += 1
 
-    def _read(self, notebook: str) -> Answer:
+    def _journaled(self) -> Journaled:
+        return journaled(self.store.journal_dir, self._seen)
+
+    def _answer(
+        self, key: tuple, read: Callable[[], _T], update: Callable[[_T], _T]
+    ) -> tuple[_T, float | None]:
+        """``read()``'s answer: the last one brought up to date with ``update`` while it is recent.
+
+        Also when the file changed since (its answer is then read again in the
+        background); the time of the last read comes with it when that re-read
+        found the store busy.
+        """
+        with self._lock:
+            cached = self._last.get(key)
+        if getattr(self.store, "waiting", None) is None or cached is None:
+            return self._read(key, read), None
+        at, value, state = cached
+        if time.time() - at < self.store.FOLDED_KEEP / 2:  # the journals since are all kept
+            try:
+                fresh = update(value)
+            except Unknown:
+                pass
+            else:
+                if state is not None and state == self.store.file_state():
+                    return fresh, None  # nothing but the journals changed: exact
+                self._refresh(key, read)
+                return fresh, (at if key in self._behind else None)
+        return self._read(key, read), None
+
+    def _read(self, key: tuple, read: Callable[[], _T]) -> _T:
         state = getattr(self.store, "file_state", None)
+        generation = self._generation
         at = time.time()  # before the read: anything journaled later is newer
         before = state() if state is not None else None
-        agents = self.store.agent_summaries(notebook)
+        value = read()
         after = state() if state is not None else None
         with self._lock:
-            # A file written meanwhile (this read may fold) is read again next time.
-            self._last[notebook] = (at, agents, before if before == after else None)
-        return Answer(agents)
+            if value is not None and generation == self._generation:
+                # A file written meanwhile (this read may fold) is read again next time.
+                self._last[key] = (at, value, before if before == after else None)
+        return value
+
+    def _refresh(self, key: tuple, read: Callable[[], object]) -> None:
+        """Read ``key``'s answer again on a thread, unless that is already under way."""
+        with self._lock:
+            if key in self._refreshing:
+                return
+            self._refreshing.add(key)
+
+        def work() -> None:
+            try:
+                self._read(key, read)
+                with self._lock:
+                    self._behind.discard(key)
+            except StoreBusy:
+                with self._lock:  # the answers meanwhile say how old their base is
+                    self._behind.add(key)
+            except Exception:
+                with self._lock:  # the next request reads itself, and reports the error
+                    self._last.pop(key, None)
+            finally:
+                with self._lock:
+                    self._refreshing.discard(key)
+
+        threading.Thread(target=work, name="jupyter-agent-refresh", daemon=True).start()
 
 
-def journaled(
-    journal_dir: Path, seen: dict[Path, tuple[int, list]] | None = None
-) -> tuple[dict[str, RunRow], dict[str, list[CheckpointRow]]]:
+@dataclasses.dataclass
+class Journaled:
+    """What every journal on disk holds, folded or not: rows without payloads, and the live runs."""
+
+    runs: dict[str, RunRow]
+    checkpoints: dict[str, list[CheckpointRow]]
+    live: set[str]
+
+
+def journaled(journal_dir: Path, seen: dict[Path, tuple[int, list]] | None = None) -> Journaled:
     """Runs and checkpoint metadata of every journal on disk, folded or not (no payload).
 
     ``seen`` keeps each journal's records by its size, so one that did not grow
     since the last call is not decoded again.
     """
     seen = {} if seen is None else seen
+    live = journal.live_run_ids(journal_dir)  # sampled before and after, as the store does
     runs: dict[str, RunRow] = {}
     checkpoints: dict[str, dict[int, CheckpointRow]] = {}
     present: set[Path] = set()
@@ -197,7 +298,8 @@ def journaled(
                 jf.close()
     for gone in set(seen) - present:
         del seen[gone]
-    return runs, {r: [cps[s] for s in sorted(cps)] for r, cps in checkpoints.items()}
+    ordered = {r: [cps[s] for s in sorted(cps)] for r, cps in checkpoints.items()}
+    return Journaled(runs, ordered, live | journal.live_run_ids(journal_dir))
 
 
 def _rows(data: bytes) -> list[RunRow | CheckpointRow]:
@@ -213,44 +315,98 @@ def _rows(data: bytes) -> list[RunRow | CheckpointRow]:
     return out
 
 
+def _journaled_messages(journal_dir: Path, run_id: str, steps: set[int]) -> dict[int, list[dict]]:
+    """The messages the journals of ``run_id`` hold for ``steps`` (from the payloads)."""
+    out: dict[int, list[dict]] = {}
+    for suffix in (journal.SUFFIX, journal.FOLDED_SUFFIX):
+        for jf in journal.scan(journal_dir, suffix=suffix):
+            try:
+                if jf.run_id != run_id or jf.owner != os.getuid() or jf.mode & 0o022:
+                    continue
+                for rec in journal.decode(jf.read()).records:
+                    if rec.table == "checkpoints" and not malformed(rec):
+                        step = rec.row.get("step")
+                        if step in steps and rec.row.get("run_id") == run_id:
+                            out[step] = payload_messages(rec.payload)
+            except OSError:
+                continue
+            finally:
+                jf.close()
+    return out
+
+
 def brought_up_to_date(
-    agents: list[AgentSummary],
-    notebook: str,
-    journal_dir: Path,
-    seen: dict[Path, tuple[int, list]] | None = None,
+    agents: list[AgentSummary], notebook: str, journals: Journaled
 ) -> list[AgentSummary]:
     """``agents`` with what the journals hold since they were read; :class:`Unknown` if inexact."""
-    runs, checkpoints = journaled(journal_dir, seen)
-    live = journal.live_run_ids(journal_dir)
-
-    def caught_up(agent: AgentSummary) -> AgentSummary:
-        latest = agent.latest
-        stats = latest.stats
-        last = stats.last_step if stats is not None and stats.run_id == latest.run.run_id else -1
-        new = [c for c in checkpoints.get(latest.run.run_id, []) if c.step > last]
-        return dataclasses.replace(
-            agent,
-            latest=RunSummary(
-                latest.run, _added(stats, latest.run, new), latest.run.run_id in live
-            ),
-            timeline=[*agent.timeline, *new][-TIMELINE_LIMIT:],
-        )
-
-    by_name = {a.name: caught_up(a) for a in agents}
-    mine = sorted((r for r in runs.values() if r.notebook == notebook), key=lambda r: r.created_at)
+    by_name = {a.name: _agent_up_to_date(a, [a.latest], journals)[0] for a in agents}
+    mine = sorted(
+        (r for r in journals.runs.values() if r.notebook == notebook), key=lambda r: r.created_at
+    )
     for run in mine:
-        known = by_name.get(run.agent)
-        if known is not None and run.created_at <= known.latest.run.created_at:
+        if run.agent not in by_name:  # an agent new since the read
+            runs = _runs_up_to_date([], notebook, run.agent, journals)
+            new = journals.checkpoints.get(runs[-1].run.run_id, [])
+            by_name[run.agent] = AgentSummary(run.agent, runs[-1], len(runs), new[-TIMELINE_LIMIT:])
+    return list(by_name.values())
+
+
+def detail_up_to_date(detail: AgentDetail, notebook: str, journals: Journaled) -> AgentDetail:
+    """An agent's detail with what the journals hold since it was read."""
+    summary, runs = _agent_up_to_date(detail.summary, detail.runs, journals, notebook)
+    return AgentDetail(summary, runs)
+
+
+def run_up_to_date(detail: RunDetail, journals: Journaled) -> RunDetail:
+    """A run's detail with the checkpoints the journals hold since it was read."""
+    summary, new = _run_up_to_date(detail.summary, journals)
+    return RunDetail(summary, [*detail.checkpoints, *new])
+
+
+def _agent_up_to_date(
+    agent: AgentSummary, runs: list[RunSummary], journals: Journaled, notebook: str | None = None
+) -> tuple[AgentSummary, list[RunSummary]]:
+    """``agent`` and its ``runs`` (oldest first, ending with its latest) brought up to date."""
+    notebook = agent.latest.run.notebook if notebook is None else notebook
+    caught = _runs_up_to_date(runs, notebook, agent.name, journals)
+    latest = caught[-1]
+    if latest.run.run_id == agent.latest.run.run_id:
+        _, new = _run_up_to_date(agent.latest, journals)
+        timeline = [*agent.timeline, *new]
+    else:
+        timeline = journals.checkpoints.get(latest.run.run_id, [])
+    added = len(caught) - len(runs)
+    summary = AgentSummary(agent.name, latest, agent.runs + added, timeline[-TIMELINE_LIMIT:])
+    return summary, caught
+
+
+def _runs_up_to_date(
+    runs: list[RunSummary], notebook: str, agent: str, journals: Journaled
+) -> list[RunSummary]:
+    """An agent's runs (oldest first) with their new checkpoints, and the runs begun since."""
+    out = [_run_up_to_date(r, journals)[0] for r in runs]
+    mine = (r for r in journals.runs.values() if r.notebook == notebook and r.agent == agent)
+    for run in sorted(mine, key=lambda r: r.created_at):
+        latest = out[-1] if out else None
+        if latest is not None and run.created_at <= latest.run.created_at:
             continue  # this run or an older one: already counted
         base = None
         if run.parent_run:
-            if known is None or known.latest.run.run_id != run.parent_run:
+            if latest is None or latest.run.run_id != run.parent_run:
                 raise Unknown(f"run {run.run_id} continues a run not in the last answer")
-            base = known.latest.stats
-        started = RunSummary(run, _continued(base, run), run.run_id in live)
-        runs_before = known.runs if known is not None else 0
-        by_name[run.agent] = caught_up(AgentSummary(run.agent, started, runs_before + 1, []))
-    return list(by_name.values())
+            base = latest.stats
+        out.append(_run_up_to_date(RunSummary(run, _continued(base, run), False), journals)[0])
+    return out
+
+
+def _run_up_to_date(
+    summary: RunSummary, journals: Journaled
+) -> tuple[RunSummary, list[CheckpointRow]]:
+    """``summary`` with the run's checkpoints journaled since, and those checkpoints."""
+    run, stats = summary.run, summary.stats
+    last = stats.last_step if stats is not None and stats.run_id == run.run_id else -1
+    new = [c for c in journals.checkpoints.get(run.run_id, []) if c.step > last]
+    return RunSummary(run, _added(stats, run, new), run.run_id in journals.live), new
 
 
 def _continued(parent: RunStats | None, run: RunRow) -> RunStats | None:

@@ -125,11 +125,56 @@ def test_a_reader_does_not_open_an_unchanged_store_to_show_journaled_progress(
     (shown,), as_of = reader.agents_as_of(NOTEBOOK)
     assert reader.store.opens == opens  # answered from the journals alone
     assert (shown["status"], shown["steps"], shown["runs"], as_of) == ("running", 3, 2, None)
-    store.flush()  # the finished run is folded: the file changed, so it is read again
-    (stored,), as_of = reader.agents_as_of(NOTEBOOK)
+    store.flush()  # the finished run is folded: the file changed, so it is read again...
+    (again,), as_of = reader.agents_as_of(NOTEBOOK)
+    assert again == shown and as_of is None  # ...on a thread: this answer did not wait for it
+    assert wait_for(lambda: reader.store.opens == opens + 1)
+    (stored,), as_of = reader.agents_as_of(NOTEBOOK)  # from that read; the file is unchanged
     assert reader.store.opens == opens + 1 and as_of is None
     assert shown == stored  # the journals told the same as the store
     resumed.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_reader_answers_at_once_while_the_store_changes_and_sees_deletions_a_poll_later(
+    store_path: Path,
+) -> None:
+    """The file changes under a polling reader: it answers from its last read and the journals."""
+    store = Store(store_path)
+    now = time.time()
+    finish(start_run(store, "aaaa0011", "kept", now), "aaaa0011", now + 1, fold=True)
+    finish(start_run(store, "bbbb0012", "deleted", now + 2), "bbbb0012", now + 3, fold=True)
+    reader = Reader(Store(store_path, busy_timeout=2.0))
+    assert {a["name"] for a in reader.agents(NOTEBOOK)} == {"kept", "deleted"}
+    detail, _ = reader.run("aaaa0011")
+    with_messages, _ = reader.run("aaaa0011", messages=True)
+    assert reader.agent(NOTEBOOK, "kept")["all_runs"][0]["status"] == "done"
+    opens = reader.store.opens
+
+    # Another process deletes an agent and a new run is folded in: the file changed.
+    Store(store_path).delete_agent(NOTEBOOK, "deleted")
+    finish(start_run(store, "cccc0013", "new", now + 4), "cccc0013", now + 5, fold=True)
+    with held(store_path, 8):  # and a writer holds it now: the reads cannot open it
+        answers, took = timed(lambda: (reader.agents(NOTEBOOK), reader.agent(NOTEBOOK, "kept")))
+        agents, kept = answers
+        assert took < 0.5 and reader.store.opens == opens  # nothing waited for the file
+        assert {a["name"]: a["status"] for a in agents} == {
+            "kept": "done",
+            "deleted": "done",
+            "new": "done",  # the deletion is not known yet
+        }
+        assert [r["run_id"] for r in kept["all_runs"]] == ["aaaa0011"]
+        assert reader.run("aaaa0011")[0] == detail
+        assert reader.run("aaaa0011", messages=True)[0] == with_messages  # each step read once
+    assert wait_for(lambda: {a["name"] for a in reader.agents(NOTEBOOK)} == {"kept", "new"})
 
 
 def test_a_run_the_list_shows_from_its_journal_can_be_opened(store_path: Path) -> None:

@@ -18,12 +18,9 @@ from ..store_api import (
     CHECKPOINT_COLUMNS,
     AgentSummary,
     CheckpointRow,
-    RunRow,
     RunStats,
     RunSummary,
     Store,
-    history_chain,
-    payload_messages,
 )
 from ..vocab import effective_status
 
@@ -152,8 +149,7 @@ class Reader:
 
     def agent(self, notebook: str, name: str) -> dict[str, Any]:
         """One agent: the summary of its latest run and every run it has."""
-        detail = self.store.agent_detail(notebook, name)
-        detail = detail or self.last_good.agent_detail(notebook, name)  # listed, not folded yet
+        detail = self.last_good.agent_detail(notebook, name)
         if detail is None:
             raise NotFound(f"No agent named {name!r} in this notebook.")
         summary = self._summary(detail.summary)
@@ -190,30 +186,17 @@ class Reader:
         With ``messages``, each checkpoint also has the messages it added, read
         from its JSON payload (no code runs to read it) with secrets redacted.
         """
-        detail = self.store.run_detail(run_id) or self.last_good.run_detail(run_id)
+        detail = self.last_good.run_detail(run_id)
         if detail is None:
             raise NotFound(f"No run {run_id!r}.")
         out = self._run_summary(detail.summary)
         out["checkpoints"] = [_checkpoint_dict(c) for c in detail.checkpoints]
         if messages:
-            added = self._messages(detail.summary.run)
+            added = self.last_good.messages(detail)
             secrets = secrets_in_environment()
             for cp in out["checkpoints"]:
                 cp["messages"] = redact(added.get(cp["step"], []), secrets)
         return out, detail.summary.run.notebook
-
-    def _messages(self, run: RunRow) -> dict[int, list[dict]]:
-        """The messages each of the run's own checkpoints added."""
-        parents: dict[str, RunRow] = {}
-        current: RunRow | None = run
-        while current is not None and current.parent_run and current.parent_run not in parents:
-            parent = self.store.run(current.parent_run)
-            if parent is None:
-                break
-            parents[parent.run_id] = parent
-            current = parent
-        pairs = self.store.payloads(history_chain(run, parents))
-        return {cp.step: payload_messages(p) for cp, p in pairs if cp.run_id == run.run_id}
 
     # -- changing -----------------------------------------------------------------------
 

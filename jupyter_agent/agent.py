@@ -22,11 +22,12 @@ What happens to the step that was in flight when the kernel died:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -212,6 +213,9 @@ class Stop(Exception):
 class Execution:
     """Drives one run from its current state until it finishes, pauses or fails."""
 
+    #: Changed values this large in memory are serialized while the model is asked (None: never).
+    save_later_from: int | None = namespace.SAVE_LATER_BYTES
+
     def __init__(
         self,
         store: Store,
@@ -252,6 +256,8 @@ class Execution:
         self._sizes = context.Sizes()
         self._overflows = 0
         self.tracker = namespace.Tracker()
+        #: A checkpoint applied, not written yet (see :meth:`checkpoint`).
+        self._later: _Later | None = None
 
     # The single place where state changes: write the checkpoint, then apply it.
     def checkpoint(
@@ -265,14 +271,22 @@ class Execution:
         info: dict | None = None,
         blobs: dict[str, bytes] | None = None,
         durable: bool = True,
+        later: _Later | None = None,
     ) -> CheckpointRow:
         """Write a checkpoint and apply it to the state.
 
         ``durable=False`` for one followed at once by another, before anything
         acts on it: both are made durable by the second's sync (see
         :meth:`Store.writer`'s ``put_checkpoint``).
+
+        With ``later`` (a ``tool_result`` whose large values are still being
+        serialized) the checkpoint is applied now, so the model can be asked
+        for the next step meanwhile, and written by :meth:`write_saved` once
+        they are: before any other checkpoint, and so before code runs again.
+        Until then the call is in flight, as it would be during the tool.
         """
         assert self.writer is not None
+        self.write_saved()  # checkpoints are written in step order
         delta = delta or Delta()
         if kind == "compaction" and delta.compaction is not None:
             # The state before this checkpoint, for a resume to fold from (see state).
@@ -282,28 +296,56 @@ class Execution:
                 info = {**(info or {}), "resume_from": point[0]}
         now = time.monotonic()
         payload = encode_delta(delta)
-        with _shield_from_interrupt():
-            for digest, data in (blobs or {}).items():
-                self.writer.put_blob(digest, data)
-            row = CheckpointRow(
-                run_id=self.run.run_id,
-                step=self.state.step + 1,
-                kind=kind,
-                status=status,
-                summary=one_line(summary),
-                created_at=time.time(),
-                duration_ms=round((now - self._last) * 1000, 1),
-                tokens=tokens,
-                size=len(payload) + sum(len(b) for b in (blobs or {}).values()),
-                info=info or {},
-            )
-            self.writer.put_checkpoint(row, payload, durable=durable)
+        row = CheckpointRow(
+            run_id=self.run.run_id,
+            step=self.state.step + 1,
+            kind=kind,
+            status=status,
+            summary=one_line(summary),
+            created_at=time.time(),
+            duration_ms=round((now - self._last) * 1000, 1),
+            tokens=tokens,
+            size=len(payload) + sum(len(b) for b in (blobs or {}).values()),
+            info=info or {},
+        )
+        if later is None:
+            self._write(row, payload, blobs, durable=durable)
+        else:
+            later.row = row
+            self._later = later
         self._last = now
         self.state.apply(
             delta, step=row.step, kind=kind, status=status, tokens=tokens, info=row.info
         )
-        self.events.checkpoint(self.run, row, delta)
+        if later is None:
+            self.events.checkpoint(self.run, row, delta)
         return row
+
+    def _write(
+        self, row: CheckpointRow, payload: bytes, blobs: dict[str, bytes] | None, durable: bool
+    ) -> None:
+        assert self.writer is not None
+        with _shield_from_interrupt():
+            for digest, data in (blobs or {}).items():
+                self.writer.put_blob(digest, data)
+            self.writer.put_checkpoint(row, payload, durable=durable)
+
+    def write_saved(self) -> None:
+        """Write the checkpoint applied before its large values were serialized, once they are."""
+        later, self._later = self._later, None
+        if later is None or later.row is None:
+            return
+        with _shield_from_interrupt():
+            saved = later.saving.result()
+        delta, info, blobs = later.compose(saved)
+        payload = encode_delta(delta)
+        size = len(payload) + sum(len(b) for b in blobs.values())
+        row = dataclasses.replace(later.row, info=info, size=size)
+        self._write(row, payload, blobs, durable=True)
+        self.state.bind(saved.vars, saved.unsaved)
+        self.events.checkpoint(self.run, row, delta)
+        for name, why in saved.unsaved.items():
+            self.events.notice(f"not saved: {name}: {why}")
 
     def execute(self, *, first: bool, decision: dict | None = None) -> RunState:
         try:  # before anything is written: a missing tool is a short error, nothing lost
@@ -346,9 +388,12 @@ class Execution:
                 self.checkpoint("error", ERROR, message, info={"error": message})
             raise
         finally:
-            self.writer.close()
-            self.client.close()
-            self.toolbox.close()
+            try:
+                self.write_saved()  # not written if this fails: the call stays in flight
+            finally:
+                self.writer.close()
+                self.client.close()
+                self.toolbox.close()
         return self.state
 
     def _open_tools(self, first: bool) -> None:
@@ -932,35 +977,73 @@ class Execution:
         info: dict | None = None,
         in_kernel: bool = True,
     ) -> None:
+        ran = in_kernel and result.executed  # nothing else can change the namespace
+        secrets = self.options.secrets
         snap = self.tracker.snapshot(
             self.shell.user_ns,
             self.state.vars,
-            self.options.secrets,
+            secrets,
             result.touched,
-            ran=in_kernel and result.executed,  # nothing else can change the namespace
+            ran=ran,
+            later_from=self.save_later_from if ran else None,
         )
-        output = redact(result.output, self.options.secrets)
+        output = redact(result.output, secrets)
         message = {"role": "tool", "tool_call_id": call_id, "content": output}
         first = output.strip().splitlines()[-1] if output.strip() else ""
+
+        def compose(saved: namespace.Snapshot) -> tuple[Delta, dict, dict[str, bytes]]:
+            """The checkpoint's delta, info and blobs with the values saved later merged in."""
+            vars = {**snap.vars, **saved.vars}
+            unsaved = {**snap.unsaved, **saved.unsaved}
+            delta = Delta(messages=[message], vars=vars, unsaved=unsaved, tool_call_id=call_id)
+            values = {
+                "vars": {**snap.info, **saved.info},
+                "deleted": [n for n, h in vars.items() if h is None],
+                "unsaved": unsaved,
+                "blobs": [h for h in vars.values() if h],
+                "error": result.error,
+            }
+            return delta, {**values, **(info or {})}, {**snap.blobs, **saved.blobs}
+
+        later = None
+        if snap.later:
+            lock = self.options.namespace
+            done = lock.saving(self.run.agent) if lock is not None else lambda: None
+            assert self.writer is not None
+            saving = namespace.Saving(
+                self.shell.user_ns,
+                snap.later,
+                self.state.vars,
+                secrets,
+                prepare=self.writer.prepare_blob,
+                done=done,
+            )
+            later = _Later(saving, compose)
+        delta, values, blobs = compose(namespace.Snapshot())
         self.checkpoint(
             "tool_result",
             status,
             ("error: " if result.error else "") + first,
-            Delta(messages=[message], vars=snap.vars, unsaved=snap.unsaved, tool_call_id=call_id),
-            info={
-                "vars": snap.info,
-                "deleted": [n for n, h in snap.vars.items() if h is None],
-                "unsaved": snap.unsaved,
-                "blobs": [h for h in snap.vars.values() if h],
-                "error": result.error,
-                **(info or {}),
-            },
-            blobs=snap.blobs,
+            delta,
+            info=values,
+            blobs=blobs,
             tokens=tokens,  # a child's tokens count towards its parent's
+            later=later,
         )
         if snap.unsaved:
             for name, why in snap.unsaved.items():
                 self.events.notice(f"not saved: {name}: {why}")
+
+
+@dataclass
+class _Later:
+    """A ``tool_result`` applied before its large values were serialized (see
+    :meth:`Execution.checkpoint`): their :class:`namespace.Saving`, and how to
+    make the checkpoint's delta, info and blobs once they are."""
+
+    saving: namespace.Saving
+    compose: Callable[[namespace.Snapshot], tuple[Delta, dict, dict[str, bytes]]]
+    row: CheckpointRow | None = None  # the row as applied; written with the values' info
 
 
 def approve_policy(options: RunOptions) -> bool | list[str]:

@@ -32,6 +32,12 @@ is skipped silently. Blobs written before this rule are restored with the file
 objects refused for the same reason. So is a value larger than
 :data:`MAX_VALUE_BYTES` serialized, which a journal frame could not hold.
 Values whose bytes contain a secret are never written.
+
+A changed value of :data:`SAVE_LATER_BYTES` or more (a large array, frame or
+buffer, by its size in memory) is serialized on a thread (:class:`Saving`)
+while the agent asks the model for its next step; the step's ``tool_result``
+checkpoint is written once it is done, before any other checkpoint and before
+any code runs in the namespace again (see :mod:`jupyter_agent.agent`).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import gc
 import io
 import pickle
 import sys
+import threading
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -58,6 +65,8 @@ _IGNORED = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 _REPR_LIMIT = 80
 #: Largest serialized value checkpointed; bigger ones are reported, not stored.
 MAX_VALUE_BYTES = 1 << 30
+#: A changed value this large in memory is serialized off the step (see :class:`Saving`).
+SAVE_LATER_BYTES = 8 << 20
 
 
 def is_user_name(name: str) -> bool:
@@ -417,6 +426,8 @@ class Snapshot:
     blobs: dict[str, bytes] = field(default_factory=dict)  # hash -> dill bytes, new ones only
     unsaved: dict[str, str] = field(default_factory=dict)  # name -> reason
     info: dict[str, dict] = field(default_factory=dict)  # name -> {type, repr, size}
+    #: Alias groups of large changed values, not serialized yet (see :class:`Saving`).
+    later: list[list[str]] = field(default_factory=list)
 
 
 class _Group(dict):
@@ -458,18 +469,39 @@ def _store(
     dirty: Iterable[str],
     known: dict[str, str],
     secrets: list[str],
+    later_from: int | None = None,
 ) -> Snapshot:
+    """The snapshot of the ``dirty`` names; alias groups from ``later_from`` bytes are left
+    in :attr:`Snapshot.later` for :func:`save_groups` to serialize."""
     snap = Snapshot()
     for name in sorted(known):
         if name not in prints:  # deleted, or now only a closed file
             snap.vars[name] = None
-    for group in alias_groups(dirty, prints):
+    groups = alias_groups(dirty, prints)
+    if later_from is not None:
+        snap.later = [
+            g for g in groups if sum(size_in_memory(namespace[n]) for n in g) >= later_from
+        ]
+        groups = [g for g in groups if g not in snap.later]
+    save_groups(snap, namespace, groups, known, secrets)
+    return snap
+
+
+def save_groups(
+    snap: Snapshot,
+    namespace: dict[str, Any],
+    groups: list[list[str]],
+    known: dict[str, str],
+    secrets: list[str],
+) -> Snapshot:
+    """Serialize each alias group into ``snap``: together, or each value alone if the
+    group cannot be stored whole (each unsaved one reported by name)."""
+    for group in groups:
         if len(group) > 1:
             data, _ = _dump(_Group((n, namespace[n]) for n in group), secrets)
             if data is not None:
                 _save(snap, namespace, group, known, data)
                 continue
-        # Alone, or the group cannot be stored whole: each value on its own, reported by name.
         for name in group:
             data, why = _dump(namespace[name], secrets)
             if data is None:
@@ -477,6 +509,65 @@ def _store(
             else:
                 _save(snap, namespace, [name], known, data)
     return snap
+
+
+def size_in_memory(value: Any) -> int:
+    """Bytes a large value holds, known without walking it (0 for other values)."""
+    if isinstance(value, bytes | bytearray | str):
+        return len(value)
+    np, pd = sys.modules.get("numpy"), sys.modules.get("pandas")
+    if np is not None and isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if pd is not None and isinstance(value, pd.DataFrame | pd.Series):
+        try:
+            return int(value.memory_usage(index=False, deep=False).sum())
+        except Exception:
+            return 0
+    return 0
+
+
+class Saving:
+    """The large values of one step, serialized on a thread while the agent goes on.
+
+    Nothing may run code in the namespace until :meth:`result` returned (the
+    agent makes sure of it): the thread reads the values as the step left them.
+    ``prepare`` gets each new blob on the thread (the store writes a large
+    value's file there); ``done`` is called when the thread ends.
+    """
+
+    def __init__(
+        self,
+        namespace: dict[str, Any],
+        groups: list[list[str]],
+        known: dict[str, str],
+        secrets: list[str],
+        prepare: Callable[[str, bytes], None] = lambda digest, data: None,
+        done: Callable[[], None] = lambda: None,
+    ) -> None:
+        values = {n: namespace[n] for g in groups for n in g}  # as bound now
+        known = dict(known)  # as saved before this step (the agent's state moves on)
+        self._snap = Snapshot()
+        self._error: BaseException | None = None
+
+        def work() -> None:
+            try:
+                save_groups(self._snap, values, groups, known, secrets)
+                for digest, data in self._snap.blobs.items():
+                    prepare(digest, data)  # e.g. write the value's file
+            except BaseException as exc:  # given to the agent's thread by result()
+                self._error = exc
+            finally:
+                done()  # e.g. let other agents' code into the namespace again
+
+        self._thread = threading.Thread(target=work, name="jupyter-agent-save", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Snapshot:
+        """Wait for the values; their hashes, bytes and what could not be saved."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._snap
 
 
 def snapshot(
@@ -535,17 +626,20 @@ class Tracker:
         secrets: list[str],
         touched: Iterable[str] = (),
         ran: bool = True,
+        later_from: int | None = None,
     ) -> Snapshot:
         """What changed since the last step. ``touched`` (names the step's code binds or
         uses) adds the ones this run has not saved yet, even if their value is as before.
         ``ran=False``: the step ran no code in the kernel, so it changed nothing; what
-        changed otherwise meanwhile is found at the next step that runs code."""
+        changed otherwise meanwhile is found at the next step that runs code.
+        ``later_from``: alias groups of that many bytes in memory are left in
+        :attr:`Snapshot.later`, for a :class:`Saving` to serialize."""
         if not ran and self._prints is not None and not self._recheck:
             return Snapshot()
         prints = fingerprints(namespace, previous=self._prints)
         dirty = self.changed(prints) | (self._recheck & set(prints))
         dirty |= (set(touched) - set(known)) & set(prints)
-        snap = _store(namespace, prints, dirty, known, secrets)
+        snap = _store(namespace, prints, dirty, known, secrets, later_from)
         self._prints, self._recheck = prints, set()
         return snap
 

@@ -128,13 +128,7 @@ class RunState:
         usage = info.get("usage") or {}
         self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
         self.completion_tokens += int(usage.get("completion_tokens") or 0)
-        for name, digest in delta.vars.items():
-            if digest is None:
-                self.vars.pop(name, None)
-            else:
-                self.vars[name] = digest
-            self.unsaved.pop(name, None)
-        self.unsaved.update(delta.unsaved)
+        self.bind(delta.vars, delta.unsaved)
         if delta.decision:
             self.decisions[delta.decision["call_id"]] = delta.decision
         if kind == "tool_call":
@@ -146,6 +140,16 @@ class RunState:
             self.started_call = None
         self.step, self.kind, self.status = step, kind, status
         self.tokens += tokens
+
+    def bind(self, vars: dict[str, str | None], unsaved: dict[str, str]) -> None:
+        """Record the variables a step saved (a hash; None: deleted) and those it could not."""
+        for name, digest in vars.items():
+            if digest is None:
+                self.vars.pop(name, None)
+            else:
+                self.vars[name] = digest
+            self.unsaved.pop(name, None)
+        self.unsaved.update(unsaved)
 
     def _holding(self, index: int) -> int:
         """Position in :attr:`message_steps` of the step that added message ``index``."""

@@ -1223,12 +1223,23 @@ class RunWriter:
         row["info"] = json.dumps(row["info"])
         self._append(Record("runs", row), durable=False)  # with the first checkpoint
 
+    def prepare_blob(self, digest: str, data: bytes) -> None:
+        """Write a large value's file now (thread-safe); :meth:`put_blob` then only journals it."""
+        if len(data) >= blobfiles.MIN_BYTES and blobfiles.usable_name(digest):
+            self._write_file(digest, data)
+
     def put_blob(self, digest: str, data: bytes) -> None:
         """Journal a value; a large one is written to its file first and journaled by reference."""
         if len(data) < blobfiles.MIN_BYTES or not blobfiles.usable_name(digest):
             # Durable with the checkpoint that refers to it, written next.
             self._append(Record("blobs", {"hash": digest, "size": len(data)}, data), durable=False)
             return
+        self._write_file(digest, data)  # a file prepared already is only touched
+        self.bytes_written += len(data)
+        record = Record("blobs", {"hash": digest, "size": len(data), "file": True})
+        self._append(record, durable=False)
+
+    def _write_file(self, digest: str, data: bytes) -> None:
         try:
             blobfiles.write(self.store.blob_dir, digest, data)
         except OSError as exc:
@@ -1237,9 +1248,6 @@ class RunWriter:
                 "The agent stopped at its last saved checkpoint; free space or fix "
                 "permissions, then re-run the cell to resume."
             ) from exc
-        self.bytes_written += len(data)
-        record = Record("blobs", {"hash": digest, "size": len(data), "file": True})
-        self._append(record, durable=False)
 
     def put_checkpoint(self, cp: CheckpointRow, payload: bytes, *, durable: bool = True) -> None:
         row = redact({c: getattr(cp, c) for c in CHECKPOINT_COLUMNS}, self.secrets)

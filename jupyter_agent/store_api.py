@@ -209,6 +209,10 @@ class RunWriterLike(Protocol):
         """Record a namespace value (dill bytes) under its content hash; durable with the
         checkpoint that refers to it, written next."""
 
+    def prepare_blob(self, digest: str, data: bytes) -> None:
+        """Do ahead, on any thread, what :meth:`put_blob` of this value would wait for
+        (the DuckDB writer writes a large value's file); ``put_blob`` still records it."""
+
     def put_checkpoint(self, cp: CheckpointRow, payload: bytes, *, durable: bool = True) -> None:
         """Record a checkpoint and its JSON payload; durable when this returns.
 

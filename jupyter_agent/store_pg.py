@@ -906,6 +906,9 @@ class PostgresRunWriter(RunWriter):
             raise
         self._blobs: list[list] = []
 
+    def prepare_blob(self, digest: str, data: bytes) -> None:
+        """Nothing to do ahead: the value goes into the database with its record."""
+
     def put_blob(self, digest: str, data: bytes) -> None:
         """Hold a value for its checkpoint's transaction; the database keeps large ones too.
 

@@ -233,6 +233,7 @@ class NamespaceLock:
         self._tool = ""
         self._depth = 0
         self._last = ""  # the agent whose code ran in the namespace last
+        self._saving: dict[str, int] = {}  # agent -> steps whose values are being serialized
 
     @property
     def holder(self) -> str:
@@ -256,10 +257,16 @@ class NamespaceLock:
         me = threading.get_ident()
         with self._cond:
             said = ""
-            while self._thread not in (None, me):
-                if said != self._holder:
-                    said = self._holder
-                    say(f"waiting for the namespace (agent {said} is running {self._tool})")
+            while self._thread not in (None, me) or (self._saving and self._thread != me):
+                saver = next(iter(self._saving), "")
+                doing = (
+                    f"{self._holder} is running {self._tool}"
+                    if self._holder
+                    else (f"{saver} is saving its variables")
+                )
+                if said != doing:
+                    said = doing
+                    say(f"waiting for the namespace (agent {doing})")
                 if cancel is not None and cancel.is_set():
                     raise Cancelled()
                 self._cond.wait(0.1)
@@ -276,6 +283,23 @@ class NamespaceLock:
                 if not self._depth:
                     self._thread, self._holder = None, ""
                     self._cond.notify_all()
+
+    def saving(self, agent: str) -> Callable[[], None]:
+        """Keep code out of the namespace while ``agent``'s values are serialized on a thread.
+
+        Called while ``agent`` holds its turn; the returned function ends the wait.
+        """
+        with self._cond:
+            self._saving[agent] = self._saving.get(agent, 0) + 1
+
+        def saved() -> None:
+            with self._cond:
+                left = self._saving.pop(agent, 1) - 1
+                if left:
+                    self._saving[agent] = left
+                self._cond.notify_all()
+
+        return saved
 
 
 class _ThreadTee(io.TextIOBase):

@@ -244,3 +244,37 @@ def test_extension_autoloads_from_ipython_config(agent_env, tmp_path):
         assert kernel.run("print(answer)").stdout.strip() == "42"
     finally:
         kernel.shutdown()
+
+
+def test_kill_before_a_large_value_is_saved_runs_its_step_again(kernel_factory, tmp_path):
+    """A step whose large value is saved while the model is asked is durable only once it is.
+
+    Killed in that window, the step is in flight: the resume runs it again on the
+    value as the step before left it, never restoring a stale one.
+    """
+    log = tmp_path / "effects.log"
+    write = f"with open({str(log)!r}, 'a') as f: f.write('step{{}}\\n')\n"
+    script = [
+        tool(write.format(0) + "big = bytearray(9 * 2**20)"),
+        tool(write.format(1) + "big[0] += 7\nprint('ran step1', big[0])"),
+        {"content": "Finished: big is ready."},
+    ]
+    with ScriptedServer([*script[:2], {**script[2], "delay": 30}]) as slow:
+        k1 = kernel_factory(OPENAI_BASE_URL=slow.url)
+        run = k1.start(CELL, cell_id="cell-big")
+        k1.wait_for(run, "ran step1")
+        deadline = time.monotonic() + 20
+        while 2 not in slow.turns_requested() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        k1.kill()
+        slow.set_script(script)
+        k2 = kernel_factory(OPENAI_BASE_URL=slow.url)
+        result = k2.run(CELL, cell_id="cell-big")
+        assert result.status == "ok", result.text
+        assert "Variables restored from the store: big" in result.text
+        assert "was running when the agent stopped; running it again" in result.text
+        assert "Finished: big is ready." in result.text
+        assert slow.turns_requested() == [0, 1, 2, 2]
+        assert log.read_text().splitlines() == ["step0", "step1", "step1"]
+        # Step 1 ran again on big as step 0 saved it: 7, not 14.
+        assert k2.run("print(big[0], len(big))").stdout.strip() == f"7 {9 * 2**20}"

@@ -8,6 +8,8 @@ that did not compact would fail here exactly as it would against a real API.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -533,3 +535,44 @@ def test_a_resume_reads_its_history_once(ip, scripted: ScriptedServer, monkeypat
     ip.run_cell_magic("agent", "--model scripted --name once --max-steps 5", "Read once.")
     assert len(scripted.requests) > before and "v1" in ip.user_ns  # it resumed and went on
     assert len(reads) == len(set(reads)), reads  # the run's checkpoints were read once
+
+
+def test_a_large_changed_value_is_saved_while_the_model_is_asked(
+    ip, scripted: ScriptedServer, store_path, monkeypatch
+):
+    """The next request goes out before the value is serialized; its checkpoint comes after."""
+    from jupyter_agent import namespace
+
+    saved_at: list[float] = []
+    real = namespace.save_groups
+
+    def slow(*args, **kwargs):
+        if threading.current_thread().name == "jupyter-agent-save":
+            time.sleep(0.3)  # a large value's dill and file write
+            saved_at.append(time.time())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(namespace, "save_groups", slow)
+    scripted.set_script(
+        [
+            tool("big = bytearray(9 * 2**20)\nsmall = [1]"),
+            tool("big[0] = 7\nprint(big[0])"),
+            {"content": "Done."},
+        ]
+    )
+    ip.run_cell_magic("agent", "--model scripted --name big", "Make a big value.")
+    asked = [r["time"] for r in scripted.requests if r["turn"] >= 0]
+    assert len(saved_at) == 2 and len(asked) == 3
+    # Each step's request went out while its value was being saved, not after.
+    assert asked[1] < saved_at[0] and asked[2] < saved_at[1]
+    store, run, cps = latest(store_path)
+    results = [c for c in cps if c.kind == "tool_result"]
+    assert all(r.created_at <= s for r, s in zip(results, saved_at, strict=True))
+    assert [set(r.info["vars"]) for r in results] == [{"big", "small"}, {"big"}]
+    assert [c.step for c in cps] == list(range(len(cps)))  # written in step order
+    state = load_state(store, run, full=True)
+    restored: dict = {}
+    namespace.restore(restored, state.vars, store.blobs)
+    assert restored["big"][0] == 7 and len(restored["big"]) == 9 * 2**20
+    assert restored["small"] == [1]
+    del ip.user_ns["big"], ip.user_ns["small"]

@@ -249,3 +249,53 @@ def test_a_step_that_ran_no_code_fingerprints_nothing_and_the_next_one_sees_chan
     monkeypatch.setattr(namespace, "fingerprint", lambda v, k=None: calls.append(v) or real(v, k))
     assert tracker.snapshot(ns, {}, [], ran=False).vars == {} and calls == []
     assert set(tracker.snapshot(ns, {}, []).vars) == {"items"}
+
+
+def test_large_changed_values_are_left_to_a_saving_thread_which_saves_the_same_bytes():
+    import numpy as np
+
+    big = bytearray(namespace.SAVE_LATER_BYTES)
+    steps = Steps(big=big, alias=big, arr=np.zeros(10), small=[1])
+    later = namespace.SAVE_LATER_BYTES
+    steps.tracker.begin(steps.ns, ())
+    exec("big[0] = 1\nsmall.append(2)\narr[0] = 1", steps.ns)
+    inline = namespace.Tracker()
+    inline.begin({}, ())
+    whole = inline.snapshot(steps.ns, {}, [])  # every name changed, all serialized here
+    snap = steps.tracker.snapshot(steps.ns, {}, [], later_from=later)
+    assert snap.later == [["alias", "big"]]  # one alias group, by its size in memory
+    assert set(snap.vars) == {"arr", "small"}  # the small ones are serialized on the step
+    written: dict[str, bytes] = {}
+    ended = threading.Event()
+    saving = namespace.Saving(steps.ns, snap.later, {}, [], written.__setitem__, ended.set)
+    saved = saving.result()
+    assert ended.is_set() and written == saved.blobs
+    assert saved.vars == {n: whole.vars[n] for n in ("alias", "big")}
+    assert saved.blobs == {h: whole.blobs[h] for h in saved.vars.values()}
+    fresh: dict = {}
+    namespace.restore(fresh, saved.vars, lambda hs: {h: saved.blobs[h] for h in hs})
+    assert fresh["big"] is fresh["alias"] and fresh["big"][0] == 1
+    assert namespace.size_in_memory(np.zeros(1000)) == 8000
+    assert namespace.size_in_memory(object()) == 0
+
+
+def test_other_agents_code_waits_while_an_agents_values_are_saved():
+    from jupyter_agent.tools import NamespaceLock
+
+    lock = NamespaceLock()
+    said: list[str] = []
+    with lock.turn("alpha", said.append):
+        saved = lock.saving("alpha")  # taken during alpha's turn, ended by the saving thread
+    entered = threading.Event()
+
+    def beta() -> None:
+        with lock.turn("beta", said.append):
+            entered.set()
+
+    thread = threading.Thread(target=beta)
+    thread.start()
+    assert not entered.wait(0.3)
+    assert said == ["waiting for the namespace (agent alpha is saving its variables)"]
+    saved()
+    assert entered.wait(5)
+    thread.join()

@@ -89,10 +89,13 @@ def measure(ip: Any, make: str, change: str, steps: int, delay: float, later: bo
         {"tool_calls": [{"name": "python", "arguments": {"code": code(make, times)}}]},
         *[
             {
-                "tool_calls": [{"name": "python", "arguments": {"code": code(change, times)}}],
+                "tool_calls": [
+                    # Each step's own: the same call repeated would be taken for a stuck agent.
+                    {"name": "python", "arguments": {"code": code(f"{change}  # {i}", times)}}
+                ],
                 "delay": delay,
             }
-            for _ in range(steps)
+            for i in range(steps)
         ],
         {"content": "Done.", "delay": delay},
     ]

@@ -29,7 +29,8 @@ A changed value's time includes serializing it (dill) and hashing its bytes,
 not writing it: it is written once, a blob file of its own when 1 MiB or more
 (fsynced, renamed into place, its directory fsynced) before the ``tool_result``
 checkpoint naming it is appended to the run's journal; the value is durable
-when that append's fdatasync returns. Last, the candidate hashes side by side: for the
+when that append's fdatasync returns. (From 8 MiB in memory the agent does
+this on a thread while the model is asked: ``bench/large_values.py``.) Last, the candidate hashes side by side: for the
 100 MB buffer (xxh3-128, which is used, xxh3-64, blake2b, crc32, adler32) and
 for the string column (items' reprs, ``str.join``, pandas'
 ``hash_pandas_object``, the items' addresses).
@@ -234,10 +235,11 @@ def main() -> None:
         f"(see its docstring). Python {platform.python_version()}, numpy {np.__version__}, "
         f"pandas {pd.__version__}, {platform.machine()}; median of {args.repeat} runs, "
         "milliseconds per step. Target: an unchanged 100 MB array or DataFrame adds ≤ 5 ms to "
-        "a step. A changed value is serialized on the step and written once, as a blob file "
-        "of its own from 1 MiB (fsynced, renamed into place), before the `tool_result` "
-        "checkpoint naming it: the value is durable when that checkpoint's fdatasync returns, "
-        "so the next step never starts on a value a crash could lose."
+        "a step. A changed value's time below is its serialization (dill) and hash; it is "
+        "written once, as a blob file of its own from 1 MiB (fsynced, renamed into place), "
+        "before the `tool_result` checkpoint naming it. From 8 MiB in memory the agent does "
+        "both on a thread while the model is asked for the next step (section *A changed "
+        "large value and the step*)."
     )
     add("")
     add("| step | before (ms) | after (ms) | saved (first run) |")

@@ -739,6 +739,7 @@ class Execution:
                 self.tools,
                 on_text=self.events.text,
                 on_retry=lambda msg: self.events.notice(f"model: {msg}"),
+                on_sent=self._later.saving.go if self._later is not None else None,
             )
         except ContextOverflow as exc:
             self._overflowed(exc, estimate)

@@ -362,8 +362,12 @@ class ModelClient:
         on_text: Callable[[str], None] = lambda _: None,
         on_retry: Callable[[str], None] = lambda _: None,
         on_reasoning: Callable[[str], None] | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> ModelReply:
         """One complete reply, after retrying what is transient.
+
+        ``on_sent`` is called in this thread as each attempt's request goes out
+        (work that would slow the request down can start then).
 
         Raises :class:`ContextOverflow` (the prompt does not fit: compact and ask
         again), :class:`ReplyLimitExceeded`, :class:`ModelError` or :class:`Cancelled`.
@@ -376,7 +380,11 @@ class ModelClient:
         attempt = 0
         while True:
             try:
-                reply = self._attempt(messages, tools, on_text, on_reasoning, room)
+                _sending.hook = on_sent
+                try:
+                    reply = self._attempt(messages, tools, on_text, on_reasoning, room)
+                finally:
+                    _sending.hook = None
                 reply.attempts, reply.retries = attempt + 1, problems
                 return reply
             except Cancelled:
@@ -531,8 +539,21 @@ def shared_http(base_url: str, timeout: float) -> httpx.Client:
     with _http_lock:
         client = _HTTP.get(key)
         if client is None or client.is_closed:
-            client = _HTTP[key] = openai.DefaultHttpxClient(timeout=timeout, verify=ssl_context())
+            client = _HTTP[key] = openai.DefaultHttpxClient(
+                timeout=timeout, verify=ssl_context(), event_hooks={"request": [_sent]}
+            )
         return client
+
+
+#: The ``on_sent`` of the :meth:`ModelClient.complete` running in this thread, if any.
+_sending = threading.local()
+
+
+def _sent(request: httpx.Request) -> None:
+    """httpx calls this as a request goes out (in the thread that sends it)."""
+    hook = getattr(_sending, "hook", None)
+    if hook is not None:
+        hook()
 
 
 @functools.cache

@@ -50,6 +50,7 @@ import io
 import pickle
 import sys
 import threading
+import time
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ _REPR_LIMIT = 80
 MAX_VALUE_BYTES = 1 << 30
 #: A changed value this large in memory is serialized off the step (see :class:`Saving`).
 SAVE_LATER_BYTES = 8 << 20
+#: Seconds a :class:`Saving` waits for its :meth:`~Saving.go` before it starts anyway.
+START_WITHIN = 0.5
 
 
 def is_user_name(name: str) -> bool:
@@ -549,8 +552,15 @@ class Saving:
         self._snap = Snapshot()
         self._error: BaseException | None = None
 
+        self._go = threading.Event()
+        self._now = False  # result() is waiting: no grace for a request
+
         def work() -> None:
             try:
+                # Its copies hold the GIL for tens of ms: let the model request go out
+                # first (go() comes as httpx is about to write it to the socket).
+                if self._go.wait(START_WITHIN) and not self._now:
+                    time.sleep(0.01)
                 save_groups(self._snap, values, groups, known, secrets)
                 for digest, data in self._snap.blobs.items():
                     prepare(digest, data)  # e.g. write the value's file
@@ -562,8 +572,14 @@ class Saving:
         self._thread = threading.Thread(target=work, name="jupyter-agent-save", daemon=True)
         self._thread.start()
 
+    def go(self) -> None:
+        """Start serializing now (the model request is out), not :data:`START_WITHIN` later."""
+        self._go.set()
+
     def result(self) -> Snapshot:
         """Wait for the values; their hashes, bytes and what could not be saved."""
+        self._now = True
+        self._go.set()
         self._thread.join()
         if self._error is not None:
             raise self._error

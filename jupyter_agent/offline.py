@@ -127,11 +127,14 @@ class OfflineClient:
         on_text: Callable[[str], None] = lambda _: None,
         on_retry: Callable[[str], None] = lambda _: None,
         on_reasoning: Callable[[str], None] | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> Any:
         from .model import Cancelled, ModelReply
 
         if self.cancel.is_set():
             raise Cancelled()
+        if on_sent is not None:
+            on_sent()  # no request to wait for
         if tools:
             answer = offline_reply({"messages": messages})
         else:  # a compaction asks for a summary; the offline model counts results instead

@@ -299,3 +299,13 @@ def test_other_agents_code_waits_while_an_agents_values_are_saved():
     saved()
     assert entered.wait(5)
     thread.join()
+
+
+def test_a_secret_is_found_anywhere_in_a_large_value_even_across_search_windows():
+    size = 5 << 20  # searched a window at a time
+    for pos, encoding in ((0, "utf-8"), ((1 << 20) - 5, "utf-8"), ((2 << 20) - 3, "utf-16-le")):
+        data = bytearray(size)
+        needle = SECRET.encode(encoding)
+        data[pos : pos + len(needle)] = needle
+        assert contains_secret(bytes(data), [SECRET]), (pos, encoding)
+    assert not contains_secret(bytes(size), [SECRET])

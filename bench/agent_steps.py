@@ -1044,8 +1044,8 @@ def render(rep: Report) -> str:
     )
     add("")
     add(
-        "The comparison is not one to one: a jupyter-agent step is three durable "
-        f"checkpoints made durable by two fdatasyncs, and adds {size(main.raw_bytes / n)} of "
+        "The comparison is not one to one: a jupyter-agent step is three "
+        f"checkpoints made durable by one fdatasync, and adds {size(main.raw_bytes / n)} of "
         "messages, where the anchors write one checkpoint per 1 KB step."
     )
     add("")

@@ -376,9 +376,10 @@ def notes_for(steps: int, rows: dict[str, dict[str, Any]]) -> list[str]:
     }
     why = {
         "overhead, early": "A jupyter-agent step is three checkpoints (model reply, tool call "
-        "start, tool result) and two fdatasyncs (the reply shares the call start's), so that "
-        "a crash inside a tool call is known as one; the others write one record per step.",
-        "overhead, late": "As early: two fdatasyncs per step against one commit.",
+        "start, tool result: a crash inside a tool call is known as one) made durable by one "
+        "fdatasync; the others write one record per step, and the per-record work (JSON, "
+        "redaction of secrets, framing and CRC) is done three times.",
+        "overhead, late": "As early: three records per step against one.",
         "store size": "The DuckDB file has a fixed floor (block-allocated tables and "
         "primary-key indexes, several hundred KB empty) and jupyter-agent stores more per step "
         "(the assistant's tool call, the checkpoint metadata and the tool result, ~1.3 KB raw "
@@ -455,8 +456,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "Durability settings as the libraries leave them (2 = FULL: a sync per commit): "
             + "; ".join(sync)
-            + ". jupyter-agent: one `fdatasync` per checkpoint, but for a tool-calling reply, "
-            "which its call's start makes durable.",
+            + ". jupyter-agent: one `fdatasync` per step: a tool-calling reply and the start "
+            "of a python call are made durable by the call's result.",
         ]
     text = render(args.steps, command, {labels.get(k, k): v for k, v in rows.items()}, notes)
     from report import publish

@@ -184,14 +184,16 @@ def load_state(store: Store, run: RunRow, *, full: bool = False) -> RunState:
     Without ``full`` the fold starts at the latest compaction's snapshot, so a
     resume reads a window's worth of checkpoints however long the run is; the
     messages compacted away are :data:`~jupyter_agent.state.COMPACTED` placeholders.
+    Its reads share one connection (the caller's session, if it has one).
     """
-    segments = chain(store, run)
-    since = 0 if full else resume_point(store, segments)
-    if since:
-        state = fold_from_snapshot(store.payloads(segments, since))
-        if state is not None:
-            return state
-    return fold(store.payloads(segments))
+    with store.session():
+        segments = chain(store, run)
+        since = 0 if full else resume_point(store, segments)
+        if since:
+            state = fold_from_snapshot(store.payloads(segments, since))
+            if state is not None:
+                return state
+        return fold(store.payloads(segments))
 
 
 def resume_point(store: Store, segments: list[tuple[str, int | None]]) -> int:
@@ -871,12 +873,15 @@ class Execution:
                     "stopped; running it again"
                 )
             shown = tool.show(args)
+            # The start of a call that may run twice (python) is made durable with its
+            # result: lost only with the machine, it is run again, as it would be anyway.
             self.checkpoint(
                 "tool_call",
                 RUNNING,
                 f"{name}: {shown}",
                 Delta(tool_call_id=call_id),
                 info={"code": shown} if name == "python" else {"tool": name, "code": shown},
+                durable=not tool.idempotent,
             )
             # An interrupt here propagates: the call stays in flight (see execute).
             self._tool_result(call_id, tool.run(args), in_kernel=tool.in_kernel)

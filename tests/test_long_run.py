@@ -323,7 +323,7 @@ def test_a_resume_reads_from_the_latest_compaction_and_sends_the_same_view(
     assert ip.user_ns["v79"] == 79 and ip.user_ns["v3"] == 3
 
 
-def test_a_tool_calling_reply_is_made_durable_with_its_calls_start(
+def test_a_python_step_is_made_durable_by_its_results_sync(
     ip, scripted: ScriptedServer, store_path, monkeypatch
 ):
     from jupyter_agent import journal
@@ -336,9 +336,10 @@ def test_a_tool_calling_reply_is_made_durable_with_its_calls_start(
     _, _, cps = latest(store_path)
     kinds = [c.kind for c in cps]
     assert kinds.count("tool_call") == 5 and cps[-1].status == "done"
-    # Every checkpoint is synced but the replies that call tools: their call's start syncs
-    # both. The run's row and the values go with the checkpoint written next.
-    assert len(synced) == len(cps) - 5
+    # Every checkpoint is synced but the replies that call tools and the starts of
+    # python calls (which run again if lost): the result syncs all three. The run's
+    # row and the values go with the checkpoint written next.
+    assert len(synced) == len(cps) - 10
     assert sorted(ip.user_ns[f"v{i}"] for i in range(5)) == list(range(5))
 
 

@@ -379,14 +379,19 @@ def notes_for(steps: int, rows: dict[str, dict[str, Any]]) -> list[str]:
         "start, tool result: a crash inside a tool call is known as one) made durable by one "
         "fdatasync; the others write one record per step, and the per-record work (JSON, "
         "redaction of secrets, framing and CRC) is done three times.",
-        "overhead, late": "As early: three records per step against one.",
+        "overhead, late": "Three records per step against one, as early; and the time of "
+        "one checkpoint grows over the run (a median of 0.11 ms at the start to 0.17 ms at step "
+        "500 when measured alone: JSON, redaction and the journal append, not the fdatasync, "
+        "which stays at 0.12 ms), while SQLite's write-ahead log is rewritten in place.",
         "store size": "The DuckDB file has a fixed floor (block-allocated tables and "
         "primary-key indexes, several hundred KB empty) and jupyter-agent stores more per step "
         "(the assistant's tool call, the checkpoint metadata and the tool result, ~1.3 KB raw "
         "against ~1 KB); a SQLite file starts at a few KB.",
-        "resume / read": "Reading the state opens the DuckDB file (tens of ms, most of this "
-        "figure) before replaying the deltas; SQLite opens in well under a millisecond. A "
-        "kept-open store would not pay it.",
+        "resume / read": "A new `Store` opens the DuckDB file twice here (the run list, then "
+        "the state's reads in one session: about 10 ms each, and the schema checked once), "
+        "then folds every checkpoint of the run: the window is set above the run's size, so "
+        "there is no compaction snapshot to fold from. SQLite opens in well under a "
+        "millisecond, and the delta channel replays at most its last 100 writes.",
     }
     any_missed = False
     for col, get in cols.items():

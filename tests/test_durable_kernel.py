@@ -7,8 +7,11 @@ the scripted server's log and tool side effects in a file.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from jupyter_agent.store import Store
 from jupyter_agent.store_api import open_store
@@ -82,22 +85,29 @@ def test_kill_during_tool_resumes_where_it_stopped(
     assert "cell-cell-a" in listing and "done" in listing
 
 
-@BOTH_BACKENDS
-def test_kill_while_model_streams_reissues_only_that_call(kernel_factory, tmp_path, backend):
-    log = tmp_path / "effects.log"
-    script = counting_script(log)
-    script[2] = {**script[2], "delay": 30}
-    with ScriptedServer(script) as slow:
+@contextlib.contextmanager
+def killed_while_asking(
+    kernel_factory, script: list[dict], cell_id: str
+) -> Iterator[tuple[ScriptedServer, Any, Any]]:
+    """Run CELL until the model is asked for turn 2 (``script``'s, held back 30 s), kill the
+    kernel, and run the cell again in a new one: the server, that kernel and its result."""
+    with ScriptedServer([*script[:2], {**script[2], "delay": 30}, *script[3:]]) as slow:
         k1 = kernel_factory(OPENAI_BASE_URL=slow.url)
-        run = k1.start(CELL, cell_id="cell-b")
+        run = k1.start(CELL, cell_id=cell_id)
         k1.wait_for(run, "ran step1")
         deadline = time.monotonic() + 20
         while 2 not in slow.turns_requested() and time.monotonic() < deadline:
             time.sleep(0.05)
         k1.kill()
-        slow.set_script(counting_script(log))
+        slow.set_script(script)
         k2 = kernel_factory(OPENAI_BASE_URL=slow.url)
-        result = k2.run(CELL, cell_id="cell-b")
+        yield slow, k2, k2.run(CELL, cell_id=cell_id)
+
+
+@BOTH_BACKENDS
+def test_kill_while_model_streams_reissues_only_that_call(kernel_factory, tmp_path, backend):
+    log = tmp_path / "effects.log"
+    with killed_while_asking(kernel_factory, counting_script(log), "cell-b") as (slow, _, result):
         assert result.status == "ok", result.text
         assert "Finished: c == 3." in result.text
         # Only the call in flight (turn 2) was issued again.
@@ -259,17 +269,7 @@ def test_kill_before_a_large_value_is_saved_runs_its_step_again(kernel_factory, 
         tool(write.format(1) + "big[0] += 7\nprint('ran step1', big[0])"),
         {"content": "Finished: big is ready."},
     ]
-    with ScriptedServer([*script[:2], {**script[2], "delay": 30}]) as slow:
-        k1 = kernel_factory(OPENAI_BASE_URL=slow.url)
-        run = k1.start(CELL, cell_id="cell-big")
-        k1.wait_for(run, "ran step1")
-        deadline = time.monotonic() + 20
-        while 2 not in slow.turns_requested() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        k1.kill()
-        slow.set_script(script)
-        k2 = kernel_factory(OPENAI_BASE_URL=slow.url)
-        result = k2.run(CELL, cell_id="cell-big")
+    with killed_while_asking(kernel_factory, script, "cell-big") as (slow, k2, result):
         assert result.status == "ok", result.text
         assert "Variables restored from the store: big" in result.text
         assert "was running when the agent stopped; running it again" in result.text

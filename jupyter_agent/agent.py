@@ -17,6 +17,12 @@ What happens to the step that was in flight when the kernel died:
 * so is a call of a user or MCP tool that is idempotent (``@tool(idempotent=True)``,
   an MCP ``idempotentHint``); any other tool's call waits for the user's
   approval, since it may have run (see docs/tools.md).
+
+One exception to "written before the next step begins": a ``tool_result``
+whose large changed values are still being serialized is written while the
+model is asked for the next step, before that reply is checkpointed and
+before any code runs again (see :meth:`Execution.checkpoint`). Until it is,
+its call is in flight as above.
 """
 
 from __future__ import annotations

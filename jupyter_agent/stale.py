@@ -345,8 +345,7 @@ def brought_up_to_date(
     )
     for run in mine:
         if run.agent not in by_name:  # an agent new since the read
-            runs = _runs_up_to_date([], notebook, run.agent, journals)
-            new = journals.checkpoints.get(runs[-1].run.run_id, [])
+            runs, new = _runs_up_to_date([], notebook, run.agent, journals)
             by_name[run.agent] = AgentSummary(run.agent, runs[-1], len(runs), new[-TIMELINE_LIMIT:])
     return list(by_name.values())
 
@@ -368,13 +367,9 @@ def _agent_up_to_date(
 ) -> tuple[AgentSummary, list[RunSummary]]:
     """``agent`` and its ``runs`` (oldest first, ending with its latest) brought up to date."""
     notebook = agent.latest.run.notebook if notebook is None else notebook
-    caught = _runs_up_to_date(runs, notebook, agent.name, journals)
+    caught, new = _runs_up_to_date(runs, notebook, agent.name, journals)
     latest = caught[-1]
-    if latest.run.run_id == agent.latest.run.run_id:
-        _, new = _run_up_to_date(agent.latest, journals)
-        timeline = [*agent.timeline, *new]
-    else:
-        timeline = journals.checkpoints.get(latest.run.run_id, [])
+    timeline = [*agent.timeline, *new] if latest.run.run_id == agent.latest.run.run_id else new
     added = len(caught) - len(runs)
     summary = AgentSummary(agent.name, latest, agent.runs + added, timeline[-TIMELINE_LIMIT:])
     return summary, caught
@@ -382,9 +377,14 @@ def _agent_up_to_date(
 
 def _runs_up_to_date(
     runs: list[RunSummary], notebook: str, agent: str, journals: Journaled
-) -> list[RunSummary]:
-    """An agent's runs (oldest first) with their new checkpoints, and the runs begun since."""
-    out = [_run_up_to_date(r, journals)[0] for r in runs]
+) -> tuple[list[RunSummary], list[CheckpointRow]]:
+    """An agent's runs (oldest first) with their new checkpoints, and the runs begun since;
+    and the checkpoints the last of them gained (all of its own, for a run begun since)."""
+    out: list[RunSummary] = []
+    new: list[CheckpointRow] = []
+    for r in runs:
+        summary, new = _run_up_to_date(r, journals)
+        out.append(summary)
     mine = (r for r in journals.runs.values() if r.notebook == notebook and r.agent == agent)
     for run in sorted(mine, key=lambda r: r.created_at):
         latest = out[-1] if out else None
@@ -395,8 +395,9 @@ def _runs_up_to_date(
             if latest is None or latest.run.run_id != run.parent_run:
                 raise Unknown(f"run {run.run_id} continues a run not in the last answer")
             base = latest.stats
-        out.append(_run_up_to_date(RunSummary(run, _continued(base, run), False), journals)[0])
-    return out
+        summary, new = _run_up_to_date(RunSummary(run, _continued(base, run), False), journals)
+        out.append(summary)
+    return out, new
 
 
 def _run_up_to_date(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -85,3 +86,13 @@ def pytest_configure(config: pytest.Config) -> None:
         import os
 
         os.environ["JUPYTER_AGENT_SOAK"] = "1"
+
+
+def eventually(check: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Whether ``check()`` becomes true within ``timeout`` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

@@ -12,6 +12,7 @@ from pathlib import Path
 from jupyter_agent.server.queries import Reader
 from jupyter_agent.store import CheckpointRow, RunRow, RunWriter, Store
 
+from .conftest import eventually
 from .kernels import Kernel
 
 NOTEBOOK = "/nb/contention.ipynb"
@@ -128,20 +129,11 @@ def test_a_reader_does_not_open_an_unchanged_store_to_show_journaled_progress(
     store.flush()  # the finished run is folded: the file changed, so it is read again...
     (again,), as_of = reader.agents_as_of(NOTEBOOK)
     assert again == shown and as_of is None  # ...on a thread: this answer did not wait for it
-    assert wait_for(lambda: reader.store.opens == opens + 1)
+    assert eventually(lambda: reader.store.opens == opens + 1)
     (stored,), as_of = reader.agents_as_of(NOTEBOOK)  # from that read; the file is unchanged
     assert reader.store.opens == opens + 1 and as_of is None
     assert shown == stored  # the journals told the same as the store
     resumed.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_a_reader_answers_at_once_while_the_store_changes_and_sees_deletions_a_poll_later(
@@ -174,7 +166,7 @@ def test_a_reader_answers_at_once_while_the_store_changes_and_sees_deletions_a_p
         assert [r["run_id"] for r in kept["all_runs"]] == ["aaaa0011"]
         assert reader.run("aaaa0011")[0] == detail
         assert reader.run("aaaa0011", messages=True)[0] == with_messages  # each step read once
-    assert wait_for(lambda: {a["name"] for a in reader.agents(NOTEBOOK)} == {"kept", "new"})
+    assert eventually(lambda: {a["name"] for a in reader.agents(NOTEBOOK)} == {"kept", "new"})
 
 
 def test_a_run_the_list_shows_from_its_journal_can_be_opened(store_path: Path) -> None:

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -30,6 +29,8 @@ from jupyter_agent.store import (
     StoreError,
     StoreWarning,
 )
+
+from ..conftest import eventually
 
 NB = "/home/me/analysis.ipynb"
 
@@ -240,15 +241,6 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait(10)
 
 
-def _eventually(check, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def test_agent_lock_refuses_a_second_writer_in_another_process(open_, spec):
     child = _child(spec, "lock")
     try:
@@ -267,7 +259,7 @@ def test_agent_lock_refuses_a_second_writer_in_another_process(open_, spec):
         except AgentBusy:
             return False
 
-    assert _eventually(free), "a killed holder's lock was never released"
+    assert eventually(free), "a killed holder's lock was never released"
 
 
 def test_deleting_an_agent_another_process_is_about_to_run_is_refused(open_, spec):
@@ -282,7 +274,7 @@ def test_deleting_an_agent_another_process_is_about_to_run_is_refused(open_, spe
         assert [r.run_id for r in open_().runs(notebook=NB, agent="a")] == ["r1"]
     finally:
         _kill(child)
-    assert _eventually(lambda: _deletes(open_))
+    assert eventually(lambda: _deletes(open_))
 
 
 def _deletes(open_) -> bool:
@@ -331,7 +323,7 @@ def test_live_runs_are_runs_whose_writer_is_alive(open_, spec):
         assert "child-run" in open_().live_runs()
     finally:
         _kill(child)
-    assert _eventually(lambda: "child-run" not in open_().live_runs())
+    assert eventually(lambda: "child-run" not in open_().live_runs())
 
 
 # -- bad input ------------------------------------------------------------------------------

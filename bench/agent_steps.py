@@ -55,12 +55,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import jupyter_agent  # noqa: E402
-from jupyter_agent import agent as agent_module  # noqa: E402
-from jupyter_agent import journal  # noqa: E402
-from jupyter_agent import store as store_module  # noqa: E402
-from jupyter_agent.agent import Execution, load_state  # noqa: E402
-from jupyter_agent.journal import JournalWriter  # noqa: E402
-from jupyter_agent.store import RunWriter, Store  # noqa: E402
+from jupyter_agent.loop import execution as agent_module  # noqa: E402
+from jupyter_agent.loop.execution import Execution, load_state  # noqa: E402
+from jupyter_agent.store.duckdb import journal  # noqa: E402
+from jupyter_agent.store.duckdb import store as store_module  # noqa: E402
+from jupyter_agent.store.duckdb.journal import JournalWriter  # noqa: E402
+from jupyter_agent.store.duckdb.store import RunWriter, Store  # noqa: E402
 from jupyter_agent.testing import ScriptedServer  # noqa: E402
 
 PROMPT = "Benchmark: keep running the python tool until told to stop."
@@ -463,8 +463,8 @@ class ResumeResult:
 #: the journal appends (write + fdatasync) inside it.
 KERNEL_PROBE = """
 import time as _bench_time
-from jupyter_agent.agent import Execution as _BenchExecution
-from jupyter_agent.journal import JournalWriter as _BenchJournalWriter
+from jupyter_agent.loop.execution import Execution as _BenchExecution
+from jupyter_agent.store.duckdb.journal import JournalWriter as _BenchJournalWriter
 _bench_samples = []
 _bench_appending = [0.0]
 _bench_checkpoint = _BenchExecution.checkpoint
@@ -491,10 +491,10 @@ _BenchJournalWriter.append = _bench_timed_append
 #: to the file named by ``$BENCH_EVENTS`` (the cell may still be running when it is read).
 RESUME_PROBE = """
 import json as _bench_json, os as _bench_os, time as _bench_time
-import jupyter_agent.model as _bench_model
-import jupyter_agent.runner as _bench_runner
-import jupyter_agent.store as _bench_store
-import jupyter_agent.widget as _bench_widget
+import jupyter_agent.model.chat as _bench_model
+import jupyter_agent.kernel.runner as _bench_runner
+import jupyter_agent.store.duckdb.store as _bench_store
+import jupyter_agent.views.widget as _bench_widget
 _bench_log = open(_bench_os.environ["BENCH_EVENTS"], "a")
 def _bench_wrap(owner, name, label):
     original = getattr(owner, name, None)

@@ -91,8 +91,8 @@ def run_agent(steps: int, workdir: Path) -> dict[str, Any]:
     """
     from agent_steps import API_KEY, PROMPT, Probe, Script, _Null, scripted, shell, store_bytes
 
-    from jupyter_agent.agent import load_state
-    from jupyter_agent.store import Store
+    from jupyter_agent.loop.execution import load_state
+    from jupyter_agent.store.duckdb.store import Store
 
     ip = shell()
     path = workdir / "agent" / "agents.duckdb"

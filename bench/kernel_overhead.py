@@ -10,9 +10,9 @@ own) with the same script: ``--steps`` steps, each a ``python`` call printing
 * **bare loop**: the ``openai`` client streaming Chat Completions with the same
   tool, ``exec`` of the code with its output captured and printed, no
   persistence. Its context follows the harness's thresholds with plain
-  truncation: past :data:`~jupyter_agent.context.COMPACT_AT` of the same window
+  truncation: past :data:`~jupyter_agent.core.context.COMPACT_AT` of the same window
   (four characters a token) it drops its oldest steps down to
-  :data:`~jupyter_agent.context.COMPACT_TO`, so both loops send requests of
+  :data:`~jupyter_agent.core.context.COMPACT_TO`, so both loops send requests of
   about the same size and the difference is the harness's own work (the
   scripted server counts dropped replies from a ``[N earlier model replies
   summarized]`` line, so both get the same replies).
@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from agent_steps import API_KEY, PROMPT, Script, scripted, step_code  # noqa: E402
 
-from jupyter_agent import context  # noqa: E402
+from jupyter_agent.core import context  # noqa: E402
 from jupyter_agent.testing.server import turn_of  # noqa: E402
 
 WINDOW = 50
@@ -83,11 +83,11 @@ class TurnScript(Script):
 #: Installed in the harness kernel before the run: per-step seconds by part, RSS.
 PROBE = r"""
 import os as _kb_os, time as _kb_time, psutil as _kb_psutil, duckdb as _kb_duckdb
-import jupyter_agent.agent as _kb_agent, jupyter_agent.journal as _kb_journal
-import jupyter_agent.model as _kb_model, jupyter_agent.namespace as _kb_ns
-import jupyter_agent.render as _kb_render, jupyter_agent.state as _kb_state
-import jupyter_agent.tools as _kb_tools, jupyter_agent.widget as _kb_widget
-import jupyter_agent.context as _kb_context, jupyter_agent.runtime as _kb_runtime
+import jupyter_agent.loop.execution as _kb_agent, jupyter_agent.store.duckdb.journal as _kb_journal
+import jupyter_agent.model.chat as _kb_model, jupyter_agent.namespace.tracking as _kb_ns
+import jupyter_agent.views.render as _kb_render, jupyter_agent.core.state as _kb_state
+import jupyter_agent.tools.base as _kb_tools, jupyter_agent.views.widget as _kb_widget
+import jupyter_agent.core.context as _kb_context, jupyter_agent.kernel.runtime as _kb_runtime
 _kb = {"parts": {}, "step": [0], "rss": [], "model_at": [], "connects": []}
 _kb_proc = _kb_psutil.Process()
 def _kb_wrap(owner, name, label):

@@ -81,7 +81,8 @@ def requests(url: str) -> list[dict[str, Any]]:
 
 
 def measure(ip: Any, make: str, change: str, steps: int, delay: float, later: bool) -> dict:
-    from jupyter_agent import agent, namespace
+    from jupyter_agent.loop import execution as agent
+    from jupyter_agent.namespace import tracking as namespace
 
     workdir = Path(tempfile.mkdtemp(prefix="large-values-"))
     times = workdir / "times"

@@ -8,7 +8,7 @@ follows it (the code itself is not timed):
 * **before** — what was done until now: serialize every name the step's code
   binds or uses as an attribute/subscript base (``namespace.touched_names``),
   hash it, compare with the saved hash. Values changed indirectly are missed.
-* **after** — :class:`jupyter_agent.namespace.Tracker`: fingerprint every user
+* **after** — :class:`jupyter_agent.namespace.tracking.Tracker`: fingerprint every user
   name, serialize only the changed ones and their alias groups. The first step
   of an execution that resumes a run also re-checks every saved name once
   (serializes it, stores it only if its bytes changed).
@@ -59,7 +59,7 @@ import xxhash
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jupyter_agent import namespace  # noqa: E402
+from jupyter_agent.namespace import tracking as namespace  # noqa: E402
 
 ROWS = 1_000_000
 #: The first step of an execution that resumes a run re-checks every saved name once.

@@ -19,7 +19,13 @@ import sys
 from pathlib import Path
 
 TARGET_MS = 150.0
-HEAVY = ("openai", "dill", "jupyter_agent.agent", "jupyter_agent.model", "jupyter_agent.testing")
+HEAVY = (
+    "openai",
+    "dill",
+    "jupyter_agent.loop.execution",
+    "jupyter_agent.model.chat",
+    "jupyter_agent.testing",
+)
 
 PROBE = f"""
 import json, sys, time

@@ -107,7 +107,7 @@ def measure(runs: int, turns: int, kernels_n: int = KERNELS) -> dict:
     sys.path.append(str(ROOT))  # after PYTHONPATH: the code measured comes first
     from jupyter_agent.errors import NotFound, StoreBusy
     from jupyter_agent.server.queries import Reader
-    from jupyter_agent.store import DuckDBStore
+    from jupyter_agent.store.duckdb.store import DuckDBStore
     from jupyter_agent.testing import ScriptedServer
     from tests.kernels import Kernel
 

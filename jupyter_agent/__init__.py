@@ -5,7 +5,7 @@
 ``c.InteractiveShellApp.extensions`` in your IPython config.
 
 ``from jupyter_agent import tool``: ``@tool`` offers a notebook function to the
-agents as a tool (see :mod:`jupyter_agent.user_tools`).
+agents as a tool (see :mod:`jupyter_agent.tools.user`).
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ __all__ = ["load_ipython_extension", "tool"]
 
 def __getattr__(name: str) -> Any:
     if name == "tool":  # imported on first use: `import jupyter_agent` stays light
-        from .user_tools import tool
+        from .tools.user import tool
 
         return tool
     raise AttributeError(f"module 'jupyter_agent' has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    from .magics import AgentMagics
-    from .model import warm_up
+    from .kernel.magics import AgentMagics
+    from .model.chat import warm_up
 
     ipython.register_magics(AgentMagics(shell=ipython))
     warm_up()

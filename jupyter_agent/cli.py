@@ -21,13 +21,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .agent import chain, effective_status
+from .core.redaction import redact, secrets_in_environment
+from .core.state import RUNNING, fold
 from .errors import AgentError, Conflict, NotFound
-from .identity import ENV_NOTEBOOK
-from .redaction import redact, secrets_in_environment
-from .render import status_text
-from .state import RUNNING, fold
-from .store_api import CHECKPOINT_COLUMNS, CheckpointRow, RunRow, Store, open_store
+from .kernel.identity import ENV_NOTEBOOK
+from .loop.execution import chain, effective_status
+from .store.api import CHECKPOINT_COLUMNS, CheckpointRow, RunRow, Store, open_store
+from .views.render import status_text
 
 OK, REFUSED, USAGE = 0, 1, 2
 

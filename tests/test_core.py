@@ -8,10 +8,10 @@ import pytest
 from IPython import get_ipython
 from IPython.testing.globalipapp import start_ipython
 
-from jupyter_agent import namespace
-from jupyter_agent.redaction import REDACTED, redact, secrets_in_environment
-from jupyter_agent.state import Delta, RunState, decode_delta, encode_delta
-from jupyter_agent.tools import MalformedCall, parse_call, run_python
+from jupyter_agent.core.redaction import REDACTED, redact, secrets_in_environment
+from jupyter_agent.core.state import Delta, RunState, decode_delta, encode_delta
+from jupyter_agent.namespace import tracking as namespace
+from jupyter_agent.tools.base import MalformedCall, parse_call, run_python
 
 
 def call(name: str = "python", arguments: str = '{"code": "1"}', id: str = "c1") -> dict:
@@ -60,7 +60,7 @@ def test_delta_round_trip_and_newer_version_refused():
     assert decode_delta(encode_delta(delta)) == delta
     import dill
 
-    from jupyter_agent.state import StateVersionError
+    from jupyter_agent.core.state import StateVersionError
 
     with pytest.raises(StateVersionError):
         decode_delta(b'{"v": 999, "messages": []}')

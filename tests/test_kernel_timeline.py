@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from jupyter_agent.store import Store
-from jupyter_agent.store_api import open_store
+from jupyter_agent.store.api import open_store
+from jupyter_agent.store.duckdb.store import Store
 from jupyter_agent.testing import ScriptedServer
 
 from .conftest import BOTH_BACKENDS
@@ -57,7 +57,9 @@ def click(kernel: Kernel, model_id: str, **content: Any) -> None:
 
 def settle(kernel: Kernel) -> Execution:
     """Wait until what the clicks started has finished."""
-    result = kernel.run("import jupyter_agent.widget as _w\nassert _w.wait_all(90)", timeout=120)
+    result = kernel.run(
+        "import jupyter_agent.views.widget as _w\nassert _w.wait_all(90)", timeout=120
+    )
     assert result.status == "ok", result.text
     return result
 
@@ -300,7 +302,7 @@ def test_timeline_appears_once_the_run_has_begun(
 
 
 COUNT_OPENS = """
-import duckdb as _d, jupyter_agent.store as _s, jupyter_agent.model as _m
+import duckdb as _d, jupyter_agent.store.duckdb.store as _s, jupyter_agent.model.chat as _m
 _opened, _at_first_request = [], []
 _connect, _complete = _d.connect, _m.ModelClient.complete
 def _counting_connect(*a, **k):

@@ -17,12 +17,19 @@ from IPython import get_ipython
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
-from jupyter_agent import context
-from jupyter_agent.agent import load_state
-from jupyter_agent.plan import PlanError, parse_items
-from jupyter_agent.state import COMPACTED, Delta, RunState, encode_delta, fold, fold_from_snapshot
-from jupyter_agent.store import Store
-from jupyter_agent.stuck import stuck_reason
+from jupyter_agent.core import context
+from jupyter_agent.core.plan import PlanError, parse_items
+from jupyter_agent.core.state import (
+    COMPACTED,
+    Delta,
+    RunState,
+    encode_delta,
+    fold,
+    fold_from_snapshot,
+)
+from jupyter_agent.core.stuck import stuck_reason
+from jupyter_agent.loop.execution import load_state
+from jupyter_agent.store.duckdb.store import Store
 from jupyter_agent.testing import ScriptedServer
 
 OUTPUT = "x" * 900  # each step adds ~0.9 KB of tool output, as in the report
@@ -293,7 +300,7 @@ def test_a_run_longer_than_the_window_completes_with_a_bounded_context(
 def test_a_resume_reads_from_the_latest_compaction_and_sends_the_same_view(
     ip, scripted: ScriptedServer, store_path, monkeypatch
 ):
-    from jupyter_agent import store as store_module
+    from jupyter_agent.store.duckdb import store as store_module
 
     scripted.context_window = 8_000
     scripted.set_script(long_script(80))
@@ -326,7 +333,7 @@ def test_a_resume_reads_from_the_latest_compaction_and_sends_the_same_view(
 def test_a_python_step_is_made_durable_by_its_results_sync(
     ip, scripted: ScriptedServer, store_path, monkeypatch
 ):
-    from jupyter_agent import journal
+    from jupyter_agent.store.duckdb import journal
 
     synced: list[int] = []
     real = journal.os.fdatasync
@@ -490,7 +497,7 @@ def test_a_resume_opens_the_store_at_most_twice_before_its_first_model_request(
 ):
     import duckdb
 
-    from jupyter_agent import store as store_module
+    from jupyter_agent.store.duckdb import store as store_module
 
     scripted.set_script([tool("v0 = 0"), tool("v1 = 1"), {"content": "done"}])
     ip.run_cell_magic("agent", "--model scripted --name opens --max-steps 1", "Count opens.")
@@ -511,7 +518,7 @@ def test_a_resume_opens_the_store_at_most_twice_before_its_first_model_request(
 
 
 def test_a_resume_reads_its_history_once(ip, scripted: ScriptedServer, monkeypatch):
-    from jupyter_agent import store as store_module
+    from jupyter_agent.store.duckdb import store as store_module
 
     scripted.set_script([tool("v0 = 0"), tool("v1 = 1"), {"content": "done"}])
     ip.run_cell_magic("agent", "--model scripted --name once --max-steps 1", "Read once.")
@@ -542,7 +549,7 @@ def test_a_large_changed_value_is_saved_while_the_model_is_asked(
     ip, scripted: ScriptedServer, store_path, monkeypatch
 ):
     """The next request goes out before the value is serialized; its checkpoint comes after."""
-    from jupyter_agent import namespace
+    from jupyter_agent.namespace import tracking as namespace
 
     saved_at: list[float] = []
     real = namespace.save_groups

@@ -9,7 +9,7 @@ from IPython import get_ipython
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
-from jupyter_agent.store import Store
+from jupyter_agent.store.duckdb.store import Store
 
 TASK = "Add numbers.\n```python\ntotal = sum([1, 2, 3])\ntotal\n```"
 
@@ -83,8 +83,8 @@ def test_model_default_from_config(ip, capsys):
 def test_a_live_run_without_checkpoints_for_long_is_reported_stalled(
     ip, store_path, capsys, monkeypatch
 ):
-    from jupyter_agent.identity import notebook_path
-    from jupyter_agent.store import CheckpointRow, RunRow
+    from jupyter_agent.kernel.identity import notebook_path
+    from jupyter_agent.store.duckdb.store import CheckpointRow, RunRow
 
     monkeypatch.setenv("JUPYTER_AGENT_STALL_AFTER", "60")
     notebook = notebook_path(ip.user_ns)[0]
@@ -106,7 +106,7 @@ def test_a_live_run_without_checkpoints_for_long_is_reported_stalled(
 
 
 def test_help_lists_every_option_of_the_cell_magic(ip, capsys):
-    from jupyter_agent.magics import AgentMagics
+    from jupyter_agent.kernel.magics import AgentMagics
 
     ip.run_line_magic("agent", "--help")
     out = capsys.readouterr().out
@@ -159,7 +159,7 @@ def test_an_unbalanced_quote_is_a_usage_error_quoting_the_line(ip, store_path, m
     ],
 )
 def test_config_values_out_of_range_are_refused(ip, caplog, setting, message):
-    from jupyter_agent.magics import AgentMagics
+    from jupyter_agent.kernel.magics import AgentMagics
 
     (magics,) = [c for c in ip.configurables if isinstance(c, AgentMagics)]
     name = setting.split()[0]

@@ -3,7 +3,7 @@
 The v1 file is built here with the previous release's table definitions and
 payload encoding, frozen below, so the test keeps checking the upgrade after
 the current code stops writing that format. Blobs (namespace values) are dill
-in both versions and are written with :mod:`jupyter_agent.namespace`.
+in both versions and are written with :mod:`jupyter_agent.namespace.tracking`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import pytest
 from IPython import get_ipython
 from IPython.testing.globalipapp import start_ipython
 
-from jupyter_agent import journal, namespace
+from jupyter_agent.core.state import prompt_hash
 from jupyter_agent.errors import StoreError, StoreWarning
-from jupyter_agent.state import prompt_hash
-from jupyter_agent.store import Store
+from jupyter_agent.namespace import tracking as namespace
+from jupyter_agent.store.duckdb import journal
+from jupyter_agent.store.duckdb.store import Store
 from jupyter_agent.testing import ScriptedServer
 
 #: The schema of release 0.1.0 (SCHEMA_VERSION 1), as it created new stores.
@@ -216,7 +217,7 @@ def test_a_journal_of_the_previous_release_is_folded_as_json(tmp_path: Path) -> 
     )
     old = v1_payload(messages=[{"role": "user", "content": "from the old kernel"}])
     # The record as the previous release framed it: no payload_format in the row.
-    from jupyter_agent.store import CHECKPOINT_COLUMNS, CheckpointRow
+    from jupyter_agent.store.duckdb.store import CHECKPOINT_COLUMNS, CheckpointRow
 
     row = CheckpointRow("fedcba9876543210", 0, "start", "running", "s", 1.0, 1.0, 0, 1, {})
     values = {c: getattr(row, c) for c in CHECKPOINT_COLUMNS}

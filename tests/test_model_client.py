@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from jupyter_agent.model import (
+from jupyter_agent.model.chat import (
     ContextOverflow,
     Endpoint,
     ModelClient,

@@ -18,9 +18,9 @@ import pytest
 from IPython.core.error import UsageError
 
 from jupyter_agent.server.queries import Reader
-from jupyter_agent.store import Store
+from jupyter_agent.store.duckdb.store import Store
 from jupyter_agent.testing import ScriptedServer
-from jupyter_agent.timeline import Timeline, detail
+from jupyter_agent.views.timeline import Timeline, detail
 
 from .kernels import Kernel
 from .test_kernel_timeline import click, settle, state, value, widget_id
@@ -537,7 +537,9 @@ def test_two_background_agents_run_at_once_and_never_share_the_namespace(
     for name, cell in PARALLEL.items():
         assert k2.run(cell, cell_id=name).status == "ok"
     assert (
-        k2.run("from jupyter_agent.runtime import current\nassert current().wait_all(90)").status
+        k2.run(
+            "from jupyter_agent.kernel.runtime import current\nassert current().wait_all(90)"
+        ).status
         == "ok"
     )
     assert k2.run("print(alpha2, beta2)").stdout.strip() == "2 2"

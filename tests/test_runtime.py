@@ -7,8 +7,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from jupyter_agent import widget
-from jupyter_agent.store import AgentBusy
+from jupyter_agent.store.duckdb.store import AgentBusy
+from jupyter_agent.views import widget
 
 
 def test_a_job_started_as_another_ends_is_never_dropped(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from pytest_jupyter.jupyter_server import *  # noqa: F403  (jp_fetch, jp_servera
 from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
-from jupyter_agent.store import CheckpointRow, RunRow, RunWriter, Store
+from jupyter_agent.store.duckdb.store import CheckpointRow, RunRow, RunWriter, Store
 from jupyter_agent.testing import ScriptedServer
 
 from .kernels import Kernel
@@ -556,12 +556,12 @@ def test_the_server_imports_the_vocabulary_and_the_store_interface_only() -> Non
         "import jupyter_agent.server\n"
         "print(time.perf_counter() - t)\n"
         "ours = {m for m in sys.modules if m.startswith('jupyter_agent')}\n"
-        "heavy = {'dill', 'openai', 'IPython', 'jupyter_agent.agent', 'jupyter_agent.state',\n"
-        "         'jupyter_agent.testing', 'jupyter_agent.model'} & set(sys.modules)\n"
+        "heavy = {'dill', 'openai', 'IPython', 'jupyter_agent.loop.execution', 'jupyter_agent.core.state',\n"
+        "         'jupyter_agent.testing', 'jupyter_agent.model.chat'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
-        "allowed = {'jupyter_agent', 'jupyter_agent.errors', 'jupyter_agent.identity',\n"
-        "           'jupyter_agent.vocab', 'jupyter_agent.store_api', 'jupyter_agent.server',\n"
-        "           'jupyter_agent.redaction',\n"
+        "allowed = {'jupyter_agent', 'jupyter_agent.errors', 'jupyter_agent.kernel.identity',\n"
+        "           'jupyter_agent.vocab', 'jupyter_agent.store.api', 'jupyter_agent.server',\n"
+        "           'jupyter_agent.core.redaction',\n"
         "           'jupyter_agent.server.handlers', 'jupyter_agent.server.queries'}\n"
         "assert ours <= allowed, ours - allowed\n"
     )
@@ -572,7 +572,7 @@ def test_the_server_imports_the_vocabulary_and_the_store_interface_only() -> Non
 def test_a_run_shows_its_messages_from_json_payloads_redacted(
     api: Api, store: Store, jp_root_dir: Path, trap: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from jupyter_agent.state import Delta, encode_delta
+    from jupyter_agent.core.state import Delta, encode_delta
 
     nb = notebook(jp_root_dir, "nb.ipynb")
     said = [{"role": "assistant", "content": "the answer is 42"}]

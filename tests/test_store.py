@@ -13,11 +13,18 @@ import time
 import duckdb
 import pytest
 
-from jupyter_agent import journal
 from jupyter_agent.errors import AgentError, Conflict, NotFound, NotWaiting, StoreBusy
-from jupyter_agent.store import AgentBusy, CheckpointRow, DuckDBStore, RunRow, Store, StoreError
-from jupyter_agent.store_api import Store as StoreProtocol
-from jupyter_agent.store_api import open_store
+from jupyter_agent.store.api import Store as StoreProtocol
+from jupyter_agent.store.api import open_store
+from jupyter_agent.store.duckdb import journal
+from jupyter_agent.store.duckdb.store import (
+    AgentBusy,
+    CheckpointRow,
+    DuckDBStore,
+    RunRow,
+    Store,
+    StoreError,
+)
 
 
 def run_row(run_id: str = "r1", agent: str = "a") -> RunRow:
@@ -79,7 +86,7 @@ def test_a_journal_left_by_a_killed_process_is_recovered(tmp_path):
     code = textwrap.dedent(
         f"""
         import os
-        from jupyter_agent.store import Store, RunRow, CheckpointRow
+        from jupyter_agent.store.duckdb.store import Store, RunRow, CheckpointRow
         w = Store({str(path)!r}).writer("dead")
         w.put_run(RunRow("dead", "/nb", "a", None, "t", "h", "m", None, None, 1.0, {{}}))
         w.put_checkpoint(CheckpointRow("dead", 0, "start", "running", "s", 1.0, 0, 0, 1, {{}}), b"x")
@@ -178,7 +185,7 @@ def hold_agent_lock(path, agent: str, then: str = "") -> subprocess.Popen:
     code = textwrap.dedent(
         f"""
         import os, sys, time
-        from jupyter_agent.store import Store
+        from jupyter_agent.store.duckdb.store import Store
         with Store({str(path)!r}).agent_lock("/nb.ipynb", {agent!r}):
             {then or "pass"}
             print("held", flush=True)
@@ -306,7 +313,7 @@ def test_open_store_picks_the_backend(tmp_path, monkeypatch):
     assert open_store().location == str(path)
     assert isinstance(open_store(), StoreProtocol)
     try:
-        import jupyter_agent.store_pg  # noqa: F401
+        import jupyter_agent.store.postgres.store  # noqa: F401
     except ImportError:
         with pytest.raises(StoreError, match="PostgreSQL backend"):
             open_store("postgresql://user@db.example/agents")
@@ -319,8 +326,8 @@ def test_refusals_are_agent_errors_not_store_faults():
     assert issubclass(StoreError, AgentError) and issubclass(StoreBusy, StoreError)
     for refusal in (AgentBusy, NotWaiting, NotFound, Conflict):
         assert issubclass(refusal, AgentError) and not issubclass(refusal, StoreError)
-    from jupyter_agent.runner import USER_ERRORS
-    from jupyter_agent.state import StateVersionError
+    from jupyter_agent.core.state import StateVersionError
+    from jupyter_agent.kernel.runner import USER_ERRORS
 
     assert AgentError in USER_ERRORS and issubclass(StateVersionError, AgentError)
 

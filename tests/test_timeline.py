@@ -20,12 +20,14 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.testing.globalipapp import start_ipython
 
-from jupyter_agent import render, runner, vocab, widget
-from jupyter_agent.agent import RunOptions
-from jupyter_agent.identity import AgentIdentity
-from jupyter_agent.store import CheckpointRow, RunRow, Store
+from jupyter_agent import vocab
+from jupyter_agent.kernel import runner
+from jupyter_agent.kernel.identity import AgentIdentity
+from jupyter_agent.loop.execution import RunOptions
+from jupyter_agent.store.duckdb.store import CheckpointRow, RunRow, Store
 from jupyter_agent.testing import ScriptedServer
-from jupyter_agent.timeline import WINDOW, Timeline
+from jupyter_agent.views import render, widget
+from jupyter_agent.views.timeline import WINDOW, Timeline
 
 AGENT = "demo"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_agent.store import Store
+from jupyter_agent.store.duckdb.store import Store
 from jupyter_agent.testing import ScriptedServer
-from jupyter_agent.user_tools import function_tool, parse_docstring
+from jupyter_agent.tools.user import function_tool, parse_docstring
 
 from .kernels import Kernel
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_agent import render, state, vocab
+from jupyter_agent import vocab
+from jupyter_agent.core import state
+from jupyter_agent.views import render
 from jupyter_agent.vocab import Kind, Status
 
 ROOT = Path(__file__).resolve().parents[1]

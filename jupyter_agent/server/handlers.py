@@ -15,7 +15,7 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from ..identity import NAME_PATTERN
+from ..kernel.identity import NAME_PATTERN
 from .queries import Conflict, NotFound
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 Every function here is synchronous and makes one store call; the server calls
 them on a worker thread. The store answers with typed records (see
-:mod:`jupyter_agent.store_api`) built from metadata alone, so nothing is ever
+:mod:`jupyter_agent.store.api`) built from metadata alone, so nothing is ever
 deserialized; this module only words them.
 """
 
@@ -12,9 +12,9 @@ import time
 from typing import Any
 
 from .. import vocab
+from ..core.redaction import redact, secrets_in_environment
 from ..errors import Conflict, NotFound
-from ..redaction import redact, secrets_in_environment
-from ..store_api import (
+from ..store.api import (
     CHECKPOINT_COLUMNS,
     AgentSummary,
     CheckpointRow,
@@ -87,7 +87,7 @@ class Reader:
     def __init__(self, store: Store) -> None:
         self.store = store
         # Imported with a store, not with the server: it reads the DuckDB backend's journals.
-        from ..stale import LastGood
+        from ..store.duckdb.stale import LastGood
 
         #: The last answer per notebook, shown while a kernel holds the store.
         self.last_good = LastGood(store)
@@ -106,7 +106,7 @@ class Reader:
         """:meth:`agents`, and ``HH:MM:SS`` if they are what the store held then.
 
         While a kernel holds the store the answer is the last one read, brought
-        up to date from the journals (see :mod:`jupyter_agent.stale`), not a wait.
+        up to date from the journals (see :mod:`jupyter_agent.store.duckdb.stale`), not a wait.
         """
         agents, as_of = self.agents_in_order(notebook)
         agents.sort(key=lambda a: a["started_at"])

@@ -2,8 +2,8 @@
 
 import threading
 
-from jupyter_agent.offline import offline_reply
-from jupyter_agent.testing.server import ScriptedServer
+from ..model.offline import offline_reply
+from .server import ScriptedServer
 
 __all__ = ["ScriptedServer", "offline_base_url"]
 

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from jupyter_agent.testing.server import ScriptedServer
+from .server import ScriptedServer
 
 
 def _load_script(path: str) -> list[dict[str, Any]]:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.script:
         script: Any = _load_script(args.script)
     else:
-        from jupyter_agent.offline import offline_reply
+        from ..model.offline import offline_reply
 
         script = offline_reply
     server = ScriptedServer(

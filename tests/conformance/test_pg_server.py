@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 from pytest_jupyter.jupyter_server import *  # noqa: F403  (jp_fetch, jp_serverapp, ...)
 from traitlets.config import Config
 
-from jupyter_agent.store_pg import PostgresStore
+from jupyter_agent.store.postgres.store import PostgresStore
 
 from .. import test_server_api as server_api
 from ..test_server_api import RUNNING_STEPS, Api, add_run, notebook

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_agent import blobfiles
 from jupyter_agent.errors import Conflict, NotFound
 from jupyter_agent.server.queries import Reader
-from jupyter_agent.store import (
+from jupyter_agent.store.duckdb import blobfiles
+from jupyter_agent.store.duckdb.store import (
     AgentBusy,
     CheckpointRow,
     RunRow,
@@ -211,8 +211,8 @@ def test_a_history_with_a_hole_is_refused(open_):
 
 _CHILD = f"""
 import sys, time
-from jupyter_agent.store_api import open_store
-from jupyter_agent.store import RunRow
+from jupyter_agent.store.api import open_store
+from jupyter_agent.store.duckdb.store import RunRow
 store = open_store(sys.argv[1])
 if sys.argv[2] == "lock":
     with store.agent_lock({NB!r}, "a"):
@@ -333,7 +333,7 @@ def test_a_value_another_user_wrote_is_never_handed_out(open_, spec):
     """Unpickling a saved value runs code: one that someone else could have written is refused."""
     big, digest = os.urandom(blobfiles.MIN_BYTES + 1), "cd" * 16
     if spec.startswith("postgresql://"):  # a row of another owner
-        from jupyter_agent.store_pg import PostgresStore
+        from jupyter_agent.store.postgres.store import PostgresStore
 
         write(PostgresStore(spec, owner="mallory"), run_row("m"), [0], {0: {digest: big}})
     else:  # a file planted by another user
@@ -609,7 +609,7 @@ def test_a_session_serves_its_reads_from_one_connection(open_):
 
 
 def test_payloads_are_stored_as_json(open_):
-    from jupyter_agent.state import Delta, decode_delta, encode_delta
+    from jupyter_agent.core.state import Delta, decode_delta, encode_delta
 
     store = open_()
     payload = encode_delta(Delta(messages=[{"role": "user", "content": "hi"}]))

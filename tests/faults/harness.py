@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jupyter_agent.agent import chain
-from jupyter_agent.state import RunState, fold
-from jupyter_agent.store import CheckpointRow
-from jupyter_agent.store_api import open_store
+from jupyter_agent.core.state import RunState, fold
+from jupyter_agent.loop.execution import chain
+from jupyter_agent.store.api import open_store
+from jupyter_agent.store.duckdb.store import CheckpointRow
 
 from ..kernels import Execution, Kernel
 

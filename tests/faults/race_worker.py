@@ -1,4 +1,4 @@
-"""A plain process that runs agents with :func:`jupyter_agent.runner.run_cell` in lockstep.
+"""A plain process that runs agents with :func:`jupyter_agent.kernel.runner.run_cell` in lockstep.
 
 Two of these race for the same agent, trial after trial: each waits at a shared
 barrier, then runs (or re-runs) the cell at the same instant as its rival. What
@@ -23,11 +23,11 @@ def prompt(agent: str) -> str:
 
 def race(store_path: str, url: str, api_key: str, barrier: Any, results: Any, rounds: int) -> None:
     """Run ``rounds`` races, two per agent: race ``2k`` starts ``a<k>``, race ``2k+1`` re-runs it."""
-    from jupyter_agent.agent import RunOptions
-    from jupyter_agent.identity import AgentIdentity
-    from jupyter_agent.render import TextEvents
-    from jupyter_agent.runner import AgentBusy, run_cell
-    from jupyter_agent.store import Store
+    from jupyter_agent.kernel.identity import AgentIdentity
+    from jupyter_agent.kernel.runner import AgentBusy, run_cell
+    from jupyter_agent.loop.execution import RunOptions
+    from jupyter_agent.store.duckdb.store import Store
+    from jupyter_agent.views.render import TextEvents
 
     shell = SimpleNamespace(user_ns={})
     options = RunOptions(retries=0, backoff=0.0, model_timeout=30)

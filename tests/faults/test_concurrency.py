@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from jupyter_agent.server.queries import Reader
-from jupyter_agent.store import Store
-from jupyter_agent.store_api import open_store
+from jupyter_agent.store.api import open_store
+from jupyter_agent.store.duckdb.store import Store
 from jupyter_agent.testing import ScriptedServer
 
 from ..pg import PgServer, pg_server  # noqa: F401  (fixture)
@@ -266,8 +266,8 @@ def one_round(root: Path, index: int, backend: Backend, kernels_n: int = KERNELS
 
 def read_store_for(path: StoreSpec, notebook: str):  # type: ignore[no-untyped-def]
     """The store view of the one agent of ``notebook``."""
-    from jupyter_agent.agent import chain
-    from jupyter_agent.state import fold
+    from jupyter_agent.core.state import fold
+    from jupyter_agent.loop.execution import chain
 
     from .harness import StoreView
 
@@ -522,7 +522,7 @@ def test_a_process_going_from_database_to_database_keeps_few_connections(
     idle connections until PostgreSQL refuses clients ("too many clients already")."""
     import psycopg
 
-    from jupyter_agent.store_pg import READERS_KEPT
+    from jupyter_agent.store.postgres.store import READERS_KEPT
 
     urls = [pg_server.create_database() for _ in range(12)]
     for url in urls:

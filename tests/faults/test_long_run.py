@@ -23,8 +23,8 @@ import pytest
 from IPython import get_ipython
 from IPython.testing.globalipapp import start_ipython
 
-from jupyter_agent.agent import load_state
-from jupyter_agent.store import Store
+from jupyter_agent.loop.execution import load_state
+from jupyter_agent.store.duckdb.store import Store
 from jupyter_agent.testing import ScriptedServer
 from jupyter_agent.testing.server import turn_of
 

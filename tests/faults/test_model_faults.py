@@ -314,7 +314,7 @@ def test_retry_after_is_honoured_and_capped(headers: dict, expected: float | Non
     import httpx
     import openai
 
-    from jupyter_agent.model import _retry_after
+    from jupyter_agent.model.chat import _retry_after
 
     request = httpx.Request("POST", "http://x/v1/chat/completions")
     response = httpx.Response(429, headers=headers, request=request)

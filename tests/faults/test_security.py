@@ -12,11 +12,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from jupyter_agent.agent import load_state
-from jupyter_agent.namespace import restore
+from jupyter_agent.core.state import StateVersionError
+from jupyter_agent.loop.execution import load_state
+from jupyter_agent.namespace.tracking import restore
 from jupyter_agent.server.queries import Reader
-from jupyter_agent.state import StateVersionError
-from jupyter_agent.store import CheckpointRow, RunRow, Store, StoreError
+from jupyter_agent.store.duckdb.store import CheckpointRow, RunRow, Store, StoreError
 
 from .harness import API_KEY, AgentEnv, raw_store_bytes, record
 
@@ -231,7 +231,7 @@ def test_only_the_kernel_unpickles_and_only_a_trusted_store(tmp_path: Path) -> N
 
 def plant_journal(directory: Path, run_id: str, payload: bytes, uid: int = 65534) -> Path:
     """A CRC-valid journal written "by another user": a run and a checkpoint carrying ``payload``."""
-    from jupyter_agent import journal
+    from jupyter_agent.store.duckdb import journal
 
     row = RunRow(run_id, "/nb.ipynb", "a", None, "task", "h", "m", None, None, 9.0, {})
     cp = CheckpointRow(run_id, 0, "start", "done", "planted", 9.0, 0, 0, 1, {})
@@ -249,7 +249,7 @@ def plant_journal(directory: Path, run_id: str, payload: bytes, uid: int = 65534
 def test_a_journal_planted_by_another_user_is_never_folded(tmp_path: Path) -> None:
     import warnings
 
-    from jupyter_agent.store import StoreWarning
+    from jupyter_agent.store.duckdb.store import StoreWarning
 
     marker = tmp_path / "code-ran"
     store = Store(tmp_path / "agents.duckdb")

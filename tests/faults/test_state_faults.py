@@ -19,9 +19,9 @@ import dill
 import duckdb
 import pytest
 
-from jupyter_agent.store import CheckpointRow as Row
-from jupyter_agent.store import Store
-from jupyter_agent.store_api import open_store
+from jupyter_agent.store.api import open_store
+from jupyter_agent.store.duckdb.store import CheckpointRow as Row
+from jupyter_agent.store.duckdb.store import Store
 
 from ..conftest import BACKENDS
 from ..pg import PgServer
@@ -130,7 +130,7 @@ def test_restoring_a_closed_write_file_never_empties_it(env: AgentEnv, tmp_path:
     target.write_text("precious\n")
     with open(target) as f:  # a blob as older versions stored it
         old_blob = dill.dumps(f, protocol=5, recurse=True)
-    from jupyter_agent.namespace import restore
+    from jupyter_agent.namespace.tracking import restore
 
     ns: dict = {}
     restored, failed = restore(ns, {"f": "h"}, lambda hashes: {"h": old_blob})
@@ -416,7 +416,7 @@ def test_a_torn_journal_tail_resumes_from_the_last_intact_checkpoint(env: AgentE
 def test_a_damaged_journal_is_kept_and_the_run_refused_not_rewritten(env: AgentEnv) -> None:
     path = _dead_journal(env, SCRIPT3, crash="after:checkpoint.tool_result:3")
     data = bytearray(path.read_bytes())
-    from jupyter_agent import journal
+    from jupyter_agent.store.duckdb import journal
 
     found = journal.decode(bytes(data))
     victim = next(  # the second model reply's frame, in the middle of the journal

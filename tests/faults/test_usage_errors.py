@@ -17,7 +17,7 @@ from IPython import get_ipython
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
-from jupyter_agent.store import Store
+from jupyter_agent.store.duckdb.store import Store
 
 from .harness import record
 
@@ -109,7 +109,7 @@ CONFIG_CASES = {
 @pytest.mark.parametrize("setting", list(CONFIG_CASES))
 def test_config_out_of_range_is_refused_and_the_agent_still_runs(ip, caplog, setting: str) -> None:  # type: ignore[no-untyped-def]
     """%config reports a refused value as one logged line (on the cell's stderr in a kernel)."""
-    from jupyter_agent.magics import AgentMagics
+    from jupyter_agent.kernel.magics import AgentMagics
 
     name = setting.split()[0]
     before = contents(ip.store_path)

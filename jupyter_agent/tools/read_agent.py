@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 
-from .render import run_status
-from .store_api import RunRow, Store
+from ..store.api import RunRow, Store
+from ..views.render import run_status
 
 READ_AGENT_TOOL = {
     "type": "function",
@@ -60,7 +60,7 @@ def read_agent(store: Store, reader: RunRow, arguments: str) -> str:
             f"no agent named {agent!r} in this notebook (the other agents: {known})"
         )
     status, text, steps = run_status(store, run, store.live_runs())
-    from .agent import load_state  # the loop imports this module
+    from ..loop.execution import load_state  # the loop imports this module
 
     state = load_state(store, run)
     out: dict = {"agent": agent, "status": status, "status_text": text, "steps": steps}

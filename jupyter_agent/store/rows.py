@@ -1,6 +1,6 @@
 """What every store backend does with rows once its SQL has read them.
 
-The backends (:mod:`jupyter_agent.store` on DuckDB, :mod:`jupyter_agent.store_pg`
+The backends (:mod:`jupyter_agent.store.duckdb.store` on DuckDB, :mod:`jupyter_agent.store.postgres.store`
 on PostgreSQL) differ in their SQL only; decoding rows into records, checking a
 record's shape before it is written, building summaries from what was read and
 turning a stored payload into JSON live here once, so both answer alike.
@@ -12,9 +12,8 @@ import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from . import vocab
-from .journal import Record
-from .store_api import (
+from .. import vocab
+from .api import (
     CHECKPOINT_COLUMNS,
     RUN_COLUMNS,
     AgentDetail,
@@ -24,6 +23,7 @@ from .store_api import (
     RunStats,
     RunSummary,
 )
+from .duckdb.journal import Record
 
 _TEXT, _INT, _NUMBER = (str,), (int,), (int, float)
 #: The columns each record kind must have, and their types (None allowed where optional).
@@ -168,7 +168,7 @@ def json_payload(fmt: str | None, data: bytes | None, check_trusted: Callable[[]
     if fmt == "json":
         return bytes(data or b"")
     check_trusted()
-    from .state import dill_to_json
+    from ..core.state import dill_to_json
 
     return dill_to_json(bytes(data or b""))
 

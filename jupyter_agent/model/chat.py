@@ -31,8 +31,8 @@ from typing import Any
 import httpx
 import openai
 
+from ..core.redaction import redact, secrets_in_environment
 from .offline import OFFLINE_MODEL
-from .redaction import redact, secrets_in_environment
 
 
 class ConfigError(Exception):
@@ -577,7 +577,7 @@ def _warm() -> None:
 
     with contextlib.suppress(Exception):  # a warm-up: the cell does it all anyway
         openai.DefaultHttpxClient(verify=ssl_context()).close()  # imports the transport
-        for module in ("openai.resources.chat.completions", "jupyter_agent.widget"):
+        for module in ("openai.resources.chat.completions", "jupyter_agent.views.widget"):
             importlib.import_module(module)
 
 

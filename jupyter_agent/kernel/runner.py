@@ -7,7 +7,7 @@
 * A changed prompt, or ``--restart``, starts a new run; older runs stay stored.
 
 One agent is executed by at most one thread of a kernel at a time (the
-claims of :class:`~jupyter_agent.runtime.AgentRuntime`), and by at most one process: :meth:`Store.agent_lock` is taken
+claims of :class:`~jupyter_agent.kernel.runtime.AgentRuntime`), and by at most one process: :meth:`Store.agent_lock` is taken
 before the agent's latest run is read and held until its execution ends.
 """
 
@@ -18,8 +18,10 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import namespace
-from .agent import (
+from ..core.state import AWAITING_APPROVAL, DONE, RunState, StateVersionError, prompt_hash
+from ..errors import AgentBusy, AgentError
+from ..errors import NotWaiting as NotWaiting
+from ..loop.execution import (
     Events,
     Execution,
     RunOptions,
@@ -28,13 +30,11 @@ from .agent import (
     load_state,
     new_run,
 )
-from .errors import AgentBusy, AgentError
-from .errors import NotWaiting as NotWaiting
+from ..model.chat import ConfigError, Endpoint, ModelClient
+from ..model.offline import OFFLINE_MODEL, OfflineClient
+from ..namespace import tracking as namespace
+from ..store.api import CheckpointRow, RunRow, Store
 from .identity import AgentIdentity, IdentityError
-from .model import ConfigError, Endpoint, ModelClient
-from .offline import OFFLINE_MODEL, OfflineClient
-from .state import AWAITING_APPROVAL, DONE, RunState, StateVersionError, prompt_hash
-from .store_api import CheckpointRow, RunRow, Store
 
 #: Errors a user can cause; they are reported as one short message, not a traceback.
 #: :class:`AgentError` covers store faults, busy agents, approvals nothing waits for

@@ -1,8 +1,8 @@
 """The checkpoint store on PostgreSQL, for teams and for agents on several hosts.
 
 Selected by a ``postgresql://`` URL in ``JUPYTER_AGENT_STORE`` (or
-``%config AgentMagics.store``), see :func:`jupyter_agent.store_api.open_store`.
-It answers the same verbs as :class:`jupyter_agent.store.Store`, with three
+``%config AgentMagics.store``), see :func:`jupyter_agent.store.api.open_store`.
+It answers the same verbs as :class:`jupyter_agent.store.duckdb.store.Store`, with three
 differences that follow from a shared server:
 
 * Writes go straight to the database, one transaction per checkpoint (with the
@@ -33,19 +33,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from . import journal, store_rows
-from .errors import Conflict
-from .journal import Record
-from .redaction import secrets_in_environment
-from .store import (
-    AgentBusy,
-    RunWriter,
-    StoreBusy,
-    StoreError,
-    moved_path,
-    process_started_at,
-)
-from .store_api import (
+from ...core.redaction import secrets_in_environment
+from ...errors import Conflict
+from .. import rows as store_rows
+from ..api import (
     CHECKPOINT_COLUMNS,
     RUN_COLUMNS,
     TIMELINE_LIMIT,
@@ -59,7 +50,17 @@ from .store_api import (
     delete_agent_runs,
     history_chain,
 )
-from .store_rows import checkpoint_from_row, json_payload, parse_version, run_from_row
+from ..duckdb import journal
+from ..duckdb.journal import Record
+from ..duckdb.store import (
+    AgentBusy,
+    RunWriter,
+    StoreBusy,
+    StoreError,
+    moved_path,
+    process_started_at,
+)
+from ..rows import checkpoint_from_row, json_payload, parse_version, run_from_row
 
 SCHEMA = "jupyter_agent"
 #: 2: checkpoint payloads are JSON, tagged by ``payload_format`` (1 pickled them with dill).
@@ -286,7 +287,7 @@ def _migrate(con: psycopg.Connection) -> None:
 
     Nothing is unpickled here (the rows belong to many owners): each owner's old
     payloads are converted to JSON as that owner reads them
-    (:func:`~jupyter_agent.store_rows.json_payload`). Needs the table owner's rights.
+    (:func:`~jupyter_agent.store.rows.json_payload`). Needs the table owner's rights.
     """
     with con.transaction():
         con.execute("SELECT pg_advisory_xact_lock(%s)", [_DDL_KEY])
@@ -410,7 +411,7 @@ def _locks(url: str, busy_timeout: float) -> _Locks:
 class PostgresStore:
     """Checkpoints of every agent of a team, in one PostgreSQL database.
 
-    Implements :class:`jupyter_agent.store_api.Store`; every query is scoped to
+    Implements :class:`jupyter_agent.store.api.Store`; every query is scoped to
     :attr:`owner`.
     """
 
@@ -874,7 +875,7 @@ class PostgresStore:
 class PostgresRunWriter(RunWriter):
     """Writes one run execution's records straight to PostgreSQL, secrets redacted.
 
-    Redaction is :class:`~jupyter_agent.store.RunWriter`'s. Blobs wait for the
+    Redaction is :class:`~jupyter_agent.store.duckdb.store.RunWriter`'s. Blobs wait for the
     checkpoint that refers to them and go in its transaction, so a checkpoint is
     never stored without its values. The run counts as live while this is open.
     """

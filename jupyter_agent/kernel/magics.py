@@ -17,20 +17,22 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
 
-from . import mcp_tools, runner, user_tools
-from .agent import RunOptions, load_state
-from .budget import Budget, BudgetError, parse_budget
-from .context import MIN_WINDOW
+from ..core.budget import Budget, BudgetError, parse_budget
+from ..core.context import MIN_WINDOW
+from ..core.redaction import secrets_in_environment
+from ..core.state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
+from ..loop.execution import RunOptions, load_state
+from ..model.chat import Cancelled
+from ..store.api import RunRow, Store
+from ..tools import mcp as mcp_tools
+from ..tools import user as user_tools
+from ..tools.base import TOOLS, ToolError, check_approve
+from ..views.render import TextEvents, known_steps
+from ..vocab import plural
+from . import runner
 from .identity import AgentIdentity, notebook_path, resolve
-from .model import Cancelled
-from .redaction import secrets_in_environment
-from .render import TextEvents, known_steps
 from .runner import USER_ERRORS, Outcome
 from .runtime import AgentRuntime, UsageProblem, current
-from .state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
-from .store_api import RunRow, Store
-from .tools import TOOLS, ToolError, check_approve
-from .vocab import plural
 
 
 @magics_class
@@ -414,7 +416,7 @@ class AgentMagics(Magics):
         """The cell's timeline widget (None outside a kernel, or with the timeline off)."""
         if not self.timeline or getattr(self.shell, "kernel", None) is None:
             return None
-        from . import widget  # only where a frontend can show it
+        from ..views import widget  # only where a frontend can show it
 
         return widget.display_timeline(
             store,
@@ -461,7 +463,7 @@ class AgentMagics(Magics):
     def _cmd_list(self, args: argparse.Namespace) -> None:
         # The REST API's reader: one short read, and while another kernel holds the
         # store, the last answer brought up to date from the journals (see .stale).
-        from .server.queries import Reader
+        from ..server.queries import Reader
 
         store = self._store()
         if self._reader is None or self._reader.store is not store:
@@ -542,7 +544,7 @@ class AgentMagics(Magics):
 
     def _cmd_timeline(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)
-        from . import widget
+        from ..views import widget
 
         widget.display_timeline(
             self._store(),
@@ -591,7 +593,7 @@ def report(outcome: Outcome, identity: AgentIdentity, file: Any = None) -> None:
         print(state.final_answer() or "", file=file)
     elif outcome.action == "waiting":
         call = state.pending_tool_call() or {}
-        from .render import format_call
+        from ..views.render import format_call
 
         print(f"Agent {identity.agent} is waiting for your approval of:", file=file)
         print(format_call(call), file=file)

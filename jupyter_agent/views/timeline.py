@@ -8,7 +8,7 @@ of a long history only the latest entries are read (a window; earlier ones when 
 view asks for them), its totals come from the store, and a checkpoint's messages
 are decoded only when it is opened (:func:`detail`).
 
-This module knows nothing about widgets: :mod:`jupyter_agent.widget` renders a
+This module knows nothing about widgets: :mod:`jupyter_agent.views.widget` renders a
 :class:`Timeline` and calls the actions here.
 """
 
@@ -20,14 +20,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import vocab
-from .agent import Events, chain, effective_status, load_state, new_run
-from .delegate import awaited_child
-from .errors import NotFound
-from .identity import AgentIdentity
-from .namespace import restore
-from .offline import OFFLINE_MODEL
-from .runner import (
+from .. import vocab
+from ..core.state import AWAITING_APPROVAL, RUNNING, RunState, decode_delta, fold
+from ..errors import NotFound
+from ..kernel.identity import AgentIdentity
+from ..kernel.runner import (
     AgentBusy,
     Outcome,
     approve_policy,
@@ -35,8 +32,11 @@ from .runner import (
     run_options,
     settings_at,
 )
-from .state import AWAITING_APPROVAL, RUNNING, RunState, decode_delta, fold
-from .store_api import CheckpointRow, RunRow, Store
+from ..loop.execution import Events, chain, effective_status, load_state, new_run
+from ..model.offline import OFFLINE_MODEL
+from ..namespace.tracking import restore
+from ..store.api import CheckpointRow, RunRow, Store
+from ..tools.delegate import awaited_child
 
 #: Entries of the selected history sent to a frontend at first; more on request.
 WINDOW = 100
@@ -232,7 +232,7 @@ class Timeline:
         return out
 
     def segments(self, run: RunRow) -> list[tuple[str, int | None]]:
-        """Like :func:`jupyter_agent.agent.chain`, from the runs already loaded."""
+        """Like :func:`jupyter_agent.loop.execution.chain`, from the runs already loaded."""
         out: list[tuple[str, int | None]] = [(run.run_id, None)]
         while run.parent_run:
             out.insert(0, (run.parent_run, run.parent_step))
@@ -305,7 +305,7 @@ class Timeline:
     def known_steps(self) -> dict[str, tuple[int, int]]:
         """Per run: its last checkpoint's number and the steps of its history up to it.
 
-        What :class:`jupyter_agent.render.TextEvents` would otherwise read again.
+        What :class:`jupyter_agent.views.render.TextEvents` would otherwise read again.
         """
         return {r.run_id: (self._last[r.run_id].step, self.steps(r.run_id))
                 for r in self.runs if r.run_id in self._last}  # fmt: skip

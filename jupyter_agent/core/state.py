@@ -27,10 +27,10 @@ from typing import Any, cast
 
 import orjson
 
+from ..errors import AgentError
+from ..vocab import RESUMABLE as RESUMABLE
+from ..vocab import Status
 from .context import is_pinned
-from .errors import AgentError
-from .vocab import RESUMABLE as RESUMABLE
-from .vocab import Status
 
 #: Version of the delta payload layout. Bump it when :class:`Delta` changes and
 #: teach :func:`decode_delta` to read the older versions. Version 3 is JSON;
@@ -63,7 +63,7 @@ class Delta:
     unsaved: dict[str, str] = field(default_factory=dict)  # name -> why it was not saved
     decision: dict | None = None  # an approval decision: {call_id, action, note?, code?}
     tool_call_id: str | None = None  # the tool call this step started or finished
-    #: A compaction of the model's view (see :mod:`jupyter_agent.context`): replaces
+    #: A compaction of the model's view (see :mod:`jupyter_agent.core.context`): replaces
     #: the previous one; the messages themselves are never removed.
     compaction: dict | None = None
     plan: list[dict] | None = None  # the agent's plan, replacing the previous one

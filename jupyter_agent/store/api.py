@@ -4,9 +4,9 @@ The kernel, the timeline widget, the CLI and the server extension talk to the
 checkpoint store only through :class:`Store`; no connection object ever leaves
 a backend, and only backend modules import a database driver. Two backends:
 
-* :mod:`jupyter_agent.store` — a local DuckDB file fed by per-run journals
+* :mod:`jupyter_agent.store.duckdb.store` — a local DuckDB file fed by per-run journals
   (the default; a path, or ``duckdb://PATH``);
-* :mod:`jupyter_agent.store_pg` — a PostgreSQL server (a ``postgresql://`` URL),
+* :mod:`jupyter_agent.store.postgres.store` — a PostgreSQL server (a ``postgresql://`` URL),
   imported only when such a URL is given.
 
 :func:`open_store` picks one. Records are plain dataclasses, so this module
@@ -56,7 +56,7 @@ class RunRow:
     prompt: str
     """The task, with secrets redacted."""
     prompt_hash: str
-    """:func:`jupyter_agent.state.prompt_hash` of the prompt as typed (before redaction)."""
+    """:func:`jupyter_agent.core.state.prompt_hash` of the prompt as typed (before redaction)."""
     model: str
     """The model the run started with (a resume may use another; see its checkpoint)."""
     parent_run: str | None
@@ -277,7 +277,7 @@ class Store(Protocol):
     ) -> list[tuple[CheckpointRow, bytes]]:
         """Checkpoints with their JSON payloads along ``(run_id, up-to-step)`` segments,
         from step ``since`` on (a resume reads from its latest snapshot, see
-        :func:`jupyter_agent.state.fold`).
+        :func:`jupyter_agent.core.state.fold`).
 
         Unpickles nothing, so it needs no trust check. A chain with a hole (a
         checkpoint lost to damage) raises :class:`~jupyter_agent.errors.StoreError`:
@@ -392,7 +392,7 @@ def delete_agent_runs(
     The agent's lock is held while its runs are read and deleted: an execution
     that has taken it but not yet written its run owns the agent too.
     """
-    from .errors import AgentBusy, Conflict, NotFound
+    from ..errors import AgentBusy, Conflict, NotFound
 
     if not (store.exists() and store.runs(notebook=notebook, agent=agent)):
         raise NotFound(f"No agent named {agent!r} in this notebook.")
@@ -438,23 +438,23 @@ def open_store(target: str | os.PathLike | None = None, *, busy_timeout: float =
     """The store at ``target``: a ``postgresql://`` URL, ``duckdb://PATH`` or a file path.
 
     None means ``$JUPYTER_AGENT_STORE``, else the default DuckDB file. A URL
-    selects :class:`jupyter_agent.store_pg.PostgresStore` (imported only then).
+    selects :class:`jupyter_agent.store.postgres.store.PostgresStore` (imported only then).
     """
     if target is None:
         target = os.environ.get("JUPYTER_AGENT_STORE") or None
     text = os.fspath(target) if target is not None else None
     if text is not None and text.startswith(("postgresql://", "postgres://")):
         try:
-            from . import store_pg
+            from .postgres import store as store_pg
         except ImportError as exc:
-            from .errors import StoreError
+            from ..errors import StoreError
 
             raise StoreError(
                 f"A PostgreSQL store needs the PostgreSQL backend ({exc}). Install "
                 "jupyter-agent with its postgres extra, or use a DuckDB file."
             ) from exc
         return store_pg.PostgresStore(text, busy_timeout=busy_timeout)
-    from .store import DuckDBStore
+    from .duckdb.store import DuckDBStore
 
     if text is not None and text.startswith("duckdb://"):
         text = text[len("duckdb://") :]

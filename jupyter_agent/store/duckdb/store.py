@@ -1,9 +1,9 @@
 """The checkpoint store: a DuckDB file plus per-run journals beside it.
 
 Writers never touch DuckDB while an agent runs: each run execution appends to
-its own journal (see :mod:`jupyter_agent.journal`), and values of
+its own journal (see :mod:`jupyter_agent.store.duckdb.journal`), and values of
 :data:`blobfiles.MIN_BYTES` or more are files beside the store, journaled by
-reference (see :mod:`jupyter_agent.blobfiles`). DuckDB is opened only for short
+reference (see :mod:`jupyter_agent.store.duckdb.blobfiles`). DuckDB is opened only for short
 moments — to fold finished executions' journals in and to answer queries — and
 every open retries with backoff while another process holds the file, so no
 checkpoint waits on another process. Readers never write a running agent's
@@ -34,11 +34,10 @@ from typing import TypeVar
 
 import duckdb
 
-from . import blobfiles, journal, store_rows
-from .errors import AgentBusy, Conflict, StoreBusy, StoreError, StoreWarning
-from .journal import JournalWriter, Record
-from .redaction import contains_secret, redact, secrets_in_environment
-from .store_api import (
+from ...core.redaction import contains_secret, redact, secrets_in_environment
+from ...errors import AgentBusy, Conflict, StoreBusy, StoreError, StoreWarning
+from .. import rows as store_rows
+from ..api import (
     CHECKPOINT_COLUMNS,
     RUN_COLUMNS,
     TIMELINE_LIMIT,
@@ -52,7 +51,7 @@ from .store_api import (
     delete_agent_runs,
     history_chain,
 )
-from .store_rows import (
+from ..rows import (
     checkpoint_from_row,
     json_payload,
     malformed,
@@ -60,6 +59,8 @@ from .store_rows import (
     run_from_row,
     stats_from_row,
 )
+from . import blobfiles, journal
+from .journal import JournalWriter, Record
 
 #: 2: checkpoint payloads are JSON, tagged by ``payload_format`` (1 pickled them with dill).
 SCHEMA_VERSION = 2
@@ -179,7 +180,7 @@ def _private_files(directory: Path) -> Iterator[None]:
 class DuckDBStore:
     """Checkpoints of every agent, kept in one DuckDB file and its journals.
 
-    Implements :class:`jupyter_agent.store_api.Store`.
+    Implements :class:`jupyter_agent.store.api.Store`.
     """
 
     #: A reader folds a live journal only once this much is new in it (see :meth:`_merge`).
@@ -190,7 +191,7 @@ class DuckDBStore:
     def __init__(self, path: str | os.PathLike | None = None, *, busy_timeout: float = 30.0):
         self.path = Path(path) if path is not None else default_store_path()
         self.journal_dir = self.path.with_name(self.path.name + ".journal")
-        #: Large values, as content-addressed files (see :mod:`jupyter_agent.blobfiles`).
+        #: Large values, as content-addressed files (see :mod:`jupyter_agent.store.duckdb.blobfiles`).
         self.blob_dir = self.path.with_name(self.path.name + ".blobs")
         self.busy_timeout = busy_timeout
         self.location = str(self.path)
@@ -315,7 +316,7 @@ class DuckDBStore:
     def waiting(self, seconds: float) -> Iterator[None]:
         """Wait at most ``seconds`` for the DuckDB file in this thread, not ``busy_timeout``.
 
-        For a reader that has something else to show meanwhile (see :mod:`jupyter_agent.stale`).
+        For a reader that has something else to show meanwhile (see :mod:`jupyter_agent.store.duckdb.stale`).
         """
         before = getattr(self._local, "wait", None)
         self._local.wait = seconds
@@ -325,7 +326,7 @@ class DuckDBStore:
             self._local.wait = before
 
     def file_state(self) -> tuple:
-        """What changes whenever DuckDB writes the store (see :mod:`jupyter_agent.stale`)."""
+        """What changes whenever DuckDB writes the store (see :mod:`jupyter_agent.store.duckdb.stale`)."""
         return self._identity()
 
     def _identity(self) -> tuple:
@@ -547,7 +548,7 @@ class DuckDBStore:
                     f"be made first ({exc.strerror or exc}); it was not modified. Free space "
                     f"beside it, then run again."
                 ) from exc
-            from .state import dill_to_json
+            from ...core.state import dill_to_json
 
             con.execute("BEGIN")
             columns = {
@@ -1209,7 +1210,7 @@ class RunWriter:
     Redaction here is the last line of defence: prompts, summaries, tool code
     and error texts in rows are scrubbed, and a checkpoint payload that still
     holds a secret is re-encoded redacted. Blobs are screened earlier, by
-    :mod:`~jupyter_agent.namespace`, which skips values holding a secret.
+    :mod:`~jupyter_agent.namespace.tracking`, which skips values holding a secret.
     """
 
     def __init__(self, store: Store, jw: JournalWriter, secrets: list[str] | None = None) -> None:
@@ -1254,7 +1255,7 @@ class RunWriter:
         row["info"] = json.dumps(row["info"])
         row["payload_format"] = "json"
         if self.secrets and contains_secret(payload, self.secrets):
-            from .state import redact_payload
+            from ...core.state import redact_payload
 
             payload = redact_payload(payload, self.secrets)
         self._append(Record("checkpoints", row, payload), durable=durable)
@@ -1359,7 +1360,7 @@ def _insert(con: duckdb.DuckDBPyConnection, rec: Record, rows: _RowBatch) -> boo
     if rec.table == "checkpoints":
         payload, fmt = rec.payload, rec.row.get("payload_format") or "dill"
         if fmt == "dill":  # a journal of the previous release: re-encode it once, here
-            from .state import dill_to_json
+            from ...core.state import dill_to_json
 
             with contextlib.suppress(Exception):  # unreadable: kept tagged, refused on load
                 payload, fmt = dill_to_json(payload or b""), "json"

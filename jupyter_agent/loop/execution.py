@@ -5,7 +5,7 @@ checkpoint — a model reply, a tool call starting, a tool result, an approval
 request or decision, a fork, an interruption — written before the next step
 begins.
 So a completed step is never executed again: resuming folds the checkpoints
-back into a :class:`~jupyter_agent.state.RunState` and continues from the
+back into a :class:`~jupyter_agent.core.state.RunState` and continues from the
 first step that has no checkpoint.
 
 What happens to the step that was in flight when the kernel died:
@@ -37,16 +37,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import context, namespace, user_tools, vocab
-from . import plan as plans
-from .budget import Budget, cost_of, over_budget, price_of
-from .delegate import DELEGATE_TOOL, Children, DelegateError, parse_delegate
-from .errors import NotWaiting, StoreError
-from .identity import AgentIdentity
-from .model import Cancelled, ConfigError, ContextOverflow, ModelClient, ModelError
-from .plan import PLANNER_PROMPT, PlanError, parse_items, progress
-from .redaction import redact
-from .state import (
+from .. import vocab
+from ..core import context
+from ..core import plan as plans
+from ..core.budget import Budget, cost_of, over_budget, price_of
+from ..core.plan import PLANNER_PROMPT, PlanError, parse_items, progress
+from ..core.redaction import redact
+from ..core.state import (
     AWAITING_APPROVAL,
     BUDGET,
     DONE,
@@ -62,9 +59,14 @@ from .state import (
     fold_from_snapshot,
     prompt_hash,
 )
-from .store_api import CheckpointRow, RunRow, RunWriterLike, Store
-from .stuck import REPEATS, stuck_reason, unstuck_note
-from .tools import (
+from ..core.stuck import REPEATS, stuck_reason, unstuck_note
+from ..errors import NotWaiting, StoreError
+from ..kernel.identity import AgentIdentity
+from ..model.chat import Cancelled, ConfigError, ContextOverflow, ModelClient, ModelError
+from ..namespace import tracking as namespace
+from ..store.api import CheckpointRow, RunRow, RunWriterLike, Store
+from ..tools import user as user_tools
+from ..tools.base import (
     TOOLS,
     MalformedCall,
     NamespaceLock,
@@ -74,9 +76,10 @@ from .tools import (
     check_approve,
     unknown_tool,
 )
-from .vocab import effective_status as effective_status
-from .vocab import stall_after as stall_after
-from .workspace import READ_AGENT_TOOL, ReadAgentError, read_agent
+from ..tools.delegate import DELEGATE_TOOL, Children, DelegateError, parse_delegate
+from ..tools.read_agent import READ_AGENT_TOOL, ReadAgentError, read_agent
+from ..vocab import effective_status as effective_status
+from ..vocab import stall_after as stall_after
 
 SYSTEM_PROMPT = (
     "You are a careful data assistant working inside a Jupyter notebook. Use the `python` "
@@ -189,7 +192,7 @@ def load_state(store: Store, run: RunRow, *, full: bool = False) -> RunState:
 
     Without ``full`` the fold starts at the latest compaction's snapshot, so a
     resume reads a window's worth of checkpoints however long the run is; the
-    messages compacted away are :data:`~jupyter_agent.state.COMPACTED` placeholders.
+    messages compacted away are :data:`~jupyter_agent.core.state.COMPACTED` placeholders.
     Its reads share one connection (the caller's session, if it has one).
     """
     with store.session():
@@ -571,7 +574,7 @@ class Execution:
     # -- context, budget, plan -----------------------------------------------------
 
     def view(self) -> list[dict]:
-        """What the model is sent now (see :mod:`jupyter_agent.context`)."""
+        """What the model is sent now (see :mod:`jupyter_agent.core.context`)."""
         state = self.state
         return context.model_view(state.messages, state.compaction, state.plan, self._sizes) + (
             self._planner()

@@ -29,9 +29,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import journal
-from .errors import StoreBusy
-from .store_api import (
+from ...errors import StoreBusy
+from ...vocab import Kind
+from ..api import (
     CHECKPOINT_COLUMNS,
     RUN_COLUMNS,
     TIMELINE_LIMIT,
@@ -44,8 +44,8 @@ from .store_api import (
     RunSummary,
     payload_messages,
 )
-from .store_rows import checkpoint_from_row, malformed, run_from_row
-from .vocab import Kind
+from ..rows import checkpoint_from_row, malformed, run_from_row
+from . import journal
 
 #: How many runs' messages a reader keeps (see :meth:`LastGood.messages`).
 MESSAGES_KEPT = 32

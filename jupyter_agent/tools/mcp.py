@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from typing import Any
 
-from .tools import Tool, ToolError, ToolResult, clip, function_schema, json_arguments
+from .base import Tool, ToolError, ToolResult, clip, function_schema, json_arguments
 
 #: Seconds a server has to start and answer ``initialize`` and ``tools/list``.
 START_TIMEOUT = 30.0

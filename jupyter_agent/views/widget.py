@@ -27,11 +27,12 @@ from typing import Any, TextIO
 import anywidget
 from traitlets import Dict, List, Unicode
 
-from . import runner, vocab
-from .agent import Events, RunOptions
-from .runner import USER_ERRORS, Outcome
-from .runtime import AgentRuntime, Job, Key, current
-from .store_api import CheckpointRow, RunRow, Store
+from .. import vocab
+from ..kernel import runner
+from ..kernel.runner import USER_ERRORS, Outcome
+from ..kernel.runtime import AgentRuntime, Job, Key, current
+from ..loop.execution import Events, RunOptions
+from ..store.api import CheckpointRow, RunRow, Store
 from .timeline import WINDOW, Rewound, Timeline, detail, notebook_name
 
 STATIC = Path(__file__).parent / "static"

@@ -439,7 +439,7 @@ def summary_message(summary: str, replies: int, results: int) -> str:
 
 def variables_overview(namespace: dict[str, Any], names: list[str]) -> dict[str, str]:
     """Name → "type: short repr" of the run's saved variables, for the summarizer."""
-    from .namespace import short_repr, type_name
+    from ..namespace.tracking import short_repr, type_name
 
     out = {}
     for name in sorted(names)[:60]:

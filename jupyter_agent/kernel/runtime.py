@@ -28,18 +28,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TextIO
 
-from . import runner, timeline
-from .agent import Events, RunOptions, chain
-from .budget import Budget
-from .delegate import MAX_CHILDREN, MAX_DEPTH, Delegated, awaited_child
+from ..core.budget import Budget
+from ..core.state import DONE, RUNNING, STALLED, Delta
+from ..loop.execution import Events, RunOptions, chain
+from ..model.chat import Cancelled
+from ..store.api import open_store
+from ..store.duckdb.store import AgentBusy, CheckpointRow, RunRow, Store, default_store_path
+from ..tools.base import NamespaceLock
+from ..tools.delegate import MAX_CHILDREN, MAX_DEPTH, Delegated, awaited_child
+from ..views import timeline
+from ..views.render import TextEvents, run_status
+from . import runner
 from .identity import AgentIdentity, IdentityError, validate_name
-from .model import Cancelled
-from .render import TextEvents, run_status
 from .runner import USER_ERRORS, Outcome
-from .state import DONE, RUNNING, STALLED, Delta
-from .store import AgentBusy, CheckpointRow, RunRow, Store, default_store_path
-from .store_api import open_store
-from .tools import NamespaceLock
 
 Key = tuple[str, str]  # (notebook, agent)
 

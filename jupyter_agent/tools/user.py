@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from .tools import (
+from .base import (
     TOOLS,
     MalformedCall,
     Tool,

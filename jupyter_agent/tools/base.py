@@ -25,9 +25,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .model import Cancelled, ConfigError
-from .namespace import touched_names
-from .plan import UPDATE_PLAN_TOOL
+from ..core.plan import UPDATE_PLAN_TOOL
+from ..model.chat import Cancelled, ConfigError
+from ..namespace.tracking import touched_names
 
 OUTPUT_LIMIT = 20_000  # characters of tool output sent back to the model
 
@@ -171,12 +171,12 @@ class Toolbox:
         config: dict,
     ) -> Toolbox:
         """Resolve ``names`` in the namespace and start ``servers``; :class:`ToolError` if not."""
-        from . import user_tools
+        from . import user as user_tools
 
         functions = [replace(t, in_kernel=True) for t in user_tools.resolve(shell.user_ns, names)]
         box = cls([python_tool(shell), *functions])
         if servers:
-            from . import mcp_tools
+            from . import mcp as mcp_tools
 
             try:
                 for server in mcp_tools.start(servers, config):
@@ -221,7 +221,7 @@ class NamespaceLock:
 
     Several agents may run at once (their model calls overlap), but two
     agents' code must never interleave in the one namespace. One lock per
-    kernel, held by :class:`jupyter_agent.runtime.AgentRuntime`. Re-entrant for
+    kernel, held by :class:`jupyter_agent.kernel.runtime.AgentRuntime`. Re-entrant for
     its thread, so code that runs an agent (or a child in the same thread) does
     not wait for itself.
     """
@@ -370,7 +370,7 @@ def run_python(shell: Any, code: str) -> ToolResult:
     return ToolResult(clip("".join(out)), error=error, touched=touched)
 
 
-_PACKAGE = str(Path(__file__).parent)
+_PACKAGE = str(Path(__file__).parents[1])
 
 
 def short_traceback(exc: BaseException) -> str:

@@ -12,10 +12,10 @@ import textwrap
 import time
 from typing import TextIO
 
-from . import vocab
-from .state import AWAITING_APPROVAL, DONE, Delta
-from .store_api import CheckpointRow, RunRow, Store
-from .vocab import RESUMABLE, Status, effective_status
+from .. import vocab
+from ..core.state import AWAITING_APPROVAL, DONE, Delta
+from ..store.api import CheckpointRow, RunRow, Store
+from ..vocab import RESUMABLE, Status, effective_status
 
 #: Kept for code that reads it: each status in a few words (see :mod:`vocab`).
 STATUS_TEXT = {s: s.label() for s in Status}
@@ -67,7 +67,7 @@ def known_steps(store: Store, notebook: str, agent: str) -> dict[str, tuple[int,
 
     What :class:`TextEvents` would otherwise read once the run continues, read now,
     inside the session the cell opened (the timeline's
-    :meth:`~jupyter_agent.timeline.Timeline.known_steps` when there is one).
+    :meth:`~jupyter_agent.views.timeline.Timeline.known_steps` when there is one).
     """
     runs = store.runs(notebook=notebook, agent=agent) if store.exists() else []
     if not runs:
@@ -91,7 +91,7 @@ class TextEvents:
         self._mid_line = False
         self.store = store  # to count the steps a resumed or forked run had done
         #: Per run, its last checkpoint's number and its steps, as already read
-        #: (:meth:`jupyter_agent.timeline.Timeline.known_steps`): used when the run
+        #: (:meth:`jupyter_agent.views.timeline.Timeline.known_steps`): used when the run
         #: continues right after that checkpoint, instead of reading the store again.
         self.known = known or {}
         self._steps: dict[str, int | None] = {}

@@ -6,7 +6,7 @@ namespace. The parent checkpoints the call's start like a python call; its
 result is the child's final answer, written once. So a kill while the child
 runs resumes the child (found again by ``parent_call``), and a finished child
 is restored, never run again. The execution side lives in
-:class:`jupyter_agent.runtime.Delegation`.
+:class:`jupyter_agent.kernel.runtime.Delegation`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .state import AWAITING_APPROVAL
+from ..core.state import AWAITING_APPROVAL
 
 if TYPE_CHECKING:
-    from .store_api import CheckpointRow, RunRow, Store
+    from ..store.api import CheckpointRow, RunRow, Store
 
 #: Levels of children under a top-level agent, and children one run may start.
 MAX_DEPTH = 3

@@ -37,7 +37,7 @@ A changed value of :data:`SAVE_LATER_BYTES` or more (a large array, frame or
 buffer, by its size in memory) is serialized on a thread (:class:`Saving`)
 while the agent asks the model for its next step; the step's ``tool_result``
 checkpoint is written once it is done, before any other checkpoint and before
-any code runs in the namespace again (see :mod:`jupyter_agent.agent`).
+any code runs in the namespace again (see :mod:`jupyter_agent.loop.execution`).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from typing import Any
 import dill
 import xxhash
 
-from .redaction import contains_secret
+from ..core.redaction import contains_secret
 
 #: Names IPython and the kernel put in the namespace; never agent state.
 _IGNORED = {"In", "Out", "get_ipython", "exit", "quit", "open"}
@@ -621,7 +621,7 @@ class Tracker:
 
     def rebase(self, namespace: dict[str, Any]) -> None:
         """Take the namespace as it is now as the baseline: changes made since were
-        another agent's (see :class:`jupyter_agent.tools.NamespaceLock`), not ours."""
+        another agent's (see :class:`jupyter_agent.tools.base.NamespaceLock`), not ours."""
         if self._prints is not None:
             self._prints = fingerprints(namespace, previous=self._prints)
 

@@ -4,7 +4,7 @@ Demos and first-run experiences should work without an API key. The offline
 model does not think; it runs the fenced ``python`` code blocks of the task
 one tool call at a time and then summarises, so the whole agent loop (tool
 calls, streaming, persistence) can be exercised end to end. It runs in
-process, behind the same small protocol as :class:`~jupyter_agent.model.ModelClient`
+process, behind the same small protocol as :class:`~jupyter_agent.model.chat.ModelClient`
 (:class:`OfflineClient`), under the model name ``"offline"``; no server, no socket.
 """
 
@@ -129,7 +129,7 @@ class OfflineClient:
         on_reasoning: Callable[[str], None] | None = None,
         on_sent: Callable[[], None] | None = None,
     ) -> Any:
-        from .model import Cancelled, ModelReply
+        from .chat import Cancelled, ModelReply
 
         if self.cancel.is_set():
             raise Cancelled()

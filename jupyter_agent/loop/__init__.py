@@ -1,0 +1,1 @@
+"""The agent loop: one execution of a run, step by step, with compaction."""

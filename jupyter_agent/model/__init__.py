@@ -1,0 +1,1 @@
+"""Model clients: the Chat Completions client and the built-in offline model."""

@@ -1,0 +1,2 @@
+"""The notebook namespace as durable state: fingerprints, serialization with dill, and
+tracking what a step changed."""

@@ -1,0 +1,1 @@
+"""The team store: PostgreSQL with row-level security, advisory locks and admin SQL."""

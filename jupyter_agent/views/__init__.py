@@ -1,0 +1,1 @@
+"""What users see: status text and events, the timeline and its widget."""

@@ -1,10 +1,35 @@
-"""The errors users can meet, in one light module (standard library only).
+"""Every error a user can meet, in one light module (standard library only).
 
-Every one derives from :class:`AgentError`, so a caller that reports errors as
-one short message catches that alone. :class:`StoreError` is kept for faults of
-the store itself (damaged, full, read-only, busy); refusals of the run state
-machine (an agent already running, nothing waiting for an approval) and
-lookups that find nothing have types of their own.
+One tree, so a boundary that reports errors as one short message (the magics, the
+widget, the CLI, the REST handlers) catches :class:`AgentError` alone::
+
+    AgentError                  something a user caused or can fix; the message says what to do
+    ├── ConfigError             a setting, option or argument cannot be used
+    │   ├── ToolError           a tool cannot be offered (undefined, not callable, server down)
+    │   ├── BudgetError         a budget that cannot be understood            (also ValueError)
+    │   ├── IdentityError       a cell or agent name that cannot be used      (also ValueError)
+    │   └── UsageProblem        bad input to a command (--after, a cycle)     (also ValueError)
+    ├── ModelError              the model endpoint kept failing; the run pauses, resumable
+    │   ├── ContextOverflow     the prompt is too long for the window; compaction shortens it
+    │   └── ReplyLimitExceeded  a runaway reply (too long, past the deadline); not retried
+    ├── StoreError              the store cannot be used (damaged, full, read-only)
+    │   └── StoreBusy           another process held the store past the wait
+    ├── StateVersionError       a checkpoint written by a newer jupyter-agent
+    ├── NotFound                no such agent, run or checkpoint                (also LookupError)
+    ├── Conflict                the request would touch a running run, or one another depends on
+    ├── AgentBusy               the agent runs elsewhere (another kernel, or here in the background)
+    ├── NotWaiting              an approval for an agent that waits for none
+    └── ToolCallError           the model's own call was malformed; told to the model, not the user
+        ├── MalformedCall       arguments that are not a JSON object, an unknown tool  (also ValueError)
+        ├── PlanError           bad ``update_plan`` arguments
+        ├── DelegateError       bad or refused ``delegate`` arguments
+        └── ReadAgentError      bad ``read_agent`` arguments, or an unknown agent
+
+Two more live here because every layer meets them, but they are not errors:
+:class:`Cancelled` (the user asked a streaming reply to stop) and
+:class:`StoreWarning` (something in the store needs attention; nothing stopped).
+Subclasses of ``ValueError`` or ``LookupError`` keep that base so callers that
+validate input with ``except ValueError`` go on catching them.
 """
 
 from __future__ import annotations
@@ -12,6 +37,68 @@ from __future__ import annotations
 
 class AgentError(Exception):
     """Something a user caused or can fix; the message says what to do."""
+
+
+class ConfigError(AgentError):
+    """A setting, option or argument cannot be used; the message says what to set."""
+
+
+class ToolError(ConfigError):
+    """A tool cannot be offered: not defined, not callable, its server did not start.
+
+    Raised before an execution writes anything; the message says what to do.
+    """
+
+
+class BudgetError(ConfigError, ValueError):
+    """A budget that cannot be understood; the message says what is accepted."""
+
+
+class IdentityError(ConfigError, ValueError):
+    """A notebook, cell or agent name that cannot identify an agent."""
+
+
+class UsageProblem(ConfigError, ValueError):
+    """Bad input to a command (``--after`` naming no agent, a cycle); one short message."""
+
+
+class ModelError(AgentError):
+    """The model endpoint kept failing; the agent pauses and can be resumed.
+
+    ``str()`` is one short sentence for the user; ``detail`` keeps the whole
+    (redacted) error the endpoint sent, for the checkpoint and for debugging.
+    """
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail or message
+
+
+class ContextOverflow(ModelError):
+    """The endpoint refused the prompt as too long for the model's context window.
+
+    Never retried: the same prompt fails the same way. The caller shortens the
+    conversation (compaction) and asks again. ``limit`` is the window and
+    ``requested`` the prompt size, in tokens, where the endpoint's message says them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        limit: int | None = None,
+        requested: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(message, detail)
+        self.limit = limit
+        self.requested = requested
+
+
+class ReplyLimitExceeded(ModelError):
+    """The reply grew past ``max_text`` characters or streamed past the deadline.
+
+    Not retried (a runaway model would run away again); the run pauses, resumable.
+    """
 
 
 class StoreError(AgentError):
@@ -24,6 +111,10 @@ class StoreBusy(StoreError):
 
 class StoreWarning(UserWarning):
     """Something in the store needs attention, but nothing stopped working."""
+
+
+class StateVersionError(AgentError):
+    """A checkpoint was written by a newer version of jupyter-agent."""
 
 
 class NotFound(AgentError, LookupError):
@@ -65,3 +156,27 @@ class AgentBusy(AgentError):
 
 class NotWaiting(AgentError):
     """An approval was given to an agent that is not waiting for one."""
+
+
+class ToolCallError(AgentError, ValueError):
+    """The model called a tool wrongly; the message is sent back to the model as the result."""
+
+
+class MalformedCall(ToolCallError):
+    """A call whose arguments are not a JSON object, or that names no known tool."""
+
+
+class PlanError(ToolCallError):
+    """Malformed ``update_plan`` arguments; the message is sent back to the model."""
+
+
+class DelegateError(ToolCallError):
+    """Malformed or refused ``delegate`` arguments; the message is sent back to the model."""
+
+
+class ReadAgentError(ToolCallError):
+    """Malformed ``read_agent`` arguments or an unknown agent; told to the model."""
+
+
+class Cancelled(Exception):
+    """The user asked the agent to stop while a reply was streaming (not an error)."""

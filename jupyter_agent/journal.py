@@ -8,6 +8,6 @@ This module keeps the command's name stable for the error messages and docs that
 from __future__ import annotations
 
 if __name__ == "__main__":
-    from jupyter_agent.store.duckdb.journal import main
+    from .store.duckdb.journal import main
 
     raise SystemExit(main())

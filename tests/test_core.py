@@ -10,8 +10,9 @@ from IPython.testing.globalipapp import start_ipython
 
 from jupyter_agent.core.redaction import REDACTED, redact, secrets_in_environment
 from jupyter_agent.core.state import Delta, RunState, decode_delta, encode_delta
+from jupyter_agent.errors import MalformedCall
 from jupyter_agent.namespace import tracking as namespace
-from jupyter_agent.tools.base import MalformedCall, parse_call, run_python
+from jupyter_agent.tools.base import parse_call, run_python
 
 
 def call(name: str = "python", arguments: str = '{"code": "1"}', id: str = "c1") -> dict:
@@ -60,7 +61,7 @@ def test_delta_round_trip_and_newer_version_refused():
     assert decode_delta(encode_delta(delta)) == delta
     import dill
 
-    from jupyter_agent.core.state import StateVersionError
+    from jupyter_agent.errors import StateVersionError
 
     with pytest.raises(StateVersionError):
         decode_delta(b'{"v": 999, "messages": []}')

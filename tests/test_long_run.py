@@ -18,7 +18,7 @@ from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
 from jupyter_agent.core import context
-from jupyter_agent.core.plan import PlanError, parse_items
+from jupyter_agent.core.plan import parse_items
 from jupyter_agent.core.state import (
     COMPACTED,
     Delta,
@@ -28,6 +28,7 @@ from jupyter_agent.core.state import (
     fold_from_snapshot,
 )
 from jupyter_agent.core.stuck import stuck_reason
+from jupyter_agent.errors import PlanError
 from jupyter_agent.loop.execution import load_state
 from jupyter_agent.store.duckdb.store import Store
 from jupyter_agent.testing import ScriptedServer

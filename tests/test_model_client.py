@@ -14,15 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from jupyter_agent.model.chat import (
-    ContextOverflow,
-    Endpoint,
-    ModelClient,
-    ModelError,
-    ReplyLimitExceeded,
-    context_overflow,
-    shared_http,
-)
+from jupyter_agent.errors import ContextOverflow, ModelError, ReplyLimitExceeded
+from jupyter_agent.model.chat import Endpoint, ModelClient, context_overflow, shared_http
 from jupyter_agent.testing import ScriptedServer
 
 USER = [{"role": "user", "content": "hello there"}]

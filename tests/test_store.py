@@ -326,10 +326,14 @@ def test_refusals_are_agent_errors_not_store_faults():
     assert issubclass(StoreError, AgentError) and issubclass(StoreBusy, StoreError)
     for refusal in (AgentBusy, NotWaiting, NotFound, Conflict):
         assert issubclass(refusal, AgentError) and not issubclass(refusal, StoreError)
-    from jupyter_agent.core.state import StateVersionError
-    from jupyter_agent.kernel.runner import USER_ERRORS
+    from jupyter_agent import errors
 
-    assert AgentError in USER_ERRORS and issubclass(StateVersionError, AgentError)
+    # One tree: every exception class of errors.py but the two non-errors is an AgentError,
+    # so the boundaries catch AgentError alone.
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
+    outside = {c.__name__ for c in classes if not issubclass(c, AgentError)}
+    assert outside == {"Cancelled", "StoreWarning"}
+    assert issubclass(errors.StateVersionError, AgentError)
 
 
 # -- large values beside the store; readers that do not write --------------------------

@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..errors import BudgetError
+
 #: US dollars per million tokens (prompt, completion); prefix match, longest first.
 #: Override or extend with ``c.AgentMagics.prices = {"my-model": [0.5, 1.5]}``.
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
@@ -30,10 +32,6 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 }
 _MONEY = re.compile(r"^\$\s*(\d+(?:\.\d+)?)$")
 _TOKENS = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKmM]?)$")
-
-
-class BudgetError(ValueError):
-    """A budget that cannot be understood; the message says what is accepted."""
 
 
 @dataclass(frozen=True)

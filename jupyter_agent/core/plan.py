@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ..errors import PlanError
 from . import context
 
 STATUSES = ("pending", "in_progress", "done")
@@ -53,10 +54,6 @@ PLANNER_PROMPT = (
     "then call update_plan with the work items, all 'pending'. Do not start the work yet; "
     "reply with a one-line note once the plan is written."
 )
-
-
-class PlanError(ValueError):
-    """Malformed ``update_plan`` arguments; the message is sent back to the model."""
 
 
 def parse_items(arguments: str) -> list[dict]:

@@ -27,7 +27,7 @@ from typing import Any, cast
 
 import orjson
 
-from ..errors import AgentError
+from ..errors import StateVersionError
 from ..vocab import RESUMABLE as RESUMABLE
 from ..vocab import Status
 from .context import is_pinned
@@ -48,10 +48,6 @@ LIMIT = Status.LIMIT
 BUDGET = Status.BUDGET
 STUCK = Status.STUCK
 STALLED = Status.STALLED  # derived, never stored
-
-
-class StateVersionError(AgentError):
-    """A checkpoint was written by a newer version of jupyter-agent."""
 
 
 @dataclass

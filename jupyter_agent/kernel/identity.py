@@ -31,6 +31,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..errors import IdentityError
+
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENV_NOTEBOOK = "JUPYTER_AGENT_NOTEBOOK"
 FALLBACK_SOURCE = "working directory"
@@ -39,10 +41,6 @@ FOUND_SOURCES = ("papermill's output path", "the notebook file holding this cell
 #: Looking for the notebook on disk reads at most this many files of at most this size.
 SCAN_FILES = 100
 SCAN_BYTES = 50 * 1024 * 1024
-
-
-class IdentityError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -17,22 +17,22 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
 
-from ..core.budget import Budget, BudgetError, parse_budget
+from ..core.budget import Budget, parse_budget
 from ..core.context import MIN_WINDOW
 from ..core.redaction import secrets_in_environment
 from ..core.state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
+from ..errors import AgentError, BudgetError, Cancelled, ToolError, UsageProblem
 from ..loop.execution import RunOptions, load_state
-from ..model.chat import Cancelled
 from ..store.api import RunRow, Store
 from ..tools import mcp as mcp_tools
 from ..tools import user as user_tools
-from ..tools.base import TOOLS, ToolError, check_approve
+from ..tools.base import TOOLS, check_approve
 from ..views.render import TextEvents, known_steps
 from ..vocab import plural
 from . import runner
 from .identity import AgentIdentity, notebook_path, resolve
-from .runner import USER_ERRORS, Outcome
-from .runtime import AgentRuntime, UsageProblem, current
+from .runner import Outcome
+from .runtime import AgentRuntime, current
 
 
 @magics_class
@@ -300,7 +300,7 @@ class AgentMagics(Magics):
                         f"Agent {identity.agent} paused after an error: {error} Nothing was "
                         "lost: re-run the cell to resume once the cause is fixed."
                     )
-        except USER_ERRORS as exc:
+        except AgentError as exc:
             raise UsageError(str(exc)) from None
 
     def _run(
@@ -443,7 +443,7 @@ class AgentMagics(Magics):
             raise UsageError(f"{exc}\n\n{parser.format_usage().strip()}") from None
         try:
             return getattr(self, f"_cmd_{args.command}")(args)
-        except USER_ERRORS as exc:
+        except AgentError as exc:
             raise UsageError(str(exc)) from None
 
     def _notebook(self) -> str:

@@ -18,9 +18,8 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..core.state import AWAITING_APPROVAL, DONE, RunState, StateVersionError, prompt_hash
-from ..errors import AgentBusy, AgentError
-from ..errors import NotWaiting as NotWaiting
+from ..core.state import AWAITING_APPROVAL, DONE, RunState, prompt_hash
+from ..errors import AgentBusy
 from ..loop.execution import (
     Events,
     Execution,
@@ -30,16 +29,11 @@ from ..loop.execution import (
     load_state,
     new_run,
 )
-from ..model.chat import ConfigError, Endpoint, ModelClient
+from ..model.chat import Endpoint, ModelClient
 from ..model.offline import OFFLINE_MODEL, OfflineClient
 from ..namespace import tracking as namespace
 from ..store.api import CheckpointRow, RunRow, Store
-from .identity import AgentIdentity, IdentityError
-
-#: Errors a user can cause; they are reported as one short message, not a traceback.
-#: :class:`AgentError` covers store faults, busy agents, approvals nothing waits for
-#: and lookups that found nothing.
-USER_ERRORS = (AgentError, ConfigError, IdentityError, StateVersionError)
+from .identity import AgentIdentity
 
 
 @dataclass

@@ -30,8 +30,8 @@ from typing import Any, Protocol, TextIO
 
 from ..core.budget import Budget
 from ..core.state import DONE, RUNNING, STALLED, Delta
+from ..errors import AgentError, Cancelled, IdentityError, UsageProblem
 from ..loop.execution import Events, RunOptions, chain
-from ..model.chat import Cancelled
 from ..store.api import open_store
 from ..store.duckdb.store import AgentBusy, CheckpointRow, RunRow, Store, default_store_path
 from ..tools.base import NamespaceLock
@@ -39,14 +39,10 @@ from ..tools.delegate import MAX_CHILDREN, MAX_DEPTH, Delegated, awaited_child
 from ..views import timeline
 from ..views.render import TextEvents, run_status
 from . import runner
-from .identity import AgentIdentity, IdentityError, validate_name
-from .runner import USER_ERRORS, Outcome
+from .identity import AgentIdentity, validate_name
+from .runner import Outcome
 
 Key = tuple[str, str]  # (notebook, agent)
-
-
-class UsageProblem(ValueError):
-    """Bad input to a command (``--after`` naming no agent, a cycle); one short message."""
 
 
 RESULT_LINES = 12  # lines of a tool's output echoed into the background output
@@ -413,7 +409,7 @@ class AgentRuntime:
                         done(job.outcome, out)  # type: ignore[arg-type]
             except BaseException as exc:
                 job.error = exc
-                if not isinstance(exc, USER_ERRORS):
+                if not isinstance(exc, AgentError):
                     out.write(
                         "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
                     )

@@ -41,7 +41,7 @@ from .. import vocab
 from ..core import context
 from ..core import plan as plans
 from ..core.budget import Budget, cost_of, over_budget, price_of
-from ..core.plan import PLANNER_PROMPT, PlanError, parse_items, progress
+from ..core.plan import PLANNER_PROMPT, parse_items, progress
 from ..core.redaction import redact
 from ..core.state import (
     AWAITING_APPROVAL,
@@ -60,15 +60,25 @@ from ..core.state import (
     prompt_hash,
 )
 from ..core.stuck import REPEATS, stuck_reason, unstuck_note
-from ..errors import NotWaiting, StoreError
+from ..errors import (
+    Cancelled,
+    ConfigError,
+    ContextOverflow,
+    DelegateError,
+    MalformedCall,
+    ModelError,
+    NotWaiting,
+    PlanError,
+    ReadAgentError,
+    StoreError,
+)
 from ..kernel.identity import AgentIdentity
-from ..model.chat import Cancelled, ConfigError, ContextOverflow, ModelClient, ModelError
+from ..model.chat import ModelClient
 from ..namespace import tracking as namespace
 from ..store.api import CheckpointRow, RunRow, RunWriterLike, Store
 from ..tools import user as user_tools
 from ..tools.base import (
     TOOLS,
-    MalformedCall,
     NamespaceLock,
     Tool,
     Toolbox,
@@ -76,8 +86,8 @@ from ..tools.base import (
     check_approve,
     unknown_tool,
 )
-from ..tools.delegate import DELEGATE_TOOL, Children, DelegateError, parse_delegate
-from ..tools.read_agent import READ_AGENT_TOOL, ReadAgentError, read_agent
+from ..tools.delegate import DELEGATE_TOOL, Children, parse_delegate
+from ..tools.read_agent import READ_AGENT_TOOL, read_agent
 from ..vocab import effective_status as effective_status
 from ..vocab import stall_after as stall_after
 

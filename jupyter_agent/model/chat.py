@@ -32,54 +32,8 @@ import httpx
 import openai
 
 from ..core.redaction import redact, secrets_in_environment
+from ..errors import Cancelled, ConfigError, ContextOverflow, ModelError, ReplyLimitExceeded
 from .offline import OFFLINE_MODEL
-
-
-class ConfigError(Exception):
-    """The model endpoint is not configured; the message says what to set."""
-
-
-class ModelError(Exception):
-    """The model endpoint kept failing; the agent pauses and can be resumed.
-
-    ``str()`` is one short sentence for the user; ``detail`` keeps the whole
-    (redacted) error the endpoint sent, for the checkpoint and for debugging.
-    """
-
-    def __init__(self, message: str, detail: str | None = None) -> None:
-        super().__init__(message)
-        self.detail = detail or message
-
-
-class ContextOverflow(ModelError):
-    """The endpoint refused the prompt as too long for the model's context window.
-
-    Never retried: the same prompt fails the same way. The caller shortens the
-    conversation (compaction) and asks again. ``limit`` is the window and
-    ``requested`` the prompt size, in tokens, where the endpoint's message says them.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        limit: int | None = None,
-        requested: int | None = None,
-        detail: str | None = None,
-    ) -> None:
-        super().__init__(message, detail)
-        self.limit = limit
-        self.requested = requested
-
-
-class ReplyLimitExceeded(ModelError):
-    """The reply grew past ``max_text`` characters or streamed past the deadline.
-
-    Not retried (a runaway model would run away again); the run pauses, resumable.
-    """
-
-
-class Cancelled(Exception):
-    """The user asked the agent to stop while a reply was streaming."""
 
 
 @dataclass

@@ -129,7 +129,8 @@ class OfflineClient:
         on_reasoning: Callable[[str], None] | None = None,
         on_sent: Callable[[], None] | None = None,
     ) -> Any:
-        from .chat import Cancelled, ModelReply
+        from ..errors import Cancelled
+        from .chat import ModelReply
 
         if self.cancel.is_set():
             raise Cancelled()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.plan import UPDATE_PLAN_TOOL
-from ..model.chat import Cancelled, ConfigError
+from ..errors import Cancelled, MalformedCall, ToolError
 from ..namespace.tracking import touched_names
 
 OUTPUT_LIMIT = 20_000  # characters of tool output sent back to the model
@@ -56,17 +56,6 @@ class ToolResult:
     error: bool = False
     touched: set[str] = field(default_factory=set)  # names the code may have changed
     executed: bool = True  # False when the call was malformed and nothing ran
-
-
-class MalformedCall(ValueError):
-    pass
-
-
-class ToolError(ConfigError):
-    """A tool cannot be offered: not defined, not callable, its server did not start.
-
-    Raised before an execution writes anything; the message says what to do.
-    """
 
 
 def parse_call(call: dict) -> str:

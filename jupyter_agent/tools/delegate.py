@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.state import AWAITING_APPROVAL
+from ..errors import DelegateError
 
 if TYPE_CHECKING:
     from ..store.api import CheckpointRow, RunRow, Store
@@ -43,10 +44,6 @@ DELEGATE_TOOL = {
         },
     },
 }
-
-
-class DelegateError(ValueError):
-    """Malformed or refused ``delegate`` arguments; the message is sent back to the model."""
 
 
 @dataclass

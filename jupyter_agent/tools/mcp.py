@@ -22,7 +22,8 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from typing import Any
 
-from .base import Tool, ToolError, ToolResult, clip, function_schema, json_arguments
+from ..errors import ToolError
+from .base import Tool, ToolResult, clip, function_schema, json_arguments
 
 #: Seconds a server has to start and answer ``initialize`` and ``tools/list``.
 START_TIMEOUT = 30.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+from ..errors import ReadAgentError
 from ..store.api import RunRow, Store
 from ..views.render import run_status
 
@@ -28,10 +29,6 @@ READ_AGENT_TOOL = {
         },
     },
 }
-
-
-class ReadAgentError(ValueError):
-    """Malformed ``read_agent`` arguments or an unknown agent; told to the model."""
 
 
 def parse_read_agent(arguments: str) -> str:

@@ -25,11 +25,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from ..errors import MalformedCall, ToolError
 from .base import (
     TOOLS,
-    MalformedCall,
     Tool,
-    ToolError,
     ToolResult,
     capture,
     clip,

@@ -28,8 +28,8 @@ import anywidget
 from traitlets import Dict, List, Unicode
 
 from .. import vocab
-from ..kernel import runner
-from ..kernel.runner import USER_ERRORS, Outcome
+from ..errors import AgentError, NotWaiting
+from ..kernel.runner import Outcome
 from ..kernel.runtime import AgentRuntime, Job, Key, current
 from ..loop.execution import Events, RunOptions
 from ..store.api import CheckpointRow, RunRow, Store
@@ -241,14 +241,14 @@ class TimelineWidget(anywidget.AnyWidget):
         self.refresh()
         pending = self.pending
         if not pending or (call_id and pending.get("call_id") != call_id):
-            raise runner.NotWaiting("That call is no longer waiting for approval.")
+            raise NotWaiting("That call is no longer waiting for approval.")
         store = self.timeline.store
         options = self.options()
         if pending.get("parent"):  # a child's call: resuming this agent answers it
             run = self.timeline.run(pending["parent"])
             forwarded = self.runtime.child_approval(run, decision, options, store)
             if forwarded is None:
-                raise runner.NotWaiting("That call is no longer waiting for approval.")
+                raise NotWaiting("That call is no longer waiting for approval.")
             options, own = forwarded[1], None
         else:
             run, own = self.timeline.run(pending["run"]), decision
@@ -321,7 +321,7 @@ class TimelineWidget(anywidget.AnyWidget):
                 self.rewind(content["run"], content["step"])
             elif kind == "pause" and self.pause():
                 self.say("Pausing after the current step…")
-        except USER_ERRORS as exc:
+        except AgentError as exc:
             self.say(str(exc), "error")
         except Exception as exc:  # a bug must show up in the widget, not vanish in a log
             self.say(f"{type(exc).__name__}: {exc}", "error")

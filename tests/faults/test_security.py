@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from jupyter_agent.core.state import StateVersionError
+from jupyter_agent.errors import StateVersionError
 from jupyter_agent.loop.execution import load_state
 from jupyter_agent.namespace.tracking import restore
 from jupyter_agent.server.queries import Reader

@@ -73,7 +73,7 @@ from ..errors import (
     StoreError,
 )
 from ..kernel.identity import AgentIdentity
-from ..model.chat import ModelClient
+from ..model.base import ModelClient
 from ..namespace import tracking as namespace
 from ..store.api import CheckpointRow, RunRow, RunWriterLike, Store
 from ..tools import user as user_tools

@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from agent_steps import API_KEY, PROMPT, Script, scripted, step_code  # noqa: E402
 
 from jupyter_agent.core import context  # noqa: E402
-from jupyter_agent.testing.server import turn_of  # noqa: E402
+from jupyter_agent.testing.wire import turn_of  # noqa: E402
 
 WINDOW = 50
 #: The bare loop's context window: the harness's for the scripted model.

@@ -1,4 +1,6 @@
-"""The Chat Completions client: streaming Chat Completions with tool calls over the ``openai`` client.
+"""The Chat Completions client: streamed replies with tool calls, over the ``openai`` client.
+
+:class:`ChatCompletionsClient` is a :class:`~jupyter_agent.model.base.ModelClient`.
 
 Any OpenAI-compatible endpoint works (OpenAI, vLLM, Ollama, LM Studio, LiteLLM,
 the built-in offline model; quirks in docs/endpoints.md). A model call has no

@@ -88,6 +88,8 @@ class _ThreadTee(io.TextIOBase):
         return getattr(self._target, name)
 
 
+#: Each thread's capture buffer, if it captures: ``sys.stdout`` is the process's, and so
+#: is the tee standing in for it, which copies a thread's writes into that thread's buffer.
 _local = threading.local()
 
 

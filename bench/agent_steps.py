@@ -517,7 +517,7 @@ _bench_wrap(_bench_store.Store, "_open", "open")
 _bench_wrap(_bench_store.Store, "_merge", "fold")
 _bench_wrap(_bench_runner, "load_state", "load_state")
 _bench_wrap(_bench_widget, "display_timeline", "timeline")
-_bench_wrap(_bench_model.ModelClient, "complete", "model")
+_bench_wrap(_bench_model.ChatCompletionsClient, "complete", "model")
 """
 
 

@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from agent_steps import API_KEY, PROMPT, Script, scripted, step_code  # noqa: E402
 
 from jupyter_agent.core import context  # noqa: E402
-from jupyter_agent.testing.server import turn_of  # noqa: E402
+from jupyter_agent.testing.wire import turn_of  # noqa: E402
 
 WINDOW = 50
 #: The bare loop's context window: the harness's for the scripted model.
@@ -86,7 +86,7 @@ import os as _kb_os, time as _kb_time, psutil as _kb_psutil, duckdb as _kb_duckd
 import jupyter_agent.loop.execution as _kb_agent, jupyter_agent.store.duckdb.journal as _kb_journal
 import jupyter_agent.model.chat as _kb_model, jupyter_agent.namespace.tracking as _kb_ns
 import jupyter_agent.views.render as _kb_render, jupyter_agent.core.state as _kb_state
-import jupyter_agent.tools.base as _kb_tools, jupyter_agent.views.widget as _kb_widget
+import jupyter_agent.tools.python as _kb_tools, jupyter_agent.views.widget as _kb_widget
 import jupyter_agent.core.context as _kb_context, jupyter_agent.kernel.runtime as _kb_runtime
 _kb = {"parts": {}, "step": [0], "rss": [], "model_at": [], "connects": []}
 _kb_proc = _kb_psutil.Process()
@@ -106,7 +106,7 @@ def _kb_wrap(owner, name, label):
             step = _kb["step"][0]
             parts[step] = parts.get(step, 0.0) + _kb_time.perf_counter() - start
     setattr(owner, name, timed)
-_kb_wrap(_kb_model.ModelClient, "complete", "model call")
+_kb_wrap(_kb_model.ChatCompletionsClient, "complete", "model call")
 _kb_wrap(_kb_tools, "run_python", "tool (run_python)")
 _kb_wrap(_kb_agent.Execution, "checkpoint", "Execution.checkpoint")
 _kb_wrap(_kb_agent, "encode_delta", "  encode_delta")

@@ -42,8 +42,8 @@ from report import publish  # noqa: E402
 from jupyter_agent.loop.execution import load_state  # noqa: E402
 from jupyter_agent.store.duckdb.store import Store  # noqa: E402
 from jupyter_agent.testing import ScriptedServer  # noqa: E402
-from jupyter_agent.testing.server import prompt_tokens  # noqa: E402
-from jupyter_agent.tools.base import TOOLS  # noqa: E402
+from jupyter_agent.testing.wire import prompt_tokens  # noqa: E402
+from jupyter_agent.tools.python import TOOLS  # noqa: E402
 
 API_KEY = "sk-bench-0123456789abcdef"
 

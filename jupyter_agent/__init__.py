@@ -26,7 +26,7 @@ def __getattr__(name: str) -> Any:
 
 def load_ipython_extension(ipython: Any) -> None:
     from .kernel.magics import AgentMagics
-    from .model.chat import warm_up
+    from .model.http import warm_up
 
     ipython.register_magics(AgentMagics(shell=ipython))
     warm_up()

@@ -12,7 +12,7 @@ from jupyter_agent.core.redaction import REDACTED, redact, secrets_in_environmen
 from jupyter_agent.core.state import Delta, RunState, decode_delta, encode_delta
 from jupyter_agent.errors import MalformedCall
 from jupyter_agent.namespace import tracking as namespace
-from jupyter_agent.tools.base import parse_call, run_python
+from jupyter_agent.tools.python import parse_call, run_python
 
 
 def call(name: str = "python", arguments: str = '{"code": "1"}', id: str = "c1") -> dict:

@@ -304,7 +304,7 @@ def test_timeline_appears_once_the_run_has_begun(
 COUNT_OPENS = """
 import duckdb as _d, jupyter_agent.store.duckdb.store as _s, jupyter_agent.model.chat as _m
 _opened, _at_first_request = [], []
-_connect, _complete = _d.connect, _m.ModelClient.complete
+_connect, _complete = _d.connect, _m.ChatCompletionsClient.complete
 def _counting_connect(*a, **k):
     _opened.append(1)
     return _connect(*a, **k)
@@ -313,7 +313,7 @@ def _noting_complete(self, *a, **k):
         _at_first_request.append(len(_opened))
     return _complete(self, *a, **k)
 _s.duckdb.connect = _counting_connect
-_m.ModelClient.complete = _noting_complete
+_m.ChatCompletionsClient.complete = _noting_complete
 """
 
 

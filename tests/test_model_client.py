@@ -1,4 +1,4 @@
-"""ModelClient against the scripted server over HTTP, with the real ``openai`` client.
+"""ChatCompletionsClient against the scripted server over HTTP, with the real ``openai`` client.
 
 Every broken reply format an endpoint can produce must be either repaired
 (retried, continued, parsed another way) or turned into a :class:`ModelError`;
@@ -15,7 +15,10 @@ from collections.abc import Iterator
 import pytest
 
 from jupyter_agent.errors import ContextOverflow, ModelError, ReplyLimitExceeded
-from jupyter_agent.model.chat import Endpoint, ModelClient, context_overflow, shared_http
+from jupyter_agent.model.base import Endpoint
+from jupyter_agent.model.chat import ChatCompletionsClient
+from jupyter_agent.model.endpoint_errors import context_overflow
+from jupyter_agent.model.http import shared_http
 from jupyter_agent.testing import ScriptedServer
 
 USER = [{"role": "user", "content": "hello there"}]
@@ -37,10 +40,10 @@ def server() -> Iterator[ScriptedServer]:
         yield srv
 
 
-def model_client(srv: ScriptedServer, **kw: object) -> ModelClient:
+def model_client(srv: ScriptedServer, **kw: object) -> ChatCompletionsClient:
     kw.setdefault("backoff", 0.01)
     kw.setdefault("timeout", 5.0)
-    return ModelClient(Endpoint("scripted", srv.url, "sk-test-key-0000", srv.url), **kw)  # type: ignore[arg-type]
+    return ChatCompletionsClient(Endpoint("scripted", srv.url, "sk-test-key-0000", srv.url), **kw)  # type: ignore[arg-type]
 
 
 # -- context overflow --------------------------------------------------------
@@ -362,7 +365,9 @@ def test_server_error_after_retries_names_status_once(server: ScriptedServer) ->
 
 def test_wrong_key_is_redacted_from_the_error(server: ScriptedServer) -> None:
     server.set_script([{"content": "x", "faults": ["401"]}])
-    client = ModelClient(Endpoint("scripted", server.url, "sk-bogus", server.url), backoff=0.01)
+    client = ChatCompletionsClient(
+        Endpoint("scripted", server.url, "sk-bogus", server.url), backoff=0.01
+    )
     with pytest.raises(ModelError) as info:
         client.complete(USER, TOOLS)
     assert "Incorrect API key provided: [REDACTED]." in str(info.value)
@@ -375,7 +380,7 @@ def test_secret_in_environment_is_redacted_from_retry_notices(
 ) -> None:
     monkeypatch.setenv("OTHER_SERVICE_TOKEN", "tok-secret-value-42")
     server.set_script([{"content": "x", "faults": ["401"]}])
-    client = ModelClient(
+    client = ChatCompletionsClient(
         Endpoint("scripted", server.url, "tok-secret-value-42", server.url), backoff=0.01
     )
     with pytest.raises(ModelError) as info:

@@ -180,7 +180,7 @@ def test_big_endian_secrets_in_values_are_not_stored():
 
 
 def test_an_agent_does_not_save_what_another_agents_code_changed():
-    from jupyter_agent.tools.base import NamespaceLock
+    from jupyter_agent.namespace.lock import NamespaceLock
 
     lock = NamespaceLock()
     ns: dict = {}
@@ -280,7 +280,7 @@ def test_large_changed_values_are_left_to_a_saving_thread_which_saves_the_same_b
 
 
 def test_other_agents_code_waits_while_an_agents_values_are_saved():
-    from jupyter_agent.tools.base import NamespaceLock
+    from jupyter_agent.namespace.lock import NamespaceLock
 
     lock = NamespaceLock()
     said: list[str] = []

@@ -18,9 +18,10 @@ from typing import Any
 import openai
 import pytest
 
-from jupyter_agent.model.offline import OFFLINE_MODEL, offline_reply
+from jupyter_agent.model.base import OFFLINE_MODEL
+from jupyter_agent.model.offline import offline_reply
 from jupyter_agent.testing import ScriptedServer, offline_base_url
-from jupyter_agent.testing.server import (
+from jupyter_agent.testing.wire import (
     EXHAUSTED,
     SUMMARY_PROMPT_PREFIX,
     is_summary_request,

@@ -26,7 +26,8 @@ from ..loop.execution import RunOptions, load_state
 from ..store.api import RunRow, Store
 from ..tools import mcp as mcp_tools
 from ..tools import user as user_tools
-from ..tools.base import TOOLS, check_approve
+from ..tools.python import TOOLS
+from ..tools.toolbox import check_approve
 from ..views.render import TextEvents, known_steps
 from ..vocab import plural
 from . import runner

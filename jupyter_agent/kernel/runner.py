@@ -29,8 +29,9 @@ from ..loop.execution import (
     load_state,
     new_run,
 )
-from ..model.chat import Endpoint, ModelClient
-from ..model.offline import OFFLINE_MODEL, OfflineClient
+from ..model.base import OFFLINE_MODEL, Endpoint, ModelClient
+from ..model.chat import ChatCompletionsClient
+from ..model.offline import OfflineClient
 from ..namespace import tracking as namespace
 from ..store.api import CheckpointRow, RunRow, Store
 from .identity import AgentIdentity
@@ -249,11 +250,11 @@ def make_execution(
 ) -> Execution:
     """The one place an :class:`Execution` is built: the endpoint resolved, its client made."""
     endpoint = Endpoint.resolve(model, **(endpoint_args or {}))
-    client: ModelClient | OfflineClient
+    client: ModelClient
     if endpoint.model == OFFLINE_MODEL:
         client = OfflineClient(endpoint, cancel=cancel)
     else:
-        client = ModelClient(
+        client = ChatCompletionsClient(
             endpoint,
             timeout=options.model_timeout,
             retries=options.retries,

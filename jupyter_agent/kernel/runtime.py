@@ -32,9 +32,9 @@ from ..core.budget import Budget
 from ..core.state import DONE, RUNNING, STALLED, Delta
 from ..errors import AgentError, Cancelled, IdentityError, UsageProblem
 from ..loop.execution import Events, RunOptions, chain
+from ..namespace.lock import NamespaceLock
 from ..store.api import open_store
 from ..store.duckdb.store import AgentBusy, CheckpointRow, RunRow, Store, default_store_path
-from ..tools.base import NamespaceLock
 from ..tools.delegate import MAX_CHILDREN, MAX_DEPTH, Delegated, awaited_child
 from ..views import timeline
 from ..views.render import TextEvents, run_status

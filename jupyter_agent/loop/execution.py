@@ -73,21 +73,16 @@ from ..errors import (
     StoreError,
 )
 from ..kernel.identity import AgentIdentity
-from ..model.chat import ModelClient
+from ..model.base import ModelClient
 from ..namespace import tracking as namespace
+from ..namespace.lock import NamespaceLock
 from ..store.api import CheckpointRow, RunRow, RunWriterLike, Store
 from ..tools import user as user_tools
-from ..tools.base import (
-    TOOLS,
-    NamespaceLock,
-    Tool,
-    Toolbox,
-    ToolResult,
-    check_approve,
-    unknown_tool,
-)
+from ..tools.base import Tool, ToolResult, unknown_tool
 from ..tools.delegate import DELEGATE_TOOL, Children, parse_delegate
+from ..tools.python import TOOLS
 from ..tools.read_agent import READ_AGENT_TOOL, read_agent
+from ..tools.toolbox import Toolbox, check_approve
 from ..vocab import effective_status as effective_status
 from ..vocab import stall_after as stall_after
 
@@ -916,7 +911,8 @@ class Execution:
         """``read_agent``: reads the store only, so no start checkpoint and no approval."""
         fn = call.get("function") or {}
         try:
-            output, error = read_agent(self.store, self.run, fn.get("arguments") or ""), False
+            output = read_agent(self.store, self.run, fn.get("arguments") or "", load_state)
+            error = False
         except ReadAgentError as exc:
             output, error = f"Error: {exc}", True
         output = redact(output, self.options.secrets)

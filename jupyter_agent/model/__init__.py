@@ -1,1 +1,1 @@
-"""Model clients: the Chat Completions client and the built-in offline model."""
+"""Model clients behind one protocol (:mod:`.base`): Chat Completions and the offline model."""

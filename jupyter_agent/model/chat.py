@@ -1,4 +1,6 @@
-"""The model client: streaming Chat Completions with tool calls over the ``openai`` client.
+"""The Chat Completions client: streamed replies with tool calls, over the ``openai`` client.
+
+:class:`ChatCompletionsClient` is a :class:`~jupyter_agent.model.base.ModelClient`.
 
 Any OpenAI-compatible endpoint works (OpenAI, vLLM, Ollama, LM Studio, LiteLLM,
 the built-in offline model; quirks in docs/endpoints.md). A model call has no
@@ -15,105 +17,41 @@ stored once would be restored forever. Every text produced here is redacted.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import functools
 import json
-import os
-import re
-import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import openai
 
 from ..core.redaction import redact, secrets_in_environment
-from ..errors import Cancelled, ConfigError, ContextOverflow, ModelError, ReplyLimitExceeded
-from .offline import OFFLINE_MODEL
+from ..errors import Cancelled, ContextOverflow, ModelError, ReplyLimitExceeded
+from . import endpoint_errors as errors
+from .base import Endpoint, Hooks, ModelReply
+from .http import announcing, shared_http
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-@dataclass
-class ModelReply:
-    """One complete reply. ``reasoning`` is kept for display, never sent back to the API."""
-
-    content: str
-    tool_calls: list[dict]
-    usage: dict = field(default_factory=dict)
-    reasoning: str = ""
-    finish_reason: str = "stop"
-    #: Requests it took (1 when the first one succeeded).
-    attempts: int = 1
-    #: The problems that caused each retry, in order (redacted).
-    retries: list[str] = field(default_factory=list)
-
-    def message(self) -> dict:
-        """The assistant message for the conversation (without the reasoning)."""
-        msg: dict = {"role": "assistant", "content": self.content}
-        if self.tool_calls:
-            msg["tool_calls"] = self.tool_calls
-        return msg
-
-    @property
-    def tokens(self) -> int:
-        return int(self.usage.get("total_tokens") or 0)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    model: str
-    base_url: str | None
-    api_key: str
-    label: str  # how the endpoint is described to the user
-
-    @classmethod
-    def resolve(
-        cls, model: str, base_url: str | None = None, api_key: str | None = None
-    ) -> Endpoint:
-        if model == OFFLINE_MODEL:
-            return cls(model, None, "offline", "built-in offline demo model")
-        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-        api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
-        if not model:
-            raise ConfigError(
-                "No model chosen. Pass --model NAME (e.g. %%agent --model gpt-4o-mini), or set a "
-                "default with %config AgentMagics.model = 'NAME'. Use --model offline for the "
-                "built-in offline demo model, which needs no API key."
-            )
-        if not api_key and not base_url:
-            raise ConfigError(
-                f"No model endpoint configured for model {model!r}. Set OPENAI_API_KEY for "
-                "OpenAI, or OPENAI_BASE_URL for another OpenAI-compatible server (vLLM, Ollama, "
-                "LM Studio; add OPENAI_API_KEY if it needs one). Or use --model offline for the "
-                "built-in offline demo model."
-            )
-        return cls(model, base_url, api_key or "none", base_url or "OpenAI")
-
-
-RETRYABLE = (
-    openai.APIConnectionError,  # includes timeouts and streams cut midway
-    openai.RateLimitError,
-    openai.InternalServerError,
-    openai.APIResponseValidationError,
-    httpx.TransportError,  # a connection lost while a stream is read, if not wrapped
-)
-#: Statuses that say "try again" without being a 429 or a 5xx.
-RETRYABLE_STATUS = {408, 409}
-#: Error types and codes of an error event inside a stream that say "try again".
-_TRANSIENT_STREAM_ERROR = re.compile(
-    r"server_error|overloaded|rate_limit|timeout|temporar|unavailable|try again|retry|internal"
-    r"|^(?:408|409|429|5\d\d)$",
-    re.IGNORECASE,
-)
 #: Room asked for after a reply was cut at the length limit, and its ceiling.
 MIN_ROOM, MAX_ROOM = 4096, 65536
 
-# What each endpoint (by base URL) turned out not to support, for this process.
+# What each endpoint (by base URL) turned out not to support. Process-wide on
+# purpose: each execution makes a new client, and none should ask again.
 _quirks_lock = threading.Lock()
 _QUIRKS: dict[str, dict[str, bool]] = {}
+
+
+class ChatHooks(Hooks, total=False):
+    """The hooks of :class:`~jupyter_agent.model.base.Hooks`, and one of this client's own."""
+
+    #: Each piece of the model's reasoning as it arrives, for endpoints that send it.
+    on_reasoning: Callable[[str], None] | None
+
+
+def _ignore(_: str) -> None:
+    """A hook not given."""
 
 
 class _Retry(Exception):
@@ -143,7 +81,12 @@ class _ReasoningOnly(_Retry):
 class _Reply:
     """Accumulates one reply from stream deltas or a whole message, within the limits."""
 
-    def __init__(self, client: ModelClient, on_text: Callable[[str], None], on_reasoning: Any):
+    def __init__(
+        self,
+        client: ChatCompletionsClient,
+        on_text: Callable[[str], None],
+        on_reasoning: Callable[[str], None] | None,
+    ) -> None:
         self.client = client
         self.on_text = on_text
         self.on_reasoning = on_reasoning
@@ -234,7 +177,7 @@ class _Reply:
 
     def chunk(self, data: dict) -> None:
         if data.get("usage"):
-            self.usage = {k: v for k, v in data["usage"].items() if v is not None}
+            self.usage = data["usage"]
         for choice in (data.get("choices") or [])[:1]:
             self.choice(choice)
 
@@ -254,7 +197,7 @@ class _Reply:
         if self.finish == "content_filter":
             raise ModelError("The endpoint's content filter stopped the model's reply.")
         if self.finish == "length":
-            raise _Truncated(int(self.usage.get("completion_tokens") or self.size // 3))
+            raise _Truncated(int(reply.usage.get("completion_tokens") or self.size // 3))
         if reply.content.strip() or reply.tool_calls:
             return reply
         if reply.reasoning.strip():
@@ -262,8 +205,10 @@ class _Reply:
         raise _Retry("the model sent an empty reply")
 
 
-class ModelClient:
-    """Streams one completion at a time; ephemeral (holds sockets), never checkpointed.
+class ChatCompletionsClient:
+    """A :class:`~jupyter_agent.model.base.ModelClient` over the Chat Completions API.
+
+    Streams one completion at a time; ephemeral (holds sockets), never checkpointed.
 
     ``max_text`` caps the characters of one reply (text, reasoning and tool
     arguments); ``deadline`` caps how long one reply may stream, in seconds
@@ -310,35 +255,26 @@ class ModelClient:
             _QUIRKS.setdefault(self._key, {})[quirk] = True
 
     def complete(
-        self,
-        messages: list[dict],
-        tools: list[dict],
-        on_text: Callable[[str], None] = lambda _: None,
-        on_retry: Callable[[str], None] = lambda _: None,
-        on_reasoning: Callable[[str], None] | None = None,
-        on_sent: Callable[[], None] | None = None,
+        self, messages: list[dict], tools: list[dict], **hooks: Unpack[ChatHooks]
     ) -> ModelReply:
         """One complete reply, after retrying what is transient.
-
-        ``on_sent`` is called in this thread as each attempt's request goes out
-        (work that would slow the request down can start then).
 
         Raises :class:`ContextOverflow` (the prompt does not fit: compact and ask
         again), :class:`ReplyLimitExceeded`, :class:`ModelError` or :class:`Cancelled`.
         A reply that is only reasoning is asked for once more, then accepted with
         empty content.
         """
+        on_text = hooks.get("on_text") or _ignore
+        on_retry = hooks.get("on_retry") or _ignore
         problems: list[str] = []
         room: int | None = None
         reasoning_only: ModelReply | None = None
         attempt = 0
         while True:
+            wait: float | None
             try:
-                _sending.hook = on_sent
-                try:
-                    reply = self._attempt(messages, tools, on_text, on_reasoning, room)
-                finally:
-                    _sending.hook = None
+                with announcing(hooks.get("on_sent")):
+                    reply = self._attempt(messages, tools, on_text, hooks.get("on_reasoning"), room)
                 reply.attempts, reply.retries = attempt + 1, problems
                 return reply
             except Cancelled:
@@ -380,39 +316,39 @@ class ModelClient:
             self._request(messages, tools, acc, room)
         except (Cancelled, ModelError):
             raise
-        except RETRYABLE as exc:
+        except errors.RETRYABLE as exc:
             if isinstance(exc, openai.APIError) and (overflow := self._overflow(exc)):
                 raise overflow from None
-            raise _Retry(self._clean(_describe(exc)), _retry_after(exc)) from None
+            raise _Retry(self._clean(errors.describe(exc)), errors.retry_after(exc)) from None
         except openai.APIStatusError as exc:
             if overflow := self._overflow(exc):
                 raise overflow from None
-            if exc.status_code not in RETRYABLE_STATUS:
+            if exc.status_code not in errors.RETRYABLE_STATUS:
                 raise ModelError(
-                    self._clean(f"The model endpoint refused the request: {_describe(exc)}"),
-                    self._clean(_detail(exc)),
+                    self._clean(f"The model endpoint refused the request: {errors.describe(exc)}"),
+                    self._clean(errors.detail(exc)),
                 ) from None
-            raise _Retry(self._clean(_describe(exc)), _retry_after(exc)) from None
+            raise _Retry(self._clean(errors.describe(exc)), errors.retry_after(exc)) from None
         except openai.APIError as exc:  # an error event inside the stream
             if overflow := self._overflow(exc):
                 raise overflow from None
-            body = exc.body if isinstance(exc.body, dict) else {}
-            kind = " ".join(str(body.get(k) or "") for k in ("type", "code")).strip()
-            said = _first_line(str(body.get("message") or exc.message))
-            if any(_TRANSIENT_STREAM_ERROR.search(w) for w in [*kind.split(), said]):
+            said, transient = errors.stream_error(exc)
+            if transient:
                 raise _Retry(
                     self._clean(f"the endpoint reported an error mid-reply: {said}")
                 ) from None
             raise ModelError(
                 self._clean(f"The model endpoint reported an error mid-reply: {said}"),
-                self._clean(f"{said} ({json.dumps(exc.body, default=str)})"),
+                self._clean(errors.stream_error_detail(exc, said)),
             ) from None
         except ValueError as exc:  # unparsable chunk
-            problem = f"the model sent a malformed reply ({_first_line(str(exc), 120)})"
+            problem = f"the model sent a malformed reply ({errors.first_line(str(exc), 120)})"
             raise _Retry(problem) from None
         return acc.result(len(messages))
 
-    def _request(self, messages: list[dict], tools: list[dict], acc: _Reply, room: int | None):
+    def _request(
+        self, messages: list[dict], tools: list[dict], acc: _Reply, room: int | None
+    ) -> None:
         """Send the request (adapting to what the endpoint refuses) and read the reply."""
         while True:
             params: dict[str, Any] = {
@@ -436,7 +372,7 @@ class ModelClient:
             try:
                 response = self._client.chat.completions.create(**params)
             except openai.BadRequestError as exc:
-                if quirk := _refused_parameter(exc, params):
+                if quirk := errors.refused_parameter(exc, params):
                     self._learn(quirk)
                     continue
                 raise
@@ -468,224 +404,11 @@ class ModelClient:
             stream.close()
 
     def _overflow(self, exc: openai.APIError) -> ContextOverflow | None:
-        overflow = _overflow_of(exc)
+        overflow = errors.overflow_of(exc)
         if overflow is not None:
             overflow.args = (self._clean(str(overflow)),)
-            overflow.detail = self._clean(_detail(exc))
+            overflow.detail = self._clean(errors.detail(exc))
         return overflow
 
     def close(self) -> None:
         """Nothing to release: the connection pool is the process's (:func:`shared_http`)."""
-
-
-_http_lock = threading.Lock()
-_HTTP: dict[tuple[str, float], httpx.Client] = {}
-
-
-def shared_http(base_url: str, timeout: float) -> httpx.Client:
-    """The process's HTTP client for an endpoint and timeout, closed at exit.
-
-    A new one builds an SSL context and loads the CA bundle (~50 ms), which every
-    cell execution would otherwise pay before its first model request; sharing
-    it also keeps the endpoint's connections alive between executions.
-    """
-    key = (base_url, timeout)
-    with _http_lock:
-        client = _HTTP.get(key)
-        if client is None or client.is_closed:
-            client = _HTTP[key] = openai.DefaultHttpxClient(
-                timeout=timeout, verify=ssl_context(), event_hooks={"request": [_sent]}
-            )
-        return client
-
-
-#: The ``on_sent`` of the :meth:`ModelClient.complete` running in this thread, if any.
-_sending = threading.local()
-
-
-def _sent(request: httpx.Request) -> None:
-    """httpx calls this as a request goes out (in the thread that sends it)."""
-    hook = getattr(_sending, "hook", None)
-    if hook is not None:
-        hook()
-
-
-@functools.cache
-def ssl_context() -> ssl.SSLContext:
-    """The process's SSL context, as httpx makes it (CA bundle, ``SSL_CERT_FILE``)."""
-    return httpx.create_ssl_context()
-
-
-def warm_up() -> None:
-    """Do in the background, before the first agent cell, what it would otherwise wait for.
-
-    Called by ``%load_ext``: a new kernel's first agent cell (a resume after a
-    restart) then does not wait for the CA bundle to load or for the modules
-    of its first model request and its timeline to be imported.
-    """
-    threading.Thread(target=_warm, name="jupyter-agent-warm-up", daemon=True).start()
-
-
-def _warm() -> None:
-    import importlib
-
-    with contextlib.suppress(Exception):  # a warm-up: the cell does it all anyway
-        openai.DefaultHttpxClient(verify=ssl_context()).close()  # imports the transport
-        for module in ("openai.resources.chat.completions", "jupyter_agent.views.widget"):
-            importlib.import_module(module)
-
-
-def close_shared_http() -> None:
-    """Close the shared HTTP clients (at exit; a later :func:`shared_http` makes new ones)."""
-    with _http_lock:
-        clients = list(_HTTP.values())
-        _HTTP.clear()
-    for client in clients:
-        client.close()
-
-
-atexit.register(close_shared_http)
-
-
-def _refused_parameter(exc: openai.BadRequestError, params: dict) -> str | None:
-    """The quirk to learn when an endpoint refuses a parameter we can do without."""
-    text = f"{exc.message} {exc.body}".lower()
-    if "stream_options" in params and "stream_options" in text:
-        return "stream_options"
-    if "max_tokens" in params["extra_body"] and "max_completion_tokens" in text:
-        return "max_tokens"
-    return None
-
-
-# How endpoints word "the prompt does not fit": OpenAI, vLLM, Ollama, llama.cpp and
-# LM Studio, LiteLLM, Anthropic-compatible proxies.
-_OVERFLOW = re.compile(
-    r"context[_ ](?:length|window|size)|contextwindowexceeded|maximum model length|n_ctx"
-    r"|prompt is too long|too many tokens|exceeds? the (?:model's )?(?:max(?:imum)? )?context",
-    re.IGNORECASE,
-)
-_NUMBER = r"(\d[\d,]*)"
-
-
-def _patterns(*patterns: str) -> list[re.Pattern[str]]:
-    return [re.compile(p, re.IGNORECASE) for p in patterns]
-
-
-_LIMIT = _patterns(
-    rf"maximum context length (?:is|of) {_NUMBER}",
-    rf"maximum model length (?:is |of )?{_NUMBER}",
-    rf"context (?:length|window|size) (?:is |of )?(?:only )?\(?{_NUMBER}",
-    rf"n_ctx\W{{0,4}}{_NUMBER}",
-    rf"(?:limit|maximum) of {_NUMBER}",
-    rf"> {_NUMBER} maximum",
-)
-_REQUESTED = _patterns(
-    rf"(?:resulted in|requested|keep the first) {_NUMBER} tokens",
-    rf"requested tokens \({_NUMBER}",
-    rf"prompt(?: length)? (?:of |\(length |\()?{_NUMBER}",
-    rf"n_prompt_tokens\W{{0,4}}{_NUMBER}",
-    rf"(?:too long|input length)\W+{_NUMBER} tokens",
-    rf"{_NUMBER} tokens >",
-)
-
-
-def _first_number(patterns: list[re.Pattern[str]], text: str) -> int | None:
-    for pattern in patterns:
-        match = pattern.search(text)
-        if match:
-            return int(match.group(1).replace(",", ""))
-    return None
-
-
-def context_overflow(
-    message: str, code: str | None = None, status: int | None = None
-) -> tuple[int | None, int | None] | None:
-    """``(limit, requested)`` if an endpoint's error says the prompt is too long, else None.
-
-    ``message`` is the error text (plus, for proxies, the error type or body),
-    ``code`` the OpenAI error code. A 429 is a rate limit, never an overflow.
-    """
-    if status == 429:
-        return None
-    if code != "context_length_exceeded" and not _OVERFLOW.search(message):
-        return None
-    return _first_number(_LIMIT, message), _first_number(_REQUESTED, message)
-
-
-def _overflow_of(exc: openai.APIError) -> ContextOverflow | None:
-    """The :class:`ContextOverflow` an endpoint error amounts to, if it is one."""
-    body = exc.body if isinstance(exc.body, dict) else {}
-    message = str(body.get("message") or exc.message)
-    text = " ".join(
-        [message, str(body.get("type") or "")]
-        + [f"{k}={body[k]}" for k in ("n_ctx", "n_prompt_tokens") if k in body]
-    )
-    found = context_overflow(text, exc.code, getattr(exc, "status_code", None))
-    if found is None:
-        return None
-    limit, requested = found
-    size = f" ({requested:,} tokens of {limit:,})" if limit and requested else ""
-    return ContextOverflow(
-        f"The conversation is too long for the model's context window{size}: "
-        + _first_line(message),
-        limit,
-        requested,
-    )
-
-
-def _first_line(text: str, limit: int = 200) -> str:
-    """The first non-empty line, at most ``limit`` characters."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    line = lines[0] if lines else ""
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-_ERROR_CODE_PREFIX = re.compile(r"^Error code: \d+ - ")
-
-
-def _server_message(exc: Exception) -> str:
-    """What the server said, without the client's ``Error code: NNN -`` preamble."""
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
-    message = str(getattr(exc, "message", None) or exc)
-    return _ERROR_CODE_PREFIX.sub("", message)
-
-
-def _retry_after(exc: Exception) -> float | None:
-    """The server's requested wait (``retry-after-ms`` or ``retry-after`` seconds), capped."""
-    response = getattr(exc, "response", None)
-    if response is None:
-        return None
-    for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = response.headers.get(header)
-        if value is None:
-            continue
-        try:
-            return min(max(float(value) * scale, 0.0), 60.0)
-        except ValueError:
-            continue  # an HTTP date: fall back to our own backoff
-    return None
-
-
-def _describe(exc: Exception) -> str:
-    """One short phrase: the status and the first line of the server's message."""
-    status = getattr(exc, "status_code", None)
-    if isinstance(exc, openai.APITimeoutError):
-        return "the request timed out"
-    if isinstance(exc, openai.APIConnectionError):
-        return _first_line(f"cannot reach the endpoint ({exc.__cause__ or exc})")
-    if status:
-        return f"HTTP {status}: {_first_line(_server_message(exc))}"
-    return _first_line(str(exc))
-
-
-def _detail(exc: Exception) -> str:
-    """The whole error, for ``ModelError.detail``."""
-    response = getattr(exc, "response", None)
-    try:
-        text = response.text if response is not None else ""
-    except Exception:  # a streamed response not read
-        text = ""
-    status = getattr(exc, "status_code", None)
-    return (f"HTTP {status}: " if status else "") + (text or _server_message(exc))

@@ -4,8 +4,12 @@ Demos and first-run experiences should work without an API key. The offline
 model does not think; it runs the fenced ``python`` code blocks of the task
 one tool call at a time and then summarises, so the whole agent loop (tool
 calls, streaming, persistence) can be exercised end to end. It runs in
-process, behind the same small protocol as :class:`~jupyter_agent.model.chat.ModelClient`
+process, behind the :class:`~jupyter_agent.model.base.ModelClient` protocol
 (:class:`OfflineClient`), under the model name ``"offline"``; no server, no socket.
+
+It counts usage in characters / 4 (:func:`counted_usage`); the scripted test
+server, which can serve the same model over HTTP, counts with the same functions,
+so the numbers are the same whichever way the offline model is reached.
 """
 
 from __future__ import annotations
@@ -13,12 +17,16 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["OFFLINE_MODEL", "OfflineClient", "extract_code_blocks", "offline_reply"]
+from ..errors import Cancelled
+from .base import Endpoint, Hooks, ModelReply
 
-OFFLINE_MODEL = "offline"
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["OfflineClient", "extract_code_blocks", "offline_reply"]
+
 #: Tool the offline model calls, with arguments ``{"code": ...}``.
 TOOL_NAME = "python"
 RESULT_LIMIT = 500
@@ -44,17 +52,57 @@ To use a real model, set OPENAI_API_KEY (and optionally OPENAI_BASE_URL for \
 an OpenAI-compatible provider), then pick it with --model NAME."""
 
 
-def _text_of(content: Any) -> str:
+def text_of(content: Any) -> str:
     """Text of a message ``content`` that may be a string or a list of parts."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif isinstance(part, str):
+                parts.append(part)
+        return "".join(parts)
     return ""
+
+
+def conversation_chars(messages: list[Any]) -> int:
+    """Characters of a conversation's texts and tool calls: what usage is counted from."""
+    total = 0
+    for msg in messages:
+        if not isinstance(msg, dict):
+            continue
+        total += len(text_of(msg.get("content")))
+        for call in msg.get("tool_calls") or []:
+            if isinstance(call, dict):
+                fn = call.get("function") or {}
+                total += len(str(fn.get("name", ""))) + len(str(fn.get("arguments", "")))
+    return total
+
+
+def counted_usage(messages: list[Any], reply_chars: int, given: dict | None = None) -> dict:
+    """Usage of a reply of ``reply_chars`` characters to ``messages``: characters / 4.
+
+    A reply counts at least one token. ``given`` overrides either count (a
+    script that says what the endpoint reports).
+    """
+    given = given or {}
+    prompt = int(given.get("prompt_tokens", conversation_chars(messages) // 4))
+    completion = int(given.get("completion_tokens", reply_chars // 4 + 1))
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def pieces(text: str) -> list[str]:
+    """``text`` in about three pieces, as it is streamed: streaming stays visible."""
+    if not text:
+        return []
+    size = max(1, -(-len(text) // 3))
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 def extract_code_blocks(text: str) -> list[str]:
@@ -74,14 +122,14 @@ def _looks_like_error(text: str) -> bool:
 def offline_reply(request_body: dict[str, Any]) -> dict[str, Any]:
     """Script entry answering a chat request: next code block, or a summary."""
     messages = [m for m in request_body.get("messages") or [] if isinstance(m, dict)]
-    task = next((_text_of(m.get("content")) for m in messages if m.get("role") == "user"), "")
+    task = next((text_of(m.get("content")) for m in messages if m.get("role") == "user"), "")
     blocks = extract_code_blocks(task)
     if not blocks:
         return {"content": HELP_TEXT}
-    results = [_text_of(m.get("content")) for m in messages if m.get("role") == "tool"]
+    results = [text_of(m.get("content")) for m in messages if m.get("role") == "tool"]
     # A compacted history says how many tool results it summarized away.
     summarized = sum(
-        int(n) for m in messages for n in _RESULTS_SUMMARIZED.findall(_text_of(m.get("content")))
+        int(n) for m in messages for n in _RESULTS_SUMMARIZED.findall(text_of(m.get("content")))
     )
     k, n = len(results) + summarized, len(blocks)
     if k < n:
@@ -98,42 +146,20 @@ def offline_reply(request_body: dict[str, Any]) -> dict[str, Any]:
     return {"content": "\n".join(lines)}
 
 
-def _chars(messages: list[dict]) -> int:
-    """Characters of a conversation: what the offline model's token counts are made of."""
-    total = 0
-    for msg in messages:
-        total += len(_text_of(msg.get("content")))
-        for call in msg.get("tool_calls") or []:
-            fn = call.get("function") or {}
-            total += len(str(fn.get("name") or "")) + len(str(fn.get("arguments") or ""))
-    return total
-
-
 class OfflineClient:
-    """The offline model as a model client: :meth:`complete` answers with :func:`offline_reply`.
+    """The offline model as a model client: :meth:`complete` answers with :func:`offline_reply`."""
 
-    Usage is counted like the scripted test server counts it (characters / 4),
-    so the numbers are the same whichever way the offline model is reached.
-    """
-
-    def __init__(self, endpoint: Any, *, cancel: threading.Event | None = None) -> None:
+    def __init__(self, endpoint: Endpoint, *, cancel: threading.Event | None = None) -> None:
         self.endpoint = endpoint
         self.cancel = cancel or threading.Event()
 
     def complete(
-        self,
-        messages: list[dict],
-        tools: list[dict],
-        on_text: Callable[[str], None] = lambda _: None,
-        on_retry: Callable[[str], None] = lambda _: None,
-        on_reasoning: Callable[[str], None] | None = None,
-        on_sent: Callable[[], None] | None = None,
-    ) -> Any:
-        from ..errors import Cancelled
-        from .chat import ModelReply
-
+        self, messages: list[dict], tools: list[dict], **hooks: Unpack[Hooks]
+    ) -> ModelReply:
+        """The offline model's next step, streamed to ``on_text`` in pieces like a server's."""
         if self.cancel.is_set():
             raise Cancelled()
+        on_sent = hooks.get("on_sent")
         if on_sent is not None:
             on_sent()  # no request to wait for
         if tools:
@@ -150,16 +176,13 @@ class OfflineClient:
             for i, c in enumerate(answer.get("tool_calls") or [])
         ]
         content = answer["content"]
-        size = max(1, -(-len(content) // 3))
-        for start in range(0, len(content), size):  # streamed in pieces, like a server
-            on_text(content[start : start + size])
-        completion = (len(content) + _chars([{"tool_calls": calls}])) // 4 + 1
-        prompt = _chars(messages) // 4
-        usage = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
+        on_text = hooks.get("on_text")
+        if on_text is not None:
+            for piece in pieces(content):
+                on_text(piece)
+        usage = counted_usage(
+            messages, conversation_chars([{"content": content, "tool_calls": calls}])
+        )
         return ModelReply(content, calls, usage, finish_reason="tool_calls" if calls else "stop")
 
     def close(self) -> None:

@@ -621,7 +621,7 @@ class Tracker:
 
     def rebase(self, namespace: dict[str, Any]) -> None:
         """Take the namespace as it is now as the baseline: changes made since were
-        another agent's (see :class:`jupyter_agent.tools.base.NamespaceLock`), not ours."""
+        another agent's (see :class:`jupyter_agent.namespace.lock.NamespaceLock`), not ours."""
         if self._prints is not None:
             self._prints = fingerprints(namespace, previous=self._prints)
 

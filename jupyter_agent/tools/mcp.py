@@ -204,7 +204,8 @@ async def _http_transport(stack: AsyncExitStack, url: str, headers: dict) -> Any
 
             client = await stack.enter_async_context(create_mcp_http_client(headers=headers))
         return streamable_http.streamable_http_client(url, http_client=client)
-    return streamable_http.streamablehttp_client(url, headers=headers or None)
+    sdk_1: Any = streamable_http  # its name under mcp 1, unknown to a checker with mcp 2
+    return sdk_1.streamablehttp_client(url, headers=headers or None)
 
 
 def _plain(model: Any) -> dict:

@@ -9,7 +9,9 @@ reads, so it has no start checkpoint and needs no approval.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
+from ..core.state import RunState
 from ..errors import ReadAgentError
 from ..store.api import RunRow, Store
 from ..views.render import run_status
@@ -43,8 +45,14 @@ def parse_read_agent(arguments: str) -> str:
     return agent.strip()
 
 
-def read_agent(store: Store, reader: RunRow, arguments: str) -> str:
-    """What ``reader``'s call of ``read_agent`` returns: the named agent's latest run, as JSON."""
+def read_agent(
+    store: Store, reader: RunRow, arguments: str, load: Callable[[Store, RunRow], RunState]
+) -> str:
+    """What ``reader``'s call of ``read_agent`` returns: the named agent's latest run, as JSON.
+
+    ``load`` folds a run's state from the store: the loop's ``load_state``,
+    passed in because the tools sit below the loop and cannot import it.
+    """
     agent = parse_read_agent(arguments)
     if agent == reader.agent:
         raise ReadAgentError(f"{agent!r} is this agent; name another agent of the notebook")
@@ -57,9 +65,7 @@ def read_agent(store: Store, reader: RunRow, arguments: str) -> str:
             f"no agent named {agent!r} in this notebook (the other agents: {known})"
         )
     status, text, steps = run_status(store, run, store.live_runs())
-    from ..loop.execution import load_state  # the loop imports this module
-
-    state = load_state(store, run)
+    state = load(store, run)
     out: dict = {"agent": agent, "status": status, "status_text": text, "steps": steps}
     if run.info.get("parent_agent"):
         out["parent_agent"] = run.info["parent_agent"]

@@ -21,21 +21,13 @@ import threading
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ..errors import MalformedCall, ToolError
-from .base import (
-    TOOLS,
-    Tool,
-    ToolResult,
-    capture,
-    clip,
-    function_schema,
-    json_arguments,
-    short_traceback,
-)
+from .base import Tool, ToolResult, clip, function_schema, json_arguments, short_traceback
+from .python import TOOLS, capture
 
 #: The attribute ``@tool`` sets on a function.
 MARK = "__agent_tool__"
@@ -200,7 +192,7 @@ def _arguments_model(
         hints = {}
     fields: dict[str, Any] = {}
     positional: list[str] = []
-    extra = "forbid"
+    extra: Literal["allow", "forbid"] = "forbid"
     for i, p in enumerate(signature.parameters.values()):
         if p.kind is p.VAR_KEYWORD:
             extra = "allow"

@@ -33,7 +33,7 @@ from ..kernel.runner import (
     settings_at,
 )
 from ..loop.execution import Events, chain, effective_status, load_state, new_run
-from ..model.offline import OFFLINE_MODEL
+from ..model.base import OFFLINE_MODEL
 from ..namespace.tracking import restore
 from ..store.api import CheckpointRow, RunRow, Store
 from ..tools.delegate import awaited_child

@@ -26,7 +26,7 @@ from IPython.testing.globalipapp import start_ipython
 from jupyter_agent.loop.execution import load_state
 from jupyter_agent.store.duckdb.store import Store
 from jupyter_agent.testing import ScriptedServer
-from jupyter_agent.testing.server import turn_of
+from jupyter_agent.testing.wire import turn_of
 
 from .harness import API_KEY, record, soak
 

@@ -314,9 +314,9 @@ def test_retry_after_is_honoured_and_capped(headers: dict, expected: float | Non
     import httpx
     import openai
 
-    from jupyter_agent.model.chat import _retry_after
+    from jupyter_agent.model.endpoint_errors import retry_after
 
     request = httpx.Request("POST", "http://x/v1/chat/completions")
     response = httpx.Response(429, headers=headers, request=request)
     exc = openai.RateLimitError("slow down", response=response, body=None)
-    assert _retry_after(exc) == expected
+    assert retry_after(exc) == expected

@@ -1,0 +1,184 @@
+"""The seam between the agent loop and a model: :class:`ModelClient` and its records.
+
+The loop asks a model for one reply at a time and checkpoints what it gets,
+so it depends on nothing but this small protocol. The Chat Completions client
+(:class:`~jupyter_agent.model.chat.ChatCompletionsClient`), the built-in
+offline model (:class:`~jupyter_agent.model.offline.OfflineClient`) and test
+doubles all implement it; none inherits from it, the match is structural.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, TypedDict
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+#: The model name of the built-in offline model (:mod:`jupyter_agent.model.offline`).
+OFFLINE_MODEL = "offline"
+#: The token counts of ``usage`` the loop reads; each is checked before it is kept.
+USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a model is reached: its name, the server, the key, and how to describe it."""
+
+    model: str
+    base_url: str | None
+    api_key: str
+    label: str  # how the endpoint is described to the user
+
+    @classmethod
+    def resolve(
+        cls, model: str, base_url: str | None = None, api_key: str | None = None
+    ) -> Endpoint:
+        """The endpoint of ``model``, the environment filling in what is not given.
+
+        Raises :class:`ConfigError` before anything is written when no model or
+        no server is known, saying what to set.
+        """
+        if model == OFFLINE_MODEL:
+            return cls(model, None, "offline", "built-in offline demo model")
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        if not model:
+            raise ConfigError(
+                "No model chosen. Pass --model NAME (e.g. %%agent --model gpt-4o-mini), or set a "
+                "default with %config AgentMagics.model = 'NAME'. Use --model offline for the "
+                "built-in offline demo model, which needs no API key."
+            )
+        if not api_key and not base_url:
+            raise ConfigError(
+                f"No model endpoint configured for model {model!r}. Set OPENAI_API_KEY for "
+                "OpenAI, or OPENAI_BASE_URL for another OpenAI-compatible server (vLLM, Ollama, "
+                "LM Studio; add OPENAI_API_KEY if it needs one). Or use --model offline for the "
+                "built-in offline demo model."
+            )
+        return cls(model, base_url, api_key or "none", base_url or "OpenAI")
+
+
+def checked_usage(usage: dict) -> dict:
+    """``usage`` without what cannot be a token count: the loop budgets and sizes with it.
+
+    An endpoint's numbers are not trusted blindly: a count of
+    :data:`USAGE_COUNTS` that is not a finite number of at least 0 (a string,
+    a negative, NaN) is dropped, as is any ``None``; the rest is kept as sent.
+    """
+    if not isinstance(usage, dict):
+        return {}
+    kept = {}
+    for key, value in usage.items():
+        if value is None:
+            continue
+        if key in USAGE_COUNTS and not _is_count(value):
+            continue
+        kept[key] = value
+    return kept
+
+
+def _is_count(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and value >= 0
+
+
+@dataclass
+class ModelReply:
+    """One complete reply. ``reasoning`` is kept for display, never sent back to the API.
+
+    ``usage`` is checked on construction (:func:`checked_usage`), whoever made the reply.
+    """
+
+    content: str
+    tool_calls: list[dict]
+    usage: dict = field(default_factory=dict)
+    reasoning: str = ""
+    finish_reason: str = "stop"
+    #: Requests it took (1 when the first one succeeded).
+    attempts: int = 1
+    #: The problems that caused each retry, in order (redacted).
+    retries: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.usage = checked_usage(self.usage)
+
+    def message(self) -> dict:
+        """The assistant message for the conversation (without the reasoning)."""
+        msg: dict = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            msg["tool_calls"] = self.tool_calls
+        return msg
+
+    @property
+    def tokens(self) -> int:
+        return int(self.usage.get("total_tokens") or 0)
+
+
+class Hooks(TypedDict, total=False):
+    """What a caller of :meth:`ModelClient.complete` hears while the reply is made.
+
+    Every hook is optional and called in the caller's thread; a client calls
+    none of them after ``complete`` has returned or raised.
+    """
+
+    #: Each piece of the reply's text as it arrives (the reply still carries all of it).
+    on_text: Callable[[str], None]
+    #: A transient failure and the wait before the next attempt, before waiting.
+    on_retry: Callable[[str], None]
+    #: A request has gone out: work that would slow it down may start now. Called
+    #: once per request, so possibly more than once; the caller must not rely on
+    #: it being called at all (a client may have nothing to send).
+    on_sent: Callable[[], None] | None
+
+
+class ModelClient(Protocol):
+    """What the agent loop needs of a model: one complete reply per call.
+
+    Like an HTTP transport, a client is ephemeral (it may hold sockets, it is
+    never checkpointed) and made for one execution of a run, which closes it.
+    A conforming client guarantees:
+
+    * **Only a complete reply is returned.** The loop checkpoints the reply and
+      restores it forever, so a half reply (a stream cut short, a reply cut at
+      the length limit) must be retried or raised, never returned.
+    * **Failures are errors of** :mod:`jupyter_agent.errors`: :class:`ModelError`
+      when the model cannot answer (the run pauses, resumable),
+      :class:`ContextOverflow` when the prompt does not fit (the loop compacts
+      and asks again), :class:`ReplyLimitExceeded` for a runaway reply.
+    * **Usage is checked, not trusted**: the reply's ``usage`` holds only counts
+      that are numbers of at least 0 (:class:`ModelReply` sees to that) and may
+      be empty when the model did not say.
+    * **Cancellation**: once :attr:`cancel` is set, ``complete`` raises
+      :class:`Cancelled` instead of waiting or streaming on; the loop also
+      reads it between steps and passes it to the namespace lock.
+    * **Hooks** (:class:`Hooks`) are called as documented there, ``on_sent``
+      for each request that goes out.
+    """
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The endpoint asked; the loop reads its ``model`` (window, price, learnt limits)."""
+        ...
+
+    @property
+    def cancel(self) -> threading.Event:
+        """Set by the user's stop: the reply in progress and the run stop at once."""
+        ...
+
+    def complete(
+        self, messages: list[dict], tools: list[dict], **hooks: Unpack[Hooks]
+    ) -> ModelReply:
+        """The model's complete reply to ``messages``, offered ``tools`` (none: a summary)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the client holds; called once, when the execution ends."""
+        ...

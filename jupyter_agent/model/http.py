@@ -1,0 +1,97 @@
+"""The process's HTTP clients for model endpoints, and what makes the first request fast.
+
+Building an HTTP client builds an SSL context and loads the CA bundle (~50 ms),
+which every cell execution would otherwise pay before its first model request;
+sharing one per endpoint also keeps its connections alive between executions.
+So the clients live in a registry of the process (:func:`shared_http`), not on
+the model client of one execution, and are closed at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import importlib
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+
+import httpx
+import openai
+
+# Process-wide on purpose: the pool outlives each execution's client (see above).
+_http_lock = threading.Lock()
+_HTTP: dict[tuple[str, float], openai.DefaultHttpxClient] = {}
+
+#: The ``on_sent`` hook of the model request being made in this thread, if any.
+_sending = threading.local()
+
+
+def shared_http(base_url: str, timeout: float) -> openai.DefaultHttpxClient:
+    """The process's HTTP client for an endpoint and timeout, closed at exit."""
+    key = (base_url, timeout)
+    with _http_lock:
+        client = _HTTP.get(key)
+        if client is None or client.is_closed:
+            client = _HTTP[key] = openai.DefaultHttpxClient(
+                timeout=timeout, verify=ssl_context(), event_hooks={"request": [_sent]}
+            )
+        return client
+
+
+@contextlib.contextmanager
+def announcing(hook: Callable[[], None] | None) -> Iterator[None]:
+    """Call ``hook`` as each request this thread sends through a shared client goes out.
+
+    The request is sent deep inside the ``openai`` client; its HTTP client's
+    event hook is the one place that knows the moment, and it runs in the
+    sending thread, so the hook is handed over in a thread-local.
+    """
+    _sending.hook = hook
+    try:
+        yield
+    finally:
+        _sending.hook = None
+
+
+def _sent(request: object) -> None:
+    """The HTTP client calls this as a request goes out (in the thread that sends it)."""
+    hook = getattr(_sending, "hook", None)
+    if hook is not None:
+        hook()
+
+
+@functools.cache
+def ssl_context() -> ssl.SSLContext:
+    """The process's SSL context, as httpx makes it (CA bundle, ``SSL_CERT_FILE``)."""
+    return httpx.create_ssl_context()
+
+
+def warm_up() -> None:
+    """Do in the background, before the first agent cell, what it would otherwise wait for.
+
+    Called by ``%load_ext``: a new kernel's first agent cell (a resume after a
+    restart) then does not wait for the CA bundle to load or for the modules
+    of its first model request and its timeline to be imported.
+    """
+    threading.Thread(target=_warm, name="jupyter-agent-warm-up", daemon=True).start()
+
+
+def _warm() -> None:
+    with contextlib.suppress(Exception):  # a warm-up: the cell does it all anyway
+        openai.DefaultHttpxClient(verify=ssl_context()).close()  # imports the transport
+        for module in ("openai.resources.chat.completions", "jupyter_agent.views.widget"):
+            importlib.import_module(module)
+
+
+def close_shared_http() -> None:
+    """Close the shared HTTP clients (at exit; a later :func:`shared_http` makes new ones)."""
+    with _http_lock:
+        clients = list(_HTTP.values())
+        _HTTP.clear()
+    for client in clients:
+        client.close()
+
+
+atexit.register(close_shared_http)

@@ -15,8 +15,8 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from ..kernel.identity import NAME_PATTERN
-from .queries import Conflict, NotFound
+from ..errors import Conflict, NotFound
+from ..vocab import NAME_PATTERN
 
 if TYPE_CHECKING:
     from . import AgentServer

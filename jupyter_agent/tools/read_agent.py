@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 from ..store.api import RunRow, Store
-from ..views.render import run_status
+from ..views.listing import run_status
 
 READ_AGENT_TOOL = {
     "type": "function",

@@ -29,15 +29,20 @@ ENV_NOTEBOOK = "JUPYTER_AGENT_NOTEBOOK"
 _W = TypeVar("_W", bound="_Word")
 
 
+def _member(cls: type[_W], value: str, label: str, icon: str) -> _W:
+    """A :class:`_Word` member: the string stored, with its words."""
+    member = str.__new__(cls, value)
+    member._value_ = value
+    member._label = label  # type: ignore[attr-defined]
+    member._icon = icon  # type: ignore[attr-defined]
+    return member
+
+
 class _Word(str, Enum):
     """A stored string with the words users read for it."""
 
     def __new__(cls, value: str, label: str, icon: str = "") -> _Word:
-        member = str.__new__(cls, value)
-        member._value_ = value
-        member._label = label  # type: ignore[attr-defined]
-        member._icon = icon  # type: ignore[attr-defined]
-        return member
+        return _member(cls, value, label, icon)
 
     def __str__(self) -> str:
         return self.value
@@ -77,25 +82,31 @@ RESUMABLE = frozenset(set(Status) - {Status.DONE, Status.STALLED})
 
 
 class Kind(_Word):
-    """What a checkpoint records; :meth:`label` and :meth:`icon` name its timeline row."""
+    """What a checkpoint records; :meth:`label` and :meth:`icon` name its timeline row.
 
-    START = "start", "start", "▶"
+    A kind is written ``value, icon`` and reads as its value, or ``value, icon, label``.
+    """
+
+    def __new__(cls, value: str, icon: str, label: str = "") -> Kind:
+        return _member(cls, value, label or value, icon)
+
+    START = "start", "▶"
     #: A fork's first checkpoint: its history so far is its parent's, up to the fork point.
-    FORK = "fork", "fork", "⋔"
-    RESUME = "resume", "resume", "↻"
+    FORK = "fork", "⋔"
+    RESUME = "resume", "↻"
     #: A step: one model call, with the tool calls it asks for.
-    MODEL = "model", "model", "◆"
-    TOOL_CALL = "tool_call", "tool call", "⚙"
-    TOOL_RESULT = "tool_result", "result", "↳"
-    APPROVAL = "approval", "approval", "‖"
-    #: A run that ended without finishing; each is resumable.
-    INTERRUPTED = "interrupted", "interrupted", "■"
-    ERROR = "error", "error", "⚠"
-    LIMIT = "limit", "limit", "⊘"
+    MODEL = "model", "◆"
+    TOOL_CALL = "tool_call", "⚙", "tool call"
+    TOOL_RESULT = "tool_result", "↳", "result"
+    APPROVAL = "approval", "‖"
+    #: Runs that ended without finishing; each is resumable.
+    INTERRUPTED = "interrupted", "■"
+    ERROR = "error", "⚠"
+    LIMIT = "limit", "⊘"
     #: The model's context was compacted.
-    COMPACTION = "compaction", "context compacted", "⇊"
-    BUDGET = "budget", "budget", "¤"
-    STUCK = "stuck", "stuck", "↺"
+    COMPACTION = "compaction", "⇊", "context compacted"
+    BUDGET = "budget", "¤"
+    STUCK = "stuck", "↺"
 
     def icon(self) -> str:
         return self._icon  # type: ignore[attr-defined]

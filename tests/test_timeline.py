@@ -21,6 +21,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.testing.globalipapp import start_ipython
 
 from jupyter_agent import vocab
+from jupyter_agent.core import history
+from jupyter_agent.errors import StoreError
 from jupyter_agent.kernel import runner, widget
 from jupyter_agent.kernel.identity import AgentIdentity
 from jupyter_agent.kernel.runtime import current
@@ -556,6 +558,22 @@ def test_timeline_model_follows_forks(store: Store, tmp_path: Path) -> None:
     assert json.dumps(t.tree())  # plain JSON for the frontend
     # Steps are model calls of the history: the fork inherits the two before its fork point.
     assert [r["steps"] for r in t.tree()] == [3, 2]
+
+
+def test_a_missing_ancestor_ends_a_history_and_no_state_is_folded_from_it() -> None:
+    """One rule wherever a fork's history is walked: a deleted ancestor's segment stays
+    (nothing comes of it) and the walk ends there; folding a state from it is refused."""
+    rows = {
+        "b": RunRow("b", "nb", AGENT, None, "x", "h", "m", "a", 2, 2.0),  # "a" was deleted
+        "c": RunRow("c", "nb", AGENT, None, "x", "h", "m", "b", 5, 3.0),
+    }
+    assert history.segments(rows["c"], rows.get) == [("a", 2), ("b", 5), ("c", None)]
+    assert history.segments(rows["c"], rows.get, upto=7) == [("a", 2), ("b", 5), ("c", 7)]
+    with pytest.raises(StoreError, match="Run c was forked from run a, which was deleted."):
+        history.segments(rows["c"], rows.get, whole=True)
+    looped = {"d": RunRow("d", "nb", AGENT, None, "x", "h", "m", "e", 1, 1.0),
+              "e": RunRow("e", "nb", AGENT, None, "x", "h", "m", "d", 1, 1.0)}  # fmt: skip
+    assert history.segments(looped["d"], looped.get) == [("e", 1), ("d", None)]
 
 
 # -- what long runs add, and honest numbers ------------------------------------------------

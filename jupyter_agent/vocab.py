@@ -2,7 +2,7 @@
 
 One definition for the cell output, ``%agent list``, ``jupyter agent``, the
 timeline widget, the REST API and the JupyterLab badge, so they never disagree:
-a run's status and its sentence come from :func:`run_status` alone. Standard
+a run's status and its sentence come from :func:`status_and_text` alone. Standard
 library only: the server extension and the widget import it without the agent loop.
 
 A **step** is one model call together with the tool calls it asks for, so the
@@ -233,7 +233,7 @@ def effective_status(
     return status
 
 
-def run_status(
+def status_and_text(
     stored: str | None,
     run_id: str,
     live: Collection[str],

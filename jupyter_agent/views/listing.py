@@ -1,7 +1,7 @@
 """Agents and runs as lists show them: the REST API, ``%agent list`` and ``jupyter agent list``.
 
 One row builder for all three, so an agent reads the same everywhere: its
-status and sentence (:func:`jupyter_agent.vocab.run_status`, budget figures and
+status and sentence (:func:`jupyter_agent.vocab.status_and_text`, budget figures and
 stuck reasons included), its steps and its tokens. Rows come from the store's
 summaries (:class:`~jupyter_agent.store.api.RunSummary`, metadata only), so
 listing never deserializes anything, and a list of any length costs a fixed
@@ -55,16 +55,18 @@ def run_status(
     if last is None:
         last = store.latest_checkpoints([run.run_id]).get(run.run_id)
     steps = history_steps(store, run)
-    return (*said(run, last, live, steps), steps)
+    return (*status_from(run, last, live, steps), steps)
 
 
-def said(
+def status_from(
     run: RunRow, last: CheckpointRow | None, live: Collection[str], steps: int
 ) -> tuple[str, str]:
     """The status and sentence of ``run``, whose last checkpoint is ``last``."""
     if last is None:  # none yet: running, unless its owner is gone
-        return vocab.run_status(None, run.run_id, live, steps=steps, info=None, at=run.created_at)
-    return vocab.run_status(
+        return vocab.status_and_text(
+            None, run.run_id, live, steps=steps, info=None, at=run.created_at
+        )
+    return vocab.status_and_text(
         last.status, run.run_id, live, steps=steps, info=last.info, at=last.created_at
     )
 
@@ -74,8 +76,8 @@ def summary_status(summary: RunSummary) -> tuple[str, str]:
     stats, run = summary.stats, summary.run
     live = {run.run_id} if summary.live else set()
     if stats is None:
-        return vocab.run_status(None, run.run_id, live, steps=0, info=None, at=run.created_at)
-    return vocab.run_status(
+        return vocab.status_and_text(None, run.run_id, live, steps=0, info=None, at=run.created_at)
+    return vocab.status_and_text(
         stats.last_status,
         run.run_id,
         live,

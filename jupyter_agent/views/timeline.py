@@ -28,7 +28,7 @@ from ..errors import NotFound
 from ..model.offline import OFFLINE_MODEL
 from ..store.api import CheckpointRow, RunRow, Store
 from ..tools.delegate import awaited_child
-from .listing import said
+from .listing import status_from
 
 #: Entries of the selected history sent to a frontend at first; more on request.
 WINDOW = 100
@@ -211,7 +211,7 @@ class Timeline:
         self, child: RunRow, last: CheckpointRow | None, steps: int, items: list[dict] | None
     ) -> dict:
         """A child run as a delegate row shows it: its name, status and (once) its checkpoints."""
-        status, text = said(child, last, self._live, steps)
+        status, text = status_from(child, last, self._live, steps)
         out: dict[str, Any] = {
             "agent": child.agent,
             "run": child.run_id,
@@ -283,7 +283,7 @@ class Timeline:
     def status(self, run_id: str) -> tuple[str, int]:
         """The run's effective status (stalled included) and its last checkpoint's number."""
         last = self._last.get(run_id)
-        status, _ = said(self.run(run_id), last, self._live, 0)
+        status, _ = status_from(self.run(run_id), last, self._live, 0)
         return status, -1 if last is None else last.step
 
     def steps(self, run_id: str) -> int:
@@ -300,7 +300,9 @@ class Timeline:
 
     def status_text(self, run_id: str) -> str:
         """The run's sentence: "done after 3 steps", "paused at the budget: …"."""
-        return said(self.run(run_id), self._last.get(run_id), self._live, self.steps(run_id))[1]
+        return status_from(
+            self.run(run_id), self._last.get(run_id), self._live, self.steps(run_id)
+        )[1]
 
     def tree(self) -> list[dict]:
         """Runs as branches: each fork right under its parent, indented one level deeper."""

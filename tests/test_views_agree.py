@@ -3,7 +3,8 @@ and the JupyterLab badge give one status sentence and one token figure for each 
 
 The runs are made by the real agent loop in a real kernel against the scripted model
 (finished, interrupted, paused at the budget, stuck, waiting for approval, a delegated
-child and its parent); the REST API is a real Jupyter Server with the extension on.
+child and its parent), on each store backend; the REST API is a real Jupyter Server
+with the extension on.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from traitlets.config import Config
 
 from jupyter_agent.testing import ScriptedServer
 
+from .conftest import BOTH_BACKENDS
 from .kernels import Kernel
 from .test_cli import cli
 from .test_server_api import Api
@@ -31,11 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def jp_server_config(store_path: Path) -> Config:
+def jp_server_config(store_spec: str) -> Config:
     return Config(
         {
             "ServerApp": {"jpserver_extensions": {"jupyter_agent": True}},
-            "AgentServer": {"store_path": str(store_path), "busy_timeout": 1.0},
+            "AgentServer": {"store_path": store_spec, "busy_timeout": 1.0},
         }
     )
 
@@ -129,6 +131,7 @@ def badge(agent: dict) -> str:
     return f"{agent['label']} · plan {agent['plan']['text']}" if agent["plan"] else agent["label"]
 
 
+@BOTH_BACKENDS
 def test_every_list_says_the_same_of_each_run(
     api: Api,
     jp_root_dir: Path,

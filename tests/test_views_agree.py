@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -169,3 +171,17 @@ def test_every_list_says_the_same_of_each_run(
         }  # fmt: skip
         assert len(set(said.values())) == 1, (name, said)
         assert listed[name]["status"] == agent["status"]
+
+
+def test_the_views_server_and_command_line_load_no_kernel() -> None:
+    """What lists and timelines show is read without a kernel, a widget library or IPython."""
+    code = (
+        "import sys\n"
+        "import jupyter_agent.cli, jupyter_agent.server\n"
+        "import jupyter_agent.views.listing, jupyter_agent.views.render, jupyter_agent.views.timeline\n"
+        "loaded = {m.split('.')[0] if not m.startswith('jupyter_agent') else m for m in sys.modules}\n"
+        "kernel = {m for m in loaded if m.startswith('jupyter_agent.kernel')}\n"
+        "assert not kernel | ({'IPython', 'ipywidgets', 'anywidget'} & loaded), loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

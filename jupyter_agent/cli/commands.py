@@ -84,11 +84,9 @@ def cmd_list(store: Store, args: argparse.Namespace) -> Any:
         print("No agents" + (f" in {args.notebook}." if args.notebook else " in the store."))
         return None
     rows = [("notebook", "agent", "status", "steps", "runs", "tokens", "last checkpoint")]
-    rows += [
-        (nb, a["name"], a["label"], str(a["steps"]), str(a["runs"]), listing.tokens(a),
-         listing.when(a))
-        for nb, a in agents
-    ]  # fmt: skip
+    for nb, a in agents:
+        steps, runs = str(a["steps"]), str(a["runs"])
+        rows.append((nb, a["name"], a["label"], steps, runs, listing.tokens(a), listing.when(a)))
     print(listing.table(rows))
     return None
 

@@ -494,7 +494,7 @@ import json as _bench_json, os as _bench_os, time as _bench_time
 import jupyter_agent.model.chat as _bench_model
 import jupyter_agent.kernel.runner as _bench_runner
 import jupyter_agent.store.duckdb.store as _bench_store
-import jupyter_agent.views.widget as _bench_widget
+import jupyter_agent.kernel.widget as _bench_widget
 _bench_log = open(_bench_os.environ["BENCH_EVENTS"], "a")
 def _bench_wrap(owner, name, label):
     original = getattr(owner, name, None)

@@ -86,7 +86,7 @@ import os as _kb_os, time as _kb_time, psutil as _kb_psutil, duckdb as _kb_duckd
 import jupyter_agent.loop.execution as _kb_agent, jupyter_agent.store.duckdb.journal as _kb_journal
 import jupyter_agent.model.chat as _kb_model, jupyter_agent.namespace.tracking as _kb_ns
 import jupyter_agent.views.render as _kb_render, jupyter_agent.core.state as _kb_state
-import jupyter_agent.tools.python as _kb_tools, jupyter_agent.views.widget as _kb_widget
+import jupyter_agent.tools.python as _kb_tools, jupyter_agent.kernel.widget as _kb_widget
 import jupyter_agent.core.context as _kb_context, jupyter_agent.kernel.runtime as _kb_runtime
 _kb = {"parts": {}, "step": [0], "rss": [], "model_at": [], "connects": []}
 _kb_proc = _kb_psutil.Process()

@@ -6,7 +6,7 @@ takes ``--turns`` python steps (a short sleep and a small variable each). The
 first kernel's first agent also creates ``big = bytearray(512 * 2**20)``, which
 the agent saves with its checkpoint. Meanwhile:
 
-* the REST API's reader (``server.queries.Reader.agents``, on a store opened with
+* the REST API's reader (``views.listing.Reader.agents``, on a store opened with
   the server's ``busy_timeout`` of 2 s, in a thread of this process) is polled
   every 0.1 s; a StoreBusy is what the REST API answers 503 "store busy" for;
 * a ninth kernel runs ``%agent list`` in a loop (0.1 s apart).
@@ -106,9 +106,9 @@ def measure(runs: int, turns: int, kernels_n: int = KERNELS) -> dict:
     """One measurement with the code on ``sys.path`` (the child process's PYTHONPATH)."""
     sys.path.append(str(ROOT))  # after PYTHONPATH: the code measured comes first
     from jupyter_agent.errors import NotFound, StoreBusy
-    from jupyter_agent.server.queries import Reader
     from jupyter_agent.store.duckdb.store import DuckDBStore
     from jupyter_agent.testing import ScriptedServer
+    from jupyter_agent.views.listing import Reader
     from tests.kernels import Kernel
 
     tmp = Path(tempfile.mkdtemp(prefix="store-load-"))

@@ -1,8 +1,9 @@
-"""The words users read: run statuses, checkpoint kinds, and what a step is.
+"""The words users read: run statuses, checkpoint kinds, what a step is, and names.
 
-One definition for the cell output, ``%agent list``, the timeline widget, the
-REST API and the JupyterLab badge, so they never disagree. Standard library
-only: the server extension and the widget import it without the agent loop.
+One definition for the cell output, ``%agent list``, ``jupyter agent``, the
+timeline widget, the REST API and the JupyterLab badge, so they never disagree:
+a run's status and its sentence come from :func:`status_and_text` alone. Standard
+library only: the server extension and the widget import it without the agent loop.
 
 A **step** is one model call together with the tool calls it asks for, so the
 steps a run has done are the ``model`` checkpoints of its history. A
@@ -12,28 +13,47 @@ steps a run has done are the ``model`` checkpoints of its history. A
 from __future__ import annotations
 
 import os
+import re
 import time
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
+
+#: An agent's ``--name``: what a cell accepts and what the REST API routes.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: The variable that names a kernel's notebook where its frontend does not.
+ENV_NOTEBOOK = "JUPYTER_AGENT_NOTEBOOK"
+
+
+_W = TypeVar("_W", bound="_Word")
+
+
+def _member(cls: type[_W], value: str, label: str, icon: str) -> _W:
+    """A :class:`_Word` member: the string stored, with its words."""
+    member = str.__new__(cls, value)
+    member._value_ = value
+    member._label = label  # type: ignore[attr-defined]
+    member._icon = icon  # type: ignore[attr-defined]
+    return member
 
 
 class _Word(str, Enum):
     """A stored string with the words users read for it."""
 
     def __new__(cls, value: str, label: str, icon: str = "") -> _Word:
-        member = str.__new__(cls, value)
-        member._value_ = value
-        member._label = label  # type: ignore[attr-defined]
-        member._icon = icon  # type: ignore[attr-defined]
-        return member
+        return _member(cls, value, label, icon)
 
     def __str__(self) -> str:
         return self.value
 
     def label(self) -> str:
         return self._label  # type: ignore[attr-defined]
+
+    @classmethod
+    def of(cls: type[_W], value: str) -> _W | None:
+        """The member stored as ``value``; None for a string of another release."""
+        return next((m for m in cls if m.value == value), None)
 
 
 class Status(_Word):
@@ -62,22 +82,31 @@ RESUMABLE = frozenset(set(Status) - {Status.DONE, Status.STALLED})
 
 
 class Kind(_Word):
-    """What a checkpoint records; :meth:`label` and :meth:`icon` name its timeline row."""
+    """What a checkpoint records; :meth:`label` and :meth:`icon` name its timeline row.
 
-    START = "start", "start", "▶"
-    FORK = "fork", "fork", "⋔"
-    RESUME = "resume", "resume", "↻"
-    MODEL = "model", "model", "◆"
-    TOOL_CALL = "tool_call", "tool call", "⚙"
-    TOOL_RESULT = "tool_result", "result", "↳"
-    APPROVAL = "approval", "approval", "‖"
-    INTERRUPTED = "interrupted", "interrupted", "■"
-    ERROR = "error", "error", "⚠"
-    LIMIT = "limit", "limit", "⊘"
+    A kind is written ``value, icon`` and reads as its value, or ``value, icon, label``.
+    """
+
+    def __new__(cls, value: str, icon: str, label: str = "") -> Kind:
+        return _member(cls, value, label or value, icon)
+
+    START = "start", "▶"
+    #: A fork's first checkpoint: its history so far is its parent's, up to the fork point.
+    FORK = "fork", "⋔"
+    RESUME = "resume", "↻"
+    #: A step: one model call, with the tool calls it asks for.
+    MODEL = "model", "◆"
+    TOOL_CALL = "tool_call", "⚙", "tool call"
+    TOOL_RESULT = "tool_result", "↳", "result"
+    APPROVAL = "approval", "‖"
+    #: Runs that ended without finishing; each is resumable.
+    INTERRUPTED = "interrupted", "■"
+    ERROR = "error", "⚠"
+    LIMIT = "limit", "⊘"
     #: The model's context was compacted.
-    COMPACTION = "compaction", "context compacted", "⇊"
-    BUDGET = "budget", "budget", "¤"
-    STUCK = "stuck", "stuck", "↺"
+    COMPACTION = "compaction", "⇊", "context compacted"
+    BUDGET = "budget", "¤"
+    STUCK = "stuck", "↺"
 
     def icon(self) -> str:
         return self._icon  # type: ignore[attr-defined]
@@ -112,9 +141,8 @@ def status_text(
     checkpoint (for a stalled run).
     """
     info = info or {}
-    try:
-        st = Status(status)
-    except ValueError:
+    st = Status.of(status)
+    if st is None:
         return str(status).replace("_", " ")
     at = f"at step {steps}" if steps > 0 else "before the first step"
     if st is Status.DONE:
@@ -185,7 +213,7 @@ def stall_after() -> float:
 
 
 def effective_status(
-    status: str, run_id: str, live: set[str], last_checkpoint_at: float | None = None
+    status: str, run_id: str, live: Collection[str], last_checkpoint_at: float | None = None
 ) -> str:
     """The status users see, from the last checkpoint's and the journal's.
 
@@ -203,6 +231,25 @@ def effective_status(
     ):
         return Status.STALLED
     return status
+
+
+def status_and_text(
+    stored: str | None,
+    run_id: str,
+    live: Collection[str],
+    *,
+    steps: int,
+    info: Mapping[str, Any] | None,
+    at: float,
+) -> tuple[str, str]:
+    """The status users see for a run, and its sentence: the one rule every view follows.
+
+    ``stored`` is the status of the run's last checkpoint (None: it has none yet),
+    ``info`` that checkpoint's info, ``at`` its time (the run's creation without
+    one), ``steps`` those of the run's history, ``live`` the runs a process executes.
+    """
+    status = effective_status(stored or Status.RUNNING, run_id, live, at)
+    return status, status_text(status, steps, info, idle=time.time() - at)
 
 
 # -- counting steps ----------------------------------------------------------------------

@@ -10,11 +10,16 @@ import stat
 import subprocess
 import sys
 import time
+import uuid
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
 
+from jupyter_agent.store.api import CheckpointRow, RunRow
+from jupyter_agent.store.duckdb.store import DuckDBStore
 from jupyter_agent.testing import ScriptedServer
 
 from .test_durable_kernel import counting_script, tool
@@ -241,3 +246,57 @@ def test_help_lists_every_command_and_the_exit_codes(agent_env, tmp_path):
     assert shown.returncode == 0
     for word in ("list", "show", "delete", "prune", "export", "store", "resume", "Exit codes"):
         assert word in shown.stdout
+
+
+class CountingStore:
+    """A store that counts the calls made on it, by verb."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.store, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+def add_agents(store: DuckDBStore, notebook: str, names: list[str]) -> None:
+    """Finished agents of one model call each, written row by row."""
+    for name in names:
+        run_id = uuid.uuid4().hex[:16]
+        writer = store.writer(run_id)
+        run = RunRow(run_id, notebook, name, None, "Task.", "h", "scripted", None, None, 1.0)
+        writer.put_run(run)
+        for step, (kind, status) in enumerate([("start", "running"), ("model", "done")]):
+            cp = CheckpointRow(run.run_id, step, kind, status, kind, 2.0 + step, 1.0, 10, 10)
+            writer.put_checkpoint(cp, b"{}")
+        writer.close()
+
+
+def test_list_reads_the_store_as_often_for_twenty_agents_as_for_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`jupyter agent list` reads the runs, their stats and the live runs once, whatever
+    the number of agents (it used to read the store again for each agent)."""
+    from jupyter_agent import cli
+
+    def calls_to_list(names: list[str]) -> Counter[str]:
+        store = DuckDBStore(tmp_path / f"{len(names)}" / "agents.duckdb")
+        add_agents(store, str(tmp_path / "nb.ipynb"), names)
+        counting = CountingStore(store)
+        monkeypatch.setattr(cli, "open_store", lambda *args, **kwargs: counting)
+        assert cli.main(["list", "--json"]) == 0
+        assert len(json.loads(capsys.readouterr().out)) == len(names)
+        return counting.calls
+
+    one = calls_to_list(["a0"])
+    twenty = calls_to_list([f"a{i}" for i in range(20)])
+    assert twenty == one
+    assert one["runs"] == one["run_stats"] == 1 and one["session"] == 1

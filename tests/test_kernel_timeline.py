@@ -58,7 +58,8 @@ def click(kernel: Kernel, model_id: str, **content: Any) -> None:
 def settle(kernel: Kernel) -> Execution:
     """Wait until what the clicks started has finished."""
     result = kernel.run(
-        "import jupyter_agent.views.widget as _w\nassert _w.wait_all(90)", timeout=120
+        "from jupyter_agent.kernel.runtime import current\nassert current().wait_all(90)",
+        timeout=120,
     )
     assert result.status == "ok", result.text
     return result

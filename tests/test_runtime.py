@@ -7,8 +7,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from jupyter_agent.kernel.runtime import current
 from jupyter_agent.store.duckdb.store import AgentBusy
-from jupyter_agent.views import widget
 
 
 def test_a_job_started_as_another_ends_is_never_dropped(tmp_path: Path) -> None:
@@ -37,19 +37,19 @@ def test_a_job_started_as_another_ends_is_never_dropped(tmp_path: Path) -> None:
             outermost = caller is not None and caller.f_code.co_name == "run"
             return try_next if outermost and "threading" in caller.f_code.co_filename else None
         with contextlib.suppress(AgentBusy):  # not free yet: try again at the next line
-            second.append(widget.start_job(key, blocked))
+            second.append(current().start_job(key, blocked))
         return try_next
 
     threading.settrace(try_next)
     try:
-        first = widget.start_job(key, quick)
+        first = current().start_job(key, quick)
         assert first.join(20)
     finally:
         threading.settrace(None)  # type: ignore[arg-type]
     assert second, "the second job never started"
     try:
-        assert widget.pause(key), "a running job was reported as not running"
-        assert not widget.wait_all(0.2), "wait_all returned while a job still runs"
+        assert current().pause(key), "a running job was reported as not running"
+        assert not current().wait_all(0.2), "wait_all returned while a job still runs"
     finally:
         release.set()
-    assert widget.wait_all(20)
+    assert current().wait_all(20)

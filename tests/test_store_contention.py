@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from jupyter_agent.server.queries import Reader
 from jupyter_agent.store.duckdb.store import CheckpointRow, RunRow, RunWriter, Store
+from jupyter_agent.views.listing import Reader
 
 from .conftest import eventually
 from .kernels import Kernel

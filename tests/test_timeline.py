@@ -21,12 +21,15 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.testing.globalipapp import start_ipython
 
 from jupyter_agent import vocab
-from jupyter_agent.kernel import runner
+from jupyter_agent.core import history
+from jupyter_agent.errors import StoreError
+from jupyter_agent.kernel import runner, widget
 from jupyter_agent.kernel.identity import AgentIdentity
+from jupyter_agent.kernel.runtime import current
 from jupyter_agent.loop.execution import RunOptions
 from jupyter_agent.store.duckdb.store import CheckpointRow, RunRow, Store
 from jupyter_agent.testing import ScriptedServer
-from jupyter_agent.views import render, widget
+from jupyter_agent.views import listing
 from jupyter_agent.views.timeline import WINDOW, Timeline
 
 AGENT = "demo"
@@ -70,7 +73,7 @@ def shell(
     for name in ("a", "b", "gen", "c"):
         sh.user_ns.pop(name, None)
     yield sh
-    assert widget.wait_all(30)
+    assert current().wait_all(30)
     for name in ("a", "b", "gen", "c"):
         sh.user_ns.pop(name, None)
 
@@ -340,7 +343,7 @@ def test_approve_continues_in_the_background(
     assert shell.user_ns["a"] == 1
     assert any(m["type"] == "log" and "a is 1" in m["text"] for m in rec.messages)
     w._on_message(w, {"type": "approve", "call_id": w.pending["call_id"]}, [])
-    assert widget.wait_all(30)
+    assert current().wait_all(30)
     assert w.summary["status"] == "done" and shell.user_ns["b"] == 2
     assert w.pending == {} and not w.summary["busy"]
     kinds = [e["kind"] for e in w.entries["items"]]
@@ -353,7 +356,7 @@ def test_reject_sends_the_note_to_the_model(
     w = timeline_widget
     run_agent(shell, "--approve")
     w._on_message(w, {"type": "reject", "call_id": w.pending["call_id"], "note": "no prints"}, [])
-    assert widget.wait_all(30)
+    assert current().wait_all(30)
     assert "a" not in shell.user_ns
     tool_msgs = [
         m
@@ -412,7 +415,7 @@ def test_fork_from_an_earlier_checkpoint(
     # Step 3 is a's result; the fork gets a new instruction there.
     scripted.set_script([*SCRIPT[:1], {"content": "OK.", **call("c = a * 10")}, SCRIPT[2]])
     w._on_message(w, {"type": "fork", "run": original, "step": 3, "instruction": "Set c."}, [])
-    assert widget.wait_all(30)
+    assert current().wait_all(30)
     assert w.notice["text"] == ""  # "Forking from step 3…" while it ran
     runs = store.runs()
     assert len(runs) == 2
@@ -495,7 +498,7 @@ def test_background_run_pauses_and_resumes(
     with pytest.raises(runner.AgentBusy):
         w.fork(w.run_id, 0)
     w._on_message(w, {"type": "pause"}, [])
-    assert widget.wait_all(30)
+    assert current().wait_all(30)
     assert w.summary["status"] == "interrupted" and not w.summary["busy"]
     (run,) = store.runs()
     last = store.checkpoints(run.run_id)[-1]
@@ -513,14 +516,14 @@ def test_background_executions_are_one_per_agent(tmp_path: Path) -> None:
     def work(events: Any, cancel: threading.Event) -> Any:
         release.wait(10)
 
-    job = widget.start_job(key, work)
+    job = current().start_job(key, work)
     with pytest.raises(runner.AgentBusy):
-        widget.start_job(key, work)
-    with pytest.raises(runner.AgentBusy), runner.claim(*key):
+        current().start_job(key, work)
+    with pytest.raises(runner.AgentBusy), current().claimed(key):
         pass
     release.set()
     assert job.join(10)
-    with runner.claim(*key):  # free again
+    with current().claimed(key):  # free again
         pass
 
 
@@ -555,6 +558,22 @@ def test_timeline_model_follows_forks(store: Store, tmp_path: Path) -> None:
     assert json.dumps(t.tree())  # plain JSON for the frontend
     # Steps are model calls of the history: the fork inherits the two before its fork point.
     assert [r["steps"] for r in t.tree()] == [3, 2]
+
+
+def test_a_missing_ancestor_ends_a_history_and_no_state_is_folded_from_it() -> None:
+    """One rule wherever a fork's history is walked: a deleted ancestor's segment stays
+    (nothing comes of it) and the walk ends there; folding a state from it is refused."""
+    rows = {
+        "b": RunRow("b", "nb", AGENT, None, "x", "h", "m", "a", 2, 2.0),  # "a" was deleted
+        "c": RunRow("c", "nb", AGENT, None, "x", "h", "m", "b", 5, 3.0),
+    }
+    assert history.segments(rows["c"], rows.get) == [("a", 2), ("b", 5), ("c", None)]
+    assert history.segments(rows["c"], rows.get, upto=7) == [("a", 2), ("b", 5), ("c", 7)]
+    with pytest.raises(StoreError, match="Run c was forked from run a, which was deleted."):
+        history.segments(rows["c"], rows.get, whole=True)
+    looped = {"d": RunRow("d", "nb", AGENT, None, "x", "h", "m", "e", 1, 1.0),
+              "e": RunRow("e", "nb", AGENT, None, "x", "h", "m", "d", 1, 1.0)}  # fmt: skip
+    assert history.segments(looped["d"], looped.get) == [("e", 1), ("d", None)]
 
 
 # -- what long runs add, and honest numbers ------------------------------------------------
@@ -652,7 +671,7 @@ def test_offline_tokens_are_marked_estimated(store: Store, tmp_path: Path) -> No
     t.load()
     assert t.summary()["estimated"] is True and t.summary()["text"] == "done after 1 step"
     # What %agent list shows, from the same metadata.
-    assert render.run_status(store, t.run("r1"), set()) == ("done", "done after 1 step", 1)
+    assert listing.run_status(store, t.run("r1"), set()) == ("done", "done after 1 step", 1)
 
 
 def test_a_quiet_live_run_is_stalled_in_the_widget(
@@ -666,7 +685,7 @@ def test_a_quiet_live_run_is_stalled_in_the_widget(
         assert w.summary["status"] == "stalled"
         assert w.summary["text"] == "stalled: no checkpoint for 17 min"
         assert w.runs[0]["status"] == "stalled"
-        status, text, steps = render.run_status(store, w.timeline.run("r1"), store.live_runs())
+        status, text, steps = listing.run_status(store, w.timeline.run("r1"), store.live_runs())
         assert (status, text, steps) == ("stalled", "stalled: no checkpoint for 17 min", 1)
         w.close()
     finally:

@@ -27,14 +27,12 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import IdentityError
+from ..vocab import ENV_NOTEBOOK, NAME_PATTERN
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-ENV_NOTEBOOK = "JUPYTER_AGENT_NOTEBOOK"
 FALLBACK_SOURCE = "working directory"
 #: Where a notebook found on disk came from; such a notebook may also give cell ids.
 FOUND_SOURCES = ("papermill's output path", "the notebook file holding this cell")

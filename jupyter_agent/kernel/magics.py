@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import time
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -28,6 +27,7 @@ from ..tools import mcp as mcp_tools
 from ..tools import user as user_tools
 from ..tools.python import TOOLS
 from ..tools.toolbox import check_approve
+from ..views.listing import Reader, agents_text
 from ..views.render import TextEvents, known_steps
 from ..vocab import plural
 from . import runner
@@ -417,7 +417,7 @@ class AgentMagics(Magics):
         """The cell's timeline widget (None outside a kernel, or with the timeline off)."""
         if not self.timeline or getattr(self.shell, "kernel", None) is None:
             return None
-        from ..views import widget  # only where a frontend can show it
+        from . import widget  # only where a frontend can show it
 
         return widget.display_timeline(
             store,
@@ -464,41 +464,11 @@ class AgentMagics(Magics):
     def _cmd_list(self, args: argparse.Namespace) -> None:
         # The REST API's reader: one short read, and while another kernel holds the
         # store, the last answer brought up to date from the journals (see .stale).
-        from ..server.queries import Reader
-
         store = self._store()
         if self._reader is None or self._reader.store is not store:
             self._reader = Reader(store)
         notebook = self._reader.last_good.notebook(notebook_path(self.shell.user_ns)[0])
-        agents, as_of = self._reader.agents_in_order(notebook)
-        if not agents:
-            print("No agents in this notebook yet.")
-            return
-        by_name = {a["name"]: a for a in agents}
-        rows = [("agent", "status", "steps", "plan", "runs", "tokens", "last checkpoint")]
-        for name, depth in _as_tree({a["name"]: a["parent_agent"] for a in agents}):
-            a = by_name[name]
-            when = (
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["updated_at"]))
-                if a["checkpoints"]
-                else "-"
-            )
-            rows.append(
-                (
-                    "  " * depth + name,  # a delegated agent under its parent
-                    a["label"],
-                    str(a["steps"]),
-                    a["plan"]["text"] if a["plan"] and a["plan"]["total"] else "-",
-                    str(a["runs"]),
-                    f"{a['tokens']:,}",
-                    when,
-                )
-            )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-        if as_of is not None:
-            print(f"(as of {as_of}: another kernel is writing the store)")
+        print(agents_text(*self._reader.agents_in_order(notebook)))
 
     def _cmd_show(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)
@@ -545,7 +515,7 @@ class AgentMagics(Magics):
 
     def _cmd_timeline(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)
-        from ..views import widget
+        from . import widget
 
         widget.display_timeline(
             self._store(),
@@ -602,23 +572,6 @@ def report(outcome: Outcome, identity: AgentIdentity, file: Any = None) -> None:
             f"Approve with %agent approve {identity.agent}, or reject with %agent reject {identity.agent} --note '...'.",
             file=file,
         )
-
-
-def _as_tree(parents: dict[str, str | None]) -> list[tuple[str, int]]:
-    """Agents in order, each child agent (``delegate``) right under its parent, one deeper."""
-    children: dict[str | None, list[str]] = {}
-    for agent, parent in parents.items():
-        children.setdefault(parent if parent in parents else None, []).append(agent)
-    out: list[tuple[str, int]] = []
-
-    def visit(parent: str | None, depth: int) -> None:
-        for agent in children.get(parent, []):
-            if all(agent != seen for seen, _ in out):
-                out.append((agent, depth))
-                visit(agent, depth + 1)
-
-    visit(None, 0)
-    return out
 
 
 def _at_least(proposal: Any, low: float, why: str) -> Any:

@@ -46,13 +46,6 @@ class Outcome:
     failed: dict[str, str]
 
 
-def claim(notebook: str, agent: str) -> contextlib.AbstractContextManager:
-    """Hold the agent's claim in this kernel's runtime while the block runs."""
-    from .runtime import current
-
-    return current().claimed((notebook, agent))
-
-
 def latest_run(store: Store, notebook: str, agent: str) -> RunRow | None:
     runs = store.runs(notebook=notebook, agent=agent)
     return runs[-1] if runs else None

@@ -33,12 +33,13 @@ from ..core.state import DONE, RUNNING, STALLED, Delta
 from ..errors import AgentError, Cancelled, IdentityError, UsageProblem
 from ..loop.execution import Events, RunOptions, chain
 from ..namespace.lock import NamespaceLock
-from ..store.api import open_store
-from ..store.duckdb.store import AgentBusy, CheckpointRow, RunRow, Store, default_store_path
+from ..store.api import Store, open_store
+from ..store.duckdb.store import AgentBusy, CheckpointRow, RunRow, default_store_path
 from ..tools.delegate import MAX_CHILDREN, MAX_DEPTH, Delegated, awaited_child
-from ..views import timeline
-from ..views.render import TextEvents, run_status
-from . import runner
+from ..views.listing import run_status
+from ..views.render import TextEvents
+from ..views.timeline import Timeline
+from . import actions, runner
 from .identity import AgentIdentity, validate_name
 from .runner import Outcome
 
@@ -353,7 +354,7 @@ class AgentRuntime:
 
     def fork(
         self,
-        source: timeline.Timeline,
+        source: Timeline,
         run_id: str,
         step: int,
         *,
@@ -363,9 +364,9 @@ class AgentRuntime:
         cancel: threading.Event | None = None,
     ) -> Outcome:
         """A new run from a checkpoint, from a view of its own (``source`` may change meanwhile)."""
-        view = timeline.Timeline(source.store, *source.key)
+        view = Timeline(source.store, *source.key)
         view.load(run_id)
-        return timeline.fork(
+        return actions.fork(
             view,
             self._shell(),
             run_id,
@@ -377,11 +378,11 @@ class AgentRuntime:
             cancel=cancel,
         )
 
-    def rewind(self, source: timeline.Timeline, run_id: str, step: int) -> timeline.Rewound:
+    def rewind(self, source: Timeline, run_id: str, step: int) -> actions.Rewound:
         """Put the namespace variables back as they were at a checkpoint."""
         with self.claimed(source.key):
             source.load()
-            return timeline.rewind(source, self._shell(), run_id, step)
+            return actions.rewind(source, self._shell(), run_id, step)
 
     # -- background jobs --------------------------------------------------------------
 

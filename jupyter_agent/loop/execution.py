@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .. import vocab
-from ..core import context
+from ..core import context, history
 from ..core import plan as plans
 from ..core.budget import Budget, cost_of, over_budget, price_of
 from ..core.plan import PLANNER_PROMPT, parse_items, progress
@@ -178,18 +178,11 @@ def new_run(
 
 
 def chain(store: Store, run: RunRow) -> list[tuple[str, int | None]]:
-    """The (run, up-to-step) segments whose checkpoints make up ``run``'s history."""
-    segments: list[tuple[str, int | None]] = [(run.run_id, None)]
-    current = run
-    while current.parent_run:
-        segments.insert(0, (current.parent_run, current.parent_step))
-        parent = store.run(current.parent_run)
-        if parent is None:
-            raise StoreError(
-                f"Run {run.run_id} was forked from run {current.parent_run}, which was deleted."
-            )
-        current = parent
-    return segments
+    """The (run, up-to-step) segments whose checkpoints make up ``run``'s history.
+
+    Whole, since a state is folded from it: a deleted ancestor raises StoreError.
+    """
+    return history.segments(run, store.run, whole=True)
 
 
 def load_state(store: Store, run: RunRow, *, full: bool = False) -> RunState:

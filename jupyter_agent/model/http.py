@@ -81,7 +81,7 @@ def warm_up() -> None:
 def _warm() -> None:
     with contextlib.suppress(Exception):  # a warm-up: the cell does it all anyway
         openai.DefaultHttpxClient(verify=ssl_context()).close()  # imports the transport
-        for module in ("openai.resources.chat.completions", "jupyter_agent.views.widget"):
+        for module in ("openai.resources.chat.completions", "jupyter_agent.kernel.widget"):
             importlib.import_module(module)
 
 

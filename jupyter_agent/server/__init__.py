@@ -3,9 +3,11 @@
 Enabled on install by ``jupyter-config/server-config/jupyter_agent.json``. It
 reads checkpoint *metadata* from the same store the kernels write, through
 the store interface (:mod:`jupyter_agent.store.api`), and never deserializes a
-variable's value. DuckDB work runs
-on one worker thread. While a kernel holds the store, the agents of a notebook
-are the last answer brought up to date from the journals (see
+variable's value. What it answers are the rows ``%agent list`` and ``jupyter
+agent list`` show too (:mod:`jupyter_agent.views.listing`); the handlers only
+check parameters and turn those rows into JSON. DuckDB work runs on one worker
+thread. While a kernel holds the store, the agents of a notebook are the last
+answer brought up to date from the journals (see
 :mod:`jupyter_agent.store.duckdb.stale`) after a short wait; other requests wait up to
 ``busy_timeout`` and answer 503 if it stays busy. The server never holds the
 store long enough to make a kernel wait.
@@ -31,8 +33,8 @@ from traitlets.config import LoggingConfigurable
 from .. import __version__
 from ..errors import StoreBusy, StoreError
 from ..store.api import open_store
+from ..views.listing import Reader
 from .handlers import handlers
-from .queries import Reader
 
 CONTENTS_EVENTS = "https://events.jupyter.org/jupyter_server/contents_service/v1"
 

@@ -15,8 +15,8 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from ..kernel.identity import NAME_PATTERN
-from .queries import Conflict, NotFound
+from ..errors import Conflict, NotFound
+from ..vocab import NAME_PATTERN
 
 if TYPE_CHECKING:
     from . import AgentServer
@@ -54,14 +54,16 @@ class BaseHandler(APIHandler):
         except ValueError as exc:
             raise web.HTTPError(400, str(exc)) from None
 
-    def agent_name(self, name: str) -> str:
+    def agent_params(self, name: str) -> tuple[str, str, str]:
+        """The notebook (relative and absolute, see :meth:`notebook_param`) and the agent name."""
+        rel, path = self.notebook_param()
         if not valid_agent_name(name):
             raise web.HTTPError(
                 400,
                 f"Invalid agent name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
                 "starting with a letter or digit.",
             )
-        return name
+        return rel, path, name
 
     def run_id(self, run_id: str) -> str:
         if not RUN_ID_PATTERN.match(run_id):
@@ -121,20 +123,18 @@ class AgentHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
-        rel, path = self.notebook_param()
-        agent = await self.call(self.agents.reader.agent, path, self.agent_name(name))
-        self.reply({"notebook": rel, **agent})
+        rel, path, name = self.agent_params(name)
+        self.reply({"notebook": rel, **await self.call(self.agents.reader.agent, path, name)})
 
     @web.authenticated
     @authorized
     async def delete(self, name: str) -> None:
-        rel, path = self.notebook_param()
+        rel, path, name = self.agent_params(name)
         keep = self.get_query_argument("keep", "")
         if keep not in ("", "latest"):
             raise web.HTTPError(400, "The 'keep' parameter can only be 'latest'.")
-        deleted = await self.call(
-            self.agents.reader.delete_agent, path, self.agent_name(name), keep_latest=bool(keep)
-        )
+        reader = self.agents.reader
+        deleted = await self.call(reader.delete_agent, path, name, keep_latest=bool(keep))
         self.reply({"notebook": rel, "name": name, "deleted": deleted})
 
 
@@ -144,8 +144,8 @@ class AgentRunsHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
-        rel, path = self.notebook_param()
-        runs = await self.call(self.agents.reader.runs, path, self.agent_name(name))
+        rel, path, name = self.agent_params(name)
+        runs = await self.call(self.agents.reader.runs, path, name)
         self.reply({"notebook": rel, "name": name, "runs": runs})
 
 

@@ -31,6 +31,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from typing import Protocol, runtime_checkable
 
+from ..core import history
+
 #: How many checkpoints of an agent's latest run a summary includes by default.
 TIMELINE_LIMIT = 200
 #: The payload encodings a checkpoint row can be tagged with. Only "json" is
@@ -372,14 +374,7 @@ class Store(Protocol):
 
 def history_chain(run: RunRow, parent_of: dict[str, RunRow]) -> list[tuple[str, int | None]]:
     """The ``(run, up-to-step)`` segments of ``run``'s history, from rows already read."""
-    segments: list[tuple[str, int | None]] = [(run.run_id, None)]
-    current: RunRow | None = run
-    seen = {run.run_id}
-    while current is not None and current.parent_run and current.parent_run not in seen:
-        segments.insert(0, (current.parent_run, current.parent_step))
-        seen.add(current.parent_run)
-        current = parent_of.get(current.parent_run)
-    return segments
+    return history.segments(run, parent_of.get)
 
 
 def delete_agent_runs(

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from ..core.state import RunState
 from ..errors import ReadAgentError
 from ..store.api import RunRow, Store
-from ..views.render import run_status
+from ..views.listing import run_status
 
 READ_AGENT_TOOL = {
     "type": "function",

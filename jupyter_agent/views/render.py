@@ -9,57 +9,13 @@ from __future__ import annotations
 
 import sys
 import textwrap
-import time
 from typing import TextIO
 
 from .. import vocab
 from ..core.state import AWAITING_APPROVAL, DONE, Delta
 from ..store.api import CheckpointRow, RunRow, Store
-from ..vocab import RESUMABLE, Status, effective_status
-
-#: Kept for code that reads it: each status in a few words (see :mod:`vocab`).
-STATUS_TEXT = {s: s.label() for s in Status}
-
-
-def status_text(
-    status: str, steps: int, info: dict | None = None, *, idle: float | None = None
-) -> str:
-    """A run's status as users read it: "done after 3 steps", "interrupted at step 3".
-
-    ``steps`` counts model calls (see :func:`jupyter_agent.vocab.status_text`).
-    """
-    return vocab.status_text(status, steps, info, idle=idle)
-
-
-def run_status(
-    store: Store, run: RunRow, live: set[str], last: CheckpointRow | None = None
-) -> tuple[str, str, int]:
-    """A run's effective status (stalled included), its sentence, and its steps.
-
-    ``last`` is the run's last checkpoint if the caller has it already (from
-    :meth:`Store.latest_checkpoints`); metadata only, no payload is read.
-    """
-    if last is None:
-        last = store.latest_checkpoints([run.run_id]).get(run.run_id)
-    if last is None:
-        return Status.RUNNING, Status.RUNNING.label(), 0
-    status = effective_status(last.status, run.run_id, live, last.created_at)
-    steps = history_steps(store, run)
-    idle = time.time() - last.created_at
-    return status, status_text(status, steps, last.info, idle=idle), steps
-
-
-def history_steps(store: Store, run: RunRow, below: int | None = None) -> int:
-    """The steps of ``run``'s history (its parents' up to each fork point included).
-
-    With ``below``, only those before the run's own checkpoint ``below``.
-    """
-    segments: list[tuple[str, int | None]] = [(run.run_id, None if below is None else below - 1)]
-    current: RunRow | None = run
-    while current is not None and current.parent_run:
-        segments.insert(0, (current.parent_run, current.parent_step))
-        current = store.run(current.parent_run)
-    return vocab.history_steps(segments, store.model_steps([r for r, _ in segments]))
+from ..vocab import RESUMABLE, Status, status_text
+from .listing import history_steps
 
 
 def known_steps(store: Store, notebook: str, agent: str) -> dict[str, tuple[int, int]]:
@@ -99,11 +55,11 @@ class TextEvents:
     def _count(self, run: RunRow, row: CheckpointRow) -> int | None:
         """Steps of the run's history up to ``row``; None when that cannot be known."""
         if run.run_id not in self._steps:
-            last, steps = self.known.get(run.run_id, (None, 0))
+            last, known = self.known.get(run.run_id, (None, 0))
             if row.kind == "start" and not run.parent_run:
                 self._steps[run.run_id] = 0
             elif last is not None and last == row.step - 1:
-                self._steps[run.run_id] = steps
+                self._steps[run.run_id] = known
             elif self.store is not None:
                 self._steps[run.run_id] = history_steps(self.store, run, below=row.step)
             else:
@@ -176,12 +132,12 @@ class TextEvents:
             self._line(f"↻ resuming after {after} (checkpoint {row.info.get('from_step')})")
         elif row.kind == "compaction":
             self._line(f"  · {vocab.checkpoint_text(row.kind, row.info)}")
+        paused = Status.of(row.status)
         if row.status == DONE:
             self._line(f"■ {status_text(DONE, steps or 0)}")
-        elif row.status in RESUMABLE and row.status not in (Status.RUNNING, AWAITING_APPROVAL):
-            text = status_text(row.status, steps or 0, row.info)
-            if steps is None:  # the count is unknown: say only what happened
-                text = Status(row.status).label()
+        elif paused is not None and paused in RESUMABLE - {Status.RUNNING, AWAITING_APPROVAL}:
+            # With the count unknown, say only what happened.
+            text = paused.label() if steps is None else status_text(paused, steps, row.info)
             detail = (
                 f": {row.summary}"
                 if row.summary and row.kind not in ("limit", "budget", "stuck")

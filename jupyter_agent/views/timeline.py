@@ -8,35 +8,27 @@ of a long history only the latest entries are read (a window; earlier ones when 
 view asks for them), its totals come from the store, and a checkpoint's messages
 are decoded only when it is opened (:func:`detail`).
 
-This module knows nothing about widgets: :mod:`jupyter_agent.views.widget` renders a
-:class:`Timeline` and calls the actions here.
+This module only reads, and knows nothing about widgets: the kernel's widget
+(:mod:`jupyter_agent.kernel.widget`) renders a :class:`Timeline`, and what its
+buttons change (a fork, a rewind) is :mod:`jupyter_agent.kernel.actions`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import vocab
-from ..core.state import AWAITING_APPROVAL, RUNNING, RunState, decode_delta, fold
+from ..core.history import Segments
+from ..core.history import segments as history_of
+from ..core.state import AWAITING_APPROVAL, RunState, decode_delta
 from ..errors import NotFound
-from ..kernel.identity import AgentIdentity
-from ..kernel.runner import (
-    AgentBusy,
-    Outcome,
-    approve_policy,
-    make_execution,
-    run_options,
-    settings_at,
-)
-from ..loop.execution import Events, chain, effective_status, load_state, new_run
 from ..model.base import OFFLINE_MODEL
-from ..namespace.tracking import restore
 from ..store.api import CheckpointRow, RunRow, Store
 from ..tools.delegate import awaited_child
+from .listing import status_from
 
 #: Entries of the selected history sent to a frontend at first; more on request.
 WINDOW = 100
@@ -219,25 +211,22 @@ class Timeline:
         self, child: RunRow, last: CheckpointRow | None, steps: int, items: list[dict] | None
     ) -> dict:
         """A child run as a delegate row shows it: its name, status and (once) its checkpoints."""
-        status = (
-            RUNNING
-            if last is None
-            else effective_status(last.status, child.run_id, self._live, last.created_at)
-        )
-        idle = time.time() - last.created_at if last is not None else None
-        text = vocab.status_text(status, steps, last.info if last else None, idle=idle)
-        out = {"agent": child.agent, "run": child.run_id, "status": status, "text": text}
+        status, text = status_from(child, last, self._live, steps)
+        out: dict[str, Any] = {
+            "agent": child.agent,
+            "run": child.run_id,
+            "status": status,
+            "text": text,
+        }
         if items is not None:
             out["items"] = items
         return out
 
-    def segments(self, run: RunRow) -> list[tuple[str, int | None]]:
-        """Like :func:`jupyter_agent.loop.execution.chain`, from the runs already loaded."""
-        out: list[tuple[str, int | None]] = [(run.run_id, None)]
-        while run.parent_run:
-            out.insert(0, (run.parent_run, run.parent_step))
-            run = self.run(run.parent_run)
-        return out
+    def segments(self, run: RunRow, *, whole: bool = False) -> Segments:
+        """The run's history (:func:`jupyter_agent.core.history.segments`), from the runs
+        already loaded; ``whole`` where a state is folded from it."""
+        loaded = {r.run_id: r for r in self.runs}
+        return history_of(run, loaded.get, whole=whole)
 
     # -- following a live execution --------------------------------------------------
 
@@ -294,9 +283,8 @@ class Timeline:
     def status(self, run_id: str) -> tuple[str, int]:
         """The run's effective status (stalled included) and its last checkpoint's number."""
         last = self._last.get(run_id)
-        if last is None:
-            return RUNNING, -1
-        return effective_status(last.status, run_id, self._live, last.created_at), last.step
+        status, _ = status_from(self.run(run_id), last, self._live, 0)
+        return status, -1 if last is None else last.step
 
     def steps(self, run_id: str) -> int:
         """Model calls in the run's history, its parents' up to each fork point included."""
@@ -311,10 +299,10 @@ class Timeline:
                 for r in self.runs if r.run_id in self._last}  # fmt: skip
 
     def status_text(self, run_id: str) -> str:
-        status, _ = self.status(run_id)
-        last = self._last.get(run_id)
-        idle = time.time() - last.created_at if last is not None else None
-        return vocab.status_text(status, self.steps(run_id), last.info if last else None, idle=idle)
+        """The run's sentence: "done after 3 steps", "paused at the budget: …"."""
+        return status_from(
+            self.run(run_id), self._last.get(run_id), self._live, self.steps(run_id)
+        )[1]
 
     def tree(self) -> list[dict]:
         """Runs as branches: each fork right under its parent, indented one level deeper."""
@@ -420,7 +408,10 @@ def detail(timeline: Timeline, run_id: str, step: int) -> dict:
     """Everything about one checkpoint: its messages, tool call and result, variables."""
     child = timeline.children.get(run_id)  # a delegated child's checkpoint, opened here
     run = child or timeline.run(run_id)
-    segments = chain(timeline.store, run) if child else timeline.segments(run)
+    if child:
+        segments = history_of(run, timeline.store.run, whole=True)
+    else:
+        segments = timeline.segments(run, whole=True)
     segments[-1] = (run_id, step)
     state = RunState()
     found: tuple[CheckpointRow, Any] | None = None
@@ -487,123 +478,6 @@ def _message(msg: dict) -> dict:
     if msg.get("tool_call_id"):
         out["tool_call_id"] = msg["tool_call_id"]
     return out
-
-
-# -- actions -------------------------------------------------------------------------------
-
-
-@dataclass
-class Rewound:
-    """What rewinding the namespace did."""
-
-    step: int
-    restored: list[str]
-    removed: list[str]
-    failed: dict[str, str]
-    unsaved: dict[str, str]
-
-    def message(self) -> str:
-        parts = [f"Namespace rewound to step {self.step}"]
-        if self.restored:
-            parts.append("restored " + ", ".join(self.restored))
-        if self.removed:
-            parts.append("removed " + ", ".join(self.removed))
-        if not self.restored and not self.removed:
-            parts.append("no agent variables to change")
-        text = "; ".join(parts) + "."
-        for name, why in {**self.unsaved, **self.failed}.items():
-            text += f" {name}: {why} (left as it is)."
-        return text
-
-
-def ensure_idle(timeline: Timeline) -> None:
-    """Refuse to act while any run of the agent executes in another process."""
-    live = timeline.store.live_runs() & {r.run_id for r in timeline.runs}
-    if live:
-        raise AgentBusy(
-            f"Agent {timeline.agent!r} is running in another kernel; wait for it or stop it there."
-        )
-
-
-def state_at(timeline: Timeline, run: RunRow, step: int) -> RunState:
-    """The run's state folded up to and including ``step``."""
-    segments = [*timeline.segments(run)[:-1], (run.run_id, step)]
-    state = fold(timeline.store.payloads(segments))
-    if state.step != step:
-        raise NotFound(f"Run {run.run_id} has no checkpoint at step {step}.")
-    return state
-
-
-def rewind(timeline: Timeline, shell: Any, run_id: str, step: int) -> Rewound:
-    """Put the agent's variables back as they were at a checkpoint.
-
-    Variables the agent set later (in this run or the agent's latest run) and
-    that did not exist yet at that step are removed; values that could not be
-    saved are left as they are.
-    """
-    ensure_idle(timeline)
-    run = timeline.run(run_id)
-    target = state_at(timeline, run, step)
-    later: set[str] = set(load_state(timeline.store, run).vars)
-    latest = timeline.latest
-    if latest is not None and latest.run_id != run.run_id:
-        later |= set(load_state(timeline.store, latest).vars)
-    return _rewind_to(timeline.store, shell, target, later)
-
-
-def _rewind_to(store: Store, shell: Any, target: RunState, later: set[str]) -> Rewound:
-    ns = shell.user_ns
-    removed = sorted(n for n in later - set(target.vars) if n in ns and n not in target.unsaved)
-    for name in removed:
-        del ns[name]
-    restored, failed = restore(ns, target.vars, store.blobs)
-    return Rewound(target.step, restored, removed, failed, dict(target.unsaved))
-
-
-def fork(
-    timeline: Timeline,
-    shell: Any,
-    run_id: str,
-    step: int,
-    *,
-    instruction: str = "",
-    options: Any,
-    events: Events,
-    endpoint_args: dict | None = None,
-    cancel: Any = None,
-) -> Outcome:
-    """Start a new run from a checkpoint and execute it; the original run stays as it was.
-
-    The fork continues from that checkpoint's state, so the namespace is first
-    rewound to it, with the model and approval policy in effect there
-    (``options`` may add approvals, as for any continuation). It keeps the
-    run's prompt, so it becomes what re-running the agent's cell continues.
-    """
-    with timeline.store.agent_lock(*timeline.key):
-        ensure_idle(timeline)
-        source = timeline.run(run_id)
-        identity = AgentIdentity(source.notebook, source.agent, source.cell_id, "store")
-        # What the run ran with at that checkpoint: a re-run may have changed them.
-        settings = settings_at(timeline.store, source, step)
-        options = run_options(source, options, settings["approve"])
-        run = new_run(
-            identity,
-            source.prompt,
-            settings["model"],
-            parent=(source.run_id, step),
-            info={"approve": approve_policy(options), "instruction": instruction.strip()},
-        )
-        state = state_at(timeline, source, step)
-        execution = make_execution(
-            timeline.store, shell, run, state, run.model, options, events, endpoint_args, cancel
-        )
-        later = set(load_state(timeline.store, source).vars)
-        if timeline.latest is not None:
-            later |= set(load_state(timeline.store, timeline.latest).vars)
-        rewound = _rewind_to(timeline.store, shell, state, later)
-        events.info(rewound.message())
-        execution.execute(first=True)
-        return Outcome(run, execution.state, "fork", rewound.restored, rewound.failed)
 
 
 def notebook_name(path: str) -> str:

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from jupyter_agent.errors import Conflict, NotFound
-from jupyter_agent.server.queries import Reader
 from jupyter_agent.store.duckdb import blobfiles
 from jupyter_agent.store.duckdb.store import (
     AgentBusy,
@@ -29,6 +28,7 @@ from jupyter_agent.store.duckdb.store import (
     StoreError,
     StoreWarning,
 )
+from jupyter_agent.views.listing import Reader
 
 from ..conftest import eventually
 

@@ -353,7 +353,7 @@ INTROS = {
     "concurrency": (
         "Readers poll every 5 ms: the store API (`runs`, `latest_checkpoints`, "
         "`checkpoints`, `live_runs`) and the REST API's query layer "
-        "(`jupyter_agent.server.queries.Reader`, which the HTTP handlers call). A reader "
+        "(`jupyter_agent.views.listing.Reader`, which the HTTP handlers call). A reader "
         "that sees a step must see it forever after; every read must succeed. Two "
         "processes racing for one agent (new runs and resumes, released by a barrier) must "
         "never both execute it: one writer per agent, counted as duplicated.\n"

@@ -2,7 +2,7 @@
 
 The readers are the store API (``runs``, ``latest_checkpoints``,
 ``checkpoints``, ``live_runs``) and the REST API's query layer
-(``jupyter_agent.server.queries.Reader``, what the HTTP handlers call), polling
+(``jupyter_agent.views.listing.Reader``, what the HTTP handlers call), polling
 every 5 ms. Meanwhile another process grabs the DuckDB file and holds
 it for a while. No lock error may reach a cell or a reader, no checkpoint a
 reader has seen may disappear, and every agent's history must come out intact.
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_agent.server.queries import Reader
 from jupyter_agent.store.api import open_store
 from jupyter_agent.store.duckdb.store import Store
 from jupyter_agent.testing import ScriptedServer
+from jupyter_agent.views.listing import Reader
 
 from ..pg import PgServer, pg_server  # noqa: F401  (fixture)
 from .harness import (

@@ -15,8 +15,8 @@ import pytest
 from jupyter_agent.errors import StateVersionError
 from jupyter_agent.loop.execution import load_state
 from jupyter_agent.namespace.tracking import restore
-from jupyter_agent.server.queries import Reader
 from jupyter_agent.store.duckdb.store import CheckpointRow, RunRow, Store, StoreError
+from jupyter_agent.views.listing import Reader
 
 from .harness import API_KEY, AgentEnv, raw_store_bytes, record
 

@@ -22,18 +22,19 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import anywidget
 from traitlets import Dict, List, Unicode
 
 from .. import vocab
 from ..errors import AgentError, NotWaiting
-from ..kernel.runner import Outcome
-from ..kernel.runtime import AgentRuntime, Job, Key, current
 from ..loop.execution import Events, RunOptions
 from ..store.api import CheckpointRow, RunRow, Store
-from .timeline import WINDOW, Rewound, Timeline, detail, notebook_name
+from ..views.timeline import WINDOW, Timeline, detail, notebook_name
+from .actions import Rewound
+from .runner import Outcome
+from .runtime import AgentRuntime, Job, Key, current
 
 STATIC = Path(__file__).parent / "static"
 #: The text/plain of the widget: shown only where the widget is not (no widget
@@ -53,7 +54,7 @@ class TimelineWidget(anywidget.AnyWidget):
 
     uid = Unicode("").tag(sync=True)  # lets every view of one model share its entries
     header = Dict().tag(sync=True)  # agent, notebook
-    runs = List().tag(sync=True)  # the agent's runs as a tree (see Timeline.tree)
+    runs: List[dict] = List().tag(sync=True)  # the agent's runs as a tree (see Timeline.tree)
     run_id = Unicode("").tag(sync=True)  # the run whose history is shown
     entries = Dict().tag(sync=True)  # {run, first, items}: the latest entries of that history
     summary = Dict().tag(sync=True)  # status, step, tokens, size, busy …
@@ -378,24 +379,3 @@ def display_timeline(
 
 _CELL_WIDGETS: dict[Key, TimelineWidget] = {}  # the timeline each agent's cell shows
 _cell_lock = threading.Lock()
-
-
-# -- kept for code that calls them here: the runtime does the work ---------------------
-
-
-def start_job(
-    key: Key,
-    work: Callable[[Events, threading.Event], Outcome],
-    *,
-    done: Callable[[Outcome, TextIO], None] | None = None,
-    store: Store | None = None,
-) -> Job:
-    return current().start_job(key, work, done=done, store=store)
-
-
-def pause(key: Key) -> bool:
-    return current().pause(key)
-
-
-def wait_all(timeout: float = 60.0) -> bool:
-    return current().wait_all(timeout)

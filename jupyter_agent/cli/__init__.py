@@ -1,0 +1,129 @@
+"""``jupyter agent``: the agents of a store, from a terminal (see docs/cli.md).
+
+Every command but ``export`` reads metadata only and never unpickles anything;
+``export`` decodes transcripts the way the kernel does, after
+:meth:`Store.check_trusted`, and redacts secrets. The store may be in use by
+running kernels meanwhile: it waits while another process holds it.
+
+Exit codes: 0 ok, 1 not found or refused, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import AgentError
+from ..store.api import open_store
+from .commands import (
+    Partial,
+    Refused,
+    cmd_delete,
+    cmd_list,
+    cmd_prune,
+    cmd_show,
+    cmd_store_info,
+)
+from .export import cmd_export
+from .resume import cmd_resume
+
+OK, REFUSED, USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--store",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help="the store (default: $JUPYTER_AGENT_STORE or the Jupyter data dir, as in kernels)",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+    parser = argparse.ArgumentParser(
+        prog="jupyter agent",
+        parents=[common],
+        description="The durable agents of a jupyter-agent store.",
+        epilog="Exit codes: 0 ok, 1 not found or refused, 2 usage error.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[..., Any], text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=text, description=text)
+        p.set_defaults(fn=fn)
+        return p
+
+    def agent_name(p: argparse.ArgumentParser) -> None:
+        p.add_argument("name", help="agent name, or a unique prefix")
+        p.add_argument("--notebook", help="the agent's notebook, where names repeat")
+
+    p = add("list", cmd_list, "agents: notebook, status, steps, runs, tokens, last checkpoint")
+    p.add_argument("notebook", nargs="?", help="only this notebook's agents")
+    agent_name(add("show", cmd_show, "the checkpoints of an agent's latest run"))
+    p = add("delete", cmd_delete, "delete an agent and all its runs")
+    agent_name(p)
+    p.add_argument("--yes", action="store_true", help="do not ask")
+    p = add("prune", cmd_prune, "delete all but each agent's latest run (and what it forked from)")
+    p.add_argument("--keep-latest", action="store_true", required=True, help="the policy")
+    p.add_argument("--notebook", help="only this notebook's agents")
+    p.add_argument("--yes", action="store_true", help="do not ask")
+    p = add("export", cmd_export, "an agent's transcript and checkpoints, secrets redacted")
+    agent_name(p)
+    p.add_argument("--format", choices=["json", "md"], default="md")
+    p.add_argument("-o", "--output", help="write to this file instead of standard output")
+    p = add("store", cmd_store_info, "about the store")
+    p.add_argument("what", choices=["info"], help="info: path, schema, size, runs, checkpoints")
+    p = add(
+        "resume",
+        cmd_resume,
+        "run a notebook headless, so its interrupted agents continue; outputs are written back",
+    )
+    p.add_argument("notebook", help="the .ipynb file")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per cell (default: none)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)  # exits 2 on a usage error
+    args.json = getattr(args, "json", False)
+    path = getattr(args, "store", None)
+    if path and "://" not in path:
+        path = os.path.abspath(os.path.expanduser(path))
+    try:
+        store = open_store(path or None)
+    except AgentError as exc:
+        print(f"jupyter agent: {exc}", file=sys.stderr)
+        return REFUSED
+    try:
+        result = args.fn(store, args)
+    except Partial as partial:
+        if args.json:
+            print(json.dumps(partial.result, indent=2, default=str))
+        return REFUSED
+    except (Refused, AgentError) as exc:
+        if args.json:
+            print(json.dumps({"error": str(exc)}))
+        print(f"jupyter agent: {exc}", file=sys.stderr)
+        return REFUSED
+    except KeyboardInterrupt:
+        print("jupyter agent: interrupted.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. piped into `head`
+        return _closed_stdout()
+    if args.json and result is not None:
+        try:
+            print(json.dumps(result, indent=2, default=str))
+        except BrokenPipeError:
+            return _closed_stdout()
+    return OK
+
+
+def _closed_stdout() -> int:
+    # Python would complain about the broken pipe again when flushing at exit.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return OK

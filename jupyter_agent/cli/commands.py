@@ -1,0 +1,228 @@
+"""The commands that read and delete: ``list``, ``show``, ``delete``, ``prune``, ``store info``.
+
+They read checkpoint metadata only and never unpickle anything. Agents and runs
+are worded by :mod:`jupyter_agent.views.listing`, as in ``%agent list`` and the
+REST API, so a status reads the same in a terminal as in JupyterLab.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from ..errors import Conflict, NotFound
+from ..store.api import CHECKPOINT_COLUMNS, CheckpointRow, RunRow, RunSummary, Store
+from ..views import listing
+
+
+class Refused(Exception):
+    """Not found, or not allowed: exit code 1 with this message."""
+
+
+class Partial(Exception):
+    """Done in part: print the result, exit 1."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+
+
+# -- finding agents -----------------------------------------------------------------------
+
+
+def notebook_arg(path: str | None) -> str | None:
+    """A notebook given on the command line, as kernels store it (absolute)."""
+    return os.path.abspath(os.path.expanduser(path)) if path else None
+
+
+def agents_of(store: Store, notebook: str | None) -> dict[tuple[str, str], list[RunRow]]:
+    """Runs by (notebook, agent), oldest first (reading must not create a store)."""
+    return listing.by_agent(store.runs(notebook=notebook) if store.exists() else [])
+
+
+def find(store: Store, name: str, notebook: str | None) -> tuple[str, str, list[RunRow]]:
+    """The agent called ``name`` (or a unique prefix), in ``notebook`` or in any."""
+    agents = agents_of(store, notebook)
+    exact = [k for k in agents if k[1] == name]
+    matches = exact or [k for k in agents if k[1].startswith(name)]
+    where = f"in {notebook}" if notebook else "in the store"
+    if not matches:
+        raise Refused(f"No agent {name!r} {where}. `jupyter agent list` shows the agents.")
+    if len(matches) > 1:
+        listed = ", ".join(f"{a} ({nb})" for nb, a in matches[:5])
+        raise Refused(f"{name!r} is ambiguous {where}: {listed}. Give --notebook or a full name.")
+    key = matches[0]
+    return key[0], key[1], agents[key]
+
+
+def latest_row(store: Store, run: RunRow) -> dict[str, Any]:
+    """The listing row of one run: its status, sentence, steps and tokens."""
+    with store.session():
+        stats = store.run_stats([run.run_id]).get(run.run_id)
+        live = run.run_id in store.live_runs()
+    return listing.run_row(RunSummary(run, stats, live))
+
+
+def checkpoint_dict(cp: CheckpointRow) -> dict[str, Any]:
+    """A checkpoint's metadata; its sequence number is called ``checkpoint``."""
+    return {
+        ("checkpoint" if c == "step" else c): getattr(cp, c)
+        for c in CHECKPOINT_COLUMNS
+        if c != "run_id"
+    }
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def cmd_list(store: Store, args: argparse.Namespace) -> Any:
+    agents = listing.store_agents(store, notebook_arg(args.notebook))
+    if args.json:
+        return [_listed(notebook, row) for notebook, row in agents]
+    if not agents:
+        print("No agents" + (f" in {args.notebook}." if args.notebook else " in the store."))
+        return None
+    rows = [("notebook", "agent", "status", "steps", "runs", "tokens", "last checkpoint")]
+    for nb, a in agents:
+        steps, runs = str(a["steps"]), str(a["runs"])
+        rows.append((nb, a["name"], a["label"], steps, runs, listing.tokens(a), listing.when(a)))
+    print(listing.table(rows))
+    return None
+
+
+def _listed(notebook: str, row: dict[str, Any]) -> dict[str, Any]:
+    """An agent as ``list --json`` gives it."""
+    checkpointed = row["checkpoints"] > 0
+    return {
+        "notebook": notebook,
+        "agent": row["name"],
+        "status": row["status"],
+        "label": row["label"],
+        "steps": row["steps"],
+        "runs": row["runs"],
+        "run_id": row["run_id"],
+        "last_checkpoint": row["step"] if checkpointed else None,
+        "last_checkpoint_at": row["updated_at"] if checkpointed else None,
+        **{k: row[k] for k in ("tokens", "prompt_tokens", "completion_tokens")},
+    }
+
+
+def cmd_show(store: Store, args: argparse.Namespace) -> Any:
+    notebook, agent, runs = find(store, args.name, notebook_arg(args.notebook))
+    run = runs[-1]
+    checkpoints = store.checkpoints(run.run_id)
+    row = latest_row(store, run)
+    if args.json:
+        return {
+            "notebook": notebook,
+            "agent": agent,
+            "run_id": run.run_id,
+            "model": run.model,
+            "status": row["status"],
+            "steps": row["steps"],
+            "checkpoints": [checkpoint_dict(cp) for cp in checkpoints],
+        }
+    print(f"Agent {agent} · {notebook}")
+    print(
+        f"Run {run.run_id} · model {run.model} · {row['label']} · "
+        f"{len(checkpoints)} checkpoints · {row['steps']} steps"
+    )
+    for cp in checkpoints:
+        print(f"[{cp.step:>3}] {cp.kind:<12} {cp.status:<18} {cp.summary}")
+    return None
+
+
+def _confirm(args: argparse.Namespace, question: str) -> None:
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise Refused(f"{question} Refused without a terminal to ask: add --yes.")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise Refused("Nothing was deleted.")
+
+
+def _delete(store: Store, notebook: str, agent: str, *, keep_latest: bool) -> list[str]:
+    """Delete an agent's runs (all, or all but the latest and its ancestors), as the server does."""
+    try:
+        return store.delete_agent(notebook, agent, keep_latest=keep_latest)
+    except (Conflict, NotFound) as exc:
+        raise Refused(str(exc)) from None
+
+
+def cmd_delete(store: Store, args: argparse.Namespace) -> Any:
+    notebook, agent, runs = find(store, args.name, notebook_arg(args.notebook))
+    _confirm(args, f"Delete agent {agent} of {notebook} and its {len(runs)} run(s)?")
+    deleted = _delete(store, notebook, agent, keep_latest=False)
+    if args.json:
+        return {"notebook": notebook, "agent": agent, "deleted_runs": deleted}
+    print(f"Deleted agent {agent} of {notebook} ({len(deleted)} run(s)).")
+    return None
+
+
+def cmd_prune(store: Store, args: argparse.Namespace) -> Any:
+    agents = agents_of(store, notebook_arg(args.notebook))
+    prunable = {k: rs for k, rs in agents.items() if len(rs) > 1}
+    if prunable:
+        older = sum(len(rs) - 1 for rs in prunable.values())
+        _confirm(args, f"Delete up to {older} older run(s) of {len(prunable)} agent(s)?")
+    deleted: dict[str, list[str]] = {}
+    refused: list[str] = []
+    for notebook, agent in prunable:
+        try:
+            gone = _delete(store, notebook, agent, keep_latest=True)
+        except Refused as exc:
+            refused.append(str(exc))
+            continue
+        if gone:
+            deleted[f"{notebook}::{agent}"] = gone
+    total = sum(len(v) for v in deleted.values())
+    for message in refused:
+        print(f"Skipped: {message}", file=sys.stderr)
+    if args.json:
+        result: Any = {"deleted_runs": total, "agents": deleted, "refused": refused}
+    else:
+        print(f"Deleted {total} older run(s) of {len(deleted)} agent(s); kept each latest run.")
+        result = None
+    if refused:
+        raise Partial(result)
+    return result
+
+
+def cmd_store_info(store: Store, args: argparse.Namespace) -> Any:
+    about = store.info()
+    sizes = store.sizes()
+    exists = about.exists
+    info: dict[str, Any] = {
+        "path": about.location,
+        "exists": exists,
+        "schema_version": about.schema_version,
+        "reads_schema_version": about.reads_version,
+        "size_duckdb": sizes.get("duckdb", 0),
+        "size_journals": sizes.get("journals", 0),
+        "runs": about.runs,
+        "checkpoints": about.checkpoints,
+        "live_runs": len(store.live_runs()) if exists else 0,
+    }
+    if args.json:
+        return info
+    print(f"store          {info['path']}" + ("" if exists else " (does not exist yet)"))
+    print(
+        f"schema version {info['schema_version'] or '-'} (this version reads {info['reads_schema_version']})"
+    )
+    print(
+        f"size           DuckDB {_bytes(info['size_duckdb'])}, journals {_bytes(info['size_journals'])}"
+    )
+    print(f"runs           {info['runs']} ({info['live_runs']} running)")
+    print(f"checkpoints    {info['checkpoints']}")
+    return None
+
+
+def _bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

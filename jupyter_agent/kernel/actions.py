@@ -1,0 +1,138 @@
+"""What a timeline's buttons change: forking a run from a checkpoint, rewinding the namespace.
+
+The timeline itself (:mod:`jupyter_agent.views.timeline`) only reads; these
+act on the store and on the kernel's namespace, so they live with the kernel.
+Both refuse while another process executes one of the agent's runs, and both
+start from a state folded from a whole history (a deleted ancestor is refused:
+see :mod:`jupyter_agent.core.history`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.state import RunState, fold
+from ..errors import AgentBusy, NotFound
+from ..loop.execution import Events, load_state, new_run
+from ..namespace.tracking import restore
+from ..store.api import RunRow, Store
+from ..views.timeline import Timeline
+from .identity import AgentIdentity
+from .runner import Outcome, approve_policy, make_execution, run_options, settings_at
+
+
+@dataclass
+class Rewound:
+    """What rewinding the namespace did."""
+
+    step: int
+    restored: list[str]
+    removed: list[str]
+    failed: dict[str, str]
+    unsaved: dict[str, str]
+
+    def message(self) -> str:
+        parts = [f"Namespace rewound to step {self.step}"]
+        if self.restored:
+            parts.append("restored " + ", ".join(self.restored))
+        if self.removed:
+            parts.append("removed " + ", ".join(self.removed))
+        if not self.restored and not self.removed:
+            parts.append("no agent variables to change")
+        text = "; ".join(parts) + "."
+        for name, why in {**self.unsaved, **self.failed}.items():
+            text += f" {name}: {why} (left as it is)."
+        return text
+
+
+def ensure_idle(timeline: Timeline) -> None:
+    """Refuse to act while any run of the agent executes in another process."""
+    live = timeline.store.live_runs() & {r.run_id for r in timeline.runs}
+    if live:
+        raise AgentBusy(
+            f"Agent {timeline.agent!r} is running in another kernel; wait for it or stop it there."
+        )
+
+
+def state_at(timeline: Timeline, run: RunRow, step: int) -> RunState:
+    """The run's state folded up to and including ``step``."""
+    segments = [*timeline.segments(run, whole=True)[:-1], (run.run_id, step)]
+    state = fold(timeline.store.payloads(segments))
+    if state.step != step:
+        raise NotFound(f"Run {run.run_id} has no checkpoint at step {step}.")
+    return state
+
+
+def _later_vars(timeline: Timeline, run: RunRow) -> set[str]:
+    """Variables the run, or the agent's latest run, has now: a rewind may remove them."""
+    later: set[str] = set(load_state(timeline.store, run).vars)
+    latest = timeline.latest
+    if latest is not None and latest.run_id != run.run_id:
+        later |= set(load_state(timeline.store, latest).vars)
+    return later
+
+
+def rewind(timeline: Timeline, shell: Any, run_id: str, step: int) -> Rewound:
+    """Put the agent's variables back as they were at a checkpoint.
+
+    Variables the agent set later (in this run or the agent's latest run) and
+    that did not exist yet at that step are removed; values that could not be
+    saved are left as they are.
+    """
+    ensure_idle(timeline)
+    run = timeline.run(run_id)
+    target = state_at(timeline, run, step)
+    return _rewind_to(timeline.store, shell, target, _later_vars(timeline, run))
+
+
+def _rewind_to(store: Store, shell: Any, target: RunState, later: set[str]) -> Rewound:
+    ns = shell.user_ns
+    removed = sorted(n for n in later - set(target.vars) if n in ns and n not in target.unsaved)
+    for name in removed:
+        del ns[name]
+    restored, failed = restore(ns, target.vars, store.blobs)
+    return Rewound(target.step, restored, removed, failed, dict(target.unsaved))
+
+
+def fork(
+    timeline: Timeline,
+    shell: Any,
+    run_id: str,
+    step: int,
+    *,
+    instruction: str = "",
+    options: Any,
+    events: Events,
+    endpoint_args: dict | None = None,
+    cancel: Any = None,
+) -> Outcome:
+    """Start a new run from a checkpoint and execute it; the original run stays as it was.
+
+    The fork continues from that checkpoint's state, so the namespace is first
+    rewound to it, with the model and approval policy in effect there
+    (``options`` may add approvals, as for any continuation). It keeps the
+    run's prompt, so it becomes what re-running the agent's cell continues.
+    """
+    with timeline.store.agent_lock(*timeline.key):
+        ensure_idle(timeline)
+        source = timeline.run(run_id)
+        identity = AgentIdentity(source.notebook, source.agent, source.cell_id, "store")
+        # What the run ran with at that checkpoint: a re-run may have changed them.
+        settings = settings_at(timeline.store, source, step)
+        options = run_options(source, options, settings["approve"])
+        run = new_run(
+            identity,
+            source.prompt,
+            settings["model"],
+            parent=(source.run_id, step),
+            info={"approve": approve_policy(options), "instruction": instruction.strip()},
+        )
+        state = state_at(timeline, source, step)
+        execution = make_execution(
+            timeline.store, shell, run, state, run.model, options, events, endpoint_args, cancel
+        )
+        rewound = _rewind_to(timeline.store, shell, state, _later_vars(timeline, source))
+        events.info(rewound.message())
+        execution.execute(first=True)
+        return Outcome(run, execution.state, "fork", rewound.restored, rewound.failed)

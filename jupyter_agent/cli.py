@@ -26,7 +26,8 @@ from .core.state import RUNNING, fold
 from .errors import AgentError, Conflict, NotFound
 from .kernel.identity import ENV_NOTEBOOK
 from .loop.execution import chain, effective_status
-from .store.api import CHECKPOINT_COLUMNS, CheckpointRow, RunRow, Store, open_store
+from .store.api import CHECKPOINT_COLUMNS, CheckpointRow, RunRow, Store
+from .store.open import open_store
 from .views.render import status_text
 
 OK, REFUSED, USAGE = 0, 1, 2

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from jupyter_agent.store.duckdb.store import AgentBusy
+from jupyter_agent.errors import AgentBusy
 from jupyter_agent.views import widget
 
 

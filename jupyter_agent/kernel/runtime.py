@@ -30,10 +30,12 @@ from typing import Any, Protocol, TextIO
 
 from ..core.budget import Budget
 from ..core.state import DONE, RUNNING, STALLED, Delta
+from ..errors import AgentBusy
 from ..loop.execution import Events, RunOptions, chain
 from ..model.chat import Cancelled
-from ..store.api import open_store
-from ..store.duckdb.store import AgentBusy, CheckpointRow, RunRow, Store, default_store_path
+from ..store.api import CheckpointRow, RunRow, Store
+from ..store.duckdb.files import default_store_path
+from ..store.open import open_store
 from ..tools.base import NamespaceLock
 from ..tools.delegate import MAX_CHILDREN, MAX_DEPTH, Delegated, awaited_child
 from ..views import timeline

@@ -30,7 +30,7 @@ from traitlets.config import LoggingConfigurable
 
 from .. import __version__
 from ..errors import StoreBusy, StoreError
-from ..store.api import open_store
+from ..store.open import open_store
 from .handlers import handlers
 from .queries import Reader
 

@@ -2,15 +2,18 @@
 
 The kernel, the timeline widget, the CLI and the server extension talk to the
 checkpoint store only through :class:`Store`; no connection object ever leaves
-a backend, and only backend modules import a database driver. Two backends:
+a backend, and only backend modules import a database driver. Two backends,
+both on the verbs written once in :mod:`jupyter_agent.store.sql`:
 
 * :mod:`jupyter_agent.store.duckdb.store` — a local DuckDB file fed by per-run journals
   (the default; a path, or ``duckdb://PATH``);
 * :mod:`jupyter_agent.store.postgres.store` — a PostgreSQL server (a ``postgresql://`` URL),
   imported only when such a URL is given.
 
-:func:`open_store` picks one. Records are plain dataclasses, so this module
-imports nothing heavy: the server extension loads it without the agent loop.
+:func:`jupyter_agent.store.open.open_store` picks one. Records are plain
+dataclasses, so this module imports nothing heavy: the server extension loads
+it without the agent loop. What a backend offers beyond the verbs it declares
+(:class:`Capability`); callers check the declaration, never probe attributes.
 
 Invariants every backend keeps (see each verb for its own):
 
@@ -26,7 +29,7 @@ Invariants every backend keeps (see each verb for its own):
 
 from __future__ import annotations
 
-import os
+import enum
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from typing import Protocol, runtime_checkable
@@ -195,6 +198,30 @@ RUN_COLUMNS = [f.name for f in fields(RunRow)]
 CHECKPOINT_COLUMNS = [f.name for f in fields(CheckpointRow)]
 
 
+class Capability(enum.Enum):
+    """An optional feature a backend declares in :attr:`Store.capabilities`.
+
+    The verbs of :class:`Store` are every backend's; these come with more
+    members or rules, which callers (and the conformance suite) rely on only
+    where the store declares them.
+    """
+
+    JOURNALS = "journals"
+    """Runs are journaled beside the store and folded in later, so a reader can bring
+    an answer up to date from the journals while another process holds the store:
+    ``journal_dir``, ``FOLDED_KEEP``, ``waiting(seconds)`` and ``file_state()`` (see
+    :class:`jupyter_agent.store.duckdb.stale.JournaledStore`)."""
+    VALUE_FILES = "value_files"
+    """Large values are files beside the store (``blob_dir``), refused when another user
+    owns or could write them."""
+    OWNERS = "owners"
+    """Every row has an owner (``owner``): reads see that owner's rows only, and a
+    payload or value another owner wrote is refused."""
+    HISTORY_TAIL = "history_tail"
+    """``history_tail(chain, limit)``: a history's last checkpoints and its totals, without
+    reading every row."""
+
+
 # -- the protocol -----------------------------------------------------------------------
 
 
@@ -237,6 +264,8 @@ class Store(Protocol):
 
     location: str
     """Where the store is, for messages (never holds a password)."""
+    capabilities: frozenset[Capability]
+    """The optional features it has (see :class:`Capability`)."""
 
     # -- writing --------------------------------------------------------------------
 
@@ -432,30 +461,3 @@ def payload_messages(payload: bytes) -> list[dict]:
         return []
     messages = data.get("messages") if isinstance(data, dict) else None
     return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
-
-
-def open_store(target: str | os.PathLike | None = None, *, busy_timeout: float = 30.0) -> Store:
-    """The store at ``target``: a ``postgresql://`` URL, ``duckdb://PATH`` or a file path.
-
-    None means ``$JUPYTER_AGENT_STORE``, else the default DuckDB file. A URL
-    selects :class:`jupyter_agent.store.postgres.store.PostgresStore` (imported only then).
-    """
-    if target is None:
-        target = os.environ.get("JUPYTER_AGENT_STORE") or None
-    text = os.fspath(target) if target is not None else None
-    if text is not None and text.startswith(("postgresql://", "postgres://")):
-        try:
-            from .postgres import store as store_pg
-        except ImportError as exc:
-            from ..errors import StoreError
-
-            raise StoreError(
-                f"A PostgreSQL store needs the PostgreSQL backend ({exc}). Install "
-                "jupyter-agent with its postgres extra, or use a DuckDB file."
-            ) from exc
-        return store_pg.PostgresStore(text, busy_timeout=busy_timeout)
-    from .duckdb.store import DuckDBStore
-
-    if text is not None and text.startswith("duckdb://"):
-        text = text[len("duckdb://") :]
-    return DuckDBStore(text, busy_timeout=busy_timeout)

@@ -188,7 +188,7 @@ class DuckDBFile:
         self.location = str(self.path)
         #: A schema 1 file this process cannot upgrade: read as it is, its payloads converted.
         self._v1 = False
-        #: How many times DuckDB was opened (what :meth:`session` saves shows here).
+        #: How many times DuckDB was opened (what ``DuckDBStore.session`` saves shows here).
         self.opens = 0
         #: How many times the schema was checked: once per file identity (see :meth:`_open`).
         self.schema_checks = 0

@@ -7,7 +7,7 @@ costs tens of milliseconds. So each running agent appends its checkpoints to a
 journal file of its own (append + fdatasync, well under a millisecond). The
 owning kernel folds it into DuckDB when the execution ends, and any reader folds
 it once its owner has died; while it lives, readers show its records without
-storing them (see :meth:`jupyter_agent.store.duckdb.store.DuckDBStore._merge`). Large values
+storing them (see :mod:`jupyter_agent.store.duckdb.fold`). Large values
 are not journaled: the journal holds a reference to a file written beforehand
 (see :mod:`jupyter_agent.store.duckdb.blobfiles`).
 

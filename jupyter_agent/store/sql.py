@@ -5,8 +5,8 @@ A backend (:class:`~jupyter_agent.store.duckdb.store.DuckDBStore`,
 :class:`SQLStore` with its :class:`~jupyter_agent.store.dialect.Dialect`, its
 connections (:meth:`SQLStore._reads`, :meth:`SQLStore._writes`), and what no
 SQL expresses: liveness, locks, files, trust. Each verb here is one or a few
-queries on one connection, as each backend ran it before it was written here
-once.
+queries on one connection: no verb costs a backend more round trips than SQL
+of its own would.
 
 On a shared store (one with an :attr:`SQLStore.owner`) every query reads and
 writes that owner's rows only; payloads and values are the exception: they are
@@ -81,8 +81,9 @@ class SQLStore(Store, ABC):
 
     @abstractmethod
     def _reads(self, *, fold: bool = True) -> AbstractContextManager[Query]:
-        """A connection for reads (:class:`Nothing` while there is no store: reads never
-        create one). ``fold``: also show what the store holds but has not stored yet."""
+        """A connection for reads (:class:`~jupyter_agent.store.dialect.Nothing` while there
+        is no store: reads never create one). ``fold``: also show what the store holds but
+        has not stored yet."""
 
     @abstractmethod
     def _writes(self, doing: str, *, fold: bool = True) -> AbstractContextManager[Query]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import enum
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 #: How many checkpoints of an agent's latest run a summary includes by default.
@@ -208,9 +209,8 @@ class Capability(enum.Enum):
 
     JOURNALS = "journals"
     """Runs are journaled beside the store and folded in later, so a reader can bring
-    an answer up to date from the journals while another process holds the store:
-    ``journal_dir``, ``FOLDED_KEEP``, ``waiting(seconds)`` and ``file_state()`` (see
-    :class:`jupyter_agent.store.duckdb.stale.JournaledStore`)."""
+    an answer up to date from the journals while another process holds the store
+    (see :class:`JournaledStore`)."""
     VALUE_FILES = "value_files"
     """Large values are files beside the store (``blob_dir``), refused when another user
     owns or could write them."""
@@ -218,8 +218,8 @@ class Capability(enum.Enum):
     """Every row has an owner (``owner``): reads see that owner's rows only, and a
     payload or value another owner wrote is refused."""
     HISTORY_TAIL = "history_tail"
-    """``history_tail(chain, limit)``: a history's last checkpoints and its totals, without
-    reading every row."""
+    """A history's last checkpoints and its totals, without reading every row (see
+    :class:`HistoryTailStore`)."""
 
 
 # -- the protocol -----------------------------------------------------------------------
@@ -397,6 +397,32 @@ class Store(Protocol):
         Nothing may wait on a model or a user inside it: other processes may be
         kept waiting while it is open.
         """
+
+
+class JournaledStore(Store, Protocol):
+    """What a store that declares :attr:`Capability.JOURNALS` offers its readers."""
+
+    journal_dir: Path
+    """Where its journals are."""
+    FOLDED_KEEP: float
+    """Seconds a folded journal is kept for readers that cannot open the store meanwhile."""
+
+    def waiting(self, seconds: float) -> AbstractContextManager[None]:
+        """Wait at most ``seconds`` for the store in this thread (not its ``busy_timeout``)."""
+
+    def file_state(self) -> tuple:
+        """What changes whenever the store's file is written."""
+
+
+class HistoryTailStore(Store, Protocol):
+    """What a store that declares :attr:`Capability.HISTORY_TAIL` offers."""
+
+    def history_tail(
+        self, chain: list[tuple[str, int | None]], limit: int
+    ) -> tuple[list[CheckpointRow], dict]:
+        """The last ``limit`` checkpoints (metadata only) of the history along ``chain``'s
+        segments, oldest first, and totals over all of it (``checkpoints``, ``tokens``,
+        ``prompt_tokens``, ``completion_tokens``, ``saved_tokens``, ``size``, ``plan``)."""
 
 
 def history_chain(run: RunRow, parent_of: dict[str, RunRow]) -> list[tuple[str, int | None]]:

@@ -26,9 +26,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from ...errors import StoreBusy
 from ...vocab import Kind
@@ -40,6 +39,7 @@ from ..api import (
     AgentSummary,
     Capability,
     CheckpointRow,
+    JournaledStore,
     RunDetail,
     RunRow,
     RunStats,
@@ -57,21 +57,6 @@ STALE_AFTER = 1.0
 
 
 _T = TypeVar("_T")
-
-
-class JournaledStore(Store, Protocol):
-    """What a store that declares :attr:`Capability.JOURNALS` offers readers."""
-
-    journal_dir: Path
-    """Where its journals are."""
-    FOLDED_KEEP: float
-    """Seconds a folded journal is kept for readers that cannot open the store."""
-
-    def waiting(self, seconds: float) -> AbstractContextManager[None]:
-        """Wait at most ``seconds`` for the store in this thread."""
-
-    def file_state(self) -> tuple:
-        """What changes whenever the store's file is written."""
 
 
 class Unknown(Exception):

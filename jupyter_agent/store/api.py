@@ -399,6 +399,7 @@ class Store(Protocol):
         """
 
 
+@runtime_checkable
 class JournaledStore(Store, Protocol):
     """What a store that declares :attr:`Capability.JOURNALS` offers its readers."""
 
@@ -414,6 +415,7 @@ class JournaledStore(Store, Protocol):
         """What changes whenever the store's file is written."""
 
 
+@runtime_checkable
 class HistoryTailStore(Store, Protocol):
     """What a store that declares :attr:`Capability.HISTORY_TAIL` offers."""
 

@@ -21,7 +21,14 @@ import pytest
 
 from jupyter_agent.errors import AgentBusy, Conflict, NotFound, StoreError, StoreWarning
 from jupyter_agent.server.queries import Reader
-from jupyter_agent.store.api import Capability, CheckpointRow, RunRow
+from jupyter_agent.store.api import (
+    Capability,
+    CheckpointRow,
+    HistoryTailStore,
+    JournaledStore,
+    RunRow,
+    Store,
+)
 from jupyter_agent.store.duckdb import blobfiles
 
 from ..conftest import eventually
@@ -621,3 +628,37 @@ def test_payloads_are_stored_as_json(open_):
     assert first.kind == "start" and p0 == payload
     assert decode_delta(p0).messages == [{"role": "user", "content": "hi"}]
     assert b"sk-secret" not in p1 and decode_delta(p1).messages[0]["role"] == "user"
+
+
+# -- optional features, as each backend declares them -----------------------------------
+
+
+def test_declared_capabilities_come_with_their_members(open_):
+    store = open_()
+    assert isinstance(store, Store)
+    assert isinstance(store, JournaledStore) == (Capability.JOURNALS in store.capabilities)
+    assert isinstance(store, HistoryTailStore) == (Capability.HISTORY_TAIL in store.capabilities)
+    if Capability.VALUE_FILES in store.capabilities:
+        assert store.blob_dir.name.endswith(".blobs")
+    if Capability.OWNERS in store.capabilities:
+        assert isinstance(store.owner, str) and store.owner
+
+
+def test_a_history_tail_agrees_with_the_whole_history(open_):
+    store = open_()
+    if Capability.HISTORY_TAIL not in store.capabilities:
+        pytest.skip("the store reads a history whole")
+    _team(store)
+    chain = [("r1", 2), ("r2", None)]
+    whole = [row for row, _ in store.payloads(chain)]
+    rows, totals = store.history_tail(chain, 2)
+    assert rows == whole[-2:]
+    usage = [c.info.get("usage", {}) for c in whole]
+    assert (totals["checkpoints"], totals["tokens"], totals["size"]) == (
+        len(whole),
+        sum(c.tokens for c in whole),
+        sum(c.size for c in whole),
+    )
+    assert totals["prompt_tokens"] == sum(u.get("prompt_tokens", 0) for u in usage)
+    assert totals["completion_tokens"] == sum(u.get("completion_tokens", 0) for u in usage)
+    assert totals["plan"] is None

@@ -57,10 +57,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 import jupyter_agent  # noqa: E402
 from jupyter_agent.loop import execution as agent_module  # noqa: E402
 from jupyter_agent.loop.execution import Execution, load_state  # noqa: E402
+from jupyter_agent.store.duckdb import files as store_module  # noqa: E402
 from jupyter_agent.store.duckdb import journal  # noqa: E402
-from jupyter_agent.store.duckdb import store as store_module  # noqa: E402
 from jupyter_agent.store.duckdb.journal import JournalWriter  # noqa: E402
-from jupyter_agent.store.duckdb.store import RunWriter, Store  # noqa: E402
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store  # noqa: E402
+from jupyter_agent.store.duckdb.writer import DuckDBRunWriter as RunWriter  # noqa: E402
 from jupyter_agent.testing import ScriptedServer  # noqa: E402
 
 PROMPT = "Benchmark: keep running the python tool until told to stop."
@@ -513,8 +514,8 @@ def _bench_wrap(owner, name, label):
                 _bench_log.write(_bench_json.dumps([label, start, seconds]) + "\\n")
                 _bench_log.flush()
     setattr(owner, name, timed)
-_bench_wrap(_bench_store.Store, "_open", "open")
-_bench_wrap(_bench_store.Store, "_merge", "fold")
+_bench_wrap(_bench_store.DuckDBStore, "_open", "open")
+_bench_wrap(_bench_store.DuckDBStore, "_merge", "fold")
 _bench_wrap(_bench_runner, "load_state", "load_state")
 _bench_wrap(_bench_widget, "display_timeline", "timeline")
 _bench_wrap(_bench_model.ChatCompletionsClient, "complete", "model")

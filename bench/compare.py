@@ -92,7 +92,7 @@ def run_agent(steps: int, workdir: Path) -> dict[str, Any]:
     from agent_steps import API_KEY, PROMPT, Probe, Script, _Null, scripted, shell, store_bytes
 
     from jupyter_agent.loop.execution import load_state
-    from jupyter_agent.store.duckdb.store import Store
+    from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 
     ip = shell()
     path = workdir / "agent" / "agents.duckdb"

@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from jupyter_agent.core.state import Delta, encode_delta  # noqa: E402
-from jupyter_agent.store.api import open_store  # noqa: E402
-from jupyter_agent.store.duckdb.store import CheckpointRow, RunRow  # noqa: E402
+from jupyter_agent.store.api import CheckpointRow, RunRow  # noqa: E402
+from jupyter_agent.store.open import open_store  # noqa: E402
 from tests.pg import PgServer, ensure_binaries  # noqa: E402
 
 KINDS = ("model", "tool_call", "tool_result")

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from jupyter_agent.store.api import open_store
-from jupyter_agent.store.duckdb.store import Store
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
+from jupyter_agent.store.open import open_store
 from jupyter_agent.testing import ScriptedServer
 
 from .conftest import BOTH_BACKENDS

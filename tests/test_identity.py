@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from jupyter_agent.store.duckdb.store import Store
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
 
 from .test_cli import SETUP, notebook, outputs_text

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from jupyter_agent.store.api import open_store
-from jupyter_agent.store.duckdb.store import Store
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
+from jupyter_agent.store.open import open_store
 from jupyter_agent.testing import ScriptedServer
 
 from .conftest import BOTH_BACKENDS
@@ -303,7 +303,7 @@ def test_timeline_appears_once_the_run_has_begun(
 
 
 COUNT_OPENS = """
-import duckdb as _d, jupyter_agent.store.duckdb.store as _s, jupyter_agent.model.chat as _m
+import duckdb as _d, jupyter_agent.store.duckdb.files as _s, jupyter_agent.model.chat as _m
 _opened, _at_first_request = [], []
 _connect, _complete = _d.connect, _m.ChatCompletionsClient.complete
 def _counting_connect(*a, **k):

@@ -30,7 +30,7 @@ from jupyter_agent.core.state import (
 from jupyter_agent.core.stuck import stuck_reason
 from jupyter_agent.errors import PlanError
 from jupyter_agent.loop.execution import load_state
-from jupyter_agent.store.duckdb.store import Store
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
 
 OUTPUT = "x" * 900  # each step adds ~0.9 KB of tool output, as in the report
@@ -498,7 +498,7 @@ def test_a_resume_opens_the_store_at_most_twice_before_its_first_model_request(
 ):
     import duckdb
 
-    from jupyter_agent.store.duckdb import store as store_module
+    from jupyter_agent.store.duckdb import files as store_module
 
     scripted.set_script([tool("v0 = 0"), tool("v1 = 1"), {"content": "done"}])
     ip.run_cell_magic("agent", "--model scripted --name opens --max-steps 1", "Count opens.")

@@ -9,7 +9,7 @@ from IPython import get_ipython
 from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
-from jupyter_agent.store.duckdb.store import Store
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 
 TASK = "Add numbers.\n```python\ntotal = sum([1, 2, 3])\ntotal\n```"
 
@@ -84,7 +84,7 @@ def test_a_live_run_without_checkpoints_for_long_is_reported_stalled(
     ip, store_path, capsys, monkeypatch
 ):
     from jupyter_agent.kernel.identity import notebook_path
-    from jupyter_agent.store.duckdb.store import CheckpointRow, RunRow
+    from jupyter_agent.store.api import CheckpointRow, RunRow
 
     monkeypatch.setenv("JUPYTER_AGENT_STALL_AFTER", "60")
     notebook = notebook_path(ip.user_ns)[0]

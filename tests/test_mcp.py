@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_agent.store.duckdb.store import Store
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
 
 from .kernels import Kernel

@@ -22,7 +22,7 @@ from jupyter_agent.core.state import prompt_hash
 from jupyter_agent.errors import StoreError, StoreWarning
 from jupyter_agent.namespace import tracking as namespace
 from jupyter_agent.store.duckdb import journal
-from jupyter_agent.store.duckdb.store import Store
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
 
 #: The schema of release 0.1.0 (SCHEMA_VERSION 1), as it created new stores.
@@ -217,7 +217,7 @@ def test_a_journal_of_the_previous_release_is_folded_as_json(tmp_path: Path) -> 
     )
     old = v1_payload(messages=[{"role": "user", "content": "from the old kernel"}])
     # The record as the previous release framed it: no payload_format in the row.
-    from jupyter_agent.store.duckdb.store import CHECKPOINT_COLUMNS, CheckpointRow
+    from jupyter_agent.store.api import CHECKPOINT_COLUMNS, CheckpointRow
 
     row = CheckpointRow("fedcba9876543210", 0, "start", "running", "s", 1.0, 1.0, 0, 1, {})
     values = {c: getattr(row, c) for c in CHECKPOINT_COLUMNS}

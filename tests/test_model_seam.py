@@ -22,7 +22,8 @@ from jupyter_agent.loop.execution import Execution, RunOptions, load_state, new_
 from jupyter_agent.model.base import Endpoint, Hooks, ModelClient, ModelReply
 from jupyter_agent.model.chat import ChatCompletionsClient, ChatHooks
 from jupyter_agent.model.offline import OfflineClient
-from jupyter_agent.store.api import CheckpointRow, RunRow, Store, open_store
+from jupyter_agent.store.api import CheckpointRow, RunRow, Store
+from jupyter_agent.store.open import open_store
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from IPython.core.error import UsageError
 
-from jupyter_agent.store.duckdb.store import Store
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
 from jupyter_agent.views.listing import Reader
 from jupyter_agent.views.timeline import Timeline, detail

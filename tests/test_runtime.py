@@ -7,8 +7,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from jupyter_agent.errors import AgentBusy
 from jupyter_agent.kernel.runtime import current
-from jupyter_agent.store.duckdb.store import AgentBusy
 
 
 def test_a_job_started_as_another_ends_is_never_dropped(tmp_path: Path) -> None:

@@ -24,7 +24,9 @@ from pytest_jupyter.jupyter_server import *  # noqa: F403  (jp_fetch, jp_servera
 from tornado.httpclient import HTTPClientError
 from traitlets.config import Config
 
-from jupyter_agent.store.duckdb.store import CheckpointRow, RunRow, RunWriter, Store
+from jupyter_agent.store.api import CheckpointRow, RunRow
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
+from jupyter_agent.store.writer import RunWriter
 from jupyter_agent.testing import ScriptedServer
 
 from .kernels import Kernel

@@ -13,18 +13,21 @@ import time
 import duckdb
 import pytest
 
-from jupyter_agent.errors import AgentError, Conflict, NotFound, NotWaiting, StoreBusy
-from jupyter_agent.store.api import Store as StoreProtocol
-from jupyter_agent.store.api import open_store
-from jupyter_agent.store.duckdb import journal
-from jupyter_agent.store.duckdb.store import (
+from jupyter_agent.errors import (
     AgentBusy,
-    CheckpointRow,
-    DuckDBStore,
-    RunRow,
-    Store,
+    AgentError,
+    Conflict,
+    NotFound,
+    NotWaiting,
+    StoreBusy,
     StoreError,
 )
+from jupyter_agent.store.api import CheckpointRow, RunRow
+from jupyter_agent.store.api import Store as StoreProtocol
+from jupyter_agent.store.duckdb import journal
+from jupyter_agent.store.duckdb.store import DuckDBStore
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
+from jupyter_agent.store.open import open_store
 
 
 def run_row(run_id: str = "r1", agent: str = "a") -> RunRow:
@@ -86,7 +89,8 @@ def test_a_journal_left_by_a_killed_process_is_recovered(tmp_path):
     code = textwrap.dedent(
         f"""
         import os
-        from jupyter_agent.store.duckdb.store import Store, RunRow, CheckpointRow
+        from jupyter_agent.store.api import RunRow, CheckpointRow
+        from jupyter_agent.store.duckdb.store import DuckDBStore as Store
         w = Store({str(path)!r}).writer("dead")
         w.put_run(RunRow("dead", "/nb", "a", None, "t", "h", "m", None, None, 1.0, {{}}))
         w.put_checkpoint(CheckpointRow("dead", 0, "start", "running", "s", 1.0, 0, 0, 1, {{}}), b"x")
@@ -185,7 +189,7 @@ def hold_agent_lock(path, agent: str, then: str = "") -> subprocess.Popen:
     code = textwrap.dedent(
         f"""
         import os, sys, time
-        from jupyter_agent.store.duckdb.store import Store
+        from jupyter_agent.store.duckdb.store import DuckDBStore as Store
         with Store({str(path)!r}).agent_lock("/nb.ipynb", {agent!r}):
             {then or "pass"}
             print("held", flush=True)

@@ -9,7 +9,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from jupyter_agent.store.duckdb.store import CheckpointRow, RunRow, RunWriter, Store
+from jupyter_agent.store.api import CheckpointRow, RunRow
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
+from jupyter_agent.store.writer import RunWriter
 from jupyter_agent.views.listing import Reader
 
 from .conftest import eventually
@@ -175,7 +177,7 @@ def test_a_run_the_list_shows_from_its_journal_can_be_opened(store_path: Path) -
     reader = Reader(Store(store_path))
     assert reader.agents(NOTEBOOK) == []
     code = (
-        "import sys, time; sys.path.insert(0, '.'); from jupyter_agent.store.duckdb.store import Store; "
+        "import sys, time; sys.path.insert(0, '.'); from jupyter_agent.store.duckdb.store import DuckDBStore as Store; "
         "from tests.test_store_contention import start_run; "
         f"w = start_run(Store({str(store_path)!r}), 'ffff0008', 'a', time.time()); "
         "print('running', flush=True); time.sleep(60)"

@@ -27,7 +27,8 @@ from jupyter_agent.kernel import runner, widget
 from jupyter_agent.kernel.identity import AgentIdentity
 from jupyter_agent.kernel.runtime import current
 from jupyter_agent.loop.execution import RunOptions
-from jupyter_agent.store.duckdb.store import CheckpointRow, RunRow, Store
+from jupyter_agent.store.api import CheckpointRow, RunRow
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
 from jupyter_agent.views import listing
 from jupyter_agent.views.timeline import WINDOW, Timeline

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_agent.store.duckdb.store import Store
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
 from jupyter_agent.tools.user import function_tool, parse_docstring
 

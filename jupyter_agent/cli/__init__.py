@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import AgentError
-from ..store.api import open_store
+from ..store.open import open_store
 from .commands import (
     Partial,
     Refused,

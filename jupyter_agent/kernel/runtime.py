@@ -30,11 +30,12 @@ from typing import Any, Protocol, TextIO
 
 from ..core.budget import Budget
 from ..core.state import DONE, RUNNING, STALLED, Delta
-from ..errors import AgentError, Cancelled, IdentityError, UsageProblem
+from ..errors import AgentBusy, AgentError, Cancelled, IdentityError, UsageProblem
 from ..loop.execution import Events, RunOptions, chain
 from ..namespace.lock import NamespaceLock
-from ..store.api import Store, open_store
-from ..store.duckdb.store import AgentBusy, CheckpointRow, RunRow, default_store_path
+from ..store.api import CheckpointRow, RunRow, Store
+from ..store.duckdb.files import default_store_path
+from ..store.open import open_store
 from ..tools.delegate import MAX_CHILDREN, MAX_DEPTH, Delegated, awaited_child
 from ..views.listing import run_status
 from ..views.render import TextEvents

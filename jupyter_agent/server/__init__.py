@@ -32,7 +32,7 @@ from traitlets.config import LoggingConfigurable
 
 from .. import __version__
 from ..errors import StoreBusy, StoreError
-from ..store.api import open_store
+from ..store.open import open_store
 from ..views.listing import Reader
 from .handlers import handlers
 

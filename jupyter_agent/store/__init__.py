@@ -1,2 +1,4 @@
-"""Persistence: the store protocol and records (:mod:`.api`), the rows both backends share
-(:mod:`.rows`), and one package per backend (:mod:`.duckdb`, :mod:`.postgres`)."""
+"""Persistence: the store protocol and records (:mod:`.api`), every verb once in SQL
+(:mod:`.sql`), what both backends do with rows (:mod:`.rows`) and before writing them
+(:mod:`.writer`), opening a store (:mod:`.open`), and one package per backend
+(:mod:`.duckdb`, :mod:`.postgres`)."""

@@ -2,15 +2,18 @@
 
 The kernel, the timeline widget, the CLI and the server extension talk to the
 checkpoint store only through :class:`Store`; no connection object ever leaves
-a backend, and only backend modules import a database driver. Two backends:
+a backend, and only backend modules import a database driver. Two backends,
+both on the verbs written once in :mod:`jupyter_agent.store.sql`:
 
 * :mod:`jupyter_agent.store.duckdb.store` — a local DuckDB file fed by per-run journals
   (the default; a path, or ``duckdb://PATH``);
 * :mod:`jupyter_agent.store.postgres.store` — a PostgreSQL server (a ``postgresql://`` URL),
   imported only when such a URL is given.
 
-:func:`open_store` picks one. Records are plain dataclasses, so this module
-imports nothing heavy: the server extension loads it without the agent loop.
+:func:`jupyter_agent.store.open.open_store` picks one. Records are plain
+dataclasses, so this module imports nothing heavy: the server extension loads
+it without the agent loop. What a backend offers beyond the verbs it declares
+(:class:`Capability`); callers check the declaration, never probe attributes.
 
 Invariants every backend keeps (see each verb for its own):
 
@@ -26,9 +29,10 @@ Invariants every backend keeps (see each verb for its own):
 
 from __future__ import annotations
 
-import os
+import enum
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from ..core import history
@@ -197,6 +201,29 @@ RUN_COLUMNS = [f.name for f in fields(RunRow)]
 CHECKPOINT_COLUMNS = [f.name for f in fields(CheckpointRow)]
 
 
+class Capability(enum.Enum):
+    """An optional feature a backend declares in :attr:`Store.capabilities`.
+
+    The verbs of :class:`Store` are every backend's; these come with more
+    members or rules, which callers (and the conformance suite) rely on only
+    where the store declares them.
+    """
+
+    JOURNALS = "journals"
+    """Runs are journaled beside the store and folded in later, so a reader can bring
+    an answer up to date from the journals while another process holds the store
+    (see :class:`JournaledStore`)."""
+    VALUE_FILES = "value_files"
+    """Large values are files beside the store (``blob_dir``), refused when another user
+    owns or could write them."""
+    OWNERS = "owners"
+    """Every row has an owner (``owner``): reads see that owner's rows only, and a
+    payload or value another owner wrote is refused."""
+    HISTORY_TAIL = "history_tail"
+    """A history's last checkpoints and its totals, without reading every row (see
+    :class:`HistoryTailStore`)."""
+
+
 # -- the protocol -----------------------------------------------------------------------
 
 
@@ -239,6 +266,8 @@ class Store(Protocol):
 
     location: str
     """Where the store is, for messages (never holds a password)."""
+    capabilities: frozenset[Capability]
+    """The optional features it has (see :class:`Capability`)."""
 
     # -- writing --------------------------------------------------------------------
 
@@ -372,6 +401,34 @@ class Store(Protocol):
         """
 
 
+@runtime_checkable
+class JournaledStore(Store, Protocol):
+    """What a store that declares :attr:`Capability.JOURNALS` offers its readers."""
+
+    journal_dir: Path
+    """Where its journals are."""
+    FOLDED_KEEP: float
+    """Seconds a folded journal is kept for readers that cannot open the store meanwhile."""
+
+    def waiting(self, seconds: float) -> AbstractContextManager[None]:
+        """Wait at most ``seconds`` for the store in this thread (not its ``busy_timeout``)."""
+
+    def file_state(self) -> tuple:
+        """What changes whenever the store's file is written."""
+
+
+@runtime_checkable
+class HistoryTailStore(Store, Protocol):
+    """What a store that declares :attr:`Capability.HISTORY_TAIL` offers."""
+
+    def history_tail(
+        self, chain: list[tuple[str, int | None]], limit: int
+    ) -> tuple[list[CheckpointRow], dict]:
+        """The last ``limit`` checkpoints (metadata only) of the history along ``chain``'s
+        segments, oldest first, and totals over all of it (``checkpoints``, ``tokens``,
+        ``prompt_tokens``, ``completion_tokens``, ``saved_tokens``, ``size``, ``plan``)."""
+
+
 def history_chain(run: RunRow, parent_of: dict[str, RunRow]) -> list[tuple[str, int | None]]:
     """The ``(run, up-to-step)`` segments of ``run``'s history, from rows already read."""
     return history.segments(run, parent_of.get)
@@ -427,30 +484,3 @@ def payload_messages(payload: bytes) -> list[dict]:
         return []
     messages = data.get("messages") if isinstance(data, dict) else None
     return [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
-
-
-def open_store(target: str | os.PathLike | None = None, *, busy_timeout: float = 30.0) -> Store:
-    """The store at ``target``: a ``postgresql://`` URL, ``duckdb://PATH`` or a file path.
-
-    None means ``$JUPYTER_AGENT_STORE``, else the default DuckDB file. A URL
-    selects :class:`jupyter_agent.store.postgres.store.PostgresStore` (imported only then).
-    """
-    if target is None:
-        target = os.environ.get("JUPYTER_AGENT_STORE") or None
-    text = os.fspath(target) if target is not None else None
-    if text is not None and text.startswith(("postgresql://", "postgres://")):
-        try:
-            from .postgres import store as store_pg
-        except ImportError as exc:
-            from ..errors import StoreError
-
-            raise StoreError(
-                f"A PostgreSQL store needs the PostgreSQL backend ({exc}). Install "
-                "jupyter-agent with its postgres extra, or use a DuckDB file."
-            ) from exc
-        return store_pg.PostgresStore(text, busy_timeout=busy_timeout)
-    from .duckdb.store import DuckDBStore
-
-    if text is not None and text.startswith("duckdb://"):
-        text = text[len("duckdb://") :]
-    return DuckDBStore(text, busy_timeout=busy_timeout)

@@ -1,9 +1,9 @@
-"""What every store backend does with rows once its SQL has read them.
+"""What every store backend does with rows, before its SQL writes them and after it read them.
 
-The backends (:mod:`jupyter_agent.store.duckdb.store` on DuckDB, :mod:`jupyter_agent.store.postgres.store`
-on PostgreSQL) differ in their SQL only; decoding rows into records, checking a
-record's shape before it is written, building summaries from what was read and
-turning a stored payload into JSON live here once, so both answer alike.
+Checking a record's shape before it is written, decoding rows into records,
+building summaries from what was read and turning a stored payload into JSON
+live here once, so every backend (and the journals of the DuckDB one) answers
+alike. Nothing here speaks SQL (see :mod:`jupyter_agent.store.sql`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 
 from .. import vocab
 from .api import (
@@ -23,38 +24,56 @@ from .api import (
     RunStats,
     RunSummary,
 )
-from .duckdb.journal import Record
 
-_TEXT, _INT, _NUMBER = (str,), (int,), (int, float)
+
+@dataclass(frozen=True)
+class Record:
+    """One row on its way into a store: a table's columns as JSON plus an optional binary column.
+
+    What a journal frames (see :mod:`jupyter_agent.store.duckdb.journal`) and what
+    a writer hands its backend.
+    """
+
+    table: str
+    row: dict
+    payload: bytes = b""
+
+    @property
+    def label(self) -> str:
+        """What fault injection matches on: ``run``, ``blob`` or ``checkpoint.<kind>``."""
+        if self.table == "checkpoints":
+            return f"checkpoint.{self.row.get('kind', '')}"
+        return self.table.removesuffix("s")
+
+
+#: The types a journaled column may hold, by the annotation of its record field
+#: (``info`` dicts are written as JSON text).
+_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "dict": (str,),
+}
+
+
+def _shape(record: type) -> dict[str, tuple[tuple[type, ...], bool]]:
+    """The columns of ``record`` as a row holds them: their types, and whether None is allowed.
+
+    Read off the record's fields, so a column added there is checked here too.
+    """
+    out = {}
+    for f in fields(record):
+        hint = str(f.type)
+        base = hint.removesuffix(" | None")
+        out[f.name] = (_TYPES[base], base != hint or base == "dict")
+    return out
+
+
 #: The columns each record kind must have, and their types (None allowed where optional).
 SHAPES: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
-    "runs": {
-        "run_id": (_TEXT, False),
-        "notebook": (_TEXT, False),
-        "agent": (_TEXT, False),
-        "cell_id": (_TEXT, True),
-        "prompt": (_TEXT, False),
-        "prompt_hash": (_TEXT, False),
-        "model": (_TEXT, False),
-        "parent_run": (_TEXT, True),
-        "parent_step": (_INT, True),
-        "created_at": (_NUMBER, False),
-        "info": (_TEXT, True),
-    },
-    "checkpoints": {
-        "run_id": (_TEXT, False),
-        "step": (_INT, False),
-        "kind": (_TEXT, False),
-        "status": (_TEXT, False),
-        "summary": (_TEXT, False),
-        "created_at": (_NUMBER, False),
-        "duration_ms": (_NUMBER, False),
-        "tokens": (_INT, False),
-        "size": (_INT, False),
-        "info": (_TEXT, True),
-        "payload_format": (_TEXT, True),
-    },
-    "blobs": {"hash": (_TEXT, False), "size": (_INT, False)},
+    "runs": _shape(RunRow),
+    "checkpoints": {**_shape(CheckpointRow), "payload_format": ((str,), True)},
+    "blobs": {"hash": ((str,), False), "size": ((int,), False)},
 }
 
 
@@ -71,14 +90,6 @@ def malformed(rec: Record) -> bool:
         elif not isinstance(value, types) or isinstance(value, bool):
             return True
     return False
-
-
-def parse_version(value: str, newest: int) -> int:
-    """A stored schema version; an unreadable one counts as newer, so it is never overwritten."""
-    try:
-        return int(value)
-    except ValueError:
-        return newest + 1
 
 
 def run_from_row(r: Sequence) -> RunRow:

@@ -18,7 +18,7 @@ import nbformat
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from jupyter_agent.store.duckdb.store import Store
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
 
 from ..kernels import Kernel

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_agent.store.api import open_store
+from jupyter_agent.store.open import open_store
 
 from ..conftest import BACKENDS
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from jupyter_agent.store.api import open_store
-from jupyter_agent.store.duckdb.store import StoreError
-from jupyter_agent.store.postgres.store import ROW_SECURITY_SQL, PostgresStore, grants_sql
+from jupyter_agent.errors import StoreError
+from jupyter_agent.store.open import open_store
+from jupyter_agent.store.postgres.admin import ROW_SECURITY_SQL, grants_sql
+from jupyter_agent.store.postgres.store import PostgresStore
 
 from .test_store_conformance import NB, run_row, write
 
@@ -88,7 +89,7 @@ def test_an_unreachable_server_is_one_clear_error():
 
 def test_a_schema_1_store_is_upgraded_and_its_dill_payloads_read_as_json(pg_url):
     from jupyter_agent.core.state import decode_delta
-    from jupyter_agent.store.postgres import store as store_pg
+    from jupyter_agent.store.postgres import admin as store_pg
 
     from ..test_migration import v1_payload
 

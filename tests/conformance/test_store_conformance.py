@@ -19,15 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_agent.errors import Conflict, NotFound
-from jupyter_agent.store.duckdb import blobfiles
-from jupyter_agent.store.duckdb.store import (
-    AgentBusy,
+from jupyter_agent.errors import AgentBusy, Conflict, NotFound, StoreError, StoreWarning
+from jupyter_agent.store.api import (
+    Capability,
     CheckpointRow,
+    HistoryTailStore,
+    JournaledStore,
     RunRow,
-    StoreError,
-    StoreWarning,
+    Store,
 )
+from jupyter_agent.store.duckdb import blobfiles
 from jupyter_agent.views.listing import Reader
 
 from ..conftest import eventually
@@ -211,8 +212,8 @@ def test_a_history_with_a_hole_is_refused(open_):
 
 _CHILD = f"""
 import sys, time
-from jupyter_agent.store.api import open_store
-from jupyter_agent.store.duckdb.store import RunRow
+from jupyter_agent.store.api import RunRow
+from jupyter_agent.store.open import open_store
 store = open_store(sys.argv[1])
 if sys.argv[2] == "lock":
     with store.agent_lock({NB!r}, "a"):
@@ -332,14 +333,16 @@ def test_live_runs_are_runs_whose_writer_is_alive(open_, spec):
 def test_a_value_another_user_wrote_is_never_handed_out(open_, spec):
     """Unpickling a saved value runs code: one that someone else could have written is refused."""
     big, digest = os.urandom(blobfiles.MIN_BYTES + 1), "cd" * 16
-    if spec.startswith("postgresql://"):  # a row of another owner
+    store = open_()
+    if Capability.OWNERS in store.capabilities:  # a row of another owner
         from jupyter_agent.store.postgres.store import PostgresStore
 
         write(PostgresStore(spec, owner="mallory"), run_row("m"), [0], {0: {digest: big}})
-    else:  # a file planted by another user
-        store = open_()
+    elif Capability.VALUE_FILES in store.capabilities:  # a file planted by another user
         write(store, run_row("m"), [0], {0: {digest: big}})
         os.chown(store.blob_dir / digest[:2] / digest, 65534, 65534)
+    else:
+        pytest.skip("the store has neither owners nor value files another user could plant")
     with pytest.raises(StoreError, match="not loaded, because loading a (saved )?value can run"):
         open_().blobs([digest])
 
@@ -588,7 +591,7 @@ def test_every_read_verb_on_a_nonexistent_store_reads_as_nothing(open_, spec):
     assert store.learnt_window("m") is None
     assert set(store.sizes().values()) <= {0}
     assert not open_().exists()  # none of those reads created it
-    if not spec.startswith("postgresql://"):
+    if Capability.JOURNALS in store.capabilities:  # a store of files beside a path
         assert not Path(spec).parent.exists()  # not even the store's directory
     write(store, run_row("r"), [0])  # the first write creates it, for every backend
     assert [r.run_id for r in open_().runs()] == ["r"]
@@ -625,3 +628,37 @@ def test_payloads_are_stored_as_json(open_):
     assert first.kind == "start" and p0 == payload
     assert decode_delta(p0).messages == [{"role": "user", "content": "hi"}]
     assert b"sk-secret" not in p1 and decode_delta(p1).messages[0]["role"] == "user"
+
+
+# -- optional features, as each backend declares them -----------------------------------
+
+
+def test_declared_capabilities_come_with_their_members(open_):
+    store = open_()
+    assert isinstance(store, Store)
+    assert isinstance(store, JournaledStore) == (Capability.JOURNALS in store.capabilities)
+    assert isinstance(store, HistoryTailStore) == (Capability.HISTORY_TAIL in store.capabilities)
+    if Capability.VALUE_FILES in store.capabilities:
+        assert store.blob_dir.name.endswith(".blobs")
+    if Capability.OWNERS in store.capabilities:
+        assert isinstance(store.owner, str) and store.owner
+
+
+def test_a_history_tail_agrees_with_the_whole_history(open_):
+    store = open_()
+    if Capability.HISTORY_TAIL not in store.capabilities:
+        pytest.skip("the store reads a history whole")
+    _team(store)
+    chain = [("r1", 2), ("r2", None)]
+    whole = [row for row, _ in store.payloads(chain)]
+    rows, totals = store.history_tail(chain, 2)
+    assert rows == whole[-2:]
+    usage = [c.info.get("usage", {}) for c in whole]
+    assert (totals["checkpoints"], totals["tokens"], totals["size"]) == (
+        len(whole),
+        sum(c.tokens for c in whole),
+        sum(c.size for c in whole),
+    )
+    assert totals["prompt_tokens"] == sum(u.get("prompt_tokens", 0) for u in usage)
+    assert totals["completion_tokens"] == sum(u.get("completion_tokens", 0) for u in usage)
+    assert totals["plan"] is None

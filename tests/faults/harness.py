@@ -22,8 +22,8 @@ from typing import Any
 
 from jupyter_agent.core.state import RunState, fold
 from jupyter_agent.loop.execution import chain
-from jupyter_agent.store.api import open_store
-from jupyter_agent.store.duckdb.store import CheckpointRow
+from jupyter_agent.store.api import CheckpointRow
+from jupyter_agent.store.open import open_store
 
 from ..kernels import Execution, Kernel
 

@@ -26,7 +26,7 @@ def race(store_path: str, url: str, api_key: str, barrier: Any, results: Any, ro
     from jupyter_agent.kernel.identity import AgentIdentity
     from jupyter_agent.kernel.runner import AgentBusy, run_cell
     from jupyter_agent.loop.execution import RunOptions
-    from jupyter_agent.store.duckdb.store import Store
+    from jupyter_agent.store.duckdb.store import DuckDBStore as Store
     from jupyter_agent.views.render import TextEvents
 
     shell = SimpleNamespace(user_ns={})

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_agent.store.api import open_store
-from jupyter_agent.store.duckdb.store import Store
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
+from jupyter_agent.store.open import open_store
 from jupyter_agent.testing import ScriptedServer
 from jupyter_agent.views.listing import Reader
 

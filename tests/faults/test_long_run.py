@@ -24,7 +24,7 @@ from IPython import get_ipython
 from IPython.testing.globalipapp import start_ipython
 
 from jupyter_agent.loop.execution import load_state
-from jupyter_agent.store.duckdb.store import Store
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
 from jupyter_agent.testing.wire import turn_of
 

@@ -22,7 +22,7 @@ from IPython.testing.globalipapp import start_ipython
 
 from jupyter_agent.loop.execution import load_state
 from jupyter_agent.namespace.tracking import restore
-from jupyter_agent.store.duckdb.store import Store
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
 
 from ..conftest import BOTH_BACKENDS

@@ -12,10 +12,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from jupyter_agent.errors import StateVersionError
+from jupyter_agent.errors import StateVersionError, StoreError
 from jupyter_agent.loop.execution import load_state
 from jupyter_agent.namespace.tracking import restore
-from jupyter_agent.store.duckdb.store import CheckpointRow, RunRow, Store, StoreError
+from jupyter_agent.store.api import CheckpointRow, RunRow
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.views.listing import Reader
 
 from .harness import API_KEY, AgentEnv, raw_store_bytes, record
@@ -249,7 +250,7 @@ def plant_journal(directory: Path, run_id: str, payload: bytes, uid: int = 65534
 def test_a_journal_planted_by_another_user_is_never_folded(tmp_path: Path) -> None:
     import warnings
 
-    from jupyter_agent.store.duckdb.store import StoreWarning
+    from jupyter_agent.errors import StoreWarning
 
     marker = tmp_path / "code-ran"
     store = Store(tmp_path / "agents.duckdb")

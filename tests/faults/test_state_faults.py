@@ -19,9 +19,9 @@ import dill
 import duckdb
 import pytest
 
-from jupyter_agent.store.api import open_store
-from jupyter_agent.store.duckdb.store import CheckpointRow as Row
-from jupyter_agent.store.duckdb.store import Store
+from jupyter_agent.store.api import CheckpointRow as Row
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
+from jupyter_agent.store.open import open_store
 
 from ..conftest import BACKENDS
 from ..pg import PgServer

@@ -19,8 +19,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from jupyter_agent.errors import StoreError, StoreWarning
+from jupyter_agent.store.api import CheckpointRow, RunRow
 from jupyter_agent.store.duckdb import journal
-from jupyter_agent.store.duckdb.store import CheckpointRow, RunRow, Store, StoreError, StoreWarning
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 
 from .harness import record
 
@@ -39,8 +41,9 @@ def dead_journal(store: Path, body: str) -> None:
         textwrap.dedent(
             f"""
         import os
-        from jupyter_agent.store.duckdb.store import Store, RunRow, CheckpointRow
-        from jupyter_agent.store.duckdb.journal import Record
+        from jupyter_agent.store.api import RunRow, CheckpointRow
+        from jupyter_agent.store.duckdb.store import DuckDBStore as Store
+        from jupyter_agent.store.rows import Record
         w = Store({str(store)!r}).writer("r1", secrets=[])
         run = RunRow("r1", "/nb.ipynb", "a", None, "t", "h", "m", None, None, 1.0, {{}})
         def cp(step):

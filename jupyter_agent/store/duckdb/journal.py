@@ -7,7 +7,7 @@ costs tens of milliseconds. So each running agent appends its checkpoints to a
 journal file of its own (append + fdatasync, well under a millisecond). The
 owning kernel folds it into DuckDB when the execution ends, and any reader folds
 it once its owner has died; while it lives, readers show its records without
-storing them (see :meth:`jupyter_agent.store.duckdb.store.DuckDBStore._merge`). Large values
+storing them (see :mod:`jupyter_agent.store.duckdb.fold`). Large values
 are not journaled: the journal holds a reference to a file written beforehand
 (see :mod:`jupyter_agent.store.duckdb.blobfiles`).
 
@@ -30,22 +30,12 @@ well-formed for the next append.
 Records are JSON metadata plus an opaque byte payload: reading a journal never
 unpickles anything.
 
-One writer per agent: :func:`owner_lock` holds an exclusive ``flock`` on a
-per-agent lock file (``*.lock``) naming the holder's pid. It is taken before
-the agent's latest run is even read and held for the whole execution, so two
-kernels can never both decide to start or resume the same agent. The kernel
-drops it when the process dies, so a crashed kernel never blocks the next one;
-forked children close their copy, like journals.
+One writer per agent is a lock file beside the journals (see
+:mod:`jupyter_agent.store.duckdb.locks`).
 
-Fault injection for tests: ``JUPYTER_AGENT_CRASH=<when>:<what>[:<n>]`` makes
-this process SIGKILL itself at the n-th (default first) matching point, where
-``when`` is ``before``, ``torn`` (half the frame written) or ``after`` (frame
-durable), and ``what`` is a prefix of the record label (``run``, ``blob``,
-``checkpoint.<kind>``) or ``merge.live`` / ``merge.dead`` (folding a running or
-a finished run's journal into DuckDB: ``before`` its commit, ``after`` it but
-before a finished journal is deleted; a running one is folded only once it holds
-more than ``DuckDBStore.LIVE_FOLD_BYTES`` unfolded). Unset, it costs one environment lookup
-per record.
+Fault injection for tests (``$JUPYTER_AGENT_CRASH``, see
+:mod:`jupyter_agent.store.faults`) can kill the writer before, halfway through
+(a torn frame) or after each append.
 """
 
 from __future__ import annotations
@@ -55,17 +45,16 @@ import errno
 import fcntl
 import json
 import os
-import signal
 import stat
 import struct
-import threading
-import time
 import uuid
 import weakref
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..faults import crash, crash_due
+from ..rows import Record
 
 MAGIC = b"JAJ1"
 _HEADER = struct.Struct("<4sII")  # magic, body length, crc32(body)
@@ -77,23 +66,6 @@ DAMAGED_SUFFIX = ".damaged"
 #: DuckDB meanwhile (see :mod:`jupyter_agent.store.duckdb.stale`), then deleted.
 FOLDED_SUFFIX = ".folded"
 MAX_BODY = 2**32 - 1
-CRASH_ENV = "JUPYTER_AGENT_CRASH"
-
-
-@dataclass(frozen=True)
-class Record:
-    """One journal entry: a table row as JSON plus an optional binary column."""
-
-    table: str
-    row: dict
-    payload: bytes = b""
-
-    @property
-    def label(self) -> str:
-        """What fault injection matches on: ``run``, ``blob`` or ``checkpoint.<kind>``."""
-        if self.table == "checkpoints":
-            return f"checkpoint.{self.row.get('kind', '')}"
-        return self.table.removesuffix("s")
 
 
 def encode(record: Record) -> bytes:
@@ -199,29 +171,6 @@ def decode_all(data: bytes, pos: int = 0) -> tuple[list[Record], int]:
     """
     found = decode(data, pos, recover=False)
     return found.records, found.clean_end
-
-
-# -- fault injection (tests only) -------------------------------------------------------
-
-_crash_counts: dict[str, int] = {}
-
-
-def crash_due(what: str) -> str | None:
-    """``when`` if ``$JUPYTER_AGENT_CRASH`` names this occurrence of ``what``, else None."""
-    spec = os.environ.get(CRASH_ENV)
-    if not spec:
-        return None
-    when, _, rest = spec.partition(":")
-    target, _, nth = rest.partition(":")
-    if not target or not what.startswith(target):
-        return None
-    count = _crash_counts[spec] = _crash_counts.get(spec, 0) + 1
-    return when if count == int(nth or 1) else None
-
-
-def crash() -> None:
-    """Die the way a kernel killed by the OOM killer or ``kill -9`` does."""
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 # -- writing ----------------------------------------------------------------------------
@@ -419,103 +368,6 @@ def live_run_ids(directory: Path) -> set[str]:
         if is_live:
             live.add(path.name.split(".", 1)[0])
     return live
-
-
-# -- one writer per agent ---------------------------------------------------------------
-
-LOCK_SUFFIX = ".lock"
-
-
-class LockHeld(Exception):
-    """Another process (``pid``), or another thread of this one (``here``), holds the lock."""
-
-    def __init__(self, pid: int | None, *, here: bool) -> None:
-        super().__init__(pid)
-        self.pid = pid
-        self.here = here
-
-
-@dataclass
-class _Hold:
-    fd: int
-    thread: int
-    depth: int = 1
-
-
-_holds: dict[Path, _Hold] = {}
-_holds_lock = threading.Lock()
-
-
-def _drop_locks_in_child() -> None:
-    """In a forked child: the parent holds the locks, not the child (nor its threads' state)."""
-    global _holds_lock
-    _holds_lock = threading.Lock()
-    for hold in _holds.values():
-        with contextlib.suppress(OSError):
-            os.close(hold.fd)
-    _holds.clear()
-
-
-os.register_at_fork(after_in_child=_drop_locks_in_child)
-
-
-@contextlib.contextmanager
-def owner_lock(path: Path) -> Iterator[None]:
-    """Hold the exclusive lock ``path`` (re-entrant within one thread) or raise :class:`LockHeld`.
-
-    Non-blocking: the caller reports who holds it instead of waiting. The file
-    is never deleted (unlinking a lock file lets two processes lock two files).
-    """
-    me = threading.get_ident()
-    with _holds_lock:
-        hold = _holds.get(path)
-        if hold is None:
-            _holds[path] = _Hold(_take(path), me)
-        elif hold.thread == me:
-            hold.depth += 1
-        else:
-            raise LockHeld(os.getpid(), here=True)
-    try:
-        yield
-    finally:
-        with _holds_lock:
-            hold = _holds[path]
-            hold.depth -= 1
-            if hold.depth == 0:
-                del _holds[path]
-                os.close(hold.fd)  # releases the flock
-
-
-def _take(path: Path) -> int:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        pid = _holder(fd)
-        os.close(fd)
-        raise LockHeld(pid, here=False) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _holder(fd: int) -> int | None:
-    """The pid the holder wrote; it may be a moment late, so look for up to 0.2 s."""
-    deadline = time.monotonic() + 0.2
-    while True:
-        with contextlib.suppress(OSError, ValueError):
-            return int(os.pread(fd, 32, 0).decode().strip())
-        if time.monotonic() > deadline:
-            return None
-        time.sleep(0.01)
 
 
 # -- inspecting a journal ---------------------------------------------------------------

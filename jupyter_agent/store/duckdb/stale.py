@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ...errors import StoreBusy
 from ...vocab import Kind
@@ -37,11 +37,14 @@ from ..api import (
     TIMELINE_LIMIT,
     AgentDetail,
     AgentSummary,
+    Capability,
     CheckpointRow,
+    JournaledStore,
     RunDetail,
     RunRow,
     RunStats,
     RunSummary,
+    Store,
     payload_messages,
 )
 from ..rows import checkpoint_from_row, malformed, run_from_row
@@ -84,8 +87,12 @@ class LastGood:
     answer, or one the journals cannot bring up to date, waits for the store.
     """
 
-    def __init__(self, store: object) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
+        #: The store, if it declares journals: else every answer is read from it.
+        self.journals: JournaledStore | None = (
+            cast(JournaledStore, store) if Capability.JOURNALS in store.capabilities else None
+        )
         #: key -> (time of the read, its answer, the file's state then or None).
         self._last: dict[tuple, tuple[float, Any, tuple | None]] = {}
         self._resolved: dict[str, str] = {}
@@ -102,13 +109,12 @@ class LastGood:
 
     def notebook(self, path: str) -> str:
         """Where the notebook known as ``path`` lives now; while the store is held, as last read."""
-        waiting = getattr(self.store, "waiting", None)
         known = self._resolved.get(path)
-        if waiting is None or known is None:
+        if self.journals is None or known is None:
             resolved = self.store.resolve_notebook(path)
         else:
             try:
-                with waiting(0.0):  # one attempt: a rename seen a moment late is harmless
+                with self.journals.waiting(0.0):  # one attempt: a rename seen late is harmless
                     resolved = self.store.resolve_notebook(path)
             except StoreBusy:
                 return known
@@ -129,10 +135,12 @@ class LastGood:
 
         An agent the journals hold and the DuckDB file not yet is found too, with its latest run.
         """
+
+        def update(detail: AgentDetail | None) -> AgentDetail | None:
+            return detail and detail_up_to_date(detail, notebook, self._journaled())
+
         detail, _ = self._answer(
-            ("agent", notebook, name),
-            lambda: self.store.agent_detail(notebook, name),
-            lambda detail: detail_up_to_date(detail, notebook, self._journaled()),
+            ("agent", notebook, name), lambda: self.store.agent_detail(notebook, name), update
         )
         if detail is not None:
             return detail
@@ -147,12 +155,12 @@ class LastGood:
         A run the journals hold and the DuckDB file not yet is found too (what the
         list showed can be opened), with its checkpoints' metadata only.
         """
-        detail, _ = self._answer(
-            ("run", run_id),
-            lambda: self.store.run_detail(run_id),
-            lambda detail: run_up_to_date(detail, self._journaled()),
-        )
-        if detail is not None or getattr(self.store, "journal_dir", None) is None:
+
+        def update(detail: RunDetail | None) -> RunDetail | None:
+            return detail and run_up_to_date(detail, self._journaled())
+
+        detail, _ = self._answer(("run", run_id), lambda: self.store.run_detail(run_id), update)
+        if detail is not None or self.journals is None:
             return detail
         journals = self._journaled()
         run = journals.runs.get(run_id)
@@ -171,8 +179,8 @@ class LastGood:
         with self._lock:
             known = dict(self._messages.get(run_id, {}))
         missing = [c.step for c in detail.checkpoints if c.step not in known]
-        if missing and getattr(self.store, "journal_dir", None) is not None:
-            known.update(_journaled_messages(self.store.journal_dir, run_id, set(missing)))
+        if missing and self.journals is not None:
+            known.update(_journaled_messages(self.journals.journal_dir, run_id, set(missing)))
             missing = [s for s in missing if s not in known]
         if missing:
             pairs = self.store.payloads([(run_id, None)], since=min(missing))
@@ -192,7 +200,8 @@ class LastGood:
             self._generation += 1
 
     def _journaled(self) -> Journaled:
-        return journaled(self.store.journal_dir, self._seen)
+        assert self.journals is not None
+        return journaled(self.journals.journal_dir, self._seen)
 
     def _answer(
         self, key: tuple, read: Callable[[], _T], update: Callable[[_T], _T]
@@ -205,23 +214,23 @@ class LastGood:
         """
         with self._lock:
             cached = self._last.get(key)
-        if getattr(self.store, "waiting", None) is None or cached is None:
+        if self.journals is None or cached is None:
             return self._read(key, read), None
         at, value, state = cached
-        if time.time() - at < self.store.FOLDED_KEEP / 2:  # the journals since are all kept
+        if time.time() - at < self.journals.FOLDED_KEEP / 2:  # the journals since are all kept
             try:
                 fresh = update(value)
             except Unknown:
                 pass
             else:
-                if state is not None and state == self.store.file_state():
+                if state is not None and state == self.journals.file_state():
                     return fresh, None  # nothing but the journals changed: exact
                 self._refresh(key, read)
                 return fresh, (at if key in self._behind else None)
         return self._read(key, read), None
 
     def _read(self, key: tuple, read: Callable[[], _T]) -> _T:
-        state = getattr(self.store, "file_state", None)
+        state = self.journals.file_state if self.journals is not None else None
         generation = self._generation
         at = time.time()  # before the read: anything journaled later is newer
         before = state() if state is not None else None
@@ -422,7 +431,8 @@ def _continued(parent: RunStats | None, run: RunRow) -> RunStats | None:
 def _added(stats: RunStats | None, run: RunRow, new: Iterable[CheckpointRow]) -> RunStats | None:
     """``stats`` of ``run`` with its checkpoints ``new`` (those after ``stats.last_step``)."""
     for cp in new:
-        usage = cp.info.get("usage") if isinstance(cp.info.get("usage"), dict) else {}
+        found = cp.info.get("usage")
+        usage: dict = found if isinstance(found, dict) else {}
         base = stats or RunStats(run.run_id, 0, 0, 0, 0, 0, run.created_at, -1, "running", {})
         stats = dataclasses.replace(
             base,

@@ -1,0 +1,253 @@
+"""The team database: its tables and their upgrade, the admin's SQL, and connections to it.
+
+Every connection checks the schema once per database and process
+(:func:`ensure_schema`): a newer release's tables are refused untouched
+(:func:`jupyter_agent.store.sql.checked_version`), an older schema is upgraded
+in place, and missing tables are created only by a writer (reading never
+creates the store, and a member's role need not be able to create tables).
+:data:`ROW_SECURITY_SQL` and :func:`grants_sql` are for the team's admin (see
+docs/store-postgres.md). A database error is worded once, here
+(:func:`problem`), with the fix for its cause.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import re
+import socket
+import threading
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from ...errors import StoreBusy, StoreError
+from ..schema import SCHEMA_VERSION, checked_version
+
+SCHEMA = "jupyter_agent"
+_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+CREATE TABLE IF NOT EXISTS {SCHEMA}.meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.runs (
+    run_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    notebook TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    cell_id TEXT,
+    prompt TEXT NOT NULL,
+    prompt_hash TEXT NOT NULL,
+    model TEXT NOT NULL,
+    parent_run TEXT,
+    parent_step INTEGER,
+    created_at DOUBLE PRECISION NOT NULL,
+    info TEXT,
+    lock_key BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_owner ON {SCHEMA}.runs (owner, notebook, agent, created_at);
+CREATE INDEX IF NOT EXISTS runs_by_lock ON {SCHEMA}.runs (lock_key);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.checkpoints (
+    run_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    duration_ms DOUBLE PRECISION NOT NULL,
+    tokens INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    info TEXT,
+    payload BYTEA,
+    payload_format TEXT DEFAULT 'json',
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.blobs (
+    hash TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    data BYTEA,
+    PRIMARY KEY (hash, owner)
+);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.notebook_moves (
+    owner TEXT NOT NULL,
+    old TEXT NOT NULL,
+    new TEXT NOT NULL,
+    moved_at DOUBLE PRECISION NOT NULL
+);
+"""
+
+#: Row-level security that makes the owner column binding: each member's role
+#: (named after their JupyterHub or login name) sees and writes only its rows.
+#: Applied by the team's admin (see docs/store-postgres.md), not by the store.
+ROW_SECURITY_SQL = "\n".join(
+    f"ALTER TABLE {SCHEMA}.{t} ENABLE ROW LEVEL SECURITY;\n"
+    f"DROP POLICY IF EXISTS own_rows ON {SCHEMA}.{t};\n"
+    f"CREATE POLICY own_rows ON {SCHEMA}.{t} USING (owner = current_user) "
+    "WITH CHECK (owner = current_user);"
+    for t in ("runs", "checkpoints", "blobs", "notebook_moves")
+)
+
+
+def grants_sql(team: str) -> str:
+    """SQL giving the group role ``team`` (created if missing) what its members need.
+
+    Members are login roles ``IN ROLE team``; none of them needs to create
+    tables once the admin has opened the store once (see docs/store-postgres.md).
+    """
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", team):
+        raise ValueError(f"{team!r} is not a plain role name (lower case, digits, _).")
+    return (
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{team}') THEN "
+        f"CREATE ROLE {team} NOLOGIN; END IF; END $$;\n"
+        f"GRANT USAGE ON SCHEMA {SCHEMA} TO {team};\n"
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {SCHEMA} TO {team};"
+    )
+
+
+def current_owner() -> str:
+    """Whose rows these are: the JupyterHub user, else the login name."""
+    return os.environ.get("JUPYTERHUB_USER") or getpass.getuser()
+
+
+def lock_key(*parts: str) -> int:
+    """A signed 64-bit advisory-lock key for ``parts`` (a run, or an owner's agent)."""
+    digest = hashlib.sha256("\0".join(("jupyter-agent", *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def display_url(url: str) -> str:
+    """``url`` without its password, fit for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+# -- connections ------------------------------------------------------------------------
+
+_ready: set[str] = set()
+_ready_lock = threading.Lock()
+_DDL_KEY = lock_key("schema")
+
+
+def _app_name(purpose: str) -> str:
+    # Shown in pg_stat_activity: how another host names the holder of an agent.
+    return f"jupyter-agent {purpose} pid {os.getpid()} on {socket.gethostname()}"[:63]
+
+
+def problem(url: str, exc: psycopg.Error, doing: str) -> StoreError:
+    """One short message for a database error, with the fix for its cause."""
+    where = display_url(url)
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return StoreError(
+            f"The agent store {where} refused to {doing}: {text}. Ask the team's database admin "
+            "for the rights described in docs/store-postgres.md."
+        )
+    if isinstance(exc, psycopg.errors.DiskFull):
+        return StoreError(
+            f"The agent store {where} could not {doing}: the database server's disk is full. "
+            "The agent stopped at its last saved checkpoint; run the cell again once there is room."
+        )
+    if isinstance(exc, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
+        return StoreBusy(f"The agent store {where} stayed busy ({text}); try again.")
+    return StoreError(
+        f"The agent store {where} could not {doing}: {text}. Check that the database server "
+        "runs and that JUPYTER_AGENT_STORE (or %config AgentMagics.store) names it; passwords "
+        "belong in ~/.pgpass or PGPASSWORD. The agent stopped at its last saved checkpoint."
+    )
+
+
+def connect(
+    url: str, purpose: str, busy_timeout: float, *, create: bool = False
+) -> psycopg.Connection:
+    """A new autocommit connection; its schema checked, and created when ``create``."""
+    try:
+        con = psycopg.connect(
+            url,
+            autocommit=True,
+            application_name=_app_name(purpose),
+            connect_timeout=max(1, int(busy_timeout)),
+        )
+    except psycopg.Error as exc:
+        raise problem(url, exc, "be reached") from exc
+    try:
+        ensure_schema(url, con, create=create)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _stored_version(url: str, con: psycopg.Connection) -> int | None:
+    """The database's schema version (None: no tables yet), refused if newer than this reads."""
+    found = con.execute("SELECT to_regclass(%s)", [f"{SCHEMA}.meta"]).fetchone()
+    if not (found and found[0]):
+        return None
+    row = con.execute(f"SELECT value FROM {SCHEMA}.meta WHERE key = 'schema_version'").fetchone()
+    return checked_version(display_url(url), None if row is None else row[0])
+
+
+def ensure_schema(url: str, con: psycopg.Connection, *, create: bool) -> bool:
+    """Check the schema once per database and process; whether the tables exist.
+
+    A newer schema is refused untouched; an older one is upgraded in place; a
+    missing one is created only when ``create`` (reading never creates the store,
+    and a member's role need not be able to create tables).
+    """
+    if url in _ready:
+        return True
+    with _ready_lock:
+        if url in _ready:
+            return True
+        try:
+            version = _stored_version(url, con)
+            if version is None:
+                if not create:
+                    return False
+                with con.transaction():
+                    con.execute("SELECT pg_advisory_xact_lock(%s)", [_DDL_KEY])
+                    con.execute(_DDL)
+                    con.execute(
+                        f"INSERT INTO {SCHEMA}.meta VALUES ('schema_version', %s) "
+                        "ON CONFLICT DO NOTHING",
+                        [str(SCHEMA_VERSION)],
+                    )
+            elif version < SCHEMA_VERSION:
+                _migrate(url, con)
+        except psycopg.Error as exc:
+            raise problem(url, exc, "create or upgrade its tables") from exc
+        _ready.add(url)
+        return True
+
+
+def _migrate(url: str, con: psycopg.Connection) -> None:
+    """Upgrade a schema 1 store: tag its checkpoints' payloads ``dill``.
+
+    Nothing is unpickled here (the rows belong to many owners): each owner's old
+    payloads are converted to JSON as that owner reads them
+    (:func:`~jupyter_agent.store.rows.json_payload`). Needs the table owner's rights.
+    """
+    with con.transaction():
+        con.execute("SELECT pg_advisory_xact_lock(%s)", [_DDL_KEY])
+        version = _stored_version(url, con)
+        if version is None or version >= SCHEMA_VERSION:
+            return  # another process did it meanwhile
+        con.execute(
+            f"ALTER TABLE {SCHEMA}.checkpoints ADD COLUMN IF NOT EXISTS payload_format TEXT"
+        )
+        con.execute(
+            f"UPDATE {SCHEMA}.checkpoints SET payload_format = 'dill' WHERE payload_format IS NULL"
+        )
+        con.execute(
+            f"ALTER TABLE {SCHEMA}.checkpoints ALTER COLUMN payload_format SET DEFAULT 'json'"
+        )
+        con.execute(
+            f"UPDATE {SCHEMA}.meta SET value = %s WHERE key = 'schema_version'",
+            [str(SCHEMA_VERSION)],
+        )

@@ -1,0 +1,111 @@
+"""One writer per agent, and liveness, on PostgreSQL: session advisory locks.
+
+A process holds its agents' and runs' locks on one connection per database
+(:class:`Locks`). PostgreSQL releases them when that connection ends, so a
+process that dies on any host frees its agents and runs, and ``pg_locks``
+shows them to every host: a run is live while its writer holds the run's key.
+Keys are derived from names (:func:`~jupyter_agent.store.postgres.admin.lock_key`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import psycopg
+
+from .admin import connect, problem
+
+
+class Locks:
+    """The process's session advisory locks on one database, held by one connection.
+
+    PostgreSQL releases them when that connection ends, so a process that dies on
+    any host frees its agents and runs; ``pg_locks`` shows them to every host.
+    Threads of this process are told apart here, as the server cannot.
+    """
+
+    def __init__(self, url: str, busy_timeout: float) -> None:
+        self.url = url
+        self.busy_timeout = busy_timeout
+        self.mutex = threading.Lock()
+        self.con: psycopg.Connection | None = None
+        self.held: dict[int, list[int]] = {}  # key -> [thread id, depth]
+
+    def _connection(self) -> psycopg.Connection:
+        if self.con is None or self.con.closed or self.con.broken:
+            self.held.clear()  # a lost connection took its locks with it
+            self.con = connect(self.url, "locks", self.busy_timeout)
+        return self.con
+
+    def acquire(self, key: int, *, reentrant: bool) -> str | None:
+        """Take ``key``; None when taken, else "here" or the holder's description."""
+        me = threading.get_ident()
+        with self.mutex:
+            held = self.held.get(key)
+            if held is not None:
+                if reentrant and held[0] == me:
+                    held[1] += 1
+                    return None
+                return "here"
+            try:
+                con = self._connection()
+                ok = con.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
+                if not (ok and ok[0]):
+                    return self._holder(con, key)
+            except psycopg.Error as exc:
+                raise problem(self.url, exc, "take a lock") from exc
+            self.held[key] = [me, 1]
+            return None
+
+    def release(self, key: int) -> None:
+        with self.mutex:
+            held = self.held.get(key)
+            if held is None:
+                return
+            held[1] -= 1
+            if held[1] > 0:
+                return
+            del self.held[key]
+            if self.con is not None and not self.con.closed:
+                with contextlib.suppress(psycopg.Error):
+                    self.con.execute("SELECT pg_advisory_unlock(%s)", [key])
+
+    def close_if_idle(self) -> None:
+        """End the connection if it holds no lock (it reopens when one is taken)."""
+        with self.mutex:
+            if not self.held and self.con is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self.con.close()
+                self.con = None
+
+    @staticmethod
+    def _holder(con: psycopg.Connection, key: int) -> str:
+        row = con.execute(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+            "AND ((l.classid::bigint << 32) | l.objid::bigint) = %s",
+            [key],
+        ).fetchone()
+        name = (row[0] if row else "") or ""
+        return name.removeprefix("jupyter-agent locks ") or "another process"
+
+
+_lock_sessions: dict[str, Locks] = {}
+_lock_sessions_lock = threading.Lock()
+
+
+def locks_of(url: str, busy_timeout: float) -> Locks:
+    """The lock session of ``url``; those of other databases holding nothing are closed.
+
+    So a process that goes from store to store (a kernel re-pointed, a server
+    reading many) keeps no idle connection behind, which would otherwise pile up
+    until the server refuses clients.
+    """
+    with _lock_sessions_lock:
+        for other, session in _lock_sessions.items():
+            if other != url:
+                session.close_if_idle()
+        if url not in _lock_sessions:
+            _lock_sessions[url] = Locks(url, busy_timeout)
+        return _lock_sessions[url]

@@ -1,0 +1,152 @@
+"""The PostgreSQL store's writer: one run execution's records, straight into the database.
+
+Rows are redacted by :class:`jupyter_agent.store.writer.RunWriter`. Each record
+commits on the writer's own connection; blobs wait for the checkpoint that
+refers to them and go in its transaction, so a checkpoint is never stored
+without its values. The run counts as live while the writer holds the run's
+advisory lock (see :mod:`jupyter_agent.store.postgres.locks`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from ...errors import AgentBusy, StoreError
+from ..api import CHECKPOINT_COLUMNS, RUN_COLUMNS
+from ..dialect import CHECKPOINT_SELECT, RUN_SELECT
+from ..faults import crash, crash_due
+from ..rows import Record, malformed
+from ..writer import RunWriter
+from .admin import SCHEMA, connect, lock_key, problem
+from .locks import locks_of
+
+
+def _text(value: Any) -> Any:
+    """PostgreSQL text cannot hold NUL; DuckDB's could, so it is replaced, not refused."""
+    return value.replace("\0", "\ufffd") if isinstance(value, str) else value
+
+
+class PostgresRunWriter(RunWriter):
+    """Writes one run execution's records to PostgreSQL as ``owner``, secrets redacted."""
+
+    def __init__(
+        self, url: str, busy_timeout: float, owner: str, run_id: str, secrets: list[str]
+    ) -> None:
+        super().__init__(secrets)
+        self.url = url
+        self.owner = owner
+        self.run_id = run_id
+        self._key = lock_key("run", run_id)
+        self._locks = locks_of(url, busy_timeout)
+        holder = self._locks.acquire(self._key, reentrant=False)
+        if holder is not None:
+            where = "in this process" if holder == "here" else f"elsewhere ({holder})"
+            raise AgentBusy(f"Run {run_id} is already being written {where}.")
+        try:
+            self._con: psycopg.Connection | None = connect(url, "writer", busy_timeout, create=True)
+            if "synchronous_commit" not in url:
+                # A commit need not wait for the server's disk: a dead kernel loses
+                # nothing, and a crashed server only the last moments' checkpoints
+                # (the run resumes before them). The URL can ask for it per commit.
+                self._con.execute("SET synchronous_commit = off")
+        except psycopg.Error as exc:
+            self._locks.release(self._key)
+            raise problem(url, exc, "start writing checkpoints") from exc
+        except BaseException:
+            self._locks.release(self._key)
+            raise
+        self._blobs: list[list] = []
+
+    def prepare_blob(self, digest: str, data: bytes) -> None:
+        """Nothing to do ahead: the value goes into the database with its record."""
+
+    def put_blob(self, digest: str, data: bytes) -> None:
+        """Hold a value for its checkpoint's transaction; the database keeps large ones too.
+
+        (The DuckDB writer puts large values in files beside its store; a shared
+        server has no such directory, and every host must read them.)
+        """
+        self._append(Record("blobs", {"hash": digest, "size": len(data)}, data))
+
+    def _append(self, record: Record, *, durable: bool = True) -> None:
+        # Each record commits; the commit waits for the disk as the URL asks, ``durable`` or not.
+        if malformed(record) or record.table not in ("runs", "blobs", "checkpoints"):
+            raise StoreError(
+                f"Cannot write a {record.table} record with a missing or mistyped column "
+                f"({sorted(record.row) if isinstance(record.row, dict) else record.row!r}); "
+                "nothing was stored."
+            )
+        if self._con is None:
+            raise StoreError(f"The writer of run {self.run_id} is closed.")
+        row = {k: _text(v) for k, v in record.row.items()}
+        # Fault injection, as the journal does (``$JUPYTER_AGENT_CRASH``): ``torn``
+        # dies inside the checkpoint's transaction, before its commit.
+        due = crash_due(record.label)
+        if due == "before" or (due == "torn" and record.table != "checkpoints"):
+            crash()
+        if record.table == "blobs":
+            self._blobs.append([row["hash"], self.owner, row["size"], record.payload])
+            if due == "after":
+                crash()
+            return
+        try:
+            if record.table == "runs":
+                values = [row.get(c) for c in RUN_COLUMNS]
+                self._con.execute(
+                    f"INSERT INTO {SCHEMA}.runs ({RUN_SELECT}, owner, lock_key) VALUES "
+                    f"({', '.join(['%s'] * (len(RUN_COLUMNS) + 2))}) ON CONFLICT DO NOTHING",
+                    [*values, self.owner, lock_key("run", row["run_id"])],
+                )
+            else:
+                values = [row.get(c) for c in CHECKPOINT_COLUMNS]
+                fmt = row.get("payload_format") or "json"
+                with self._con.transaction():
+                    self._put_blobs()
+                    self._con.execute(
+                        f"INSERT INTO {SCHEMA}.checkpoints "
+                        f"({CHECKPOINT_SELECT}, owner, payload_format, payload) "
+                        f"VALUES ({', '.join(['%s'] * (len(CHECKPOINT_COLUMNS) + 3))}) "
+                        "ON CONFLICT DO NOTHING",
+                        [*values, self.owner, fmt, record.payload],
+                    )
+                    if due == "torn":
+                        crash()
+                self._blobs.clear()
+        except psycopg.Error as exc:
+            raise problem(self.url, exc, "store a checkpoint") from exc
+        self.bytes_written += len(record.payload) + sum(len(str(v)) for v in row.values())
+        if due == "after":
+            crash()
+
+    def _put_blobs(self) -> None:
+        assert self._con is not None
+        if self._blobs:
+            with self._con.cursor() as cur:
+                cur.executemany(
+                    f"INSERT INTO {SCHEMA}.blobs (hash, owner, size, data) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    self._blobs,
+                )
+            self.bytes_written += sum(b[2] for b in self._blobs)
+
+    def close(self, *, merge: bool = True) -> None:
+        """Store blobs no checkpoint took yet, and end the run's liveness."""
+        con, self._con = self._con, None
+        if con is None:
+            return
+        try:
+            if self._blobs and not con.broken:
+                self._con = con
+                try:
+                    with con.transaction():
+                        self._put_blobs()
+                except psycopg.Error as exc:
+                    raise problem(self.url, exc, "store a saved value") from exc
+                finally:
+                    self._con = None
+                    self._blobs.clear()
+        finally:
+            con.close()
+            self._locks.release(self._key)

@@ -1,0 +1,39 @@
+"""The schema's version: one rule for every backend.
+
+Each backend stores :data:`SCHEMA_VERSION` with its tables (its own DDL and
+its own upgrade of older tables). A store written by a newer release is refused
+untouched, by :func:`checked_version`, whichever backend holds it.
+"""
+
+from __future__ import annotations
+
+from ..errors import StoreError
+
+#: 2: checkpoint payloads are JSON, tagged by ``payload_format`` (1 pickled them with dill).
+SCHEMA_VERSION = 2
+
+
+def parse_version(value: str, newest: int) -> int:
+    """A stored schema version; an unreadable one counts as newer, so it is never overwritten."""
+    try:
+        return int(value)
+    except ValueError:
+        return newest + 1
+
+
+def checked_version(where: str, stored: str | None) -> int | None:
+    """The schema version ``stored`` at ``where`` (None: no store yet), refused if newer.
+
+    A store written by a newer release is left exactly as it is: this release
+    neither reads it (its rows may mean something else) nor upgrades it.
+    """
+    if stored is None:
+        return None
+    version = parse_version(stored, SCHEMA_VERSION)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"The agent store {where} was written by a newer jupyter-agent (schema "
+            f"{stored}, this one reads {SCHEMA_VERSION}). Upgrade jupyter-agent; the store "
+            "was not modified."
+        )
+    return version

@@ -25,9 +25,10 @@ from .core.redaction import redact, secrets_in_environment
 from .core.state import RUNNING, fold
 from .errors import AgentError, Conflict, NotFound
 from .kernel.identity import ENV_NOTEBOOK
-from .loop.execution import chain, effective_status
+from .loop.runs import chain
 from .store.api import CHECKPOINT_COLUMNS, CheckpointRow, RunRow, Store, open_store
 from .views.render import status_text
+from .vocab import effective_status
 
 OK, REFUSED, USAGE = 0, 1, 2
 

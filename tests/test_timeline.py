@@ -21,9 +21,10 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.testing.globalipapp import start_ipython
 
 from jupyter_agent import vocab
+from jupyter_agent.config import ClientSettings, Settings
 from jupyter_agent.kernel import runner
 from jupyter_agent.kernel.identity import AgentIdentity
-from jupyter_agent.loop.execution import RunOptions
+from jupyter_agent.kernel.runtime import current
 from jupyter_agent.store.duckdb.store import CheckpointRow, RunRow, Store
 from jupyter_agent.testing import ScriptedServer
 from jupyter_agent.views import render, widget
@@ -103,7 +104,11 @@ class Recorder:
 
 def make_widget(store: Store, tmp_path: Path, shell: InteractiveShell) -> widget.TimelineWidget:
     return widget.TimelineWidget(
-        store, notebook(tmp_path), AGENT, shell=shell, options=lambda: RunOptions(retries=0)
+        store,
+        notebook(tmp_path),
+        AGENT,
+        shell=shell,
+        options=lambda: Settings(client=ClientSettings(retries=0)),
     )
 
 
@@ -516,11 +521,11 @@ def test_background_executions_are_one_per_agent(tmp_path: Path) -> None:
     job = widget.start_job(key, work)
     with pytest.raises(runner.AgentBusy):
         widget.start_job(key, work)
-    with pytest.raises(runner.AgentBusy), runner.claim(*key):
+    with pytest.raises(runner.AgentBusy), current().claimed(key):
         pass
     release.set()
     assert job.join(10)
-    with runner.claim(*key):  # free again
+    with current().claimed(key):  # free again
         pass
 
 

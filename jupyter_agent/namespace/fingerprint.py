@@ -92,8 +92,8 @@ class _Walker:
         self.kept: dict[str, Any] = {}
         self._previous = kept or {}
         self._seen: set[int] = set()
-        self._np = sys.modules.get("numpy")
-        self._pd = sys.modules.get("pandas")
+        self._np: Any = sys.modules.get("numpy")
+        self._pd: Any = sys.modules.get("pandas")
 
     def walk(self, obj: Any) -> None:
         t = type(obj)

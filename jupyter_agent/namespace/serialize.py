@@ -47,12 +47,12 @@ class _Dispatch(dict):
         return key in FILE_TYPES or key in dill.Pickler.dispatch
 
 
-class _Pickler(dill.Pickler):  # type: ignore[misc]
+class _Pickler(dill.Pickler):
     # A dispatch entry costs nothing per object, unlike a reducer_override hook.
     dispatch = _Dispatch()
 
 
-class _Unpickler(dill.Unpickler):  # type: ignore[misc]
+class _Unpickler(dill.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if name == "_create_filehandle" and module in ("dill._dill", "dill.dill"):
             raise pickle.UnpicklingError(

@@ -57,7 +57,7 @@ def read_agent(store: Store, reader: RunRow, arguments: str) -> str:
             f"no agent named {agent!r} in this notebook (the other agents: {known})"
         )
     status, text, steps = run_status(store, run, store.live_runs())
-    from ..loop.execution import load_state  # the loop imports this module
+    from ..loop.runs import load_state  # the loop imports this module
 
     state = load_state(store, run)
     out: dict = {"agent": agent, "status": status, "status_text": text, "steps": steps}

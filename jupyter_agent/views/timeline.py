@@ -17,26 +17,22 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import vocab
+from ..config import Settings
 from ..core.state import AWAITING_APPROVAL, RUNNING, RunState, decode_delta, fold
 from ..errors import NotFound
 from ..kernel.identity import AgentIdentity
-from ..kernel.runner import (
-    AgentBusy,
-    Outcome,
-    approve_policy,
-    make_execution,
-    run_options,
-    settings_at,
-)
-from ..loop.execution import Events, chain, effective_status, load_state, new_run
+from ..kernel.runner import AgentBusy, Outcome, make_execution, settings_at
+from ..loop.checkpoints import Collaborators
+from ..loop.runs import chain, load_state, new_run
 from ..model.offline import OFFLINE_MODEL
 from ..namespace.tracking import restore
 from ..store.api import CheckpointRow, RunRow, Store
 from ..tools.delegate import awaited_child
+from ..vocab import effective_status
 
 #: Entries of the selected history sent to a frontend at first; more on request.
 WINDOW = 100
@@ -562,41 +558,38 @@ def _rewind_to(store: Store, shell: Any, target: RunState, later: set[str]) -> R
 
 def fork(
     timeline: Timeline,
-    shell: Any,
     run_id: str,
     step: int,
     *,
     instruction: str = "",
-    options: Any,
-    events: Events,
-    endpoint_args: dict | None = None,
-    cancel: Any = None,
+    collaborators: Collaborators,
+    settings: Settings,
 ) -> Outcome:
     """Start a new run from a checkpoint and execute it; the original run stays as it was.
 
     The fork continues from that checkpoint's state, so the namespace is first
     rewound to it, with the model and approval policy in effect there
-    (``options`` may add approvals, as for any continuation). It keeps the
+    (``settings`` may add approvals, as for any continuation). It keeps the
     run's prompt, so it becomes what re-running the agent's cell continues.
     """
+    shell, events = collaborators.shell, collaborators.events
     with timeline.store.agent_lock(*timeline.key):
         ensure_idle(timeline)
         source = timeline.run(run_id)
         identity = AgentIdentity(source.notebook, source.agent, source.cell_id, "store")
         # What the run ran with at that checkpoint: a re-run may have changed them.
-        settings = settings_at(timeline.store, source, step)
-        options = run_options(source, options, settings["approve"])
+        there = settings_at(timeline.store, source, step)
+        policy = settings.policy.continuing(there["approve"])
         run = new_run(
             identity,
             source.prompt,
-            settings["model"],
+            there["model"],
             parent=(source.run_id, step),
-            info={"approve": approve_policy(options), "instruction": instruction.strip()},
+            info={"approve": policy.recorded_approval(), "instruction": instruction.strip()},
         )
         state = state_at(timeline, source, step)
-        execution = make_execution(
-            timeline.store, shell, run, state, run.model, options, events, endpoint_args, cancel
-        )
+        settings = replace(settings, policy=policy)
+        execution = make_execution(run, state, run.model, collaborators, settings)
         later = set(load_state(timeline.store, source).vars)
         if timeline.latest is not None:
             later |= set(load_state(timeline.store, timeline.latest).vars)

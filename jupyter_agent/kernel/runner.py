@@ -212,17 +212,17 @@ def make_execution(
     run: RunRow, state: RunState, model: str, collaborators: Collaborators, settings: Settings
 ) -> Execution:
     """The one place an :class:`Execution` is built: the endpoint resolved, its client made."""
-    config = settings.client
+    config, cancel = settings.client, collaborators.cancel
     endpoint = Endpoint.resolve(model, base_url=config.base_url, api_key=config.api_key)
     client: ModelClient | OfflineClient
     if endpoint.model == OFFLINE_MODEL:
-        client = OfflineClient(endpoint, cancel=collaborators.cancel)
+        client = OfflineClient(endpoint, cancel=cancel)
     else:
         client = ModelClient(
             endpoint,
             timeout=config.timeout,
             retries=config.retries,
             backoff=config.backoff,
-            cancel=collaborators.cancel,
+            cancel=cancel,
         )
     return Execution(run, state, client, collaborators, settings)

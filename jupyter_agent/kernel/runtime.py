@@ -1,7 +1,7 @@
 """The agent runtime of a kernel: its store, its executions, and who may run what.
 
 One :class:`AgentRuntime` per kernel (:func:`current`; ``AgentMagics.runtime``)
-owns the store handle and endpoint defaults, the registry of agents executing
+owns the store handles, the registry of agents executing
 in the kernel (in a cell, in the background, from a timeline click), and the
 views that follow them. It starts, resumes, forks and rewinds runs; the
 timeline widget only renders and calls it, so ``--background`` and
@@ -12,6 +12,10 @@ The registry holds one :class:`Claim` per executing agent. A background
 thread does, and only that claim: an agent is either free or claimed by one
 execution, never "free but still listed", so a job started as another ends
 is never lost to ``pause`` or :meth:`AgentRuntime.wait_all`.
+
+Its threads and locks, and the order they are taken in, are those of
+:mod:`jupyter_agent.loop` (Concurrency); children of ``delegate`` calls run in
+:mod:`.delegation`, agents that wait for others in :mod:`.after`.
 """
 
 from __future__ import annotations
@@ -63,7 +67,10 @@ class View(Protocol):
 
 @dataclass(eq=False)
 class Claim:
-    """The right to execute one agent in this kernel; given back exactly once."""
+    """The right to execute one agent in this kernel; given back exactly once.
+
+    Never waited for: a second claim raises ``AgentBusy`` (see :mod:`jupyter_agent.loop`).
+    """
 
     key: Key
     job: Job | None = None
@@ -71,7 +78,7 @@ class Claim:
 
 @dataclass(eq=False)
 class Job:
-    """An execution of an agent on a background thread of this kernel."""
+    """An execution of an agent on a background thread of this kernel (see :mod:`jupyter_agent.loop`)."""
 
     key: Key
     cancel: threading.Event
@@ -94,6 +101,7 @@ class AgentRuntime:
     store_path: str | None = None
     #: One agent's code at a time in this kernel's namespace; the others wait, saying so.
     namespace: NamespaceLock = field(default_factory=NamespaceLock, repr=False)
+    #: Claims, views and store handles; a leaf lock (see :mod:`jupyter_agent.loop`).
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _claims: dict[Key, Claim] = field(default_factory=dict, repr=False)
     _views: dict[Key, weakref.WeakSet] = field(default_factory=dict, repr=False)
@@ -468,6 +476,7 @@ def _ipython() -> Any:
 
 
 _current: AgentRuntime | None = None
+#: Makes the kernel's one runtime; a leaf lock (see :mod:`jupyter_agent.loop`).
 _current_lock = threading.Lock()
 
 

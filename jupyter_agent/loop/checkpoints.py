@@ -88,10 +88,8 @@ class Recorder:
     def __init__(
         self, run: RunRow, state: RunState, collaborators: Collaborators, secrets: list[str]
     ) -> None:
-        self.run = run
-        self.state = state
-        self.shell = collaborators.shell
-        self.events = collaborators.events
+        self.run, self.state = run, state
+        self.shell, self.events = collaborators.shell, collaborators.events
         self.lock = collaborators.namespace
         self.secrets = secrets
         self.writer: RunWriterLike | None = None
@@ -268,7 +266,10 @@ class Recorder:
 
 @contextlib.contextmanager
 def shield_from_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C back until a checkpoint is written whole (main thread only)."""
+    """Hold Ctrl-C back until a checkpoint is written whole (main thread only).
+
+    Only the main thread gets signals; see :mod:`jupyter_agent.loop` for the others.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -15,6 +15,7 @@ each start afresh: the transition to the next item is a compaction too.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 
 from .. import vocab
 from ..core import context
@@ -33,32 +34,26 @@ from .checkpoints import Recorder, Stop
 MAX_OVERFLOWS = 3
 
 
+@dataclass(eq=False)
 class Window:
     """The model's view of a run: built, measured, compacted, and paid for."""
 
-    def __init__(
-        self,
-        recorder: Recorder,
-        client: ModelClient | OfflineClient,
-        store: Store,
-        window: int,
-        plan_mode: bool,
-    ) -> None:
-        self.recorder = recorder
-        self.client = client
-        self.store = store
-        #: The model's context window in tokens (lowered when the endpoint says so).
-        self.window = window
-        self.plan_mode = plan_mode
-        #: What the model is offered (set once the execution's tools are open).
-        self.tools: list[dict] = []
-        self.budget: Budget | None = None
-        #: Dollars per million (prompt, completion) tokens of the model, if known.
-        self.price: tuple[float, float] | None = None
-        #: Reported over estimated prompt tokens of the last request (see context).
-        self.ratio = 1.0
-        self.sizes = context.Sizes()
-        self._overflows = 0
+    recorder: Recorder
+    client: ModelClient | OfflineClient
+    store: Store
+    #: The model's context window in tokens (lowered when the endpoint says so).
+    window: int
+    #: A plan run: plan first, then an item at a time.
+    plan_mode: bool
+    #: What the model is offered (set once the execution's tools are open).
+    tools: list[dict] = field(default_factory=list)
+    budget: Budget | None = None
+    #: Dollars per million (prompt, completion) tokens of the model, if known.
+    price: tuple[float, float] | None = None
+    #: Reported over estimated prompt tokens of the last request (see context).
+    ratio: float = 1.0
+    sizes: context.Sizes = field(default_factory=context.Sizes)
+    _overflows: int = 0
 
     def view(self) -> list[dict]:
         """What the model is sent now (see :mod:`jupyter_agent.core.context`)."""

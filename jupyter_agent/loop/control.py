@@ -15,6 +15,7 @@ kernel's runtime gives the execution a :class:`Children`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..core.plan import parse_items, progress
@@ -28,11 +29,11 @@ from ..tools.read_agent import read_agent
 from .checkpoints import Recorder, Stop, one_line
 
 
+@dataclass
 class PlanStep:
     """``update_plan``: the plan as the model wrote it, checked, as the call's result."""
 
-    def __init__(self, recorder: Recorder) -> None:
-        self.recorder = recorder
+    recorder: Recorder
 
     def __call__(self, call: dict) -> None:
         try:
@@ -57,12 +58,12 @@ class PlanStep:
         )
 
 
+@dataclass
 class ReadAgentStep:
     """``read_agent``: another agent's run as text; reads the store only."""
 
-    def __init__(self, recorder: Recorder, store: Store) -> None:
-        self.recorder = recorder
-        self.store = store
+    recorder: Recorder
+    store: Store
 
     def __call__(self, call: dict) -> None:
         recorder = self.recorder
@@ -82,17 +83,15 @@ class ReadAgentStep:
         )
 
 
+@dataclass
 class DelegateStep:
-    """``delegate``: run a child agent; its final answer is this call's result, once.
+    """``delegate``: run a child agent; its final answer is this call's result, once."""
 
-    ``parent`` is the execution the children see (:class:`Children` reads its
-    run, state, budget, settings and collaborators).
-    """
-
-    def __init__(self, recorder: Recorder, children: Children, parent: Any) -> None:
-        self.recorder = recorder
-        self.children = children
-        self.parent = parent
+    recorder: Recorder
+    children: Children
+    #: The execution the children see (:class:`Children` reads its run, state,
+    #: budget, settings, client and collaborators).
+    parent: Any
 
     def __call__(self, call: dict) -> None:
         recorder, children = self.recorder, self.children

@@ -92,14 +92,9 @@ class Execution:
         collaborators: Collaborators,
         settings: Settings,
     ) -> None:
-        self.run = run
-        self.state = state
-        self.client = client
-        self.collaborators = collaborators
-        self.store = collaborators.store
-        self.shell = collaborators.shell
-        self.events = collaborators.events
-        self.settings = settings
+        self.run, self.state, self.client = run, state, client
+        self.collaborators, self.settings = collaborators, settings
+        self.store, self.shell = collaborators.store, collaborators.shell
         policy = settings.policy
         self.recorder = Recorder(run, state, collaborators, settings.secrets)
         model = client.endpoint.model

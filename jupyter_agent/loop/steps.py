@@ -15,6 +15,7 @@ code waits, and what they changed meanwhile is not this run's to save.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 from ..config import RunPolicy
@@ -32,15 +33,13 @@ from .compaction import Window
 REASONING_KEPT = 20_000
 
 
+@dataclass
 class ModelStep:
     """One model call, checkpointed once its reply is complete."""
 
-    def __init__(
-        self, recorder: Recorder, window: Window, client: ModelClient | OfflineClient
-    ) -> None:
-        self.recorder = recorder
-        self.window = window
-        self.client = client
+    recorder: Recorder
+    window: Window
+    client: ModelClient | OfflineClient
 
     def __call__(self) -> bool:
         """Ask the model; False when the request was refused and compacted instead."""
@@ -97,6 +96,7 @@ class ModelStep:
         return True
 
 
+@dataclass
 class ToolStep:
     """A call of a tool of the run's toolbox: approval if needed, then its start and result.
 
@@ -105,19 +105,12 @@ class ToolStep:
     have had its effect, so it waits for the user's approval first.
     """
 
-    def __init__(
-        self,
-        recorder: Recorder,
-        toolbox: Toolbox,
-        policy: RunPolicy,
-        client: ModelClient | OfflineClient,
-        lock: NamespaceLock | None,
-    ) -> None:
-        self.recorder = recorder
-        self.toolbox = toolbox
-        self.policy = policy
-        self.client = client
-        self.lock = lock
+    recorder: Recorder
+    toolbox: Toolbox
+    policy: RunPolicy
+    client: ModelClient | OfflineClient
+    #: The kernel's namespace lock (None: code runs without waiting for other agents).
+    lock: NamespaceLock | None
 
     def __call__(self, call: dict) -> None:
         recorder = self.recorder

@@ -215,7 +215,8 @@ class Saving:
     Nothing may run code in the namespace until :meth:`result` returned (the
     agent makes sure of it): the thread reads the values as the step left them.
     ``prepare`` gets each new blob on the thread (the store writes a large
-    value's file there); ``done`` is called when the thread ends.
+    value's file there); ``done`` is called when the thread ends. One of the
+    kernel's threads (see :mod:`jupyter_agent.loop`, Concurrency).
     """
 
     def __init__(

@@ -188,7 +188,6 @@ class AgentMagics(Magics):
             identity = resolve(self.shell, args.name, prompt)
             if identity.notice:  # a weak identity: say so before running
                 print(identity.notice)
-            notebook = identity.notebook
             waits = None
             if after:
                 notebook = self._store().resolve_notebook(identity.notebook)

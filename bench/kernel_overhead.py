@@ -109,7 +109,7 @@ def _kb_wrap(owner, name, label):
     setattr(owner, name, timed)
 _kb_wrap(_kb_model.ModelClient, "complete", "model call")
 _kb_wrap(_kb_tools, "run_python", "tool (run_python)")
-_kb_wrap(_kb_agent.Recorder, "checkpoint", "Execution.checkpoint")
+_kb_wrap(_kb_agent.Recorder, "checkpoint", "Recorder.checkpoint")
 _kb_wrap(_kb_agent, "encode_delta", "  encode_delta")
 _kb_wrap(_kb_journal.JournalWriter, "append", "  JournalWriter.append")
 _kb_wrap(_kb_os, "fdatasync", "    os.fdatasync")
@@ -120,9 +120,9 @@ _kb_wrap(_kb_widget.TimelineWidget, "add", "    TimelineWidget.add")
 _kb_wrap(_kb_widget.TimelineWidget, "write", "TimelineWidget.write")
 _kb_wrap(_kb_ns.Tracker, "begin", "Tracker.begin")
 _kb_wrap(_kb_ns.Tracker, "snapshot", "Tracker.snapshot")
-_kb_wrap(_kb_compaction.Window, "view", "Execution.view")
+_kb_wrap(_kb_compaction.Window, "view", "Window.view")
 _kb_wrap(_kb_context, "estimate_tokens", "context.estimate_tokens")
-_kb_wrap(_kb_compaction.Window, "compact", "Execution._compact")
+_kb_wrap(_kb_compaction.Window, "compact", "Window.compact")
 _kb_connect = _kb_duckdb.connect
 import traceback as _kb_tb
 def _kb_counted_connect(*args, **kwargs):
@@ -509,10 +509,10 @@ def render(
             h["gaps"],
             h["model"],
             h["tool"],
-            h["parts"]["Execution.checkpoint"],
+            h["parts"]["Recorder.checkpoint"],
             h["parts"]["Tracker.begin"],
             h["parts"]["Tracker.snapshot"],
-            h["parts"]["Execution.view"],
+            h["parts"]["Window.view"],
             strict=False,
         )
     ]

@@ -7,7 +7,7 @@ step is one model call and its tool call, and writes three checkpoints (model
 reply, tool call start, tool result).
 
 * Checkpoint overhead: agents run in this process in an IPython shell, with
-  ``Execution.checkpoint`` wrapped by a timer (so serialization, the journal
+  ``Recorder.checkpoint`` wrapped by a timer (so serialization, the journal
   append and its fdatasync are all inside). The scripted server runs in a
   process of its own, as a real endpoint would.
 * Store size: the DuckDB file, its WAL and the journal folder once the run has
@@ -55,8 +55,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import jupyter_agent  # noqa: E402
-from jupyter_agent.loop import execution as agent_module  # noqa: E402
-from jupyter_agent.loop.execution import Execution, load_state  # noqa: E402
+from jupyter_agent.loop import checkpoints as agent_module  # noqa: E402
+from jupyter_agent.loop.checkpoints import Recorder  # noqa: E402
+from jupyter_agent.loop.runs import load_state  # noqa: E402
 from jupyter_agent.store.duckdb import files as store_module  # noqa: E402
 from jupyter_agent.store.duckdb import journal  # noqa: E402
 from jupyter_agent.store.duckdb.journal import JournalWriter  # noqa: E402
@@ -208,7 +209,7 @@ class Probe:
     @contextlib.contextmanager
     def installed(self) -> Iterator[Probe]:
         patches = [
-            (Execution, "checkpoint", self._wrap_checkpoint(Execution.checkpoint)),
+            (Recorder, "checkpoint", self._wrap_checkpoint(Recorder.checkpoint)),
             (agent_module, "encode_delta", _timed(agent_module.encode_delta, self.encode)),
             (JournalWriter, "append", _timed(JournalWriter.append, self.append)),
             (RunWriter, "close", self._wrap_close(RunWriter.close)),
@@ -225,7 +226,7 @@ class Probe:
     def _wrap_checkpoint(self, original: Callable[..., Any]) -> Callable[..., Any]:
         probe = self
 
-        def checkpoint(self: Execution, kind: str, *args: Any, **kwargs: Any) -> Any:
+        def checkpoint(self: Recorder, kind: str, *args: Any, **kwargs: Any) -> Any:
             if kind == "model":
                 if probe.between_steps is not None:
                     probe.between_steps(probe._steps)
@@ -460,15 +461,15 @@ class ResumeResult:
     stride: int  # steps between one resume and the next
 
 
-#: Run in a kernel before the agent: times ``Execution.checkpoint`` there too, and
+#: Run in a kernel before the agent: times ``Recorder.checkpoint`` there too, and
 #: the journal appends (write + fdatasync) inside it.
 KERNEL_PROBE = """
 import time as _bench_time
-from jupyter_agent.loop.execution import Execution as _BenchExecution
+from jupyter_agent.loop.checkpoints import Recorder as _BenchRecorder
 from jupyter_agent.store.duckdb.journal import JournalWriter as _BenchJournalWriter
 _bench_samples = []
 _bench_appending = [0.0]
-_bench_checkpoint = _BenchExecution.checkpoint
+_bench_checkpoint = _BenchRecorder.checkpoint
 _bench_append = _BenchJournalWriter.append
 def _bench_timed_append(self, record, **kwargs):
     start = _bench_time.perf_counter()
@@ -483,7 +484,7 @@ def _bench_timed_checkpoint(self, kind, *args, **kwargs):
     finally:
         seconds = _bench_time.perf_counter() - start
         _bench_samples.append((kind, seconds, _bench_appending[0] - appending))
-_BenchExecution.checkpoint = _bench_timed_checkpoint
+_BenchRecorder.checkpoint = _bench_timed_checkpoint
 _BenchJournalWriter.append = _bench_timed_append
 """
 
@@ -799,7 +800,7 @@ def render(rep: Report) -> str:
     )
     add("")
     add(
-        "*Checkpoint overhead* is the time spent inside `Execution.checkpoint` (wrapped with a "
+        "*Checkpoint overhead* is the time spent inside `Recorder.checkpoint` (wrapped with a "
         "timer: serializing the step's delta with dill, the journal append and its "
         "fdatasync, applying the delta to the in-memory state, the progress line), summed "
         "over a step's three checkpoints. *Store bytes* are the DuckDB file, its WAL and the "

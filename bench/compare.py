@@ -7,7 +7,7 @@ each adding about 1 KB to the run's state, made durable at every step.
   scripted server (in a process of its own), exactly as ``bench/agent_steps.py``
   runs it: every step is a model call answered with a ``python`` call printing
   975 bytes. Persistence overhead per step is the time inside
-  ``Execution.checkpoint`` for the step's three checkpoints (model reply, tool
+  ``Recorder.checkpoint`` for the step's three checkpoints (model reply, tool
   call, tool result: serialization, journal append, fdatasync).
 * **LangGraph + SqliteSaver**: a ``StateGraph`` whose state is the message list;
   one node appends a ~1 KB message per super-step and loops, so every step is
@@ -91,7 +91,7 @@ def run_agent(steps: int, workdir: Path) -> dict[str, Any]:
     """
     from agent_steps import API_KEY, PROMPT, Probe, Script, _Null, scripted, shell, store_bytes
 
-    from jupyter_agent.loop.execution import load_state
+    from jupyter_agent.loop.runs import load_state
     from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 
     ip = shell()

@@ -83,7 +83,8 @@ class TurnScript(Script):
 #: Installed in the harness kernel before the run: per-step seconds by part, RSS.
 PROBE = r"""
 import os as _kb_os, time as _kb_time, psutil as _kb_psutil, duckdb as _kb_duckdb
-import jupyter_agent.loop.execution as _kb_agent, jupyter_agent.store.duckdb.journal as _kb_journal
+import jupyter_agent.loop.checkpoints as _kb_agent, jupyter_agent.store.duckdb.journal as _kb_journal
+import jupyter_agent.loop.compaction as _kb_compaction
 import jupyter_agent.model.chat as _kb_model, jupyter_agent.namespace.tracking as _kb_ns
 import jupyter_agent.views.render as _kb_render, jupyter_agent.core.state as _kb_state
 import jupyter_agent.tools.python as _kb_tools, jupyter_agent.kernel.widget as _kb_widget
@@ -108,7 +109,7 @@ def _kb_wrap(owner, name, label):
     setattr(owner, name, timed)
 _kb_wrap(_kb_model.ChatCompletionsClient, "complete", "model call")
 _kb_wrap(_kb_tools, "run_python", "tool (run_python)")
-_kb_wrap(_kb_agent.Execution, "checkpoint", "Execution.checkpoint")
+_kb_wrap(_kb_agent.Recorder, "checkpoint", "Recorder.checkpoint")
 _kb_wrap(_kb_agent, "encode_delta", "  encode_delta")
 _kb_wrap(_kb_journal.JournalWriter, "append", "  JournalWriter.append")
 _kb_wrap(_kb_os, "fdatasync", "    os.fdatasync")
@@ -119,9 +120,9 @@ _kb_wrap(_kb_widget.TimelineWidget, "add", "    TimelineWidget.add")
 _kb_wrap(_kb_widget.TimelineWidget, "write", "TimelineWidget.write")
 _kb_wrap(_kb_ns.Tracker, "begin", "Tracker.begin")
 _kb_wrap(_kb_ns.Tracker, "snapshot", "Tracker.snapshot")
-_kb_wrap(_kb_agent.Execution, "view", "Execution.view")
+_kb_wrap(_kb_compaction.Window, "view", "Window.view")
 _kb_wrap(_kb_context, "estimate_tokens", "context.estimate_tokens")
-_kb_wrap(_kb_agent.Execution, "_compact", "Execution._compact")
+_kb_wrap(_kb_compaction.Window, "compact", "Window.compact")
 _kb_connect = _kb_duckdb.connect
 import traceback as _kb_tb
 def _kb_counted_connect(*args, **kwargs):
@@ -508,10 +509,10 @@ def render(
             h["gaps"],
             h["model"],
             h["tool"],
-            h["parts"]["Execution.checkpoint"],
+            h["parts"]["Recorder.checkpoint"],
             h["parts"]["Tracker.begin"],
             h["parts"]["Tracker.snapshot"],
-            h["parts"]["Execution.view"],
+            h["parts"]["Window.view"],
             strict=False,
         )
     ]

@@ -12,7 +12,7 @@ ends to a file. From those times and the server's request log, per step
   reply is in (the step's values must be saved before code runs again);
 * **step**: from one step's code to the next, the model's delay included.
 
-Once with :attr:`Execution.save_later_from` as shipped (values of 8 MiB and more
+Once with :attr:`Recorder.save_later_from` as shipped (values of 8 MiB and more
 serialized on a thread while the model is asked) and once with it off (``None``:
 serialized on the step, as before), for a 100 MB float64 array and a 1M-row
 frame with a string column.
@@ -81,7 +81,7 @@ def requests(url: str) -> list[dict[str, Any]]:
 
 
 def measure(ip: Any, make: str, change: str, steps: int, delay: float, later: bool) -> dict:
-    from jupyter_agent.loop import execution as agent
+    from jupyter_agent.loop.checkpoints import Recorder
     from jupyter_agent.namespace import tracking as namespace
 
     workdir = Path(tempfile.mkdtemp(prefix="large-values-"))
@@ -106,13 +106,13 @@ def measure(ip: Any, make: str, change: str, steps: int, delay: float, later: bo
         OPENAI_BASE_URL=url,
         OPENAI_API_KEY="sk-test-0123456789abcdef",
     )
-    agent.Execution.save_later_from = namespace.SAVE_LATER_BYTES if later else None
+    Recorder.save_later_from = namespace.SAVE_LATER_BYTES if later else None
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             ip.run_cell_magic("agent", "--model scripted --name big", "Change v.")
         asked = [e["time"] for e in requests(url)]
     finally:
-        agent.Execution.save_later_from = namespace.SAVE_LATER_BYTES
+        Recorder.save_later_from = namespace.SAVE_LATER_BYTES
         server.terminate()
         server.wait()
         ip.user_ns.pop("v", None)

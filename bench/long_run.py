@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from report import publish  # noqa: E402
 
-from jupyter_agent.loop.execution import load_state  # noqa: E402
+from jupyter_agent.loop.runs import load_state  # noqa: E402
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store  # noqa: E402
 from jupyter_agent.testing import ScriptedServer  # noqa: E402
 from jupyter_agent.testing.wire import prompt_tokens  # noqa: E402

@@ -59,6 +59,7 @@ import xxhash
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from jupyter_agent.namespace import fingerprint as fingerprints  # noqa: E402
 from jupyter_agent.namespace import tracking as namespace  # noqa: E402
 
 ROWS = 1_000_000
@@ -154,9 +155,9 @@ VALUES = [
 
 def step_costs(make: str, change: str, repeat: int, after: bool) -> tuple[float, float, float]:
     """Median ms of one step's snapshot: value unchanged, changed in place, no code run."""
-    items = namespace.ADDRESS_ITEMS
+    items = fingerprints.ADDRESS_ITEMS
     if not after:  # as before: object arrays read item by item
-        namespace.ADDRESS_ITEMS = sys.maxsize
+        fingerprints.ADDRESS_ITEMS = sys.maxsize
     try:
         ns: dict[str, Any] = {
             "np": np,
@@ -184,7 +185,7 @@ def step_costs(make: str, change: str, repeat: int, after: bool) -> tuple[float,
             idle.append(ms)
         return statistics.median(same), statistics.median(changed), statistics.median(idle)
     finally:
-        namespace.ADDRESS_ITEMS = items
+        fingerprints.ADDRESS_ITEMS = items
 
 
 def hash_costs(repeat: int) -> list[tuple[str, float]]:
@@ -194,12 +195,12 @@ def hash_costs(repeat: int) -> list[tuple[str, float]]:
     kept: dict[str, Any] = {}
 
     def addresses() -> None:
-        walker = namespace._Walker(kept)
+        walker = fingerprints._Walker(kept)
         walker._array(column, "values")
         kept.update(walker.kept)
 
     def walk() -> None:
-        namespace._Walker()._items(column.tolist())
+        fingerprints._Walker()._items(column.tolist())
 
     candidates: list[tuple[str, Callable[[], object]]] = [
         ("100 MB buffer: xxh3-128 (used)", lambda: xxhash.xxh3_128_hexdigest(buffer)),

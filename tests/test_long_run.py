@@ -29,7 +29,7 @@ from jupyter_agent.core.state import (
 )
 from jupyter_agent.core.stuck import stuck_reason
 from jupyter_agent.errors import PlanError
-from jupyter_agent.loop.execution import load_state
+from jupyter_agent.loop.runs import load_state
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
 

@@ -15,10 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from jupyter_agent.config import Settings
 from jupyter_agent.core.state import DONE, INTERRUPTED, RunState
 from jupyter_agent.errors import Cancelled
 from jupyter_agent.kernel.identity import AgentIdentity
-from jupyter_agent.loop.execution import Execution, RunOptions, load_state, new_run
+from jupyter_agent.loop.checkpoints import Collaborators
+from jupyter_agent.loop.execution import Execution
+from jupyter_agent.loop.runs import load_state, new_run
 from jupyter_agent.model.base import Endpoint, Hooks, ModelClient, ModelReply
 from jupyter_agent.model.chat import ChatCompletionsClient, ChatHooks
 from jupyter_agent.model.offline import OfflineClient
@@ -147,7 +150,8 @@ def test_the_loop_runs_a_cell_with_any_client_of_the_protocol(store: Store, tmp_
     identity = AgentIdentity(str(tmp_path / "n.ipynb"), "seam", None, "test")
     run = new_run(identity, "Set x to 42.", "canned")
     shell, events = Shell(), Recorder()
-    execution = Execution(store, run, RunState(), shell, client, events, RunOptions())
+    collaborators = Collaborators(store, shell, events, cancel=client.cancel)
+    execution = Execution(run, RunState(), client, collaborators, Settings())
 
     state = execution.execute(first=True)
 
@@ -171,7 +175,8 @@ def test_a_cancelled_client_pauses_the_run(store: Store, tmp_path: Path) -> None
     client.cancel.set()
     identity = AgentIdentity(str(tmp_path / "n.ipynb"), "paused", None, "test")
     run = new_run(identity, "Anything.", "canned")
-    execution = Execution(store, run, RunState(), Shell(), client, Recorder(), RunOptions())
+    collaborators = Collaborators(store, Shell(), Recorder(), cancel=client.cancel)
+    execution = Execution(run, RunState(), client, collaborators, Settings())
 
     state = execution.execute(first=True)
 

@@ -10,6 +10,7 @@ import pytest
 
 from jupyter_agent.core.redaction import contains_secret
 from jupyter_agent.core.state import RUNNING, Delta, RunState
+from jupyter_agent.namespace import fingerprint as fingerprints
 from jupyter_agent.namespace import tracking as namespace
 
 SECRET = "sk-live-abcdefghijklmnop0123"
@@ -204,18 +205,18 @@ def test_an_agent_does_not_save_what_another_agents_code_changed():
 
 def test_a_large_string_column_is_fingerprinted_by_addresses_and_changes_are_seen(monkeypatch):
     pd = pytest.importorskip("pandas")
-    rows = namespace.ADDRESS_ITEMS * 2
+    rows = fingerprints.ADDRESS_ITEMS * 2
     s = Steps(df=pd.DataFrame({"s": [f"row{i}" for i in range(rows)]}), n=rows)
     s.step()
     walked: list[int] = []
-    real = namespace._Walker._items
+    real = fingerprints._Walker._items
     monkeypatch.setattr(
-        namespace._Walker,
+        fingerprints._Walker,
         "_items",
         lambda self, items: walked.append(len(items)) or real(self, items),
     )
     assert s.step("m = len(df)").vars.keys() == {"m"}
-    assert max(walked, default=0) < namespace.ADDRESS_ITEMS  # the column's items are not read
+    assert max(walked, default=0) < fingerprints.ADDRESS_ITEMS  # the column's items are not read
     # A freed item's address taken by a new string in the same step: seen, as the
     # previous fingerprint holds the old item alive.
     # (A string made at run time, not a constant of the code, to take the freed address.)
@@ -230,7 +231,7 @@ def test_a_large_string_column_is_fingerprinted_by_addresses_and_changes_are_see
 
 def test_object_arrays_of_mutable_items_are_still_read_item_by_item():
     pytest.importorskip("numpy")
-    s = Steps(n=namespace.ADDRESS_ITEMS)
+    s = Steps(n=fingerprints.ADDRESS_ITEMS)
     s.step(
         "import numpy as np\ncells = np.empty(n, dtype=object)\nfor i in range(n):\n    cells[i] = []"
     )
@@ -245,8 +246,10 @@ def test_a_step_that_ran_no_code_fingerprints_nothing_and_the_next_one_sees_chan
     tracker.snapshot(ns, {}, [])
     ns["items"].append(2)  # e.g. the user's cell, while a background run called an MCP tool
     calls: list[object] = []
-    real = namespace.fingerprint
-    monkeypatch.setattr(namespace, "fingerprint", lambda v, k=None: calls.append(v) or real(v, k))
+    real = fingerprints.fingerprint
+    monkeypatch.setattr(
+        fingerprints, "fingerprint", lambda v, k=None: calls.append(v) or real(v, k)
+    )
     assert tracker.snapshot(ns, {}, [], ran=False).vars == {} and calls == []
     assert set(tracker.snapshot(ns, {}, []).vars) == {"items"}
 
@@ -309,3 +312,18 @@ def test_a_secret_is_found_anywhere_in_a_large_value_even_across_search_windows(
         data[pos : pos + len(needle)] = needle
         assert contains_secret(bytes(data), [SECRET]), (pos, encoding)
     assert not contains_secret(bytes(size), [SECRET])
+
+
+def test_an_alias_group_saved_before_the_namespace_module_moved_is_restored(monkeypatch):
+    # The previous release pickled groups by reference as jupyter_agent.namespace._Group.
+    import jupyter_agent.namespace as package
+
+    with monkeypatch.context() as m:
+        m.setattr(namespace._Group, "__module__", "jupyter_agent.namespace")
+        m.setattr(package, "_Group", namespace._Group, raising=False)
+        data = namespace.serialize(namespace._Group(a=[1], b=[2]))
+    assert b"jupyter_agent.namespace.tracking" not in data and not hasattr(package, "_Group")
+    fresh: dict = {}
+    restored, failed = namespace.restore(fresh, {"a": "h", "b": "h"}, lambda hs: {"h": data})
+    assert (restored, failed) == (["a", "b"], {})
+    assert fresh == {"a": [1], "b": [2]}

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from jupyter_agent.config import RunPolicy
 from jupyter_agent.errors import AgentBusy
 from jupyter_agent.kernel.runtime import current
 
@@ -53,3 +54,16 @@ def test_a_job_started_as_another_ends_is_never_dropped(tmp_path: Path) -> None:
     finally:
         release.set()
     assert current().wait_all(20)
+
+
+def test_a_continuation_the_cell_does_not_start_keeps_asking_for_approvals() -> None:
+    """A run that asked for approvals goes on asking, for the same tools, unless told every tool."""
+    quiet = RunPolicy()
+    assert quiet.recorded_approval() is False
+    assert quiet.continuing(False) is quiet
+    assert quiet.continuing(True) == RunPolicy(approve=True)
+    assert quiet.continuing(["python"]) == RunPolicy(approve=True, approve_tools=("python",))
+    every = RunPolicy(approve=True)
+    assert every.recorded_approval() is True
+    assert every.continuing(["python"]) == every
+    assert RunPolicy(approve=True, approve_tools=("python",)).recorded_approval() == ["python"]

@@ -21,12 +21,12 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.testing.globalipapp import start_ipython
 
 from jupyter_agent import vocab
+from jupyter_agent.config import ClientSettings, Settings
 from jupyter_agent.core import history
 from jupyter_agent.errors import StoreError
 from jupyter_agent.kernel import runner, widget
 from jupyter_agent.kernel.identity import AgentIdentity
 from jupyter_agent.kernel.runtime import current
-from jupyter_agent.loop.execution import RunOptions
 from jupyter_agent.store.api import CheckpointRow, RunRow
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
@@ -107,7 +107,11 @@ class Recorder:
 
 def make_widget(store: Store, tmp_path: Path, shell: InteractiveShell) -> widget.TimelineWidget:
     return widget.TimelineWidget(
-        store, notebook(tmp_path), AGENT, shell=shell, options=lambda: RunOptions(retries=0)
+        store,
+        notebook(tmp_path),
+        AGENT,
+        shell=shell,
+        options=lambda: Settings(client=ClientSettings(retries=0)),
     )
 
 

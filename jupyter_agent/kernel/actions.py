@@ -9,17 +9,19 @@ see :mod:`jupyter_agent.core.history`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from ..config import Settings
 from ..core.state import RunState, fold
 from ..errors import AgentBusy, NotFound
-from ..loop.execution import Events, load_state, new_run
+from ..loop.checkpoints import Collaborators
+from ..loop.runs import load_state, new_run
 from ..namespace.tracking import restore
 from ..store.api import RunRow, Store
 from ..views.timeline import Timeline
 from .identity import AgentIdentity
-from .runner import Outcome, approve_policy, make_execution, run_options, settings_at
+from .runner import Outcome, make_execution, settings_at
 
 
 @dataclass
@@ -97,41 +99,38 @@ def _rewind_to(store: Store, shell: Any, target: RunState, later: set[str]) -> R
 
 def fork(
     timeline: Timeline,
-    shell: Any,
     run_id: str,
     step: int,
     *,
     instruction: str = "",
-    options: Any,
-    events: Events,
-    endpoint_args: dict | None = None,
-    cancel: Any = None,
+    collaborators: Collaborators,
+    settings: Settings,
 ) -> Outcome:
     """Start a new run from a checkpoint and execute it; the original run stays as it was.
 
     The fork continues from that checkpoint's state, so the namespace is first
     rewound to it, with the model and approval policy in effect there
-    (``options`` may add approvals, as for any continuation). It keeps the
+    (``settings`` may add approvals, as for any continuation). It keeps the
     run's prompt, so it becomes what re-running the agent's cell continues.
     """
+    shell, events = collaborators.shell, collaborators.events
     with timeline.store.agent_lock(*timeline.key):
         ensure_idle(timeline)
         source = timeline.run(run_id)
         identity = AgentIdentity(source.notebook, source.agent, source.cell_id, "store")
         # What the run ran with at that checkpoint: a re-run may have changed them.
-        settings = settings_at(timeline.store, source, step)
-        options = run_options(source, options, settings["approve"])
+        there = settings_at(timeline.store, source, step)
+        policy = settings.policy.continuing(there["approve"])
         run = new_run(
             identity,
             source.prompt,
-            settings["model"],
+            there["model"],
             parent=(source.run_id, step),
-            info={"approve": approve_policy(options), "instruction": instruction.strip()},
+            info={"approve": policy.recorded_approval(), "instruction": instruction.strip()},
         )
         state = state_at(timeline, source, step)
-        execution = make_execution(
-            timeline.store, shell, run, state, run.model, options, events, endpoint_args, cancel
-        )
+        settings = replace(settings, policy=policy)
+        execution = make_execution(run, state, run.model, collaborators, settings)
         rewound = _rewind_to(timeline.store, shell, state, _later_vars(timeline, source))
         events.info(rewound.message())
         execution.execute(first=True)

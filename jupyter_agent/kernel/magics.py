@@ -1,38 +1,34 @@
 """``%%agent`` and ``%agent``: the user-facing commands.
 
-The magics only parse and report; what a run does lives in :mod:`runner` and
-:mod:`agent`. Every error a user can cause is a short :class:`UsageError`
+The magics only parse (:mod:`.options`), delegate to the kernel's runtime
+(:mod:`.runtime`, :mod:`.runner`) and report. Every error a user can cause is a short :class:`UsageError`
 saying what to do, raised before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
-from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
 
+from ..config import ClientSettings, RunPolicy, Settings
 from ..core.budget import Budget, parse_budget
-from ..core.context import MIN_WINDOW
 from ..core.redaction import secrets_in_environment
 from ..core.state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
-from ..errors import AgentError, BudgetError, Cancelled, ToolError, UsageProblem
-from ..loop.execution import RunOptions, load_state
+from ..errors import AgentBusy, AgentError, BudgetError, Cancelled, UsageProblem
+from ..loop.runs import load_state
 from ..store.api import RunRow, Store
-from ..tools import mcp as mcp_tools
-from ..tools import user as user_tools
-from ..tools.python import TOOLS
-from ..tools.toolbox import check_approve
 from ..views.listing import Reader, agents_text
 from ..views.render import TextEvents, known_steps
 from ..vocab import plural
 from . import runner
+from .after import After
 from .identity import AgentIdentity, notebook_path, resolve
-from .runner import Outcome
+from .options import HelpShown, cell_arguments, line_parser, parse_cell, parser_of, split_line
+from .runner import CellRequest, Outcome
 from .runtime import AgentRuntime, current
 
 
@@ -105,14 +101,18 @@ class AgentMagics(Magics):
         runtime = current()
         runtime.shell = self.shell
         runtime.store_path = self.store or None
-        runtime.endpoint_args = self._endpoint_args()
-        runtime.options = self._options
         return runtime
 
     def _store(self) -> Store:
         return self.runtime.store()
 
-    def _options(
+    @property
+    def _user_ns(self) -> dict:
+        """The namespace of the shell these magics were registered with."""
+        assert self.shell is not None
+        return self.shell.user_ns
+
+    def _settings(
         self,
         max_steps: int | None = None,
         approve: bool = False,
@@ -123,11 +123,12 @@ class AgentMagics(Magics):
         plan: bool = False,
         user_tools: tuple[str, ...] = (),
         mcp: tuple[str, ...] = (),
-    ) -> RunOptions:
+    ) -> Settings:
+        """The one place the traits (and a cell's options, given here) become settings."""
         budget = budget or self._budget()
         if max_steps is None:  # a budget is a long run's natural limit, not the step count
             max_steps = None if budget is not None else self.max_steps
-        return RunOptions(
+        policy = RunPolicy(
             max_steps=max_steps,
             budget=budget,
             context_window=context_window or self.context_window or None,
@@ -135,13 +136,20 @@ class AgentMagics(Magics):
             plan=plan,
             approve=approve or self.approve,
             approve_tools=() if self.approve else tools,
-            model_timeout=self.timeout,
-            retries=self.retries,
-            backoff=self.retry_backoff,
-            secrets=secrets_in_environment(),
             tools=user_tools,
             mcp=mcp,
+        )
+        client = ClientSettings(
+            base_url=self.base_url or None,
+            timeout=self.timeout,
+            retries=self.retries,
+            backoff=self.retry_backoff,
+        )
+        return Settings(
+            policy=policy,
+            client=client,
             mcp_servers=dict(self.mcp_servers),
+            secrets=secrets_in_environment(),
         )
 
     def _budget(self) -> Budget | None:
@@ -150,65 +158,10 @@ class AgentMagics(Magics):
         except BudgetError as exc:
             raise UsageError(f"AgentMagics.budget: {exc}") from None
 
-    def _endpoint_args(self) -> dict:
-        return {"base_url": self.base_url} if self.base_url else {}
-
     # -- %%agent --------------------------------------------------------------------
 
-    # Options of %%agent; `%agent --help` and `%%agent?` are generated from these.
-    @magic_arguments(name="%agent")  # the usage line adds one '%': "%%agent [-m MODEL] ..."
-    @argument("-m", "--model", help="Model name; 'offline' is the built-in demo model.")
-    @argument("-n", "--name", help="Name of the agent (identifies it where no cell id exists).")
-    @argument("--max-steps", type=int, metavar="N", help="Maximum steps in this execution.")
-    @argument("--restart", action="store_true", help="Start a new run even if one can resume.")
-    @argument(
-        "--approve",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="TOOLS",
-        help="Ask for approval before each tool call (or only calls of these comma-separated tools).",
-    )
-    @argument(
-        "--budget",
-        metavar="LIMIT",
-        help="Tokens (50000, 50k) or dollars ($2.50) the run may spend over all its "
-        "executions; it pauses there, and re-running with a larger budget continues.",
-    )
-    @argument(
-        "--context-window",
-        type=int,
-        metavar="TOKENS",
-        help="The model's context window; the agent compacts its history to stay inside it.",
-    )
-    @argument(
-        "--plan",
-        action="store_true",
-        help="Write a plan first, then work through it one item at a time with fresh context.",
-    )
-    @argument(
-        "--tools",
-        metavar="NAMES",
-        help="Notebook functions the agent may call as tools (comma-separated); "
-        "functions decorated with @tool are offered without it.",
-    )
-    @argument(
-        "--mcp",
-        metavar="SERVERS",
-        help="MCP servers whose tools the agent may call (comma-separated names of "
-        "c.AgentMagics.mcp_servers); their tools are named SERVER__tool.",
-    )
-    @argument(
-        "--after",
-        metavar="AGENTS",
-        help="Start once these agents (comma-separated names) are done; till then the cell "
-        "says what it waits for and ends without a model call.",
-    )
-    @argument(
-        "--background",
-        action="store_true",
-        help="Run on a background thread and return at once; pause it from its timeline.",
-    )
+    # Options of %%agent: see .options; `%agent --help` and `%%agent?` are generated from them.
+    @cell_arguments
     @cell_magic
     @no_var_expand  # "--budget $2.50" means dollars, not a variable
     def agent(self, line: str, cell: str) -> None:
@@ -217,82 +170,54 @@ class AgentMagics(Magics):
         Re-running the cell resumes an unfinished run from its last checkpoint, or
         restores a finished one (answer and variables) without calling the model.
         """
-        args = self.agent.parser.parse_args(split_line("%%agent", line))
-        prompt = cell.strip()
-        if not prompt:
-            raise UsageError(
-                "The %%agent cell is empty: write the task for the agent below the %%agent line."
-            )
-        if args.max_steps is not None and args.max_steps < 1:
-            raise UsageError("--max-steps must be a positive number.")
-        model = args.model or self.model
-        tools = _names(args.approve)
-        functions, servers = _names(args.tools), _names(args.mcp)
-        try:  # the cell's tools must exist; MCP names are checked once the servers list them
-            user_tools.check_names(self.shell.user_ns, functions)
-            mcp_tools.check_servers(servers, self.mcp_servers)
-            offered = [*functions, *user_tools.decorated(self.shell.user_ns)]
-            known = [t["function"]["name"] for t in TOOLS] + list(dict.fromkeys(offered))
-            check_approve(tools, known, servers)
-        except ToolError as exc:
-            raise UsageError(str(exc)) from None
-        try:
-            budget = parse_budget(args.budget)
-        except BudgetError as exc:
-            raise UsageError(str(exc)) from None
-        if args.context_window is not None and args.context_window < MIN_WINDOW:
-            raise UsageError(
-                f"--context-window must be at least {MIN_WINDOW:,} tokens (got "
-                f"{args.context_window:,}); not even one step fits in less."
-            )
-        after = [name.strip() for name in (args.after or "").split(",") if name.strip()]
-        if args.after is not None and not after:
-            raise UsageError("--after needs the names of agents, e.g. --after loader,cleaner.")
-        options = self._options(
+        parsed = parse_cell(
+            parser_of(self.agent), line, cell, self._user_ns, dict(self.mcp_servers)
+        )
+        args, prompt, after = parsed.args, parsed.prompt, parsed.after
+        settings = self._settings(
             args.max_steps,
             args.approve is not None,
-            tools,
-            budget=budget,
+            parsed.approve,
+            budget=parsed.budget,
             context_window=args.context_window,
             plan=args.plan,
-            user_tools=functions,
-            mcp=servers,
+            user_tools=parsed.functions,
+            mcp=parsed.servers,
         )
         try:
             identity = resolve(self.shell, args.name, prompt)
             if identity.notice:  # a weak identity: say so before running
                 print(identity.notice)
-            notebook = identity.notebook
+            waits = None
             if after:
                 notebook = self._store().resolve_notebook(identity.notebook)
+                waits = After(self._store(), notebook, after)
                 try:
-                    self.runtime.check_after(notebook, identity.agent, after)
+                    waits.check(identity.agent)
                 except UsageProblem as exc:
                     raise UsageError(str(exc)) from None
                 if self._finished(identity, prompt, args.restart):
-                    after = []  # restored as it is: what it waited for is history
+                    after, waits = [], None  # restored as it is: what it waited for is history
+            request = CellRequest(
+                identity,
+                prompt,
+                model=args.model or self.model or "",
+                restart=args.restart,
+                cell_options=True,
+                info={"after": after} if after else None,
+            )
             if args.background:
-                self._run_in_background(
-                    identity, prompt, model or "", args.restart, options, after=after
-                )
-            elif after and not self.runtime.wait_for(
-                notebook, after, lambda text: print(f"Agent {identity.agent} is {text}")
+                self._run_in_background(request, settings, waits)
+            elif waits is not None and not waits.wait(
+                lambda text: print(f"Agent {identity.agent} is {text}")
             ):
-                waiting = ", ".join(self.runtime.waiting_for(notebook, after))
+                waiting = ", ".join(waits.pending())
                 print(
                     f"Agent {identity.agent} has not started. Re-run this cell once {waiting} "
                     "is done (re-run or resume it)."
                 )
             else:
-                outcome = self._run(
-                    identity,
-                    prompt,
-                    model or "",
-                    args.restart,
-                    options,
-                    cell=True,
-                    info={"after": after} if after else None,
-                )
+                outcome = self._run(request, settings, cell=True)
                 if outcome.state.status == ERROR:  # e.g. the endpoint kept failing
                     last = self._store().latest_checkpoints([outcome.run.run_id])
                     cp = last.get(outcome.run.run_id)
@@ -304,24 +229,15 @@ class AgentMagics(Magics):
         except AgentError as exc:
             raise UsageError(str(exc)) from None
 
-    def _run(
-        self,
-        identity: AgentIdentity,
-        prompt: str,
-        model: str,
-        restart: bool,
-        options: RunOptions,
-        decision: dict | None = None,
-        cell: bool = False,
-        info: dict | None = None,
-    ) -> Outcome:
+    def _run(self, request: CellRequest, settings: Settings, cell: bool = False) -> Outcome:
         """Run in the cell, blocking it; a ``%%agent`` cell shows its timeline first.
 
-        Open timelines of the agent follow the run live either way. ``cell``: the
-        options are what the ``%%agent`` line says now, so they replace the run's;
-        ``%agent resume`` and the like keep the run's.
+        Open timelines of the agent follow the run live either way. ``cell``: a
+        ``%%agent`` cell, whose settings are what its line says now, so they
+        replace the run's; ``%agent resume`` and the like keep the run's.
         """
         runtime = self.runtime
+        identity = request.identity
         key = (identity.notebook, identity.agent)
         # The timeline's first load and the run's reads share one open of the store.
         with runtime.claimed(key), runtime.reads() as reads:
@@ -335,18 +251,8 @@ class AgentMagics(Magics):
             )
             outcome: Outcome | None = None
             try:
-                outcome = runtime.run(
-                    identity,
-                    prompt,
-                    model,
-                    options=options,
-                    events=runtime.events(key, text),
-                    restart=restart,
-                    decision=decision,
-                    cell_options=cell,
-                    info=info,
-                    reads=reads,
-                )
+                events = runtime.events(key, text)
+                outcome = runtime.run(request, settings, events, reads=reads)
             finally:
                 # A restore wrote nothing: the timelines show the store as it is already.
                 wrote = outcome is None or outcome.action not in ("restore", "waiting")
@@ -355,41 +261,24 @@ class AgentMagics(Magics):
         return outcome
 
     def _run_in_background(
-        self,
-        identity: AgentIdentity,
-        prompt: str,
-        model: str,
-        restart: bool,
-        options: RunOptions,
-        after: list[str] | None = None,
+        self, request: CellRequest, settings: Settings, waits: After | None = None
     ) -> None:
-        """Run on a thread; with ``after``, first wait (resumes included) for those agents."""
+        """Run on a thread; with ``waits``, first wait (resumes included) for those agents."""
         runtime = self.runtime
+        identity = request.identity
         key = (identity.notebook, identity.agent)
         if runtime.busy(key):  # fail here, before anything is shown
-            raise runner.AgentBusy.here(identity.agent)
+            raise AgentBusy.here(identity.agent)
         self._show_timeline(runtime.store(), identity)
 
         def work(events: Any, cancel: Any) -> Outcome | None:
-            if after:
+            if waits is not None:
                 try:
-                    runtime.wait_for(
-                        key[0], after, events.info, cancel=cancel, until_done=True, poll=0.5
-                    )
+                    waits.wait(events.info, cancel=cancel, until_done=True, poll=0.5)
                 except Cancelled:
                     events.info(f"Agent {identity.agent} was paused before it started.")
                     return None
-            return runtime.run(
-                identity,
-                prompt,
-                model,
-                options=options,
-                events=events,
-                restart=restart,
-                cancel=cancel,
-                cell_options=True,
-                info={"after": after} if after else None,
-            )
+            return runtime.run(request, settings, events, cancel=cancel)
 
         def done(outcome: Outcome | None, out: Any) -> None:
             if outcome is not None:
@@ -424,8 +313,7 @@ class AgentMagics(Magics):
             identity.notebook,
             identity.agent,
             shell=self.shell,
-            options=self._options,
-            endpoint_args=self._endpoint_args(),
+            options=self._settings,
             replace=True,
         )
 
@@ -434,10 +322,10 @@ class AgentMagics(Magics):
     @line_magic("agent")
     def agent_line(self, line: str) -> Any:
         """Manage agents: list, show, resume, approve, reject, delete. `%agent --help`."""
-        parser = _line_parser()
+        parser = line_parser(parser_of(self.agent))
         try:
             args = parser.parse_args(split_line("%agent", line))
-        except _HelpShown as shown:
+        except HelpShown as shown:
             print(shown.text)
             return None
         except ValueError as exc:
@@ -448,7 +336,7 @@ class AgentMagics(Magics):
             raise UsageError(str(exc)) from None
 
     def _notebook(self) -> str:
-        return self._store().resolve_notebook(notebook_path(self.shell.user_ns)[0])
+        return self._store().resolve_notebook(notebook_path(self._user_ns)[0])
 
     def _find(self, name: str) -> RunRow:
         """The latest run of the agent called ``name`` (or a unique prefix of it)."""
@@ -467,7 +355,7 @@ class AgentMagics(Magics):
         store = self._store()
         if self._reader is None or self._reader.store is not store:
             self._reader = Reader(store)
-        notebook = self._reader.last_good.notebook(notebook_path(self.shell.user_ns)[0])
+        notebook = self._reader.last_good.notebook(notebook_path(self._user_ns)[0])
         print(agents_text(*self._reader.agents_in_order(notebook)))
 
     def _cmd_show(self, args: argparse.Namespace) -> None:
@@ -494,24 +382,23 @@ class AgentMagics(Magics):
 
     def _continue(self, name: str, decision: dict | None) -> None:
         run = self._find(name)
-        identity = AgentIdentity(run.notebook, run.agent, run.cell_id, "store")
-        options = self._options()
+        settings = self._settings()
+        # No model: the run continues with the model of its latest execution.
+        request = CellRequest.continuing(run, decision=decision)
         if decision is not None:
             state = load_state(self._store(), run)
             if state.status != AWAITING_APPROVAL:
                 # Paused only for a child's approval: the decision is the child's.
-                forwarded = self.runtime.child_approval(run, decision, options)
+                forwarded = self.runtime.child_approval(run, decision)
                 if forwarded is None:
                     raise UsageError(f"Agent {run.agent!r} is not waiting for an approval.")
-                child, options = forwarded
+                child, request = forwarded
                 verb = "Rejecting" if decision["action"] == "reject" else "Approving"
                 print(
                     f"{verb} the call child agent {child.agent} waits on (agent {run.agent} "
                     f"waits for it): {child.agent} continues, then {run.agent}."
                 )
-                decision = None
-        # No model: the run continues with the model of its latest execution.
-        self._run(identity, run.prompt, "", False, options, decision)
+        self._run(request, settings)
 
     def _cmd_timeline(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)
@@ -522,8 +409,7 @@ class AgentMagics(Magics):
             run.notebook,
             run.agent,
             shell=self.shell,
-            options=self._options,
-            endpoint_args=self._endpoint_args(),
+            options=self._settings,
         )
         if getattr(self.shell, "kernel", None) is None:  # terminal IPython shows no widgets
             print(
@@ -544,11 +430,6 @@ class AgentMagics(Magics):
         if self._reader is not None:
             self._reader.last_good.forget()  # the list kept must not show it again
         print(f"Deleted agent {run.agent} ({len(runs)} run(s)).")
-
-
-def _names(option: str | None) -> tuple[str, ...]:
-    """The names of a comma-separated option."""
-    return tuple(dict.fromkeys(n.strip() for n in (option or "").split(",") if n.strip()))
 
 
 def report(outcome: Outcome, identity: AgentIdentity, file: Any = None) -> None:
@@ -580,69 +461,3 @@ def _at_least(proposal: Any, low: float, why: str) -> Any:
         name = proposal["trait"].name
         raise TraitError(f"AgentMagics.{name} must be {low} or more ({why}), not {value!r}.")
     return value
-
-
-def split_line(magic: str, line: str) -> list[str]:
-    """The words of a magic's line, shell-style: quotes group words and are removed."""
-    try:
-        return shlex.split(line)
-    except ValueError as exc:  # "No closing quotation", "No escaped character"
-        raise UsageError(f"{magic} {line.strip()}: {exc}; close the quote.") from None
-
-
-def cell_options_help() -> str:
-    """The ``%%agent`` options, formatted from their declarations on the cell magic."""
-    parser = AgentMagics.agent.parser
-    formatter = argparse.HelpFormatter("%" + parser.prog)  # prog is "%agent"
-    formatter.add_usage(None, parser._actions, [], prefix="")
-    formatter.start_section("%%agent options")
-    formatter.add_arguments(parser._actions)
-    formatter.end_section()
-    return formatter.format_help()
-
-
-class _HelpShown(Exception):
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports instead of exiting the kernel."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ValueError(message)
-
-    def print_help(self, file: Any = None) -> None:
-        raise _HelpShown(self.format_help())
-
-    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
-        raise _HelpShown(message or "")
-
-
-def _line_parser() -> _Parser:
-    parser = _Parser(
-        prog="%agent",
-        description="Manage the durable agents of this notebook.",
-        epilog=(
-            "Run an agent with the cell magic, the task below its line:\n\n"
-            f"{cell_options_help()}\nDetails: %%agent?"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("list", help="agents of this notebook: status, steps, last checkpoint")
-    for cmd, text in [
-        ("show", "the transcript of an agent's latest run"),
-        ("resume", "continue an unfinished agent from its last checkpoint"),
-        ("delete", "delete an agent and all its runs from the store"),
-        ("timeline", "the checkpoint timeline widget of an agent, straight from the store"),
-        ("pause", "pause an agent running in the background after its current step"),
-    ]:
-        sub.add_parser(cmd, help=text).add_argument("name")
-    approve = sub.add_parser("approve", help="approve the tool call an agent is waiting on")
-    approve.add_argument("name")
-    approve.add_argument("--code", help="run this code instead of the proposed code")
-    reject = sub.add_parser("reject", help="reject the tool call an agent is waiting on")
-    reject.add_argument("name")
-    reject.add_argument("--note", help="why; the model receives it")
-    return parser

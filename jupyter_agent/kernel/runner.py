@@ -14,26 +14,22 @@ before the agent's latest run is read and held until its execution ends.
 from __future__ import annotations
 
 import contextlib
-import threading
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..config import Settings
 from ..core.state import AWAITING_APPROVAL, DONE, RunState, prompt_hash
 from ..errors import AgentBusy
-from ..loop.execution import (
-    Events,
-    Execution,
-    RunOptions,
-    approve_policy,
-    effective_status,
-    load_state,
-    new_run,
-)
+from ..loop.checkpoints import Collaborators, Events
+from ..loop.execution import Execution
+from ..loop.runs import load_state, new_run
 from ..model.base import OFFLINE_MODEL, Endpoint, ModelClient
 from ..model.chat import ChatCompletionsClient
 from ..model.offline import OfflineClient
 from ..namespace import tracking as namespace
 from ..store.api import CheckpointRow, RunRow, Store
+from ..vocab import effective_status
 from .identity import AgentIdentity
 
 
@@ -44,6 +40,33 @@ class Outcome:
     action: str  # "new", "resume", "restore", "waiting" or "fork"
     restored: list[str]
     failed: dict[str, str]
+
+
+@dataclass(frozen=True)
+class CellRequest:
+    """What one execution of an agent is asked to do (a cell, a resume, a child's task)."""
+
+    identity: AgentIdentity
+    prompt: str
+    #: The model of this execution; empty: the model of the run's latest execution.
+    model: str = ""
+    #: Start a new run even if the latest one could continue.
+    restart: bool = False
+    #: The user's answer to the tool call the run waits on, if any.
+    decision: dict | None = None
+    #: Answers for runs delegated under this one, by run id; each given once, as it resumes.
+    child_decisions: Mapping[str, dict] = field(default_factory=dict)
+    #: The settings are what the cell's line says now, so they also replace the
+    #: run's approval policy (see :func:`resume_run`).
+    cell_options: bool = False
+    #: Recorded on a new run (e.g. the agents it waits for, or its parent).
+    info: dict | None = None
+
+    @classmethod
+    def continuing(cls, run: RunRow, **changes: Any) -> CellRequest:
+        """A request to continue ``run``, as it is stored (its identity and prompt)."""
+        identity = AgentIdentity(run.notebook, run.agent, run.cell_id, "store")
+        return cls(identity, run.prompt, **changes)
 
 
 def latest_run(store: Store, notebook: str, agent: str) -> RunRow | None:
@@ -67,92 +90,66 @@ def restore_variables(
 
 
 def run_cell(
-    *,
-    store: Store,
-    shell: Any,
-    identity: AgentIdentity,
-    prompt: str,
-    model: str,
-    options: RunOptions,
-    events: Events,
-    restart: bool = False,
-    decision: dict | None = None,
-    endpoint_args: dict | None = None,
-    cancel: threading.Event | None = None,
-    cell_options: bool = False,
-    info: dict | None = None,
+    request: CellRequest,
+    collaborators: Collaborators,
+    settings: Settings,
     reads: contextlib.ExitStack | None = None,
 ) -> Outcome:
     """Start, resume or restore the agent of a cell.
 
-    ``model`` (empty: the run's latest) and ``options`` apply to this execution;
-    ``cell_options`` says they are what the cell's line says now, so they also
-    replace the run's approval policy (see :func:`resume_run`). ``info`` is
-    recorded on a new run (e.g. the agents it waits for, or its parent).
-    ``reads``: a store session the caller opened already (around its timeline's
-    first load), closed here with this function's own reads, before the first
-    model request.
+    The request's ``model`` (empty: the run's latest) and ``settings`` apply to
+    this execution. ``reads``: a store session the caller opened already
+    (around its timeline's first load), closed here with this function's own
+    reads, before the first model request.
     """
+    store = collaborators.store
     # Everything read before the first model request shares one store connection.
     reads = reads if reads is not None else contextlib.ExitStack()
     reads.enter_context(store.session())
     with reads:
         # The kernel learns its notebook's path at start; follow renames made since.
+        identity = request.identity
         identity = replace(identity, notebook=store.resolve_notebook(identity.notebook))
         with store.agent_lock(identity.notebook, identity.agent):
+            restart = request.restart
             previous = None if restart else latest_run(store, identity.notebook, identity.agent)
             # The stored prompt has its secrets redacted; `%agent resume` passes that text back.
-            if previous is not None and prompt_hash(prompt) not in (
+            if previous is not None and prompt_hash(request.prompt) not in (
                 previous.prompt_hash,
                 prompt_hash(previous.prompt),
             ):
                 previous = None
             if previous is None:
-                info = {**(info or {}), "approve": approve_policy(options), "plan": options.plan}
-                run = new_run(identity, prompt, model, info=info)
-                execution = make_execution(
-                    store, shell, run, RunState(), model, options, events, endpoint_args, cancel
-                )
+                policy = settings.policy
+                info = {
+                    **(request.info or {}),
+                    "approve": policy.recorded_approval(),
+                    "plan": policy.plan,
+                }
+                run = new_run(identity, request.prompt, request.model, info=info)
+                execution = make_execution(run, RunState(), request.model, collaborators, settings)
                 reads.close()
                 execution.execute(first=True)
                 return Outcome(run, execution.state, "new", [], {})
-            return resume_run(
-                store=store,
-                shell=shell,
-                run=previous,
-                model=model,
-                options=options,
-                events=events,
-                decision=decision,
-                endpoint_args=endpoint_args,
-                cancel=cancel,
-                cell_options=cell_options,
-                reads=reads,
-            )
+            return resume_run(previous, request, collaborators, settings, reads)
 
 
 def resume_run(
-    *,
-    store: Store,
-    shell: Any,
     run: RunRow,
-    options: RunOptions,
-    events: Events,
-    model: str = "",
-    decision: dict | None = None,
-    endpoint_args: dict | None = None,
-    cancel: threading.Event | None = None,
-    cell_options: bool = False,
+    request: CellRequest,
+    collaborators: Collaborators,
+    settings: Settings,
     reads: contextlib.ExitStack | None = None,
 ) -> Outcome:
     """Continue ``run`` from its last checkpoint, or restore it when it has nothing left to do.
 
-    The continuation uses ``model``, or without one the model of the run's
-    latest execution, so a corrected ``--model`` takes effect. Its approval
-    policy is the cell's with ``cell_options``, else the run's latest. What it
-    reads before executing shares one store session (``reads``, the caller's
-    if it has one), closed before the first model request.
+    The continuation uses the request's model, or without one the model of the
+    run's latest execution, so a corrected ``--model`` takes effect. Its approval
+    policy is that of ``settings`` with the request's ``cell_options``, else the
+    run's latest. What it reads before executing shares one store session
+    (``reads``, the caller's if it has one), closed before the first model request.
     """
+    store, shell, events = collaborators.store, collaborators.shell, collaborators.events
     if reads is None:
         reads = contextlib.ExitStack()
         reads.enter_context(store.session())
@@ -165,26 +162,25 @@ def resume_run(
             )
         state = load_state(store, run)
         status = effective_status(state.status, run.run_id, live)
-        if status == AWAITING_APPROVAL and decision is None:
+        if status == AWAITING_APPROVAL and request.decision is None:
             restored, failed = restore_variables(store, shell, state, events)
             return Outcome(run, state, "waiting", restored, failed)
         if status == DONE:
             restored, failed = restore_variables(store, shell, state, events)
             return Outcome(run, state, "restore", restored, failed)
         last = last_settings(store, run)
-        if not cell_options:
-            options = run_options(run, options, last["approve"])
+        if not request.cell_options:
+            settings = replace(settings, policy=settings.policy.continuing(last["approve"]))
         # Resolve the endpoint before touching the namespace, so a configuration
         # error leaves everything as it was.
-        execution = make_execution(
-            store, shell, run, state, model or last["model"], options, events, endpoint_args, cancel
-        )
+        model = request.model or last["model"]
+        execution = make_execution(run, state, model, collaborators, settings)
         restored, failed = restore_variables(store, shell, state, events)
         reads.close()
         # Killed after the run row was written but before its first checkpoint:
         # start it properly, or the model would be called with no conversation.
         own_first = run.parent_step + 1 if run.parent_run and run.parent_step is not None else 0
-        execution.execute(first=state.step < own_first, decision=decision)
+        execution.execute(first=state.step < own_first, decision=request.decision)
         return Outcome(run, execution.state, "resume", restored, failed)
 
 
@@ -213,45 +209,21 @@ def settings_at(store: Store, run: RunRow, step: int) -> dict[str, Any]:
     return last_settings(store, run, rows)
 
 
-def run_options(
-    run: RunRow, options: RunOptions, policy: bool | list[str] | None = None
-) -> RunOptions:
-    """Continuations the cell does not start keep asking: a run's approval policy stays on.
-
-    ``policy``: the run's latest (:func:`last_settings`); default, the one it started with.
-    """
-    if policy is None:
-        policy = run.info.get("approve")
-    if not policy:
-        return options
-    tools = tuple(policy) if isinstance(policy, list) else ()
-    if options.approve and not options.approve_tools:
-        tools = ()
-    return replace(options, approve=True, approve_tools=tools)
-
-
 def make_execution(
-    store: Store,
-    shell: Any,
-    run: RunRow,
-    state: RunState,
-    model: str,
-    options: RunOptions,
-    events: Events,
-    endpoint_args: dict | None,
-    cancel: threading.Event | None = None,
+    run: RunRow, state: RunState, model: str, collaborators: Collaborators, settings: Settings
 ) -> Execution:
     """The one place an :class:`Execution` is built: the endpoint resolved, its client made."""
-    endpoint = Endpoint.resolve(model, **(endpoint_args or {}))
+    config, cancel = settings.client, collaborators.cancel
+    endpoint = Endpoint.resolve(model, base_url=config.base_url, api_key=config.api_key)
     client: ModelClient
     if endpoint.model == OFFLINE_MODEL:
         client = OfflineClient(endpoint, cancel=cancel)
     else:
         client = ChatCompletionsClient(
             endpoint,
-            timeout=options.model_timeout,
-            retries=options.retries,
-            backoff=options.backoff,
+            timeout=config.timeout,
+            retries=config.retries,
+            backoff=config.backoff,
             cancel=cancel,
         )
-    return Execution(store, run, state, shell, client, events, options)
+    return Execution(run, state, client, collaborators, settings)

@@ -1,7 +1,7 @@
 """The agent runtime of a kernel: its store, its executions, and who may run what.
 
 One :class:`AgentRuntime` per kernel (:func:`current`; ``AgentMagics.runtime``)
-owns the store handle and endpoint defaults, the registry of agents executing
+owns the store handles, the registry of agents executing
 in the kernel (in a cell, in the background, from a timeline click), and the
 views that follow them. It starts, resumes, forks and rewinds runs; the
 timeline widget only renders and calls it, so ``--background`` and
@@ -12,6 +12,10 @@ The registry holds one :class:`Claim` per executing agent. A background
 thread does, and only that claim: an agent is either free or claimed by one
 execution, never "free but still listed", so a job started as another ends
 is never lost to ``pause`` or :meth:`AgentRuntime.wait_all`.
+
+Its threads and locks, and the order they are taken in, are those of
+:mod:`jupyter_agent.loop` (Concurrency); children of ``delegate`` calls run in
+:mod:`.delegation`, agents that wait for others in :mod:`.after`.
 """
 
 from __future__ import annotations
@@ -24,25 +28,24 @@ import time
 import traceback
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
-from ..core.budget import Budget
-from ..core.state import DONE, RUNNING, STALLED, Delta
-from ..errors import AgentBusy, AgentError, Cancelled, IdentityError, UsageProblem
-from ..loop.execution import Events, RunOptions, chain
+from ..config import Settings
+from ..core.state import Delta
+from ..errors import AgentBusy, AgentError
+from ..loop.checkpoints import Collaborators, Events
 from ..namespace.lock import NamespaceLock
 from ..store.api import CheckpointRow, RunRow, Store
 from ..store.duckdb.files import default_store_path
 from ..store.open import open_store
-from ..tools.delegate import MAX_CHILDREN, MAX_DEPTH, Delegated, awaited_child
-from ..views.listing import run_status
+from ..tools.delegate import awaited_child
 from ..views.render import TextEvents
 from ..views.timeline import Timeline
 from . import actions, runner
-from .identity import AgentIdentity, validate_name
-from .runner import Outcome
+from .delegation import Delegation
+from .runner import CellRequest, Outcome
 
 Key = tuple[str, str]  # (notebook, agent)
 
@@ -65,7 +68,10 @@ class View(Protocol):
 
 @dataclass(eq=False)
 class Claim:
-    """The right to execute one agent in this kernel; given back exactly once."""
+    """The right to execute one agent in this kernel; given back exactly once.
+
+    Never waited for: a second claim raises ``AgentBusy`` (see :mod:`jupyter_agent.loop`).
+    """
 
     key: Key
     job: Job | None = None
@@ -73,7 +79,7 @@ class Claim:
 
 @dataclass(eq=False)
 class Job:
-    """An execution of an agent on a background thread of this kernel."""
+    """An execution of an agent on a background thread of this kernel (see :mod:`jupyter_agent.loop`)."""
 
     key: Key
     cancel: threading.Event
@@ -94,11 +100,9 @@ class AgentRuntime:
     shell: Any = None
     #: The store path; None: $JUPYTER_AGENT_STORE or the Jupyter data dir.
     store_path: str | None = None
-    endpoint_args: dict = field(default_factory=dict)
-    #: The run options of the configuration (the magics' traits).
-    options: Callable[[], RunOptions] = RunOptions
     #: One agent's code at a time in this kernel's namespace; the others wait, saying so.
     namespace: NamespaceLock = field(default_factory=NamespaceLock, repr=False)
+    #: Claims, views and store handles; a leaf lock (see :mod:`jupyter_agent.loop`).
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _claims: dict[Key, Claim] = field(default_factory=dict, repr=False)
     _views: dict[Key, weakref.WeakSet] = field(default_factory=dict, repr=False)
@@ -186,27 +190,31 @@ class AgentRuntime:
 
     # -- runs -----------------------------------------------------------------------
 
-    def _with_children(self, options: RunOptions) -> RunOptions:
-        """Options whose runs may delegate (children run in this runtime) and share the namespace."""
-        return replace(
-            options,
-            children=options.children or Delegation(self),
-            namespace=options.namespace or self.namespace,
+    def _collaborators(
+        self,
+        events: Events,
+        cancel: threading.Event | None = None,
+        store: Store | None = None,
+        decisions: Mapping[str, dict] | None = None,
+    ) -> Collaborators:
+        """What a run executed here works with: children run in this runtime, and the
+        namespace is shared (``decisions``: answers for delegated runs, by run id)."""
+        return Collaborators(
+            store=store or self.store(),
+            shell=self._shell(),
+            events=events,
+            cancel=cancel,
+            children=Delegation(self, decisions),
+            namespace=self.namespace,
         )
 
     def run(
         self,
-        identity: AgentIdentity,
-        prompt: str,
-        model: str,
-        *,
-        options: RunOptions,
+        request: CellRequest,
+        settings: Settings,
         events: Events,
-        restart: bool = False,
-        decision: dict | None = None,
+        *,
         cancel: threading.Event | None = None,
-        cell_options: bool = False,
-        info: dict | None = None,
         reads: contextlib.ExitStack | None = None,
     ) -> Outcome:
         """Start, resume or restore the agent of a cell (:func:`runner.run_cell`).
@@ -214,30 +222,16 @@ class AgentRuntime:
         ``reads``: a session of :meth:`store` opened by the caller, e.g. around the
         cell's timeline (:meth:`reads`); the run closes it before its first model request.
         """
-        return runner.run_cell(
-            store=self.store(),
-            shell=self._shell(),
-            identity=identity,
-            prompt=prompt,
-            model=model,
-            options=self._with_children(options),
-            events=events,
-            restart=restart,
-            decision=decision,
-            endpoint_args=self.endpoint_args,
-            cancel=cancel,
-            cell_options=cell_options,
-            info=info,
-            reads=reads,
-        )
+        collaborators = self._collaborators(events, cancel, decisions=request.child_decisions)
+        return runner.run_cell(request, collaborators, settings, reads)
 
     def child_approval(
-        self, run: RunRow, decision: dict, options: RunOptions, store: Store | None = None
-    ) -> tuple[RunRow, RunOptions] | None:
+        self, run: RunRow, decision: dict, store: Store | None = None
+    ) -> tuple[RunRow, CellRequest] | None:
         """Answer the approval a delegated run under ``run`` waits on, by resuming ``run``.
 
         For a run paused only because its child (or a child of it) waits for an
-        approval: that child's run, and options under which resuming ``run``
+        approval: that child's run, and the request under which resuming ``run``
         hands ``decision`` to the child as it resumes it, so the child continues
         and then ``run``, in one execution, and the delegate call's result is
         written once. None when no child of ``run`` waits for an approval.
@@ -246,7 +240,7 @@ class AgentRuntime:
         if found is None:
             return None
         child, _ = found
-        return child, replace(options, children=Delegation(self, {child.run_id: decision}))
+        return child, CellRequest.continuing(run, child_decisions={child.run_id: decision})
 
     def reads(self) -> contextlib.ExitStack:
         """A session of :meth:`store` for :meth:`run` to close: what a cell reads before
@@ -259,99 +253,20 @@ class AgentRuntime:
         reads.enter_context(self.store().session())
         return reads
 
-    # -- agents that wait for others (--after) -------------------------------------
-
-    def check_after(self, notebook: str, agent: str, after: list[str]) -> None:
-        """Refuse ``--after`` naming the agent itself, an unknown agent, or making a cycle."""
-        if agent in after:
-            raise UsageProblem(f"--after {agent}: an agent cannot wait for itself.")
-        latest = {r.agent: r for r in self.store().runs(notebook=notebook)}
-        unknown = [name for name in after if name not in latest]
-        if unknown:
-            known = ", ".join(sorted(latest)) or "none yet"
-            raise UsageProblem(
-                f"--after {unknown[0]}: no agent of that name in this notebook (agents here: "
-                f"{known}). Run it first, or correct the name."
-            )
-        waits = {name: list(run.info.get("after") or []) for name, run in latest.items()}
-        waits[agent] = after
-        path = _cycle(waits, agent)
-        if path:
-            raise UsageProblem(
-                "--after makes a cycle: " + " → ".join(path) + "; an agent waits for itself."
-            )
-
-    def waiting_for(self, notebook: str, after: list[str]) -> dict[str, tuple[str, str]]:
-        """The agents of ``after`` whose latest run is not done: name → (status, its words)."""
-        store = self.store()
-        latest = {r.agent: r for r in store.runs(notebook=notebook) if r.agent in after}
-        live = store.live_runs()
-        last = store.latest_checkpoints([r.run_id for r in latest.values()])
-        out = {}
-        for name in after:
-            run = latest.get(name)
-            if run is None:
-                out[name] = ("missing", "deleted")
-                continue
-            status, text, _ = run_status(store, run, live, last.get(run.run_id))
-            if status != DONE:
-                out[name] = (status, text)
-        return out
-
-    def wait_for(
-        self,
-        notebook: str,
-        after: list[str],
-        say: Callable[[str], None],
-        *,
-        cancel: threading.Event | None = None,
-        until_done: bool = False,
-        poll: float = 0.2,
-    ) -> bool:
-        """Wait while the agents of ``after`` run; True once all are done.
-
-        A dependency that stopped unfinished (interrupted, paused, failed) ends
-        the wait at once (False), unless ``until_done``: a background agent keeps
-        waiting for it to be resumed, here or in another kernel.
-        """
-        said: dict[str, str] = {}
-        while True:
-            pending = self.waiting_for(notebook, after)
-            if not pending:
-                return True
-            for name, (_status, text) in pending.items():
-                if said.get(name) != text:
-                    say(f"waiting for {name} ({text})")
-                    said[name] = text
-            stopped = all(status not in (RUNNING, STALLED) for status, _ in pending.values())
-            if stopped and not until_done:
-                return False
-            if cancel is not None and cancel.wait(poll):
-                raise Cancelled()
-            if cancel is None:
-                time.sleep(poll)
-
     def resume(
         self,
         run: RunRow,
-        *,
-        options: RunOptions,
+        request: CellRequest,
+        settings: Settings,
         events: Events,
-        decision: dict | None = None,
+        *,
         cancel: threading.Event | None = None,
         store: Store | None = None,
     ) -> Outcome:
         """Continue a run from its last checkpoint (:func:`runner.resume_run`)."""
-        return runner.resume_run(
-            store=store or self.store(),
-            shell=self._shell(),
-            run=run,
-            options=self._with_children(options),
-            events=events,
-            decision=decision,
-            endpoint_args=self.endpoint_args,
-            cancel=cancel,
-        )
+        decisions = request.child_decisions
+        collaborators = self._collaborators(events, cancel, store, decisions)
+        return runner.resume_run(run, request, collaborators, settings)
 
     def fork(
         self,
@@ -360,23 +275,21 @@ class AgentRuntime:
         step: int,
         *,
         instruction: str,
-        options: RunOptions,
+        settings: Settings,
         events: Events,
         cancel: threading.Event | None = None,
     ) -> Outcome:
         """A new run from a checkpoint, from a view of its own (``source`` may change meanwhile)."""
         view = Timeline(source.store, *source.key)
         view.load(run_id)
+        collaborators = self._collaborators(events, cancel, view.store)
         return actions.fork(
             view,
-            self._shell(),
             run_id,
             step,
             instruction=instruction,
-            options=self._with_children(options),
-            events=events,
-            endpoint_args=self.endpoint_args,
-            cancel=cancel,
+            collaborators=collaborators,
+            settings=settings,
         )
 
     def rewind(self, source: Timeline, run_id: str, step: int) -> actions.Rewound:
@@ -543,7 +456,7 @@ def _detached_output() -> Iterator[None]:
     }
     undo = []
     ip = _ipython()
-    targets = [sys.stdout, sys.stderr, getattr(ip, "display_pub", None)]
+    targets: list[Any] = [sys.stdout, sys.stderr, getattr(ip, "display_pub", None)]
     for target in targets:
         setter = getattr(target, "set_thread_parent", None)
         if setter is not None:
@@ -563,134 +476,8 @@ def _ipython() -> Any:
     return get_ipython()
 
 
-class Delegation:
-    """Runs the children of ``delegate`` calls as durable runs of their own (see :mod:`delegate`)."""
-
-    def __init__(self, runtime: AgentRuntime, decisions: dict[str, dict] | None = None) -> None:
-        self.runtime = runtime
-        #: Approval decisions for child runs, by run id; each is given once, as the run resumes.
-        self.decisions = dict(decisions or {})
-
-    def refuse(self, parent: Any, agent: str) -> str | None:
-        """Why ``parent`` may not start a child ``agent`` now, or None."""
-        try:
-            validate_name(agent)
-        except IdentityError as exc:
-            return str(exc)
-        lineage = [parent.run.agent, *(parent.run.info.get("lineage") or [])]
-        if agent in lineage:
-            return f"agent {agent!r} is this agent or one of its parents; choose another name"
-        depth = int(parent.run.info.get("depth") or 0) + 1
-        if depth > MAX_DEPTH:
-            return (
-                f"delegation is limited to {MAX_DEPTH} levels of child agents and this agent "
-                "is at the deepest; do the work yourself"
-            )
-        if _children_started(parent) >= MAX_CHILDREN:
-            return f"an agent may delegate at most {MAX_CHILDREN} subtasks; do the rest yourself"
-        return None
-
-    def run(self, parent: Any, call_id: str, agent: str, task: str, model: str) -> Delegated:
-        """Start, resume or restore the child of ``call_id``, in the parent's thread."""
-        store, notebook = parent.store, parent.run.notebook
-        options = replace(parent.options, plan=False, budget=_remaining(parent))
-        mine = [
-            r
-            for r in store.runs(notebook=notebook, agent=agent)
-            if r.info.get("parent_run") == parent.run.run_id
-            and r.info.get("parent_call") == call_id
-        ]
-        key = (notebook, agent)
-        events = self.runtime.events(key, TextEvents(), store=store)
-        with self.runtime.claimed(key):
-            if mine:
-                outcome = runner.resume_run(
-                    store=store,
-                    shell=parent.shell,
-                    run=mine[-1],
-                    options=options,
-                    events=events,
-                    model=model,
-                    decision=self.decisions.pop(mine[-1].run_id, None),
-                    endpoint_args=self.runtime.endpoint_args,
-                    cancel=parent.client.cancel,
-                )
-            else:
-                events.info(f"↳ delegating to child agent {agent}")
-                outcome = runner.run_cell(
-                    store=store,
-                    shell=parent.shell,
-                    identity=AgentIdentity(notebook, agent, None, "delegate"),
-                    prompt=task,
-                    model=model or parent.client.endpoint.model,
-                    options=options,
-                    events=events,
-                    restart=True,
-                    endpoint_args=self.runtime.endpoint_args,
-                    cancel=parent.client.cancel,
-                    info={
-                        "parent_agent": parent.run.agent,
-                        "parent_run": parent.run.run_id,
-                        "parent_call": call_id,
-                        "depth": int(parent.run.info.get("depth") or 0) + 1,
-                        "lineage": [parent.run.agent, *(parent.run.info.get("lineage") or [])],
-                    },
-                )
-        self.runtime.refresh(key)
-        state, run = outcome.state, outcome.run
-        last = store.latest_checkpoints([run.run_id]).get(run.run_id)
-        status, text, _ = run_status(store, run, set(), last)
-        if last is not None and "child_run" in last.info and last.info.get("reason"):
-            text = last.info["reason"]  # paused for its own child: say which, and why
-        return Delegated(agent, status, text, state.final_answer() or "", state.tokens, run.run_id)
-
-
-def _children_started(parent: Any) -> int:
-    """Children the parent's history started: its ``delegate`` calls with a start checkpoint.
-
-    A refused call has none, so it takes no child's place; a fork's history
-    counts its parent's children up to the fork point. Row metadata only.
-    """
-    started = set()
-    with parent.store.session():
-        for run_id, upto in chain(parent.store, parent.run):
-            for row in parent.store.checkpoints(run_id, kind="tool_call"):
-                call = (row.info.get("delegate") or {}).get("call_id")
-                if call is not None and (upto is None or row.step <= upto):
-                    started.add(call)
-    return len(started)
-
-
-def _remaining(parent: Any) -> Budget | None:
-    """What is left of the parent's budget: its children spend from it."""
-    budget = parent.budget
-    if budget is None or budget.tokens is None:
-        return budget
-    return Budget(tokens=max(budget.tokens - parent.state.tokens, 0), cost=budget.cost)
-
-
-def _cycle(waits: dict[str, list[str]], start: str) -> list[str]:
-    """A path ``start → … → start`` through the waits-for graph, or [] if there is none."""
-    path: list[str] = [start]
-    seen: set[str] = set()
-
-    def visit(name: str) -> bool:
-        for dep in waits.get(name, []):
-            if dep == start:
-                path.append(dep)
-                return True
-            if dep not in seen:
-                seen.add(dep)
-                path.append(dep)
-                if visit(dep):
-                    return True
-                path.pop()
-        return False
-
-    return path if visit(start) else []
-
-
 _current: AgentRuntime | None = None
+#: Makes the kernel's one runtime; a leaf lock (see :mod:`jupyter_agent.loop`).
 _current_lock = threading.Lock()
 
 

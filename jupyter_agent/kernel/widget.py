@@ -28,12 +28,13 @@ import anywidget
 from traitlets import Dict, List, Unicode
 
 from .. import vocab
+from ..config import Settings
 from ..errors import AgentError, NotWaiting
-from ..loop.execution import Events, RunOptions
+from ..loop.checkpoints import Events
 from ..store.api import CheckpointRow, RunRow, Store
 from ..views.timeline import WINDOW, Timeline, detail, notebook_name
 from .actions import Rewound
-from .runner import Outcome
+from .runner import CellRequest, Outcome
 from .runtime import AgentRuntime, Job, Key, current
 
 STATIC = Path(__file__).parent / "static"
@@ -70,18 +71,16 @@ class TimelineWidget(anywidget.AnyWidget):
         agent: str,
         *,
         shell: Any,
-        options: Callable[[], RunOptions] = RunOptions,
-        endpoint_args: dict | None = None,
+        options: Callable[[], Settings] = Settings,
         window: int = WINDOW,
         runtime: AgentRuntime | None = None,
     ) -> None:
         super().__init__(uid=uuid.uuid4().hex)
-        #: Who executes what this widget starts; ``endpoint_args`` are the runtime's.
+        #: Who executes what this widget starts.
         self.runtime = runtime or current()
         self.timeline = Timeline(store, notebook, agent)
         self.shell = shell
         self.options = options
-        self.endpoint_args = endpoint_args or {}
         self.window = window
         self._lock = threading.RLock()
         self._appended = 0
@@ -244,25 +243,19 @@ class TimelineWidget(anywidget.AnyWidget):
         if not pending or (call_id and pending.get("call_id") != call_id):
             raise NotWaiting("That call is no longer waiting for approval.")
         store = self.timeline.store
-        options = self.options()
+        settings = self.options()
         if pending.get("parent"):  # a child's call: resuming this agent answers it
             run = self.timeline.run(pending["parent"])
-            forwarded = self.runtime.child_approval(run, decision, options, store)
+            forwarded = self.runtime.child_approval(run, decision, store)
             if forwarded is None:
                 raise NotWaiting("That call is no longer waiting for approval.")
-            options, own = forwarded[1], None
+            request = forwarded[1]
         else:
-            run, own = self.timeline.run(pending["run"]), decision
+            run = self.timeline.run(pending["run"])
+            request = CellRequest.continuing(run, decision=decision)
 
         def work(events: Events, cancel: threading.Event) -> Outcome:
-            return self.runtime.resume(
-                run,
-                options=options,
-                events=events,
-                decision=own,
-                cancel=cancel,
-                store=store,
-            )
+            return self.runtime.resume(run, request, settings, events, cancel=cancel, store=store)
 
         return self.runtime.start_job(self.key, work, store=store)
 
@@ -277,7 +270,7 @@ class TimelineWidget(anywidget.AnyWidget):
                 run_id,
                 int(step),
                 instruction=instruction,
-                options=self.options(),
+                settings=self.options(),
                 events=events,
                 cancel=cancel,
             )
@@ -347,8 +340,7 @@ def display_timeline(
     agent: str,
     *,
     shell: Any,
-    options: Callable[[], RunOptions],
-    endpoint_args: dict | None,
+    options: Callable[[], Settings],
     replace: bool = False,
     lazy: bool | None = None,
 ) -> TimelineWidget:
@@ -361,9 +353,7 @@ def display_timeline(
     """
     from IPython.display import display
 
-    widget = TimelineWidget(
-        store, notebook, agent, shell=shell, options=options, endpoint_args=endpoint_args
-    )
+    widget = TimelineWidget(store, notebook, agent, shell=shell, options=options)
     if replace:
         with _cell_lock:
             old = _CELL_WIDGETS.pop(widget.key, None)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_agent.core.state import RunState, fold
-from jupyter_agent.loop.execution import chain
+from jupyter_agent.loop.runs import chain
 from jupyter_agent.store.api import CheckpointRow
 from jupyter_agent.store.open import open_store
 

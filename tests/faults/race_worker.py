@@ -23,14 +23,16 @@ def prompt(agent: str) -> str:
 
 def race(store_path: str, url: str, api_key: str, barrier: Any, results: Any, rounds: int) -> None:
     """Run ``rounds`` races, two per agent: race ``2k`` starts ``a<k>``, race ``2k+1`` re-runs it."""
+    from jupyter_agent.config import ClientSettings, Settings
     from jupyter_agent.kernel.identity import AgentIdentity
-    from jupyter_agent.kernel.runner import AgentBusy, run_cell
-    from jupyter_agent.loop.execution import RunOptions
+    from jupyter_agent.kernel.runner import AgentBusy, CellRequest, run_cell
+    from jupyter_agent.loop.checkpoints import Collaborators
     from jupyter_agent.store.duckdb.store import DuckDBStore as Store
     from jupyter_agent.views.render import TextEvents
 
     shell = SimpleNamespace(user_ns={})
-    options = RunOptions(retries=0, backoff=0.0, model_timeout=30)
+    client = ClientSettings(base_url=url, api_key=api_key, timeout=30, retries=0, backoff=0.0)
+    settings = Settings(client=client)
     for i in range(rounds):
         agent = f"a{i // 2}"
         identity = AgentIdentity(NOTEBOOK, agent, "cell", "cell id")
@@ -38,14 +40,9 @@ def race(store_path: str, url: str, api_key: str, barrier: Any, results: Any, ro
         started = time.time()
         try:
             outcome = run_cell(
-                store=Store(store_path, busy_timeout=60),
-                shell=shell,
-                identity=identity,
-                prompt=prompt(agent),
-                model="scripted",
-                options=options,
-                events=TextEvents(io.StringIO()),
-                endpoint_args={"base_url": url, "api_key": api_key},
+                CellRequest(identity, prompt(agent), model="scripted"),
+                Collaborators(Store(store_path, busy_timeout=60), shell, TextEvents(io.StringIO())),
+                settings,
             )
             results.put((i, os.getpid(), outcome.action, outcome.run.run_id, started, time.time()))
         except AgentBusy as exc:

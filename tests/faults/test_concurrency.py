@@ -267,7 +267,7 @@ def one_round(root: Path, index: int, backend: Backend, kernels_n: int = KERNELS
 def read_store_for(path: StoreSpec, notebook: str):  # type: ignore[no-untyped-def]
     """The store view of the one agent of ``notebook``."""
     from jupyter_agent.core.state import fold
-    from jupyter_agent.loop.execution import chain
+    from jupyter_agent.loop.runs import chain
 
     from .harness import StoreView
 

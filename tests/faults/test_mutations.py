@@ -20,7 +20,7 @@ import pytest
 from IPython import get_ipython
 from IPython.testing.globalipapp import start_ipython
 
-from jupyter_agent.loop.execution import load_state
+from jupyter_agent.loop.runs import load_state
 from jupyter_agent.namespace.tracking import restore
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer

@@ -13,7 +13,7 @@ import duckdb
 import pytest
 
 from jupyter_agent.errors import StateVersionError, StoreError
-from jupyter_agent.loop.execution import load_state
+from jupyter_agent.loop.runs import load_state
 from jupyter_agent.namespace.tracking import restore
 from jupyter_agent.store.api import CheckpointRow, RunRow
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store

@@ -1,0 +1,99 @@
+"""What the configuration says about running agents, as small frozen objects.
+
+The magics' traits (``c.AgentMagics.*``) and a cell's ``%%agent`` line are
+turned into these in one place (:meth:`jupyter_agent.kernel.magics.AgentMagics`'s
+``_settings``); everything below takes them as they are:
+
+* :class:`RunPolicy`: what a run may do and when it stops (steps, approvals,
+  budget, plan, context window, the tools a new run offers);
+* :class:`ClientSettings`: how the model endpoint is reached (where, with which
+  key, how long and how often to try);
+* :class:`Settings`: both, with the MCP server configurations and the secrets
+  redacted from everything stored.
+
+They hold settings only. What an execution works *with* (the store, the
+shell, where progress is reported, the namespace lock, the runner of child
+agents) is passed as objects of their own
+(:class:`jupyter_agent.loop.checkpoints.Collaborators`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .core.budget import Budget
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    """What a run may do in one execution, and when it stops."""
+
+    #: Model calls in one execution; None: no limit (the default under a budget).
+    max_steps: int | None = 30
+    approve: bool = False
+    #: Tools that need approval when ``approve`` is on; empty means every tool.
+    approve_tools: tuple[str, ...] = ()
+    #: The model's context window in tokens; None: learnt from the endpoint or
+    #: :func:`jupyter_agent.core.context.default_window`.
+    context_window: int | None = None
+    #: What the run may spend over all its executions; None: the run's last budget.
+    budget: Budget | None = None
+    #: Dollars per million (prompt, completion) tokens, by model name prefix.
+    prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    #: Start with a planning phase, then work through the plan an item at a time.
+    plan: bool = False
+    #: A new run's notebook functions offered as tools (besides ``@tool`` ones).
+    tools: tuple[str, ...] = ()
+    #: A new run's MCP servers, by name in :attr:`Settings.mcp_servers`.
+    mcp: tuple[str, ...] = ()
+
+    def recorded_approval(self) -> bool | list[str]:
+        """How a run records its approval policy: off, every tool, or the listed tools."""
+        if not self.approve:
+            return False
+        return list(self.approve_tools) or True
+
+    def continuing(self, recorded: bool | list[str] | None) -> RunPolicy:
+        """This policy for a continuation the cell does not start: it keeps asking.
+
+        ``recorded``: the run's latest approval policy (as :meth:`recorded_approval`
+        wrote it). A run that asked for approvals goes on asking, for the same
+        tools, unless this policy asks for every tool.
+        """
+        if not recorded:
+            return self
+        tools = tuple(recorded) if isinstance(recorded, list) else ()
+        if self.approve and not self.approve_tools:
+            tools = ()
+        return replace(self, approve=True, approve_tools=tools)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How the model endpoint is reached; unset ones come from the environment."""
+
+    #: An OpenAI-compatible endpoint; None: ``$OPENAI_BASE_URL``, else OpenAI.
+    base_url: str | None = None
+    #: None: ``$OPENAI_API_KEY``.
+    api_key: str | None = None
+    #: Seconds to wait for the endpoint.
+    timeout: float = 120.0
+    #: Retries of a failing model call before the agent pauses.
+    retries: int = 4
+    #: First retry delay in seconds; doubles each retry.
+    backoff: float = 0.5
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the configuration says about one execution."""
+
+    policy: RunPolicy = field(default_factory=RunPolicy)
+    client: ClientSettings = field(default_factory=ClientSettings)
+    #: MCP server configurations by name (``c.AgentMagics.mcp_servers``).
+    mcp_servers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Values redacted from everything an execution stores or sends on.
+    secrets: list[str] = field(default_factory=list)

@@ -1,0 +1,284 @@
+"""The single place where a run's state changes: write a checkpoint, then apply it.
+
+Every step of an execution ends in :meth:`Recorder.checkpoint`, which writes
+the checkpoint to the run's journal and only then applies it to the
+:class:`~jupyter_agent.core.state.RunState` and tells the :class:`Events`. A
+checkpoint is written whole or not at all: Ctrl-C is held back while it is
+written (:func:`shield_from_interrupt`).
+
+One exception to "written before the next step begins": a ``tool_result``
+whose large changed values are still being serialized (:class:`Later`) is
+applied at once, so the model can be asked for the next step meanwhile, and
+written by :meth:`Recorder.write_saved` once they are: before any other
+checkpoint, and so before code runs again. Until then its call is in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..core.redaction import redact
+from ..core.state import RUNNING, Delta, RunState, encode_delta
+from ..namespace import tracking as namespace
+from ..namespace.lock import NamespaceLock
+from ..store.api import CheckpointRow, RunRow, RunWriterLike, Store
+from ..tools.base import ToolResult
+from ..tools.delegate import Children
+
+SUMMARY_LIMIT = 120
+
+
+class Events(Protocol):
+    """Where a run reports progress: the text renderer, the timeline widget, or both."""
+
+    def text(self, chunk: str) -> None: ...
+    def info(self, message: str) -> None: ...
+    def notice(self, message: str) -> None: ...
+    def checkpoint(self, run: RunRow, row: CheckpointRow, delta: Delta) -> None: ...
+
+
+@dataclass(frozen=True)
+class Collaborators:
+    """What an execution works with besides its settings: given, never configured."""
+
+    store: Store
+    #: The IPython shell whose namespace the agent's code runs in (``user_ns``).
+    shell: Any
+    events: Events
+    #: Set to pause the execution after its current step (None: a fresh, unset one).
+    cancel: threading.Event | None = None
+    #: Runs children for the ``delegate`` tool; None: neither it nor ``read_agent`` is offered.
+    children: Children | None = None
+    #: The kernel's namespace lock: one agent's code runs at a time (the runtime's).
+    namespace: NamespaceLock | None = None
+
+
+class Stop(Exception):
+    """Ends an execution at a checkpoint that has already been written."""
+
+
+def one_line(text: str, limit: int = SUMMARY_LIMIT) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class Later:
+    """A ``tool_result`` applied before its large values were serialized (see
+    :meth:`Recorder.checkpoint`): their :class:`namespace.Saving`, and how to
+    make the checkpoint's delta, info and blobs once they are."""
+
+    saving: namespace.Saving
+    compose: Callable[[namespace.Snapshot], tuple[Delta, dict, dict[str, bytes]]]
+    row: CheckpointRow | None = None  # the row as applied; written with the values' info
+
+
+class Recorder:
+    """Writes one execution's checkpoints to its journal and applies them to its state."""
+
+    #: Changed values this large in memory are serialized while the model is asked (None: never).
+    save_later_from: int | None = namespace.SAVE_LATER_BYTES
+
+    def __init__(
+        self, run: RunRow, state: RunState, collaborators: Collaborators, secrets: list[str]
+    ) -> None:
+        self.run, self.state = run, state
+        self.shell, self.events = collaborators.shell, collaborators.events
+        self.lock = collaborators.namespace
+        self.secrets = secrets
+        self.writer: RunWriterLike | None = None
+        self.tracker = namespace.Tracker()
+        self._last = time.monotonic()
+        #: A checkpoint applied, not written yet (see :meth:`checkpoint`).
+        self._later: Later | None = None
+
+    def checkpoint(
+        self,
+        kind: str,
+        status: str,
+        summary: str,
+        delta: Delta | None = None,
+        *,
+        tokens: int = 0,
+        info: dict | None = None,
+        blobs: dict[str, bytes] | None = None,
+        durable: bool = True,
+        later: Later | None = None,
+    ) -> CheckpointRow:
+        """Write a checkpoint and apply it to the state.
+
+        ``durable=False`` for one followed at once by another, before anything
+        acts on it: both are made durable by the second's sync (see
+        :meth:`Store.writer`'s ``put_checkpoint``).
+
+        With ``later`` (a ``tool_result`` whose large values are still being
+        serialized) the checkpoint is applied now, so the model can be asked
+        for the next step meanwhile, and written by :meth:`write_saved` once
+        they are: before any other checkpoint, and so before code runs again.
+        Until then the call is in flight, as it would be during the tool.
+        """
+        assert self.writer is not None
+        self.write_saved()  # checkpoints are written in step order
+        delta = delta or Delta()
+        if kind == "compaction" and delta.compaction is not None:
+            # The state before this checkpoint, for a resume to fold from (see state).
+            point = self.state.snapshot(int(delta.compaction.get("upto") or 0))
+            if point is not None:
+                delta.snapshot = point[1]
+                info = {**(info or {}), "resume_from": point[0]}
+        now = time.monotonic()
+        payload = encode_delta(delta)
+        row = CheckpointRow(
+            run_id=self.run.run_id,
+            step=self.state.step + 1,
+            kind=kind,
+            status=status,
+            summary=one_line(summary),
+            created_at=time.time(),
+            duration_ms=round((now - self._last) * 1000, 1),
+            tokens=tokens,
+            size=len(payload) + sum(len(b) for b in (blobs or {}).values()),
+            info=info or {},
+        )
+        if later is None:
+            self._write(row, payload, blobs, durable=durable)
+        else:
+            later.row = row
+            self._later = later
+        self._last = now
+        self.state.apply(
+            delta, step=row.step, kind=kind, status=status, tokens=tokens, info=row.info
+        )
+        if later is None:
+            self.events.checkpoint(self.run, row, delta)
+        return row
+
+    def _write(
+        self, row: CheckpointRow, payload: bytes, blobs: dict[str, bytes] | None, durable: bool
+    ) -> None:
+        assert self.writer is not None
+        with shield_from_interrupt():
+            for digest, data in (blobs or {}).items():
+                self.writer.put_blob(digest, data)
+            self.writer.put_checkpoint(row, payload, durable=durable)
+
+    def write_saved(self) -> None:
+        """Write the checkpoint applied before its large values were serialized, once they are."""
+        later, self._later = self._later, None
+        if later is None or later.row is None:
+            return
+        with shield_from_interrupt():
+            saved = later.saving.result()
+        delta, info, blobs = later.compose(saved)
+        payload = encode_delta(delta)
+        size = len(payload) + sum(len(b) for b in blobs.values())
+        row = dataclasses.replace(later.row, info=info, size=size)
+        self._write(row, payload, blobs, durable=True)
+        self.state.bind(saved.vars, saved.unsaved)
+        self.events.checkpoint(self.run, row, delta)
+        for name, why in saved.unsaved.items():
+            self.events.notice(f"not saved: {name}: {why}")
+
+    @property
+    def sending(self) -> Callable[[], None] | None:
+        """What starts the serializing of large values pending, as the model request goes out."""
+        return self._later.saving.go if self._later is not None else None
+
+    def tool_result(
+        self,
+        call_id: str,
+        result: ToolResult,
+        status: str = RUNNING,
+        *,
+        tokens: int = 0,
+        info: dict | None = None,
+        in_kernel: bool = True,
+    ) -> None:
+        """A call's result as a checkpoint, with what it changed in the namespace.
+
+        Changed values of :attr:`save_later_from` bytes and more are serialized on
+        a thread while the model is asked for the next step (see :meth:`checkpoint`);
+        other agents' code waits meanwhile (:meth:`NamespaceLock.saving`).
+        """
+        ran = in_kernel and result.executed  # nothing else can change the namespace
+        secrets = self.secrets
+        snap = self.tracker.snapshot(
+            self.shell.user_ns,
+            self.state.vars,
+            secrets,
+            result.touched,
+            ran=ran,
+            later_from=self.save_later_from if ran else None,
+        )
+        output = redact(result.output, secrets)
+        message = {"role": "tool", "tool_call_id": call_id, "content": output}
+        first = output.strip().splitlines()[-1] if output.strip() else ""
+
+        def compose(saved: namespace.Snapshot) -> tuple[Delta, dict, dict[str, bytes]]:
+            """The checkpoint's delta, info and blobs with the values saved later merged in."""
+            vars = {**snap.vars, **saved.vars}
+            unsaved = {**snap.unsaved, **saved.unsaved}
+            delta = Delta(messages=[message], vars=vars, unsaved=unsaved, tool_call_id=call_id)
+            values = {
+                "vars": {**snap.info, **saved.info},
+                "deleted": [n for n, h in vars.items() if h is None],
+                "unsaved": unsaved,
+                "blobs": [h for h in vars.values() if h],
+                "error": result.error,
+            }
+            return delta, {**values, **(info or {})}, {**snap.blobs, **saved.blobs}
+
+        later = None
+        if snap.later:
+            lock = self.lock
+            done = lock.saving(self.run.agent) if lock is not None else lambda: None
+            assert self.writer is not None
+            saving = namespace.Saving(
+                self.shell.user_ns,
+                snap.later,
+                self.state.vars,
+                secrets,
+                prepare=self.writer.prepare_blob,
+                done=done,
+            )
+            later = Later(saving, compose)
+        delta, values, blobs = compose(namespace.Snapshot())
+        self.checkpoint(
+            "tool_result",
+            status,
+            ("error: " if result.error else "") + first,
+            delta,
+            info=values,
+            blobs=blobs,
+            tokens=tokens,  # a child's tokens count towards its parent's
+            later=later,
+        )
+        if snap.unsaved:
+            for name, why in snap.unsaved.items():
+                self.events.notice(f"not saved: {name}: {why}")
+
+
+@contextlib.contextmanager
+def shield_from_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C back until a checkpoint is written whole (main thread only).
+
+    Only the main thread gets signals; see :mod:`jupyter_agent.loop` for the others.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[tuple] = []
+    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):
+            previous(*received[0])

@@ -1,0 +1,94 @@
+"""Runs as stored: a new run's row, the history it continues, and its state now.
+
+A run's history is its own checkpoints after those of the runs it was forked
+from, each up to its fork point (:func:`chain`). Its state is the fold of that
+history (:func:`load_state`), from the latest compaction's snapshot on
+(:func:`resume_point`), so loading a long run reads a window's worth of
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Protocol
+
+from ..core.state import RunState, fold, fold_from_snapshot, prompt_hash
+from ..errors import StoreError
+from ..store.api import RunRow, Store
+
+
+class Named(Protocol):
+    """Where a run belongs: its notebook, agent and cell (an agent's identity)."""
+
+    @property
+    def notebook(self) -> str: ...
+    @property
+    def agent(self) -> str: ...
+    @property
+    def cell_id(self) -> str | None: ...
+
+
+def new_run(
+    identity: Named,
+    prompt: str,
+    model: str,
+    *,
+    parent: tuple[str, int] | None = None,
+    info: dict | None = None,
+) -> RunRow:
+    return RunRow(
+        run_id=uuid.uuid4().hex[:16],
+        notebook=identity.notebook,
+        agent=identity.agent,
+        cell_id=identity.cell_id,
+        prompt=prompt,
+        prompt_hash=prompt_hash(prompt),
+        model=model,
+        parent_run=parent[0] if parent else None,
+        parent_step=parent[1] if parent else None,
+        created_at=time.time(),
+        info=info or {},
+    )
+
+
+def chain(store: Store, run: RunRow) -> list[tuple[str, int | None]]:
+    """The (run, up-to-step) segments whose checkpoints make up ``run``'s history."""
+    segments: list[tuple[str, int | None]] = [(run.run_id, None)]
+    current = run
+    while current.parent_run:
+        segments.insert(0, (current.parent_run, current.parent_step))
+        parent = store.run(current.parent_run)
+        if parent is None:
+            raise StoreError(
+                f"Run {run.run_id} was forked from run {current.parent_run}, which was deleted."
+            )
+        current = parent
+    return segments
+
+
+def load_state(store: Store, run: RunRow, *, full: bool = False) -> RunState:
+    """The run's state now; ``full``: with every message, not only those its view shows.
+
+    Without ``full`` the fold starts at the latest compaction's snapshot, so a
+    resume reads a window's worth of checkpoints however long the run is; the
+    messages compacted away are :data:`~jupyter_agent.core.state.COMPACTED` placeholders.
+    Its reads share one connection (the caller's session, if it has one).
+    """
+    with store.session():
+        segments = chain(store, run)
+        since = 0 if full else resume_point(store, segments)
+        if since:
+            state = fold_from_snapshot(store.payloads(segments, since))
+            if state is not None:
+                return state
+        return fold(store.payloads(segments))
+
+
+def resume_point(store: Store, segments: list[tuple[str, int | None]]) -> int:
+    """The step the fold from the history's latest snapshot starts at; 0: from the start."""
+    for run_id, upto in reversed(segments):
+        for row in reversed(store.checkpoints(run_id, kind="compaction")):
+            if (upto is None or row.step <= upto) and "resume_from" in row.info:
+                return int(row.info["resume_from"])
+    return 0

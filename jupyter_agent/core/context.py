@@ -233,7 +233,8 @@ def stub(msg: dict) -> dict:
 def plan_text(plan: list[dict]) -> str:
     marks = {"done": "x", "in_progress": ">", "pending": " "}
     rows = [
-        f"[{marks.get(i.get('status'), ' ')}] {n}. {i.get('title')}" for n, i in enumerate(plan, 1)
+        f"[{marks.get(str(i.get('status')), ' ')}] {n}. {i.get('title')}"
+        for n, i in enumerate(plan, 1)
     ]
     return "Current plan (keep it current with update_plan):\n" + "\n".join(rows)
 
@@ -417,7 +418,7 @@ def _clip(text: str) -> str:
 
 def _transcript_line(msg: dict) -> str:
     role = msg.get("role")
-    content = msg.get("content") if isinstance(msg.get("content"), str) else ""
+    content = msg["content"] if isinstance(msg.get("content"), str) else ""
     if role == "assistant":
         out = f"assistant: {_clip(content)}" if content else "assistant:"
         for call in msg.get("tool_calls") or []:

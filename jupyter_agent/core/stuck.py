@@ -38,12 +38,12 @@ def stuck_reason(messages: list[dict], repeats: int = REPEATS) -> str | None:
     for i, msg in enumerate(tail):
         if msg.get("role") != "assistant":
             continue
-        results = []
+        outputs = []
         for later in tail[i + 1 :]:
             if later.get("role") != "tool":
                 break
-            results.append(str(later.get("content")))
-        steps.append((str(msg.get("content") or ""), _calls(msg), "\n".join(results)))
+            outputs.append(str(later.get("content")))
+        steps.append((str(msg.get("content") or ""), _calls(msg), "\n".join(outputs)))
     if len(steps) < repeats:
         return None
     last = steps[-repeats:]

@@ -436,15 +436,3 @@ def _transcript_line(msg: dict) -> str:
 def summary_message(summary: str, replies: int, results: int) -> str:
     """The text that stands for the compacted steps in the model's view."""
     return _SUMMARY_HEAD.format(replies=replies, results=results) + summary.strip()
-
-
-def variables_overview(namespace: dict[str, Any], names: list[str]) -> dict[str, str]:
-    """Name → "type: short repr" of the run's saved variables, for the summarizer."""
-    from ..namespace.tracking import short_repr, type_name
-
-    out = {}
-    for name in sorted(names)[:60]:
-        if name in namespace:
-            value = namespace[name]
-            out[name] = f"{type_name(value)}: {short_repr(value)}"
-    return out

@@ -40,7 +40,7 @@ from ..namespace.lock import NamespaceLock
 from ..store.api import CheckpointRow, RunRow, Store
 from ..store.duckdb.files import default_store_path
 from ..store.open import open_store
-from ..tools.delegate import awaited_child
+from ..views.listing import awaited_child
 from ..views.render import TextEvents
 from ..views.timeline import Timeline
 from . import actions, runner

@@ -26,6 +26,7 @@ from ..core.redaction import redact
 from ..core.state import BUDGET, RUNNING, Delta
 from ..errors import ContextOverflow, ModelError, StoreError
 from ..model.base import ModelClient
+from ..namespace import tracking as namespace
 from ..store.api import Store
 from .checkpoints import Recorder, Stop
 
@@ -143,7 +144,7 @@ class Window:
                 start,
                 end,
                 compaction["summary"],
-                context.variables_overview(self.recorder.shell.user_ns, list(state.vars)),
+                namespace.overview(self.recorder.shell.user_ns, list(state.vars)),
                 self.window,
             )
             self.check_budget(context.estimate_tokens(request, self.ratio))
@@ -202,7 +203,7 @@ class Window:
     def next_item(self, note: str) -> None:
         """In plan mode, after a reply that ends an item: start the next one afresh."""
         state = self.recorder.state
-        variables = context.variables_overview(self.recorder.shell.user_ns, list(state.vars))
+        variables = namespace.overview(self.recorder.shell.user_ns, list(state.vars))
         item = plans.next_item(state.plan, state.compaction, state.messages, note, variables)
         if item is None:  # nothing left: the plan is done
             done = plans.ended(state.plan, state.compaction)

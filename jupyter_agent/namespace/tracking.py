@@ -98,6 +98,16 @@ def type_name(value: Any) -> str:
     )
 
 
+def overview(namespace: dict[str, Any], names: list[str]) -> dict[str, str]:
+    """Name → "type: short repr" of the run's saved variables, for the summarizer."""
+    out = {}
+    for name in sorted(names)[:60]:
+        if name in namespace:
+            value = namespace[name]
+            out[name] = f"{type_name(value)}: {short_repr(value)}"
+    return out
+
+
 # -- snapshots -----------------------------------------------------------------------
 
 

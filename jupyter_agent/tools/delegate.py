@@ -15,11 +15,10 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..core.state import AWAITING_APPROVAL
 from ..errors import DelegateError
 
 if TYPE_CHECKING:
-    from ..store.api import CheckpointRow, RunRow, Store
+    pass
 
 #: Levels of children under a top-level agent, and children one run may start.
 MAX_DEPTH = 3
@@ -81,27 +80,3 @@ def parse_delegate(arguments: str) -> tuple[str, str, str]:
     if not isinstance(model, str):
         raise DelegateError("'model' must be a model name")
     return agent.strip(), task.strip(), model.strip()
-
-
-def awaited_child(
-    store: Store, run: RunRow, last: CheckpointRow | None = None
-) -> tuple[RunRow, CheckpointRow] | None:
-    """The delegated run (a child, or deeper) whose approval ``run`` is paused for, and its last checkpoint.
-
-    A parent whose child pauses writes an ``interrupted`` checkpoint naming the
-    child's run; the child's status now decides, since it may have been answered
-    since. ``last``: ``run``'s last checkpoint, if the caller has it. None when
-    ``run`` waits for no child's approval: reads nothing more for most runs.
-    """
-    for _ in range(MAX_DEPTH):
-        if last is None:
-            last = store.latest_checkpoints([run.run_id]).get(run.run_id)
-        child_id = last.info.get("child_run") if last and last.kind == "interrupted" else None
-        child = store.run(child_id) if child_id else None
-        if child is None:
-            return None
-        last = store.latest_checkpoints([child.run_id]).get(child.run_id)
-        if last is not None and last.status == AWAITING_APPROVAL:
-            return child, last
-        run = child
-    return None

@@ -331,3 +331,28 @@ class Reader:
         """Record a notebook (or folder) rename."""
         self.last_good.forget()
         return self.store.move_notebook(old, new)
+
+
+def awaited_child(
+    store: Store, run: RunRow, last: CheckpointRow | None = None
+) -> tuple[RunRow, CheckpointRow] | None:
+    """The delegated run (a child, or deeper) whose approval ``run`` is paused for, and its last checkpoint.
+
+    A parent whose child pauses writes an ``interrupted`` checkpoint naming the
+    child's run; the child's status now decides, since it may have been answered
+    since. ``last``: ``run``'s last checkpoint, if the caller has it. None when
+    ``run`` waits for no child's approval: reads nothing more for most runs.
+    """
+    seen = {run.run_id}  # a chain of delegations ends (its depth is capped); never loop
+    while True:
+        if last is None:
+            last = store.latest_checkpoints([run.run_id]).get(run.run_id)
+        child_id = last.info.get("child_run") if last and last.kind == "interrupted" else None
+        child = store.run(child_id) if child_id and child_id not in seen else None
+        if child is None:
+            return None
+        seen.add(child.run_id)
+        last = store.latest_checkpoints([child.run_id]).get(child.run_id)
+        if last is not None and last.status == vocab.Status.AWAITING_APPROVAL:
+            return child, last
+        run = child

@@ -27,8 +27,7 @@ from ..core.state import AWAITING_APPROVAL, RunState, decode_delta
 from ..errors import NotFound
 from ..model.base import OFFLINE_MODEL
 from ..store.api import CheckpointRow, RunRow, Store
-from ..tools.delegate import awaited_child
-from .listing import status_from
+from .listing import awaited_child, status_from
 
 #: Entries of the selected history sent to a frontend at first; more on request.
 WINDOW = 100

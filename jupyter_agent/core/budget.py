@@ -14,22 +14,17 @@ from dataclasses import dataclass
 
 from ..errors import BudgetError
 
+# fmt: off
 #: US dollars per million tokens (prompt, completion); prefix match, longest first.
 #: Override or extend with ``c.AgentMagics.prices = {"my-model": [0.5, 1.5]}``.
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
-    "gpt-5-nano": (0.05, 0.40),
-    "gpt-5-mini": (0.25, 2.00),
-    "gpt-5": (1.25, 10.00),
-    "gpt-4.1-nano": (0.10, 0.40),
-    "gpt-4.1-mini": (0.40, 1.60),
-    "gpt-4.1": (2.00, 8.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "gpt-4o": (2.50, 10.00),
-    "o4-mini": (1.10, 4.40),
-    "o3": (2.00, 8.00),
-    "gpt-3.5-turbo": (0.50, 1.50),
+    "gpt-5-nano": (0.05, 0.40),    "gpt-5-mini": (0.25, 2.00),    "gpt-5": (1.25, 10.00),
+    "gpt-4.1-nano": (0.10, 0.40),  "gpt-4.1-mini": (0.40, 1.60),  "gpt-4.1": (2.00, 8.00),
+    "gpt-4o-mini": (0.15, 0.60),   "gpt-4o": (2.50, 10.00),
+    "o4-mini": (1.10, 4.40),       "o3": (2.00, 8.00),            "gpt-3.5-turbo": (0.50, 1.50),
     "offline": (0.0, 0.0),
 }
+# fmt: on
 _MONEY = re.compile(r"^\$\s*(\d+(?:\.\d+)?)$")
 _TOKENS = re.compile(r"^(\d+(?:\.\d+)?)\s*([kKmM]?)$")
 

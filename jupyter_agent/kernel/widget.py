@@ -79,9 +79,7 @@ class TimelineWidget(anywidget.AnyWidget):
         #: Who executes what this widget starts.
         self.runtime = runtime or current()
         self.timeline = Timeline(store, notebook, agent)
-        self.shell = shell
-        self.options = options
-        self.window = window
+        self.shell, self.options, self.window = shell, options, window
         self._lock = threading.RLock()
         self._appended = 0
         self._log: list[str] = []

@@ -21,6 +21,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import openai
@@ -78,27 +79,22 @@ class _ReasoningOnly(_Retry):
         self.reply = reply
 
 
+@dataclass(eq=False)
 class _Reply:
     """Accumulates one reply from stream deltas or a whole message, within the limits."""
 
-    def __init__(
-        self,
-        client: ChatCompletionsClient,
-        on_text: Callable[[str], None],
-        on_reasoning: Callable[[str], None] | None,
-    ) -> None:
-        self.client = client
-        self.on_text = on_text
-        self.on_reasoning = on_reasoning
-        self.started = time.monotonic()
-        self.size = 0
-        self.content: list[str] = []
-        self.reasoning: list[str] = []
-        self.calls: list[dict] = []
-        self.by_index: dict[int, dict] = {}
-        self.by_id: dict[str, dict] = {}
-        self.finish: str | None = None
-        self.usage: dict = {}
+    client: ChatCompletionsClient
+    on_text: Callable[[str], None]
+    on_reasoning: Callable[[str], None] | None
+    started: float = field(default_factory=time.monotonic)
+    size: int = 0
+    content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    calls: list[dict] = field(default_factory=list)
+    by_index: dict[int, dict] = field(default_factory=dict)
+    by_id: dict[str, dict] = field(default_factory=dict)
+    finish: str | None = None
+    usage: dict = field(default_factory=dict)
 
     def _grow(self, text: str) -> None:
         self.size += len(text)

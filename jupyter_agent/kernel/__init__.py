@@ -1,1 +1,2 @@
-"""The kernel side: the runtime of a kernel, the runner of a cell, delegation, and the magics."""
+"""The live kernel: its runtime (claims, background jobs), the runner of a cell, delegation,
+``--after``, fork and rewind, the timeline widget, and the magics with their options."""

@@ -478,6 +478,7 @@ def _ipython() -> Any:
 
 _current: AgentRuntime | None = None
 #: Makes the kernel's one runtime; a leaf lock (see :mod:`jupyter_agent.loop`).
+# Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
 _current_lock = threading.Lock()
 
 

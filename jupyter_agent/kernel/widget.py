@@ -80,6 +80,7 @@ class TimelineWidget(anywidget.AnyWidget):
         self.runtime = runtime or current()
         self.timeline = Timeline(store, notebook, agent)
         self.shell, self.options, self.window = shell, options, window
+        # Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
         self._lock = threading.RLock()
         self._appended = 0
         self._log: list[str] = []
@@ -366,4 +367,5 @@ def display_timeline(
 
 
 _CELL_WIDGETS: dict[Key, TimelineWidget] = {}  # the timeline each agent's cell shows
+# Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
 _cell_lock = threading.Lock()

@@ -39,7 +39,7 @@ Threads
    DuckDB folds what finished (the server's store thread, a re-read, a cell).
 8. **The server's store thread** (``jupyter_agent.server``, one worker): every
    store read of the REST API, so the server's event loop never waits.
-9. **Warm-up** (:func:`jupyter_agent.model.chat.warm_up`): imports and the SSL
+9. **Warm-up** (:func:`jupyter_agent.model.http.warm_up`): imports and the SSL
    context, once per kernel, touching no shared state but module imports.
 
 Widgets' traits are set from whichever thread reports progress (2 or 1); the
@@ -57,7 +57,7 @@ first checkpoint, and holds them until it ends:
 2. **The agent's store lock** (:meth:`Store.agent_lock`): one writer per agent
    across processes and hosts, taken before its latest run is read: a
    ``flock`` on a per-agent file
-   (:func:`jupyter_agent.store.duckdb.journal.owner_lock`, re-entrant per thread
+   (:func:`jupyter_agent.store.duckdb.locks.owner_lock`, re-entrant per thread
    through ``_holds_lock``) or a PostgreSQL session advisory lock (``_Locks``
    and its ``mutex``, the registry behind ``_lock_sessions_lock``).
 3. **The run's journal** (:class:`~jupyter_agent.store.duckdb.journal.JournalWriter`):
@@ -70,7 +70,7 @@ for itself while its parent holds its own.
 The others are waited for. A thread holding one waits only for those after
 it in this list, so no two threads ever wait for each other:
 
-4. **The namespace lock** (:class:`~jupyter_agent.tools.base.NamespaceLock`,
+4. **The namespace lock** (:class:`~jupyter_agent.namespace.lock.NamespaceLock`,
    one per kernel, held by the runtime): one agent's code at a time in the
    namespace, re-entrant for its thread; a waiting agent says whom it waits
    for, and its cancel event ends the wait. Held only around a tool call that
@@ -105,9 +105,10 @@ it in this list, so no two threads ever wait for each other:
    around DDL across processes).
 
 Thread-local, so never shared: a store's session connection and wait
-(``DuckDBStore._local``, ``PostgresStore._local``), the captured output of a
-tool (``tools.base._local``), the ``on_sent`` hook of the request being sent
-(``model.chat._sending``).
+(``DuckDBStore._local``, ``PostgresStore._local``, and the PostgreSQL readers
+kept per thread, ``postgres.store._local``), the captured output of a
+tool (``tools.python._local``), the ``on_sent`` hook of the request being sent
+(``model.http._sending``).
 
 What a reader may assume about a writer
 ---------------------------------------

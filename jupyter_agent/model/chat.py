@@ -40,6 +40,7 @@ MIN_ROOM, MAX_ROOM = 4096, 65536
 
 # What each endpoint (by base URL) turned out not to support. Process-wide on
 # purpose: each execution makes a new client, and none should ask again.
+# Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
 _quirks_lock = threading.Lock()
 _QUIRKS: dict[str, dict[str, bool]] = {}
 

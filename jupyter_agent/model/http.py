@@ -21,6 +21,7 @@ import httpx
 import openai
 
 # Process-wide on purpose: the pool outlives each execution's client (see above).
+# Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
 _http_lock = threading.Lock()
 _HTTP: dict[tuple[str, float], openai.DefaultHttpxClient] = {}
 

@@ -14,7 +14,8 @@ class NamespaceLock:
 
     Several agents may run at once (their model calls overlap), but two
     agents' code must never interleave in the one namespace. One lock per
-    kernel, held by :class:`jupyter_agent.kernel.runtime.AgentRuntime`. Re-entrant for
+    kernel, held by :class:`jupyter_agent.kernel.runtime.AgentRuntime`; its place in the
+    lock order is in the docstring of :mod:`jupyter_agent.loop`. Re-entrant for
     its thread, so code that runs an agent (or a child in the same thread) does
     not wait for itself.
     """

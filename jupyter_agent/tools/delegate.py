@@ -6,7 +6,7 @@ namespace. The parent checkpoints the call's start like a python call; its
 result is the child's final answer, written once. So a kill while the child
 runs resumes the child (found again by ``parent_call``), and a finished child
 is restored, never run again. The execution side lives in
-:class:`jupyter_agent.kernel.runtime.Delegation`.
+:class:`jupyter_agent.kernel.delegation.Delegation`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""One agent's checkpoint history as the timeline shows it, and the actions on it.
+"""One agent's checkpoint history as the timeline shows it (read only; fork and rewind are
+:mod:`jupyter_agent.kernel.actions`).
 
 The timeline of an agent holds all its runs — first runs, restarts, and forks,
 a fork being a run whose history starts with its parent's checkpoints up to

@@ -336,7 +336,7 @@ tear or fold (no `merge` row), and the database is read in place after a kill (a
 cannot damage the server's files).
 
 Precise kill points use a crash hook compiled into the journal writer and merger
-(`jupyter_agent/journal.py`): with `JUPYTER_AGENT_CRASH=<when>:<what>[:<n>]` set, the kernel
+(`jupyter_agent/store/faults.py`): with `JUPYTER_AGENT_CRASH=<when>:<what>[:<n>]` set, the kernel
 SIGKILLs itself at the n-th matching record — `before` writing it, `torn` after writing half of
 its frame, or `after` it is durable. Unset (always, outside tests) it costs one environment
 lookup per record.

@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS notebook_moves (old VARCHAR NOT NULL, new VARCHAR NOT
 """
 
 #: Serializes schema migrations within this process; DuckDB's file lock does so across.
+# Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
 _migrate_lock = threading.Lock()
 #: DuckDB block size for new store files (see :meth:`DuckDBFile._open`).
 BLOCK_SIZE = 64 * 1024
@@ -114,6 +115,7 @@ def warn(message: str, path: Path) -> None:
     warnings.warn_explicit(StoreWarning(message), StoreWarning, str(path), 0, registry=_warned)
 
 
+# Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
 _umask_lock = threading.Lock()
 _umask_users = 0
 _umask_saved = 0

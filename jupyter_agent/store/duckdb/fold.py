@@ -37,6 +37,7 @@ _TABLE_COLUMNS = {
     "checkpoints": [*CHECKPOINT_COLUMNS, "payload", "payload_format"],
 }
 #: Serializes folding within this process; DuckDB's file lock does so across processes.
+# Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
 _merge_locks: dict[Path, threading.Lock] = {}
 #: DuckDB errors that mean one record's values cannot be stored, not a broken store.
 _DATA_ERRORS = (

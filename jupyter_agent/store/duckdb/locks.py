@@ -40,6 +40,7 @@ class _Hold:
 
 
 _holds: dict[Path, _Hold] = {}
+# Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
 _holds_lock = threading.Lock()
 
 

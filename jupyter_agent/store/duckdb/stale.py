@@ -105,6 +105,7 @@ class LastGood:
         self._messages: dict[str, dict[int, list[dict]]] = {}
         #: Bumped by :meth:`forget`, so a read started before it is not kept.
         self._generation = 0
+        # Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
         self._lock = threading.Lock()
 
     def notebook(self, path: str) -> str:

@@ -131,6 +131,7 @@ def display_url(url: str) -> str:
 # -- connections ------------------------------------------------------------------------
 
 _ready: set[str] = set()
+# Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
 _ready_lock = threading.Lock()
 _DDL_KEY = lock_key("schema")
 

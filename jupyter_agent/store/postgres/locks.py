@@ -28,6 +28,7 @@ class Locks:
     def __init__(self, url: str, busy_timeout: float) -> None:
         self.url = url
         self.busy_timeout = busy_timeout
+        # Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
         self.mutex = threading.Lock()
         self.con: psycopg.Connection | None = None
         self.held: dict[int, list[int]] = {}  # key -> [thread id, depth]
@@ -92,6 +93,7 @@ class Locks:
 
 
 _lock_sessions: dict[str, Locks] = {}
+# Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
 _lock_sessions_lock = threading.Lock()
 
 

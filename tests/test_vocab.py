@@ -37,8 +37,8 @@ def test_the_shared_statuses_and_kinds() -> None:
     assert all(s.label() for s in Status) and all(k.label() and k.icon() for k in Kind)
     # The old names stay importable and compare like the stored strings.
     assert state.DONE == "done" and state.STALLED == "stalled" and state.BUDGET == "budget"
-    assert "limit" in state.RESUMABLE and "stuck" in state.RESUMABLE
-    assert "done" not in state.RESUMABLE and f"{state.AWAITING_APPROVAL}" == "awaiting_approval"
+    assert "limit" in vocab.RESUMABLE and "stuck" in vocab.RESUMABLE
+    assert "done" not in vocab.RESUMABLE and f"{state.AWAITING_APPROVAL}" == "awaiting_approval"
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,6 @@ from typing import Any, cast
 import orjson
 
 from ..errors import StateVersionError
-from ..vocab import RESUMABLE as RESUMABLE
 from ..vocab import Status
 from .context import is_pinned
 

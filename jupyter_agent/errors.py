@@ -19,6 +19,7 @@ widget, the CLI, the REST handlers) catches :class:`AgentError` alone::
     ├── Conflict                the request would touch a running run, or one another depends on
     ├── AgentBusy               the agent runs elsewhere (another kernel, or here in the background)
     ├── NotWaiting              an approval for an agent that waits for none
+    ├── NotebookError           a notebook ``resume`` cannot read or run to the end
     └── ToolCallError           the model's own call was malformed; told to the model, not the user
         ├── MalformedCall       arguments that are not a JSON object, an unknown tool  (also ValueError)
         ├── PlanError           bad ``update_plan`` arguments
@@ -156,6 +157,15 @@ class AgentBusy(AgentError):
 
 class NotWaiting(AgentError):
     """An approval was given to an agent that is not waiting for one."""
+
+
+class NotebookError(AgentError):
+    """A notebook run headless could not be read, or stopped before its end.
+
+    One sentence: which notebook or cell, and why (not JSON, no cells, a kernel
+    that is not installed, a failing or timed-out cell). A notebook that cannot
+    be read is never written.
+    """
 
 
 class ToolCallError(AgentError, ValueError):

@@ -5,7 +5,8 @@ Every command but ``export`` reads metadata only and never unpickles anything;
 :meth:`Store.check_trusted`, and redacts secrets. The store may be in use by
 running kernels meanwhile: it waits while another process holds it.
 
-Exit codes: 0 ok, 1 not found or refused, 2 usage error.
+Exit codes: 0 ok, 1 not found or refused (docs/cli.md lists why a `resume` stops), 2 usage
+error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .commands import (
     cmd_store_info,
 )
 from .export import cmd_export
-from .resume import cmd_resume
+from .resume import cmd_resume, positive_seconds
 
 OK, REFUSED, USAGE = 0, 1, 2
 
@@ -84,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
         "run a notebook headless, so its interrupted agents continue; outputs are written back",
     )
     p.add_argument("notebook", help="the .ipynb file")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per cell (default: none)")
+    p.add_argument(
+        "--timeout", type=positive_seconds, default=None, help="seconds per cell (default: none)"
+    )
     return parser
 
 

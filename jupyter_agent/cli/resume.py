@@ -2,45 +2,119 @@
 
 Interrupted agents continue from their last checkpoint and finished ones
 restore, because every cell reaches the kernel with what JupyterLab sends: the
-notebook's path and the cell's id.
+notebook's path and the cell's id. Whatever stops the run (a notebook that
+cannot be read, a kernel that is not installed, a failing or timed-out cell) is
+one :class:`~jupyter_agent.errors.NotebookError` sentence, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
+from ..errors import NotebookError
 from ..store.api import Store
 from ..vocab import ENV_NOTEBOOK
-from .commands import Refused
 from .export import write_atomic
 
 
+def read_notebook(path: str) -> Any:
+    """The notebook at ``path`` as nbformat 4, or a :class:`NotebookError` saying why not."""
+    import nbformat
+
+    name = os.path.basename(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except IsADirectoryError:
+        raise NotebookError(f"{name} is a directory, not a notebook.") from None
+    except FileNotFoundError:
+        raise NotebookError(f"No notebook {name}.") from None
+    except OSError as exc:
+        raise NotebookError(f"Cannot read {name}: {exc.strerror or exc}.") from None
+    try:
+        nb = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise NotebookError(f"{name} is not a notebook: not UTF-8 at byte {exc.start}.") from None
+    except ValueError as exc:
+        why = "it is empty" if not data.strip() else f"not JSON ({exc})"
+        raise NotebookError(f"{name} is not a notebook: {why}.") from None
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise NotebookError(f"{name} is not a notebook: it has no list of cells.")
+    try:
+        node = nbformat.reads(json.dumps(nb), as_version=4, capture_validation_error={})
+        nbformat.validate(node)
+    except Exception as exc:  # nbformat's errors have no common base
+        first = str(exc).strip().splitlines()
+        raise NotebookError(
+            f"{name} is not a notebook nbformat 4 can read: {first[0] if first else exc}."
+        ) from None
+    return node
+
+
+def _last_line(log: IO[str]) -> str:
+    log.seek(0)
+    lines = [line.strip() for line in log.read().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _stopped(exc: Exception, cell: int, seconds: int | None, log: IO[str]) -> str:
+    """Why a run stopped at ``cell`` (numbered from 1), in one sentence."""
+    from nbclient.exceptions import CellExecutionError, DeadKernelError
+
+    if isinstance(exc, CellExecutionError):
+        lines = str(exc.evalue).strip().splitlines()
+        return f"Cell {cell} failed: {exc.ename}" + (f": {lines[0]}" if lines else ".")
+    if isinstance(exc, DeadKernelError):
+        last = _last_line(log)
+        return f"The kernel died in cell {cell}" + (f": {last}" if last else ".")
+    return f"Cell {cell} timed out after {seconds} s; the kernel was stopped."
+
+
 def run_notebook(
-    path: str, *, env: dict[str, str], timeout: float | None, write: Callable[[str, str], None]
-) -> str | None:
+    path: str,
+    nb: Any,
+    *,
+    env: dict[str, str],
+    timeout: float | None,
+    write: Callable[[str, str], None],
+) -> None:
     """Execute a notebook as JupyterLab would, writing outputs back after every cell.
 
     The kernel starts in the notebook's folder with ``env`` added (the
     notebook's real path among it), and each execute request carries the cell's
     nbformat id as ``metadata.cellId``, as JupyterLab sends it: nbclient sends no
-    cell metadata, so its execute call is replaced. Returns what went wrong, or None.
+    cell metadata, so its execute call is replaced. The kernel process's own log
+    goes to a temporary file (its last line explains a kernel that died).
+    ``nb`` is the notebook as :func:`read_notebook` read it. Raises
+    :class:`NotebookError` for what stopped the run; the outputs so far are
+    written back once a cell ran.
     """
     import nbformat
+    from jupyter_client.kernelspec import NoSuchKernel
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, DeadKernelError
 
-    nb = nbformat.read(path, as_version=4)
+    name = os.path.basename(path)
 
     def save() -> None:
-        write(path, nbformat.writes(nb))
+        try:
+            write(path, nbformat.writes(nb))
+        except OSError as exc:
+            raise NotebookError(
+                f"Cannot write the outputs back to {name}: {exc.strerror or exc}."
+            ) from None
 
     class Client(NotebookClient):
         cell_id: str | None = None
+        cell_number = 0
 
         async def async_execute_cell(
             self,
@@ -50,6 +124,7 @@ def run_notebook(
             store_history: bool = True,
         ) -> nbformat.NotebookNode:
             self.cell_id = cell.get("id")
+            self.cell_number = cell_index + 1
             try:
                 return await super().async_execute_cell(
                     cell, cell_index, execution_count, store_history
@@ -85,33 +160,41 @@ def run_notebook(
             kc.execute = execute  # type: ignore[method-assign]  # with the cell's id
             return kc
 
-    client = Client(
-        nb,
-        timeout=None if timeout is None else max(1, math.ceil(timeout)),
-        resources={"metadata": {"path": os.path.dirname(path)}},
-    )
+    seconds = None if timeout is None else max(1, math.ceil(timeout))
+    client = Client(nb, timeout=seconds, resources={"metadata": {"path": os.path.dirname(path)}})
+    with tempfile.TemporaryFile("w+", prefix="jupyter-agent-kernel-") as log:
+        try:
+            client.execute(env={**os.environ, **env}, stdout=log, stderr=log)
+        except NoSuchKernel as exc:
+            raise NotebookError(
+                f"{name} asks for the kernel {exc.args[0] if exc.args else '?'!s}, which is not "
+                "installed (`jupyter kernelspec list` shows those that are)."
+            ) from None
+        except (CellExecutionError, DeadKernelError, TimeoutError) as exc:
+            why = _stopped(exc, client.cell_number, seconds, log)
+            raise NotebookError(f"{why} The outputs so far were written to {name}.") from None
+        finally:
+            if client.cell_number:
+                with contextlib.suppress(NotebookError):
+                    save()
+
+
+def positive_seconds(text: str) -> float:
+    """``--timeout``: a number of seconds above zero (argparse reports anything else)."""
     try:
-        client.execute(env={**os.environ, **env})
-    except CellExecutionError as exc:
-        first = str(exc).strip().splitlines()
-        return f"A cell failed: {first[-1] if first else exc}."
-    except DeadKernelError:
-        return "The kernel died."
-    except TimeoutError as exc:
-        return f"A cell timed out ({exc})."
-    finally:
-        save()
-    return None
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
 
 
 def cmd_resume(store: Store, args: argparse.Namespace) -> Any:
     path = os.path.abspath(os.path.expanduser(args.notebook))
-    if not os.path.isfile(path):
-        raise Refused(f"No notebook {args.notebook}.")
     env = {ENV_NOTEBOOK: path, "JUPYTER_AGENT_STORE": store.location}
-    failure = run_notebook(path, env=env, timeout=args.timeout, write=write_atomic)
-    if failure:
-        raise Refused(f"{failure} The outputs so far were written to {args.notebook}.")
+    nb = read_notebook(path)  # a notebook that cannot be read is refused before a kernel starts
+    run_notebook(path, nb, env=env, timeout=args.timeout, write=write_atomic)
     if not args.json:
         print(f"Ran {args.notebook}; outputs written back.", file=sys.stderr)
     return {"notebook": path, "ok": True} if args.json else None

@@ -12,6 +12,7 @@ steps a run has done are the ``model`` checkpoints of its history. A
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -20,10 +21,38 @@ from collections.abc import Collection, Iterable, Mapping
 from enum import Enum
 from typing import Any, TypeVar
 
-#: An agent's ``--name``: what a cell accepts and what the REST API routes.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: An agent's ``--name``: what a cell accepts and what the REST API routes. Every
+#: name an agent is given follows it, derived ones too (:func:`cell_agent_name`).
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+#: What a terminal, a markdown viewer or a log obeys rather than shows: C0 and C1
+#: controls, DEL, and the marks that reorder text (bidirectional overrides).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 #: The variable that names a kernel's notebook where its frontend does not.
 ENV_NOTEBOOK = "JUPYTER_AGENT_NOTEBOOK"
+
+
+def cell_agent_name(cell_id: str) -> str:
+    """The name of an agent known by its cell's id, under the ``--name`` rule.
+
+    ``cell-<id>`` where that is a valid name (nbformat's ids and JupyterLab's
+    UUIDs are). A frontend may send anything as an id, though; such an id is
+    named by a digest of it instead (``cell-`` and 16 hex digits), so the same
+    cell is the same agent again and the name is safe to print, route and type.
+    """
+    name = f"cell-{cell_id}"
+    if NAME_PATTERN.match(name):
+        return name
+    digest = hashlib.sha256(cell_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"cell-{digest[:16]}"
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters escaped as Python writes them (``\\x1b``).
+
+    For names and tool names wherever they are printed: a store may hold names
+    from before they were checked, and tool names come from models and servers.
+    """
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 _W = TypeVar("_W", bound="_Word")

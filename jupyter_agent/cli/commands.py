@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import Conflict, NotFound
 from ..store.api import CHECKPOINT_COLUMNS, CheckpointRow, RunRow, RunSummary, Store
 from ..views import listing
+from ..vocab import printable
 
 
 class Refused(Exception):
@@ -123,13 +124,13 @@ def cmd_show(store: Store, args: argparse.Namespace) -> Any:
             "steps": row["steps"],
             "checkpoints": [checkpoint_dict(cp) for cp in checkpoints],
         }
-    print(f"Agent {agent} · {notebook}")
+    print(f"Agent {printable(agent)} · {printable(notebook)}")
     print(
         f"Run {run.run_id} · model {run.model} · {row['label']} · "
         f"{len(checkpoints)} checkpoints · {row['steps']} steps"
     )
     for cp in checkpoints:
-        print(f"[{cp.step:>3}] {cp.kind:<12} {cp.status:<18} {cp.summary}")
+        print(listing.checkpoint_line(cp))
     return None
 
 
@@ -153,11 +154,14 @@ def _delete(store: Store, notebook: str, agent: str, *, keep_latest: bool) -> li
 
 def cmd_delete(store: Store, args: argparse.Namespace) -> Any:
     notebook, agent, runs = find(store, args.name, notebook_arg(args.notebook))
-    _confirm(args, f"Delete agent {agent} of {notebook} and its {len(runs)} run(s)?")
+    _confirm(
+        args,
+        f"Delete agent {printable(agent)} of {printable(notebook)} and its {len(runs)} run(s)?",
+    )
     deleted = _delete(store, notebook, agent, keep_latest=False)
     if args.json:
         return {"notebook": notebook, "agent": agent, "deleted_runs": deleted}
-    print(f"Deleted agent {agent} of {notebook} ({len(deleted)} run(s)).")
+    print(f"Deleted agent {printable(agent)} of {printable(notebook)} ({len(deleted)} run(s)).")
     return None
 
 

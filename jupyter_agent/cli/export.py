@@ -19,6 +19,7 @@ from ..core import history
 from ..core.redaction import redact, secrets_in_environment
 from ..core.state import fold
 from ..store.api import Store
+from ..vocab import printable
 from .commands import checkpoint_dict, find, latest_row, notebook_arg
 
 
@@ -58,9 +59,9 @@ def cmd_export(store: Store, args: argparse.Namespace) -> Any:
 
 def _markdown(data: dict[str, Any], label: str) -> str:
     lines = [
-        f"# Agent {data['agent']}",
+        f"# Agent {printable(data['agent'])}",
         "",
-        f"- notebook: `{data['notebook']}`",
+        f"- notebook: `{printable(data['notebook'])}`",
         f"- run: `{data['run_id']}` · model `{data['model']}`",
         f"- status: {label} · {data['steps']} steps · {data['tokens']} tokens",
         "",
@@ -81,7 +82,8 @@ def _markdown(data: dict[str, Any], label: str) -> str:
                 code = None
             body = code if isinstance(code, str) else fn.get("arguments", "")
             lang = "python" if isinstance(code, str) else ""
-            lines += [f"→ `{fn.get('name', '?')}`", "", f"```{lang}", body.rstrip(), "```"]
+            name = printable(str(fn.get("name", "?")))
+            lines += [f"→ `{name}`", "", f"```{lang}", body.rstrip(), "```"]
     lines += [
         "",
         "## Checkpoints",
@@ -90,7 +92,7 @@ def _markdown(data: dict[str, Any], label: str) -> str:
         "|---|---|---|---|",
     ]
     for cp in data["checkpoints"]:
-        summary = str(cp["summary"]).replace("|", "\\|")
+        summary = printable(str(cp["summary"])).replace("|", "\\|")
         lines.append(f"| {cp['checkpoint']} | {cp['kind']} | {cp['status']} | {summary} |")
     return "\n".join(lines)
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import IdentityError
-from ..vocab import ENV_NOTEBOOK, NAME_PATTERN
+from ..vocab import ENV_NOTEBOOK, NAME_PATTERN, cell_agent_name
 
 FALLBACK_SOURCE = "working directory"
 #: Where a notebook found on disk came from; such a notebook may also give cell ids.
@@ -246,7 +246,7 @@ def resolve(shell: Any, name: str | None, prompt: str) -> AgentIdentity:
         )
     elif cell_id:
         identity = AgentIdentity(
-            notebook, f"cell-{cell_id}", cell_id, f"cell id, notebook from {source}"
+            notebook, cell_agent_name(cell_id), cell_id, f"cell id, notebook from {source}"
         )
     else:
         digest = hashlib.sha256(prompt.strip().encode()).hexdigest()[:10]

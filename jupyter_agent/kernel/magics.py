@@ -21,9 +21,9 @@ from ..core.state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
 from ..errors import AgentBusy, AgentError, BudgetError, Cancelled, UsageProblem
 from ..loop.runs import load_state
 from ..store.api import RunRow, Store
-from ..views.listing import Reader, agents_text
+from ..views.listing import Reader, agents_text, checkpoint_line
 from ..views.render import TextEvents, known_steps
-from ..vocab import plural
+from ..vocab import plural, printable
 from . import runner
 from .after import After
 from .identity import AgentIdentity, notebook_path, resolve
@@ -362,9 +362,9 @@ class AgentMagics(Magics):
         run = self._find(args.name)
         store = self._store()
         model = runner.last_settings(store, run)["model"]
-        print(f"Agent {run.agent} · run {run.run_id} · model {model}")
+        print(f"Agent {printable(run.agent)} · run {run.run_id} · model {model}")
         for cp in store.checkpoints(run.run_id):
-            print(f"[{cp.step:>3}] {cp.kind:<12} {cp.status:<18} {cp.summary}")
+            print(checkpoint_line(cp))
         state = load_state(store, run)
         answer = state.final_answer()
         if answer is not None:

@@ -1,7 +1,9 @@
 """REST handlers under ``/jupyter-agent/api``.
 
 Every verb is authenticated, every parameter is checked before the store is
-touched (400), and every error is JSON. Store work runs on the extension's
+touched (400; an agent name outside the ``--name`` rule is looked up among the
+notebook's agents first, see :meth:`BaseHandler.agent_params`), and every error
+is JSON. Store work runs on the extension's
 worker thread, never on the IOLoop.
 """
 
@@ -54,16 +56,24 @@ class BaseHandler(APIHandler):
         except ValueError as exc:
             raise web.HTTPError(400, str(exc)) from None
 
-    def agent_params(self, name: str) -> tuple[str, str, str]:
-        """The notebook (relative and absolute, see :meth:`notebook_param`) and the agent name."""
+    async def agent_params(self, name: str) -> tuple[str, str, str]:
+        """The notebook (relative and absolute, see :meth:`notebook_param`) and the agent name.
+
+        A name must follow the ``--name`` rule, unless the notebook holds an agent of
+        exactly that name (written before names were checked): every agent the API
+        lists can be fetched and deleted.
+        """
         rel, path = self.notebook_param()
-        if not valid_agent_name(name):
+        if not valid_agent_name(name) and name not in await self.call(self._held_names, path):
             raise web.HTTPError(
                 400,
                 f"Invalid agent name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
                 "starting with a letter or digit.",
             )
         return rel, path, name
+
+    def _held_names(self, path: str) -> set[str]:
+        return {a["name"] for a in self.agents.reader.agents_in_order(path)[0]}
 
     def run_id(self, run_id: str) -> str:
         if not RUN_ID_PATTERN.match(run_id):
@@ -123,13 +133,13 @@ class AgentHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
-        rel, path, name = self.agent_params(name)
+        rel, path, name = await self.agent_params(name)
         self.reply({"notebook": rel, **await self.call(self.agents.reader.agent, path, name)})
 
     @web.authenticated
     @authorized
     async def delete(self, name: str) -> None:
-        rel, path, name = self.agent_params(name)
+        rel, path, name = await self.agent_params(name)
         keep = self.get_query_argument("keep", "")
         if keep not in ("", "latest"):
             raise web.HTTPError(400, "The 'keep' parameter can only be 'latest'.")
@@ -144,7 +154,7 @@ class AgentRunsHandler(BaseHandler):
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
-        rel, path, name = self.agent_params(name)
+        rel, path, name = await self.agent_params(name)
         runs = await self.call(self.agents.reader.runs, path, name)
         self.reply({"notebook": rel, "name": name, "runs": runs})
 

@@ -160,7 +160,9 @@ def _first_line(text: str) -> str:
 
 def _is_derived(agent: str, cell_id: str | None) -> bool:
     """Whether the agent's name was derived (cell id, prompt) rather than given with --name."""
-    return (cell_id is not None and agent == f"cell-{cell_id}") or agent.startswith("prompt-")
+    return (cell_id is not None and agent == vocab.cell_agent_name(cell_id)) or agent.startswith(
+        "prompt-"
+    )
 
 
 # -- every agent of a store ---------------------------------------------------------------
@@ -199,11 +201,17 @@ def store_agents(store: Store, notebook: str | None = None) -> list[tuple[str, d
 
 
 def table(rows: Sequence[Sequence[str]]) -> str:
-    """Rows as left-aligned columns, the first row a header."""
+    """Rows as left-aligned columns, the first row a header; control characters escaped."""
+    rows = [[vocab.printable(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )
+
+
+def checkpoint_line(cp: CheckpointRow) -> str:
+    """A checkpoint as ``show`` prints it (its summary may name any tool)."""
+    return f"[{cp.step:>3}] {cp.kind:<12} {cp.status:<18} {vocab.printable(cp.summary)}"
 
 
 def when(row: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from typing import TextIO
 from .. import vocab
 from ..core.state import AWAITING_APPROVAL, DONE, Delta
 from ..store.api import CheckpointRow, RunRow, Store
-from ..vocab import RESUMABLE, Status, status_text
+from ..vocab import RESUMABLE, Status, printable, status_text
 from .listing import history_steps
 
 
@@ -120,13 +120,13 @@ class TextEvents:
         elif row.kind == "approval" and row.status == AWAITING_APPROVAL:
             self._line(
                 f"⏸ checkpoint {row.step}: waiting for your approval of this "
-                f"{row.info.get('tool', 'python')} call. "
-                f"Approve it in the timeline, or run %agent approve {run.agent} (or reject/edit)."
+                f"{printable(str(row.info.get('tool', 'python')))} call. Approve it in the "
+                f"timeline, or run %agent approve {printable(run.agent)} (or reject/edit)."
             )
         elif row.kind == "approval":
-            self._line(f"  · checkpoint {row.step}: {row.summary}")
+            self._line(f"  · checkpoint {row.step}: {printable(row.summary)}")
         elif row.kind == "fork":
-            self._line(f"⋔ {row.summary}")
+            self._line(f"⋔ {printable(row.summary)}")
         elif row.kind == "resume":
             after = f"step {steps}" if steps is not None else "its last step"
             self._line(f"↻ resuming after {after} (checkpoint {row.info.get('from_step')})")
@@ -139,17 +139,17 @@ class TextEvents:
             # With the count unknown, say only what happened.
             text = paused.label() if steps is None else status_text(paused, steps, row.info)
             detail = (
-                f": {row.summary}"
+                f": {printable(row.summary)}"
                 if row.summary and row.kind not in ("limit", "budget", "stuck")
                 else ""
             )
             self._line(f"■ {text}{detail}")
-            self._line(f"  Re-run the cell (or %agent resume {run.agent}) to continue.")
+            self._line(f"  Re-run the cell (or %agent resume {printable(run.agent)}) to continue.")
 
 
 def format_call(call: dict) -> str:
     fn = call.get("function") or {}
-    name = fn.get("name") or "?"
+    name = printable(str(fn.get("name") or "?"))
     args = fn.get("arguments") or ""
     if name == "python":
         import json
@@ -161,4 +161,4 @@ def format_call(call: dict) -> str:
         if not isinstance(code, str):  # a malformed call: show it as sent
             code = args
         return "→ python\n" + textwrap.indent(code.rstrip(), "    ")
-    return f"→ {name}({args[:200]})"
+    return f"→ {name}({printable(str(args)[:200])})"

@@ -10,6 +10,10 @@ Credentials that are not in the environment are caught by their shape where it
 is unmistakable: an ``Authorization`` header's value, a ``Bearer`` token, and
 common API key formats (OpenAI, GitHub, Slack, AWS access key ids).
 
+Text an agent prints (a tool's output, the model's streamed reply) is redacted
+the same way on its way to the cell, by a :class:`StreamRedactor`: it arrives
+in pieces, so a line is let through once it is complete.
+
 Not detected: a secret stored in a transformed form — base64, hex, URL-quoted,
 compressed, encrypted or hashed, reversed, or split into pieces (``key[:10]``
 and ``key[10:]`` in two strings, a list of its characters) — and a secret
@@ -79,3 +83,35 @@ def contains_secret(data: bytes, secrets: list[str]) -> bool:
         for start in range(0, len(data), _WINDOW)
         for n in needles
     )
+
+
+class StreamRedactor:
+    """Redacts text that arrives in pieces: a stream's writes, a reply's chunks.
+
+    A secret may be split between two pieces, and a credential is recognised by
+    what precedes it on its line, so text is let through a line at a time: up
+    to the last line break, the rest on the next one or on :meth:`drain`. A
+    line longer than :attr:`LONG_LINE` is let through but for its last
+    :attr:`KEEP` characters, so a stream without line breaks still shows.
+    """
+
+    LONG_LINE = 8192
+    KEEP = 1024
+
+    def __init__(self, secrets: list[str]) -> None:
+        self.secrets = secrets
+        self._pending = ""
+
+    def feed(self, text: str) -> str:
+        """What of the text so far can be shown now, redacted."""
+        self._pending += text
+        cut = self._pending.rfind("\n") + 1
+        if not cut and len(self._pending) > self.LONG_LINE:
+            cut = len(self._pending) - self.KEEP
+        ready, self._pending = self._pending[:cut], self._pending[cut:]
+        return _redact_text(ready, self.secrets) if ready else ""
+
+    def drain(self) -> str:
+        """The rest, redacted: the stream is flushed or ends."""
+        rest, self._pending = self._pending, ""
+        return _redact_text(rest, self.secrets) if rest else ""

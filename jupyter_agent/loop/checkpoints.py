@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..core.redaction import redact
+from ..core.redaction import StreamRedactor, redact
 from ..core.state import RUNNING, Delta, RunState, encode_delta
 from ..namespace import tracking as namespace
 from ..namespace.lock import NamespaceLock
@@ -42,6 +42,43 @@ class Events(Protocol):
     def info(self, message: str) -> None: ...
     def notice(self, message: str) -> None: ...
     def checkpoint(self, run: RunRow, row: CheckpointRow, delta: Delta) -> None: ...
+
+
+class RedactedEvents:
+    """A run's events with its secrets redacted: the one way its own text reaches a cell.
+
+    The model's streamed reply is redacted a line at a time (a secret may be
+    split between chunks); notices and info at once. A checkpoint's delta is
+    redacted already (it is what the store holds). What tools print is redacted
+    by :func:`~jupyter_agent.tools.python.redacting` on its way to the cell.
+    """
+
+    def __init__(self, events: Events, secrets: list[str]) -> None:
+        self._events = events
+        self._secrets = secrets
+        self._stream = StreamRedactor(secrets)
+
+    def text(self, chunk: str) -> None:
+        shown = self._stream.feed(chunk)
+        if shown:
+            self._events.text(shown)
+
+    def _end_text(self) -> None:
+        rest = self._stream.drain()
+        if rest:
+            self._events.text(rest)
+
+    def info(self, message: str) -> None:
+        self._end_text()
+        self._events.info(redact(message, self._secrets))
+
+    def notice(self, message: str) -> None:
+        self._end_text()
+        self._events.notice(redact(message, self._secrets))
+
+    def checkpoint(self, run: RunRow, row: CheckpointRow, delta: Delta) -> None:
+        self._end_text()
+        self._events.checkpoint(run, row, delta)
 
 
 @dataclass(frozen=True)
@@ -90,7 +127,8 @@ class Recorder:
         self, run: RunRow, state: RunState, collaborators: Collaborators, secrets: list[str]
     ) -> None:
         self.run, self.state = run, state
-        self.shell, self.events = collaborators.shell, collaborators.events
+        self.shell = collaborators.shell
+        self.events = RedactedEvents(collaborators.events, secrets)
         self.lock = collaborators.namespace
         self.secrets = secrets
         self.writer: RunWriterLike | None = None

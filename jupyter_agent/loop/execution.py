@@ -57,7 +57,7 @@ from ..model.base import ModelClient
 from ..store.api import RunRow
 from ..tools import user as user_tools
 from ..tools.delegate import DELEGATE_TOOL
-from ..tools.python import TOOLS
+from ..tools.python import TOOLS, redacting
 from ..tools.read_agent import READ_AGENT_TOOL
 from ..tools.toolbox import Toolbox, check_approve
 from .checkpoints import Collaborators, Recorder, Stop
@@ -123,6 +123,11 @@ class Execution:
             self.handlers["read_agent"] = ReadAgentStep(self.recorder, self.store)
 
     def execute(self, *, first: bool, decision: dict | None = None) -> RunState:
+        """Run until a checkpoint stops it; what it prints reaches the cell redacted."""
+        with redacting(self.settings.secrets):
+            return self._execute(first, decision)
+
+    def _execute(self, first: bool, decision: dict | None) -> RunState:
         try:  # before anything is written: a missing tool is a short error, nothing lost
             self._open_tools(first)
         except BaseException:

@@ -10,6 +10,7 @@ nothing is executed.
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import sys
 import threading
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..core.plan import UPDATE_PLAN_TOOL
+from ..core.redaction import StreamRedactor
 from ..errors import MalformedCall
 from ..namespace.tracking import touched_names
 from .base import Tool, ToolResult, clip, json_arguments, short_traceback, unknown_tool
@@ -69,19 +71,34 @@ def python_tool(shell: Any) -> Tool:
 
 
 class _ThreadTee(io.TextIOBase):
-    """Stands in for sys.stdout/err: copies what a capturing thread writes into its buffer."""
+    """Stands in for sys.stdout/err: copies what a capturing thread writes into its buffer,
+    and shows what an agent's thread writes with its secrets redacted (see :func:`redacting`)."""
 
-    def __init__(self, target: Any, local: threading.local) -> None:
+    def __init__(self, target: Any, local: threading.local, name: str) -> None:
         self._target = target
         self._local = local
+        self._name = name
+
+    def _redactor(self) -> StreamRedactor | None:
+        return (getattr(self._local, "redactors", None) or {}).get(self._name)
 
     def write(self, text: str) -> int:
         buffer = getattr(self._local, "buffer", None)
         if buffer is not None:
-            buffer.append(text)
-        return self._target.write(text)
+            buffer.append(text)  # the result is redacted with the checkpoint
+        redactor = self._redactor()
+        if redactor is None:
+            return self._target.write(text)
+        shown = redactor.feed(text)
+        if shown:
+            self._target.write(shown)
+        return len(text)
 
     def flush(self) -> None:
+        redactor = self._redactor()
+        rest = redactor.drain() if redactor is not None else ""
+        if rest:
+            self._target.write(rest)
         self._target.flush()
 
     def __getattr__(self, name: str) -> Any:
@@ -93,13 +110,42 @@ class _ThreadTee(io.TextIOBase):
 _local = threading.local()
 
 
-@contextmanager
-def capture() -> Iterator[list[str]]:
-    """Capture this thread's stdout/stderr while still showing it in the cell."""
+def _tee() -> list[_ThreadTee]:
+    """Stand in for sys.stdout and sys.stderr (once; the tees then serve every thread)."""
+    tees = []
     for stream in ("stdout", "stderr"):
         current = getattr(sys, stream)
         if not isinstance(current, _ThreadTee):
-            setattr(sys, stream, _ThreadTee(current, _local))
+            current = _ThreadTee(current, _local, stream)
+            setattr(sys, stream, current)
+        tees.append(current)
+    return tees
+
+
+@contextmanager
+def redacting(secrets: list[str]) -> Iterator[None]:
+    """Show what this thread prints with ``secrets`` redacted, while an agent executes.
+
+    The one place an agent's text leaves it for the cell besides its events
+    (see :class:`~jupyter_agent.loop.checkpoints.Recorder`): what its tools print,
+    through the tees. Other threads, the user's own cells among them, print as they are.
+    """
+    tees = _tee()
+    previous = getattr(_local, "redactors", None)
+    _local.redactors = {s: StreamRedactor(secrets) for s in ("stdout", "stderr")}
+    try:
+        yield
+    finally:
+        for tee in tees:  # what is left of a last line
+            with contextlib.suppress(Exception):
+                tee.flush()
+        _local.redactors = previous
+
+
+@contextmanager
+def capture() -> Iterator[list[str]]:
+    """Capture this thread's stdout/stderr while still showing it in the cell."""
+    _tee()
     buffer: list[str] = []
     previous = getattr(_local, "buffer", None)
     _local.buffer = buffer

@@ -3,6 +3,8 @@
  *
  * The kernel names an agent by `--name NAME` (or `-n NAME`) on the `%%agent`
  * line, and otherwise by the cell's nbformat id as `cell-<id>`; this mirrors it.
+ * (An id that would not make a valid name, which JupyterLab never gives, is
+ * named by its digest in the kernel; such a cell shows no badge.)
  */
 
 const AGENT_LINE = /^%%agent(\s|$)/;

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import nbformat
-import pytest
 
 from jupyter_agent.testing import ScriptedServer
 
@@ -84,7 +83,9 @@ def test_an_agent_running_elsewhere_is_named(
     assert k1.wait(running).status == "ok"
 
 
-@pytest.mark.parametrize("flag", ["--timeout"])
-def test_usage_of_timeout(agent_env, tmp_path, flag):
+def test_a_timeout_must_be_above_zero(agent_env, tmp_path):
     nb_path = notebook(tmp_path / "nb.ipynb", ["print(1)"])
-    assert cli("resume", str(nb_path), flag, "-1", env=agent_env).returncode == 2
+    for value in ("-1", "0", "soon"):
+        refused = cli("resume", str(nb_path), "--timeout", value, env=agent_env)
+        assert refused.returncode == 2 and "--timeout" in refused.stderr, refused.stderr
+    assert nbformat.read(nb_path, as_version=4).cells[0].outputs == []  # nothing ran

@@ -107,7 +107,8 @@ it in this list, so no two threads ever wait for each other:
 Thread-local, so never shared: a store's session connection and wait
 (``DuckDBStore._local``, ``PostgresStore._local``, and the PostgreSQL readers
 kept per thread, ``postgres.store._local``), the captured output of a
-tool (``tools.python._local``), the ``on_sent`` hook of the request being sent
+tool and the redaction of what an executing agent prints (``tools.python._local``:
+the user's own cells, on other threads, are not redacted), the ``on_sent`` hook of the request being sent
 (``model.http._sending``).
 
 What a reader may assume about a writer

@@ -108,7 +108,7 @@ Thread-local, so never shared: a store's session connection and wait
 (``DuckDBStore._local``, ``PostgresStore._local``, and the PostgreSQL readers
 kept per thread, ``postgres.store._local``), the captured output of a
 tool and the redaction of what an executing agent prints (``tools.python._local``:
-the user's own cells, on other threads, are not redacted), the ``on_sent`` hook of the request being sent
+only while an agent executes on that thread), the ``on_sent`` hook of the request being sent
 (``model.http._sending``).
 
 What a reader may assume about a writer

@@ -29,6 +29,7 @@ from jupyter_agent.store.duckdb import journal
 from jupyter_agent.store.duckdb.store import DuckDBStore
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.store.open import open_store
+from jupyter_agent.store.schema import SCHEMA_VERSION
 
 
 def run_row(run_id: str = "r1", agent: str = "a") -> RunRow:
@@ -297,7 +298,12 @@ def test_summaries_forks_and_deletion_rules_are_store_verbs(tmp_path):
     assert store.model_steps(["p1", "f1"]) == {"p1": [1, 4], "f1": [4]}
     assert [r.run_id for r in store.forks(["p1"])] == ["f1", "o1"]
     info = store.info()
-    assert (info.exists, info.schema_version, info.runs, info.checkpoints) == (True, 2, 3, 8)
+    assert (info.exists, info.schema_version, info.runs, info.checkpoints) == (
+        True,
+        SCHEMA_VERSION,
+        3,
+        8,
+    )
 
     # Forks keep their ancestors: agent b's run was forked from p1.
     with pytest.raises(Conflict, match="forked from a run that would be deleted"):

@@ -14,6 +14,7 @@ from jupyter_agent.errors import StoreError
 from jupyter_agent.store.open import open_store
 from jupyter_agent.store.postgres.admin import ROW_SECURITY_SQL, grants_sql
 from jupyter_agent.store.postgres.store import PostgresStore
+from jupyter_agent.store.schema import SCHEMA_VERSION
 
 from .test_store_conformance import NB, run_row, write
 
@@ -107,7 +108,7 @@ def test_a_schema_1_store_is_upgraded_and_its_dill_payloads_read_as_json(pg_url)
         )
     alice = PostgresStore(pg_url, owner="alice")
     about = alice.info()
-    assert (about.schema_version, about.checkpoints) == (2, 1)
+    assert (about.schema_version, about.checkpoints) == (SCHEMA_VERSION, 1)
     ((row, payload),) = alice.payloads([("old", None)])
     assert row.kind == "start" and decode_delta(payload).messages == said
     write(alice, run_row("new"), [0])

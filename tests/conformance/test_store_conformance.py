@@ -30,6 +30,7 @@ from jupyter_agent.store.api import (
     Store,
 )
 from jupyter_agent.store.duckdb import blobfiles
+from jupyter_agent.store.schema import SCHEMA_VERSION
 from jupyter_agent.views.listing import Reader
 
 from ..conftest import eventually
@@ -572,11 +573,16 @@ def test_info_and_reading_never_create_the_store(open_):
         0,
         0,
     )
-    assert about.reads_version == 2
+    assert about.reads_version == SCHEMA_VERSION
     assert not open_().exists()  # none of those reads created it
     _team(store)
     about = open_().info()
-    assert (about.exists, about.schema_version, about.runs, about.checkpoints) == (True, 2, 4, 10)
+    assert (about.exists, about.schema_version, about.runs, about.checkpoints) == (
+        True,
+        SCHEMA_VERSION,
+        4,
+        10,
+    )
     assert about.location == store.location
 
 

@@ -232,6 +232,27 @@ class PostgresStore(SQLStore):
     def _collect(self, run_ids: list[str], keep: set[str]) -> None:
         """Nothing: the database holds everything of a run, values included."""
 
+    # -- what was learnt about models: each member's own -----------------------------------
+
+    def learnt_window(self, model: str) -> int | None:
+        """The context window ``model``'s endpoint last reported to this owner.
+
+        Per owner, not team-wide: what one member's endpoint (or one member) says
+        never makes another's agents compact."""
+        where, args = self._where("model = ?", args=[model])
+        with self._reads() as q:
+            row = first(q, f"SELECT tokens FROM {SCHEMA}.learnt_windows {where}", args)
+        return int(row[0]) if row else None
+
+    def remember_window(self, model: str, tokens: int) -> None:
+        """Remember ``model``'s context window for this owner's later runs."""
+        with self._writes("remember a context window") as q:
+            q.run(
+                f"INSERT INTO {SCHEMA}.learnt_windows (owner, model, tokens) VALUES (?, ?, ?) "
+                "ON CONFLICT (owner, model) DO UPDATE SET tokens = excluded.tokens",
+                [self.owner, model, int(tokens)],
+            )
+
     def sizes(self) -> dict[str, int]:
         """Bytes the agent tables take in the database (with indexes and TOAST)."""
         with self._reads() as q:

@@ -1,0 +1,105 @@
+"""PostgreSQL only: a team store under a hostile member, with the documented roles.
+
+Each member logs in as a role of their own (row-level security applied as
+docs/store-postgres.md says). A member must not be able to disrupt another's
+agents without reading a row: not through the team's metadata, not through
+learnt context windows, not through advisory locks.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import psycopg
+import pytest
+
+from jupyter_agent.store.postgres import admin
+from jupyter_agent.store.postgres.store import PostgresStore
+from jupyter_agent.store.schema import SCHEMA_VERSION
+
+from .test_store_conformance import run_row, write
+
+
+def _team(pg_url: str, *names: str) -> Callable[[str], PostgresStore]:
+    """The admin's set-up (tables, grants, row security) and a login role per member.
+
+    Roles are cluster-wide, so each test's members get names of their own.
+    """
+    PostgresStore(pg_url, owner="admin").flush()  # the admin creates the tables
+    tag = uuid.uuid4().hex[:6]
+    with psycopg.connect(pg_url, autocommit=True) as con:
+        con.execute(admin.grants_sql("team"))
+        con.execute(admin.ROW_SECURITY_SQL)
+        for name in names:
+            con.execute(f"CREATE ROLE {name}_{tag} LOGIN IN ROLE team")
+
+    def member(name: str) -> PostgresStore:
+        role = f"{name}_{tag}"
+        return PostgresStore(pg_url.replace("postgres@", f"{role}@", 1), owner=role)
+
+    return member
+
+
+def test_a_member_cannot_change_team_meta_nor_another_members_window(pg_url):
+    member = _team(pg_url, "alice", "bob")
+    alice, bob = member("alice"), member("bob")
+    write(alice, run_row("ra"), [0])
+    alice.remember_window("m", 8000)
+    bob.remember_window("m", 60)  # his endpoint, or his lie: his window only
+    assert alice.learnt_window("m") == 8000 and bob.learnt_window("m") == 60
+    with psycopg.connect(bob.url, autocommit=True) as con:
+        for sql in (
+            f"UPDATE {admin.SCHEMA}.meta SET value = '99' WHERE key = 'schema_version'",
+            f"DELETE FROM {admin.SCHEMA}.meta",
+            f"INSERT INTO {admin.SCHEMA}.meta VALUES ('context_window:m', '60')",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                con.execute(sql)
+    admin._ready.clear()  # as a new process would check the schema anew
+    assert alice.info().schema_version == SCHEMA_VERSION
+    assert [r.run_id for r in alice.runs()] == ["ra"]
+    assert alice.learnt_window("m") == 8000
+
+
+def test_a_schema_2_team_store_is_upgraded_by_the_admin_and_members_keep_working(pg_url):
+    tag = uuid.uuid4().hex[:6]
+    alice_role, bob_role = f"alice_{tag}", f"bob_{tag}"
+    with psycopg.connect(pg_url, autocommit=True) as con:  # as schema 2 was set up
+        con.execute(admin._DDL)
+        con.execute(f"INSERT INTO {admin.SCHEMA}.meta VALUES ('schema_version', '2')")
+        con.execute(f"INSERT INTO {admin.SCHEMA}.meta VALUES ('context_window:m', '60')")
+        con.execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'team') THEN "
+            "CREATE ROLE team NOLOGIN; END IF; END $$;"
+        )
+        con.execute(f"GRANT USAGE ON SCHEMA {admin.SCHEMA} TO team")
+        con.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {admin.SCHEMA} TO team"
+        )
+        for t in ("runs", "checkpoints", "blobs", "notebook_moves"):
+            con.execute(
+                f"ALTER TABLE {admin.SCHEMA}.{t} ENABLE ROW LEVEL SECURITY; CREATE POLICY "
+                f"own_rows ON {admin.SCHEMA}.{t} USING (owner = current_user) "
+                "WITH CHECK (owner = current_user)"
+            )
+        for role in (alice_role, bob_role):
+            con.execute(f"CREATE ROLE {role} LOGIN IN ROLE team")
+    admin._ready.clear()
+    assert PostgresStore(pg_url, owner="admin").info().schema_version == SCHEMA_VERSION
+    alice, bob = (
+        PostgresStore(pg_url.replace("postgres@", f"{r}@", 1), owner=r)
+        for r in (alice_role, bob_role)
+    )
+    assert alice.learnt_window("m") is None  # the team-wide window anyone could set is gone
+    alice.remember_window("m", 8000)
+    bob.remember_window("m", 60)
+    assert alice.learnt_window("m") == 8000 and bob.learnt_window("m") == 60
+    with psycopg.connect(bob.url, autocommit=True) as con:
+        assert con.execute(f"SELECT owner FROM {admin.SCHEMA}.learnt_windows").fetchall() == [
+            (bob_role,)
+        ]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            con.execute(f"UPDATE {admin.SCHEMA}.meta SET value = '99'")
+    write(alice, run_row("ra"), [0])
+    assert [r.run_id for r in alice.runs()] == ["ra"]

@@ -14,11 +14,12 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
+from jupyter_agent.errors import AgentBusy
 from jupyter_agent.store.postgres import admin
 from jupyter_agent.store.postgres.store import PostgresStore
 from jupyter_agent.store.schema import SCHEMA_VERSION
 
-from .test_store_conformance import run_row, write
+from .test_store_conformance import NB, run_row, write
 
 
 def _team(pg_url: str, *names: str) -> Callable[[str], PostgresStore]:
@@ -103,3 +104,39 @@ def test_a_schema_2_team_store_is_upgraded_by_the_admin_and_members_keep_working
             con.execute(f"UPDATE {admin.SCHEMA}.meta SET value = '99'")
     write(alice, run_row("ra"), [0])
     assert [r.run_id for r in alice.runs()] == ["ra"]
+
+
+def test_a_member_can_neither_take_nor_fake_another_members_locks(pg_url):
+    member = _team(pg_url, "alice", "bob")
+    alice, bob = member("alice"), member("bob")
+    write(alice, run_row("ra"), [0])
+    impostor = PostgresStore(bob.url, owner=alice.owner)  # JUPYTERHUB_USER is bob's to set
+    with (
+        impostor.agent_lock(NB, "a"),
+        alice.agent_lock(NB, "a"),
+        psycopg.connect(bob.url, autocommit=True) as con,  # what pg_locks shows bob
+    ):
+        seen = [
+            k
+            for (k,) in con.execute(
+                "SELECT (l.classid::bigint << 32) | l.objid::bigint FROM pg_locks l "
+                "JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' "
+                "AND a.usename = %s",
+                [alice.owner],
+            ).fetchall()
+        ]
+    assert seen  # her agent's key, while she ran it
+    with psycopg.connect(pg_url, autocommit=True) as con:  # her run's key, however learnt
+        seen += [k for (k,) in con.execute(f"SELECT lock_key FROM {admin.SCHEMA}.runs")]
+    named = [admin.lock_key("run", "ra"), admin.lock_key("agent", alice.owner, NB, "a")]
+    fake = "jupyter-agent locks pid 4242 on alices-laptop"
+    with psycopg.connect(bob.url, autocommit=True, application_name=fake) as con:
+        for key in [*seen, *named]:
+            con.execute("SELECT pg_advisory_lock(%s)", [key])
+        assert alice.live_runs() == set()  # her finished run does not look live
+        # A key bob saw in use he can hold, but he is named for what he is, not what he says.
+        with pytest.raises(AgentBusy) as busy, alice.agent_lock(NB, "a"):
+            pass
+        assert "alices-laptop" not in str(busy.value) and bob.owner in str(busy.value)
+        assert alice.delete_runs(["ra"]) == 1
+    assert alice.runs() == []

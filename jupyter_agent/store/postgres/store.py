@@ -35,8 +35,8 @@ from ...errors import AgentBusy, StoreError
 from ..api import Capability
 from ..dialect import Dialect, Query, first, pinned
 from ..sql import SQLStore
-from .admin import SCHEMA, connect, current_owner, display_url, ensure_schema, lock_key, problem
-from .locks import locks_of
+from .admin import SCHEMA, connect, current_owner, display_url, ensure_schema, problem
+from .locks import HELD_BY_ME, locks_of
 from .writer import PostgresRunWriter
 
 
@@ -198,8 +198,8 @@ class PostgresStore(SQLStore):
     @contextlib.contextmanager
     def agent_lock(self, notebook: str, agent: str) -> Iterator[None]:
         """Be the only writer of this owner's agent ``agent`` of ``notebook``, on any host."""
-        key = lock_key("agent", self.owner, notebook, agent)
         locks = locks_of(self.url, self.busy_timeout)
+        key = locks.key("agent", self.owner, notebook, agent)
         holder = locks.acquire(key, reentrant=True)
         if holder == "here":
             raise AgentBusy.here(agent)
@@ -221,11 +221,10 @@ class PostgresStore(SQLStore):
         """Nothing to check for the whole store: each payload and blob read checks its owner."""
 
     def live_runs(self) -> set[str]:
-        """Runs of this owner whose writer holds its lock, on any host."""
-        where, args = self._where(
-            "lock_key IN (SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
-            "WHERE locktype = 'advisory' AND granted AND objsubid = 1)"
-        )
+        """Runs of this owner whose writer holds its lock, on any host.
+
+        Only a session of this role counts: another member holding the key fakes nothing."""
+        where, args = self._where(f"lock_key IN ({HELD_BY_ME})")
         with self._reads() as q:
             return {r[0] for r in q.all(f"SELECT run_id FROM {SCHEMA}.runs {where}", args)}
 

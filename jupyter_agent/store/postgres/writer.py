@@ -19,7 +19,7 @@ from ..dialect import CHECKPOINT_SELECT, RUN_SELECT
 from ..faults import crash, crash_due
 from ..rows import Record, malformed
 from ..writer import RunWriter
-from .admin import SCHEMA, connect, lock_key, problem
+from .admin import SCHEMA, connect, problem
 from .locks import locks_of
 
 
@@ -38,8 +38,8 @@ class PostgresRunWriter(RunWriter):
         self.url = url
         self.owner = owner
         self.run_id = run_id
-        self._key = lock_key("run", run_id)
         self._locks = locks_of(url, busy_timeout)
+        self._key = self._locks.key("run", owner, run_id)
         holder = self._locks.acquire(self._key, reentrant=False)
         if holder is not None:
             where = "in this process" if holder == "here" else f"elsewhere ({holder})"
@@ -97,7 +97,7 @@ class PostgresRunWriter(RunWriter):
                 self._con.execute(
                     f"INSERT INTO {SCHEMA}.runs ({RUN_SELECT}, owner, lock_key) VALUES "
                     f"({', '.join(['%s'] * (len(RUN_COLUMNS) + 2))}) ON CONFLICT DO NOTHING",
-                    [*values, self.owner, lock_key("run", row["run_id"])],
+                    [*values, self.owner, self._locks.key("run", self.owner, row["run_id"])],
                 )
             else:
                 values = [row.get(c) for c in CHECKPOINT_COLUMNS]

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from ...errors import StoreBusy, StoreError
+from ...errors import StoreBusy, StoreError, StoreUnavailable
 from ..schema import SCHEMA_VERSION, checked_version
 
 SCHEMA = "jupyter_agent"
@@ -187,7 +187,9 @@ def problem(url: str, exc: psycopg.Error, doing: str) -> StoreError:
         )
     if isinstance(exc, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
         return StoreBusy(f"The agent store {where} stayed busy ({text}); try again.")
-    return StoreError(
+    # A refused or lost connection (or a server shutting down) passes: say so, as temporary.
+    unavailable = isinstance(exc, psycopg.OperationalError)
+    return (StoreUnavailable if unavailable else StoreError)(
         f"The agent store {where} could not {doing}: {text}. Check that the database server "
         "runs and that JUPYTER_AGENT_STORE (or %config AgentMagics.store) names it; passwords "
         "belong in ~/.pgpass or PGPASSWORD. The agent stopped at its last saved checkpoint."

@@ -140,3 +140,13 @@ def test_a_member_can_neither_take_nor_fake_another_members_locks(pg_url):
         assert "alices-laptop" not in str(busy.value) and bob.owner in str(busy.value)
         assert alice.delete_runs(["ra"]) == 1
     assert alice.runs() == []
+
+
+def test_delete_runs_counts_only_what_row_security_let_it_delete(pg_url):
+    member = _team(pg_url, "alice", "bob")
+    alice, bob = member("alice"), member("bob")
+    write(alice, run_row("ra"), [0, 1])
+    write(bob, run_row("rb"), [0])
+    assert bob.delete_runs(["ra"]) == 0  # hers: nothing of it goes, and he is told so
+    assert bob.delete_runs(["rb", "never-was"]) == 1
+    assert [r.run_id for r in alice.runs()] == ["ra"] and len(alice.checkpoints("ra")) == 2

@@ -7,6 +7,8 @@ write rows in another member's name.
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import pytest
 
@@ -123,3 +125,17 @@ def test_the_location_never_shows_the_password():
     store = PostgresStore("postgresql://alice:s3cret@db.example:5433/team")
     assert store.location == "postgresql://alice@db.example:5433/team"
     assert "s3cret" not in repr(store)
+
+
+def test_store_info_shows_the_databases_own_sizes(pg_url):
+    from ..test_cli import cli
+
+    write(PostgresStore(pg_url, owner="alice"), run_row("ra"), [0, 1], {0: {"h": b"x" * 300_000}})
+    env = {"JUPYTER_AGENT_STORE": pg_url, "JUPYTERHUB_USER": "alice"}
+    shown = cli("store", "info", env=env)
+    assert shown.returncode == 0, shown.stderr
+    (size,) = [line for line in shown.stdout.splitlines() if line.startswith("size")]
+    assert "PostgreSQL" in size and "DuckDB" not in size, shown.stdout
+    info = json.loads(cli("store", "info", "--json", env=env).stdout)
+    assert info["sizes"]["postgres"] > 0 and set(info["sizes"]) == {"postgres"}
+    assert info["runs"] == 1 and info["checkpoints"] == 2

@@ -262,4 +262,4 @@ class PostgresStore(SQLStore):
                 "WHERE n.nspname = ? AND c.relkind = 'r'",
                 [SCHEMA],
             )
-        return {"postgres": int(row[0]) if row else 0, "duckdb": 0, "journals": 0}
+        return {"postgres": int(row[0]) if row else 0}

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from jupyter_agent.errors import AgentBusy
+from jupyter_agent.errors import AgentBusy, StoreError
 from jupyter_agent.store.postgres import admin
 from jupyter_agent.store.postgres.store import PostgresStore
 from jupyter_agent.store.schema import SCHEMA_VERSION
@@ -150,3 +150,14 @@ def test_delete_runs_counts_only_what_row_security_let_it_delete(pg_url):
     assert bob.delete_runs(["ra"]) == 0  # hers: nothing of it goes, and he is told so
     assert bob.delete_runs(["rb", "never-was"]) == 1
     assert [r.run_id for r in alice.runs()] == ["ra"] and len(alice.checkpoints("ra")) == 2
+
+
+def test_a_hub_user_who_is_not_the_database_role_is_told_why_nothing_shows(pg_url, monkeypatch):
+    member = _team(pg_url, "alice")
+    alice = member("alice")
+    write(alice, run_row("ra"), [0])
+    monkeypatch.setenv("JUPYTERHUB_USER", "Alice.Smith")  # the hub's name, not the role's
+    mismatched = PostgresStore(alice.url)
+    with pytest.raises(StoreError, match=rf"role '{alice.owner}'.*'Alice\.Smith'"):
+        mismatched.runs()
+    assert [r.run_id for r in alice.runs()] == ["ra"]  # the right name still reads

@@ -124,15 +124,45 @@ class PostgresStore(SQLStore):
         if pinned_con is not None and not (pinned_con.closed or pinned_con.broken):
             return pinned_con
         cache: dict = _local.__dict__.setdefault("cons", {})
-        con = cache.pop(self.url, None)
+        # Per owner too: a connection is checked once for the owner it reads for.
+        key = (self.url, self.owner)
+        con = cache.pop(key, None)
         if con is None or con.closed or con.broken:
             con = connect(self.url, "reader", self.busy_timeout)
             self.opens += 1
-        cache[self.url] = con  # the most recently used last
+            try:
+                self._check_role(con)
+            except BaseException:
+                con.close()
+                raise
+        cache[key] = con  # the most recently used last
         while len(cache) > READERS_KEPT:  # a thread reading many databases keeps a few
             with contextlib.suppress(psycopg.Error):
                 cache.pop(next(iter(cache))).close()
         return con
+
+    def _check_role(self, con: psycopg.Connection) -> None:
+        """Refuse an owner that row security will never show: say why, not an empty store.
+
+        Under the documented row-level security a role sees only rows whose owner is its
+        own name; a JupyterHub user named otherwise would read nothing, silently."""
+        try:
+            row = con.execute(
+                "SELECT session_user, c.relrowsecurity AND NOT r.rolsuper AND NOT r.rolbypassrls "
+                "AND c.relowner <> r.oid FROM pg_class c JOIN pg_roles r ON r.rolname = session_user "
+                "WHERE c.oid = to_regclass(%s)",
+                [f"{SCHEMA}.runs"],
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise problem(self.url, exc, "be read") from exc
+        if row is not None and row[1] and row[0] != self.owner:
+            raise StoreError(
+                f"The agent store {self.location} applies row-level security: the database "
+                f"role {row[0]!r} reads and writes only rows owned by {row[0]!r}, but this "
+                f"store's owner is {self.owner!r} ($JUPYTERHUB_USER, else the login name), so "
+                "nothing could be read or written. Log in as the role named after the user, "
+                "or set JUPYTERHUB_USER to the role's name."
+            )
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:

@@ -161,3 +161,21 @@ def test_a_hub_user_who_is_not_the_database_role_is_told_why_nothing_shows(pg_ur
     with pytest.raises(StoreError, match=rf"role '{alice.owner}'.*'Alice\.Smith'"):
         mismatched.runs()
     assert [r.run_id for r in alice.runs()] == ["ra"]  # the right name still reads
+
+
+def test_a_run_id_is_not_enough_to_take_a_members_run(pg_url):
+    """Run ids travel in URLs, logs and exports: knowing one must not let bob block the run."""
+    member = _team(pg_url, "alice", "bob")
+    alice, bob = member("alice"), member("bob")
+    write(alice, run_row("ra"), [0])
+    me = alice.owner
+    guesses = [admin.lock_key("run", *parts) for parts in (["ra"], [me, "ra"], [me, me, "ra"])]
+    with psycopg.connect(bob.url, autocommit=True) as con:
+        for key in guesses:
+            con.execute("SELECT pg_advisory_lock(%s)", [key])
+        resumed = alice.writer("ra", secrets=[])  # her resume is not "written elsewhere"
+        try:
+            assert alice.live_runs() == {"ra"}
+        finally:
+            resumed.close()
+    assert alice.live_runs() == set()

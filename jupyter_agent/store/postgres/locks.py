@@ -6,9 +6,12 @@ process that dies on any host frees its agents and runs, and ``pg_locks``
 shows them to every host: a run is live while its writer holds the run's key.
 
 Advisory keys are one space shared by every role of the database, so a member
-could otherwise hold another's keys. Keys therefore include the database role
-the server says this session is (``session_user``, not the owner name the client
-claims), so one member's processes never compute another's keys; and a key
+could otherwise hold another's keys. An agent's key therefore includes the
+database role the server says this session is (``session_user``, not the owner
+name the client claims), so one member's processes never compute another's keys;
+a run's key is random, kept in the owner's row (see
+:class:`~jupyter_agent.store.postgres.writer.PostgresRunWriter`), so its id, which
+travels in URLs and logs, does not give it away; and a key
 counts as held by an agent or run only when a session of the owner's own role
 holds it (:data:`HELD_BY_ME`), so a key someone else holds (seen in ``pg_locks``)
 never makes a run look live, and the holder is named by its role, not by the

@@ -13,7 +13,8 @@ widget, the CLI, the REST handlers) catches :class:`AgentError` alone::
     │   ├── ContextOverflow     the prompt is too long for the window; compaction shortens it
     │   └── ReplyLimitExceeded  a runaway reply (too long, past the deadline); not retried
     ├── StoreError              the store cannot be used (damaged, full, read-only)
-    │   └── StoreBusy           another process held the store past the wait
+    │   ├── StoreBusy           another process held the store past the wait
+    │   └── StoreUnavailable    the store's database server cannot be reached now
     ├── StateVersionError       a checkpoint written by a newer jupyter-agent
     ├── NotFound                no such agent, run or checkpoint                (also LookupError)
     ├── Conflict                the request would touch a running run, or one another depends on
@@ -108,6 +109,12 @@ class StoreError(AgentError):
 
 class StoreBusy(StoreError):
     """Another process held the store for longer than the wait allows."""
+
+
+class StoreUnavailable(StoreError):
+    """The store's database server cannot be reached now (down, restarting, network cut).
+
+    Temporary, like :class:`StoreBusy`: the REST API answers 503 with the reason."""
 
 
 class StoreWarning(UserWarning):

@@ -20,6 +20,7 @@ import pytest
 
 from jupyter_agent.store.api import CheckpointRow, RunRow
 from jupyter_agent.store.duckdb.store import DuckDBStore
+from jupyter_agent.store.schema import SCHEMA_VERSION
 from jupyter_agent.testing import ScriptedServer
 
 from .test_durable_kernel import counting_script, tool
@@ -185,7 +186,7 @@ def test_list_show_export_and_store_info(populated, store_path):
     assert "# Agent costs" in md and "```python\nx = 1\n```" in md
 
     info = json.loads(cli("store", "info", "--json", env=env).stdout)
-    assert info["path"] == str(store_path) and info["schema_version"] == 2
+    assert info["path"] == str(store_path) and info["schema_version"] == SCHEMA_VERSION
     assert info["runs"] == 3 and info["checkpoints"] == 15
     assert info["size_duckdb"] == store_path.stat().st_size > 0
 

@@ -23,6 +23,7 @@ from jupyter_agent.errors import StoreError, StoreWarning
 from jupyter_agent.namespace import tracking as namespace
 from jupyter_agent.store.duckdb import journal
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store
+from jupyter_agent.store.schema import SCHEMA_VERSION
 from jupyter_agent.testing import ScriptedServer
 
 #: The schema of release 0.1.0 (SCHEMA_VERSION 1), as it created new stores.
@@ -176,7 +177,7 @@ def test_a_v1_store_opens_and_its_unfinished_run_resumes(
     backup = store_path.with_name(store_path.name + ".v1.bak")
     assert backup.read_bytes() == original and oct(backup.stat().st_mode & 0o777) == "0o600"
     notes = [str(w.message) for w in caught if issubclass(w.category, StoreWarning)]
-    assert any(str(backup) in n and "schema 1 to 2" in n for n in notes), notes
+    assert any(str(backup) in n and f"schema 1 to {SCHEMA_VERSION}" in n for n in notes), notes
     with duckdb.connect(str(backup), read_only=True) as con:  # the copy is the v1 file
         assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
             "1",
@@ -192,7 +193,7 @@ def test_a_v1_store_opens_and_its_unfinished_run_resumes(
     assert kinds[:5] == ["start", "model", "tool_call", "tool_result", "limit"]
     assert kinds[5] == "resume" and kinds[-1] == "model"
     assert store.checkpoints(run_id)[-1].status == "done"
-    assert store.info().schema_version == 2
+    assert store.info().schema_version == SCHEMA_VERSION
     # Every payload is JSON now: a history reads without unpickling, even from a
     # store others could write (values stay behind the trust check).
     store_path.chmod(0o666)

@@ -22,12 +22,14 @@ from jupyter_agent.errors import (
     StoreBusy,
     StoreError,
 )
+from jupyter_agent.namespace.serialize import digest as content_hash
 from jupyter_agent.store.api import CheckpointRow, RunRow
 from jupyter_agent.store.api import Store as StoreProtocol
 from jupyter_agent.store.duckdb import journal
 from jupyter_agent.store.duckdb.store import DuckDBStore
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.store.open import open_store
+from jupyter_agent.store.schema import SCHEMA_VERSION
 
 
 def run_row(run_id: str = "r1", agent: str = "a") -> RunRow:
@@ -296,7 +298,12 @@ def test_summaries_forks_and_deletion_rules_are_store_verbs(tmp_path):
     assert store.model_steps(["p1", "f1"]) == {"p1": [1, 4], "f1": [4]}
     assert [r.run_id for r in store.forks(["p1"])] == ["f1", "o1"]
     info = store.info()
-    assert (info.exists, info.schema_version, info.runs, info.checkpoints) == (True, 2, 3, 8)
+    assert (info.exists, info.schema_version, info.runs, info.checkpoints) == (
+        True,
+        SCHEMA_VERSION,
+        3,
+        8,
+    )
 
     # Forks keep their ancestors: agent b's run was forked from p1.
     with pytest.raises(Conflict, match="forked from a run that would be deleted"):
@@ -353,7 +360,8 @@ def blob_row(run_id: str, step: int, hashes: list[str]) -> CheckpointRow:
 
 def test_a_large_value_is_a_private_file_and_a_foreign_one_is_refused(tmp_path):
     store = Store(tmp_path / "s.duckdb")
-    value, digest = os.urandom(BIG), "ab" * 16
+    value = os.urandom(BIG)
+    digest = content_hash(value)  # the name a value file must have
     w = store.writer("r1")
     w.put_run(run_row())
     w.put_blob(digest, value)
@@ -378,11 +386,12 @@ def test_a_large_value_is_a_private_file_and_a_foreign_one_is_refused(tmp_path):
 
 def test_delete_collects_blob_files_nothing_refers_to(tmp_path):
     store = Store(tmp_path / "s.duckdb")
-    kept, dropped = "11" * 16, "22" * 16
-    for run_id, digest in (("r1", kept), ("r2", dropped)):
+    values = [os.urandom(BIG) for _ in range(2)]
+    kept, dropped = (content_hash(v) for v in values)  # value files are named by content hash
+    for run_id, digest, value in (("r1", kept, values[0]), ("r2", dropped, values[1])):
         w = store.writer(run_id)
         w.put_run(run_row(run_id, agent=run_id))
-        w.put_blob(digest, os.urandom(BIG))
+        w.put_blob(digest, value)
         w.put_checkpoint(blob_row(run_id, 0, [digest]), b"")
         w.close()
     orphan = store.blob_dir / "33" / ("33" * 16)  # written by a kernel that died before its record
@@ -461,6 +470,38 @@ def test_a_large_value_is_restored_from_its_file_after_a_kernel_kill(
         assert con.execute(
             "SELECT count(*) FROM blobs WHERE size > 1e6 AND data IS NOT NULL"
         ).fetchone() == (0,)
+
+
+def test_a_value_file_with_one_flipped_byte_is_not_restored_and_says_why(
+    kernel_factory, scripted, store_path, tmp_path
+):
+    hold = tmp_path / "hold"
+    hold.touch()
+    wait = f"import os, time\nwhile os.path.exists({str(hold)!r}): time.sleep(0.05)\nprint('w')"
+    script = [
+        _python("big = bytes(range(256)) * (16 * 4096)\nprint('made', len(big))"),
+        _python(wait),
+        {"content": "Done."},
+    ]
+    scripted.set_script(script)
+    cell = "%%agent --model scripted\nMake a big value."
+    k1 = kernel_factory()
+    run = k1.start(cell, cell_id="cell-big")
+    k1.wait_for(run, "saved big")
+    k1.kill()
+    (file,) = Store(store_path).blob_dir.glob("*/*")
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size, one bit of the value wrong
+    file.write_bytes(bytes(data))
+    hold.unlink()
+    scripted.set_script(script)
+    k2 = kernel_factory()
+    result = k2.run(cell, cell_id="cell-big")
+    assert "Variables restored from the store: big" not in result.text, result.text
+    assert "big is not restored" in result.text, result.text
+    assert "does not match its content hash" in result.text, result.text
+    assert k2.run("print('big' in globals())").stdout.strip() == "False"
+    assert file.read_bytes() == bytes(data)  # kept as it is, for inspection
 
 
 def test_a_200_mib_value_does_not_hold_up_agent_list(kernel_factory, scripted, tmp_path):

@@ -203,6 +203,7 @@ def cmd_store_info(store: Store, args: argparse.Namespace) -> Any:
         "exists": exists,
         "schema_version": about.schema_version,
         "reads_schema_version": about.reads_version,
+        "sizes": sizes,
         "size_duckdb": sizes.get("duckdb", 0),
         "size_journals": sizes.get("journals", 0),
         "runs": about.runs,
@@ -215,12 +216,20 @@ def cmd_store_info(store: Store, args: argparse.Namespace) -> Any:
     print(
         f"schema version {info['schema_version'] or '-'} (this version reads {info['reads_schema_version']})"
     )
-    print(
-        f"size           DuckDB {_bytes(info['size_duckdb'])}, journals {_bytes(info['size_journals'])}"
-    )
+    parts = (f"{_PARTS.get(part, part)} {_bytes(n)}" for part, n in sizes.items())
+    print(f"size           {', '.join(parts) or '-'}")
     print(f"runs           {info['runs']} ({info['live_runs']} running)")
     print(f"checkpoints    {info['checkpoints']}")
     return None
+
+
+#: How ``store info`` names the parts a backend's :meth:`~Store.sizes` reports.
+_PARTS = {
+    "duckdb": "DuckDB",
+    "journals": "journals",
+    "blobs": "value files",
+    "postgres": "PostgreSQL",
+}
 
 
 def _bytes(n: int) -> str:

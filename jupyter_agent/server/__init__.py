@@ -31,7 +31,7 @@ from traitlets import Float, Unicode
 from traitlets.config import LoggingConfigurable
 
 from .. import __version__
-from ..errors import StoreBusy, StoreError
+from ..errors import StoreBusy, StoreError, StoreUnavailable
 from ..store.open import open_store
 from ..views.listing import Reader
 from .handlers import handlers
@@ -103,6 +103,8 @@ class AgentServer(LoggingConfigurable):
                 503,
                 f"The agent store is busy (another process holds {self.store.location}); try again.",
             ) from None
+        except StoreUnavailable as exc:  # the database server is down: a client waits it out
+            raise web.HTTPError(503, str(exc)) from None
         except StoreError as exc:
             raise web.HTTPError(500, str(exc)) from None
 

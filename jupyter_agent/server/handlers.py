@@ -96,12 +96,12 @@ class BaseHandler(APIHandler):
 
 
 class StatusHandler(BaseHandler):
-    """``GET /status``: where the store is; answers without opening it."""
+    """``GET /status``: where the store is, and whether it exists (503: it cannot be reached)."""
 
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.reply(self.agents.status())
+        self.reply(await self.call(self.agents.status))
 
 
 class AgentsHandler(BaseHandler):

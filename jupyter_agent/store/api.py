@@ -363,7 +363,9 @@ class Store(Protocol):
     def delete_runs(self, run_ids: list[str]) -> int:
         """Delete runs and their checkpoints, then every blob no checkpoint refers to.
 
-        Refuses (:class:`~jupyter_agent.errors.Conflict`) while one of them is live.
+        Returns how many runs were really deleted (unknown ids, and on a team store
+        another member's runs, delete nothing). Refuses
+        (:class:`~jupyter_agent.errors.Conflict`) while one of them is live.
         """
 
     def delete_agent(self, notebook: str, agent: str, *, keep_latest: bool = False) -> list[str]:

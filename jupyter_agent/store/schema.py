@@ -10,7 +10,9 @@ from __future__ import annotations
 from ..errors import StoreError
 
 #: 2: checkpoint payloads are JSON, tagged by ``payload_format`` (1 pickled them with dill).
-SCHEMA_VERSION = 2
+#: 3: on a team store, learnt context windows are each member's, and ``meta`` the admin's
+#: (a single-user DuckDB file is unchanged but for the number).
+SCHEMA_VERSION = 3
 
 
 def parse_version(value: str, newest: int) -> int:

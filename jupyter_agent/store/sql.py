@@ -398,7 +398,10 @@ class SQLStore(Store, ABC):
     # -- deleting ------------------------------------------------------------------------
 
     def delete_runs(self, run_ids: list[str]) -> int:
-        """Delete runs, their checkpoints, and the values no checkpoint refers to any more."""
+        """Delete runs, their checkpoints, and the values no checkpoint refers to any more.
+
+        Returns how many runs were deleted: not the ids asked for, since unknown ids and
+        another owner's runs (row security on a team store) delete nothing."""
         if not run_ids or not self.exists():
             return 0
         busy = self.live_runs() & set(run_ids)
@@ -418,13 +421,13 @@ class SQLStore(Store, ABC):
         with self._writes("delete runs") as q:
             with q.transaction():
                 q.run(f"DELETE FROM {t}checkpoints {mine}", a)
-                q.run(f"DELETE FROM {t}runs {mine}", a)
+                deleted = q.run(f"DELETE FROM {t}runs {mine}", a)
                 q.run(f"DELETE FROM {t}blobs {unref}", c)
             if Capability.VALUE_FILES in self.capabilities:
                 kept, k = self._where("data IS NULL")
                 apart = {h for (h,) in q.all(f"SELECT hash FROM {t}blobs {kept}", k)}
         self._collect(ids, apart | pending)
-        return len(run_ids)
+        return deleted
 
     def delete_agent(self, notebook: str, agent: str, *, keep_latest: bool = False) -> list[str]:
         return delete_agent_runs(self, notebook, agent, keep_latest=keep_latest)

@@ -7,6 +7,8 @@ write rows in another member's name.
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import pytest
 
@@ -14,6 +16,7 @@ from jupyter_agent.errors import StoreError
 from jupyter_agent.store.open import open_store
 from jupyter_agent.store.postgres.admin import ROW_SECURITY_SQL, grants_sql
 from jupyter_agent.store.postgres.store import PostgresStore
+from jupyter_agent.store.schema import SCHEMA_VERSION
 
 from .test_store_conformance import NB, run_row, write
 
@@ -27,7 +30,7 @@ def test_each_owner_sees_only_their_own_runs(pg_url):
     assert alice.blobs(["shared"]) == {"shared": b"alice's"}  # same content hash, own copy
     with alice.agent_lock(NB, "a"), bob.agent_lock(NB, "a"):
         pass  # one agent name, two owners: two agents
-    assert alice.delete_runs(["rb"]) == 1  # not alice's: nothing of bob's goes
+    assert alice.delete_runs(["rb"]) == 0  # not alice's: nothing of bob's goes
     assert [r.run_id for r in bob.runs()] == ["rb"]
 
 
@@ -63,7 +66,8 @@ def test_row_security_stops_writing_in_another_members_name(pg_url):
     forger = PostgresStore(as_role["mallory"], owner="alice")
     with pytest.raises(StoreError, match="row-level security"):
         write(forger, run_row("forged"), [0], {0: {"h": b"hostile pickle"}})
-    assert forger.runs() == []  # and she cannot read alice's rows either
+    with pytest.raises(StoreError, match="row-level security"):
+        forger.runs()  # and she cannot read alice's rows either: she is told why
     assert [r.run_id for r in alice.runs()] == ["ra"]
     assert alice.blobs(["h"]) == {"h": b"alice's value"}
 
@@ -107,7 +111,7 @@ def test_a_schema_1_store_is_upgraded_and_its_dill_payloads_read_as_json(pg_url)
         )
     alice = PostgresStore(pg_url, owner="alice")
     about = alice.info()
-    assert (about.schema_version, about.checkpoints) == (2, 1)
+    assert (about.schema_version, about.checkpoints) == (SCHEMA_VERSION, 1)
     ((row, payload),) = alice.payloads([("old", None)])
     assert row.kind == "start" and decode_delta(payload).messages == said
     write(alice, run_row("new"), [0])
@@ -122,3 +126,17 @@ def test_the_location_never_shows_the_password():
     store = PostgresStore("postgresql://alice:s3cret@db.example:5433/team")
     assert store.location == "postgresql://alice@db.example:5433/team"
     assert "s3cret" not in repr(store)
+
+
+def test_store_info_shows_the_databases_own_sizes(pg_url):
+    from ..test_cli import cli
+
+    write(PostgresStore(pg_url, owner="alice"), run_row("ra"), [0, 1], {0: {"h": b"x" * 300_000}})
+    env = {"JUPYTER_AGENT_STORE": pg_url, "JUPYTERHUB_USER": "alice"}
+    shown = cli("store", "info", env=env)
+    assert shown.returncode == 0, shown.stderr
+    (size,) = [line for line in shown.stdout.splitlines() if line.startswith("size")]
+    assert "PostgreSQL" in size and "DuckDB" not in size, shown.stdout
+    info = json.loads(cli("store", "info", "--json", env=env).stdout)
+    assert info["sizes"]["postgres"] > 0 and set(info["sizes"]) == {"postgres"}
+    assert info["runs"] == 1 and info["checkpoints"] == 2

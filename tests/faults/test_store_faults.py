@@ -23,6 +23,7 @@ from jupyter_agent.errors import StoreError, StoreWarning
 from jupyter_agent.store.api import CheckpointRow, RunRow
 from jupyter_agent.store.duckdb import journal
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store
+from jupyter_agent.store.schema import SCHEMA_VERSION
 
 from .harness import record
 
@@ -193,7 +194,9 @@ def test_a_newer_store_is_not_touched_even_when_it_lacks_our_tables(tmp_path: Pa
     Store(path).flush()
     with duckdb.connect(str(path)) as con:
         con.execute("ALTER TABLE blobs RENAME TO values_v2")
-        con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        con.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION + 1)]
+        )
     before = path.read_bytes()
     with pytest.raises(StoreError, match="newer jupyter-agent"):
         Store(path).runs()

@@ -13,6 +13,9 @@ Invariants:
   file (collected later), never a reference to a missing or partial one.
 * Files are 0600 in 0700 directories. Readers refuse a file (or a directory) that
   another user owns or could write, as they do journals: values are unpickled.
+* A file is read back only if its content still has the hash that names it: one
+  flipped bit would otherwise restore a wrong value without a word. A file that
+  fails the check is reported (:class:`Damaged`) and left in place for inspection.
 * Files are never rewritten: one with the same hash and size is the same value,
   and writing it again only refreshes its modification time, which is what
   keeps :func:`collect` from deleting a file a kernel is about to refer to.
@@ -30,6 +33,8 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from ...namespace.serialize import digest as content_hash
+
 #: Values at least this large are kept in files (smaller ones stay in the journal and DuckDB).
 MIN_BYTES = 1 << 20
 #: A file younger than this is never collected: its writer may not have journaled it yet.
@@ -40,6 +45,10 @@ _NAME = re.compile(r"[0-9a-f]{16,128}")
 
 class Untrusted(OSError):
     """A blob file or directory another user owns or could write."""
+
+
+class Damaged(OSError):
+    """A blob file whose content is no longer the value its name (a content hash) says."""
 
 
 def usable_name(digest: str) -> bool:
@@ -93,7 +102,8 @@ def write(directory: Path, digest: str, data: bytes) -> None:
 def read(directory: Path, digest: str, size: int) -> bytes | None:
     """The value of ``digest``; None when its file is missing or not the size recorded.
 
-    Raises :class:`Untrusted` for a file or directory another user owns or could write.
+    Raises :class:`Untrusted` for a file or directory another user owns or could write,
+    and :class:`Damaged` for one whose content does not hash to its name.
     """
     if not usable_name(digest):
         return None
@@ -116,7 +126,10 @@ def read(directory: Path, digest: str, size: int) -> bytes | None:
         exposure(st, target)
         if not stat.S_ISREG(st.st_mode) or st.st_size != size:
             return None
-        return f.read()
+        data = f.read()
+    if content_hash(data) != digest:
+        raise Damaged(errno.EIO, f"{target} does not match its content hash (it is damaged)")
+    return data
 
 
 def exposure(st: os.stat_result, path: Path) -> None:

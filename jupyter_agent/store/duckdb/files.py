@@ -386,8 +386,13 @@ class DuckDBFile:
             con.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
             )
-        elif version < SCHEMA_VERSION:
+        elif version < 2:
             self._migrate(con)
+        elif version < SCHEMA_VERSION:  # schema 3 changed team stores only: just the number
+            con.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version' AND value = ?",
+                [str(SCHEMA_VERSION), str(version)],
+            )
 
     def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
         """Upgrade a schema 1 store in place: dill payloads become JSON.

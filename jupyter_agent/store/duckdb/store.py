@@ -37,7 +37,7 @@ from ..dialect import MAX_STEP, Dialect, Nothing, Query, first, pinned
 from ..rows import checkpoint_from_row
 from ..sql import SQLStore
 from . import blobfiles, journal, locks
-from .files import DuckDBQuery
+from .files import DuckDBQuery, warn
 from .fold import JournalFolding
 from .journal import JournalWriter
 from .writer import DuckDBRunWriter
@@ -160,9 +160,19 @@ class DuckDBStore(JournalFolding, SQLStore):
         return "'dill'" if self._v1 else super()._payload_format()
 
     def _value_apart(self, digest: str, size: int) -> bytes | None:
-        """A large value, from its file beside the store."""
+        """A large value, from its file beside the store; a damaged one is missing, with a warning.
+
+        The variables it holds are then reported as not restored, like a missing value, and
+        never restored wrong; the file stays where it is for inspection."""
         try:
             return blobfiles.read(self.blob_dir, digest, size)
+        except blobfiles.Damaged as exc:
+            warn(
+                f"The saved value file {exc.strerror}; the variables it holds are not "
+                "restored. Run the cell with --restart to recompute them.",
+                blobfiles.path_of(self.blob_dir, digest),
+            )
+            return None
         except blobfiles.Untrusted as exc:
             raise StoreError(
                 f"The stored value {exc.strerror}; it is not loaded, because loading "

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from ...errors import StoreBusy, StoreError
+from ...errors import StoreBusy, StoreError, StoreUnavailable
 from ..schema import SCHEMA_VERSION, checked_version
 
 SCHEMA = "jupyter_agent"
@@ -76,6 +76,35 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.notebook_moves (
     moved_at DOUBLE PRECISION NOT NULL
 );
 """
+#: Schema 3: what an endpoint taught one member about a model's context window is that
+#: member's (another's 60-token window must not make everyone compact at every step).
+_WINDOWS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.learnt_windows (
+    owner TEXT NOT NULL,
+    model TEXT NOT NULL,
+    tokens BIGINT NOT NULL,
+    PRIMARY KEY (owner, model)
+);
+"""
+#: The team-wide ``meta`` (the schema version) is written only by the tables' owner, the
+#: admin: a member who could set it would lock the whole team out. Members may read it.
+#: Run when the tables are created or upgraded and after every grant, so no grant (to a
+#: role or to PUBLIC) leaves members a way to write it; row security backs this up.
+_META_READ_ONLY = f"""
+ALTER TABLE {SCHEMA}.meta ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS readable ON {SCHEMA}.meta;
+CREATE POLICY readable ON {SCHEMA}.meta FOR SELECT USING (true);
+DO $$ DECLARE r record; BEGIN
+  FOR r IN SELECT DISTINCT a.grantee FROM pg_class c, aclexplode(c.relacl) a
+      WHERE c.oid = '{SCHEMA}.meta'::regclass AND a.grantee <> c.relowner
+        AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE') LOOP
+    EXECUTE 'REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {SCHEMA}.meta FROM '
+      || CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE r.grantee::regrole::text END;
+  END LOOP;
+END $$;
+"""
+#: Tables each member writes rows of their own in, under :data:`ROW_SECURITY_SQL`.
+MEMBER_TABLES = ("runs", "checkpoints", "blobs", "notebook_moves", "learnt_windows")
 
 #: Row-level security that makes the owner column binding: each member's role
 #: (named after their JupyterHub or login name) sees and writes only its rows.
@@ -85,7 +114,7 @@ ROW_SECURITY_SQL = "\n".join(
     f"DROP POLICY IF EXISTS own_rows ON {SCHEMA}.{t};\n"
     f"CREATE POLICY own_rows ON {SCHEMA}.{t} USING (owner = current_user) "
     "WITH CHECK (owner = current_user);"
-    for t in ("runs", "checkpoints", "blobs", "notebook_moves")
+    for t in MEMBER_TABLES
 )
 
 
@@ -101,7 +130,8 @@ def grants_sql(team: str) -> str:
         f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{team}') THEN "
         f"CREATE ROLE {team} NOLOGIN; END IF; END $$;\n"
         f"GRANT USAGE ON SCHEMA {SCHEMA} TO {team};\n"
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {SCHEMA} TO {team};"
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {SCHEMA} TO {team};\n"
+        + _META_READ_ONLY
     )
 
 
@@ -157,7 +187,9 @@ def problem(url: str, exc: psycopg.Error, doing: str) -> StoreError:
         )
     if isinstance(exc, psycopg.errors.QueryCanceled | psycopg.errors.LockNotAvailable):
         return StoreBusy(f"The agent store {where} stayed busy ({text}); try again.")
-    return StoreError(
+    # A refused or lost connection (or a server shutting down) passes: say so, as temporary.
+    unavailable = isinstance(exc, psycopg.OperationalError)
+    return (StoreUnavailable if unavailable else StoreError)(
         f"The agent store {where} could not {doing}: {text}. Check that the database server "
         "runs and that JUPYTER_AGENT_STORE (or %config AgentMagics.store) names it; passwords "
         "belong in ~/.pgpass or PGPASSWORD. The agent stopped at its last saved checkpoint."
@@ -213,7 +245,7 @@ def ensure_schema(url: str, con: psycopg.Connection, *, create: bool) -> bool:
                     return False
                 with con.transaction():
                     con.execute("SELECT pg_advisory_xact_lock(%s)", [_DDL_KEY])
-                    con.execute(_DDL)
+                    con.execute(_DDL + _WINDOWS_DDL + _META_READ_ONLY)
                     con.execute(
                         f"INSERT INTO {SCHEMA}.meta VALUES ('schema_version', %s) "
                         "ON CONFLICT DO NOTHING",
@@ -228,27 +260,65 @@ def ensure_schema(url: str, con: psycopg.Connection, *, create: bool) -> bool:
 
 
 def _migrate(url: str, con: psycopg.Connection) -> None:
-    """Upgrade a schema 1 store: tag its checkpoints' payloads ``dill``.
+    """Upgrade an older store in place, one schema step after the other, in one transaction.
 
-    Nothing is unpickled here (the rows belong to many owners): each owner's old
-    payloads are converted to JSON as that owner reads them
-    (:func:`~jupyter_agent.store.rows.json_payload`). Needs the table owner's rights.
+    Needs the table owner's rights (the admin's): a member's process refuses to
+    work on an older schema until the admin has opened the store once.
     """
     with con.transaction():
         con.execute("SELECT pg_advisory_xact_lock(%s)", [_DDL_KEY])
         version = _stored_version(url, con)
         if version is None or version >= SCHEMA_VERSION:
             return  # another process did it meanwhile
-        con.execute(
-            f"ALTER TABLE {SCHEMA}.checkpoints ADD COLUMN IF NOT EXISTS payload_format TEXT"
-        )
-        con.execute(
-            f"UPDATE {SCHEMA}.checkpoints SET payload_format = 'dill' WHERE payload_format IS NULL"
-        )
-        con.execute(
-            f"ALTER TABLE {SCHEMA}.checkpoints ALTER COLUMN payload_format SET DEFAULT 'json'"
-        )
+        if version < 2:
+            _to_2(con)
+        _to_3(con)
         con.execute(
             f"UPDATE {SCHEMA}.meta SET value = %s WHERE key = 'schema_version'",
             [str(SCHEMA_VERSION)],
         )
+
+
+def _to_3(con: psycopg.Connection) -> None:
+    """Learnt windows per owner, and ``meta`` for the admin only.
+
+    The team-wide windows of schema 2 are dropped (any member could have written
+    them; each member learns theirs again). The new table gets the grants and the
+    row security the ``runs`` table has, so members keep working after the upgrade.
+    """
+    con.execute(_WINDOWS_DDL)
+    con.execute(f"DELETE FROM {SCHEMA}.meta WHERE key LIKE 'context_window:%'")
+    con.execute(f"""
+DO $$ DECLARE r record; BEGIN
+  FOR r IN SELECT a.grantee, a.privilege_type FROM pg_class c, aclexplode(c.relacl) a
+      WHERE c.oid = '{SCHEMA}.runs'::regclass AND a.grantee <> c.relowner
+        AND a.privilege_type IN ('SELECT', 'INSERT', 'UPDATE', 'DELETE') LOOP
+    EXECUTE 'GRANT ' || r.privilege_type || ' ON {SCHEMA}.learnt_windows TO '
+      || CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE r.grantee::regrole::text END;
+  END LOOP;
+END $$;""")
+    secured = con.execute(
+        "SELECT relrowsecurity FROM pg_class WHERE oid = %s::regclass", [f"{SCHEMA}.runs"]
+    ).fetchone()
+    if secured and secured[0]:
+        con.execute(
+            f"ALTER TABLE {SCHEMA}.learnt_windows ENABLE ROW LEVEL SECURITY;\n"
+            f"DROP POLICY IF EXISTS own_rows ON {SCHEMA}.learnt_windows;\n"
+            f"CREATE POLICY own_rows ON {SCHEMA}.learnt_windows USING (owner = current_user) "
+            "WITH CHECK (owner = current_user);"
+        )
+    con.execute(_META_READ_ONLY)
+
+
+def _to_2(con: psycopg.Connection) -> None:
+    """Tag a schema 1 store's checkpoint payloads ``dill``.
+
+    Nothing is unpickled here (the rows belong to many owners): each owner's old
+    payloads are converted to JSON as that owner reads them
+    (:func:`~jupyter_agent.store.rows.json_payload`).
+    """
+    con.execute(f"ALTER TABLE {SCHEMA}.checkpoints ADD COLUMN IF NOT EXISTS payload_format TEXT")
+    con.execute(
+        f"UPDATE {SCHEMA}.checkpoints SET payload_format = 'dill' WHERE payload_format IS NULL"
+    )
+    con.execute(f"ALTER TABLE {SCHEMA}.checkpoints ALTER COLUMN payload_format SET DEFAULT 'json'")

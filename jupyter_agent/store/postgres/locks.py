@@ -4,7 +4,18 @@ A process holds its agents' and runs' locks on one connection per database
 (:class:`Locks`). PostgreSQL releases them when that connection ends, so a
 process that dies on any host frees its agents and runs, and ``pg_locks``
 shows them to every host: a run is live while its writer holds the run's key.
-Keys are derived from names (:func:`~jupyter_agent.store.postgres.admin.lock_key`).
+
+Advisory keys are one space shared by every role of the database, so a member
+could otherwise hold another's keys. An agent's key therefore includes the
+database role the server says this session is (``session_user``, not the owner
+name the client claims), so one member's processes never compute another's keys;
+a run's key is random, kept in the owner's row (see
+:class:`~jupyter_agent.store.postgres.writer.PostgresRunWriter`), so its id, which
+travels in URLs and logs, does not give it away; and a key
+counts as held by an agent or run only when a session of the owner's own role
+holds it (:data:`HELD_BY_ME`), so a key someone else holds (seen in ``pg_locks``)
+never makes a run look live, and the holder is named by its role, not by the
+text it chose for itself.
 """
 
 from __future__ import annotations
@@ -14,7 +25,17 @@ import threading
 
 import psycopg
 
-from .admin import connect, problem
+from .admin import connect, lock_key, problem
+
+#: Advisory locks held in this database by the sessions of the querying role.
+_HELD = (
+    "SELECT {cols} FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+_KEY = "(l.classid::bigint << 32) | l.objid::bigint"
+#: Keys held by sessions of this session's own role: what liveness counts.
+HELD_BY_ME = _HELD.format(cols=_KEY) + " AND a.usename = session_user"
 
 
 class Locks:
@@ -32,12 +53,27 @@ class Locks:
         self.mutex = threading.Lock()
         self.con: psycopg.Connection | None = None
         self.held: dict[int, list[int]] = {}  # key -> [thread id, depth]
+        self.role: str | None = None  # the server's session_user for this connection
 
     def _connection(self) -> psycopg.Connection:
         if self.con is None or self.con.closed or self.con.broken:
             self.held.clear()  # a lost connection took its locks with it
             self.con = connect(self.url, "locks", self.busy_timeout)
+            row = self.con.execute("SELECT session_user").fetchone()
+            self.role = str(row[0]) if row else ""
         return self.con
+
+    def key(self, kind: str, *parts: str) -> int:
+        """The key of ``kind`` (``agent``, ``run``) for ``parts``, in this role's own keys.
+
+        The role is the server's ``session_user``, so it cannot be claimed by a client."""
+        with self.mutex:
+            if self.role is None or self.con is None or self.con.broken:
+                try:
+                    self._connection()
+                except psycopg.Error as exc:
+                    raise problem(self.url, exc, "take a lock") from exc
+            return lock_key(kind, self.role or "", *parts)
 
     def acquire(self, key: int, *, reentrant: bool) -> str | None:
         """Take ``key``; None when taken, else "here" or the holder's description."""
@@ -82,12 +118,19 @@ class Locks:
 
     @staticmethod
     def _holder(con: psycopg.Connection, key: int) -> str:
+        """Who holds ``key``: a process of this role as it describes itself, else the role.
+
+        A session of another role chose its own description: it is named by its role."""
         row = con.execute(
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
-            "AND ((l.classid::bigint << 32) | l.objid::bigint) = %s",
+            _HELD.format(cols="a.application_name, a.usename, a.usename = session_user")
+            + f" AND {_KEY} = %s",
             [key],
         ).fetchone()
+        if row is not None and not row[2]:
+            return (
+                f"a session of the database role {row[1]!r}, not one of yours; the database "
+                "admin can end it with pg_terminate_backend"
+            )
         name = (row[0] if row else "") or ""
         return name.removeprefix("jupyter-agent locks ") or "another process"
 

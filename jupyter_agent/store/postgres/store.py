@@ -35,8 +35,8 @@ from ...errors import AgentBusy, StoreError
 from ..api import Capability
 from ..dialect import Dialect, Query, first, pinned
 from ..sql import SQLStore
-from .admin import SCHEMA, connect, current_owner, display_url, ensure_schema, lock_key, problem
-from .locks import locks_of
+from .admin import SCHEMA, connect, current_owner, display_url, ensure_schema, problem
+from .locks import HELD_BY_ME, locks_of
 from .writer import PostgresRunWriter
 
 
@@ -124,15 +124,45 @@ class PostgresStore(SQLStore):
         if pinned_con is not None and not (pinned_con.closed or pinned_con.broken):
             return pinned_con
         cache: dict = _local.__dict__.setdefault("cons", {})
-        con = cache.pop(self.url, None)
+        # Per owner too: a connection is checked once for the owner it reads for.
+        key = (self.url, self.owner)
+        con = cache.pop(key, None)
         if con is None or con.closed or con.broken:
             con = connect(self.url, "reader", self.busy_timeout)
             self.opens += 1
-        cache[self.url] = con  # the most recently used last
+            try:
+                self._check_role(con)
+            except BaseException:
+                con.close()
+                raise
+        cache[key] = con  # the most recently used last
         while len(cache) > READERS_KEPT:  # a thread reading many databases keeps a few
             with contextlib.suppress(psycopg.Error):
                 cache.pop(next(iter(cache))).close()
         return con
+
+    def _check_role(self, con: psycopg.Connection) -> None:
+        """Refuse an owner that row security will never show: say why, not an empty store.
+
+        Under the documented row-level security a role sees only rows whose owner is its
+        own name; a JupyterHub user named otherwise would read nothing, silently."""
+        try:
+            row = con.execute(
+                "SELECT session_user, c.relrowsecurity AND NOT r.rolsuper AND NOT r.rolbypassrls "
+                "AND c.relowner <> r.oid FROM pg_class c JOIN pg_roles r ON r.rolname = session_user "
+                "WHERE c.oid = to_regclass(%s)",
+                [f"{SCHEMA}.runs"],
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise problem(self.url, exc, "be read") from exc
+        if row is not None and row[1] and row[0] != self.owner:
+            raise StoreError(
+                f"The agent store {self.location} applies row-level security: the database "
+                f"role {row[0]!r} reads and writes only rows owned by {row[0]!r}, but this "
+                f"store's owner is {self.owner!r} ($JUPYTERHUB_USER, else the login name), so "
+                "nothing could be read or written. Log in as the role named after the user, "
+                "or set JUPYTERHUB_USER to the role's name."
+            )
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -198,8 +228,8 @@ class PostgresStore(SQLStore):
     @contextlib.contextmanager
     def agent_lock(self, notebook: str, agent: str) -> Iterator[None]:
         """Be the only writer of this owner's agent ``agent`` of ``notebook``, on any host."""
-        key = lock_key("agent", self.owner, notebook, agent)
         locks = locks_of(self.url, self.busy_timeout)
+        key = locks.key("agent", self.owner, notebook, agent)
         holder = locks.acquire(key, reentrant=True)
         if holder == "here":
             raise AgentBusy.here(agent)
@@ -221,16 +251,36 @@ class PostgresStore(SQLStore):
         """Nothing to check for the whole store: each payload and blob read checks its owner."""
 
     def live_runs(self) -> set[str]:
-        """Runs of this owner whose writer holds its lock, on any host."""
-        where, args = self._where(
-            "lock_key IN (SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
-            "WHERE locktype = 'advisory' AND granted AND objsubid = 1)"
-        )
+        """Runs of this owner whose writer holds its lock, on any host.
+
+        Only a session of this role counts: another member holding the key fakes nothing."""
+        where, args = self._where(f"lock_key IN ({HELD_BY_ME})")
         with self._reads() as q:
             return {r[0] for r in q.all(f"SELECT run_id FROM {SCHEMA}.runs {where}", args)}
 
     def _collect(self, run_ids: list[str], keep: set[str]) -> None:
         """Nothing: the database holds everything of a run, values included."""
+
+    # -- what was learnt about models: each member's own -----------------------------------
+
+    def learnt_window(self, model: str) -> int | None:
+        """The context window ``model``'s endpoint last reported to this owner.
+
+        Per owner, not team-wide: what one member's endpoint (or one member) says
+        never makes another's agents compact."""
+        where, args = self._where("model = ?", args=[model])
+        with self._reads() as q:
+            row = first(q, f"SELECT tokens FROM {SCHEMA}.learnt_windows {where}", args)
+        return int(row[0]) if row else None
+
+    def remember_window(self, model: str, tokens: int) -> None:
+        """Remember ``model``'s context window for this owner's later runs."""
+        with self._writes("remember a context window") as q:
+            q.run(
+                f"INSERT INTO {SCHEMA}.learnt_windows (owner, model, tokens) VALUES (?, ?, ?) "
+                "ON CONFLICT (owner, model) DO UPDATE SET tokens = excluded.tokens",
+                [self.owner, model, int(tokens)],
+            )
 
     def sizes(self) -> dict[str, int]:
         """Bytes the agent tables take in the database (with indexes and TOAST)."""
@@ -242,4 +292,4 @@ class PostgresStore(SQLStore):
                 "WHERE n.nspname = ? AND c.relkind = 'r'",
                 [SCHEMA],
             )
-        return {"postgres": int(row[0]) if row else 0, "duckdb": 0, "journals": 0}
+        return {"postgres": int(row[0]) if row else 0}

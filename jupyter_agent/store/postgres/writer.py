@@ -9,6 +9,7 @@ advisory lock (see :mod:`jupyter_agent.store.postgres.locks`).
 
 from __future__ import annotations
 
+from secrets import randbits
 from typing import Any
 
 import psycopg
@@ -19,13 +20,18 @@ from ..dialect import CHECKPOINT_SELECT, RUN_SELECT
 from ..faults import crash, crash_due
 from ..rows import Record, malformed
 from ..writer import RunWriter
-from .admin import SCHEMA, connect, lock_key, problem
+from .admin import SCHEMA, connect, problem
 from .locks import locks_of
 
 
 def _text(value: Any) -> Any:
     """PostgreSQL text cannot hold NUL; DuckDB's could, so it is replaced, not refused."""
     return value.replace("\0", "\ufffd") if isinstance(value, str) else value
+
+
+def _random_key() -> int:
+    """A signed 64-bit advisory-lock key nobody can derive from names."""
+    return randbits(64) - (1 << 63)
 
 
 class PostgresRunWriter(RunWriter):
@@ -38,26 +44,40 @@ class PostgresRunWriter(RunWriter):
         self.url = url
         self.owner = owner
         self.run_id = run_id
-        self._key = lock_key("run", run_id)
         self._locks = locks_of(url, busy_timeout)
-        holder = self._locks.acquire(self._key, reentrant=False)
-        if holder is not None:
-            where = "in this process" if holder == "here" else f"elsewhere ({holder})"
-            raise AgentBusy(f"Run {run_id} is already being written {where}.")
+        self._con: psycopg.Connection | None = None
         try:
-            self._con: psycopg.Connection | None = connect(url, "writer", busy_timeout, create=True)
+            self._con = connect(url, "writer", busy_timeout, create=True)
             if "synchronous_commit" not in url:
                 # A commit need not wait for the server's disk: a dead kernel loses
                 # nothing, and a crashed server only the last moments' checkpoints
                 # (the run resumes before them). The URL can ask for it per commit.
                 self._con.execute("SET synchronous_commit = off")
-        except psycopg.Error as exc:
-            self._locks.release(self._key)
-            raise problem(url, exc, "start writing checkpoints") from exc
-        except BaseException:
-            self._locks.release(self._key)
+            self._key = self._run_key(self._con)
+        except BaseException as exc:
+            if self._con is not None:
+                self._con.close()
+            if isinstance(exc, psycopg.Error):
+                raise problem(url, exc, "start writing checkpoints") from exc
             raise
+        holder = self._locks.acquire(self._key, reentrant=False)
+        if holder is not None:
+            self._con.close()
+            where = "in this process" if holder == "here" else f"elsewhere ({holder})"
+            raise AgentBusy(f"Run {run_id} is already being written {where}.")
         self._blobs: list[list] = []
+
+    def _run_key(self, con: psycopg.Connection) -> int:
+        """The run's advisory-lock key: the one its row keeps, else a new random one.
+
+        Not derived from the run id, which travels in URLs, logs and exports: the key
+        is known only to those who can read the owner's row (and row security lets
+        only the owner)."""
+        row = con.execute(
+            f"SELECT lock_key FROM {SCHEMA}.runs WHERE run_id = %s AND owner = %s",
+            [self.run_id, self.owner],
+        ).fetchone()
+        return int(row[0]) if row else _random_key()
 
     def prepare_blob(self, digest: str, data: bytes) -> None:
         """Nothing to do ahead: the value goes into the database with its record."""
@@ -97,7 +117,11 @@ class PostgresRunWriter(RunWriter):
                 self._con.execute(
                     f"INSERT INTO {SCHEMA}.runs ({RUN_SELECT}, owner, lock_key) VALUES "
                     f"({', '.join(['%s'] * (len(RUN_COLUMNS) + 2))}) ON CONFLICT DO NOTHING",
-                    [*values, self.owner, lock_key("run", row["run_id"])],
+                    [
+                        *values,
+                        self.owner,
+                        self._key if row["run_id"] == self.run_id else _random_key(),
+                    ],
                 )
             else:
                 values = [row.get(c) for c in CHECKPOINT_COLUMNS]

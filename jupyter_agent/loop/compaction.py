@@ -25,7 +25,7 @@ from ..core.plan import PLANNER_PROMPT, progress
 from ..core.redaction import redact
 from ..core.state import BUDGET, RUNNING, Delta
 from ..errors import ContextOverflow, ModelError, StoreError
-from ..model.base import ModelClient
+from ..model.base import ModelClient, ModelReply
 from ..namespace import tracking as namespace
 from ..store.api import Store
 from .checkpoints import Recorder, Stop
@@ -74,6 +74,19 @@ class Window:
             self.sizes,
             self._planner(),
         )
+
+    def counted(self, reply: ModelReply) -> tuple[int, dict]:
+        """The tokens of ``reply`` for the ledger, and its usage to record.
+
+        Counts the endpoint misreported were dropped by :class:`ModelReply`;
+        the user hears which, once per reply.
+        """
+        if reply.odd_usage:
+            sent = ", ".join(f"{k}={v!r:.40}" for k, v in reply.odd_usage.items())
+            self.recorder.events.notice(
+                f"model: the endpoint's usage was ignored ({sent}): not a token count"
+            )
+        return reply.tokens, reply.usage
 
     def learn(self, usage: dict) -> None:
         """Correct the estimates by the prompt tokens the endpoint reported."""
@@ -159,7 +172,7 @@ class Window:
                     summary, compaction["replies"], compaction["results"]
                 ),
             }
-            tokens, usage = reply.tokens, reply.usage
+            tokens, usage = self.counted(reply)
         compaction["window"] = self.window
         after = context.estimate_tokens(
             context.model_view(state.messages, compaction, state.plan, self.sizes),

@@ -374,7 +374,7 @@ class ChatCompletionsClient:
                     continue
                 raise
             if not streaming:
-                acc.chunk(response.model_dump(exclude_none=True))
+                acc.chunk(response.model_dump(exclude_none=True, warnings=False))
                 return
             self._read_stream(response, acc)
             return
@@ -396,7 +396,7 @@ class ChatCompletionsClient:
             for chunk in stream:
                 if self.cancel.is_set():
                     raise Cancelled()
-                acc.chunk(chunk.model_dump(exclude_none=True))
+                acc.chunk(chunk.model_dump(exclude_none=True, warnings=False))
         finally:
             stream.close()
 

@@ -1,0 +1,60 @@
+"""Endpoints that misreport: odd or missing ``usage``, streams cut behind a proxy.
+
+The model is the scripted server over HTTP with the real openai client, the
+store a real DuckDB file; what the server sends is what such endpoints send.
+"""
+
+from __future__ import annotations
+
+import pytest
+from IPython import get_ipython
+from IPython.testing.globalipapp import start_ipython
+
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
+from jupyter_agent.testing import ScriptedServer
+
+
+def tool(code: str, **extra: object) -> dict:
+    return {"tool_calls": [{"name": "python", "arguments": {"code": code}}], **extra}
+
+
+@pytest.fixture
+def ip(store_path, scripted, monkeypatch):
+    monkeypatch.setenv("JUPYTER_AGENT_STORE", str(store_path))
+    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    shell = start_ipython() or get_ipython()
+    shell.run_line_magic("load_ext", "jupyter_agent")
+    shell.run_line_magic("config", "AgentMagics.retry_backoff = 0.01")
+    return shell
+
+
+def latest(store_path):
+    store = Store(store_path)
+    run = store.runs()[-1]
+    return store, run, store.checkpoints(run.run_id)
+
+
+def test_odd_usage_counts_are_ignored_with_a_notice_and_the_run_folds(
+    ip, scripted: ScriptedServer, store_path, capsys
+):
+    scripted.set_script(
+        [
+            tool("u1 = 1", usage={"prompt_tokens": 3_000_000_000, "completion_tokens": 5}),
+            tool("u2 = 2", usage={"prompt_tokens": "many", "completion_tokens": "5"}),
+            tool("u3 = 3", usage={"prompt_tokens": -2_000_000, "completion_tokens": -10}),
+            {"content": "Done."},
+        ]
+    )
+    ip.run_cell_magic("agent", "--model scripted --name odd --budget 50k", "Work.")
+    out = capsys.readouterr().out
+    store, run, cps = latest(store_path)  # opening the store folds the run's journal
+    assert cps[-1].status == "done", out
+    assert out.count("usage") >= 3, out  # one notice per odd reply
+    ledger = store.run_stats([run.run_id])[run.run_id]
+    assert 0 < ledger.tokens < 50_000 and ledger.tokens == sum(c.tokens for c in cps)
+    assert ledger.prompt_tokens >= 0 and ledger.completion_tokens >= 0
+    requests = len(scripted.requests)
+    ip.run_cell_magic("agent", "--model scripted --name odd --budget 50k", "Work.")
+    assert len(scripted.requests) == requests  # restored, nothing asked again
+    assert len(Store(store_path).runs()) == 1

@@ -58,3 +58,21 @@ def test_odd_usage_counts_are_ignored_with_a_notice_and_the_run_folds(
     ip.run_cell_magic("agent", "--model scripted --name odd --budget 50k", "Work.")
     assert len(scripted.requests) == requests  # restored, nothing asked again
     assert len(Store(store_path).runs()) == 1
+
+
+def test_without_usage_the_ledger_counts_estimates_and_the_budget_stops_the_run(
+    ip, scripted: ScriptedServer, store_path, capsys
+):
+    scripted.send_usage = False
+    script = [tool(f"n{i} = {i}\nprint('x' * 880, {i})") for i in range(30)]
+    scripted.set_script([*script, {"content": "All done."}])
+    ip.run_cell_magic("agent", "--model scripted --name nousage --budget 20k", "Spend.")
+    out = capsys.readouterr().out
+    store, run, cps = latest(store_path)
+    assert cps[-1].status == "budget", out
+    assert "paused at the budget" in out and "of 20,000 tokens" in out
+    ledger = store.run_stats([run.run_id])[run.run_id]
+    assert 0 < ledger.tokens <= 20_000
+    assert ledger.tokens == ledger.prompt_tokens + ledger.completion_tokens
+    model_steps = [c for c in cps if c.kind == "model"]
+    assert all(c.tokens > 0 and c.info.get("estimated") for c in model_steps)

@@ -75,18 +75,26 @@ class Window:
             self._planner(),
         )
 
-    def counted(self, reply: ModelReply) -> tuple[int, dict]:
-        """The tokens of ``reply`` for the ledger, and its usage to record.
+    def counted(self, reply: ModelReply, prompt: int) -> tuple[int, dict]:
+        """The tokens of ``reply`` for the ledger, and the ``info`` to record them with.
 
         Counts the endpoint misreported were dropped by :class:`ModelReply`;
-        the user hears which, once per reply.
+        the user hears which, once per reply. Counts missing (dropped or never
+        sent) are this agent's estimates (``prompt``: the request's), marked
+        ``estimated`` in the info, so a budget stops a run whatever the endpoint says.
         """
         if reply.odd_usage:
             sent = ", ".join(f"{k}={v!r:.40}" for k, v in reply.odd_usage.items())
             self.recorder.events.notice(
-                f"model: the endpoint's usage was ignored ({sent}): not a token count"
+                f"model: the endpoint's usage was ignored ({sent}): not a token count; "
+                "counted by estimate"
             )
-        return reply.tokens, reply.usage
+        completion = context.estimate_tokens([reply.message()], self.ratio)
+        tokens, usage, estimated = reply.counted(prompt, completion)
+        info: dict = {"usage": usage}
+        if estimated:
+            info["estimated"] = estimated
+        return tokens, info
 
     def learn(self, usage: dict) -> None:
         """Correct the estimates by the prompt tokens the endpoint reported."""
@@ -149,7 +157,7 @@ class Window:
         before = self.view_tokens(self.ratio)
         compaction = decision.compaction
         tokens = 0
-        usage: dict = {}
+        counts: dict = {"usage": {}}
         if decision.summarize is not None:
             start, end = decision.summarize
             request = context.summarizer_request(
@@ -160,7 +168,8 @@ class Window:
                 namespace.overview(self.recorder.shell.user_ns, list(state.vars)),
                 self.window,
             )
-            self.check_budget(context.estimate_tokens(request, self.ratio))
+            estimate = context.estimate_tokens(request, self.ratio)
+            self.check_budget(estimate)
             self.recorder.events.info(
                 f"Compacting the context (checkpoints before {end} into a summary)…"
             )
@@ -172,7 +181,7 @@ class Window:
                     summary, compaction["replies"], compaction["results"]
                 ),
             }
-            tokens, usage = self.counted(reply)
+            tokens, counts = self.counted(reply, estimate)
         compaction["window"] = self.window
         after = context.estimate_tokens(
             context.model_view(state.messages, compaction, state.plan, self.sizes),
@@ -193,7 +202,7 @@ class Window:
                 "after_tokens": after,
                 "messages_dropped": int(compaction.get("upto") or 0),
                 "window": self.window,
-                "usage": usage,
+                **counts,
             },
         )
 

@@ -136,6 +136,23 @@ class ModelReply:
     def tokens(self) -> int:
         return int(self.usage.get("total_tokens") or 0)
 
+    def counted(self, prompt: int, completion: int) -> tuple[int, dict, list[str]]:
+        """The reply's tokens for the ledger, its usage to record, and the counts estimated.
+
+        A count the endpoint did not send (some servers and proxies send no
+        ``usage``) or sent wrong is the caller's estimate (``prompt``,
+        ``completion``), so a budget still stops a run. The total is the
+        endpoint's if it sent one, else the sum.
+        """
+        usage = dict(self.usage)
+        estimated = [k for k in ("prompt_tokens", "completion_tokens") if k not in usage]
+        usage.setdefault("prompt_tokens", max(prompt, 0))
+        usage.setdefault("completion_tokens", max(completion, 0))
+        if "total_tokens" not in usage:
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            estimated.append("total_tokens")
+        return int(usage["total_tokens"]), usage, estimated
+
 
 class Hooks(TypedDict, total=False):
     """What a caller of :meth:`ModelClient.complete` hears while the reply is made.

@@ -76,3 +76,25 @@ def test_without_usage_the_ledger_counts_estimates_and_the_budget_stops_the_run(
     assert ledger.tokens == ledger.prompt_tokens + ledger.completion_tokens
     model_steps = [c for c in cps if c.kind == "model"]
     assert all(c.tokens > 0 and c.info.get("estimated") for c in model_steps)
+
+
+def test_a_tool_call_cut_behind_a_proxy_is_asked_again_not_a_step(
+    ip, scripted: ScriptedServer, store_path, capsys
+):
+    """LiteLLM ends a cut upstream stream with ``finish_reason: "stop"`` and ``[DONE]``."""
+    scripted.set_script(
+        [tool("cut1 = 41 + 1\nprint(cut1)", faults=["cut_stop"]), {"content": "Done."}]
+    )
+    ip.run_cell_magic("agent", "--model scripted --name proxied", "Compute.")
+    out = capsys.readouterr().out
+    store, run, cps = latest(store_path)
+    assert cps[-1].status == "done", out
+    assert ip.user_ns["cut1"] == 42
+    assert [c.kind for c in cps if c.kind in ("model", "tool_result")] == [
+        "model",
+        "tool_result",
+        "model",
+    ]
+    assert not any(c.info.get("error") for c in cps if c.kind == "tool_result")
+    assert scripted.turns_requested() == [0, 0, 1]  # the cut reply was asked for again
+    assert "cut" in out  # the retry is told

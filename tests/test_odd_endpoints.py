@@ -98,3 +98,60 @@ def test_a_tool_call_cut_behind_a_proxy_is_asked_again_not_a_step(
     assert not any(c.info.get("error") for c in cps if c.kind == "tool_result")
     assert scripted.turns_requested() == [0, 0, 1]  # the cut reply was asked for again
     assert "cut" in out  # the retry is told
+
+
+def plan_call(titles: list[str]) -> dict:
+    items = [{"title": t, "status": "pending"} for t in titles]
+    return {"tool_calls": [{"name": "update_plan", "arguments": {"items": items}}]}
+
+
+def test_a_plan_too_large_for_the_window_is_a_tool_error_and_no_request_overflows(
+    ip, scripted: ScriptedServer, store_path, capsys
+):
+    scripted.context_window = 4_000
+    huge = [f"item {n}: " + "check the column and its units " * 8 for n in range(150)]
+    scripted.set_script(
+        [
+            plan_call(huge),
+            plan_call(["load", "clean", "report"]),
+            {"content": "Planned."},
+        ]
+    )
+    ip.run_cell_magic(
+        "agent", "--model scripted --name planner --context-window 4000", "Plan the work."
+    )
+    out = capsys.readouterr().out
+    store, run, cps = latest(store_path)
+    assert cps[-1].status == "done", out
+    refused = [r for r in scripted.requests if r["outcome"] == "error:context_length_exceeded"]
+    assert refused == []  # no request was larger than the window
+    results = [c for c in cps if c.kind == "tool_result"]
+    assert results[0].info.get("error") or "error" in results[0].summary, results[0]
+    body = scripted.requests[1]["body"]  # the model was told why, in a tool message
+    told = [m["content"] for m in body["messages"] if m.get("role") == "tool"]
+    assert "too large" in told[-1] and "4,000" in told[-1], told
+    assert [i["title"] for i in cps[-1].info.get("plan") or results[-1].info["plan"]] == [
+        "load",
+        "clean",
+        "report",
+    ]
+
+
+def test_a_stored_plan_larger_than_a_smaller_window_is_cut_in_the_view_around_its_current_item():
+    """The window can shrink after a plan was written (learnt from the endpoint)."""
+    from jupyter_agent.core import context
+    from jupyter_agent.core import plan as plans
+
+    plan = [
+        {"title": f"step {n} " + "x" * 250, "status": "done" if n < 120 else "pending"}
+        for n in range(1, 201)
+    ]
+    limit = plans.max_chars(context.MIN_WINDOW * 2)
+    shown = plans.in_view(plan, limit)
+    text = context.plan_text(shown)
+    assert len(text) <= limit < len(context.plan_text(plan))
+    assert "] 120. step 120" in text  # the current item, with its own number
+    lines = text.splitlines()
+    assert lines[1].startswith("… items 1–") and lines[1].endswith(" done)"), lines
+    assert lines[-1].startswith("… items ") and lines[-1].endswith("–200 not shown (79 not done)")
+    assert plans.in_view(plan[:2], limit) == plan[:2]  # a plan that fits is shown whole

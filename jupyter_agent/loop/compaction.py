@@ -58,7 +58,7 @@ class Window:
     def view(self) -> list[dict]:
         """What the model is sent now (see :mod:`jupyter_agent.core.context`)."""
         state = self.recorder.state
-        return context.model_view(state.messages, state.compaction, state.plan, self.sizes) + (
+        return context.model_view(state.messages, state.compaction, self.plan(), self.sizes) + (
             self._planner()
         )
 
@@ -68,7 +68,7 @@ class Window:
         return context.view_tokens(
             state.messages,
             state.compaction,
-            state.plan,
+            self.plan(),
             ratio,
             self.tools,
             self.sizes,
@@ -104,6 +104,10 @@ class Window:
             raw = self.view_tokens(1.0)
             self.ratio = min(max(reported / max(raw, 1), 0.25), 4.0)
 
+    def plan(self) -> list[dict]:
+        """The plan as the model sees it: within its share of the window (see plans.in_view)."""
+        return plans.in_view(self.recorder.state.plan, plans.max_chars(self.window))
+
     def _planner(self) -> list[dict]:
         """The planner's instruction, while a plan run has no plan yet."""
         if self.plan_mode and not self.recorder.state.plan:
@@ -138,7 +142,7 @@ class Window:
         decision = context.decide(
             state.messages,
             state.compaction,
-            state.plan,
+            self.plan(),
             self.window,
             self.ratio,
             tools=self.tools,
@@ -184,7 +188,7 @@ class Window:
             tokens, counts = self.counted(reply, estimate)
         compaction["window"] = self.window
         after = context.estimate_tokens(
-            context.model_view(state.messages, compaction, state.plan, self.sizes),
+            context.model_view(state.messages, compaction, self.plan(), self.sizes),
             self.ratio,
             self.tools,
             self.sizes,

@@ -117,7 +117,9 @@ class Execution:
         self.toolbox = Toolbox([])
         self.model_step = ModelStep(self.recorder, self.window, client)
         #: The control tools by name; any other call goes to :attr:`tool_step`.
-        self.handlers: dict[str, Handler] = {"update_plan": PlanStep(self.recorder)}
+        self.handlers: dict[str, Handler] = {
+            "update_plan": PlanStep(self.recorder, lambda: self.window.window)
+        }
         if children is not None:
             self.handlers["delegate"] = DelegateStep(self.recorder, children, self)
             self.handlers["read_agent"] = ReadAgentStep(self.recorder, self.store)

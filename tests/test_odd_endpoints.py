@@ -155,3 +155,29 @@ def test_a_stored_plan_larger_than_a_smaller_window_is_cut_in_the_view_around_it
     assert lines[1].startswith("… items 1–") and lines[1].endswith(" done)"), lines
     assert lines[-1].startswith("… items ") and lines[-1].endswith("–200 not shown (79 not done)")
     assert plans.in_view(plan[:2], limit) == plan[:2]  # a plan that fits is shown whole
+
+
+def test_a_model_call_in_flight_at_a_kill_enters_the_ledger(kernel_factory, scripted, store_path):
+    """The endpoint served the request the kernel died waiting for: the ledger counts it."""
+    from jupyter_agent.model.offline import counted_usage
+
+    from .conftest import eventually
+
+    script = [tool(f"k{i} = {i}\nprint('x' * 880, {i})") for i in range(8)]
+    script[5] = {**script[5], "delay": 30}  # the kernel is killed while it waits for this one
+    scripted.set_script([*script, {"content": "All done."}])
+    source = "%%agent --model scripted --name inflight --budget 200k\nSpend."
+    k1 = kernel_factory()
+    k1.start(source, cell_id="inflight")
+    assert eventually(lambda: 5 in scripted.turns_requested(), 60)
+    k1.kill()
+    done = kernel_factory().run(source, cell_id="inflight")
+    assert "All done." in done.text, done.text
+    asked = [r for r in scripted.requests if r["turn"] >= 0]
+    assert [r["turn"] for r in asked] == [0, 1, 2, 3, 4, 5, 5, 6, 7, 8]
+    served = sum(counted_usage(r["body"]["messages"], 0)["prompt_tokens"] for r in asked)
+    store = Store(store_path)
+    run = store.runs()[-1]
+    ledger = store.run_stats([run.run_id])[run.run_id]
+    assert ledger.prompt_tokens >= served, (ledger, served)
+    assert ledger.tokens == sum(c.tokens for c in store.checkpoints(run.run_id))

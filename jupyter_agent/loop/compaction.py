@@ -114,12 +114,32 @@ class Window:
             return [{"role": "user", "content": context.HARNESS_NOTE + PLANNER_PROMPT}]
         return []
 
+    def next_completion(self) -> int:
+        """The estimate of the next reply's tokens: the run's average so far."""
+        state = self.recorder.state
+        return state.completion_tokens // state.model_calls if state.model_calls else 256
+
+    def unanswered(self) -> tuple[int, dict]:
+        """The tokens of a model call that may have been in flight when the run was
+        killed, by estimate, and the ``info`` to record them with.
+
+        The endpoint served it (and bills it) though its reply was never
+        checkpointed; it is the request the restored state would send now.
+        """
+        prompt, completion = self.view_tokens(self.ratio), self.next_completion()
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        return prompt + completion, {"usage": usage, "estimated": list(usage), "unanswered": 1}
+
     def check_budget(self, prompt_tokens: int) -> None:
         """Stop at a checkpoint if a call with this prompt would cross the budget."""
         if self.budget is None:
             return
         state = self.recorder.state
-        completion = state.completion_tokens // state.model_calls if state.model_calls else 256
+        completion = self.next_completion()
         next_cost = cost_of(prompt_tokens, completion, self.price)
         spent_cost = cost_of(state.prompt_tokens, state.completion_tokens, self.price)
         if not over_budget(

@@ -13,6 +13,8 @@ from IPython.testing.globalipapp import start_ipython
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
 
+from .conftest import BOTH_BACKENDS
+
 
 def tool(code: str, **extra: object) -> dict:
     return {"tool_calls": [{"name": "python", "arguments": {"code": code}}], **extra}
@@ -181,3 +183,51 @@ def test_a_model_call_in_flight_at_a_kill_enters_the_ledger(kernel_factory, scri
     ledger = store.run_stats([run.run_id])[run.run_id]
     assert ledger.prompt_tokens >= served, (ledger, served)
     assert ledger.tokens == sum(c.tokens for c in store.checkpoints(run.run_id))
+
+
+class Events:
+    """Where a run's events go when no cell shows them: kept, for the assertions."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def text(self, chunk: str) -> None:
+        pass
+
+    def info(self, message: str) -> None:
+        self.notes.append(message)
+
+    def notice(self, message: str) -> None:
+        self.notes.append(message)
+
+    def checkpoint(self, run: object, row: object, delta: object) -> None:
+        pass
+
+
+@BOTH_BACKENDS
+def test_a_checkpoint_never_holds_more_tokens_than_its_column(store_spec, tmp_path):
+    """A child's tokens count towards its parent's: their sum is not an endpoint's
+    number, and no store may refuse it at the end of the run."""
+    from types import SimpleNamespace
+
+    from jupyter_agent.core.state import DONE, RUNNING, RunState
+    from jupyter_agent.kernel.identity import AgentIdentity
+    from jupyter_agent.loop.checkpoints import Collaborators, Recorder
+    from jupyter_agent.loop.runs import new_run
+    from jupyter_agent.store.api import MAX_ROW_TOKENS
+    from jupyter_agent.store.open import open_store
+
+    store = open_store(store_spec)
+    identity = AgentIdentity(str(tmp_path / "n.ipynb"), "ledger", None, "test")
+    run = new_run(identity, "Count.", "scripted")
+    collaborators = Collaborators(store, SimpleNamespace(user_ns={}), Events())
+    recorder = Recorder(run, RunState(), collaborators, [])
+    recorder.writer = store.writer(run.run_id)
+    recorder.writer.put_run(run)
+    recorder.checkpoint("start", RUNNING, "Count.")
+    recorder.checkpoint("tool_result", RUNNING, "children's work", tokens=3 * 2**31)
+    recorder.checkpoint("model", DONE, "Counted.", tokens=5)
+    recorder.writer.close()
+    cps = open_store(store_spec).checkpoints(run.run_id)
+    assert [c.tokens for c in cps] == [0, MAX_ROW_TOKENS, 5]
+    assert recorder.state.tokens == MAX_ROW_TOKENS + 5  # the state says what the store says

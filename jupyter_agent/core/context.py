@@ -148,9 +148,18 @@ class Sizes:
     def stub(self, msg: dict) -> dict:
         short = self._hit(self._stubs, self._older[1], msg)
         if short is None:
-            short = stub(msg)
+            short = stub(msg) if msg.get("role") == "tool" else short_plan_calls(msg)
             self._stubs[id(msg)] = (msg, short)
         return short
+
+    def shown(self, msg: dict, trimmed: bool) -> dict:
+        """A message of the view's latest steps as sent: a tool result's output
+        stubbed if ``trimmed``, a reply's long plan arguments always (see
+        :func:`short_plan_calls`)."""
+        role = msg.get("role")
+        if (role == "tool" and trimmed) or (role == "assistant" and msg.get("tool_calls")):
+            return self.stub(msg)
+        return msg
 
     def pinned(self, messages: list[dict], start: int, end: int) -> list[dict]:
         """The pinned messages of ``messages[start:end]``, found once per compaction.
@@ -171,9 +180,7 @@ class Sizes:
         if held is not messages or bounds != (upto, trim_before) or counted > len(messages):
             counted, chars = upto, 0
         for i in range(max(counted, upto), len(messages)):
-            msg = messages[i]
-            tool = msg.get("role") == "tool"
-            chars += self.chars(self.stub(msg) if tool and i < trim_before else msg)
+            chars += self.chars(self.shown(messages[i], i < trim_before))
         self._tail = (messages, (upto, trim_before), len(messages), chars)
         return chars, max(len(messages) - upto, 0)
 
@@ -230,10 +237,47 @@ def stub(msg: dict) -> dict:
     return {**msg, "content": note}
 
 
+#: ``update_plan`` arguments longer than this are not sent back in the model's
+#: view: the plan they wrote is shown there already (or they were refused).
+PLAN_ARGS_KEPT = 400
+
+
+def short_plan_calls(msg: dict) -> dict:
+    """An assistant message with its long ``update_plan`` arguments replaced by a note.
+
+    A plan is in every request as the current plan; its call's arguments
+    repeated as well would count it twice, and an oversized plan, refused,
+    would stay in every request after it.
+    """
+    calls = msg.get("tool_calls") or []
+    if not any(_long_plan_call(c) for c in calls):
+        return msg
+    note = "(not repeated here: the current plan is shown above, or the call was refused)"
+    return {
+        **msg,
+        "tool_calls": [
+            {**c, "function": {"name": "update_plan", "arguments": json.dumps({"items": note})}}
+            if _long_plan_call(c)
+            else c
+            for c in calls
+        ],
+    }
+
+
+def _long_plan_call(call: dict) -> bool:
+    fn = call.get("function") or {}
+    args = fn.get("arguments")
+    return fn.get("name") == "update_plan" and isinstance(args, str) and len(args) > PLAN_ARGS_KEPT
+
+
 def plan_text(plan: list[dict]) -> str:
+    """The plan as the model reads it; an item may carry its number (``n``), and an
+    ``elided`` entry stands for items left out (see :func:`..plan.in_view`)."""
     marks = {"done": "x", "in_progress": ">", "pending": " "}
     rows = [
-        f"[{marks.get(str(i.get('status')), ' ')}] {n}. {i.get('title')}"
+        f"… {i['elided']}"
+        if "elided" in i
+        else f"[{marks.get(str(i.get('status')), ' ')}] {i.get('n', n)}. {i.get('title')}"
         for n, i in enumerate(plan, 1)
     ]
     return "Current plan (keep it current with update_plan):\n" + "\n".join(rows)
@@ -258,14 +302,11 @@ def model_view(
     messages: list[dict], compaction: dict, plan: list[dict], sizes: Sizes | None = None
 ) -> list[dict]:
     """The messages sent to the model for a history and its latest compaction."""
-    shorten = stub
     if sizes is not None:
         sizes.turn()
-        shorten = sizes.stub
-    view, upto, trim_before = _view_head(messages, compaction, plan, sizes or Sizes())
-    for i in range(upto, len(messages)):
-        msg = messages[i]
-        view.append(shorten(msg) if msg.get("role") == "tool" and i < trim_before else msg)
+    sizes = sizes or Sizes()
+    view, upto, trim_before = _view_head(messages, compaction, plan, sizes)
+    view += [sizes.shown(messages[i], i < trim_before) for i in range(upto, len(messages))]
     return view
 
 

@@ -20,6 +20,9 @@ from . import context
 STATUSES = ("pending", "in_progress", "done")
 MAX_ITEMS = 200
 MAX_TITLE = 300
+#: The share of the context window the plan may take in the model's view: it is
+#: in every request, and must leave the window to the work.
+PLAN_SHARE = 0.1
 
 UPDATE_PLAN_TOOL = {
     "type": "function",
@@ -56,8 +59,18 @@ PLANNER_PROMPT = (
 )
 
 
-def parse_items(arguments: str) -> list[dict]:
-    """The validated item list of an ``update_plan`` call."""
+def max_chars(window: int) -> int:
+    """The characters the plan may take in the view of a ``window``-token model
+    (:data:`PLAN_SHARE`, at four characters a token as the estimates count)."""
+    return int(window * PLAN_SHARE * 4)
+
+
+def parse_items(arguments: str, window: int | None = None) -> list[dict]:
+    """The validated item list of an ``update_plan`` call.
+
+    With ``window`` (the model's, in tokens), a plan larger than it can hold
+    (:func:`max_chars`) is refused: it would be in every request.
+    """
     try:
         args = json.loads(arguments) if arguments.strip() else {}
     except json.JSONDecodeError as exc:
@@ -81,6 +94,47 @@ def parse_items(arguments: str) -> list[dict]:
         if status not in STATUSES:
             raise PlanError(f"Item {n} has status {status!r}; use one of {', '.join(STATUSES)}.")
         out.append({"title": " ".join(item["title"].split())[:MAX_TITLE], "status": status})
+    size = len(context.plan_text(out))
+    if window is not None and size > max_chars(window):
+        raise PlanError(
+            f"The plan is too large: {size:,} characters, and in this model's context window "
+            f"({window:,} tokens) it may take at most {max_chars(window):,}. Write fewer "
+            "items with shorter titles (group smaller ones)."
+        )
+    return out
+
+
+def in_view(plan: list[dict], limit: int) -> list[dict]:
+    """The plan as the model's view shows it: whole if it fits in ``limit`` characters,
+    else the items around the current one, numbered, with what is left out counted.
+
+    A plan is refused above the limit when it is written, but the window can
+    shrink later (learnt from the endpoint), and a request must still fit.
+    """
+    if len(context.plan_text(plan)) <= limit:
+        return plan
+    numbered = [{**item, "n": n} for n, item in enumerate(plan, 1)]
+    at = current_item(plan)
+    lo = hi = len(plan) - 1 if at is None else at
+    room = limit - len(context.plan_text([numbered[lo]])) - 2 * 80  # the two counts
+    while room > 0 and (lo > 0 or hi < len(plan) - 1):
+        grown = False
+        for side in (hi + 1, lo - 1):
+            if 0 <= side < len(plan) and not lo <= side <= hi:
+                cost = len(context.plan_text([numbered[side]])) - len(context.plan_text([]))
+                if cost > room:
+                    continue
+                room -= cost
+                lo, hi, grown = min(lo, side), max(hi, side), True
+        if not grown:
+            break
+    out = numbered[lo : hi + 1]
+    if lo:
+        done = sum(1 for i in plan[:lo] if i.get("status") == "done")
+        out.insert(0, {"elided": f"items 1–{lo} not shown ({done} done)"})
+    if hi < len(plan) - 1:
+        left = sum(1 for i in plan[hi + 1 :] if i.get("status") != "done")
+        out.append({"elided": f"items {hi + 2}–{len(plan)} not shown ({left} not done)"})
     return out
 
 

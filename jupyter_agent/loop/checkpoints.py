@@ -28,7 +28,7 @@ from ..core.redaction import StreamRedactor, redact
 from ..core.state import RUNNING, Delta, RunState, encode_delta
 from ..namespace import tracking as namespace
 from ..namespace.lock import NamespaceLock
-from ..store.api import CheckpointRow, RunRow, RunWriterLike, Store
+from ..store.api import MAX_ROW_TOKENS, CheckpointRow, RunRow, RunWriterLike, Store
 from ..tools.base import ToolResult
 from ..tools.delegate import Children
 
@@ -165,6 +165,7 @@ class Recorder:
         assert self.writer is not None
         self.write_saved()  # checkpoints are written in step order
         delta = delta or Delta()
+        tokens = min(max(int(tokens), 0), MAX_ROW_TOKENS)  # what the column holds
         if kind == "compaction" and delta.compaction is not None:
             # The state before this checkpoint, for a resume to fold from (see state).
             point = self.state.snapshot(int(delta.compaction.get("upto") or 0))

@@ -25,7 +25,7 @@ from ..core.plan import PLANNER_PROMPT, progress
 from ..core.redaction import redact
 from ..core.state import BUDGET, RUNNING, Delta
 from ..errors import ContextOverflow, ModelError, StoreError
-from ..model.base import ModelClient
+from ..model.base import ModelClient, ModelReply
 from ..namespace import tracking as namespace
 from ..store.api import Store
 from .checkpoints import Recorder, Stop
@@ -58,7 +58,7 @@ class Window:
     def view(self) -> list[dict]:
         """What the model is sent now (see :mod:`jupyter_agent.core.context`)."""
         state = self.recorder.state
-        return context.model_view(state.messages, state.compaction, state.plan, self.sizes) + (
+        return context.model_view(state.messages, state.compaction, self.plan(), self.sizes) + (
             self._planner()
         )
 
@@ -68,12 +68,33 @@ class Window:
         return context.view_tokens(
             state.messages,
             state.compaction,
-            state.plan,
+            self.plan(),
             ratio,
             self.tools,
             self.sizes,
             self._planner(),
         )
+
+    def counted(self, reply: ModelReply, prompt: int) -> tuple[int, dict]:
+        """The tokens of ``reply`` for the ledger, and the ``info`` to record them with.
+
+        Counts the endpoint misreported were dropped by :class:`ModelReply`;
+        the user hears which, once per reply. Counts missing (dropped or never
+        sent) are this agent's estimates (``prompt``: the request's), marked
+        ``estimated`` in the info, so a budget stops a run whatever the endpoint says.
+        """
+        if reply.odd_usage:
+            sent = ", ".join(f"{k}={v!r:.40}" for k, v in reply.odd_usage.items())
+            self.recorder.events.notice(
+                f"model: the endpoint's usage was ignored ({sent}): not a token count; "
+                "counted by estimate"
+            )
+        completion = context.estimate_tokens([reply.message()], self.ratio)
+        tokens, usage, estimated = reply.counted(prompt, completion)
+        info: dict = {"usage": usage}
+        if estimated:
+            info["estimated"] = estimated
+        return tokens, info
 
     def learn(self, usage: dict) -> None:
         """Correct the estimates by the prompt tokens the endpoint reported."""
@@ -83,18 +104,42 @@ class Window:
             raw = self.view_tokens(1.0)
             self.ratio = min(max(reported / max(raw, 1), 0.25), 4.0)
 
+    def plan(self) -> list[dict]:
+        """The plan as the model sees it: within its share of the window (see plans.in_view)."""
+        return plans.in_view(self.recorder.state.plan, plans.max_chars(self.window))
+
     def _planner(self) -> list[dict]:
         """The planner's instruction, while a plan run has no plan yet."""
         if self.plan_mode and not self.recorder.state.plan:
             return [{"role": "user", "content": context.HARNESS_NOTE + PLANNER_PROMPT}]
         return []
 
+    def next_completion(self) -> int:
+        """The estimate of the next reply's tokens: the run's average so far."""
+        state = self.recorder.state
+        return state.completion_tokens // state.model_calls if state.model_calls else 256
+
+    def unanswered(self) -> tuple[int, dict]:
+        """The tokens of a model call that may have been in flight when the run was
+        killed, by estimate, and the ``info`` to record them with.
+
+        The endpoint served it (and bills it) though its reply was never
+        checkpointed; it is the request the restored state would send now.
+        """
+        prompt, completion = self.view_tokens(self.ratio), self.next_completion()
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        return prompt + completion, {"usage": usage, "estimated": list(usage), "unanswered": 1}
+
     def check_budget(self, prompt_tokens: int) -> None:
         """Stop at a checkpoint if a call with this prompt would cross the budget."""
         if self.budget is None:
             return
         state = self.recorder.state
-        completion = state.completion_tokens // state.model_calls if state.model_calls else 256
+        completion = self.next_completion()
         next_cost = cost_of(prompt_tokens, completion, self.price)
         spent_cost = cost_of(state.prompt_tokens, state.completion_tokens, self.price)
         if not over_budget(
@@ -117,7 +162,7 @@ class Window:
         decision = context.decide(
             state.messages,
             state.compaction,
-            state.plan,
+            self.plan(),
             self.window,
             self.ratio,
             tools=self.tools,
@@ -136,7 +181,7 @@ class Window:
         before = self.view_tokens(self.ratio)
         compaction = decision.compaction
         tokens = 0
-        usage: dict = {}
+        counts: dict = {"usage": {}}
         if decision.summarize is not None:
             start, end = decision.summarize
             request = context.summarizer_request(
@@ -147,7 +192,8 @@ class Window:
                 namespace.overview(self.recorder.shell.user_ns, list(state.vars)),
                 self.window,
             )
-            self.check_budget(context.estimate_tokens(request, self.ratio))
+            estimate = context.estimate_tokens(request, self.ratio)
+            self.check_budget(estimate)
             self.recorder.events.info(
                 f"Compacting the context (checkpoints before {end} into a summary)…"
             )
@@ -159,10 +205,10 @@ class Window:
                     summary, compaction["replies"], compaction["results"]
                 ),
             }
-            tokens, usage = reply.tokens, reply.usage
+            tokens, counts = self.counted(reply, estimate)
         compaction["window"] = self.window
         after = context.estimate_tokens(
-            context.model_view(state.messages, compaction, state.plan, self.sizes),
+            context.model_view(state.messages, compaction, self.plan(), self.sizes),
             self.ratio,
             self.tools,
             self.sizes,
@@ -180,7 +226,7 @@ class Window:
                 "after_tokens": after,
                 "messages_dropped": int(compaction.get("upto") or 0),
                 "window": self.window,
-                "usage": usage,
+                **counts,
             },
         )
 

@@ -15,6 +15,7 @@ kernel's runtime gives the execution a :class:`Children`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +36,13 @@ class PlanStep:
     """``update_plan``: the plan as the model wrote it, checked, as the call's result."""
 
     recorder: Recorder
+    #: The model's context window now, in tokens: a plan must leave it to the work.
+    window: Callable[[], int]
 
     def __call__(self, call: dict) -> None:
         try:
-            plan = parse_items((call.get("function") or {}).get("arguments") or "")
+            arguments = (call.get("function") or {}).get("arguments") or ""
+            plan = parse_items(arguments, self.window())
         except PlanError as exc:
             self.recorder.tool_result(
                 call["id"], ToolResult(f"Error: {exc}", error=True, executed=False)

@@ -73,6 +73,8 @@ SYSTEM_PROMPT = (
 )
 FORK_SKIPPED = "Not run: the user gave a new instruction at this point instead."
 DECIDED = {"approve": "approved", "reject": "rejected", "edit": "edited"}
+#: Checkpoints a running execution follows with a model call (or a summary's).
+ASKS_MODEL_NEXT = ("start", "resume", "fork", "tool_result", "compaction")
 
 #: Answers one kind of tool call, checkpointing its result (or raising :class:`Stop`).
 Handler = Callable[[dict], None]
@@ -117,7 +119,9 @@ class Execution:
         self.toolbox = Toolbox([])
         self.model_step = ModelStep(self.recorder, self.window, client)
         #: The control tools by name; any other call goes to :attr:`tool_step`.
-        self.handlers: dict[str, Handler] = {"update_plan": PlanStep(self.recorder)}
+        self.handlers: dict[str, Handler] = {
+            "update_plan": PlanStep(self.recorder, lambda: self.window.window)
+        }
         if children is not None:
             self.handlers["delegate"] = DelegateStep(self.recorder, children, self)
             self.handlers["read_agent"] = ReadAgentStep(self.recorder, self.store)
@@ -248,6 +252,17 @@ class Execution:
         }
 
     def _resume(self) -> None:
+        """The resume checkpoint; it counts a model call the stop may have left unanswered.
+
+        A run still ``running`` after a checkpoint that leads to a model call
+        was stopped by a kill, perhaps while the call was in flight: its tokens
+        enter the ledger here, by estimate, so kills do not let a run spend
+        past its budget unseen (at worst a call that never went out is counted).
+        """
+        tokens = 0
+        counted: dict = {}
+        if self.state.status == RUNNING and self.state.kind in ASKS_MODEL_NEXT:
+            tokens, counted = self.window.unanswered()
         messages = []
         if self.state.status == STUCK:
             reason = self.state_reason()
@@ -264,7 +279,9 @@ class Execution:
                 "from_status": self.state.status,
                 "saved_tokens": self.state.tokens,
                 **self._recorded(),
+                **counted,
             },
+            tokens=tokens,
         )
 
     def state_reason(self) -> str:

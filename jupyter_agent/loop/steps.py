@@ -61,6 +61,7 @@ class ModelStep:
             window.overflowed(exc, estimate)
             return False
         window.learn(reply.usage)
+        tokens, counts = window.counted(reply, estimate)
         message = redact(reply.message(), recorder.secrets)
         done = not reply.tool_calls
         state = recorder.state
@@ -71,7 +72,7 @@ class ModelStep:
         else:
             names = ", ".join(c["function"]["name"] or "?" for c in reply.tool_calls)
             summary = (reply.content + " → " if reply.content.strip() else "→ ") + names
-        info: dict[str, Any] = {"usage": reply.usage, "tool_calls": len(reply.tool_calls)}
+        info: dict[str, Any] = {**counts, "tool_calls": len(reply.tool_calls)}
         if reply.attempts > 1:  # what it took: visible in the timeline entry
             info["attempts"], info["retries"] = reply.attempts, reply.retries
         if reply.reasoning:
@@ -87,7 +88,7 @@ class ModelStep:
             DONE if done else RUNNING,
             summary,
             delta,
-            tokens=reply.tokens,
+            tokens=tokens,
             info=info,
             durable=not reply.tool_calls,
         )

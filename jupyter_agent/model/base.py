@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 OFFLINE_MODEL = "offline"
 #: The token counts of ``usage`` the loop reads; each is checked before it is kept.
 USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+#: The largest count one reply can report: ten times the largest context windows
+#: known. A larger one is a misreport, and would overflow the ledger's columns.
+MAX_COUNT = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -69,25 +72,34 @@ def checked_usage(usage: dict) -> dict:
     """``usage`` without what cannot be a token count: the loop budgets and sizes with it.
 
     An endpoint's numbers are not trusted blindly: a count of
-    :data:`USAGE_COUNTS` that is not a finite number of at least 0 (a string,
-    a negative, NaN) is dropped, as is any ``None``; the rest is kept as sent.
+    :data:`USAGE_COUNTS` that is not a whole number from 0 to :data:`MAX_COUNT`
+    (a string, a negative, NaN, 2**40) is dropped, as is any ``None``; the rest
+    is kept as sent. :func:`odd_counts` says what was dropped.
     """
     if not isinstance(usage, dict):
         return {}
-    kept = {}
-    for key, value in usage.items():
-        if value is None:
-            continue
-        if key in USAGE_COUNTS and not _is_count(value):
-            continue
-        kept[key] = value
-    return kept
+    return {
+        key: value
+        for key, value in usage.items()
+        if value is not None and (key not in USAGE_COUNTS or _is_count(value))
+    }
+
+
+def odd_counts(usage: object) -> dict[str, object]:
+    """The counts of ``usage`` that :func:`checked_usage` drops, as sent (``None`` aside)."""
+    if not isinstance(usage, dict):
+        return {} if usage is None else {"usage": usage}
+    return {
+        key: usage[key]
+        for key in USAGE_COUNTS
+        if usage.get(key) is not None and not _is_count(usage[key])
+    }
 
 
 def _is_count(value: object) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    return math.isfinite(value) and value >= 0
+    return math.isfinite(value) and 0 <= value <= MAX_COUNT
 
 
 @dataclass
@@ -106,8 +118,11 @@ class ModelReply:
     attempts: int = 1
     #: The problems that caused each retry, in order (redacted).
     retries: list[str] = field(default_factory=list)
+    #: The counts the endpoint sent that were not token counts (dropped from ``usage``).
+    odd_usage: dict[str, object] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
+        self.odd_usage = odd_counts(self.usage)
         self.usage = checked_usage(self.usage)
 
     def message(self) -> dict:
@@ -120,6 +135,23 @@ class ModelReply:
     @property
     def tokens(self) -> int:
         return int(self.usage.get("total_tokens") or 0)
+
+    def counted(self, prompt: int, completion: int) -> tuple[int, dict, list[str]]:
+        """The reply's tokens for the ledger, its usage to record, and the counts estimated.
+
+        A count the endpoint did not send (some servers and proxies send no
+        ``usage``) or sent wrong is the caller's estimate (``prompt``,
+        ``completion``), so a budget still stops a run. The total is the
+        endpoint's if it sent one, else the sum.
+        """
+        usage = dict(self.usage)
+        estimated = [k for k in ("prompt_tokens", "completion_tokens") if k not in usage]
+        usage.setdefault("prompt_tokens", max(prompt, 0))
+        usage.setdefault("completion_tokens", max(completion, 0))
+        if "total_tokens" not in usage:
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            estimated.append("total_tokens")
+        return int(usage["total_tokens"]), usage, estimated
 
 
 class Hooks(TypedDict, total=False):
@@ -154,8 +186,9 @@ class ModelClient(Protocol):
       :class:`ContextOverflow` when the prompt does not fit (the loop compacts
       and asks again), :class:`ReplyLimitExceeded` for a runaway reply.
     * **Usage is checked, not trusted**: the reply's ``usage`` holds only counts
-      that are numbers of at least 0 (:class:`ModelReply` sees to that) and may
-      be empty when the model did not say.
+      that are numbers from 0 to :data:`MAX_COUNT` (:class:`ModelReply` sees to
+      that, and keeps what it dropped in ``odd_usage``) and may be empty when
+      the model did not say.
     * **Cancellation**: once :attr:`cancel` is set, ``complete`` raises
       :class:`Cancelled` instead of waiting or streaming on; the loop also
       reads it between steps and passes it to the namespace lock.

@@ -72,6 +72,29 @@ class _Truncated(_Retry):
         self.completion_tokens = completion_tokens
 
 
+class _CutCall(_Retry):
+    """A tool call's arguments do not parse as JSON though the reply said it finished.
+
+    Proxies (LiteLLM) end a stream cut upstream with ``finish_reason: "stop"``
+    and ``[DONE]``; half arguments are the one trace of it a client can see.
+    """
+
+    def __init__(self, reply: ModelReply, name: str) -> None:
+        super().__init__(f"the arguments of the {name!r} call were cut (not valid JSON)")
+        self.reply = reply
+
+
+def _parses(arguments: str) -> bool:
+    """Whether tool-call ``arguments`` are whole JSON (empty counts: no arguments)."""
+    if not arguments.strip():
+        return True
+    try:
+        json.loads(arguments)
+    except ValueError:
+        return False
+    return True
+
+
 class _ReasoningOnly(_Retry):
     """The model reasoned and finished without an answer or a tool call."""
 
@@ -195,6 +218,9 @@ class _Reply:
             raise ModelError("The endpoint's content filter stopped the model's reply.")
         if self.finish == "length":
             raise _Truncated(int(reply.usage.get("completion_tokens") or self.size // 3))
+        for call in reply.tool_calls:
+            if not _parses(call["function"]["arguments"]):
+                raise _CutCall(reply, call["function"]["name"][:60])
         if reply.content.strip() or reply.tool_calls:
             return reply
         if reply.reasoning.strip():
@@ -259,7 +285,9 @@ class ChatCompletionsClient:
         Raises :class:`ContextOverflow` (the prompt does not fit: compact and ask
         again), :class:`ReplyLimitExceeded`, :class:`ModelError` or :class:`Cancelled`.
         A reply that is only reasoning is asked for once more, then accepted with
-        empty content.
+        empty content. A reply whose tool call's arguments are not valid JSON is
+        taken for a cut stream and asked for again; if every attempt says the
+        same, it is returned, and the caller answers the call as malformed.
         """
         on_text = hooks.get("on_text") or _ignore
         on_retry = hooks.get("on_retry") or _ignore
@@ -281,6 +309,11 @@ class ChatCompletionsClient:
                     exc.reply.attempts, exc.reply.retries = attempt + 1, problems
                     return exc.reply
                 reasoning_only, problem, wait = exc.reply, str(exc), 0.0
+            except _CutCall as exc:
+                if attempt >= self.retries:  # whole each time: the model's own mistake
+                    exc.reply.attempts, exc.reply.retries = attempt + 1, problems
+                    return exc.reply
+                problem, wait = str(exc), 0.0
             except _Truncated as exc:
                 room = min(max(MIN_ROOM, 2 * exc.completion_tokens, 2 * (room or 0)), MAX_ROOM)
                 problem, wait = f"{exc}; asking for room for {room:,} tokens", 0.0
@@ -374,7 +407,7 @@ class ChatCompletionsClient:
                     continue
                 raise
             if not streaming:
-                acc.chunk(response.model_dump(exclude_none=True))
+                acc.chunk(response.model_dump(exclude_none=True, warnings=False))
                 return
             self._read_stream(response, acc)
             return
@@ -396,7 +429,7 @@ class ChatCompletionsClient:
             for chunk in stream:
                 if self.cancel.is_set():
                     raise Cancelled()
-                acc.chunk(chunk.model_dump(exclude_none=True))
+                acc.chunk(chunk.model_dump(exclude_none=True, warnings=False))
         finally:
             stream.close()
 

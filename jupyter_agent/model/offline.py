@@ -84,17 +84,15 @@ def conversation_chars(messages: list[Any]) -> int:
 def counted_usage(messages: list[Any], reply_chars: int, given: dict | None = None) -> dict:
     """Usage of a reply of ``reply_chars`` characters to ``messages``: characters / 4.
 
-    A reply counts at least one token. ``given`` overrides either count (a
-    script that says what the endpoint reports).
+    A reply counts at least one token. ``given`` overrides any count, as it is
+    (a script that says what the endpoint reports, odd values included).
     """
     given = given or {}
-    prompt = int(given.get("prompt_tokens", conversation_chars(messages) // 4))
-    completion = int(given.get("completion_tokens", reply_chars // 4 + 1))
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
+    prompt = given.get("prompt_tokens", conversation_chars(messages) // 4)
+    completion = given.get("completion_tokens", reply_chars // 4 + 1)
+    numbers = isinstance(prompt, int) and isinstance(completion, int)
+    total = given.get("total_tokens", prompt + completion if numbers else None)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
 
 
 def pieces(text: str) -> list[str]:

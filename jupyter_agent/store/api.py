@@ -199,6 +199,9 @@ class StoreInfo:
 
 RUN_COLUMNS = [f.name for f in fields(RunRow)]
 CHECKPOINT_COLUMNS = [f.name for f in fields(CheckpointRow)]
+#: The most a checkpoint's ``tokens`` can hold: the column is ``INTEGER`` on every
+#: backend, and a record it refuses would keep its run from being folded in.
+MAX_ROW_TOKENS = 2**31 - 1
 
 
 class Capability(enum.Enum):

@@ -218,7 +218,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_raw(200, b'{"id": "' + cid.encode() + b'", "choices": [', "application/json")
             return
         finish = None if fault == "cut" else reply.finish_reason
-        self._send_json(200, reply.completion(cid, model, finish), req_id)
+        completion = reply.completion(cid, model, finish)
+        if not owner.send_usage:
+            del completion["usage"]
+        self._send_json(200, completion, req_id)
 
     def _stream(
         self,
@@ -232,6 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         opts = body.get("stream_options")
         include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
+        include_usage = include_usage and owner.send_usage
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
@@ -260,6 +264,18 @@ class _Handler(BaseHTTPRequestHandler):
                 event(chunk(deltas[0]))
             # Abrupt end: no [DONE], no terminating zero-length chunk.
             self.close_connection = True
+            return
+        if fault == "cut_stop":
+            # A proxy whose upstream stream was cut: half the reply, then a clean
+            # finish ("stop"), usage and [DONE], as LiteLLM sends it.
+            for delta in deltas[: max(1, len(deltas) - 1)]:
+                event(chunk(delta))
+            event(chunk({}, "stop"))
+            if include_usage:
+                event(chunk(None))
+            send(b"data: [DONE]\n\n")
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
             return
         if fault in ("cut", *STREAM_ERRORS):
             # All but the last delta (a tool call's arguments stay half), then a clean
@@ -341,6 +357,8 @@ class ScriptedServer(Replay):
     stream_json: bool = False
     #: Refuse any request carrying ``stream_options`` with a 400, as older servers do.
     reject_stream_options: bool = False
+    #: Send ``usage`` when asked; False: never, as some mock servers and proxies do.
+    send_usage: bool = True
     _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _conns: set[socket.socket] = field(default_factory=set, init=False, repr=False)
     _httpd: _HTTPServer | None = field(default=None, init=False, repr=False)

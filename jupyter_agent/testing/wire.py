@@ -21,7 +21,9 @@ Script = list[dict[str, Any]] | Callable[[dict[str, Any]], dict[str, Any]] | Non
 #: HTTP errors (``429``, ``500``, ``503``; ``401`` echoing the key like OpenAI does;
 #: ``proxy_400``, a LiteLLM-style error pasted over several lines), ``timeout``,
 #: ``drop`` (connection lost mid-stream), ``cut`` (the stream ends cleanly but
-#: early: no ``finish_reason``, no ``[DONE]``), ``length`` (half the reply, with
+#: early: no ``finish_reason``, no ``[DONE]``), ``cut_stop`` (the same half reply,
+#: then ``finish_reason: "stop"`` and ``[DONE]``, as a proxy whose upstream was cut
+#: sends it), ``length`` (half the reply, with
 #: ``finish_reason: "length"``; ``content_filter`` likewise), ``stream_error`` / ``stream_error_fatal`` (an
 #: ``error`` event inside the stream, transient / permanent), ``endless`` (text
 #: that never stops), ``malformed`` and ``empty``.
@@ -34,6 +36,7 @@ FAULT_KINDS = (
     "timeout",
     "drop",
     "cut",
+    "cut_stop",
     "length",
     "content_filter",
     "stream_error",

@@ -652,3 +652,36 @@ def test_read_agent_passes_a_siblings_answer_and_the_timeline_nests_children(
     assert view.summary()["steps"] == 3  # the children's steps are theirs, not lead's
     opened = detail(view, alpha["run"], alpha["items"][-1]["step"])
     assert opened["messages"][0]["content"] == "alpha counted 42 rows"
+
+
+BACKGROUND_LOADER = "%%agent -m scripted --name loader --background\nLoad the data."
+ANALYST = "%%agent -m scripted --name analyst --after loader\nClean the data."
+
+
+def run_all(kernel: Kernel) -> tuple[Any, Any]:
+    """Run All: both execute requests are sent at once, as a frontend does."""
+    return kernel.start(BACKGROUND_LOADER, "loader"), kernel.start(ANALYST, "analyst")
+
+
+def test_run_all_waits_for_a_background_agent_this_kernel_started_or_resumed(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "effects.log"
+    scripted.set_script(by_task(log, slow={"load": 1}))
+    k1 = kernel_factory()
+    # A fresh kernel and store: loader's background job has started but written nothing yet.
+    loader, analyst = run_all(k1)
+    assert k1.wait(loader).status == "ok", loader.text
+    k1.wait_for(analyst, "Agent analyst is waiting for loader")
+    assert "no agent of that name" not in analyst.text
+    wait_for_line(log, "load1")
+    k1.kill()  # in loader's second step (it sleeps), with analyst waiting for it
+
+    # After the kill, Run All again: loader's resume was just launched here.
+    scripted.set_script(by_task(log))
+    k2 = kernel_factory()
+    loader, analyst = (k2.wait(cell) for cell in run_all(k2))
+    assert loader.status == "ok", loader.text
+    assert "has not started" not in analyst.text, analyst.text
+    assert "Cleaned." in analyst.text, analyst.text
+    assert [t for t, _ in requested(scripted)].count("Clean") == 2

@@ -685,3 +685,35 @@ def test_run_all_waits_for_a_background_agent_this_kernel_started_or_resumed(
     assert "has not started" not in analyst.text, analyst.text
     assert "Cleaned." in analyst.text, analyst.text
     assert [t for t, _ in requested(scripted)].count("Clean") == 2
+
+
+def test_a_child_may_not_take_the_name_of_a_top_level_agent(
+    lead_ip: Any, store_path: Path, scripted: ScriptedServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "effects.log"
+
+    def reply(body: dict) -> dict:
+        task, step = task_of(body), steps_of(body)
+        if task.startswith("Load"):
+            if step == 0:
+                return tool(f"with open({str(log)!r}, 'a') as f: f.write('load\\n')")
+            return {"content": "Loaded."}
+        if task.startswith("Split"):
+            if step == 0:
+                return delegate("loader", "Child: count.")
+            told = [m["content"] for m in body["messages"] if m.get("role") == "tool"]
+            return {"content": "Lead: " + told[-1]}
+        return {"content": "child done"}
+
+    scripted.set_script(reply)
+    lead_ip.run_cell_magic("agent", "-m scripted --name loader", "Load the data.")
+    lead_ip.run_cell_magic("agent", "-m scripted --name lead", "Split the work.")
+    told = [m["content"] for m in scripted.requests[-1]["body"]["messages"] if m["role"] == "tool"]
+    assert len(told) == 1 and told[0].startswith("Error:") and "loader" in told[0], told
+    # Re-running loader's unchanged cell restores it: no model call, no side effect again.
+    before = len(scripted.requests)
+    lead_ip.run_cell_magic("agent", "-m scripted --name loader", "Load the data.")
+    assert len(scripted.requests) == before
+    assert log.read_text().splitlines() == ["load"]
+    runs = Store(store_path).runs(agent="loader")
+    assert [r.info.get("parent_agent") for r in runs] == [None]

@@ -44,7 +44,11 @@ class Delegation:
         self.decisions = dict(decisions or {})
 
     def refuse(self, parent: Any, agent: str) -> str | None:
-        """Why ``parent`` may not start a child ``agent`` now, or None."""
+        """Why ``parent`` may not start a child ``agent`` now, or None.
+
+        A child's name is its own in the notebook: a name whose runs belong to a
+        top-level agent, or to another agent's children, is refused.
+        """
         try:
             validate_name(agent)
         except IdentityError as exc:
@@ -52,6 +56,16 @@ class Delegation:
         lineage = [parent.run.agent, *(parent.run.info.get("lineage") or [])]
         if agent in lineage:
             return f"agent {agent!r} is this agent or one of its parents; choose another name"
+        others = {
+            r.info.get("parent_agent")
+            for r in parent.store.runs(notebook=parent.run.notebook, agent=agent)
+        } - {parent.run.agent}
+        if others:
+            # Its runs would become that agent's latest run: its cell would run again.
+            return (
+                f"agent {agent!r} is the name of another agent in this notebook; choose a "
+                "name of its own for the child"
+            )
         depth = int(parent.run.info.get("depth") or 0) + 1
         if depth > MAX_DEPTH:
             return (

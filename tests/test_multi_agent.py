@@ -717,3 +717,29 @@ def test_a_child_may_not_take_the_name_of_a_top_level_agent(
     assert log.read_text().splitlines() == ["load"]
     runs = Store(store_path).runs(agent="loader")
     assert [r.info.get("parent_agent") for r in runs] == [None]
+
+
+def test_a_parents_ledger_adds_up_and_deleting_it_takes_its_children(
+    lead_ip: Any, store_path: Path, scripted: ScriptedServer
+) -> None:
+    def reply(body: dict) -> dict:
+        task, step = task_of(body), steps_of(body)
+        if task.startswith("Split") and step == 0:
+            return delegate("alpha", "Alpha: count.")
+        return {"content": f"{task.split()[0]} done"}
+
+    scripted.set_script(reply)
+    lead_ip.run_cell_magic("agent", "-m scripted --name lead", "Split the work.")
+    store = Store(store_path)
+    notebook = store.runs(agent="lead")[0].notebook
+    reader = Reader(store)
+    agents = {a["name"]: a for a in reader.agents(notebook)}
+    lead, alpha = agents["lead"], agents["alpha"]
+    assert lead["tokens"] > alpha["tokens"] > 0  # the parent's ledger holds its child's
+    for row in (lead, alpha):
+        assert row["tokens"] == row["prompt_tokens"] + row["completion_tokens"], row
+
+    reader.delete_agent(notebook, "lead")
+    left = store.runs(notebook=notebook)
+    assert not [r.agent for r in left if r.info.get("parent_agent") == "lead"], left
+    assert {a["name"] for a in reader.agents(notebook)} == set()

@@ -117,7 +117,9 @@ class Delegation:
         status, text, _ = run_status(store, run, set(), last)
         if last is not None and "child_run" in last.info and last.info.get("reason"):
             text = last.info["reason"]  # paused for its own child: say which, and why
-        return Delegated(agent, status, text, state.final_answer() or "", state.tokens, run.run_id)
+        usage = {"prompt_tokens": state.prompt_tokens, "completion_tokens": state.completion_tokens}
+        answer = state.final_answer() or ""
+        return Delegated(agent, status, text, answer, state.tokens, run.run_id, usage)
 
 
 def _children_started(parent: Any) -> int:

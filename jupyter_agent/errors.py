@@ -21,6 +21,7 @@ widget, the CLI, the REST handlers) catches :class:`AgentError` alone::
     ├── AgentBusy               the agent runs elsewhere (another kernel, or here in the background)
     ├── NotWaiting              an approval for an agent that waits for none
     ├── NotebookError           a notebook ``resume`` cannot read or run to the end
+    ├── CallTimedOut            a tool call got no answer in time; the run pauses (also Cancelled)
     └── ToolCallError           the model's own call was malformed; told to the model, not the user
         ├── MalformedCall       arguments that are not a JSON object, an unknown tool  (also ValueError)
         ├── PlanError           bad ``update_plan`` arguments
@@ -28,7 +29,8 @@ widget, the CLI, the REST handlers) catches :class:`AgentError` alone::
         └── ReadAgentError      bad ``read_agent`` arguments, or an unknown agent
 
 Two more live here because every layer meets them, but they are not errors:
-:class:`Cancelled` (the user asked a streaming reply to stop) and
+:class:`Cancelled` (the user asked the agent to stop; :class:`CallTimedOut` stops it
+the same way) and
 :class:`StoreWarning` (something in the store needs attention; nothing stopped).
 Subclasses of ``ValueError`` or ``LookupError`` keep that base so callers that
 validate input with ``except ValueError`` go on catching them.
@@ -197,3 +199,8 @@ class ReadAgentError(ToolCallError):
 
 class Cancelled(Exception):
     """The user asked the agent to stop while a reply was streaming (not an error)."""
+
+
+class CallTimedOut(AgentError, Cancelled):
+    """A tool call got no answer within its time limit: the run pauses, resumable, as if
+    the user had paused it (the message says which call and which limit)."""

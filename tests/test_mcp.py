@@ -89,6 +89,11 @@ def test_an_mcp_servers_tools_are_offered_and_called(
             "MCP server 'gone' failed to start: [Errno 2] No such file or directory",
         ),
         ({"odd": {"args": ["x"]}}, "--mcp odd", 'needs either "command"'),
+        (
+            {"slow": {"command": "x", "call_timeout": "soon"}},
+            "--mcp slow",
+            '"call_timeout" is a number of seconds above 0',
+        ),
         (None, "--mcp reports --approve reports__nope", "--approve: unknown tool 'reports__nope'"),
     ],
 )
@@ -189,3 +194,70 @@ def test_a_streamable_http_server(kernel_factory, scripted: ScriptedServer, tmp_
     finally:
         server.terminate()
         server.wait(10)
+
+
+def server_processes(log: Path) -> list[int]:
+    """Pids of the test server processes started for ``log``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if SERVER.encode() in cmdline and str(log).encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_an_mcp_call_that_never_answers_pauses_at_its_timeout_and_resumes(
+    kernel_factory, scripted: ScriptedServer, tmp_path
+):
+    log = tmp_path / "mcp.log"
+    slow = Path(str(log) + ".slow")
+    scripted.set_script([call("reports__lookup", key="q3"), {"content": "Looked."}])
+    slow.touch()
+    k = kernel_factory()
+    configure(k, {"reports": {**reports(log)["reports"], "call_timeout": 2}})
+    started = time.monotonic()
+    paused = k.run(CELL, cell_id="slow", timeout=25)
+    assert time.monotonic() - started < 20, paused.text
+    assert "did not answer lookup within 2 s" in paused.text, paused.text
+    assert lines(log).count("lookup start") == 1
+    slow.unlink()
+    configure(k, reports(log))  # the default limit: a loaded machine may start slowly
+    done = k.run(CELL, cell_id="slow")
+    assert "Looked." in done.text, done.text
+    assert lines(log).count("lookup done") == 1
+    assert scripted.turns_requested() == [0, 1]
+
+
+def test_pause_works_during_an_mcp_call_and_servers_end_with_the_kernel(
+    kernel_factory, scripted: ScriptedServer, tmp_path
+):
+    log = tmp_path / "mcp.log"
+    slow = Path(str(log) + ".slow")
+    scripted.set_script([call("reports__lookup", key="q3"), {"content": "Looked."}])
+    slow.touch()
+    k = kernel_factory()
+    configure(k, reports(log))
+    line = "%%agent --model scripted --mcp reports --name hang --background\nLook it up."
+    assert k.run(line, cell_id="hang").status == "ok"
+    wait_for_line(log, "lookup start")
+    assert k.run("%agent pause hang").status == "ok"
+    waited = k.run("import jupyter_agent.kernel.runtime as r; print(r.current().wait_all(10))")
+    assert waited.stdout.strip() == "True", waited.text  # the job ended during the call
+    shown = k.run("%agent list").stdout
+    assert "interrupted" in shown, shown
+
+    assert k.run(line, cell_id="hang").status == "ok"  # resumed: the call hangs again
+    deadline = time.monotonic() + 30
+    while lines(log).count("lookup start") < 2:
+        assert time.monotonic() < deadline, lines(log)
+        time.sleep(0.05)
+    assert server_processes(log)
+    k.kc.stop_channels()
+    k.km.shutdown_kernel(now=False)  # as JupyterLab's Shut Down Kernel
+    deadline = time.monotonic() + 15
+    while server_processes(log):
+        assert time.monotonic() < deadline, f"server still running: {server_processes(log)}"
+        time.sleep(0.1)

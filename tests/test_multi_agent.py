@@ -652,3 +652,94 @@ def test_read_agent_passes_a_siblings_answer_and_the_timeline_nests_children(
     assert view.summary()["steps"] == 3  # the children's steps are theirs, not lead's
     opened = detail(view, alpha["run"], alpha["items"][-1]["step"])
     assert opened["messages"][0]["content"] == "alpha counted 42 rows"
+
+
+BACKGROUND_LOADER = "%%agent -m scripted --name loader --background\nLoad the data."
+ANALYST = "%%agent -m scripted --name analyst --after loader\nClean the data."
+
+
+def run_all(kernel: Kernel) -> tuple[Any, Any]:
+    """Run All: both execute requests are sent at once, as a frontend does."""
+    return kernel.start(BACKGROUND_LOADER, "loader"), kernel.start(ANALYST, "analyst")
+
+
+def test_run_all_waits_for_a_background_agent_this_kernel_started_or_resumed(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "effects.log"
+    scripted.set_script(by_task(log, slow={"load": 1}))
+    k1 = kernel_factory()
+    # A fresh kernel and store: loader's background job has started but written nothing yet.
+    loader, analyst = run_all(k1)
+    assert k1.wait(loader).status == "ok", loader.text
+    k1.wait_for(analyst, "Agent analyst is waiting for loader")
+    assert "no agent of that name" not in analyst.text
+    wait_for_line(log, "load1")
+    k1.kill()  # in loader's second step (it sleeps), with analyst waiting for it
+
+    # After the kill, Run All again: loader's resume was just launched here.
+    scripted.set_script(by_task(log))
+    k2 = kernel_factory()
+    loader, analyst = (k2.wait(cell) for cell in run_all(k2))
+    assert loader.status == "ok", loader.text
+    assert "has not started" not in analyst.text, analyst.text
+    assert "Cleaned." in analyst.text, analyst.text
+    assert [t for t, _ in requested(scripted)].count("Clean") == 2
+
+
+def test_a_child_may_not_take_the_name_of_a_top_level_agent(
+    lead_ip: Any, store_path: Path, scripted: ScriptedServer, tmp_path: Path
+) -> None:
+    log = tmp_path / "effects.log"
+
+    def reply(body: dict) -> dict:
+        task, step = task_of(body), steps_of(body)
+        if task.startswith("Load"):
+            if step == 0:
+                return tool(f"with open({str(log)!r}, 'a') as f: f.write('load\\n')")
+            return {"content": "Loaded."}
+        if task.startswith("Split"):
+            if step == 0:
+                return delegate("loader", "Child: count.")
+            told = [m["content"] for m in body["messages"] if m.get("role") == "tool"]
+            return {"content": "Lead: " + told[-1]}
+        return {"content": "child done"}
+
+    scripted.set_script(reply)
+    lead_ip.run_cell_magic("agent", "-m scripted --name loader", "Load the data.")
+    lead_ip.run_cell_magic("agent", "-m scripted --name lead", "Split the work.")
+    told = [m["content"] for m in scripted.requests[-1]["body"]["messages"] if m["role"] == "tool"]
+    assert len(told) == 1 and told[0].startswith("Error:") and "loader" in told[0], told
+    # Re-running loader's unchanged cell restores it: no model call, no side effect again.
+    before = len(scripted.requests)
+    lead_ip.run_cell_magic("agent", "-m scripted --name loader", "Load the data.")
+    assert len(scripted.requests) == before
+    assert log.read_text().splitlines() == ["load"]
+    runs = Store(store_path).runs(agent="loader")
+    assert [r.info.get("parent_agent") for r in runs] == [None]
+
+
+def test_a_parents_ledger_adds_up_and_deleting_it_takes_its_children(
+    lead_ip: Any, store_path: Path, scripted: ScriptedServer
+) -> None:
+    def reply(body: dict) -> dict:
+        task, step = task_of(body), steps_of(body)
+        if task.startswith("Split") and step == 0:
+            return delegate("alpha", "Alpha: count.")
+        return {"content": f"{task.split()[0]} done"}
+
+    scripted.set_script(reply)
+    lead_ip.run_cell_magic("agent", "-m scripted --name lead", "Split the work.")
+    store = Store(store_path)
+    notebook = store.runs(agent="lead")[0].notebook
+    reader = Reader(store)
+    agents = {a["name"]: a for a in reader.agents(notebook)}
+    lead, alpha = agents["lead"], agents["alpha"]
+    assert lead["tokens"] > alpha["tokens"] > 0  # the parent's ledger holds its child's
+    for row in (lead, alpha):
+        assert row["tokens"] == row["prompt_tokens"] + row["completion_tokens"], row
+
+    reader.delete_agent(notebook, "lead")
+    left = store.runs(notebook=notebook)
+    assert not [r.agent for r in left if r.info.get("parent_agent") == "lead"], left
+    assert {a["name"] for a in reader.agents(notebook)} == set()

@@ -44,7 +44,11 @@ class Delegation:
         self.decisions = dict(decisions or {})
 
     def refuse(self, parent: Any, agent: str) -> str | None:
-        """Why ``parent`` may not start a child ``agent`` now, or None."""
+        """Why ``parent`` may not start a child ``agent`` now, or None.
+
+        A child's name is its own in the notebook: a name whose runs belong to a
+        top-level agent, or to another agent's children, is refused.
+        """
         try:
             validate_name(agent)
         except IdentityError as exc:
@@ -52,6 +56,16 @@ class Delegation:
         lineage = [parent.run.agent, *(parent.run.info.get("lineage") or [])]
         if agent in lineage:
             return f"agent {agent!r} is this agent or one of its parents; choose another name"
+        others = {
+            r.info.get("parent_agent")
+            for r in parent.store.runs(notebook=parent.run.notebook, agent=agent)
+        } - {parent.run.agent}
+        if others:
+            # Its runs would become that agent's latest run: its cell would run again.
+            return (
+                f"agent {agent!r} is the name of another agent in this notebook; choose a "
+                "name of its own for the child"
+            )
         depth = int(parent.run.info.get("depth") or 0) + 1
         if depth > MAX_DEPTH:
             return (
@@ -103,7 +117,9 @@ class Delegation:
         status, text, _ = run_status(store, run, set(), last)
         if last is not None and "child_run" in last.info and last.info.get("reason"):
             text = last.info["reason"]  # paused for its own child: say which, and why
-        return Delegated(agent, status, text, state.final_answer() or "", state.tokens, run.run_id)
+        usage = {"prompt_tokens": state.prompt_tokens, "completion_tokens": state.completion_tokens}
+        answer = state.final_answer() or ""
+        return Delegated(agent, status, text, answer, state.tokens, run.run_id, usage)
 
 
 def _children_started(parent: Any) -> int:

@@ -191,7 +191,12 @@ class AgentMagics(Magics):
             waits = None
             if after:
                 notebook = self._store().resolve_notebook(identity.notebook)
-                waits = After(self._store(), notebook, after)
+                waits = After(
+                    self._store(),
+                    notebook,
+                    after,
+                    here=lambda: self.runtime.claimed_agents(identity.notebook),
+                )
                 try:
                     waits.check(identity.agent)
                 except UsageProblem as exc:
@@ -208,10 +213,10 @@ class AgentMagics(Magics):
             )
             if args.background:
                 self._run_in_background(request, settings, waits)
-            elif waits is not None and not waits.wait(
-                lambda text: print(f"Agent {identity.agent} is {text}")
+            elif waits is not None and (
+                pending := waits.wait(lambda text: print(f"Agent {identity.agent} is {text}"))
             ):
-                waiting = ", ".join(waits.pending())
+                waiting = ", ".join(pending)
                 print(
                     f"Agent {identity.agent} has not started. Re-run this cell once {waiting} "
                     "is done (re-run or resume it)."

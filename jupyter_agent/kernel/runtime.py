@@ -150,6 +150,11 @@ class AgentRuntime:
         with self._lock:
             return key in self._claims
 
+    def claimed_agents(self, notebook: str) -> frozenset[str]:
+        """The agents of ``notebook`` executing here now, in a cell or in the background."""
+        with self._lock:
+            return frozenset(agent for nb, agent in self._claims if nb == notebook)
+
     def job(self, key: Key) -> Job | None:
         """The background job executing the agent, if one does."""
         with self._lock:

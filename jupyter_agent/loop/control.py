@@ -126,8 +126,14 @@ class DelegateStep:
                 },
             )
         child = children.run(self.parent, call_id, agent, task, model)
-        info = {"child": child.agent, "child_run": child.run_id, "child_status": child.status}
+        info: dict[str, Any] = {
+            "child": child.agent,
+            "child_run": child.run_id,
+            "child_status": child.status,
+        }
         if child.status == DONE:
+            # The child's tokens join the parent's ledger once, total and parts alike.
+            info["usage"] = child.usage
             recorder.tool_result(call_id, ToolResult(child.answer), tokens=child.tokens, info=info)
             return
         kind = child.status if child.status in (ERROR, LIMIT, BUDGET, STUCK) else "interrupted"

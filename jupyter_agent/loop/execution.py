@@ -52,7 +52,7 @@ from ..core.state import (
     RunState,
 )
 from ..core.stuck import stuck_reason, unstuck_note
-from ..errors import Cancelled, ConfigError, ModelError, NotWaiting, StoreError
+from ..errors import CallTimedOut, Cancelled, ConfigError, ModelError, NotWaiting, StoreError
 from ..model.base import ModelClient
 from ..store.api import RunRow
 from ..tools import user as user_tools
@@ -152,7 +152,7 @@ class Execution:
             self._drive()
         except Stop:
             pass
-        except (KeyboardInterrupt, Cancelled):
+        except (KeyboardInterrupt, Cancelled) as exc:
             # A call cut short is not a result: it stays in flight and runs again
             # on resume, like the call in flight at a crash.
             in_flight = self.state.started_call
@@ -161,6 +161,8 @@ class Execution:
                 if in_flight
                 else f"interrupted after checkpoint {self.state.step}"
             )
+            if isinstance(exc, CallTimedOut):
+                summary = f"{exc}; {summary}"
             recorder.checkpoint("interrupted", INTERRUPTED, summary, info={"in_flight": in_flight})
         except ModelError as exc:
             info = {"error": str(exc), "detail": getattr(exc, "detail", None)}
@@ -203,6 +205,7 @@ class Execution:
             info.get("tools") or [],
             info.get("mcp") or [],
             dict(self.settings.mcp_servers),
+            self.client.cancel,
         )
         self.window.tools = [*self.toolbox.schemas(), *self._extra_tools]
         lock = self.collaborators.namespace

@@ -374,8 +374,8 @@ class Store(Protocol):
     def delete_agent(self, notebook: str, agent: str, *, keep_latest: bool = False) -> list[str]:
         """Delete an agent's runs (all, or all but the latest and its ancestors).
 
-        Forks keep their ancestors: a run another agent's run was forked from is
-        not deleted (:class:`~jupyter_agent.errors.Conflict`), nor a live run. An
+        A deleted run's ``delegate`` children are deleted with it. Forks keep their
+        ancestors: a run another agent's run was forked from is not deleted (:class:`~jupyter_agent.errors.Conflict`), nor a live run. An
         agent with no runs raises :class:`~jupyter_agent.errors.NotFound`.
         Returns the deleted run ids.
         """
@@ -445,7 +445,7 @@ def delete_agent_runs(
     """:meth:`Store.delete_agent` for every backend, on the other verbs.
 
     The rules live here once: forks keep their ancestors, live runs are not
-    touched, and the backend's :meth:`Store.delete_runs` collects the blobs.
+    touched, a run's ``delegate`` children (and theirs) go with it, and the backend's :meth:`Store.delete_runs` collects the blobs.
     The agent's lock is held while its runs are read and deleted: an execution
     that has taken it but not yet written its run owns the agent too.
     """
@@ -460,6 +460,7 @@ def delete_agent_runs(
             if keep_latest:
                 keep = {seg for seg, _ in history_chain(runs[-1], {r.run_id: r for r in runs})}
                 doomed = [r for r in doomed if r not in keep]
+            doomed += children_of(store, notebook, doomed)
             busy = sorted(store.live_runs() & set(doomed))
             if busy:
                 raise Conflict(
@@ -477,6 +478,19 @@ def delete_agent_runs(
         raise Conflict(
             f"Agent {agent!r} is running {exc.where}; stop it before deleting it."
         ) from None
+
+
+def children_of(store: Store, notebook: str, run_ids: list[str]) -> list[str]:
+    """The runs delegated under ``run_ids``, at any depth: a child never outlives its parent."""
+    runs = store.runs(notebook=notebook)
+    found: list[str] = []
+    parents = set(run_ids)
+    while parents:
+        kids = [r.run_id for r in runs if r.info.get("parent_run") in parents]
+        kids = [k for k in kids if k not in found and k not in run_ids]
+        found += kids
+        parents = set(kids)
+    return found
 
 
 def payload_messages(payload: bytes) -> list[dict]:

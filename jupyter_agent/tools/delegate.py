@@ -12,7 +12,7 @@ is restored, never run again. The execution side lives in
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import DelegateError
@@ -55,6 +55,9 @@ class Delegated:
     answer: str
     tokens: int
     run_id: str
+    #: The child's prompt and completion tokens (its own children's included): recorded
+    #: as the usage of the parent's delegate result, so the parent's ledger adds up.
+    usage: dict[str, int] = field(default_factory=dict)
 
 
 class Children(Protocol):

@@ -11,22 +11,37 @@ restart too). The SDK is async and the kernel's own event loop is busy running
 the cell, so each server's session lives on a private thread with its own
 loop (an anyio blocking portal); the agent's thread waits on each call, and
 Ctrl-C still interrupts that wait.
+
+A call has a time limit, ``"call_timeout"`` in the server's configuration
+(seconds, default :data:`CALL_TIMEOUT`): a call that gets no answer by then
+pauses the run like ``%agent pause`` (:class:`CallTimedOut`), and the call runs
+again, or asks first, when the agent resumes. Pausing works during a call too,
+and the servers still open when the kernel's process exits are stopped then.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import re
 import tempfile
+import threading
+import time
+import weakref
 from collections.abc import AsyncIterator
+from concurrent import futures
 from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
 from typing import Any
 
-from ..errors import ToolError
+from ..errors import CallTimedOut, Cancelled, ToolError
 from .base import Tool, ToolResult, clip, function_schema, json_arguments
 
 #: Seconds a server has to start and answer ``initialize`` and ``tools/list``.
 START_TIMEOUT = 30.0
+#: Seconds a ``tools/call`` may take unless the server's ``"call_timeout"`` says otherwise.
+CALL_TIMEOUT = 300.0
+#: How often a waiting call looks whether the agent was paused.
+_POLL = 0.1
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 SEPARATOR = "__"
 
@@ -47,6 +62,12 @@ def server_spec(name: str, config: dict) -> dict:
             f'{where}[{name!r}] needs either "command" (a stdio server, with optional "args" '
             'and "env") or "url" (a streamable HTTP server).'
         )
+    limits = {}
+    for key, default in (("timeout", START_TIMEOUT), ("call_timeout", CALL_TIMEOUT)):
+        value = default if spec.get(key) is None else spec[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ToolError(f'{where}[{name!r}]: "{key}" is a number of seconds above 0.')
+        limits[key] = float(value)
     if spec.get("command"):
         args, env = spec.get("args") or [], spec.get("env") or {}
         if not isinstance(spec["command"], str) or not isinstance(args, list):
@@ -58,12 +79,12 @@ def server_spec(name: str, config: dict) -> dict:
             "args": [str(a) for a in args],
             "env": {str(k): str(v) for k, v in env.items()},
             "cwd": spec.get("cwd"),
-            "timeout": float(spec.get("timeout") or START_TIMEOUT),
+            **limits,
         }
     return {
         "url": str(spec["url"]),
         "headers": {str(k): str(v) for k, v in (spec.get("headers") or {}).items()},
-        "timeout": float(spec.get("timeout") or START_TIMEOUT),
+        **limits,
     }
 
 
@@ -72,12 +93,14 @@ def check_servers(names: tuple[str, ...] | list[str], config: dict) -> None:
         server_spec(name, config)
 
 
-def start(names: list[str], config: dict) -> list[Server]:
-    """Start the servers named; all or none (a failure stops those already started)."""
+def start(names: list[str], config: dict, cancel: threading.Event | None = None) -> list[Server]:
+    """Start the servers named; all or none (a failure stops those already started).
+
+    ``cancel``: the execution's pause event, which a waiting call watches."""
     started: list[Server] = []
     try:
         for name in names:
-            started.append(Server(name, server_spec(name, config)))
+            started.append(Server(name, server_spec(name, config), cancel))
     except BaseException:
         for server in started:
             server.close()
@@ -88,11 +111,14 @@ def start(names: list[str], config: dict) -> list[Server]:
 class Server:
     """One running MCP server and its session, on a private thread and event loop."""
 
-    def __init__(self, name: str, spec: dict) -> None:
+    def __init__(self, name: str, spec: dict, cancel: threading.Event | None = None) -> None:
         import anyio.from_thread
 
         self.name = name
+        self.call_timeout: float = spec["call_timeout"]
+        self._cancel = cancel or threading.Event()
         self._stack = ExitStack()
+        _open.add(self)  # from here on, stopped at the latest when the process exits
         self._errlog = self._stack.enter_context(tempfile.TemporaryFile("w+"))  # noqa: SIM115
         try:
             self._portal = self._stack.enter_context(anyio.from_thread.start_blocking_portal())
@@ -141,9 +167,25 @@ class Server:
         )
 
     def call(self, tool: str, args: dict) -> ToolResult:
+        """Call ``tool``, waiting at most :attr:`call_timeout` and only while not paused.
+
+        Pause and time-out raise (the call stays in flight, resumable); a call the
+        server answers with an error, or a broken server, is a result the model reads.
+        """
+        future = self._portal.start_task_soon(self._session.call_tool, tool, args)
+        deadline = time.monotonic() + self.call_timeout
         try:
-            result = _plain(self._portal.call(self._session.call_tool, tool, args))
-        except KeyboardInterrupt:
+            while not futures.wait([future], timeout=_POLL).done:
+                if self._cancel.is_set():
+                    raise Cancelled()
+                if time.monotonic() > deadline:
+                    raise CallTimedOut(
+                        f"the MCP server {self.name!r} did not answer {tool} within "
+                        f"{self.call_timeout:g} s (its call_timeout)"
+                    )
+            result = _plain(future.result())
+        except (KeyboardInterrupt, Cancelled):
+            future.cancel()
             raise
         except Exception as exc:
             return ToolResult(
@@ -167,7 +209,22 @@ class Server:
 
     def close(self) -> None:
         """Stop the server: end the session and transport, then the portal's thread."""
+        _open.discard(self)
         self._stack.close()
+
+
+#: Servers started and not yet stopped, stopped when the process exits: a server
+#: must not outlive the kernel that started it.
+_open: weakref.WeakSet[Server] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for server in list(_open):
+        try:
+            server.close()
+        except BaseException:  # noqa: S112  (exiting: stop the others all the same)
+            continue
 
 
 @asynccontextmanager

@@ -6,6 +6,7 @@ notebook's functions (:mod:`.user`) and MCP servers' tools (:mod:`.mcp`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import replace
@@ -36,13 +37,14 @@ class Toolbox:
         names: list[str],
         servers: list[str],
         config: dict,
+        cancel: threading.Event | None = None,
     ) -> Toolbox:
         """Resolve ``names`` in the namespace and start ``servers``; :class:`ToolError` if not."""
         functions = [replace(t, in_kernel=True) for t in user_tools.resolve(shell.user_ns, names)]
         box = cls([python_tool(shell), *functions])
         if servers:
             try:
-                for server in mcp_tools.start(servers, config):
+                for server in mcp_tools.start(servers, config, cancel):
                     box._closers.append(server.close)
                     box.tools.update((t.name, t) for t in server.tools)
             except BaseException:

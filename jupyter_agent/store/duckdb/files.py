@@ -68,7 +68,8 @@ CREATE TABLE IF NOT EXISTS journal_progress (journal VARCHAR PRIMARY KEY, merged
 CREATE TABLE IF NOT EXISTS notebook_moves (old VARCHAR NOT NULL, new VARCHAR NOT NULL, moved_at DOUBLE NOT NULL);
 """
 
-#: Serializes schema migrations within this process; DuckDB's file lock does so across.
+#: Serializes schema creation and migrations within this process (two threads creating
+#: the tables of a new file at once conflict); DuckDB's file lock does so across.
 # Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
 _migrate_lock = threading.Lock()
 #: DuckDB block size for new store files (see :meth:`DuckDBFile._open`).
@@ -381,12 +382,16 @@ class DuckDBFile:
         self._v1 = version is not None and version < 2
         if read_only:
             return
-        con.execute(_DDL)
+        with _migrate_lock:
+            con.execute(_DDL)
+            if version is None:
+                con.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                    [str(SCHEMA_VERSION)],
+                )
         if version is None:
-            con.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
-            )
-        elif version < 2:
+            return
+        if version < 2:
             self._migrate(con)
         elif version < SCHEMA_VERSION:  # schema 3 changed team stores only: just the number
             con.execute(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +44,21 @@ def store_spec(backend: str, store_path: Path, request: pytest.FixtureRequest) -
 def scripted() -> Iterator[ScriptedServer]:
     with ScriptedServer([]) as server:
         yield server
+
+
+@pytest.fixture
+def ip(store_path: Path, scripted: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The test process's own IPython shell with the extension loaded, on a private store."""
+    from IPython import get_ipython
+    from IPython.testing.globalipapp import start_ipython
+
+    monkeypatch.setenv("JUPYTER_AGENT_STORE", str(store_path))
+    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    shell = start_ipython() or get_ipython()
+    shell.run_line_magic("load_ext", "jupyter_agent")
+    shell.run_line_magic("config", "AgentMagics.retry_backoff = 0.01")
+    return shell
 
 
 @pytest.fixture

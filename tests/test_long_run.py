@@ -13,9 +13,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from IPython import get_ipython
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import start_ipython
 
 from jupyter_agent.core import context
 from jupyter_agent.core.plan import parse_items
@@ -51,13 +49,9 @@ def long_script(steps: int) -> list[dict]:
 
 
 @pytest.fixture
-def ip(store_path, scripted, monkeypatch):
-    monkeypatch.setenv("JUPYTER_AGENT_STORE", str(store_path))
-    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
-    shell = start_ipython() or get_ipython()
-    shell.run_line_magic("load_ext", "jupyter_agent")
-    shell.run_line_magic("config", "AgentMagics.retry_backoff = 0.01")
+def ip(ip):
+    """The shared in-process shell, without the variables a long run leaves behind."""
+    shell = ip
     yield shell
     for name in [n for n in shell.user_ns if n.startswith("v") and n[1:].isdigit()]:
         del shell.user_ns[name]

@@ -209,14 +209,19 @@ def server_processes(log: Path) -> list[int]:
     return found
 
 
-def test_an_mcp_call_that_never_answers_pauses_at_its_timeout_and_resumes(
-    kernel_factory, scripted: ScriptedServer, tmp_path
-):
+def _slow_lookup(kernel_factory, scripted: ScriptedServer, tmp_path):
+    """A kernel, and a script whose one call waits in the server until ``slow`` is gone."""
     log = tmp_path / "mcp.log"
     slow = Path(str(log) + ".slow")
     scripted.set_script([call("reports__lookup", key="q3"), {"content": "Looked."}])
     slow.touch()
-    k = kernel_factory()
+    return kernel_factory(), log, slow
+
+
+def test_an_mcp_call_that_never_answers_pauses_at_its_timeout_and_resumes(
+    kernel_factory, scripted: ScriptedServer, tmp_path
+):
+    k, log, slow = _slow_lookup(kernel_factory, scripted, tmp_path)
     configure(k, {"reports": {**reports(log)["reports"], "call_timeout": 2}})
     started = time.monotonic()
     paused = k.run(CELL, cell_id="slow", timeout=25)
@@ -234,11 +239,7 @@ def test_an_mcp_call_that_never_answers_pauses_at_its_timeout_and_resumes(
 def test_pause_works_during_an_mcp_call_and_servers_end_with_the_kernel(
     kernel_factory, scripted: ScriptedServer, tmp_path
 ):
-    log = tmp_path / "mcp.log"
-    slow = Path(str(log) + ".slow")
-    scripted.set_script([call("reports__lookup", key="q3"), {"content": "Looked."}])
-    slow.touch()
-    k = kernel_factory()
+    k, log, slow = _slow_lookup(kernel_factory, scripted, tmp_path)
     configure(k, reports(log))
     line = "%%agent --model scripted --mcp reports --name hang --background\nLook it up."
     assert k.run(line, cell_id="hang").status == "ok"

@@ -6,10 +6,6 @@ store a real DuckDB file; what the server sends is what such endpoints send.
 
 from __future__ import annotations
 
-import pytest
-from IPython import get_ipython
-from IPython.testing.globalipapp import start_ipython
-
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
 
@@ -18,17 +14,6 @@ from .conftest import BOTH_BACKENDS
 
 def tool(code: str, **extra: object) -> dict:
     return {"tool_calls": [{"name": "python", "arguments": {"code": code}}], **extra}
-
-
-@pytest.fixture
-def ip(store_path, scripted, monkeypatch):
-    monkeypatch.setenv("JUPYTER_AGENT_STORE", str(store_path))
-    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
-    shell = start_ipython() or get_ipython()
-    shell.run_line_magic("load_ext", "jupyter_agent")
-    shell.run_line_magic("config", "AgentMagics.retry_backoff = 0.01")
-    return shell
 
 
 def latest(store_path):

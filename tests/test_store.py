@@ -439,9 +439,8 @@ def _python(code: str) -> dict:
     return {"tool_calls": [{"name": "python", "arguments": {"code": code}}]}
 
 
-def test_a_large_value_is_restored_from_its_file_after_a_kernel_kill(
-    kernel_factory, scripted, store_path, tmp_path
-):
+def _saving_big(kernel_factory, scripted, tmp_path):
+    """A kernel whose agent saved a 16 MiB value to a file and now waits; the script; the cell."""
     hold = tmp_path / "hold"
     hold.touch()
     wait = f"import os, time\nwhile os.path.exists({str(hold)!r}): time.sleep(0.05)\nprint('w')"
@@ -452,9 +451,16 @@ def test_a_large_value_is_restored_from_its_file_after_a_kernel_kill(
     ]
     scripted.set_script(script)
     cell = "%%agent --model scripted\nMake a big value."
-    k1 = kernel_factory()
-    run = k1.start(cell, cell_id="cell-big")
-    k1.wait_for(run, "saved big")  # the checkpoint referring to the file is durable
+    kernel = kernel_factory()
+    run = kernel.start(cell, cell_id="cell-big")
+    kernel.wait_for(run, "saved big")  # the checkpoint referring to the file is durable
+    return kernel, hold, script, cell
+
+
+def test_a_large_value_is_restored_from_its_file_after_a_kernel_kill(
+    kernel_factory, scripted, store_path, tmp_path
+):
+    k1, hold, script, cell = _saving_big(kernel_factory, scripted, tmp_path)
     store = Store(store_path)
     k1.kill()
     (file,) = store.blob_dir.glob("*/*")
@@ -475,19 +481,7 @@ def test_a_large_value_is_restored_from_its_file_after_a_kernel_kill(
 def test_a_value_file_with_one_flipped_byte_is_not_restored_and_says_why(
     kernel_factory, scripted, store_path, tmp_path
 ):
-    hold = tmp_path / "hold"
-    hold.touch()
-    wait = f"import os, time\nwhile os.path.exists({str(hold)!r}): time.sleep(0.05)\nprint('w')"
-    script = [
-        _python("big = bytes(range(256)) * (16 * 4096)\nprint('made', len(big))"),
-        _python(wait),
-        {"content": "Done."},
-    ]
-    scripted.set_script(script)
-    cell = "%%agent --model scripted\nMake a big value."
-    k1 = kernel_factory()
-    run = k1.start(cell, cell_id="cell-big")
-    k1.wait_for(run, "saved big")
+    k1, hold, script, cell = _saving_big(kernel_factory, scripted, tmp_path)
     k1.kill()
     (file,) = Store(store_path).blob_dir.glob("*/*")
     data = bytearray(file.read_bytes())

@@ -77,20 +77,10 @@ def latest_run(store: Store, notebook: str, agent: str) -> RunRow | None:
 def restore_variables(
     store: Store, shell: Any, state: RunState, events: Events
 ) -> tuple[list[str], dict[str, str]]:
-    """Put the run's saved variables the namespace lacks back into it, and say which.
-
-    A value the kernel holds is the user's to keep (they may have changed it
-    while the agent waited): it is never overwritten, and a difference from the
-    agent's saved value is said.
-    """
-    restored, failed, kept = namespace.restore_missing(shell.user_ns, state.vars, store.blobs)
+    """Put the run's saved variables back into the namespace, and say which."""
+    restored, failed = namespace.restore(shell.user_ns, state.vars, store.blobs)
     if restored:
         events.info("Variables restored from the store: " + ", ".join(restored))
-    for name in kept:
-        events.notice(
-            f"{name} was changed in this kernel since the agent saved it: the kernel's value "
-            "is kept, and the agent's saved value differs."
-        )
     for name, why in failed.items():
         events.notice(f"{name} {why}")
     for name, why in sorted(state.unsaved.items()):

@@ -377,31 +377,3 @@ def restore(
         namespace[name] = value
         restored.append(name)
     return restored, failed
-
-
-def restore_missing(
-    namespace: dict[str, Any], vars: dict[str, str], load: Callable[[list[str]], dict[str, bytes]]
-) -> tuple[list[str], dict[str, str], list[str]]:
-    """:func:`restore` into a live kernel's namespace, whose own values are never overwritten.
-
-    Returns (restored, failures, kept): a name the namespace holds keeps its
-    value, and is listed in ``kept`` when that value differs from the saved one
-    (the user changed it meanwhile), so the caller can say that the agent's view
-    and the kernel's differ.
-    """
-    saved: dict[str, Any] = {}
-    restored, failed = restore(saved, vars, load)
-    held = [name for name in restored if name in namespace]
-    kept = [name for name in held if _differs(namespace[name], saved[name])]
-    for name in restored:
-        namespace.setdefault(name, saved[name])
-    failed = {name: why for name, why in failed.items() if name not in namespace}
-    return [name for name in restored if name not in held], failed, kept
-
-
-def _differs(live: Any, saved: Any) -> bool:
-    """Whether a live value is known to differ from a saved one (compared as stored)."""
-    try:
-        return digest(serialize(live)) != digest(serialize(saved))
-    except Exception:
-        return False  # cannot be compared: say nothing rather than guess

@@ -12,7 +12,9 @@ from ..errors import StoreError
 #: 2: checkpoint payloads are JSON, tagged by ``payload_format`` (1 pickled them with dill).
 #: 3: on a team store, learnt context windows are each member's, and ``meta`` the admin's
 #: (a single-user DuckDB file is unchanged but for the number).
-SCHEMA_VERSION = 3
+#: 4: on a team store, the owner is part of every key (runs, checkpoints): a member who
+#: knows another's run id writes only rows of his own run of that id.
+SCHEMA_VERSION = 4
 
 
 def parse_version(value: str, newest: int) -> int:

@@ -241,8 +241,9 @@ class SQLStore(Store, ABC):
         """Checkpoints with their JSON payloads along (run_id, up-to-step) segments, one query.
 
         Nothing is unpickled (but a payload of the previous release, converted
-        as it is read, after :meth:`check_trusted`). Refused when a checkpoint
-        was written by another owner, or when the history has a hole (a
+        as it is read, after :meth:`check_trusted`). On a shared store, a segment
+        is this owner's rows; refused when it has only another owner's (named, so
+        it does not look missing), or when the history has a hole (a
         checkpoint lost to damage): folding it would make up a conversation
         that never happened.
         """
@@ -267,6 +268,10 @@ class SQLStore(Store, ABC):
             ]
         with self._reads() as q:
             rows = q.all(" UNION ALL ".join(branches) + " ORDER BY i, step", args)
+        # The owner is part of the key: another's rows of a run id are another run, unless
+        # none of this owner's are there (then they are refused by name, not missing).
+        own = {r[0] for r in rows if r[1] == self.owner}
+        rows = [r for r in rows if not owned or r[1] == self.owner or r[0] not in own]
         foreign = next((r for r in rows if owned and r[1] != self.owner), None)
         if foreign is not None:
             raise StoreError(

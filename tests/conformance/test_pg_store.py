@@ -43,6 +43,18 @@ def test_nothing_written_by_another_owner_is_handed_out(pg_url):
         alice.payloads([("rb", None)])
 
 
+def test_another_owners_rows_of_the_same_run_id_change_nothing_of_mine(pg_url):
+    """The owner is part of every key: even without row security, bob's rows at alice's run
+    id are his run's, neither a gap nor a refusal in hers."""
+    alice, bob = PostgresStore(pg_url, owner="alice"), PostgresStore(pg_url, owner="bob")
+    write(alice, run_row("ra"), range(2))
+    write(bob, run_row("ra", created=5.0), range(5))
+    assert [r.created_at for r in alice.runs()] == [1000.0]
+    assert [p for _, p in alice.payloads([("ra", None)])] == [b"payload ra/0", b"payload ra/1"]
+    assert [c.step for c in alice.checkpoints("ra")] == [0, 1]
+    assert alice.delete_runs(["ra"]) == 1 and len(bob.checkpoints("ra")) == 5
+
+
 def test_the_owner_is_the_hub_user(pg_url, monkeypatch):
     monkeypatch.setenv("JUPYTERHUB_USER", "carol")
     store = open_store(pg_url)

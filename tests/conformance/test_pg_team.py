@@ -19,7 +19,7 @@ from jupyter_agent.store.postgres import admin
 from jupyter_agent.store.postgres.store import PostgresStore
 from jupyter_agent.store.schema import SCHEMA_VERSION
 
-from .test_store_conformance import NB, run_row, write
+from .test_store_conformance import NB, cp, run_row, write
 
 
 def _team(pg_url: str, *names: str) -> Callable[[str], PostgresStore]:
@@ -179,3 +179,80 @@ def test_a_run_id_is_not_enough_to_take_a_members_run(pg_url):
         finally:
             resumed.close()
     assert alice.live_runs() == set()
+
+
+def test_a_run_id_is_not_enough_to_fill_a_members_future_steps(pg_url):
+    """Bob, knowing alice's run id, writes his own rows at her next step numbers: his rows are
+    his run's, and every step of hers is saved."""
+    member = _team(pg_url, "alice", "bob")
+    alice, bob = member("alice"), member("bob")
+    mine = alice.writer("ra", secrets=[])
+    mine.put_run(run_row("ra"))
+    for step in range(3):
+        mine.put_checkpoint(cp("ra", step), f"payload ra/{step}".encode())
+    write(bob, run_row("ra"), range(3, 12))  # through the API, in his own name
+    with psycopg.connect(bob.url, autocommit=True) as con:  # and in raw SQL
+        con.execute(
+            f"INSERT INTO {admin.SCHEMA}.checkpoints (run_id, step, owner, kind, status, "
+            "summary, created_at, duration_ms, tokens, size) "
+            "VALUES ('ra', 12, current_user, 'model', 'done', 'bob', 0, 0, 0, 0)"
+        )
+    try:
+        for step in range(3, 14):
+            mine.put_checkpoint(cp("ra", step), f"payload ra/{step}".encode())
+    finally:
+        mine.close()
+    assert [c.step for c in alice.checkpoints("ra")] == list(range(14))
+    loaded = alice.payloads([("ra", None)])
+    assert [p for _, p in loaded] == [f"payload ra/{s}".encode() for s in range(14)]
+    assert [c.step for c in bob.checkpoints("ra")] == list(range(3, 13))  # his run of that id
+    assert alice.delete_runs(["ra"]) == 1 and [c.step for c in bob.checkpoints("ra")]
+
+
+def test_a_conflicting_row_of_the_writers_own_is_an_error_and_the_same_row_again_is_not(pg_url):
+    member = _team(pg_url, "alice")
+    alice = member("alice")
+    write(alice, run_row("ra"), range(3))
+    again = alice.writer("ra", secrets=[])
+    try:
+        again.put_run(run_row("ra"))  # the same rows once more, as a replay writes them
+        again.put_checkpoint(cp("ra", 2), b"payload ra/2")
+        with pytest.raises(StoreError, match=r"checkpoint 2 of run ra: it is already stored"):
+            again.put_checkpoint(cp("ra", 2, status="done"), b"another payload")
+        with pytest.raises(StoreError, match=r"run ra: it is already stored"):
+            again.put_run(run_row("ra", created=5.0))
+        again.put_checkpoint(cp("ra", 3), b"payload ra/3")  # the run goes on from there
+    finally:
+        again.close()
+    assert [(c.step, c.status) for c in alice.checkpoints("ra")] == [
+        (s, "running") for s in range(4)
+    ]
+    assert alice.payloads([("ra", 2)])[-1][1] == b"payload ra/2"
+
+
+def test_a_schema_3_team_store_is_upgraded_to_keys_with_the_owner(pg_url):
+    v3 = admin._DDL.replace("PRIMARY KEY (run_id, owner)", "PRIMARY KEY (run_id)").replace(
+        "PRIMARY KEY (run_id, step, owner)", "PRIMARY KEY (run_id, step)"
+    )
+    assert v3.count("PRIMARY KEY (run_id") == 2 and "owner)" not in v3.split("blobs")[0]
+    with psycopg.connect(pg_url, autocommit=True) as con:  # as schema 3 was set up
+        con.execute(v3 + admin._WINDOWS_DDL + admin._META_READ_ONLY)
+        con.execute(f"INSERT INTO {admin.SCHEMA}.meta VALUES ('schema_version', '3')")
+    member = _team(pg_url, "alice", "bob")  # the admin opens it: the upgrade
+    with psycopg.connect(pg_url, autocommit=True) as con:
+        keys = dict(
+            con.execute(
+                "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE contype = 'p' AND connamespace = %s::regnamespace",
+                [admin.SCHEMA],
+            ).fetchall()
+        )
+        version = con.execute(f"SELECT value FROM {admin.SCHEMA}.meta").fetchall()
+    assert version == [(str(SCHEMA_VERSION),)] and SCHEMA_VERSION == 4
+    assert keys[f"{admin.SCHEMA}.runs"] == "PRIMARY KEY (run_id, owner)"
+    assert keys[f"{admin.SCHEMA}.checkpoints"] == "PRIMARY KEY (run_id, step, owner)"
+    alice, bob = member("alice"), member("bob")
+    write(bob, run_row("ra"), range(2))  # her run id, in his name
+    write(alice, run_row("ra"), range(3))
+    assert [c.step for c in alice.checkpoints("ra")] == [0, 1, 2]
+    assert [c.step for c in bob.checkpoints("ra")] == [0, 1]

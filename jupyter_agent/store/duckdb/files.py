@@ -393,7 +393,7 @@ class DuckDBFile:
             return
         if version < 2:
             self._migrate(con)
-        elif version < SCHEMA_VERSION:  # schema 3 changed team stores only: just the number
+        elif version < SCHEMA_VERSION:  # schemas 3 and 4 changed team stores only: the number
             con.execute(
                 "UPDATE meta SET value = ? WHERE key = 'schema_version' AND value = ?",
                 [str(SCHEMA_VERSION), str(version)],

@@ -30,7 +30,7 @@ _DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {SCHEMA};
 CREATE TABLE IF NOT EXISTS {SCHEMA}.meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS {SCHEMA}.runs (
-    run_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
     owner TEXT NOT NULL,
     notebook TEXT NOT NULL,
     agent TEXT NOT NULL,
@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.runs (
     parent_step INTEGER,
     created_at DOUBLE PRECISION NOT NULL,
     info TEXT,
-    lock_key BIGINT NOT NULL
+    lock_key BIGINT NOT NULL,
+    PRIMARY KEY (run_id, owner)
 );
 CREATE INDEX IF NOT EXISTS runs_by_owner ON {SCHEMA}.runs (owner, notebook, agent, created_at);
 CREATE INDEX IF NOT EXISTS runs_by_lock ON {SCHEMA}.runs (lock_key);
@@ -60,7 +61,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.checkpoints (
     info TEXT,
     payload BYTEA,
     payload_format TEXT DEFAULT 'json',
-    PRIMARY KEY (run_id, step)
+    PRIMARY KEY (run_id, step, owner)
 );
 CREATE TABLE IF NOT EXISTS {SCHEMA}.blobs (
     hash TEXT NOT NULL,
@@ -272,11 +273,27 @@ def _migrate(url: str, con: psycopg.Connection) -> None:
             return  # another process did it meanwhile
         if version < 2:
             _to_2(con)
-        _to_3(con)
+        if version < 3:
+            _to_3(con)
+        _to_4(con)
         con.execute(
             f"UPDATE {SCHEMA}.meta SET value = %s WHERE key = 'schema_version'",
             [str(SCHEMA_VERSION)],
         )
+
+
+def _to_4(con: psycopg.Connection) -> None:
+    """The owner in every key: a member's rows never collide with another's of the same run id.
+
+    The keys only widen, so every stored row keeps its place; grants and row security
+    are the tables' own and stay as they were.
+    """
+    con.execute(
+        f"ALTER TABLE {SCHEMA}.runs DROP CONSTRAINT IF EXISTS runs_pkey, "
+        "ADD PRIMARY KEY (run_id, owner);\n"
+        f"ALTER TABLE {SCHEMA}.checkpoints DROP CONSTRAINT IF EXISTS checkpoints_pkey, "
+        "ADD PRIMARY KEY (run_id, step, owner);"
+    )
 
 
 def _to_3(con: psycopg.Connection) -> None:

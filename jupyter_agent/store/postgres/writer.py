@@ -16,7 +16,6 @@ import psycopg
 
 from ...errors import AgentBusy, StoreError
 from ..api import CHECKPOINT_COLUMNS, RUN_COLUMNS
-from ..dialect import CHECKPOINT_SELECT, RUN_SELECT
 from ..faults import crash, crash_due
 from ..rows import Record, malformed
 from ..writer import RunWriter
@@ -113,27 +112,27 @@ class PostgresRunWriter(RunWriter):
             return
         try:
             if record.table == "runs":
-                values = [row.get(c) for c in RUN_COLUMNS]
-                self._con.execute(
-                    f"INSERT INTO {SCHEMA}.runs ({RUN_SELECT}, owner, lock_key) VALUES "
-                    f"({', '.join(['%s'] * (len(RUN_COLUMNS) + 2))}) ON CONFLICT DO NOTHING",
-                    [
-                        *values,
-                        self.owner,
-                        self._key if row["run_id"] == self.run_id else _random_key(),
-                    ],
+                key = self._key if row["run_id"] == self.run_id else _random_key()
+                self._insert_once(
+                    "runs",
+                    {**{c: row.get(c) for c in RUN_COLUMNS}, "owner": self.owner},
+                    {"lock_key": key},
+                    f"the row of run {row['run_id']}",
                 )
             else:
-                values = [row.get(c) for c in CHECKPOINT_COLUMNS]
-                fmt = row.get("payload_format") or "json"
+                values = {c: row.get(c) for c in CHECKPOINT_COLUMNS}
+                values.update(
+                    owner=self.owner,
+                    payload_format=row.get("payload_format") or "json",
+                    payload=record.payload,
+                )
                 with self._con.transaction():
                     self._put_blobs()
-                    self._con.execute(
-                        f"INSERT INTO {SCHEMA}.checkpoints "
-                        f"({CHECKPOINT_SELECT}, owner, payload_format, payload) "
-                        f"VALUES ({', '.join(['%s'] * (len(CHECKPOINT_COLUMNS) + 3))}) "
-                        "ON CONFLICT DO NOTHING",
-                        [*values, self.owner, fmt, record.payload],
+                    self._insert_once(
+                        "checkpoints",
+                        values,
+                        {},
+                        f"checkpoint {row['step']} of run {row['run_id']}",
                     )
                     if due == "torn":
                         crash()
@@ -143,6 +142,40 @@ class PostgresRunWriter(RunWriter):
         self.bytes_written += len(record.payload) + sum(len(str(v)) for v in row.values())
         if due == "after":
             crash()
+
+    def _insert_once(
+        self, table: str, row: dict[str, Any], extra: dict[str, Any], what: str
+    ) -> None:
+        """Insert a row of this writer's owner; the very same row stored already is no error.
+
+        The owner is part of every key, so another member's rows never collide with
+        these. A conflict is with a row of this owner's: the same row again (a replay
+        after a crash or a lost reply) passes, while a different one is an error, never a
+        silent skip, which would let the cell say "done" while its steps went unsaved.
+        ``extra`` columns (a run's lock key) are not compared: they are the writer's own.
+        """
+        assert self._con is not None
+        columns, values = [*row, *extra], [*row.values(), *extra.values()]
+        added = self._con.execute(
+            f"INSERT INTO {SCHEMA}.{table} ({', '.join(columns)}) "
+            f"VALUES ({', '.join(['%s'] * len(values))}) ON CONFLICT DO NOTHING",
+            values,
+        )
+        if added.rowcount:
+            return
+        key = [c for c in ("run_id", "step", "owner") if c in row]
+        same = self._con.execute(
+            f"SELECT 1 FROM {SCHEMA}.{table} WHERE {' AND '.join(f'{c} = %s' for c in key)} "
+            f"AND ({', '.join(row)}) IS NOT DISTINCT FROM ({', '.join(['%s'] * len(row))})",
+            [*(row[c] for c in key), *row.values()],
+        ).fetchone()
+        if same is None:
+            raise StoreError(
+                f"Could not store {what}: it is already stored, with other contents (a second "
+                "writer of this run, or its id used twice). Nothing was overwritten; the run "
+                "stopped at its last saved checkpoint. Run the cell again to resume it, or "
+                "with --restart to start a new run."
+            )
 
     def _put_blobs(self) -> None:
         assert self._con is not None

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from jupyter_agent.errors import AgentBusy, StoreError
+from jupyter_agent.errors import StoreError
 from jupyter_agent.store.postgres import admin
 from jupyter_agent.store.postgres.store import PostgresStore
 from jupyter_agent.store.schema import SCHEMA_VERSION
@@ -106,39 +106,56 @@ def test_a_schema_2_team_store_is_upgraded_by_the_admin_and_members_keep_working
     assert [r.run_id for r in alice.runs()] == ["ra"]
 
 
+def _advisory_keys(con: psycopg.Connection) -> list[int]:
+    """Every advisory key held in the database, as ``pg_locks`` shows it to any member."""
+    return [
+        k
+        for (k,) in con.execute(
+            "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
+            "WHERE locktype = 'advisory'"
+        ).fetchall()
+    ]
+
+
 def test_a_member_can_neither_take_nor_fake_another_members_locks(pg_url):
+    """Bob watches alice's keys while she runs, guesses the rest, holds them all and writes
+    what he can: her agent is not shown live, her run proceeds, her delete works."""
     member = _team(pg_url, "alice", "bob")
     alice, bob = member("alice"), member("bob")
     write(alice, run_row("ra"), [0])
-    impostor = PostgresStore(bob.url, owner=alice.owner)  # JUPYTERHUB_USER is bob's to set
-    with (
-        impostor.agent_lock(NB, "a"),
-        alice.agent_lock(NB, "a"),
-        psycopg.connect(bob.url, autocommit=True) as con,  # what pg_locks shows bob
-    ):
-        seen = [
-            k
-            for (k,) in con.execute(
-                "SELECT (l.classid::bigint << 32) | l.objid::bigint FROM pg_locks l "
-                "JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' "
-                "AND a.usename = %s",
-                [alice.owner],
-            ).fetchall()
-        ]
-    assert seen  # her agent's key, while she ran it
-    with psycopg.connect(pg_url, autocommit=True) as con:  # her run's key, however learnt
-        seen += [k for (k,) in con.execute(f"SELECT lock_key FROM {admin.SCHEMA}.runs")]
-    named = [admin.lock_key("run", "ra"), admin.lock_key("agent", alice.owner, NB, "a")]
     fake = "jupyter-agent locks pid 4242 on alices-laptop"
     with psycopg.connect(bob.url, autocommit=True, application_name=fake) as con:
-        for key in [*seen, *named]:
+        with alice.agent_lock(NB, "a"):
+            running = alice.writer("ra", secrets=[])
+            seen = _advisory_keys(con)
+            running.close()
+        assert len(seen) >= 2  # her agent's key and her run's, while she ran them
+        me = alice.owner
+        seen += [admin.lock_key("run", *p) for p in (["ra"], [me, "ra"], [me, me, "ra"])]
+        seen += [admin.lock_key("agent", *p) for p in ([me, NB, "a"], [me, me, NB, "a"])]
+        for key in seen:
             con.execute("SELECT pg_advisory_lock(%s)", [key])
-        assert alice.live_runs() == set()  # her finished run does not look live
-        # A key bob saw in use he can hold, but he is named for what he is, not what he says.
-        with pytest.raises(AgentBusy) as busy, alice.agent_lock(NB, "a"):
+        impostor = PostgresStore(bob.url, owner=me)  # JUPYTERHUB_USER is bob's to set
+        with pytest.raises(StoreError), impostor.agent_lock(NB, "a"):
             pass
-        assert "alices-laptop" not in str(busy.value) and bob.owner in str(busy.value)
-        assert alice.delete_runs(["ra"]) == 1
+        for sql in (f"UPDATE {admin.SCHEMA}.runs SET lock_key = 1",) + tuple(
+            f"UPDATE {admin.SCHEMA}.{t} SET owner = current_user"
+            for t in ("runs", "checkpoints", "agent_locks")
+        ):
+            assert con.execute(sql).rowcount == 0  # her rows are not his to change
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            con.execute(f"INSERT INTO {admin.SCHEMA}.agent_locks VALUES (%s, %s, 'a', 1)", [me, NB])
+        with bob.agent_lock(NB, "a"):  # his own agent of that name
+            assert alice.live_runs() == set()  # her finished run does not look live
+            with alice.agent_lock(NB, "a"):  # nor her agent taken
+                resumed = alice.writer("ra", secrets=[])
+                try:
+                    resumed.put_checkpoint(cp("ra", 1), b"payload ra/1")
+                    assert alice.live_runs() == {"ra"}
+                finally:
+                    resumed.close()
+            assert alice.live_runs() == set()
+            assert alice.delete_runs(["ra"]) == 1
     assert alice.runs() == []
 
 
@@ -209,6 +226,43 @@ def test_a_run_id_is_not_enough_to_fill_a_members_future_steps(pg_url):
     assert alice.delete_runs(["ra"]) == 1 and [c.step for c in bob.checkpoints("ra")]
 
 
+def test_an_agent_saves_every_step_though_another_member_wrote_at_its_next_steps(
+    pg_url, kernel_factory, scripted, tmp_path
+):
+    """A real agent of alice's in a kernel; bob, knowing her run id, fills her next step
+    numbers with rows in his name while she waits. Her run still saves every step."""
+    from ..test_cli import AGENT
+    from ..test_durable_kernel import tool
+
+    member = _team(pg_url, "alice", "bob")
+    alice, bob = member("alice"), member("bob")
+    release = tmp_path / "release"
+    wait = f"import os, time\nwhile not os.path.exists({str(release)!r}): time.sleep(0.1)"
+    scripted.set_script([tool(wait), tool("x = 1"), tool("y = x + 1"), {"content": "Done."}])
+    kernel = kernel_factory(JUPYTER_AGENT_STORE=alice.url, JUPYTERHUB_USER=alice.owner)
+    running = kernel.start(AGENT)
+    kernel.wait_for(running, "time.sleep(0.1)")
+    with psycopg.connect(pg_url, autocommit=True) as con:  # her run id, as a URL shows it
+        ((run_id, last),) = con.execute(
+            f"SELECT run_id, max(step) FROM {admin.SCHEMA}.checkpoints GROUP BY run_id"
+        ).fetchall()
+    with psycopg.connect(bob.url, autocommit=True) as con:
+        for step in range(last + 1, last + 40):
+            con.execute(
+                f"INSERT INTO {admin.SCHEMA}.checkpoints (run_id, step, owner, kind, status, "
+                "summary, created_at, duration_ms, tokens, size) "
+                "VALUES (%s, %s, current_user, 'model', 'done', 'bob', 0, 0, 0, 0)",
+                [run_id, step],
+            )
+    release.touch()
+    done = kernel.wait(running)
+    assert done.status == "ok" and "Done." in done.text, done.text
+    steps = alice.checkpoints(run_id)
+    assert [c.step for c in steps] == list(range(len(steps))) and len(steps) > last + 4
+    assert steps[-1].status == "done" and "bob" not in {c.summary for c in steps}
+    assert len(bob.checkpoints(run_id)) == 39
+
+
 def test_a_conflicting_row_of_the_writers_own_is_an_error_and_the_same_row_again_is_not(pg_url):
     member = _team(pg_url, "alice")
     alice = member("alice")
@@ -230,15 +284,25 @@ def test_a_conflicting_row_of_the_writers_own_is_an_error_and_the_same_row_again
     assert alice.payloads([("ra", 2)])[-1][1] == b"payload ra/2"
 
 
-def test_a_schema_3_team_store_is_upgraded_to_keys_with_the_owner(pg_url):
+def test_a_schema_3_team_store_is_upgraded_by_the_admin_and_members_keep_working(pg_url):
+    """Keys with the owner, and agents' lock keys in rows of their own, under the grants and
+    row security the admin had given schema 3."""
     v3 = admin._DDL.replace("PRIMARY KEY (run_id, owner)", "PRIMARY KEY (run_id)").replace(
         "PRIMARY KEY (run_id, step, owner)", "PRIMARY KEY (run_id, step)"
     )
     assert v3.count("PRIMARY KEY (run_id") == 2 and "owner)" not in v3.split("blobs")[0]
+    tag = uuid.uuid4().hex[:6]
+    roles = {name: f"{name}_{tag}" for name in ("alice", "bob")}
     with psycopg.connect(pg_url, autocommit=True) as con:  # as schema 3 was set up
         con.execute(v3 + admin._WINDOWS_DDL + admin._META_READ_ONLY)
         con.execute(f"INSERT INTO {admin.SCHEMA}.meta VALUES ('schema_version', '3')")
-    member = _team(pg_url, "alice", "bob")  # the admin opens it: the upgrade
+        con.execute(admin.grants_sql("team"))
+        for t in admin.MEMBER_TABLES[:-1]:
+            con.execute(admin.own_rows_sql(t))
+        for role in roles.values():
+            con.execute(f"CREATE ROLE {role} LOGIN IN ROLE team")
+    admin._ready.clear()
+    assert PostgresStore(pg_url, owner="admin").info().schema_version == SCHEMA_VERSION == 4
     with psycopg.connect(pg_url, autocommit=True) as con:
         keys = dict(
             con.execute(
@@ -247,12 +311,17 @@ def test_a_schema_3_team_store_is_upgraded_to_keys_with_the_owner(pg_url):
                 [admin.SCHEMA],
             ).fetchall()
         )
-        version = con.execute(f"SELECT value FROM {admin.SCHEMA}.meta").fetchall()
-    assert version == [(str(SCHEMA_VERSION),)] and SCHEMA_VERSION == 4
     assert keys[f"{admin.SCHEMA}.runs"] == "PRIMARY KEY (run_id, owner)"
     assert keys[f"{admin.SCHEMA}.checkpoints"] == "PRIMARY KEY (run_id, step, owner)"
-    alice, bob = member("alice"), member("bob")
+    alice, bob = (
+        PostgresStore(pg_url.replace("postgres@", f"{r}@", 1), owner=r) for r in roles.values()
+    )
     write(bob, run_row("ra"), range(2))  # her run id, in his name
-    write(alice, run_row("ra"), range(3))
+    with alice.agent_lock(NB, "a"), bob.agent_lock(NB, "a"):
+        write(alice, run_row("ra"), range(3))
     assert [c.step for c in alice.checkpoints("ra")] == [0, 1, 2]
     assert [c.step for c in bob.checkpoints("ra")] == [0, 1]
+    with psycopg.connect(bob.url, autocommit=True) as con:
+        assert con.execute(f"SELECT owner FROM {admin.SCHEMA}.agent_locks").fetchall() == [
+            (bob.owner,)
+        ]

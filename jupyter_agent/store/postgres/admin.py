@@ -87,6 +87,18 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.learnt_windows (
     PRIMARY KEY (owner, model)
 );
 """
+#: Schema 4: the current advisory-lock key of each owner's agent, random and rotated at each
+#: take, out of other members' reach under row security (see
+#: :mod:`jupyter_agent.store.postgres.locks`).
+_LOCKS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {SCHEMA}.agent_locks (
+    owner TEXT NOT NULL,
+    notebook TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    lock_key BIGINT NOT NULL,
+    PRIMARY KEY (owner, notebook, agent)
+);
+"""
 #: The team-wide ``meta`` (the schema version) is written only by the tables' owner, the
 #: admin: a member who could set it would lock the whole team out. Members may read it.
 #: Run when the tables are created or upgraded and after every grant, so no grant (to a
@@ -105,18 +117,30 @@ DO $$ DECLARE r record; BEGIN
 END $$;
 """
 #: Tables each member writes rows of their own in, under :data:`ROW_SECURITY_SQL`.
-MEMBER_TABLES = ("runs", "checkpoints", "blobs", "notebook_moves", "learnt_windows")
+MEMBER_TABLES = (
+    "runs",
+    "checkpoints",
+    "blobs",
+    "notebook_moves",
+    "learnt_windows",
+    "agent_locks",
+)
+
 
 #: Row-level security that makes the owner column binding: each member's role
 #: (named after their JupyterHub or login name) sees and writes only its rows.
 #: Applied by the team's admin (see docs/store-postgres.md), not by the store.
-ROW_SECURITY_SQL = "\n".join(
-    f"ALTER TABLE {SCHEMA}.{t} ENABLE ROW LEVEL SECURITY;\n"
-    f"DROP POLICY IF EXISTS own_rows ON {SCHEMA}.{t};\n"
-    f"CREATE POLICY own_rows ON {SCHEMA}.{t} USING (owner = current_user) "
-    "WITH CHECK (owner = current_user);"
-    for t in MEMBER_TABLES
-)
+def own_rows_sql(table: str) -> str:
+    """Row-level security on ``table``: a role sees and writes only rows it owns."""
+    return (
+        f"ALTER TABLE {SCHEMA}.{table} ENABLE ROW LEVEL SECURITY;\n"
+        f"DROP POLICY IF EXISTS own_rows ON {SCHEMA}.{table};\n"
+        f"CREATE POLICY own_rows ON {SCHEMA}.{table} USING (owner = current_user) "
+        "WITH CHECK (owner = current_user);"
+    )
+
+
+ROW_SECURITY_SQL = "\n".join(own_rows_sql(t) for t in MEMBER_TABLES)
 
 
 def grants_sql(team: str) -> str:
@@ -246,7 +270,7 @@ def ensure_schema(url: str, con: psycopg.Connection, *, create: bool) -> bool:
                     return False
                 with con.transaction():
                     con.execute("SELECT pg_advisory_xact_lock(%s)", [_DDL_KEY])
-                    con.execute(_DDL + _WINDOWS_DDL + _META_READ_ONLY)
+                    con.execute(_DDL + _WINDOWS_DDL + _LOCKS_DDL + _META_READ_ONLY)
                     con.execute(
                         f"INSERT INTO {SCHEMA}.meta VALUES ('schema_version', %s) "
                         "ON CONFLICT DO NOTHING",
@@ -283,10 +307,11 @@ def _migrate(url: str, con: psycopg.Connection) -> None:
 
 
 def _to_4(con: psycopg.Connection) -> None:
-    """The owner in every key: a member's rows never collide with another's of the same run id.
+    """The owner in every key, and agents' lock keys in rows of their owners.
 
-    The keys only widen, so every stored row keeps its place; grants and row security
-    are the tables' own and stay as they were.
+    A member's rows never collide with another's of the same run id: the keys only
+    widen, so every stored row keeps its place. The new ``agent_locks`` table gets the
+    grants and the row security ``runs`` has, so members keep working after the upgrade.
     """
     con.execute(
         f"ALTER TABLE {SCHEMA}.runs DROP CONSTRAINT IF EXISTS runs_pkey, "
@@ -294,6 +319,26 @@ def _to_4(con: psycopg.Connection) -> None:
         f"ALTER TABLE {SCHEMA}.checkpoints DROP CONSTRAINT IF EXISTS checkpoints_pkey, "
         "ADD PRIMARY KEY (run_id, step, owner);"
     )
+    con.execute(_LOCKS_DDL)
+    _secured_like_runs(con, "agent_locks")
+
+
+def _secured_like_runs(con: psycopg.Connection, table: str) -> None:
+    """Give a table new in an upgrade the grants and the row security ``runs`` has."""
+    con.execute(f"""
+DO $$ DECLARE r record; BEGIN
+  FOR r IN SELECT a.grantee, a.privilege_type FROM pg_class c, aclexplode(c.relacl) a
+      WHERE c.oid = '{SCHEMA}.runs'::regclass AND a.grantee <> c.relowner
+        AND a.privilege_type IN ('SELECT', 'INSERT', 'UPDATE', 'DELETE') LOOP
+    EXECUTE 'GRANT ' || r.privilege_type || ' ON {SCHEMA}.{table} TO '
+      || CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE r.grantee::regrole::text END;
+  END LOOP;
+END $$;""")
+    secured = con.execute(
+        "SELECT relrowsecurity FROM pg_class WHERE oid = %s::regclass", [f"{SCHEMA}.runs"]
+    ).fetchone()
+    if secured and secured[0]:
+        con.execute(own_rows_sql(table))
 
 
 def _to_3(con: psycopg.Connection) -> None:
@@ -305,25 +350,7 @@ def _to_3(con: psycopg.Connection) -> None:
     """
     con.execute(_WINDOWS_DDL)
     con.execute(f"DELETE FROM {SCHEMA}.meta WHERE key LIKE 'context_window:%'")
-    con.execute(f"""
-DO $$ DECLARE r record; BEGIN
-  FOR r IN SELECT a.grantee, a.privilege_type FROM pg_class c, aclexplode(c.relacl) a
-      WHERE c.oid = '{SCHEMA}.runs'::regclass AND a.grantee <> c.relowner
-        AND a.privilege_type IN ('SELECT', 'INSERT', 'UPDATE', 'DELETE') LOOP
-    EXECUTE 'GRANT ' || r.privilege_type || ' ON {SCHEMA}.learnt_windows TO '
-      || CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE r.grantee::regrole::text END;
-  END LOOP;
-END $$;""")
-    secured = con.execute(
-        "SELECT relrowsecurity FROM pg_class WHERE oid = %s::regclass", [f"{SCHEMA}.runs"]
-    ).fetchone()
-    if secured and secured[0]:
-        con.execute(
-            f"ALTER TABLE {SCHEMA}.learnt_windows ENABLE ROW LEVEL SECURITY;\n"
-            f"DROP POLICY IF EXISTS own_rows ON {SCHEMA}.learnt_windows;\n"
-            f"CREATE POLICY own_rows ON {SCHEMA}.learnt_windows USING (owner = current_user) "
-            "WITH CHECK (owner = current_user);"
-        )
+    _secured_like_runs(con, "learnt_windows")
     con.execute(_META_READ_ONLY)
 
 

@@ -36,7 +36,7 @@ from ..api import Capability
 from ..dialect import Dialect, Query, first, pinned
 from ..sql import SQLStore
 from .admin import SCHEMA, connect, current_owner, display_url, ensure_schema, problem
-from .locks import HELD_BY_ME, locks_of
+from .locks import HELD_BY_ME, Slot, locks_of
 from .writer import PostgresRunWriter
 
 
@@ -227,10 +227,17 @@ class PostgresStore(SQLStore):
 
     @contextlib.contextmanager
     def agent_lock(self, notebook: str, agent: str) -> Iterator[None]:
-        """Be the only writer of this owner's agent ``agent`` of ``notebook``, on any host."""
+        """Be the only writer of this owner's agent ``agent`` of ``notebook``, on any host.
+
+        Its key is kept in the owner's ``agent_locks`` row, out of other members' reach
+        (see :mod:`jupyter_agent.store.postgres.locks`)."""
         locks = locks_of(self.url, self.busy_timeout)
-        key = locks.key("agent", self.owner, notebook, agent)
-        holder = locks.acquire(key, reentrant=True)
+        slot = Slot(
+            "agent_locks",
+            (("owner", self.owner), ("notebook", notebook), ("agent", agent)),
+            create=True,
+        )
+        _, holder = locks.acquire(slot, reentrant=True)
         if holder == "here":
             raise AgentBusy.here(agent)
         if holder is not None:
@@ -243,7 +250,7 @@ class PostgresStore(SQLStore):
         try:
             yield
         finally:
-            locks.release(key)
+            locks.release(slot)
 
     # -- what the database says --------------------------------------------------------
 

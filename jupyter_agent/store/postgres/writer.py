@@ -9,7 +9,6 @@ advisory lock (see :mod:`jupyter_agent.store.postgres.locks`).
 
 from __future__ import annotations
 
-from secrets import randbits
 from typing import Any
 
 import psycopg
@@ -20,17 +19,12 @@ from ..faults import crash, crash_due
 from ..rows import Record, malformed
 from ..writer import RunWriter
 from .admin import SCHEMA, connect, problem
-from .locks import locks_of
+from .locks import Slot, locks_of, random_key
 
 
 def _text(value: Any) -> Any:
     """PostgreSQL text cannot hold NUL; DuckDB's could, so it is replaced, not refused."""
     return value.replace("\0", "\ufffd") if isinstance(value, str) else value
-
-
-def _random_key() -> int:
-    """A signed 64-bit advisory-lock key nobody can derive from names."""
-    return randbits(64) - (1 << 63)
 
 
 class PostgresRunWriter(RunWriter):
@@ -52,31 +46,26 @@ class PostgresRunWriter(RunWriter):
                 # nothing, and a crashed server only the last moments' checkpoints
                 # (the run resumes before them). The URL can ask for it per commit.
                 self._con.execute("SET synchronous_commit = off")
-            self._key = self._run_key(self._con)
         except BaseException as exc:
             if self._con is not None:
                 self._con.close()
             if isinstance(exc, psycopg.Error):
                 raise problem(url, exc, "start writing checkpoints") from exc
             raise
-        holder = self._locks.acquire(self._key, reentrant=False)
-        if holder is not None:
+        # The run's key: kept in the owner's row of the run, rotated at each take, never
+        # derived from the run id, which travels in URLs, logs and exports.
+        self._slot = Slot("runs", (("run_id", run_id), ("owner", owner)))
+        try:
+            key, holder = self._locks.acquire(self._slot, reentrant=False)
+        except BaseException:
+            self._con.close()
+            raise
+        if key is None:
             self._con.close()
             where = "in this process" if holder == "here" else f"elsewhere ({holder})"
             raise AgentBusy(f"Run {run_id} is already being written {where}.")
+        self._key = key
         self._blobs: list[list] = []
-
-    def _run_key(self, con: psycopg.Connection) -> int:
-        """The run's advisory-lock key: the one its row keeps, else a new random one.
-
-        Not derived from the run id, which travels in URLs, logs and exports: the key
-        is known only to those who can read the owner's row (and row security lets
-        only the owner)."""
-        row = con.execute(
-            f"SELECT lock_key FROM {SCHEMA}.runs WHERE run_id = %s AND owner = %s",
-            [self.run_id, self.owner],
-        ).fetchone()
-        return int(row[0]) if row else _random_key()
 
     def prepare_blob(self, digest: str, data: bytes) -> None:
         """Nothing to do ahead: the value goes into the database with its record."""
@@ -112,7 +101,7 @@ class PostgresRunWriter(RunWriter):
             return
         try:
             if record.table == "runs":
-                key = self._key if row["run_id"] == self.run_id else _random_key()
+                key = self._key if row["run_id"] == self.run_id else random_key()
                 self._insert_once(
                     "runs",
                     {**{c: row.get(c) for c in RUN_COLUMNS}, "owner": self.owner},
@@ -206,4 +195,4 @@ class PostgresRunWriter(RunWriter):
                     self._blobs.clear()
         finally:
             con.close()
-            self._locks.release(self._key)
+            self._locks.release(self._slot)

@@ -58,8 +58,9 @@ first checkpoint, and holds them until it ends:
    across processes and hosts, taken before its latest run is read: a
    ``flock`` on a per-agent file
    (:func:`jupyter_agent.store.duckdb.locks.owner_lock`, re-entrant per thread
-   through ``_holds_lock``) or a PostgreSQL session advisory lock (``_Locks``
-   and its ``mutex``, the registry behind ``_lock_sessions_lock``).
+   through ``_holds_lock``) or a PostgreSQL session advisory lock at a key kept
+   in the owner's row (``postgres.locks.Locks`` and its ``mutex``, held for the
+   few statements that rotate the key; the registry behind ``_lock_sessions_lock``).
 3. **The run's journal** (:class:`~jupyter_agent.store.duckdb.journal.JournalWriter`):
    an exclusive ``flock``; readers probe it with a shared, non-blocking one (a
    journal nobody locks belongs to a dead process, and is folded).

@@ -166,7 +166,10 @@ def current_owner() -> str:
 
 
 def lock_key(*parts: str) -> int:
-    """A signed 64-bit advisory-lock key for ``parts`` (a run, or an owner's agent)."""
+    """A signed 64-bit advisory-lock key for ``parts``: the schema's, across processes.
+
+    Never a member's agent or run: names are known to the whole team, so those keys
+    are random and kept in the owner's rows (see :mod:`jupyter_agent.store.postgres.locks`)."""
     digest = hashlib.sha256("\0".join(("jupyter-agent", *parts)).encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 

@@ -169,6 +169,7 @@ class PostgresRunWriter(RunWriter):
     def _put_blobs(self) -> None:
         assert self._con is not None
         if self._blobs:
+            # Keyed by content hash and owner: a conflict is this owner's same value, stored.
             with self._con.cursor() as cur:
                 cur.executemany(
                     f"INSERT INTO {SCHEMA}.blobs (hash, owner, size, data) VALUES (%s, %s, %s, %s) "

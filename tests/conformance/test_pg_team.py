@@ -148,13 +148,17 @@ def test_a_member_can_neither_take_nor_fake_another_members_locks(pg_url):
         with bob.agent_lock(NB, "a"):  # his own agent of that name
             assert alice.live_runs() == set()  # her finished run does not look live
             with alice.agent_lock(NB, "a"):  # nor her agent taken
+                his = bob.writer("ra", secrets=[])  # his own run of that id, at once
                 resumed = alice.writer("ra", secrets=[])
                 try:
+                    his.put_run(run_row("ra"))
                     resumed.put_checkpoint(cp("ra", 1), b"payload ra/1")
-                    assert alice.live_runs() == {"ra"}
+                    assert alice.live_runs() == {"ra"} == bob.live_runs()
                 finally:
                     resumed.close()
+                    his.close()
             assert alice.live_runs() == set()
+            assert [c.step for c in alice.checkpoints("ra")] == [0, 1]
             assert alice.delete_runs(["ra"]) == 1
     assert alice.runs() == []
 

@@ -159,7 +159,7 @@ def test_a_member_can_neither_take_nor_fake_another_members_locks(pg_url):
                     his.close()
             assert alice.live_runs() == set()
             assert [c.step for c in alice.checkpoints("ra")] == [0, 1]
-            assert alice.delete_runs(["ra"]) == 1
+            assert alice.delete_agent(NB, "a") == ["ra"]  # the REST delete, lock and all
     assert alice.runs() == []
 
 

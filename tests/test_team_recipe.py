@@ -8,7 +8,8 @@ each replacement checked to apply), so the doc and this test cannot drift apart:
   doc's lines: members log in over TCP with scram-sha-256 and see only their rows;
 * a real JupyterHub (root only: it creates two local Unix users) with the doc's
   ``jupyterhub_config.py`` lines: each user's server answers from its own role, and
-  stopping the hub stops the servers. Deselect it with ``-m "not jupyterhub"``.
+  stopping the hub stops the servers, leaving an agent that was running in a kernel
+  interrupted (resumable) in the store. Deselect it with ``-m "not jupyterhub"``.
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ psycopg = pytest.importorskip("psycopg", reason="pip install 'jupyter-agent[post
 from jupyter_agent.errors import StoreError  # noqa: E402
 from jupyter_agent.store.postgres import admin  # noqa: E402
 from jupyter_agent.store.postgres.store import PostgresStore  # noqa: E402
-from jupyter_agent.store.postgres.team import add_member, setup_team  # noqa: E402
+from jupyter_agent.store.postgres.team import add_member, setup_team, write_pgpass  # noqa: E402
+from jupyter_agent.testing import ScriptedServer  # noqa: E402
+from jupyter_agent.views.listing import Reader  # noqa: E402
 
 from .conformance.test_store_conformance import run_row, write  # noqa: E402
+from .conftest import API_KEY  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "team.md"
@@ -208,6 +212,18 @@ def test_a_plain_database_owner_is_told_the_admin_needs_createrole(team: Team):
         assert con.execute("SELECT 1 FROM pg_roles WHERE rolname = 'dave'").fetchone() is None
 
 
+def test_write_pgpass_replaces_the_line_of_its_url_and_keeps_the_others(tmp_path):
+    path = tmp_path / "pgpass"
+    path.write_text("other:5432:db:bob:bobs\n")
+    write_pgpass(path, "postgresql://ann%40example.org@db:5433/team", "old")
+    write_pgpass(path, "postgresql://ann%40example.org@db:5433/team", "pa:ss\\")
+    assert path.read_text().splitlines() == [
+        "other:5432:db:bob:bobs",
+        "db:5433:team:ann@example.org:pa\\:ss\\\\",  # libpq's escapes for ':' and '\\'
+    ]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
 # -- JupyterHub --------------------------------------------------------------------------
 
 
@@ -316,8 +332,15 @@ class Hub:
     """A JupyterHub process and its REST API, as a service with an admin token."""
 
     def __init__(
-        self, base: Path, python: SharedPython, chp: str, team: Team, users: list[str]
+        self,
+        base: Path,
+        python: SharedPython,
+        chp: str,
+        team: Team,
+        users: list[str],
+        env: dict[str, str],
     ) -> None:
+        """Start the hub on ``users``; ``env`` is added to their servers' environment."""
         self.dir = base / "hub"
         self.dir.mkdir()
         self.port = _free_port()
@@ -342,7 +365,7 @@ class Hub:
             "c.JupyterHub.load_roles = [{'name': 'recipe', 'services': ['recipe'], 'scopes': "
             "['admin:users', 'admin:servers', 'tokens', 'access:servers']}]",
             recipe,
-            f"c.Spawner.environment.update({python.env!r})",
+            f"c.Spawner.environment.update({ ({**python.env, **env})!r})",
         ]
         config = self.dir / "jupyterhub_config.py"
         config.write_text("\n".join(lines) + "\n")
@@ -367,13 +390,16 @@ class Hub:
             **kw,
         )
 
-    def user_api(self, user: str, token: str, path: str) -> Any:
+    def user_api(self, user: str, token: str, path: str, method: str = "GET", **kw: Any) -> Any:
+        """A request to ``user``'s server (``path`` under ``/user/NAME/``) with their token."""
         import requests
 
-        return requests.get(
-            f"http://127.0.0.1:{self.port}/user/{user}/jupyter-agent/api/{path}",
+        return requests.request(
+            method,
+            f"http://127.0.0.1:{self.port}/user/{user}/{path}",
             headers={"Authorization": f"token {token}"},
             timeout=30,
+            **kw,
         )
 
     def wait(self, condition: Any, what: str, timeout: float = 60) -> Any:
@@ -388,7 +414,8 @@ class Hub:
         pytest.fail(f"{what} within {timeout} s:\n{self.tail()}")
 
     def tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+        lines = self.log.read_text(errors="replace").splitlines()
+        return "\n".join([x for x in lines if " 200 GET " not in x][-40:])  # not the polls
 
     def stop(self) -> None:
         """Stop the hub as an admin would (SIGTERM); the proxy too, should the hub have left it."""
@@ -405,6 +432,32 @@ class Hub:
                 os.kill(pid, signal.SIGTERM)
 
 
+def tool(code: str) -> dict[str, Any]:
+    return {"tool_calls": [{"name": "python", "arguments": {"code": code}}]}
+
+
+def start_kernel(hub: Hub, user: str, token: str) -> Any:
+    """A kernel started by ``user``'s server (as that user), with the extension loaded.
+
+    Driven over ZeroMQ with its connection file, which root may read in the user's home.
+    """
+    from jupyter_client import BlockingKernelClient
+
+    made = hub.user_api(user, token, "api/kernels", "POST", json={"name": "python3"})
+    assert made.status_code == 201, made.text
+    kernel_id = made.json()["id"]
+    name = f"kernel-{kernel_id}.json"
+    home = Path(os.path.expanduser(f"~{user}"))
+    found = hub.wait(lambda: next(home.rglob(name), None), "the kernel's connection file")
+    client = BlockingKernelClient()
+    client.load_connection_file(str(found))
+    client.start_channels(hb=False)  # a heartbeat not seen yet would count as a dead kernel
+    client.wait_for_ready(timeout=60)
+    reply = client.execute_interactive("%load_ext jupyter_agent", timeout=60, output_hook=print)
+    assert reply["content"]["status"] == "ok", reply
+    return client
+
+
 @pytest.mark.jupyterhub
 def test_jupyterhub_gives_each_users_server_its_own_store_and_stops_them_with_it(team: Team):
     if os.geteuid() != 0 or not shutil.which("useradd"):
@@ -415,7 +468,8 @@ def test_jupyterhub_gives_each_users_server_its_own_store_and_stops_them_with_it
     base.chmod(0o755)  # the users run the shared Python from here
     hub: Hub | None = None
     python: SharedPython | None = None
-    with unix_users(2) as (alice, bob):
+    script = [tool("a = 1"), tool("import time; time.sleep(120)"), {"content": "done"}]
+    with ScriptedServer(script) as scripted, unix_users(2) as (alice, bob):
         uids = {name: int(subprocess.check_output(["id", "-u", name])) for name in (alice, bob)}
         started: set[int] = set()
         try:
@@ -427,7 +481,8 @@ def test_jupyterhub_gives_each_users_server_its_own_store_and_stops_them_with_it
             write(team.member(alice, pgpass), run_row("r-hub", "analyst", notebook=notebook), [0])
 
             python = SharedPython(base)
-            hub = Hub(base, python, chp, team, [alice, bob])
+            endpoint = {"OPENAI_BASE_URL": scripted.url, "OPENAI_API_KEY": API_KEY}
+            hub = Hub(base, python, chp, team, [alice, bob], endpoint)
             hub.wait(lambda: hub.api("GET", "").status_code == 200, "the hub answers")
             tokens = {}
             for name in (alice, bob):
@@ -450,20 +505,40 @@ def test_jupyterhub_gives_each_users_server_its_own_store_and_stops_them_with_it
                 started |= processes_of(uids[name])
 
             for name in (alice, bob):
-                status = hub.user_api(name, tokens[name], "status")
+                status = hub.user_api(name, tokens[name], "jupyter-agent/api/status")
                 assert status.status_code == 200, status.text
                 assert status.json()["store"] == team.url(name)  # the user's own role
-                agents = hub.user_api(name, tokens[name], "agents?notebook=analysis.ipynb")
+                agents = hub.user_api(
+                    name, tokens[name], "jupyter-agent/api/agents?notebook=analysis.ipynb"
+                )
                 assert agents.status_code == 200, agents.text
                 listed = [(a["name"], a["run_id"]) for a in agents.json()["agents"]]
                 assert listed == ([("analyst", "r-hub")] if name == alice else [])
             # A user's token does not open another user's server.
-            assert hub.user_api(alice, tokens[bob], "status").status_code in (302, 403)
+            assert hub.user_api(alice, tokens[bob], "jupyter-agent/api/status").status_code in (
+                302,
+                403,
+            )
+
+            # An agent runs in alice's kernel, in its second tool call, when the hub stops.
+            kernel = start_kernel(hub, alice, tokens[alice])
+            kernel.execute("%%agent --name hubagent --model scripted\nBuild a, then wait.")
+            hub.wait(lambda: scripted.turns_requested() == [0, 1], "the agent's second step")
+            started |= processes_of(uids[alice])  # with the kernel
+            time.sleep(1)
+            kernel.stop_channels()
 
             assert started, "the users' servers run as the users"
             hub.stop()  # cleanup_servers = True: the hub stops the servers it started
             assert hub.proc.returncode is not None
-            assert _gone(started, 20) == set()
+            assert _gone(started, 30) == set()
+            # ... and the agent paused resumably: interrupted at its last checkpoint.
+            store = team.member(alice, pgpass)
+            (run,) = [r for r in store.runs() if r.agent == "hubagent"]
+            rows, _ = Reader(store).agents_in_order(run.notebook)
+            (row,) = [r for r in rows if r["name"] == "hubagent"]
+            assert row["status"] == "interrupted", row
+            assert row["label"].startswith("interrupted at step"), row
         finally:
             if hub is not None:
                 hub.stop()

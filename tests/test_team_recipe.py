@@ -376,7 +376,10 @@ class Hub:
                 cwd=self.dir,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PATH": f"{Path(chp).parent}:{os.environ['PATH']}"},
+                env={
+                    **{k: v for k, v in os.environ.items() if k != "PGPASSFILE"},  # the admin's
+                    "PATH": f"{Path(chp).parent}:{os.environ['PATH']}",
+                },
             )
 
     def api(self, method: str, path: str, **kw: Any) -> Any:

@@ -58,11 +58,15 @@ def _free_port() -> int:
 
 
 class PgServer:
-    """One temporary PostgreSQL cluster; ``fast`` turns off fsync (tests, not benchmarks)."""
+    """One temporary PostgreSQL cluster; ``fast`` turns off fsync (tests, not benchmarks).
 
-    def __init__(self, bindir: Path, *, fast: bool = True) -> None:
+    Every connection is trusted unless ``hba`` gives the cluster a ``pg_hba.conf`` of its own.
+    """
+
+    def __init__(self, bindir: Path, *, fast: bool = True, hba: str | None = None) -> None:
         self.bindir = bindir
         self.fast = fast
+        self.hba = hba
         self.dir = Path(tempfile.mkdtemp(prefix="jupyter-agent-pg-"))
         self.data = self.dir / "data"
         self.port = _free_port()
@@ -85,6 +89,8 @@ class PgServer:
 
     def start(self) -> PgServer:
         self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "-A", "trust", "-E", "UTF8")
+        if self.hba is not None:  # e.g. passwords for every role but the superuser
+            (self.data / "pg_hba.conf").write_text(self.hba)
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
         if self.fast:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"

@@ -179,3 +179,21 @@ def test_a_run_id_is_not_enough_to_take_a_members_run(pg_url):
         finally:
             resumed.close()
     assert alice.live_runs() == set()
+
+
+def test_members_read_the_store_id_the_admin_made_and_cannot_change_it(pg_url):
+    member = _team(pg_url, "carol")
+    carol = member("carol")
+    made = PostgresStore(pg_url, owner="admin").store_id()
+    assert made and carol.store_id() == made
+    with (
+        psycopg.connect(carol.url, autocommit=True) as con,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        con.execute(f"UPDATE {admin.SCHEMA}.meta SET value = 'x' WHERE key = 'store_id'")
+    # A team store made before store ids gets one from the admin's grants.
+    with psycopg.connect(pg_url, autocommit=True) as con:
+        con.execute(f"DELETE FROM {admin.SCHEMA}.meta WHERE key = 'store_id'")
+        assert carol.store_id() is None
+        con.execute(admin.grants_sql("team"))
+    assert carol.store_id() not in (None, made)

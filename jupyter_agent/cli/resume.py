@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Callable
 from typing import IO, Any
 
-from ..core.notebook_store import record_store, recorded_store
+from ..core.notebook_store import other_store, record_store, recorded_store
 from ..errors import NotebookError, OtherStore
 from ..store.api import Store
 from ..vocab import ENV_NOTEBOOK
@@ -222,12 +222,8 @@ def check_store(path: str, nb: Any, store: Store) -> None:
         "Point JUPYTER_AGENT_STORE or --store at the notebook's store, or pass --new-store "
         "to start its agents afresh in this one."
     )
-    if recorded is not None and recorded != current:
-        this = f"this store ({where}) is {current}" if current else f"{where} holds no store yet"
-        raise OtherStore(
-            f"{name} keeps its agents in the store {recorded}, and {this}: nothing was run. "
-            + advice
-        )
+    if why := other_store(recorded, current, where):
+        raise OtherStore(f"{name} {why}: nothing was run. {advice}")
     if recorded is None and _ran_agents(nb) and not store.runs(notebook=path):
         raise OtherStore(
             f"{name}'s agent cells ran before, but {where} holds none of its agents: "

@@ -53,6 +53,15 @@ def record_store(nb: Any, store_id: str) -> None:
     own["store"] = store_id
 
 
+def other_store(recorded: str | None, current: str | None, where: str) -> str | None:
+    """Why a notebook recording ``recorded`` is not at home in the store ``current`` at
+    ``where`` (None: it is, or it records none), as the middle of a sentence."""
+    if recorded is None or recorded == current:
+        return None
+    this = f"the store at {where} is {current}" if current else f"{where} has no store id yet"
+    return f"keeps its agents in the store {recorded}, and {this}"
+
+
 def _store_of(metadata: Any) -> str | None:
     own = metadata.get(METADATA_KEY) if isinstance(metadata, Mapping) else None
     value = own.get("store") if isinstance(own, Mapping) else None

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..core import notebook_store
 from ..core.notebook_store import recorded_store
 from ..errors import IdentityError
 from ..vocab import ENV_NOTEBOOK, NAME_PATTERN, cell_agent_name
@@ -250,16 +251,13 @@ def other_store(notebook: str, current: Callable[[], str | None], where: str) ->
     _told.add(key)
     nb = _read(notebook)
     recorded = recorded_store(nb) if isinstance(nb, dict) else None
-    if recorded is None:
+    why = notebook_store.other_store(recorded, current(), where) if recorded is not None else None
+    if why is None:
         return None
-    mine = current()
-    if recorded == mine:
-        return None
-    this = f"this kernel's store ({where}) is {mine}" if mine else f"{where} holds no store yet"
     return (
-        f"⚠ This notebook keeps its agents in the store {recorded}, and {this}: its agents "
-        "start afresh here, repeating their model and tool calls. To continue them, set "
-        "JUPYTER_AGENT_STORE to the notebook's store and restart the kernel."
+        f"⚠ This notebook {why}: its agents start afresh here, repeating their model and "
+        "tool calls. To continue them, set JUPYTER_AGENT_STORE to the notebook's store and "
+        "restart the kernel."
     )
 
 

@@ -21,6 +21,7 @@ widget, the CLI, the REST handlers) catches :class:`AgentError` alone::
     ├── AgentBusy               the agent runs elsewhere (another kernel, or here in the background)
     ├── NotWaiting              an approval for an agent that waits for none
     ├── NotebookError           a notebook ``resume`` cannot read or run to the end
+    │   └── OtherStore          the notebook's agents live in another store, or this one is empty
     ├── CallTimedOut            a tool call got no answer in time; the run pauses (also Cancelled)
     └── ToolCallError           the model's own call was malformed; told to the model, not the user
         ├── MalformedCall       arguments that are not a JSON object, an unknown tool  (also ValueError)
@@ -175,6 +176,13 @@ class NotebookError(AgentError):
     that is not installed, a failing or timed-out cell). A notebook that cannot
     be read is never written.
     """
+
+
+class OtherStore(NotebookError):
+    """The notebook's agents live in another store than the one given, or it holds none.
+
+    Running it there would start every agent afresh and repeat its model and tool
+    calls, so ``resume`` stops before running anything (exit code 3)."""
 
 
 class ToolCallError(AgentError, ValueError):

@@ -230,3 +230,39 @@ def test_the_cells_approval_option_applies_and_commands_keep_it(ip, endpoint, st
     ip.run_line_magic("agent", "approve gate")
     assert ip.user_ns["c"] == 3
     assert [i["approve"] for i in resume_infos(store_path)] == [True, True, True]
+
+
+def python_call(code: str) -> dict:
+    return {"tool_calls": [{"name": "python", "arguments": {"code": code}}]}
+
+
+def test_approving_keeps_a_value_the_user_changed_meanwhile(ip, scripted, monkeypatch, capsys):
+    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
+    for name in ("g1", "g2", "g3"):
+        ip.user_ns.pop(name, None)
+    scripted.set_script(
+        [
+            python_call("g1 = 1\ng3 = [1]"),
+            python_call("g2 = g1 + 1"),
+            python_call("g3.append(g2)"),
+            {"content": "Done."},
+        ]
+    )
+    ip.run_cell_magic("agent", "-m scripted --name gauge --approve", "Set g1, then g2.")
+    ip.run_line_magic("agent", "approve gauge")
+    assert ip.user_ns["g1"] == 1 and "g2" not in ip.user_ns
+    capsys.readouterr()
+    ip.user_ns["g1"] = 500  # the user, while the agent waits for approval
+    ip.run_line_magic("agent", "approve gauge")
+    out = capsys.readouterr().out
+    assert ip.user_ns["g1"] == 500, out
+    assert ip.user_ns["g2"] == 501, out
+    assert "Variables restored from the store: g1" not in out, out
+    assert "g1 was changed in this kernel since the agent saved it" in out, out
+    assert "Variables restored from the store: g3\n" in out, out  # as it was: restored
+    # The agent's next step saved the kernel's value: approving again says nothing of g1.
+    ip.run_line_magic("agent", "approve gauge")
+    out = capsys.readouterr().out
+    assert ip.user_ns["g3"] == [1, 501] and ip.user_ns["g1"] == 500, out
+    assert "g1 was changed" not in out, out

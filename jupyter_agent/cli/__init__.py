@@ -6,7 +6,7 @@ Every command but ``export`` reads metadata only and never unpickles anything;
 running kernels meanwhile: it waits while another process holds it.
 
 Exit codes: 0 ok, 1 not found or refused (docs/cli.md lists why a `resume` stops), 2 usage
-error, 130 interrupted.
+error, 3 a `resume` against a store the notebook's agents do not live in, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import AgentError
+from ..errors import AgentError, OtherStore
 from ..store.open import open_store
 from .commands import (
     Partial,
@@ -32,7 +32,7 @@ from .commands import (
 from .export import cmd_export
 from .resume import cmd_resume, positive_seconds
 
-OK, REFUSED, USAGE = 0, 1, 2
+OK, REFUSED, USAGE, OTHER_STORE = 0, 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="jupyter agent",
         parents=[common],
         description="The durable agents of a jupyter-agent store.",
-        epilog="Exit codes: 0 ok, 1 not found or refused, 2 usage error.",
+        epilog="Exit codes: 0 ok, 1 not found or refused, 2 usage error, "
+        "3 resume: the notebook's agents live in another store.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -88,6 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=positive_seconds, default=None, help="seconds per cell (default: none)"
     )
+    p.add_argument(
+        "--new-store",
+        action="store_true",
+        help="run even if the notebook's agents live in another store (they start afresh here)",
+    )
     return parser
 
 
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"error": str(exc)}))
         print(f"jupyter agent: {exc}", file=sys.stderr)
-        return REFUSED
+        return OTHER_STORE if isinstance(exc, OtherStore) else REFUSED
     except KeyboardInterrupt:
         print("jupyter agent: interrupted.", file=sys.stderr)
         return 130

@@ -5,6 +5,12 @@ restore, because every cell reaches the kernel with what JupyterLab sends: the
 notebook's path and the cell's id. Whatever stops the run (a notebook that
 cannot be read, a kernel that is not installed, a failing or timed-out cell) is
 one :class:`~jupyter_agent.errors.NotebookError` sentence, never a traceback.
+
+The notebook records the id of the store its agents live in
+(:mod:`jupyter_agent.core.notebook_store`): against another store, or one that
+holds none of its agents though they ran before, nothing is run
+(:class:`~jupyter_agent.errors.OtherStore`) unless ``--new-store`` says to start
+them afresh there; after a run the notebook records the store it ran with.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import tempfile
 from collections.abc import Callable
 from typing import IO, Any
 
-from ..errors import NotebookError
+from ..core.notebook_store import other_store, record_store, recorded_store
+from ..errors import NotebookError, OtherStore
 from ..store.api import Store
 from ..vocab import ENV_NOTEBOOK
 from .export import write_atomic
@@ -85,6 +92,7 @@ def run_notebook(
     env: dict[str, str],
     timeout: float | None,
     write: Callable[[str, str], None],
+    stamp: Callable[[Any], None] = lambda nb: None,
 ) -> None:
     """Execute a notebook as JupyterLab would, writing outputs back after every cell.
 
@@ -95,7 +103,7 @@ def run_notebook(
     goes to a temporary file (its last line explains a kernel that died).
     ``nb`` is the notebook as :func:`read_notebook` read it. Raises
     :class:`NotebookError` for what stopped the run; the outputs so far are
-    written back once a cell ran.
+    written back once a cell ran. ``stamp`` changes the notebook before each write.
     """
     import nbformat
     from jupyter_client.kernelspec import NoSuchKernel
@@ -105,6 +113,7 @@ def run_notebook(
     name = os.path.basename(path)
 
     def save() -> None:
+        stamp(nb)
         try:
             write(path, nbformat.writes(nb))
         except OSError as exc:
@@ -190,11 +199,54 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def _ran_agents(nb: Any) -> bool:
+    """Whether the notebook has an agent cell that ran before (it has outputs)."""
+    return any(
+        cell.get("cell_type") == "code"
+        and cell.get("source", "").lstrip().startswith("%%agent")
+        and cell.get("outputs")
+        for cell in nb.cells
+    )
+
+
+def check_store(path: str, nb: Any, store: Store) -> None:
+    """Refuse to run ``nb`` against a store its agents do not live in (:class:`OtherStore`).
+
+    Its agents live elsewhere when it records another store's id, or records one
+    and this store does not exist yet; or, recording none (made before store ids),
+    when its agent cells ran before and this store holds no run of the notebook.
+    """
+    name, where = os.path.basename(path), store.location
+    recorded, current = recorded_store(nb), store.store_id()
+    advice = (
+        "Point JUPYTER_AGENT_STORE or --store at the notebook's store, or pass --new-store "
+        "to start its agents afresh in this one."
+    )
+    if why := other_store(recorded, current, where):
+        raise OtherStore(f"{name} {why}: nothing was run. {advice}")
+    if recorded is None and _ran_agents(nb) and not store.runs(notebook=path):
+        raise OtherStore(
+            f"{name}'s agent cells ran before, but {where} holds none of its agents: "
+            "nothing was run. " + advice
+        )
+
+
 def cmd_resume(store: Store, args: argparse.Namespace) -> Any:
     path = os.path.abspath(os.path.expanduser(args.notebook))
     env = {ENV_NOTEBOOK: path, "JUPYTER_AGENT_STORE": store.location}
     nb = read_notebook(path)  # a notebook that cannot be read is refused before a kernel starts
-    run_notebook(path, nb, env=env, timeout=args.timeout, write=write_atomic)
+    if not args.new_store:
+        check_store(path, nb, store)
+    known: list[str] = []
+
+    def stamp(nb: Any) -> None:
+        """Record the store the notebook ran with, once it exists (its kernel may create it)."""
+        if not known and (current := store.store_id()):
+            known.append(current)
+        if known:
+            record_store(nb, known[0])
+
+    run_notebook(path, nb, env=env, timeout=args.timeout, write=write_atomic, stamp=stamp)
     if not args.json:
         print(f"Ran {args.notebook}; outputs written back.", file=sys.stderr)
     return {"notebook": path, "ok": True} if args.json else None

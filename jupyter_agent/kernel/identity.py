@@ -27,9 +27,12 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..core import notebook_store
+from ..core.notebook_store import recorded_store
 from ..errors import IdentityError
 from ..vocab import ENV_NOTEBOOK, NAME_PATTERN, cell_agent_name
 
@@ -125,12 +128,20 @@ def _local(arg: str, cwd: str) -> str | None:
     return os.path.abspath(os.path.join(cwd, os.path.expanduser(arg)))
 
 
-def _code_cells(path: str) -> list[dict] | None:
+def _read(path: str) -> Any:
+    """The notebook file at ``path`` as JSON (None: missing, too large, not JSON)."""
     try:
         if os.path.getsize(path) > SCAN_BYTES:
             return None
         with open(path, encoding="utf-8") as f:
-            nb = json.load(f)
+            return json.load(f)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _code_cells(path: str) -> list[dict] | None:
+    try:
+        nb = _read(path)
         cells = nb.get("cells") if isinstance(nb, dict) else None
         if not isinstance(cells, list):
             return None
@@ -225,6 +236,29 @@ def _once(key: str, text: str) -> str | None:
         return None
     _told.add(key)
     return text
+
+
+def other_store(notebook: str, current: Callable[[], str | None], where: str) -> str | None:
+    """A warning when the notebook, as saved, records another store than this kernel's.
+
+    Checked once per notebook in a kernel (the file is read then). ``current``
+    gives this kernel's store id (None: no store yet); ``where`` names the store.
+    The cell prints it and runs: its agents start afresh in this store.
+    """
+    key = f"store:{notebook}"
+    if key in _told:
+        return None
+    _told.add(key)
+    nb = _read(notebook)
+    recorded = recorded_store(nb) if isinstance(nb, dict) else None
+    why = notebook_store.other_store(recorded, current(), where) if recorded is not None else None
+    if why is None:
+        return None
+    return (
+        f"⚠ This notebook {why}: its agents start afresh here, repeating their model and "
+        "tool calls. To continue them, set JUPYTER_AGENT_STORE to the notebook's store and "
+        "restart the kernel."
+    )
 
 
 def resolve(shell: Any, name: str | None, prompt: str) -> AgentIdentity:

@@ -26,7 +26,7 @@ from ..views.render import TextEvents, known_steps
 from ..vocab import plural, printable
 from . import runner
 from .after import After
-from .identity import AgentIdentity, notebook_path, resolve
+from .identity import AgentIdentity, notebook_path, other_store, resolve
 from .options import HelpShown, cell_arguments, line_parser, parse_cell, parser_of, split_line
 from .runner import CellRequest, Outcome
 from .runtime import AgentRuntime, current
@@ -188,6 +188,9 @@ class AgentMagics(Magics):
             identity = resolve(self.shell, args.name, prompt)
             if identity.notice:  # a weak identity: say so before running
                 print(identity.notice)
+            store = self._store()
+            if warning := other_store(identity.notebook, store.store_id, store.location):
+                print(warning)
             waits = None
             if after:
                 notebook = self._store().resolve_notebook(identity.notebook)

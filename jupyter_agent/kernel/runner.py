@@ -21,13 +21,14 @@ from typing import Any
 from ..config import Settings
 from ..core.state import AWAITING_APPROVAL, DONE, RunState, prompt_hash
 from ..errors import AgentBusy
-from ..loop.checkpoints import Collaborators, Events
+from ..loop.checkpoints import Collaborators
 from ..loop.execution import Execution
 from ..loop.runs import load_state, new_run
 from ..model.base import OFFLINE_MODEL, Endpoint, ModelClient
 from ..model.chat import ChatCompletionsClient
 from ..model.offline import OfflineClient
 from ..namespace import tracking as namespace
+from ..namespace.baseline import restore_in_kernel
 from ..store.api import CheckpointRow, RunRow, Store
 from ..vocab import effective_status
 from .identity import AgentIdentity
@@ -75,16 +76,35 @@ def latest_run(store: Store, notebook: str, agent: str) -> RunRow | None:
 
 
 def restore_variables(
-    store: Store, shell: Any, state: RunState, events: Events
+    run: RunRow, state: RunState, collaborators: Collaborators
 ) -> tuple[list[str], dict[str, str]]:
-    """Put the run's saved variables back into the namespace, and say which."""
-    restored, failed = namespace.restore(shell.user_ns, state.vars, store.blobs)
+    """Put the run's saved variables back into the namespace, and say which.
+
+    A value changed in this kernel since the run last saved it here (the user's,
+    while the agent waited) is the kernel's to keep: it is not overwritten, and
+    a difference from the agent's saved value is said (see
+    :mod:`jupyter_agent.namespace.baseline`).
+    """
+    store, ns, events = collaborators.store, collaborators.shell.user_ns, collaborators.events
+    baselines = collaborators.baselines
+    kept: list[str] = []
+    if baselines is None:
+        restored, failed = namespace.restore(ns, state.vars, store.blobs)
+    else:
+        restored, failed, kept = restore_in_kernel(
+            ns, state.vars, store.blobs, baselines, run.run_id
+        )
     if restored:
         events.info("Variables restored from the store: " + ", ".join(restored))
+    for name in kept:
+        events.notice(
+            f"{name} was changed in this kernel since the agent saved it: the kernel's value "
+            "is kept, and differs from the agent's saved one"
+        )
     for name, why in failed.items():
         events.notice(f"{name} {why}")
     for name, why in sorted(state.unsaved.items()):
-        if name not in shell.user_ns:  # e.g. a generator, after a kernel restart
+        if name not in ns:  # e.g. a generator, after a kernel restart
             events.notice(f"{name} is not restored: {why}")
     return restored, failed
 
@@ -149,7 +169,7 @@ def resume_run(
     run's latest. What it reads before executing shares one store session
     (``reads``, the caller's if it has one), closed before the first model request.
     """
-    store, shell, events = collaborators.store, collaborators.shell, collaborators.events
+    store = collaborators.store
     if reads is None:
         reads = contextlib.ExitStack()
         reads.enter_context(store.session())
@@ -163,10 +183,10 @@ def resume_run(
         state = load_state(store, run)
         status = effective_status(state.status, run.run_id, live)
         if status == AWAITING_APPROVAL and request.decision is None:
-            restored, failed = restore_variables(store, shell, state, events)
+            restored, failed = restore_variables(run, state, collaborators)
             return Outcome(run, state, "waiting", restored, failed)
         if status == DONE:
-            restored, failed = restore_variables(store, shell, state, events)
+            restored, failed = restore_variables(run, state, collaborators)
             return Outcome(run, state, "restore", restored, failed)
         last = last_settings(store, run)
         if not request.cell_options:
@@ -175,7 +195,7 @@ def resume_run(
         # error leaves everything as it was.
         model = request.model or last["model"]
         execution = make_execution(run, state, model, collaborators, settings)
-        restored, failed = restore_variables(store, shell, state, events)
+        restored, failed = restore_variables(run, state, collaborators)
         reads.close()
         # Killed after the run row was written but before its first checkpoint:
         # start it properly, or the model would be called with no conversation.

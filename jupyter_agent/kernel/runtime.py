@@ -36,6 +36,7 @@ from ..config import Settings
 from ..core.state import Delta
 from ..errors import AgentBusy, AgentError
 from ..loop.checkpoints import Collaborators, Events
+from ..namespace.baseline import Baselines
 from ..namespace.lock import NamespaceLock
 from ..store.api import CheckpointRow, RunRow, Store
 from ..store.duckdb.files import default_store_path
@@ -102,6 +103,8 @@ class AgentRuntime:
     store_path: str | None = None
     #: One agent's code at a time in this kernel's namespace; the others wait, saying so.
     namespace: NamespaceLock = field(default_factory=NamespaceLock, repr=False)
+    #: What each run last saved in this namespace: a restore keeps what the user changed since.
+    baselines: Baselines = field(default_factory=Baselines, repr=False)
     #: Claims, views and store handles; a leaf lock (see :mod:`jupyter_agent.loop`).
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _claims: dict[Key, Claim] = field(default_factory=dict, repr=False)
@@ -211,6 +214,7 @@ class AgentRuntime:
             cancel=cancel,
             children=Delegation(self, decisions),
             namespace=self.namespace,
+            baselines=self.baselines,
         )
 
     def run(

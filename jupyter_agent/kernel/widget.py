@@ -16,6 +16,7 @@ for more.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -29,6 +30,7 @@ from traitlets import Dict, List, Unicode
 
 from .. import vocab
 from ..config import Settings
+from ..core.notebook_store import output_metadata
 from ..errors import AgentError, NotWaiting
 from ..loop.checkpoints import Events
 from ..store.api import CheckpointRow, RunRow, Store
@@ -117,10 +119,8 @@ class TimelineWidget(anywidget.AnyWidget):
     def show(self) -> None:
         """Display a timeline whose display was deferred, in the thread that deferred it."""
         if self._pending_display is threading.current_thread():
-            from IPython.display import display
-
             self._pending_display = None
-            display(self)
+            _display(self)
 
     def _push(self) -> None:
         t = self.timeline
@@ -350,8 +350,6 @@ def display_timeline(
     background job starting, or the execution ending well — so a run that fails
     before it starts (a configuration error) shows its error and no empty timeline.
     """
-    from IPython.display import display
-
     widget = TimelineWidget(store, notebook, agent, shell=shell, options=options)
     if replace:
         with _cell_lock:
@@ -362,8 +360,19 @@ def display_timeline(
     if replace if lazy is None else lazy:
         widget._pending_display = threading.current_thread()
     else:
-        display(widget)
+        _display(widget)
     return widget
+
+
+def _display(widget: TimelineWidget) -> None:
+    """Display a timeline; its output's metadata records the store, which the notebook
+    keeps when it is saved (see :mod:`jupyter_agent.core.notebook_store`)."""
+    from IPython.display import display
+
+    store_id = None
+    with contextlib.suppress(AgentError):  # the timeline says what is wrong with the store
+        store_id = widget.timeline.store.store_id()
+    display(widget, metadata=output_metadata(store_id) if store_id else None)
 
 
 _CELL_WIDGETS: dict[Key, TimelineWidget] = {}  # the timeline each agent's cell shows

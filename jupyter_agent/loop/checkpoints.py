@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from ..core.redaction import StreamRedactor, redact
 from ..core.state import RUNNING, Delta, RunState, encode_delta
 from ..namespace import tracking as namespace
+from ..namespace.baseline import Baselines
 from ..namespace.lock import NamespaceLock
 from ..store.api import MAX_ROW_TOKENS, CheckpointRow, RunRow, RunWriterLike, Store
 from ..tools.base import ToolResult
@@ -95,6 +96,9 @@ class Collaborators:
     children: Children | None = None
     #: The kernel's namespace lock: one agent's code runs at a time (the runtime's).
     namespace: NamespaceLock | None = None
+    #: What the kernel's runs last saved there, so a restore keeps the user's changes
+    #: (the runtime's; None: a restore puts every saved value back).
+    baselines: Baselines | None = None
 
 
 class Stop(Exception):
@@ -132,7 +136,8 @@ class Recorder:
         self.lock = collaborators.namespace
         self.secrets = secrets
         self.writer: RunWriterLike | None = None
-        self.tracker = namespace.Tracker()
+        baselines = collaborators.baselines
+        self.tracker = namespace.Tracker(baselines.of(run.run_id) if baselines else None)
         self._last = time.monotonic()
         #: A checkpoint applied, not written yet (see :meth:`checkpoint`).
         self._later: Later | None = None

@@ -299,11 +299,16 @@ class Tracker:
     may have changed values between runs). Without a record (no :meth:`begin`) every
     name is taken as changed. Values are re-serialized only when changed, and
     written only when their bytes differ from the saved ones.
+
+    ``baseline``: the run's fingerprint keys in this kernel
+    (:class:`~.baseline.Baselines`), updated at each snapshot with the values the
+    run's own step changed or checked; another agent's changes are not the run's.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, baseline: dict[str, str | None] | None = None) -> None:
         self._prints: dict[str, Print] | None = None
         self._recheck: set[str] = set()
+        self._baseline = baseline
 
     def begin(self, namespace: dict[str, Any], known: Iterable[str] = ()) -> None:
         if self._prints is None:
@@ -348,6 +353,10 @@ class Tracker:
         dirty |= (set(touched) - set(known)) & set(prints)
         snap = _store(namespace, prints, dirty, known, secrets, later_from)
         self._prints, self._recheck = prints, set()
+        if self._baseline is not None:
+            for name in [n for n in self._baseline if n not in prints]:
+                del self._baseline[name]
+            self._baseline.update((name, prints[name].key) for name in dirty)
         return snap
 
 

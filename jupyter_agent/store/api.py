@@ -390,6 +390,12 @@ class Store(Protocol):
         """Where the notebook known as ``path`` since ``since`` (default: this
         process's start) lives now."""
 
+    def store_id(self) -> str | None:
+        """Which store this is: an id made once by whoever created it, never a credential.
+
+        A notebook records it, so a run against another store is noticed
+        (see :mod:`jupyter_agent.core.notebook_store`). None: no store yet."""
+
     def learnt_window(self, model: str) -> int | None:
         """The context window ``model``'s endpoint reported, if it ever refused one."""
 

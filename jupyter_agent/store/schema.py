@@ -7,6 +7,8 @@ untouched, by :func:`checked_version`, whichever backend holds it.
 
 from __future__ import annotations
 
+import uuid
+
 from ..errors import StoreError
 
 #: 2: checkpoint payloads are JSON, tagged by ``payload_format`` (1 pickled them with dill).
@@ -15,6 +17,15 @@ from ..errors import StoreError
 #: 4: on a team store, the owner is part of every key (runs, checkpoints): a member who
 #: knows another's run id writes only rows of his own run of that id.
 SCHEMA_VERSION = 4
+
+#: The ``meta`` key of the store's id: made once by whoever creates the store (a key
+#: added to ``meta``, so no new schema), recorded in notebooks (see ``Store.store_id``).
+STORE_ID = "store_id"
+
+
+def new_store_id() -> str:
+    """A store id: random, so it says nothing about where the store is or who may use it."""
+    return uuid.uuid4().hex
 
 
 def parse_version(value: str, newest: int) -> int:

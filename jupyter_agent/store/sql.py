@@ -39,7 +39,7 @@ from .dialect import (
     scoped,
 )
 from .rows import checkpoint_from_row, json_payload, run_from_row
-from .schema import SCHEMA_VERSION, parse_version
+from .schema import SCHEMA_VERSION, STORE_ID, parse_version
 
 _T = TypeVar("_T")
 
@@ -473,6 +473,14 @@ class SQLStore(Store, ABC):
         for old, new in moves:
             path = moved_path(path, old, new)
         return path
+
+    # -- which store this is ------------------------------------------------------------
+
+    def store_id(self) -> str | None:
+        """The id made once by whoever created the store (None: no store, or none yet)."""
+        with self._reads(fold=False) as q:
+            row = first(q, f"SELECT value FROM {self.dialect.tables}meta WHERE key = ?", [STORE_ID])
+        return str(row[0]) if row and row[0] else None
 
     # -- what was learnt about models ----------------------------------------------------
 

@@ -329,3 +329,21 @@ def test_a_schema_3_team_store_is_upgraded_by_the_admin_and_members_keep_working
         assert con.execute(f"SELECT owner FROM {admin.SCHEMA}.agent_locks").fetchall() == [
             (bob.owner,)
         ]
+
+
+def test_members_read_the_store_id_the_admin_made_and_cannot_change_it(pg_url):
+    member = _team(pg_url, "carol")
+    carol = member("carol")
+    made = PostgresStore(pg_url, owner="admin").store_id()
+    assert made and carol.store_id() == made
+    with (
+        psycopg.connect(carol.url, autocommit=True) as con,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        con.execute(f"UPDATE {admin.SCHEMA}.meta SET value = 'x' WHERE key = 'store_id'")
+    # A team store made before store ids gets one from the admin's grants.
+    with psycopg.connect(pg_url, autocommit=True) as con:
+        con.execute(f"DELETE FROM {admin.SCHEMA}.meta WHERE key = 'store_id'")
+        assert carol.store_id() is None
+        con.execute(admin.grants_sql("team"))
+    assert carol.store_id() not in (None, made)

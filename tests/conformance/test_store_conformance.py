@@ -670,3 +670,13 @@ def test_a_history_tail_agrees_with_the_whole_history(open_):
     assert totals["prompt_tokens"] == sum(u.get("prompt_tokens", 0) for u in usage)
     assert totals["completion_tokens"] == sum(u.get("completion_tokens", 0) for u in usage)
     assert totals["plan"] is None
+
+
+def test_a_store_has_one_id_from_its_creation(open_):
+    store = open_()
+    assert store.store_id() is None  # reading creates nothing
+    store.flush()  # the store exists
+    made = store.store_id()
+    assert made and len(made) == 32
+    store.remember_window("m", 8192)
+    assert open_().store_id() == made

@@ -30,7 +30,7 @@ import duckdb
 
 from ...errors import StoreBusy, StoreError, StoreWarning
 from ..dialect import pinned
-from ..schema import SCHEMA_VERSION, checked_version, parse_version
+from ..schema import SCHEMA_VERSION, STORE_ID, checked_version, new_store_id, parse_version
 from . import journal
 
 _DDL = """
@@ -389,6 +389,8 @@ class DuckDBFile:
                     "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                     [str(SCHEMA_VERSION)],
                 )
+            # The file is its one user's: one made before store ids gets its id here.
+            con.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", [STORE_ID, new_store_id()])
         if version is None:
             return
         if version < 2:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 
 from ...errors import StoreBusy, StoreError, StoreUnavailable
-from ..schema import SCHEMA_VERSION, checked_version
+from ..schema import SCHEMA_VERSION, STORE_ID, checked_version, new_store_id
 
 SCHEMA = "jupyter_agent"
 _DDL = f"""
@@ -157,6 +157,9 @@ def grants_sql(team: str) -> str:
         f"GRANT USAGE ON SCHEMA {SCHEMA} TO {team};\n"
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {SCHEMA} TO {team};\n"
         + _META_READ_ONLY
+        # The store's id, for a store made before store ids (the tables' creator made it).
+        + f"INSERT INTO {SCHEMA}.meta VALUES ('{STORE_ID}', "
+        "md5(random()::text || clock_timestamp()::text)) ON CONFLICT DO NOTHING;\n"
     )
 
 
@@ -279,6 +282,7 @@ def ensure_schema(url: str, con: psycopg.Connection, *, create: bool) -> bool:
                         "ON CONFLICT DO NOTHING",
                         [str(SCHEMA_VERSION)],
                     )
+                    _add_store_id(con)
             elif version < SCHEMA_VERSION:
                 _migrate(url, con)
         except psycopg.Error as exc:
@@ -303,6 +307,7 @@ def _migrate(url: str, con: psycopg.Connection) -> None:
         if version < 3:
             _to_3(con)
         _to_4(con)
+        _add_store_id(con)
         con.execute(
             f"UPDATE {SCHEMA}.meta SET value = %s WHERE key = 'schema_version'",
             [str(SCHEMA_VERSION)],
@@ -342,6 +347,15 @@ END $$;""")
     ).fetchone()
     if secured and secured[0]:
         con.execute(own_rows_sql(table))
+
+
+def _add_store_id(con: psycopg.Connection) -> None:
+    """The store's id, made by whoever creates or upgrades the tables (members cannot write
+    ``meta``); a store made before store ids gets one from :func:`grants_sql`."""
+    con.execute(
+        f"INSERT INTO {SCHEMA}.meta VALUES (%s, %s) ON CONFLICT DO NOTHING",
+        [STORE_ID, new_store_id()],
+    )
 
 
 def _to_3(con: psycopg.Connection) -> None:

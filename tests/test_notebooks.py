@@ -68,6 +68,17 @@ def test_saved_outputs_and_metadata_carry_no_machine_details(notebook: Path) -> 
     assert machine_details(text) == []
 
 
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_nbval_directions_are_cell_tags_not_comments_in_the_code(notebook: Path) -> None:
+    """A reader sees the notebook's code only: what nbval should ignore is a tag."""
+    nb, _ = saved(notebook)
+    for cell in nb["cells"]:
+        source = "".join(cell["source"])
+        assert "NBVAL_" not in source.upper().replace("-", "_"), source
+        tags = cell["metadata"].get("tags", [])
+        assert set(cell["metadata"]) <= {"tags"} and all(t.startswith("nbval-") for t in tags)
+
+
 def test_the_scan_finds_machine_details() -> None:
     """The scan above cannot pass by finding nothing."""
     text = json.dumps(

@@ -176,3 +176,23 @@ def test_fences_nest_and_headings_inside_blocks_are_code() -> None:
     # Without a plan in view and with no results yet, the plan is written first.
     reply = offline_reply({"messages": [{"role": "user", "content": task}]})
     assert reply["tool_calls"][0]["name"] == "update_plan"
+
+
+def test_each_call_of_a_plan_run_has_its_own_id_so_each_item_delegates_anew(
+    kernel_factory, store_path: Path
+) -> None:
+    """Items start with fresh contexts; a call id reused there would restore the wrong child."""
+    task = "".join(
+        f"## Item {n}\n````delegate helper\n" + block(f"from_{n} = {n}") + "````\n" for n in (1, 2)
+    )
+    k = kernel_factory()
+    result = k.run("%%agent --model offline --name twice --plan\n" + task, cell_id="tw")
+    assert result.status == "ok", result.text
+    assert k.run("print(from_1, from_2)").stdout.strip() == "1 2"
+    store = Store(store_path)
+    children = [r for r in store.runs() if r.info.get("parent_agent") == "twice"]
+    assert [r.agent for r in children] == ["helper", "helper"]  # a child run per call
+    (parent,) = [r for r in store.runs() if r.agent == "twice"]
+    calls = [m for m in load_state(store, parent, full=True).messages if m.get("tool_calls")]
+    ids = [c["id"] for m in calls for c in m["tool_calls"]]
+    assert len(ids) == len(set(ids)) == 3  # the plan, two delegations

@@ -54,6 +54,7 @@ PLANNING = "Planning:"
 
 _PLAN_ROW = re.compile(r"^\[(?P<mark>[ x>])\] (?P<n>\d+)\. ", re.MULTILINE)
 _RESULTS_SUMMARIZED = re.compile(r"\[(\d+) earlier tool results summarized\]")
+_REPLIES_SUMMARIZED = re.compile(r"\[(\d+) earlier model replies summarized\]")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # A traceback header, or an "XxxError:" line, at the start of a line (also
 # after an escaped newline or a quote, for results serialised as JSON).
@@ -115,6 +116,23 @@ def counted_usage(messages: list[Any], reply_chars: int, given: dict | None = No
     numbers = isinstance(prompt, int) and isinstance(completion, int)
     total = given.get("total_tokens", prompt + completion if numbers else None)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+
+
+def turn_of(messages: list[Any]) -> int:
+    """Model replies so far: assistant messages plus those a compaction summarized.
+
+    It numbers the calls of a reply (``call_<turn>_<i>``), so no two calls of a
+    run share an id even where compactions and plan items dropped earlier replies
+    from the view: a child agent and an approval are found by their call's id.
+    """
+    turn = 0
+    for msg in messages:
+        if not isinstance(msg, dict):
+            continue
+        if msg.get("role") == "assistant":
+            turn += 1
+        turn += sum(int(n) for n in _REPLIES_SUMMARIZED.findall(text_of(msg.get("content"))))
+    return turn
 
 
 def pieces(text: str) -> list[str]:
@@ -310,7 +328,7 @@ class OfflineClient:
             answer = offline_reply({"messages": messages})
         else:  # a compaction asks for a summary; the offline model counts results instead
             answer = {"content": "Summary: the work so far is in the notes and results kept."}
-        turn = sum(1 for m in messages if m.get("role") == "assistant")
+        turn = turn_of(messages)
         calls = [
             {
                 "id": f"call_{turn}_{i}",

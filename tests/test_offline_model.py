@@ -8,13 +8,13 @@ and reads what happened from the store and from files the task's code writes
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from jupyter_agent.loop.runs import load_state
 from jupyter_agent.model.offline import offline_reply
 from jupyter_agent.model.offline_task import parse_task
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 
-from .kernels import Kernel
 from .test_mcp import configure, reports
 from .test_user_tools import define, lines
 
@@ -75,28 +75,29 @@ def test_plan_option_plans_first_then_works_an_item_at_a_time_across_a_kill(
     assert "3/3" in k2.run("%agent list").stdout
 
 
-def test_plan_option_without_headings_plans_a_step_per_block(
-    kernel_factory, store_path: Path
-) -> None:
+def answer(store_path: Path, agent: str) -> str:
+    """The final answer of ``agent``'s only run."""
+    store, row = only_run(store_path, agent)
+    return load_state(store, row).messages[-1]["content"]  # type: ignore[arg-type]
+
+
+def test_plan_option_without_headings_plans_a_step_per_block(ip: Any, store_path: Path) -> None:
     task = block("# Count to three\nn = 3") + block("total = n * 2") + block("total")
-    k = kernel_factory()
-    result = k.run("%%agent --model offline --name steps --plan\n" + task, cell_id="s")
-    assert "Last result:\n6" in result.text, result.text
-    store, row = only_run(store_path)
+    ip.run_cell_magic("agent", "--model offline --name steps --plan", task)
+    assert ip.user_ns["total"] == 6
+    assert answer(store_path, "steps").endswith("Last result:\n6")
+    store, row = only_run(store_path, "steps")
     plan = load_state(store, row).plan  # type: ignore[arg-type]
     titles = [i["title"] for i in plan]
     assert titles == ["Count to three", "Run code block 2", "Run code block 3"]
     assert {i["status"] for i in plan} == {"done"}
 
 
-def test_headings_alone_write_a_plan_and_mark_each_item_done(
-    kernel_factory, store_path: Path
-) -> None:
+def test_headings_alone_write_a_plan_and_mark_each_item_done(ip: Any, store_path: Path) -> None:
     task = "## First\n" + block("a = 1") + "## Second\n" + block("b = a + 1") + block("b")
-    k = kernel_factory()
-    result = k.run("%%agent --model offline --name headed\n" + task, cell_id="h")
-    assert "Last result:\n2" in result.text, result.text
-    store, row = only_run(store_path)
+    ip.run_cell_magic("agent", "--model offline --name headed", task)
+    assert answer(store_path, "headed").endswith("Last result:\n2")
+    store, row = only_run(store_path, "headed")
     checkpoints = store.checkpoints(row.run_id)  # type: ignore[attr-defined]
     plans = [c.info["progress"] for c in checkpoints if "progress" in c.info]
     assert plans == ["0/2", "1/2", "2/2"]
@@ -126,7 +127,7 @@ def test_tool_blocks_call_a_user_tool_and_an_mcp_tool(
     assert [c.info["error"] for c in results] == [False, False]
 
 
-def test_a_delegate_block_runs_a_child_agent_with_its_own_blocks(
+def test_delegate_blocks_run_child_agents_and_each_call_has_its_own_id(
     kernel_factory, tmp_path: Path, store_path: Path
 ) -> None:
     log = tmp_path / "ran.log"
@@ -152,17 +153,32 @@ def test_a_delegate_block_runs_a_child_agent_with_its_own_blocks(
     assert "restored from the store" in again.text
     assert lines(log) == ["cleaned"]  # the child is restored, never run again
 
+    # With --plan each item starts with a fresh view; a call id reused there would
+    # find the first item's child again and restore it instead of running the second.
+    task = "".join(
+        f"## Item {n}\n````delegate helper\n" + block(f"from_{n} = {n}") + "````\n" for n in (1, 2)
+    )
+    result = k.run("%%agent --model offline --name twice --plan\n" + task, cell_id="tw")
+    assert result.status == "ok", result.text
+    assert k.run("print(from_1, from_2)").stdout.strip() == "1 2"
+    children = [r for r in store.runs() if r.info.get("parent_agent") == "twice"]
+    assert [r.agent for r in children] == ["helper", "helper"]  # a child run per call
+    (parent,) = [r for r in store.runs() if r.agent == "twice"]
+    calls = [m for m in load_state(store, parent, full=True).messages if m.get("tool_calls")]
+    ids = [c["id"] for m in calls for c in m["tool_calls"]]
+    assert len(ids) == len(set(ids)) == 3  # the plan, two delegations
 
-def test_a_bad_directive_is_the_answer_and_runs_nothing(kernel_factory, tmp_path: Path) -> None:
+
+def test_a_bad_directive_is_the_answer_and_runs_nothing(
+    ip: Any, tmp_path: Path, store_path: Path
+) -> None:
     log = tmp_path / "ran.log"
     task = logged(log, "ran") + block("[1, 2]", "tool lookup")
-    k: Kernel = kernel_factory()
-    result = k.run("%%agent --model offline --name bad\n" + task, cell_id="b")
-    assert result.status == "ok", result.text
-    assert (
+    ip.run_cell_magic("agent", "--model offline --name bad", task)
+    assert answer(store_path, "bad") == (
         "The task cannot be followed: the arguments of ```tool lookup must be a JSON object, "
         'e.g. {"key": "q3"}.'
-    ) in result.text
+    )
     assert lines(log) == []
 
 
@@ -176,23 +192,3 @@ def test_fences_nest_and_headings_inside_blocks_are_code() -> None:
     # Without a plan in view and with no results yet, the plan is written first.
     reply = offline_reply({"messages": [{"role": "user", "content": task}]})
     assert reply["tool_calls"][0]["name"] == "update_plan"
-
-
-def test_each_call_of_a_plan_run_has_its_own_id_so_each_item_delegates_anew(
-    kernel_factory, store_path: Path
-) -> None:
-    """Items start with fresh contexts; a call id reused there would restore the wrong child."""
-    task = "".join(
-        f"## Item {n}\n````delegate helper\n" + block(f"from_{n} = {n}") + "````\n" for n in (1, 2)
-    )
-    k = kernel_factory()
-    result = k.run("%%agent --model offline --name twice --plan\n" + task, cell_id="tw")
-    assert result.status == "ok", result.text
-    assert k.run("print(from_1, from_2)").stdout.strip() == "1 2"
-    store = Store(store_path)
-    children = [r for r in store.runs() if r.info.get("parent_agent") == "twice"]
-    assert [r.agent for r in children] == ["helper", "helper"]  # a child run per call
-    (parent,) = [r for r in store.runs() if r.agent == "twice"]
-    calls = [m for m in load_state(store, parent, full=True).messages if m.get("tool_calls")]
-    ids = [c["id"] for m in calls for c in m["tool_calls"]]
-    assert len(ids) == len(set(ids)) == 3  # the plan, two delegations

@@ -9,11 +9,11 @@ the completion or stream chunks of a :class:`ScriptedReply`.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..model.offline import conversation_chars, counted_usage, pieces, text_of
+from ..model.offline import turn_of as turn_of  # the turn is counted where the model is
 
 Script = list[dict[str, Any]] | Callable[[dict[str, Any]], dict[str, Any]] | None
 
@@ -58,7 +58,6 @@ EXHAUSTED = "(script exhausted)"
 CHAT_PATH = "/v1/chat/completions"
 #: How a compaction (summarization) request's system message begins.
 SUMMARY_PROMPT_PREFIX = "You are compacting an agent's working context"
-_REPLIES_SUMMARIZED = re.compile(r"\[(\d+) earlier model replies summarized\]")
 _SUMMARY_RAN = 20  # tool calls listed in a summary, the latest ones
 #: The ``index`` of streamed tool-call fragments, by the entry's ``tool_call_index``.
 _INDEX_MODES: dict[str, dict[str, int]] = {"omit": {}, "same": {"index": 0}}
@@ -141,18 +140,6 @@ def prompt_tokens(messages: list[Any], tools: Any = None) -> int:
     """Deterministic prompt size estimate the context window is checked against."""
     tool_chars = len(json.dumps(tools)) if tools else 0
     return (conversation_chars(messages) + tool_chars) // 4
-
-
-def turn_of(messages: list[Any]) -> int:
-    """Model replies so far: assistant messages plus those a compaction summarized."""
-    turn = 0
-    for msg in messages:
-        if not isinstance(msg, dict):
-            continue
-        if msg.get("role") == "assistant":
-            turn += 1
-        turn += sum(int(n) for n in _REPLIES_SUMMARIZED.findall(text_of(msg.get("content"))))
-    return turn
 
 
 def is_summary_request(body: dict[str, Any]) -> bool:

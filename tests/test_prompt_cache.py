@@ -104,3 +104,62 @@ def test_odd_cache_counts_are_dropped_like_any_count() -> None:
     )
     assert reply.usage == {"prompt_tokens": 10}
     assert reply.odd_usage == {"cached_tokens": -1, "cache_write_tokens": "3"}
+
+
+# -- the cache-aware context: a stable prefix between compactions ------------------------
+
+
+def long_script(steps: int) -> list[dict[str, Any]]:
+    """A python call a step (~0.9 KB of output), and the plan updated every 7th step."""
+    out: list[dict[str, Any]] = []
+    for i in range(steps):
+        if i % 7 == 3:
+            items = [{"title": f"part {n}", "status": "done" if n < i // 7 else "pending"}
+                     for n in range(steps // 7 + 1)]  # fmt: skip
+            out.append({"tool_calls": [{"name": "update_plan", "arguments": {"items": items}}]})
+        else:
+            code = f"print('x' * 880, {i})"
+            out.append({"tool_calls": [{"name": "python", "arguments": {"code": code}}]})
+    return [*out, {"content": "done"}]
+
+
+def _sent(request: dict[str, Any]) -> list[dict[str, Any]]:
+    """A request's messages without the notes the harness adds after the steps (the plan)."""
+    messages = list(request["body"]["messages"])
+    while messages and str(messages[-1].get("content") or "").startswith("(jupyter-agent) "):
+        messages.pop()
+    return messages
+
+
+def test_the_prefix_only_changes_at_compactions_and_the_cache_serves_most_of_it(
+    ip: Any, scripted: ScriptedServer, store_path: Any
+) -> None:
+    from jupyter_agent.store.duckdb.store import DuckDBStore
+
+    steps = 120
+    scripted.set_script(long_script(steps))
+    ip.run_cell_magic(
+        "agent", f"--model scripted --name stable --context-window 8000 --max-steps {steps + 5}",
+        "Work through the steps.",
+    )  # fmt: skip
+    store = DuckDBStore(store_path)
+    cps = store.checkpoints(store.runs()[-1].run_id)
+    assert cps[-1].status == "done"
+    compactions = sum(1 for c in cps if c.kind == "compaction")
+    assert compactions >= 3  # the window was filled, several times
+    chat = [r for r in scripted.requests if r["turn"] >= 0 and not r.get("summary")]
+    assert any(m["content"].startswith("(jupyter-agent) Current plan")
+               for m in chat[-1]["body"]["messages"] if m["role"] == "user")  # fmt: skip
+    broken = [
+        i for i in range(1, len(chat))
+        if _sent(chat[i])[: len(_sent(chat[i - 1]))] != _sent(chat[i - 1])
+    ]  # fmt: skip
+    # Each request starts with the one before it, but after a compaction.
+    assert len(broken) <= compactions, broken
+    served = [u for u in scripted.usage_log if u["prompt_tokens"] > 1500]
+    share = sum(u["prompt_tokens_details"]["cached_tokens"] for u in served) / sum(
+        u["prompt_tokens"] for u in served
+    )
+    assert share >= 0.8, share
+    run_rows = [c for c in cps if c.kind == "model"]
+    assert sum(c.info["usage"]["cached_tokens"] for c in run_rows) > 0

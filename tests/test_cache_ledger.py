@@ -147,3 +147,19 @@ def test_a_dollar_budget_counts_the_cached_rate(
         if c.kind == "model"
     ]
     assert sum(x or 0.0 for x in at_full) > 0.25 and steps > 8
+
+
+def test_a_bad_price_is_refused_before_anything_is_written(
+    ip: Any, scripted: ScriptedServer, store_path: Path
+) -> None:
+    from IPython.core.error import UsageError
+
+    scripted.set_script(script(1))
+    ip.run_line_magic("config", "AgentMagics.prices = {'scripted': 5}")
+    try:
+        with pytest.raises(UsageError, match="'scripted' must be 2 to 4 dollar amounts"):
+            ip.run_cell_magic("agent", "--model scripted --name badprice", TASK)
+    finally:
+        ip.run_line_magic("config", "AgentMagics.prices = {}")
+    assert not scripted.requests
+    assert not store_path.exists() or Store(store_path).runs() == []

@@ -133,7 +133,9 @@ class AgentMagics(Magics):
             max_steps=max_steps,
             budget=budget,
             context_window=context_window or self.context_window or None,
-            prices={k: tuple(v) for k, v in self.prices.items()},
+            prices={
+                k: tuple(v) if isinstance(v, list | tuple) else (v,) for k, v in self.prices.items()
+            },
             plan=plan,
             approve=approve or self.approve,
             approve_tools=() if self.approve else tools,

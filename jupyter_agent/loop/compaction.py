@@ -267,6 +267,7 @@ class Window:
     def next_item(self, note: str) -> None:
         """In plan mode, after a reply that ends an item: start the next one afresh."""
         state = self.recorder.state
+        self.cached = 0  # the next item's view is new to the prompt cache
         variables = namespace.overview(self.recorder.shell.user_ns, list(state.vars))
         item = plans.next_item(state.plan, state.compaction, state.messages, note, variables)
         if item is None:  # nothing left: the plan is done

@@ -41,8 +41,9 @@ class RunPolicy:
     context_window: int | None = None
     #: What the run may spend over all its executions; None: the run's last budget.
     budget: Budget | None = None
-    #: Dollars per million (prompt, completion) tokens, by model name prefix.
-    prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    #: Dollars per million (prompt, completion[, cached prompt[, cache write]]) tokens,
+    #: by model name prefix (see :class:`jupyter_agent.core.budget.Price`).
+    prices: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     #: Start with a planning phase, then work through the plan an item at a time.
     plan: bool = False
     #: A new run's notebook functions offered as tools (besides ``@tool`` ones).

@@ -306,21 +306,48 @@ def history_steps(
     return total
 
 
-def ledger(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Tokens of a history: total (the ``tokens`` column), prompt and completion (usage),
-    and saved: what the resumes did not pay again (the tokens spent before each one)."""
-    out = {"tokens": 0, "prompt_tokens": 0, "completion_tokens": 0, "saved_tokens": 0}
+#: The token counts of a ledger, each a sum of ``info.usage``'s count of that name.
+LEDGER_USAGE = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens")
+
+
+def ledger(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """What a history spent: tokens (the ``tokens`` column); prompt, completion, cached
+    and cache-write tokens (usage); saved: what the resumes did not pay again (the
+    tokens spent before each one); and ``cost_usd``, dollars with caching counted
+    (None when no checkpoint was priced)."""
+    out: dict[str, Any] = {"tokens": 0, **dict.fromkeys(LEDGER_USAGE, 0), "saved_tokens": 0}
+    out["cost_usd"] = None
     for r in rows:
         out["tokens"] += int(r.get("tokens") or 0)
         info = r.get("info") or {}
         if r.get("kind") == "resume" and isinstance(info.get("saved_tokens"), int):
             out["saved_tokens"] += info["saved_tokens"]
         usage = info.get("usage") or {}
-        for key in ("prompt_tokens", "completion_tokens"):
+        for key in LEDGER_USAGE:
             value = usage.get(key)
             if isinstance(value, int):
                 out[key] += value
+        out["cost_usd"] = add_cost(out["cost_usd"], info.get("cost_usd"))
     return out
+
+
+def added(ledger_: Mapping[str, Any], more: Mapping[str, Any]) -> dict[str, Any]:
+    """Two ledgers (of :func:`ledger`) as one."""
+    out = {k: v + more.get(k, 0) for k, v in ledger_.items() if k != "cost_usd"}
+    out["cost_usd"] = add_cost(ledger_.get("cost_usd"), more.get("cost_usd"))
+    return out
+
+
+def add_cost(total: float | None, cost: object) -> float | None:
+    """``total`` plus ``cost`` if that is an amount of dollars (None: nothing priced yet)."""
+    if isinstance(cost, bool) or not isinstance(cost, int | float):
+        return total
+    return (total or 0.0) + float(cost)
+
+
+def cache_hit_rate(prompt_tokens: int, cached_tokens: int) -> float | None:
+    """The share of the prompt tokens a provider's cache served; None before any prompt."""
+    return round(min(cached_tokens / prompt_tokens, 1.0), 4) if prompt_tokens > 0 else None
 
 
 def plan_progress(items: Any) -> dict[str, Any] | None:

@@ -103,10 +103,11 @@ def test_trim_first_then_summary_and_the_view_keeps_task_pins_and_latest_results
     assert view[:2] == messages[:2]  # the system prompt and the task
     texts = [m.get("content") or "" for m in view]
     assert any("Use euros" in t for t in texts)  # a pinned user instruction
-    assert any("[x] 1. load" in t for t in texts)  # the plan
-    assert view[-1] == messages[-1]  # the latest result, whole
-    assert view[2]["content"].startswith("Summary of the earlier work")
-    assert "[9 earlier model replies summarized]" in view[2]["content"]
+    assert "[x] 1. load" in texts[-1]  # the plan, after the steps: it changes most often
+    assert view[-2] == messages[-1]  # the latest result, whole
+    assert view[2]["content"] == "Use euros, not dollars."  # pinned, then the summary
+    assert view[3]["content"].startswith("Summary of the earlier work")
+    assert "[9 earlier model replies summarized]" in view[3]["content"]
     # A cut never separates a tool call from its result.
     assert messages[end]["role"] == "assistant"
 

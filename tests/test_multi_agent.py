@@ -743,3 +743,27 @@ def test_a_parents_ledger_adds_up_and_deleting_it_takes_its_children(
     left = store.runs(notebook=notebook)
     assert not [r.agent for r in left if r.info.get("parent_agent") == "lead"], left
     assert {a["name"] for a in reader.agents(notebook)} == set()
+
+
+def test_a_parents_cost_holds_its_childs_at_the_childs_price(
+    lead_ip: Any, store_path: Path, scripted: ScriptedServer
+) -> None:
+    def reply(body: dict) -> dict:
+        task, step = task_of(body), steps_of(body)
+        if task.startswith("Split") and step == 0:
+            return delegate("alpha", "Alpha: count.")
+        return {"content": f"{task.split()[0]} done"}
+
+    scripted.set_script(reply)
+    lead_ip.run_line_magic("config", "AgentMagics.prices = {'scripted': [10.0, 30.0, 1.0]}")
+    try:
+        lead_ip.run_cell_magic("agent", "-m scripted --name lead", "Split the work.")
+    finally:
+        lead_ip.run_line_magic("config", "AgentMagics.prices = {}")
+    store = Store(store_path)
+    agents = {a["name"]: a for a in Reader(store).agents(store.runs(agent="lead")[0].notebook)}
+    lead, alpha = agents["lead"], agents["alpha"]
+    (run,) = store.runs(agent="lead")
+    own = sum(c.info["cost_usd"] for c in store.checkpoints(run.run_id) if c.kind == "model")
+    assert alpha["cost_usd"] > 0 and own > 0
+    assert lead["cost_usd"] == pytest.approx(own + alpha["cost_usd"], rel=1e-5)

@@ -233,7 +233,8 @@ def test_an_agent_shows_its_plan_progress_and_its_ledger(
 ) -> None:
     nb = notebook(jp_root_dir, "plans.ipynb")
     plan = [{"title": "load", "status": "done"}, {"title": "plot", "status": "in_progress"}]
-    info = {"plan": plan, "usage": {"prompt_tokens": 25, "completion_tokens": 5}}
+    usage = {"prompt_tokens": 25, "completion_tokens": 5, "cached_tokens": 20}
+    info = {"plan": plan, "usage": usage, "cost_usd": 0.125}
     add_run(
         store, nb, "planner", [*RUNNING_STEPS, ("tool_result", "running")], trap, last_info=info
     )
@@ -244,7 +245,12 @@ def test_an_agent_shows_its_plan_progress_and_its_ledger(
     planner = agents["planner"]
     assert planner["plan"]["text"] == "1/2" and planner["plan"]["items"] == plan
     assert (planner["prompt_tokens"], planner["completion_tokens"]) == (25, 5)
-    assert agents["plain"]["plan"] is None
+    assert (planner["cached_tokens"], planner["cache_hit_rate"], planner["cost_usd"]) == (
+        20,
+        0.8,
+        0.125,
+    )
+    assert agents["plain"]["plan"] is None and agents["plain"]["cost_usd"] is None
     code, detail = api.get("agents", "planner", notebook="plans.ipynb")
     assert detail["all_runs"][-1]["plan"]["text"] == "1/2"
 

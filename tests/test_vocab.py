@@ -103,6 +103,9 @@ def test_plan_and_ledger() -> None:
         "tokens": 12,
         "prompt_tokens": 10,
         "completion_tokens": 2,
+        "cached_tokens": 0,
+        "cache_write_tokens": 0,
+        "cost_usd": None,
         "saved_tokens": 12,
     }
 
@@ -115,3 +118,15 @@ def test_the_vocabulary_imports_nothing_heavy() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_ledger_adds_cached_tokens_and_priced_costs() -> None:
+    rows = [
+        {"tokens": 9, "info": {"usage": {"prompt_tokens": 8, "cached_tokens": 6}, "cost_usd": 0.5}},
+        {"tokens": 3, "info": {"usage": {"prompt_tokens": 2, "cache_write_tokens": 2}}},
+    ]
+    total = vocab.ledger(rows)
+    assert (total["cached_tokens"], total["cache_write_tokens"], total["cost_usd"]) == (6, 2, 0.5)
+    both = vocab.added(total, vocab.ledger([{"info": {"cost_usd": 0.25}}]))
+    assert both["cost_usd"] == 0.75 and both["tokens"] == 12
+    assert vocab.cache_hit_rate(10, 6) == 0.6 and vocab.cache_hit_rate(0, 0) is None

@@ -84,10 +84,10 @@ def cmd_list(store: Store, args: argparse.Namespace) -> Any:
     if not agents:
         print("No agents" + (f" in {args.notebook}." if args.notebook else " in the store."))
         return None
-    rows = [("notebook", "agent", "status", "steps", "runs", "tokens", "last checkpoint")]
+    rows = [("notebook", "agent", "status", "steps", "runs", "tokens", "cost", "last checkpoint")]
     for nb, a in agents:
-        steps, runs = str(a["steps"]), str(a["runs"])
-        rows.append((nb, a["name"], a["label"], steps, runs, listing.tokens(a), listing.when(a)))
+        steps, runs, spent = str(a["steps"]), str(a["runs"]), (listing.tokens(a), listing.cost(a))
+        rows.append((nb, a["name"], a["label"], steps, runs, *spent, listing.when(a)))
     print(listing.table(rows))
     return None
 
@@ -105,7 +105,7 @@ def _listed(notebook: str, row: dict[str, Any]) -> dict[str, Any]:
         "run_id": row["run_id"],
         "last_checkpoint": row["step"] if checkpointed else None,
         "last_checkpoint_at": row["updated_at"] if checkpointed else None,
-        **{k: row[k] for k in ("tokens", "prompt_tokens", "completion_tokens")},
+        **{k: row[k] for k in listing.LEDGER},
     }
 
 

@@ -3,8 +3,13 @@
 A run's history only grows (the store keeps every message for the timeline,
 ``%agent show``, forks and time travel), but a model's context window does not.
 So the model is sent a *view*: the system prompt and the task, then, once the
-history has been compacted, a summary of the earlier work, the user's own
-instructions from that part (pinned), the plan, and the latest steps whole.
+history has been compacted, the user's own instructions from the compacted
+part (pinned) and a summary of the earlier work, then the latest steps, and
+last the plan. Between compactions the view is only appended to, so a
+provider's prompt cache (OpenAI's automatic one, or Anthropic's breakpoints)
+serves all of the previous request again: compactions come in batches, at
+:data:`COMPACT_AT` of the window down to :data:`COMPACT_TO`, never on a step
+whose request fits.
 
 A compaction is a checkpoint of its own (kind ``compaction``) whose delta holds
 the new view's description, so the view is durable state: a resume after a
@@ -283,19 +288,28 @@ def plan_text(plan: list[dict]) -> str:
     return "Current plan (keep it current with update_plan):\n" + "\n".join(rows)
 
 
-def _view_head(
-    messages: list[dict], compaction: dict, plan: list[dict], sizes: Sizes
-) -> tuple[list[dict], int, int]:
-    """The view's messages before the latest steps, where those start, where trimming ends."""
+def _view_head(messages: list[dict], compaction: dict, sizes: Sizes) -> tuple[list[dict], int, int]:
+    """The view's messages before the latest steps, where those start, where trimming ends.
+
+    In the order that changes least often, so that a provider's prompt cache
+    serves as much of each request as it can: the system prompt and the task
+    (never), the pinned instructions (only when a summary takes in a new one),
+    the summary (at a summary compaction). The steps after them are only
+    appended to between compactions.
+    """
     head = messages[:2]  # the system prompt and the task
     upto = max(int(compaction.get("upto") or 0), len(head))
     view = list(head)
     if compaction.get("summary"):
-        view.append({"role": "user", "content": compaction["summary"]})
         view += sizes.pinned(messages, len(head), upto)
-    if plan:
-        view.append({"role": "user", "content": HARNESS_NOTE + plan_text(plan)})
+        view.append({"role": "user", "content": compaction["summary"]})
     return view, upto, int(compaction.get("trim_before") or 0)
+
+
+def _plan_note(plan: list[dict]) -> list[dict]:
+    """The plan, sent after the latest steps: it changes as the work goes, so anywhere
+    earlier each change would make the rest of the request new to the prompt cache."""
+    return [{"role": "user", "content": HARNESS_NOTE + plan_text(plan)}] if plan else []
 
 
 def model_view(
@@ -305,9 +319,9 @@ def model_view(
     if sizes is not None:
         sizes.turn()
     sizes = sizes or Sizes()
-    view, upto, trim_before = _view_head(messages, compaction, plan, sizes)
+    view, upto, trim_before = _view_head(messages, compaction, sizes)
     view += [sizes.shown(messages[i], i < trim_before) for i in range(upto, len(messages))]
-    return view
+    return view + _plan_note(plan)
 
 
 def view_tokens(
@@ -325,8 +339,8 @@ def view_tokens(
     so a step's estimate costs the same however long the view is.
     """
     sizes = sizes or Sizes()
-    head, upto, trim_before = _view_head(messages, compaction, plan, sizes)
-    head += extra or []
+    head, upto, trim_before = _view_head(messages, compaction, sizes)
+    head += _plan_note(plan) + (extra or [])
     chars, count = sizes.tail(messages, upto, trim_before)
     chars += sum(sizes.chars(m) for m in head)
     return _tokens(chars, count + len(head), ratio, sizes.tools(tools))

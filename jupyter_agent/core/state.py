@@ -28,7 +28,7 @@ from typing import Any, cast
 import orjson
 
 from ..errors import StateVersionError
-from ..vocab import Status
+from ..vocab import Status, add_cost
 from .context import is_pinned
 
 #: Version of the delta payload layout. Bump it when :class:`Delta` changes and
@@ -87,10 +87,15 @@ class RunState:
     #: The latest compaction: what the model is sent instead of the full history.
     compaction: dict = field(default_factory=dict)
     plan: list[dict] = field(default_factory=list)
-    #: Model replies so far (each one a step); prompt and completion tokens spent.
+    #: Model replies so far (each one a step); prompt and completion tokens spent,
+    #: and of the prompt tokens those a provider's cache served or stored (priced apart).
     model_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    #: Dollars of the priced checkpoints (``info.cost_usd``); None: none was priced.
+    cost_usd: float | None = None
     #: The budget the run last ran with ({"tokens": …, "cost": …}), if any.
     budget: dict | None = None
     #: (index of its first message, step) of the steps that added messages, from the
@@ -123,6 +128,9 @@ class RunState:
         usage = info.get("usage") or {}
         self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
         self.completion_tokens += int(usage.get("completion_tokens") or 0)
+        self.cached_tokens += int(usage.get("cached_tokens") or 0)
+        self.cache_write_tokens += int(usage.get("cache_write_tokens") or 0)
+        self.cost_usd = add_cost(self.cost_usd, info.get("cost_usd"))
         self.bind(delta.vars, delta.unsaved)
         if delta.decision:
             self.decisions[delta.decision["call_id"]] = delta.decision

@@ -117,9 +117,16 @@ class Delegation:
         status, text, _ = run_status(store, run, set(), last)
         if last is not None and "child_run" in last.info and last.info.get("reason"):
             text = last.info["reason"]  # paused for its own child: say which, and why
-        usage = {"prompt_tokens": state.prompt_tokens, "completion_tokens": state.completion_tokens}
+        usage = {
+            "prompt_tokens": state.prompt_tokens,
+            "completion_tokens": state.completion_tokens,
+            "cached_tokens": state.cached_tokens,
+            "cache_write_tokens": state.cache_write_tokens,
+        }
         answer = state.final_answer() or ""
-        return Delegated(agent, status, text, answer, state.tokens, run.run_id, usage)
+        return Delegated(
+            agent, status, text, answer, state.tokens, run.run_id, usage, state.cost_usd
+        )
 
 
 def _children_started(parent: Any) -> int:

@@ -63,7 +63,8 @@ class AgentMagics(Magics):
         0, help="The model's context window in tokens; 0: learnt from the endpoint or known."
     ).tag(config=True)
     prices = Dict(
-        help="Dollars per million [prompt, completion] tokens by model prefix, for $ budgets."
+        help="Dollars per million [prompt, completion, cached prompt, cache write] tokens by "
+        "model prefix (the last two optional), for $ budgets and costs."
     ).tag(config=True)
     timeline = Bool(
         True, help="Show the checkpoint timeline widget under %%agent cells (in a kernel)."
@@ -132,7 +133,9 @@ class AgentMagics(Magics):
             max_steps=max_steps,
             budget=budget,
             context_window=context_window or self.context_window or None,
-            prices={k: tuple(v) for k, v in self.prices.items()},
+            prices={
+                k: tuple(v) if isinstance(v, list | tuple) else (v,) for k, v in self.prices.items()
+            },
             plan=plan,
             approve=approve or self.approve,
             approve_tools=() if self.approve else tools,

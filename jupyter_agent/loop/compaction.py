@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from .. import vocab
 from ..core import context
 from ..core import plan as plans
-from ..core.budget import Budget, cost_of, over_budget
+from ..core.budget import Budget, Price, cost_of, over_budget, usage_cost
 from ..core.plan import PLANNER_PROMPT, progress
 from ..core.redaction import redact
 from ..core.state import BUDGET, RUNNING, Delta
@@ -48,10 +48,14 @@ class Window:
     #: What the model is offered (set once the execution's tools are open).
     tools: list[dict] = field(default_factory=list)
     budget: Budget | None = None
-    #: Dollars per million (prompt, completion) tokens of the model, if known.
-    price: tuple[float, float] | None = None
+    #: Dollars per million tokens of the model, if known.
+    price: Price | None = None
     #: Reported over estimated prompt tokens of the last request (see context).
     ratio: float = 1.0
+    #: Prompt tokens the provider's cache served the last request: the next request
+    #: starts with that one (the view is appended to between compactions), so the
+    #: budget expects it served again.
+    cached: int = 0
     sizes: context.Sizes = field(default_factory=context.Sizes)
     _overflows: int = 0
 
@@ -91,14 +95,20 @@ class Window:
             )
         completion = context.estimate_tokens([reply.message()], self.ratio)
         tokens, usage, estimated = reply.counted(prompt, completion)
-        info: dict = {"usage": usage}
+        info: dict = self.priced({"usage": usage})
         if estimated:
             info["estimated"] = estimated
         return tokens, info
 
+    def priced(self, info: dict) -> dict:
+        """``info`` with what its ``usage`` cost (``cost_usd``), caching counted, if priced."""
+        cost = usage_cost(info["usage"], self.price)
+        return info if cost is None else {**info, "cost_usd": round(cost, 9)}
+
     def learn(self, usage: dict) -> None:
         """Correct the estimates by the prompt tokens the endpoint reported."""
         self._overflows = 0
+        self.cached = int(usage.get("cached_tokens") or 0)
         reported = int(usage.get("prompt_tokens") or 0)
         if reported:
             raw = self.view_tokens(1.0)
@@ -132,7 +142,8 @@ class Window:
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
         }
-        return prompt + completion, {"usage": usage, "estimated": list(usage), "unanswered": 1}
+        info = {"usage": usage, "estimated": list(usage), "unanswered": 1}
+        return prompt + completion, self.priced(info)
 
     def check_budget(self, prompt_tokens: int) -> None:
         """Stop at a checkpoint if a call with this prompt would cross the budget."""
@@ -140,8 +151,14 @@ class Window:
             return
         state = self.recorder.state
         completion = self.next_completion()
-        next_cost = cost_of(prompt_tokens, completion, self.price)
-        spent_cost = cost_of(state.prompt_tokens, state.completion_tokens, self.price)
+        next_cost = cost_of(prompt_tokens, completion, self.price, self.cached)
+        spent_cost = cost_of(
+            state.prompt_tokens,
+            state.completion_tokens,
+            self.price,
+            state.cached_tokens,
+            state.cache_write_tokens,
+        )
         if not over_budget(
             self.budget, state.tokens, spent_cost, prompt_tokens + completion, next_cost
         ):
@@ -179,6 +196,7 @@ class Window:
                 )
             return
         before = self.view_tokens(self.ratio)
+        self.cached = 0  # the view's prefix changes: nothing of it is cached yet
         compaction = decision.compaction
         tokens = 0
         counts: dict = {"usage": {}}
@@ -249,6 +267,7 @@ class Window:
     def next_item(self, note: str) -> None:
         """In plan mode, after a reply that ends an item: start the next one afresh."""
         state = self.recorder.state
+        self.cached = 0  # the next item's view is new to the prompt cache
         variables = namespace.overview(self.recorder.shell.user_ns, list(state.vars))
         item = plans.next_item(state.plan, state.compaction, state.messages, note, variables)
         if item is None:  # nothing left: the plan is done

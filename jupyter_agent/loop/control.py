@@ -134,6 +134,8 @@ class DelegateStep:
         if child.status == DONE:
             # The child's tokens join the parent's ledger once, total and parts alike.
             info["usage"] = child.usage
+            if child.cost_usd is not None:
+                info["cost_usd"] = child.cost_usd
             recorder.tool_result(call_id, ToolResult(child.answer), tokens=child.tokens, info=info)
             return
         kind = child.status if child.status in (ERROR, LIMIT, BUDGET, STUCK) else "interrupted"

@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 OFFLINE_MODEL = "offline"
 #: The token counts of ``usage`` the loop reads; each is checked before it is kept.
 USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+#: The counts of a prompt's tokens a provider's cache served (``cached_tokens``) or
+#: stored (``cache_write_tokens``), normalized from each API's own names; both are
+#: part of ``prompt_tokens`` and priced at their own rates (:mod:`..core.budget`).
+CACHE_COUNTS = ("cached_tokens", "cache_write_tokens")
+_CHECKED = USAGE_COUNTS + CACHE_COUNTS
 #: The largest count one reply can report: ten times the largest context windows
 #: known. A larger one is a misreport, and would overflow the ledger's columns.
 MAX_COUNT = 100_000_000
@@ -72,7 +77,7 @@ def checked_usage(usage: dict) -> dict:
     """``usage`` without what cannot be a token count: the loop budgets and sizes with it.
 
     An endpoint's numbers are not trusted blindly: a count of
-    :data:`USAGE_COUNTS` that is not a whole number from 0 to :data:`MAX_COUNT`
+    :data:`USAGE_COUNTS` or :data:`CACHE_COUNTS` that is not a whole number from 0 to :data:`MAX_COUNT`
     (a string, a negative, NaN, 2**40) is dropped, as is any ``None``; the rest
     is kept as sent. :func:`odd_counts` says what was dropped.
     """
@@ -81,7 +86,7 @@ def checked_usage(usage: dict) -> dict:
     return {
         key: value
         for key, value in usage.items()
-        if value is not None and (key not in USAGE_COUNTS or _is_count(value))
+        if value is not None and (key not in _CHECKED or _is_count(value))
     }
 
 
@@ -91,7 +96,7 @@ def odd_counts(usage: object) -> dict[str, object]:
         return {} if usage is None else {"usage": usage}
     return {
         key: usage[key]
-        for key in USAGE_COUNTS
+        for key in _CHECKED
         if usage.get(key) is not None and not _is_count(usage[key])
     }
 

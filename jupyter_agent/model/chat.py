@@ -103,6 +103,20 @@ class _ReasoningOnly(_Retry):
         self.reply = reply
 
 
+def chat_usage(usage: dict) -> dict:
+    """Chat Completions' ``usage`` with its cached prompt tokens under the normalized name.
+
+    OpenAI reports what its prompt cache served as
+    ``usage.prompt_tokens_details.cached_tokens`` (part of ``prompt_tokens``); the
+    ledger and the prices read ``cached_tokens`` whatever the API
+    (:data:`~.base.CACHE_COUNTS`). The details are kept as sent.
+    """
+    details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+    if not isinstance(details, dict) or details.get("cached_tokens") is None:
+        return usage
+    return {**usage, "cached_tokens": details["cached_tokens"]}
+
+
 @dataclass(eq=False)
 class _Reply:
     """Accumulates one reply from stream deltas or a whole message, within the limits."""
@@ -197,7 +211,7 @@ class _Reply:
 
     def chunk(self, data: dict) -> None:
         if data.get("usage"):
-            self.usage = data["usage"]
+            self.usage = chat_usage(data["usage"])
         for choice in (data.get("choices") or [])[:1]:
             self.choice(choice)
 

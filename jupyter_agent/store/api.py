@@ -131,6 +131,12 @@ class RunStats:
     fork point, then its own."""
     plan: list[dict] | None = None
     """The run's latest plan (``info.plan`` of its last checkpoint that has one)."""
+    cached_tokens: int = 0
+    """Sum of ``info.usage.cached_tokens``: prompt tokens a provider's cache served."""
+    cache_write_tokens: int = 0
+    """Sum of ``info.usage.cache_write_tokens``: prompt tokens written to a cache."""
+    cost_usd: float | None = None
+    """Sum of ``info.cost_usd`` (dollars, caching counted); None: no checkpoint was priced."""
 
 
 @dataclass
@@ -437,7 +443,8 @@ class HistoryTailStore(Store, Protocol):
     ) -> tuple[list[CheckpointRow], dict]:
         """The last ``limit`` checkpoints (metadata only) of the history along ``chain``'s
         segments, oldest first, and totals over all of it (``checkpoints``, ``tokens``,
-        ``prompt_tokens``, ``completion_tokens``, ``saved_tokens``, ``size``, ``plan``)."""
+        ``prompt_tokens``, ``completion_tokens``, ``cached_tokens``, ``cache_write_tokens``,
+        ``cost_usd``, ``saved_tokens``, ``size``, ``plan``)."""
 
 
 def history_chain(run: RunRow, parent_of: dict[str, RunRow]) -> list[tuple[str, int | None]]:

@@ -39,6 +39,8 @@ class Dialect:
     #: The number at a path of keys in ``{parsed}`` (``{dotted}``: the keys joined by dots,
     #: ``{listed}``: by commas); NULL where there is none.
     number_of: ClassVar[str]
+    #: The same for a number with a fraction (dollars); :attr:`number_of` where that keeps it.
+    amount_of: ClassVar[str | None] = None
     #: A set-returning expression of the strings in the JSON array ``{value}``.
     strings_of: ClassVar[str]
     #: Whether the JSON ``{value}`` is an array (before :attr:`strings_of` may read it).
@@ -58,6 +60,11 @@ class Dialect:
 
     def json_number(self, parsed: str, *keys: str) -> str:
         return self.number_of.format(parsed=parsed, dotted=".".join(keys), listed=",".join(keys))
+
+    def json_amount(self, parsed: str, *keys: str) -> str:
+        """:meth:`json_number` for a number with a fraction (a cost in dollars)."""
+        form = self.amount_of or self.number_of
+        return form.format(parsed=parsed, dotted=".".join(keys), listed=",".join(keys))
 
     def json_strings(self, parsed: str, key: str) -> tuple[str, str]:
         """The strings of the array at ``key`` (set-returning), and the condition a row must

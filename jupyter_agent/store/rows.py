@@ -112,7 +112,8 @@ def stats_from_row(
     """:class:`RunStats` from one aggregate row.
 
     ``r`` is (run_id, count, tokens, prompt tokens, completion tokens, size,
-    updated_at, last step, last status, last info, latest plan as JSON text);
+    updated_at, last step, last status, last info, latest plan as JSON text, cached
+    tokens, cache write tokens, cost in dollars);
     ``chain`` and ``model_steps`` give the steps of the run's history.
     """
     return RunStats(
@@ -128,6 +129,9 @@ def stats_from_row(
         last_info=json.loads(r[9]) if r[9] else {},
         steps=vocab.history_steps(chain, model_steps),
         plan=json.loads(r[10]) if r[10] else None,
+        cached_tokens=int(r[11] or 0),
+        cache_write_tokens=int(r[12] or 0),
+        cost_usd=None if r[13] is None else float(r[13]),
     )
 
 

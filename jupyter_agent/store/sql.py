@@ -187,7 +187,10 @@ class SQLStore(Store, ABC):
             f"SELECT run_id, count(*), sum(tokens), sum({d.json_number('i', 'usage', 'prompt_tokens')}), "
             f"sum({d.json_number('i', 'usage', 'completion_tokens')}), sum(size), max(created_at), "
             f"max(step), {d.last('status')}, {d.last('info')}, "
-            f"CAST({d.last(plan, f'{plan} IS NOT NULL')} AS TEXT) "
+            f"CAST({d.last(plan, f'{plan} IS NOT NULL')} AS TEXT), "
+            f"sum({d.json_number('i', 'usage', 'cached_tokens')}), "
+            f"sum({d.json_number('i', 'usage', 'cache_write_tokens')}), "
+            f"sum({d.json_amount('i', 'cost_usd')}) "
             f"FROM (SELECT *, {d.parsed('info')} AS i FROM {t}checkpoints {where}) c "
             "GROUP BY run_id",
             a,

@@ -37,6 +37,7 @@ from .wire import (
     CHAT_PATH,
     ERRORS,
     STREAM_ERRORS,
+    PromptCache,
     ScriptedReply,
     context_length_error,
     error_body,
@@ -171,7 +172,8 @@ class _Handler(BaseHTTPRequestHandler):
             owner._log(turn, self.path, body, headers, "error:stream_options")
             self._send_json(400, unknown_argument_error("stream_options"))
             return
-        if is_summary_request(body):
+        summary = is_summary_request(body)
+        if summary:
             owner._log(-1, self.path, body, headers, "summary", summary=True)
             entry: dict[str, Any] | None = {"content": summary_text(messages)}
             attempt, fault = 0, None
@@ -204,6 +206,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             self._error(500, f"Bad script entry for turn {turn}: {exc!r}", "server_error")
             return
+        owner._served(reply, messages, body.get("tools"), -1 if summary else turn)
         streaming = bool(body.get("stream")) and not owner.stream_json
         if fault in ("length", "content_filter") or (fault == "cut" and not streaming):
             reply.truncate()
@@ -359,6 +362,13 @@ class ScriptedServer(Replay):
     reject_stream_options: bool = False
     #: Send ``usage`` when asked; False: never, as some mock servers and proxies do.
     send_usage: bool = True
+    #: Simulate OpenAI's automatic prompt cache (:class:`~.wire.PromptCache`): usage
+    #: reports ``prompt_tokens_details.cached_tokens``; False: no cache, no details.
+    prompt_cache: bool = True
+    #: The usage of every reply built, in order, with its ``turn`` (-1: a summary):
+    #: what the endpoint bills, cached tokens included, whatever the client reads of it.
+    usage_log: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
+    _cache: PromptCache = field(default_factory=PromptCache, init=False, repr=False)
     _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _conns: set[socket.socket] = field(default_factory=set, init=False, repr=False)
     _httpd: _HTTPServer | None = field(default=None, init=False, repr=False)
@@ -421,6 +431,15 @@ class ScriptedServer(Replay):
                 self._conns.add(conn)
             else:
                 self._conns.discard(conn)
+
+    def _served(self, reply: ScriptedReply, messages: list[Any], tools: Any, turn: int) -> None:
+        """Log ``reply``'s usage, with what the simulated prompt cache serves of the request."""
+        prompt = reply.usage.get("prompt_tokens")
+        with self._lock:
+            if self.prompt_cache:
+                cached = self._cache.read(messages, tools, prompt if isinstance(prompt, int) else 0)
+                reply.usage["prompt_tokens_details"] = {"cached_tokens": cached}
+            self.usage_log.append({"turn": turn, **reply.usage})
 
     def _sleep(self, seconds: float) -> None:
         """Sleep that ends early when the server stops."""

@@ -9,6 +9,7 @@ the completion or stream chunks of a :class:`ScriptedReply`.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -140,6 +141,82 @@ def prompt_tokens(messages: list[Any], tools: Any = None) -> int:
     """Deterministic prompt size estimate the context window is checked against."""
     tool_chars = len(json.dumps(tools)) if tools else 0
     return (conversation_chars(messages) + tool_chars) // 4
+
+
+#: OpenAI's automatic prompt cache: a prompt's prefix shared with an earlier
+#: request is served from the cache once it is this many tokens long…
+CACHE_MIN_TOKENS = 1_024
+#: …in blocks of this many tokens (the rest of the prompt is read afresh).
+CACHE_BLOCK_TOKENS = 128
+#: Earlier requests the simulated cache remembers (OpenAI keeps prefixes for minutes).
+CACHE_REQUESTS = 32
+
+
+def _cache_piece(msg: Any) -> tuple[str, str, str]:
+    """A message as the cache compares it: role, text, tool calls (their characters count)."""
+    if not isinstance(msg, dict):
+        return ("", "", "")
+    calls = "".join(
+        str((c.get("function") or {}).get("name", ""))
+        + str((c.get("function") or {}).get("arguments", ""))
+        for c in msg.get("tool_calls") or []
+        if isinstance(c, dict)
+    )
+    return (str(msg.get("role")), text_of(msg.get("content")), calls)
+
+
+def _common_chars(a: list[tuple[str, str, str]], b: list[tuple[str, str, str]]) -> int:
+    """Characters (as :func:`conversation_chars` counts them) of ``a`` and ``b``'s common prefix."""
+    chars = 0
+    for x, y in zip(a, b, strict=False):
+        if x == y:
+            chars += len(x[1]) + len(x[2])
+            continue
+        if x[0] == y[0]:  # the same message's start: its common text, then no further
+            n, limit = 0, min(len(x[1]), len(y[1]))
+            while n < limit and x[1][n] == y[1][n]:
+                n += 1
+            chars += n
+        break
+    return chars
+
+
+class PromptCache:
+    """OpenAI's automatic prompt caching, simulated: what a request reads from the cache.
+
+    A request's cached tokens are its longest common prefix with one of the
+    :data:`CACHE_REQUESTS` earlier requests (the same tools first, then the
+    messages in order), counted as the server counts prompt tokens (four
+    characters a token), in :data:`CACHE_BLOCK_TOKENS` blocks once at least
+    :data:`CACHE_MIN_TOKENS`. Deterministic: the same requests in the same order
+    are served the same counts. Not thread-safe; the server calls it under its lock.
+    """
+
+    def __init__(self) -> None:
+        self._earlier: deque[tuple[str, list[tuple[str, str, str]]]] = deque(maxlen=CACHE_REQUESTS)
+
+    def read(self, messages: list[Any], tools: Any, prompt: int) -> int:
+        """The cached tokens of this request (at most ``prompt``), which is then remembered."""
+        key = json.dumps(tools, sort_keys=True) if tools else ""
+        pieces = [_cache_piece(m) for m in messages]
+        chars = max(
+            (
+                _common_chars(pieces, seen)
+                for tools_seen, seen in self._earlier
+                if tools_seen == key
+            ),
+            default=0,
+        )
+        self._earlier.append((key, pieces))
+        tokens = chars // 4
+        if tokens < CACHE_MIN_TOKENS:
+            return 0
+        cached = tokens // CACHE_BLOCK_TOKENS * CACHE_BLOCK_TOKENS
+        return max(min(cached, prompt), 0)
+
+    def clear(self) -> None:
+        """Forget every earlier request (a cache that expired)."""
+        self._earlier.clear()
 
 
 def is_summary_request(body: dict[str, Any]) -> bool:

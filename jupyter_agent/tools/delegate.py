@@ -55,9 +55,12 @@ class Delegated:
     answer: str
     tokens: int
     run_id: str
-    #: The child's prompt and completion tokens (its own children's included): recorded
-    #: as the usage of the parent's delegate result, so the parent's ledger adds up.
+    #: The child's prompt, completion and cached tokens (its own children's included):
+    #: recorded as the usage of the parent's delegate result, so the parent's ledger adds up.
     usage: dict[str, int] = field(default_factory=dict)
+    #: The child's dollars at its model's price (its children's included), if priced:
+    #: recorded as the delegate result's ``cost_usd``, for the same reason.
+    cost_usd: float | None = None
 
 
 class Children(Protocol):

@@ -140,15 +140,30 @@ def checkpoint_row(cp: CheckpointRow) -> dict[str, Any]:
     return {c: getattr(cp, c) for c in CHECKPOINT_COLUMNS if c != "run_id"}
 
 
-_LEDGER = ("tokens", "prompt_tokens", "completion_tokens", "plan")
+#: What a run spent, as every list gives it (:func:`_ledger`).
+LEDGER = (
+    "tokens",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cache_hit_rate",
+    "cost_usd",
+)
+_LEDGER = (*LEDGER, "plan")
 
 
 def _ledger(stats: RunStats | None) -> dict[str, Any]:
-    """What a run spent (tokens, prompt and completion) and its plan's progress."""
+    """What a run spent and its plan's progress: tokens (prompt and completion; of the
+    prompt, the share a provider's cache served) and dollars, caching counted (None:
+    the model has no price)."""
+    prompt, cached = (stats.prompt_tokens, stats.cached_tokens) if stats else (0, 0)
     return {
         "tokens": stats.tokens if stats else 0,
-        "prompt_tokens": stats.prompt_tokens if stats else 0,
+        "prompt_tokens": prompt,
         "completion_tokens": stats.completion_tokens if stats else 0,
+        "cached_tokens": cached,
+        "cache_hit_rate": vocab.cache_hit_rate(prompt, cached),
+        "cost_usd": None if stats is None or stats.cost_usd is None else round(stats.cost_usd, 6),
         "plan": vocab.plan_progress(stats.plan) if stats and stats.plan else None,
     }
 
@@ -222,8 +237,16 @@ def when(row: dict[str, Any]) -> str:
 
 
 def tokens(row: dict[str, Any]) -> str:
-    """The tokens a row's run spent, as every list writes them: "12,345"."""
-    return f"{row['tokens']:,}"
+    """The tokens a row's run spent, as every list writes them: "12,345", and "(80%
+    cached)" when a provider's cache served some of the prompt."""
+    rate = row.get("cache_hit_rate")
+    return f"{row['tokens']:,}" + (f" ({rate:.0%} cached)" if rate else "")
+
+
+def cost(row: dict[str, Any]) -> str:
+    """What a row's run cost, as every list writes it: "$0.0123", or "-" if unpriced."""
+    value = row.get("cost_usd")
+    return "-" if value is None else f"${value:,.4f}"
 
 
 def agents_text(agents: list[dict[str, Any]], as_of: str | None) -> str:
@@ -231,14 +254,13 @@ def agents_text(agents: list[dict[str, Any]], as_of: str | None) -> str:
     if not agents:
         return "No agents in this notebook yet."
     by_name = {a["name"]: a for a in agents}
-    rows = [("agent", "status", "steps", "plan", "runs", "tokens", "last checkpoint")]
+    rows = [("agent", "status", "steps", "plan", "runs", "tokens", "cost", "last checkpoint")]
     for name, depth in _as_tree({a["name"]: a["parent_agent"] for a in agents}):
         a = by_name[name]
         plan = a["plan"]["text"] if a["plan"] and a["plan"]["total"] else "-"
         indented = "  " * depth + name  # a delegated agent under its parent
-        rows.append(
-            (indented, a["label"], str(a["steps"]), plan, str(a["runs"]), tokens(a), when(a))
-        )
+        spent = (tokens(a), cost(a))
+        rows.append((indented, a["label"], str(a["steps"]), plan, str(a["runs"]), *spent, when(a)))
     text = table(rows)
     if as_of is not None:
         text += f"\n(as of {as_of}: another kernel is writing the store)"

@@ -99,7 +99,7 @@ class Timeline:
     _last: dict[str, CheckpointRow] = field(default_factory=dict)
     _live: set[str] = field(default_factory=set)
     _model_steps: dict[str, list[int]] = field(default_factory=dict)  # run -> model checkpoints
-    _ledger: dict[str, int] = field(default_factory=lambda: vocab.ledger([]))
+    _ledger: dict[str, Any] = field(default_factory=lambda: vocab.ledger([]))
     _plan: dict | None = None
     _size: int = 0
     #: Entries to read of a selected history (its latest); more as a view asks.
@@ -265,8 +265,7 @@ class Timeline:
         self.history.append(e)
         if len(self.history) > 2 * self.keep:  # now and then, not at every append
             self._trim(self.keep)
-        for key, value in vocab.ledger([e]).items():
-            self._ledger[key] += value
+        self._ledger = vocab.added(self._ledger, vocab.ledger([e]))
         self._size += row.size
         if "plan" in (e.get("info") or {}):
             self._plan = vocab.plan_progress(e["info"]["plan"])
@@ -339,7 +338,8 @@ class Timeline:
         run = self.run(self.selected) if self.selected else None
         if run is None:
             return {"status": "", "text": "not run yet", "step": -1, "steps": 0, "total": 0,
-                    **vocab.ledger([]), "size": 0, "model": "", "estimated": False,
+                    **vocab.ledger([]), "cache_hit_rate": None, "size": 0, "model": "",
+                    "estimated": False,
                     "plan": None, "latest": False}  # fmt: skip
         status, step = self.status(run.run_id)
         return {
@@ -349,6 +349,9 @@ class Timeline:
             "steps": self.steps(run.run_id),
             "total": self.total,  # checkpoints of the history
             **self._ledger,
+            "cache_hit_rate": vocab.cache_hit_rate(
+                self._ledger["prompt_tokens"], self._ledger["cached_tokens"]
+            ),
             "size": self._size,
             "model": run.model,
             # The offline model counts no tokens: its numbers are estimates.

@@ -49,6 +49,11 @@ export interface IAgentSummary {
   tokens: number;
   prompt_tokens: number;
   completion_tokens: number;
+  /** Prompt tokens a provider's cache served, and their share of the prompt tokens. */
+  cached_tokens: number;
+  cache_hit_rate: number | null;
+  /** Dollars spent, caching counted; null when the model has no price. */
+  cost_usd: number | null;
   /** The latest plan's progress ("4/12"), if the agent keeps a plan. */
   plan: IPlanProgress | null;
   timeline: ITimelineEntry[];

@@ -481,6 +481,26 @@ def test_run_stats_count_the_steps_of_a_forks_history(open_):
     assert r1.plan is None
 
 
+def test_run_stats_add_up_cached_tokens_and_cost(open_):
+    store = open_()
+    w = store.writer("c1", secrets=[])
+    w.put_run(run_row("c1", agent="cached"))
+    w.put_checkpoint(cp("c1", 0, "start"), b"{}")
+    usage = {"prompt_tokens": 2000, "completion_tokens": 10, "cached_tokens": 1536}
+    w.put_checkpoint(cp("c1", 1, info={"usage": usage, "cost_usd": 0.0012345}), b"{}")
+    usage = {"prompt_tokens": 100, "completion_tokens": 5, "cache_write_tokens": 64}
+    w.put_checkpoint(cp("c1", 2, info={"usage": usage, "cost_usd": 0.5}), b"{}")
+    w.close()
+    stats = open_().run_stats(["c1"])["c1"]
+    assert (stats.cached_tokens, stats.cache_write_tokens) == (1536, 64)
+    assert stats.cost_usd == pytest.approx(0.5012345)
+    tail = getattr(open_(), "history_tail", None)
+    if tail is not None:
+        _, totals = tail([("c1", None)], 1)
+        assert (totals["cached_tokens"], totals["cache_write_tokens"]) == (1536, 64)
+        assert totals["cost_usd"] == pytest.approx(0.5012345)
+
+
 def test_run_stats_carry_the_latest_plan(open_):
     store = open_()
     old = [{"title": "load", "status": "in_progress"}]

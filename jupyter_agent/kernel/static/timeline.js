@@ -226,10 +226,15 @@ class View {
       if (sum.prompt_tokens || sum.completion_tokens) {
         tok += ` (${fmtCount(sum.prompt_tokens || 0)} prompt / ${fmtCount(sum.completion_tokens || 0)} completion)`;
       }
+      if (sum.cached_tokens) {
+        const rate = sum.cache_hit_rate ? ` (${Math.round(sum.cache_hit_rate * 100)}%)` : "";
+        tok += ` · ${fmtCount(sum.cached_tokens)} cached${rate}`;
+      }
       if (sum.estimated) tok += " (offline model: estimated)";
       if (sum.saved_tokens) tok += ` · resumes saved ${fmtCount(sum.saved_tokens)}`;
       stats.push(tok);
     }
+    if (sum.cost_usd != null) stats.push(`$${sum.cost_usd.toFixed(4)}`);
     if (sum.size) stats.push(fmtSize(sum.size));
     const plan = sum.plan;
     // Without its kernel the view cannot know the status now: never claim "running".

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from ... import vocab
 from ...errors import StoreBusy
 from ...vocab import Kind
 from ..api import (
@@ -441,6 +442,9 @@ def _added(stats: RunStats | None, run: RunRow, new: Iterable[CheckpointRow]) ->
             tokens=base.tokens + int(cp.tokens or 0),
             prompt_tokens=base.prompt_tokens + int(usage.get("prompt_tokens") or 0),
             completion_tokens=base.completion_tokens + int(usage.get("completion_tokens") or 0),
+            cached_tokens=base.cached_tokens + int(usage.get("cached_tokens") or 0),
+            cache_write_tokens=base.cache_write_tokens + int(usage.get("cache_write_tokens") or 0),
+            cost_usd=vocab.add_cost(base.cost_usd, cp.info.get("cost_usd")),
             size=base.size + int(cp.size or 0),
             updated_at=cp.created_at,
             last_step=cp.step,

@@ -49,6 +49,7 @@ class DuckDBDialect(Dialect):
     parsed_of = "{column}"  # DuckDB's JSON functions take the text
     value_of = "json_extract({parsed}, '$.{key}')"
     number_of = "TRY_CAST(json_extract_string({parsed}, '$.{dotted}') AS BIGINT)"
+    amount_of = "TRY_CAST(json_extract_string({parsed}, '$.{dotted}') AS DOUBLE)"
     strings_of = "UNNEST(CAST({value} AS VARCHAR[]))"
     is_array_of = "json_type({value}) = 'ARRAY'"
     last_of = "arg_max({expr}, step){only}"  # no list built and sorted per group
@@ -213,6 +214,7 @@ class DuckDBStore(JournalFolding, SQLStore):
 
         What a timeline shows of a long run without reading its every row. Totals:
         ``checkpoints``, ``tokens``, ``prompt_tokens``, ``completion_tokens``,
+        ``cached_tokens``, ``cache_write_tokens``, ``cost_usd`` (None: nothing priced),
         ``saved_tokens`` (of resumes), ``size``, and ``plan``: the latest plan, or None.
         """
         segments = (
@@ -226,9 +228,10 @@ class DuckDBStore(JournalFolding, SQLStore):
         )
         plan = self.dialect.json_value("info", "plan")
 
-        def total(*keys: str, where: str = "") -> str:
+        def total(*keys: str, where: str = "", amount: bool = False) -> str:
             """The sum of a number in ``info``, parsed only in rows whose text names it."""
-            number = self.dialect.json_number("info", *keys)
+            read = self.dialect.json_amount if amount else self.dialect.json_number
+            number = read("info", *keys)
             return f"sum({number}) FILTER (WHERE info LIKE '%\"{keys[-1]}\"%'{where})"
 
         with self._reads() as q:
@@ -243,10 +246,14 @@ class DuckDBStore(JournalFolding, SQLStore):
                 f"{total('usage', 'completion_tokens')}, "
                 f"{total('saved_tokens', where=' AND kind = ' + repr('resume'))}, sum(size), "
                 f"arg_max({plan}, pos * 4294967296 + step) FILTER (WHERE info LIKE '%\"plan\"%' "
-                f"AND CAST({plan} AS VARCHAR) NOT IN ('null', '\"\"', '[]', '{{}}')) FROM h",
+                f"AND CAST({plan} AS VARCHAR) NOT IN ('null', '\"\"', '[]', '{{}}')), "
+                f"{total('usage', 'cached_tokens')}, {total('usage', 'cache_write_tokens')}, "
+                f"{total('cost_usd', amount=True)} FROM h",
                 segments[1],
-            ) or (0, 0, 0, 0, 0, 0, None)
+            ) or (0, 0, 0, 0, 0, 0, None, 0, 0, None)
         keys = ("checkpoints", "tokens", "prompt_tokens", "completion_tokens", "saved_tokens")
         out: dict = {k: int(v or 0) for k, v in zip((*keys, "size"), totals[:6], strict=True)}
         out["plan"] = json.loads(totals[6]) if totals[6] is not None else None
+        out["cached_tokens"], out["cache_write_tokens"] = int(totals[7] or 0), int(totals[8] or 0)
+        out["cost_usd"] = None if totals[9] is None else float(totals[9])
         return [checkpoint_from_row(r) for r in reversed(rows)], out

@@ -20,6 +20,7 @@ from ..core.redaction import secrets_in_environment
 from ..core.state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
 from ..errors import AgentBusy, AgentError, BudgetError, Cancelled, UsageProblem
 from ..loop.runs import load_state
+from ..model.base import APIS
 from ..store.api import RunRow, Store
 from ..views.listing import Reader, agents_text, checkpoint_line
 from ..views.render import TextEvents, known_steps
@@ -46,6 +47,20 @@ class AgentMagics(Magics):
     base_url = Unicode("", help="OpenAI-compatible endpoint; default: $OPENAI_BASE_URL.").tag(
         config=True
     )
+    api = Unicode(
+        "",
+        help="The API models are asked through: 'chat' (Chat Completions), 'responses' "
+        "(OpenAI Responses), 'anthropic' (Anthropic Messages); '': the model's prefix "
+        "(anthropic:NAME, responses:NAME), else chat.",
+    ).tag(config=True)
+    headers = Dict(
+        help="Extra HTTP headers of every model request, e.g. {'HTTP-Referer': ...} for "
+        "OpenRouter or {'api-key': ...} for Azure."
+    ).tag(config=True)
+    query = Dict(
+        help="Extra query parameters of every model request, e.g. {'api-version': "
+        "'2024-10-21'} for Azure OpenAI deployments."
+    ).tag(config=True)
     store = Unicode(
         "", help="Store file; default: $JUPYTER_AGENT_STORE or the Jupyter data dir."
     ).tag(config=True)
@@ -76,6 +91,15 @@ class AgentMagics(Magics):
     @validate("max_steps")
     def _check_max_steps(self, proposal: Any) -> int:
         return _at_least(proposal, 1, "the agent could never take a step")
+
+    @validate("api")
+    def _check_api(self, proposal: Any) -> str:
+        value = proposal["value"]
+        if value not in ("", *APIS):
+            raise TraitError(
+                f"AgentMagics.api must be one of {', '.join(APIS)} (or ''), not {value!r}."
+            )
+        return value
 
     @validate("retries")
     def _check_retries(self, proposal: Any) -> int:
@@ -144,6 +168,9 @@ class AgentMagics(Magics):
             timeout=self.timeout,
             retries=self.retries,
             backoff=self.retry_backoff,
+            api=self.api or None,
+            headers={str(k): str(v) for k, v in self.headers.items()},
+            query={str(k): str(v) for k, v in self.query.items()},
         )
         return Settings(
             policy=policy,

@@ -18,7 +18,7 @@ from ..model.offline import conversation_chars, counted_usage, pieces, text_of
 Script = list[dict[str, Any]] | Callable[[dict[str, Any]], dict[str, Any]] | None
 
 #: Fault kinds understood in a script entry's ``"faults"`` list:
-#: HTTP errors (``429``, ``500``, ``503``; ``401`` echoing the key like OpenAI does;
+#: HTTP errors (``429``, ``500``, ``503``, ``529`` as Anthropic says overloaded; ``401`` echoing the key like OpenAI does;
 #: ``proxy_400``, a LiteLLM-style error pasted over several lines), ``timeout``,
 #: ``drop`` (connection lost mid-stream), ``cut`` (the stream ends cleanly but
 #: early: no ``finish_reason``, no ``[DONE]``), ``cut_stop`` (the same half reply,
@@ -31,6 +31,7 @@ FAULT_KINDS = (
     "429",
     "500",
     "503",
+    "529",
     "401",
     "proxy_400",
     "timeout",
@@ -67,6 +68,7 @@ ERRORS: dict[str, tuple[int, str, str, str]] = {
     "429": (429, "Rate limit reached (scripted fault).", "requests", "rate_limit_exceeded"),
     "500": (500, "The server had an error (scripted fault).", "server_error", "server_error"),
     "503": (503, "The server is overloaded (scripted fault).", "server_error", "overloaded"),
+    "529": (529, "Overloaded (scripted fault).", "overloaded_error", "overloaded"),
     "401": (
         401,
         "Incorrect API key provided: {key}. You can find your API key at "

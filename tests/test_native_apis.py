@@ -21,7 +21,7 @@ from jupyter_agent.model.anthropic_messages import (
     breakpoints,
     to_messages,
 )
-from jupyter_agent.model.base import PROVIDER_STATE, Endpoint
+from jupyter_agent.model.base import PROVIDER_STATE, Endpoint, with_api
 from jupyter_agent.model.chat import ChatCompletionsClient
 from jupyter_agent.model.clients import client_class
 from jupyter_agent.model.responses import ResponsesClient
@@ -271,15 +271,16 @@ def test_the_model_prefix_or_the_setting_picks_the_api(monkeypatch: pytest.Monke
     )
     e = Endpoint.resolve("responses:gpt-5")
     assert (e.api, e.model, e.base_url) == ("responses", "gpt-5", "http://openai.test/v1")
-    assert Endpoint.resolve("gpt-5", api="responses").api == "responses"
+    assert Endpoint.resolve(with_api("gpt-5", "responses")).api == "responses"
+    assert with_api("offline", "anthropic") == "offline"
     assert Endpoint.resolve("llama3:8b").model == "llama3:8b"  # an Ollama tag, not an API
     assert Endpoint.resolve("chat:llama3:8b").model == "llama3:8b"
     with pytest.raises(
         ConfigError, match="asks for the anthropic API but AgentMagics.api is 'responses'"
     ):
-        Endpoint.resolve("anthropic:claude-x", api="responses")
+        with_api("anthropic:claude-x", "responses")
     with pytest.raises(ConfigError, match="Unknown API 'gemini'"):
-        Endpoint.resolve("x", api="gemini")
+        with_api("x", "gemini")
     monkeypatch.delenv("ANTHROPIC_BASE_URL")
     with pytest.raises(ConfigError, match="Set ANTHROPIC_API_KEY"):
         Endpoint.resolve("anthropic:claude-x")

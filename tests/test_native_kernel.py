@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from IPython.core.error import UsageError
 
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
@@ -113,3 +114,24 @@ def test_a_kernel_killed_mid_stream_resumes_and_sends_the_kept_reasoning_back(
         again = [r for r in server.requests if r["turn"] == 2][1]["body"]["native"]
         kept = reasoning_sent(again)
         assert len(kept) == 2 and all(k.endswith(("chatcmpl-0-0", "chatcmpl-1-0")) for k in kept)
+
+
+def test_the_api_setting_picks_the_wire_and_a_contradicting_prefix_is_refused(
+    ip, store_path, monkeypatch, capsys
+) -> None:
+    with ScriptedServer([{"content": "Hello from Messages."}]) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        ip.run_line_magic("config", "AgentMagics.api = 'anthropic'")
+        try:
+            ip.run_cell_magic("agent", "--model scripted --name picked", "Say hello.")
+            assert "Hello from Messages." in capsys.readouterr().out
+            assert [r["path"] for r in server.requests] == ["/v1/messages"]
+            with pytest.raises(UsageError) as info:
+                ip.run_cell_magic("agent", "--model responses:scripted --name mismatch", "Hi.")
+        finally:
+            ip.run_line_magic("config", "AgentMagics.api = ''")
+        message = str(info.value)
+        assert "asks for the responses API but AgentMagics.api is 'anthropic'" in message
+        assert "\n" not in message
+        assert len(server.requests) == 1
+    assert [r.agent for r in Store(store_path).runs()] == ["picked"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
-from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
+from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, validate
 
 from ..config import ClientSettings, RunPolicy, Settings
 from ..core.budget import Budget, parse_budget
@@ -47,8 +47,9 @@ class AgentMagics(Magics):
     base_url = Unicode("", help="OpenAI-compatible endpoint; default: $OPENAI_BASE_URL.").tag(
         config=True
     )
-    api = Unicode(
-        "",
+    api = Enum(
+        ("", *APIS),
+        default_value="",
         help="The API models are asked through: 'chat' (Chat Completions), 'responses' "
         "(OpenAI Responses), 'anthropic' (Anthropic Messages); '': the model's prefix "
         "(anthropic:NAME, responses:NAME), else chat.",
@@ -91,15 +92,6 @@ class AgentMagics(Magics):
     @validate("max_steps")
     def _check_max_steps(self, proposal: Any) -> int:
         return _at_least(proposal, 1, "the agent could never take a step")
-
-    @validate("api")
-    def _check_api(self, proposal: Any) -> str:
-        value = proposal["value"]
-        if value not in ("", *APIS):
-            raise TraitError(
-                f"AgentMagics.api must be one of {', '.join(APIS)} (or ''), not {value!r}."
-            )
-        return value
 
     @validate("retries")
     def _check_retries(self, proposal: Any) -> int:

@@ -24,7 +24,7 @@ from ..errors import AgentBusy
 from ..loop.checkpoints import Collaborators, Events
 from ..loop.execution import Execution
 from ..loop.runs import load_state, new_run
-from ..model.base import OFFLINE_MODEL, Endpoint, ModelClient
+from ..model.base import OFFLINE_MODEL, Endpoint, ModelClient, with_api
 from ..model.clients import client_class
 from ..model.offline import OfflineClient
 from ..namespace import tracking as namespace
@@ -214,9 +214,8 @@ def make_execution(
 ) -> Execution:
     """The one place an :class:`Execution` is built: the endpoint resolved, its client made."""
     config, cancel = settings.client, collaborators.cancel
-    endpoint = Endpoint.resolve(
-        model, base_url=config.base_url, api_key=config.api_key, api=config.api
-    )
+    named = with_api(model, config.api)
+    endpoint = Endpoint.resolve(named, base_url=config.base_url, api_key=config.api_key)
     client: ModelClient
     if endpoint.model == OFFLINE_MODEL:
         client = OfflineClient(endpoint, cancel=cancel)

@@ -55,6 +55,25 @@ def split_api(model: str) -> tuple[str | None, str]:
     return (prefix, rest) if colon and prefix in APIS else (None, model)
 
 
+def with_api(model: str, api: str | None) -> str:
+    """``model`` with the API of the setting ``api`` (``AgentMagics.api``) as its prefix.
+
+    A model that names its API keeps it; naming another than the setting is
+    an error, said in one line before anything is written.
+    """
+    if not api or model == OFFLINE_MODEL:
+        return model
+    if api not in APIS:
+        raise ConfigError(f"Unknown API {api!r}: AgentMagics.api is one of {', '.join(APIS)}.")
+    named, bare = split_api(model)
+    if named and named != api:
+        raise ConfigError(
+            f"The model {model} asks for the {named} API but AgentMagics.api is {api!r}: "
+            "drop the prefix or change the setting."
+        )
+    return f"{api}:{bare}"
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where a model is reached: its name, the server, the key, how to describe it, the API."""
@@ -67,31 +86,19 @@ class Endpoint:
 
     @classmethod
     def resolve(
-        cls,
-        model: str,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        api: str | None = None,
+        cls, model: str, base_url: str | None = None, api_key: str | None = None
     ) -> Endpoint:
         """The endpoint of ``model``, the environment filling in what is not given.
 
         ``model`` may name its API (``anthropic:claude-sonnet-4-5``,
-        ``responses:gpt-5``, ``chat:NAME``); else ``api`` says it, else Chat
+        ``responses:gpt-5``, ``chat:NAME``; see :func:`with_api`), else Chat
         Completions. Raises :class:`ConfigError` before anything is written when
-        no model or no server is known, or the API is unknown or contradicted,
-        saying what to set.
+        no model or no server is known, saying what to set.
         """
         if model == OFFLINE_MODEL:
             return cls(model, None, "offline", "built-in offline demo model")
         named, model = split_api(model)
-        if api and api not in APIS:
-            raise ConfigError(f"Unknown API {api!r}: AgentMagics.api is one of {', '.join(APIS)}.")
-        if named and api and named != api:
-            raise ConfigError(
-                f"The model {named}:{model} asks for the {named} API but AgentMagics.api is "
-                f"{api!r}: drop the prefix or change the setting."
-            )
-        api = named or api or "chat"
+        api = named or "chat"
         if api == "anthropic":
             return cls._anthropic(model, base_url, api_key)
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None

@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from ..model.offline import pieces
-from .wire import ScriptedReply
+from .wire import ScriptedReply, chat_request
 
 PATH = "/v1/messages"
 #: The most ``cache_control`` breakpoints Anthropic accepts; more is a 400.
@@ -88,20 +88,8 @@ def chat_body(body: dict[str, Any]) -> dict[str, Any]:
                 )
             else:
                 messages.append({"role": "user", "content": _text(b)})
-    tools = [
-        {
-            "type": "function",
-            "function": {"name": t.get("name"), "parameters": t.get("input_schema")},
-        }
-        for t in body.get("tools") or []
-    ]
-    return {
-        "model": body.get("model"),
-        "messages": messages,
-        "tools": tools or None,
-        "stream": bool(body.get("stream")),
-        "native": body,
-    }
+    tools = [(t.get("name"), t.get("input_schema")) for t in body.get("tools") or []]
+    return chat_request(body, messages, tools)
 
 
 def _blocks(body: dict[str, Any]) -> list[Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..model.offline import pieces
-from .wire import STREAM_ERRORS, ScriptedReply
+from .wire import STREAM_ERRORS, ScriptedReply, chat_request
 
 PATH = "/v1/responses"
 
@@ -59,18 +59,8 @@ def chat_body(body: dict[str, Any]) -> dict[str, Any]:
             )
         else:
             messages.append({"role": role or "user", "content": _text(item.get("content"))})
-    tools = [
-        {"type": "function", "function": {"name": t.get("name"), "parameters": t.get("parameters")}}
-        for t in body.get("tools") or []
-        if t.get("type") == "function"
-    ]
-    return {
-        "model": body.get("model"),
-        "messages": messages,
-        "tools": tools or None,
-        "stream": bool(body.get("stream")),
-        "native": body,
-    }
+    functions = [t for t in body.get("tools") or [] if t.get("type") == "function"]
+    return chat_request(body, messages, [(t.get("name"), t.get("parameters")) for t in functions])
 
 
 def events(

@@ -157,6 +157,23 @@ def turn_of(messages: list[Any]) -> int:
     return turn
 
 
+def chat_request(
+    native: dict[str, Any], messages: list[dict[str, Any]], tools: list[tuple[Any, Any]]
+) -> dict[str, Any]:
+    """A native API's request as the Chat Completions body the script and turn count read.
+
+    ``tools`` are ``(name, parameters)`` pairs; the original body is kept under ``native``.
+    """
+    specs = [{"type": "function", "function": {"name": n, "parameters": p}} for n, p in tools]
+    return {
+        "model": native.get("model"),
+        "messages": messages,
+        "tools": specs or None,
+        "stream": bool(native.get("stream")),
+        "native": native,
+    }
+
+
 def is_summary_request(body: dict[str, Any]) -> bool:
     """A compaction request: no tools, and a first system message with the known opening."""
     messages = body.get("messages") or []

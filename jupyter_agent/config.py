@@ -92,6 +92,9 @@ class ClientSettings:
     headers: dict[str, str] = field(default_factory=dict)
     #: Extra query parameters of every model request (Azure's ``api-version``).
     query: dict[str, str] = field(default_factory=dict)
+    #: Extra fields of every model request's body (Anthropic's ``thinking``, the
+    #: Responses API's ``reasoning``, ``temperature``).
+    extra_body: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -286,3 +286,19 @@ def test_the_model_prefix_or_the_setting_picks_the_api(monkeypatch: pytest.Monke
         Endpoint.resolve("anthropic:claude-x")
     with pytest.raises(ConfigError, match="No model named after 'anthropic:'"):
         Endpoint.resolve("anthropic:", base_url="http://x")
+
+
+@pytest.mark.parametrize(
+    "api, extra",
+    [
+        ("anthropic", {"thinking": {"type": "enabled", "budget_tokens": 4096}}),
+        ("responses", {"reasoning": {"effort": "high", "summary": "auto"}}),
+        ("chat", {"temperature": 0.2}),
+    ],
+)
+def test_extra_body_fields_go_with_every_request(api: str, extra: dict) -> None:
+    with ScriptedServer([{"content": "x"}]) as server:
+        client(api, server, extra_body=extra).complete(list(START), TOOLS)
+        body = server.requests[-1]["body"]
+        sent = body if api == "chat" else body["native"]
+        assert {k: sent[k] for k in extra} == extra

@@ -62,6 +62,11 @@ class AgentMagics(Magics):
         help="Extra query parameters of every model request, e.g. {'api-version': "
         "'2024-10-21'} for Azure OpenAI deployments."
     ).tag(config=True)
+    extra_body = Dict(
+        help="Extra fields of every model request, e.g. {'thinking': {'type': 'enabled', "
+        "'budget_tokens': 4096}} (Anthropic) or {'reasoning': {'effort': 'high', 'summary': "
+        "'auto'}} (Responses)."
+    ).tag(config=True)
     store = Unicode(
         "", help="Store file; default: $JUPYTER_AGENT_STORE or the Jupyter data dir."
     ).tag(config=True)
@@ -163,6 +168,7 @@ class AgentMagics(Magics):
             api=self.api or None,
             headers={str(k): str(v) for k, v in self.headers.items()},
             query={str(k): str(v) for k, v in self.query.items()},
+            extra_body=dict(self.extra_body),
         )
         return Settings(
             policy=policy,

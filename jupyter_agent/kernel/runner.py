@@ -228,5 +228,6 @@ def make_execution(
             cancel=cancel,
             headers=config.headers,
             query=config.query,
+            extra_body=config.extra_body,
         )
     return Execution(run, state, client, collaborators, settings)

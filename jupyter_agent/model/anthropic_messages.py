@@ -200,7 +200,7 @@ class AnthropicClient(ChatCompletionsClient):
     ) -> None:
         system, turns = to_messages(messages)
         breakpoints(system, turns)
-        body: dict[str, Any] = {"messages": turns}
+        body: dict[str, Any] = {**self.extra_body, "messages": turns}
         if system:
             body["system"] = system
         if tools:

@@ -240,7 +240,8 @@ class ChatCompletionsClient:
     arguments); ``deadline`` caps how long one reply may stream, in seconds
     (default ``max(timeout, 600)``). ``headers`` are sent with every request
     (OpenRouter's and other gateways'); ``query`` is added to every URL (Azure's
-    ``api-version``).
+    ``api-version``); ``extra_body`` to every request's body (Anthropic's
+    ``thinking``, the Responses API's ``reasoning``).
 
     The native clients (:mod:`.responses`, :mod:`.anthropic_messages`) are this
     class with another request and stream reader: the retries, limits and
@@ -264,6 +265,7 @@ class ChatCompletionsClient:
         deadline: float | None = None,
         headers: dict[str, str] | None = None,
         query: dict[str, str] | None = None,
+        extra_body: dict[str, Any] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.retries = retries
@@ -277,6 +279,8 @@ class ChatCompletionsClient:
         with _quirks_lock:
             #: What this endpoint does not support: "stream", "stream_options", "max_tokens".
             self.quirks: dict[str, bool] = dict(_QUIRKS.get(self._key, {}))
+        #: Fields added to every request's body (``thinking``, ``reasoning``, ``temperature``).
+        self.extra_body = dict(extra_body or {})
         self._client = self._make_client(timeout, dict(headers or {}), dict(query or {}))
 
     def _make_client(self, timeout: float, headers: dict[str, str], query: dict[str, str]) -> Any:
@@ -426,7 +430,7 @@ class ChatCompletionsClient:
                 # 1,000-message conversation); the messages are plain JSON already, so
                 # they go in extra_body, which is merged into the body as it is.
                 "messages": [],
-                "extra_body": {"messages": sendable(messages)},
+                "extra_body": {**self.extra_body, "messages": sendable(messages)},
             }
             if tools:
                 params["tools"] = tools

@@ -122,6 +122,7 @@ class ResponsesClient(ChatCompletionsClient):
         self, messages: list[dict], tools: list[dict], acc: _Reply, room: int | None
     ) -> None:
         body: dict[str, Any] = {
+            **self.extra_body,
             "input": input_items(messages),
             "store": False,
             "include": ["reasoning.encrypted_content"],

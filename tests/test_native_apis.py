@@ -302,3 +302,14 @@ def test_extra_body_fields_go_with_every_request(api: str, extra: dict) -> None:
         body = server.requests[-1]["body"]
         sent = body if api == "chat" else body["native"]
         assert {k: sent[k] for k in extra} == extra
+
+
+def test_anthropic_max_tokens_is_lowered_to_what_the_model_allows_and_remembered() -> None:
+    script = [{"content": "Short.", "faults": ["max_tokens"]}, {"content": "Again."}]
+    with ScriptedServer(script) as server:
+        c = client("anthropic", server)
+        reply = c.complete(list(START), [])
+        assert reply.content == "Short." and reply.attempts == 1  # not a retry: a setting
+        assert [native(server, i)["max_tokens"] for i in (0, 1)] == [8192, 4096]
+        c.complete([*START, reply.message(), {"role": "user", "content": "More."}], [])
+        assert native(server)["max_tokens"] == 4096

@@ -174,6 +174,8 @@ class AnthropicClient(ChatCompletionsClient):
     """A :class:`~.base.ModelClient` over Anthropic's Messages API (``POST /v1/messages``)."""
 
     sdk = anthropic
+    #: The largest ``max_tokens`` the model accepts, once it said (see :data:`_MAX_ALLOWED`).
+    max_tokens: int = 1 << 30
     retryable = (
         anthropic.APIConnectionError,  # includes timeouts and streams cut midway
         anthropic.RateLimitError,
@@ -205,8 +207,10 @@ class AnthropicClient(ChatCompletionsClient):
             body["system"] = system
         if tools:
             body["tools"] = tool_specs(tools)
-        while True:
-            limit = min(room or DEFAULT_MAX_TOKENS, self.max_tokens)
+        thinking = self.extra_body.get("thinking")
+        budget = int(thinking.get("budget_tokens") or 0) if isinstance(thinking, dict) else 0
+        while True:  # room for the answer after the thinking budget, as the API requires
+            limit = min((room or DEFAULT_MAX_TOKENS) + budget, self.max_tokens)
             try:
                 stream = self._client.messages.create(
                     model=self.endpoint.model,
@@ -226,9 +230,6 @@ class AnthropicClient(ChatCompletionsClient):
             self._read_events(stream, acc)
         finally:
             stream.close()
-
-    #: The largest ``max_tokens`` the model accepts, once it said (see :data:`_MAX_ALLOWED`).
-    max_tokens: int = 1 << 30
 
     def _read_events(self, stream: Any, acc: _Reply) -> None:
         blocks: dict[int, dict] = {}

@@ -20,8 +20,15 @@ from .wire import ScriptedReply, chat_request
 PATH = "/v1/messages"
 #: The most ``cache_control`` breakpoints Anthropic accepts; more is a 400.
 MAX_BREAKPOINTS = 4
-#: Scripted faults as Anthropic sends them: status, error type, message.
+#: Scripted faults as Anthropic sends them: status, error type, message (formatted
+#: with the request's fields). ``max_tokens``: more output asked for than the model allows.
 ERRORS: dict[str, tuple[int, str, str]] = {
+    "max_tokens": (
+        400,
+        "invalid_request_error",
+        "max_tokens: {max_tokens} > 4096, which is the maximum allowed number of output "
+        "tokens for {model}",
+    ),
     "429": (429, "rate_limit_error", "Number of request tokens has exceeded your rate limit."),
     "500": (500, "api_error", "Internal server error"),
     "503": (503, "api_error", "Service unavailable"),

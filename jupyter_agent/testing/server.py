@@ -208,6 +208,7 @@ class _Handler(BaseHTTPRequestHandler):
         req_id = {"x-request-id": f"req-{turn}-{attempt}"}
         if native is anthropic_wire and fault in anthropic_wire.ERRORS:
             status, type_, message = anthropic_wire.ERRORS[fault]
+            message = message.format_map(body["native"])
             self._send_json(status, anthropic_wire.error_body(type_, message), req_id)
             return
         if fault in ERRORS:

@@ -26,12 +26,14 @@ Script = list[dict[str, Any]] | Callable[[dict[str, Any]], dict[str, Any]] | Non
 #: sends it), ``length`` (half the reply, with
 #: ``finish_reason: "length"``; ``content_filter`` likewise), ``stream_error`` / ``stream_error_fatal`` (an
 #: ``error`` event inside the stream, transient / permanent), ``endless`` (text
-#: that never stops), ``malformed`` and ``empty``.
+#: that never stops), ``malformed`` and ``empty``; on ``/v1/messages`` also ``max_tokens``
+#: (Anthropic's refusal of more output than the model allows).
 FAULT_KINDS = (
     "429",
     "500",
     "503",
     "529",
+    "max_tokens",
     "401",
     "proxy_400",
     "timeout",

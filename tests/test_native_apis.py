@@ -113,9 +113,10 @@ def test_tool_calls_and_results_round_trip_and_reasoning_is_sent_back(api: str) 
 def test_overload_cut_dropped_and_errored_streams_are_asked_again(api: str) -> None:
     faults = ["529", "cut", "drop", "stream_error"]
     with ScriptedServer([call("x = 1", faults=faults), {"content": "Done."}]) as server:
-        reply = client(api, server).complete(list(START), TOOLS)
+        sent: list[int] = []
+        reply = client(api, server).complete(list(START), TOOLS, on_sent=lambda: sent.append(1))
         assert reply.tool_calls[0]["function"]["arguments"] == '{"code": "x = 1"}'
-        assert reply.attempts == 5, reply.retries
+        assert reply.attempts == 5 == len(sent), reply.retries
         assert "529" in reply.retries[0]
         assert "ended before the model finished" in reply.retries[1]
         assert "mid-reply" in reply.retries[3]

@@ -4,7 +4,9 @@ Tests, benchmarks and the offline demo model need an LLM endpoint that answers
 the same way every time and can inject failures (rate limits, dropped streams,
 timeouts, garbage) on demand. This module serves one using only the standard
 library; what it sends is the wire format of :mod:`.wire`, which the official
-``openai`` client expects.
+``openai`` client expects, and on ``/v1/responses`` and ``/v1/messages`` that of
+the OpenAI Responses API (:mod:`.responses_wire`) and of Anthropic's Messages
+API (:mod:`.anthropic_wire`), from the same script.
 
 The reply to a request is picked by its *turn*: the number of assistant
 messages already in the conversation, plus N for every message saying

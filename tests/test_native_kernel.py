@@ -135,3 +135,21 @@ def test_the_api_setting_picks_the_wire_and_a_contradicting_prefix_is_refused(
         assert "\n" not in message
         assert len(server.requests) == 1
     assert [r.agent for r in Store(store_path).runs()] == ["picked"]
+
+
+def test_a_run_resumed_without_a_model_keeps_asking_its_api(
+    ip, store_path, monkeypatch, capsys
+) -> None:
+    """The API is part of the model a run records, so every later resume asks it again."""
+    script = [
+        {"tool_calls": [{"name": "python", "arguments": {"code": f"r{i} = {i}"}}]} for i in range(3)
+    ]
+    with ScriptedServer([*script, {"content": "Done."}]) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        ip.run_cell_magic("agent", "--model anthropic:scripted --name keep --max-steps 1", "Go.")
+        for _ in range(3):
+            ip.run_cell_magic("agent", "--name keep --max-steps 1", "Go.")
+        out = capsys.readouterr().out
+        assert "Done." in out, out
+        assert {r["path"] for r in server.requests} == {"/v1/messages"}
+        assert server.turns_requested() == [0, 1, 2, 3]

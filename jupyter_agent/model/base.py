@@ -84,6 +84,13 @@ class Endpoint:
     label: str  # how the endpoint is described to the user
     api: str = "chat"  # one of APIS
 
+    @property
+    def name(self) -> str:
+        """The model as the user names it: with its API (``anthropic:NAME``) unless Chat
+        Completions. What a run records, so a resume asks the same API; ``model`` is what
+        the API is sent, and what windows and prices are known by."""
+        return self.model if self.api == "chat" else f"{self.api}:{self.model}"
+
     @classmethod
     def resolve(
         cls, model: str, base_url: str | None = None, api_key: str | None = None

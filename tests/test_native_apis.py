@@ -3,7 +3,8 @@
 The scripted server speaks both wire formats; what each client sends is read
 back from its request log, so the mapping of the loop's conversation, the
 reasoning kept between calls, the cache breakpoints and the retries are seen
-as the provider would see them.
+as the provider would see them. The last tests pick the API as a user does,
+in the test process's own IPython shell.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import anthropic
 import pytest
+from IPython.core.error import UsageError
 
 from jupyter_agent.errors import ConfigError, ContextOverflow, ModelError
 from jupyter_agent.model.anthropic_messages import (
@@ -24,7 +26,8 @@ from jupyter_agent.model.anthropic_messages import (
 from jupyter_agent.model.base import PROVIDER_STATE, Endpoint, with_api
 from jupyter_agent.model.chat import ChatCompletionsClient
 from jupyter_agent.model.clients import client_class
-from jupyter_agent.model.responses import ResponsesClient
+from jupyter_agent.model.responses import ResponsesClient, input_items
+from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
 from jupyter_agent.testing.anthropic_wire import breakpoints_in
 
@@ -314,3 +317,55 @@ def test_anthropic_max_tokens_is_lowered_to_what_the_model_allows_and_remembered
         assert [native(server, i)["max_tokens"] for i in (0, 1)] == [8192, 4096]
         c.complete([*START, reply.message(), {"role": "user", "content": "More."}], [])
         assert native(server)["max_tokens"] == 4096
+
+
+def test_the_api_setting_picks_the_wire_and_a_contradicting_prefix_is_refused(
+    ip, store_path, monkeypatch, capsys
+) -> None:
+    with ScriptedServer([{"content": "Hello from Messages."}]) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        ip.run_line_magic("config", "AgentMagics.api = 'anthropic'")
+        try:
+            ip.run_cell_magic("agent", "--model scripted --name picked", "Say hello.")
+            assert "Hello from Messages." in capsys.readouterr().out
+            assert [r["path"] for r in server.requests] == ["/v1/messages"]
+            with pytest.raises(UsageError) as info:
+                ip.run_cell_magic("agent", "--model responses:scripted --name mismatch", "Hi.")
+        finally:
+            ip.run_line_magic("config", "AgentMagics.api = ''")
+        message = str(info.value)
+        assert "asks for the responses API but AgentMagics.api is 'anthropic'" in message
+        assert "\n" not in message
+        assert len(server.requests) == 1
+    assert [r.agent for r in Store(store_path).runs()] == ["picked"]
+
+
+def test_a_run_resumed_without_a_model_keeps_asking_its_api(
+    ip, store_path, monkeypatch, capsys
+) -> None:
+    """The API is part of the model a run records, so every later resume asks it again."""
+    script = [
+        {"tool_calls": [{"name": "python", "arguments": {"code": f"r{i} = {i}"}}]} for i in range(3)
+    ]
+    with ScriptedServer([*script, {"content": "Done."}]) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        ip.run_cell_magic("agent", "--model anthropic:scripted --name keep --max-steps 1", "Go.")
+        for _ in range(3):
+            ip.run_cell_magic("agent", "--name keep --max-steps 1", "Go.")
+        out = capsys.readouterr().out
+        assert "Done." in out, out
+        assert {r["path"] for r in server.requests} == {"/v1/messages"}
+        assert server.turns_requested() == [0, 1, 2, 3]
+
+
+def test_images_are_sent_as_each_api_wants_them() -> None:
+    data = "data:image/png;base64,iVBORw0KGgo="
+    parts = [{"type": "text", "text": "Look."}, {"type": "image_url", "image_url": {"url": data}}]
+    _, turns = to_messages([*START, {"role": "user", "content": parts}])
+    image = turns[0]["content"][-1]
+    assert image == {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+    }
+    items = input_items([{"role": "user", "content": parts}])
+    assert items[0]["content"][1] == {"type": "input_image", "image_url": data, "detail": "auto"}

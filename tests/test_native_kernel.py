@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from IPython.core.error import UsageError
 
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
@@ -114,42 +113,3 @@ def test_a_kernel_killed_mid_stream_resumes_and_sends_the_kept_reasoning_back(
         again = [r for r in server.requests if r["turn"] == 2][1]["body"]["native"]
         kept = reasoning_sent(again)
         assert len(kept) == 2 and all(k.endswith(("chatcmpl-0-0", "chatcmpl-1-0")) for k in kept)
-
-
-def test_the_api_setting_picks_the_wire_and_a_contradicting_prefix_is_refused(
-    ip, store_path, monkeypatch, capsys
-) -> None:
-    with ScriptedServer([{"content": "Hello from Messages."}]) as server:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
-        ip.run_line_magic("config", "AgentMagics.api = 'anthropic'")
-        try:
-            ip.run_cell_magic("agent", "--model scripted --name picked", "Say hello.")
-            assert "Hello from Messages." in capsys.readouterr().out
-            assert [r["path"] for r in server.requests] == ["/v1/messages"]
-            with pytest.raises(UsageError) as info:
-                ip.run_cell_magic("agent", "--model responses:scripted --name mismatch", "Hi.")
-        finally:
-            ip.run_line_magic("config", "AgentMagics.api = ''")
-        message = str(info.value)
-        assert "asks for the responses API but AgentMagics.api is 'anthropic'" in message
-        assert "\n" not in message
-        assert len(server.requests) == 1
-    assert [r.agent for r in Store(store_path).runs()] == ["picked"]
-
-
-def test_a_run_resumed_without_a_model_keeps_asking_its_api(
-    ip, store_path, monkeypatch, capsys
-) -> None:
-    """The API is part of the model a run records, so every later resume asks it again."""
-    script = [
-        {"tool_calls": [{"name": "python", "arguments": {"code": f"r{i} = {i}"}}]} for i in range(3)
-    ]
-    with ScriptedServer([*script, {"content": "Done."}]) as server:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
-        ip.run_cell_magic("agent", "--model anthropic:scripted --name keep --max-steps 1", "Go.")
-        for _ in range(3):
-            ip.run_cell_magic("agent", "--name keep --max-steps 1", "Go.")
-        out = capsys.readouterr().out
-        assert "Done." in out, out
-        assert {r["path"] for r in server.requests} == {"/v1/messages"}
-        assert server.turns_requested() == [0, 1, 2, 3]

@@ -369,3 +369,22 @@ def test_images_are_sent_as_each_api_wants_them() -> None:
     }
     items = input_items([{"role": "user", "content": parts}])
     assert items[0]["content"][1] == {"type": "input_image", "image_url": data, "detail": "auto"}
+
+
+def test_after_a_compaction_the_system_prompt_and_task_are_still_read_from_the_cache() -> None:
+    """A summary joins the task's turn; the task's own breakpoint keeps its prefix cached."""
+
+    def second_read(first: list[dict], second: list[dict]) -> int:
+        with ScriptedServer([{"content": "x"}, {"content": "y"}]) as server:
+            c = client("anthropic", server)
+            c.complete(first, TOOLS)
+            return int(c.complete(second, TOOLS).usage["cached_tokens"])
+
+    def view(task: str, summary: str) -> list[dict]:
+        return [START[0], {"role": "user", "content": task}, {"role": "user", "content": summary}]
+
+    task = "Add the numbers in the sales table and explain the total. " * 5
+    compacted = second_read(view(task, "Summary one."), view(task, "Summary two, changed."))
+    other = task.replace("Add", "Sum")  # as long: the same prompt size, another prefix
+    system_only = second_read(view(task, "Summary one."), view(other, "Summary two, changed."))
+    assert compacted > system_only > 0

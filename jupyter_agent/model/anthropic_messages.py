@@ -120,8 +120,8 @@ def to_messages(messages: list[dict]) -> tuple[list[dict], list[dict]]:
 def breakpoints(system: list[dict], messages: list[dict]) -> int:
     """Mark where the prompt's cache is written and read; returns how many were placed.
 
-    The end of the system prompt, the task (the first user turn, which
-    compaction keeps), the end of the previous request (the user turn before
+    The end of the system prompt, the task (the first block of the first user
+    turn, which compaction keeps), the end of the previous request (the user turn before
     the latest reply: read now) and the end of this one (written now, read next
     step). Never more than :data:`MAX_BREAKPOINTS`, whatever the conversation.
     """
@@ -129,7 +129,9 @@ def breakpoints(system: list[dict], messages: list[dict]) -> int:
     if system:
         targets.append(system[-1])
     users = [i for i, m in enumerate(messages) if m["role"] == "user"]
-    for i in [*users[:1], *users[-2:-1], len(messages) - 1] if messages else []:
+    if users:  # the task alone: a summary merged into its turn after it changes, it does not
+        targets.append(messages[users[0]]["content"][0])
+    for i in [*users[-2:-1], len(messages) - 1] if messages else []:
         targets.append(messages[i]["content"][-1])
     placed = 0
     for block in targets:

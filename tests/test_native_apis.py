@@ -24,9 +24,9 @@ from jupyter_agent.model.anthropic_messages import (
     to_messages,
 )
 from jupyter_agent.model.base import PROVIDER_STATE, Endpoint, with_api
-from jupyter_agent.model.chat import ChatCompletionsClient
+from jupyter_agent.model.chat import ChatCompletionsClient, _Reply
 from jupyter_agent.model.clients import client_class
-from jupyter_agent.model.responses import ResponsesClient, input_items
+from jupyter_agent.model.responses import ResponsesClient, _Items, input_items
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
 from jupyter_agent.testing.anthropic_wire import breakpoints_in
@@ -388,3 +388,25 @@ def test_after_a_compaction_the_system_prompt_and_task_are_still_read_from_the_c
     other = task.replace("Add", "Sum")  # as long: the same prompt size, another prefix
     system_only = second_read(view(task, "Summary one."), view(other, "Summary two, changed."))
     assert compacted > system_only > 0
+
+
+def test_a_responses_message_sent_whole_without_deltas_is_kept() -> None:
+    """Some gateways send a message's text only in its ``output_item.done``."""
+    with ScriptedServer([]) as server:
+        c = client("responses", server)
+        acc = _Reply(c, lambda _: None, None)
+        items = _Items()
+        part = {"type": "output_text", "text": "Whole."}
+        item = {"id": "msg_1", "type": "message", "role": "assistant", "content": [part]}
+        for event in (
+            {"type": "response.output_item.done", "item": item},
+            {"type": "response.completed", "response": {"usage": {"input_tokens": 3}}},
+        ):
+            c._event(event, acc, items, None)  # type: ignore[attr-defined]
+        assert acc.result(2).content == "Whole."
+        streamed = _Reply(c, lambda _: None, None)
+        delta = {"type": "response.output_text.delta", "item_id": "msg_1", "delta": "Whole."}
+        seen = _Items()
+        for event in (delta, {"type": "response.output_item.done", "item": item}):
+            c._event(event, streamed, seen, None)  # type: ignore[attr-defined]
+        assert "".join(streamed.content) == "Whole."  # not twice

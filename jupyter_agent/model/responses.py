@@ -15,6 +15,7 @@ reading of the stream's events are this module's.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import openai
@@ -115,6 +116,16 @@ def usage_of(usage: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+@dataclass
+class _Items:
+    """What one response's stream says beyond the reply's text and calls."""
+
+    #: Its reasoning items, to be sent back (:data:`~.base.PROVIDER_STATE`).
+    kept: list[dict] = field(default_factory=list)
+    #: The messages whose text came as deltas (a message sent whole came without).
+    streamed: set[str] = field(default_factory=set)
+
+
 class ResponsesClient(ChatCompletionsClient):
     """A :class:`~.base.ModelClient` over the OpenAI Responses API (``POST /responses``)."""
 
@@ -135,21 +146,22 @@ class ResponsesClient(ChatCompletionsClient):
             model=self.endpoint.model, stream=True, extra_body=body
         )
         try:
-            kept: list[dict] = []
+            items = _Items()
             for event in stream:
                 if self.cancel.is_set():
                     raise Cancelled()
                 data = event.model_dump(exclude_none=True, warnings=False)
-                self._event(data, acc, kept, stream.response.request)
-            if kept:
-                acc.provider_state = {"api": API, "items": kept}
+                self._event(data, acc, items, stream.response.request)
+            if items.kept:
+                acc.provider_state = {"api": API, "items": items.kept}
         finally:
             stream.close()
 
-    def _event(self, data: dict, acc: _Reply, kept: list[dict], request: Any) -> None:
+    def _event(self, data: dict, acc: _Reply, items: _Items, request: Any) -> None:
         """Fold one stream event into the reply; an error event is raised as the SDK's error."""
         kind = data.get("type", "")
         if kind == "response.output_text.delta":
+            items.streamed.add(str(data.get("item_id")))
             acc.text(data.get("delta"))
         elif kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
             acc.think(data.get("delta"))
@@ -159,7 +171,9 @@ class ResponsesClient(ChatCompletionsClient):
                 fn = {"name": item.get("name") or "", "arguments": item.get("arguments") or ""}
                 acc.tool_call({"id": item.get("call_id") or "", "function": fn})
             elif item.get("type") == "reasoning":
-                kept.append({k: v for k, v in item.items() if k != "status"})
+                items.kept.append({k: v for k, v in item.items() if k != "status"})
+            elif item.get("type") == "message" and str(item.get("id")) not in items.streamed:
+                acc.text(_text(item.get("content")))  # sent whole, without deltas
         elif kind in ("response.completed", "response.incomplete"):
             response = data.get("response") or {}
             acc.usage = usage_of(response.get("usage") or {})

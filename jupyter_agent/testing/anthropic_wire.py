@@ -37,8 +37,15 @@ ERRORS: dict[str, tuple[int, str, str]] = {
 }
 #: An ``error`` event inside the stream, per fault.
 STREAM_ERRORS = {
-    "stream_error": {"type": "overloaded_error", "message": "Overloaded"},
-    "stream_error_fatal": {"type": "invalid_request_error", "message": "Output blocked by policy"},
+    "stream_error": ("overloaded_error", "Overloaded"),
+    "stream_error_fatal": ("invalid_request_error", "Output blocked by policy"),
+}
+#: Anthropic's ``stop_reason`` for each scripted finish.
+_STOP = {
+    "stop": "end_turn",
+    "tool_calls": "tool_use",
+    "length": "max_tokens",
+    "content_filter": "refusal",
 }
 
 
@@ -130,25 +137,22 @@ class PromptCache:
     def usage(self, body: dict[str, Any], prompt: int) -> tuple[int, int]:
         """``(read, written)`` tokens of a request whose prompt is ``prompt`` tokens."""
         blocks = _blocks(body)
-        sizes = [
-            len(json.dumps({k: v for k, v in b.items() if k != "cache_control"}))
-            if isinstance(b, dict)
-            else 1
+        marked = [isinstance(b, dict) and "cache_control" in b for b in blocks]
+        texts = [
+            json.dumps(
+                {k: v for k, v in b.items() if k != "cache_control"} if isinstance(b, dict) else b,
+                sort_keys=True,
+            )
             for b in blocks
         ]
-        total = sum(sizes) or 1
+        total = sum(map(len, texts)) or 1
         digest = hashlib.sha256(str(body.get("model")).encode())
         ends: list[tuple[str, int]] = []
         size = 0
-        for block, n in zip(blocks, sizes, strict=True):
-            clean = (
-                {k: v for k, v in block.items() if k != "cache_control"}
-                if isinstance(block, dict)
-                else block
-            )
-            digest.update(json.dumps(clean, sort_keys=True).encode())
-            size += n
-            if isinstance(block, dict) and "cache_control" in block:
+        for text, mark in zip(texts, marked, strict=True):
+            digest.update(text.encode())
+            size += len(text)
+            if mark:
                 ends.append((digest.hexdigest(), prompt * size // total))
         read = max((tokens for key, tokens in ends if key in self.written), default=0)
         written = 0
@@ -205,11 +209,8 @@ def events(
         parts = [call["arguments"][:half], call["arguments"][half:]]
         start = {"type": "tool_use", "id": call["id"], "name": call["name"], "input": {}}
         block(start, [{"type": "input_json_delta", "partial_json": p} for p in parts])
-    stop = {"stop": "end_turn", "tool_calls": "tool_use", "length": "max_tokens"}[
-        reply.finish_reason
-    ]
     final = {
-        "delta": {"stop_reason": stop, "stop_sequence": None},
+        "delta": {"stop_reason": _STOP[reply.finish_reason], "stop_sequence": None},
         "usage": {"output_tokens": output},
     }
     out += [_event("message_delta", final), _event("message_stop", {})]
@@ -218,10 +219,6 @@ def events(
     if fault == "cut" or fault in STREAM_ERRORS:
         cut = out[: max(2, len(out) - 4)]
         if fault in STREAM_ERRORS:
-            cut.append(("error", error_body(**_kw(STREAM_ERRORS[fault]))))
+            cut.append(("error", error_body(*STREAM_ERRORS[fault])))
         return cut, True
     return out, True
-
-
-def _kw(error: dict[str, str]) -> dict[str, str]:
-    return {"type_": error["type"], "message": error["message"]}

@@ -127,9 +127,12 @@ def test_overload_cut_dropped_and_errored_streams_are_asked_again(api: str) -> N
 
 
 @pytest.mark.parametrize("api", ["anthropic", "responses"])
-def test_a_fatal_error_event_is_a_model_error(api: str) -> None:
-    with ScriptedServer([{"content": "x", "faults": ["stream_error_fatal"]}]) as server:
-        with pytest.raises(ModelError, match="mid-reply"):
+@pytest.mark.parametrize(
+    "fault, said", [("stream_error_fatal", "mid-reply"), ("content_filter", "content filter")]
+)
+def test_a_fatal_error_event_or_a_refusal_is_a_model_error(api: str, fault: str, said: str) -> None:
+    with ScriptedServer([{"content": "A reply.", "faults": [fault]}]) as server:
+        with pytest.raises(ModelError, match=said):
             client(api, server).complete(list(START), TOOLS)
         assert server.turns_requested() == [0]
 

@@ -155,14 +155,12 @@ def events(
         "tool_choice": "auto",
         "tools": [],
     }
-    if reply.finish_reason == "length":
+    incomplete = {"length": "max_output_tokens", "content_filter": "content_filter"}
+    if reply.finish_reason in incomplete:
+        reason = {"reason": incomplete[reply.finish_reason]}
         event(
             "response.incomplete",
-            response={
-                **done,
-                "status": "incomplete",
-                "incomplete_details": {"reason": "max_output_tokens"},
-            },
+            response={**done, "status": "incomplete", "incomplete_details": reason},
         )
     else:
         event("response.completed", response={**done, "status": "completed"})

@@ -86,6 +86,16 @@ class ClientSettings:
     retries: int = 4
     #: First retry delay in seconds; doubles each retry.
     backoff: float = 0.5
+    #: The API models are asked through ("chat", "responses", "anthropic"); None:
+    #: the model's prefix (``anthropic:NAME``), else Chat Completions.
+    api: str | None = None
+    #: Extra headers of every model request (OpenRouter's ``HTTP-Referer``, a gateway's key).
+    headers: dict[str, str] = field(default_factory=dict)
+    #: Extra query parameters of every model request (Azure's ``api-version``).
+    query: dict[str, str] = field(default_factory=dict)
+    #: Extra fields of every model request's body (Anthropic's ``thinking``, the
+    #: Responses API's ``reasoning``, ``temperature``).
+    extra_body: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

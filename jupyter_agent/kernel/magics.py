@@ -12,7 +12,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
-from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
+from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, validate
 
 from ..config import ClientSettings, RunPolicy, Settings
 from ..core.budget import Budget, parse_budget
@@ -20,6 +20,7 @@ from ..core.redaction import secrets_in_environment
 from ..core.state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
 from ..errors import AgentBusy, AgentError, BudgetError, Cancelled, UsageProblem
 from ..loop.runs import load_state
+from ..model.base import APIS
 from ..store.api import RunRow, Store
 from ..views.listing import Reader, agents_text, checkpoint_line
 from ..views.render import TextEvents, known_steps
@@ -46,6 +47,26 @@ class AgentMagics(Magics):
     base_url = Unicode("", help="OpenAI-compatible endpoint; default: $OPENAI_BASE_URL.").tag(
         config=True
     )
+    api = Enum(
+        ("", *APIS),
+        default_value="",
+        help="The API models are asked through: 'chat' (Chat Completions), 'responses' "
+        "(OpenAI Responses), 'anthropic' (Anthropic Messages); '': the model's prefix "
+        "(anthropic:NAME, responses:NAME), else chat.",
+    ).tag(config=True)
+    headers = Dict(
+        help="Extra HTTP headers of every model request, e.g. {'HTTP-Referer': ...} for "
+        "OpenRouter or {'api-key': ...} for Azure."
+    ).tag(config=True)
+    query = Dict(
+        help="Extra query parameters of every model request, e.g. {'api-version': "
+        "'2024-10-21'} for Azure OpenAI deployments."
+    ).tag(config=True)
+    extra_body = Dict(
+        help="Extra fields of every model request, e.g. {'thinking': {'type': 'enabled', "
+        "'budget_tokens': 4096}} (Anthropic) or {'reasoning': {'effort': 'high', 'summary': "
+        "'auto'}} (Responses)."
+    ).tag(config=True)
     store = Unicode(
         "", help="Store file; default: $JUPYTER_AGENT_STORE or the Jupyter data dir."
     ).tag(config=True)
@@ -147,6 +168,10 @@ class AgentMagics(Magics):
             timeout=self.timeout,
             retries=self.retries,
             backoff=self.retry_backoff,
+            api=self.api or None,
+            headers={str(k): str(v) for k, v in self.headers.items()},
+            query={str(k): str(v) for k, v in self.query.items()},
+            extra_body=dict(self.extra_body),
         )
         return Settings(
             policy=policy,

@@ -29,7 +29,12 @@ from ..tools.toolbox import check_approve
 #: The ``%%agent`` options, outermost first, as IPython's ``magic_arguments`` declares them.
 _CELL_OPTIONS = [
     magic_arguments(name="%agent"),  # the usage line adds one '%': "%%agent [-m MODEL] ..."
-    argument("-m", "--model", help="Model name; 'offline' is the built-in demo model."),
+    argument(
+        "-m",
+        "--model",
+        help="Model name; 'offline' is the built-in demo model. Prefix 'anthropic:' or "
+        "'responses:' to ask Anthropic's Messages API or the OpenAI Responses API.",
+    ),
     argument("-n", "--name", help="Name of the agent (identifies it where no cell id exists)."),
     argument("--max-steps", type=int, metavar="N", help="Maximum steps in this execution."),
     argument("--restart", action="store_true", help="Start a new run even if one can resume."),

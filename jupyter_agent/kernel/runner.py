@@ -24,8 +24,8 @@ from ..errors import AgentBusy
 from ..loop.checkpoints import Collaborators
 from ..loop.execution import Execution
 from ..loop.runs import load_state, new_run
-from ..model.base import OFFLINE_MODEL, Endpoint, ModelClient
-from ..model.chat import ChatCompletionsClient
+from ..model.base import OFFLINE_MODEL, Endpoint, ModelClient, with_api
+from ..model.clients import client_class
 from ..model.offline import OfflineClient
 from ..namespace import tracking as namespace
 from ..namespace.baseline import restore_in_kernel
@@ -234,16 +234,20 @@ def make_execution(
 ) -> Execution:
     """The one place an :class:`Execution` is built: the endpoint resolved, its client made."""
     config, cancel = settings.client, collaborators.cancel
-    endpoint = Endpoint.resolve(model, base_url=config.base_url, api_key=config.api_key)
+    named = with_api(model, config.api)
+    endpoint = Endpoint.resolve(named, base_url=config.base_url, api_key=config.api_key)
     client: ModelClient
     if endpoint.model == OFFLINE_MODEL:
         client = OfflineClient(endpoint, cancel=cancel)
     else:
-        client = ChatCompletionsClient(
+        client = client_class(endpoint.api)(
             endpoint,
             timeout=config.timeout,
             retries=config.retries,
             backoff=config.backoff,
             cancel=cancel,
+            headers=config.headers,
+            query=config.query,
+            extra_body=config.extra_body,
         )
     return Execution(run, state, client, collaborators, settings)

@@ -248,7 +248,7 @@ class Execution:
     def _recorded(self) -> dict:
         """What this execution runs with, recorded on its first checkpoint."""
         return {
-            "model": self.client.endpoint.model,
+            "model": self.client.endpoint.name,  # with its API: a resume asks the same
             "context_window": self.window.window,
             "budget": _budget_dict(self.budget),
             "approve": self.settings.policy.recorded_approval(),

@@ -30,19 +30,63 @@ USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
 #: part of ``prompt_tokens`` and priced at their own rates (:mod:`..core.budget`).
 CACHE_COUNTS = ("cached_tokens", "cache_write_tokens")
 _CHECKED = USAGE_COUNTS + CACHE_COUNTS
+#: The key of an assistant message under which a native client keeps what its API
+#: needs sent back on the next request (Anthropic's thinking blocks, the Responses
+#: API's encrypted reasoning items): ``{"api": NAME, "items": [...]}``. It is
+#: checkpointed with the message, so a resume sends it back; other APIs never see it.
+PROVIDER_STATE = "provider_state"
 #: The largest count one reply can report: ten times the largest context windows
 #: known. A larger one is a misreport, and would overflow the ledger's columns.
 MAX_COUNT = 100_000_000
 
 
+#: The APIs a model is asked through: OpenAI Chat Completions (any OpenAI-compatible
+#: server), the OpenAI Responses API, Anthropic's Messages API.
+APIS = ("chat", "responses", "anthropic")
+
+
+def split_api(model: str) -> tuple[str | None, str]:
+    """``("anthropic", "claude-x")`` for ``"anthropic:claude-x"``; ``(None, model)`` without
+    a known API prefix (``llama3:8b`` is an Ollama model name, not an API)."""
+    prefix, colon, rest = model.partition(":")
+    return (prefix, rest) if colon and prefix in APIS else (None, model)
+
+
+def with_api(model: str, api: str | None) -> str:
+    """``model`` with the API of the setting ``api`` (``AgentMagics.api``) as its prefix.
+
+    A model that names its API keeps it; naming another than the setting is
+    an error, said in one line before anything is written.
+    """
+    if not api or model == OFFLINE_MODEL:
+        return model
+    if api not in APIS:
+        raise ConfigError(f"Unknown API {api!r}: AgentMagics.api is one of {', '.join(APIS)}.")
+    named, bare = split_api(model)
+    if named and named != api:
+        raise ConfigError(
+            f"The model {model} asks for the {named} API but AgentMagics.api is {api!r}: "
+            "drop the prefix or change the setting."
+        )
+    return f"{api}:{bare}"
+
+
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a model is reached: its name, the server, the key, and how to describe it."""
+    """Where a model is reached: its name, the server, the key, how to describe it, the API."""
 
     model: str
     base_url: str | None
     api_key: str
     label: str  # how the endpoint is described to the user
+    api: str = "chat"  # one of APIS
+
+    @property
+    def name(self) -> str:
+        """The model as the user names it: with its API (``anthropic:NAME``) unless Chat
+        Completions. What a run records, so a resume asks the same API; ``model`` is what
+        the API is sent, and what windows and prices are known by."""
+        return self.model if self.api == "chat" else f"{self.api}:{self.model}"
 
     @classmethod
     def resolve(
@@ -50,11 +94,17 @@ class Endpoint:
     ) -> Endpoint:
         """The endpoint of ``model``, the environment filling in what is not given.
 
-        Raises :class:`ConfigError` before anything is written when no model or
-        no server is known, saying what to set.
+        ``model`` may name its API (``anthropic:claude-sonnet-4-5``,
+        ``responses:gpt-5``, ``chat:NAME``; see :func:`with_api`), else Chat
+        Completions. Raises :class:`ConfigError` before anything is written when
+        no model or no server is known, saying what to set.
         """
         if model == OFFLINE_MODEL:
             return cls(model, None, "offline", "built-in offline demo model")
+        named, model = split_api(model)
+        api = named or "chat"
+        if api == "anthropic":
+            return cls._anthropic(model, base_url, api_key)
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
         if not model:
@@ -70,7 +120,42 @@ class Endpoint:
                 "LM Studio; add OPENAI_API_KEY if it needs one). Or use --model offline for the "
                 "built-in offline demo model."
             )
-        return cls(model, base_url, api_key or "none", base_url or "OpenAI")
+        return cls(model, base_url, api_key or "none", base_url or "OpenAI", api)
+
+    @classmethod
+    def _anthropic(cls, model: str, base_url: str | None, api_key: str | None) -> Endpoint:
+        """An Anthropic endpoint: ``$ANTHROPIC_BASE_URL`` and ``$ANTHROPIC_API_KEY`` fill in."""
+        base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
+        api_key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
+        if not model:
+            raise ConfigError(
+                "No model named after 'anthropic:' (e.g. anthropic:claude-sonnet-4-5)."
+            )
+        if not api_key and not base_url:
+            raise ConfigError(
+                f"No Anthropic endpoint configured for model {model!r}. Set ANTHROPIC_API_KEY "
+                "(or ANTHROPIC_BASE_URL for a proxy speaking the Messages API)."
+            )
+        return cls(model, base_url, api_key or "none", base_url or "Anthropic", "anthropic")
+
+
+def sendable(messages: list[dict]) -> list[dict]:
+    """``messages`` without :data:`PROVIDER_STATE`, for an API that does not know it.
+
+    The list itself when no message has any (the usual case: no copy).
+    """
+    if not any(PROVIDER_STATE in m for m in messages):
+        return messages
+    return [{k: v for k, v in m.items() if k != PROVIDER_STATE} for m in messages]
+
+
+def provider_items(message: dict, api: str) -> list:
+    """The items :data:`PROVIDER_STATE` keeps for ``api`` in an assistant message, if any."""
+    state = message.get(PROVIDER_STATE)
+    if isinstance(state, dict) and state.get("api") == api:
+        items = state.get("items")
+        return items if isinstance(items, list) else []
+    return []
 
 
 def checked_usage(usage: dict) -> dict:
@@ -123,6 +208,8 @@ class ModelReply:
     attempts: int = 1
     #: The problems that caused each retry, in order (redacted).
     retries: list[str] = field(default_factory=list)
+    #: What the API needs sent back with this reply (see :data:`PROVIDER_STATE`).
+    provider_state: dict | None = None
     #: The counts the endpoint sent that were not token counts (dropped from ``usage``).
     odd_usage: dict[str, object] = field(default_factory=dict, init=False)
 
@@ -135,6 +222,8 @@ class ModelReply:
         msg: dict = {"role": "assistant", "content": self.content}
         if self.tool_calls:
             msg["tool_calls"] = self.tool_calls
+        if self.provider_state:
+            msg[PROVIDER_STATE] = self.provider_state
         return msg
 
     @property

@@ -22,14 +22,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import openai
 
 from ..core.redaction import redact, secrets_in_environment
 from ..errors import Cancelled, ContextOverflow, ModelError, ReplyLimitExceeded
 from . import endpoint_errors as errors
-from .base import Endpoint, Hooks, ModelReply
+from .base import Endpoint, Hooks, ModelReply, sendable
 from .http import announcing, shared_http
 
 if TYPE_CHECKING:
@@ -133,6 +133,8 @@ class _Reply:
     by_id: dict[str, dict] = field(default_factory=dict)
     finish: str | None = None
     usage: dict = field(default_factory=dict)
+    #: What the API needs sent back with the reply (:data:`~.base.PROVIDER_STATE`).
+    provider_state: dict | None = None
 
     def _grow(self, text: str) -> None:
         self.size += len(text)
@@ -225,6 +227,7 @@ class _Reply:
             self.usage,
             "".join(self.reasoning),
             self.finish or "",
+            provider_state=self.provider_state,
         )
         if self.finish is None:
             raise _Retry("the reply stream ended before the model finished")
@@ -249,8 +252,20 @@ class ChatCompletionsClient:
 
     ``max_text`` caps the characters of one reply (text, reasoning and tool
     arguments); ``deadline`` caps how long one reply may stream, in seconds
-    (default ``max(timeout, 600)``).
+    (default ``max(timeout, 600)``). ``headers`` are sent with every request
+    (OpenRouter's and other gateways'); ``query`` is added to every URL (Azure's
+    ``api-version``); ``extra_body`` to every request's body (Anthropic's
+    ``thinking``, the Responses API's ``reasoning``).
+
+    The native clients (:mod:`.responses`, :mod:`.anthropic_messages`) are this
+    class with another request and stream reader: the retries, limits and
+    error sorting are this one's, over their SDK's exceptions (:attr:`sdk`).
     """
+
+    #: The SDK whose exceptions a request raises (the Stainless SDKs name them alike).
+    sdk: Any = openai
+    #: Exceptions of one attempt that are worth another.
+    retryable: tuple[type[Exception], ...] = errors.RETRYABLE
 
     def __init__(
         self,
@@ -262,6 +277,9 @@ class ChatCompletionsClient:
         cancel: threading.Event | None = None,
         max_text: int = 1_000_000,
         deadline: float | None = None,
+        headers: dict[str, str] | None = None,
+        query: dict[str, str] | None = None,
+        extra_body: dict[str, Any] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.retries = retries
@@ -269,16 +287,25 @@ class ChatCompletionsClient:
         self.cancel = cancel or threading.Event()
         self.max_text = max_text
         self.deadline = deadline if deadline is not None else max(timeout, 600.0)
-        self.secrets = secrets_in_environment(endpoint.api_key)
+        # A header may carry a key (Azure's ``api-key``, a gateway's): redacted like the key.
+        self.secrets = secrets_in_environment(endpoint.api_key, *(headers or {}).values())
         self._key = endpoint.base_url or "https://api.openai.com/v1"
         with _quirks_lock:
             #: What this endpoint does not support: "stream", "stream_options", "max_tokens".
             self.quirks: dict[str, bool] = dict(_QUIRKS.get(self._key, {}))
-        self._client = openai.OpenAI(
-            api_key=endpoint.api_key,
-            base_url=endpoint.base_url,
+        #: Fields added to every request's body (``thinking``, ``reasoning``, ``temperature``).
+        self.extra_body = dict(extra_body or {})
+        self._client = self._make_client(timeout, dict(headers or {}), dict(query or {}))
+
+    def _make_client(self, timeout: float, headers: dict[str, str], query: dict[str, str]) -> Any:
+        """The SDK client, over the process's connection pool for the endpoint."""
+        return openai.OpenAI(
+            api_key=self.endpoint.api_key,
+            base_url=self.endpoint.base_url,
             timeout=timeout,
             max_retries=0,
+            default_headers=headers or None,
+            default_query=query or None,
             http_client=shared_http(self._key, timeout),
         )
 
@@ -360,35 +387,51 @@ class ChatCompletionsClient:
             self._request(messages, tools, acc, room)
         except (Cancelled, ModelError):
             raise
-        except errors.RETRYABLE as exc:
-            if isinstance(exc, openai.APIError) and (overflow := self._overflow(exc)):
+        except self.retryable as exc:
+            if isinstance(exc, self.sdk.APIError) and (overflow := self._overflow(exc)):
                 raise overflow from None
             raise _Retry(self._clean(errors.describe(exc)), errors.retry_after(exc)) from None
-        except openai.APIStatusError as exc:
+        except self.sdk.APIStatusError as exc:
             if overflow := self._overflow(exc):
                 raise overflow from None
+            if exc.status_code < 400:  # an error event inside a stream (Anthropic's)
+                self._stream_failure(exc)
             if exc.status_code not in errors.RETRYABLE_STATUS:
                 raise ModelError(
-                    self._clean(f"The model endpoint refused the request: {errors.describe(exc)}"),
+                    self._clean(self._refusal(exc)),
                     self._clean(errors.detail(exc)),
                 ) from None
             raise _Retry(self._clean(errors.describe(exc)), errors.retry_after(exc)) from None
-        except openai.APIError as exc:  # an error event inside the stream
+        except self.sdk.APIError as exc:  # an error event inside the stream
             if overflow := self._overflow(exc):
                 raise overflow from None
-            said, transient = errors.stream_error(exc)
-            if transient:
-                raise _Retry(
-                    self._clean(f"the endpoint reported an error mid-reply: {said}")
-                ) from None
-            raise ModelError(
-                self._clean(f"The model endpoint reported an error mid-reply: {said}"),
-                self._clean(errors.stream_error_detail(exc, said)),
-            ) from None
+            self._stream_failure(exc)
         except ValueError as exc:  # unparsable chunk
             problem = f"the model sent a malformed reply ({errors.first_line(str(exc), 120)})"
             raise _Retry(problem) from None
         return acc.result(len(messages))
+
+    def _refusal(self, exc: Any) -> str:
+        """One line for a refused request; a 404 is a model, or an API, the endpoint lacks."""
+        said = errors.describe(exc)
+        if exc.status_code != 404:
+            return f"The model endpoint refused the request: {said}"
+        model, api = self.endpoint.model, self.endpoint.api
+        return (
+            f"The endpoint does not know the model {model!r} or does not speak the {api} API "
+            f"({said}); check the model name, or pick the API with --model "
+            "anthropic:NAME, responses:NAME or chat:NAME."
+        )
+
+    def _stream_failure(self, exc: Any) -> NoReturn:
+        """Raise what an error event inside the stream amounts to: a retry or a refusal."""
+        said, transient = errors.stream_error(exc)
+        if transient:
+            raise _Retry(self._clean(f"the endpoint reported an error mid-reply: {said}")) from None
+        raise ModelError(
+            self._clean(f"The model endpoint reported an error mid-reply: {said}"),
+            self._clean(errors.stream_error_detail(exc, said)),
+        ) from None
 
     def _request(
         self, messages: list[dict], tools: list[dict], acc: _Reply, room: int | None
@@ -401,7 +444,7 @@ class ChatCompletionsClient:
                 # 1,000-message conversation); the messages are plain JSON already, so
                 # they go in extra_body, which is merged into the body as it is.
                 "messages": [],
-                "extra_body": {"messages": messages},
+                "extra_body": {**self.extra_body, "messages": sendable(messages)},
             }
             if tools:
                 params["tools"] = tools

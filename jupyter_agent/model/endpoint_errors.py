@@ -23,8 +23,8 @@ RETRYABLE = (
     openai.APIResponseValidationError,
     httpx.TransportError,  # a connection lost while a stream is read, if not wrapped
 )
-#: Statuses that say "try again" without being a 429 or a 5xx.
-RETRYABLE_STATUS = {408, 409}
+#: Statuses that say "try again" without being a 429 or a 5xx (529: Anthropic overloaded).
+RETRYABLE_STATUS = {408, 409, 529}
 #: Error types and codes of an error event inside a stream that say "try again".
 _TRANSIENT_STREAM_ERROR = re.compile(
     r"server_error|overloaded|rate_limit|timeout|temporar|unavailable|try again|retry|internal"
@@ -33,9 +33,24 @@ _TRANSIENT_STREAM_ERROR = re.compile(
 )
 
 
+def body_of(exc: Exception) -> dict:
+    """The error object of an SDK error: OpenAI's ``body``, or the ``error`` of Anthropic's
+    ``{"type": "error", "error": {...}}`` envelope."""
+    body = getattr(exc, "body", None)
+    if not isinstance(body, dict):
+        return {}
+    inner = body.get("error")
+    return inner if body.get("type") == "error" and isinstance(inner, dict) else body
+
+
+def is_a(exc: Exception, name: str) -> bool:
+    """Whether ``exc`` is the SDK exception ``name`` of either SDK (they name them alike)."""
+    return any(cls.__name__ == name for cls in type(exc).__mro__)
+
+
 def stream_error(exc: openai.APIError) -> tuple[str, bool]:
     """What an error event inside a stream said (one line), and whether it is transient."""
-    body = exc.body if isinstance(exc.body, dict) else {}
+    body = body_of(exc)
     kind = " ".join(str(body.get(k) or "") for k in ("type", "code")).strip()
     said = first_line(str(body.get("message") or exc.message))
     transient = any(_TRANSIENT_STREAM_ERROR.search(w) for w in [*kind.split(), said])
@@ -114,13 +129,14 @@ def context_overflow(
 
 def overflow_of(exc: openai.APIError) -> ContextOverflow | None:
     """The :class:`ContextOverflow` an endpoint error amounts to, if it is one."""
-    body = exc.body if isinstance(exc.body, dict) else {}
+    body = body_of(exc)
     message = str(body.get("message") or exc.message)
     text = " ".join(
         [message, str(body.get("type") or "")]
         + [f"{k}={body[k]}" for k in ("n_ctx", "n_prompt_tokens") if k in body]
     )
-    found = context_overflow(text, exc.code, getattr(exc, "status_code", None))
+    code = getattr(exc, "code", None)
+    found = context_overflow(text, code, getattr(exc, "status_code", None))
     if found is None:
         return None
     limit, requested = found
@@ -145,8 +161,8 @@ _ERROR_CODE_PREFIX = re.compile(r"^Error code: \d+ - ")
 
 def _server_message(exc: Exception) -> str:
     """What the server said, without the client's ``Error code: NNN -`` preamble."""
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
+    body = body_of(exc)
+    if isinstance(body.get("message"), str):
         return body["message"]
     message = str(getattr(exc, "message", None) or exc)
     return _ERROR_CODE_PREFIX.sub("", message)
@@ -171,9 +187,9 @@ def retry_after(exc: Exception) -> float | None:
 def describe(exc: Exception) -> str:
     """One short phrase: the status and the first line of the server's message."""
     status = getattr(exc, "status_code", None)
-    if isinstance(exc, openai.APITimeoutError):
+    if is_a(exc, "APITimeoutError"):
         return "the request timed out"
-    if isinstance(exc, openai.APIConnectionError):
+    if is_a(exc, "APIConnectionError"):
         return first_line(f"cannot reach the endpoint ({exc.__cause__ or exc})")
     if status:
         return f"HTTP {status}: {first_line(_server_message(exc))}"

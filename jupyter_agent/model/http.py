@@ -16,6 +16,7 @@ import importlib
 import ssl
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -23,19 +24,25 @@ import openai
 # Process-wide on purpose: the pool outlives each execution's client (see above).
 # Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
 _http_lock = threading.Lock()
-_HTTP: dict[tuple[str, float], openai.DefaultHttpxClient] = {}
+_HTTP: dict[tuple[str, float, Callable[..., Any]], Any] = {}
 
 #: The ``on_sent`` hook of the model request being made in this thread, if any.
 _sending = threading.local()
 
 
-def shared_http(base_url: str, timeout: float) -> openai.DefaultHttpxClient:
-    """The process's HTTP client for an endpoint and timeout, closed at exit."""
-    key = (base_url, timeout)
+def shared_http(
+    base_url: str, timeout: float, make: Callable[..., Any] = openai.DefaultHttpxClient
+) -> Any:
+    """The process's HTTP client for an endpoint and timeout, closed at exit.
+
+    ``make`` is the SDK's client class: ``openai``'s, or ``anthropic``'s (which
+    speaks another HTTP library); each gets its own pool.
+    """
+    key = (base_url, timeout, make)
     with _http_lock:
         client = _HTTP.get(key)
         if client is None or client.is_closed:
-            client = _HTTP[key] = openai.DefaultHttpxClient(
+            client = _HTTP[key] = make(
                 timeout=timeout, verify=ssl_context(), event_hooks={"request": [_sent]}
             )
         return client

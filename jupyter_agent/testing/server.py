@@ -4,7 +4,9 @@ Tests, benchmarks and the offline demo model need an LLM endpoint that answers
 the same way every time and can inject failures (rate limits, dropped streams,
 timeouts, garbage) on demand. This module serves one using only the standard
 library; what it sends is the wire format of :mod:`.wire`, which the official
-``openai`` client expects.
+``openai`` client expects, and on ``/v1/responses`` and ``/v1/messages`` that of
+the OpenAI Responses API (:mod:`.responses_wire`) and of Anthropic's Messages
+API (:mod:`.anthropic_wire`), from the same script.
 
 The reply to a request is picked by its *turn*: the number of assistant
 messages already in the conversation, plus N for every message saying
@@ -32,6 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from . import anthropic_wire, responses_wire
 from .replay import Replay
 from .wire import (
     CHAT_PATH,
@@ -50,6 +53,10 @@ from .wire import (
 )
 
 __all__ = ["ScriptedServer"]
+
+#: The native APIs served besides Chat Completions: path, and the wire module that
+#: reads a request as a Chat Completions body and streams the reply its own way.
+NATIVE: dict[str, Any] = {anthropic_wire.PATH: anthropic_wire, responses_wire.PATH: responses_wire}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -135,6 +142,8 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         if path == CHAT_PATH:
             self._chat()
+        elif path in NATIVE:
+            self._chat(NATIVE[path])
         elif path == "/_script":
             ok, body = self._read_json()
             script = body.get("script") if ok and isinstance(body, dict) else None
@@ -151,10 +160,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._read_json()
             self._error(404, f"Unknown path {path}")
 
-    def _chat(self) -> None:
+    def _chat(self, native: Any = None) -> None:
+        """Answer a chat request; ``native``: the wire module of another API (:data:`NATIVE`)."""
         owner = self.server.owner
         headers = {k.lower(): v for k, v in self.headers.items()}
         ok, body = self._read_json()
+        if native is not None and ok and isinstance(body, dict):
+            body = native.chat_body(body)
         messages = body.get("messages") if ok and isinstance(body, dict) else None
         if not isinstance(messages, list):
             owner._log(-1, self.path, body if isinstance(body, dict) else {}, headers, "error:400")
@@ -166,7 +178,15 @@ class _Handler(BaseHTTPRequestHandler):
         tokens = prompt_tokens(messages, body.get("tools"))
         if window is not None and tokens > window:
             owner._log(turn, self.path, body, headers, "error:context_length_exceeded")
-            self._send_json(400, context_length_error(window, tokens))
+            anthropic = native is anthropic_wire
+            refusal = anthropic_wire.overflow_body if anthropic else context_length_error
+            self._send_json(400, refusal(window, tokens))
+            return
+        if native is anthropic_wire and anthropic_wire.breakpoints_in(body["native"]) > 4:
+            owner._log(turn, self.path, body, headers, "error:cache_control")
+            found = anthropic_wire.breakpoints_in(body["native"])
+            message = f"A maximum of 4 blocks with cache_control may be provided. Found {found}."
+            self._send_json(400, anthropic_wire.error_body("invalid_request_error", message))
             return
         if owner.reject_stream_options and "stream_options" in body:
             owner._log(turn, self.path, body, headers, "error:stream_options")
@@ -190,6 +210,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         req_id = {"x-request-id": f"req-{turn}-{attempt}"}
+        if native is anthropic_wire and fault in anthropic_wire.ERRORS:
+            status, type_, message = anthropic_wire.ERRORS[fault]
+            message = message.format_map(body["native"])
+            self._send_json(status, anthropic_wire.error_body(type_, message), req_id)
+            return
         if fault in ERRORS:
             status, message, type_, code = ERRORS[fault]
             key = headers.get("authorization", "").removeprefix("Bearer ")
@@ -214,6 +239,9 @@ class _Handler(BaseHTTPRequestHandler):
             reply.finish_reason = "content_filter"
         cid = f"chatcmpl-{turn}-{attempt}"
         model = str(body.get("model") or "scripted")
+        if native is not None:
+            self._native_stream(native, reply, body, fault, cid, req_id)
+            return
         if streaming:
             self._stream(cid, model, reply, body, fault, req_id)
             return
@@ -225,6 +253,55 @@ class _Handler(BaseHTTPRequestHandler):
         if not owner.send_usage:
             del completion["usage"]
         self._send_json(200, completion, req_id)
+
+    def _native_stream(
+        self,
+        native: Any,
+        reply: ScriptedReply,
+        body: dict[str, Any],
+        fault: str | None,
+        rid: str,
+        headers: dict[str, str],
+    ) -> None:
+        """Stream ``reply`` as the native API does (events named, Anthropic's cache simulated)."""
+        owner = self.server.owner
+        model = str(body.get("model") or "scripted")
+        if native is anthropic_wire:
+            with owner._lock:
+                prompt = int(reply.usage.get("prompt_tokens") or 0)
+                cached: Any = owner.anthropic_cache.usage(body["native"], prompt)
+        else:
+            cached = 0
+        events, clean = native.events(reply, rid, model, cached, fault)
+        self._open_stream(headers)
+        for name, payload in events:
+            self._send_chunk(f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode())
+        if clean:
+            self._end_chunks()
+        else:
+            self.close_connection = True
+
+    def _open_stream(self, headers: dict[str, str]) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+
+    def _send_chunk(self, data: bytes) -> None:
+        """One HTTP chunk of a stream, after the server's ``chunk_delay``."""
+        owner = self.server.owner
+        if owner.chunk_delay:
+            owner._sleep(owner.chunk_delay)
+        self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _end_chunks(self) -> None:
+        """The clean end of a chunked body."""
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
     def _stream(
         self,
@@ -239,22 +316,12 @@ class _Handler(BaseHTTPRequestHandler):
         opts = body.get("stream_options")
         include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
         include_usage = include_usage and owner.send_usage
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.end_headers()
+        self._open_stream(headers)
 
         def chunk(delta: dict[str, Any] | None, finish: str | None = None) -> dict[str, Any]:
             return reply.chunk(cid, model, delta, finish, with_usage=include_usage)
 
-        def send(data: bytes) -> None:
-            if owner.chunk_delay:
-                owner._sleep(owner.chunk_delay)
-            self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
-            self.wfile.flush()
+        send = self._send_chunk
 
         def event(payload: dict[str, Any]) -> None:
             send(b"data: " + json.dumps(payload).encode() + b"\n\n")
@@ -369,6 +436,10 @@ class ScriptedServer(Replay):
     #: what the endpoint bills, cached tokens included, whatever the client reads of it.
     usage_log: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False)
     _cache: PromptCache = field(default_factory=PromptCache, init=False, repr=False)
+    #: Anthropic's prompt cache, simulated: the prefixes written so far.
+    anthropic_cache: anthropic_wire.PromptCache = field(
+        default_factory=anthropic_wire.PromptCache, init=False, repr=False
+    )
     _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _conns: set[socket.socket] = field(default_factory=set, init=False, repr=False)
     _httpd: _HTTPServer | None = field(default=None, init=False, repr=False)

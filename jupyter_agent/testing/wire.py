@@ -19,7 +19,7 @@ from ..model.offline import turn_of as turn_of  # the turn is counted where the 
 Script = list[dict[str, Any]] | Callable[[dict[str, Any]], dict[str, Any]] | None
 
 #: Fault kinds understood in a script entry's ``"faults"`` list:
-#: HTTP errors (``429``, ``500``, ``503``; ``401`` echoing the key like OpenAI does;
+#: HTTP errors (``429``, ``500``, ``503``, ``529`` as Anthropic says overloaded; ``401`` echoing the key like OpenAI does;
 #: ``proxy_400``, a LiteLLM-style error pasted over several lines), ``timeout``,
 #: ``drop`` (connection lost mid-stream), ``cut`` (the stream ends cleanly but
 #: early: no ``finish_reason``, no ``[DONE]``), ``cut_stop`` (the same half reply,
@@ -27,11 +27,14 @@ Script = list[dict[str, Any]] | Callable[[dict[str, Any]], dict[str, Any]] | Non
 #: sends it), ``length`` (half the reply, with
 #: ``finish_reason: "length"``; ``content_filter`` likewise), ``stream_error`` / ``stream_error_fatal`` (an
 #: ``error`` event inside the stream, transient / permanent), ``endless`` (text
-#: that never stops), ``malformed`` and ``empty``.
+#: that never stops), ``malformed`` and ``empty``; on ``/v1/messages`` also ``max_tokens``
+#: (Anthropic's refusal of more output than the model allows).
 FAULT_KINDS = (
     "429",
     "500",
     "503",
+    "529",
+    "max_tokens",
     "401",
     "proxy_400",
     "timeout",
@@ -67,6 +70,7 @@ ERRORS: dict[str, tuple[int, str, str, str]] = {
     "429": (429, "Rate limit reached (scripted fault).", "requests", "rate_limit_exceeded"),
     "500": (500, "The server had an error (scripted fault).", "server_error", "server_error"),
     "503": (503, "The server is overloaded (scripted fault).", "server_error", "overloaded"),
+    "529": (529, "Overloaded (scripted fault).", "overloaded_error", "overloaded"),
     "401": (
         401,
         "Incorrect API key provided: {key}. You can find your API key at "
@@ -217,6 +221,23 @@ class PromptCache:
     def clear(self) -> None:
         """Forget every earlier request (a cache that expired)."""
         self._earlier.clear()
+
+
+def chat_request(
+    native: dict[str, Any], messages: list[dict[str, Any]], tools: list[tuple[Any, Any]]
+) -> dict[str, Any]:
+    """A native API's request as the Chat Completions body the script and turn count read.
+
+    ``tools`` are ``(name, parameters)`` pairs; the original body is kept under ``native``.
+    """
+    specs = [{"type": "function", "function": {"name": n, "parameters": p}} for n, p in tools]
+    return {
+        "model": native.get("model"),
+        "messages": messages,
+        "tools": specs or None,
+        "stream": bool(native.get("stream")),
+        "native": native,
+    }
 
 
 def is_summary_request(body: dict[str, Any]) -> bool:

@@ -8,13 +8,14 @@ saying what to do, raised before anything is written.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
 
-from ..config import ClientSettings, RunPolicy, Settings
+from ..config import RICH_OUTPUT_BYTES, ClientSettings, RunPolicy, Settings
 from ..core.budget import Budget, parse_budget
 from ..core.redaction import secrets_in_environment
 from ..core.state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
@@ -26,6 +27,7 @@ from ..views.render import TextEvents, known_steps
 from ..vocab import plural, printable
 from . import runner
 from .after import After
+from .cells import show_restored
 from .identity import AgentIdentity, notebook_path, resolve
 from .options import HelpShown, cell_arguments, line_parser, parse_cell, parser_of, split_line
 from .runner import CellRequest, Outcome
@@ -68,6 +70,11 @@ class AgentMagics(Magics):
     timeline = Bool(
         True, help="Show the checkpoint timeline widget under %%agent cells (in a kernel)."
     ).tag(config=True)
+    rich_output_bytes = Int(
+        RICH_OUTPUT_BYTES,
+        help="Bytes of a python call's rich output (HTML, images; text/plain is always kept) "
+        "saved with its checkpoint and shown again when the cell is restored.",
+    ).tag(config=True)
     mcp_servers = Dict(
         help='MCP servers for --mcp, as Claude Desktop writes them: {"name": {"command": ..., '
         '"args": [...], "env": {...}}} (stdio) or {"name": {"url": ...}} (streamable HTTP).'
@@ -76,6 +83,10 @@ class AgentMagics(Magics):
     @validate("max_steps")
     def _check_max_steps(self, proposal: Any) -> int:
         return _at_least(proposal, 1, "the agent could never take a step")
+
+    @validate("rich_output_bytes")
+    def _check_rich_output_bytes(self, proposal: Any) -> int:
+        return _at_least(proposal, 0, "0 means: keep text/plain only")
 
     @validate("retries")
     def _check_retries(self, proposal: Any) -> int:
@@ -150,6 +161,7 @@ class AgentMagics(Magics):
             client=client,
             mcp_servers=dict(self.mcp_servers),
             secrets=secrets_in_environment(),
+            rich_output_bytes=self.rich_output_bytes,
         )
 
     def _budget(self) -> Budget | None:
@@ -262,7 +274,11 @@ class AgentMagics(Magics):
                 # A restore wrote nothing: the timelines show the store as it is already.
                 wrote = outcome is None or outcome.action not in ("restore", "waiting")
                 runtime.refresh(key, reread=wrote)
-        report(outcome, identity)
+        report(
+            outcome,
+            identity,
+            restored=lambda: show_restored(runtime.store(), outcome.run, self.shell),
+        )
         return outcome
 
     def _run_in_background(
@@ -437,8 +453,16 @@ class AgentMagics(Magics):
         print(f"Deleted agent {run.agent} ({len(runs)} run(s)).")
 
 
-def report(outcome: Outcome, identity: AgentIdentity, file: Any = None) -> None:
-    """The closing lines of a cell: what was restored, and the answer."""
+def report(
+    outcome: Outcome,
+    identity: AgentIdentity,
+    file: Any = None,
+    restored: Callable[[], None] | None = None,
+) -> None:
+    """The closing lines of a cell: what was restored, and the answer.
+
+    ``restored``: shows a restored run's outputs again, before its answer.
+    """
     state = outcome.state
     if outcome.action == "restore":
         print(
@@ -447,6 +471,8 @@ def report(outcome: Outcome, identity: AgentIdentity, file: Any = None) -> None:
             "without calling the model. Use --restart to run it again.",
             file=file,
         )
+        if restored is not None:
+            restored()
         print(state.final_answer() or "", file=file)
     elif outcome.action == "waiting":
         call = state.pending_tool_call() or {}

@@ -27,7 +27,7 @@ from ..views.render import TextEvents, known_steps
 from ..vocab import plural, printable
 from . import runner
 from .after import After
-from .cells import show_restored
+from .cells import insert_cells, show_restored
 from .identity import AgentIdentity, notebook_path, resolve
 from .options import HelpShown, cell_arguments, line_parser, parse_cell, parser_of, split_line
 from .runner import CellRequest, Outcome
@@ -342,7 +342,7 @@ class AgentMagics(Magics):
 
     @line_magic("agent")
     def agent_line(self, line: str) -> Any:
-        """Manage agents: list, show, resume, approve, reject, delete. `%agent --help`."""
+        """Manage agents: list, show, resume, approve, reject, cells, delete. `%agent --help`."""
         parser = line_parser(parser_of(self.agent))
         try:
             args = parser.parse_args(split_line("%agent", line))
@@ -437,6 +437,9 @@ class AgentMagics(Magics):
                 f"The timeline is a widget, shown in JupyterLab and Notebook 7. "
                 f"Here, %agent show {run.agent} prints the checkpoints of agent {run.agent}."
             )
+
+    def _cmd_cells(self, args: argparse.Namespace) -> None:
+        insert_cells(self._store(), self._find(args.name), self.shell, replace=args.replace)
 
     def _cmd_pause(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)

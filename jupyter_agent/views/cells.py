@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core import history
+from ..core.redaction import redact
 from ..core.state import decode_delta, fold
+from ..errors import NotFound
 from ..store.api import RunRow, Store
 
 #: What the python tool sends the model when a call printed nothing.
@@ -61,6 +63,34 @@ def python_calls(store: Store, run: RunRow) -> list[PythonCall]:
                 PythonCall(code, _printed(texts.get(call_id), shown), shown, errors[call_id])
             )
     return calls
+
+
+def redacted(call: PythonCall, secrets: list[str]) -> PythonCall:
+    """The call with ``secrets`` replaced everywhere (e.g. the reader's own environment's)."""
+    return PythonCall(
+        redact(call.code, secrets),
+        redact(call.printed, secrets),
+        redact(call.outputs, secrets),
+        call.error,
+    )
+
+
+def agent_cells(store: Store, notebook: str, agent: str, secrets: list[str]) -> dict[str, Any]:
+    """The code cells of an agent's latest run, for a frontend to insert below its cell.
+
+    ``{"agent", "cell_id", "run_id", "cells"}``; :class:`NotFound` without such an agent.
+    """
+    runs = store.runs(notebook=notebook, agent=agent) if store.exists() else []
+    if not runs:
+        raise NotFound(f"No agent named {agent!r} in this notebook.")
+    run = runs[-1]
+    calls = [redacted(c, secrets) for c in python_calls(store, run)]
+    return {
+        "agent": run.agent,
+        "cell_id": run.cell_id,
+        "run_id": run.run_id,
+        "cells": [code_cell(c) for c in calls],
+    }
 
 
 def _code(call: dict, decision: dict | None) -> str | None:

@@ -18,7 +18,11 @@ pytest.importorskip("matplotlib")
 
 CELL = "%%agent --model scripted\nShow a table and a plot."
 TABLE = "import pandas as pd\ndf = pd.DataFrame({'x': [1, 2, 3], 'y': [4, 5, 6]})\ndf"
-PLOT = "import matplotlib.pyplot as plt\nfig = plt.figure()\nplt.plot([1, 3, 2])\nprint('plotted')"
+PLOT = (
+    "import matplotlib.pyplot as plt\nfrom IPython.display import HTML, display\n"
+    "display(HTML('<b>shown by display()</b>'))\n"
+    "fig = plt.figure()\nplt.plot([1, 3, 2])\nprint('plotted')"
+)
 
 
 def tool(code: str) -> dict:
@@ -41,6 +45,14 @@ def sent_tool_messages(scripted) -> list:
     ]
 
 
+def saved_outputs(store_path) -> list[dict]:
+    """The outputs the latest run's checkpoints hold."""
+    store = open_store(str(store_path))
+    run = store.runs()[-1]
+    pairs = store.payloads(history.segments(run, store.run, whole=True))
+    return [o for cp, p in pairs if cp.kind == "tool_result" for o in decode_delta(p).outputs or []]
+
+
 def test_rich_results_live_saved_and_restored_text_to_the_model(
     kernel_factory, scripted, store_path
 ):
@@ -59,13 +71,7 @@ def test_rich_results_live_saved_and_restored_text_to_the_model(
     assert not any("<table" in m["content"] or "iVBOR" in m["content"] for m in sent)
     k1.kill()
 
-    # The checkpoint holds the bundles.
-    store = open_store(str(store_path))
-    run = store.runs()[-1]
-    pairs = store.payloads(history.segments(run, store.run, whole=True))
-    results = [decode_delta(p) for cp, p in pairs if cp.kind == "tool_result"]
-    saved = [o for d in results for o in (d.outputs or [])]
-    assert {"text/html", "image/png"} <= mime_types(saved)
+    assert {"text/html", "image/png"} <= mime_types(saved_outputs(store_path))
 
     requests = len(scripted.requests)
     k2 = kernel_factory()
@@ -74,6 +80,7 @@ def test_rich_results_live_saved_and_restored_text_to_the_model(
     assert "restored from the store without calling the model" in again.text
     assert len(scripted.requests) == requests
     assert {"text/html", "image/png"} <= mime_types(again.outputs), again.outputs
+    assert any("shown by display()" in str(o["data"]) for o in again.outputs), again.outputs
 
 
 def test_outputs_over_the_cap_are_dropped_and_said(kernel_factory, scripted, store_path):
@@ -93,3 +100,24 @@ def test_outputs_over_the_cap_are_dropped_and_said(kernel_factory, scripted, sto
     restored = mime_types(again.outputs)
     assert "text/html" in restored and "image/png" not in restored, again.outputs
     assert "image/png was not saved" in again.text, again.text
+
+
+def test_what_a_call_displays_is_shown_and_saved_with_secrets_redacted(
+    kernel_factory, scripted, store_path
+):
+    from .conftest import API_KEY
+
+    leaky = (
+        "import os\nfrom IPython.display import HTML, display\n"
+        "display(HTML('<i>' + os.environ['OPENAI_API_KEY'] + '</i>'))\n"
+        "os.environ['OPENAI_API_KEY']"
+    )
+    scripted.set_script([tool(leaky), {"content": "Shown."}])
+    k = kernel_factory()
+    live = k.run(CELL, cell_id="cell-leak")
+    assert live.status == "ok", live.text
+    shown = str([o["data"] for o in live.outputs])
+    assert API_KEY not in shown and "<i>[REDACTED]</i>" in shown, shown
+    assert API_KEY not in str(sent_tool_messages(scripted))
+    saved = str(saved_outputs(store_path))  # what a restore shows
+    assert "<i>[REDACTED]</i>" in saved and API_KEY not in saved, saved

@@ -72,6 +72,7 @@ class AgentMagics(Magics):
     ).tag(config=True)
     rich_output_bytes = Int(
         RICH_OUTPUT_BYTES,
+        min=0,  # 0: text/plain only
         help="Bytes of a python call's rich output (HTML, images; text/plain is always kept) "
         "saved with its checkpoint and shown again when the cell is restored.",
     ).tag(config=True)
@@ -83,10 +84,6 @@ class AgentMagics(Magics):
     @validate("max_steps")
     def _check_max_steps(self, proposal: Any) -> int:
         return _at_least(proposal, 1, "the agent could never take a step")
-
-    @validate("rich_output_bytes")
-    def _check_rich_output_bytes(self, proposal: Any) -> int:
-        return _at_least(proposal, 0, "0 means: keep text/plain only")
 
     @validate("retries")
     def _check_retries(self, proposal: Any) -> int:

@@ -169,9 +169,10 @@ def run_python(shell: Any, code: str, rich_bytes: int = rich.RICH_OUTPUT_BYTES) 
     touched = touched_names(code)
     namespace = shell.user_ns
     before = set(namespace)
-    outputs: list[dict] = []
+    outputs: list[dict] = []  # shown once the code has run: its value, its figures
     error = False
-    with capture() as out:
+    secrets = [s for r in (getattr(_local, "redactors", None) or {}).values() for s in r.secrets]
+    with capture() as out, rich.displays(shell, secrets) as shown:
         try:
             source = shell.transform_cell(code) if hasattr(shell, "transform_cell") else code
             tree = ast.parse(source, filename="<agent>")
@@ -192,8 +193,7 @@ def run_python(shell: Any, code: str, rich_bytes: int = rich.RICH_OUTPUT_BYTES) 
             error = True
             sys.stderr.write(short_traceback(exc))
     touched |= set(namespace) - before
-    secrets = [s for r in (getattr(_local, "redactors", None) or {}).values() for s in r.secrets]
     for output in outputs:
         rich.publish(shell, output, secrets)
-    kept, dropped = rich.cap(outputs, rich_bytes)
+    kept, dropped = rich.cap([*shown, *outputs], rich_bytes)
     return ToolResult(clip("".join(out)), error, touched, outputs=kept, dropped=dropped)

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..config import RICH_OUTPUT_BYTES
@@ -62,6 +65,40 @@ def figure_outputs(shell: Any) -> list[dict]:
         outputs.append({**out, "output_type": "display_data"})
     plt.close("all")
     return outputs
+
+
+#: Each thread's list of what its code displays, while :func:`displays` collects.
+_collecting = threading.local()
+#: A widget's output needs its live model: it cannot be shown again from a checkpoint.
+_WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+@contextmanager
+def displays(shell: Any, secrets: list[str]) -> Iterator[list[dict]]:
+    """Collect what this thread's code shows with ``display()``; it is shown with ``secrets``
+    redacted in its text, like everything else an agent shows."""
+    pub = getattr(shell, "display_pub", None)
+    if pub is not None and not getattr(pub, "_jupyter_agent_collects", False):
+        original = pub.publish
+
+        def publish(data: dict, metadata: dict | None = None, *args: Any, **kwargs: Any) -> Any:
+            into = getattr(_collecting, "outputs", None)
+            if into is not None:  # this thread runs an agent's code
+                data = redact(data, _collecting.secrets) if _collecting.secrets else data
+                if not kwargs.get("update") and _WIDGET not in data:
+                    out = {"data": dict(data), "metadata": dict(metadata or {})}
+                    into.append({"output_type": "display_data", **out})
+            return original(data, metadata, *args, **kwargs)
+
+        pub.publish = publish
+        pub._jupyter_agent_collects = True
+    previous = getattr(_collecting, "outputs", None), getattr(_collecting, "secrets", [])
+    collected: list[dict] = []
+    _collecting.outputs, _collecting.secrets = collected, secrets
+    try:
+        yield collected
+    finally:
+        _collecting.outputs, _collecting.secrets = previous
 
 
 def publish(shell: Any, output: dict, secrets: list[str]) -> None:

@@ -118,3 +118,12 @@ def test_bad_export_arguments_get_one_line(kernel_factory, scripted, agent_env, 
         assert done.returncode == code, (args, done.stderr)
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and words in lines[0], (args, done.stderr)
+
+
+def test_agent_cells_in_terminal_ipython_prints_a_script(ip, scripted, capsys):
+    scripted.set_script([SCRIPT[0], {"content": "Made xs."}])
+    ip.run_cell_magic("agent", "--model scripted -n terminal", "Make xs.")
+    capsys.readouterr()
+    ip.run_line_magic("agent", "cells terminal")
+    out = capsys.readouterr().out
+    assert f"# %%\n{CODES[0]}\n" in out, out

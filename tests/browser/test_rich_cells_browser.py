@@ -3,7 +3,8 @@
 An agent shows a DataFrame and a plot. After Restart Kernel and Run All the
 finished cell is restored without the model and shows the table and the
 figure again; ``%agent cells`` then inserts the agent's python calls below
-its cell, with the outputs they had, through the lab extension.
+its cell, with the outputs they had, through the lab extension; so does
+the panel's "Insert as cells", from the store.
 """
 
 from __future__ import annotations
@@ -85,3 +86,13 @@ def test_restored_rich_output_and_cells_in_lab(lab_server_factory, page: Page, t
         expect(cells.nth(3).locator(".jp-InputArea")).to_contain_text("plt.plot")
         expect(cells.nth(3).locator(".jp-OutputArea-output img").first).to_be_visible()
         expect(cells.nth(4).locator(".jp-InputArea")).to_contain_text("%agent cells charts")
+
+        # The panel's "Insert as cells" does the same from the store.
+        page.evaluate("() => window.jupyterapp.commands.execute('jupyter-agent:show-panel')")
+        button = page.locator(
+            '.jp-AgentsPanel-item[data-agent-name="charts"] .jp-AgentsPanel-cells'
+        )
+        button.click()
+        expect(cells).to_have_count(7, timeout=30_000)
+        expect(cells.nth(2).locator(".jp-InputArea")).to_contain_text("pd.DataFrame")
+        expect(cells.nth(2).locator(".jp-OutputArea-output table").first).to_be_visible()

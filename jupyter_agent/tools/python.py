@@ -163,13 +163,15 @@ def capture() -> Iterator[list[str]]:
 def run_python(shell: Any, code: str, rich_bytes: int = rich.RICH_OUTPUT_BYTES) -> ToolResult:
     """Run ``code`` in the shell's user namespace like a cell, and report what happened.
 
-    The last value and open figures are displayed as a cell displays them; the
-    result's text holds the value's ``text/plain`` form only, its outputs the bundles.
+    The last value and open figures are displayed as a cell displays them (a
+    value with a text form only is printed, as before); the result's text holds
+    the value's ``text/plain`` form only, its outputs the bundles.
     """
     touched = touched_names(code)
     namespace = shell.user_ns
     before = set(namespace)
-    outputs: list[dict] = []  # shown once the code has run: its value, its figures
+    outputs: list[dict] = []  # shown once the code has run: a rich value, its figures
+    saved: list[dict] = []  # the value, however it was shown
     error = False
     secrets = [s for r in (getattr(_local, "redactors", None) or {}).values() for s in r.secrets]
     with capture() as out, rich.displays(shell, secrets) as shown:
@@ -184,8 +186,15 @@ def run_python(shell: Any, code: str, rich_bytes: int = rich.RICH_OUTPUT_BYTES) 
                 value = eval(compile(ast.Expression(last.value), "<agent>", "eval"), namespace)
                 if value is not None:
                     namespace["_"] = value
-                    outputs.append(rich.value_output(shell, value))
-                    out.append(str(outputs[-1]["data"][rich.PLAIN]) + "\n")  # the model's text
+                    result = rich.value_output(shell, value)
+                    if rich.is_plain(result):  # text stays its repr, in the cell and for the model
+                        result["data"][rich.PLAIN] = text = repr(value)
+                        print(text)
+                    else:
+                        text = str(result["data"][rich.PLAIN])
+                        out.append(text + "\n")  # the model's text; the cell shows the bundle
+                        outputs.append(result)
+                    saved.append(result)
             outputs += rich.figure_outputs(shell)
         except KeyboardInterrupt:
             raise
@@ -195,5 +204,6 @@ def run_python(shell: Any, code: str, rich_bytes: int = rich.RICH_OUTPUT_BYTES) 
     touched |= set(namespace) - before
     for output in outputs:
         rich.publish(shell, output, secrets)
-    kept, dropped = rich.cap([*shown, *outputs], rich_bytes)
+    figures = [o for o in outputs if o["output_type"] == "display_data"]
+    kept, dropped = rich.cap([*shown, *saved, *figures], rich_bytes)
     return ToolResult(clip("".join(out)), error, touched, outputs=kept, dropped=dropped)

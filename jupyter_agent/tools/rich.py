@@ -157,6 +157,16 @@ def dropped(output: dict) -> list[str]:
     return list((output.get("metadata") or {}).get(_DROPPED) or [])
 
 
+def is_plain(output: dict) -> bool:
+    """Whether an output has a text form only (a value shown as printed text)."""
+    return set(output.get("data") or {}) <= {PLAIN}
+
+
 def shown(outputs: list[dict] | None) -> list[dict]:
-    """The outputs a restored cell shows again: displays and values, not printed text."""
-    return [o for o in outputs or [] if o.get("output_type") in ("display_data", "execute_result")]
+    """The outputs a restored cell shows again: displays and rich values, not printed text."""
+    return [
+        o
+        for o in outputs or []
+        if o.get("output_type") == "display_data"
+        or (o.get("output_type") == "execute_result" and not is_plain(o))
+    ]

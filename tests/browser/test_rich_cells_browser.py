@@ -17,6 +17,7 @@ from playwright.sync_api import Page, expect
 
 from jupyter_agent.testing import ScriptedServer
 
+from ..kernels import Kernel
 from .lab import open_notebook, run_all_cells, wait_for_kernel_idle, write_notebook
 
 pytest.importorskip("pandas")
@@ -96,3 +97,47 @@ def test_restored_rich_output_and_cells_in_lab(lab_server_factory, page: Page, t
         expect(cells).to_have_count(7, timeout=30_000)
         expect(cells.nth(2).locator(".jp-InputArea")).to_contain_text("pd.DataFrame")
         expect(cells.nth(2).locator(".jp-OutputArea-output table").first).to_be_visible()
+
+
+def test_notebook7_shows_restored_rich_output_and_inserts_cells(
+    lab_server_factory, page: Page, tmp_path: Path
+):
+    pytest.importorskip("notebook", minversion="7")
+    with ScriptedServer(SCRIPT) as scripted:
+        env = {
+            "JUPYTER_AGENT_STORE": str(tmp_path / "store" / "agents.duckdb"),
+            "OPENAI_BASE_URL": scripted.url,
+            "OPENAI_API_KEY": "sk-test",
+        }
+        server = lab_server_factory(env=env)
+        nb_path = server.root_dir / NOTEBOOK
+        write_notebook(
+            nb_path,
+            [
+                nbformat.v4.new_code_cell("%load_ext jupyter_agent", id="load"),
+                nbformat.v4.new_code_cell(AGENT_CELL, id="charts-cell"),
+                nbformat.v4.new_code_cell("%agent cells charts", id="cells"),
+            ],
+        )
+        # The agent ran yesterday, in a kernel long gone.
+        kernel = Kernel({**env, "JUPYTER_AGENT_NOTEBOOK": str(nb_path)}, cwd=nb_path.parent)
+        try:
+            assert kernel.run("%load_ext jupyter_agent").status == "ok"
+            assert kernel.run(AGENT_CELL, cell_id="charts-cell").status == "ok"
+        finally:
+            kernel.kill()
+        requests = len(scripted.requests)
+
+        page.goto(f"{server.url}/notebooks/{NOTEBOOK}?token={server.token}")
+        cells = page.locator(".jp-Notebook .jp-Cell")
+        expect(cells).to_have_count(3, timeout=45_000)
+        wait_for_kernel_idle(page, 60_000)
+        run_all_cells(page, timeout=120_000)
+        agent = cells.nth(1)
+        expect(agent.get_by_text("restored from the store").first).to_be_visible()
+        expect(agent.locator(".jp-OutputArea-output table").first).to_be_visible()
+        expect(agent.locator(".jp-OutputArea-output img").first).to_be_visible()
+        assert len(scripted.requests) == requests
+        expect(cells).to_have_count(5, timeout=30_000)
+        expect(cells.nth(2).locator(".jp-InputArea")).to_contain_text("pd.DataFrame")
+        expect(cells.nth(3).locator(".jp-OutputArea-output img").first).to_be_visible()

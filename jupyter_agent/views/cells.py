@@ -53,7 +53,9 @@ def python_calls(store: Store, run: RunRow) -> list[PythonCall]:
     texts = {m.get("tool_call_id"): m.get("content") for m in messages if m.get("role") == "tool"}
     calls = []
     for msg in messages:
-        for call in msg.get("tool_calls") or [] if msg.get("role") == "assistant" else []:
+        if msg.get("role") != "assistant":
+            continue
+        for call in msg.get("tool_calls") or []:
             call_id = call.get("id")
             code = _code(call, decisions.get(call_id))
             if code is None or call_id not in outputs:

@@ -76,9 +76,9 @@ export function insertCells(panel: NotebookPanel, data: IAgentCells): number {
 /** Answer `%agent cells` in the notebook's kernels, now and after every kernel change. */
 export function listenForCells(panel: NotebookPanel): void {
   const register = (kernel: Kernel.IKernelConnection | null | undefined) => {
-    kernel?.registerCommTarget(COMM_TARGET, (comm, msg) => {
+    // The kernel closes the comm once it has sent the cells.
+    kernel?.registerCommTarget(COMM_TARGET, (_, msg) => {
       insertCells(panel, msg.content.data as unknown as IAgentCells);
-      comm.close();
     });
   };
   const session = panel.sessionContext;

@@ -70,16 +70,7 @@ def test_restored_rich_output_and_cells_in_lab(lab_server_factory, page: Page, t
         assert len(scripted.requests) == requests
 
         # %agent cells: the two calls inserted below the agent's cell, with their outputs.
-        page.evaluate(
-            """async () => {
-                const panel = window.jupyterapp.shell.currentWidget;
-                const nb = panel.content;
-                nb.activeCellIndex = nb.widgets.length - 1;
-                await window.jupyterapp.commands.execute('notebook:insert-cell-below');
-                nb.activeCell.model.sharedModel.setSource('%agent cells charts');
-                await window.jupyterapp.commands.execute('notebook:run-cell');
-            }"""
-        )
+        run_new_cell(page, "%agent cells charts")
         cells = page.locator(f"{VISIBLE} .jp-Cell")
         expect(cells).to_have_count(5, timeout=30_000)
         expect(cells.nth(2).locator(".jp-InputArea")).to_contain_text("pd.DataFrame")
@@ -97,6 +88,30 @@ def test_restored_rich_output_and_cells_in_lab(lab_server_factory, page: Page, t
         expect(cells).to_have_count(7, timeout=30_000)
         expect(cells.nth(2).locator(".jp-InputArea")).to_contain_text("pd.DataFrame")
         expect(cells.nth(2).locator(".jp-OutputArea-output table").first).to_be_visible()
+
+        # --replace: the calls become the agent cell's output instead.
+        run_new_cell(page, "%agent cells charts --replace")
+        agent = cells.nth(1)
+        agent.scroll_into_view_if_needed()  # cells out of view are not drawn
+        shown = agent.locator(".jp-OutputArea-output")
+        expect(shown.filter(has_text="pd.DataFrame").first).to_be_visible(timeout=30_000)
+        expect(shown.filter(has_text="plt.plot").first).to_be_visible()
+        expect(agent.locator(".jp-OutputArea-output table").first).to_be_visible()
+        expect(agent.get_by_text("restored from the store")).to_have_count(0)
+
+
+def run_new_cell(page: Page, source: str) -> None:
+    """Add a cell at the end of the notebook and run it."""
+    page.evaluate(
+        """async (source) => {
+            const nb = window.jupyterapp.shell.currentWidget.content;
+            nb.activeCellIndex = nb.widgets.length - 1;
+            await window.jupyterapp.commands.execute('notebook:insert-cell-below');
+            nb.activeCell.model.sharedModel.setSource(source);
+            await window.jupyterapp.commands.execute('notebook:run-cell');
+        }""",
+        source,
+    )
 
 
 def test_notebook7_shows_restored_rich_output_and_inserts_cells(

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from .core.budget import Budget
 
 
+#: The default of :attr:`Settings.rich_output_bytes`: a few plots and tables per call.
+RICH_OUTPUT_BYTES = 1_000_000
+
+
 @dataclass(frozen=True)
 class RunPolicy:
     """What a run may do in one execution, and when it stops."""
@@ -108,3 +112,5 @@ class Settings:
     mcp_servers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Values redacted from everything an execution stores or sends on.
     secrets: list[str] = field(default_factory=list)
+    #: Bytes of rich output (all but text/plain) a python call keeps with its checkpoint.
+    rich_output_bytes: int = RICH_OUTPUT_BYTES

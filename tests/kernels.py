@@ -23,6 +23,7 @@ class Execution:
     stderr: str = ""
     error: dict | None = None
     outputs: list[dict] = field(default_factory=list)
+    comms: list[dict] = field(default_factory=list)  # comm_open contents
     status: str | None = None  # "ok", "error", "aborted"; None while running
 
     @property
@@ -81,6 +82,8 @@ class Kernel:
                     run.stderr += content["text"]
             elif kind in ("execute_result", "display_data", "update_display_data"):
                 run.outputs.append(content)
+            elif kind == "comm_open":
+                run.comms.append(content)
             elif kind == "error":
                 run.error = content
             elif kind == "status" and content["execution_state"] == "idle":

@@ -596,3 +596,36 @@ def test_a_run_shows_its_messages_from_json_payloads_redacted(
     trapped = add_run(store, nb, "b", [("start", "done")], trap)
     code, run = api.get("runs", str(trapped), messages="1")
     assert code == 200 and run["checkpoints"][0]["messages"] == []
+
+
+def test_an_agents_python_calls_as_cells_with_their_outputs(
+    api: Api, store: Store, jp_root_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jupyter_agent.core.state import Delta, encode_delta
+
+    monkeypatch.setenv("SOME_API_KEY", "sk-cells-secret-1234567890")
+    nb = notebook(jp_root_dir, "cells.ipynb")
+    call = {"id": "c1", "type": "function", "function": {"name": "python", "arguments": ""}}
+    call["function"]["arguments"] = json.dumps({"code": "key = 'sk-cells-secret-1234567890'\ndf"})
+    html = {
+        "output_type": "execute_result",
+        "data": {"text/html": "<table></table>", "text/plain": "df"},
+    }
+    delta = Delta(
+        messages=[
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "hello\ndf\n"},
+        ],
+        tool_call_id="c1",
+        outputs=[{**html, "metadata": {}}],
+    )
+    add_run(store, nb, "a", [("tool_result", "done")], encode_delta(delta), cell_id="cellA")
+    code, body = api.get("agents", "a", "cells", notebook="cells.ipynb")
+    assert code == 200, body
+    assert body["cell_id"] == "cellA" and len(body["cells"]) == 1
+    cell = body["cells"][0]
+    assert cell["cell_type"] == "code" and cell["source"].endswith("\ndf")
+    assert "sk-cells-secret" not in json.dumps(body)  # the server's own secrets are redacted
+    assert cell["outputs"][0] == {"output_type": "stream", "name": "stdout", "text": "hello\n"}
+    assert cell["outputs"][1]["data"]["text/html"] == "<table></table>"
+    assert api.get("agents", "nobody", "cells", notebook="cells.ipynb")[0] == 404

@@ -29,7 +29,7 @@ from .commands import (
     cmd_show,
     cmd_store_info,
 )
-from .export import cmd_export
+from .export import BadOptions, cmd_export
 from .resume import cmd_resume, positive_seconds
 
 OK, REFUSED, USAGE, OTHER_STORE = 0, 1, 2, 3
@@ -74,9 +74,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-latest", action="store_true", required=True, help="the policy")
     p.add_argument("--notebook", help="only this notebook's agents")
     p.add_argument("--yes", action="store_true", help="do not ask")
-    p = add("export", cmd_export, "an agent's transcript and checkpoints, secrets redacted")
-    agent_name(p)
-    p.add_argument("--format", choices=["json", "md"], default="md")
+    p = add(
+        "export",
+        cmd_export,
+        "an agent's transcript and checkpoints (json, md), or a notebook's agents' python "
+        "calls as cells (ipynb, py); secrets redacted",
+    )
+    p.add_argument(
+        "name", help="json, md: agent name or a unique prefix; ipynb, py: the agent's notebook"
+    )
+    p.add_argument("--notebook", help="json, md: the agent's notebook, where names repeat")
+    p.add_argument("--agent", help="ipynb, py: only this agent (default: every agent, in order)")
+    p.add_argument("--format", choices=["json", "md", "ipynb", "py"], default="md")
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
     p = add("store", cmd_store_info, "about the store")
     p.add_argument("what", choices=["info"], help="info: path, schema, size, runs, checkpoints")
@@ -114,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(partial.result, indent=2, default=str))
         return REFUSED
+    except BadOptions as exc:
+        print(f"jupyter agent: {exc}", file=sys.stderr)
+        return USAGE
     except (Refused, AgentError) as exc:
         if args.json:
             print(json.dumps({"error": str(exc)}))

@@ -64,6 +64,10 @@ class Delta:
     plan: list[dict] | None = None  # the agent's plan, replacing the previous one
     #: On a compaction checkpoint: the state before it (:meth:`RunState.snapshot`).
     snapshot: dict | None = None
+    #: On a python call's result: what it displayed, as nbformat outputs (size-capped).
+    #: Read by restores and exports (:mod:`jupyter_agent.views.cells`), never folded into
+    #: the state nor sent to the model.
+    outputs: list[dict] | None = None
 
 
 #: What stands for a message a partial fold did not read: one the view no longer shows.
@@ -291,6 +295,7 @@ def redact_payload(payload: bytes, secrets: list[str]) -> bytes:
     delta.messages = redact(delta.messages, secrets)
     delta.decision = redact(delta.decision, secrets)
     delta.unsaved = redact(delta.unsaved, secrets)
+    delta.outputs = redact(delta.outputs, secrets)
     return encode_delta(delta)
 
 

@@ -8,13 +8,14 @@ saying what to do, raised before anything is written.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, validate
 
-from ..config import ClientSettings, RunPolicy, Settings
+from ..config import RICH_OUTPUT_BYTES, ClientSettings, RunPolicy, Settings
 from ..core.budget import Budget, parse_budget
 from ..core.redaction import secrets_in_environment
 from ..core.state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
@@ -27,6 +28,7 @@ from ..views.render import TextEvents, known_steps
 from ..vocab import plural, printable
 from . import runner
 from .after import After
+from .cells import insert_cells, show_restored
 from .identity import AgentIdentity, notebook_path, other_store, resolve
 from .options import HelpShown, cell_arguments, line_parser, parse_cell, parser_of, split_line
 from .runner import CellRequest, Outcome
@@ -89,6 +91,12 @@ class AgentMagics(Magics):
     ).tag(config=True)
     timeline = Bool(
         True, help="Show the checkpoint timeline widget under %%agent cells (in a kernel)."
+    ).tag(config=True)
+    rich_output_bytes = Int(
+        RICH_OUTPUT_BYTES,
+        min=0,  # 0: text/plain only
+        help="Bytes of a python call's rich output (HTML, images; text/plain is always kept) "
+        "saved with its checkpoint and shown again when the cell is restored.",
     ).tag(config=True)
     mcp_servers = Dict(
         help='MCP servers for --mcp, as Claude Desktop writes them: {"name": {"command": ..., '
@@ -178,6 +186,7 @@ class AgentMagics(Magics):
             client=client,
             mcp_servers=dict(self.mcp_servers),
             secrets=secrets_in_environment(),
+            rich_output_bytes=self.rich_output_bytes,
         )
 
     def _budget(self) -> Budget | None:
@@ -293,7 +302,11 @@ class AgentMagics(Magics):
                 # A restore wrote nothing: the timelines show the store as it is already.
                 wrote = outcome is None or outcome.action not in ("restore", "waiting")
                 runtime.refresh(key, reread=wrote)
-        report(outcome, identity)
+        report(
+            outcome,
+            identity,
+            restored=lambda: show_restored(runtime.store(), outcome.run, self.shell),
+        )
         return outcome
 
     def _run_in_background(
@@ -357,7 +370,7 @@ class AgentMagics(Magics):
 
     @line_magic("agent")
     def agent_line(self, line: str) -> Any:
-        """Manage agents: list, show, resume, approve, reject, delete. `%agent --help`."""
+        """Manage agents: list, show, resume, approve, reject, cells, delete. `%agent --help`."""
         parser = line_parser(parser_of(self.agent))
         try:
             args = parser.parse_args(split_line("%agent", line))
@@ -453,6 +466,9 @@ class AgentMagics(Magics):
                 f"Here, %agent show {run.agent} prints the checkpoints of agent {run.agent}."
             )
 
+    def _cmd_cells(self, args: argparse.Namespace) -> None:
+        insert_cells(self._store(), self._find(args.name), self.shell, replace=args.replace)
+
     def _cmd_pause(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)
         if self.runtime.pause((run.notebook, run.agent)):
@@ -468,8 +484,16 @@ class AgentMagics(Magics):
         print(f"Deleted agent {run.agent} ({len(runs)} run(s)).")
 
 
-def report(outcome: Outcome, identity: AgentIdentity, file: Any = None) -> None:
-    """The closing lines of a cell: what was restored, and the answer."""
+def report(
+    outcome: Outcome,
+    identity: AgentIdentity,
+    file: Any = None,
+    restored: Callable[[], None] | None = None,
+) -> None:
+    """The closing lines of a cell: what was restored, and the answer.
+
+    ``restored``: shows a restored run's outputs again, before its answer.
+    """
     state = outcome.state
     if outcome.action == "restore":
         print(
@@ -478,6 +502,8 @@ def report(outcome: Outcome, identity: AgentIdentity, file: Any = None) -> None:
             "without calling the model. Use --restart to run it again.",
             file=file,
         )
+        if restored is not None:
+            restored()
         print(state.final_answer() or "", file=file)
     elif outcome.action == "waiting":
         call = state.pending_tool_call() or {}

@@ -221,6 +221,13 @@ def line_parser(cell_parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         ("pause", "pause an agent running in the background after its current step"),
     ]:
         sub.add_parser(cmd, help=text).add_argument("name")
+    cells = sub.add_parser(
+        "cells", help="insert an agent's python calls as code cells below its cell, with outputs"
+    )
+    cells.add_argument("name")
+    cells.add_argument(
+        "--replace", action="store_true", help="show them as the agent cell's output instead"
+    )
     approve = sub.add_parser("approve", help="approve the tool call an agent is waiting on")
     approve.add_argument("name")
     approve.add_argument("--code", help="run this code instead of the proposed code")

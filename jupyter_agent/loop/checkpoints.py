@@ -262,6 +262,7 @@ class Recorder:
             later_from=self.save_later_from if ran else None,
         )
         output = redact(result.output, secrets)
+        outputs = redact(result.outputs, secrets)
         message = {"role": "tool", "tool_call_id": call_id, "content": output}
         first = output.strip().splitlines()[-1] if output.strip() else ""
 
@@ -269,7 +270,13 @@ class Recorder:
             """The checkpoint's delta, info and blobs with the values saved later merged in."""
             vars = {**snap.vars, **saved.vars}
             unsaved = {**snap.unsaved, **saved.unsaved}
-            delta = Delta(messages=[message], vars=vars, unsaved=unsaved, tool_call_id=call_id)
+            delta = Delta(
+                messages=[message],
+                vars=vars,
+                unsaved=unsaved,
+                tool_call_id=call_id,
+                outputs=outputs or None,
+            )
             values = {
                 "vars": {**snap.info, **saved.info},
                 "deleted": [n for n, h in vars.items() if h is None],
@@ -307,6 +314,8 @@ class Recorder:
         if snap.unsaved:
             for name, why in snap.unsaved.items():
                 self.events.notice(f"not saved: {name}: {why}")
+        for mime, why in result.dropped:
+            self.events.notice(f"not saved: {mime} of this call's output: {why}")
 
 
 @contextlib.contextmanager

@@ -206,6 +206,7 @@ class Execution:
             info.get("mcp") or [],
             dict(self.settings.mcp_servers),
             self.client.cancel,
+            rich_bytes=self.settings.rich_output_bytes,
         )
         self.window.tools = [*self.toolbox.schemas(), *self._extra_tools]
         lock = self.collaborators.namespace

@@ -159,6 +159,17 @@ class AgentRunsHandler(BaseHandler):
         self.reply({"notebook": rel, "name": name, "runs": runs})
 
 
+class AgentCellsHandler(BaseHandler):
+    """``GET /agents/NAME/cells?notebook=P``: the python calls of an agent's latest run as
+    nbformat code cells with their outputs (secrets redacted), for below its cell."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, name: str) -> None:
+        rel, path, name = await self.agent_params(name)
+        self.reply({"notebook": rel, **await self.call(self.agents.reader.cells, path, name)})
+
+
 class RunHandler(BaseHandler):
     """``GET /runs/RUN[?messages=1]`` (and ``/runs/RUN/checkpoints``): a run, its checkpoints'
     metadata and, with ``messages=1``, the messages each added (secrets redacted)."""
@@ -186,6 +197,7 @@ def handlers(base_url: str) -> list[tuple[str, type[BaseHandler]]]:
         (route("agents"), AgentsHandler),
         (route("agents", _SEGMENT.format("name")), AgentHandler),
         (route("agents", _SEGMENT.format("name"), "runs"), AgentRunsHandler),
+        (route("agents", _SEGMENT.format("name"), "cells"), AgentCellsHandler),
         (route("runs", _SEGMENT.format("run_id")), RunHandler),
         (route("runs", _SEGMENT.format("run_id"), "checkpoints"), RunHandler),
     ]

@@ -28,6 +28,10 @@ class ToolResult:
     error: bool = False
     touched: set[str] = field(default_factory=set)  # names the code may have changed
     executed: bool = True  # False when the call was malformed and nothing ran
+    #: What the call displayed, as nbformat outputs, capped (see :mod:`.rich`); never sent.
+    outputs: list[dict] = field(default_factory=list)
+    #: (MIME type, why) of what the cap left out of ``outputs``.
+    dropped: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass

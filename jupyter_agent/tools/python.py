@@ -1,8 +1,9 @@
 """The built-in ``python`` tool: run code in the notebook's namespace, as a cell would.
 
 The model sees what a person would at the cell: captured stdout/stderr, the
-repr of the last expression, and a short traceback when the code fails, so it
-can notice errors and recover. Output is also shown live in the cell. A call
+text form of the last expression, and a short traceback when the code fails, so it
+can notice errors and recover. Output is also shown live in the cell, the last
+value and figures as a cell shows them (:mod:`.rich`), and kept with the checkpoint. A call
 without a ``code`` string is answered with an error the model can act on;
 nothing is executed.
 """
@@ -22,6 +23,7 @@ from ..core.plan import UPDATE_PLAN_TOOL
 from ..core.redaction import StreamRedactor
 from ..errors import MalformedCall
 from ..namespace.tracking import touched_names
+from . import rich
 from .base import Tool, ToolResult, clip, json_arguments, short_traceback, unknown_tool
 
 PYTHON_TOOL: dict[str, Any] = {
@@ -56,12 +58,15 @@ def parse_call(call: dict) -> str:
     return args["code"]
 
 
-def python_tool(shell: Any) -> Tool:
-    """``python`` in ``shell``: at-least-once, so a call in flight at a crash runs again."""
+def python_tool(shell: Any, rich_bytes: int = rich.RICH_OUTPUT_BYTES) -> Tool:
+    """``python`` in ``shell``: at-least-once, so a call in flight at a crash runs again.
+
+    ``rich_bytes``: what a call keeps of its rich output (see :func:`.rich.cap`).
+    """
     return Tool(
         "python",
         PYTHON_TOOL,
-        run=lambda code: run_python(shell, code),
+        run=lambda code: run_python(shell, code, rich_bytes),
         parse=lambda raw: parse_call({"function": {"name": "python", "arguments": raw}}),
         show=lambda code: code,
         edit=lambda code: code,  # the approver sends code
@@ -155,14 +160,21 @@ def capture() -> Iterator[list[str]]:
         _local.buffer = previous
 
 
-def run_python(shell: Any, code: str) -> ToolResult:
-    """Run ``code`` in the shell's user namespace like a cell, and report what happened."""
+def run_python(shell: Any, code: str, rich_bytes: int = rich.RICH_OUTPUT_BYTES) -> ToolResult:
+    """Run ``code`` in the shell's user namespace like a cell, and report what happened.
+
+    The last value and open figures are displayed as a cell displays them (a
+    value with a text form only is printed, as before); the result's text holds
+    the value's ``text/plain`` form only, its outputs the bundles.
+    """
     touched = touched_names(code)
     namespace = shell.user_ns
     before = set(namespace)
-    result_repr = None
+    outputs: list[dict] = []  # shown once the code has run: a rich value, its figures
+    saved: list[dict] = []  # the value, however it was shown
     error = False
-    with capture() as out:
+    secrets = [s for r in (getattr(_local, "redactors", None) or {}).values() for s in r.secrets]
+    with capture() as out, rich.displays(shell, secrets) as shown:
         try:
             source = shell.transform_cell(code) if hasattr(shell, "transform_cell") else code
             tree = ast.parse(source, filename="<agent>")
@@ -174,25 +186,24 @@ def run_python(shell: Any, code: str) -> ToolResult:
                 value = eval(compile(ast.Expression(last.value), "<agent>", "eval"), namespace)
                 if value is not None:
                     namespace["_"] = value
-                    result_repr = repr(value)
-                    print(result_repr)
-            _show_figures()
+                    result = rich.value_output(shell, value)
+                    if rich.is_plain(result):  # text stays its repr, in the cell and for the model
+                        result["data"][rich.PLAIN] = text = repr(value)
+                        print(text)
+                    else:
+                        text = str(result["data"][rich.PLAIN])
+                        out.append(text + "\n")  # the model's text; the cell shows the bundle
+                        outputs.append(result)
+                    saved.append(result)
+            outputs += rich.figure_outputs(shell)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # SystemExit too: the agent's code must not end the kernel
             error = True
             sys.stderr.write(short_traceback(exc))
     touched |= set(namespace) - before
-    return ToolResult(clip("".join(out)), error=error, touched=touched)
-
-
-def _show_figures() -> None:
-    """Display and close matplotlib figures the code made, as a cell would."""
-    plt = sys.modules.get("matplotlib.pyplot")
-    if plt is None or not plt.get_fignums():
-        return
-    from IPython.display import display
-
-    for num in plt.get_fignums():
-        display(plt.figure(num))
-    plt.close("all")
+    for output in outputs:
+        rich.publish(shell, output, secrets)
+    figures = [o for o in outputs if o["output_type"] == "display_data"]
+    kept, dropped = rich.cap([*shown, *saved, *figures], rich_bytes)
+    return ToolResult(clip("".join(out)), error, touched, outputs=kept, dropped=dropped)

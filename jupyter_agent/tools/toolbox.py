@@ -17,6 +17,7 @@ from . import mcp as mcp_tools
 from . import user as user_tools
 from .base import Tool
 from .python import TOOLS, python_tool
+from .rich import RICH_OUTPUT_BYTES
 
 
 class Toolbox:
@@ -38,10 +39,11 @@ class Toolbox:
         servers: list[str],
         config: dict,
         cancel: threading.Event | None = None,
+        rich_bytes: int = RICH_OUTPUT_BYTES,
     ) -> Toolbox:
         """Resolve ``names`` in the namespace and start ``servers``; :class:`ToolError` if not."""
         functions = [replace(t, in_kernel=True) for t in user_tools.resolve(shell.user_ns, names)]
-        box = cls([python_tool(shell), *functions])
+        box = cls([python_tool(shell, rich_bytes), *functions])
         if servers:
             try:
                 for server in mcp_tools.start(servers, config, cancel):

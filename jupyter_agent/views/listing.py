@@ -330,6 +330,12 @@ class Reader:
             raise NotFound(f"No agent named {name!r} in this notebook.")
         return {**agent_row(detail.summary), "all_runs": [run_row(r) for r in detail.runs]}
 
+    def cells(self, notebook: str, name: str) -> dict[str, Any]:
+        """An agent's python calls as code cells with their outputs (see :mod:`.cells`)."""
+        from .cells import agent_cells
+
+        return agent_cells(self.store, notebook, name, secrets_in_environment())
+
     def runs(self, notebook: str, name: str) -> list[dict[str, Any]]:
         """The runs of an agent, oldest first, each with its status."""
         return self.agent(notebook, name)["all_runs"]

@@ -4,6 +4,8 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
+import { IAgentCells } from './insert';
+
 /** A run's status; the same list as `jupyter_agent.vocab.Status` (a test checks). */
 export type AgentStatus =
   | 'running'
@@ -108,4 +110,10 @@ async function request<T>(path: string, init: RequestInit = {}): Promise<T> {
 /** The agents of a notebook, by its path relative to the server root. */
 export function listAgents(notebook: string): Promise<IAgentList> {
   return request<IAgentList>(`agents?${URLExt.objectToQueryString({ notebook }).slice(1)}`);
+}
+
+/** An agent's python calls as code cells with their outputs (its latest run). */
+export function agentCells(notebook: string, name: string): Promise<IAgentCells> {
+  const query = URLExt.objectToQueryString({ notebook });
+  return request<IAgentCells>(`agents/${encodeURIComponent(name)}/cells${query}`);
 }

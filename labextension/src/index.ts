@@ -4,7 +4,8 @@
  * - a status badge on every `%%agent` cell (done, interrupted at step k,
  *   awaiting approval, running), from the server, before any kernel runs;
  * - an "Agents" side panel with each agent's status and a compact timeline;
- * - "Resume interrupted agents", as a command and a notebook toolbar button.
+ * - "Resume interrupted agents", as a command and a notebook toolbar button;
+ * - an agent's python calls as code cells (`%agent cells`, or the panel).
  */
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette, ISessionContextDialogs } from '@jupyterlab/apputils';
@@ -14,6 +15,7 @@ import { DisposableDelegate } from '@lumino/disposable';
 
 import { NotebookAgents } from './agents';
 import { agentIcon } from './icon';
+import { listenForCells } from './insert';
 import { AgentsPanel } from './panel';
 import { resumeInterrupted } from './resume';
 
@@ -48,6 +50,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     tracker.widgetAdded.connect((_, notebook) => {
       const agents = new NotebookAgents(notebook);
       models.set(notebook, agents);
+      listenForCells(notebook);
       notebook.disposed.connect(() => models.delete(notebook));
       panel.rebind();
     });

@@ -7,8 +7,9 @@ import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 
 import { IAgentEntry, IAgentNode, NotebookAgents, agentTree, describe } from './agents';
-import { ITimelineEntry } from './api';
+import { agentCells, ITimelineEntry } from './api';
 import { agentIcon } from './icon';
+import { insertCells } from './insert';
 
 /** How many checkpoints the compact timeline shows (the latest ones). */
 const TIMELINE_MAX = 60;
@@ -125,6 +126,15 @@ export class AgentsPanel extends Widget {
       row.classList.add('jp-mod-clickable');
       row.addEventListener('click', () => void scrollToCell(agents, target));
     }
+    if (cell && agent.steps > 0) {
+      const button = el('button', 'jp-AgentsPanel-cells jp-mod-styled', 'Insert as cells');
+      button.title = "Insert the agent's python calls below its cell, with their outputs";
+      button.addEventListener('click', event => {
+        event.stopPropagation(); // not a click on the row, which scrolls to the cell
+        void insertFromStore(agents, agent.name, button);
+      });
+      row.appendChild(button);
+    }
     if (node.children.length) {
       const children = el('ul', 'jp-AgentsPanel-children');
       for (const child of node.children) {
@@ -156,6 +166,21 @@ function timeline(entries: ITimelineEntry[]): HTMLElement {
     bar.appendChild(tick);
   }
   return bar;
+}
+
+/** Insert an agent's python calls, as the server reads them, below its cell. */
+async function insertFromStore(
+  agents: NotebookAgents,
+  name: string,
+  button: HTMLElement
+): Promise<void> {
+  try {
+    const data = await agentCells(agents.panel.context.localPath, name);
+    const count = insertCells(agents.panel, data);
+    button.textContent = count ? `Inserted ${count} cells` : 'No python calls';
+  } catch (error) {
+    button.textContent = `Not inserted: ${(error as Error).message}`;
+  }
 }
 
 async function scrollToCell(agents: NotebookAgents, entry: IAgentEntry): Promise<void> {

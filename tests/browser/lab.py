@@ -90,6 +90,13 @@ def _isolated_env(base: Path, extra: Mapping[str, str] | None) -> dict[str, str]
         path.mkdir(parents=True, exist_ok=True)
         env[name] = str(path)
     env["JUPYTER_PLATFORM_DIRS"] = "1"
+    # This checkout's built extension comes first (the user data dir), over an installed one.
+    built = Path(__file__).resolve().parents[2] / "jupyter_agent" / "labextension"
+    if (built / "package.json").exists():
+        link = dirs["JUPYTER_DATA_DIR"] / "labextensions" / "jupyter-agent"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(built, target_is_directory=True)
     settings_dir = dirs["JUPYTER_CONFIG_DIR"] / "lab" / "user-settings"
     for rel, value in _QUIET_SETTINGS.items():
         target = settings_dir / rel

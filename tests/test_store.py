@@ -395,10 +395,10 @@ def test_delete_collects_blob_files_nothing_refers_to(tmp_path):
         w.put_checkpoint(blob_row(run_id, 0, [digest]), b"")
         w.close()
     orphan = store.blob_dir / "33" / ("33" * 16)  # written by a kernel that died before its record
-    orphan.parent.mkdir(mode=0o700)
+    orphan.parent.mkdir(mode=0o700, exist_ok=True)  # a random hash may share its folder
     orphan.write_bytes(b"x")
     fresh = store.blob_dir / "44" / ("44" * 16)  # a writer may be about to journal this one
-    fresh.parent.mkdir(mode=0o700)
+    fresh.parent.mkdir(mode=0o700, exist_ok=True)
     fresh.write_bytes(b"y")
     old = time.time() - 3600
     for p in store.blob_dir.glob("*/*"):

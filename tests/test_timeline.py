@@ -421,7 +421,7 @@ def test_fork_from_an_earlier_checkpoint(
     scripted.set_script([*SCRIPT[:1], {"content": "OK.", **call("c = a * 10")}, SCRIPT[2]])
     w._on_message(w, {"type": "fork", "run": original, "step": 3, "instruction": "Set c."}, [])
     assert current().wait_all(30)
-    assert w.notice["text"] == ""  # "Forking from step 3…" while it ran
+    assert w.notice["text"] == ""  # "Forking from checkpoint 3…" while it ran
     runs = store.runs()
     assert len(runs) == 2
     fork = runs[1]
@@ -473,7 +473,7 @@ def test_rewind_namespace(shell: InteractiveShell, timeline_widget: widget.Timel
     result = w.rewind(w.run_id, 3)
     assert result.restored == ["a"] and result.removed == ["b"]
     assert shell.user_ns["a"] == 1 and "b" not in shell.user_ns
-    assert w.notice["text"].startswith("Namespace rewound to step 3; restored a; removed b.")
+    assert w.notice["text"].startswith("Namespace rewound to checkpoint 3; restored a; removed b.")
     w._on_message(w, {"type": "rewind", "run": w.run_id, "step": 7}, [])
     assert shell.user_ns["b"] == 2
     assert "gen:" in w.notice["text"] and "left as it is" in w.notice["text"]

@@ -19,7 +19,7 @@ from ..core import history
 from ..core.redaction import redact, secrets_in_environment
 from ..core.state import fold
 from ..store.api import Store
-from ..vocab import printable
+from ..vocab import plural, printable, tokens
 from .commands import checkpoint_dict, find, latest_row, notebook_arg
 
 
@@ -63,7 +63,7 @@ def _markdown(data: dict[str, Any], label: str) -> str:
         "",
         f"- notebook: `{printable(data['notebook'])}`",
         f"- run: `{data['run_id']}` · model `{data['model']}`",
-        f"- status: {label} · {data['steps']} steps · {data['tokens']} tokens",
+        f"- status: {label} · {plural(data['steps'], 'step')} · {tokens(data['tokens'])}",
         "",
         "## Transcript",
     ]

@@ -309,7 +309,7 @@ class TimelineWidget(anywidget.AnyWidget):
                 self.say(_decided("Rejected", child, self.timeline.agent))
             elif kind == "fork":
                 self.fork(content["run"], content["step"], content.get("instruction") or "")
-                self.say(f"Forking from step {content['step']}…")
+                self.say(f"Forking from checkpoint {content['step']}…")
             elif kind == "rewind":
                 self.rewind(content["run"], content["step"])
             elif kind == "pause" and self.pause():

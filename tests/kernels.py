@@ -27,7 +27,15 @@ class Execution:
 
     @property
     def text(self) -> str:
-        return self.stdout + self.stderr
+        """Streams, then the text of every display and update of one (an agent cell shows
+        its progress in one display updated in place: each state it went through)."""
+        shown = [
+            out["data"]["text/plain"]
+            for out in self.outputs
+            if "text/plain" in out.get("data", {})
+            and (out.get("transient") or {}).get("display_id")
+        ]
+        return self.stdout + self.stderr + "".join(f"\n{text}\n" for text in shown)
 
 
 class Kernel:

@@ -165,11 +165,18 @@ def test_text_repr_is_deterministic(
     shell: InteractiveShell, timeline_widget: widget.TimelineWidget
 ) -> None:
     data, _ = shell.display_formatter.format(timeline_widget)
-    # Shown only where the widget is not (an untrusted notebook, nbconvert): it must
-    # not claim the widget shows "in JupyterLab", where it may be read.
-    text = f"Agent timeline of {AGENT}: not displayed here; %agent timeline {AGENT} shows it"
+    # Shown only where the widget is not (a terminal, nbconvert, nbval): the line
+    # docs/timeline.md gives, and never the command that was just run to show it.
+    text = (
+        f"Agent timeline of {AGENT} (a widget: shown in JupyterLab and Notebook 7 with its kernel)"
+    )
     assert data["text/plain"] == text
+    assert "%agent timeline" not in text
+    docs = (Path(__file__).parents[1] / "docs" / "timeline.md").read_text()
+    assert text.replace(AGENT, "NAME") in " ".join(docs.split())
     assert "application/vnd.jupyter.widget-view+json" in data
+    # A notebook viewer without widgets (nbconvert, GitHub) shows this instead.
+    assert f"Agent timeline of <b>{AGENT}</b>" in data["text/html"]
     assert repr(timeline_widget) == text
 
 

@@ -4,7 +4,8 @@
  * - a status badge on every `%%agent` cell (done, interrupted at step k,
  *   awaiting approval, running), from the server, before any kernel runs;
  * - an "Agents" side panel with each agent's status and a compact timeline;
- * - "Resume interrupted agents", as a command and a notebook toolbar button.
+ * - "Resume interrupted agents", as a command and a notebook toolbar button;
+ * - a saved timeline reopened without its kernel shows a line, not an error.
  */
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette, ISessionContextDialogs } from '@jupyterlab/apputils';
@@ -13,6 +14,7 @@ import { ToolbarButton } from '@jupyterlab/ui-components';
 import { DisposableDelegate } from '@lumino/disposable';
 
 import { NotebookAgents } from './agents';
+import { registerTimelineFallback } from './fallback';
 import { agentIcon } from './icon';
 import { AgentsPanel } from './panel';
 import { resumeInterrupted } from './resume';
@@ -87,6 +89,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
           }
         });
         notebook.toolbar.insertAfter('cellType', 'jupyter-agent-resume', button);
+        // Before its outputs render: a saved timeline shows a line, not an error.
+        registerTimelineFallback(notebook);
         return new DisposableDelegate(() => button.dispose());
       }
     });

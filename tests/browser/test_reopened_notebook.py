@@ -70,3 +70,12 @@ def test_a_reopened_agent_cell_shows_its_fallback_not_an_error(
     panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
     assert "model not found" not in panel.inner_text()
     assert "Error displaying widget" not in panel.inner_text()
+
+    # Notebook 7 renders outputs with the same extensions.
+    page.goto(f"{server.url}/notebooks/{NOTEBOOK}?token={server.token}")
+    outputs = page.locator(".jp-OutputArea-output")
+    expect(outputs.get_by_text("Agent report · done after").first).to_be_visible(timeout=45_000)
+    expect(outputs.get_by_text("Agent timeline of report").first).to_be_visible()
+    page.wait_for_timeout(3_000)
+    page.screenshot(path=artifacts_dir / "reopened-notebook7.png")
+    assert "model not found" not in page.locator(".jp-Notebook").inner_text()

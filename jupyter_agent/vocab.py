@@ -159,6 +159,15 @@ def plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
+def tokens(n: int) -> str:
+    """A token count as every message writes it: ``1,658 tokens``, ``1 token``.
+
+    The one format: the timeline, the lists and the JupyterLab extension group
+    digits the same way, and an estimate is said as such next to it, not with a mark.
+    """
+    return plural(n, "token")
+
+
 def status_text(
     status: str, steps: int, info: Mapping[str, Any] | None = None, *, idle: float | None = None
 ) -> str:
@@ -192,13 +201,23 @@ def status_text(
 
 
 def budget_text(info: Mapping[str, Any]) -> str:
-    """ "paused at the budget: 48,210 of 50,000 tokens" from a budget checkpoint's info."""
+    """ "paused at the budget: 48,210 of 50,000 tokens; the next step was estimated at
+    2,400 tokens" from a budget checkpoint's info (a run pauses before a step that would
+    cross its budget, so the estimate says why it paused below it)."""
     spent, budget = info.get("spent"), info.get("budget")
     if isinstance(spent, int) and isinstance(budget, int):
-        return f"paused at the budget: {spent:,} of {budget:,} tokens"
+        text = f"paused at the budget: {spent:,} of {tokens(budget)}"
+        estimate = info.get("next")
+        if isinstance(estimate, int):  # why it paused below the budget
+            text += f"; the next step was estimated at {tokens(estimate)}"
+        return text
     cost, budget_cost = info.get("cost"), info.get("budget_cost")
     if isinstance(cost, int | float) and isinstance(budget_cost, int | float):
-        return f"paused at the budget: ${cost:,.2f} of ${budget_cost:,.2f}"
+        text = f"paused at the budget: ${cost:,.2f} of ${budget_cost:,.2f}"
+        estimate = info.get("next_cost")
+        if isinstance(estimate, int | float):
+            text += f"; the next step was estimated at ${estimate:,.2f}"
+        return text
     return Status.BUDGET.label()
 
 
@@ -208,7 +227,7 @@ def checkpoint_text(kind: str, info: Mapping[str, Any]) -> str:
         before, after = info.get("before_tokens"), info.get("after_tokens")
         text = Kind.COMPACTION.label()
         if isinstance(before, int) and isinstance(after, int):
-            text += f": {before:,} → {after:,} tokens"
+            text += f": {before:,} → {tokens(after)}"
         if info.get("strategy"):
             text += f" ({info['strategy']})"
         return text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,36 @@ class Execution:
 
     @property
     def text(self) -> str:
-        return self.stdout + self.stderr
+        """Streams, then each display updated in place (an agent cell's output) as the
+        lines it showed over time: every line of its tail once, then its latest end."""
+        shown: dict[str, tuple[int, list[str], list[str], list[str]]] = {}
+        for out in self.outputs:
+            display = (out.get("transient") or {}).get("display_id")
+            if display and "text/plain" in out.get("data", {}):
+                earlier, tail, end = _parts(out["data"]["text/plain"])
+                before, seen, old, _ = shown.get(display, (0, [], [], []))
+                shift = earlier - before  # lines that left the tail since the last update
+                new = tail[max(0, len(old) - shift) :] if 0 <= shift <= len(old) else tail
+                shown[display] = (earlier, seen + new, tail, end)
+        parts = ["\n".join(end[:1] + seen + end[1:]) for _, seen, _, end in shown.values()]
+        return self.stdout + self.stderr + "".join(f"\n{part}\n" for part in parts)
+
+
+def _parts(text: str) -> tuple[int, list[str], list[str]]:
+    """An agent cell's display text: its earlier-lines count, its tail, and its
+    header, answer and pointer (see jupyter_agent.views.cell)."""
+    lines = text.split("\n")
+    earlier, tail, end = 0, [], [lines[0]]
+    for i, line in enumerate(lines[1:], 1):
+        match = re.fullmatch(r"  … ([\d,]+) earlier lines?", line)
+        if match:
+            earlier = int(match.group(1).replace(",", ""))
+        elif line.startswith("  "):
+            tail.append(line)
+        else:
+            end += lines[i:]
+            break
+    return earlier, tail, end
 
 
 class Kernel:

@@ -80,6 +80,8 @@ def outputs_text(path: Path) -> list[str]:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "stream":
                 parts.append(out["text"])
+            elif out.get("output_type") == "display_data":  # an agent cell's output
+                parts.append(out["data"].get("text/plain", "") + "\n")
             elif out.get("output_type") == "error":
                 parts.append(f"{out['ename']}: {out['evalue']}")
         texts.append("".join(parts))

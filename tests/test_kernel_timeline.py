@@ -260,7 +260,7 @@ def test_rewind_namespace(
     notice = state(kernel, model_id)["notice"]
     assert (
         notice["text"]
-        == f"Namespace rewound to step {first_result['step']}; restored a; removed b."
+        == f"Namespace rewound to checkpoint {first_result['step']}; restored a; removed b."
     )
 
 

@@ -127,8 +127,9 @@ def test_timeline_without_a_frontend_says_where_it_shows(ip, capsys):
     capsys.readouterr()
     ip.run_line_magic("agent", "timeline adder")
     out = capsys.readouterr().out
-    assert "widget, shown in JupyterLab and Notebook 7" in out
+    assert "a widget: shown in JupyterLab and Notebook 7" in out
     assert "%agent show adder" in out
+    assert "%agent timeline" not in out  # not the command just run
 
 
 def test_quotes_around_option_values_are_removed(ip, store_path, capsys):

@@ -165,11 +165,18 @@ def test_text_repr_is_deterministic(
     shell: InteractiveShell, timeline_widget: widget.TimelineWidget
 ) -> None:
     data, _ = shell.display_formatter.format(timeline_widget)
-    # Shown only where the widget is not (an untrusted notebook, nbconvert): it must
-    # not claim the widget shows "in JupyterLab", where it may be read.
-    text = f"Agent timeline of {AGENT}: not displayed here; %agent timeline {AGENT} shows it"
+    # Shown only where the widget is not (a terminal, nbconvert, nbval): the line
+    # docs/timeline.md gives, and never the command that was just run to show it.
+    text = (
+        f"Agent timeline of {AGENT} (a widget: shown in JupyterLab and Notebook 7 with its kernel)"
+    )
     assert data["text/plain"] == text
+    assert "%agent timeline" not in text
+    docs = (Path(__file__).parents[1] / "docs" / "timeline.md").read_text()
+    assert text.replace(AGENT, "NAME") in " ".join(docs.split())
     assert "application/vnd.jupyter.widget-view+json" in data
+    # A notebook viewer without widgets (nbconvert, GitHub) shows this instead.
+    assert f"Agent timeline of <b>{AGENT}</b>" in data["text/html"]
     assert repr(timeline_widget) == text
 
 
@@ -421,7 +428,7 @@ def test_fork_from_an_earlier_checkpoint(
     scripted.set_script([*SCRIPT[:1], {"content": "OK.", **call("c = a * 10")}, SCRIPT[2]])
     w._on_message(w, {"type": "fork", "run": original, "step": 3, "instruction": "Set c."}, [])
     assert current().wait_all(30)
-    assert w.notice["text"] == ""  # "Forking from step 3…" while it ran
+    assert w.notice["text"] == ""  # "Forking from checkpoint 3…" while it ran
     runs = store.runs()
     assert len(runs) == 2
     fork = runs[1]
@@ -473,7 +480,7 @@ def test_rewind_namespace(shell: InteractiveShell, timeline_widget: widget.Timel
     result = w.rewind(w.run_id, 3)
     assert result.restored == ["a"] and result.removed == ["b"]
     assert shell.user_ns["a"] == 1 and "b" not in shell.user_ns
-    assert w.notice["text"].startswith("Namespace rewound to step 3; restored a; removed b.")
+    assert w.notice["text"].startswith("Namespace rewound to checkpoint 3; restored a; removed b.")
     w._on_message(w, {"type": "rewind", "run": w.run_id, "step": 7}, [])
     assert shell.user_ns["b"] == 2
     assert "gen:" in w.notice["text"] and "left as it is" in w.notice["text"]

@@ -85,7 +85,10 @@ def model(body: dict) -> dict:
 EXPECTED = {
     "finished": ("done", r"done after 2 steps"),
     "sleeper": ("interrupted", r"interrupted at step 1"),
-    "pricey": ("budget", r"paused at the budget: [\d,]+ of 5,000 tokens"),
+    "pricey": (
+        "budget",
+        r"paused at the budget: [\d,]+ of 5,000 tokens; the next step was estimated at [\d,]+ tokens",
+    ),
     "looper": ("stuck", r"stuck: the same tool call failed 3 times .*"),
     "asker": ("awaiting_approval", r"waiting for approval"),
     "lead": ("done", r"done after 2 steps"),

@@ -130,3 +130,61 @@ def test_a_ledger_adds_cached_tokens_and_priced_costs() -> None:
     both = vocab.added(total, vocab.ledger([{"info": {"cost_usd": 0.25}}]))
     assert both["cost_usd"] == 0.75 and both["tokens"] == 12
     assert vocab.cache_hit_rate(10, 6) == 0.6 and vocab.cache_hit_rate(0, 0) is None
+
+
+# -- one vocabulary in every message ---------------------------------------------------
+
+#: A checkpoint's number written as a step ("⚠ step 9: …", "rewound to step 6").
+_STEP_NUMBER = re.compile(r"\bstep (?:\{|\$\{)(?!steps\b)")
+
+
+def test_a_checkpoint_number_is_never_called_a_step() -> None:
+    sources = [*(ROOT / "jupyter_agent").rglob("*.py"), *(ROOT / "jupyter_agent").rglob("*.js")]
+    sources += (ROOT / "labextension" / "src").glob("*.ts")
+    found = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in sources
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if _STEP_NUMBER.search(line)
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_token_counts_have_one_format() -> None:
+    assert vocab.tokens(1658) == "1,658 tokens" and vocab.tokens(1) == "1 token"
+    info = {"strategy": "trim", "before_tokens": 41200, "after_tokens": 9800}
+    assert vocab.tokens(41200).split()[0] in vocab.checkpoint_text("compaction", info)
+    # The timeline and the JupyterLab extension write them as the Python side does.
+    js = (ROOT / "jupyter_agent" / "kernel" / "static" / "timeline.js").read_text()
+    assert '"~"' not in js and " tok`" not in js and 'toLocaleString("en-US")' in js
+    for name in ("agents.ts", "panel.ts"):
+        ts = (ROOT / "labextension" / "src" / name).read_text()
+        assert "${agent.tokens} tokens" not in ts, name
+
+
+def test_a_budget_pause_says_what_the_next_step_was_estimated_at() -> None:
+    info = {"spent": 0, "budget": 800, "next": 1234}
+    assert vocab.budget_text(info) == (
+        "paused at the budget: 0 of 800 tokens; the next step was estimated at 1,234 tokens"
+    )
+    cost = {"cost": 0.5, "budget_cost": 0.6, "next_cost": 0.25, "next": 900}
+    assert vocab.budget_text(cost) == (
+        "paused at the budget: $0.50 of $0.60; the next step was estimated at $0.25"
+    )
+    assert vocab.budget_text({"spent": 1, "budget": 2}) == "paused at the budget: 1 of 2 tokens"
+
+
+def test_a_child_agents_lines_carry_its_name() -> None:
+    import io
+
+    out = io.StringIO()
+    child = render.TextEvents(out, label="helper")
+    child.info("↳ looked it up")
+    child.text("The answer\nis 42")
+    child.notice("slow")
+    assert out.getvalue().splitlines() == [
+        "[helper] ↳ looked it up",
+        "[helper] The answer",
+        "[helper] is 42",
+        "[helper] ⚠ slow",
+    ]

@@ -22,7 +22,7 @@ from ..core.redaction import redact, secrets_in_environment
 from ..core.state import fold
 from ..store.api import Store
 from ..views import cells as cell_views
-from ..vocab import printable
+from ..vocab import plural, printable, tokens
 from .commands import Refused, agents_of, checkpoint_dict, find, latest_row, notebook_arg
 
 #: The formats that write code cells rather than a transcript.
@@ -120,7 +120,7 @@ def _markdown(data: dict[str, Any], label: str) -> str:
         "",
         f"- notebook: `{printable(data['notebook'])}`",
         f"- run: `{data['run_id']}` · model `{data['model']}`",
-        f"- status: {label} · {data['steps']} steps · {data['tokens']} tokens",
+        f"- status: {label} · {plural(data['steps'], 'step')} · {tokens(data['tokens'])}",
         "",
         "## Transcript",
     ]

@@ -35,7 +35,7 @@ class Rewound:
     unsaved: dict[str, str]
 
     def message(self) -> str:
-        parts = [f"Namespace rewound to step {self.step}"]
+        parts = [f"Namespace rewound to checkpoint {self.step}"]
         if self.restored:
             parts.append("restored " + ", ".join(self.restored))
         if self.removed:
@@ -62,7 +62,7 @@ def state_at(timeline: Timeline, run: RunRow, step: int) -> RunState:
     segments = [*timeline.segments(run, whole=True)[:-1], (run.run_id, step)]
     state = fold(timeline.store.payloads(segments))
     if state.step != step:
-        raise NotFound(f"Run {run.run_id} has no checkpoint at step {step}.")
+        raise NotFound(f"Run {run.run_id} has no checkpoint {step}.")
     return state
 
 

@@ -88,7 +88,7 @@ class Delegation:
             and r.info.get("parent_call") == call_id
         ]
         key = (notebook, agent)
-        events = self.runtime.events(key, TextEvents(), store=store)
+        events = self.runtime.events(key, TextEvents(label=agent), store=store)
         collaborators = replace(parent.collaborators, events=events, cancel=parent.client.cancel)
         with self.runtime.claimed(key):
             if mine:

@@ -8,6 +8,7 @@ saying what to do, raised before anything is written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -23,11 +24,14 @@ from ..errors import AgentBusy, AgentError, BudgetError, Cancelled, UsageProblem
 from ..loop.runs import load_state
 from ..model.base import APIS
 from ..store.api import RunRow, Store
+from ..tools.python import showing_in
+from ..views.cell import CellEvents
 from ..views.listing import Reader, agents_text, checkpoint_line
 from ..views.render import TextEvents, known_steps
 from ..vocab import plural, printable
 from . import runner
 from .after import After
+from .cell_output import LiveCell
 from .cells import insert_cells, show_restored
 from .identity import AgentIdentity, notebook_path, other_store, resolve
 from .options import HelpShown, cell_arguments, line_parser, parse_cell, parser_of, split_line
@@ -285,8 +289,11 @@ class AgentMagics(Magics):
         identity = request.identity
         key = (identity.notebook, identity.agent)
         # The timeline's first load and the run's reads share one open of the store.
+        # In a kernel the cell shows one bounded display, updated in place; elsewhere
+        # (terminal IPython) the progress is printed as lines.
+        live = LiveCell(identity.agent) if getattr(self.shell, "kernel", None) else None
         with runtime.claimed(key), runtime.reads() as reads:
-            text = TextEvents()
+            text = CellEvents(live) if live is not None else TextEvents()
             view = self._show_timeline(runtime.store(), identity) if cell else None
             # Steps so far, for the output, read in this session rather than later.
             text.known = (
@@ -297,14 +304,18 @@ class AgentMagics(Magics):
             outcome: Outcome | None = None
             try:
                 events = runtime.events(key, text)
-                outcome = runtime.run(request, settings, events, reads=reads)
+                with showing_in(live) if live is not None else contextlib.nullcontext():
+                    outcome = runtime.run(request, settings, events, reads=reads)
             finally:
                 # A restore wrote nothing: the timelines show the store as it is already.
                 wrote = outcome is None or outcome.action not in ("restore", "waiting")
                 runtime.refresh(key, reread=wrote)
+                if outcome is None and live is not None:
+                    live.failed()  # its error follows; the header must not say running
         report(
             outcome,
             identity,
+            live,
             restored=lambda: show_restored(runtime.store(), outcome.run, self.shell),
         )
         return outcome
@@ -461,10 +472,7 @@ class AgentMagics(Magics):
             options=self._settings,
         )
         if getattr(self.shell, "kernel", None) is None:  # terminal IPython shows no widgets
-            print(
-                f"The timeline is a widget, shown in JupyterLab and Notebook 7. "
-                f"Here, %agent show {run.agent} prints the checkpoints of agent {run.agent}."
-            )
+            print(f"Here, %agent show {run.agent} prints the checkpoints of agent {run.agent}.")
 
     def _cmd_cells(self, args: argparse.Namespace) -> None:
         insert_cells(self._store(), self._find(args.name), self.shell, replace=args.replace)
@@ -492,9 +500,12 @@ def report(
 ) -> None:
     """The closing lines of a cell: what was restored, and the answer.
 
-    ``restored``: shows a restored run's outputs again, before its answer.
+    Into ``file`` (default: stdout); a :class:`LiveCell` also takes the run's
+    final status and answer, shown below its tail. ``restored`` shows a restored
+    run's outputs again, before its answer.
     """
     state = outcome.state
+    live = file if isinstance(file, LiveCell) else None
     if outcome.action == "restore":
         print(
             f"Agent {identity.agent} finished earlier ({plural(state.model_calls, 'step')}); restored "
@@ -504,7 +515,8 @@ def report(
         )
         if restored is not None:
             restored()
-        print(state.final_answer() or "", file=file)
+        if live is None:
+            print(state.final_answer() or "", file=file)
     elif outcome.action == "waiting":
         call = state.pending_tool_call() or {}
         from ..views.render import format_call
@@ -515,6 +527,9 @@ def report(
             f"Approve with %agent approve {identity.agent}, or reject with %agent reject {identity.agent} --note '...'.",
             file=file,
         )
+    if live is not None:
+        answer = state.final_answer() if state.status == DONE else None
+        live.finish(state.status, state.model_calls, answer)
 
 
 def _at_least(proposal: Any, low: float, why: str) -> Any:

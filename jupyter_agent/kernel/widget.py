@@ -17,6 +17,7 @@ for more.
 from __future__ import annotations
 
 import contextlib
+import html
 import sys
 import threading
 import time
@@ -41,9 +42,19 @@ from .runtime import AgentRuntime, Job, Key, current
 
 STATIC = Path(__file__).parent / "static"
 #: The text/plain of the widget: shown only where the widget is not (no widget
-#: manager, an untrusted notebook, nbconvert, a terminal), and what nbval
-#: compares, so deterministic on purpose (no ids, times or counts).
-TEXT_REPR = "Agent timeline of {agent}: not displayed here; %agent timeline {agent} shows it"
+#: manager, nbconvert, a terminal), and what nbval compares, so deterministic on
+#: purpose (no ids, times or counts). docs/timeline.md quotes it. It names no
+#: command: in a terminal, the command just run is what printed it.
+TEXT_REPR = (
+    "Agent timeline of {agent} (a widget: shown in JupyterLab and Notebook 7 with its kernel)"
+)
+#: Marks a timeline's output for the lab extension (labextension/src/fallback.ts).
+TIMELINE_MIME = "application/vnd.jupyter-agent.timeline+json"
+#: Its text/html, for notebook viewers without widgets (nbconvert, GitHub).
+HTML_REPR = (
+    "<div class='jp-agent-timeline-fallback'>Agent timeline of <b>{agent}</b> "
+    "(a widget: shown in JupyterLab and Notebook 7 with its kernel)</div>"
+)
 LOG_LIMIT = 20_000  # characters of background output a widget keeps
 SNAPSHOT_EVERY = 50  # appends between list refreshes that heal a view that missed some
 _ABSENT = object()
@@ -94,6 +105,17 @@ class TimelineWidget(anywidget.AnyWidget):
 
     def __repr__(self) -> str:
         return TEXT_REPR.format(agent=self.timeline.agent)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        """The widget's view, with a text and an HTML fallback for where it cannot render."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is not None:  # (data, metadata)
+            agent = self.timeline.agent
+            bundle[0]["text/html"] = HTML_REPR.format(agent=html.escape(agent))
+            # The lab extension's renderer of it shows this line until the view renders,
+            # and instead of "model not found" in a notebook reopened without its kernel.
+            bundle[0][TIMELINE_MIME] = {"agent": agent, "text": TEXT_REPR.format(agent=agent)}
+        return bundle
 
     @property
     def key(self) -> Key:
@@ -309,7 +331,7 @@ class TimelineWidget(anywidget.AnyWidget):
                 self.say(_decided("Rejected", child, self.timeline.agent))
             elif kind == "fork":
                 self.fork(content["run"], content["step"], content.get("instruction") or "")
-                self.say(f"Forking from step {content['step']}…")
+                self.say(f"Forking from checkpoint {content['step']}…")
             elif kind == "rewind":
                 self.rewind(content["run"], content["step"])
             elif kind == "pause" and self.pause():

@@ -41,6 +41,8 @@ Threads
    store read of the REST API, so the server's event loop never waits.
 9. **Warm-up** (:func:`jupyter_agent.model.http.warm_up`): imports and the SSL
    context, once per kernel, touching no shared state but module imports.
+10. **A cell output's update timer** (:class:`jupyter_agent.kernel.cell_output.LiveCell`):
+    shows what a throttled write left unshown, under that output's lock only.
 
 Widgets' traits are set from whichever thread reports progress (2 or 1); the
 kernel sends them to the browser from there.
@@ -100,7 +102,8 @@ it in this list, so no two threads ever wait for each other:
 7. **Leaf locks**, held for a few statements, waiting for nothing of ours:
    :attr:`AgentRuntime._lock` (claims, views, store handles; views are called
    after it is released), the runtime singleton's ``_current_lock``, the
-   widgets' ``_cell_lock`` (each cell's widget), the stale reader's ``_lock``
+   widgets' ``_cell_lock`` (each cell's widget), a cell output's ``_lock``
+   (:class:`~jupyter_agent.kernel.cell_output.LiveCell`), the stale reader's ``_lock``
    (never held during a read), the model client's ``_quirks_lock`` and
    ``_http_lock``, the PostgreSQL ``_ready_lock`` (and ``pg_advisory_xact_lock``
    around DDL across processes).

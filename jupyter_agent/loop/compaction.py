@@ -169,6 +169,7 @@ class Window:
             "cost": spent_cost,
             "budget_cost": self.budget.cost,
             "next": prompt_tokens + completion,
+            "next_cost": next_cost if self.budget.cost is not None else None,
         }
         self.recorder.checkpoint("budget", BUDGET, vocab.budget_text(info), info=info)
         raise Stop()

@@ -312,7 +312,7 @@ class Execution:
                         {"role": "tool", "tool_call_id": call["id"], "content": FORK_SKIPPED}
                     )
             messages.append({"role": "user", "content": redact(instruction, self.settings.secrets)})
-        where = f"forked from step {self.run.parent_step}"
+        where = f"forked from checkpoint {self.run.parent_step}"
         self.recorder.checkpoint(
             "fork",
             RUNNING,

@@ -184,7 +184,7 @@ class ToolStep:
                 recorder.tracker.rebase(recorder.shell.user_ns)
             if in_flight:
                 events.notice(
-                    f"step {state.step}: this {name} call was running when the agent "
+                    f"checkpoint {state.step}: this {name} call was running when the agent "
                     "stopped; running it again"
                 )
             shown = tool.show(args)

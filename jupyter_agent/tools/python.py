@@ -87,24 +87,28 @@ class _ThreadTee(io.TextIOBase):
     def _redactor(self) -> StreamRedactor | None:
         return (getattr(self._local, "redactors", None) or {}).get(self._name)
 
+    def _shown_in(self) -> Any:
+        """Where this thread's output is shown: its sink (see :func:`showing_in`), or the cell."""
+        return getattr(self._local, "sink", None) or self._target
+
     def write(self, text: str) -> int:
         buffer = getattr(self._local, "buffer", None)
         if buffer is not None:
             buffer.append(text)  # the result is redacted with the checkpoint
         redactor = self._redactor()
         if redactor is None:
-            return self._target.write(text)
+            return self._shown_in().write(text)
         shown = redactor.feed(text)
         if shown:
-            self._target.write(shown)
+            self._shown_in().write(shown)
         return len(text)
 
     def flush(self) -> None:
         redactor = self._redactor()
         rest = redactor.drain() if redactor is not None else ""
         if rest:
-            self._target.write(rest)
-        self._target.flush()
+            self._shown_in().write(rest)
+        self._shown_in().flush()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._target, name)
@@ -145,6 +149,23 @@ def redacting(secrets: list[str]) -> Iterator[None]:
             with contextlib.suppress(Exception):
                 tee.flush()
         _local.redactors = previous
+
+
+@contextmanager
+def showing_in(sink: Any) -> Iterator[None]:
+    """Show what this thread prints in ``sink`` (a text stream) instead of the cell's stream.
+
+    A ``%%agent`` cell shows its tools' output in its bounded display, which
+    keeps a tail of it, so a call printing megabytes does not write them into
+    the notebook. What the tools print is still captured whole for the model.
+    """
+    _tee()
+    previous = getattr(_local, "sink", None)
+    _local.sink = sink
+    try:
+        yield
+    finally:
+        _local.sink = previous
 
 
 @contextmanager

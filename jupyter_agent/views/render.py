@@ -42,9 +42,12 @@ class TextEvents:
         *,
         store: Store | None = None,
         known: dict[str, tuple[int, int]] | None = None,
+        label: str = "",
     ) -> None:
         self._out = out
         self._mid_line = False
+        #: Starts each line: a child agent's name, so its lines read apart from its parent's.
+        self._prefix = f"[{printable(label)}] " if label else ""
         self.store = store  # to count the steps a resumed or forked run had done
         #: Per run, its last checkpoint's number and its steps, as already read
         #: (:meth:`jupyter_agent.views.timeline.Timeline.known_steps`): used when the run
@@ -77,13 +80,22 @@ class TextEvents:
         if self._mid_line:
             self.out.write("\n")
             self._mid_line = False
-        self.out.write(text + "\n")
+        self._write(text + "\n")
         self._flush()
 
     def text(self, chunk: str) -> None:
-        self.out.write(chunk)
-        self._flush()
-        self._mid_line = not chunk.endswith("\n")
+        if chunk:
+            self._write(chunk)
+            self._flush()
+            self._mid_line = not chunk.endswith("\n")
+
+    def _write(self, text: str) -> None:
+        """Write whole or partial lines, each line started with the label, if any."""
+        if self._prefix:
+            first, *rest = text.splitlines(keepends=True)
+            text = ("" if self._mid_line else self._prefix) + first
+            text += "".join(self._prefix + line for line in rest)
+        self.out.write(text)
 
     def _flush(self) -> None:
         """Show what was written now, unless the stream does so by itself.

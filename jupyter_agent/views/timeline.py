@@ -424,7 +424,7 @@ def detail(timeline: Timeline, run_id: str, step: int) -> dict:
         if row.run_id == run_id and row.step == step:
             found = (row, delta)
     if found is None:
-        raise NotFound(f"Run {run_id} has no checkpoint at step {step}.")
+        raise NotFound(f"Run {run_id} has no checkpoint {step}.")
     row, delta = found
     call_id = delta.tool_call_id or row.info.get("call_id")
     if call_id is None and delta.decision:

@@ -334,14 +334,19 @@ class Badge {
   private _toolbar: HTMLElement | null = null;
 }
 
+/** A count as every view writes it (the Python side's vocab.tokens): "1,658". */
+export function count(n: number): string {
+  return (n || 0).toLocaleString('en-US');
+}
+
 /** A one-line description of an agent for tooltips. */
 export function describe(agent: IAgentSummary): string {
   const when = new Date(agent.updated_at * 1000).toLocaleString();
   const runs = agent.runs === 1 ? '1 run' : `${agent.runs} runs`;
   return (
     `Agent ${agent.name}: ${agent.label}\n` +
-    `${agent.checkpoints} checkpoints · ${agent.tokens} tokens ` +
-    `(${agent.prompt_tokens} prompt, ${agent.completion_tokens} completion) · ${runs}\n` +
+    `${agent.checkpoints} checkpoints · ${count(agent.tokens)} tokens ` +
+    `(${count(agent.prompt_tokens)} prompt, ${count(agent.completion_tokens)} completion) · ${runs}\n` +
     `Last checkpoint: ${when}`
   );
 }

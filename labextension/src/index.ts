@@ -6,6 +6,7 @@
  * - an "Agents" side panel with each agent's status and a compact timeline;
  * - "Resume interrupted agents", as a command and a notebook toolbar button;
  * - an agent's python calls as code cells (`%agent cells`, or the panel).
+ * - a saved timeline reopened without its kernel shows a line, not an error.
  */
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette, ISessionContextDialogs } from '@jupyterlab/apputils';
@@ -14,6 +15,7 @@ import { ToolbarButton } from '@jupyterlab/ui-components';
 import { DisposableDelegate } from '@lumino/disposable';
 
 import { NotebookAgents } from './agents';
+import { registerTimelineFallback } from './fallback';
 import { agentIcon } from './icon';
 import { listenForCells } from './insert';
 import { AgentsPanel } from './panel';
@@ -90,6 +92,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
           }
         });
         notebook.toolbar.insertAfter('cellType', 'jupyter-agent-resume', button);
+        // Before its outputs render: a saved timeline shows a line, not an error.
+        registerTimelineFallback(notebook);
         return new DisposableDelegate(() => button.dispose());
       }
     });

@@ -6,7 +6,7 @@
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 
-import { IAgentEntry, IAgentNode, NotebookAgents, agentTree, describe } from './agents';
+import { IAgentEntry, IAgentNode, NotebookAgents, agentTree, count, describe } from './agents';
 import { agentCells, ITimelineEntry } from './api';
 import { agentIcon } from './icon';
 import { insertCells } from './insert';
@@ -112,7 +112,7 @@ export class AgentsPanel extends Widget {
     row.appendChild(timeline(agent.timeline));
     const meta = [
       agent.checkpoints === 1 ? '1 checkpoint' : `${agent.checkpoints} checkpoints`,
-      `${agent.tokens} tokens`,
+      `${count(agent.tokens)} tokens`,
       agent.runs === 1 ? '1 run' : `${agent.runs} runs`
     ];
     if (parent) {

@@ -138,13 +138,15 @@ function fmtSize(b) {
   if (b < 1024 * 1024) return `${(b / 1024).toFixed(1)} kB`;
   return `${(b / 1024 / 1024).toFixed(1)} MB`;
 }
+// Counts as the Python side writes them (vocab.tokens): "1,658 tokens". An
+// estimate is said once, in the header, not marked on each number.
 function fmtCount(n) {
-  return n >= 10000 ? `${(n / 1000).toFixed(1)}k` : `${n}`;
+  return Number(n || 0).toLocaleString("en-US");
 }
-function fmtTokens(n, estimated) {
-  return `${estimated ? "~" : ""}${fmtCount(n)} tok`;
+function fmtTokens(n) {
+  return `${fmtCount(n)} ${n === 1 ? "token" : "tokens"}`;
 }
-const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+const plural = (n, word) => `${fmtCount(n)} ${word}${n === 1 ? "" : "s"}`;
 const statusClass = (s) => `ja-st-${(s || "none").replace(/_/g, "-")}`;
 const key = (e) => `${e.run}:${e.step}`;
 
@@ -222,7 +224,7 @@ class View {
     const stats = [];
     if (sum.total) stats.push(`${plural(sum.total, "checkpoint")} · ${plural(sum.steps || 0, "step")}`);
     if (sum.tokens) {
-      let tok = fmtTokens(sum.tokens, sum.estimated);
+      let tok = fmtTokens(sum.tokens);
       if (sum.prompt_tokens || sum.completion_tokens) {
         tok += ` (${fmtCount(sum.prompt_tokens || 0)} prompt / ${fmtCount(sum.completion_tokens || 0)} completion)`;
       }
@@ -461,7 +463,7 @@ class View {
     const [icon, label] = kindOf(this.model, e.kind);
     const inherited = !depth && e.run !== this.s.run;
     const meta = [fmtTime(e.time), fmtMs(e.ms)];
-    if (e.tokens) meta.push(fmtTokens(e.tokens, (this.model.get("summary") || {}).estimated));
+    if (e.tokens) meta.push(fmtTokens(e.tokens));
     meta.push(fmtSize(e.size));
     const sel = this.selected && this.selected.run === e.run && this.selected.step === e.step;
     return h(

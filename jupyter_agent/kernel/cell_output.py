@@ -1,0 +1,108 @@
+"""An agent cell's bounded output, shown in a kernel as one display updated in place.
+
+The text and HTML are :class:`~jupyter_agent.views.cell.CellOutput`'s; this
+module only displays them: once, with a display id, then by updating that
+display (``update_display_data``), at most every :data:`EVERY` seconds while
+output streams in, at once at each checkpoint (a tool call or a model request
+may take long: what led to it must show meanwhile), and once more when the
+run ends. What a throttled write left unshown is shown by a timer when no
+write follows. A frontend, nbclient and nbval keep the last update only, so the
+notebook holds one small output per cell.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from ..views.cell import CellOutput
+
+EVERY = 0.25  # seconds between updates of the display while output streams in
+
+
+class LiveCell(CellOutput):
+    """A :class:`CellOutput` displayed in the running cell, and kept up to date there.
+
+    Written by the cell's thread; the timer's thread only shows it. Concurrency:
+    ``_lock`` is a leaf lock (see :mod:`jupyter_agent.loop`), held while the
+    state changes or is shown.
+    """
+
+    def __init__(self, agent: str, *, every: float = EVERY) -> None:
+        super().__init__(agent)
+        self.every = every
+        self._handle: Any = None
+        self._shown_at = 0.0
+        # Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
+        self._lock = threading.RLock()
+        self._timer: threading.Timer | None = None
+        self._dirty = False
+        # Displaying flushes the kernel's streams, which may write here again.
+        self._updating = False
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            n = super().write(text)
+        if text:
+            self.update()
+        return n
+
+    def flush(self) -> None:
+        # Displaying anything flushes the streams: a flush alone shows nothing new,
+        # or this display would come before the one being shown (the timeline).
+        if self._handle is not None:
+            self.update()
+
+    def reached(self, step: int, status: str, info: Any = None) -> None:
+        with self._lock:
+            super().reached(step, status, info)
+        self.update(force=True)
+
+    def finish(self, status: str, steps: int, answer: str | None) -> None:
+        with self._lock:
+            super().finish(status, steps, answer)
+        self.update(force=True)
+
+    def failed(self) -> None:
+        with self._lock:
+            super().failed()
+        if self._handle is not None:
+            self.update(force=True)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, str]:
+        with self._lock:
+            return super()._repr_mimebundle_(**kwargs)
+
+    def update(self, *, force: bool = False) -> None:
+        """Show the output now: first displayed, then updated in place (throttled)."""
+        with self._lock:
+            if self._updating:
+                return
+            if self._handle is not None and not force:
+                wait = self.every - (time.monotonic() - self._shown_at)
+                if wait > 0:
+                    self._dirty = True
+                    if self._timer is None:  # show it then, unless a write does first
+                        self._timer = threading.Timer(wait, self._trailing)
+                        self._timer.daemon = True
+                        self._timer.start()
+                    return
+            from IPython.display import display
+
+            self._updating = True
+            try:
+                if self._handle is None:
+                    self._handle = display(self, display_id=True)
+                else:
+                    self._handle.update(self)
+                self._shown_at = time.monotonic()
+                self._dirty = False
+            finally:
+                self._updating = False
+
+    def _trailing(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._dirty:
+                self.update(force=True)

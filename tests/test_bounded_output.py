@@ -1,0 +1,108 @@
+"""An agent cell's saved output stays small however long the run and whatever its tools print.
+
+A run executed through nbclient (as nbval and papermill do) leaves in the
+``.ipynb`` one header line, a tail of recent activity updated in place, the
+answer and a pointer to the full transcript, not a line per step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+
+from jupyter_agent.testing import ScriptedServer
+
+from .test_cli import SETUP, notebook
+from .test_identity import run_nbclient
+
+#: Steps of the long run: 300 in the suite (about 20 s); JUPYTER_AGENT_BOUNDED_STEPS=1000
+#: runs the full trial (about a minute), with the same bound.
+STEPS = int(os.environ.get("JUPYTER_AGENT_BOUNDED_STEPS", "300"))
+LIMIT = 50_000  # bytes of output an agent cell may leave in the notebook
+BIG = 5_000_000  # characters one tool call prints
+
+
+def tool(code: str) -> dict:
+    return {"tool_calls": [{"name": "python", "arguments": {"code": code}}]}
+
+
+def long_script(steps: int) -> list[dict]:
+    script = [tool(f"v = {i}\nprint('line of step', {i}, '.' * 60)") for i in range(steps)]
+    script[steps // 2] = tool(f"print('x' * {BIG})")
+    return [*script, {"content": f"All {steps} steps done."}]
+
+
+def outputs_of(path: Path, index: int) -> list[dict]:
+    return nbformat.read(path, as_version=4).cells[index].get("outputs", [])
+
+
+def plain(outputs: list[dict]) -> str:
+    """What a terminal, nbval or a notebook without widgets shows of the outputs."""
+    parts = []
+    for out in outputs:
+        if out["output_type"] == "stream":
+            parts.append(out["text"])
+        elif "data" in out:
+            parts.append(out["data"].get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def test_a_long_run_leaves_a_small_cell_output(agent_env, tmp_path):
+    cell = f"%%agent --model scripted --name long --max-steps {STEPS + 5}\nWork long."
+    path = notebook(tmp_path / "long.ipynb", [SETUP, cell])
+    with ScriptedServer(long_script(STEPS)) as server:
+        server.context_window = 1_000_000
+        run_nbclient(path, {**agent_env, "OPENAI_BASE_URL": server.url})
+    outputs = outputs_of(path, 1)
+    size = len(json.dumps(outputs))
+    print(f"\n{STEPS} steps: {size:,} bytes of cell output in the notebook")
+    assert size <= LIMIT, f"{size:,} bytes"
+    text = plain(outputs)
+    assert "Agent long · done after" in text, text  # the header
+    assert f"All {STEPS} steps done." in text  # the answer
+    assert f"line of step {STEPS - 1}" in text  # the tail of recent activity
+    assert "%agent show long" in text  # the pointer to the full transcript
+    assert "line of step 0 " not in text  # not every step's line
+    html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    assert f"All {STEPS} steps done." in html  # reads well without a kernel or widgets
+
+
+def test_the_cell_output_is_the_same_on_every_execution(agent_env, tmp_path):
+    """nbval compares saved outputs: the text form has no times, ids or sizes."""
+    script = [tool("print('hello')"), tool("x = 2"), {"content": "Done: x is 2."}]
+    texts = []
+    for n in range(2):
+        cell = "%%agent --model scripted --name same\nSet x."
+        path = notebook(tmp_path / f"same{n}.ipynb", [SETUP, cell])
+        with ScriptedServer(script) as server:
+            env = {**agent_env, "OPENAI_BASE_URL": server.url}
+            env["JUPYTER_AGENT_STORE"] = str(tmp_path / f"store{n}" / "agents.duckdb")
+            env["JUPYTER_AGENT_NOTEBOOK"] = str(tmp_path / "same.ipynb")
+            run_nbclient(path, env)
+        texts.append(plain(outputs_of(path, 1)))
+    assert texts[0] == texts[1], texts
+    assert "Done: x is 2." in texts[0] and "hello" in texts[0]
+
+
+def test_the_cell_output_keeps_a_clipped_tail() -> None:
+    from jupyter_agent.views.cell import TAIL, WIDTH, CellOutput
+
+    out = CellOutput("demo")
+    for i in range(100):
+        out.write(f"line {i}\n")
+    out.write("y" * 1_000_000)  # one huge line, no newline yet
+    out.write("\nThe answer\n")
+    out.write("■ done after 3 steps\n")
+    out.finish("done", 3, "The answer")
+    text = out.text()
+    assert text.splitlines()[0] == "Agent demo · done after 3 steps"
+    assert "line 99" in text and "line 0\n" not in text
+    assert max(len(line) for line in text.splitlines()) <= WIDTH + 2
+    assert text.count("The answer") == 1 and "■ done" not in text  # said once, not echoed
+    # 100 lines and the huge one: the tail's last TAIL, less the answer and the
+    # status taken out of it (said below and above instead), are shown.
+    assert f"  … {101 - (TAIL - 2)} earlier lines" in text.splitlines()
+    assert len(text) < 4_000 and len(out.html()) < 6_000

@@ -6,8 +6,10 @@ display (``update_display_data``), at most every :data:`EVERY` seconds while
 output streams in, at once at each checkpoint (a tool call or a model request
 may take long: what led to it must show meanwhile), and once more when the
 run ends. What a throttled write left unshown is shown by a timer when no
-write follows. A frontend, nbclient and nbval keep the last update only, so the
-notebook holds one small output per cell.
+write follows. A frontend and nbclient keep the last update only, so the
+notebook holds one small output per cell. For a headless runner (``in_place``
+false: nbclient, nbval, papermill), which no one watches and of which nbval
+ignores updates, the output is displayed once, when the run ends.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ class LiveCell(CellOutput):
     state changes or is shown.
     """
 
-    def __init__(self, agent: str, *, every: float = EVERY) -> None:
+    def __init__(self, agent: str, *, every: float = EVERY, in_place: bool = True) -> None:
         super().__init__(agent)
         self.every = every
+        self.in_place = in_place
+        self._ended = False  # finished or failed: shown whatever ``in_place`` says
         self._handle: Any = None
         self._shown_at = 0.0
         # Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
@@ -62,12 +66,14 @@ class LiveCell(CellOutput):
     def finish(self, status: str, steps: int, answer: str | None) -> None:
         with self._lock:
             super().finish(status, steps, answer)
+            self._ended = True
         self.update(force=True)
 
     def failed(self) -> None:
         with self._lock:
             super().failed()
-        if self._handle is not None:
+            self._ended = True
+        if self._handle is not None or not self.in_place:
             self.update(force=True)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, str]:
@@ -77,7 +83,7 @@ class LiveCell(CellOutput):
     def update(self, *, force: bool = False) -> None:
         """Show the output now: first displayed, then updated in place (throttled)."""
         with self._lock:
-            if self._updating:
+            if self._updating or not (self.in_place or self._ended):
                 return
             if self._handle is not None and not force:
                 wait = self.every - (time.monotonic() - self._shown_at)

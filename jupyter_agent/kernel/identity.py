@@ -215,17 +215,32 @@ def _history(shell: Any) -> list[str]:
 # -- the cell ----------------------------------------------------------------------------
 
 
-def current_cell_id(shell: Any) -> str | None:
-    """The nbformat id of the executing cell, as JupyterLab and Notebook 7 send it."""
+def _request_metadata(shell: Any) -> dict[str, Any]:
+    """The metadata of the execute request being served (empty outside a kernel)."""
     kernel = getattr(shell, "kernel", None)
     if kernel is None:
-        return None
+        return {}
     try:
         parent = kernel.get_parent()
     except Exception:
         parent = getattr(kernel, "_parent_header", None)
-    metadata = (parent or {}).get("metadata") or {}
-    cell_id = metadata.get("cellId")
+    metadata = (parent or {}).get("metadata")
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def interactive_frontend(shell: Any) -> bool:
+    """Whether the frontend shows a cell while it runs: it names the cell it executes.
+
+    JupyterLab, Notebook 7, VS Code and ``jupyter agent resume`` send a ``cellId``
+    and apply display updates; headless runners (nbclient, nbval, papermill,
+    nbconvert) send none, and nbval ignores updates, so those see one final display.
+    """
+    return bool(_request_metadata(shell).get("cellId"))
+
+
+def current_cell_id(shell: Any) -> str | None:
+    """The nbformat id of the executing cell, as JupyterLab and Notebook 7 send it."""
+    cell_id = _request_metadata(shell).get("cellId")
     if not isinstance(cell_id, str) or not cell_id or "://" in cell_id or ":" in cell_id:
         return None  # absent, or a VS Code URI that changes every session
     return cell_id

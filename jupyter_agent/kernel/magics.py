@@ -33,7 +33,7 @@ from . import runner
 from .after import After
 from .cell_output import LiveCell
 from .cells import insert_cells, show_restored
-from .identity import AgentIdentity, notebook_path, other_store, resolve
+from .identity import AgentIdentity, interactive_frontend, notebook_path, other_store, resolve
 from .options import HelpShown, cell_arguments, line_parser, parse_cell, parser_of, split_line
 from .runner import CellRequest, Outcome
 from .runtime import AgentRuntime, current
@@ -291,7 +291,11 @@ class AgentMagics(Magics):
         # The timeline's first load and the run's reads share one open of the store.
         # In a kernel the cell shows one bounded display, updated in place; elsewhere
         # (terminal IPython) the progress is printed as lines.
-        live = LiveCell(identity.agent) if getattr(self.shell, "kernel", None) else None
+        live = (
+            LiveCell(identity.agent, in_place=interactive_frontend(self.shell))
+            if getattr(self.shell, "kernel", None)
+            else None
+        )
         with runtime.claimed(key), runtime.reads() as reads:
             text = CellEvents(live) if live is not None else TextEvents()
             view = self._show_timeline(runtime.store(), identity) if cell else None

@@ -211,7 +211,9 @@ def line_parser(cell_parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     sub.add_parser("list", help="agents of this notebook: status, steps, last checkpoint")
     for cmd, text in [
         ("show", "the transcript of an agent's latest run"),

@@ -258,7 +258,7 @@ def _planned_reply(script: Script, chat: _Conversation) -> dict[str, Any]:
     if k < len(actions):
         action = actions[k]
         return {
-            "content": f"Item {index + 1}, step {k + 1} of {len(actions)}: {action.describe()}.",
+            "content": f"Item {index + 1}, action {k + 1} of {len(actions)}: {action.describe()}.",
             "tool_calls": [_call(action)],
         }
     if index + 1 == len(items):

@@ -20,10 +20,10 @@ from typing import Any
 
 from ..config import Settings
 from ..core.state import AWAITING_APPROVAL, DONE, RunState, prompt_hash
-from ..errors import AgentBusy
+from ..errors import AgentBusy  # noqa: F401  (raised by idle_state; callers catch it from here)
 from ..loop.checkpoints import Collaborators
 from ..loop.execution import Execution
-from ..loop.runs import load_state, new_run
+from ..loop.runs import idle_state, new_run
 from ..model.base import OFFLINE_MODEL, Endpoint, ModelClient
 from ..model.chat import ChatCompletionsClient
 from ..model.offline import OfflineClient
@@ -174,13 +174,7 @@ def resume_run(
         reads = contextlib.ExitStack()
         reads.enter_context(store.session())
     with store.agent_lock(run.notebook, run.agent), reads:
-        live = store.live_runs()
-        if run.run_id in live:
-            raise AgentBusy(
-                f"Agent {run.agent!r} is running in another kernel or in the background. "
-                "Wait for it, or stop it there, before running it here."
-            )
-        state = load_state(store, run)
+        state, live = idle_state(store, run, "running it here")
         status = effective_status(state.status, run.run_id, live)
         if status == AWAITING_APPROVAL and request.decision is None:
             restored, failed = restore_variables(run, state, collaborators)

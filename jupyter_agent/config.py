@@ -98,3 +98,7 @@ class Settings:
     mcp_servers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Values redacted from everything an execution stores or sends on.
     secrets: list[str] = field(default_factory=list)
+    #: Webhook URLs told when an execution stops (``c.AgentMagics.notify``).
+    notify: tuple[str, ...] = ()
+    #: The Jupyter server's URL, for links to notebooks in notifications ('' unknown).
+    server_url: str = ""

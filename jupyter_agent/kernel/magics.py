@@ -8,17 +8,19 @@ saying what to do, raised before anything is written.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
-from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
+from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, validate
 
 from ..config import ClientSettings, RunPolicy, Settings
 from ..core.budget import Budget, parse_budget
 from ..core.redaction import secrets_in_environment
 from ..core.state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
 from ..errors import AgentBusy, AgentError, BudgetError, Cancelled, UsageProblem
+from ..loop.notify import ENV_NOTIFY, ENV_SERVER_URL, webhook_urls
 from ..loop.runs import load_state
 from ..store.api import RunRow, Store
 from ..views.listing import Reader, agents_text, checkpoint_line
@@ -68,6 +70,17 @@ class AgentMagics(Magics):
     ).tag(config=True)
     timeline = Bool(
         True, help="Show the checkpoint timeline widget under %%agent cells (in a kernel)."
+    ).tag(config=True)
+    notify = List(
+        Unicode(),
+        help="Webhook URLs told when an agent waits for approval, pauses at its budget, is "
+        "stuck, errors or finishes (Slack incoming webhooks or any JSON endpoint); "
+        "default: $JUPYTER_AGENT_NOTIFY (whitespace- or comma-separated).",
+    ).tag(config=True)
+    server_url = Unicode(
+        "",
+        help="The Jupyter server's URL, for links in notifications; default: "
+        "$JUPYTER_AGENT_SERVER_URL.",
     ).tag(config=True)
     mcp_servers = Dict(
         help='MCP servers for --mcp, as Claude Desktop writes them: {"name": {"command": ..., '
@@ -153,6 +166,8 @@ class AgentMagics(Magics):
             client=client,
             mcp_servers=dict(self.mcp_servers),
             secrets=secrets_in_environment(),
+            notify=webhook_urls(self.notify or os.environ.get(ENV_NOTIFY, "")),
+            server_url=self.server_url or os.environ.get(ENV_SERVER_URL, ""),
         )
 
     def _budget(self) -> Budget | None:

@@ -109,3 +109,27 @@ async function request<T>(path: string, init: RequestInit = {}): Promise<T> {
 export function listAgents(notebook: string): Promise<IAgentList> {
   return request<IAgentList>(`agents?${URLExt.objectToQueryString({ notebook }).slice(1)}`);
 }
+
+/** What the server stored for an answer to a waiting call. */
+export interface IDecision {
+  run_id: string;
+  step: number;
+  call_id: string;
+  action: 'approve' | 'reject' | 'edit';
+}
+
+/**
+ * Approve or reject the call an agent waits on, with no kernel running it: the
+ * answer is stored and applied when the agent next runs (409: it no longer waits).
+ */
+export function decide(
+  notebook: string,
+  name: string,
+  action: 'approve' | 'reject'
+): Promise<IDecision> {
+  const query = URLExt.objectToQueryString({ notebook }).slice(1);
+  return request<IDecision>(`agents/${encodeURIComponent(name)}/decision?${query}`, {
+    method: 'POST',
+    body: JSON.stringify({ action })
+  });
+}

@@ -16,11 +16,13 @@ import nbformat
 import pytest
 from pytest_jupyter.jupyter_server import *  # noqa: F403  (jp_fetch, jp_serverapp, ...)
 
+from jupyter_agent.store.duckdb.store import DuckDBStore
 from jupyter_agent.testing import ScriptedServer
 
 from .conftest import BOTH_BACKENDS
 from .test_cli import SETUP, cli, notebook, outputs_text
 from .test_durable_kernel import tool
+from .test_multi_agent import approval_chain, requested
 from .test_server_api import API, Api, jp_server_config  # noqa: F401  (a fixture)
 
 AGENT = "%%agent --model scripted --approve --name gated\nWrite the line."
@@ -144,3 +146,22 @@ def test_the_command_line_edits_or_rejects_a_waiting_call(
     assert cli("resume", str(nb_path), env=agent_env).returncode == 0
     assert log.read_text() == "edited\n" and scripted.turns_requested() == [0, 1]
     assert nbformat.read(nb_path, as_version=4).cells[1].outputs  # the run was written back
+
+
+def test_an_answer_for_a_parent_goes_to_the_delegated_agent_it_waits_for(
+    kernel_factory, scripted: ScriptedServer, agent_env, store_path: Path, tmp_path: Path
+):
+    log = tmp_path / "effects.log"
+    scripted.set_script(approval_chain(log, 1))
+    kernel = kernel_factory()
+    cell = "%%agent -m scripted --name lead --approve python\nSplit the work."
+    assert "waiting for approval" in kernel.run(cell, cell_id="lead").text
+    (lead,) = DuckDBStore(store_path).runs(agent="lead")
+    answered = cli("approve", lead.notebook, "lead", "--json", env=agent_env)
+    assert answered.returncode == 0, answered.stderr
+    assert json.loads(answered.stdout)["name"] == "counter"  # the call is the child's
+    resumed = kernel.run(cell, cell_id="lead")
+    assert "lead got: counter counted 42 rows" in resumed.text, resumed.text
+    asked = requested(scripted)
+    assert len(asked) == len(set(asked)) == 4, asked
+    assert log.read_text().splitlines() == ["counter"]

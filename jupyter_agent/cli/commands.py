@@ -209,7 +209,7 @@ def cmd_decide(store: Store, args: argparse.Namespace) -> Any:
     if not args.json:
         print(
             f"{DECIDED[action].capitalize()} the call {stored['call_id']} of agent "
-            f"{printable(agent)} (checkpoint {stored['step']}): it runs when the agent next "
+            f"{printable(stored['name'])} (checkpoint {stored['step']}): it runs when the agent next "
             "runs (re-run its cell, or `jupyter agent resume` the notebook)."
         )
     return {"notebook": notebook, "name": agent, **stored}

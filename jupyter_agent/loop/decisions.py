@@ -19,6 +19,7 @@ from typing import Any
 from ..core.state import AWAITING_APPROVAL, RUNNING, Delta, RunState
 from ..errors import NotFound, NotWaiting, UsageProblem
 from ..store.api import CheckpointRow, RunRow, Store
+from ..views.listing import awaited_child
 from ..vocab import DECIDED, effective_status, printable, status_text
 from .checkpoints import Collaborators, Recorder
 from .runs import idle_state
@@ -82,6 +83,9 @@ def decide(
 ) -> dict[str, Any]:
     """Store ``decision`` for the call agent ``agent`` of ``notebook`` waits on; what was stored.
 
+    An agent paused for a delegated agent's approval passes the answer on to
+    it: ``name`` in the result says whose call was answered.
+
     ``call_id``: the call the answer is for, as the one asking saw it; another
     call pending by now refuses the answer. ``source`` is recorded with it
     (``rest``, ``cli``).
@@ -92,19 +96,28 @@ def decide(
             raise NotFound(f"No agent {printable(agent)!r} in {notebook}.")
         run = runs[-1]
         state, live = idle_state(store, run, "answering it here")
-        call = pending_call(state, run, live)
-        if call_id is not None and call_id != call["id"]:
-            raise NotWaiting(
-                f"The call {printable(call_id)!r} is no longer waiting for approval: agent "
-                f"{printable(agent)!r} now waits on call {call['id']!r} (checkpoint {state.step})."
-            )
-        recorder = Recorder(run, state, Collaborators(store, None, _Silent()), [])
-        writer = recorder.writer = store.writer(run.run_id)
-        try:
-            row = record_decision(recorder, decision, call, answered=state.step, source=source)
-        finally:
-            writer.close()
+        waits_on = None if state.status == AWAITING_APPROVAL else awaited_child(store, run)
+        if waits_on is None:
+            call = pending_call(state, run, live)
+            if call_id is not None and call_id != call["id"]:
+                raise NotWaiting(
+                    f"The call {printable(call_id)!r} is no longer waiting for approval: agent "
+                    f"{printable(agent)!r} now waits on call {call['id']!r} "
+                    f"(checkpoint {state.step})."
+                )
+            recorder = Recorder(run, state, Collaborators(store, None, _Silent()), [])
+            writer = recorder.writer = store.writer(run.run_id)
+            try:
+                row = record_decision(recorder, decision, call, answered=state.step, source=source)
+            finally:
+                writer.close()
+    if waits_on is not None:
+        # Paused for a delegated agent's approval: the answer is that agent's, and
+        # the parent's next run resumes it (see kernel.delegation).
+        child = waits_on[0]
+        return decide(store, child.notebook, child.agent, decision, call_id=call_id, source=source)
     return {
+        "name": run.agent,
         "run_id": run.run_id,
         "step": row.step,
         "answered": row.info["answered"],

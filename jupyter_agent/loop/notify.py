@@ -156,6 +156,8 @@ class Notifier:
         row = store.latest_checkpoints([run.run_id]).get(run.run_id)
         if row is None or Status.of(row.status) not in EVENTS:
             return []
+        if run.info.get("parent_agent") and row.status != Status.AWAITING_APPROVAL:
+            return []  # a delegated agent's end is its parent's to tell; its question is its own
         steps = len(store.model_steps([run.run_id]).get(run.run_id, []))
         event = event_body(run, row, steps, delivery.link, secrets)
         markers = markers_for(store)

@@ -21,7 +21,7 @@ from jupyter_agent.errors import ConfigError
 from jupyter_agent.loop.notify import notebook_link, webhook_urls, wire_body
 from jupyter_agent.testing import ScriptedServer
 
-from .conftest import eventually
+from .conftest import API_KEY, eventually
 from .test_cli import SETUP, cli, notebook
 from .test_durable_kernel import tool
 
@@ -80,7 +80,8 @@ def test_one_event_per_pause_across_a_kernel_restart(
     receivers.append(hook)
     nb = tmp_path / "nb.ipynb"
     log = tmp_path / "effects.log"
-    scripted.set_script([tool(f"open({str(log)!r}, 'a').write('ran\\n')"), {"content": "Done."}])
+    code = f"open({str(log)!r}, 'a').write('ran\\n')  # key {API_KEY}"
+    scripted.set_script([tool(code), {"content": "Done."}])
     kernel = start(kernel_factory, nb, [hook.url])
     waiting = kernel.run(AGENT, cell_id="c1")
     assert "waiting for your approval" in waiting.text, waiting.text
@@ -91,6 +92,7 @@ def test_one_event_per_pause_across_a_kernel_restart(
     assert event["status_text"] == "waiting for approval"
     assert event["call"]["tool"] == "python" and str(log) in event["call"]["code"]
     assert "gated" in event["text"] and "nb.ipynb" in event["text"]
+    assert API_KEY not in json.dumps(event) and "key [REDACTED]" in event["call"]["code"]
 
     # Restarted, and the waiting cell run again: the same pause, told once.
     kernel.restart()

@@ -114,3 +114,7 @@ class Settings:
     secrets: list[str] = field(default_factory=list)
     #: Bytes of rich output (all but text/plain) a python call keeps with its checkpoint.
     rich_output_bytes: int = RICH_OUTPUT_BYTES
+    #: Webhook URLs told when an execution stops (``c.AgentMagics.notify``).
+    notify: tuple[str, ...] = ()
+    #: The Jupyter server's URL, for links to notebooks in notifications ('' unknown).
+    server_url: str = ""

@@ -106,6 +106,9 @@ class Status(_Word):
     STALLED = "stalled", "stalled"
 
 
+#: How a decision on a waiting call is said, by its action.
+DECIDED = {"approve": "approved", "reject": "rejected", "edit": "edited"}
+
 #: Statuses of a run that may be resumed by re-running its cell.
 RESUMABLE = frozenset(set(Status) - {Status.DONE, Status.STALLED})
 
@@ -185,6 +188,11 @@ def status_text(
     at = f"at step {steps}" if steps > 0 else "before the first step"
     if st is Status.DONE:
         return f"done after {plural(steps, 'step')}" if steps > 0 else "done"
+    decision = info.get("decision") if "answered" in info else None
+    if st is Status.INTERRUPTED and isinstance(decision, Mapping):
+        # Answered with no kernel running it (loop.decisions): it goes on when next run.
+        said = DECIDED.get(str(decision.get("action")), "answered")
+        return f"call {said} {at}; continues when the agent next runs"
     if st in (Status.INTERRUPTED, Status.ERROR):
         return f"{st.label()} {at}"
     if st is Status.LIMIT:

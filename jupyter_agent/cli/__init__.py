@@ -5,7 +5,8 @@ Every command but ``export`` reads metadata only and never unpickles anything;
 :meth:`Store.check_trusted`, and redacts secrets. The store may be in use by
 running kernels meanwhile: it waits while another process holds it.
 
-Exit codes: 0 ok, 1 not found or refused (docs/cli.md lists why a `resume` stops), 2 usage
+Exit codes: 0 ok, 1 not found or refused (docs/cli.md lists why a `resume` stops, and
+why an `approve` or `reject` is refused: the agent waits on no call, or another), 2 usage
 error, 3 a `resume` against a store the notebook's agents do not live in, 130 interrupted.
 """
 
@@ -23,6 +24,7 @@ from ..store.open import open_store
 from .commands import (
     Partial,
     Refused,
+    cmd_decide,
     cmd_delete,
     cmd_list,
     cmd_prune,
@@ -87,6 +89,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", help="ipynb, py: only this agent (default: every agent, in order)")
     p.add_argument("--format", choices=["json", "md", "ipynb", "py"], default="md")
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
+    for verb, text in (
+        ("approve", "approve (or --edit) the call an agent waits on, with no kernel running it"),
+        ("reject", "reject the call an agent waits on, with no kernel running it"),
+    ):
+        p = add(verb, cmd_decide, text)
+        p.add_argument("notebook", help="the agent's notebook")
+        p.add_argument("name", help="agent name, or a unique prefix")
+        p.add_argument("--call", help="the call id it must still wait on (else refused)")
+        p.add_argument("--note", help="a note the model reads with the answer")
+        if verb == "approve":
+            p.add_argument(
+                "--edit", metavar="ARGS", help="run this instead: the code, or the tool's JSON"
+            )
     p = add("store", cmd_store_info, "about the store")
     p.add_argument("what", choices=["info"], help="info: path, schema, size, runs, checkpoints")
     p = add(

@@ -13,9 +13,10 @@ import sys
 from typing import Any
 
 from ..errors import Conflict, NotFound
+from ..loop.decisions import decide, decision_of
 from ..store.api import CHECKPOINT_COLUMNS, CheckpointRow, RunRow, RunSummary, Store
 from ..views import listing
-from ..vocab import printable
+from ..vocab import DECIDED, printable
 
 
 class Refused(Exception):
@@ -192,6 +193,26 @@ def cmd_prune(store: Store, args: argparse.Namespace) -> Any:
     if refused:
         raise Partial(result)
     return result
+
+
+def cmd_decide(store: Store, args: argparse.Namespace) -> Any:
+    """``approve`` / ``reject``: answer the call an agent waits on, with no kernel running it.
+
+    Stored as the run's next checkpoint (:mod:`jupyter_agent.loop.decisions`) and
+    applied when the agent next runs; refused (exit 1) when it waits on no call.
+    """
+    edit = getattr(args, "edit", None)
+    action = "reject" if args.command == "reject" else "edit" if edit is not None else "approve"
+    decision = decision_of(action, code=edit, note=args.note)
+    notebook, agent, _ = find(store, args.name, notebook_arg(args.notebook))
+    stored = decide(store, notebook, agent, decision, call_id=args.call, source="cli")
+    if not args.json:
+        print(
+            f"{DECIDED[action].capitalize()} the call {stored['call_id']} of agent "
+            f"{printable(stored['name'])} (checkpoint {stored['step']}): it runs when the agent next "
+            "runs (re-run its cell, or `jupyter agent resume` the notebook)."
+        )
+    return {"notebook": notebook, "name": agent, **stored}
 
 
 def cmd_store_info(store: Store, args: argparse.Namespace) -> Any:

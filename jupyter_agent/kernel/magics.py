@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
-from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, validate
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, validate
 
 from ..config import RICH_OUTPUT_BYTES, ClientSettings, RunPolicy, Settings
 from ..core.budget import Budget, parse_budget
 from ..core.redaction import secrets_in_environment
 from ..core.state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
 from ..errors import AgentBusy, AgentError, BudgetError, Cancelled, UsageProblem
+from ..loop.notify import ENV_NOTIFY, ENV_SERVER_URL, webhook_urls
 from ..loop.runs import load_state
 from ..model.base import APIS
 from ..store.api import RunRow, Store
@@ -101,6 +103,17 @@ class AgentMagics(Magics):
         min=0,  # 0: text/plain only
         help="Bytes of a python call's rich output (HTML, images; text/plain is always kept) "
         "saved with its checkpoint and shown again when the cell is restored.",
+    ).tag(config=True)
+    notify = List(
+        Unicode(),
+        help="Webhook URLs told when an agent waits for approval, pauses at its budget, is "
+        "stuck, errors or finishes (Slack incoming webhooks or any JSON endpoint); "
+        "default: $JUPYTER_AGENT_NOTIFY (whitespace- or comma-separated).",
+    ).tag(config=True)
+    server_url = Unicode(
+        "",
+        help="The Jupyter server's URL, for links in notifications; default: "
+        "$JUPYTER_AGENT_SERVER_URL.",
     ).tag(config=True)
     mcp_servers = Dict(
         help='MCP servers for --mcp, as Claude Desktop writes them: {"name": {"command": ..., '
@@ -191,6 +204,8 @@ class AgentMagics(Magics):
             mcp_servers=dict(self.mcp_servers),
             secrets=secrets_in_environment(),
             rich_output_bytes=self.rich_output_bytes,
+            notify=webhook_urls(self.notify or os.environ.get(ENV_NOTIFY, "")),
+            server_url=self.server_url or os.environ.get(ENV_SERVER_URL, ""),
         )
 
     def _budget(self) -> Budget | None:

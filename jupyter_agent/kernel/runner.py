@@ -14,16 +14,21 @@ before the agent's latest run is read and held until its execution ends.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..config import Settings
 from ..core.state import AWAITING_APPROVAL, DONE, RunState, prompt_hash
-from ..errors import AgentBusy
+from ..errors import (
+    AgentBusy,  # noqa: F401  (raised by idle_state; callers catch it from here)
+    AgentError,
+)
 from ..loop.checkpoints import Collaborators
 from ..loop.execution import Execution
-from ..loop.runs import load_state, new_run
+from ..loop.notify import Delivery, Notifier, notebook_link
+from ..loop.runs import idle_state, new_run
 from ..model.base import OFFLINE_MODEL, Endpoint, ModelClient, with_api
 from ..model.clients import client_class
 from ..model.offline import OfflineClient
@@ -150,7 +155,9 @@ def run_cell(
                 execution = make_execution(run, RunState(), request.model, collaborators, settings)
                 reads.close()
                 execution.execute(first=True)
-                return Outcome(run, execution.state, "new", [], {})
+                return stopped(
+                    Outcome(run, execution.state, "new", [], {}), collaborators, settings
+                )
             return resume_run(previous, request, collaborators, settings, reads)
 
 
@@ -174,17 +181,13 @@ def resume_run(
         reads = contextlib.ExitStack()
         reads.enter_context(store.session())
     with store.agent_lock(run.notebook, run.agent), reads:
-        live = store.live_runs()
-        if run.run_id in live:
-            raise AgentBusy(
-                f"Agent {run.agent!r} is running in another kernel or in the background. "
-                "Wait for it, or stop it there, before running it here."
-            )
-        state = load_state(store, run)
+        state, live = idle_state(store, run, "running it here")
         status = effective_status(state.status, run.run_id, live)
         if status == AWAITING_APPROVAL and request.decision is None:
             restored, failed = restore_variables(run, state, collaborators)
-            return Outcome(run, state, "waiting", restored, failed)
+            # Its event may not have reached anyone before the kernel stopped: see notify.
+            outcome = Outcome(run, state, "waiting", restored, failed)
+            return stopped(outcome, collaborators, settings)
         if status == DONE:
             restored, failed = restore_variables(run, state, collaborators)
             return Outcome(run, state, "restore", restored, failed)
@@ -201,7 +204,32 @@ def resume_run(
         # start it properly, or the model would be called with no conversation.
         own_first = run.parent_step + 1 if run.parent_run and run.parent_step is not None else 0
         execution.execute(first=state.step < own_first, decision=request.decision)
-        return Outcome(run, execution.state, "resume", restored, failed)
+        return stopped(
+            Outcome(run, execution.state, "resume", restored, failed), collaborators, settings
+        )
+
+
+#: One per kernel: an event on its way is not sent again by a re-run meanwhile.
+NOTIFIER = Notifier()
+
+
+def stopped(outcome: Outcome, collaborators: Collaborators, settings: Settings) -> Outcome:
+    """``outcome``, once the webhooks are told where it stopped (on threads; see loop.notify)."""
+    if settings.notify:
+        run = outcome.run
+        link = notebook_link(settings.server_url, run.notebook, os.environ.get("JPY_SESSION_NAME"))
+        delivery = Delivery(
+            settings.notify,
+            collaborators.events.notice,
+            retries=settings.client.retries,
+            backoff=settings.client.backoff,
+            link=link,
+        )
+        try:
+            NOTIFIER.stopped(collaborators.store, run, delivery, settings.secrets)
+        except AgentError as exc:  # never fails the agent: at worst it is told again later
+            collaborators.events.notice(f"notifications not sent: {exc}")
+    return outcome
 
 
 def last_settings(

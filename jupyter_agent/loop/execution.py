@@ -63,6 +63,7 @@ from ..tools.toolbox import Toolbox, check_approve
 from .checkpoints import Collaborators, Recorder, Stop
 from .compaction import Window
 from .control import DelegateStep, PlanStep, ReadAgentStep
+from .decisions import record_decision
 from .steps import ModelStep, ToolStep
 
 SYSTEM_PROMPT = (
@@ -72,7 +73,6 @@ SYSTEM_PROMPT = (
     "is done, reply with a short final answer and no tool call."
 )
 FORK_SKIPPED = "Not run: the user gave a new instruction at this point instead."
-DECIDED = {"approve": "approved", "reject": "rejected", "edit": "edited"}
 #: Checkpoints a running execution follows with a model call (or a summary's).
 ASKS_MODEL_NEXT = ("start", "resume", "fork", "tool_result", "compaction")
 
@@ -148,7 +148,7 @@ class Execution:
             else:
                 self._resume()
             if decision is not None and call is not None:
-                self._decide(decision, call)
+                record_decision(recorder, decision, call)
             self._drive()
         except Stop:
             pass
@@ -330,16 +330,6 @@ class Execution:
         if self.state.status != AWAITING_APPROVAL or call is None:
             raise NotWaiting("This agent is not waiting for an approval.")
         return call
-
-    def _decide(self, decision: dict, call: dict) -> None:
-        decision = {**decision, "call_id": call["id"]}
-        self.recorder.checkpoint(
-            "approval",
-            RUNNING,
-            DECIDED[decision["action"]] + (f": {decision['note']}" if decision.get("note") else ""),
-            Delta(decision=decision),
-            info={"decision": decision},
-        )
 
     def _drive(self) -> None:
         model_calls = 0

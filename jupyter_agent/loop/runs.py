@@ -14,7 +14,7 @@ import uuid
 from typing import Protocol
 
 from ..core.state import RunState, fold, fold_from_snapshot, prompt_hash
-from ..errors import StoreError
+from ..errors import AgentBusy, StoreError
 from ..store.api import RunRow, Store
 
 
@@ -83,6 +83,21 @@ def load_state(store: Store, run: RunRow, *, full: bool = False) -> RunState:
             if state is not None:
                 return state
         return fold(store.payloads(segments))
+
+
+def idle_state(store: Store, run: RunRow, doing: str) -> tuple[RunState, set[str]]:
+    """``run``'s state, and the runs a process executes, unless one executes ``run``.
+
+    Under the agent's store lock, a run another process executes cannot be
+    continued or answered here: :class:`AgentBusy`, ending "before ``doing``".
+    """
+    live = store.live_runs()
+    if run.run_id in live:
+        raise AgentBusy(
+            f"Agent {run.agent!r} is running in another kernel or in the background. "
+            f"Wait for it, or stop it there, before {doing}."
+        )
+    return load_state(store, run), live
 
 
 def resume_point(store: Store, segments: list[tuple[str, int | None]]) -> int:

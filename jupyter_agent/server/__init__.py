@@ -126,6 +126,16 @@ class AgentServer(LoggingConfigurable):
             "root_dir": self.root_dir,
         }
 
+    def decide(
+        self, notebook: str, agent: str, decision: dict, call_id: str | None
+    ) -> dict[str, Any]:
+        """Store an answer to the call ``agent`` waits on (worker thread; see loop.decisions)."""
+        from ..loop.decisions import decide  # the loop loads only when an answer is given
+
+        stored = decide(self.store, notebook, agent, decision, call_id=call_id, source="rest")
+        self.reader.last_good.forget()
+        return stored
+
     # -- renames ----------------------------------------------------------------------------
 
     async def on_contents_event(self, logger: Any, schema_id: str, data: dict) -> None:

@@ -17,7 +17,7 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from ..errors import Conflict, NotFound
+from ..errors import AgentBusy, Conflict, NotFound, NotWaiting, UsageProblem
 from ..vocab import NAME_PATTERN
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class BaseHandler(APIHandler):
             return await self.agents.call(fn, *args, **kwargs)
         except NotFound as exc:
             raise web.HTTPError(404, str(exc)) from None
-        except Conflict as exc:
+        except (Conflict, NotWaiting, AgentBusy) as exc:
             raise web.HTTPError(409, str(exc)) from None
 
     def reply(self, payload: dict[str, Any]) -> None:
@@ -170,6 +170,37 @@ class AgentCellsHandler(BaseHandler):
         self.reply({"notebook": rel, **await self.call(self.agents.reader.cells, path, name)})
 
 
+class DecisionHandler(BaseHandler):
+    """``POST /agents/NAME/decision?notebook=P``: approve, edit or reject the call it waits on.
+
+    The body is ``{"action": "approve"|"edit"|"reject", "call_id": ..., "code": ...,
+    "note": ...}``; ``call_id`` (the call as the asker saw it) guards against
+    answering a call that is no longer pending. 409 with the reason when the agent
+    waits on no call, on another, or runs now; the answer is applied when it next runs.
+    """
+
+    @web.authenticated
+    @authorized
+    async def post(self, name: str) -> None:
+        from ..loop.decisions import decision_of  # the loop loads only when an answer is given
+
+        rel, path, name = await self.agent_params(name)
+        try:
+            body = json.loads(self.request.body or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+            decision = decision_of(
+                str(body.get("action", "")), code=body.get("code"), note=body.get("note")
+            )
+        except (ValueError, UsageProblem) as exc:
+            raise web.HTTPError(400, f"Invalid decision: {exc}") from None
+        call_id = body.get("call_id")
+        if call_id is not None and not isinstance(call_id, str):
+            raise web.HTTPError(400, "Invalid decision: 'call_id' must be a string.")
+        stored = await self.call(self.agents.decide, path, name, decision, call_id)
+        self.reply({"notebook": rel, "name": name, **stored})
+
+
 class RunHandler(BaseHandler):
     """``GET /runs/RUN[?messages=1]`` (and ``/runs/RUN/checkpoints``): a run, its checkpoints'
     metadata and, with ``messages=1``, the messages each added (secrets redacted)."""
@@ -198,6 +229,7 @@ def handlers(base_url: str) -> list[tuple[str, type[BaseHandler]]]:
         (route("agents", _SEGMENT.format("name")), AgentHandler),
         (route("agents", _SEGMENT.format("name"), "runs"), AgentRunsHandler),
         (route("agents", _SEGMENT.format("name"), "cells"), AgentCellsHandler),
+        (route("agents", _SEGMENT.format("name"), "decision"), DecisionHandler),
         (route("runs", _SEGMENT.format("run_id")), RunHandler),
         (route("runs", _SEGMENT.format("run_id"), "checkpoints"), RunHandler),
     ]

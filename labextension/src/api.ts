@@ -117,3 +117,27 @@ export function agentCells(notebook: string, name: string): Promise<IAgentCells>
   const query = URLExt.objectToQueryString({ notebook });
   return request<IAgentCells>(`agents/${encodeURIComponent(name)}/cells${query}`);
 }
+
+/** What the server stored for an answer to a waiting call. */
+export interface IDecision {
+  run_id: string;
+  step: number;
+  call_id: string;
+  action: 'approve' | 'reject' | 'edit';
+}
+
+/**
+ * Approve or reject the call an agent waits on, with no kernel running it: the
+ * answer is stored and applied when the agent next runs (409: it no longer waits).
+ */
+export function decide(
+  notebook: string,
+  name: string,
+  action: 'approve' | 'reject'
+): Promise<IDecision> {
+  const query = URLExt.objectToQueryString({ notebook }).slice(1);
+  return request<IDecision>(`agents/${encodeURIComponent(name)}/decision?${query}`, {
+    method: 'POST',
+    body: JSON.stringify({ action })
+  });
+}

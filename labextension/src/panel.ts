@@ -7,7 +7,7 @@ import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 
 import { IAgentEntry, IAgentNode, NotebookAgents, agentTree, count, describe } from './agents';
-import { agentCells, ITimelineEntry } from './api';
+import { APIError, ITimelineEntry, agentCells, decide } from './api';
 import { agentIcon } from './icon';
 import { insertCells } from './insert';
 
@@ -121,6 +121,9 @@ export class AgentsPanel extends Widget {
       meta.push('no cell in this notebook');
     }
     row.appendChild(el('div', 'jp-AgentsPanel-meta', meta.join(' · ')));
+    if (agent.status === 'awaiting_approval' && !agent.live) {
+      item.appendChild(decisionButtons(agents, agent.name));
+    }
     const target = cell ? entry : home;
     if (target) {
       row.classList.add('jp-mod-clickable');
@@ -155,6 +158,36 @@ function el(tag: string, className: string, text?: string): HTMLElement {
     node.textContent = text;
   }
   return node;
+}
+
+/**
+ * Approve / Reject for an agent waiting on a call: stored on the server with
+ * no kernel running the agent, applied when it next runs.
+ */
+function decisionButtons(agents: NotebookAgents, name: string): HTMLElement {
+  const bar = el('div', 'jp-AgentsPanel-decision');
+  const said = el('span', 'jp-AgentsPanel-decisionSaid');
+  for (const action of ['approve', 'reject'] as const) {
+    const button = el(
+      'button',
+      `jp-AgentsPanel-${action} jp-mod-styled ${action === 'approve' ? 'jp-mod-accept' : 'jp-mod-reject'}`,
+      action === 'approve' ? 'Approve' : 'Reject'
+    ) as HTMLButtonElement;
+    button.addEventListener('click', async event => {
+      event.stopPropagation();
+      bar.querySelectorAll('button').forEach(b => ((b as HTMLButtonElement).disabled = true));
+      try {
+        await decide(agents.panel.context.localPath, name, action);
+        said.textContent = `${action === 'approve' ? 'Approved' : 'Rejected'}: runs when the agent next runs.`;
+      } catch (error) {
+        said.textContent = error instanceof APIError ? error.message : String(error);
+      }
+      void agents.refresh();
+    });
+    bar.appendChild(button);
+  }
+  bar.appendChild(said);
+  return bar;
 }
 
 function timeline(entries: ITimelineEntry[]): HTMLElement {

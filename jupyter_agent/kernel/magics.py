@@ -12,9 +12,9 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
-from traitlets import Bool, Dict, Float, Int, TraitError, Unicode, validate
+from traitlets import Bool, Dict, Enum, Float, Int, TraitError, Unicode, validate
 
-from ..config import ClientSettings, RunPolicy, Settings
+from ..config import DURABILITY_MODES, SYNC, ClientSettings, RunPolicy, Settings
 from ..core.budget import Budget, parse_budget
 from ..core.redaction import secrets_in_environment
 from ..core.state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
@@ -68,6 +68,12 @@ class AgentMagics(Magics):
     ).tag(config=True)
     timeline = Bool(
         True, help="Show the checkpoint timeline widget under %%agent cells (in a kernel)."
+    ).tag(config=True)
+    durability = Enum(
+        DURABILITY_MODES,
+        SYNC,
+        help="What a checkpoint survives before the agent goes on: 'sync' (a machine crash; "
+        "one fdatasync per step) or 'process' (the kernel being killed; no fdatasync).",
     ).tag(config=True)
     mcp_servers = Dict(
         help='MCP servers for --mcp, as Claude Desktop writes them: {"name": {"command": ..., '
@@ -141,6 +147,7 @@ class AgentMagics(Magics):
             approve_tools=() if self.approve else tools,
             tools=user_tools,
             mcp=mcp,
+            durability=self.durability,
         )
         client = ClientSettings(
             base_url=self.base_url or None,

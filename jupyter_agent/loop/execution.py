@@ -138,7 +138,9 @@ class Execution:
             self.client.close()
             raise
         recorder = self.recorder
-        writer = recorder.writer = self.store.writer(self.run.run_id)
+        writer = recorder.writer = self.store.writer(
+            self.run.run_id, durability=self.settings.policy.durability
+        )
         try:
             # Check before the resume checkpoint, which would end the waiting.
             call = self._awaited_call() if decision is not None else None

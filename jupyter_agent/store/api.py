@@ -280,12 +280,16 @@ class Store(Protocol):
 
     # -- writing --------------------------------------------------------------------
 
-    def writer(self, run_id: str, secrets: list[str] | None = None) -> RunWriterLike:
+    def writer(
+        self, run_id: str, secrets: list[str] | None = None, *, durability: str = "sync"
+    ) -> RunWriterLike:
         """A writer for one execution of ``run_id``.
 
         ``secrets`` (default: the secret-looking environment values) are redacted
         from every row and payload written. While it is open the run is live
         (:meth:`live_runs`); a process that dies leaves it not live.
+        ``durability`` (:attr:`jupyter_agent.config.RunPolicy.durability`): ``sync``,
+        a checkpoint survives a machine crash; ``process``, only the writer's death.
         """
 
     def agent_lock(self, notebook: str, agent: str) -> AbstractContextManager[None]:

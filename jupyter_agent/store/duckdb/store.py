@@ -30,6 +30,7 @@ import json
 from collections.abc import Iterator
 from typing import ClassVar
 
+from ...config import SYNC
 from ...core.redaction import secrets_in_environment
 from ...errors import AgentBusy, StoreError
 from ..api import CHECKPOINT_COLUMNS, Capability, CheckpointRow
@@ -107,15 +108,19 @@ class DuckDBStore(JournalFolding, SQLStore):
 
     # -- writing -------------------------------------------------------------------
 
-    def writer(self, run_id: str, secrets: list[str] | None = None) -> DuckDBRunWriter:
+    def writer(
+        self, run_id: str, secrets: list[str] | None = None, *, durability: str = SYNC
+    ) -> DuckDBRunWriter:
         """A journal for one execution of ``run_id``; close it to fold it into DuckDB.
 
         ``secrets`` (default: the secret-looking environment values) are redacted
-        from everything written, whatever the caller passes in.
+        from everything written, whatever the caller passes in. With ``durability``
+        ``process`` the journal is written but never ``fdatasync``ed: the page cache
+        outlives a killed kernel, not a crashed machine.
         """
         self._ensure_dir()
         try:
-            jw = JournalWriter(self.journal_dir, run_id)
+            jw = JournalWriter(self.journal_dir, run_id, sync=durability == SYNC)
         except OSError as exc:
             raise StoreError(
                 f"Cannot write checkpoints under {self.journal_dir}: {exc.strerror or exc}."

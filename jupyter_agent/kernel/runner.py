@@ -25,7 +25,6 @@ from ..loop.checkpoints import Collaborators
 from ..loop.execution import Execution
 from ..loop.runs import load_state, new_run
 from ..model.base import OFFLINE_MODEL, Endpoint, ModelClient
-from ..model.chat import ChatCompletionsClient
 from ..model.offline import OfflineClient
 from ..namespace import tracking as namespace
 from ..namespace.baseline import restore_in_kernel
@@ -239,6 +238,10 @@ def make_execution(
     if endpoint.model == OFFLINE_MODEL:
         client = OfflineClient(endpoint, cancel=cancel)
     else:
+        # Imported here: the SDK takes half a second, which `%load_ext` would otherwise
+        # wait for (its warm-up imports it in the background meanwhile).
+        from ..model.chat import ChatCompletionsClient
+
         client = ChatCompletionsClient(
             endpoint,
             timeout=config.timeout,

@@ -13,12 +13,17 @@ import atexit
 import contextlib
 import functools
 import importlib
-import ssl
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-import httpx
-import openai
+if TYPE_CHECKING:
+    import ssl
+
+    import openai
+
+# httpx and the openai SDK are imported when first used: this module is imported by
+# `%load_ext`, which starts the warm-up that imports them off the kernel's main thread.
 
 # Process-wide on purpose: the pool outlives each execution's client (see above).
 # Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
@@ -31,6 +36,8 @@ _sending = threading.local()
 
 def shared_http(base_url: str, timeout: float) -> openai.DefaultHttpxClient:
     """The process's HTTP client for an endpoint and timeout, closed at exit."""
+    import openai
+
     key = (base_url, timeout)
     with _http_lock:
         client = _HTTP.get(key)
@@ -66,6 +73,8 @@ def _sent(request: object) -> None:
 @functools.cache
 def ssl_context() -> ssl.SSLContext:
     """The process's SSL context, as httpx makes it (CA bundle, ``SSL_CERT_FILE``)."""
+    import httpx
+
     return httpx.create_ssl_context()
 
 
@@ -81,8 +90,15 @@ def warm_up() -> None:
 
 def _warm() -> None:
     with contextlib.suppress(Exception):  # a warm-up: the cell does it all anyway
+        import openai
+
         openai.DefaultHttpxClient(verify=ssl_context()).close()  # imports the transport
-        for module in ("openai.resources.chat.completions", "jupyter_agent.kernel.widget"):
+        for module in (
+            "openai.resources.chat.completions",
+            "jupyter_agent.model.chat",
+            "jupyter_agent.store.duckdb.store",
+            "jupyter_agent.kernel.widget",
+        ):
             importlib.import_module(module)
 
 

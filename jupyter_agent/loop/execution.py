@@ -63,6 +63,7 @@ from ..tools.toolbox import Toolbox, check_approve
 from .checkpoints import Collaborators, Recorder, Stop
 from .compaction import Window
 from .control import DelegateStep, PlanStep, ReadAgentStep
+from .runs import save_latest
 from .steps import ModelStep, ToolStep
 
 SYSTEM_PROMPT = (
@@ -183,6 +184,8 @@ class Execution:
                 writer.close()
                 self.client.close()
                 self.toolbox.close()
+        with contextlib.suppress(StoreError, OSError, TypeError, ValueError):  # only a cache
+            save_latest(self.store, self.run, self.state, writer.secrets)
         return self.state
 
     def _open_tools(self, first: bool) -> None:

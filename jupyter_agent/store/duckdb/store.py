@@ -37,7 +37,7 @@ from ..api import CHECKPOINT_COLUMNS, Capability, CheckpointRow
 from ..dialect import MAX_STEP, Dialect, Nothing, Query, first, pinned
 from ..rows import checkpoint_from_row
 from ..sql import SQLStore
-from . import blobfiles, journal, locks
+from . import blobfiles, journal, locks, statefile
 from .files import DuckDBQuery, warn
 from .fold import JournalFolding
 from .journal import JournalWriter
@@ -54,6 +54,11 @@ class DuckDBDialect(Dialect):
     strings_of = "UNNEST(CAST({value} AS VARCHAR[]))"
     is_array_of = "json_type({value}) = 'ARRAY'"
     last_of = "arg_max({expr}, step){only}"  # no list built and sorted per group
+
+
+def _agent_key(notebook: str, agent: str) -> str:
+    """An agent's name on disk: its lock file's and its state file's."""
+    return hashlib.sha256(f"{notebook}\0{agent}".encode()).hexdigest()[:32]
 
 
 class DuckDBStore(JournalFolding, SQLStore):
@@ -138,7 +143,7 @@ class DuckDBStore(JournalFolding, SQLStore):
         releases it (a ``flock`` on a per-agent file in the journal directory).
         """
         self._ensure_dir()
-        key = hashlib.sha256(f"{notebook}\0{agent}".encode()).hexdigest()[:32]
+        key = _agent_key(notebook, agent)
         held = contextlib.ExitStack()
         try:
             held.enter_context(locks.owner_lock(self.journal_dir / (key + locks.LOCK_SUFFIX)))
@@ -156,6 +161,13 @@ class DuckDBStore(JournalFolding, SQLStore):
             # (its journal cannot be created), and restoring from it must still work.
         with held:
             yield
+
+    def save_latest(self, notebook: str, agent: str, run_id: str, body: bytes) -> None:
+        """The agent's state file (see :mod:`jupyter_agent.store.duckdb.statefile`)."""
+        statefile.write(self.journal_dir, _agent_key(notebook, agent), self.path, run_id, body)
+
+    def saved_latest(self, notebook: str, agent: str) -> tuple[str, bytes] | None:
+        return statefile.read(self.journal_dir, _agent_key(notebook, agent), self.path)
 
     # -- what the files say ------------------------------------------------------------
 

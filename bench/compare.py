@@ -411,7 +411,8 @@ def notes_for(steps: int, rows: dict[str, dict[str, Any]]) -> list[str]:
         "store size": "The DuckDB file has a fixed floor (block-allocated tables and "
         "primary-key indexes, several hundred KB empty) and jupyter-agent stores more per step "
         "(the assistant's tool call, the checkpoint metadata and the tool result, ~1.3 KB raw "
-        "against ~1 KB); a SQLite file starts at a few KB.",
+        "against ~1 KB); a SQLite file starts at a few KB. Beside it, the agent's state file "
+        "holds its whole latest state once (the raw state's size).",
         "resume / read": "The read is the agent's state file: one read and a JSON parse of "
         "the whole state, every message included (the window is set above the run's size, so "
         "nothing is compacted away): it grows with the run's uncompacted messages, where the "

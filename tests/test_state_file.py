@@ -75,3 +75,10 @@ def test_a_later_write_makes_it_stale_and_the_store_answers(ip, scripted, store_
     writer.close()  # folded in: DuckDB changed since the file was written
     assert current(store)[1] is None
     assert load_state(store, run).step == step
+
+
+def test_deleting_the_agent_deletes_its_state_file(ip, scripted, store_path):
+    store, path = run_agent(ip, scripted, store_path)
+    (run,) = store.runs()
+    store.delete_agent(run.notebook, run.agent)
+    assert not path.exists()  # its messages are gone from the disk too

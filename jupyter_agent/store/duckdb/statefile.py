@@ -66,6 +66,19 @@ def write(directory: Path, key: str, db_path: Path, run_id: str, body: bytes) ->
             tmp.unlink()
 
 
+def drop(directory: Path, run_ids: set[str]) -> None:
+    """Delete the state files of deleted runs: what they hold must leave the disk with them."""
+    for path in directory.glob("*" + SUFFIX) if directory.is_dir() else ():
+        try:
+            head = path.read_bytes()
+        except OSError:
+            continue
+        records, _ = journal.decode_all(head)
+        if not records or records[0].row.get("run_id") in run_ids:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
 def read(directory: Path, key: str, db_path: Path) -> tuple[str, bytes] | None:
     """(run id, body) if the saved state is whole and still agrees with the store, else None."""
     try:

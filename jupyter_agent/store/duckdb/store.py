@@ -202,9 +202,11 @@ class DuckDBStore(JournalFolding, SQLStore):
 
     def _collect(self, run_ids: list[str], keep: set[str]) -> None:
         """Value files nothing refers to (younger ones stay: their writer may not have journaled
-        them yet), and the deleted runs' folded journals, so a stale answer cannot show them."""
+        them yet), and the deleted runs' folded journals and state files, so a stale answer
+        cannot show them."""
         blobfiles.collect(self.blob_dir, keep)
         self._drop_folded(set(run_ids))
+        statefile.drop(self.journal_dir, set(run_ids))
 
     def sizes(self) -> dict[str, int]:
         """Bytes on disk of the DuckDB file, of the journals and of the blob files."""

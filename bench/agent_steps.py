@@ -316,9 +316,10 @@ class RunResult:
 
 
 def shell() -> Any:
+    from IPython import get_ipython
     from IPython.testing.globalipapp import start_ipython
 
-    ip = start_ipython()
+    ip = start_ipython() or get_ipython()  # started once per process
     if "agent" not in ip.magics_manager.magics["cell"]:
         ip.run_line_magic("load_ext", "jupyter_agent")
     return ip

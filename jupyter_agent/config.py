@@ -23,8 +23,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from .errors import UsageProblem
+
 if TYPE_CHECKING:
     from .core.budget import Budget
+
+#: Durability modes of a checkpoint, strongest first (see :attr:`RunPolicy.durability`).
+SYNC, PROCESS = "sync", "process"
+DURABILITY_MODES = (SYNC, PROCESS)
 
 
 #: The default of :attr:`Settings.rich_output_bytes`: a few plots and tables per call.
@@ -54,6 +60,16 @@ class RunPolicy:
     tools: tuple[str, ...] = ()
     #: A new run's MCP servers, by name in :attr:`Settings.mcp_servers`.
     mcp: tuple[str, ...] = ()
+    #: What a checkpoint survives before the agent acts on it. ``sync``: a machine crash
+    #: or power loss (the journal is ``fdatasync``ed once per step). ``process``: the
+    #: kernel being killed, not the machine (written to the OS, never synced: a crash of
+    #: the machine may lose the last steps, and the run resumes before them).
+    durability: str = SYNC
+
+    def __post_init__(self) -> None:
+        if self.durability not in DURABILITY_MODES:
+            modes = " or ".join(repr(m) for m in DURABILITY_MODES)
+            raise UsageProblem(f"durability must be {modes}, not {self.durability!r}.")
 
     def recorded_approval(self) -> bool | list[str]:
         """How a run records its approval policy: off, every tool, or the listed tools."""

@@ -24,3 +24,19 @@ def test_module_imports_on_its_own(module: str) -> None:
         [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+#: Imported by the first agent cell (or the warm-up thread), never by `%load_ext` itself:
+#: the openai SDK alone takes half a second, which the kernel would wait for.
+DEFERRED = ("openai", "httpx", "duckdb", "pydantic", "jupyter_agent.model.chat")
+
+
+def test_load_ext_defers_the_heavy_imports() -> None:
+    code = (
+        "import sys, jupyter_agent.kernel.magics, jupyter_agent.model.http\n"
+        f"print([m for m in {DEFERRED!r} if m in sys.modules])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"

@@ -17,7 +17,14 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, validate
 
-from ..config import RICH_OUTPUT_BYTES, ClientSettings, RunPolicy, Settings
+from ..config import (
+    DURABILITY_MODES,
+    RICH_OUTPUT_BYTES,
+    SYNC,
+    ClientSettings,
+    RunPolicy,
+    Settings,
+)
 from ..core.budget import Budget, parse_budget
 from ..core.redaction import secrets_in_environment
 from ..core.state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
@@ -115,6 +122,12 @@ class AgentMagics(Magics):
         help="The Jupyter server's URL, for links in notifications; default: "
         "$JUPYTER_AGENT_SERVER_URL.",
     ).tag(config=True)
+    durability = Enum(
+        DURABILITY_MODES,
+        SYNC,
+        help="What a checkpoint survives before the agent goes on: 'sync' (a machine crash; "
+        "one fdatasync per step) or 'process' (the kernel being killed; no fdatasync).",
+    ).tag(config=True)
     mcp_servers = Dict(
         help='MCP servers for --mcp, as Claude Desktop writes them: {"name": {"command": ..., '
         '"args": [...], "env": {...}}} (stdio) or {"name": {"url": ...}} (streamable HTTP).'
@@ -187,6 +200,7 @@ class AgentMagics(Magics):
             approve_tools=() if self.approve else tools,
             tools=user_tools,
             mcp=mcp,
+            durability=self.durability,
         )
         client = ClientSettings(
             base_url=self.base_url or None,

@@ -30,7 +30,6 @@ from ..loop.execution import Execution
 from ..loop.notify import Delivery, Notifier, notebook_link
 from ..loop.runs import idle_state, new_run
 from ..model.base import OFFLINE_MODEL, Endpoint, ModelClient, with_api
-from ..model.clients import client_class
 from ..model.offline import OfflineClient
 from ..namespace import tracking as namespace
 from ..namespace.baseline import restore_in_kernel
@@ -268,6 +267,10 @@ def make_execution(
     if endpoint.model == OFFLINE_MODEL:
         client = OfflineClient(endpoint, cancel=cancel)
     else:
+        # Imported here: the SDK takes half a second, which `%load_ext` would otherwise
+        # wait for (its warm-up imports it in the background meanwhile).
+        from ..model.clients import client_class
+
         client = client_class(endpoint.api)(
             endpoint,
             timeout=config.timeout,

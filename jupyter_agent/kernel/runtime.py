@@ -39,7 +39,6 @@ from ..loop.checkpoints import Collaborators, Events
 from ..namespace.baseline import Baselines
 from ..namespace.lock import NamespaceLock
 from ..store.api import CheckpointRow, RunRow, Store
-from ..store.duckdb.files import default_store_path
 from ..store.open import open_store
 from ..views.listing import awaited_child
 from ..views.render import TextEvents
@@ -113,6 +112,8 @@ class AgentRuntime:
 
     def store(self) -> Store:
         """The store of the configuration; one handle per path."""
+        from ..store.duckdb.files import default_store_path  # DuckDB: when a store is used
+
         spec = self.store_path or os.environ.get("JUPYTER_AGENT_STORE") or str(default_store_path())
         with self._lock:
             store = self._stores.get(spec)

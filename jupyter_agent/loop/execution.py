@@ -64,6 +64,7 @@ from .checkpoints import Collaborators, Recorder, Stop
 from .compaction import Window
 from .control import DelegateStep, PlanStep, ReadAgentStep
 from .decisions import record_decision
+from .runs import save_latest
 from .steps import ModelStep, ToolStep
 
 SYSTEM_PROMPT = (
@@ -138,7 +139,9 @@ class Execution:
             self.client.close()
             raise
         recorder = self.recorder
-        writer = recorder.writer = self.store.writer(self.run.run_id)
+        writer = recorder.writer = self.store.writer(
+            self.run.run_id, durability=self.settings.policy.durability
+        )
         try:
             # Check before the resume checkpoint, which would end the waiting.
             call = self._awaited_call() if decision is not None else None
@@ -181,6 +184,8 @@ class Execution:
                 writer.close()
                 self.client.close()
                 self.toolbox.close()
+        with contextlib.suppress(StoreError, OSError, TypeError, ValueError):  # only a cache
+            save_latest(self.store, self.run, self.state, writer.secrets)
         return self.state
 
     def _open_tools(self, first: bool) -> None:

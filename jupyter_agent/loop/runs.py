@@ -9,10 +9,13 @@ checkpoints.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from dataclasses import asdict, fields
 from typing import Protocol
 
+from ..core.redaction import redact
 from ..core.state import RunState, fold, fold_from_snapshot, prompt_hash
 from ..errors import AgentBusy, StoreError
 from ..store.api import RunRow, Store
@@ -107,3 +110,32 @@ def resume_point(store: Store, segments: list[tuple[str, int | None]]) -> int:
             if (upto is None or row.step <= upto) and "resume_from" in row.info:
                 return int(row.info["resume_from"])
     return 0
+
+
+def save_latest(store: Store, run: RunRow, state: RunState, secrets: list[str]) -> None:
+    """Keep the run and its state where the next resume reads them without a query.
+
+    Called as an execution ends, after its journal is folded in: the store
+    trusts the copy only while nothing written since contradicts it. Redacted as
+    the checkpoints it folds from were (``secrets``: the execution's writer's).
+    """
+    values = {f.name: getattr(state, f.name) for f in fields(state)}
+    kept = redact({"run": asdict(run), "state": values}, secrets)
+    body = json.dumps(kept, separators=(",", ":"))
+    store.save_latest(run.notebook, run.agent, run.run_id, body.encode())
+
+
+def saved_latest(store: Store, notebook: str, agent: str) -> tuple[RunRow, RunState] | None:
+    """The agent's latest run and its state as :func:`save_latest` kept them, if still current."""
+    found = store.saved_latest(notebook, agent)
+    if found is None:
+        return None
+    try:
+        data = json.loads(found[1])
+        run = RunRow(**data["run"])
+        values = data["state"]
+        values["message_steps"] = [tuple(pair) for pair in values["message_steps"]]
+        state = RunState(**values)
+    except (ValueError, TypeError, KeyError):
+        return None  # written by another version: DuckDB answers
+    return (run, state) if run.run_id == found[0] else None

@@ -13,13 +13,16 @@ import atexit
 import contextlib
 import functools
 import importlib
-import ssl
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-import openai
+if TYPE_CHECKING:
+    import ssl
+
+
+# httpx and the openai SDK are imported when first used: this module is imported by
+# `%load_ext`, which starts the warm-up that imports them off the kernel's main thread.
 
 # Process-wide on purpose: the pool outlives each execution's client (see above).
 # Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
@@ -30,14 +33,16 @@ _HTTP: dict[tuple[str, float, Callable[..., Any]], Any] = {}
 _sending = threading.local()
 
 
-def shared_http(
-    base_url: str, timeout: float, make: Callable[..., Any] = openai.DefaultHttpxClient
-) -> Any:
+def shared_http(base_url: str, timeout: float, make: Callable[..., Any] | None = None) -> Any:
     """The process's HTTP client for an endpoint and timeout, closed at exit.
 
-    ``make`` is the SDK's client class: ``openai``'s, or ``anthropic``'s (which
-    speaks another HTTP library); each gets its own pool.
+    ``make`` is the SDK's client class: ``openai``'s (the default), or
+    ``anthropic``'s (which speaks another HTTP library); each gets its own pool.
     """
+    if make is None:
+        import openai
+
+        make = openai.DefaultHttpxClient
     key = (base_url, timeout, make)
     with _http_lock:
         client = _HTTP.get(key)
@@ -73,6 +78,8 @@ def _sent(request: object) -> None:
 @functools.cache
 def ssl_context() -> ssl.SSLContext:
     """The process's SSL context, as httpx makes it (CA bundle, ``SSL_CERT_FILE``)."""
+    import httpx
+
     return httpx.create_ssl_context()
 
 
@@ -88,8 +95,15 @@ def warm_up() -> None:
 
 def _warm() -> None:
     with contextlib.suppress(Exception):  # a warm-up: the cell does it all anyway
+        import openai
+
         openai.DefaultHttpxClient(verify=ssl_context()).close()  # imports the transport
-        for module in ("openai.resources.chat.completions", "jupyter_agent.kernel.widget"):
+        for module in (
+            "openai.resources.chat.completions",
+            "jupyter_agent.model.chat",
+            "jupyter_agent.store.duckdb.store",
+            "jupyter_agent.kernel.widget",
+        ):
             importlib.import_module(module)
 
 

@@ -240,6 +240,9 @@ class Capability(enum.Enum):
 class RunWriterLike(Protocol):
     """Appends one execution's records durably; see :meth:`Store.writer`."""
 
+    secrets: list[str]
+    """The values redacted from everything it writes."""
+
     def put_run(self, run: RunRow) -> None:
         """Record the run's row (once, in its first execution); durable with the next checkpoint."""
 
@@ -280,13 +283,26 @@ class Store(Protocol):
 
     # -- writing --------------------------------------------------------------------
 
-    def writer(self, run_id: str, secrets: list[str] | None = None) -> RunWriterLike:
+    def writer(
+        self, run_id: str, secrets: list[str] | None = None, *, durability: str = "sync"
+    ) -> RunWriterLike:
         """A writer for one execution of ``run_id``.
 
         ``secrets`` (default: the secret-looking environment values) are redacted
         from every row and payload written. While it is open the run is live
         (:meth:`live_runs`); a process that dies leaves it not live.
+        ``durability`` (:attr:`jupyter_agent.config.RunPolicy.durability`): ``sync``,
+        a checkpoint survives a machine crash; ``process``, only the writer's death.
         """
+
+    def save_latest(self, notebook: str, agent: str, run_id: str, body: bytes) -> None:
+        """Keep the agent's latest run and state (``body``) where :meth:`saved_latest` reads
+        them without a query, if this backend can; called as an execution ends."""
+        return None
+
+    def saved_latest(self, notebook: str, agent: str) -> tuple[str, bytes] | None:
+        """(run id, body) of :meth:`save_latest`, while nothing written since contradicts it."""
+        return None
 
     def agent_lock(self, notebook: str, agent: str) -> AbstractContextManager[None]:
         """Be the only writer of the agent while held (re-entrant in a thread).

@@ -21,13 +21,14 @@ import threading
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import MalformedCall, ToolError
 from .base import Tool, ToolResult, clip, function_schema, json_arguments, short_traceback
 from .python import TOOLS, capture
+
+if TYPE_CHECKING:  # pydantic is imported when a tool is made (100 ms that `%load_ext` skips)
+    from pydantic import BaseModel
 
 #: The attribute ``@tool`` sets on a function.
 MARK = "__agent_tool__"
@@ -186,6 +187,8 @@ def _arguments_model(
     name: str, fn: Callable, signature: inspect.Signature, docs: dict[str, str]
 ) -> tuple[type[BaseModel], list[str]]:
     """A pydantic model of the parameters, and the names passed positionally."""
+    from pydantic import ConfigDict, Field, create_model
+
     try:
         hints = typing.get_type_hints(fn)
     except Exception:  # unresolvable string annotations: treat those parameters as Any
@@ -220,6 +223,8 @@ def _arguments_model(
 
 def _validate(model: type[BaseModel], args: dict, name: str, signature: inspect.Signature) -> dict:
     """The call's keyword arguments, converted as the hints say, or :class:`MalformedCall`."""
+    from pydantic import ValidationError
+
     try:
         validated = model.model_validate(args)
     except ValidationError as exc:

@@ -84,17 +84,20 @@ def test_row_security_stops_writing_in_another_members_name(pg_url):
     assert alice.blobs(["h"]) == {"h": b"alice's value"}
 
 
-def test_commits_wait_for_the_disk_only_when_the_url_asks(pg_url):
-    fast = PostgresStore(pg_url).writer("r1", secrets=[])
-    durable = PostgresStore(pg_url + "?options=-c%20synchronous_commit%3Don").writer(
-        "r2", secrets=[]
+def test_commits_wait_for_the_disk_as_the_durability_or_the_url_says(pg_url):
+    sync = PostgresStore(pg_url).writer("r1", secrets=[])  # the default: a machine crash
+    process = PostgresStore(pg_url).writer("r2", secrets=[], durability="process")
+    url_says = PostgresStore(pg_url + "?options=-c%20synchronous_commit%3Doff").writer(
+        "r3", secrets=[]
     )
     try:
-        assert fast._con.execute("SHOW synchronous_commit").fetchone()[0] == "off"
-        assert durable._con.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+        assert sync._con.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+        assert process._con.execute("SHOW synchronous_commit").fetchone()[0] == "off"
+        assert url_says._con.execute("SHOW synchronous_commit").fetchone()[0] == "off"
     finally:
-        fast.close()
-        durable.close()
+        sync.close()
+        process.close()
+        url_says.close()
 
 
 def test_an_unreachable_server_is_one_clear_error():

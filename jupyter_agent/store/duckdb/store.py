@@ -30,13 +30,14 @@ import json
 from collections.abc import Iterator
 from typing import ClassVar
 
+from ...config import SYNC
 from ...core.redaction import secrets_in_environment
 from ...errors import AgentBusy, StoreError
 from ..api import CHECKPOINT_COLUMNS, Capability, CheckpointRow
 from ..dialect import MAX_STEP, Dialect, Nothing, Query, first, pinned
 from ..rows import checkpoint_from_row
 from ..sql import SQLStore
-from . import blobfiles, journal, locks
+from . import blobfiles, journal, locks, statefile
 from .files import DuckDBQuery, warn
 from .fold import JournalFolding
 from .journal import JournalWriter
@@ -53,6 +54,11 @@ class DuckDBDialect(Dialect):
     strings_of = "UNNEST(CAST({value} AS VARCHAR[]))"
     is_array_of = "json_type({value}) = 'ARRAY'"
     last_of = "arg_max({expr}, step){only}"  # no list built and sorted per group
+
+
+def _agent_key(notebook: str, agent: str) -> str:
+    """An agent's name on disk: its lock file's and its state file's."""
+    return hashlib.sha256(f"{notebook}\0{agent}".encode()).hexdigest()[:32]
 
 
 class DuckDBStore(JournalFolding, SQLStore):
@@ -107,15 +113,19 @@ class DuckDBStore(JournalFolding, SQLStore):
 
     # -- writing -------------------------------------------------------------------
 
-    def writer(self, run_id: str, secrets: list[str] | None = None) -> DuckDBRunWriter:
+    def writer(
+        self, run_id: str, secrets: list[str] | None = None, *, durability: str = SYNC
+    ) -> DuckDBRunWriter:
         """A journal for one execution of ``run_id``; close it to fold it into DuckDB.
 
         ``secrets`` (default: the secret-looking environment values) are redacted
-        from everything written, whatever the caller passes in.
+        from everything written, whatever the caller passes in. With ``durability``
+        ``process`` the journal is written but never ``fdatasync``ed: the page cache
+        outlives a killed kernel, not a crashed machine.
         """
         self._ensure_dir()
         try:
-            jw = JournalWriter(self.journal_dir, run_id)
+            jw = JournalWriter(self.journal_dir, run_id, sync=durability == SYNC)
         except OSError as exc:
             raise StoreError(
                 f"Cannot write checkpoints under {self.journal_dir}: {exc.strerror or exc}."
@@ -133,7 +143,7 @@ class DuckDBStore(JournalFolding, SQLStore):
         releases it (a ``flock`` on a per-agent file in the journal directory).
         """
         self._ensure_dir()
-        key = hashlib.sha256(f"{notebook}\0{agent}".encode()).hexdigest()[:32]
+        key = _agent_key(notebook, agent)
         held = contextlib.ExitStack()
         try:
             held.enter_context(locks.owner_lock(self.journal_dir / (key + locks.LOCK_SUFFIX)))
@@ -151,6 +161,13 @@ class DuckDBStore(JournalFolding, SQLStore):
             # (its journal cannot be created), and restoring from it must still work.
         with held:
             yield
+
+    def save_latest(self, notebook: str, agent: str, run_id: str, body: bytes) -> None:
+        """The agent's state file (see :mod:`jupyter_agent.store.duckdb.statefile`)."""
+        statefile.write(self.journal_dir, _agent_key(notebook, agent), self.path, run_id, body)
+
+    def saved_latest(self, notebook: str, agent: str) -> tuple[str, bytes] | None:
+        return statefile.read(self.journal_dir, _agent_key(notebook, agent), self.path)
 
     # -- what the files say ------------------------------------------------------------
 
@@ -185,9 +202,11 @@ class DuckDBStore(JournalFolding, SQLStore):
 
     def _collect(self, run_ids: list[str], keep: set[str]) -> None:
         """Value files nothing refers to (younger ones stay: their writer may not have journaled
-        them yet), and the deleted runs' folded journals, so a stale answer cannot show them."""
+        them yet), and the deleted runs' folded journals and state files, so a stale answer
+        cannot show them."""
         blobfiles.collect(self.blob_dir, keep)
         self._drop_folded(set(run_ids))
+        statefile.drop(self.journal_dir, set(run_ids))
 
     def sizes(self) -> dict[str, int]:
         """Bytes on disk of the DuckDB file, of the journals and of the blob files."""

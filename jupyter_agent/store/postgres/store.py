@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import psycopg
 
+from ...config import SYNC
 from ...core.redaction import secrets_in_environment
 from ...errors import AgentBusy, StoreError
 from ..api import Capability
@@ -215,14 +216,21 @@ class PostgresStore(SQLStore):
 
     # -- writing -----------------------------------------------------------------------
 
-    def writer(self, run_id: str, secrets: list[str] | None = None) -> PostgresRunWriter:
-        """A writer for one execution of ``run_id``; the run is live while it is open."""
+    def writer(
+        self, run_id: str, secrets: list[str] | None = None, *, durability: str = SYNC
+    ) -> PostgresRunWriter:
+        """A writer for one execution of ``run_id``; the run is live while it is open.
+
+        ``durability`` ``sync`` waits for each commit to reach the server's disk;
+        ``process`` does not (a dead kernel loses nothing, a crashed server the last
+        moments' checkpoints)."""
         return PostgresRunWriter(
             self.url,
             self.busy_timeout,
             self.owner,
             run_id,
             secrets_in_environment() if secrets is None else secrets,
+            sync=durability == SYNC,
         )
 
     @contextlib.contextmanager

@@ -31,7 +31,14 @@ class PostgresRunWriter(RunWriter):
     """Writes one run execution's records to PostgreSQL as ``owner``, secrets redacted."""
 
     def __init__(
-        self, url: str, busy_timeout: float, owner: str, run_id: str, secrets: list[str]
+        self,
+        url: str,
+        busy_timeout: float,
+        owner: str,
+        run_id: str,
+        secrets: list[str],
+        *,
+        sync: bool = True,
     ) -> None:
         super().__init__(secrets)
         self.url = url
@@ -42,10 +49,11 @@ class PostgresRunWriter(RunWriter):
         try:
             self._con = connect(url, "writer", busy_timeout, create=True)
             if "synchronous_commit" not in url:
-                # A commit need not wait for the server's disk: a dead kernel loses
-                # nothing, and a crashed server only the last moments' checkpoints
-                # (the run resumes before them). The URL can ask for it per commit.
-                self._con.execute("SET synchronous_commit = off")
+                # ``process`` durability: a commit need not wait for the server's disk (a
+                # dead kernel loses nothing, a crashed server only the last moments'
+                # checkpoints: the run resumes before them). ``sync`` waits for it. The
+                # URL can set it for every commit instead.
+                self._con.execute(f"SET synchronous_commit = {'on' if sync else 'off'}")
         except BaseException as exc:
             if self._con is not None:
                 self._con.close()

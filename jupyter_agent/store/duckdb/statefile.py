@@ -1,0 +1,104 @@
+"""An agent's latest run and state in a small file beside the store, read without DuckDB.
+
+Opening the DuckDB file costs tens of milliseconds, and reading a long run's
+checkpoints more; a resume needs only the state they fold to. So when an
+execution ends, after its journal is folded in, the agent's latest run and its
+state are written to ``<agent key>.state`` in the journal directory, framed like
+a journal record (length and CRC32, see :mod:`jupyter_agent.store.duckdb.journal`).
+
+The file is a cache, never the authority. It is trusted only while it cannot
+disagree with the store:
+
+* its frame is whole and its CRC matches (a torn or damaged file is ignored);
+* the DuckDB file has the size and modification time it had when the state was
+  written (any write since, a fold, a delete, a rewind, makes it stale);
+* no journal is waiting to be folded, of any run (a later execution of this
+  agent, live or crashed, even a new run of it, has records the file has not
+  seen; a journal names its run, not its agent, so any one makes it stale).
+
+Otherwise the reader goes to DuckDB and its journals as before. Written to a
+temporary name and renamed into place, unsynced: a machine crash can only lose
+the cache, never make it lie (the checks above still hold after one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from ..rows import Record
+from . import journal
+
+SUFFIX = ".state"
+_TABLE = "state"
+
+
+def path_of(directory: Path, key: str) -> Path:
+    return directory / (key + SUFFIX)
+
+
+def _stamp(db_path: Path) -> list[int] | None:
+    try:
+        st = os.stat(db_path)
+    except FileNotFoundError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def write(directory: Path, key: str, db_path: Path, run_id: str, body: bytes) -> None:
+    """Save ``body`` (the run's state) as of the DuckDB file now; best effort."""
+    stamp = _stamp(db_path)
+    if stamp is None or not directory.is_dir():
+        return
+    frame = journal.encode(Record(_TABLE, {"run_id": run_id, "db": stamp}, body))
+    path = path_of(directory, key)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, frame)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def drop(directory: Path, run_ids: set[str]) -> None:
+    """Delete the state files of deleted runs: what they hold must leave the disk with them."""
+    for path in directory.glob("*" + SUFFIX) if directory.is_dir() else ():
+        try:
+            head = path.read_bytes()
+        except OSError:
+            continue
+        records, _ = journal.decode_all(head)
+        if not records or records[0].row.get("run_id") in run_ids:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def read(directory: Path, key: str, db_path: Path) -> tuple[str, bytes] | None:
+    """(run id, body) if the saved state is whole and still agrees with the store, else None."""
+    try:
+        fd = os.open(path_of(directory, key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            return None  # not ours alone: never trusted (its body is unpickled nowhere, still)
+        data = os.pread(fd, st.st_size, 0)
+    finally:
+        os.close(fd)
+    records, end = journal.decode_all(data)
+    if len(records) != 1 or end != len(data) or records[0].table != _TABLE:
+        return None
+    row = records[0].row
+    run_id = str(row.get("run_id", ""))
+    if row.get("db") != _stamp(db_path) or not run_id:
+        return None
+    if any(name.endswith((journal.SUFFIX, ".tmp")) for name in os.listdir(directory)):
+        return None  # a journal, or one being born
+    return run_id, records[0].payload

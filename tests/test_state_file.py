@@ -1,0 +1,84 @@
+"""An agent's latest run and state, kept beside the store and read without DuckDB.
+
+The file is a cache: whole and current, it gives what folding the store would;
+torn, damaged or contradicted by anything written since, it is ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jupyter_agent.loop.runs import load_state, saved_latest
+from jupyter_agent.store.api import CheckpointRow
+from jupyter_agent.store.duckdb.store import DuckDBStore
+from jupyter_agent.testing import ScriptedServer
+
+from .conftest import API_KEY
+
+
+def run_agent(ip, scripted: ScriptedServer, store_path: Path) -> tuple[DuckDBStore, Path]:
+    scripted.set_script(
+        [
+            {"tool_calls": [{"name": "python", "arguments": {"code": "x = 41"}}]},
+            {"tool_calls": [{"name": "python", "arguments": {"code": _PRINT_KEY}}]},
+            {"content": "Done."},
+        ]
+    )
+    ip.run_cell_magic("agent", "--model scripted --name kept", "Set x, then show the key.")
+    store = DuckDBStore(store_path)
+    (path,) = store.journal_dir.glob("*.state")
+    return store, path
+
+
+_PRINT_KEY = "import os; print(os.environ['OPENAI_API_KEY'])"
+
+
+def current(store: DuckDBStore):
+    (run,) = store.runs()
+    return run, saved_latest(store, run.notebook, run.agent)
+
+
+def test_a_finished_execution_leaves_the_state_a_fold_gives(ip, scripted, store_path):
+    store, path = run_agent(ip, scripted, store_path)
+    run, saved = current(store)
+    assert saved is not None
+    assert saved[0] == run
+    assert saved[1] == load_state(store, run)
+    assert saved[1].status == "done" and saved[1].messages[-1]["content"] == "Done."
+    assert API_KEY.encode() not in path.read_bytes()  # redacted, as the checkpoints are
+    assert "[REDACTED" in saved[1].messages[-2]["content"]  # the output that printed it
+
+
+def test_a_torn_or_damaged_file_is_ignored(ip, scripted, store_path):
+    store, path = run_agent(ip, scripted, store_path)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # a write cut short
+    assert current(store)[1] is None
+    damaged = bytearray(whole)
+    damaged[len(whole) // 2] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    assert current(store)[1] is None
+    path.write_bytes(whole)
+    assert current(store)[1] is not None
+
+
+def test_a_later_write_makes_it_stale_and_the_store_answers(ip, scripted, store_path):
+    store, _ = run_agent(ip, scripted, store_path)
+    run, saved = current(store)
+    assert saved is not None
+    step = saved[1].step + 1
+    writer = store.writer(run.run_id)  # a later execution, killed before it ended
+    writer.put_checkpoint(
+        CheckpointRow(run.run_id, step, "resume", "running", "again", 9.0, 0, 0, 1, {}), b"{}"
+    )
+    assert current(store)[1] is None  # its journal has what the file has not seen
+    writer.close()  # folded in: DuckDB changed since the file was written
+    assert current(store)[1] is None
+    assert load_state(store, run).step == step
+
+
+def test_deleting_the_agent_deletes_its_state_file(ip, scripted, store_path):
+    store, path = run_agent(ip, scripted, store_path)
+    (run,) = store.runs()
+    store.delete_agent(run.notebook, run.agent)
+    assert not path.exists()  # its messages are gone from the disk too

@@ -332,7 +332,7 @@ class AgentMagics(Magics):
 
     @line_magic("agent")
     def agent_line(self, line: str) -> Any:
-        """Manage agents: list, show, resume, approve, reject, delete. `%agent --help`."""
+        """Manage agents: list, show, resume, approve, reject, replay, delete. `%agent --help`."""
         parser = line_parser(parser_of(self.agent))
         try:
             args = parser.parse_args(split_line("%agent", line))
@@ -434,6 +434,11 @@ class AgentMagics(Magics):
             print(f"Pausing agent {run.agent} after its current step.")
         else:
             print(f"Agent {run.agent} is not running in the background in this kernel.")
+
+    def _cmd_replay(self, args: argparse.Namespace) -> None:
+        from .replay import replay_agent
+
+        replay_agent(self._store(), self._find(args.name), self.shell, self._settings())
 
     def _cmd_delete(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)

@@ -214,6 +214,7 @@ def line_parser(cell_parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         ("delete", "delete an agent and all its runs from the store"),
         ("timeline", "the checkpoint timeline widget of an agent, straight from the store"),
         ("pause", "pause an agent running in the background after its current step"),
+        ("replay", "run an agent's latest run again from its stored replies (0 tokens), compared"),
     ]:
         sub.add_parser(cmd, help=text).add_argument("name")
     approve = sub.add_parser("approve", help="approve the tool call an agent is waiting on")

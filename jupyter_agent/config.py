@@ -50,6 +50,9 @@ class RunPolicy:
     tools: tuple[str, ...] = ()
     #: A new run's MCP servers, by name in :attr:`Settings.mcp_servers`.
     mcp: tuple[str, ...] = ()
+    #: Refuse to continue a run when what it depends on changed since its last
+    #: execution (a tool's source, the model, versions: :mod:`jupyter_agent.loop.fingerprint`).
+    strict: bool = False
 
     def recorded_approval(self) -> bool | list[str]:
         """How a run records its approval policy: off, every tool, or the listed tools."""

@@ -66,6 +66,9 @@ class AgentMagics(Magics):
         help="Dollars per million [prompt, completion, cached prompt, cache write] tokens by "
         "model prefix (the last two optional), for $ budgets and costs."
     ).tag(config=True)
+    strict = Bool(
+        False, help="Refuse to continue a run whose tools, model or versions changed since."
+    ).tag(config=True)
     timeline = Bool(
         True, help="Show the checkpoint timeline widget under %%agent cells (in a kernel)."
     ).tag(config=True)
@@ -124,6 +127,7 @@ class AgentMagics(Magics):
         plan: bool = False,
         user_tools: tuple[str, ...] = (),
         mcp: tuple[str, ...] = (),
+        strict: bool = False,
     ) -> Settings:
         """The one place the traits (and a cell's options, given here) become settings."""
         budget = budget or self._budget()
@@ -141,6 +145,7 @@ class AgentMagics(Magics):
             approve_tools=() if self.approve else tools,
             tools=user_tools,
             mcp=mcp,
+            strict=strict or self.strict,
         )
         client = ClientSettings(
             base_url=self.base_url or None,
@@ -186,6 +191,7 @@ class AgentMagics(Magics):
             plan=args.plan,
             user_tools=parsed.functions,
             mcp=parsed.servers,
+            strict=args.strict,
         )
         try:
             identity = resolve(self.shell, args.name, prompt)

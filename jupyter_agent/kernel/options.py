@@ -77,6 +77,11 @@ _CELL_OPTIONS = [
         "says what it waits for and ends without a model call.",
     ),
     argument(
+        "--strict",
+        action="store_true",
+        help="Refuse to continue the run if its tools, model or versions changed since it last ran.",
+    ),
+    argument(
         "--background",
         action="store_true",
         help="Run on a background thread and return at once; pause it from its timeline.",

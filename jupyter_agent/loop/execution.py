@@ -63,6 +63,7 @@ from ..tools.toolbox import Toolbox, check_approve
 from .checkpoints import Collaborators, Recorder, Stop
 from .compaction import Window
 from .control import DelegateStep, PlanStep, ReadAgentStep
+from .fingerprint import KEY, change_line, changes, fingerprint, last_recorded
 from .steps import ModelStep, ToolStep
 
 SYSTEM_PROMPT = (
@@ -134,7 +135,9 @@ class Execution:
     def _execute(self, first: bool, decision: dict | None) -> RunState:
         try:  # before anything is written: a missing tool is a short error, nothing lost
             self._open_tools(first)
+            self._compare(first)
         except BaseException:
+            self.toolbox.close()
             self.client.close()
             raise
         recorder = self.recorder
@@ -217,6 +220,37 @@ class Execution:
                 self.toolbox.close()
                 raise
 
+    def _compare(self, first: bool) -> None:
+        """This execution's fingerprint, and what changed since the run's last execution.
+
+        A continuation (a resume, an approval, a fork) that finds a change says
+        it in one line, recorded with its first checkpoint; under the strict
+        policy it refuses instead, before anything is written.
+        """
+        names = self.run.info.get("tools") or []
+        self.fingerprint = fingerprint(
+            self.shell.user_ns,
+            self.toolbox,
+            names,
+            self.client.endpoint,
+            SYSTEM_PROMPT,
+            self.run.prompt,
+        )
+        self.changed: list[str] = []
+        self.change = ""
+        if first and not self.run.parent_run:
+            return
+        last = last_recorded(self.store, self.run)
+        if last is None:
+            return
+        self.changed = changes(last[1], self.fingerprint)
+        self.change = change_line(self.changed, last[0])
+        if self.change and self.settings.policy.strict:
+            raise ConfigError(
+                f"Agent {self.run.agent} was not continued (strict): {self.change}. Undo the "
+                "change, or continue without --strict (AgentMagics.strict) to run under it."
+            )
+
     def _interrupted_call(self, call_id: str) -> str:
         call: dict = next(
             (
@@ -252,6 +286,8 @@ class Execution:
             "context_window": self.window.window,
             "budget": _budget_dict(self.budget),
             "approve": self.settings.policy.recorded_approval(),
+            KEY: self.fingerprint,
+            **({"changed": self.changed} if self.changed else {}),
         }
 
     def _resume(self) -> None:
@@ -272,10 +308,14 @@ class Execution:
             messages.append(
                 {"role": "user", "content": context.HARNESS_NOTE + unstuck_note(reason)}
             )
+        summary = f"resumed after checkpoint {self.state.step} ({self.state.kind})"
+        if self.change:
+            self.recorder.events.notice(self.change)
+            summary += f"; {self.change}"
         self.recorder.checkpoint(
             "resume",
             RUNNING,
-            f"resumed after checkpoint {self.state.step} ({self.state.kind})",
+            summary,
             Delta(messages=messages),
             info={
                 "from_step": self.state.step,
@@ -312,6 +352,9 @@ class Execution:
                     )
             messages.append({"role": "user", "content": redact(instruction, self.settings.secrets)})
         where = f"forked from step {self.run.parent_step}"
+        if self.change:
+            self.recorder.events.notice(self.change)
+            where += f" ({self.change})"
         self.recorder.checkpoint(
             "fork",
             RUNNING,
@@ -321,6 +364,8 @@ class Execution:
                 "parent_run": self.run.parent_run,
                 "parent_step": self.run.parent_step,
                 "instruction": instruction,
+                KEY: self.fingerprint,
+                **({"changed": self.changed} if self.changed else {}),
             },
         )
 

@@ -1,4 +1,4 @@
-"""A run resumed after what it depends on changed says so; ``--strict`` refuses to continue.
+"""A run resumed or restored after what it depends on changed says so; ``--strict`` refuses.
 
 Real kernel, scripted server: the agent stops at its step limit, its ``@tool``
 cell is edited, and the continuation names the tool and the checkpoint of the
@@ -62,3 +62,10 @@ def test_resume_after_a_tool_edit_says_what_changed_and_strict_refuses(
     resume = [c for c in checkpoints(agent_env) if c["kind"] == "resume"][-1]
     assert resume["info"]["changed"] == ["tool `load_prices` changed"], resume["info"]
     assert said in resume["summary"], resume["summary"]
+
+    # Finished now; the tool edited again: restoring the run says so too.
+    assert k.run(TOOL_CELL.format(step=12)).status == "ok"
+    since = resume["checkpoint"]
+    restored = k.run(CELL.format(""))
+    assert "restored" in restored.text, restored.text
+    assert f"tool `load_prices` changed since checkpoint {since}" in restored.text, restored.text

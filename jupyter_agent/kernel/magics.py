@@ -191,7 +191,7 @@ class AgentMagics(Magics):
             plan=args.plan,
             user_tools=parsed.functions,
             mcp=parsed.servers,
-            strict=args.strict,
+            strict=bool(args.strict),
         )
         try:
             identity = resolve(self.shell, args.name, prompt)

@@ -20,9 +20,10 @@ from typing import Any
 
 from ..config import Settings
 from ..core.state import AWAITING_APPROVAL, DONE, RunState, prompt_hash
-from ..errors import AgentBusy
+from ..errors import AgentBusy, ConfigError
 from ..loop.checkpoints import Collaborators
-from ..loop.execution import Execution
+from ..loop.execution import SYSTEM_PROMPT, Execution
+from ..loop.fingerprint import restored_change
 from ..loop.runs import load_state, new_run
 from ..model.base import OFFLINE_MODEL, Endpoint, ModelClient
 from ..model.chat import ChatCompletionsClient
@@ -187,6 +188,7 @@ def resume_run(
             return Outcome(run, state, "waiting", restored, failed)
         if status == DONE:
             restored, failed = restore_variables(run, state, collaborators)
+            _say_changes(run, settings, collaborators, last_settings(store, run)["model"])
             return Outcome(run, state, "restore", restored, failed)
         last = last_settings(store, run)
         if not request.cell_options:
@@ -202,6 +204,18 @@ def resume_run(
         own_first = run.parent_step + 1 if run.parent_run and run.parent_step is not None else 0
         execution.execute(first=state.step < own_first, decision=request.decision)
         return Outcome(run, execution.state, "resume", restored, failed)
+
+
+def _say_changes(run: RunRow, settings: Settings, collaborators: Collaborators, model: str) -> None:
+    """Say what changed since a finished run's last execution, as it is restored (one line)."""
+    config = settings.client
+    try:
+        endpoint = Endpoint.resolve(model, base_url=config.base_url, api_key=config.api_key)
+    except ConfigError:  # restoring needs no endpoint: compare the model's name only
+        endpoint = Endpoint(model, None, "", "")
+    store, ns = collaborators.store, collaborators.shell.user_ns
+    if change := restored_change(store, run, ns, endpoint, SYSTEM_PROMPT):
+        collaborators.events.notice(change)
 
 
 def last_settings(

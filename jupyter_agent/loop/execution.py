@@ -250,6 +250,8 @@ class Execution:
                 f"Agent {self.run.agent} was not continued (strict): {self.change}. Undo the "
                 "change, or continue without --strict (AgentMagics.strict) to run under it."
             )
+        if self.change:
+            self.recorder.events.notice(self.change)
 
     def _interrupted_call(self, call_id: str) -> str:
         call: dict = next(
@@ -309,13 +311,10 @@ class Execution:
                 {"role": "user", "content": context.HARNESS_NOTE + unstuck_note(reason)}
             )
         summary = f"resumed after checkpoint {self.state.step} ({self.state.kind})"
-        if self.change:
-            self.recorder.events.notice(self.change)
-            summary += f"; {self.change}"
         self.recorder.checkpoint(
             "resume",
             RUNNING,
-            summary,
+            summary + (f"; {self.change}" if self.change else ""),
             Delta(messages=messages),
             info={
                 "from_step": self.state.step,
@@ -351,10 +350,9 @@ class Execution:
                         {"role": "tool", "tool_call_id": call["id"], "content": FORK_SKIPPED}
                     )
             messages.append({"role": "user", "content": redact(instruction, self.settings.secrets)})
-        where = f"forked from step {self.run.parent_step}"
-        if self.change:
-            self.recorder.events.notice(self.change)
-            where += f" ({self.change})"
+        where = f"forked from step {self.run.parent_step}" + (
+            f" ({self.change})" if self.change else ""
+        )
         self.recorder.checkpoint(
             "fork",
             RUNNING,

@@ -138,6 +138,19 @@ def changes(old: dict, new: dict) -> list[str]:
     return said
 
 
+def restored_change(store: Store, run: RunRow, ns: dict, endpoint: Endpoint, system: str) -> str:
+    """What changed since ``run``'s last execution, said as a finished run is restored.
+
+    No execution starts, so no MCP server: their tools are taken as recorded.
+    """
+    last = last_recorded(store, run)
+    if last is None:
+        return ""
+    now = fingerprint(ns, Toolbox([]), run.info.get("tools") or [], endpoint, system, run.prompt)
+    now["mcp"] = last[1].get("mcp") or {}
+    return change_line(changes(last[1], now), last[0])
+
+
 def change_line(said: list[str], since: int) -> str:
     """One line: ``tool `load_prices` changed since checkpoint 7; model gpt-4o → gpt-4.1``."""
     if not said:

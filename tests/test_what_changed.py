@@ -45,6 +45,11 @@ def test_resume_after_a_tool_edit_says_what_changed_and_strict_refuses(
     before = checkpoints(agent_env)
     start = before[0]
     assert start["kind"] == "start" and "load_prices" in start["info"]["fingerprint"]["tools"]
+    # An unfinished run replays up to its last checkpoint, writing nothing to it.
+    asked = len(scripted.requests)
+    replayed = k.run("%agent replay prices")
+    assert "the same (2 tool calls compared" in replayed.text, replayed.text
+    assert checkpoints(agent_env) == before and len(scripted.requests) == asked
     # The second execution's first checkpoint: what a change is counted from.
     last_execution = [c for c in before if c["kind"] == "resume"][-1]["checkpoint"]
 

@@ -98,11 +98,16 @@ def fingerprint(
 
 
 def last_recorded(store: Store, run: RunRow) -> tuple[int, dict] | None:
-    """The latest execution's fingerprint in ``run``'s history and its checkpoint; None: none."""
-    for run_id, upto in reversed(chain(store, run)):
-        for row in reversed(store.checkpoints(run_id)):
-            if (upto is None or row.step <= upto) and row.kind in FIRST_KINDS and KEY in row.info:
-                return row.step, row.info[KEY]
+    """The latest execution's fingerprint in ``run``'s history and its checkpoint; None: none.
+
+    Reads only the few checkpoints that begin executions, in one store session.
+    """
+    with store.session():
+        for run_id, upto in reversed(chain(store, run)):
+            rows = [r for kind in FIRST_KINDS for r in store.checkpoints(run_id, kind=kind)]
+            for row in sorted(rows, key=lambda r: r.step, reverse=True):
+                if (upto is None or row.step <= upto) and KEY in row.info:
+                    return row.step, row.info[KEY]
     return None
 
 

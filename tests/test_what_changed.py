@@ -74,3 +74,31 @@ def test_resume_after_a_tool_edit_says_what_changed_and_strict_refuses(
     restored = k.run(CELL.format(""))
     assert "restored" in restored.text, restored.text
     assert f"tool `load_prices` changed since checkpoint {since}" in restored.text, restored.text
+
+
+def test_what_changed_reads_as_one_line():
+    from jupyter_agent.loop.fingerprint import change_line, changes
+
+    old = {
+        "tools": {"load_prices": "a", "old": "b"},
+        "mcp": {},
+        "system": "s",
+        "task": "t",
+        "model": "gpt-4o",
+        "api": "chat.completions",
+        "endpoint": "api.openai.com",
+        "jupyter_agent": "0.1.0",
+        "python": "3.11.7",
+        "packages": {"pandas": "2.1.0", "numpy": "2.0.0"},
+    }
+    new = {
+        **old,
+        "tools": {"load_prices": "c", "new": "d"},
+        "model": "gpt-4.1",
+        "packages": {"pandas": "2.2.0"},
+    }
+    assert changes(old, old) == [] and change_line([], 3) == ""
+    assert change_line(changes(old, new), 7) == (
+        "tool `load_prices` changed since checkpoint 7; tool `new` added; tool `old` removed; "
+        "model gpt-4o → gpt-4.1; pandas 2.1.0 → 2.2.0"
+    )

@@ -56,8 +56,11 @@ def _packages(ns: dict) -> dict[str, str]:
     """Versions of the top-level packages the notebook's names come from (``pd`` → pandas)."""
     found: dict[str, str] = {}
     for value in list(ns.values()):
-        module = value if isinstance(value, types.ModuleType) else inspect.getmodule(value)
-        name = getattr(module, "__name__", "") or ""
+        if isinstance(value, types.ModuleType):
+            name = value.__name__
+        else:  # a function's, a class's, or an instance's class's module: no search
+            name = getattr(value, "__module__", None) or type(value).__module__
+        name = name if isinstance(name, str) else ""
         top = name.split(".", 1)[0]
         if not top or top.startswith("_") or top in found or top in sys.stdlib_module_names:
             continue

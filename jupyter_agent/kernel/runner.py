@@ -188,7 +188,7 @@ def resume_run(
             return Outcome(run, state, "waiting", restored, failed)
         if status == DONE:
             restored, failed = restore_variables(run, state, collaborators)
-            _say_changes(run, settings, collaborators, last_settings(store, run)["model"])
+            _say_changes(run, state, settings, collaborators, last_settings(store, run)["model"])
             return Outcome(run, state, "restore", restored, failed)
         last = last_settings(store, run)
         if not request.cell_options:
@@ -206,15 +206,17 @@ def resume_run(
         return Outcome(run, execution.state, "resume", restored, failed)
 
 
-def _say_changes(run: RunRow, settings: Settings, collaborators: Collaborators, model: str) -> None:
+def _say_changes(
+    run: RunRow, state: RunState, settings: Settings, collaborators: Collaborators, model: str
+) -> None:
     """Say what changed since a finished run's last execution, as it is restored (one line)."""
     config = settings.client
     try:
         endpoint = Endpoint.resolve(model, base_url=config.base_url, api_key=config.api_key)
     except ConfigError:  # restoring needs no endpoint: compare the model's name only
         endpoint = Endpoint(model, None, "", "")
-    store, ns = collaborators.store, collaborators.shell.user_ns
-    if change := restored_change(store, run, ns, endpoint, SYSTEM_PROMPT):
+    ns = collaborators.shell.user_ns
+    if change := restored_change(state, run, ns, endpoint, SYSTEM_PROMPT):
         collaborators.events.notice(change)
 
 

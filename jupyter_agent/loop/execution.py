@@ -51,6 +51,7 @@ from ..core.state import (
     Delta,
     RunState,
 )
+from ..core.state import FINGERPRINT as KEY
 from ..core.stuck import stuck_reason, unstuck_note
 from ..errors import CallTimedOut, Cancelled, ConfigError, ModelError, NotWaiting, StoreError
 from ..model.base import ModelClient
@@ -63,7 +64,7 @@ from ..tools.toolbox import Toolbox, check_approve
 from .checkpoints import Collaborators, Recorder, Stop
 from .compaction import Window
 from .control import DelegateStep, PlanStep, ReadAgentStep
-from .fingerprint import KEY, change_line, changes, fingerprint, last_recorded
+from .fingerprint import changes, fingerprint, since_last
 from .steps import ModelStep, ToolStep
 
 SYSTEM_PROMPT = (
@@ -236,15 +237,10 @@ class Execution:
             SYSTEM_PROMPT,
             self.run.prompt,
         )
-        self.changed: list[str] = []
-        self.change = ""
-        if first and not self.run.parent_run:
-            return
-        last = last_recorded(self.store, self.run)
-        if last is None:
-            return
-        self.changed = changes(last[1], self.fingerprint)
-        self.change = change_line(self.changed, last[0])
+        continuing = not first or bool(self.run.parent_run)
+        last = self.state.fingerprint if continuing else None
+        self.changed = changes(last[1], self.fingerprint) if last else []
+        self.change = since_last(self.state, self.fingerprint) if last else ""
         if self.change and self.settings.policy.strict:
             raise ConfigError(
                 f"Agent {self.run.agent} was not continued (strict): {self.change}. Undo the "

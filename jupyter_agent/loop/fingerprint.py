@@ -7,7 +7,8 @@ records a fingerprint in its first checkpoint's info (``start``, ``resume``,
 tools' schemas, the system prompt and the task, the model, API and endpoint
 host, the jupyter-agent and Python versions, and the versions of the packages
 the notebook has imported as names. A continuation compares its own with the
-latest recorded one (:func:`changes`) and says the difference in one line
+latest recorded one, which the run's folded state keeps
+(``RunState.fingerprint``: no store read of its own), (:func:`changes`) and says the difference in one line
 (:func:`change_line`); ``RunPolicy.strict`` refuses to continue on one.
 
 Everything is computed from what is in memory (no file, no package metadata
@@ -27,15 +28,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .. import __version__
+from ..core.state import RunState
 from ..model.base import Endpoint
-from ..store.api import RunRow, Store
+from ..store.api import RunRow
 from ..tools.toolbox import Toolbox
-from .runs import chain
 
-#: The info key of a fingerprint in an execution's first checkpoint.
-KEY = "fingerprint"
-#: The checkpoints that begin an execution, and so carry its fingerprint.
-FIRST_KINDS = ("start", "resume", "fork")
 _API = "chat.completions"
 
 
@@ -100,20 +97,6 @@ def fingerprint(
     }
 
 
-def last_recorded(store: Store, run: RunRow) -> tuple[int, dict] | None:
-    """The latest execution's fingerprint in ``run``'s history and its checkpoint; None: none.
-
-    Reads only the few checkpoints that begin executions, in one store session.
-    """
-    with store.session():
-        for run_id, upto in reversed(chain(store, run)):
-            rows = [r for kind in FIRST_KINDS for r in store.checkpoints(run_id, kind=kind)]
-            for row in sorted(rows, key=lambda r: r.step, reverse=True):
-                if (upto is None or row.step <= upto) and KEY in row.info:
-                    return row.step, row.info[KEY]
-    return None
-
-
 def changes(old: dict, new: dict) -> list[str]:
     """What differs between two fingerprints, each in a few words, most telling first."""
     said: list[str] = []
@@ -146,17 +129,22 @@ def changes(old: dict, new: dict) -> list[str]:
     return said
 
 
-def restored_change(store: Store, run: RunRow, ns: dict, endpoint: Endpoint, system: str) -> str:
+def since_last(state: RunState, now: dict) -> str:
+    """What changed since the run's latest recorded execution (its folded ``state``), in one line."""
+    if not state.fingerprint:
+        return ""
+    step, last = state.fingerprint
+    return change_line(changes(last, now), step)
+
+
+def restored_change(state: RunState, run: RunRow, ns: dict, endpoint: Endpoint, system: str) -> str:
     """What changed since ``run``'s last execution, said as a finished run is restored.
 
     No execution starts, so no MCP server: their tools are taken as recorded.
     """
-    last = last_recorded(store, run)
-    if last is None:
-        return ""
     now = fingerprint(ns, Toolbox([]), run.info.get("tools") or [], endpoint, system, run.prompt)
-    now["mcp"] = last[1].get("mcp") or {}
-    return change_line(changes(last[1], now), last[0])
+    now["mcp"] = ((state.fingerprint or [0, {}])[1]).get("mcp") or {}
+    return since_last(state, now)
 
 
 def change_line(said: list[str], since: int) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import NotebookError
 from ..store.api import Store
 from ..vocab import ENV_NOTEBOOK, ENV_REPLAY_REPORT
-from .commands import Partial, Usage, agents_of, notebook_arg
+from .commands import Partial, Refused, Usage, agents_of, notebook_arg
 from .resume import read_notebook, run_notebook
 
 #: What an agent cell with no stored run becomes: it is not run (it would call a model).
@@ -83,9 +83,10 @@ def cmd_replay(store: Store, args: argparse.Namespace) -> Any:
     with tempfile.TemporaryDirectory(prefix="jupyter-agent-replay-") as folder:
         report = os.path.join(folder, "report.jsonl")
         env = {ENV_NOTEBOOK: path, "JUPYTER_AGENT_STORE": store.location, ENV_REPLAY_REPORT: report}
+        replayed = replay_notebook(nb, cells, targets)
         run_notebook(
             path,
-            replay_notebook(nb, cells, targets),
+            replayed,
             env=env,
             timeout=args.timeout,
             write=lambda path, text: None,
@@ -93,13 +94,27 @@ def cmd_replay(store: Store, args: argparse.Namespace) -> Any:
         )
         with open(report, encoding="utf-8") as f:
             found = {r["agent"]: r for r in map(json.loads, f.read().splitlines())}
-    results = [found[name] for name in targets if name in found]
+    for name in targets:
+        if name not in found:  # its cell said why (e.g. a tool that cannot be offered)
+            raise Refused(f"Agent {name} was not replayed: {_said(replayed, cells, name)}")
+    results = [found[name] for name in targets]
     if not args.json:
         for r in results:
             print(_text(r))
     if any(not r["same"] for r in results):
         raise Partial(results if args.json else None)
     return results if args.json else None
+
+
+def _said(nb: Any, cells: dict[str, str], name: str) -> str:
+    """The last line the agent's replay cell printed."""
+    cell = next(c for c in nb.cells if cells.get(c.get("id", "")) == name)
+    text = "".join(
+        o.get("text", "") or f"{o.get('ename', '')}: {o.get('evalue', '')}"
+        for o in cell.get("outputs", [])
+    )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "it printed nothing."
 
 
 def _text(result: dict) -> str:

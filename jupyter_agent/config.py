@@ -65,6 +65,9 @@ class RunPolicy:
     #: kernel being killed, not the machine (written to the OS, never synced: a crash of
     #: the machine may lose the last steps, and the run resumes before them).
     durability: str = SYNC
+    #: Refuse to continue a run when what it depends on changed since its last
+    #: execution (a tool's source, the model, versions: :mod:`jupyter_agent.loop.fingerprint`).
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if self.durability not in DURABILITY_MODES:

@@ -6,8 +6,9 @@ Every command but ``export`` reads metadata only and never unpickles anything;
 running kernels meanwhile: it waits while another process holds it.
 
 Exit codes: 0 ok, 1 not found or refused (docs/cli.md lists why a `resume` stops, and
-why an `approve` or `reject` is refused: the agent waits on no call, or another), 2 usage
-error, 3 a `resume` against a store the notebook's agents do not live in, 130 interrupted.
+why an `approve` or `reject` is refused: the agent waits on no call, or another) or a
+`replay` that diverged, 2 usage error, 3 a `resume` against a store the notebook's agents do
+not live in, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..store.open import open_store
 from .commands import (
     Partial,
     Refused,
+    Usage,
     cmd_decide,
     cmd_delete,
     cmd_list,
@@ -32,6 +34,7 @@ from .commands import (
     cmd_store_info,
 )
 from .export import BadOptions, cmd_export
+from .replay import cmd_replay
 from .resume import cmd_resume, positive_seconds
 
 OK, REFUSED, USAGE, OTHER_STORE = 0, 1, 2, 3
@@ -52,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="jupyter agent",
         parents=[common],
         description="The durable agents of a jupyter-agent store.",
-        epilog="Exit codes: 0 ok, 1 not found or refused, 2 usage error, "
+        epilog="Exit codes: 0 ok, 1 not found or refused (replay: diverged), 2 usage error, "
         "3 resume: the notebook's agents live in another store.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -118,6 +121,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run even if the notebook's agents live in another store (they start afresh here)",
     )
+    p = add(
+        "replay",
+        cmd_replay,
+        "run a notebook's agents again from their stored replies (0 tokens); "
+        "exit 1 at the first difference",
+    )
+    p.add_argument("notebook", help="the .ipynb file (it is not written)")
+    p.add_argument("--agent", metavar="NAME", help="the agent to replay (a unique prefix will do)")
+    p.add_argument("--all", action="store_true", help="replay every agent of the notebook")
+    p.add_argument(
+        "--timeout", type=positive_seconds, default=None, help="seconds per cell (default: none)"
+    )
     return parser
 
 
@@ -145,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps({"error": str(exc)}))
         print(f"jupyter agent: {exc}", file=sys.stderr)
+        if isinstance(exc, Usage):
+            return USAGE
         return OTHER_STORE if isinstance(exc, OtherStore) else REFUSED
     except KeyboardInterrupt:
         print("jupyter agent: interrupted.", file=sys.stderr)

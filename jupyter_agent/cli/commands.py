@@ -23,6 +23,10 @@ class Refused(Exception):
     """Not found, or not allowed: exit code 1 with this message."""
 
 
+class Usage(Refused):
+    """Bad input (an unknown notebook or agent, options that cannot go together): exit code 2."""
+
+
 class Partial(Exception):
     """Done in part: print the result, exit 1."""
 

@@ -93,6 +93,7 @@ def run_notebook(
     timeout: float | None,
     write: Callable[[str, str], None],
     stamp: Callable[[Any], None] = lambda nb: None,
+    written: bool = True,
 ) -> None:
     """Execute a notebook as JupyterLab would, writing outputs back after every cell.
 
@@ -103,7 +104,8 @@ def run_notebook(
     goes to a temporary file (its last line explains a kernel that died).
     ``nb`` is the notebook as :func:`read_notebook` read it. Raises
     :class:`NotebookError` for what stopped the run; the outputs so far are
-    written back once a cell ran. ``stamp`` changes the notebook before each write.
+    written back once a cell ran. ``stamp`` changes the notebook before each write;
+    ``written=False``: ``write`` keeps nothing, and errors do not say it does.
     """
     import nbformat
     from jupyter_client.kernelspec import NoSuchKernel
@@ -181,7 +183,8 @@ def run_notebook(
             ) from None
         except (CellExecutionError, DeadKernelError, TimeoutError) as exc:
             why = _stopped(exc, client.cell_number, seconds, log)
-            raise NotebookError(f"{why} The outputs so far were written to {name}.") from None
+            kept = f" The outputs so far were written to {name}." if written else ""
+            raise NotebookError(why + kept) from None
         finally:
             if client.cell_number:
                 with contextlib.suppress(NotebookError):

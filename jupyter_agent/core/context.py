@@ -491,3 +491,9 @@ def _transcript_line(msg: dict) -> str:
 def summary_message(summary: str, replies: int, results: int) -> str:
     """The text that stands for the compacted steps in the model's view."""
     return _SUMMARY_HEAD.format(replies=replies, results=results) + summary.strip()
+
+
+def summary_text(message: str, replies: int, results: int) -> str:
+    """The model's own summary inside a :func:`summary_message` (what a replay answers with)."""
+    head = _SUMMARY_HEAD.format(replies=replies, results=results)
+    return message[len(head) :] if message.startswith(head) else message

@@ -36,6 +36,8 @@ from .context import is_pinned
 #: versions 1 and 2 were pickled with dill and are only read to migrate them
 #: (:func:`dill_to_json`).
 STATE_VERSION = 3
+#: The ``info`` key of the fingerprint an execution records in its first checkpoint.
+FINGERPRINT = "fingerprint"
 
 # The statuses are defined, with their user-facing words, in :mod:`jupyter_agent.vocab`.
 RUNNING = Status.RUNNING
@@ -102,6 +104,9 @@ class RunState:
     cost_usd: float | None = None
     #: The budget the run last ran with ({"tokens": …, "cost": …}), if any.
     budget: dict | None = None
+    #: ``[step, fingerprint]`` of the run's latest execution that recorded one (its first
+    #: checkpoint's ``info[FINGERPRINT]``; see :mod:`jupyter_agent.loop.fingerprint`).
+    fingerprint: list | None = None
     #: (index of its first message, step) of the steps that added messages, from the
     #: one holding the view's first message: where a snapshot's fold must start.
     message_steps: list[tuple[int, int]] = field(default_factory=list)
@@ -129,6 +134,8 @@ class RunState:
         info = info or {}
         if kind in ("start", "resume") and "budget" in info:
             self.budget = info["budget"]
+        if kind in ("start", "resume", "fork") and FINGERPRINT in info:
+            self.fingerprint = [step, info[FINGERPRINT]]
         usage = info.get("usage") or {}
         self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
         self.completion_tokens += int(usage.get("completion_tokens") or 0)

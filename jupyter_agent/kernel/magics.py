@@ -102,6 +102,9 @@ class AgentMagics(Magics):
         help="Dollars per million [prompt, completion, cached prompt, cache write] tokens by "
         "model prefix (the last two optional), for $ budgets and costs."
     ).tag(config=True)
+    strict = Bool(
+        False, help="Refuse to continue a run whose tools, model or versions changed since."
+    ).tag(config=True)
     timeline = Bool(
         True, help="Show the checkpoint timeline widget under %%agent cells (in a kernel)."
     ).tag(config=True)
@@ -183,6 +186,7 @@ class AgentMagics(Magics):
         plan: bool = False,
         user_tools: tuple[str, ...] = (),
         mcp: tuple[str, ...] = (),
+        strict: bool = False,
     ) -> Settings:
         """The one place the traits (and a cell's options, given here) become settings."""
         budget = budget or self._budget()
@@ -201,6 +205,7 @@ class AgentMagics(Magics):
             tools=user_tools,
             mcp=mcp,
             durability=self.durability,
+            strict=strict or self.strict,
         )
         client = ClientSettings(
             base_url=self.base_url or None,
@@ -253,6 +258,7 @@ class AgentMagics(Magics):
             plan=args.plan,
             user_tools=parsed.functions,
             mcp=parsed.servers,
+            strict=bool(args.strict),
         )
         try:
             identity = resolve(self.shell, args.name, prompt)
@@ -414,7 +420,7 @@ class AgentMagics(Magics):
 
     @line_magic("agent")
     def agent_line(self, line: str) -> Any:
-        """Manage agents: list, show, resume, approve, reject, cells, delete. `%agent --help`."""
+        """Manage agents: list, show, resume, approve, reject, cells, replay, delete. `%agent --help`."""
         parser = line_parser(parser_of(self.agent))
         try:
             args = parser.parse_args(split_line("%agent", line))
@@ -516,6 +522,11 @@ class AgentMagics(Magics):
             print(f"Pausing agent {run.agent} after its current step.")
         else:
             print(f"Agent {run.agent} is not running in the background in this kernel.")
+
+    def _cmd_replay(self, args: argparse.Namespace) -> None:
+        from .replay import replay_agent
+
+        replay_agent(self._store(), self._find(args.name), self.shell, self._settings())
 
     def _cmd_delete(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)

@@ -82,6 +82,11 @@ _CELL_OPTIONS = [
         "says what it waits for and ends without a model call.",
     ),
     argument(
+        "--strict",
+        action="store_true",
+        help="Refuse to continue the run if its tools, model or versions changed since it last ran.",
+    ),
+    argument(
         "--background",
         action="store_true",
         help="Run on a background thread and return at once; pause it from its timeline.",
@@ -221,6 +226,7 @@ def line_parser(cell_parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         ("delete", "delete an agent and all its runs from the store"),
         ("timeline", "the checkpoint timeline widget of an agent, straight from the store"),
         ("pause", "pause an agent running in the background after its current step"),
+        ("replay", "run an agent's latest run again from its stored replies (0 tokens), compared"),
     ]:
         sub.add_parser(cmd, help=text).add_argument("name")
     cells = sub.add_parser(

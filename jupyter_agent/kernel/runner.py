@@ -24,9 +24,11 @@ from ..core.state import AWAITING_APPROVAL, DONE, RunState, prompt_hash
 from ..errors import (
     AgentBusy,  # noqa: F401  (raised by idle_state; callers catch it from here)
     AgentError,
+    ConfigError,
 )
 from ..loop.checkpoints import Collaborators
-from ..loop.execution import Execution
+from ..loop.execution import SYSTEM_PROMPT, Execution
+from ..loop.fingerprint import restored_change
 from ..loop.notify import Delivery, Notifier, notebook_link
 from ..loop.runs import idle_state, new_run
 from ..model.base import OFFLINE_MODEL, Endpoint, ModelClient, with_api
@@ -189,6 +191,7 @@ def resume_run(
             return stopped(outcome, collaborators, settings)
         if status == DONE:
             restored, failed = restore_variables(run, state, collaborators)
+            _say_changes(run, state, settings, collaborators, last_settings(store, run)["model"])
             return Outcome(run, state, "restore", restored, failed)
         last = last_settings(store, run)
         if not request.cell_options:
@@ -229,6 +232,20 @@ def stopped(outcome: Outcome, collaborators: Collaborators, settings: Settings) 
         except AgentError as exc:  # never fails the agent: at worst it is told again later
             collaborators.events.notice(f"notifications not sent: {exc}")
     return outcome
+
+
+def _say_changes(
+    run: RunRow, state: RunState, settings: Settings, collaborators: Collaborators, model: str
+) -> None:
+    """Say what changed since a finished run's last execution, as it is restored (one line)."""
+    config = settings.client
+    try:
+        endpoint = Endpoint.resolve(model, base_url=config.base_url, api_key=config.api_key)
+    except ConfigError:  # restoring needs no endpoint: compare the model's name only
+        endpoint = Endpoint(model, None, "", "")
+    ns = collaborators.shell.user_ns
+    if change := restored_change(state, run, ns, endpoint, SYSTEM_PROMPT):
+        collaborators.events.notice(change)
 
 
 def last_settings(

@@ -51,6 +51,7 @@ from ..core.state import (
     Delta,
     RunState,
 )
+from ..core.state import FINGERPRINT as KEY
 from ..core.stuck import stuck_reason, unstuck_note
 from ..errors import CallTimedOut, Cancelled, ConfigError, ModelError, NotWaiting, StoreError
 from ..model.base import ModelClient
@@ -64,6 +65,7 @@ from .checkpoints import Collaborators, Recorder, Stop
 from .compaction import Window
 from .control import DelegateStep, PlanStep, ReadAgentStep
 from .decisions import record_decision
+from .fingerprint import changes, fingerprint, since_last
 from .runs import save_latest
 from .steps import ModelStep, ToolStep
 
@@ -135,7 +137,9 @@ class Execution:
     def _execute(self, first: bool, decision: dict | None) -> RunState:
         try:  # before anything is written: a missing tool is a short error, nothing lost
             self._open_tools(first)
+            self._compare(first)
         except BaseException:
+            self.toolbox.close()
             self.client.close()
             raise
         recorder = self.recorder
@@ -223,6 +227,34 @@ class Execution:
                 self.toolbox.close()
                 raise
 
+    def _compare(self, first: bool) -> None:
+        """This execution's fingerprint, and what changed since the run's last execution.
+
+        A continuation (a resume, an approval, a fork) that finds a change says
+        it in one line, recorded with its first checkpoint; under the strict
+        policy it refuses instead, before anything is written.
+        """
+        names = self.run.info.get("tools") or []
+        self.fingerprint = fingerprint(
+            self.shell.user_ns,
+            self.toolbox,
+            names,
+            self.client.endpoint,
+            SYSTEM_PROMPT,
+            self.run.prompt,
+        )
+        continuing = not first or bool(self.run.parent_run)
+        last = self.state.fingerprint if continuing else None
+        self.changed = changes(last[1], self.fingerprint) if last else []
+        self.change = since_last(self.state, self.fingerprint) if last else ""
+        if self.change and self.settings.policy.strict:
+            raise ConfigError(
+                f"Agent {self.run.agent} was not continued (strict): {self.change}. Undo the "
+                "change, or continue without --strict (AgentMagics.strict) to run under it."
+            )
+        if self.change:
+            self.recorder.events.notice(self.change)
+
     def _interrupted_call(self, call_id: str) -> str:
         call: dict = next(
             (
@@ -258,6 +290,8 @@ class Execution:
             "context_window": self.window.window,
             "budget": _budget_dict(self.budget),
             "approve": self.settings.policy.recorded_approval(),
+            KEY: self.fingerprint,
+            **({"changed": self.changed} if self.changed else {}),
         }
 
     def _resume(self) -> None:
@@ -278,10 +312,11 @@ class Execution:
             messages.append(
                 {"role": "user", "content": context.HARNESS_NOTE + unstuck_note(reason)}
             )
+        summary = f"resumed after checkpoint {self.state.step} ({self.state.kind})"
         self.recorder.checkpoint(
             "resume",
             RUNNING,
-            f"resumed after checkpoint {self.state.step} ({self.state.kind})",
+            summary + (f"; {self.change}" if self.change else ""),
             Delta(messages=messages),
             info={
                 "from_step": self.state.step,
@@ -317,7 +352,9 @@ class Execution:
                         {"role": "tool", "tool_call_id": call["id"], "content": FORK_SKIPPED}
                     )
             messages.append({"role": "user", "content": redact(instruction, self.settings.secrets)})
-        where = f"forked from checkpoint {self.run.parent_step}"
+        where = f"forked from checkpoint {self.run.parent_step}" + (
+            f" ({self.change})" if self.change else ""
+        )
         self.recorder.checkpoint(
             "fork",
             RUNNING,
@@ -327,6 +364,8 @@ class Execution:
                 "parent_run": self.run.parent_run,
                 "parent_step": self.run.parent_step,
                 "instruction": instruction,
+                KEY: self.fingerprint,
+                **({"changed": self.changed} if self.changed else {}),
             },
         )
 

@@ -32,8 +32,17 @@ def tool(code: str) -> dict:
 SCRIPT = [tool(TABLE), tool(PLOT), {"content": "Done: a table and a plot."}]
 
 
+def calls_outputs(outputs: list[dict]) -> list[dict]:
+    """The outputs the python calls displayed: not the agent's own (timeline, progress)."""
+    return [
+        out
+        for out in outputs
+        if not str(out.get("data", {}).get("text/html", "")).startswith("<div class='jp-agent-")
+    ]
+
+
 def mime_types(outputs: list[dict]) -> set[str]:
-    return {m for out in outputs for m in out.get("data", {})}
+    return {m for out in calls_outputs(outputs) for m in out.get("data", {})}
 
 
 def sent_tool_messages(scripted) -> list:
@@ -62,7 +71,9 @@ def test_rich_results_live_saved_and_restored_text_to_the_model(
     assert live.status == "ok", live.text
     assert "Done: a table and a plot." in live.text
     assert {"text/html", "image/png"} <= mime_types(live.outputs), live.outputs
-    html = next(o["data"]["text/html"] for o in live.outputs if "text/html" in o["data"])
+    html = next(
+        o["data"]["text/html"] for o in calls_outputs(live.outputs) if "text/html" in o["data"]
+    )
     assert "<table" in html
     # The model saw the text form only: the DataFrame's text, no HTML, no image.
     sent = sent_tool_messages(scripted)

@@ -7,9 +7,8 @@ output streams in, at once at each checkpoint (a tool call or a model request
 may take long: what led to it must show meanwhile), and once more when the
 run ends. What a throttled write left unshown is shown by a timer when no
 write follows. A frontend and nbclient keep the last update only, so the
-notebook holds one small output per cell. For a headless runner (``in_place``
-false: nbclient, nbval, papermill), which no one watches and of which nbval
-ignores updates, the output is displayed once, when the run ends.
+notebook holds one small output per cell. Under nbval, which drops display
+updates (``in_place`` false), the output is displayed once, when the run ends.
 """
 
 from __future__ import annotations

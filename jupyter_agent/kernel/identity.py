@@ -228,14 +228,16 @@ def _request_metadata(shell: Any) -> dict[str, Any]:
     return metadata if isinstance(metadata, dict) else {}
 
 
-def interactive_frontend(shell: Any) -> bool:
-    """Whether the frontend shows a cell while it runs: it names the cell it executes.
+def runner_ignores_display_updates() -> bool:
+    """Whether this kernel was started by nbval, which keeps a display as first shown.
 
-    JupyterLab, Notebook 7, VS Code and ``jupyter agent resume`` send a ``cellId``
-    and apply display updates; headless runners (nbclient, nbval, papermill,
-    nbconvert) send none, and nbval ignores updates, so those see one final display.
+    nbval compares a cell's outputs as its own client saw them, and that client
+    drops ``update_display_data``; JupyterLab, Notebook 7, VS Code, nbclient,
+    papermill and nbconvert apply the updates. Known from the command line of the
+    process that started the kernel, as the notebook on disk is (see above).
     """
-    return bool(_request_metadata(shell).get("cellId"))
+    argv, _ = _runner_command()
+    return any(a.startswith("--nbval") for a in argv)
 
 
 def current_cell_id(shell: Any) -> str | None:

@@ -42,7 +42,13 @@ from . import runner
 from .after import After
 from .cell_output import LiveCell
 from .cells import insert_cells, show_restored
-from .identity import AgentIdentity, interactive_frontend, notebook_path, other_store, resolve
+from .identity import (
+    AgentIdentity,
+    notebook_path,
+    other_store,
+    resolve,
+    runner_ignores_display_updates,
+)
 from .options import HelpShown, cell_arguments, line_parser, parse_cell, parser_of, split_line
 from .runner import CellRequest, Outcome
 from .runtime import AgentRuntime, current
@@ -327,7 +333,7 @@ class AgentMagics(Magics):
         # In a kernel the cell shows one bounded display, updated in place; elsewhere
         # (terminal IPython) the progress is printed as lines.
         live = (
-            LiveCell(identity.agent, in_place=interactive_frontend(self.shell))
+            LiveCell(identity.agent, in_place=not runner_ignores_display_updates())
             if getattr(self.shell, "kernel", None)
             else None
         )

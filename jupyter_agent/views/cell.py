@@ -27,7 +27,7 @@ from ..vocab import Status, plural, printable, status_text
 from .render import TextEvents
 
 TAIL = 12  # lines of recent activity shown
-WIDTH = 200  # characters of one shown line
+WIDTH = 500  # characters of one shown line: a notice naming a file path fits whole
 ANSWER_LIMIT = 8_000  # characters of the answer shown in the cell
 NEWLINE = "\n"
 

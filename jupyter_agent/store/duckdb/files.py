@@ -389,17 +389,18 @@ class DuckDBFile:
                     "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                     [str(SCHEMA_VERSION)],
                 )
-            # The file is its one user's: one made before store ids gets its id here.
-            con.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", [STORE_ID, new_store_id()])
-        if version is None:
-            return
-        if version < 2:
+        if version is not None and version < 2:
             self._migrate(con)
-        elif version < SCHEMA_VERSION:  # schemas 3 and 4 changed team stores only: the number
+        elif version is not None and version < SCHEMA_VERSION:
+            # Schemas 3 and 4 changed team stores only: the number.
             con.execute(
                 "UPDATE meta SET value = ? WHERE key = 'schema_version' AND value = ?",
                 [str(SCHEMA_VERSION), str(version)],
             )
+        with _migrate_lock:
+            # The file is its one user's: one made before store ids gets its id here,
+            # after an upgrade's copy, which is the file exactly as it was.
+            con.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", [STORE_ID, new_store_id()])
 
     def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
         """Upgrade a schema 1 store in place: dill payloads become JSON.

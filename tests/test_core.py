@@ -54,6 +54,21 @@ def test_fold_tracks_pending_tool_calls_and_variables():
     assert state.vars == {"x": "h1"} and state.tokens == 5
 
 
+def test_fold_keeps_each_files_latest_record_and_forgets_deleted_ones():
+    state = RunState()
+    a1, b1 = {"sha256": "a1", "size": 1}, {"sha256": "b1", "size": 2}
+    big = {"unversioned": "over the run's cap of 50 MB", "size": 60_000_000}
+    steps = [{"a.csv": a1, "b.csv": b1}, {"a.csv": {"sha256": "a2", "size": 3}, "b.csv": None}]
+    for step, files in enumerate([*steps, {"big.bin": big}]):
+        delta = decode_delta(encode_delta(Delta(files=files)))
+        state.apply(delta, step=step, kind="tool_result", status="running", tokens=0)
+        if step == 0:
+            assert state.files == {"a.csv": a1, "b.csv": b1}
+    assert state.files == {"a.csv": {"sha256": "a2", "size": 3}, "big.bin": big}
+    snapshot = state.snapshot(0)
+    assert snapshot is None or snapshot[1]["state"]["files"] == state.files
+
+
 def test_delta_round_trip_and_newer_version_refused():
     delta = Delta(
         messages=[{"role": "user", "content": "x"}], vars={"a": "h"}, unsaved={"g": "why"}

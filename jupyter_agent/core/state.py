@@ -70,6 +70,17 @@ class Delta:
     #: Read by restores and exports (:mod:`jupyter_agent.views.cells`), never folded into
     #: the state nor sent to the model.
     outputs: list[dict] | None = None
+    #: Files under the notebook's folder that this step's code created, changed or
+    #: deleted: relative path -> :data:`FileRecord` (None: deleted). Their content is
+    #: in the store's blobs, by hash, as large values are.
+    files: dict[str, dict | None] = field(default_factory=dict)
+
+
+#: What a file's entry in :attr:`Delta.files` and :attr:`RunState.files` holds:
+#: ``{"sha256": hex, "size": bytes}`` for a versioned file, or
+#: ``{"unversioned": why, "size": bytes}`` for one the run could not keep (over the
+#: run's cap, unreadable): listed, never silently skipped.
+FileRecord = dict
 
 
 #: What stands for a message a partial fold did not read: one the view no longer shows.
@@ -102,6 +113,8 @@ class RunState:
     cache_write_tokens: int = 0
     #: Dollars of the priced checkpoints (``info.cost_usd``); None: none was priced.
     cost_usd: float | None = None
+    #: The files the run's code wrote, as they were at this step (see :attr:`Delta.files`).
+    files: dict[str, FileRecord] = field(default_factory=dict)
     #: The budget the run last ran with ({"tokens": …, "cost": …}), if any.
     budget: dict | None = None
     #: ``[step, fingerprint]`` of the run's latest execution that recorded one (its first
@@ -143,6 +156,11 @@ class RunState:
         self.cache_write_tokens += int(usage.get("cache_write_tokens") or 0)
         self.cost_usd = add_cost(self.cost_usd, info.get("cost_usd"))
         self.bind(delta.vars, delta.unsaved)
+        for path, record in delta.files.items():
+            if record is None:
+                self.files.pop(path, None)
+            else:
+                self.files[path] = record
         if delta.decision:
             self.decisions[delta.decision["call_id"]] = delta.decision
         if kind == "tool_call":

@@ -1,8 +1,8 @@
 """What the configuration says about running agents, as small frozen objects.
 
 The magics' traits (``c.AgentMagics.*``) and a cell's ``%%agent`` line are
-turned into these in one place (:meth:`jupyter_agent.kernel.magics.AgentMagics`'s
-``_settings``); everything below takes them as they are:
+turned into these in one place (:meth:`jupyter_agent.kernel.traits.AgentTraits._settings`);
+everything below takes them as they are:
 
 * :class:`RunPolicy`: what a run may do and when it stops (steps, approvals,
   budget, plan, context window, the tools a new run offers);

@@ -9,29 +9,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
-from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, validate
 
-from ..config import (
-    DURABILITY_MODES,
-    RICH_OUTPUT_BYTES,
-    SYNC,
-    ClientSettings,
-    RunPolicy,
-    Settings,
-)
-from ..core.budget import Budget, parse_budget
-from ..core.redaction import secrets_in_environment
+from ..config import Settings
 from ..core.state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
-from ..errors import AgentBusy, AgentError, BudgetError, Cancelled, UsageProblem
-from ..loop.notify import ENV_NOTIFY, ENV_SERVER_URL, webhook_urls
+from ..errors import AgentBusy, AgentError, Cancelled, UsageProblem
 from ..loop.runs import load_state
-from ..model.base import APIS
 from ..store.api import RunRow, Store
 from ..tools.python import showing_in
 from ..views.cell import CellEvents
@@ -52,114 +39,12 @@ from .identity import (
 from .options import HelpShown, cell_arguments, line_parser, parse_cell, parser_of, split_line
 from .runner import CellRequest, Outcome
 from .runtime import AgentRuntime, current
+from .traits import AgentTraits
 
 
 @magics_class
-class AgentMagics(Magics):
+class AgentMagics(AgentTraits, Magics):
     """Durable LLM agents in notebook cells."""
-
-    model = Unicode("", help="Default model name for %%agent (e.g. 'gpt-4o-mini', 'offline').").tag(
-        config=True
-    )
-    max_steps = Int(30, help="Default maximum model calls per execution of an agent.").tag(
-        config=True
-    )
-    approve = Bool(False, help="Ask for approval before every tool call.").tag(config=True)
-    base_url = Unicode("", help="OpenAI-compatible endpoint; default: $OPENAI_BASE_URL.").tag(
-        config=True
-    )
-    api = Enum(
-        ("", *APIS),
-        default_value="",
-        help="The API models are asked through: 'chat' (Chat Completions), 'responses' "
-        "(OpenAI Responses), 'anthropic' (Anthropic Messages); '': the model's prefix "
-        "(anthropic:NAME, responses:NAME), else chat.",
-    ).tag(config=True)
-    headers = Dict(
-        help="Extra HTTP headers of every model request, e.g. {'HTTP-Referer': ...} for "
-        "OpenRouter or {'api-key': ...} for Azure."
-    ).tag(config=True)
-    query = Dict(
-        help="Extra query parameters of every model request, e.g. {'api-version': "
-        "'2024-10-21'} for Azure OpenAI deployments."
-    ).tag(config=True)
-    extra_body = Dict(
-        help="Extra fields of every model request, e.g. {'thinking': {'type': 'enabled', "
-        "'budget_tokens': 4096}} (Anthropic) or {'reasoning': {'effort': 'high', 'summary': "
-        "'auto'}} (Responses)."
-    ).tag(config=True)
-    store = Unicode(
-        "", help="Store file; default: $JUPYTER_AGENT_STORE or the Jupyter data dir."
-    ).tag(config=True)
-    retries = Int(4, help="Retries of a failing model call before the agent pauses.").tag(
-        config=True
-    )
-    retry_backoff = Float(0.5, help="First retry delay in seconds; doubles each retry.").tag(
-        config=True
-    )
-    timeout = Float(120.0, help="Seconds to wait for the model endpoint.").tag(config=True)
-    budget = Unicode(
-        "", help="Default budget of a run: tokens (50000, 50k) or dollars ('$2.50'); '' for none."
-    ).tag(config=True)
-    context_window = Int(
-        0, help="The model's context window in tokens; 0: learnt from the endpoint or known."
-    ).tag(config=True)
-    prices = Dict(
-        help="Dollars per million [prompt, completion, cached prompt, cache write] tokens by "
-        "model prefix (the last two optional), for $ budgets and costs."
-    ).tag(config=True)
-    strict = Bool(
-        False, help="Refuse to continue a run whose tools, model or versions changed since."
-    ).tag(config=True)
-    timeline = Bool(
-        True, help="Show the checkpoint timeline widget under %%agent cells (in a kernel)."
-    ).tag(config=True)
-    rich_output_bytes = Int(
-        RICH_OUTPUT_BYTES,
-        min=0,  # 0: text/plain only
-        help="Bytes of a python call's rich output (HTML, images; text/plain is always kept) "
-        "saved with its checkpoint and shown again when the cell is restored.",
-    ).tag(config=True)
-    notify = List(
-        Unicode(),
-        help="Webhook URLs told when an agent waits for approval, pauses at its budget, is "
-        "stuck, errors or finishes (Slack incoming webhooks or any JSON endpoint); "
-        "default: $JUPYTER_AGENT_NOTIFY (whitespace- or comma-separated).",
-    ).tag(config=True)
-    server_url = Unicode(
-        "",
-        help="The Jupyter server's URL, for links in notifications; default: "
-        "$JUPYTER_AGENT_SERVER_URL.",
-    ).tag(config=True)
-    durability = Enum(
-        DURABILITY_MODES,
-        SYNC,
-        help="What a checkpoint survives before the agent goes on: 'sync' (a machine crash; "
-        "one fdatasync per step) or 'process' (the kernel being killed; no fdatasync).",
-    ).tag(config=True)
-    mcp_servers = Dict(
-        help='MCP servers for --mcp, as Claude Desktop writes them: {"name": {"command": ..., '
-        '"args": [...], "env": {...}}} (stdio) or {"name": {"url": ...}} (streamable HTTP).'
-    ).tag(config=True)
-
-    @validate("max_steps")
-    def _check_max_steps(self, proposal: Any) -> int:
-        return _at_least(proposal, 1, "the agent could never take a step")
-
-    @validate("retries")
-    def _check_retries(self, proposal: Any) -> int:
-        return _at_least(proposal, 0, "0 means: no retries")
-
-    @validate("retry_backoff")
-    def _check_backoff(self, proposal: Any) -> float:
-        return _at_least(proposal, 0, "0 means: retry at once")
-
-    @validate("timeout")
-    def _check_timeout(self, proposal: Any) -> float:
-        value = proposal["value"]
-        if not value > 0:
-            raise TraitError(f"AgentMagics.timeout must be more than 0 seconds, not {value!r}.")
-        return value
 
     #: What ``%agent list`` reads through (the REST API's reader, for one store).
     _reader: Any = None
@@ -180,64 +65,6 @@ class AgentMagics(Magics):
         """The namespace of the shell these magics were registered with."""
         assert self.shell is not None
         return self.shell.user_ns
-
-    def _settings(
-        self,
-        max_steps: int | None = None,
-        approve: bool = False,
-        tools: tuple[str, ...] = (),
-        *,
-        budget: Budget | None = None,
-        context_window: int | None = None,
-        plan: bool = False,
-        user_tools: tuple[str, ...] = (),
-        mcp: tuple[str, ...] = (),
-        strict: bool = False,
-    ) -> Settings:
-        """The one place the traits (and a cell's options, given here) become settings."""
-        budget = budget or self._budget()
-        if max_steps is None:  # a budget is a long run's natural limit, not the step count
-            max_steps = None if budget is not None else self.max_steps
-        policy = RunPolicy(
-            max_steps=max_steps,
-            budget=budget,
-            context_window=context_window or self.context_window or None,
-            prices={
-                k: tuple(v) if isinstance(v, list | tuple) else (v,) for k, v in self.prices.items()
-            },
-            plan=plan,
-            approve=approve or self.approve,
-            approve_tools=() if self.approve else tools,
-            tools=user_tools,
-            mcp=mcp,
-            durability=self.durability,
-            strict=strict or self.strict,
-        )
-        client = ClientSettings(
-            base_url=self.base_url or None,
-            timeout=self.timeout,
-            retries=self.retries,
-            backoff=self.retry_backoff,
-            api=self.api or None,
-            headers={str(k): str(v) for k, v in self.headers.items()},
-            query={str(k): str(v) for k, v in self.query.items()},
-            extra_body=dict(self.extra_body),
-        )
-        return Settings(
-            policy=policy,
-            client=client,
-            mcp_servers=dict(self.mcp_servers),
-            secrets=secrets_in_environment(),
-            rich_output_bytes=self.rich_output_bytes,
-            notify=webhook_urls(self.notify or os.environ.get(ENV_NOTIFY, "")),
-            server_url=self.server_url or os.environ.get(ENV_SERVER_URL, ""),
-        )
-
-    def _budget(self) -> Budget | None:
-        try:
-            return parse_budget(self.budget)
-        except BudgetError as exc:
-            raise UsageError(f"AgentMagics.budget: {exc}") from None
 
     # -- %%agent --------------------------------------------------------------------
 
@@ -580,11 +407,3 @@ def report(
     if live is not None:
         answer = state.final_answer() if state.status == DONE else None
         live.finish(state.status, state.model_calls, answer)
-
-
-def _at_least(proposal: Any, low: float, why: str) -> Any:
-    value = proposal["value"]
-    if value < low:
-        name = proposal["trait"].name
-        raise TraitError(f"AgentMagics.{name} must be {low} or more ({why}), not {value!r}.")
-    return value

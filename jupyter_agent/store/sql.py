@@ -26,7 +26,8 @@ from typing import Any, ClassVar, TypeVar
 from ..errors import Conflict, StoreError
 from . import api
 from . import rows as store_rows
-from .api import Capability, CheckpointRow, RunRow, Store, delete_agent_runs, history_chain
+from .api import Capability, CheckpointRow, RunRow, Store, history_chain
+from .deletion import delete_agent_runs
 from .dialect import (
     CHECKPOINT_SELECT,
     MAX_STEP,

@@ -112,7 +112,7 @@ class AgentRuntime:
 
     def store(self) -> Store:
         """The store of the configuration; one handle per path."""
-        from ..store.duckdb.files import default_store_path  # DuckDB: when a store is used
+        from ..store.duckdb.paths import default_store_path
 
         spec = self.store_path or os.environ.get("JUPYTER_AGENT_STORE") or str(default_store_path())
         with self._lock:

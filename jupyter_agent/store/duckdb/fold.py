@@ -30,7 +30,8 @@ from ..dialect import first, move_runs
 from ..faults import crash, crash_due
 from ..rows import Record, malformed
 from . import journal
-from .files import INSPECT, DuckDBFile, DuckDBQuery, exposure, private_files, warn
+from .files import INSPECT, DuckDBFile, DuckDBQuery
+from .paths import exposure, private_files, warn
 
 _TABLE_COLUMNS = {
     "runs": RUN_COLUMNS,

@@ -38,9 +38,10 @@ from ..dialect import MAX_STEP, Dialect, Nothing, Query, first, pinned
 from ..rows import checkpoint_from_row
 from ..sql import SQLStore
 from . import blobfiles, journal, locks, statefile
-from .files import DuckDBQuery, warn
+from .files import DuckDBQuery
 from .fold import JournalFolding
 from .journal import JournalWriter
+from .paths import warn
 from .writer import DuckDBRunWriter
 
 

@@ -351,11 +351,8 @@ def ledger(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         info = r.get("info") or {}
         if r.get("kind") == "resume" and isinstance(info.get("saved_tokens"), int):
             out["saved_tokens"] += info["saved_tokens"]
-        usage = info.get("usage") or {}
         for key in LEDGER_USAGE:
-            value = usage.get(key)
-            if isinstance(value, int):
-                out[key] += value
+            out[key] += usage_tokens(info.get("usage"), key)
         out["cost_usd"] = add_cost(out["cost_usd"], info.get("cost_usd"))
     return out
 
@@ -365,6 +362,18 @@ def added(ledger_: Mapping[str, Any], more: Mapping[str, Any]) -> dict[str, Any]
     out = {k: v + more.get(k, 0) for k, v in ledger_.items() if k != "cost_usd"}
     out["cost_usd"] = add_cost(ledger_.get("cost_usd"), more.get("cost_usd"))
     return out
+
+
+def usage_tokens(usage: object, key: str) -> int:
+    """The ``key`` count of a stored usage record; 0 where it is missing or not a number.
+
+    Rows of older releases (and odd endpoints) hold anything there: a bad value must
+    count nothing rather than break the fold or a listing that reads it.
+    """
+    value = usage.get(key) if isinstance(usage, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return int(value)
 
 
 def add_cost(total: float | None, cost: object) -> float | None:

@@ -146,3 +146,13 @@ def test_run_python_reports_output_value_and_errors():
     assert "jupyter_agent" not in failing.output  # only the agent code's frames
     exiting = run_python(shell, "raise SystemExit(3)")
     assert exiting.error  # the agent's code cannot end the kernel
+
+
+def test_a_stored_usage_that_is_not_a_number_counts_nothing_and_the_fold_goes_on():
+    state = RunState()
+    odd = {"prompt_tokens": "n/a", "completion_tokens": 12, "cached_tokens": [3]}
+    for step, usage in enumerate([odd, {"prompt_tokens": 7.0, "cache_write_tokens": True}, "x"]):
+        state.apply(Delta(), step=step, kind="model", status="running", tokens=0,
+                    info={"usage": usage})  # fmt: skip
+    assert (state.prompt_tokens, state.completion_tokens) == (7, 12)
+    assert (state.cached_tokens, state.cache_write_tokens, state.model_calls) == (0, 0, 3)

@@ -28,7 +28,7 @@ from typing import Any, cast
 import orjson
 
 from ..errors import StateVersionError
-from ..vocab import Status, add_cost
+from ..vocab import Status, add_cost, usage_tokens
 from .context import is_pinned
 
 #: Version of the delta payload layout. Bump it when :class:`Delta` changes and
@@ -149,11 +149,11 @@ class RunState:
             self.budget = info["budget"]
         if kind in ("start", "resume", "fork") and FINGERPRINT in info:
             self.fingerprint = [step, info[FINGERPRINT]]
-        usage = info.get("usage") or {}
-        self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-        self.completion_tokens += int(usage.get("completion_tokens") or 0)
-        self.cached_tokens += int(usage.get("cached_tokens") or 0)
-        self.cache_write_tokens += int(usage.get("cache_write_tokens") or 0)
+        usage = info.get("usage")
+        self.prompt_tokens += usage_tokens(usage, "prompt_tokens")
+        self.completion_tokens += usage_tokens(usage, "completion_tokens")
+        self.cached_tokens += usage_tokens(usage, "cached_tokens")
+        self.cache_write_tokens += usage_tokens(usage, "cache_write_tokens")
         self.cost_usd = add_cost(self.cost_usd, info.get("cost_usd"))
         self.bind(delta.vars, delta.unsaved)
         for path, record in delta.files.items():

@@ -44,6 +44,12 @@ def priced(ip: Any) -> Any:
     ip.run_line_magic("config", "AgentMagics.prices = {}")
 
 
+def run_agent(shell: Any, scripted: ScriptedServer, steps: int, options: str) -> None:
+    """Run the task as a scripted agent with ``options`` over ``steps`` cached-prompt steps."""
+    scripted.set_script(script(steps))
+    shell.run_cell_magic("agent", f"--model scripted {options}", TASK)
+
+
 def model_rows(store_path: Path) -> list[Any]:
     store = Store(store_path)
     run = store.runs()[-1]
@@ -71,8 +77,7 @@ def test_prices_have_cache_rates_and_a_bad_price_is_refused() -> None:
 def test_each_model_call_stores_its_cached_tokens_and_cost(
     priced: Any, scripted: ScriptedServer, store_path: Path
 ) -> None:
-    scripted.set_script(script(4))
-    priced.run_cell_magic("agent", "--model scripted --name cache", TASK)
+    run_agent(priced, scripted, 4, "--name cache")
     rows = model_rows(store_path)
     assert len(rows) == 5
     price = Price(10.0, 30.0, 1.0, 10.0)
@@ -89,8 +94,7 @@ def test_each_model_call_stores_its_cached_tokens_and_cost(
 def test_every_list_and_the_timeline_show_cached_tokens_and_cost(
     priced: Any, scripted: ScriptedServer, store_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    scripted.set_script(script(3))
-    priced.run_cell_magic("agent", "--model scripted --name shown", TASK)
+    run_agent(priced, scripted, 3, "--name shown")
     rows = model_rows(store_path)
     cached = sum(r.info["usage"]["cached_tokens"] for r in rows)
     prompt = sum(r.info["usage"]["prompt_tokens"] for r in rows)
@@ -120,8 +124,7 @@ def test_every_list_and_the_timeline_show_cached_tokens_and_cost(
 def test_an_unpriced_model_costs_nothing_known(
     ip: Any, scripted: ScriptedServer, store_path: Path
 ) -> None:
-    scripted.set_script(script(1))
-    ip.run_cell_magic("agent", "--model scripted --name free", TASK)
+    run_agent(ip, scripted, 1, "--name free")
     assert all("cost_usd" not in r.info for r in model_rows(store_path))
     (_, row), = listing.store_agents(Store(store_path))  # fmt: skip
     assert row["cost_usd"] is None and listing.cost(row) == "-"
@@ -130,8 +133,7 @@ def test_an_unpriced_model_costs_nothing_known(
 def test_a_dollar_budget_counts_the_cached_rate(
     priced: Any, scripted: ScriptedServer, store_path: Path
 ) -> None:
-    scripted.set_script(script(30))
-    priced.run_cell_magic("agent", "--model scripted --name dollars --budget $0.25", TASK)
+    run_agent(priced, scripted, 30, "--name dollars --budget $0.25")
     store = Store(store_path)
     cps = store.checkpoints(store.runs()[-1].run_id)
     assert cps[-1].status == "budget"

@@ -46,6 +46,11 @@ def paused(scripted: ScriptedServer, env: dict[str, str], root: Path) -> tuple[P
     return nb_path, log
 
 
+def decide(rest: Api, body: dict[str, Any]) -> tuple[int, Any]:
+    """POST an answer to the call agent ``gated`` of nb.ipynb waits on."""
+    return rest.call("POST", API, "agents", "gated", "decision", notebook="nb.ipynb", body=body)
+
+
 def listed(env: dict[str, str]) -> dict[str, Any]:
     (agent,) = json.loads(cli("list", "--json", env=env).stdout)
     return agent
@@ -61,30 +66,12 @@ def test_an_approval_posted_over_rest_is_applied_by_the_next_resume_once(
     run = rest.get("runs", agent["run_id"])[1]
     call_id = run["checkpoints"][-1]["info"]["call_id"]
 
-    wrong = rest.call(
-        "POST",
-        API,
-        "agents",
-        "gated",
-        "decision",
-        notebook="nb.ipynb",
-        body={"action": "approve", "call_id": "call_elsewhere"},
-    )
+    wrong = decide(rest, {"action": "approve", "call_id": "call_elsewhere"})
     assert wrong[0] == 409 and "no longer waiting" in wrong[1]["message"], wrong
-    bad = rest.call(
-        "POST", API, "agents", "gated", "decision", notebook="nb.ipynb", body={"action": "ok"}
-    )
+    bad = decide(rest, {"action": "ok"})
     assert bad[0] == 400 and "approve, edit or reject" in bad[1]["message"], bad
 
-    code, stored = rest.call(
-        "POST",
-        API,
-        "agents",
-        "gated",
-        "decision",
-        notebook="nb.ipynb",
-        body={"action": "approve", "call_id": call_id},
-    )
+    code, stored = decide(rest, {"action": "approve", "call_id": call_id})
     assert code == 200, stored
     assert stored["call_id"] == call_id and stored["action"] == "approve"
     assert not log.exists()  # stored, not run: no kernel runs the agent
@@ -92,15 +79,7 @@ def test_an_approval_posted_over_rest_is_applied_by_the_next_resume_once(
     assert "approved" in row["label"] and "next runs" in row["label"], row
 
     # Answered once: a second answer for the same call is refused, with the reason.
-    again = rest.call(
-        "POST",
-        API,
-        "agents",
-        "gated",
-        "decision",
-        notebook="nb.ipynb",
-        body={"action": "reject", "call_id": call_id},
-    )
+    again = decide(rest, {"action": "reject", "call_id": call_id})
     assert again[0] == 409 and "not waiting for an approval" in again[1]["message"], again
 
     done = cli("resume", str(nb_path), env=agent_env)
@@ -111,15 +90,7 @@ def test_an_approval_posted_over_rest_is_applied_by_the_next_resume_once(
     assert listed(agent_env)["status"] == "done"
 
     # Never applied twice: the call is answered; an answer now is stale.
-    stale = rest.call(
-        "POST",
-        API,
-        "agents",
-        "gated",
-        "decision",
-        notebook="nb.ipynb",
-        body={"action": "approve", "call_id": call_id},
-    )
+    stale = decide(rest, {"action": "approve", "call_id": call_id})
     assert stale[0] == 409 and "it is done" in stale[1]["message"], stale
 
 

@@ -18,7 +18,7 @@ from ..namespace.serialize import deserialize
 from ..namespace.tracking import value_of
 from ..store.api import Store
 from ..vocab import size_text
-from .points import Folded, point
+from .points import Folded, point, state_at
 from .timeline import notebook_name
 
 TEXT_LINES = 200  # lines of a value's text compared
@@ -42,6 +42,15 @@ def compare_points(
     """Both points named (``RUN@N``, ``NAME``…; see :mod:`.points`), and their diff."""
     left, right = point(store, a, notebook), point(store, b, notebook)
     return left, right, compare(store, left, right)
+
+
+def other_point(store: Store, base: Folded, text: str, notebook: str | None = None) -> Folded:
+    """The point "compare with…" names beside ``base``: a bare number is a checkpoint of
+    ``base``'s run, anything else a point as in :mod:`.points`."""
+    text = text.strip()
+    if text.isdigit():
+        return state_at(store, base.run, int(text))
+    return point(store, text, notebook)
 
 
 def value_reader(store: Store) -> ValueText | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 from pathlib import Path
 
 from jupyter_agent.core.state import Delta, encode_delta
@@ -38,7 +39,7 @@ def after_first_call(env: dict[str, str], name: str) -> int:
 
 
 def test_diff_shows_what_changed_between_checkpoints_and_agents(
-    kernel_factory, scripted: ScriptedServer, agent_env, tmp_path
+    kernel_factory, scripted: ScriptedServer, agent_env, store_path, tmp_path
 ):
     k = kernel_factory()
     k.run(f"__session__ = {str(tmp_path / 'a.ipynb')!r}")
@@ -88,6 +89,17 @@ def test_diff_shows_what_changed_between_checkpoints_and_agents(
     # The same point twice: nothing differs, exit 0.
     same = cli("diff", "calc", "calc", env=env)
     assert same.returncode == 0 and "No differences." in same.stdout
+
+    # A store others could write: values are never unpickled, summaries still compare.
+    mode = store_path.stat().st_mode
+    store_path.chmod(mode | stat.S_IWOTH)
+    try:
+        untrusted = cli("diff", f"calc@{first}", "calc", env=env)
+    finally:
+        store_path.chmod(mode)
+    assert untrusted.returncode == 0, untrusted.stderr
+    assert "  ~ x: int 1 -> 2" in untrusted.stdout and "  ~ items: list" in untrusted.stdout
+    assert "--- a/items" not in untrusted.stdout and "--- a/items" in out
 
 
 def write_run(store: DuckDBStore, run: RunRow, deltas: list[Delta]) -> None:

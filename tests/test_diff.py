@@ -172,6 +172,7 @@ def test_unknown_or_malformed_points_are_one_line_errors_and_write_nothing(tmp_p
         (("nope", "r1aaaa"), 1, "No run or agent 'nope'"),
         (("r1aaaa@7", "r1aaaa"), 1, "has no checkpoint 7"),
         (("files@1", "ghost@2"), 1, "No run or agent 'ghost'"),
+        (("r1a", "files"), 1, "No run or agent 'r1a'"),  # a run id's prefix: 4 at least
         (("files@x", "files"), 2, "is not a point"),
         (("@3", "files"), 2, "is not a point"),
     ):

@@ -74,20 +74,23 @@ def parse_point(text: str) -> tuple[str, int | None]:
 
 
 def find_run(store: Store, name: str, notebook: str | None = None) -> RunRow:
-    """The run ``name`` names: a run id (anywhere), a unique prefix of one, else the latest
-    run of the agent of that name (or a unique prefix); prefixes and names are looked
-    for in ``notebook``, or in every notebook."""
+    """The run ``name`` names, first match wins: a run id (anywhere); the latest run of the
+    agent of that name; a unique prefix of a run id (4 characters at least); the latest
+    run of the agent whose name it uniquely begins. Prefixes and names are looked for in
+    ``notebook``, or in every notebook."""
     if not store.exists():  # reading must not create a store
         raise NotFound(f"No run or agent {name!r}: the store holds no agents yet.")
     exact = store.run(name)  # a run id names one run wherever its notebook is
     if exact is not None:
         return exact
     runs = store.runs(notebook=notebook)
-    hits = [r for r in runs if r.run_id.startswith(name)]
-    if len(hits) == 1:
-        return hits[0]
     agents = by_agent(runs)
-    keys = [k for k in agents if k[1] == name] or [k for k in agents if k[1].startswith(name)]
+    keys = [k for k in agents if k[1] == name]
+    if not keys:
+        hits = [r for r in runs if r.run_id.startswith(name)] if len(name) >= 4 else []
+        if len(hits) == 1:
+            return hits[0]
+        keys = [k for k in agents if k[1].startswith(name)]
     where = f"in {notebook}" if notebook else "in the store"
     if not keys:
         raise NotFound(f"No run or agent {name!r} {where}. `jupyter agent list` shows the agents.")

@@ -11,7 +11,7 @@ import json
 import stat
 from pathlib import Path
 
-from jupyter_agent.core.state import Delta, encode_delta
+from jupyter_agent.core.state import Delta, RunState, encode_delta
 from jupyter_agent.store.api import CheckpointRow, RunRow
 from jupyter_agent.store.duckdb.store import DuckDBStore
 from jupyter_agent.testing import ScriptedServer
@@ -182,3 +182,43 @@ def test_unknown_or_malformed_points_are_one_line_errors_and_write_nothing(tmp_p
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.stdout == ""
     assert path.read_bytes() == before
+
+
+def test_the_comparison_core_on_states_folded_by_hand():
+    """diff_states alone: a type change, a value not saved, values read for a diff."""
+    from jupyter_agent.core.diff import diff_states
+
+    a, b = RunState(), RunState()
+    shared = [{"role": "system", "content": "s"}, {"role": "user", "content": "task"}]
+    a.messages = [*shared, {"role": "assistant", "content": "one\ntwo"}]
+    b.messages = [
+        *shared,
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "c1", "function": {"name": "load", "arguments": '{"n": 3}'}}],
+        },
+    ]
+    a.vars, b.vars = {"x": "h1", "t": "h3"}, {"x": "h2"}
+    b.unsaved = {"t": "a generator cannot be saved"}
+    info = (
+        {"x": {"type": "int", "repr": "1", "size": 5}},
+        {"x": {"type": "str", "repr": "'a'", "size": 6}},
+    )
+    texts = {"h1": "1\n2", "h2": "1\n3"}
+    diff = diff_states(
+        a, b, steps=([0, 0, 4], [0, 0, 9]), info=info, value_text=lambda n, h: texts.get(h)
+    )
+    assert diff.common == 2
+    assert [(m.side, m.checkpoint, m.role, m.text) for m in diff.messages] == [
+        ("a", 4, "assistant", "one (+1 lines)"),
+        ("b", 9, "call", 'load {"n": 3}'),
+    ]
+    t, x = diff.variables  # by name
+    assert (x.change, x.a.type, x.b.type, x.diff[-2:]) == ("changed", "int", "str", ["-2", "+3"])
+    assert (t.change, t.b.size, t.b.summary) == (
+        "changed",
+        None,
+        "not saved: a generator cannot be saved",
+    )
+    assert diff_states(a, a).same

@@ -159,6 +159,16 @@ def statuses() -> dict[str, str]:
 # -- sentences -------------------------------------------------------------------------
 
 
+def size_text(n: int) -> str:
+    """Bytes as people read them: ``512 B``, ``1.5 KiB``, ``3.2 MiB``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
 def plural(n: int, word: str) -> str:
     """``1 step``, ``3 steps``, ``12,000 tokens``."""
     return f"{n:,} {word}{'' if n == 1 else 's'}"

@@ -756,3 +756,39 @@ def test_a_long_history_is_read_as_its_latest_window_with_totals_of_all_of_it(
         (r.run_id, r.step) for r in written
     ]
     assert t.summary() == s
+
+
+# -- compare with… -------------------------------------------------------------------------
+
+
+def test_compare_with_another_checkpoint_shows_what_differs(
+    shell: InteractiveShell, timeline_widget: widget.TimelineWidget, capsys: Any
+) -> None:
+    run_agent(shell)
+    w = timeline_widget
+    w.refresh()
+    run = w.run_id
+    # Checkpoint 3 holds a = 1; 6 adds b and the generator that could not be saved.
+    shown = w.compare(run, 3, "6")
+    assert w.comparison == shown  # what the detail pane shows
+    assert (shown["run"], shown["step"], shown["other"]) == (run, 3, "6")
+    assert "  + b: int 2 (" in shown["text"]
+    changes = {v["name"]: v["change"] for v in shown["variables"]}
+    assert changes == {"b": "added", "gen": "added"}
+    assert shown["b"]["checkpoint"] == 6 and shown["a"]["checkpoint"] == 3
+    json.dumps(shown)  # a trait the frontend receives
+
+    # As the frontend asks: by NAME@N, and a malformed point is a notice, not a change.
+    w._on_message(w, {"type": "compare", "run": run, "step": 0, "other": f"{AGENT}@7"}, [])
+    assert w.comparison["other"] == f"{AGENT}@7"
+    assert any(m["side"] == "b" and "b is 2." in m["text"] for m in w.comparison["messages"])
+    w._on_message(w, {"type": "compare", "run": run, "step": 0, "other": f"{AGENT}@x"}, [])
+    assert w.notice["level"] == "error" and "is not a point" in w.notice["text"]
+    assert w.comparison["other"] == f"{AGENT}@7"
+
+    # %agent diff: the same comparison, printed.
+    capsys.readouterr()
+    shell.run_line_magic("agent", f"diff {AGENT}@3 {AGENT}@6")
+    assert "  + b: int 2 (" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="has no checkpoint 99"):
+        shell.run_line_magic("agent", f"diff {AGENT}@3 {AGENT}@99")

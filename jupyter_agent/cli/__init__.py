@@ -1,8 +1,9 @@
 """``jupyter agent``: the agents of a store, from a terminal (see docs/cli.md).
 
-Every command but ``export`` reads metadata only and never unpickles anything;
-``export`` decodes transcripts the way the kernel does, after
-:meth:`Store.check_trusted`, and redacts secrets. The store may be in use by
+Every command but ``export`` and ``diff`` reads metadata only and never unpickles
+anything; ``export`` decodes transcripts the way the kernel does, after
+:meth:`Store.check_trusted`, and redacts secrets; ``diff`` reads small values only
+after that check. The store may be in use by
 running kernels meanwhile: it waits while another process holds it.
 
 Exit codes: 0 ok, 1 not found or refused (docs/cli.md lists why a `resume` stops, and
@@ -33,6 +34,7 @@ from .commands import (
     cmd_show,
     cmd_store_info,
 )
+from .diff import cmd_diff
 from .export import BadOptions, cmd_export
 from .replay import cmd_replay
 from .resume import cmd_resume, positive_seconds
@@ -105,6 +107,14 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--edit", metavar="ARGS", help="run this instead: the code, or the tool's JSON"
             )
+    p = add(
+        "diff",
+        cmd_diff,
+        "what differs between two points (RUN, RUN@N, NAME, NAME@N): messages, variables, files",
+    )
+    p.add_argument("a", metavar="A", help="a run or agent, at its last checkpoint or @N")
+    p.add_argument("b", metavar="B", help="another (of the same agent or of another)")
+    p.add_argument("--notebook", help="the agents' notebook, where names repeat")
     p = add("store", cmd_store_info, "about the store")
     p.add_argument("what", choices=["info"], help="info: path, schema, size, runs, checkpoints")
     p = add(

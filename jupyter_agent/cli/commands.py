@@ -16,7 +16,7 @@ from ..errors import Conflict, NotFound
 from ..loop.decisions import decide, decision_of
 from ..store.api import CHECKPOINT_COLUMNS, CheckpointRow, RunRow, RunSummary, Store
 from ..views import listing
-from ..vocab import DECIDED, printable
+from ..vocab import DECIDED, printable, size_text
 
 
 class Refused(Exception):
@@ -241,7 +241,7 @@ def cmd_store_info(store: Store, args: argparse.Namespace) -> Any:
     print(
         f"schema version {info['schema_version'] or '-'} (this version reads {info['reads_schema_version']})"
     )
-    parts = (f"{_PARTS.get(part, part)} {_bytes(n)}" for part, n in sizes.items())
+    parts = (f"{_PARTS.get(part, part)} {size_text(n)}" for part, n in sizes.items())
     print(f"size           {', '.join(parts) or '-'}")
     print(f"runs           {info['runs']} ({info['live_runs']} running)")
     print(f"checkpoints    {info['checkpoints']}")
@@ -255,12 +255,3 @@ _PARTS = {
     "blobs": "value files",
     "postgres": "PostgreSQL",
 }
-
-
-def _bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"

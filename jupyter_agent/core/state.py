@@ -324,11 +324,18 @@ def redact_payload(payload: bytes, secrets: list[str]) -> bytes:
     return encode_delta(delta)
 
 
-def fold(checkpoints: list[tuple[Any, bytes]]) -> RunState:
-    """Replay ``(checkpoint row, payload)`` pairs, oldest first, into a :class:`RunState`."""
+def fold(checkpoints: list[tuple[Any, bytes]], message_steps: list[int] | None = None) -> RunState:
+    """Replay ``(checkpoint row, payload)`` pairs, oldest first, into a :class:`RunState`.
+
+    ``message_steps``, if given, receives the checkpoint each message was added at
+    (a diff names them; :attr:`RunState.message_steps` forgets the compacted ones).
+    """
     state = RunState()
     for row, payload in checkpoints:
-        _apply(state, row, decode_delta(payload))
+        delta = decode_delta(payload)
+        if message_steps is not None:
+            message_steps.extend([row.step] * len(delta.messages))
+        _apply(state, row, delta)
     return state
 
 

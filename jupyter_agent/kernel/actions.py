@@ -13,12 +13,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config import Settings
-from ..core.state import RunState, fold
-from ..errors import AgentBusy, NotFound
+from ..core.state import RunState
+from ..errors import AgentBusy
 from ..loop.checkpoints import Collaborators
 from ..loop.runs import load_state, new_run
 from ..namespace.tracking import restore
 from ..store.api import RunRow, Store
+from ..views import points
 from ..views.timeline import Timeline
 from .identity import AgentIdentity
 from .runner import Outcome, make_execution, settings_at
@@ -59,11 +60,7 @@ def ensure_idle(timeline: Timeline) -> None:
 
 def state_at(timeline: Timeline, run: RunRow, step: int) -> RunState:
     """The run's state folded up to and including ``step``."""
-    segments = [*timeline.segments(run, whole=True)[:-1], (run.run_id, step)]
-    state = fold(timeline.store.payloads(segments))
-    if state.step != step:
-        raise NotFound(f"Run {run.run_id} has no checkpoint {step}.")
-    return state
+    return points.state_at(timeline.store, run, step, timeline.segments(run, whole=True)).state
 
 
 def _later_vars(timeline: Timeline, run: RunRow) -> set[str]:

@@ -21,6 +21,7 @@ from ..errors import AgentBusy, AgentError, Cancelled, UsageProblem
 from ..loop.runs import load_state
 from ..store.api import RunRow, Store
 from ..tools.python import showing_in
+from ..views import diff as views_diff
 from ..views.cell import CellEvents
 from ..views.listing import Reader, agents_text, checkpoint_line
 from ..views.render import TextEvents, known_steps
@@ -253,7 +254,8 @@ class AgentMagics(AgentTraits, Magics):
 
     @line_magic("agent")
     def agent_line(self, line: str) -> Any:
-        """Manage agents: list, show, resume, approve, reject, cells, replay, delete. `%agent --help`."""
+        """Manage agents: list, show, resume, approve, reject, cells, replay, diff, delete.
+        `%agent --help`."""
         parser = line_parser(parser_of(self.agent))
         try:
             args = parser.parse_args(split_line("%agent", line))
@@ -360,6 +362,13 @@ class AgentMagics(AgentTraits, Magics):
         from .replay import replay_agent
 
         replay_agent(self._store(), self._find(args.name), self.shell, self._settings())
+
+    def _cmd_diff(self, args: argparse.Namespace) -> dict | None:
+        a, b, diff = views_diff.compare_points(self._store(), args.a, args.b, self._notebook())
+        if args.json:
+            return views_diff.as_dict(a, b, diff)
+        print(views_diff.text(a, b, diff))
+        return None
 
     def _cmd_delete(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)

@@ -239,6 +239,12 @@ def line_parser(cell_parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     approve = sub.add_parser("approve", help="approve the tool call an agent is waiting on")
     approve.add_argument("name")
     approve.add_argument("--code", help="run this code instead of the proposed code")
+    diff = sub.add_parser(
+        "diff", help="what differs between two points: RUN, RUN@N, NAME or NAME@N (NAME@7)"
+    )
+    diff.add_argument("a")
+    diff.add_argument("b")
+    diff.add_argument("--json", action="store_true", help="return the diff as a dict")
     reject = sub.add_parser("reject", help="reject the tool call an agent is waiting on")
     reject.add_argument("name")
     reject.add_argument("--note", help="why; the model receives it")

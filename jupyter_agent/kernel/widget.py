@@ -35,6 +35,8 @@ from ..core.notebook_store import output_metadata
 from ..errors import AgentError, NotWaiting
 from ..loop.checkpoints import Events
 from ..store.api import CheckpointRow, RunRow, Store
+from ..views import diff as views_diff
+from ..views import points
 from ..views.timeline import WINDOW, Timeline, detail, notebook_name
 from .actions import Rewound
 from .runner import CellRequest, Outcome
@@ -75,6 +77,8 @@ class TimelineWidget(anywidget.AnyWidget):
     pending = Dict().tag(sync=True)  # the tool call waiting for approval
     detail = Dict().tag(sync=True)  # the opened checkpoint
     notice = Dict().tag(sync=True)  # {text, level, at}: outcome of the last action
+    #: The last "compare with…": {run, step, other, text, a, b, messages, variables, files}.
+    comparison = Dict().tag(sync=True)
     log = Unicode("").tag(sync=True)  # tail of background output
 
     def __init__(
@@ -248,6 +252,24 @@ class TimelineWidget(anywidget.AnyWidget):
             self.detail = detail(self.timeline, run_id, int(step))
             return self.detail
 
+    def compare(self, run_id: str, step: int, other: str) -> dict:
+        """Compare a checkpoint with ``other``: a checkpoint number of the same run,
+        ``RUN@N`` or ``NAME@N`` (another agent's too); shown beside the opened checkpoint."""
+        with self._lock:
+            tl = self.timeline
+            run = tl.run(run_id)
+            here = points.state_at(tl.store, run, int(step), tl.segments(run, whole=True))
+            there = views_diff.other_point(tl.store, here, other, tl.notebook)
+            diff = views_diff.compare(tl.store, here, there)
+            self.comparison = {
+                "run": run_id,
+                "step": int(step),
+                "other": other,
+                "text": views_diff.text(here, there, diff),
+                **views_diff.as_dict(here, there, diff),
+            }
+            return self.comparison
+
     def approve(self, code: str | None = None, call_id: str | None = None) -> Job:
         """Approve the pending call (with ``code``: run that instead) and continue the run."""
         if code is not None and code.strip() and code != self.pending.get("code"):
@@ -332,6 +354,8 @@ class TimelineWidget(anywidget.AnyWidget):
             elif kind == "fork":
                 self.fork(content["run"], content["step"], content.get("instruction") or "")
                 self.say(f"Forking from checkpoint {content['step']}…")
+            elif kind == "compare":
+                self.compare(content["run"], content["step"], str(content.get("other") or ""))
             elif kind == "rewind":
                 self.rewind(content["run"], content["step"])
             elif kind == "pause" and self.pause():

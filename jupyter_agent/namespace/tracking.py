@@ -127,6 +127,11 @@ class _Group(dict):
     """Values of names that share objects, serialized in one dump to keep their identity."""
 
 
+def value_of(loaded: Any, name: str) -> Any:
+    """``name``'s value in a deserialized blob: the blob, or its entry if it holds a group."""
+    return loaded[name] if isinstance(loaded, _Group) else loaded
+
+
 def _dump(value: Any, secrets: list[str]) -> tuple[bytes | None, str | None]:
     """The value's dill bytes, or why they cannot be stored."""
     try:
@@ -376,10 +381,10 @@ def restore(
             failed[name] = "is not restored: its saved value is missing from the store"
             continue
         try:
-            value = groups[h] if h in groups else deserialize(data)
-            if isinstance(value, _Group):
-                groups[h] = value
-                value = value[name]
+            loaded = groups[h] if h in groups else deserialize(data)
+            if isinstance(loaded, _Group):
+                groups[h] = loaded
+            value = value_of(loaded, name)
         except Exception as exc:
             failed[name] = f"cannot be restored ({type(exc).__name__}: {exc})"
             continue

@@ -129,6 +129,11 @@ def test_timeline_approve_and_fork_by_clicking(
         # Open the fork's result for the picture.
         timeline.locator('.ja-row[data-kind="tool_result"]').last.click()
         expect(detail.locator(".ja-vars")).to_contain_text("mean")
+
+        # Compare it with the fork's first checkpoint: the mean was added since.
+        detail.locator(".ja-compare-with").fill(str(int(step) + 1))
+        detail.get_by_role("button", name="Compare").click()
+        expect(detail.locator(".ja-compare")).to_contain_text("- mean: float 2.8")
         wait_for_kernel_idle(page)
         expect(page.get_by_text("Error displaying widget")).to_have_count(0)
         timeline.screenshot(path=artifacts_dir / "timeline.png")

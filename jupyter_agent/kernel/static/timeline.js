@@ -567,6 +567,10 @@ class View {
     if (loaded && d.namespace) {
       parts.push(h("div", { class: "ja-hint", text: `Agent variables at this point: ${d.namespace.join(", ") || "none"}` }));
     }
+    const cmp = this.model.get("comparison") || {};
+    if (cmp.run === run && cmp.step === step && cmp.text) {
+      parts.push(this.section(`Compared with ${cmp.other}`, h("pre", { class: "ja-code ja-compare", text: cmp.text })));
+    }
     // Fork and Rewind act on this agent's runs, not on a child's (open its own timeline).
     const own = (this.model.get("runs") || []).some((r) => r.id === run) || run === this.model.get("run_id");
     if (own) parts.push(this.detailActions());
@@ -594,11 +598,29 @@ class View {
         title: "Put the agent's variables back as they were at this checkpoint",
         onclick: () => this.send({ type: "rewind", ...this.selected }),
       });
+      // "compare with…": a checkpoint of this run (a number), or RUN@N / NAME@N of any agent
+      this.compareEl = h("input", {
+        class: "ja-compare-with",
+        placeholder: "Compare with… (checkpoint N, RUN@N or NAME@N)",
+        onkeydown: (ev) => {
+          if (ev.key === "Enter") this.compareBtn.click();
+        },
+      });
+      this.compareBtn = h("button", {
+        class: "ja-btn",
+        text: "Compare",
+        title: "Show the messages, variables and files that differ from this checkpoint to another",
+        onclick: () => {
+          const other = this.compareEl.value.trim();
+          if (other) this.send({ type: "compare", ...this.selected, other });
+        },
+      });
       this.actionsEl = h(
         "div",
         { class: "ja-detail-actions" },
         this.instructionEl,
         h("div", { class: "ja-actions" }, this.forkBtn, this.rewindBtn),
+        h("div", { class: "ja-actions" }, this.compareEl, this.compareBtn),
       );
     }
     return this.actionsEl;
@@ -665,6 +687,7 @@ export default {
     model.on("change:pending", () => view.renderApproval());
     model.on("change:notice", () => view.renderNotice());
     model.on("change:detail", () => view.renderDetail());
+    model.on("change:comparison", () => view.renderDetail());
     return () => {
       view.observer.disconnect();
       s.views.delete(view);

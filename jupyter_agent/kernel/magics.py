@@ -30,13 +30,14 @@ from ..core.redaction import secrets_in_environment
 from ..core.state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
 from ..errors import AgentBusy, AgentError, BudgetError, Cancelled, UsageProblem
 from ..loop.notify import ENV_NOTIFY, ENV_SERVER_URL, webhook_urls
-from ..loop.runs import load_state
+from ..loop.runs import load_state, owner_of
 from ..model.base import APIS
 from ..store.api import RunRow, Store
 from ..tools.python import showing_in
 from ..views.cell import CellEvents
 from ..views.listing import Reader, agents_text, checkpoint_line
 from ..views.render import TextEvents, known_steps
+from ..views.timeline import Timeline
 from ..vocab import plural, printable
 from . import runner
 from .after import After
@@ -426,7 +427,7 @@ class AgentMagics(Magics):
 
     @line_magic("agent")
     def agent_line(self, line: str) -> Any:
-        """Manage agents: list, show, resume, approve, reject, cells, replay, delete. `%agent --help`."""
+        """Manage agents: list, show, resume, approve, reject, fork, cells, replay, delete. `%agent --help`."""
         parser = line_parser(parser_of(self.agent))
         try:
             args = parser.parse_args(split_line("%agent", line))
@@ -533,6 +534,33 @@ class AgentMagics(Magics):
         from .replay import replay_agent
 
         replay_agent(self._store(), self._find(args.name), self.shell, self._settings())
+
+    def _cmd_fork(self, args: argparse.Namespace) -> None:
+        name, _, at = args.target.rpartition("@")
+        if not name or not at.isdigit():
+            raise UsageError(
+                f"Give the checkpoint as NAME@CHECKPOINT (e.g. analyst@7), not {args.target!r}."
+            )
+        run = self._find(name)
+        step, runtime, store = int(at), self.runtime, self._store()
+        key = (run.notebook, run.agent)
+        owner = owner_of(store, run, step)  # the checkpoint may be a parent run's
+        edit = {"reply": args.reply, "output": args.output, "model": args.model}
+        with runtime.claimed(key):
+            try:
+                events = runtime.events(key, TextEvents())
+                outcome = runtime.fork(
+                    Timeline(store, *key),
+                    owner,
+                    step,
+                    instruction=args.instruction or "",
+                    settings=self._settings(),
+                    events=events,
+                    **edit,
+                )
+            finally:
+                runtime.refresh(key, reread=True)
+        report(outcome, AgentIdentity(run.notebook, run.agent, run.cell_id, "store"))
 
     def _cmd_delete(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)

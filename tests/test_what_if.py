@@ -17,6 +17,7 @@ from jupyter_agent.testing import ScriptedServer
 
 from .conftest import eventually
 from .kernels import Kernel
+from .test_cli import cli
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -104,7 +105,15 @@ def test_an_edited_tool_output_is_what_the_model_reads_next(
     # The call did run: the namespace is as after it, and b was never set on this branch.
     assert kernel.run("print(a, 'b' in globals())").text.strip() == "1 False"
     fork = fork_run(store_path)
-    assert fork.info["what_if"]["edited"] == "output"
+    assert fork.info["what_if"] == {"edited": "output", "from": [fork.parent_run, first_result]}
+    # Marked "what if" wherever the agent is listed or shown.
+    tag = f"what if: edited tool output at checkpoint {first_result}"
+    assert f"{AGENT} ({tag})" in kernel.run("%agent list").text
+    assert tag in kernel.run(f"%agent show {AGENT}").text.splitlines()[0]
+    env = {"JUPYTER_AGENT_STORE": str(store_path)}
+    assert f"{AGENT} ({tag})" in cli("list", env=env).stdout
+    (listed,) = json.loads(cli("list", "--json", env=env).stdout)
+    assert listed["what_if"]["text"] == tag
     store = Store(store_path)
     assert [c.kind for c in store.checkpoints(fork.run_id)] == ["fork", "model"]
 

@@ -38,7 +38,7 @@ from ..views.cell import CellEvents
 from ..views.listing import Reader, agents_text, checkpoint_line
 from ..views.render import TextEvents, known_steps
 from ..views.timeline import Timeline
-from ..vocab import plural, printable
+from ..vocab import plural, printable, what_if_text
 from . import runner
 from .after import After
 from .cell_output import LiveCell
@@ -468,7 +468,11 @@ class AgentMagics(Magics):
         run = self._find(args.name)
         store = self._store()
         model = runner.last_settings(store, run)["model"]
-        print(f"Agent {printable(run.agent)} · run {run.run_id} · model {model}")
+        what_if = what_if_text(run.info.get("what_if"))
+        print(
+            f"Agent {printable(run.agent)} · run {run.run_id} · model {model}"
+            + (f" · {what_if}" if what_if else "")
+        )
         for cp in store.checkpoints(run.run_id):
             print(checkpoint_line(cp))
         state = load_state(store, run)

@@ -23,15 +23,12 @@ from typing import Any
 from ..core.state import RunState
 from ..errors import UsageProblem
 
-#: ``what_if["edited"]`` values, what the list and the timeline say of each.
-EDITED = {"reply": "edited reply", "output": "edited tool output", "model": "another model"}
-
 
 @dataclass
 class Edit:
     """A fork's change at its checkpoint, as recorded in the fork run's info."""
 
-    kind: str  # "reply", "output" or "model" (see EDITED)
+    kind: str  # "reply", "output" or "model" (see :data:`jupyter_agent.vocab.WHAT_IF`)
     #: Where the fork branches off: the checkpoint before an edited reply, else the one named.
     parent_step: int
     #: The edited step: ``{"reply": message}`` or ``{"output": text, "call_id": id}``; {} for a model.

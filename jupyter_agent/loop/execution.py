@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
+from .. import vocab
 from ..config import Settings
 from ..core import context
 from ..core.budget import Budget, price_of
@@ -65,7 +66,6 @@ from .checkpoints import Collaborators, Recorder, Stop
 from .compaction import Window
 from .control import DelegateStep, PlanStep, ReadAgentStep
 from .decisions import record_decision
-from .edits import EDITED
 from .fingerprint import changes, fingerprint, since_last
 from .runs import save_latest
 from .steps import ModelStep, ToolStep
@@ -384,7 +384,7 @@ class Execution:
         """
         edit = self.run.info.get("edit") or {}
         what_if = self.run.info.get("what_if") or {}
-        words = EDITED.get(what_if.get("edited", ""), "")
+        words = vocab.WHAT_IF.get(what_if.get("edited", ""), "")
         secrets = self.settings.secrets
         if "reply" in edit:
             message = redact(edit["reply"], secrets)

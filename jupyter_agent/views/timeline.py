@@ -321,6 +321,7 @@ class Timeline:
                         "label": label[r.run_id],
                         "parent": label.get(r.parent_run or ""),
                         "parent_step": r.parent_step,
+                        "what_if": vocab.what_if_text(r.info.get("what_if")),
                         "depth": depth,
                         "status": status,
                         "text": self.status_text(r.run_id),

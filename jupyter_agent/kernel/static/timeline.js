@@ -313,6 +313,7 @@ class View {
           h("span", { class: `ja-dot ${statusClass(r.status)}` }),
           r.parent ? `${r.depth ? "└ " : ""}${r.label} ⋔ ${r.parent}@${r.parent_step}` : r.label,
           h("span", { class: "ja-run-text", text: ` ${r.text}` }),
+          r.what_if ? h("span", { class: "ja-what-if", text: r.what_if }) : null,
           r.latest ? h("span", { class: "ja-latest", text: "latest" }) : null,
         ),
       ),

@@ -18,6 +18,7 @@ from jupyter_agent.testing import ScriptedServer
 from .conftest import eventually
 from .kernels import Kernel
 from .test_cli import cli
+from .test_kernel_timeline import click, settle, state, widget_id
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -178,3 +179,35 @@ def test_a_fork_killed_in_its_edited_call_resumes_as_the_fork(
     assert kinds[0] == "fork" and "resume" in kinds and kinds[-1] == "model"
     (request,) = scripted.requests
     assert codes(request["body"]["messages"])[-1] == slow
+
+
+def test_the_timelines_fork_dialog_offers_the_edit(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, store_path: Path
+) -> None:
+    kernel = kernel_factory()
+    scripted.set_script(list(SCRIPT))
+    cell = kernel.run(CELL)
+    model_id = widget_id(cell)
+    s = state(kernel, model_id)
+    original = s["run_id"]
+    model, result = steps_of(store_path, "model")[1], steps_of(store_path, "tool_result")[0]
+    # The reply, prefilled as JSON that --reply takes; the output as its text.
+    click(kernel, model_id, type="open", run=original, step=model)
+    reply = json.loads(state(kernel, model_id)["detail"]["editable"]["reply"])
+    assert reply == {"content": "Setting b.", **call("b = a + 1")}
+    click(kernel, model_id, type="open", run=original, step=result)
+    assert state(kernel, model_id)["detail"]["editable"] == {"output": "a = 1\n"}
+    # Bad input is said in the widget, nothing started.
+    click(kernel, model_id, type="fork", run=original, step=result, reply="hi")
+    notice = state(kernel, model_id)["notice"]
+    assert notice["level"] == "error" and "needs a model one" in notice["text"]
+
+    scripted.reset_log()
+    scripted.set_script([{"content": "Fine."}] * 4)
+    click(kernel, model_id, type="fork", run=original, step=result, output="a = 41", model=" ")
+    settle(kernel)
+    (request,) = scripted.requests
+    assert request["body"]["messages"][-1]["content"] == "a = 41"
+    s = state(kernel, model_id)
+    fork = next(r for r in s["runs"] if r["id"] == s["run_id"])
+    assert fork["what_if"] == f"what if: edited tool output at checkpoint {result}"

@@ -258,6 +258,21 @@ def checkpoint_text(kind: str, info: Mapping[str, Any]) -> str:
     return ""
 
 
+#: What a "what if" fork changed at its checkpoint (``info["what_if"]["edited"]``), in words.
+WHAT_IF = {"reply": "edited reply", "output": "edited tool output", "model": "another model"}
+
+
+def what_if_text(what_if: Mapping[str, Any] | None) -> str:
+    """The tag of a "what if" fork: "what if: edited reply at checkpoint 7"; "" for any other run."""
+    if not what_if:
+        return ""
+    text = "what if: " + WHAT_IF.get(str(what_if.get("edited")), "edited")
+    origin = what_if.get("from")
+    if isinstance(origin, list | tuple) and len(origin) == 2:
+        text += f" at checkpoint {origin[1]}"
+    return text
+
+
 def duration(seconds: float) -> str:
     """ "45 s", "17 min", "3 h 5 min": how long a run has been quiet."""
     s = max(0, int(seconds))

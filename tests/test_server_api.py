@@ -126,6 +126,7 @@ def add_run(
     parent: tuple[str, int] | None = None,
     keep_open: bool = False,
     last_info: dict | None = None,
+    run_info: dict | None = None,
 ) -> RunWriter | str:
     """A run with one checkpoint per (kind, status); open writers make it live."""
     created = time.time() if created is None else created
@@ -143,7 +144,7 @@ def add_run(
             parent[0] if parent else None,
             parent[1] if parent else None,
             created,
-            {},
+            run_info or {},
         )
     )
     for i, (kind, status) in enumerate(steps):
@@ -334,6 +335,31 @@ def test_a_fork_counts_its_parents_steps_and_a_quiet_live_run_is_stalled(
     (agent,) = [a for a in body["agents"] if a["name"] == "quiet"]
     assert agent["status"] == "stalled"
     assert agent["label"] == "stalled: no checkpoint for 16 min"
+
+
+def test_a_what_if_fork_is_tagged_in_the_lists(
+    api: Api, store: Store, jp_root_dir: Path, trap: bytes
+) -> None:
+    nb = notebook(jp_root_dir, "nb.ipynb")
+    steps = [*RUNNING_STEPS, ("tool_result", "running"), ("model", "done")]
+    base = str(add_run(store, nb, "whatif", steps, trap, created=1000.0))
+    what_if = {"edited": "output", "from": [base, 3]}
+    fork = add_run(
+        store,
+        nb,
+        "whatif",
+        [("fork", "running"), ("model", "done")],
+        trap,
+        parent=(base, 2),
+        run_info={"what_if": what_if},
+    )
+    tagged = {**what_if, "text": "what if: edited tool output at checkpoint 3"}
+    code, run = api.get("runs", str(fork))
+    assert (code, run["what_if"]) == (200, tagged)
+    code, body = api.get("agents", notebook="nb.ipynb")
+    assert [a["what_if"] for a in body["agents"]] == [tagged]
+    code, agent = api.get("agents", "whatif", notebook="nb.ipynb")
+    assert [r["what_if"] for r in agent["all_runs"]] == [None, tagged]
 
 
 def test_reading_never_creates_the_store(api: Api, store_path: Path) -> None:

@@ -92,7 +92,7 @@ def cmd_list(store: Store, args: argparse.Namespace) -> Any:
     rows = [("notebook", "agent", "status", "steps", "runs", "tokens", "cost", "last checkpoint")]
     for nb, a in agents:
         steps, runs, spent = str(a["steps"]), str(a["runs"]), (listing.tokens(a), listing.cost(a))
-        rows.append((nb, a["name"], a["label"], steps, runs, *spent, listing.when(a)))
+        rows.append((nb, listing.tagged(a), a["label"], steps, runs, *spent, listing.when(a)))
     print(listing.table(rows))
     return None
 
@@ -108,6 +108,7 @@ def _listed(notebook: str, row: dict[str, Any]) -> dict[str, Any]:
         "steps": row["steps"],
         "runs": row["runs"],
         "run_id": row["run_id"],
+        "what_if": row["what_if"],
         "last_checkpoint": row["step"] if checkpointed else None,
         "last_checkpoint_at": row["updated_at"] if checkpointed else None,
         **{k: row[k] for k in listing.LEDGER},
@@ -127,12 +128,14 @@ def cmd_show(store: Store, args: argparse.Namespace) -> Any:
             "model": run.model,
             "status": row["status"],
             "steps": row["steps"],
+            "what_if": row["what_if"],
             "checkpoints": [checkpoint_dict(cp) for cp in checkpoints],
         }
     print(f"Agent {printable(agent)} · {printable(notebook)}")
     print(
         f"Run {run.run_id} · model {run.model} · {row['label']} · "
         f"{len(checkpoints)} checkpoints · {row['steps']} steps"
+        + (f" · {row['what_if']['text']}" if row["what_if"] else "")
     )
     for cp in checkpoints:
         print(listing.checkpoint_line(cp))

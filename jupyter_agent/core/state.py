@@ -168,8 +168,8 @@ class RunState:
             # An approval covers one execution: if this one is cut short by a
             # crash, running the call again needs a new approval.
             self.decisions.pop(delta.tool_call_id or "", None)
-        elif kind == "tool_result":
-            self.started_call = None
+        elif kind == "tool_result" or (kind == "fork" and delta.tool_call_id):
+            self.started_call = None  # a fork's edited output answers the call in flight
         self.step, self.kind, self.status = step, kind, status
         self.tokens += tokens
 

@@ -16,6 +16,7 @@ from ..config import Settings
 from ..core.state import RunState
 from ..errors import AgentBusy
 from ..loop.checkpoints import Collaborators
+from ..loop.edits import Edit, edited_output, plan_edit
 from ..loop.runs import load_state, new_run
 from ..namespace.tracking import restore
 from ..store.api import RunRow, Store
@@ -94,12 +95,32 @@ def _rewind_to(store: Store, shell: Any, target: RunState, later: set[str]) -> R
     return Rewound(target.step, restored, removed, failed, dict(target.unsaved))
 
 
+def check_edit(
+    timeline: Timeline,
+    run_id: str,
+    step: int,
+    *,
+    reply: str | None = None,
+    output: str | None = None,
+    model: str | None = None,
+) -> Edit | None:
+    """The edit of a "what if" fork from that checkpoint, refused in one line if it does not fit.
+
+    Called before a fork's background job starts, so bad input is said where it was given.
+    """
+    kind = state_at(timeline, timeline.run(run_id), step).kind
+    return plan_edit(kind, step, reply=reply, output=output, model=model)
+
+
 def fork(
     timeline: Timeline,
     run_id: str,
     step: int,
     *,
     instruction: str = "",
+    reply: str | None = None,
+    output: str | None = None,
+    model: str | None = None,
     collaborators: Collaborators,
     settings: Settings,
 ) -> Outcome:
@@ -109,6 +130,11 @@ def fork(
     rewound to it, with the model and approval policy in effect there
     (``settings`` may add approvals, as for any continuation). It keeps the
     run's prompt, so it becomes what re-running the agent's cell continues.
+
+    "What if" forks (:mod:`jupyter_agent.loop.edits`) change one thing there: the
+    model's ``reply`` at a ``model`` checkpoint, the tool ``output`` at a
+    ``tool_result`` one, or the ``model``; anything that does not fit is refused
+    before the fork exists.
     """
     shell, events = collaborators.shell, collaborators.events
     with timeline.store.agent_lock(*timeline.key):
@@ -118,17 +144,27 @@ def fork(
         # What the run ran with at that checkpoint: a re-run may have changed them.
         there = settings_at(timeline.store, source, step)
         policy = settings.policy.continuing(there["approve"])
+        state = after = state_at(timeline, source, step)
+        edit = check_edit(timeline, run_id, step, reply=reply, output=output, model=model)
+        info = {"approve": policy.recorded_approval(), "instruction": instruction.strip()}
+        if edit is not None:
+            if edit.parent_step != step:
+                state = state_at(timeline, source, edit.parent_step)
+                if edit.kind == "output":
+                    edit.payload = edited_output(state, after, step, output or "")
+            info.update(edit.info(source.run_id, step))
         run = new_run(
             identity,
             source.prompt,
-            there["model"],
-            parent=(source.run_id, step),
-            info={"approve": policy.recorded_approval(), "instruction": instruction.strip()},
+            model or there["model"],
+            parent=(source.run_id, edit.parent_step if edit else step),
+            info=info,
         )
-        state = state_at(timeline, source, step)
         settings = replace(settings, policy=policy)
         execution = make_execution(run, state, run.model, collaborators, settings)
-        rewound = _rewind_to(timeline.store, shell, state, _later_vars(timeline, source))
+        # An edited output keeps what its call did: the namespace is as after it.
+        target = after if edit is not None and edit.kind == "output" else state
+        rewound = _rewind_to(timeline.store, shell, target, _later_vars(timeline, source))
         events.info(rewound.message())
         execution.execute(first=True)
         return Outcome(run, execution.state, "fork", rewound.restored, rewound.failed)

@@ -18,14 +18,15 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from ..config import Settings
 from ..core.state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
 from ..errors import AgentBusy, AgentError, Cancelled, UsageProblem
-from ..loop.runs import load_state
+from ..loop.runs import load_state, owner_of
 from ..store.api import RunRow, Store
 from ..tools.python import showing_in
 from ..views import diff as views_diff
 from ..views.cell import CellEvents
 from ..views.listing import Reader, agents_text, checkpoint_line
 from ..views.render import TextEvents, known_steps
-from ..vocab import plural, printable
+from ..views.timeline import Timeline
+from ..vocab import plural, printable, what_if_text
 from . import runner
 from .after import After
 from .cell_output import LiveCell
@@ -254,7 +255,7 @@ class AgentMagics(AgentTraits, Magics):
 
     @line_magic("agent")
     def agent_line(self, line: str) -> Any:
-        """Manage agents: list, show, resume, approve, reject, cells, replay, diff, delete.
+        """Manage agents: list, show, resume, approve, reject, fork, cells, replay, diff, delete.
         `%agent --help`."""
         parser = line_parser(parser_of(self.agent))
         try:
@@ -296,7 +297,11 @@ class AgentMagics(AgentTraits, Magics):
         run = self._find(args.name)
         store = self._store()
         model = runner.last_settings(store, run)["model"]
-        print(f"Agent {printable(run.agent)} · run {run.run_id} · model {model}")
+        what_if = what_if_text(run.info.get("what_if"))
+        print(
+            f"Agent {printable(run.agent)} · run {run.run_id} · model {model}"
+            + (f" · {what_if}" if what_if else "")
+        )
         for cp in store.checkpoints(run.run_id):
             print(checkpoint_line(cp))
         state = load_state(store, run)
@@ -369,6 +374,33 @@ class AgentMagics(AgentTraits, Magics):
             return views_diff.as_dict(a, b, diff)
         print(views_diff.text(a, b, diff))
         return None
+
+    def _cmd_fork(self, args: argparse.Namespace) -> None:
+        name, _, at = args.target.rpartition("@")
+        if not name or not at.isdigit():
+            raise UsageError(
+                f"Give the checkpoint as NAME@CHECKPOINT (e.g. analyst@7), not {args.target!r}."
+            )
+        run = self._find(name)
+        step, runtime, store = int(at), self.runtime, self._store()
+        key = (run.notebook, run.agent)
+        owner = owner_of(store, run, step)  # the checkpoint may be a parent run's
+        edit = {"reply": args.reply, "output": args.output, "model": args.model}
+        with runtime.claimed(key):
+            try:
+                events = runtime.events(key, TextEvents())
+                outcome = runtime.fork(
+                    Timeline(store, *key),
+                    owner,
+                    step,
+                    instruction=args.instruction or "",
+                    settings=self._settings(),
+                    events=events,
+                    **edit,
+                )
+            finally:
+                runtime.refresh(key, reread=True)
+        report(outcome, AgentIdentity(run.notebook, run.agent, run.cell_id, "store"))
 
     def _cmd_delete(self, args: argparse.Namespace) -> None:
         run = self._find(args.name)

@@ -245,6 +245,17 @@ def line_parser(cell_parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     diff.add_argument("a")
     diff.add_argument("b")
     diff.add_argument("--json", action="store_true", help="return the diff as a dict")
+    fork = sub.add_parser(
+        "fork", help="a new run from a checkpoint, optionally with an edited reply, output or model"
+    )
+    fork.add_argument("target", metavar="NAME@CHECKPOINT")
+    fork.add_argument("--instruction", help="a new instruction, given to the model there")
+    fork.add_argument("--model", help="continue with this model instead")
+    edited = fork.add_mutually_exclusive_group()
+    edited.add_argument(
+        "--reply", help="at a model checkpoint: the reply instead (text, or JSON with tool_calls)"
+    )
+    edited.add_argument("--output", help="at a tool_result checkpoint: the tool's output instead")
     reject = sub.add_parser("reject", help="reject the tool call an agent is waiting on")
     reject.add_argument("name")
     reject.add_argument("--note", help="why; the model receives it")

@@ -288,8 +288,12 @@ class AgentRuntime:
         settings: Settings,
         events: Events,
         cancel: threading.Event | None = None,
+        **edit: str | None,
     ) -> Outcome:
-        """A new run from a checkpoint, from a view of its own (``source`` may change meanwhile)."""
+        """A new run from a checkpoint, from a view of its own (``source`` may change meanwhile).
+
+        ``edit``: the ``reply``, ``output`` or ``model`` of a "what if" fork (:func:`actions.fork`).
+        """
         view = Timeline(source.store, *source.key)
         view.load(run_id)
         collaborators = self._collaborators(events, cancel, view.store)
@@ -300,6 +304,7 @@ class AgentRuntime:
             instruction=instruction,
             collaborators=collaborators,
             settings=settings,
+            **edit,
         )
 
     def rewind(self, source: Timeline, run_id: str, step: int) -> actions.Rewound:

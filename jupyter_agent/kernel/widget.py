@@ -38,7 +38,7 @@ from ..store.api import CheckpointRow, RunRow, Store
 from ..views import diff as views_diff
 from ..views import points
 from ..views.timeline import WINDOW, Timeline, detail, notebook_name
-from .actions import Rewound
+from .actions import Rewound, check_edit
 from .runner import CellRequest, Outcome
 from .runtime import AgentRuntime, Job, Key, current
 
@@ -302,10 +302,14 @@ class TimelineWidget(anywidget.AnyWidget):
 
         return self.runtime.start_job(self.key, work, store=store)
 
-    def fork(self, run_id: str, step: int, instruction: str = "") -> Job:
-        """Start a new run from a checkpoint, on a background thread."""
+    def fork(self, run_id: str, step: int, instruction: str = "", **edit: str | None) -> Job:
+        """Start a new run from a checkpoint, on a background thread.
+
+        ``edit``: a "what if" fork's ``reply``, ``output`` or ``model``, checked here first.
+        """
         self.refresh()
         self.timeline.run(run_id)
+        check_edit(self.timeline, run_id, int(step), **edit)
 
         def work(events: Events, cancel: threading.Event) -> Outcome:
             return self.runtime.fork(
@@ -316,6 +320,7 @@ class TimelineWidget(anywidget.AnyWidget):
                 settings=self.options(),
                 events=events,
                 cancel=cancel,
+                **edit,
             )
 
         return self.runtime.start_job(self.key, work, store=self.timeline.store)
@@ -352,7 +357,9 @@ class TimelineWidget(anywidget.AnyWidget):
                 self.reject(content.get("note") or "", content.get("call_id"))
                 self.say(_decided("Rejected", child, self.timeline.agent))
             elif kind == "fork":
-                self.fork(content["run"], content["step"], content.get("instruction") or "")
+                edit = {k: content.get(k) for k in ("reply", "output", "model")}
+                edit["model"] = (edit["model"] or "").strip() or None
+                self.fork(content["run"], content["step"], content.get("instruction") or "", **edit)
                 self.say(f"Forking from checkpoint {content['step']}…")
             elif kind == "compare":
                 self.compare(content["run"], content["step"], str(content.get("other") or ""))

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 
+from .. import vocab
 from ..config import Settings
 from ..core import context
 from ..core.budget import Budget, price_of
@@ -352,22 +353,54 @@ class Execution:
                         {"role": "tool", "tool_call_id": call["id"], "content": FORK_SKIPPED}
                     )
             messages.append({"role": "user", "content": redact(instruction, self.settings.secrets)})
+        delta, status, what_if = self._edited()
+        delta.messages = [*delta.messages, *messages]
         where = f"forked from checkpoint {self.run.parent_step}" + (
             f" ({self.change})" if self.change else ""
         )
         self.recorder.checkpoint(
             "fork",
-            RUNNING,
-            where + (f": {instruction}" if instruction else ""),
-            Delta(messages=messages),
+            status,
+            where
+            + (f", {what_if}" if what_if else "")
+            + (f": {instruction}" if instruction else ""),
+            delta,
             info={
                 "parent_run": self.run.parent_run,
                 "parent_step": self.run.parent_step,
                 "instruction": instruction,
                 KEY: self.fingerprint,
                 **({"changed": self.changed} if self.changed else {}),
+                **({"what_if": self.run.info["what_if"]} if what_if else {}),
             },
         )
+
+    def _edited(self) -> tuple[Delta, str, str]:
+        """The edited step a "what if" fork starts with (:mod:`.edits`), its status, and its words.
+
+        An edited reply is the fork's first step: its tool calls run next, or,
+        without any, it is the run's answer. An edited output answers the call
+        in flight at the fork point, with that call's effects on the namespace.
+        """
+        edit = self.run.info.get("edit") or {}
+        what_if = self.run.info.get("what_if") or {}
+        words = vocab.WHAT_IF.get(what_if.get("edited", ""), "")
+        secrets = self.settings.secrets
+        if "reply" in edit:
+            message = redact(edit["reply"], secrets)
+            status = RUNNING if message.get("tool_calls") else DONE
+            return Delta(messages=[message]), status, words
+        if "output" in edit:
+            message = {**edit["output"], "content": redact(edit["output"]["content"], secrets)}
+            delta = Delta(
+                messages=[message],
+                vars=edit.get("vars") or {},
+                unsaved=edit.get("unsaved") or {},
+                files=edit.get("files") or {},
+                tool_call_id=message["tool_call_id"],
+            )
+            return delta, RUNNING, words
+        return Delta(), RUNNING, words
 
     def _awaited_call(self) -> dict:
         call = self.state.pending_tool_call()

@@ -70,6 +70,14 @@ def chain(store: Store, run: RunRow) -> list[tuple[str, int | None]]:
     return segments
 
 
+def owner_of(store: Store, run: RunRow, step: int) -> str:
+    """The run whose checkpoint ``step`` of ``run``'s history is (a parent's, up to a fork point)."""
+    for run_id, upto in chain(store, run):
+        if upto is None or step <= upto:
+            return run_id
+    return run.run_id
+
+
 def load_state(store: Store, run: RunRow, *, full: bool = False) -> RunState:
     """The run's state now; ``full``: with every message, not only those its view shows.
 

@@ -104,6 +104,8 @@ def run_row(summary: RunSummary) -> dict[str, Any]:
         "parent_step": run.parent_step,
         # The agent that delegated this run (``delegate``), so a list can show the tree.
         "parent_agent": run.info.get("parent_agent"),
+        # A fork with an edited reply, tool output or model: {"edited", "from", "text"}.
+        "what_if": _what_if(run),
         "created_at": run.created_at,
         "status": status,
         "step": stats.last_step if stats else 0,  # the last checkpoint's number
@@ -124,6 +126,7 @@ def agent_row(agent: AgentSummary) -> dict[str, Any]:
         "name": agent.name,
         "cell_id": run["cell_id"],
         "parent_agent": run["parent_agent"],
+        "what_if": run["what_if"],
         "named": not _is_derived(agent.name, run["cell_id"]),
         **{k: run[k] for k in ("status", "step", "steps", "label", "live", "run_id")},
         "runs": agent.runs,
@@ -166,6 +169,17 @@ def _ledger(stats: RunStats | None) -> dict[str, Any]:
         "cost_usd": None if stats is None or stats.cost_usd is None else round(stats.cost_usd, 6),
         "plan": vocab.plan_progress(stats.plan) if stats and stats.plan else None,
     }
+
+
+def _what_if(run: RunRow) -> dict[str, Any] | None:
+    what_if = run.info.get("what_if")
+    return {**what_if, "text": vocab.what_if_text(what_if)} if what_if else None
+
+
+def tagged(row: dict[str, Any]) -> str:
+    """An agent's name as lists write it: with its "what if" tag if its latest run has one."""
+    what_if = row.get("what_if")
+    return row["name"] + (f" ({what_if['text']})" if what_if else "")
 
 
 def _first_line(text: str) -> str:
@@ -258,7 +272,7 @@ def agents_text(agents: list[dict[str, Any]], as_of: str | None) -> str:
     for name, depth in _as_tree({a["name"]: a["parent_agent"] for a in agents}):
         a = by_name[name]
         plan = a["plan"]["text"] if a["plan"] and a["plan"]["total"] else "-"
-        indented = "  " * depth + name  # a delegated agent under its parent
+        indented = "  " * depth + tagged(a)  # a delegated agent under its parent
         spent = (tokens(a), cost(a))
         rows.append((indented, a["label"], str(a["steps"]), plan, str(a["runs"]), *spent, when(a)))
     text = table(rows)

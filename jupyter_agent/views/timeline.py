@@ -321,6 +321,7 @@ class Timeline:
                         "label": label[r.run_id],
                         "parent": label.get(r.parent_run or ""),
                         "parent_step": r.parent_step,
+                        "what_if": vocab.what_if_text(r.info.get("what_if")),
                         "depth": depth,
                         "status": status,
                         "text": self.status_text(r.run_id),
@@ -445,7 +446,35 @@ def detail(timeline: Timeline, run_id: str, step: int) -> dict:
         "unsaved": dict(delta.unsaved),
         "decision": delta.decision,
         "namespace": sorted(state.vars),
+        "editable": _editable(row.kind, delta.messages),
     }
+
+
+def _editable(kind: str, messages: list[dict]) -> dict | None:
+    """What a "what if" fork from this checkpoint may edit, whole, for the fork dialog to prefill.
+
+    A ``model`` checkpoint's reply, as JSON its ``--reply`` accepts (tool calls
+    written shortly); a ``tool_result`` checkpoint's output text. None otherwise.
+    """
+    for m in messages:
+        if kind == "model" and m.get("role") == "assistant":
+            calls = [
+                {"name": (c.get("function") or {}).get("name"), "arguments": _arguments(c)}
+                for c in m.get("tool_calls") or []
+            ]
+            reply = {"content": m.get("content") or "", **({"tool_calls": calls} if calls else {})}
+            return {"reply": json.dumps(reply, indent=1, ensure_ascii=False)}
+        if kind == "tool_result" and m.get("role") == "tool" and isinstance(m.get("content"), str):
+            return {"output": m["content"]}
+    return None
+
+
+def _arguments(call: dict) -> Any:
+    text = (call.get("function") or {}).get("arguments") or "{}"
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _find_call(messages: list[dict], call_id: str) -> dict | None:

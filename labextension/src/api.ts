@@ -25,6 +25,14 @@ export interface ITimelineEntry {
   status: string;
 }
 
+/** What a "what if" fork changed at its checkpoint ([run, checkpoint]). */
+export interface IWhatIf {
+  edited: 'reply' | 'output' | 'model';
+  from: [string, number];
+  /** "what if: edited reply at checkpoint 7", as every list says it. */
+  text: string;
+}
+
 /** An agent of a notebook and the state of its latest run. */
 export interface IAgentSummary {
   name: string;
@@ -32,6 +40,8 @@ export interface IAgentSummary {
   /** The agent that delegated this one (the `delegate` tool), or null for a top-level agent. */
   parent_agent: string | null;
   named: boolean;
+  /** A fork with an edited reply, tool output or model: what changed, and its tag's text. */
+  what_if: IWhatIf | null;
   status: AgentStatus;
   /** The last checkpoint's sequence number. */
   step: number;

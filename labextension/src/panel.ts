@@ -107,6 +107,9 @@ export class AgentsPanel extends Widget {
     const title = agent.named || !cell ? agent.name : `cell ${entry.index + 1}`;
     top.appendChild(el('span', 'jp-AgentsPanel-name', title));
     top.appendChild(el('span', `jp-AgentBadge jp-AgentBadge-${agent.status}`, agent.label));
+    if (agent.what_if) {
+      top.appendChild(el('span', 'jp-AgentsPanel-whatIf', agent.what_if.text));
+    }
     row.appendChild(top);
     row.appendChild(el('div', 'jp-AgentsPanel-prompt', agent.prompt));
     row.appendChild(timeline(agent.timeline));

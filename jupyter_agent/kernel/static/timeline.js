@@ -313,6 +313,7 @@ class View {
           h("span", { class: `ja-dot ${statusClass(r.status)}` }),
           r.parent ? `${r.depth ? "└ " : ""}${r.label} ⋔ ${r.parent}@${r.parent_step}` : r.label,
           h("span", { class: "ja-run-text", text: ` ${r.text}` }),
+          r.what_if ? h("span", { class: "ja-what-if", text: r.what_if }) : null,
           r.latest ? h("span", { class: "ja-latest", text: "latest" }) : null,
         ),
       ),
@@ -573,23 +574,33 @@ class View {
     }
     // Fork and Rewind act on this agent's runs, not on a child's (open its own timeline).
     const own = (this.model.get("runs") || []).some((r) => r.id === run) || run === this.model.get("run_id");
-    if (own) parts.push(this.detailActions());
+    if (own) parts.push(this.detailActions(loaded ? d : null));
     this.detailEl.replaceChildren(...parts);
     this.updateBusy();
   }
 
   // Fork and Rewind act on the opened checkpoint; built once, so a typed
   // instruction survives the detail being re-rendered when its payload arrives.
-  detailActions() {
+  // A fork may be a "what if": the model's reply or the tool's output, prefilled
+  // and edited here, or another model.
+  detailActions(d) {
     if (!this.actionsEl) {
       this.instructionEl = h("textarea", { class: "ja-instruction", rows: 2, placeholder: "New instruction for the fork (optional)" });
+      this.editLabel = h("div", { class: "ja-hint" });
+      this.editEl = h("textarea", { class: "ja-edit", rows: 6 });
+      this.editBox = h("div", { class: "ja-edit-box" }, this.editLabel, this.editEl);
+      this.modelEl = h("input", { class: "ja-fork-model", type: "text", placeholder: "Another model for the fork (optional)" });
       this.forkBtn = h("button", {
         class: "ja-btn ja-primary",
         text: "Fork from here",
         title: "Start a new run from this checkpoint; this run stays as it is",
         onclick: () => {
-          this.send({ type: "fork", ...this.selected, instruction: this.instructionEl.value });
+          const msg = { type: "fork", ...this.selected, instruction: this.instructionEl.value, model: this.modelEl.value };
+          if (this.editing && this.editEl.value !== this.editing.text) msg[this.editing.what] = this.editEl.value;
+          this.send(msg);
           this.instructionEl.value = "";
+          this.modelEl.value = "";
+          if (this.editing) this.editEl.value = this.editing.text;
         },
       });
       this.rewindBtn = h("button", {
@@ -618,12 +629,32 @@ class View {
       this.actionsEl = h(
         "div",
         { class: "ja-detail-actions" },
+        this.editBox,
         this.instructionEl,
+        this.modelEl,
         h("div", { class: "ja-actions" }, this.forkBtn, this.rewindBtn),
         h("div", { class: "ja-actions" }, this.compareEl, this.compareBtn),
       );
     }
+    this.prefill(d);
     return this.actionsEl;
+  }
+
+  // The edit box holds the opened checkpoint's reply or output, once per checkpoint,
+  // so what is typed survives re-renders; a fork sends it only if it was changed.
+  prefill(d) {
+    const key = d ? `${d.run}@${d.step}` : "";
+    if (key === this.editKey) return;
+    this.editKey = key;
+    const ed = (d && d.editable) || null;
+    this.editing = ed ? { what: "reply" in ed ? "reply" : "output", text: ed.reply ?? ed.output } : null;
+    this.editBox.hidden = !this.editing;
+    if (!this.editing) return;
+    this.editLabel.textContent =
+      this.editing.what === "reply"
+        ? "The model's reply: edit it to fork with this reply instead (text, or JSON with tool_calls)"
+        : "The tool's output: edit it to fork with the model reading this instead";
+    this.editEl.value = this.editing.text;
   }
 
   updateBusy() {

@@ -19,9 +19,11 @@ from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, v
 
 from ..config import (
     DURABILITY_MODES,
+    FILES_CAP,
     RICH_OUTPUT_BYTES,
     SYNC,
     ClientSettings,
+    FilePolicy,
     RunPolicy,
     Settings,
 )
@@ -141,6 +143,22 @@ class AgentMagics(Magics):
         help='MCP servers for --mcp, as Claude Desktop writes them: {"name": {"command": ..., '
         '"args": [...], "env": {...}}} (stdio) or {"name": {"url": ...}} (streamable HTTP).'
     ).tag(config=True)
+    # Files as part of a run's state (config.FilePolicy).
+    files = Bool(
+        True,
+        help="Record the files the agent's code writes under the notebook's folder, so "
+        "rewind and fork put them back.",
+    ).tag(config=True)
+    files_cap = Int(
+        FILES_CAP,
+        min=0,
+        help="Bytes of file content one run versions; files past it are listed as not versioned.",
+    ).tag(config=True)
+    files_ignore = List(
+        Unicode(),
+        help="More paths not to record: glob patterns of paths relative to the notebook's "
+        "folder or of their parts ('data/raw/*', '*.log', 'cache').",
+    ).tag(config=True)
 
     @validate("max_steps")
     def _check_max_steps(self, proposal: Any) -> int:
@@ -231,6 +249,7 @@ class AgentMagics(Magics):
             rich_output_bytes=self.rich_output_bytes,
             notify=webhook_urls(self.notify or os.environ.get(ENV_NOTIFY, "")),
             server_url=self.server_url or os.environ.get(ENV_SERVER_URL, ""),
+            files=FilePolicy(self.files, self.files_cap, tuple(self.files_ignore)),
         )
 
     def _budget(self) -> Budget | None:

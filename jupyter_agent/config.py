@@ -35,6 +35,26 @@ DURABILITY_MODES = (SYNC, PROCESS)
 
 #: The default of :attr:`Settings.rich_output_bytes`: a few plots and tables per call.
 RICH_OUTPUT_BYTES = 1_000_000
+#: The default of :attr:`FilePolicy.cap`: bytes of file content one run versions.
+FILES_CAP = 50_000_000
+#: The default of :attr:`FilePolicy.scan_limit`: files one scan of the folder looks at.
+FILES_SCAN_LIMIT = 20_000
+
+
+@dataclass(frozen=True)
+class FilePolicy:
+    """Which files beside the notebook a run versions (see :mod:`jupyter_agent.namespace.files`)."""
+
+    #: Record the files the agent's code creates, changes or deletes under the notebook's folder.
+    enabled: bool = True
+    #: Bytes of file content a run versions; a file past it is listed as not versioned.
+    cap: int = FILES_CAP
+    #: More paths not to watch: glob patterns matched against a path relative to the
+    #: notebook's folder and against each of its parts (``data/raw/*``, ``*.log``, ``cache``).
+    ignore: tuple[str, ...] = ()
+    #: Files one scan looks at, so a huge folder costs a bounded time per call; files
+    #: past it (in name order) are not watched, and the cell says so once.
+    scan_limit: int = FILES_SCAN_LIMIT
 
 
 @dataclass(frozen=True)
@@ -137,3 +157,5 @@ class Settings:
     notify: tuple[str, ...] = ()
     #: The Jupyter server's URL, for links to notebooks in notifications ('' unknown).
     server_url: str = ""
+    #: Files as part of a run's state (``c.AgentMagics.files``, ``files_cap``, ``files_ignore``).
+    files: FilePolicy = field(default_factory=FilePolicy)

@@ -156,11 +156,7 @@ class RunState:
         self.cache_write_tokens += usage_tokens(usage, "cache_write_tokens")
         self.cost_usd = add_cost(self.cost_usd, info.get("cost_usd"))
         self.bind(delta.vars, delta.unsaved)
-        for path, record in delta.files.items():
-            if record is None:
-                self.files.pop(path, None)
-            else:
-                self.files[path] = record
+        self.bind_files(delta.files)
         if delta.decision:
             self.decisions[delta.decision["call_id"]] = delta.decision
         if kind == "tool_call":
@@ -182,6 +178,14 @@ class RunState:
                 self.vars[name] = digest
             self.unsaved.pop(name, None)
         self.unsaved.update(unsaved)
+
+    def bind_files(self, files: dict[str, FileRecord | None]) -> None:
+        """Record the files a step wrote (their record) and removed (None)."""
+        for path, record in files.items():
+            if record is None:
+                self.files.pop(path, None)
+            else:
+                self.files[path] = record
 
     def _holding(self, index: int) -> int:
         """Position in :attr:`message_steps` of the step that added message ``index``."""

@@ -9,7 +9,7 @@ see :mod:`jupyter_agent.core.history`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..config import Settings
@@ -18,6 +18,7 @@ from ..errors import AgentBusy
 from ..loop.checkpoints import Collaborators
 from ..loop.edits import Edit, edited_output, plan_edit
 from ..loop.runs import load_state, new_run
+from ..namespace.files import Folder, PutBack, put_back
 from ..namespace.tracking import restore
 from ..store.api import RunRow, Store
 from ..views import points
@@ -35,6 +36,8 @@ class Rewound:
     removed: list[str]
     failed: dict[str, str]
     unsaved: dict[str, str]
+    #: What it did to the files the runs wrote beside the notebook.
+    files: PutBack = field(default_factory=PutBack)
 
     def message(self) -> str:
         parts = [f"Namespace rewound to checkpoint {self.step}"]
@@ -44,8 +47,12 @@ class Rewound:
             parts.append("removed " + ", ".join(self.removed))
         if not self.restored and not self.removed:
             parts.append("no agent variables to change")
+        if self.files.restored:
+            parts.append("files put back: " + ", ".join(self.files.restored))
+        if self.files.removed:
+            parts.append("files removed: " + ", ".join(self.files.removed))
         text = "; ".join(parts) + "."
-        for name, why in {**self.unsaved, **self.failed}.items():
+        for name, why in {**self.unsaved, **self.failed, **self.files.kept}.items():
             text += f" {name}: {why} (left as it is)."
         return text
 
@@ -64,12 +71,23 @@ def state_at(timeline: Timeline, run: RunRow, step: int) -> RunState:
     return points.state_at(timeline.store, run, step, timeline.segments(run, whole=True)).state
 
 
-def _later_vars(timeline: Timeline, run: RunRow) -> set[str]:
-    """Variables the run, or the agent's latest run, has now: a rewind may remove them."""
-    later: set[str] = set(load_state(timeline.store, run).vars)
+@dataclass
+class Later:
+    """What the run, or the agent's latest run, has now: what a rewind may remove or change."""
+
+    vars: set[str]
+    #: The agent's latest record of each file it wrote (the latest run's first).
+    files: dict
+
+
+def _later(timeline: Timeline, run: RunRow) -> Later:
+    now = load_state(timeline.store, run)
+    later = Later(set(now.vars), dict(now.files))
     latest = timeline.latest
     if latest is not None and latest.run_id != run.run_id:
-        later |= set(load_state(timeline.store, latest).vars)
+        last = load_state(timeline.store, latest)
+        later.vars |= set(last.vars)
+        later.files.update(last.files)
     return later
 
 
@@ -78,21 +96,30 @@ def rewind(timeline: Timeline, shell: Any, run_id: str, step: int) -> Rewound:
 
     Variables the agent set later (in this run or the agent's latest run) and
     that did not exist yet at that step are removed; values that could not be
-    saved are left as they are.
+    saved are left as they are. So are the files beside the notebook: put back
+    as they were, removed if written later, kept if the user changed them since
+    (see :func:`~jupyter_agent.namespace.files.put_back`).
     """
     ensure_idle(timeline)
     run = timeline.run(run_id)
     target = state_at(timeline, run, step)
-    return _rewind_to(timeline.store, shell, target, _later_vars(timeline, run))
+    return _rewind_to(timeline.store, shell, run, target, _later(timeline, run))
 
 
-def _rewind_to(store: Store, shell: Any, target: RunState, later: set[str]) -> Rewound:
+def _rewind_to(store: Store, shell: Any, run: RunRow, target: RunState, later: Later) -> Rewound:
     ns = shell.user_ns
-    removed = sorted(n for n in later - set(target.vars) if n in ns and n not in target.unsaved)
+    removed = sorted(
+        n for n in later.vars - set(target.vars) if n in ns and n not in target.unsaved
+    )
     for name in removed:
         del ns[name]
     restored, failed = restore(ns, target.vars, store.blobs)
-    return Rewound(target.step, restored, removed, failed, dict(target.unsaved))
+    files = PutBack()
+    if target.files or later.files:
+        # The folder's rules do not matter here: only recorded files are touched.
+        folder = Folder.of(run.notebook, store.location, Settings().files)
+        files = put_back(folder, target.files, later.files, store.blobs)
+    return Rewound(target.step, restored, removed, failed, dict(target.unsaved), files)
 
 
 def check_edit(
@@ -164,7 +191,7 @@ def fork(
         execution = make_execution(run, state, run.model, collaborators, settings)
         # An edited output keeps what its call did: the namespace is as after it.
         target = after if edit is not None and edit.kind == "output" else state
-        rewound = _rewind_to(timeline.store, shell, target, _later_vars(timeline, source))
+        rewound = _rewind_to(timeline.store, shell, source, target, _later(timeline, source))
         events.info(rewound.message())
         execution.execute(first=True)
         return Outcome(run, execution.state, "fork", rewound.restored, rewound.failed)

@@ -26,7 +26,16 @@ from traitlets import (
     validate,
 )
 
-from ..config import DURABILITY_MODES, RICH_OUTPUT_BYTES, SYNC, ClientSettings, RunPolicy, Settings
+from ..config import (
+    DURABILITY_MODES,
+    FILES_CAP,
+    RICH_OUTPUT_BYTES,
+    SYNC,
+    ClientSettings,
+    FilePolicy,
+    RunPolicy,
+    Settings,
+)
 from ..core.budget import Budget, parse_budget
 from ..core.redaction import secrets_in_environment
 from ..errors import BudgetError
@@ -142,6 +151,29 @@ class AgentTraits(HasTraits):
             '"args": [...], "env": {...}}} (stdio) or {"name": {"url": ...}} (streamable HTTP).'
         )
     )
+    # Files as part of a run's state (config.FilePolicy).
+    files = _config(
+        Bool(
+            True,
+            help="Record the files the agent's code writes under the notebook's folder, so "
+            "rewind and fork put them back.",
+        )
+    )
+    files_cap = _config(
+        Int(
+            FILES_CAP,
+            min=0,
+            help="Bytes of file content one run versions; files past it are listed as not "
+            "versioned.",
+        )
+    )
+    files_ignore = _config(
+        List(
+            Unicode(),
+            help="More paths not to record: glob patterns of paths relative to the notebook's "
+            "folder or of their parts ('data/raw/*', '*.log', 'cache').",
+        )
+    )
 
     @validate("max_steps")
     def _check_max_steps(self, proposal: Any) -> int:
@@ -212,6 +244,7 @@ class AgentTraits(HasTraits):
             rich_output_bytes=self.rich_output_bytes,
             notify=webhook_urls(self.notify or os.environ.get(ENV_NOTIFY, "")),
             server_url=self.server_url or os.environ.get(ENV_SERVER_URL, ""),
+            files=FilePolicy(self.files, self.files_cap, tuple(self.files_ignore)),
         )
 
     def _budget(self) -> Budget | None:

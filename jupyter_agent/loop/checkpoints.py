@@ -28,6 +28,7 @@ from ..core.redaction import StreamRedactor, redact
 from ..core.state import RUNNING, Delta, RunState, encode_delta
 from ..namespace import tracking as namespace
 from ..namespace.baseline import Baselines
+from ..namespace.files import Hashing, Saved, Watch
 from ..namespace.lock import NamespaceLock
 from ..store.api import MAX_ROW_TOKENS, CheckpointRow, RunRow, RunWriterLike, Store
 from ..tools.base import ToolResult
@@ -110,14 +111,19 @@ def one_line(text: str, limit: int = SUMMARY_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+#: How a ``tool_result``'s delta, info and blobs are made from its values and files saved.
+Compose = Callable[[namespace.Snapshot, Saved], tuple[Delta, dict, dict[str, bytes]]]
+
+
 @dataclass
 class Later:
-    """A ``tool_result`` applied before its large values were serialized (see
-    :meth:`Recorder.checkpoint`): their :class:`namespace.Saving`, and how to
-    make the checkpoint's delta, info and blobs once they are."""
+    """A ``tool_result`` applied before its large values were serialized or its files
+    hashed (see :meth:`Recorder.checkpoint`): their :class:`namespace.Saving` and
+    :class:`Hashing`, and how to make the checkpoint's delta, info and blobs once done."""
 
-    saving: namespace.Saving
-    compose: Callable[[namespace.Snapshot], tuple[Delta, dict, dict[str, bytes]]]
+    saving: namespace.Saving | None
+    compose: Compose
+    files: Hashing | None = None
     row: CheckpointRow | None = None  # the row as applied; written with the values' info
 
 
@@ -141,6 +147,9 @@ class Recorder:
         self._last = time.monotonic()
         #: A checkpoint applied, not written yet (see :meth:`checkpoint`).
         self._later: Later | None = None
+        #: The notebook folder's files, watched around code calls (None: not watched).
+        self.files: Watch | None = None
+        self._told: set[str] = set()  # what about files the cell was told, once each
 
     def checkpoint(
         self,
@@ -219,21 +228,36 @@ class Recorder:
         if later is None or later.row is None:
             return
         with shield_from_interrupt():
-            saved = later.saving.result()
-        delta, info, blobs = later.compose(saved)
+            saved = later.saving.result() if later.saving else namespace.Snapshot()
+            files = later.files.result() if later.files else Saved()
+        delta, info, blobs = later.compose(saved, files)
         payload = encode_delta(delta)
         size = len(payload) + sum(len(b) for b in blobs.values())
         row = dataclasses.replace(later.row, info=info, size=size)
         self._write(row, payload, blobs, durable=True)
         self.state.bind(saved.vars, saved.unsaved)
+        self.state.bind_files(delta.files)
         self.events.checkpoint(self.run, row, delta)
         for name, why in saved.unsaved.items():
             self.events.notice(f"not saved: {name}: {why}")
+        if files.unversioned and "cap" not in self._told:
+            self._told.add("cap")
+            listed = ", ".join(f"{p} ({why})" for p, why in files.unversioned.items())
+            self.events.notice(
+                f"files not versioned: {listed}; they are listed with the checkpoint, and a "
+                "rewind or fork leaves them as they are"
+            )
 
     @property
     def sending(self) -> Callable[[], None] | None:
         """What starts the serializing of large values pending, as the model request goes out."""
-        return self._later.saving.go if self._later is not None else None
+        saving = self._later.saving if self._later is not None else None
+        return saving.go if saving is not None else None
+
+    def files_before(self) -> None:
+        """Scan the notebook's folder as code is about to run (see :mod:`..namespace.files`)."""
+        if self.files is not None:
+            self.files.before()
 
     def tool_result(
         self,
@@ -261,13 +285,26 @@ class Recorder:
             ran=ran,
             later_from=self.save_later_from if ran else None,
         )
+        changes = self.files.after() if self.files is not None and ran else None
+        if self.files is not None and self.files.truncated and "limit" not in self._told:
+            self._told.add("limit")
+            self.events.notice(
+                f"the notebook's folder holds more than {self.files.folder.policy.scan_limit:,} "
+                "files: the files past them (in name order) are not versioned"
+            )
+        assert self.writer is not None
+        hashing = (
+            self.files.hash(changes, self.writer.prepare_blob) if self.files and changes else None
+        )
         output = redact(result.output, secrets)
         outputs = redact(result.outputs, secrets)
         message = {"role": "tool", "tool_call_id": call_id, "content": output}
         first = output.strip().splitlines()[-1] if output.strip() else ""
 
-        def compose(saved: namespace.Snapshot) -> tuple[Delta, dict, dict[str, bytes]]:
-            """The checkpoint's delta, info and blobs with the values saved later merged in."""
+        def compose(
+            saved: namespace.Snapshot, files: Saved
+        ) -> tuple[Delta, dict, dict[str, bytes]]:
+            """The checkpoint's delta, info and blobs with the values and files saved later."""
             vars = {**snap.vars, **saved.vars}
             unsaved = {**snap.unsaved, **saved.unsaved}
             delta = Delta(
@@ -276,21 +313,24 @@ class Recorder:
                 unsaved=unsaved,
                 tool_call_id=call_id,
                 outputs=outputs or None,
+                files=files.records,
             )
-            values = {
+            values: dict = {
                 "vars": {**snap.info, **saved.info},
                 "deleted": [n for n, h in vars.items() if h is None],
                 "unsaved": unsaved,
-                "blobs": [h for h in vars.values() if h],
+                "blobs": [*(h for h in vars.values() if h), *files.blobs],
                 "error": result.error,
             }
-            return delta, {**values, **(info or {})}, {**snap.blobs, **saved.blobs}
+            if changes is not None:  # watched: the replay compares the files written
+                values["files"] = sorted(files.records)
+            blobs = {**snap.blobs, **saved.blobs, **files.blobs}
+            return delta, {**values, **(info or {})}, blobs
 
-        later = None
+        later = Later(None, compose, hashing) if hashing is not None else None
         if snap.later:
             lock = self.lock
             done = lock.saving(self.run.agent) if lock is not None else lambda: None
-            assert self.writer is not None
             saving = namespace.Saving(
                 self.shell.user_ns,
                 snap.later,
@@ -299,8 +339,8 @@ class Recorder:
                 prepare=self.writer.prepare_blob,
                 done=done,
             )
-            later = Later(saving, compose)
-        delta, values, blobs = compose(namespace.Snapshot())
+            later = Later(saving, compose, hashing)
+        delta, values, blobs = compose(namespace.Snapshot(), Saved())
         self.checkpoint(
             "tool_result",
             status,

@@ -56,6 +56,7 @@ from ..core.state import FINGERPRINT as KEY
 from ..core.stuck import stuck_reason, unstuck_note
 from ..errors import CallTimedOut, Cancelled, ConfigError, ModelError, NotWaiting, StoreError
 from ..model.base import ModelClient
+from ..namespace.files import Folder, Watch
 from ..store.api import RunRow
 from ..tools import user as user_tools
 from ..tools.delegate import DELEGATE_TOOL
@@ -103,6 +104,9 @@ class Execution:
         self.store, self.shell = collaborators.store, collaborators.shell
         policy = settings.policy
         self.recorder = Recorder(run, state, collaborators, settings.secrets)
+        if settings.files.enabled:
+            folder = Folder.of(run.notebook, self.store.location, settings.files)
+            self.recorder.files = Watch(folder, state.files)
         model = client.endpoint.model
         size = policy.context_window or self.store.learnt_window(model)
         plan_mode = bool(run.info.get("plan")) or (policy.plan and state.step < 0)

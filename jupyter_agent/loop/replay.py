@@ -3,8 +3,9 @@
 The model's replies come from the store (:class:`~jupyter_agent.model.replayed.ReplayedClient`:
 no endpoint, no key, no request), the tools run as they are now, in the
 kernel's namespace. Each tool call of the replay is compared with the recorded
-one as its result is checkpointed: the call (tool and arguments, as shown) and
-its output. The first difference stops the replay and is reported with both
+one as its result is checkpointed: the call (tool and arguments, as shown),
+its output, and the files it wrote beside the notebook (path and content hash,
+when the run recorded them). The first difference stops the replay and is reported with both
 sides, named by the recorded checkpoint's number; a recorded call of a tool
 that no longer exists is one (its result is now an error).
 
@@ -26,6 +27,7 @@ from typing import Any
 
 from ..config import Settings
 from ..core.context import summary_text
+from ..core.files import describe
 from ..core.state import Delta, RunState, decode_delta
 from ..model.replayed import Recorded, ReplayedClient
 from ..store.api import CheckpointRow, RunRow, Store
@@ -46,6 +48,8 @@ class Call:
     step: int
     call: tuple[str, str] | None = None
     output: str | None = None
+    #: The files it wrote (None: the run did not watch them), as :attr:`Delta.files`.
+    files: dict[str, dict | None] | None = None
 
 
 @dataclass
@@ -84,6 +88,7 @@ def read_recording(store: Store, run: RunRow) -> Recording:
                 call.call, call.step = _called(row), row.step
             elif delta.messages:
                 call.output = str(delta.messages[0].get("content") or "")
+                call.files = delta.files if "files" in row.info else None
     return recording
 
 
@@ -97,13 +102,14 @@ class Divergence:
     """The first recorded step the replay does not repeat, with both sides."""
 
     step: int
-    what: str  # "tool call", "output", or "not reached"
+    what: str  # "tool call", "output", "files", or "not reached"
     recorded: str
     replayed: str
 
     def text(self) -> str:
         return (
-            f"checkpoint {self.step}: the {self.what} differs\n"
+            f"checkpoint {self.step}: the {self.what} "
+            f"{'differ' if self.what == 'files' else 'differs'}\n"
             f"  recorded: {_shown(self.recorded)}\n  replay:   {_shown(self.replayed)}"
         )
 
@@ -173,9 +179,10 @@ class Comparer:
             self.calls[delta.tool_call_id] = _called(row)
         elif row.kind == "tool_result":
             output = str(delta.messages[0].get("content") or "") if delta.messages else ""
-            self._compare(delta.tool_call_id, output)
+            files = delta.files if "files" in row.info else None
+            self._compare(delta.tool_call_id, output, files)
 
-    def _compare(self, call_id: str, output: str) -> None:
+    def _compare(self, call_id: str, output: str, files: dict | None = None) -> None:
         recorded = self.recording.calls.get(call_id)
         if recorded is None or recorded.output is None:
             return  # in flight when the run stopped: nothing to compare with
@@ -187,6 +194,14 @@ class Comparer:
             )
         elif output != recorded.output:
             self.divergence = Divergence(recorded.step, "output", recorded.output, output)
+        elif recorded.files is not None and files is not None and files != recorded.files:
+            paths = sorted(recorded.files.keys() | files.keys())
+            self.divergence = Divergence(
+                recorded.step,
+                "files",
+                _files_text(recorded.files, paths),
+                _files_text(files, paths),
+            )
         if self.divergence is not None:
             self.cancel.set()
 
@@ -207,6 +222,11 @@ class Comparer:
                     f"the replay stopped before it: {one_line(self.last, 300)}",
                 )
         return self.divergence
+
+
+def _files_text(files: dict[str, dict | None], paths: list[str]) -> str:
+    """What a call did to each of ``paths``, a path and its content on each line."""
+    return "\n".join(f"{p}: {describe(files[p]) if p in files else 'not written'}" for p in paths)
 
 
 def _call_text(call: tuple[str, str] | None, output: str = "") -> str:

@@ -187,6 +187,8 @@ class ToolStep:
                     f"checkpoint {state.step}: this {name} call was running when the agent "
                     "stopped; running it again"
                 )
+            if tool.in_kernel:  # what the call writes beside the notebook is its own
+                recorder.files_before()
             shown = tool.show(args)
             # The start of a call that may run twice (python) is made durable with its
             # result: lost only with the machine, it is run again, as it would be anyway.

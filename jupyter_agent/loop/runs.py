@@ -9,8 +9,11 @@ checkpoints.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, fields
 from typing import Protocol
 
@@ -152,15 +155,33 @@ def saved_latest(store: Store, notebook: str, agent: str) -> tuple[RunRow, RunSt
     if found is None:
         return None
     try:
-        data = orjson.loads(found[1])
-        if data.get("v") != _SAVED_VERSION:
-            return None  # written by another version: DuckDB answers
-        run = RunRow(**data["run"])
-        values = data["state"]
-        view = values["messages"]
-        values["messages"] = placeholders(int(view["length"]), view["kept"]) + view["later"]
-        values["message_steps"] = [tuple(pair) for pair in values["message_steps"]]
-        state = RunState(**values)
+        with _collection_paused():
+            data = orjson.loads(found[1])
+            if data.get("v") != _SAVED_VERSION:
+                return None  # written by another version: DuckDB answers
+            run = RunRow(**data["run"])
+            values = data["state"]
+            view = values["messages"]
+            values["messages"] = placeholders(int(view["length"]), view["kept"]) + view["later"]
+            values["message_steps"] = [tuple(pair) for pair in values["message_steps"]]
+            state = RunState(**values)
     except (ValueError, TypeError, KeyError, AttributeError):
         return None  # damaged in a way its frame cannot tell: DuckDB answers
     return (run, state) if run.run_id == found[0] else None
+
+
+@contextlib.contextmanager
+def _collection_paused() -> Iterator[None]:
+    """No garbage collection while a state's thousands of dicts are built.
+
+    They are all alive when built, so a collection frees nothing; yet each one
+    the allocations trigger walks the objects of the whole kernel, the user's
+    too, and would cost a resume more than the parse itself.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

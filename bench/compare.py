@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from agent_steps import Script  # noqa: E402
+from kernel_overhead import TurnScript  # noqa: E402
 
 WINDOW = 50
 DELTA_SNAPSHOT_EVERY = 100  # DeltaChannel's default snapshot_frequency
@@ -114,7 +114,7 @@ def run_agent(
     os.environ["JUPYTER_AGENT_STORE"] = str(path)
     os.environ["JUPYTER_AGENT_NOTEBOOK"] = str(workdir / "bench.ipynb")
     probe = Probe(keep_journal=workdir / "agent.jnl")
-    with scripted(Counted(steps)) as server:
+    with scripted(TurnScript(steps)) as server:
         os.environ["OPENAI_BASE_URL"] = server.url
         os.environ["OPENAI_API_KEY"] = API_KEY
         start = time.perf_counter()
@@ -168,19 +168,6 @@ def run_agent(
         "wall": wall,
         "window": window,
     }
-
-
-class Counted(Script):
-    """:class:`agent_steps.Script` counting its turns itself: a compacted view shows fewer
-    assistant messages than the run took steps (summary requests are answered apart)."""
-
-    def __init__(self, steps: int) -> None:
-        super().__init__(steps)
-        self.turn = 0
-
-    def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
-        turn, self.turn = self.turn, self.turn + 1
-        return super().__call__({"messages": [{"role": "assistant"}] * turn})
 
 
 # -- LangGraph -------------------------------------------------------------------------

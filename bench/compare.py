@@ -25,7 +25,9 @@ Resume/read latency: jupyter-agent, a new ``Store`` on the folded file and
 died (``os._exit``) right after the last step, until the recovered workflow
 runs its next new step (every recorded step is read back, not re-run).
 
-Usage: ``python bench/compare.py [--steps 500] [--out docs/performance.md]``
+Usage: ``python bench/compare.py [--steps 500] [--context-window N] [--out docs/performance.md]``
+(each ``--steps`` writes a section of its own; above 1,000 steps the agent compacts its
+context to 16,000 tokens and the full-state LangGraph run is left out, see ``main``).
 """
 
 from __future__ import annotations
@@ -53,8 +55,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from kernel_overhead import TurnScript  # noqa: E402
+
 WINDOW = 50
 DELTA_SNAPSHOT_EVERY = 100  # DeltaChannel's default snapshot_frequency
+#: A context window above any run's size: the agent keeps the whole conversation.
+WHOLE = 100_000_000
+#: Up to this many steps the agent keeps its whole conversation by default, as the others
+#: do; beyond, it works in :data:`WINDOW_TOKENS` (see ``main``), and the full-state
+#: LangGraph run is left out (its store grows with N²: tens of GB at 10,000 steps).
+WHOLE_UP_TO = 1000
+WINDOW_TOKENS = 16_000
 #: From an earlier measurement on this machine kind (per-step overhead, store after 500 steps).
 REFERENCE = {
     "langgraph-full": "1.65 → 4.18 ms/step, 130 MB",
@@ -82,14 +93,17 @@ def file_bytes(*paths: Path) -> int:
 # -- jupyter-agent ---------------------------------------------------------------------
 
 
-def run_agent(steps: int, workdir: Path, durability: str = "sync") -> dict[str, Any]:
-    """The agent's run, as ``bench/agent_steps.py`` runs it, with no context compaction.
+def run_agent(
+    steps: int, workdir: Path, durability: str = "sync", window: int = WHOLE
+) -> dict[str, Any]:
+    """The agent's run, as ``bench/agent_steps.py`` runs it, in a ``window``-token context.
 
-    The window is set far above the run's size so that the agent keeps the whole
-    conversation, as the other two do; every checkpoint written during a step
-    counts towards that step.
+    With the default window, far above the run's size, the agent keeps the whole
+    conversation, as the other two do; a smaller one compacts it as a real
+    model's window would. Every checkpoint written during a step (a compaction's
+    too) counts towards that step.
     """
-    from agent_steps import API_KEY, PROMPT, Probe, Script, _Null, scripted, shell, store_bytes
+    from agent_steps import API_KEY, PROMPT, Probe, _Null, scripted, shell, store_bytes
 
     from jupyter_agent.loop.runs import load_state, saved_latest
     from jupyter_agent.store.duckdb.store import DuckDBStore as Store
@@ -100,14 +114,14 @@ def run_agent(steps: int, workdir: Path, durability: str = "sync") -> dict[str, 
     os.environ["JUPYTER_AGENT_STORE"] = str(path)
     os.environ["JUPYTER_AGENT_NOTEBOOK"] = str(workdir / "bench.ipynb")
     probe = Probe(keep_journal=workdir / "agent.jnl")
-    with scripted(Script(steps)) as server:
+    with scripted(TurnScript(steps)) as server:
         os.environ["OPENAI_BASE_URL"] = server.url
         os.environ["OPENAI_API_KEY"] = API_KEY
         start = time.perf_counter()
         with probe.installed(), contextlib.redirect_stdout(_Null()):
             ip.run_cell_magic(
                 "agent",
-                f"--model scripted --max-steps {steps + 10} --context-window 100000000 "
+                f"--model scripted --max-steps {steps + 10} --context-window {window} "
                 "--name compare",
                 PROMPT,
             )
@@ -135,7 +149,7 @@ def run_agent(steps: int, workdir: Path, durability: str = "sync") -> dict[str, 
     return {
         "per_step": per_step[:steps],
         "bytes": store_bytes(path)["total"],
-        "raw": sum(len(json.dumps(m)) for m in state.messages),
+        "raw": sum(len(json.dumps(m)) for m in load_state(store, run, full=True).messages),
         "read": read,
         "read_db": read_db,
         "durability": {
@@ -143,8 +157,16 @@ def run_agent(steps: int, workdir: Path, durability: str = "sync") -> dict[str, 
             "process": "process crash (`process`: no `fdatasync`)",
         }[durability],
         "read_what": "new `Store`, the agent's state file (`saved_latest`); "
-        f"from DuckDB instead (`runs()`, `load_state`): {read_db * 1000:.2f} ms",
+        f"from DuckDB instead (`runs()`, `load_state`): {read_db * 1000:.2f} ms; "
+        + (
+            "context window above the run's size (the whole conversation kept)"
+            if window == WHOLE
+            else f"context window {window:,} tokens ({len(state.messages):,} messages, "
+            f"{sum(m.get('role') == 'compacted' for m in state.messages):,} of them "
+            "compacted away)"
+        ),
         "wall": wall,
+        "window": window,
     }
 
 
@@ -354,7 +376,7 @@ def render(steps: int, command: str, rows: dict[str, dict[str, Any]], notes: lis
     ours_early, ours_late = p50(ours["per_step"][:WINDOW]), p50(ours["per_step"][-WINDOW:])
     late_lo, late_hi = steps - WINDOW + 1, steps
     lines = [
-        "## Side by side with LangGraph and DBOS",
+        f"## Side by side with LangGraph and DBOS, {steps:,} steps",
         "",
         f"Generated by `{command}` (see its docstring): one run of {steps} steps through "
         "each system, one after the other on the same machine, each step adding about 1 KB "
@@ -414,9 +436,14 @@ def notes_for(steps: int, rows: dict[str, dict[str, Any]]) -> list[str]:
         "against ~1 KB); a SQLite file starts at a few KB. Beside it, the agent's state file "
         "holds its whole latest state once (the raw state's size).",
         "resume / read": "The read is the agent's state file: one read and a JSON parse of "
-        "the whole state, every message included (the window is set above the run's size, so "
-        "nothing is compacted away): it grows with the run's uncompacted messages, where the "
-        "delta channel replays at most its last 100 writes.",
+        "the messages from the latest compaction's snapshot on"
+        + (
+            " (the window is set above the run's size, so that is every message): it grows "
+            "with the run's uncompacted messages, as the delta channel's snapshot does"
+            if ours["window"] == WHOLE
+            else ""
+        )
+        + ".",
     }
     any_missed = False
     for col, get in cols.items():
@@ -443,16 +470,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--out", type=Path, default=None, help="write the section here")
     parser.add_argument("--only", default="", help="comma-separated subset (for debugging)")
+    parser.add_argument(
+        "--context-window",
+        type=int,
+        default=None,
+        help=f"the agent's, in tokens (default: the whole conversation up to {WHOLE_UP_TO} "
+        f"steps, {WINDOW_TOKENS:,} beyond: sending every step's whole history is O(N²))",
+    )
     args = parser.parse_args(argv)
     if args.steps < 2 * WINDOW:
         parser.error(f"--steps must be at least {2 * WINDOW}")
+    window = args.context_window or (WHOLE if args.steps <= WHOLE_UP_TO else WINDOW_TOKENS)
     command = " ".join(["python bench/compare.py", *(sys.argv[1:] if argv is None else argv)])
     only = {s for s in args.only.split(",") if s}
     workdir = Path(tempfile.mkdtemp(prefix="jupyter-agent-compare-"))
     rows: dict[str, dict[str, Any]] = {}
     runs: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("jupyter-agent", lambda: run_agent(args.steps, workdir)),
-        ("jupyter-agent-process", lambda: run_agent(args.steps, workdir, "process")),
+        ("jupyter-agent", lambda: run_agent(args.steps, workdir, "sync", window)),
+        ("jupyter-agent-process", lambda: run_agent(args.steps, workdir, "process", window)),
         ("langgraph-full", lambda: run_langgraph(args.steps, workdir, delta=False)),
         ("langgraph-delta", lambda: run_langgraph(args.steps, workdir, delta=True)),
         ("dbos", lambda: run_dbos(args.steps, workdir)),
@@ -460,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, fn in runs:
             if only and name not in only and name != "jupyter-agent":
+                continue
+            if name == "langgraph-full" and args.steps > WHOLE_UP_TO and name not in only:
                 continue
             print(f"{name}: {args.steps} steps", file=sys.stderr, flush=True)
             rows[name] = r = fn()
@@ -496,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(args.steps, command, {labels.get(k, k): v for k, v in rows.items()}, notes)
     from report import publish
 
-    publish(args.out, "compare", text)
+    publish(args.out, "compare" if args.steps == 500 else f"compare-{args.steps}", text)
     return 0
 
 

@@ -6,6 +6,7 @@ torn, damaged or contradicted by anything written since, it is ignored.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from jupyter_agent.loop.runs import load_state, saved_latest
@@ -82,3 +83,32 @@ def test_deleting_the_agent_deletes_its_state_file(ip, scripted, store_path):
     (run,) = store.runs()
     store.delete_agent(run.notebook, run.agent)
     assert not path.exists()  # its messages are gone from the disk too
+
+
+def _long(steps: int) -> list[dict]:
+    script = [
+        {"tool_calls": [{"name": "python", "arguments": {"code": f"v{i} = {i}\nprint('x' * 880)"}}]}
+        for i in range(steps)
+    ]
+    return [*script, {"content": f"All {steps} steps done."}]
+
+
+def test_a_compacted_run_keeps_only_what_a_resume_reads(ip, scripted, store_path):
+    scripted.context_window = 8_000
+    scripted.set_script(_long(70))
+    line = "--model scripted --name compacted --context-window 8000 --max-steps"
+    ip.run_cell_magic("agent", f"{line} 60", "Work.")  # summarizes, then stops at the limit
+    store = DuckDBStore(store_path)
+    run, saved = current(store)
+    assert saved is not None and saved[1].compaction.get("upto")  # a summary: a snapshot
+    assert saved[1] == load_state(store, run)  # the snapshot's messages, not the whole history
+    (path,) = store.journal_dir.glob("*.state")
+    full = load_state(store, run, full=True)
+    assert path.stat().st_size < len(json.dumps(full.messages)) / 2
+    ip.run_cell_magic("agent", f"{line} 90", "Work.")  # resumed from it: a state with placeholders
+    store = DuckDBStore(store_path)
+    run, saved = current(store)
+    assert saved is not None and saved[1].status == "done"
+    assert saved[1] == load_state(store, run)
+    for name in [n for n in ip.user_ns if n.startswith("v") and n[1:].isdigit()]:
+        del ip.user_ns[name]

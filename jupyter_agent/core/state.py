@@ -221,9 +221,7 @@ class RunState:
     def from_snapshot(cls, snapshot: dict, later: list[tuple[int, list[dict]]]) -> RunState:
         """The state a snapshot describes, with ``later``: (step, messages) read after its start."""
         state = cls(**{k: v for k, v in snapshot["state"].items() if k in _STATE_FIELDS})
-        messages = [COMPACTED] * int(snapshot["length"])
-        for i, msg in snapshot["kept"]:
-            messages[i] = msg
+        messages = placeholders(int(snapshot["length"]), snapshot["kept"])
         for step, added in later:
             state.message_steps.append((len(messages), step))
             messages.extend(added)
@@ -250,6 +248,14 @@ class RunState:
             if msg.get("role") == "assistant":
                 return msg.get("content") or ""
         return None
+
+
+def placeholders(length: int, kept: list) -> list[dict]:
+    """``length`` messages a fold skipped: :data:`COMPACTED`, but ``kept``'s ``[index, message]``."""
+    messages = [COMPACTED] * length
+    for i, msg in kept:
+        messages[i] = msg
+    return messages
 
 
 def encode_delta(delta: Delta) -> bytes:

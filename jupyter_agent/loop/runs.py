@@ -9,14 +9,18 @@ checkpoints.
 
 from __future__ import annotations
 
-import json
+import contextlib
+import gc
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, fields
 from typing import Protocol
 
+import orjson
+
 from ..core.redaction import redact
-from ..core.state import RunState, fold, fold_from_snapshot, prompt_hash
+from ..core.state import RunState, fold, fold_from_snapshot, placeholders, prompt_hash
 from ..errors import AgentBusy, StoreError
 from ..store.api import RunRow, Store
 
@@ -124,13 +128,33 @@ def save_latest(store: Store, run: RunRow, state: RunState, secrets: list[str]) 
     """Keep the run and its state where the next resume reads them without a query.
 
     Called as an execution ends, after its journal is folded in: the store
-    trusts the copy only while nothing written since contradicts it. Redacted as
-    the checkpoints it folds from were (``secrets``: the execution's writer's).
+    trusts the copy only while nothing written since contradicts it. What is
+    kept is what :func:`load_state` gives, the messages from the latest
+    compaction's snapshot on, so reading it costs a window's worth of messages
+    however long the run. Redacted as the checkpoints it folds from were
+    (``secrets``: the execution's writer's). Raises TypeError for a state JSON cannot hold.
     """
     values = {f.name: getattr(state, f.name) for f in fields(state)}
-    kept = redact({"run": asdict(run), "state": values}, secrets)
-    body = json.dumps(kept, separators=(",", ":"))
-    store.save_latest(run.notebook, run.agent, run.run_id, body.encode())
+    values["messages"] = _view(state)
+    kept = redact({"v": _SAVED_VERSION, "run": asdict(run), "state": values}, secrets)
+    store.save_latest(run.notebook, run.agent, run.run_id, orjson.dumps(kept))
+
+
+#: The layout of :func:`save_latest`'s body; a file of another is ignored.
+_SAVED_VERSION = 2
+
+
+def _view(state: RunState) -> dict:
+    """The state's messages as a fold from its latest snapshot has them (see :meth:`RunState.snapshot`).
+
+    ``{"length", "kept", "later"}``: ``length`` placeholders, but for ``kept``, then ``later``.
+    """
+    upto = state.compaction.get("upto")
+    point = state.snapshot(int(upto)) if upto else None
+    if point is None:
+        return {"length": 0, "kept": [], "later": state.messages}
+    length = int(point[1]["length"])
+    return {"length": length, "kept": point[1]["kept"], "later": state.messages[length:]}
 
 
 def saved_latest(store: Store, notebook: str, agent: str) -> tuple[RunRow, RunState] | None:
@@ -139,11 +163,33 @@ def saved_latest(store: Store, notebook: str, agent: str) -> tuple[RunRow, RunSt
     if found is None:
         return None
     try:
-        data = json.loads(found[1])
-        run = RunRow(**data["run"])
-        values = data["state"]
-        values["message_steps"] = [tuple(pair) for pair in values["message_steps"]]
-        state = RunState(**values)
-    except (ValueError, TypeError, KeyError):
-        return None  # written by another version: DuckDB answers
+        with _collection_paused():
+            data = orjson.loads(found[1])
+            if data.get("v") != _SAVED_VERSION:
+                return None  # written by another version: DuckDB answers
+            run = RunRow(**data["run"])
+            values = data["state"]
+            view = values["messages"]
+            values["messages"] = placeholders(int(view["length"]), view["kept"]) + view["later"]
+            values["message_steps"] = [tuple(pair) for pair in values["message_steps"]]
+            state = RunState(**values)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None  # damaged in a way its frame cannot tell: DuckDB answers
     return (run, state) if run.run_id == found[0] else None
+
+
+@contextlib.contextmanager
+def _collection_paused() -> Iterator[None]:
+    """No garbage collection while a state's thousands of dicts are built.
+
+    They are all alive when built, so a collection frees nothing; yet each one
+    the allocations trigger walks the objects of the whole kernel, the user's
+    too, and would cost a resume more than the parse itself.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -24,6 +24,7 @@ from jupyter_agent.testing import ScriptedServer
 from .conftest import API_KEY, eventually
 from .test_cli import SETUP, cli, notebook
 from .test_durable_kernel import tool
+from .test_kernel_timeline import state, widget_id
 
 AGENT = "%%agent --model scripted --approve --name gated\nWrite the line."
 
@@ -136,6 +137,26 @@ def test_a_failing_or_hanging_receiver_never_holds_the_agent_up(
     assert len(failing.events) == 5, failing.events
     assert "dropped after 5 attempts (HTTP 500)" in later.text + done.text, later.text
     assert hanging.events and good.events[0]["event"] == "done"
+
+
+def test_a_dropped_notification_is_said_in_the_agents_timeline(
+    kernel_factory, scripted: ScriptedServer, receivers, tmp_path: Path
+):
+    """The drop is said where the agent's status is read, not only in whatever cell runs next."""
+    failing = Receiver(500)
+    receivers.append(failing)
+    scripted.set_script([{"content": "Nothing to do."}])
+    kernel = start(kernel_factory, tmp_path / "nb.ipynb", [failing.url])
+    done = kernel.run("%%agent --model scripted --name quick\nSay hi.", cell_id="cell-quick")
+    assert done.status == "ok", done.text
+    model_id = widget_id(done)
+    assert eventually(lambda: len(failing.events) == 5, timeout=10)
+    assert eventually(lambda: state(kernel, model_id)["notice"].get("text"), timeout=5)
+    notice = state(kernel, model_id)["notice"]
+    assert notice["level"] == "warning", notice
+    assert notice["text"] == (
+        "the done notification of agent quick to 127.0.0.1 was dropped after 5 attempts (HTTP 500)"
+    )
 
 
 def test_webhook_settings_and_bodies():

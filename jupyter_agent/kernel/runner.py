@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -222,7 +222,7 @@ def stopped(outcome: Outcome, collaborators: Collaborators, settings: Settings) 
         link = notebook_link(settings.server_url, run.notebook, os.environ.get("JPY_SESSION_NAME"))
         delivery = Delivery(
             settings.notify,
-            collaborators.events.notice,
+            _said_in_timeline(collaborators, (run.notebook, run.agent)),
             retries=settings.client.retries,
             backoff=settings.client.backoff,
             link=link,
@@ -232,6 +232,26 @@ def stopped(outcome: Outcome, collaborators: Collaborators, settings: Settings) 
         except AgentError as exc:  # never fails the agent: at worst it is told again later
             collaborators.events.notice(f"notifications not sent: {exc}")
     return outcome
+
+
+#: Told of each dropped notification with its agent's key (notebook, agent): the timeline
+#: widget registers itself here (it imports this module) to show the drop in its header.
+DROP_LISTENERS: list[Callable[[tuple[str, str], str], None]] = []
+
+
+def _said_in_timeline(collaborators: Collaborators, key: tuple[str, str]) -> Callable[[str], None]:
+    """A notice for the run's output and for every listener (the agent's open timelines).
+
+    A notification is dropped seconds after the execution ended, when its cell's
+    output is no longer where anyone looks: the timeline's header is.
+    """
+
+    def say(message: str) -> None:
+        collaborators.events.notice(message)
+        for listener in DROP_LISTENERS:
+            listener(key, message)
+
+    return say
 
 
 def _say_changes(

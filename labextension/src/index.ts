@@ -6,7 +6,9 @@
  * - an "Agents" side panel with each agent's status and a compact timeline;
  * - "Resume interrupted agents", as a command and a notebook toolbar button;
  * - an agent's python calls as code cells (`%agent cells`, or the panel).
- * - a saved timeline reopened without its kernel shows a line, not an error.
+ * - a saved timeline reopened without its kernel shows a line, not an error;
+ * - the lab's notification area tells when an agent of an open notebook waits
+ *   for approval, pauses at its budget, is stuck, errors or finishes.
  */
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette, ISessionContextDialogs } from '@jupyterlab/apputils';
@@ -18,6 +20,7 @@ import { NotebookAgents } from './agents';
 import { registerTimelineFallback } from './fallback';
 import { agentIcon } from './icon';
 import { listenForCells } from './insert';
+import { LabNotifier } from './notify';
 import { AgentsPanel } from './panel';
 import { resumeInterrupted } from './resume';
 
@@ -48,10 +51,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const panel = new AgentsPanel(tracker, nb => models.get(nb), resume);
     app.shell.add(panel, 'left', { rank: 600 });
     restorer?.add(panel, panel.id);
+    const notifier = new LabNotifier(() => app.shell.activateById(panel.id));
 
     tracker.widgetAdded.connect((_, notebook) => {
       const agents = new NotebookAgents(notebook);
       models.set(notebook, agents);
+      notifier.watch(agents);
       listenForCells(notebook);
       notebook.disposed.connect(() => models.delete(notebook));
       panel.rebind();

@@ -212,3 +212,11 @@ class Cancelled(Exception):
 class CallTimedOut(AgentError, Cancelled):
     """A tool call got no answer within its time limit: the run pauses, resumable, as if
     the user had paused it (the message says which call and which limit)."""
+
+
+class JobError(AgentError):
+    """A job could not be submitted, listed, cancelled or run: one sentence saying why.
+
+    A notebook that does not exist or has no agents, a bad cron expression, a
+    queue the member's role may not use, a pinned notebook that changed since.
+    """

@@ -38,6 +38,7 @@ from .diff import cmd_diff
 from .export import BadOptions, cmd_export
 from .replay import cmd_replay
 from .resume import cmd_resume, positive_seconds
+from .worker import check_cron, cmd_cancel, cmd_jobs, cmd_submit, cmd_worker
 
 OK, REFUSED, USAGE, OTHER_STORE = 0, 1, 2, 3
 
@@ -143,7 +144,35 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=positive_seconds, default=None, help="seconds per cell (default: none)"
     )
+    p = add("submit", cmd_submit, "queue a headless run of a notebook's agents for the workers")
+    p.add_argument("notebook", help="the .ipynb file (its cells are pinned as they are now)")
+    p.add_argument("--agent", metavar="NAME", help="run only this agent's cell (default: all)")
+    p.add_argument(
+        "--every",
+        metavar="CRON",
+        type=check_cron,
+        help="run on this cron schedule instead of once (5 fields, or 6 with seconds first)",
+    )
+    p = add("worker", cmd_worker, "take queued jobs and run them headless, until stopped")
+    p.add_argument("--concurrency", type=_positive_int, default=1, metavar="N", help="runs at once")
+    p.add_argument(
+        "--timeout", type=positive_seconds, default=None, help="seconds per cell (default: none)"
+    )
+    add("jobs", cmd_jobs, "queued, running, failed and done jobs, and schedules")
+    p = add("cancel", cmd_cancel, "cancel a queued or running job, or a schedule")
+    p.add_argument("job", help="the job's id (`jupyter agent jobs` lists them)")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    """``--concurrency``: a whole number above zero (argparse reports anything else)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,6 +94,7 @@ def run_notebook(
     write: Callable[[str, str], None],
     stamp: Callable[[Any], None] = lambda nb: None,
     written: bool = True,
+    skip: Callable[[Any], bool] | None = None,
 ) -> None:
     """Execute a notebook as JupyterLab would, writing outputs back after every cell.
 
@@ -106,6 +107,7 @@ def run_notebook(
     :class:`NotebookError` for what stopped the run; the outputs so far are
     written back once a cell ran. ``stamp`` changes the notebook before each write;
     ``written=False``: ``write`` keeps nothing, and errors do not say it does.
+    ``skip``: cells it names are not run (a job for one agent skips the others' cells).
     """
     import nbformat
     from jupyter_client.kernelspec import NoSuchKernel
@@ -134,6 +136,8 @@ def run_notebook(
             execution_count: int | None = None,
             store_history: bool = True,
         ) -> nbformat.NotebookNode:
+            if skip is not None and skip(cell):
+                return cell
             self.cell_id = cell.get("id")
             self.cell_number = cell_index + 1
             try:
@@ -234,11 +238,29 @@ def check_store(path: str, nb: Any, store: Store) -> None:
         )
 
 
-def cmd_resume(store: Store, args: argparse.Namespace) -> Any:
-    path = os.path.abspath(os.path.expanduser(args.notebook))
-    env = {ENV_NOTEBOOK: path, "JUPYTER_AGENT_STORE": store.location}
-    nb = read_notebook(path)  # a notebook that cannot be read is refused before a kernel starts
-    if not args.new_store:
+def store_target(store: Store) -> str:
+    """What a headless kernel's ``JUPYTER_AGENT_STORE`` says: the URL it logs in with, or the file."""
+    url = getattr(store, "url", None)
+    return url if isinstance(url, str) else store.location
+
+
+def resume_notebook(
+    store: Store,
+    path: str,
+    *,
+    timeout: float | None,
+    new_store: bool = False,
+    skip: Callable[[Any], bool] | None = None,
+    nb: Any = None,
+) -> None:
+    """Run the notebook at ``path`` headless against ``store``, as ``resume`` and workers do.
+
+    ``nb``: the notebook already read (a worker checks its pin first).
+    """
+    env = {ENV_NOTEBOOK: path, "JUPYTER_AGENT_STORE": store_target(store)}
+    if nb is None:
+        nb = read_notebook(path)  # a notebook that cannot be read is refused before a kernel starts
+    if not new_store:
         check_store(path, nb, store)
     known: list[str] = []
 
@@ -249,7 +271,12 @@ def cmd_resume(store: Store, args: argparse.Namespace) -> Any:
         if known:
             record_store(nb, known[0])
 
-    run_notebook(path, nb, env=env, timeout=args.timeout, write=write_atomic, stamp=stamp)
+    run_notebook(path, nb, env=env, timeout=timeout, write=write_atomic, stamp=stamp, skip=skip)
+
+
+def cmd_resume(store: Store, args: argparse.Namespace) -> Any:
+    path = os.path.abspath(os.path.expanduser(args.notebook))
+    resume_notebook(store, path, timeout=args.timeout, new_store=args.new_store)
     if not args.json:
         print(f"Ran {args.notebook}; outputs written back.", file=sys.stderr)
     return {"notebook": path, "ok": True} if args.json else None

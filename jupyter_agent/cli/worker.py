@@ -1,0 +1,257 @@
+"""``jupyter agent submit | worker | jobs | cancel``: a worker pool on DBOS queues.
+
+``submit`` enqueues a headless run of a notebook's agents (DBOS's durable queue in
+the store's database, :mod:`jupyter_agent.store.queue`), pinned to the notebook's
+cells at submission: a job whose notebook's cells changed since refuses to run
+(submit it again), while the outputs every run writes back change no pin.
+``--every CRON`` makes a DBOS cron schedule that enqueues such a job each time.
+
+``worker`` processes, on any number of machines, take jobs from the queue and
+run each notebook as ``jupyter agent resume`` does (:func:`resume_notebook`), N
+at a time. Each job is one DBOS workflow whose one step is that run, so a worker
+that dies mid-run leaves its job pending; a live worker sees it is gone
+(:class:`~jupyter_agent.store.queue.Liveness`) and has DBOS recover the job, and
+the run continues from the store's last checkpoint: no completed model or tool
+step runs again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+import threading
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from ..errors import JobError
+from ..store import queue
+from ..store.api import Store
+from ..views import listing
+from ..vocab import cell_agent_name
+from .resume import read_notebook, resume_notebook
+
+#: Seconds between a worker's looks for jobs of dead workers.
+RECOVERY_INTERVAL = 1.0
+
+
+def agent_cells(nb: Any) -> dict[str, Any]:
+    """The notebook's agent cells by agent name (``--name``, else the cell's id)."""
+    found: dict[str, Any] = {}
+    for cell in nb.cells:
+        source = cell.get("source", "") if cell.get("cell_type") == "code" else ""
+        first = source.lstrip().split("\n", 1)[0]
+        if not first.startswith("%%agent"):
+            continue
+        try:
+            words = shlex.split(first)
+        except ValueError:
+            words = first.split()
+        name = None
+        for i, word in enumerate(words):
+            if word in ("-n", "--name") and i + 1 < len(words):
+                name = words[i + 1]
+            elif word.startswith("--name="):
+                name = word.split("=", 1)[1]
+        found[name or cell_agent_name(cell.get("id", ""))] = cell
+    return found
+
+
+def check_cron(expr: str) -> str:
+    """``--every``: a cron expression of 5 fields, or 6 with seconds first; else why not."""
+    from croniter import croniter
+
+    fields = expr.split()
+    if len(fields) not in (5, 6):
+        raise argparse.ArgumentTypeError(
+            f"{expr!r} is not a cron expression: it has {len(fields)} fields, not 5 "
+            "(minute hour day month weekday) or 6 (seconds first)"
+        )
+    try:
+        croniter(expr, second_at_beginning=len(fields) == 6)
+    except Exception as exc:  # croniter's errors have no common base worth naming
+        raise argparse.ArgumentTypeError(f"{expr!r} is not a cron expression: {exc}") from None
+    return expr if len(fields) == 6 else "0 " + expr
+
+
+def cmd_submit(store: Store, args: argparse.Namespace) -> Any:
+    path = os.path.abspath(os.path.expanduser(args.notebook))
+    name = os.path.basename(path)
+    nb = read_notebook(path)
+    agents = agent_cells(nb)
+    if not agents:
+        raise JobError(f"{name} has no agent cells (%%agent): there is nothing to run.")
+    if args.agent is not None and args.agent not in agents:
+        known = ", ".join(sorted(agents))
+        raise JobError(f"{name} has no agent {args.agent!r}; its agents: {known}.")
+    submitted = datetime.now(timezone.utc).isoformat()
+    job = {
+        "notebook": path,
+        "agent": args.agent,
+        "pin": queue.notebook_pin(nb),
+        "submitted": submitted,
+        "every": args.every,
+    }
+    target = queue.queue_target(store)
+    client = queue.client(target)
+    try:
+        if args.every:
+            job_id = "every-" + uuid.uuid4().hex[:10]
+            client.create_schedule(
+                schedule_name=job_id,
+                workflow_name=queue.SCHEDULED_WORKFLOW,
+                schedule=args.every,
+                context=job,
+                queue_name=queue.QUEUE,
+            )
+        else:
+            job_id = "job-" + uuid.uuid4().hex[:10]
+            options = {
+                "queue_name": queue.QUEUE,
+                "workflow_name": queue.JOB_WORKFLOW,
+                "workflow_id": job_id,
+                "app_version": queue.APP_VERSION,
+            }
+            client.enqueue(options, job)
+    finally:
+        client.destroy()
+    if not args.json:
+        when = f" every {args.every!r}" if args.every else ""
+        print(f"Submitted {job_id}: {name}{when}; `jupyter agent worker` runs it.")
+    return {"job": job_id, **job}
+
+
+def cmd_jobs(store: Store, args: argparse.Namespace) -> Any:
+    rows = queue.list_jobs(store)
+    if args.json:
+        return rows
+    if not rows:
+        print("No jobs.")
+        return None
+    table = [("job", "notebook", "agent", "submitted", "status")]
+    for r in rows:
+        status = r["status"] + (f": {r['error']}" if r["error"] else "")
+        table.append(
+            (r["job"], r["notebook"] or "-", r["agent"] or "all", r["submitted"] or "-", status)
+        )
+    print(listing.table(table))
+    return None
+
+
+def cmd_cancel(store: Store, args: argparse.Namespace) -> Any:
+    """Cancel a queued job (it never runs), a running one (not run again), or a schedule."""
+    target = queue.queue_target(store)
+    client = queue.client(target)
+    try:
+        if client.get_schedule(args.job) is not None:
+            client.delete_schedule(args.job)
+            what = "schedule"
+        elif client.list_workflows(workflow_ids=[args.job], load_input=False, load_output=False):
+            client.cancel_workflow(args.job)
+            what = "job"
+        else:
+            raise JobError(
+                f"No job {args.job!r} in {target.where}. `jupyter agent jobs` lists them."
+            )
+    finally:
+        client.destroy()
+    if not args.json:
+        print(f"Cancelled {what} {args.job}.")
+    return {"job": args.job, "cancelled": what}
+
+
+def run_job(store: Store, job: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    """Run one job's notebook, refusing one whose cells changed since it was submitted."""
+    path = job["notebook"]
+    nb = read_notebook(path)
+    if queue.notebook_pin(nb) != job["pin"]:
+        raise JobError(
+            f"{os.path.basename(path)}'s cells changed since the job was submitted: nothing was "
+            "run. Submit it again to run the notebook as it is now."
+        )
+    agent = job.get("agent")
+    skip = None
+    if agent:
+        others = {id(c) for n, c in agent_cells(nb).items() if n != agent}
+        skip = lambda cell: id(cell) in others  # noqa: E731
+    resume_notebook(store, path, timeout=timeout, skip=skip, nb=nb)
+    return {"notebook": path, "agent": agent, "ok": True}
+
+
+def cmd_worker(store: Store, args: argparse.Namespace) -> Any:
+    target = queue.queue_target(store)
+    module = queue.dbos()
+    queue.prepare(target)
+    dbos = module.DBOS
+    executor = uuid.uuid4().hex[:12]
+    alive = queue.Liveness(target, executor)  # before any job is taken, so it is never orphaned
+    timeout = args.timeout
+
+    @dbos.step(name="run notebook")
+    def run_step(job: dict[str, Any]) -> dict[str, Any]:
+        return run_job(store, job, timeout)
+
+    @dbos.workflow(name=queue.JOB_WORKFLOW)
+    def job_workflow(job: dict[str, Any]) -> dict[str, Any]:
+        return run_step(job)
+
+    @dbos.workflow(name=queue.SCHEDULED_WORKFLOW)
+    def scheduled_workflow(when: datetime, job: dict[str, Any]) -> dict[str, Any]:
+        return run_step(job)
+
+    config = {
+        "name": queue.APP,
+        "system_database_url": target.url,
+        "dbos_system_schema": target.schema,
+        "application_version": queue.APP_VERSION,
+        "executor_id": executor,
+        "scheduler_polling_interval_sec": 1.0,
+        "log_level": "WARNING",
+        "run_migrations": False,
+    }
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    dbos(config=config)
+    try:
+        dbos.launch()
+        dbos.register_queue(
+            queue.QUEUE, worker_concurrency=args.concurrency, polling_interval_sec=0.2
+        )
+        print(
+            f"Worker {executor} takes jobs from {target.where}, {args.concurrency} at a time.",
+            file=sys.stderr,
+            flush=True,
+        )
+        suspects: set[str] = set()
+        while not stop.wait(RECOVERY_INTERVAL):
+            recover_dead(dbos, alive, suspects)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        dbos.destroy()
+        alive.close()
+    print(f"Worker {executor} stopped.", file=sys.stderr)
+    return None
+
+
+def recover_dead(dbos: Any, alive: queue.Liveness, suspects: set[str]) -> list[str]:
+    """Have DBOS recover the running jobs of workers that are gone; their ids.
+
+    A worker is gone once it was seen dead twice, a second apart: by then its
+    orphaned kernels (which exit a second after their parent) no longer hold its
+    agents. A job recovered twice at once (two live workers saw the same death)
+    still runs once: DBOS re-enqueues it and one dequeue wins. ``suspects`` carries
+    the workers seen dead last time.
+    """
+    pending = dbos.list_workflows(status="PENDING", load_input=False, load_output=False)
+    owners = {w.executor_id for w in pending if w.executor_id}
+    dead = owners - alive.live() if owners else set()
+    gone = sorted(dead & suspects)
+    suspects.clear()
+    suspects.update(dead - set(gone))
+    if gone:
+        dbos._recover_pending_workflows(gone)
+    return gone

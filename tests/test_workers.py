@@ -1,0 +1,180 @@
+"""The worker pool: ``jupyter agent submit | worker | jobs | cancel`` on DBOS queues.
+
+Real kernels, the CLI as subprocesses, a DuckDB store (its queue in a SQLite file
+beside it) and, in tests/conformance/test_pg_workers.py, PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from jupyter_agent.store import queue
+from jupyter_agent.store.open import open_store
+from jupyter_agent.testing import ScriptedServer
+
+from .test_cli import SETUP, cli, notebook, outputs_text
+from .test_cli_resume import one_line_refusal
+from .test_durable_kernel import tool
+
+pytest.importorskip("dbos", reason="pip install 'jupyter-agent[workers]'")
+
+
+def agent_cell(n: int, name: str | None = None) -> str:
+    """An agent cell whose prompt names its notebook (the scripted server's requests say whose)."""
+    named = f" --name {name}" if name else ""
+    return f"%%agent --model scripted{named}\nNotebook {n}: build a and b."
+
+
+def script(log: Path, *, sleep: float = 0.0) -> list[dict]:
+    """Two tool steps that append to ``log`` (to count executions), then an answer."""
+    steps = []
+    for i in range(2):
+        pause = f"import time; time.sleep({sleep})\n" if sleep else ""
+        pause = "import os\n" + pause
+        code = f"{pause}with open({str(log)!r}, 'a') as f: f.write(os.environ['JUPYTER_AGENT_NOTEBOOK'] + ' step{i}\\n')"
+        steps.append(tool(code))
+    return [*steps, {"content": "Done."}]
+
+
+class Workers:
+    """``jupyter agent worker`` processes, each stopped (SIGTERM, else SIGKILL) by its PID."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env, self.procs = env, []
+        self.ids: list[str] = []
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyter_agent", "worker", *args],
+            env={**os.environ, **(env or self.env)},
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        self.procs.append(proc)
+        line = proc.stderr.readline() if proc.stderr else ""
+        assert line.startswith("Worker "), line + (proc.stderr.read() if proc.stderr else "")
+        self.ids.append(line.split()[1])
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def workers(agent_env) -> Iterator[Workers]:
+    pool = Workers(agent_env)
+    try:
+        yield pool
+    finally:
+        pool.stop()
+
+
+def jobs(env: dict[str, str]) -> list[dict]:
+    """What ``jobs --json`` prints, read in this process (each CLI start imports DBOS anew)."""
+    return queue.list_jobs(open_store(env["JUPYTER_AGENT_STORE"]))
+
+
+def wait_for(check: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds} s: {what}")
+        time.sleep(0.3)
+
+
+def all_done(env: dict[str, str], count: int) -> Callable[[], bool]:
+    def check() -> bool:
+        listed = [j for j in jobs(env) if j["status"] != "scheduled"]
+        failed = [j for j in listed if j["status"] == "failed"]
+        assert not failed, failed
+        return len(listed) == count and all(j["status"] == "done" for j in listed)
+
+    return check
+
+
+def test_submit_and_a_worker_on_duckdb(
+    scripted: ScriptedServer, agent_env, store_path, tmp_path, workers
+):
+    log = tmp_path / "effects.log"
+    scripted.set_script(script(log))
+    paths = [notebook(tmp_path / f"nb{n}.ipynb", [SETUP, agent_cell(n)]) for n in range(2)]
+    for path in paths:
+        done = cli("submit", str(path), env=agent_env)
+        assert done.returncode == 0 and "Submitted job-" in done.stdout, done.stderr
+    listed = cli("jobs", "--json", env=agent_env)
+    queued = json.loads(listed.stdout)
+    assert [j["status"] for j in queued] == ["queued", "queued"], listed.stderr
+    assert {j["notebook"] for j in queued} == {str(p) for p in paths}
+    assert store_path.with_suffix(".jobs.sqlite").exists()  # the queue: a SQLite file beside it
+    workers.start("--concurrency", "2")
+    wait_for(all_done(agent_env, 2), 60, "both jobs done")
+    assert sorted(log.read_text().splitlines()) == sorted(
+        f"{p} step{i}" for p in paths for i in range(2)
+    )
+    assert "Done." in outputs_text(paths[0])[1]  # outputs written back, as resume does
+    table = cli("jobs", env=agent_env).stdout.splitlines()
+    assert table[0].split() == ["job", "notebook", "agent", "submitted", "status"]
+    assert len(table) == 3 and all(line.split()[-1] == "done" for line in table[1:]), table
+
+
+def test_bad_input_is_one_line_and_queues_nothing(agent_env, tmp_path):
+    plain = notebook(tmp_path / "plain.ipynb", ["print(1)"])
+    agents = notebook(tmp_path / "agents.ipynb", [SETUP, agent_cell(1, name="loader")])
+    one_line_refusal(
+        cli("submit", str(tmp_path / "missing.ipynb"), env=agent_env), "No notebook missing.ipynb"
+    )
+    one_line_refusal(cli("submit", str(plain), env=agent_env), "plain.ipynb has no agent cells")
+    one_line_refusal(
+        cli("submit", str(agents), "--agent", "nobody", env=agent_env),
+        "no agent 'nobody'",
+        "loader",
+    )
+    for cron, why in (("every day", "2 fields"), ("61 * * * *", "not a cron expression")):
+        refused = cli("submit", str(agents), "--every", cron, env=agent_env)
+        assert refused.returncode == 2 and why in refused.stderr, refused.stderr
+    one_line_refusal(cli("cancel", "job-nope", env=agent_env), "No job 'job-nope'")
+    assert jobs(agent_env) == []
+    refused = cli("worker", "--concurrency", "0", env=agent_env)
+    assert refused.returncode == 2 and "--concurrency" in refused.stderr, refused.stderr
+
+
+def test_a_changed_notebook_is_not_run_and_a_cancelled_job_never_runs(
+    scripted: ScriptedServer, agent_env, tmp_path, workers
+):
+    log = tmp_path / "effects.log"
+    scripted.set_script(script(log))
+    changed = notebook(tmp_path / "changed.ipynb", [SETUP, agent_cell(1)])
+    kept = notebook(tmp_path / "kept.ipynb", [SETUP, agent_cell(2)])
+    assert cli("submit", str(changed), env=agent_env).returncode == 0
+    cancelled = json.loads(cli("submit", str(kept), "--json", env=agent_env).stdout)["job"]
+    notebook(changed, [SETUP, agent_cell(1), "print('added')"])
+    done = cli("cancel", cancelled, env=agent_env)
+    assert done.returncode == 0 and f"Cancelled job {cancelled}" in done.stdout, done.stderr
+    workers.start()
+
+    def settled() -> bool:
+        return {j["status"] for j in jobs(agent_env)} <= {"failed", "cancelled"}
+
+    wait_for(settled, 60, "the changed notebook's job failed")
+    by_status = {j["status"]: j for j in jobs(agent_env)}
+    assert "cells changed since the job was submitted" in by_status["failed"]["error"]
+    assert by_status["cancelled"]["job"] == cancelled
+    assert not log.exists() and scripted.requests == []  # neither ran an agent step

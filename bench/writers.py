@@ -5,7 +5,9 @@ opens the store from its URL and writes one run through the store's writer
 (:meth:`jupyter_agent.store.api.Store.writer`), step after step, with no pause
 between steps. A step is what an agent persists for one model call and its
 tool call (``bench/store_backends.py``): three checkpoints, about 1.3 KB of
-conversation, and every tenth step a 4 KiB saved variable. The processes write
+conversation, and every tenth step a 4 KiB saved variable, at the default
+durability (``sync``: each checkpoint's commit waits for the server's disk,
+as DBOS's commits do by default). The processes write
 a few warm-up steps, wait for each other, then write ``--steps`` steps each.
 
 * checkpoints/s: every writer's checkpoints over the wall time from the common

@@ -15,10 +15,9 @@ import string
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate  # the `test` extra: the schemas, offline
 import pytest
 import yaml
-
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 K8S_VERSION = "1.30"

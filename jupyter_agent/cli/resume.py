@@ -28,7 +28,7 @@ from typing import IO, Any
 from ..core.notebook_store import other_store, record_store, recorded_store
 from ..errors import NotebookError, OtherStore
 from ..store.api import Store
-from ..vocab import ENV_NOTEBOOK
+from ..vocab import ENV_NOTEBOOK, ENV_STRICT
 from .export import write_atomic
 
 
@@ -237,6 +237,8 @@ def check_store(path: str, nb: Any, store: Store) -> None:
 def cmd_resume(store: Store, args: argparse.Namespace) -> Any:
     path = os.path.abspath(os.path.expanduser(args.notebook))
     env = {ENV_NOTEBOOK: path, "JUPYTER_AGENT_STORE": store.location}
+    if args.strict:  # the kernel's agents refuse to continue after a change
+        env[ENV_STRICT] = "1"
     nb = read_notebook(path)  # a notebook that cannot be read is refused before a kernel starts
     if not args.new_store:
         check_store(path, nb, store)

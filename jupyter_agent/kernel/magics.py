@@ -38,7 +38,7 @@ from ..views.cell import CellEvents
 from ..views.listing import Reader, agents_text, checkpoint_line
 from ..views.render import TextEvents, known_steps
 from ..views.timeline import Timeline
-from ..vocab import plural, printable, what_if_text
+from ..vocab import ENV_STRICT, plural, printable, what_if_text
 from . import runner
 from .after import After
 from .cell_output import LiveCell
@@ -212,7 +212,7 @@ class AgentMagics(Magics):
             tools=user_tools,
             mcp=mcp,
             durability=self.durability,
-            strict=strict or self.strict,
+            strict=strict or self.strict or os.environ.get(ENV_STRICT) == "1",
         )
         client = ClientSettings(
             base_url=self.base_url or None,

@@ -126,3 +126,20 @@ def test_cli_resume_strict_exits_1_saying_what_changed_and_runs_nothing(
     assert len(lines) == 1 and "tool `load_prices` changed since checkpoint" in lines[0], lines
     assert "strict" in lines[0]
     assert checkpoints(agent_env) == before and len(scripted.requests) == asked
+
+
+def test_a_fork_says_what_changed(kernel_factory, scripted: ScriptedServer, agent_env):
+    scripted.set_script([tool("x = 1"), {"content": "Set."}, {"content": "Set."}])
+    k = kernel_factory()
+    assert k.run(TOOL_CELL.format(step=10)).status == "ok"
+    assert k.run(CELL.format("")).status == "ok"
+    result = [c for c in checkpoints(agent_env) if c["kind"] == "tool_result"][-1]["checkpoint"]
+
+    assert k.run(TOOL_CELL.format(step=11)).status == "ok"  # the tool cell edited
+    forked = k.run(f"%agent fork prices@{result}")
+    said = "tool `load_prices` changed since checkpoint 0"
+    assert forked.status == "ok" and said in forked.text, forked.text
+    shown = cli("show", "prices", "--json", env=agent_env)
+    fork = json.loads(shown.stdout)["checkpoints"][0]
+    assert fork["kind"] == "fork" and said in fork["summary"], fork
+    assert fork["info"]["changed"] == ["tool `load_prices` changed"], fork["info"]

@@ -29,6 +29,9 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 #: The variable that names a kernel's notebook where its frontend does not.
 ENV_NOTEBOOK = "JUPYTER_AGENT_NOTEBOOK"
+#: Set to "1" by `jupyter agent resume --strict`: the kernel's agents refuse to continue
+#: after a change (as ``AgentMagics.strict``).
+ENV_STRICT = "JUPYTER_AGENT_STRICT"
 #: Where `%agent replay` adds its report as a JSON line (set by `jupyter agent replay`).
 ENV_REPLAY_REPORT = "JUPYTER_AGENT_REPLAY_REPORT"
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 
+import nbformat
+
 from jupyter_agent.testing import ScriptedServer
 
-from .test_cli import cli
+from .test_cli import SETUP, cli, notebook
 from .test_durable_kernel import tool
 from .test_replay import TOOL_CELL
 
@@ -102,3 +104,42 @@ def test_what_changed_reads_as_one_line():
         "tool `load_prices` changed since checkpoint 7; tool `new` added; tool `old` removed; "
         "model gpt-4o → gpt-4.1; pandas 2.1.0 → 2.2.0"
     )
+
+
+def test_cli_resume_strict_exits_1_saying_what_changed_and_runs_nothing(
+    scripted: ScriptedServer, agent_env, tmp_path
+):
+    scripted.set_script([tool("x = 1"), {"content": "Loaded."}])
+    cells = [SETUP, TOOL_CELL.format(step=10), CELL.format("")]
+    nb_path = notebook(tmp_path / "prices.ipynb", cells)
+    first = cli("resume", str(nb_path), env=agent_env)
+    assert first.returncode == 0, first.stderr
+    before, asked = checkpoints(agent_env), len(scripted.requests)
+    assert before[-1]["kind"] == "limit", before
+
+    nb = nbformat.read(nb_path, as_version=4)
+    nb.cells[1].source = TOOL_CELL.format(step=11)  # the tool cell edited
+    nbformat.write(nb, nb_path)
+    refused = cli("resume", str(nb_path), "--strict", env=agent_env)
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "tool `load_prices` changed since checkpoint" in lines[0], lines
+    assert "strict" in lines[0]
+    assert checkpoints(agent_env) == before and len(scripted.requests) == asked
+
+
+def test_a_fork_says_what_changed(kernel_factory, scripted: ScriptedServer, agent_env):
+    scripted.set_script([tool("x = 1"), {"content": "Set."}, {"content": "Set."}])
+    k = kernel_factory()
+    assert k.run(TOOL_CELL.format(step=10)).status == "ok"
+    assert k.run(CELL.format("")).status == "ok"
+    result = [c for c in checkpoints(agent_env) if c["kind"] == "tool_result"][-1]["checkpoint"]
+
+    assert k.run(TOOL_CELL.format(step=11)).status == "ok"  # the tool cell edited
+    forked = k.run(f"%agent fork prices@{result}")
+    said = "tool `load_prices` changed since checkpoint 0"
+    assert forked.status == "ok" and said in forked.text, forked.text
+    shown = cli("show", "prices", "--json", env=agent_env)
+    fork = json.loads(shown.stdout)["checkpoints"][0]
+    assert fork["kind"] == "fork" and said in fork["summary"], fork
+    assert fork["info"]["changed"] == ["tool `load_prices` changed"], fork["info"]

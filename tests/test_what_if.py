@@ -89,6 +89,10 @@ def test_an_edited_reply_runs_the_edited_call(
     store = Store(store_path)
     first = store.checkpoints(fork.run_id)[0]
     assert first.kind == "fork" and "edited reply" in first.summary
+    # The branch replays the same: the edited reply stands in for the model's.
+    replayed = kernel.run(f"%agent replay {AGENT}")
+    assert "the same (2 tool calls compared" in replayed.text, replayed.text
+    assert len(scripted.requests) == 1
 
 
 def test_an_edited_tool_output_is_what_the_model_reads_next(

@@ -132,6 +132,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run even if the notebook's agents live in another store (they start afresh here)",
     )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse to continue an agent whose tools, model or versions changed: exit 1, "
+        "saying what changed",
+    )
     p = add(
         "replay",
         cmd_replay,

@@ -28,7 +28,7 @@ from typing import IO, Any
 from ..core.notebook_store import other_store, record_store, recorded_store
 from ..errors import NotebookError, OtherStore
 from ..store.api import Store
-from ..vocab import ENV_NOTEBOOK
+from ..vocab import ENV_NOTEBOOK, ENV_STRICT
 from .export import write_atomic
 
 
@@ -252,12 +252,16 @@ def resume_notebook(
     new_store: bool = False,
     skip: Callable[[Any], bool] | None = None,
     nb: Any = None,
+    strict: bool = False,
 ) -> None:
     """Run the notebook at ``path`` headless against ``store``, as ``resume`` and workers do.
 
-    ``nb``: the notebook already read (a worker checks its pin first).
+    ``nb``: the notebook already read (a worker checks its pin first). ``strict``: the
+    kernel's agents refuse to continue after a change (``--strict``).
     """
     env = {ENV_NOTEBOOK: path, "JUPYTER_AGENT_STORE": store_target(store)}
+    if strict:
+        env[ENV_STRICT] = "1"
     if nb is None:
         nb = read_notebook(path)  # a notebook that cannot be read is refused before a kernel starts
     if not new_store:
@@ -276,7 +280,9 @@ def resume_notebook(
 
 def cmd_resume(store: Store, args: argparse.Namespace) -> Any:
     path = os.path.abspath(os.path.expanduser(args.notebook))
-    resume_notebook(store, path, timeout=args.timeout, new_store=args.new_store)
+    resume_notebook(
+        store, path, timeout=args.timeout, new_store=args.new_store, strict=args.strict
+    )
     if not args.json:
         print(f"Ran {args.notebook}; outputs written back.", file=sys.stderr)
     return {"notebook": path, "ok": True} if args.json else None

@@ -26,7 +26,7 @@ from ..views.cell import CellEvents
 from ..views.listing import Reader, agents_text, checkpoint_line
 from ..views.render import TextEvents, known_steps
 from ..views.timeline import Timeline
-from ..vocab import plural, printable, what_if_text
+from ..vocab import ENV_STRICT, plural, printable, what_if_text
 from . import runner
 from .after import After
 from .cell_output import LiveCell

@@ -41,6 +41,7 @@ from ..core.redaction import secrets_in_environment
 from ..errors import BudgetError
 from ..loop.notify import ENV_NOTIFY, ENV_SERVER_URL, webhook_urls
 from ..model.base import APIS
+from ..vocab import ENV_STRICT
 
 T = TypeVar("T", bound=TraitType)
 
@@ -224,7 +225,7 @@ class AgentTraits(HasTraits):
             tools=user_tools,
             mcp=mcp,
             durability=self.durability,
-            strict=strict or self.strict,
+            strict=strict or self.strict or os.environ.get(ENV_STRICT) == "1",
         )
         client = ClientSettings(
             base_url=self.base_url or None,

@@ -31,7 +31,9 @@ class Edit:
     kind: str  # "reply", "output" or "model" (see :data:`jupyter_agent.vocab.WHAT_IF`)
     #: Where the fork branches off: the checkpoint before an edited reply, else the one named.
     parent_step: int
-    #: The edited step: ``{"reply": message}`` or ``{"output": text, "call_id": id}``; {} for a model.
+    #: The edited step: ``{"reply": message}``; ``{"output": tool message, "vars", "unsaved",
+    #: "files"}`` (:func:`edited_output`, once the states around the checkpoint are read); {}
+    #: for a model.
     payload: dict[str, Any] = field(default_factory=dict)
 
     def info(self, run_id: str, step: int) -> dict[str, Any]:
@@ -61,7 +63,7 @@ def plan_edit(
                 f"Checkpoint {step} is a {kind} checkpoint: an edited tool output needs a "
                 "tool_result one."
             )
-        return Edit("output", step - 1, {"output": output})  # completed by edited_output
+        return Edit("output", step - 1)  # its payload: edited_output, from the states around it
     if model:
         return Edit("model", step)
     return None

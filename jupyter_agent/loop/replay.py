@@ -28,13 +28,16 @@ from typing import Any
 from ..config import Settings
 from ..core.context import summary_text
 from ..core.files import describe
-from ..core.state import Delta, RunState, decode_delta
+from ..core.state import RUNNING, Delta, RunState, decode_delta
+from ..errors import DelegateError
 from ..model.replayed import Recorded, ReplayedClient
 from ..store.api import CheckpointRow, RunRow, Store
 from ..store.open import open_store
-from .checkpoints import Collaborators, Events, one_line
+from ..tools.base import ToolResult
+from ..tools.delegate import parse_delegate
+from .checkpoints import Collaborators, Events, Recorder, Stop, one_line
 from .execution import Execution
-from .runs import chain
+from .runs import chain, load_state
 
 #: Characters of each side of a difference shown in the report.
 SHOWN = 2000
@@ -50,6 +53,8 @@ class Call:
     output: str | None = None
     #: The files it wrote (None: the run did not watch them), as :attr:`Delta.files`.
     files: dict[str, dict | None] | None = None
+    #: A ``delegate`` call's child run: its recorded answer is the call's result in a replay.
+    child_run: str | None = None
 
 
 @dataclass
@@ -74,6 +79,8 @@ def read_recording(store: Store, run: RunRow) -> Recording:
             recording.window = row.info.get("context_window")
         if row.kind == "model" and delta.messages:
             recording.replies.append(Recorded(delta.messages[0], dict(row.info.get("usage") or {})))
+        elif row.kind == "fork" and delta.messages and delta.messages[0].get("role") == "assistant":
+            recording.replies.append(Recorded(delta.messages[0], {}))  # a what-if's edited reply
         elif row.kind == "compaction" and row.info.get("usage") and delta.compaction:
             c = delta.compaction
             text = summary_text(
@@ -89,12 +96,52 @@ def read_recording(store: Store, run: RunRow) -> Recording:
             elif delta.messages:
                 call.output = str(delta.messages[0].get("content") or "")
                 call.files = delta.files if "files" in row.info else None
+                call.child_run = row.info.get("child_run")
     return recording
 
 
 def _called(row: CheckpointRow) -> tuple[str, str]:
     """The tool and its arguments as a ``tool_call`` checkpoint shows them."""
+    delegated = row.info.get("delegate")
+    if isinstance(delegated, dict):
+        return "delegate", f"{delegated.get('agent')}: {delegated.get('task')}"
     return str(row.info.get("tool") or "python"), str(row.info.get("code") or "")
+
+
+@dataclass
+class ReplayedDelegate:
+    """``delegate`` in a replay: no child runs; the child's recorded run answers the call.
+
+    Its start is checkpointed as :class:`.control.DelegateStep` does (so the
+    call is compared: agent and task), then its result is the recorded child
+    run's answer, read from the replayed run's store. A call the run never got
+    an answer for stops the replay there, as the recording does.
+    """
+
+    recorder: Recorder
+    store: Store
+    recording: Recording
+
+    def __call__(self, call: dict) -> None:
+        call_id = call["id"]
+        try:
+            agent, task, model = parse_delegate((call.get("function") or {}).get("arguments") or "")
+        except DelegateError as exc:
+            self.recorder.tool_result(
+                call_id, ToolResult(f"Error: {exc}", error=True, executed=False)
+            )
+            return
+        info = {"delegate": {"agent": agent, "task": task, "model": model, "call_id": call_id}}
+        summary = f"delegate to {agent}: {task}"
+        self.recorder.checkpoint(
+            "tool_call", RUNNING, summary, Delta(tool_call_id=call_id), info=info
+        )
+        recorded = self.recording.calls.get(call_id)
+        child = self.store.run(recorded.child_run) if recorded and recorded.child_run else None
+        answer = None if child is None else load_state(self.store, child).final_answer()
+        if child is None or answer is None:
+            raise Stop()  # the run stopped waiting for this child: so does its replay
+        self.recorder.tool_result(call_id, ToolResult(answer), info={"child_run": child.run_id})
 
 
 @dataclass
@@ -270,6 +317,7 @@ def replay_run(store: Store, run: RunRow, shell: Any, settings: Settings) -> Rep
         execution = Execution(
             copy, RunState(), client, collaborators, replace(settings, policy=policy)
         )
+        execution.handlers["delegate"] = ReplayedDelegate(execution.recorder, store, recording)
         execution.execute(first=True)
     return ReplayReport(
         run.agent,

@@ -187,3 +187,30 @@ def python_script(sections: list[tuple[str, list[PythonCall]]]) -> str:
         for call in calls:
             lines += ["# %%", call.code.rstrip(), ""]
     return "\n".join(lines)
+
+
+def editable(kind: str, messages: list[dict]) -> dict | None:
+    """What a "what if" fork from this checkpoint may edit, whole, for the fork dialog to prefill.
+
+    A ``model`` checkpoint's reply, as JSON its ``--reply`` accepts (tool calls
+    written shortly); a ``tool_result`` checkpoint's output text. None otherwise.
+    """
+    for m in messages:
+        if kind == "model" and m.get("role") == "assistant":
+            calls = [
+                {"name": (c.get("function") or {}).get("name"), "arguments": _arguments(c)}
+                for c in m.get("tool_calls") or []
+            ]
+            reply = {"content": m.get("content") or "", **({"tool_calls": calls} if calls else {})}
+            return {"reply": json.dumps(reply, indent=1, ensure_ascii=False)}
+        if kind == "tool_result" and m.get("role") == "tool" and isinstance(m.get("content"), str):
+            return {"output": m["content"]}
+    return None
+
+
+def _arguments(call: dict) -> Any:
+    text = (call.get("function") or {}).get("arguments") or "{}"
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

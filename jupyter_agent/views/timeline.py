@@ -28,6 +28,7 @@ from ..core.state import AWAITING_APPROVAL, RunState, decode_delta
 from ..errors import NotFound
 from ..model.base import OFFLINE_MODEL
 from ..store.api import CheckpointRow, RunRow, Store
+from .cells import editable
 from .listing import awaited_child, status_from
 
 #: Entries of the selected history sent to a frontend at first; more on request.
@@ -446,35 +447,8 @@ def detail(timeline: Timeline, run_id: str, step: int) -> dict:
         "unsaved": dict(delta.unsaved),
         "decision": delta.decision,
         "namespace": sorted(state.vars),
-        "editable": _editable(row.kind, delta.messages),
+        "editable": editable(row.kind, delta.messages),
     }
-
-
-def _editable(kind: str, messages: list[dict]) -> dict | None:
-    """What a "what if" fork from this checkpoint may edit, whole, for the fork dialog to prefill.
-
-    A ``model`` checkpoint's reply, as JSON its ``--reply`` accepts (tool calls
-    written shortly); a ``tool_result`` checkpoint's output text. None otherwise.
-    """
-    for m in messages:
-        if kind == "model" and m.get("role") == "assistant":
-            calls = [
-                {"name": (c.get("function") or {}).get("name"), "arguments": _arguments(c)}
-                for c in m.get("tool_calls") or []
-            ]
-            reply = {"content": m.get("content") or "", **({"tool_calls": calls} if calls else {})}
-            return {"reply": json.dumps(reply, indent=1, ensure_ascii=False)}
-        if kind == "tool_result" and m.get("role") == "tool" and isinstance(m.get("content"), str):
-            return {"output": m["content"]}
-    return None
-
-
-def _arguments(call: dict) -> Any:
-    text = (call.get("function") or {}).get("arguments") or "{}"
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def _find_call(messages: list[dict], call_id: str) -> dict | None:

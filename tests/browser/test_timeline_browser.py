@@ -6,6 +6,7 @@ checkpoints in a store under tmp_path; the test only clicks and reads the page.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,9 @@ def test_timeline_approve_and_fork_by_clicking(
         expect(detail.locator(".ja-vars")).to_contain_text("numbers")
         expect(detail).to_contain_text("[3, 1, 4, 1, 5]")
         expect(detail).to_contain_text("5 numbers")  # the tool result, decoded in the kernel
+        # The fork dialog offers the output, prefilled, to fork a "what if" from.
+        expect(detail.locator(".ja-edit")).to_have_value(re.compile("5 numbers"))
+        expect(detail.locator(".ja-fork-model")).to_have_value("")
 
         # Fork from there with a new instruction; the fork asks for approval too.
         step = first_result.get_attribute("data-step")

@@ -280,9 +280,7 @@ def resume_notebook(
 
 def cmd_resume(store: Store, args: argparse.Namespace) -> Any:
     path = os.path.abspath(os.path.expanduser(args.notebook))
-    resume_notebook(
-        store, path, timeout=args.timeout, new_store=args.new_store, strict=args.strict
-    )
+    resume_notebook(store, path, timeout=args.timeout, new_store=args.new_store, strict=args.strict)
     if not args.json:
         print(f"Ran {args.notebook}; outputs written back.", file=sys.stderr)
     return {"notebook": path, "ok": True} if args.json else None

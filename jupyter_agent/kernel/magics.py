@@ -22,11 +22,12 @@ from ..loop.runs import load_state, owner_of
 from ..store.api import RunRow, Store
 from ..tools.python import showing_in
 from ..views import diff as views_diff
+from ..views import points
 from ..views.cell import CellEvents
 from ..views.listing import Reader, agents_text, checkpoint_line
 from ..views.render import TextEvents, known_steps
 from ..views.timeline import Timeline
-from ..vocab import ENV_STRICT, plural, printable, what_if_text
+from ..vocab import plural, printable, what_if_text
 from . import runner
 from .after import After
 from .cell_output import LiveCell
@@ -376,13 +377,13 @@ class AgentMagics(AgentTraits, Magics):
         return None
 
     def _cmd_fork(self, args: argparse.Namespace) -> None:
-        name, _, at = args.target.rpartition("@")
-        if not name or not at.isdigit():
+        name, at = points.parse_point(args.target)
+        if at is None:
             raise UsageError(
                 f"Give the checkpoint as NAME@CHECKPOINT (e.g. analyst@7), not {args.target!r}."
             )
         run = self._find(name)
-        step, runtime, store = int(at), self.runtime, self._store()
+        step, runtime, store = at, self.runtime, self._store()
         key = (run.notebook, run.agent)
         owner = owner_of(store, run, step)  # the checkpoint may be a parent run's
         edit = {"reply": args.reply, "output": args.output, "model": args.model}

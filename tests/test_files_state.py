@@ -184,3 +184,25 @@ def test_a_scan_stops_at_its_limit_and_leaves_a_store_elsewhere_out(tmp_path: Pa
         "d.txt",
         "e.txt",
     ]
+
+
+def test_a_version_counts_once_towards_the_cap(tmp_path: Path) -> None:
+    folder = Folder.of(str(tmp_path / "nb.ipynb"), "", FilePolicy(cap=10))
+    watch, prepared = Watch(folder, {}), []
+
+    def call(files: dict[str, str]):
+        watch.before()
+        for name, text in files.items():
+            (tmp_path / name).write_text(text)
+        changes = watch.after()
+        assert changes
+        return watch.hash(changes, lambda digest, data: prepared.append(data)).result()
+
+    first = call({"a.txt": "123456"})
+    again = call({"a.txt": "", "b.txt": "123456"})  # the same content under another name
+    assert again.records["b.txt"] == first.records["a.txt"]
+    assert list(again.blobs.values()) == [b""]  # only the new version is stored
+    assert again.records["a.txt"] == {"sha256": again.records["a.txt"]["sha256"], "size": 0}
+    over = call({"c.txt": "abcdefgh"})
+    assert over.unversioned == {"c.txt": "over the run's cap of 10 bytes for files"}
+    assert over.records["c.txt"]["size"] == 8 and prepared == [b"123456", b""]

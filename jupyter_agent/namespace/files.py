@@ -5,9 +5,10 @@ notebook; rewinding or forking a run must bring them back as they were, as it
 does its variables. So each code call of a run is framed by two cheap scans of
 the notebook's folder (path, size, mtime: no file is read), and only the
 files whose entry changed are read, hashed and kept in the store's blobs, by
-content, as large values are (:class:`Hashing`, on a thread while the model is
-asked). They are recorded with the checkpoint of the call that wrote them
-(:attr:`Delta.files`).
+content, as large values are (:class:`Hashing`; many bytes of them while the
+model is asked, as large values are: see
+:meth:`~jupyter_agent.loop.checkpoints.Recorder.tool_result`). They are recorded
+with the checkpoint of the call that wrote them (:attr:`Delta.files`).
 
 What is never watched: ``.git``, ``__pycache__``, ``.ipynb_checkpoints``,
 ``node_modules``, virtualenvs (a folder holding ``pyvenv.cfg``), the store's
@@ -145,8 +146,11 @@ class Watch:
 
     def __init__(self, folder: Folder, held: dict[str, FileRecord]) -> None:
         self.folder = folder
-        #: Bytes of content the run versions so far (see the module: the cap).
-        self.used = sum(int(r.get("size") or 0) for r in held.values() if "sha256" in r)
+        #: The versions the run keeps (by hash), and their bytes: counted once towards the cap.
+        self.kept = {
+            str(r["sha256"]): int(r.get("size") or 0) for r in held.values() if "sha256" in r
+        }
+        self.used = sum(self.kept.values())
         self._before: dict[str, Stat] | None = None
         self._upto: tuple | None = None
         #: The scan was cut short by the limit; said once per execution.
@@ -155,8 +159,8 @@ class Watch:
     def before(self) -> None:
         """Scan as a code call begins: what changes after this is the call's."""
         self._before, cut = self.folder.scan()
-        #: Where a scan cut short stopped: a file after it is not watched, even when
-        #: a removal brings it within the limit.
+        # Where a scan cut short stopped: a file after it is not watched, even when
+        # a removal brings it within the limit.
         self._upto = max(map(walk_order, self._before), default=None) if cut else None
         self.truncated = self.truncated or cut
 
@@ -186,7 +190,8 @@ class Watch:
 
 @dataclass
 class Saved:
-    """A call's files as recorded: records (None: removed), the blobs, the unversioned ones."""
+    """A call's files as recorded: records (None: removed), the blobs of versions new to the
+    run (the others are in the store already), and the files not versioned, with why."""
 
     records: dict[str, FileRecord | None] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
@@ -217,22 +222,23 @@ class Hashing:
 
     def _keep(self, watch: Watch, rel: str, size: int, prepare: Callable[[str, bytes], None]):
         saved, cap = self._saved, watch.folder.policy.cap
-        if watch.used + size > cap:
-            why = f"over the run's cap of {cap:,} bytes for files"
-        else:
+        why = f"over the run's cap of {cap:,} bytes for files"
+        if size <= cap:
             try:
                 data = Path(watch.folder.root, rel).read_bytes()
             except OSError as exc:
-                why = f"unreadable: {exc.strerror or exc}"
-            else:
-                if watch.used + len(data) <= cap:
-                    digest = hashlib.sha256(data).hexdigest()
-                    watch.used += len(data)
-                    saved.records[rel] = {"sha256": digest, "size": len(data)}
-                    saved.blobs[digest] = data
-                    prepare(digest, data)
+                data, why = None, f"unreadable: {exc.strerror or exc}"
+            if data is not None:
+                size, digest = len(data), hashlib.sha256(data).hexdigest()
+                new = digest not in watch.kept
+                if not new or watch.used + size <= cap:
+                    saved.records[rel] = {"sha256": digest, "size": size}
+                    if new:
+                        watch.kept[digest] = size
+                        watch.used += size
+                        saved.blobs[digest] = data
+                        prepare(digest, data)
                     return
-                size, why = len(data), f"over the run's cap of {cap:,} bytes for files"
         saved.records[rel] = {"unversioned": why, "size": size}
         saved.unversioned[rel] = why
 
@@ -288,9 +294,10 @@ def put_back(
         goal = want["sha256"] if want else None
         if have == goal:
             continue
-        known = (last.get(rel) or {}).get("sha256")
-        if have is not None and have != known:
-            done.kept[rel] = "changed since the agent wrote it"
+        known = last.get(rel) or {}
+        if have is not None and have != known.get("sha256"):
+            why = known.get("unversioned")
+            done.kept[rel] = f"not versioned ({why})" if why else "changed since the agent wrote it"
             continue
         if goal is None:
             os.remove(path)

@@ -22,6 +22,7 @@ from jupyter_agent.namespace.files import Folder, Watch
 from jupyter_agent.store.open import open_store
 from jupyter_agent.testing import ScriptedServer
 
+from .conftest import BOTH_BACKENDS
 from .kernels import Kernel
 from .test_kernel_timeline import call, click, settle, state, widget_id
 
@@ -47,8 +48,9 @@ def recorded(store_path: Path) -> dict:
     return load_state(store, store.runs(agent="files")[-1]).files
 
 
+@BOTH_BACKENDS
 def test_rewind_puts_files_back_and_keeps_the_users_changes(
-    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, tmp_path: Path
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, tmp_path: Path, backend: str
 ) -> None:
     kernel = kernel_factory()
     scripted.set_script(

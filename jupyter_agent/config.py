@@ -38,7 +38,7 @@ RICH_OUTPUT_BYTES = 1_000_000
 #: The default of :attr:`FilePolicy.cap`: bytes of file content one run versions.
 FILES_CAP = 50_000_000
 #: The default of :attr:`FilePolicy.scan_limit`: files one scan of the folder looks at.
-FILES_SCAN_LIMIT = 20_000
+FILES_SCAN_LIMIT = 10_000
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_agent.config import FilePolicy
+from jupyter_agent.core.files import diff_files
 from jupyter_agent.loop.runs import load_state
+from jupyter_agent.namespace.files import Folder, Watch
 from jupyter_agent.store.open import open_store
 from jupyter_agent.testing import ScriptedServer
 
+from .conftest import BOTH_BACKENDS
 from .kernels import Kernel
 from .test_kernel_timeline import call, click, settle, state, widget_id
 
@@ -44,8 +48,9 @@ def recorded(store_path: Path) -> dict:
     return load_state(store, store.runs(agent="files")[-1]).files
 
 
+@BOTH_BACKENDS
 def test_rewind_puts_files_back_and_keeps_the_users_changes(
-    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, tmp_path: Path
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, tmp_path: Path, backend: str
 ) -> None:
     kernel = kernel_factory()
     scripted.set_script(
@@ -146,3 +151,60 @@ def test_replay_reports_a_file_written_with_other_content(
     assert "the files differ\n" in differs.text, differs.text
     assert "recorded: out.csv: sha256" in differs.text, differs.text
     assert differs.text.count("out.csv: sha256") == 2, differs.text
+
+
+def test_diff_of_two_points_names_added_removed_and_changed_files() -> None:
+    a = {"same.csv": {"sha256": "1", "size": 1}, "old.csv": {"sha256": "2", "size": 1}}
+    b = {"same.csv": {"sha256": "1", "size": 1}, "new.csv": {"sha256": "3", "size": 1}}
+    b["old.csv"] = {"unversioned": "over the run's cap", "size": 9}
+    diff = diff_files(a, {k: v for k, v in b.items() if k != "old.csv"})
+    assert (diff.added, diff.removed, diff.changed) == (["new.csv"], ["old.csv"], [])
+    assert diff_files(a, b).changed == ["old.csv"] and not diff_files(a, a)
+
+
+def test_a_scan_stops_at_its_limit_and_leaves_a_store_elsewhere_out(tmp_path: Path) -> None:
+    for name in "abcde":
+        (tmp_path / f"{name}.txt").write_text(name)
+    (tmp_path / "agents.duckdb.journal").mkdir()
+    (tmp_path / "agents.duckdb.journal" / "run.jsonl").write_text("{}")
+    notebook = str(tmp_path / "nb.ipynb")
+    folder = Folder.of(notebook, str(tmp_path / "agents.duckdb"), FilePolicy(scan_limit=3))
+    watch = Watch(folder, {})
+    watch.before()
+    (tmp_path / "a.txt").write_text("changed")
+    (tmp_path / "e.txt").write_text("past the limit")
+    (tmp_path / "b.txt").unlink()
+    changes = watch.after()
+    assert changes is not None and watch.truncated
+    assert list(changes.written) == ["a.txt"] and changes.removed == ["b.txt"]
+    # A team store is no file of the folder: only the notebook is left out.
+    team = Folder.of(notebook, "postgresql://u@h/db", FilePolicy())
+    assert sorted(team.scan()[0]) == [
+        "a.txt",
+        "agents.duckdb.journal/run.jsonl",
+        "c.txt",
+        "d.txt",
+        "e.txt",
+    ]
+
+
+def test_a_version_counts_once_towards_the_cap(tmp_path: Path) -> None:
+    folder = Folder.of(str(tmp_path / "nb.ipynb"), "", FilePolicy(cap=10))
+    watch, prepared = Watch(folder, {}), []
+
+    def call(files: dict[str, str]):
+        watch.before()
+        for name, text in files.items():
+            (tmp_path / name).write_text(text)
+        changes = watch.after()
+        assert changes
+        return watch.hash(changes, lambda digest, data: prepared.append(data)).result()
+
+    first = call({"a.txt": "123456"})
+    again = call({"a.txt": "", "b.txt": "123456"})  # the same content under another name
+    assert again.records["b.txt"] == first.records["a.txt"]
+    assert list(again.blobs.values()) == [b""]  # only the new version is stored
+    assert again.records["a.txt"] == {"sha256": again.records["a.txt"]["sha256"], "size": 0}
+    over = call({"c.txt": "abcdefgh"})
+    assert over.unversioned == {"c.txt": "over the run's cap of 10 bytes for files"}
+    assert over.records["c.txt"]["size"] == 8 and prepared == [b"123456", b""]

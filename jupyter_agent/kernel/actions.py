@@ -72,7 +72,7 @@ def state_at(timeline: Timeline, run: RunRow, step: int) -> RunState:
 
 
 @dataclass
-class Later:
+class Current:
     """What the run, or the agent's latest run, has now: what a rewind may remove or change."""
 
     vars: set[str]
@@ -80,9 +80,9 @@ class Later:
     files: dict
 
 
-def _later(timeline: Timeline, run: RunRow) -> Later:
+def _later(timeline: Timeline, run: RunRow) -> Current:
     now = load_state(timeline.store, run)
-    later = Later(set(now.vars), dict(now.files))
+    later = Current(set(now.vars), dict(now.files))
     latest = timeline.latest
     if latest is not None and latest.run_id != run.run_id:
         last = load_state(timeline.store, latest)
@@ -106,7 +106,7 @@ def rewind(timeline: Timeline, shell: Any, run_id: str, step: int) -> Rewound:
     return _rewind_to(timeline.store, shell, run, target, _later(timeline, run))
 
 
-def _rewind_to(store: Store, shell: Any, run: RunRow, target: RunState, later: Later) -> Rewound:
+def _rewind_to(store: Store, shell: Any, run: RunRow, target: RunState, later: Current) -> Rewound:
     ns = shell.user_ns
     removed = sorted(
         n for n in later.vars - set(target.vars) if n in ns and n not in target.unsaved

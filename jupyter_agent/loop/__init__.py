@@ -25,7 +25,9 @@ Threads
 3. **The value-saving thread** (:class:`jupyter_agent.namespace.tracking.Saving`,
    ``jupyter-agent-save``): serializes a step's large changed values while the
    model is asked for the next step; the execution joins it before its next
-   checkpoint (:meth:`.checkpoints.Recorder.write_saved`).
+   checkpoint (:meth:`.checkpoints.Recorder.write_saved`). The file-hashing
+   thread (:class:`jupyter_agent.namespace.files.Hashing`, ``jupyter-agent-files``)
+   does the same for the files a call wrote, touching no namespace value.
 4. **MCP servers** (:class:`jupyter_agent.tools.mcp.Server`): each session lives
    on a thread of its own with its own event loop (an anyio portal); the
    agent's thread waits on each call.

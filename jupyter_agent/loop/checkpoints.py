@@ -240,13 +240,7 @@ class Recorder:
         self.events.checkpoint(self.run, row, delta)
         for name, why in saved.unsaved.items():
             self.events.notice(f"not saved: {name}: {why}")
-        if files.unversioned and "cap" not in self._told:
-            self._told.add("cap")
-            listed = ", ".join(f"{p} ({why})" for p, why in files.unversioned.items())
-            self.events.notice(
-                f"files not versioned: {listed}; they are listed with the checkpoint, and a "
-                "rewind or fork leaves them as they are"
-            )
+        self._tell_unversioned(files)
 
     @property
     def sending(self) -> Callable[[], None] | None:
@@ -258,6 +252,42 @@ class Recorder:
         """Scan the notebook's folder as code is about to run (see :mod:`..namespace.files`)."""
         if self.files is not None:
             self.files.before()
+
+    def _files_of_call(self, ran: bool) -> tuple[bool, Saved, Hashing | None]:
+        """Whether a call's files were watched; those hashed now, and those being hashed.
+
+        Files up to :attr:`save_later_from` bytes in all are hashed at once, so
+        the call's result is durable before the model is asked, as without files;
+        more are hashed on a thread meanwhile (its result is written once they are).
+        """
+        watch = self.files
+        if watch is None or not ran:
+            return False, Saved(), None
+        changes = watch.after()
+        if watch.truncated and "limit" not in self._told:
+            self._told.add("limit")
+            self.events.notice(
+                f"the notebook's folder holds more than {watch.folder.policy.scan_limit:,} "
+                "files: the files past them (in name order) are not versioned"
+            )
+        if not changes:
+            return changes is not None, Saved(), None
+        assert self.writer is not None
+        hashing = watch.hash(changes, self.writer.prepare_blob)
+        size = sum(stat[0] for stat in changes.written.values())
+        if self.save_later_from is None or size < self.save_later_from:
+            return True, hashing.result(), None
+        return True, Saved(), hashing
+
+    def _tell_unversioned(self, files: Saved) -> None:
+        """Say once per execution which files were not versioned (over the cap, unreadable)."""
+        if files.unversioned and "cap" not in self._told:
+            self._told.add("cap")
+            listed = ", ".join(f"{p} ({why})" for p, why in files.unversioned.items())
+            self.events.notice(
+                f"files not versioned: {listed}; they are listed with the checkpoint, and a "
+                "rewind or fork leaves them as they are"
+            )
 
     def tool_result(
         self,
@@ -285,26 +315,17 @@ class Recorder:
             ran=ran,
             later_from=self.save_later_from if ran else None,
         )
-        changes = self.files.after() if self.files is not None and ran else None
-        if self.files is not None and self.files.truncated and "limit" not in self._told:
-            self._told.add("limit")
-            self.events.notice(
-                f"the notebook's folder holds more than {self.files.folder.policy.scan_limit:,} "
-                "files: the files past them (in name order) are not versioned"
-            )
-        assert self.writer is not None
-        hashing = (
-            self.files.hash(changes, self.writer.prepare_blob) if self.files and changes else None
-        )
+        watched, now, hashing = self._files_of_call(ran)
         output = redact(result.output, secrets)
         outputs = redact(result.outputs, secrets)
         message = {"role": "tool", "tool_call_id": call_id, "content": output}
         first = output.strip().splitlines()[-1] if output.strip() else ""
 
         def compose(
-            saved: namespace.Snapshot, files: Saved
+            saved: namespace.Snapshot, later: Saved
         ) -> tuple[Delta, dict, dict[str, bytes]]:
             """The checkpoint's delta, info and blobs with the values and files saved later."""
+            files = Saved({**now.records, **later.records}, {**now.blobs, **later.blobs})
             vars = {**snap.vars, **saved.vars}
             unsaved = {**snap.unsaved, **saved.unsaved}
             delta = Delta(
@@ -319,10 +340,10 @@ class Recorder:
                 "vars": {**snap.info, **saved.info},
                 "deleted": [n for n, h in vars.items() if h is None],
                 "unsaved": unsaved,
-                "blobs": [*(h for h in vars.values() if h), *files.blobs],
+                "blobs": [*(h for h in vars.values() if h), *_versions(files.records)],
                 "error": result.error,
             }
-            if changes is not None:  # watched: the replay compares the files written
+            if watched:  # the replay compares the files written
                 values["files"] = sorted(files.records)
             blobs = {**snap.blobs, **saved.blobs, **files.blobs}
             return delta, {**values, **(info or {})}, blobs
@@ -331,6 +352,7 @@ class Recorder:
         if snap.later:
             lock = self.lock
             done = lock.saving(self.run.agent) if lock is not None else lambda: None
+            assert self.writer is not None
             saving = namespace.Saving(
                 self.shell.user_ns,
                 snap.later,
@@ -351,11 +373,17 @@ class Recorder:
             tokens=tokens,  # a child's tokens count towards its parent's
             later=later,
         )
+        self._tell_unversioned(now)
         if snap.unsaved:
             for name, why in snap.unsaved.items():
                 self.events.notice(f"not saved: {name}: {why}")
         for mime, why in result.dropped:
             self.events.notice(f"not saved: {mime} of this call's output: {why}")
+
+
+def _versions(files: dict[str, dict | None]) -> list[str]:
+    """The blobs a call's files refer to, so that pruning keeps them."""
+    return [str(r["sha256"]) for r in files.values() if r and "sha256" in r]
 
 
 @contextlib.contextmanager

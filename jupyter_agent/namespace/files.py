@@ -5,9 +5,10 @@ notebook; rewinding or forking a run must bring them back as they were, as it
 does its variables. So each code call of a run is framed by two cheap scans of
 the notebook's folder (path, size, mtime: no file is read), and only the
 files whose entry changed are read, hashed and kept in the store's blobs, by
-content, as large values are (:class:`Hashing`, on a thread while the model is
-asked). They are recorded with the checkpoint of the call that wrote them
-(:attr:`Delta.files`).
+content, as large values are (:class:`Hashing`; many bytes of them while the
+model is asked, as large values are: see
+:meth:`~jupyter_agent.loop.checkpoints.Recorder.tool_result`). They are recorded
+with the checkpoint of the call that wrote them (:attr:`Delta.files`).
 
 What is never watched: ``.git``, ``__pycache__``, ``.ipynb_checkpoints``,
 ``node_modules``, virtualenvs (a folder holding ``pyvenv.cfg``), the store's
@@ -55,16 +56,15 @@ class Folder:
     #: Absolute paths never watched (the notebook); and name prefixes in their folders
     #: (the DuckDB store's file, its journal, blobs and write-ahead log).
     skip: frozenset[str] = frozenset()
-    prefixes: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, notebook: str, store_location: str, policy: FilePolicy) -> Folder:
         """The folder of ``notebook``; a store that is a local file is left out of it."""
         root = os.path.dirname(os.path.abspath(notebook))
-        prefixes = set()
-        if "://" not in store_location and store_location:
-            prefixes.add(os.path.abspath(store_location))
-        return cls(root, policy, frozenset({os.path.abspath(notebook)}), frozenset(prefixes))
+        local = store_location and "://" not in store_location
+        prefixes = (os.path.abspath(store_location),) if local else ()
+        return cls(root, policy, frozenset({os.path.abspath(notebook)}), prefixes)
 
     def ignored(self, rel: str) -> bool:
         """Whether a path relative to the root matches one of the user's patterns."""
@@ -78,32 +78,44 @@ class Folder:
         )
 
     def _skipped(self, path: str) -> bool:
-        return path in self.skip or any(path.startswith(p) for p in self.prefixes)
+        return path in self.skip or path.startswith(self.prefixes)
 
     def scan(self) -> tuple[dict[str, Stat], bool]:
-        """Every watched file's :data:`Stat` by relative path, and whether the limit cut it short."""
+        """Every watched file's :data:`Stat` by relative path, and whether the limit cut it short.
+
+        In :func:`walk_order`: a folder's files by name, then its folders by name.
+        """
         seen: dict[str, Stat] = {}
         limit = self.policy.scan_limit
-        for top, dirs, names in os.walk(self.root):
-            if "pyvenv.cfg" in names and top != self.root:
-                dirs[:] = []
+        stack = [(self.root, "")]
+        while stack:
+            top, prefix = stack.pop()
+            try:
+                with os.scandir(top) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError:
                 continue
-            dirs[:] = sorted(d for d in dirs if d not in IGNORED_DIRS)
-            for name in sorted(names):
-                path = os.path.join(top, name)
-                rel = os.path.relpath(path, self.root).replace(os.sep, "/")
-                if self._skipped(path) or self.ignored(rel):
+            if prefix and any(e.name == "pyvenv.cfg" for e in entries):
+                continue  # a virtualenv
+            dirs = []
+            for entry in entries:
+                rel = prefix + entry.name
+                if self._skipped(entry.path) or self.ignored(rel):
                     continue
                 try:
-                    st = os.stat(path, follow_symlinks=False)
+                    if entry.is_dir(follow_symlinks=False):
+                        if entry.name not in IGNORED_DIRS:
+                            dirs.append((entry.path, rel + "/"))
+                        continue
+                    st = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue
-                if not _regular(st.st_mode):
+                if not stat.S_ISREG(st.st_mode):
                     continue
                 if len(seen) >= limit:
                     return seen, True
                 seen[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
-            dirs[:] = [d for d in dirs if not self._skipped(os.path.join(top, d))]
+            stack.extend(reversed(dirs))
         return seen, False
 
     def path(self, rel: str) -> str | None:
@@ -112,8 +124,10 @@ class Folder:
         return path if path.startswith(self.root + os.sep) else None
 
 
-def _regular(mode: int) -> bool:
-    return stat.S_ISREG(mode)
+def walk_order(rel: str) -> tuple:
+    """Where :meth:`Folder.scan` meets a path: a folder's files (by name), then its folders."""
+    parts = rel.split("/")
+    return (*((1, d) for d in parts[:-1]), (0, parts[-1]))
 
 
 @dataclass
@@ -132,15 +146,22 @@ class Watch:
 
     def __init__(self, folder: Folder, held: dict[str, FileRecord]) -> None:
         self.folder = folder
-        #: Bytes of content the run versions so far (see the module: the cap).
-        self.used = sum(int(r.get("size") or 0) for r in held.values() if "sha256" in r)
+        #: The versions the run keeps (by hash), and their bytes: counted once towards the cap.
+        self.kept = {
+            str(r["sha256"]): int(r.get("size") or 0) for r in held.values() if "sha256" in r
+        }
+        self.used = sum(self.kept.values())
         self._before: dict[str, Stat] | None = None
+        self._upto: tuple | None = None
         #: The scan was cut short by the limit; said once per execution.
         self.truncated = False
 
     def before(self) -> None:
         """Scan as a code call begins: what changes after this is the call's."""
         self._before, cut = self.folder.scan()
+        # Where a scan cut short stopped: a file after it is not watched, even when
+        # a removal brings it within the limit.
+        self._upto = max(map(walk_order, self._before), default=None) if cut else None
         self.truncated = self.truncated or cut
 
     def after(self) -> Changes | None:
@@ -152,7 +173,13 @@ class Watch:
         gone = before.keys() - now.keys()
         if cut:  # past the limit now is not gone: only what is not on disk is
             gone = {p for p in gone if not os.path.lexists(os.path.join(self.folder.root, p))}
-        changes = Changes({p: s for p, s in now.items() if before.get(p) != s}, sorted(gone))
+        upto = self._upto
+        written = {
+            p: s
+            for p, s in now.items()
+            if before.get(p) != s and (p in before or upto is None or walk_order(p) <= upto)
+        }
+        changes = Changes(written, sorted(gone))
         self.truncated = self.truncated or cut
         return changes
 
@@ -163,7 +190,8 @@ class Watch:
 
 @dataclass
 class Saved:
-    """A call's files as recorded: records (None: removed), the blobs, the unversioned ones."""
+    """A call's files as recorded: records (None: removed), the blobs of versions new to the
+    run (the others are in the store already), and the files not versioned, with why."""
 
     records: dict[str, FileRecord | None] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
@@ -194,22 +222,23 @@ class Hashing:
 
     def _keep(self, watch: Watch, rel: str, size: int, prepare: Callable[[str, bytes], None]):
         saved, cap = self._saved, watch.folder.policy.cap
-        if watch.used + size > cap:
-            why = f"over the run's cap of {cap:,} bytes for files"
-        else:
+        why = f"over the run's cap of {cap:,} bytes for files"
+        if size <= cap:
             try:
                 data = Path(watch.folder.root, rel).read_bytes()
             except OSError as exc:
-                why = f"unreadable: {exc.strerror or exc}"
-            else:
-                if watch.used + len(data) <= cap:
-                    digest = hashlib.sha256(data).hexdigest()
-                    watch.used += len(data)
-                    saved.records[rel] = {"sha256": digest, "size": len(data)}
-                    saved.blobs[digest] = data
-                    prepare(digest, data)
+                data, why = None, f"unreadable: {exc.strerror or exc}"
+            if data is not None:
+                size, digest = len(data), hashlib.sha256(data).hexdigest()
+                new = digest not in watch.kept
+                if not new or watch.used + size <= cap:
+                    saved.records[rel] = {"sha256": digest, "size": size}
+                    if new:
+                        watch.kept[digest] = size
+                        watch.used += size
+                        saved.blobs[digest] = data
+                        prepare(digest, data)
                     return
-                size, why = len(data), f"over the run's cap of {cap:,} bytes for files"
         saved.records[rel] = {"unversioned": why, "size": size}
         saved.unversioned[rel] = why
 
@@ -265,9 +294,10 @@ def put_back(
         goal = want["sha256"] if want else None
         if have == goal:
             continue
-        known = (last.get(rel) or {}).get("sha256")
-        if have is not None and have != known:
-            done.kept[rel] = "changed since the agent wrote it"
+        known = last.get(rel) or {}
+        if have is not None and have != known.get("sha256"):
+            why = known.get("unversioned")
+            done.kept[rel] = f"not versioned ({why})" if why else "changed since the agent wrote it"
             continue
         if goal is None:
             os.remove(path)

@@ -40,3 +40,15 @@ def test_load_ext_defers_the_heavy_imports() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_the_default_store_path_is_found_without_duckdb() -> None:
+    """The kernel resolves where its store lives before it opens it: no driver for that."""
+    code = (
+        "import sys\nfrom jupyter_agent.store.duckdb.paths import default_store_path\n"
+        "default_store_path()\nprint('duckdb' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False"

@@ -719,6 +719,25 @@ def test_a_child_may_not_take_the_name_of_a_top_level_agent(
     assert [r.info.get("parent_agent") for r in runs] == [None]
 
 
+def test_a_top_level_agent_may_not_take_the_name_of_a_child(
+    lead_ip: Any, store_path: Path, scripted: ScriptedServer
+) -> None:
+    def reply(body: dict) -> dict:
+        if task_of(body).startswith("Split") and steps_of(body) == 0:
+            return delegate("counter", "Child: count.")
+        return {"content": "done"}
+
+    scripted.set_script(reply)
+    lead_ip.run_cell_magic("agent", "-m scripted --name lead", "Split the work.")
+    asked = len(scripted.requests)
+    for line in ("-m scripted --name counter", "-m scripted --name counter --restart"):
+        with pytest.raises(UsageError, match="'counter' is a child agent of 'lead'"):
+            lead_ip.run_cell_magic("agent", line, "Count something else.")
+    assert len(scripted.requests) == asked  # refused before any model call
+    runs = Store(store_path).runs(agent="counter")
+    assert [r.info.get("parent_agent") for r in runs] == ["lead"]
+
+
 def test_a_parents_ledger_adds_up_and_deleting_it_takes_its_children(
     lead_ip: Any, store_path: Path, scripted: ScriptedServer
 ) -> None:

@@ -521,3 +521,32 @@ def test_a_200_mib_value_does_not_hold_up_agent_list(kernel_factory, scripted, t
     lister.wait(poll)
     worst = float(poll.stdout.split("worst")[-1])
     assert worst < 3.0, f"%agent list waited {worst:.1f} s while a 200 MiB value was stored"
+
+
+def test_deleting_an_agent_on_postgres_removes_its_lock_row_but_not_a_held_one(pg_url):
+    import psycopg
+
+    from jupyter_agent.store.postgres.admin import SCHEMA
+
+    store = open_store(pg_url)
+    for run_id, agent in (("r-gone", "gone"), ("r-kept", "kept")):
+        with store.agent_lock("/nb.ipynb", agent):
+            w = store.writer(run_id, secrets=[])
+            w.put_run(RunRow(run_id, "/nb.ipynb", agent, None, "t", "h", "m", None, None, 1.0))
+            w.put_checkpoint(CheckpointRow(run_id, 0, "start", "done", "s", 1.0, 1, 0, 1), b"{}")
+            w.close()
+
+    def lock_rows() -> list[str]:
+        with psycopg.connect(pg_url) as con:
+            rows = con.execute(f"SELECT agent FROM {SCHEMA}.agent_locks ORDER BY agent")
+            return [r[0] for r in rows.fetchall()]
+
+    assert lock_rows() == ["gone", "kept"]
+    store.delete_agent("/nb.ipynb", "gone")
+    assert lock_rows() == ["kept"]
+    # An agent whose lock is taken but whose run is not written yet keeps its row.
+    with store.agent_lock("/nb.ipynb", "starting"):
+        store.delete_agent("/nb.ipynb", "kept")
+        assert lock_rows() == ["starting"]
+    with store.agent_lock("/nb.ipynb", "gone"):  # the agent's name can be used again
+        assert lock_rows() == ["gone", "starting"]

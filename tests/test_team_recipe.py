@@ -239,33 +239,56 @@ class SharedPython:
     """A Python with this one's packages that every user can run: the recipe's shared venv.
 
     This interpreter when every user can read it. Else (a pyenv under the private
-    /root) its prefix is bind-mounted at a path they can reach, in a mount namespace
-    of the hub's own (:attr:`wrap`), so nothing changes outside the test; where that
-    is not allowed, a hard-linked copy of the prefix (slower to remove) is used. The
-    code under test goes first on the path, copied where every user can read it.
+    /root, as the prefix or, in a virtualenv, as the base interpreter) each unreadable
+    prefix is bind-mounted at a path they can reach, in a mount namespace of the hub's
+    own (:attr:`wrap`), so nothing changes outside the test; where that is not allowed,
+    a hard-linked copy (slower to remove) is used. A virtualenv on an unreadable base
+    is run through a venv of the test's own over the reachable base and the virtualenv's
+    packages. The code under test goes first on the path, copied where every user can
+    read it.
     """
 
     def __init__(self, base: Path) -> None:
         self.env: dict[str, str] = {}
         self.wrap: list[str] = []
-        self.mounted: Path | None = None
-        prefix = Path(sys.prefix)
+        self.mounted: list[Path] = []
         self.python = sys.executable
-        if not _world_readable(prefix):
-            shared = base / "python"
-            shared.mkdir()
-            self.python = str(shared / "bin" / Path(os.path.realpath(sys.executable)).name)
-            self.env["LD_LIBRARY_PATH"] = str(shared / "lib")  # before a RUNPATH into /root
-            if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode == 0:
-                self.mounted = shared
-                self.wrap = [
-                    *("unshare", "--mount", "--propagation", "private", "sh", "-c"),
-                    'mount --bind "$1" "$2" && shift 2 && exec "$@"',
-                    *("sh", str(prefix), str(shared)),
-                ]
+        self._base = base
+        self._mounts: list[str] = []
+        self._can_mount = (
+            subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode == 0
+        )
+        exe = Path(os.path.realpath(sys.executable)).name
+        home = self._reachable(Path(sys.base_prefix), "python")
+        if sys.prefix == sys.base_prefix:
+            if home != Path(sys.base_prefix):
+                self.python = str(home / "bin" / exe)
+        else:
+            prefix = self._reachable(Path(sys.prefix), "venv-prefix")
+            if home == Path(sys.base_prefix):  # its pyvenv.cfg names a base they can read
+                self.python = str(prefix / "bin" / Path(sys.executable).name)
             else:
-                shared.rmdir()
-                subprocess.run(["cp", "-al", str(prefix), str(shared)], check=True)
+                venv = base / "venv"
+                (venv / "bin").mkdir(parents=True)
+                (venv / "pyvenv.cfg").write_text(
+                    f"home = {home / 'bin'}\ninclude-system-site-packages = false\n"
+                )
+                (venv / "bin" / exe).symlink_to(home / "bin" / exe)
+                for entry in Path(sys.prefix).iterdir():  # its packages, lib/, etc/ and share/
+                    if entry.name not in ("bin", "pyvenv.cfg"):
+                        (venv / entry.name).symlink_to(prefix / entry.name)
+                self.python = str(venv / "bin" / exe)
+        if home != Path(sys.base_prefix):
+            self.env["LD_LIBRARY_PATH"] = str(home / "lib")  # before a RUNPATH into /root
+        if self._mounts:
+            count = len(self._mounts)
+            binds = " && ".join(f'mount --bind "${i + 1}" "${i + 2}"' for i in range(0, count, 2))
+            self.wrap = [
+                *("unshare", "--mount", "--propagation", "private", "sh", "-c"),
+                f'{binds} && shift {count} && exec "$@"',
+                "sh",
+                *self._mounts,
+            ]
         code = base / "code"
         shutil.copytree(
             REPO / "jupyter_agent",
@@ -275,13 +298,26 @@ class SharedPython:
         subprocess.run(["chmod", "-R", "a+rX", str(code)], check=True)
         self.env["PYTHONPATH"] = str(code)
 
+    def _reachable(self, prefix: Path, name: str) -> Path:
+        """``prefix``, or where every user can reach it: mounted (in :attr:`wrap`) or copied."""
+        if _world_readable(prefix):
+            return prefix
+        shared = self._base / name
+        if self._can_mount:
+            shared.mkdir()
+            self.mounted.append(shared)
+            self._mounts += [str(prefix), str(shared)]
+        else:
+            subprocess.run(["cp", "-al", str(prefix), str(shared)], check=True)
+        return shared
+
 
 def remove(base: Path, python: SharedPython | None) -> None:
     """Remove the test's directory; never through a mount point into the real prefix."""
-    if python is not None and python.mounted is not None:
+    for mounted in python.mounted if python is not None else []:
         try:
-            assert not os.path.ismount(python.mounted)
-            python.mounted.rmdir()  # empty outside the hub's namespace, or this fails
+            assert not os.path.ismount(mounted)
+            mounted.rmdir()  # empty outside the hub's namespace, or this fails
         except (OSError, AssertionError):
             return
     subprocess.run(["rm", "-rf", str(base)], check=False)

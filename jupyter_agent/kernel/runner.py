@@ -25,6 +25,7 @@ from ..errors import (
     AgentBusy,  # noqa: F401  (raised by idle_state; callers catch it from here)
     AgentError,
     ConfigError,
+    UsageProblem,
 )
 from ..loop.checkpoints import Collaborators
 from ..loop.execution import SYSTEM_PROMPT, Execution
@@ -137,8 +138,16 @@ def run_cell(
         identity = request.identity
         identity = replace(identity, notebook=store.resolve_notebook(identity.notebook))
         with store.agent_lock(identity.notebook, identity.agent):
-            restart = request.restart
-            previous = None if restart else latest_run(store, identity.notebook, identity.agent)
+            latest = latest_run(store, identity.notebook, identity.agent)
+            parent = latest.info.get("parent_agent") if latest is not None else None
+            if parent and request.cell_options:
+                # A cell's runs would become the child's latest: the parent's next
+                # delegation to it would be refused. (`%agent resume` continues the child.)
+                raise UsageProblem(
+                    f"{identity.agent!r} is a child agent of {parent!r} in this notebook; "
+                    "choose another --name for this cell."
+                )
+            previous = None if request.restart else latest
             # The stored prompt has its secrets redacted; `%agent resume` passes that text back.
             if previous is not None and prompt_hash(request.prompt) not in (
                 previous.prompt_hash,

@@ -26,7 +26,6 @@ import sys
 import threading
 import time
 import traceback
-import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from ..views.render import TextEvents
 from ..views.timeline import Timeline
 from . import actions, runner
 from .delegation import Delegation
+from .detached import ViewOutput, detached_output
 from .runner import CellRequest, Outcome
 
 Key = tuple[str, str]  # (notebook, agent)
@@ -327,13 +327,13 @@ class AgentRuntime:
         claim = self.claim(key)
         for view in self.views(key):
             view.show()  # the cell returns now: its deferred timeline shows the progress
-        out = _Output(self, key, None if self.views(key) else sys.stdout)
+        out = ViewOutput(self.views, key, None if self.views(key) else sys.stdout)
         events = self.events(key, TextEvents(out), echo_results=True, store=store)  # type: ignore[arg-type]
         cancel = threading.Event()
 
         def main() -> None:
             try:
-                with _detached_output():
+                with detached_output(_ipython()):
                     job.outcome = work(events, cancel)
                     if done is not None:
                         done(job.outcome, out)  # type: ignore[arg-type]
@@ -429,60 +429,6 @@ class LiveEvents:
         self._text.checkpoint(run, row, delta)
         for view in self.runtime.views(self.key):
             view.add(run, row)
-
-
-class _Output:
-    """A text stream into the background output of an agent's views."""
-
-    def __init__(self, runtime: AgentRuntime, key: Key, fallback: TextIO | None) -> None:
-        self.runtime = runtime
-        self.key = key
-        self.fallback = fallback
-
-    def write(self, text: str) -> int:
-        views = self.runtime.views(self.key)
-        for view in views:
-            view.write(text)
-        if not views and self.fallback is not None:
-            self.fallback.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        if self.fallback is not None:
-            self.fallback.flush()
-
-
-@contextlib.contextmanager
-def _detached_output() -> Iterator[None]:
-    """Keep a background thread's stray output out of whichever cell runs meanwhile.
-
-    A kernel sends output with the "current" request as parent, so a frontend
-    shows it under that cell. Output of this thread gets a parent of its own,
-    which no cell owns; what it prints is in the run's checkpoints instead.
-    """
-    parent = {
-        "header": {
-            "msg_id": f"jupyter-agent-background-{uuid.uuid4().hex}",
-            "msg_type": "execute_request",
-            "session": "",
-            "username": "",
-            "version": "5.3",
-        }
-    }
-    undo = []
-    ip = _ipython()
-    targets: list[Any] = [sys.stdout, sys.stderr, getattr(ip, "display_pub", None)]
-    for target in targets:
-        setter = getattr(target, "set_thread_parent", None)
-        if setter is not None:
-            with contextlib.suppress(Exception):
-                undo.append((target, setter(parent)))
-    try:
-        yield
-    finally:
-        for target, token in undo:
-            with contextlib.suppress(Exception):
-                target.reset_thread_parent(token)
 
 
 def _ipython() -> Any:

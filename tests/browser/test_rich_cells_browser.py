@@ -36,13 +36,18 @@ NOTEBOOK = "rich.ipynb"
 VISIBLE = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 
 
+def endpoint_env(scripted: ScriptedServer, tmp_path: Path) -> dict[str, str]:
+    """The environment of the server and its kernels: a store of the test's own, the script."""
+    return {
+        "JUPYTER_AGENT_STORE": str(tmp_path / "store" / "agents.duckdb"),
+        "OPENAI_BASE_URL": scripted.url,
+        "OPENAI_API_KEY": "sk-test",
+    }
+
+
 def test_restored_rich_output_and_cells_in_lab(lab_server_factory, page: Page, tmp_path: Path):
     with ScriptedServer(SCRIPT) as scripted:
-        env = {
-            "JUPYTER_AGENT_STORE": str(tmp_path / "store" / "agents.duckdb"),
-            "OPENAI_BASE_URL": scripted.url,
-            "OPENAI_API_KEY": "sk-test",
-        }
+        env = endpoint_env(scripted, tmp_path)
         server = lab_server_factory(env=env)
         write_notebook(
             server.root_dir / NOTEBOOK,
@@ -119,11 +124,7 @@ def test_notebook7_shows_restored_rich_output_and_inserts_cells(
 ):
     pytest.importorskip("notebook", minversion="7")
     with ScriptedServer(SCRIPT) as scripted:
-        env = {
-            "JUPYTER_AGENT_STORE": str(tmp_path / "store" / "agents.duckdb"),
-            "OPENAI_BASE_URL": scripted.url,
-            "OPENAI_API_KEY": "sk-test",
-        }
+        env = endpoint_env(scripted, tmp_path)
         server = lab_server_factory(env=env)
         nb_path = server.root_dir / NOTEBOOK
         write_notebook(

@@ -260,6 +260,31 @@ class PostgresStore(SQLStore):
         finally:
             locks.release(slot)
 
+    def delete_agent(self, notebook: str, agent: str, *, keep_latest: bool = False) -> list[str]:
+        """Delete as every backend does, then the lock rows of this notebook's agents left
+        without a run (the agent's own, its children's).
+
+        Only once the agent's lock is released, and only rows whose key no session of
+        this owner holds: an agent being started (its lock taken, its run not written
+        yet) keeps its row. A take that read a row this removes fails to rotate its
+        key (the row is gone) and tries again on a new row, so no two sessions ever
+        hold an agent at once."""
+        deleted = super().delete_agent(notebook, agent, keep_latest=keep_latest)
+        t = self.dialect.tables
+        runs = (
+            f"{t}runs r WHERE r.owner = l.owner AND r.notebook = l.notebook AND r.agent = l.agent"
+        )
+        where, args = self._where(
+            "l.notebook = ?",
+            f"NOT EXISTS (SELECT 1 FROM {runs})",
+            f"l.lock_key NOT IN ({HELD_BY_ME})",
+            args=[notebook],
+            alias="l.",
+        )
+        with self._writes("forget the locks of deleted agents") as q:
+            q.run(f"DELETE FROM {t}agent_locks l {where}", args)
+        return deleted
+
     # -- what the database says --------------------------------------------------------
 
     def check_trusted(self) -> None:

@@ -78,13 +78,18 @@ class Workers:
                 proc.wait()
 
 
-@pytest.fixture
-def workers(agent_env) -> Iterator[Workers]:
-    pool = Workers(agent_env)
+def worker_pool(env: dict[str, str]) -> Iterator[Workers]:
+    """The ``workers`` fixture's body: every worker started is stopped at teardown."""
+    pool = Workers(env)
     try:
         yield pool
     finally:
         pool.stop()
+
+
+@pytest.fixture
+def workers(agent_env) -> Iterator[Workers]:
+    yield from worker_pool(agent_env)
 
 
 def jobs(env: dict[str, str]) -> list[dict]:

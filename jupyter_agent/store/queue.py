@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..errors import JobError
 from .api import Store
@@ -62,7 +63,8 @@ def queue_target(store: Store) -> QueueTarget:
     """Where ``store``'s jobs queue: its PostgreSQL database, or a SQLite file beside its DuckDB file."""
     url = getattr(store, "url", None)
     if isinstance(url, str) and url.startswith(("postgresql://", "postgres://")):
-        owner = str(getattr(store, "owner", ""))
+        # The login role, whose grants decide; the store's owner must be that role anyway.
+        owner = urlsplit(url).username or str(getattr(store, "owner", ""))
         schema = queue_schema(owner)
         return QueueTarget(url, schema, owner, f"schema {schema} of {store.location}")
     path = Path(getattr(store, "path", store.location))

@@ -129,6 +129,11 @@ def test_submit_and_a_worker_on_duckdb(
     assert [j["status"] for j in queued] == ["queued", "queued"], listed.stderr
     assert {j["notebook"] for j in queued} == {str(p) for p in paths}
     assert store_path.with_suffix(".jobs.sqlite").exists()  # the queue: a SQLite file beside it
+    listed = cli("list", env=agent_env).stdout
+    assert listed.splitlines()[0].split() == ["job", "notebook", "agent", "status"], listed
+    rows = [line.split() for line in listed.splitlines()[1:3]]
+    assert sorted(r[1] for r in rows) == sorted(map(str, paths)), listed
+    assert all(r[2:] == ["all", "queued"] for r in rows), listed
     workers.start("--concurrency", "2")
     wait_for(all_done(agent_env, 2), 60, "both jobs done")
     assert sorted(log.read_text().splitlines()) == sorted(

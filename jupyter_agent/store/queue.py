@@ -209,7 +209,7 @@ def list_jobs(store: Store, *, limit: int = 200) -> list[dict[str, Any]]:
     Reading never creates the queue: a store with no queue file or schema has no jobs.
     """
     target = queue_target(store)
-    if not target.postgres and not Path(target.url[len("sqlite:///") :]).exists():
+    if not queue_exists(target):
         return []
     c = client(target)
     try:
@@ -248,6 +248,35 @@ def list_jobs(store: Store, *, limit: int = 200) -> list[dict[str, Any]]:
         return rows
     finally:
         c.destroy()
+
+
+def queue_exists(target: QueueTarget) -> bool:
+    """Whether the queue's tables exist (and this role may see them), creating nothing."""
+    if not target.postgres:
+        return Path(target.url[len("sqlite:///") :]).exists()
+    import psycopg
+
+    with psycopg.connect(target.url, autocommit=True) as con:
+        row = con.execute(
+            "SELECT has_schema_privilege(current_user, %s, 'USAGE') FROM pg_namespace "
+            "WHERE nspname = %s",
+            (target.schema, target.schema),
+        ).fetchone()
+    return bool(row and row[0])
+
+
+#: The statuses ``list``, the REST API and the lab panel show: jobs that are not over well.
+UNFINISHED = ("queued", "running", "failed")
+
+
+def unfinished_jobs(store: Store, notebook: str | None = None) -> list[dict[str, Any]]:
+    """Queued, running and failed jobs (of ``notebook``): none where DBOS or the queue is absent."""
+    try:
+        dbos()
+    except JobError:
+        return []
+    rows = [j for j in list_jobs(store) if j["status"] in UNFINISHED]
+    return [j for j in rows if notebook is None or j["notebook"] == notebook]
 
 
 def _first_line(error: Any) -> str:

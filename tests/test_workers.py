@@ -164,6 +164,13 @@ def test_bad_input_is_one_line_and_queues_nothing(agent_env, tmp_path):
     assert jobs(agent_env) == []
     refused = cli("worker", "--concurrency", "0", env=agent_env)
     assert refused.returncode == 2 and "--concurrency" in refused.stderr, refused.stderr
+    without_dbos = [  # as where DBOS is not installed
+        sys.executable,
+        "-c",
+        "import sys; sys.modules['dbos'] = None\nfrom jupyter_agent.cli import main; sys.exit(main())",
+    ]
+    refused = cli("submit", str(agents), env=agent_env, command=without_dbos)
+    one_line_refusal(refused, "needs DBOS", "pip install 'jupyter-agent[workers]'")
 
 
 def test_a_changed_notebook_is_not_run_and_a_cancelled_job_never_runs(

@@ -632,7 +632,7 @@ def test_an_agents_python_calls_as_cells_with_their_outputs(
 
 
 def test_jobs_of_the_worker_pool_are_listed(api: Api, store_path: Path, jp_root_dir: Path) -> None:
-    pytest.importorskip("dbos", reason="pip install 'jupyter-agent[workers]'")
+    pytest.importorskip("dbos", reason="pip install 'jupyter-agent-cells[workers]'")
     from jupyter_agent.cli import main
 
     assert api.get("jobs") == (200, {"jobs": []})  # no queue: none is made by reading

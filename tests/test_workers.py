@@ -25,7 +25,7 @@ from .test_cli import SETUP, cli, notebook, outputs_text
 from .test_cli_resume import one_line_refusal
 from .test_durable_kernel import tool
 
-pytest.importorskip("dbos", reason="pip install 'jupyter-agent[workers]'")
+pytest.importorskip("dbos", reason="pip install 'jupyter-agent-cells[workers]'")
 
 
 def agent_cell(n: int, name: str | None = None) -> str:
@@ -170,7 +170,7 @@ def test_bad_input_is_one_line_and_queues_nothing(agent_env, tmp_path):
         "import sys; sys.modules['dbos'] = None\nfrom jupyter_agent.cli import main; sys.exit(main())",
     ]
     refused = cli("submit", str(agents), env=agent_env, command=without_dbos)
-    one_line_refusal(refused, "needs DBOS", "pip install 'jupyter-agent[workers]'")
+    one_line_refusal(refused, "needs DBOS", "pip install 'jupyter-agent-cells[workers]'")
 
 
 def test_a_changed_notebook_is_not_run_and_a_cancelled_job_never_runs(

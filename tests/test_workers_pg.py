@@ -26,7 +26,7 @@ from .conformance.test_pg_team import _team
 from .test_cli import SETUP, cli, notebook
 from .test_workers import Workers, agent_cell, all_done, jobs, script, wait_for, worker_pool
 
-pytest.importorskip("dbos", reason="pip install 'jupyter-agent[workers]'")
+pytest.importorskip("dbos", reason="pip install 'jupyter-agent-cells[workers]'")
 
 #: Notebooks of the SIGKILL test (three workers, two runs each at a time).
 NOTEBOOKS = 12 if os.environ.get("JUPYTER_AGENT_WORKERS_FULL") == "1" else 4

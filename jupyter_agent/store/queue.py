@@ -37,7 +37,9 @@ SCHEDULED_WORKFLOW = "jupyter_agent_scheduled_job"
 #: How a worker's connections name themselves, so a live worker can be told from a dead one.
 WORKER_TAG = "jupyter-agent-worker:"
 
-INSTALL = "The worker pool needs DBOS: pip install 'jupyter-agent-cells[workers]' (or pip install dbos)."
+INSTALL = (
+    "The worker pool needs DBOS: pip install 'jupyter-agent-cells[workers]' (or pip install dbos)."
+)
 
 
 @dataclass(frozen=True)

@@ -655,3 +655,22 @@ def test_an_agents_python_calls_as_cells_with_their_outputs(
     assert cell["outputs"][0] == {"output_type": "stream", "name": "stdout", "text": "hello\n"}
     assert cell["outputs"][1]["data"]["text/html"] == "<table></table>"
     assert api.get("agents", "nobody", "cells", notebook="cells.ipynb")[0] == 404
+
+
+def test_jobs_of_the_worker_pool_are_listed(api: Api, store_path: Path, jp_root_dir: Path) -> None:
+    pytest.importorskip("dbos", reason="pip install 'jupyter-agent-cells[workers]'")
+    from jupyter_agent.cli import main
+
+    assert api.get("jobs") == (200, {"jobs": []})  # no queue: none is made by reading
+    assert not store_path.with_suffix(".jobs.sqlite").exists()
+    path = Path(notebook(jp_root_dir, "work/job.ipynb"))
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [nbformat.v4.new_code_cell("%%agent --model scripted --name nightly\nGo.")]
+    nbformat.write(nb, path)
+    assert main(["--store", str(store_path), "submit", str(path), "--agent", "nightly"]) == 0
+    code, body = api.get("jobs")
+    assert code == 200, body
+    assert [(j["notebook"], j["agent"], j["status"]) for j in body["jobs"]] == [
+        ("work/job.ipynb", "nightly", "queued")
+    ]
+    assert api.get("jobs", notebook="other.ipynb") == (200, {"jobs": []})

@@ -25,7 +25,7 @@ from .test_cli import SETUP, cli, notebook, outputs_text
 from .test_cli_resume import one_line_refusal
 from .test_durable_kernel import tool
 
-pytest.importorskip("dbos", reason="pip install 'jupyter-agent[workers]'")
+pytest.importorskip("dbos", reason="pip install 'jupyter-agent-cells[workers]'")
 
 
 def agent_cell(n: int, name: str | None = None) -> str:
@@ -78,13 +78,18 @@ class Workers:
                 proc.wait()
 
 
-@pytest.fixture
-def workers(agent_env) -> Iterator[Workers]:
-    pool = Workers(agent_env)
+def worker_pool(env: dict[str, str]) -> Iterator[Workers]:
+    """The ``workers`` fixture's body: every worker started is stopped at teardown."""
+    pool = Workers(env)
     try:
         yield pool
     finally:
         pool.stop()
+
+
+@pytest.fixture
+def workers(agent_env) -> Iterator[Workers]:
+    yield from worker_pool(agent_env)
 
 
 def jobs(env: dict[str, str]) -> list[dict]:
@@ -124,6 +129,11 @@ def test_submit_and_a_worker_on_duckdb(
     assert [j["status"] for j in queued] == ["queued", "queued"], listed.stderr
     assert {j["notebook"] for j in queued} == {str(p) for p in paths}
     assert store_path.with_suffix(".jobs.sqlite").exists()  # the queue: a SQLite file beside it
+    listed = cli("list", env=agent_env).stdout
+    assert listed.splitlines()[0].split() == ["job", "notebook", "agent", "status"], listed
+    rows = [line.split() for line in listed.splitlines()[1:3]]
+    assert sorted(r[1] for r in rows) == sorted(map(str, paths)), listed
+    assert all(r[2:] == ["all", "queued"] for r in rows), listed
     workers.start("--concurrency", "2")
     wait_for(all_done(agent_env, 2), 60, "both jobs done")
     assert sorted(log.read_text().splitlines()) == sorted(
@@ -154,6 +164,13 @@ def test_bad_input_is_one_line_and_queues_nothing(agent_env, tmp_path):
     assert jobs(agent_env) == []
     refused = cli("worker", "--concurrency", "0", env=agent_env)
     assert refused.returncode == 2 and "--concurrency" in refused.stderr, refused.stderr
+    without_dbos = [  # as where DBOS is not installed
+        sys.executable,
+        "-c",
+        "import sys; sys.modules['dbos'] = None\nfrom jupyter_agent.cli import main; sys.exit(main())",
+    ]
+    refused = cli("submit", str(agents), env=agent_env, command=without_dbos)
+    one_line_refusal(refused, "needs DBOS", "pip install 'jupyter-agent-cells[workers]'")
 
 
 def test_a_changed_notebook_is_not_run_and_a_cancelled_job_never_runs(

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import Conflict, NotFound
 from ..loop.decisions import decide, decision_of
+from ..store import queue
 from ..store.api import CHECKPOINT_COLUMNS, CheckpointRow, RunRow, RunSummary, Store
 from ..views import listing
 from ..vocab import DECIDED, printable, size_text
@@ -86,6 +87,7 @@ def cmd_list(store: Store, args: argparse.Namespace) -> Any:
     agents = listing.store_agents(store, notebook_arg(args.notebook))
     if args.json:
         return [_listed(notebook, row) for notebook, row in agents]
+    _list_jobs(store, notebook_arg(args.notebook))
     if not agents:
         print("No agents" + (f" in {args.notebook}." if args.notebook else " in the store."))
         return None
@@ -95,6 +97,18 @@ def cmd_list(store: Store, args: argparse.Namespace) -> Any:
         rows.append((nb, listing.tagged(a), a["label"], steps, runs, *spent, listing.when(a)))
     print(listing.table(rows))
     return None
+
+
+def _list_jobs(store: Store, notebook: str | None) -> None:
+    """Queued, running and failed jobs, before the agents (``jupyter agent jobs`` lists all)."""
+    jobs = queue.unfinished_jobs(store, notebook)
+    if not jobs:
+        return
+    rows = [("job", "notebook", "agent", "status")]
+    for j in jobs:
+        status = j["status"] + (f": {j['error']}" if j["error"] else "")
+        rows.append((j["job"], j["notebook"] or "-", j["agent"] or "all", status))
+    print(listing.table(rows) + "\n")
 
 
 def _listed(notebook: str, row: dict[str, Any]) -> dict[str, Any]:

@@ -201,6 +201,27 @@ class DecisionHandler(BaseHandler):
         self.reply({"notebook": rel, "name": name, **stored})
 
 
+class JobsHandler(BaseHandler):
+    """``GET /jobs[?notebook=P]``: the worker pool's queued, running and failed jobs.
+
+    Those of the server's store (on a team store, of its user's role); none where
+    DBOS or the queue is absent (``jupyter agent submit`` makes the queue).
+    """
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        from ..store import queue  # only here: the server's import stays light
+
+        path = self.notebook_param()[1] if self.get_query_argument("notebook", "") else None
+        jobs = await self.call(queue.unfinished_jobs, self.agents.store, path)
+        shown = []
+        for job in jobs:  # a notebook outside the server's root is not the server's to show
+            if rel := self.agents.relative(job["notebook"] or ""):
+                shown.append({**job, "notebook": rel})
+        self.reply({"jobs": shown})
+
+
 class RunHandler(BaseHandler):
     """``GET /runs/RUN[?messages=1]`` (and ``/runs/RUN/checkpoints``): a run, its checkpoints'
     metadata and, with ``messages=1``, the messages each added (secrets redacted)."""
@@ -230,6 +251,7 @@ def handlers(base_url: str) -> list[tuple[str, type[BaseHandler]]]:
         (route("agents", _SEGMENT.format("name"), "runs"), AgentRunsHandler),
         (route("agents", _SEGMENT.format("name"), "cells"), AgentCellsHandler),
         (route("agents", _SEGMENT.format("name"), "decision"), DecisionHandler),
+        (route("jobs"), JobsHandler),
         (route("runs", _SEGMENT.format("run_id")), RunHandler),
         (route("runs", _SEGMENT.format("run_id"), "checkpoints"), RunHandler),
     ]

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..errors import JobError
 from .api import Store
@@ -36,7 +37,9 @@ SCHEDULED_WORKFLOW = "jupyter_agent_scheduled_job"
 #: How a worker's connections name themselves, so a live worker can be told from a dead one.
 WORKER_TAG = "jupyter-agent-worker:"
 
-INSTALL = "The worker pool needs DBOS: pip install 'jupyter-agent[workers]' (or pip install dbos)."
+INSTALL = (
+    "The worker pool needs DBOS: pip install 'jupyter-agent-cells[workers]' (or pip install dbos)."
+)
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,8 @@ def queue_target(store: Store) -> QueueTarget:
     """Where ``store``'s jobs queue: its PostgreSQL database, or a SQLite file beside its DuckDB file."""
     url = getattr(store, "url", None)
     if isinstance(url, str) and url.startswith(("postgresql://", "postgres://")):
-        owner = str(getattr(store, "owner", ""))
+        # The login role, whose grants decide; the store's owner must be that role anyway.
+        owner = urlsplit(url).username or str(getattr(store, "owner", ""))
         schema = queue_schema(owner)
         return QueueTarget(url, schema, owner, f"schema {schema} of {store.location}")
     path = Path(getattr(store, "path", store.location))
@@ -207,7 +211,7 @@ def list_jobs(store: Store, *, limit: int = 200) -> list[dict[str, Any]]:
     Reading never creates the queue: a store with no queue file or schema has no jobs.
     """
     target = queue_target(store)
-    if not target.postgres and not Path(target.url[len("sqlite:///") :]).exists():
+    if not queue_exists(target):
         return []
     c = client(target)
     try:
@@ -246,6 +250,35 @@ def list_jobs(store: Store, *, limit: int = 200) -> list[dict[str, Any]]:
         return rows
     finally:
         c.destroy()
+
+
+def queue_exists(target: QueueTarget) -> bool:
+    """Whether the queue's tables exist (and this role may see them), creating nothing."""
+    if not target.postgres:
+        return Path(target.url[len("sqlite:///") :]).exists()
+    import psycopg
+
+    with psycopg.connect(target.url, autocommit=True) as con:
+        row = con.execute(
+            "SELECT has_schema_privilege(current_user, %s, 'USAGE') FROM pg_namespace "
+            "WHERE nspname = %s",
+            (target.schema, target.schema),
+        ).fetchone()
+    return bool(row and row[0])
+
+
+#: The statuses ``list``, the REST API and the lab panel show: jobs that are not over well.
+UNFINISHED = ("queued", "running", "failed")
+
+
+def unfinished_jobs(store: Store, notebook: str | None = None) -> list[dict[str, Any]]:
+    """Queued, running and failed jobs (of ``notebook``): none where DBOS or the queue is absent."""
+    try:
+        dbos()
+    except JobError:
+        return []
+    rows = [j for j in list_jobs(store) if j["status"] in UNFINISHED]
+    return [j for j in rows if notebook is None or j["notebook"] == notebook]
 
 
 def _first_line(error: Any) -> str:

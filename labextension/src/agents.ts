@@ -8,7 +8,7 @@ import { Notebook, NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
 import { IDisposable } from '@lumino/disposable';
 import { ISignal, Signal } from '@lumino/signaling';
 
-import { APIError, IAgentSummary, listAgents } from './api';
+import { APIError, IAgentSummary, IJob, listAgents, listJobs } from './api';
 import { agentNameForCell } from './cells';
 
 export type CellWidget = Notebook['widgets'][number];
@@ -89,6 +89,11 @@ export class NotebookAgents implements IDisposable {
 
   get isDisposed(): boolean {
     return this._disposed;
+  }
+
+  /** The worker pool's queued, running and failed jobs of this notebook. */
+  get jobs(): IJob[] {
+    return this._jobs;
   }
 
   /** Whether the agents have been fetched at least once. */
@@ -176,6 +181,11 @@ export class NotebookAgents implements IDisposable {
       }
       this._agents = new Map(list.agents.map(agent => [agent.name, agent]));
       this._running = list.running;
+      // Jobs are extra: a server without the worker pool answers none, or an error, ignored.
+      this._jobs = await listJobs(path).then(
+        reply => reply.jobs,
+        () => []
+      );
       this._error = null;
       this._loaded = true;
     } catch (error) {
@@ -273,6 +283,7 @@ export class NotebookAgents implements IDisposable {
   private _pending: Promise<void> | null = null;
   private _renderTimer = 0;
   private _running = false;
+  private _jobs: IJob[] = [];
   private _timer = 0;
 }
 

@@ -151,3 +151,21 @@ export function decide(
     body: JSON.stringify({ action })
   });
 }
+
+/** A job of the worker pool (`jupyter agent submit`) that is queued, running or failed. */
+export interface IJob {
+  job: string;
+  notebook: string;
+  /** The one agent it runs, or null for all of the notebook's agents. */
+  agent: string | null;
+  /** When it was submitted (ISO 8601), or null when unknown. */
+  submitted: string | null;
+  status: 'queued' | 'running' | 'failed';
+  /** Why it failed, in one sentence. */
+  error: string | null;
+}
+
+/** The worker pool's queued, running and failed jobs of a notebook. */
+export function listJobs(notebook: string): Promise<{ jobs: IJob[] }> {
+  return request<{ jobs: IJob[] }>(`jobs?${URLExt.objectToQueryString({ notebook }).slice(1)}`);
+}

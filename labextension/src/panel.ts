@@ -7,7 +7,7 @@ import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { Widget } from '@lumino/widgets';
 
 import { IAgentEntry, IAgentNode, NotebookAgents, agentTree, count, describe } from './agents';
-import { APIError, ITimelineEntry, agentCells, decide } from './api';
+import { APIError, IJob, ITimelineEntry, agentCells, decide } from './api';
 import { agentIcon } from './icon';
 import { insertCells } from './insert';
 
@@ -66,6 +66,9 @@ export class AgentsPanel extends Widget {
     }
     if (agents.error) {
       node.appendChild(el('p', 'jp-AgentsPanel-error', agents.error));
+    }
+    if (agents.jobs.length) {
+      node.appendChild(jobs(agents.jobs));
     }
     if (!entries.length) {
       const text = agents.loaded ? 'No agents in this notebook yet.' : 'Loading…';
@@ -232,4 +235,26 @@ async function scrollToCell(agents: NotebookAgents, entry: IAgentEntry): Promise
   const cell = notebook.widgets[index];
   cell.addClass('jp-AgentCell-flash');
   window.setTimeout(() => cell.removeClass('jp-AgentCell-flash'), 1200);
+}
+
+/** The worker pool's jobs of the notebook: one line each, its status as a badge. */
+function jobs(list: IJob[]): HTMLElement {
+  const section = el('div', 'jp-AgentsPanel-jobs');
+  section.appendChild(el('h3', 'jp-AgentsPanel-jobsTitle', 'Jobs'));
+  const items = el('ul', 'jp-AgentsPanel-jobList');
+  for (const job of list) {
+    const item = el('li', 'jp-AgentsPanel-job');
+    item.dataset.jobStatus = job.status;
+    item.title = job.error ?? `submitted ${job.submitted ?? ''}`;
+    item.appendChild(
+      el('span', 'jp-AgentsPanel-jobName', `${job.job} · ${job.agent ?? 'all agents'}`)
+    );
+    item.appendChild(el('span', `jp-AgentBadge jp-AgentBadge-job-${job.status}`, job.status));
+    if (job.error) {
+      item.appendChild(el('div', 'jp-AgentsPanel-jobError', job.error));
+    }
+    items.appendChild(item);
+  }
+  section.appendChild(items);
+  return section;
 }

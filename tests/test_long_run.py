@@ -315,6 +315,8 @@ def test_a_resume_reads_from_the_latest_compaction_and_sends_the_same_view(
             read.extend(r.step for r, _ in real(self, chain, since)) or real(self, chain, since)
         ),
     )
+    for saved in store.journal_dir.glob("*.state"):
+        saved.unlink()  # as after a crash: the fold, not the state file, answers
     before = len(scripted.requests)
     ip.run_cell_magic("agent", f"{line} 200", "Work.")
     assert read and min(read) > 40 and len(read) < len(cps) / 3, (len(cps), read[:3])

@@ -88,8 +88,14 @@ def load_state(store: Store, run: RunRow, *, full: bool = False) -> RunState:
     Without ``full`` the fold starts at the latest compaction's snapshot, so a
     resume reads a window's worth of checkpoints however long the run is; the
     messages compacted away are :data:`~jupyter_agent.core.state.COMPACTED` placeholders.
-    Its reads share one connection (the caller's session, if it has one).
+    Its reads share one connection (the caller's session, if it has one). Without
+    ``full``, the agent's state file answers for its latest run while it is current
+    (see :func:`saved_latest`): no checkpoint is read, and nothing of DuckDB.
     """
+    if not full:
+        saved = saved_latest(store, run.notebook, run.agent)
+        if saved is not None and saved[0].run_id == run.run_id:
+            return saved[1]
     with store.session():
         segments = chain(store, run)
         since = 0 if full else resume_point(store, segments)

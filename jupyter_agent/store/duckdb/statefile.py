@@ -10,8 +10,9 @@ The file is a cache, never the authority. It is trusted only while it cannot
 disagree with the store:
 
 * its frame is whole and its CRC matches (a torn or damaged file is ignored);
-* the DuckDB file has the size and modification time it had when the state was
-  written (any write since, a fold, a delete, a rewind, makes it stale);
+* the DuckDB file and its write-ahead log have the sizes and modification
+  times they had when the state was written (any write since, a fold, a
+  delete, a rewind, makes it stale);
 * no journal is waiting to be folded, of any run (a later execution of this
   agent, live or crashed, even a new run of it, has records the file has not
   seen; a journal names its run, not its agent, so any one makes it stale).
@@ -39,11 +40,20 @@ def path_of(directory: Path, key: str) -> Path:
 
 
 def _stamp(db_path: Path) -> list[int] | None:
+    """Size and modification time of the DuckDB file and of its write-ahead log.
+
+    The log's too: a fold's rows may sit in it, the file itself untouched,
+    until DuckDB checkpoints them.
+    """
     try:
         st = os.stat(db_path)
     except FileNotFoundError:
         return None
-    return [st.st_size, st.st_mtime_ns]
+    try:
+        wal = os.stat(str(db_path) + ".wal")
+    except FileNotFoundError:
+        return [st.st_size, st.st_mtime_ns]
+    return [st.st_size, st.st_mtime_ns, wal.st_size, wal.st_mtime_ns]
 
 
 def write(directory: Path, key: str, db_path: Path, run_id: str, body: bytes) -> None:

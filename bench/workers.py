@@ -117,17 +117,22 @@ def wait_done(url: str, count: int, timeout: float = 600) -> None:
     raise SystemExit("the jobs did not finish in time")
 
 
-def throughput(
-    pg: PgServer, server: ScriptedServer, args: argparse.Namespace, workers: int
-) -> float:
-    url = pg.create_database()
-    env = {
+def worker_env(url: str, server: ScriptedServer) -> dict[str, str]:
+    """The environment of this bench's submits and workers: the store, the scripted model."""
+    return {
         **os.environ,
         "JUPYTER_AGENT_STORE": url,
         "OPENAI_BASE_URL": server.url,
         "OPENAI_API_KEY": "sk-bench",
         "PYTHONPATH": str(ROOT),
     }
+
+
+def throughput(
+    pg: PgServer, server: ScriptedServer, args: argparse.Namespace, workers: int
+) -> float:
+    url = pg.create_database()
+    env = worker_env(url, server)
     with tempfile.TemporaryDirectory() as folder:
         paths = notebooks(Path(folder), args.notebooks)
         submit(env, paths)
@@ -145,13 +150,7 @@ def throughput(
 def takeover(pg: PgServer, server: ScriptedServer, args: argparse.Namespace) -> float:
     """Seconds from a worker's SIGKILL to its notebook's next model request, from another worker."""
     url = pg.create_database()
-    env = {
-        **os.environ,
-        "JUPYTER_AGENT_STORE": url,
-        "OPENAI_BASE_URL": server.url,
-        "OPENAI_API_KEY": "sk-bench",
-        "PYTHONPATH": str(ROOT),
-    }
+    env = worker_env(url, server)
     store = open_store(url)
     with tempfile.TemporaryDirectory() as folder:
         paths = notebooks(Path(folder), 2)

@@ -18,23 +18,12 @@ from jupyter_agent.testing import ScriptedServer
 from .conftest import eventually
 from .kernels import Kernel
 from .test_cli import cli
-from .test_kernel_timeline import click, settle, state, widget_id
+from .test_kernel_timeline import SCRIPT, call, click, settle, state, widget_id
 
 pytestmark = pytest.mark.timeout(180)
 
 AGENT = "sums"
 CELL = f"%%agent -m scripted --name {AGENT}\nSet a, then b."
-
-
-def call(code: str) -> dict[str, Any]:
-    return {"tool_calls": [{"name": "python", "arguments": {"code": code}}]}
-
-
-SCRIPT = [
-    {"content": "Setting a.", **call("a = 1\nprint('a =', a)")},
-    {"content": "Setting b.", **call("b = a + 1")},
-    {"content": "Done: b = 2."},
-]
 
 
 def first_run(kernel_factory: Callable[..., Kernel], scripted: ScriptedServer) -> Kernel:

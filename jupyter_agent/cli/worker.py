@@ -12,7 +12,9 @@ at a time. Each job is one DBOS workflow whose one step is that run, so a worker
 that dies mid-run leaves its job pending; a live worker sees it is gone
 (:class:`~jupyter_agent.store.queue.Liveness`) and has DBOS recover the job, and
 the run continues from the store's last checkpoint: no completed model or tool
-step runs again.
+step runs again. A job cancelled while it runs is seen by its worker within a
+second (:func:`was_cancelled`), which interrupts the kernel as JupyterLab does:
+its agent checkpoints as interrupted, and a later run continues it.
 """
 
 from __future__ import annotations

@@ -195,3 +195,34 @@ def test_a_changed_notebook_is_not_run_and_a_cancelled_job_never_runs(
     assert "cells changed since the job was submitted" in by_status["failed"]["error"]
     assert by_status["cancelled"]["job"] == cancelled
     assert not log.exists() and scripted.requests == []  # neither ran an agent step
+
+
+def test_cancelling_a_running_job_interrupts_its_agent(
+    scripted: ScriptedServer, agent_env, tmp_path, workers
+):
+    log = tmp_path / "effects.log"
+    slow = script(log)
+    slow[1] = {**slow[1], "delay": 40}  # the model's answer for the second step is slow
+    scripted.set_script(slow)
+    path = notebook(tmp_path / "nb.ipynb", [SETUP, agent_cell(1), "print('next' + 'cell')"])
+    job = json.loads(cli("submit", str(path), "--json", env=agent_env).stdout)["job"]
+    workers.start()
+    wait_for(lambda: scripted.turns_requested() == [0, 1], 60, "the slow request was made")
+    assert cli("cancel", job, env=agent_env).returncode == 0
+    cancelled = time.monotonic()
+
+    def status() -> list[tuple[str, str]]:
+        listed = json.loads(cli("list", "--json", env=agent_env).stdout)
+        return [(a["notebook"], a["status"]) for a in listed if a.get("agent")]
+
+    wait_for(lambda: status() == [(str(path), "interrupted")], 10, "the agent was interrupted")
+    assert time.monotonic() - cancelled < 10
+    assert [j["status"] for j in jobs(agent_env)] == ["cancelled"]
+    texts = outputs_text(path)
+    assert "interrupted" in texts[1] and "nextcell" not in texts[2]  # the next cell did not run
+    # A later resume continues the run: the completed step is not made again.
+    scripted.set_script(script(log))
+    done = cli("resume", str(path), env=agent_env)
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().splitlines() == [f"{path} step0", f"{path} step1"]
+    assert scripted.turns_requested() == [0, 1, 1, 2]

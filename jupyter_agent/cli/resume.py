@@ -20,8 +20,10 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -30,6 +32,9 @@ from ..errors import NotebookError, OtherStore
 from ..store.api import Store
 from ..vocab import ENV_NOTEBOOK, ENV_STRICT
 from .export import write_atomic
+
+#: Seconds between looks at whether a run was cancelled (``cancelled`` of :func:`run_notebook`).
+CANCEL_POLL = 1.0
 
 
 def read_notebook(path: str) -> Any:
@@ -95,7 +100,8 @@ def run_notebook(
     stamp: Callable[[Any], None] = lambda nb: None,
     written: bool = True,
     skip: Callable[[Any], bool] | None = None,
-) -> None:
+    cancelled: Callable[[], bool] | None = None,
+) -> bool:
     """Execute a notebook as JupyterLab would, writing outputs back after every cell.
 
     The kernel starts in the notebook's folder with ``env`` added (the
@@ -108,6 +114,10 @@ def run_notebook(
     written back once a cell ran. ``stamp`` changes the notebook before each write;
     ``written=False``: ``write`` keeps nothing, and errors do not say it does.
     ``skip``: cells it names are not run (a job for one agent skips the others' cells).
+    ``cancelled``: asked every :data:`CANCEL_POLL` seconds during the run; once it says
+    so, the kernel is interrupted as JupyterLab's stop button does (a running agent
+    writes an interrupted checkpoint, so a later run continues it), no further cell
+    runs, and the run returns False. Otherwise it returns True.
     """
     import nbformat
     from jupyter_client.kernelspec import NoSuchKernel
@@ -115,6 +125,10 @@ def run_notebook(
     from nbclient.exceptions import CellExecutionError, DeadKernelError
 
     name = os.path.basename(path)
+    stopping = threading.Event()  # set once ``cancelled`` said so
+
+    class Stopped(Exception):
+        """Raised in place of the next cell's run once the run was cancelled."""
 
     def save() -> None:
         stamp(nb)
@@ -136,6 +150,8 @@ def run_notebook(
             execution_count: int | None = None,
             store_history: bool = True,
         ) -> nbformat.NotebookNode:
+            if stopping.is_set():
+                raise Stopped
             if skip is not None and skip(cell):
                 return cell
             self.cell_id = cell.get("id")
@@ -177,22 +193,54 @@ def run_notebook(
 
     seconds = None if timeout is None else max(1, math.ceil(timeout))
     client = Client(nb, timeout=seconds, resources={"metadata": {"path": os.path.dirname(path)}})
+    done = threading.Event()
+    if cancelled is not None:
+        threading.Thread(
+            target=_watch, args=(client, cancelled, stopping, done), daemon=True
+        ).start()
     with tempfile.TemporaryFile("w+", prefix="jupyter-agent-kernel-") as log:
         try:
             client.execute(env={**os.environ, **env}, stdout=log, stderr=log)
+        except Stopped:
+            return False
         except NoSuchKernel as exc:
             raise NotebookError(
                 f"{name} asks for the kernel {exc.args[0] if exc.args else '?'!s}, which is not "
                 "installed (`jupyter kernelspec list` shows those that are)."
             ) from None
         except (CellExecutionError, DeadKernelError, TimeoutError) as exc:
+            if stopping.is_set():  # the interrupted cell's KeyboardInterrupt
+                return False
             why = _stopped(exc, client.cell_number, seconds, log)
             kept = f" The outputs so far were written to {name}." if written else ""
             raise NotebookError(why + kept) from None
         finally:
+            done.set()
             if client.cell_number:
                 with contextlib.suppress(NotebookError):
                     save()
+    return not stopping.is_set()
+
+
+def _watch(
+    client: Any, cancelled: Callable[[], bool], stopping: threading.Event, done: threading.Event
+) -> None:
+    """Until the run is ``done``: once ``cancelled`` says so, interrupt the kernel and stop.
+
+    The interrupt is SIGINT to the kernel's process, what JupyterLab's stop button
+    sends to a local kernel: the agent running in it writes an interrupted checkpoint.
+    """
+    while not done.wait(CANCEL_POLL):
+        try:
+            if not cancelled():
+                continue
+        except Exception:  # a look that failed (a database busy a moment) is tried again
+            continue
+        stopping.set()
+        process = getattr(getattr(client.km, "provisioner", None), "process", None)
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        return
 
 
 def positive_seconds(text: str) -> float:
@@ -253,11 +301,13 @@ def resume_notebook(
     skip: Callable[[Any], bool] | None = None,
     nb: Any = None,
     strict: bool = False,
-) -> None:
+    cancelled: Callable[[], bool] | None = None,
+) -> bool:
     """Run the notebook at ``path`` headless against ``store``, as ``resume`` and workers do.
 
     ``nb``: the notebook already read (a worker checks its pin first). ``strict``: the
-    kernel's agents refuse to continue after a change (``--strict``).
+    kernel's agents refuse to continue after a change (``--strict``). ``cancelled``:
+    stops the run, as in :func:`run_notebook`; False if it did.
     """
     env = {ENV_NOTEBOOK: path, "JUPYTER_AGENT_STORE": store_target(store)}
     if strict:
@@ -275,7 +325,16 @@ def resume_notebook(
         if known:
             record_store(nb, known[0])
 
-    run_notebook(path, nb, env=env, timeout=timeout, write=write_atomic, stamp=stamp, skip=skip)
+    return run_notebook(
+        path,
+        nb,
+        env=env,
+        timeout=timeout,
+        write=write_atomic,
+        stamp=stamp,
+        skip=skip,
+        cancelled=cancelled,
+    )
 
 
 def cmd_resume(store: Store, args: argparse.Namespace) -> Any:

@@ -12,7 +12,9 @@ at a time. Each job is one DBOS workflow whose one step is that run, so a worker
 that dies mid-run leaves its job pending; a live worker sees it is gone
 (:class:`~jupyter_agent.store.queue.Liveness`) and has DBOS recover the job, and
 the run continues from the store's last checkpoint: no completed model or tool
-step runs again.
+step runs again. A job cancelled while it runs is seen by its worker within a
+second (:func:`was_cancelled`), which interrupts the kernel as JupyterLab does:
+its agent checkpoints as interrupted, and a later run continues it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import signal
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -142,7 +145,7 @@ def cmd_jobs(store: Store, args: argparse.Namespace) -> Any:
 
 
 def cmd_cancel(store: Store, args: argparse.Namespace) -> Any:
-    """Cancel a queued job (it never runs), a running one (not run again), or a schedule."""
+    """Cancel a queued job (it never runs), a running one (its worker interrupts it), or a schedule."""
     target = queue.queue_target(store)
     client = queue.client(target)
     try:
@@ -163,8 +166,18 @@ def cmd_cancel(store: Store, args: argparse.Namespace) -> Any:
     return {"job": args.job, "cancelled": what}
 
 
-def run_job(store: Store, job: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-    """Run one job's notebook, refusing one whose cells changed since it was submitted."""
+def run_job(
+    store: Store,
+    job: dict[str, Any],
+    timeout: float | None,
+    cancelled: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Run one job's notebook, refusing one whose cells changed since it was submitted.
+
+    ``cancelled`` is polled while the notebook runs: once the job is cancelled its
+    kernel is interrupted (the running agent checkpoints as interrupted) and no
+    further cell runs.
+    """
     path = job["notebook"]
     nb = read_notebook(path)
     if queue.notebook_pin(nb) != job["pin"]:
@@ -177,8 +190,8 @@ def run_job(store: Store, job: dict[str, Any], timeout: float | None) -> dict[st
     if agent:
         others = {id(c) for n, c in agent_cells(nb).items() if n != agent}
         skip = lambda cell: id(cell) in others  # noqa: E731
-    resume_notebook(store, path, timeout=timeout, skip=skip, nb=nb)
-    return {"notebook": path, "agent": agent, "ok": True}
+    ran = resume_notebook(store, path, timeout=timeout, skip=skip, nb=nb, cancelled=cancelled)
+    return {"notebook": path, "agent": agent, "ok": ran}
 
 
 def cmd_worker(store: Store, args: argparse.Namespace) -> Any:
@@ -192,7 +205,7 @@ def cmd_worker(store: Store, args: argparse.Namespace) -> Any:
 
     @dbos.step(name="run notebook")
     def run_step(job: dict[str, Any]) -> dict[str, Any]:
-        return run_job(store, job, timeout)
+        return run_job(store, job, timeout, cancelled=was_cancelled(dbos, dbos.workflow_id))
 
     @dbos.workflow(name=queue.JOB_WORKFLOW)
     def job_workflow(job: dict[str, Any]) -> dict[str, Any]:
@@ -235,6 +248,16 @@ def cmd_worker(store: Store, args: argparse.Namespace) -> Any:
         alive.close()
     print(f"Worker {executor} stopped.", file=sys.stderr)
     return None
+
+
+def was_cancelled(dbos: Any, job: str | None) -> Callable[[], bool]:
+    """Whether the job ``job`` was cancelled (``jupyter agent cancel``), asked of DBOS."""
+
+    def check() -> bool:
+        status = dbos.get_workflow_status(job) if job else None
+        return status is not None and str(status.status) == "CANCELLED"
+
+    return check
 
 
 def recover_dead(dbos: Any, alive: queue.Liveness, suspects: set[str]) -> list[str]:

@@ -243,22 +243,18 @@ def stopped(outcome: Outcome, collaborators: Collaborators, settings: Settings) 
     return outcome
 
 
-#: Told of each dropped notification with its agent's key (notebook, agent): the timeline
-#: widget registers itself here (it imports this module) to show the drop in its header.
-DROP_LISTENERS: list[Callable[[tuple[str, str], str], None]] = []
-
-
 def _said_in_timeline(collaborators: Collaborators, key: tuple[str, str]) -> Callable[[str], None]:
-    """A notice for the run's output and for every listener (the agent's open timelines).
+    """A notice for the run's output and a warning where the agent's status is read.
 
     A notification is dropped seconds after the execution ended, when its cell's
-    output is no longer where anyone looks: the timeline's header is.
+    output is no longer where anyone looks: its open timelines' headers are
+    (``Collaborators.warn``, the runtime's).
     """
 
     def say(message: str) -> None:
         collaborators.events.notice(message)
-        for listener in DROP_LISTENERS:
-            listener(key, message)
+        if collaborators.warn is not None:
+            collaborators.warn(key, message)
 
     return say
 

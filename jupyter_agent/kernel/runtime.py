@@ -183,6 +183,13 @@ class AgentRuntime:
         with self._lock:
             return list(self._views.get(key, ()))
 
+    def warn(self, key: Key, message: str) -> None:
+        """Say ``message`` as a warning in the agent's open views (a dropped notification:
+        it comes after the execution, when the cell's output is no longer where anyone looks)."""
+        for view in self.views(key):
+            with contextlib.suppress(Exception):  # a closed widget: the cell's output said it
+                view.say(message, "warning")
+
     def refresh(self, key: Key, *, reread: bool = True) -> None:
         """Bring the agent's views up to date after an execution; ``reread=False``: it
         wrote nothing, so only show a view whose display waited for it."""
@@ -216,6 +223,7 @@ class AgentRuntime:
             children=Delegation(self, decisions),
             namespace=self.namespace,
             baselines=self.baselines,
+            warn=self.warn,
         )
 
     def run(

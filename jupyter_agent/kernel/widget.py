@@ -38,7 +38,6 @@ from ..store.api import CheckpointRow, RunRow, Store
 from ..views import diff as views_diff
 from ..views import points
 from ..views.timeline import WINDOW, Timeline, detail, notebook_name
-from . import runner
 from .actions import Rewound, check_edit
 from .runner import CellRequest, Outcome
 from .runtime import AgentRuntime, Job, Key, current
@@ -385,16 +384,6 @@ def _decided(verb: str, child: str | None, agent: str) -> str:
 
 def widgets_of(key: Key) -> list[TimelineWidget]:
     return [v for v in current().views(key) if isinstance(v, TimelineWidget)]
-
-
-def _warn(key: Key, message: str) -> None:
-    """A dropped notification, said as a warning in the agent's open timelines."""
-    for widget in widgets_of(key):
-        with contextlib.suppress(Exception):  # a closed widget: the cell's output said it
-            widget.say(message, "warning")
-
-
-runner.DROP_LISTENERS.append(_warn)
 
 
 def display_timeline(

@@ -100,6 +100,10 @@ class Collaborators:
     #: What the kernel's runs last saved there, so a restore keeps the user's changes
     #: (the runtime's; None: a restore puts every saved value back).
     baselines: Baselines | None = None
+    #: Says a warning about an agent (notebook, agent) where its status is read, for what
+    #: happens after its execution ended, e.g. a dropped notification (the runtime's: the
+    #: agent's open timelines; None: only the run's output says it).
+    warn: Callable[[tuple[str, str], str], None] | None = None
 
 
 class Stop(Exception):

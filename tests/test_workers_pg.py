@@ -1,8 +1,9 @@
 """The worker pool on PostgreSQL: workers that die, members that must not see each other's jobs.
 
 Real PostgreSQL (tests/pg.py), real kernels, the CLI as subprocesses. The
-SIGKILL test runs four notebooks on three workers by default (about a minute on
-two cores); ``JUPYTER_AGENT_WORKERS_FULL=1`` runs twelve (about 2.5 minutes).
+SIGKILL test runs twelve notebooks on three workers (one to two and a half
+minutes on two cores); ``JUPYTER_AGENT_WORKERS_NOTEBOOKS=4`` runs fewer while
+working on the workers.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .test_workers import Workers, agent_cell, all_done, jobs, script, wait_for,
 pytest.importorskip("dbos", reason="pip install 'jupyter-agent-cells[workers]'")
 
 #: Notebooks of the SIGKILL test (three workers, two runs each at a time).
-NOTEBOOKS = 12 if os.environ.get("JUPYTER_AGENT_WORKERS_FULL") == "1" else 4
+NOTEBOOKS = int(os.environ.get("JUPYTER_AGENT_WORKERS_NOTEBOOKS", "12"))
 
 
 @pytest.fixture

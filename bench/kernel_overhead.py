@@ -30,6 +30,10 @@ Also: resume latency after ``--resume-steps`` steps (the run stops at
 next model request) with the number of ``duckdb.connect`` calls before that
 request, and the kernel's RSS over the run (psutil).
 
+``--timeline`` measures only the timeline's cost, in one run: the harness with its
+widget sent to by each step itself (``widget.FLUSH_EVERY = 0``, as before the
+flusher) and with the flusher (the default), at ``--steps``; it prints a table.
+
 Usage: ``python bench/kernel_overhead.py [--steps 500] [--long] [--profile] [--out docs/performance.md]``
 (``--long`` adds a 10,000-step harness run for steps 9,951–10,000 and RSS growth, and
 the resume after 10,000 steps;
@@ -271,12 +275,18 @@ def outside_model(run: dict[str, Any]) -> list[float]:
     return [p - m for p, m in zip(run["per_step"], run["model"], strict=False)]
 
 
-def harness(steps: int, workdir: Path, profile: bool = False) -> dict[str, Any]:
-    cwd = workdir / f"harness-{steps}-{profile}"
+def harness(
+    steps: int, workdir: Path, profile: bool = False, inline: bool = False
+) -> dict[str, Any]:
+    """``inline``: each checkpoint is sent to the timeline by its step (no flusher)."""
+    cwd = workdir / f"harness-{steps}-{profile}-{inline}"
     cwd.mkdir(parents=True)
     cell = f"%%agent --model scripted --max-steps {steps + 10}\n{PROMPT}"
+    setup = [PROBE, "%load_ext jupyter_agent"]
+    if inline:
+        setup.append("_kb_widget.FLUSH_EVERY = 0")
     with scripted(TurnScript(steps)) as server:
-        k = kernel(env_for(server, cwd), cwd, PROBE, "%load_ext jupyter_agent")
+        k = kernel(env_for(server, cwd), cwd, *setup)
         try:
             if profile:
                 code = (
@@ -601,6 +611,30 @@ def resume_only(steps: int) -> int:
     return 0
 
 
+def timeline_cost(steps: int) -> int:
+    """The harness with the timeline sent to inline and by its flusher, one after the other."""
+    workdir = Path(tempfile.mkdtemp(prefix="jupyter-agent-kernel-"))
+    try:
+        runs = {}
+        for label, inline in (("each step sends (inline)", True), ("flusher (default)", False)):
+            log(f"harness, {steps} steps, {label}")
+            runs[label] = harness(steps, workdir, inline=inline)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    parts = ("Recorder.checkpoint", "  JournalWriter.append", "    TimelineWidget.add")
+    print(
+        "| timeline | steps | harness overhead (gap − tool − model call) | "
+        + " | ".join(f"`{p.strip()}`" for p in parts)
+        + " |"
+    )
+    print("| --- | --- | --- |" + " --- |" * len(parts))
+    for label, h in runs.items():
+        for name, cut in windows(steps):
+            cells = [ms(p50(outside_model(h)[cut])), *(ms(p50(h["parts"][p][cut])) for p in parts)]
+            print(f"| {label} | {name} | " + " | ".join(cells) + " |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=500)
@@ -612,7 +646,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resume-only", action="store_true", help="measure only the resume; print, write nothing"
     )
+    parser.add_argument(
+        "--timeline", action="store_true", help="measure only the timeline's cost; print it"
+    )
     args = parser.parse_args(argv)
+    if args.timeline:
+        return timeline_cost(args.steps)
     if args.resume_only:
         if args.out:
             parser.error("--resume-only writes nothing; drop --out")

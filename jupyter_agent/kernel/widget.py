@@ -193,17 +193,17 @@ class TimelineWidget(anywidget.AnyWidget):
             self.flush()
             return
         if self._flusher is None:
-            with self._lock:
-                if self._flusher is None:
-                    self._flusher = threading.Thread(
-                        target=_flushing,
-                        args=(weakref.ref(self), self._wake),
-                        name="timeline-flusher",
-                        daemon=True,
-                    )
-                    self._flusher.start()
-                    weakref.finalize(self, self._wake.set)
+            self._start_flusher()
         self._wake.set()
+
+    def _start_flusher(self) -> None:
+        with self._lock:
+            if self._flusher is None:
+                args = (weakref.ref(self), self._wake)
+                self._flusher = threading.Thread(target=_flushing, args=args, daemon=True)
+                self._flusher.name = "timeline-flusher"
+                self._flusher.start()
+                weakref.finalize(self, self._wake.set)  # a collected widget's flusher ends
 
     def flush(self) -> None:
         """Send the queued checkpoints now, in order, as one message.
@@ -212,9 +212,7 @@ class TimelineWidget(anywidget.AnyWidget):
         changed with them; the traits are updated here without being sent again.
         """
         with self._lock:
-            rows = []
-            while self._queue:
-                rows.append(self._queue.popleft())
+            rows = [self._queue.popleft() for _ in range(len(self._queue))]
             if not rows:
                 return
             entries: list[dict] = []

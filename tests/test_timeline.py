@@ -181,8 +181,10 @@ def test_text_repr_is_deterministic(
 
 
 def test_live_run_is_sent_one_entry_at_a_time(
-    shell: InteractiveShell, timeline_widget: widget.TimelineWidget
+    shell: InteractiveShell, timeline_widget: widget.TimelineWidget, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Without the flusher (its coalescing: tests/test_timeline_flush.py), one message each.
+    monkeypatch.setattr(widget, "FLUSH_EVERY", 0)
     rec = Recorder(timeline_widget)
     run_agent(shell)
     appends = rec.appends()
@@ -205,6 +207,7 @@ def test_a_long_run_stays_cheap(store: Store, tmp_path: Path, shell: Interactive
             "r1", step, "model", "running", f"step {step}", time.time(), 1.0, 10, 100
         )
         w.add(run, row)
+        w.flush()
     elapsed = time.perf_counter() - started
     appends = rec.appends()
     assert len(appends) == n - 1 and all(len(m["entries"]) == 1 for m in appends)
@@ -220,8 +223,14 @@ def test_a_long_run_stays_cheap(store: Store, tmp_path: Path, shell: Interactive
 
 
 def test_a_followed_history_keeps_only_its_tail_in_memory(
-    shell: InteractiveShell, timeline_widget: widget.TimelineWidget, scripted: ScriptedServer
+    shell: InteractiveShell,
+    timeline_widget: widget.TimelineWidget,
+    scripted: ScriptedServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Each checkpoint taken in as written: a flusher's first batch would select the new
+    # run once a window of it (more than this test's tiny ``keep``) was in the store.
+    monkeypatch.setattr(widget, "FLUSH_EVERY", 0)
     steps = 12
     scripted.set_script([call(f"print({i})") for i in range(steps)] + [{"content": "Done."}])
     t = timeline_widget.timeline
@@ -273,6 +282,7 @@ def test_each_checkpoint_is_one_message_carrying_its_summary_change(
     w = make_widget(store, tmp_path, shell)
     run = RunRow("r1", notebook(tmp_path), AGENT, None, "p", "h", "m", None, None, time.time())
     w.add(run, CheckpointRow("r1", 0, "start", "running", "p", time.time(), 1.0, 0, 10))
+    w.flush()
     front = Frontend(w)
     n = 300
     for step in range(1, n):
@@ -282,6 +292,7 @@ def test_each_checkpoint_is_one_message_carrying_its_summary_change(
         row = CheckpointRow("r1", step, kind, status, "s", time.time(), 1.0, 10, 100, usage)
         before = len(front.messages)
         w.add(run, row)
+        w.flush()
         assert len(front.messages) == before + 1, front.messages[before:]
         assert front.messages[-1]["content"]["type"] == "append"
     # What the frontend pieced together from the deltas is what the kernel holds.

@@ -7,9 +7,11 @@ widget as it goes, and anything a click starts that takes long — approving a
 call, forking, or ``%%agent --background`` — runs on a background thread of the
 kernel, leaving the kernel free for more clicks (Pause) and for other cells.
 
-Updates stay cheap for long runs: a new checkpoint is sent as one small custom
-message (``append``) carrying its entry and the summary fields it changed, never
-by resending the list; the list trait holds a window of the latest entries,
+Updates stay cheap for long runs, and off the step's path: a new checkpoint is
+only queued (:meth:`TimelineWidget.add`); the widget's flusher thread sends what
+queued, at most every :data:`FLUSH_EVERY` seconds, as one small custom message
+(``append``) carrying the new entries in order and the summary fields they
+changed, never by resending the list; the list trait holds a window of the latest entries,
 refreshed only when an execution ends, the selection changes, or a frontend asks
 for more.
 """
@@ -22,6 +24,8 @@ import sys
 import threading
 import time
 import uuid
+import weakref
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,6 +63,9 @@ HTML_REPR = (
 )
 LOG_LIMIT = 20_000  # characters of background output a widget keeps
 SNAPSHOT_EVERY = 50  # appends between list refreshes that heal a view that missed some
+#: Seconds a queued checkpoint may wait for the flusher: what queued meanwhile goes in
+#: one message. 0: each checkpoint is sent by the step that wrote it (no flusher).
+FLUSH_EVERY = 0.2
 _ABSENT = object()
 
 
@@ -100,6 +107,10 @@ class TimelineWidget(anywidget.AnyWidget):
         # Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
         self._lock = threading.RLock()
         self._appended = 0
+        #: Checkpoints written, not yet sent; appended without a lock by the step's thread.
+        self._queue: deque[tuple[RunRow, CheckpointRow]] = deque()
+        self._wake = threading.Event()
+        self._flusher: threading.Thread | None = None
         self._log: list[str] = []
         self._log_size = 0
         self._pending_display: threading.Thread | None = None  # see display_timeline(lazy=True)
@@ -127,6 +138,7 @@ class TimelineWidget(anywidget.AnyWidget):
 
     def close(self) -> None:
         self.runtime.unregister(self)
+        self._wake.set()  # the flusher sees the widget closed, and ends
         super().close()
 
     # -- state pushed to frontends ----------------------------------------------------
@@ -134,6 +146,7 @@ class TimelineWidget(anywidget.AnyWidget):
     def refresh(self, run_id: str | None = None) -> None:
         """Re-read everything from the store (after an execution ended, or on request)."""
         with self._lock:
+            self.flush()  # what is queued came first
             self.timeline.load(run_id)
             self._push()
         if sys.exc_info()[0] is None:
@@ -169,33 +182,69 @@ class TimelineWidget(anywidget.AnyWidget):
         return {**self.timeline.summary(), "busy": busy, "can_pause": busy}
 
     def add(self, run: RunRow, row: CheckpointRow) -> None:
-        """A checkpoint was just written: send it, and only it, to the frontends.
+        """A checkpoint was just written: queue it for the flusher; the step goes on at once.
 
-        One message per checkpoint, whatever the length of the run: the entry,
-        the summary fields that changed, and any other trait that changed with
-        it; the traits are updated here without being sent again.
+        Takes no lock and sends nothing, so a slow frontend or a busy widget lock
+        (a click being handled) never holds a step up.
+        """
+        self._queue.append((run, row))
+        if FLUSH_EVERY <= 0:
+            self.flush()
+            return
+        if self._flusher is None:
+            self._start_flusher()
+        self._wake.set()
+
+    def _start_flusher(self) -> None:
+        with self._lock:
+            if self._flusher is None:
+                args = (weakref.ref(self), self._wake)
+                self._flusher = threading.Thread(target=_flushing, args=args, daemon=True)
+                self._flusher.name = "timeline-flusher"
+                self._flusher.start()
+                weakref.finalize(self, self._wake.set)  # a collected widget's flusher ends
+
+    def flush(self) -> None:
+        """Send the queued checkpoints now, in order, as one message.
+
+        The entries, the summary fields that changed, and any other trait that
+        changed with them; the traits are updated here without being sent again.
         """
         with self._lock:
-            change = self.timeline.add(run, row)
-            if change.reloaded:
+            rows = [self._queue.popleft() for _ in range(len(self._queue))]
+            if not rows:
+                return
+            entries: list[dict] = []
+            start = 0
+            reloaded = snapshot = runs = approval = False
+            for run, row in rows:
+                change = self.timeline.add(run, row)
+                reloaded = reloaded or change.reloaded
+                runs = runs or change.runs
+                approval = approval or row.kind == "approval"
+                if change.entry is not None and not change.reloaded:
+                    if not entries:
+                        start = change.index
+                    entries.append(change.entry)
+                    self._appended += 1
+                    snapshot = snapshot or self._appended % SNAPSHOT_EVERY == 0
+            if reloaded:  # the whole state is sent again, these entries with it
                 self._push()
                 return
             state: dict[str, Any] = {}
-            if change.entry is not None:
-                self._appended += 1
-                if self._appended % SNAPSHOT_EVERY == 0:
-                    state["entries"] = self.timeline.snapshot(self.window)
-            if change.runs:
+            if snapshot:
+                state["entries"] = self.timeline.snapshot(self.window)
+            if runs:
                 state["runs"] = self.timeline.tree()
-            if row.kind == "approval" or self.pending:
+            if approval or self.pending:
                 pending = self.timeline.pending()
                 if pending != self.pending:
                     state["pending"] = pending
             summary = self._summary()
             delta = {k: v for k, v in summary.items() if self.summary.get(k, _ABSENT) != v}
             message: dict[str, Any] = {"type": "append", "run": self.timeline.selected}
-            if change.entry is not None:
-                message.update(start=change.index, entries=[change.entry])
+            if entries:
+                message.update(start=start, entries=entries)
             elif not delta and not state:
                 return
             else:
@@ -371,6 +420,25 @@ class TimelineWidget(anywidget.AnyWidget):
             self.say(str(exc), "error")
         except Exception as exc:  # a bug must show up in the widget, not vanish in a log
             self.say(f"{type(exc).__name__}: {exc}", "error")
+
+
+def _flushing(ref: weakref.ref[TimelineWidget], wake: threading.Event) -> None:
+    """A timeline's flusher: sends what queued, then waits :data:`FLUSH_EVERY` before the
+    next message, so a fast run costs a few messages a second, its rows in order.
+
+    Holds the widget only while it flushes: an unused timeline is still collected
+    (its finalizer wakes this thread, which then ends).
+    """
+    while True:
+        wake.wait()
+        widget = ref()
+        if widget is None or widget.comm is None:  # collected or closed
+            return
+        wake.clear()
+        with contextlib.suppress(Exception):  # a closed comm: the cell's output says it all
+            widget.flush()
+        del widget
+        time.sleep(FLUSH_EVERY)
 
 
 def _decided(verb: str, child: str | None, agent: str) -> str:

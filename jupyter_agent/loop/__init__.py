@@ -45,9 +45,12 @@ Threads
    context, once per kernel, touching no shared state but module imports.
 10. **A cell output's update timer** (:class:`jupyter_agent.kernel.cell_output.LiveCell`):
     shows what a throttled write left unshown, under that output's lock only.
+11. **A timeline's flusher** (``timeline-flusher``, one per widget followed live,
+    :meth:`jupyter_agent.kernel.widget.TimelineWidget.flush`): sends the checkpoints
+    that reporting threads queued, under the widget's lock (5); a step only queues.
 
-Widgets' traits are set from whichever thread reports progress (2 or 1); the
-kernel sends them to the browser from there.
+Widgets' traits are set from whichever thread reports progress (2 or 1), or by
+their flusher (11); the kernel sends them to the browser from there.
 
 Locks
 -----
@@ -88,9 +91,11 @@ it in this list, so no two threads ever wait for each other:
    thread reads the values as the step left them. Restoring a run's variables
    (a resume, a restore, a fork or a rewind) writes the namespace without it,
    as a cell the user runs meanwhile does.
-5. **A timeline widget's** ``_lock``: its timeline and traits, taken by the
-   thread reporting a checkpoint (through :class:`.checkpoints.Events`, with 4
-   possibly held) and by the browser's requests; it may read the store (6).
+5. **A timeline widget's** ``_lock``: its timeline and traits, taken by its
+   flusher (11) sending the checkpoints that :class:`.checkpoints.Events` queued,
+   by a refresh, and by the browser's requests; it may read the store (6). The
+   thread reporting a checkpoint (with 4 possibly held) takes it only to start
+   the flusher, or to send inline where ``FLUSH_EVERY`` is 0.
    A cell builds its own widget inside its reads' session (6); nobody else
    can hold that widget's lock then, as the cell has claimed the agent.
 6. **The store file**: DuckDB lets one process at a time open it, so a

@@ -133,6 +133,9 @@ def test_timeline_approve_and_fork_by_clicking(
         # Open the fork's result for the picture.
         timeline.locator('.ja-row[data-kind="tool_result"]').last.click()
         expect(detail.locator(".ja-vars")).to_contain_text("mean")
+        # Loaded from the kernel (not only drawn from its row), so no later redraw of the
+        # detail clears what is typed next.
+        expect(detail).to_contain_text("Agent variables at this point: mean")
 
         # Compare it with the fork's first checkpoint: the mean was added since.
         detail.locator(".ja-compare-with").fill(str(int(step) + 1))

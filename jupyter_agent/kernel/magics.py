@@ -254,7 +254,8 @@ class AgentMagics(AgentTraits, Magics):
 
     # -- %agent ---------------------------------------------------------------------
 
-    @line_magic("agent")
+    # IPython 9 types a named ``line_magic`` as a bare decorator (mypy: expected "Never").
+    @line_magic("agent")  # type: ignore[arg-type, unused-ignore]
     def agent_line(self, line: str) -> Any:
         """Manage agents: list, show, resume, approve, reject, fork, cells, replay, diff, delete.
         `%agent --help`."""

@@ -78,6 +78,38 @@ def test_rewind_puts_files_back_and_keeps_the_users_changes(
     assert "notes.txt: changed since the agent wrote it (left as it is)" in notice, notice
 
 
+def test_a_rewind_follows_the_users_file_settings(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, tmp_path: Path
+) -> None:
+    """A file the user has since listed in ``files_ignore`` is theirs; ``files = False`` touches none."""
+    kernel = kernel_factory()
+    scripted.set_script(
+        [
+            call(write("out.csv", "A")),
+            call(write("out.csv", "B") + "\n" + write("new.txt", "later")),
+            {"content": "Written."},
+        ]
+    )
+    run = kernel.run(CELL, cell_id=CELL_ID)
+    assert "Written." in run.text, run.text
+    model_id = widget_id(run)
+    first, last = results(kernel, model_id)
+    run_id = state(kernel, model_id)["run_id"]
+
+    kernel.run("%config AgentMagics.files_ignore = ['*.csv']")
+    click(kernel, model_id, type="rewind", run=run_id, step=first)
+    notice = state(kernel, model_id)["notice"]["text"]
+    assert (tmp_path / "out.csv").read_text() == "B", notice
+    assert not (tmp_path / "new.txt").exists(), notice
+    assert "out.csv: in files_ignore (left as it is)" in notice, notice
+
+    kernel.run("%config AgentMagics.files = False")
+    click(kernel, model_id, type="rewind", run=run_id, step=last)
+    notice = state(kernel, model_id)["notice"]["text"]
+    assert not (tmp_path / "new.txt").exists(), notice
+    assert "files" not in notice, notice
+
+
 def test_a_fork_does_not_see_the_other_branchs_files(
     kernel_factory: Callable[..., Kernel], scripted: ScriptedServer, tmp_path: Path
 ) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..config import Settings
+from ..config import FilePolicy, Settings
 from ..core.state import RunState
 from ..errors import AgentBusy
 from ..loop.checkpoints import Collaborators
@@ -91,22 +91,25 @@ def _later(timeline: Timeline, run: RunRow) -> Current:
     return later
 
 
-def rewind(timeline: Timeline, shell: Any, run_id: str, step: int) -> Rewound:
+def rewind(timeline: Timeline, shell: Any, run_id: str, step: int, files: FilePolicy) -> Rewound:
     """Put the agent's variables back as they were at a checkpoint.
 
     Variables the agent set later (in this run or the agent's latest run) and
     that did not exist yet at that step are removed; values that could not be
     saved are left as they are. So are the files beside the notebook: put back
     as they were, removed if written later, kept if the user changed them since
-    (see :func:`~jupyter_agent.namespace.files.put_back`).
+    (see :func:`~jupyter_agent.namespace.files.put_back`). ``files`` is the
+    user's policy now: with files off none is touched, and an ignored one is kept.
     """
     ensure_idle(timeline)
     run = timeline.run(run_id)
     target = state_at(timeline, run, step)
-    return _rewind_to(timeline.store, shell, run, target, _later(timeline, run))
+    return _rewind_to(timeline.store, shell, run, target, _later(timeline, run), files)
 
 
-def _rewind_to(store: Store, shell: Any, run: RunRow, target: RunState, later: Current) -> Rewound:
+def _rewind_to(
+    store: Store, shell: Any, run: RunRow, target: RunState, later: Current, files: FilePolicy
+) -> Rewound:
     ns = shell.user_ns
     removed = sorted(
         n for n in later.vars - set(target.vars) if n in ns and n not in target.unsaved
@@ -114,12 +117,11 @@ def _rewind_to(store: Store, shell: Any, run: RunRow, target: RunState, later: C
     for name in removed:
         del ns[name]
     restored, failed = restore(ns, target.vars, store.blobs)
-    files = PutBack()
-    if target.files or later.files:
-        # The folder's rules do not matter here: only recorded files are touched.
-        folder = Folder.of(run.notebook, store.location, Settings().files)
-        files = put_back(folder, target.files, later.files, store.blobs)
-    return Rewound(target.step, restored, removed, failed, dict(target.unsaved), files)
+    put = PutBack()
+    if files.enabled and (target.files or later.files):
+        folder = Folder.of(run.notebook, store.location, files)
+        put = put_back(folder, target.files, later.files, store.blobs)
+    return Rewound(target.step, restored, removed, failed, dict(target.unsaved), put)
 
 
 def check_edit(
@@ -191,7 +193,8 @@ def fork(
         execution = make_execution(run, state, run.model, collaborators, settings)
         # An edited output keeps what its call did: the namespace is as after it.
         target = after if edit is not None and edit.kind == "output" else state
-        rewound = _rewind_to(timeline.store, shell, source, target, _later(timeline, source))
+        later = _later(timeline, source)
+        rewound = _rewind_to(timeline.store, shell, source, target, later, settings.files)
         events.info(rewound.message())
         execution.execute(first=True)
         return Outcome(run, execution.state, "fork", rewound.restored, rewound.failed)

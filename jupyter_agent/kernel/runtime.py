@@ -315,11 +315,14 @@ class AgentRuntime:
             **edit,
         )
 
-    def rewind(self, source: Timeline, run_id: str, step: int) -> actions.Rewound:
-        """Put the namespace variables back as they were at a checkpoint."""
+    def rewind(
+        self, source: Timeline, run_id: str, step: int, settings: Settings
+    ) -> actions.Rewound:
+        """Put the namespace variables back as they were at a checkpoint (and, by
+        ``settings.files``, the files)."""
         with self.claimed(source.key):
             source.load()
-            return actions.rewind(source, self._shell(), run_id, step)
+            return actions.rewind(source, self._shell(), run_id, step, settings.files)
 
     # -- background jobs --------------------------------------------------------------
 

@@ -376,7 +376,7 @@ class TimelineWidget(anywidget.AnyWidget):
 
     def rewind(self, run_id: str, step: int) -> Rewound:
         """Put the namespace variables back as they were at a checkpoint."""
-        result = self.runtime.rewind(self.timeline, run_id, int(step))
+        result = self.runtime.rewind(self.timeline, run_id, int(step), self.options())
         self.refresh()
         self.say(result.message())
         return result

@@ -277,14 +277,17 @@ def put_back(
 
     ``last``: the agent's latest record of each file it wrote (in the run or
     the agent's latest run). A file on disk whose content is neither that record
-    nor the target is the user's: kept. Files ``last`` has and ``target`` has not
-    (written after the checkpoint) are removed.
+    nor the target is the user's: kept, as is one the folder's policy ignores now.
+    Files ``last`` has and ``target`` has not (written after the checkpoint) are removed.
     """
     done = PutBack()
     wanted: dict[str, str] = {}
     for rel in sorted(target.keys() | last.keys()):
         path = folder.path(rel)
         if path is None:
+            continue
+        if folder.ignored(rel):  # the user's now, as for a scan
+            done.kept[rel] = "in files_ignore"
             continue
         want = target.get(rel)
         if want is not None and "sha256" not in want:

@@ -7,19 +7,26 @@ given up on with a notice.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from jupyter_agent.config import Settings
 from jupyter_agent.errors import ConfigError
+from jupyter_agent.kernel.identity import AgentIdentity
+from jupyter_agent.kernel.runner import CellRequest
+from jupyter_agent.kernel.runtime import AgentRuntime
 from jupyter_agent.loop.notify import notebook_link, webhook_urls, wire_body
 from jupyter_agent.testing import ScriptedServer
+from jupyter_agent.views.render import TextEvents
 
 from .conftest import API_KEY, eventually
 from .test_cli import SETUP, cli, notebook
@@ -188,3 +195,22 @@ def test_a_headless_resume_tells_before_its_kernel_exits(
     assert cli("approve", str(nb), "gated", env=env).returncode == 0
     assert cli("resume", str(nb), env=env).returncode == 0
     assert [e["event"] for e in hook.events] == ["approval", "done"]
+
+
+def test_a_runtime_keeps_the_events_on_their_way_and_waits_for_them(receivers, tmp_path: Path):
+    """The notifier is the kernel's runtime's, not the module's: two runtimes in one
+    process (tests, embedders) neither share nor wait for each other's events."""
+    hook = Receiver()
+    receivers.append(hook)
+    store = str(tmp_path / "store" / "agents.duckdb")
+    runtime, other = (
+        AgentRuntime(shell=SimpleNamespace(user_ns={}), store_path=store) for _ in range(2)
+    )
+    assert runtime.notifier is not other.notifier
+    identity = AgentIdentity(str(tmp_path / "nb.ipynb"), "quick", None, "test")
+    request = CellRequest(identity, "Say hi.", model="offline")
+    settings = Settings(notify=(hook.url,))
+    outcome = runtime.run(request, settings, TextEvents(io.StringIO()))
+    assert outcome.state.status == "done", outcome
+    runtime.notifier.flush()
+    assert [e["event"] for e in hook.events] == ["done"], hook.events

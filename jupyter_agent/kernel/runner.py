@@ -30,7 +30,7 @@ from ..errors import (
 from ..loop.checkpoints import Collaborators
 from ..loop.execution import SYSTEM_PROMPT, Execution
 from ..loop.fingerprint import restored_change
-from ..loop.notify import Delivery, Notifier, notebook_link
+from ..loop.notify import Delivery, notebook_link
 from ..loop.runs import idle_state, new_run
 from ..model.base import OFFLINE_MODEL, Endpoint, ModelClient, with_api
 from ..model.offline import OfflineClient
@@ -220,13 +220,10 @@ def resume_run(
         )
 
 
-#: One per kernel: an event on its way is not sent again by a re-run meanwhile.
-NOTIFIER = Notifier()
-
-
 def stopped(outcome: Outcome, collaborators: Collaborators, settings: Settings) -> Outcome:
     """``outcome``, once the webhooks are told where it stopped (on threads; see loop.notify)."""
-    if settings.notify:
+    notifier = collaborators.notifier
+    if settings.notify and notifier is not None:
         run = outcome.run
         link = notebook_link(settings.server_url, run.notebook, os.environ.get("JPY_SESSION_NAME"))
         delivery = Delivery(
@@ -237,7 +234,7 @@ def stopped(outcome: Outcome, collaborators: Collaborators, settings: Settings) 
             link=link,
         )
         try:
-            NOTIFIER.stopped(collaborators.store, run, delivery, settings.secrets)
+            notifier.stopped(collaborators.store, run, delivery, settings.secrets)
         except AgentError as exc:  # never fails the agent: at worst it is told again later
             collaborators.events.notice(f"notifications not sent: {exc}")
     return outcome

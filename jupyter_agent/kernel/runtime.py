@@ -35,6 +35,7 @@ from ..config import Settings
 from ..core.state import Delta
 from ..errors import AgentBusy, AgentError
 from ..loop.checkpoints import Collaborators, Events
+from ..loop.notify import Notifier
 from ..namespace.baseline import Baselines
 from ..namespace.lock import NamespaceLock
 from ..store.api import CheckpointRow, RunRow, Store
@@ -104,6 +105,8 @@ class AgentRuntime:
     namespace: NamespaceLock = field(default_factory=NamespaceLock, repr=False)
     #: What each run last saved in this namespace: a restore keeps what the user changed since.
     baselines: Baselines = field(default_factory=Baselines, repr=False)
+    #: The webhook events on their way from this kernel's runs (waited for as it exits).
+    notifier: Notifier = field(default_factory=Notifier, repr=False)
     #: Claims, views and store handles; a leaf lock (see :mod:`jupyter_agent.loop`).
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _claims: dict[Key, Claim] = field(default_factory=dict, repr=False)
@@ -224,6 +227,7 @@ class AgentRuntime:
             namespace=self.namespace,
             baselines=self.baselines,
             warn=self.warn,
+            notifier=self.notifier,
         )
 
     def run(

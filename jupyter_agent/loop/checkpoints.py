@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.redaction import StreamRedactor, redact
 from ..core.state import RUNNING, Delta, RunState, encode_delta
@@ -33,6 +33,9 @@ from ..namespace.lock import NamespaceLock
 from ..store.api import MAX_ROW_TOKENS, CheckpointRow, RunRow, RunWriterLike, Store
 from ..tools.base import ToolResult
 from ..tools.delegate import Children
+
+if TYPE_CHECKING:
+    from .notify import Notifier
 
 SUMMARY_LIMIT = 120
 
@@ -104,6 +107,9 @@ class Collaborators:
     #: happens after its execution ended, e.g. a dropped notification (the runtime's: the
     #: agent's open timelines; None: only the run's output says it).
     warn: Callable[[tuple[str, str], str], None] | None = None
+    #: Tells the webhooks where an execution stopped; one per kernel (the runtime's), so an
+    #: event on its way is not sent again by a re-run meanwhile. None: no webhook is told.
+    notifier: Notifier | None = None
 
 
 class Stop(Exception):

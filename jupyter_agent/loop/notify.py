@@ -128,7 +128,8 @@ class Delivery:
 class Notifier:
     """Sends a run's pause to each webhook once, on threads, and records each delivery.
 
-    One per kernel, so a pause re-run while its event is on its way is not sent twice.
+    One per kernel (:attr:`jupyter_agent.kernel.runtime.AgentRuntime.notifier`), so a pause
+    re-run while its event is on its way is not sent twice.
     A kernel that exits (a headless ``jupyter agent resume`` ends) first gives its
     events on their way a while to arrive (:meth:`flush`).
     """

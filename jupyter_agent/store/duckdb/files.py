@@ -83,7 +83,7 @@ def _is_lock_error(exc: Exception) -> bool:
 
 
 class DuckDBQuery:
-    """A DuckDB connection as the SQL core's :class:`~jupyter_agent.store.sql.Query`."""
+    """A DuckDB connection as the SQL core's :class:`~jupyter_agent.store.dialect.Query`."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con

@@ -2,7 +2,7 @@
 
 Every connection checks the schema once per database and process
 (:func:`ensure_schema`): a newer release's tables are refused untouched
-(:func:`jupyter_agent.store.sql.checked_version`), an older schema is upgraded
+(:func:`jupyter_agent.store.schema.checked_version`), an older schema is upgraded
 in place, and missing tables are created only by a writer (reading never
 creates the store, and a member's role need not be able to create tables).
 :data:`ROW_SECURITY_SQL` and :func:`grants_sql` are for the team's admin (see

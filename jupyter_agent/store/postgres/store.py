@@ -64,7 +64,7 @@ class PostgresDialect(Dialect):
 
 
 class _Query:
-    """A psycopg connection as the SQL core's :class:`~jupyter_agent.store.sql.Query`."""
+    """A psycopg connection as the SQL core's :class:`~jupyter_agent.store.dialect.Query`."""
 
     def __init__(self, con: psycopg.Connection, store: PostgresStore) -> None:
         self.con = con

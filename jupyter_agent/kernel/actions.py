@@ -174,7 +174,7 @@ def fork(
         there = settings_at(timeline.store, source, step)
         policy = settings.policy.continuing(there["approve"])
         state = after = state_at(timeline, source, step)
-        edit = check_edit(timeline, run_id, step, reply=reply, output=output, model=model)
+        edit = plan_edit(after.kind, step, reply=reply, output=output, model=model)
         info = {"approve": policy.recorded_approval(), "instruction": instruction.strip()}
         if edit is not None:
             if edit.parent_step != step:

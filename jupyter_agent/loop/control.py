@@ -91,6 +91,18 @@ class ReadAgentStep:
         )
 
 
+def delegate_started(recorder: Recorder, call_id: str, agent: str, task: str, model: str) -> None:
+    """Checkpoint a ``delegate`` call's start, naming the child: a stop resumes that child,
+    and a replay (:class:`jupyter_agent.loop.replay.ReplayedDelegate`) compares the call by it."""
+    recorder.checkpoint(
+        "tool_call",
+        RUNNING,
+        f"delegate to {agent}: {task}",
+        Delta(tool_call_id=call_id),
+        info={"delegate": {"agent": agent, "task": task, "model": model, "call_id": call_id}},
+    )
+
+
 @dataclass
 class DelegateStep:
     """``delegate``: run a child agent; its final answer is this call's result, once."""
@@ -116,15 +128,7 @@ class DelegateStep:
         if state.started_call == call_id:
             events.notice(f"resuming child agent {agent}, which was working when this stopped")
         else:
-            recorder.checkpoint(
-                "tool_call",
-                RUNNING,
-                f"delegate to {agent}: {task}",
-                Delta(tool_call_id=call_id),
-                info={
-                    "delegate": {"agent": agent, "task": task, "model": model, "call_id": call_id}
-                },
-            )
+            delegate_started(recorder, call_id, agent, task, model)
         child = children.run(self.parent, call_id, agent, task, model)
         info: dict[str, Any] = {
             "child": child.agent,

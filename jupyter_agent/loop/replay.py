@@ -28,7 +28,7 @@ from typing import Any
 from ..config import Settings
 from ..core.context import summary_text
 from ..core.files import describe
-from ..core.state import RUNNING, Delta, RunState, decode_delta
+from ..core.state import Delta, RunState, decode_delta
 from ..errors import DelegateError
 from ..model.replayed import Recorded, ReplayedClient
 from ..store.api import CheckpointRow, RunRow, Store
@@ -36,6 +36,7 @@ from ..store.open import open_store
 from ..tools.base import ToolResult
 from ..tools.delegate import parse_delegate
 from .checkpoints import Collaborators, Events, Recorder, Stop, one_line
+from .control import delegate_started
 from .execution import Execution
 from .runs import chain, load_state
 
@@ -112,7 +113,7 @@ def _called(row: CheckpointRow) -> tuple[str, str]:
 class ReplayedDelegate:
     """``delegate`` in a replay: no child runs; the child's recorded run answers the call.
 
-    Its start is checkpointed as :class:`.control.DelegateStep` does (so the
+    Its start is checkpointed as :class:`.control.DelegateStep` checkpoints it (so the
     call is compared: agent and task), then its result is the recorded child
     run's answer, read from the replayed run's store. A call the run never got
     an answer for stops the replay there, as the recording does.
@@ -131,11 +132,7 @@ class ReplayedDelegate:
                 call_id, ToolResult(f"Error: {exc}", error=True, executed=False)
             )
             return
-        info = {"delegate": {"agent": agent, "task": task, "model": model, "call_id": call_id}}
-        summary = f"delegate to {agent}: {task}"
-        self.recorder.checkpoint(
-            "tool_call", RUNNING, summary, Delta(tool_call_id=call_id), info=info
-        )
+        delegate_started(self.recorder, call_id, agent, task, model)
         recorded = self.recording.calls.get(call_id)
         child = self.store.run(recorded.child_run) if recorded and recorded.child_run else None
         answer = None if child is None else load_state(self.store, child).final_answer()

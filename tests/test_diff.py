@@ -150,9 +150,11 @@ def test_files_that_differ_are_listed(tmp_path):
     done = cli("diff", "r1aaaa@0", "r1aaaa@2", env=env)
     assert done.returncode == 0, done.stderr
     assert "Files:" in done.stdout
-    assert "  ~ out.csv (4 B, " in done.stdout and "-> 8 B, " in done.stdout
-    assert "  - keep.txt (1 B, " in done.stdout
-    assert "  + big.bin (99.0 MiB, not versioned: over the cap)" in done.stdout
+    # A file version reads as the replay and the rewind notice show it.
+    four, eight = record("a,b\n")["sha256"][:12], record("a,b\n1,2\n")["sha256"][:12]
+    assert f"  ~ out.csv (sha256 {four}, 4 B -> sha256 {eight}, 8 B)" in done.stdout, done.stdout
+    assert f"  - keep.txt (sha256 {record('k')['sha256'][:12]}, 1 B)" in done.stdout
+    assert "  + big.bin (not versioned (over the cap), 99.0 MiB)" in done.stdout
     data = json.loads(cli("diff", "r1aaaa@2", "r2bbbb", "--json", env=env).stdout)
     # The fork starts from r1's checkpoint 0: it has keep.txt and the first out.csv.
     assert {f["path"]: f["change"] for f in data["files"]} == {

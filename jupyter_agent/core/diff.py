@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .state import RunState
+from .files import diff_files
+from .state import FileRecord, RunState
 
 LINE_LIMIT = 120  # characters of one message line
 DIFF_LINES = 60  # lines of one value's unified diff
@@ -199,12 +200,12 @@ def value_diff(old: str | None, new: str | None, name: str) -> list[str]:
     return lines
 
 
-def _files(a: dict[str, dict], b: dict[str, dict]) -> list[FileChange]:
-    out = []
-    for path in sorted({*a, *b}):
-        left, right = a.get(path), b.get(path)
-        if left == right:
-            continue
-        change = "added" if left is None else "removed" if right is None else "changed"
-        out.append(FileChange(path, change, left, right))
-    return out
+def _files(a: dict[str, FileRecord], b: dict[str, FileRecord]) -> list[FileChange]:
+    """:func:`~.files.diff_files`, each path with its record on both sides, by path."""
+    d = diff_files(a, b)
+    change = {
+        **dict.fromkeys(d.added, "added"),
+        **dict.fromkeys(d.removed, "removed"),
+        **dict.fromkeys(d.changed, "changed"),
+    }
+    return [FileChange(p, change[p], a.get(p), b.get(p)) for p in sorted(change)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..vocab import size_text
 from .state import FileRecord, RunState
 
 #: Hex digits of a file's hash shown to users (enough to tell versions apart).
@@ -46,7 +47,7 @@ def describe(record: FileRecord | None) -> str:
     """One file version in a few words: its hash and size, why it is not versioned, or removed."""
     if record is None:
         return "removed"
-    size = int(record.get("size") or 0)
+    size = size_text(int(record.get("size") or 0))
     if "sha256" in record:
-        return f"sha256 {str(record['sha256'])[:SHOWN_HASH]}, {size} bytes"
-    return f"not versioned ({record.get('unversioned')}), {size} bytes"
+        return f"sha256 {str(record['sha256'])[:SHOWN_HASH]}, {size}"
+    return f"not versioned ({record.get('unversioned')}), {size}"

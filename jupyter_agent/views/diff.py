@@ -13,6 +13,7 @@ import pprint
 from typing import Any
 
 from ..core.diff import FileChange, StateDiff, Value, ValueText, VarChange, diff_states
+from ..core.files import describe
 from ..errors import StoreError
 from ..namespace.serialize import deserialize
 from ..namespace.tracking import value_of
@@ -150,16 +151,10 @@ def _clip(summary: str) -> str:
     return summary if len(summary) <= SUMMARY_LIMIT else summary[: SUMMARY_LIMIT - 1] + "…"
 
 
-def _record(r: dict) -> str:
-    size = size_text(int(r["size"])) if isinstance(r.get("size"), int) else "?"
-    if "unversioned" in r:
-        return f"{size}, not versioned: {r['unversioned']}"
-    return f"{size}, {str(r.get('sha256', ''))[:12]}"
-
-
 def _file(f: FileChange) -> str:
+    """A file that differs, each version as a replay shows it (:func:`describe`)."""
     if f.a is None and f.b is not None:
-        return f"  + {f.path} ({_record(f.b)})"
+        return f"  + {f.path} ({describe(f.b)})"
     if f.b is None and f.a is not None:
-        return f"  - {f.path} ({_record(f.a)})"
-    return f"  ~ {f.path} ({_record(f.a or {})} -> {_record(f.b or {})})"
+        return f"  - {f.path} ({describe(f.a)})"
+    return f"  ~ {f.path} ({describe(f.a)} -> {describe(f.b)})"

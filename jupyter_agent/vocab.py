@@ -60,6 +60,12 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
+def clipped(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` characters, the last an ellipsis where it was cut:
+    how every bounded line users read (a summary, a listing's prompt, a diff) ends."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 _W = TypeVar("_W", bound="_Word")
 
 

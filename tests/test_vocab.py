@@ -12,7 +12,7 @@ import pytest
 from jupyter_agent import vocab
 from jupyter_agent.core import state
 from jupyter_agent.views import render
-from jupyter_agent.vocab import Kind, Status
+from jupyter_agent.vocab import Kind, Status, clipped
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,3 +188,8 @@ def test_a_child_agents_lines_carry_its_name() -> None:
         "[helper] is 42",
         "[helper] ⚠ slow",
     ]
+
+
+def test_a_clipped_line_keeps_its_limit_and_says_it_was_cut() -> None:
+    assert clipped("abc", 3) == "abc"
+    assert clipped("abcd", 3) == "ab…" and len(clipped("x" * 500, 48)) == 48

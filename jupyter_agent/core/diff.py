@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..vocab import clipped
 from .files import diff_files
 from .state import FileRecord, RunState
 
@@ -146,7 +147,7 @@ def _one_line(text: str) -> str:
     first = " ".join(lines[0].split()) if lines else ""
     if len(lines) > 1:
         first += f" (+{len(lines) - 1} lines)"
-    return first if len(first) <= LINE_LIMIT else first[: LINE_LIMIT - 1] + "…"
+    return clipped(first, LINE_LIMIT)
 
 
 def _value(state: RunState, info: dict[str, dict], name: str) -> Value | None:

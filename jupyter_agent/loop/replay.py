@@ -35,6 +35,7 @@ from ..store.api import CheckpointRow, RunRow, Store
 from ..store.open import open_store
 from ..tools.base import ToolResult
 from ..tools.delegate import parse_delegate
+from ..vocab import clipped
 from .checkpoints import Collaborators, Events, Recorder, Stop, one_line
 from .control import delegate_started
 from .execution import Execution
@@ -159,8 +160,7 @@ class Divergence:
 
 
 def _shown(text: str) -> str:
-    text = text if len(text) <= SHOWN else text[: SHOWN - 1] + "…"
-    return text.replace("\n", "\n            ")
+    return clipped(text, SHOWN).replace("\n", "\n            ")
 
 
 @dataclass

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.redaction import contains_secret
+from ..vocab import clipped
 from .fingerprint import Print, alias_groups, fingerprints, is_user_name
 from .serialize import deserialize, digest, serialize
 
@@ -87,7 +88,7 @@ def short_repr(value: Any) -> str:
     except Exception as exc:  # a broken __repr__ must not break a checkpoint
         text = f"<unrepresentable: {type(exc).__name__}>"
     text = " ".join(text.split())
-    return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 1] + "…"
+    return clipped(text, _REPR_LIMIT)
 
 
 def type_name(value: Any) -> str:

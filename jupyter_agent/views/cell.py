@@ -23,7 +23,7 @@ from typing import Any
 
 from ..core.state import Delta
 from ..store.api import CheckpointRow, RunRow
-from ..vocab import Status, plural, printable, status_text
+from ..vocab import Status, clipped, plural, printable, status_text
 from .render import TextEvents
 
 TAIL = 12  # lines of recent activity shown
@@ -33,7 +33,7 @@ NEWLINE = "\n"
 
 
 def clip_line(line: str, width: int = WIDTH) -> str:
-    return line if len(line) <= width else line[: width - 1] + "…"
+    return clipped(line, width)
 
 
 class CellOutput:

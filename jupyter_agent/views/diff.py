@@ -18,12 +18,12 @@ from ..errors import StoreError
 from ..namespace.serialize import deserialize
 from ..namespace.tracking import value_of
 from ..store.api import Store
-from ..vocab import size_text
+from ..vocab import clipped, size_text
 from .points import Folded, point, state_at
 from .timeline import notebook_name
 
 TEXT_LINES = 200  # lines of a value's text compared
-SUMMARY_LIMIT = 48  # characters of each side's summary on a change line
+SUMMARY_LIMIT = 48  # characters of each side's summary on a change line: both fit beside it
 
 
 def compare(store: Store, a: Folded, b: Folded, *, values: bool = True) -> StateDiff:
@@ -138,17 +138,12 @@ def _variable(v: VarChange) -> list[str]:
     if v.b is None and v.a is not None:
         return [f"  - {v.name}: {_shown(v.a)}"]
     assert v.a is not None and v.b is not None
-    old, new = _clip(v.a.summary), _clip(v.b.summary)
+    old, new = clipped(v.a.summary, SUMMARY_LIMIT), clipped(v.b.summary, SUMMARY_LIMIT)
     if v.a.type == v.b.type:
         line = f"  ~ {v.name}: {v.a.type} {old} -> {new}"
     else:
         line = f"  ~ {v.name}: {v.a.type} {old} -> {v.b.type} {new}"
     return [line, *(f"      {d}" for d in v.diff)]
-
-
-def _clip(summary: str) -> str:
-    """One side of a change line: both must fit beside each other."""
-    return summary if len(summary) <= SUMMARY_LIMIT else summary[: SUMMARY_LIMIT - 1] + "…"
 
 
 def _file(f: FileChange) -> str:

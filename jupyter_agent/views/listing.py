@@ -184,7 +184,7 @@ def tagged(row: dict[str, Any]) -> str:
 
 def _first_line(text: str) -> str:
     line = next((ln.strip() for ln in (text or "").splitlines() if ln.strip()), "")
-    return line if len(line) <= PROMPT_LIMIT else line[: PROMPT_LIMIT - 1] + "…"
+    return vocab.clipped(line, PROMPT_LIMIT)
 
 
 def _is_derived(agent: str, cell_id: str | None) -> bool:

@@ -96,10 +96,16 @@ def read_recording(store: Store, run: RunRow) -> Recording:
             if row.kind == "tool_call":
                 call.call, call.step = _called(row), row.step
             elif delta.messages:
-                call.output = str(delta.messages[0].get("content") or "")
-                call.files = delta.files if "files" in row.info else None
+                call.output, call.files = result_of(row, delta)
                 call.child_run = row.info.get("child_run")
     return recording
+
+
+def result_of(row: CheckpointRow, delta: Delta) -> tuple[str, dict[str, dict | None] | None]:
+    """What a ``tool_result`` checkpoint gave back: its output, and the files its call wrote
+    (None: the run did not watch files), as the recording and the replay both compare them."""
+    output = str(delta.messages[0].get("content") or "") if delta.messages else ""
+    return output, delta.files if "files" in row.info else None
 
 
 def _called(row: CheckpointRow) -> tuple[str, str]:
@@ -222,9 +228,7 @@ class Comparer:
         if row.kind == "tool_call":
             self.calls[delta.tool_call_id] = _called(row)
         elif row.kind == "tool_result":
-            output = str(delta.messages[0].get("content") or "") if delta.messages else ""
-            files = delta.files if "files" in row.info else None
-            self._compare(delta.tool_call_id, output, files)
+            self._compare(delta.tool_call_id, *result_of(row, delta))
 
     def _compare(self, call_id: str, output: str, files: dict | None = None) -> None:
         recorded = self.recording.calls.get(call_id)

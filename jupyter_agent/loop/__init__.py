@@ -48,9 +48,14 @@ Threads
 11. **A timeline's flusher** (``timeline-flusher``, one per widget followed live,
     :meth:`jupyter_agent.kernel.widget.TimelineWidget.flush`): sends the checkpoints
     that reporting threads queued, under the widget's lock (5); a step only queues.
+12. **Webhook deliveries** (:class:`jupyter_agent.loop.notify.Notifier`,
+    ``jupyter-agent-notify``): one per URL of an execution that stopped, posting
+    its event and retrying; they touch only a marker file, and on giving up say
+    so in the run's output and its open timelines (:meth:`AgentRuntime.warn`).
 
-Widgets' traits are set from whichever thread reports progress (2 or 1), or by
-their flusher (11); the kernel sends them to the browser from there.
+Widgets' traits are set from whichever thread reports progress (2 or 1), by
+their flusher (11), or by a delivery giving up (12, a notice); the kernel sends
+them to the browser from there.
 
 Locks
 -----
@@ -109,7 +114,8 @@ it in this list, so no two threads ever wait for each other:
 7. **Leaf locks**, held for a few statements, waiting for nothing of ours:
    :attr:`AgentRuntime._lock` (claims, views, store handles; views are called
    after it is released), the runtime singleton's ``_current_lock``, the
-   widgets' ``_cell_lock`` (each cell's widget), a cell output's ``_lock``
+   widgets' ``_cell_lock`` (each cell's widget), the runtime's notifier's ``_lock``
+   (the events on their way), a cell output's ``_lock``
    (:class:`~jupyter_agent.kernel.cell_output.LiveCell`), the stale reader's ``_lock``
    (never held during a read), the model client's ``_quirks_lock`` and
    ``_http_lock``, the PostgreSQL ``_ready_lock`` (and ``pg_advisory_xact_lock``

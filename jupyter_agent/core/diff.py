@@ -65,8 +65,8 @@ class VarChange:
 class FileChange:
     path: str
     change: str  # added, removed, changed
-    a: dict | None  # the file's record (core.state.FileRecord) on each side
-    b: dict | None
+    a: FileRecord | None  # the file's record on each side
+    b: FileRecord | None
 
 
 @dataclass

@@ -23,7 +23,7 @@ import json
 import re
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 import orjson
 
@@ -73,14 +73,20 @@ class Delta:
     #: Files under the notebook's folder that this step's code created, changed or
     #: deleted: relative path -> :data:`FileRecord` (None: deleted). Their content is
     #: in the store's blobs, by hash, as large values are.
-    files: dict[str, dict | None] = field(default_factory=dict)
+    files: dict[str, FileRecord | None] = field(default_factory=dict)
 
 
-#: What a file's entry in :attr:`Delta.files` and :attr:`RunState.files` holds:
-#: ``{"sha256": hex, "size": bytes}`` for a versioned file, or
-#: ``{"unversioned": why, "size": bytes}`` for one the run could not keep (over the
-#: run's cap, unreadable): listed, never silently skipped.
-FileRecord = dict
+class FileRecord(TypedDict, total=False):
+    """A file's entry in :attr:`Delta.files` and :attr:`RunState.files`: ``sha256`` and
+    ``size`` for a versioned file, or ``unversioned`` and ``size`` for one the run could not
+    keep (over the run's cap, unreadable), so it is listed, never silently skipped."""
+
+    #: The content's hash, the key of its bytes in the store's blobs.
+    sha256: str
+    #: Bytes on disk when it was recorded.
+    size: int
+    #: Why the content is not kept.
+    unversioned: str
 
 
 #: What stands for a message a partial fold did not read: one the view no longer shows.

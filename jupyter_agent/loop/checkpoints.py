@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.redaction import StreamRedactor, redact
-from ..core.state import RUNNING, Delta, RunState, encode_delta
+from ..core.state import RUNNING, Delta, FileRecord, RunState, encode_delta
 from ..namespace import tracking as namespace
 from ..namespace.baseline import Baselines
 from ..namespace.files import Hashing, Saved, Watch
@@ -391,7 +391,7 @@ class Recorder:
             self.events.notice(f"not saved: {mime} of this call's output: {why}")
 
 
-def _versions(files: dict[str, dict | None]) -> list[str]:
+def _versions(files: dict[str, FileRecord | None]) -> list[str]:
     """The blobs a call's files refer to, so that pruning keeps them."""
     return [str(r["sha256"]) for r in files.values() if r and "sha256" in r]
 

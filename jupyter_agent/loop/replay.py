@@ -28,7 +28,7 @@ from typing import Any
 from ..config import Settings
 from ..core.context import summary_text
 from ..core.files import describe
-from ..core.state import Delta, RunState, decode_delta
+from ..core.state import Delta, FileRecord, RunState, decode_delta
 from ..errors import DelegateError
 from ..model.replayed import Recorded, ReplayedClient
 from ..store.api import CheckpointRow, RunRow, Store
@@ -54,7 +54,7 @@ class Call:
     call: tuple[str, str] | None = None
     output: str | None = None
     #: The files it wrote (None: the run did not watch them), as :attr:`Delta.files`.
-    files: dict[str, dict | None] | None = None
+    files: dict[str, FileRecord | None] | None = None
     #: A ``delegate`` call's child run: its recorded answer is the call's result in a replay.
     child_run: str | None = None
 
@@ -101,7 +101,7 @@ def read_recording(store: Store, run: RunRow) -> Recording:
     return recording
 
 
-def result_of(row: CheckpointRow, delta: Delta) -> tuple[str, dict[str, dict | None] | None]:
+def result_of(row: CheckpointRow, delta: Delta) -> tuple[str, dict[str, FileRecord | None] | None]:
     """What a ``tool_result`` checkpoint gave back: its output, and the files its call wrote
     (None: the run did not watch files), as the recording and the replay both compare them."""
     output = str(delta.messages[0].get("content") or "") if delta.messages else ""
@@ -230,7 +230,9 @@ class Comparer:
         elif row.kind == "tool_result":
             self._compare(delta.tool_call_id, *result_of(row, delta))
 
-    def _compare(self, call_id: str, output: str, files: dict | None = None) -> None:
+    def _compare(
+        self, call_id: str, output: str, files: dict[str, FileRecord | None] | None = None
+    ) -> None:
         recorded = self.recording.calls.get(call_id)
         if recorded is None or recorded.output is None:
             return  # in flight when the run stopped: nothing to compare with
@@ -272,7 +274,7 @@ class Comparer:
         return self.divergence
 
 
-def _files_text(files: dict[str, dict | None], paths: list[str]) -> str:
+def _files_text(files: dict[str, FileRecord | None], paths: list[str]) -> str:
     """What a call did to each of ``paths``, a path and its content on each line."""
     return "\n".join(f"{p}: {describe(files[p]) if p in files else 'not written'}" for p in paths)
 

@@ -245,7 +245,9 @@ class AgentTraits(HasTraits):
             rich_output_bytes=self.rich_output_bytes,
             notify=webhook_urls(self.notify or os.environ.get(ENV_NOTIFY, "")),
             server_url=self.server_url or os.environ.get(ENV_SERVER_URL, ""),
-            files=FilePolicy(self.files, self.files_cap, tuple(self.files_ignore)),
+            files=FilePolicy(
+                enabled=self.files, cap=self.files_cap, ignore=tuple(self.files_ignore)
+            ),
         )
 
     def _budget(self) -> Budget | None:

@@ -9,7 +9,7 @@ from IPython import get_ipython
 from IPython.testing.globalipapp import start_ipython
 
 from jupyter_agent.core.redaction import REDACTED, redact, secrets_in_environment
-from jupyter_agent.core.state import Delta, RunState, decode_delta, encode_delta
+from jupyter_agent.core.state import Delta, RunState, call_code, decode_delta, encode_delta
 from jupyter_agent.errors import MalformedCall
 from jupyter_agent.namespace import tracking as namespace
 from jupyter_agent.tools.python import parse_call, run_python
@@ -156,3 +156,13 @@ def test_a_stored_usage_that_is_not_a_number_counts_nothing_and_the_fold_goes_on
                     info={"usage": usage})  # fmt: skip
     assert (state.prompt_tokens, state.completion_tokens) == (7, 12)
     assert (state.cached_tokens, state.cache_write_tokens, state.model_calls) == (0, 0, 3)
+
+
+def test_the_code_of_a_call_is_read_one_way_whatever_its_arguments() -> None:
+    def call(arguments: str) -> dict:
+        return {"id": "c", "function": {"name": "python", "arguments": arguments}}
+
+    assert call_code(call('{"code": "x = 1"}')) == "x = 1"
+    for odd in ('{"code": 3}', "[1, 2]", "not json", ""):
+        assert call_code(call(odd)) is None, odd
+    assert call_code({"id": "c"}) is None

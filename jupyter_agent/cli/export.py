@@ -19,7 +19,7 @@ from typing import Any
 
 from ..core import history
 from ..core.redaction import redact, secrets_in_environment
-from ..core.state import fold
+from ..core.state import call_code, fold
 from ..store.api import Store
 from ..views import cells as cell_views
 from ..vocab import plural, printable, tokens
@@ -133,12 +133,9 @@ def _markdown(data: dict[str, Any], label: str) -> str:
             lines.append(str(content))
         for call in msg.get("tool_calls") or []:
             fn = call.get("function") or {}
-            try:
-                code = json.loads(fn.get("arguments") or "{}").get("code")
-            except (ValueError, AttributeError):
-                code = None
-            body = code if isinstance(code, str) else fn.get("arguments", "")
-            lang = "python" if isinstance(code, str) else ""
+            code = call_code(call)
+            body = code if code is not None else fn.get("arguments", "")
+            lang = "python" if code is not None else ""
             name = printable(str(fn.get("name", "?")))
             lines += [f"→ `{name}`", "", f"```{lang}", body.rstrip(), "```"]
     lines += [

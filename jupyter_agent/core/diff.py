@@ -25,7 +25,7 @@ from typing import Any
 
 from ..vocab import clipped
 from .files import diff_files
-from .state import FileRecord, RunState
+from .state import FileRecord, RunState, call_code
 
 LINE_LIMIT = 120  # characters of one message line
 DIFF_LINES = 60  # lines of one value's unified diff
@@ -134,12 +134,8 @@ def _lines(side: str, messages: list[dict], steps: list[int], start: int) -> lis
 def call_text(call: dict) -> str:
     """A tool call in one line's worth: ``python: x = 2`` or ``name {json args}``."""
     fn = call.get("function") or {}
-    name, args = fn.get("name") or "?", fn.get("arguments") or ""
-    try:
-        code = json.loads(args).get("code")
-    except (ValueError, AttributeError):
-        code = None
-    return f"{name}: {code}" if isinstance(code, str) else f"{name} {args}"
+    name, code = fn.get("name") or "?", call_code(call)
+    return f"{name}: {code}" if code is not None else f"{name} {fn.get('arguments') or ''}"
 
 
 def _one_line(text: str) -> str:

@@ -256,6 +256,20 @@ class RunState:
         return None
 
 
+def call_code(call: dict) -> str | None:
+    """The code a tool call carries: its arguments' ``code`` when they are a JSON object
+    holding a string there (the ``python`` tool's, an approval's); None for any other call.
+
+    Models write arguments as they like, so a call whose arguments do not parse reads as
+    one without code, never as an error.
+    """
+    try:
+        code = json.loads((call.get("function") or {}).get("arguments") or "{}").get("code")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, str) else None
+
+
 def placeholders(length: int, kept: list) -> list[dict]:
     """``length`` messages a fold skipped: :data:`COMPACTED`, but ``kept``'s ``[index, message]``."""
     messages = [COMPACTED] * length

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..core import history
 from ..core.redaction import redact
-from ..core.state import decode_delta, fold
+from ..core.state import call_code, decode_delta, fold
 from ..errors import NotFound
 from ..store.api import RunRow, Store
 
@@ -104,11 +104,7 @@ def _code(call: dict, decision: dict | None) -> str | None:
         return None
     if decision is not None and isinstance(decision.get("code"), str):
         return str(decision["code"])
-    try:
-        code = json.loads(fn.get("arguments") or "{}").get("code")
-    except (ValueError, AttributeError):
-        return None
-    return code if isinstance(code, str) else None
+    return call_code(call)
 
 
 def _printed(text: Any, outputs: list[dict]) -> str:

@@ -224,3 +224,25 @@ def test_the_comparison_core_on_states_folded_by_hand():
         "not saved: a generator cannot be saved",
     )
     assert diff_states(a, a).same
+
+
+def test_a_name_is_found_by_one_rule_in_every_command(tmp_path):
+    """``diff`` and the agent commands find an agent by the same rule, in the same words:
+    the exact name, else a unique prefix; an ambiguous one lists the candidates."""
+    path = tmp_path / "names.duckdb"
+    store = DuckDBStore(str(path))
+    nb = str(tmp_path / "n.ipynb")
+    for i, agent in enumerate(["sales", "salt"]):
+        run = RunRow(f"r{i}cccccccccccccc", nb, agent, None, "task", "h", "m", None, None, 1.0, {})
+        write_run(store, run, [Delta()])
+    env = {"JUPYTER_AGENT_STORE": str(path)}
+    said = {}
+    for args in (("show", "sal"), ("diff", "sal", "sales")):
+        done = cli(*args, env=env)
+        assert done.returncode == 1, done.stderr
+        said[args[0]] = done.stderr
+    assert said["show"] == said["diff"], said
+    assert "'sal' is ambiguous in the store: sales (" in said["show"], said
+    assert "Give --notebook or a full name." in said["show"], said
+    shown = cli("diff", "sale", "salt", env=env)
+    assert shown.returncode == 0 and "a: sales@0" in shown.stdout, shown.stderr

@@ -17,6 +17,7 @@ from ..loop.decisions import decide, decision_of
 from ..store import queue
 from ..store.api import CHECKPOINT_COLUMNS, CheckpointRow, RunRow, RunSummary, Store
 from ..views import listing
+from ..views.points import agent_runs
 from ..vocab import DECIDED, printable, size_text
 
 
@@ -49,18 +50,10 @@ def agents_of(store: Store, notebook: str | None) -> dict[tuple[str, str], list[
 
 
 def find(store: Store, name: str, notebook: str | None) -> tuple[str, str, list[RunRow]]:
-    """The agent called ``name`` (or a unique prefix), in ``notebook`` or in any."""
-    agents = agents_of(store, notebook)
-    exact = [k for k in agents if k[1] == name]
-    matches = exact or [k for k in agents if k[1].startswith(name)]
-    where = f"in {notebook}" if notebook else "in the store"
-    if not matches:
-        raise Refused(f"No agent {name!r} {where}. `jupyter agent list` shows the agents.")
-    if len(matches) > 1:
-        listed = ", ".join(f"{a} ({nb})" for nb, a in matches[:5])
-        raise Refused(f"{name!r} is ambiguous {where}: {listed}. Give --notebook or a full name.")
-    key = matches[0]
-    return key[0], key[1], agents[key]
+    """The agent called ``name`` (or a unique prefix), in ``notebook`` or in any
+    (:func:`~jupyter_agent.views.points.agent_runs`): its notebook, name and runs."""
+    runs = agent_runs(store.runs(notebook=notebook) if store.exists() else [], name, notebook)
+    return runs[-1].notebook, runs[-1].agent, runs
 
 
 def latest_row(store: Store, run: RunRow) -> dict[str, Any]:

@@ -84,22 +84,32 @@ def find_run(store: Store, name: str, notebook: str | None = None) -> RunRow:
     if exact is not None:
         return exact
     runs = store.runs(notebook=notebook)
-    agents = by_agent(runs)
-    keys = [k for k in agents if k[1] == name]
-    if not keys:
-        hits = [r for r in runs if r.run_id.startswith(name)] if len(name) >= 4 else []
+    if len(name) >= 4 and not any(r.agent == name for r in runs):
+        hits = [r for r in runs if r.run_id.startswith(name)]
         if len(hits) == 1:
             return hits[0]
-        keys = [k for k in agents if k[1].startswith(name)]
+    return agent_runs(runs, name, notebook, what="run or agent")[-1]
+
+
+def agent_runs(
+    runs: list[RunRow], name: str, notebook: str | None, *, what: str = "agent"
+) -> list[RunRow]:
+    """The runs, oldest first, of the agent called ``name`` among ``runs``, else of the one
+    whose name ``name`` uniquely begins: the one rule every command finds an agent by.
+
+    :class:`NotFound` in one line when none is, or when several are (naming them);
+    ``notebook``: the one ``runs`` are of (None: every notebook).
+    """
+    agents = by_agent(runs)
+    keys = [k for k in agents if k[1] == name] or [k for k in agents if k[1].startswith(name)]
     where = f"in {notebook}" if notebook else "in the store"
     if not keys:
-        raise NotFound(f"No run or agent {name!r} {where}. `jupyter agent list` shows the agents.")
+        raise NotFound(f"No {what} {name!r} {where}. `jupyter agent list` shows the agents.")
     if len(keys) > 1:
         listed = ", ".join(f"{a} ({nb})" for nb, a in keys[:5])
-        raise NotFound(
-            f"{name!r} is ambiguous {where}: {listed}. Give the notebook or a full name."
-        )
-    return agents[keys[0]][-1]
+        hint = "Give a full name." if notebook else "Give --notebook or a full name."
+        raise NotFound(f"{name!r} is ambiguous {where}: {listed}. {hint}")
+    return agents[keys[0]]
 
 
 def point(store: Store, text: str, notebook: str | None = None) -> Folded:

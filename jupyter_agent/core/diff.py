@@ -54,6 +54,9 @@ class Value:
 
 @dataclass(frozen=True)
 class VarChange:
+    """A variable added, removed or changed from ``a`` to ``b``, with both sides as recorded
+    (the hashes tell a change; the summaries and the diff let a reader see it)."""
+
     name: str
     change: str  # added, removed, changed
     a: Value | None
@@ -63,6 +66,8 @@ class VarChange:
 
 @dataclass(frozen=True)
 class FileChange:
+    """A file of the run's state added, removed or changed from ``a`` to ``b``."""
+
     path: str
     change: str  # added, removed, changed
     a: FileRecord | None  # the file's record on each side
@@ -71,6 +76,8 @@ class FileChange:
 
 @dataclass
 class StateDiff:
+    """Everything that differs between two states; empty lists where nothing does."""
+
     common: int  # messages both sides share from the start
     messages: list[Line]
     variables: list[VarChange]
@@ -78,9 +85,11 @@ class StateDiff:
 
     @property
     def same(self) -> bool:
+        """Nothing differs: a diff of a point with itself, or of two that agree."""
         return not (self.messages or self.variables or self.files)
 
     def as_dict(self) -> dict[str, Any]:
+        """The lists as JSON gives them (``--json``, the timeline's comparison)."""
         return {
             "messages": [asdict(m) for m in self.messages],
             "variables": [asdict(v) for v in self.variables],

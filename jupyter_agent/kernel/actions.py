@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..config import FilePolicy, Settings
-from ..core.state import RunState
+from ..core.state import FileRecord, RunState
 from ..errors import AgentBusy
 from ..loop.checkpoints import Collaborators
 from ..loop.edits import Edit, edited_output, plan_edit
@@ -77,10 +77,12 @@ class Current:
 
     vars: set[str]
     #: The agent's latest record of each file it wrote (the latest run's first).
-    files: dict
+    files: dict[str, FileRecord]
 
 
 def _later(timeline: Timeline, run: RunRow) -> Current:
+    """What ``run`` and the agent's latest run hold now: a rewind of ``run`` removes what they
+    added since its checkpoint, even when a later run (a fork, a re-run) added it."""
     now = load_state(timeline.store, run)
     later = Current(set(now.vars), dict(now.files))
     latest = timeline.latest

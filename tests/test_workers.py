@@ -134,6 +134,11 @@ def test_submit_and_a_worker_on_duckdb(
     rows = [line.split() for line in listed.splitlines()[1:3]]
     assert sorted(r[1] for r in rows) == sorted(map(str, paths)), listed
     assert all(r[2:] == ["all", "queued"] for r in rows), listed
+    listed = json.loads(cli("list", "--json", env=agent_env).stdout)  # the same jobs as JSON
+    assert sorted((j["notebook"], j["agent"], j["status"]) for j in listed["jobs"]) == sorted(
+        (str(p), None, "queued") for p in paths
+    )
+    assert listed["agents"] == []
     workers.start("--concurrency", "2")
     wait_for(all_done(agent_env, 2), 60, "both jobs done")
     assert sorted(log.read_text().splitlines()) == sorted(
@@ -143,6 +148,8 @@ def test_submit_and_a_worker_on_duckdb(
     table = cli("jobs", env=agent_env).stdout.splitlines()
     assert table[0].split() == ["job", "notebook", "agent", "submitted", "status"]
     assert len(table) == 3 and all(line.split()[-1] == "done" for line in table[1:]), table
+    listed = json.loads(cli("list", "--json", env=agent_env).stdout)
+    assert listed["jobs"] == [] and len(listed["agents"]) == 2  # done jobs are in `jobs` only
 
 
 def test_bad_input_is_one_line_and_queues_nothing(agent_env, tmp_path):
@@ -212,8 +219,8 @@ def test_cancelling_a_running_job_interrupts_its_agent(
     cancelled = time.monotonic()
 
     def status() -> list[tuple[str, str]]:
-        listed = json.loads(cli("list", "--json", env=agent_env).stdout)
-        return [(a["notebook"], a["status"]) for a in listed if a.get("agent")]
+        listed = json.loads(cli("list", "--json", env=agent_env).stdout)["agents"]
+        return [(a["notebook"], a["status"]) for a in listed]
 
     wait_for(lambda: status() == [(str(path), "interrupted")], 10, "the agent was interrupted")
     assert time.monotonic() - cancelled < 10

@@ -136,7 +136,7 @@ def cmd_jobs(store: Store, args: argparse.Namespace) -> Any:
         return None
     table = [("job", "notebook", "agent", "submitted", "status")]
     for r in rows:
-        status = r["status"] + (f": {r['error']}" if r["error"] else "")
+        status = listing.job_status(r)
         table.append(
             (r["job"], r["notebook"] or "-", r["agent"] or "all", r["submitted"] or "-", status)
         )

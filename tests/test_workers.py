@@ -233,3 +233,72 @@ def test_cancelling_a_running_job_interrupts_its_agent(
     assert done.returncode == 0, done.stderr
     assert log.read_text().splitlines() == [f"{path} step0", f"{path} step1"]
     assert scripted.turns_requested() == [0, 1, 1, 2]
+
+
+def test_recovering_a_dead_workers_jobs(tmp_path):
+    """The one private DBOS call the workers make does what recovery relies on.
+
+    ``recover_executors`` puts back a job still running under a dead worker, and only
+    that: not a live worker's, not one another worker already took after the death
+    (two live workers may both see it), so no job runs twice.
+    """
+    import sqlite3
+
+    from dbos import DBOS
+
+    from jupyter_agent.cli.worker import recover_executors
+
+    path = tmp_path / "agents.jobs.sqlite"
+    target = queue.QueueTarget(f"sqlite:///{path}", "dbos", "", str(path))
+    client = queue.client(target)
+    ids = ["job-dead", "job-live", "job-queued"]
+    try:
+        for job_id in ids:
+            options = {
+                "queue_name": "nobody-dequeues-this",
+                "workflow_name": queue.JOB_WORKFLOW,
+                "workflow_id": job_id,
+                "app_version": queue.APP_VERSION,
+            }
+            client.enqueue(options, {"notebook": job_id})
+    finally:
+        client.destroy()
+
+    def set_running(job_id: str, executor: str) -> None:
+        with sqlite3.connect(path) as con:
+            con.execute(
+                "UPDATE workflow_status SET status = 'PENDING', executor_id = ? "
+                "WHERE workflow_uuid = ?",
+                (executor, job_id),
+            )
+
+    def statuses() -> dict[str, str]:
+        with sqlite3.connect(path) as con:
+            rows = con.execute("SELECT workflow_uuid, status FROM workflow_status").fetchall()
+        return dict(rows)
+
+    set_running("job-dead", "gone")
+    set_running("job-live", "alive")
+    DBOS(
+        config={
+            "name": queue.APP,
+            "system_database_url": target.url,
+            "application_version": queue.APP_VERSION,
+            "executor_id": "recovering",
+            "log_level": "WARNING",
+            "run_migrations": False,
+        }
+    )
+    try:
+        DBOS.launch()
+        assert recover_executors(DBOS, ["gone"]) == ["job-dead"]
+        assert statuses() == {
+            "job-dead": "ENQUEUED",
+            "job-live": "PENDING",
+            "job-queued": "ENQUEUED",
+        }
+        set_running("job-dead", "alive")  # another live worker took it meanwhile
+        assert recover_executors(DBOS, ["gone"]) == []  # the same death, seen again
+        assert statuses()["job-dead"] == "PENDING"
+    finally:
+        DBOS.destroy(destroy_registry=True)

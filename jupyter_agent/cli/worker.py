@@ -276,5 +276,22 @@ def recover_dead(dbos: Any, alive: queue.Liveness, suspects: set[str]) -> list[s
     suspects.clear()
     suspects.update(dead - set(gone))
     if gone:
-        dbos._recover_pending_workflows(gone)
+        recover_executors(dbos, gone)
     return gone
+
+
+def recover_executors(dbos: Any, executors: list[str]) -> list[str]:
+    """Put the jobs still running under ``executors`` (workers that are gone) back in the queue.
+
+    Returns the jobs' ids. DBOS's Python API has no public call for this: it recovers
+    another executor's workflows through its Conductor service (or an admin HTTP
+    endpoint this worker does not run). ``DBOS.resume_workflow`` is public but not the
+    same: it re-enqueues any unfinished workflow whoever holds it, so two live workers
+    that both saw a death could each put back a job the other already took, and the
+    job would run twice. DBOS's own recovery, called here, re-enqueues a workflow
+    only while it is PENDING under a dead executor, so a second recovery of the same
+    death matches nothing. It is private, so this is its only caller, and
+    ``tests/test_workers.py::test_recovering_a_dead_workers_jobs`` fails if DBOS changes it.
+    """
+    handles = dbos._recover_pending_workflows(executors)
+    return [h.get_workflow_id() for h in handles]

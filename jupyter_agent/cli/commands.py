@@ -91,11 +91,11 @@ def cmd_list(store: Store, args: argparse.Namespace) -> Any:
     if args.json:
         return {"jobs": jobs, "agents": [_listed(nb, row) for nb, row in agents]}
     if jobs:
-        rows = [("job", "notebook", "agent", "status")]
+        queued = [("job", "notebook", "agent", "status")]
         for j in jobs:
             status = listing.job_status(j)
-            rows.append((j["job"], j["notebook"] or "-", j["agent"] or "all", status))
-        print(listing.table(rows) + "\n")
+            queued.append((j["job"], j["notebook"] or "-", j["agent"] or "all", status))
+        print(listing.table(queued) + "\n")
     if not agents:
         print("No agents" + (f" in {args.notebook}." if args.notebook else " in the store."))
         return None

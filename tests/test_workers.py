@@ -235,6 +235,41 @@ def test_cancelling_a_running_job_interrupts_its_agent(
     assert scripted.turns_requested() == [0, 1, 1, 2]
 
 
+def ended(pid: int) -> bool:
+    """Whether process ``pid`` is gone or a zombie (it exited; its parent has not reaped it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_cancelling_a_running_job_stops_what_its_tool_started(
+    scripted: ScriptedServer, agent_env, tmp_path, workers
+):
+    """The interrupt reaches the kernel's process group, as JupyterLab's stop button does.
+
+    The agent's code runs a command through ``os.system``, which ignores SIGINT in the
+    kernel while the command runs: a SIGINT to the kernel alone changes nothing, the
+    command must be told too.
+    """
+    pidfile = tmp_path / "child.pid"
+    code = f"import os\nos.system('echo $$ > {pidfile}; exec sleep 120')"
+    scripted.set_script([tool(code), {"content": "Done."}])
+    path = notebook(tmp_path / "nb.ipynb", [SETUP, agent_cell(1)])
+    job = json.loads(cli("submit", str(path), "--json", env=agent_env).stdout)["job"]
+    workers.start()
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), 60, "started")
+    pid = int(pidfile.read_text())
+    try:
+        assert cli("cancel", job, env=agent_env).returncode == 0
+        wait_for(lambda: ended(pid), 15, "the command the agent's code ran ended")
+    finally:
+        if not ended(pid):
+            os.kill(pid, signal.SIGKILL)  # not left behind by a failing run
+    wait_for(lambda: [j["status"] for j in jobs(agent_env)] == ["cancelled"], 15, "cancelled")
+
+
 def test_recovering_a_dead_workers_jobs(tmp_path):
     """The one private DBOS call the workers make does what recovery relies on.
 

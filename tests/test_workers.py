@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -150,6 +151,33 @@ def test_submit_and_a_worker_on_duckdb(
     assert len(table) == 3 and all(line.split()[-1] == "done" for line in table[1:]), table
     listed = json.loads(cli("list", "--json", env=agent_env).stdout)
     assert listed["jobs"] == [] and len(listed["agents"]) == 2  # done jobs are in `jobs` only
+
+
+def test_each_worker_keeps_its_own_concurrency(
+    scripted: ScriptedServer, agent_env, tmp_path, workers
+):
+    """Two workers, of 1 and of 3: neither's number is the other's (DBOS keeps one per queue)."""
+    log = tmp_path / "effects.log"
+    scripted.set_script(script(log, sleep=4))
+    paths = [notebook(tmp_path / f"nb{n}.ipynb", [SETUP, agent_cell(n)]) for n in range(4)]
+    for path in paths:
+        assert cli("submit", str(path), env=agent_env).returncode == 0
+    workers.start("--concurrency", "1")
+    workers.start("--concurrency", "3")  # registered last: its number must not become the other's
+    one, three = workers.ids
+    most: Counter[str] = Counter()
+
+    def count() -> bool:
+        listed = [j for j in jobs(agent_env) if j["status"] != "scheduled"]
+        running = Counter(j["worker"] for j in listed if j["status"] == "running")
+        for worker, n in running.items():
+            most[worker] = max(most[worker], n)
+        assert set(running) <= {one, three}, running
+        return all(j["status"] == "done" for j in listed)
+
+    wait_for(count, 120, "all four jobs done")
+    assert most[one] == 1, most
+    assert most[three] == 3, most
 
 
 def test_bad_input_is_one_line_and_queues_nothing(agent_env, tmp_path):

@@ -8,7 +8,8 @@ cells at submission: a job whose notebook's cells changed since refuses to run
 
 ``worker`` processes, on any number of machines, take jobs from the queue and
 run each notebook as ``jupyter agent resume`` does (:func:`resume_notebook`), N
-at a time. Each job is one DBOS workflow whose one step is that run, so a worker
+at a time: N DBOS executors of one job each, so that each worker's N holds
+(:func:`cmd_worker`). Each job is one DBOS workflow whose one step is that run, so a worker
 that dies mid-run leaves its job pending; a live worker sees it is gone
 (:class:`~jupyter_agent.store.queue.Liveness`) and has DBOS recover the job, and
 the run continues from the store's last checkpoint: no completed model or tool
@@ -23,6 +24,7 @@ import argparse
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import threading
 import uuid
@@ -195,13 +197,79 @@ def run_job(
 
 
 def cmd_worker(store: Store, args: argparse.Namespace) -> Any:
+    """Take jobs, ``--concurrency`` at a time: one DBOS executor, or a process per run.
+
+    DBOS keeps a queue's concurrency per executor but in the queue's one row, so the
+    last worker to register it would set every worker's. Every executor here
+    registers the queue to run one job at a time, and a worker of N runs N of them,
+    each a process of its own (:func:`_supervise`): each worker's own number holds.
+    """
     target = queue.queue_target(store)
-    module = queue.dbos()
+    queue.dbos()
     queue.prepare(target)
+    if args.concurrency > 1 and args.executor is None:
+        return _supervise(store, target, args)
+    executor = args.executor or uuid.uuid4().hex[:12]
+    _serve(store, target, executor, args.timeout, announce=args.executor is None)
+    return None
+
+
+def _supervise(store: Store, target: queue.QueueTarget, args: argparse.Namespace) -> None:
+    """Run ``args.concurrency`` executor processes until stopped, restarting one that ends.
+
+    Each dies with this process (a parent-death signal on Linux), so a worker that is
+    killed leaves its jobs to be recovered, as a worker of one would.
+    """
+    from .resume import store_target
+
+    worker = uuid.uuid4().hex[:12]
+    command = [sys.executable, "-m", "jupyter_agent", "--store", store_target(store), "worker"]
+    if args.timeout is not None:
+        command += ["--timeout", str(args.timeout)]
+
+    def spawn(i: int) -> subprocess.Popen:
+        executor = queue.executor_id(worker, i)
+        return subprocess.Popen([*command, "--executor", executor], preexec_fn=_die_with_parent)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    procs = [spawn(i) for i in range(args.concurrency)]
+    print(
+        f"Worker {worker} takes jobs from {target.where}, {args.concurrency} at a time.",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        while not stop.wait(RECOVERY_INTERVAL):
+            for i, proc in enumerate(procs):
+                if proc.poll() is not None:
+                    procs[i] = spawn(i)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait()
+    print(f"Worker {worker} stopped.", file=sys.stderr)
+
+
+def _die_with_parent() -> None:
+    """In a worker's executor process, before it runs: be killed when the worker dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _serve(
+    store: Store, target: queue.QueueTarget, executor: str, timeout: float | None, announce: bool
+) -> None:
+    """One DBOS executor taking jobs, one at a time, until SIGTERM."""
+    module = queue.dbos()
     dbos = module.DBOS
-    executor = uuid.uuid4().hex[:12]
     alive = queue.Liveness(target, executor)  # before any job is taken, so it is never orphaned
-    timeout = args.timeout
 
     @dbos.step(name="run notebook")
     def run_step(job: dict[str, Any]) -> dict[str, Any]:
@@ -230,14 +298,14 @@ def cmd_worker(store: Store, args: argparse.Namespace) -> Any:
     dbos(config=config)
     try:
         dbos.launch()
-        dbos.register_queue(
-            queue.QUEUE, worker_concurrency=args.concurrency, polling_interval_sec=0.2
-        )
-        print(
-            f"Worker {executor} takes jobs from {target.where}, {args.concurrency} at a time.",
-            file=sys.stderr,
-            flush=True,
-        )
+        # The same for every executor, so that no worker's registration changes another's.
+        dbos.register_queue(queue.QUEUE, worker_concurrency=1, polling_interval_sec=0.2)
+        if announce:
+            print(
+                f"Worker {executor} takes jobs from {target.where}, 1 at a time.",
+                file=sys.stderr,
+                flush=True,
+            )
         suspects: set[str] = set()
         while not stop.wait(RECOVERY_INTERVAL):
             recover_dead(dbos, alive, suspects)
@@ -246,8 +314,8 @@ def cmd_worker(store: Store, args: argparse.Namespace) -> Any:
     finally:
         dbos.destroy()
         alive.close()
-    print(f"Worker {executor} stopped.", file=sys.stderr)
-    return None
+    if announce:
+        print(f"Worker {executor} stopped.", file=sys.stderr)
 
 
 def was_cancelled(dbos: Any, job: str | None) -> Callable[[], bool]:

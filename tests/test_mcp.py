@@ -20,7 +20,7 @@ import pytest
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
 
-from .kernels import Kernel
+from .kernels import Kernel, ended
 from .test_user_tools import call, lines, tool_messages, wait_for_line
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
@@ -278,18 +278,10 @@ def test_a_stdio_server_ends_when_its_kernel_is_killed(
     k.kill()
     deadline = time.monotonic() + 5
     try:
-        while b"(Z)" not in _stat(pid):
+        while not ended(pid):
             assert time.monotonic() < deadline, f"server {pid} still running after its kernel died"
             time.sleep(0.1)
     finally:
         slow.unlink()
-        if b"(Z)" not in _stat(pid):
+        if not ended(pid):
             os.kill(pid, signal.SIGKILL)  # not left behind by a failing run
-
-
-def _stat(pid: int) -> bytes:
-    """The process's /proc stat line: its state shows a zombie (exited, not yet reaped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_bytes().replace(b") Z", b"(Z)")
-    except OSError:
-        return b"(Z)"

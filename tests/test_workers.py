@@ -22,6 +22,7 @@ from jupyter_agent.store import queue
 from jupyter_agent.store.open import open_store
 from jupyter_agent.testing import ScriptedServer
 
+from .kernels import ended
 from .test_cli import SETUP, cli, notebook, outputs_text
 from .test_cli_resume import one_line_refusal
 from .test_durable_kernel import tool
@@ -261,15 +262,6 @@ def test_cancelling_a_running_job_interrupts_its_agent(
     assert done.returncode == 0, done.stderr
     assert log.read_text().splitlines() == [f"{path} step0", f"{path} step1"]
     assert scripted.turns_requested() == [0, 1, 1, 2]
-
-
-def ended(pid: int) -> bool:
-    """Whether process ``pid`` is gone or a zombie (it exited; its parent has not reaped it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def test_cancelling_a_running_job_stops_what_its_tool_started(

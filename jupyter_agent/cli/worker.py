@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -41,6 +42,8 @@ from .resume import read_notebook, resume_notebook
 
 #: Seconds between a worker's looks for jobs of dead workers.
 RECOVERY_INTERVAL = 1.0
+#: Seconds a worker's run process must live to be started again when it ends.
+SETTLE = 10.0
 
 
 def agent_cells(nb: Any) -> dict[str, Any]:
@@ -218,7 +221,9 @@ def _supervise(store: Store, target: queue.QueueTarget, args: argparse.Namespace
     """Run ``args.concurrency`` executor processes until stopped, restarting one that ends.
 
     Each dies with this process (a parent-death signal on Linux), so a worker that is
-    killed leaves its jobs to be recovered, as a worker of one would.
+    killed leaves its jobs to be recovered, as a worker of one would. One that ends
+    within :data:`SETTLE` seconds of its start cannot start (it said why on stderr):
+    the worker stops rather than start it again every second.
     """
     from .resume import store_target
 
@@ -234,6 +239,7 @@ def _supervise(store: Store, target: queue.QueueTarget, args: argparse.Namespace
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     procs = [spawn(i) for i in range(args.concurrency)]
+    started = [time.monotonic()] * len(procs)
     print(
         f"Worker {worker} takes jobs from {target.where}, {args.concurrency} at a time.",
         file=sys.stderr,
@@ -242,8 +248,14 @@ def _supervise(store: Store, target: queue.QueueTarget, args: argparse.Namespace
     try:
         while not stop.wait(RECOVERY_INTERVAL):
             for i, proc in enumerate(procs):
-                if proc.poll() is not None:
-                    procs[i] = spawn(i)
+                if proc.poll() is None:
+                    continue
+                if time.monotonic() - started[i] < SETTLE:
+                    raise JobError(
+                        f"Worker {worker} stopped: its run process {i} ended as it started "
+                        f"(exit status {proc.returncode}); see the lines above."
+                    )
+                procs[i], started[i] = spawn(i), time.monotonic()
     except KeyboardInterrupt:
         pass
     finally:

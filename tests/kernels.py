@@ -183,3 +183,12 @@ class Kernel:
 
 def python() -> str:
     return sys.executable
+
+
+def ended(pid: int) -> bool:
+    """Whether process ``pid`` is gone or a zombie (it exited; its parent has not reaped it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"

@@ -109,7 +109,7 @@ def test_every_list_and_the_timeline_show_cached_tokens_and_cost(
     assert f"${cost:,.4f}" in out and f"({cached / prompt:.0%} cached)" in out
     listed = cli("list", "--json", env={"JUPYTER_AGENT_STORE": str(store_path)})
     assert listed.returncode == 0, listed.stderr
-    (agent,) = json.loads(listed.stdout)
+    (agent,) = json.loads(listed.stdout)["agents"]
     assert agent["cached_tokens"] == cached and math.isclose(agent["cost_usd"], cost, rel_tol=1e-5)
     printed = cli("list", env={"JUPYTER_AGENT_STORE": str(store_path)})
     assert f"${cost:,.4f}" in printed.stdout

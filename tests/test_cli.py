@@ -112,7 +112,7 @@ def test_resume_completes_an_agent_whose_kernel_was_killed(
     assert scripted.turns_requested() == [0, 1]
 
     env = {**agent_env, **jupyter_agent_on_path(tmp_path)}
-    listed = json.loads(cli("list", "--json", env=env).stdout)
+    listed = json.loads(cli("list", "--json", env=env).stdout)["agents"]
     assert [(a["notebook"], a["status"]) for a in listed] == [(str(nb_path), "interrupted")]
 
     scripted.set_script(counting_script(log))
@@ -123,7 +123,7 @@ def test_resume_completes_an_agent_whose_kernel_was_killed(
     texts = outputs_text(nb_path)
     assert "↻ resuming after step" in texts[1] and "Finished: c == 3." in texts[1]
     assert texts[2] == "1 2 3\n"
-    listed = json.loads(cli("list", "--json", env=env).stdout)
+    listed = json.loads(cli("list", "--json", env=env).stdout)["agents"]
     assert [(a["agent"], a["status"], a["steps"], a["runs"]) for a in listed] == [
         (f"cell-{agent_cell.id}", "done", 4, 1)
     ]
@@ -162,7 +162,7 @@ def populated(kernel_factory, agent_env, tmp_path) -> dict:
 
 def test_list_show_export_and_store_info(populated, store_path):
     env, nb = populated["env"], populated["notebook"]
-    listed = json.loads(cli("list", "--json", env=env).stdout)
+    listed = json.loads(cli("list", "--json", env=env).stdout)["agents"]
     assert [(a["notebook"], a["agent"], a["status"], a["steps"], a["runs"]) for a in listed] == [
         (nb, "sales", "done", 2, 2),
         (nb, "costs", "done", 2, 1),
@@ -211,12 +211,12 @@ def test_delete_and_prune(populated):
     env = populated["env"]
     refused = cli("delete", "sales", env=env)  # no terminal to ask, no --yes
     assert refused.returncode == 1 and "--yes" in refused.stderr
-    assert len(json.loads(cli("list", "--json", env=env).stdout)) == 2
+    assert len(json.loads(cli("list", "--json", env=env).stdout)["agents"]) == 2
 
     pruned = cli("prune", "--keep-latest", "--yes", "--json", env=env)
     assert pruned.returncode == 0, pruned.stderr
     assert json.loads(pruned.stdout)["deleted_runs"] == 1
-    listed = json.loads(cli("list", "--json", env=env).stdout)
+    listed = json.loads(cli("list", "--json", env=env).stdout)["agents"]
     assert [(a["agent"], a["runs"], a["status"]) for a in listed] == [
         ("sales", 1, "done"),
         ("costs", 1, "done"),
@@ -224,7 +224,9 @@ def test_delete_and_prune(populated):
 
     deleted = cli("delete", "costs", "--yes", env=env)
     assert deleted.returncode == 0, deleted.stderr
-    assert [a["agent"] for a in json.loads(cli("list", "--json", env=env).stdout)] == ["sales"]
+    assert [a["agent"] for a in json.loads(cli("list", "--json", env=env).stdout)["agents"]] == [
+        "sales"
+    ]
     assert cli("delete", "costs", "--yes", env=env).returncode == 1  # gone: not found
 
 
@@ -238,7 +240,7 @@ def test_usage_errors_and_missing_things(agent_env, tmp_path):
     # Reading an empty store creates nothing.
     other = tmp_path / "elsewhere" / "agents.duckdb"
     empty = cli("--store", str(other), "list", "--json", env=agent_env)
-    assert empty.returncode == 0 and json.loads(empty.stdout) == []
+    assert empty.returncode == 0 and json.loads(empty.stdout) == {"jobs": [], "agents": []}
     assert not other.parent.exists()
 
 
@@ -296,7 +298,7 @@ def test_list_reads_the_store_as_often_for_twenty_agents_as_for_one(
         counting = CountingStore(store)
         monkeypatch.setattr(cli, "open_store", lambda *args, **kwargs: counting)
         assert cli.main(["list", "--json"]) == 0
-        assert len(json.loads(capsys.readouterr().out)) == len(names)
+        assert len(json.loads(capsys.readouterr().out)["agents"]) == len(names)
         return counting.calls
 
     one = calls_to_list(["a0"])

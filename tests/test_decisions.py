@@ -52,7 +52,7 @@ def decide(rest: Api, body: dict[str, Any]) -> tuple[int, Any]:
 
 
 def listed(env: dict[str, str]) -> dict[str, Any]:
-    (agent,) = json.loads(cli("list", "--json", env=env).stdout)
+    (agent,) = json.loads(cli("list", "--json", env=env).stdout)["agents"]
     return agent
 
 

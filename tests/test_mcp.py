@@ -7,6 +7,8 @@ that each execution's server was stopped.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import pytest
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
 
-from .kernels import Kernel
+from .kernels import Kernel, ended
 from .test_user_tools import call, lines, tool_messages, wait_for_line
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
@@ -262,3 +264,24 @@ def test_pause_works_during_an_mcp_call_and_servers_end_with_the_kernel(
     while server_processes(log):
         assert time.monotonic() < deadline, f"server still running: {server_processes(log)}"
         time.sleep(0.1)
+
+
+def test_a_stdio_server_ends_when_its_kernel_is_killed(
+    kernel_factory, scripted: ScriptedServer, tmp_path
+):
+    """SIGKILLed mid-call, the kernel cannot stop its servers: they end with it all the same."""
+    k, log, slow = _slow_lookup(kernel_factory, scripted, tmp_path)
+    configure(k, reports(log))
+    k.start(CELL, cell_id="killed")
+    wait_for_line(log, "lookup start")  # the server is busy in a call: it reads no stdin now
+    (pid,) = server_processes(log)
+    k.kill()
+    deadline = time.monotonic() + 5
+    try:
+        while not ended(pid):
+            assert time.monotonic() < deadline, f"server {pid} still running after its kernel died"
+            time.sleep(0.1)
+    finally:
+        slow.unlink()
+        if not ended(pid):
+            os.kill(pid, signal.SIGKILL)  # not left behind by a failing run

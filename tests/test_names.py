@@ -52,7 +52,7 @@ def test_cell_ids_become_names_under_the_name_rule(
         result = k.run(f"%%agent --model scripted\nTask {i}.", cell_id=cell_id)
         assert result.status == "ok", result.text
         assert_clean(result.text, f"the cell of id {cell_id[:20]!r}")
-    listed = json.loads(cli("list", "--json", env=agent_env).stdout)
+    listed = json.loads(cli("list", "--json", env=agent_env).stdout)["agents"]
     names = [a["agent"] for a in listed]
     assert len(set(names)) == len(HOSTILE_IDS), names
     assert all(NAME_PATTERN.match(n) for n in names), names

@@ -160,7 +160,9 @@ def test_every_list_says_the_same_of_each_run(
     assert rest["helper"]["parent_agent"] == "lead"
 
     magic = table(kernel.run("%agent list").stdout)
-    listed = {a["agent"]: a for a in json.loads(cli("list", "--json", env=agent_env).stdout)}
+    listed = {
+        a["agent"]: a for a in json.loads(cli("list", "--json", env=agent_env).stdout)["agents"]
+    }
     printed = table(cli("list", str(nb), env=agent_env).stdout)
     for name, agent in rest.items():
         tokens = f"{agent['tokens']:,}"

@@ -106,7 +106,7 @@ def test_an_edited_tool_output_is_what_the_model_reads_next(
     assert tag in kernel.run(f"%agent show {AGENT}").text.splitlines()[0]
     env = {"JUPYTER_AGENT_STORE": str(store_path)}
     assert f"{AGENT} ({tag})" in cli("list", env=env).stdout
-    (listed,) = json.loads(cli("list", "--json", env=env).stdout)
+    (listed,) = json.loads(cli("list", "--json", env=env).stdout)["agents"]
     assert listed["what_if"]["text"] == tag
     store = Store(store_path)
     assert [c.kind for c in store.checkpoints(fork.run_id)] == ["fork", "model"]

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from jupyter_agent.store import queue
 from jupyter_agent.store.open import open_store
 from jupyter_agent.testing import ScriptedServer
 
+from .kernels import ended
 from .test_cli import SETUP, cli, notebook, outputs_text
 from .test_cli_resume import one_line_refusal
 from .test_durable_kernel import tool
@@ -134,6 +136,11 @@ def test_submit_and_a_worker_on_duckdb(
     rows = [line.split() for line in listed.splitlines()[1:3]]
     assert sorted(r[1] for r in rows) == sorted(map(str, paths)), listed
     assert all(r[2:] == ["all", "queued"] for r in rows), listed
+    listed = json.loads(cli("list", "--json", env=agent_env).stdout)  # the same jobs as JSON
+    assert sorted((j["notebook"], j["agent"], j["status"]) for j in listed["jobs"]) == sorted(
+        (str(p), None, "queued") for p in paths
+    )
+    assert listed["agents"] == []
     workers.start("--concurrency", "2")
     wait_for(all_done(agent_env, 2), 60, "both jobs done")
     assert sorted(log.read_text().splitlines()) == sorted(
@@ -143,6 +150,35 @@ def test_submit_and_a_worker_on_duckdb(
     table = cli("jobs", env=agent_env).stdout.splitlines()
     assert table[0].split() == ["job", "notebook", "agent", "submitted", "status"]
     assert len(table) == 3 and all(line.split()[-1] == "done" for line in table[1:]), table
+    listed = json.loads(cli("list", "--json", env=agent_env).stdout)
+    assert listed["jobs"] == [] and len(listed["agents"]) == 2  # done jobs are in `jobs` only
+
+
+def test_each_worker_keeps_its_own_concurrency(
+    scripted: ScriptedServer, agent_env, tmp_path, workers
+):
+    """Two workers, of 1 and of 3: neither's number is the other's (DBOS keeps one per queue)."""
+    log = tmp_path / "effects.log"
+    scripted.set_script(script(log, sleep=4))
+    paths = [notebook(tmp_path / f"nb{n}.ipynb", [SETUP, agent_cell(n)]) for n in range(4)]
+    for path in paths:
+        assert cli("submit", str(path), env=agent_env).returncode == 0
+    workers.start("--concurrency", "1")
+    workers.start("--concurrency", "3")  # registered last: its number must not become the other's
+    one, three = workers.ids
+    most: Counter[str] = Counter()
+
+    def count() -> bool:
+        listed = [j for j in jobs(agent_env) if j["status"] != "scheduled"]
+        running = Counter(j["worker"] for j in listed if j["status"] == "running")
+        for worker, n in running.items():
+            most[worker] = max(most[worker], n)
+        assert set(running) <= {one, three}, running
+        return all(j["status"] == "done" for j in listed)
+
+    wait_for(count, 120, "all four jobs done")
+    assert most[one] == 1, most
+    assert most[three] == 3, most
 
 
 def test_bad_input_is_one_line_and_queues_nothing(agent_env, tmp_path):
@@ -212,8 +248,8 @@ def test_cancelling_a_running_job_interrupts_its_agent(
     cancelled = time.monotonic()
 
     def status() -> list[tuple[str, str]]:
-        listed = json.loads(cli("list", "--json", env=agent_env).stdout)
-        return [(a["notebook"], a["status"]) for a in listed if a.get("agent")]
+        listed = json.loads(cli("list", "--json", env=agent_env).stdout)["agents"]
+        return [(a["notebook"], a["status"]) for a in listed]
 
     wait_for(lambda: status() == [(str(path), "interrupted")], 10, "the agent was interrupted")
     assert time.monotonic() - cancelled < 10
@@ -226,3 +262,98 @@ def test_cancelling_a_running_job_interrupts_its_agent(
     assert done.returncode == 0, done.stderr
     assert log.read_text().splitlines() == [f"{path} step0", f"{path} step1"]
     assert scripted.turns_requested() == [0, 1, 1, 2]
+
+
+def test_cancelling_a_running_job_stops_what_its_tool_started(
+    scripted: ScriptedServer, agent_env, tmp_path, workers
+):
+    """The interrupt reaches the kernel's process group, as JupyterLab's stop button does.
+
+    The agent's code runs a command through ``os.system``, which ignores SIGINT in the
+    kernel while the command runs: a SIGINT to the kernel alone changes nothing, the
+    command must be told too.
+    """
+    pidfile = tmp_path / "child.pid"
+    code = f"import os\nos.system('echo $$ > {pidfile}; exec sleep 120')"
+    scripted.set_script([tool(code), {"content": "Done."}])
+    path = notebook(tmp_path / "nb.ipynb", [SETUP, agent_cell(1)])
+    job = json.loads(cli("submit", str(path), "--json", env=agent_env).stdout)["job"]
+    workers.start()
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), 60, "started")
+    pid = int(pidfile.read_text())
+    try:
+        assert cli("cancel", job, env=agent_env).returncode == 0
+        wait_for(lambda: ended(pid), 15, "the command the agent's code ran ended")
+    finally:
+        if not ended(pid):
+            os.kill(pid, signal.SIGKILL)  # not left behind by a failing run
+    wait_for(lambda: [j["status"] for j in jobs(agent_env)] == ["cancelled"], 15, "cancelled")
+
+
+def test_recovering_a_dead_workers_jobs(tmp_path):
+    """The one private DBOS call the workers make does what recovery relies on.
+
+    ``recover_executors`` puts back a job still running under a dead worker, and only
+    that: not a live worker's, not one another worker already took after the death
+    (two live workers may both see it), so no job runs twice.
+    """
+    import sqlite3
+
+    from dbos import DBOS
+
+    from jupyter_agent.cli.worker import recover_executors
+
+    path = tmp_path / "agents.jobs.sqlite"
+    target = queue.QueueTarget(f"sqlite:///{path}", "dbos", "", str(path))
+    client = queue.client(target)
+    ids = ["job-dead", "job-live", "job-queued"]
+    try:
+        for job_id in ids:
+            options = {
+                "queue_name": "nobody-dequeues-this",
+                "workflow_name": queue.JOB_WORKFLOW,
+                "workflow_id": job_id,
+                "app_version": queue.APP_VERSION,
+            }
+            client.enqueue(options, {"notebook": job_id})
+    finally:
+        client.destroy()
+
+    def set_running(job_id: str, executor: str) -> None:
+        with sqlite3.connect(path) as con:
+            con.execute(
+                "UPDATE workflow_status SET status = 'PENDING', executor_id = ? "
+                "WHERE workflow_uuid = ?",
+                (executor, job_id),
+            )
+
+    def statuses() -> dict[str, str]:
+        with sqlite3.connect(path) as con:
+            rows = con.execute("SELECT workflow_uuid, status FROM workflow_status").fetchall()
+        return dict(rows)
+
+    set_running("job-dead", "gone")
+    set_running("job-live", "alive")
+    DBOS(
+        config={
+            "name": queue.APP,
+            "system_database_url": target.url,
+            "application_version": queue.APP_VERSION,
+            "executor_id": "recovering",
+            "log_level": "WARNING",
+            "run_migrations": False,
+        }
+    )
+    try:
+        DBOS.launch()
+        assert recover_executors(DBOS, ["gone"]) == ["job-dead"]
+        assert statuses() == {
+            "job-dead": "ENQUEUED",
+            "job-live": "PENDING",
+            "job-queued": "ENQUEUED",
+        }
+        set_running("job-dead", "alive")  # another live worker took it meanwhile
+        assert recover_executors(DBOS, ["gone"]) == []  # the same death, seen again
+        assert statuses()["job-dead"] == "PENDING"
+    finally:
+        DBOS.destroy(destroy_registry=True)

@@ -164,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=positive_seconds, default=None, help="seconds per cell (default: none)"
     )
+    p.add_argument("--executor", default=None, help=argparse.SUPPRESS)  # one of a worker's runs
     add("jobs", cmd_jobs, "queued, running, failed and done jobs, and schedules")
     p = add("cancel", cmd_cancel, "cancel a queued or running job, or a schedule")
     p.add_argument("job", help="the job's id (`jupyter agent jobs` lists them)")

@@ -77,10 +77,18 @@ def checkpoint_dict(cp: CheckpointRow) -> dict[str, Any]:
 
 
 def cmd_list(store: Store, args: argparse.Namespace) -> Any:
-    agents = listing.store_agents(store, notebook_arg(args.notebook))
+    """The worker pool's unfinished jobs, then the agents: one listing, as a table or JSON."""
+    notebook = notebook_arg(args.notebook)
+    jobs = queue.unfinished_jobs(store, notebook)
+    agents = listing.store_agents(store, notebook)
     if args.json:
-        return [_listed(notebook, row) for notebook, row in agents]
-    _list_jobs(store, notebook_arg(args.notebook))
+        return {"jobs": jobs, "agents": [_listed(nb, row) for nb, row in agents]}
+    if jobs:
+        queued = [("job", "notebook", "agent", "status")]
+        for j in jobs:
+            status = listing.job_status(j)
+            queued.append((j["job"], j["notebook"] or "-", j["agent"] or "all", status))
+        print(listing.table(queued) + "\n")
     if not agents:
         print("No agents" + (f" in {args.notebook}." if args.notebook else " in the store."))
         return None
@@ -90,18 +98,6 @@ def cmd_list(store: Store, args: argparse.Namespace) -> Any:
         rows.append((nb, listing.tagged(a), a["label"], steps, runs, *spent, listing.when(a)))
     print(listing.table(rows))
     return None
-
-
-def _list_jobs(store: Store, notebook: str | None) -> None:
-    """Queued, running and failed jobs, before the agents (``jupyter agent jobs`` lists all)."""
-    jobs = queue.unfinished_jobs(store, notebook)
-    if not jobs:
-        return
-    rows = [("job", "notebook", "agent", "status")]
-    for j in jobs:
-        status = j["status"] + (f": {j['error']}" if j["error"] else "")
-        rows.append((j["job"], j["notebook"] or "-", j["agent"] or "all", status))
-    print(listing.table(rows) + "\n")
 
 
 def _listed(notebook: str, row: dict[str, Any]) -> dict[str, Any]:

@@ -16,11 +16,12 @@ them afresh there; after a run the notebook records the store it ran with.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import inspect
 import json
 import math
 import os
-import signal
 import sys
 import tempfile
 import threading
@@ -227,8 +228,12 @@ def _watch(
 ) -> None:
     """Until the run is ``done``: once ``cancelled`` says so, interrupt the kernel and stop.
 
-    The interrupt is SIGINT to the kernel's process, what JupyterLab's stop button
-    sends to a local kernel: the agent running in it writes an interrupted checkpoint.
+    The interrupt is the kernel manager's, what JupyterLab's stop button does: as the
+    kernel spec asks (SIGINT, or an interrupt message), and a signal goes to the
+    kernel's process group, so what the agent's code started in it is told too (a
+    command run by ``os.system``, during which the kernel itself ignores SIGINT). The
+    group is the kernel's own session: no process of the worker or the user outside
+    it. The agent running in the kernel writes an interrupted checkpoint.
     """
     while not done.wait(CANCEL_POLL):
         try:
@@ -237,9 +242,10 @@ def _watch(
         except Exception:  # a look that failed (a database busy a moment) is tried again
             continue
         stopping.set()
-        process = getattr(getattr(client.km, "provisioner", None), "process", None)
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGINT)
+        with contextlib.suppress(Exception):  # a kernel that is gone needs no interrupt
+            interrupted = client.km.interrupt_kernel()
+            if inspect.iscoroutine(interrupted):  # nbclient's manager is asynchronous
+                asyncio.run(interrupted)
         return
 
 

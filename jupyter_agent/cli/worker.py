@@ -8,7 +8,8 @@ cells at submission: a job whose notebook's cells changed since refuses to run
 
 ``worker`` processes, on any number of machines, take jobs from the queue and
 run each notebook as ``jupyter agent resume`` does (:func:`resume_notebook`), N
-at a time. Each job is one DBOS workflow whose one step is that run, so a worker
+at a time: N DBOS executors of one job each, so that each worker's N holds
+(:func:`cmd_worker`). Each job is one DBOS workflow whose one step is that run, so a worker
 that dies mid-run leaves its job pending; a live worker sees it is gone
 (:class:`~jupyter_agent.store.queue.Liveness`) and has DBOS recover the job, and
 the run continues from the store's last checkpoint: no completed model or tool
@@ -23,8 +24,10 @@ import argparse
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -39,6 +42,8 @@ from .resume import read_notebook, resume_notebook
 
 #: Seconds between a worker's looks for jobs of dead workers.
 RECOVERY_INTERVAL = 1.0
+#: Seconds a worker's run process must live to be started again when it ends.
+SETTLE = 10.0
 
 
 def agent_cells(nb: Any) -> dict[str, Any]:
@@ -136,7 +141,7 @@ def cmd_jobs(store: Store, args: argparse.Namespace) -> Any:
         return None
     table = [("job", "notebook", "agent", "submitted", "status")]
     for r in rows:
-        status = r["status"] + (f": {r['error']}" if r["error"] else "")
+        status = listing.job_status(r)
         table.append(
             (r["job"], r["notebook"] or "-", r["agent"] or "all", r["submitted"] or "-", status)
         )
@@ -195,13 +200,88 @@ def run_job(
 
 
 def cmd_worker(store: Store, args: argparse.Namespace) -> Any:
+    """Take jobs, ``--concurrency`` at a time: one DBOS executor, or a process per run.
+
+    DBOS keeps a queue's concurrency per executor but in the queue's one row, so the
+    last worker to register it would set every worker's. Every executor here
+    registers the queue to run one job at a time, and a worker of N runs N of them,
+    each a process of its own (:func:`_supervise`): each worker's own number holds.
+    """
     target = queue.queue_target(store)
-    module = queue.dbos()
+    queue.dbos()
     queue.prepare(target)
+    if args.concurrency > 1 and args.executor is None:
+        return _supervise(store, target, args)
+    executor = args.executor or uuid.uuid4().hex[:12]
+    _serve(store, target, executor, args.timeout, announce=args.executor is None)
+    return None
+
+
+def _supervise(store: Store, target: queue.QueueTarget, args: argparse.Namespace) -> None:
+    """Run ``args.concurrency`` executor processes until stopped, restarting one that ends.
+
+    Each dies with this process (a parent-death signal on Linux), so a worker that is
+    killed leaves its jobs to be recovered, as a worker of one would. One that ends
+    within :data:`SETTLE` seconds of its start cannot start (it said why on stderr):
+    the worker stops rather than start it again every second.
+    """
+    from .resume import store_target
+
+    worker = uuid.uuid4().hex[:12]
+    command = [sys.executable, "-m", "jupyter_agent", "--store", store_target(store), "worker"]
+    if args.timeout is not None:
+        command += ["--timeout", str(args.timeout)]
+
+    def spawn(i: int) -> subprocess.Popen:
+        executor = queue.executor_id(worker, i)
+        return subprocess.Popen([*command, "--executor", executor], preexec_fn=_die_with_parent)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    procs = [spawn(i) for i in range(args.concurrency)]
+    started = [time.monotonic()] * len(procs)
+    print(
+        f"Worker {worker} takes jobs from {target.where}, {args.concurrency} at a time.",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        while not stop.wait(RECOVERY_INTERVAL):
+            for i, proc in enumerate(procs):
+                if proc.poll() is None:
+                    continue
+                if time.monotonic() - started[i] < SETTLE:
+                    raise JobError(
+                        f"Worker {worker} stopped: its run process {i} ended as it started "
+                        f"(exit status {proc.returncode}); see the lines above."
+                    )
+                procs[i], started[i] = spawn(i), time.monotonic()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait()
+    print(f"Worker {worker} stopped.", file=sys.stderr)
+
+
+def _die_with_parent() -> None:
+    """In a worker's executor process, before it runs: be killed when the worker dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _serve(
+    store: Store, target: queue.QueueTarget, executor: str, timeout: float | None, announce: bool
+) -> None:
+    """One DBOS executor taking jobs, one at a time, until SIGTERM."""
+    module = queue.dbos()
     dbos = module.DBOS
-    executor = uuid.uuid4().hex[:12]
     alive = queue.Liveness(target, executor)  # before any job is taken, so it is never orphaned
-    timeout = args.timeout
 
     @dbos.step(name="run notebook")
     def run_step(job: dict[str, Any]) -> dict[str, Any]:
@@ -230,14 +310,14 @@ def cmd_worker(store: Store, args: argparse.Namespace) -> Any:
     dbos(config=config)
     try:
         dbos.launch()
-        dbos.register_queue(
-            queue.QUEUE, worker_concurrency=args.concurrency, polling_interval_sec=0.2
-        )
-        print(
-            f"Worker {executor} takes jobs from {target.where}, {args.concurrency} at a time.",
-            file=sys.stderr,
-            flush=True,
-        )
+        # The same for every executor, so that no worker's registration changes another's.
+        dbos.register_queue(queue.QUEUE, worker_concurrency=1, polling_interval_sec=0.2)
+        if announce:
+            print(
+                f"Worker {executor} takes jobs from {target.where}, 1 at a time.",
+                file=sys.stderr,
+                flush=True,
+            )
         suspects: set[str] = set()
         while not stop.wait(RECOVERY_INTERVAL):
             recover_dead(dbos, alive, suspects)
@@ -246,8 +326,8 @@ def cmd_worker(store: Store, args: argparse.Namespace) -> Any:
     finally:
         dbos.destroy()
         alive.close()
-    print(f"Worker {executor} stopped.", file=sys.stderr)
-    return None
+    if announce:
+        print(f"Worker {executor} stopped.", file=sys.stderr)
 
 
 def was_cancelled(dbos: Any, job: str | None) -> Callable[[], bool]:
@@ -276,5 +356,22 @@ def recover_dead(dbos: Any, alive: queue.Liveness, suspects: set[str]) -> list[s
     suspects.clear()
     suspects.update(dead - set(gone))
     if gone:
-        dbos._recover_pending_workflows(gone)
+        recover_executors(dbos, gone)
     return gone
+
+
+def recover_executors(dbos: Any, executors: list[str]) -> list[str]:
+    """Put the jobs still running under ``executors`` (workers that are gone) back in the queue.
+
+    Returns the jobs' ids. DBOS's Python API has no public call for this: it recovers
+    another executor's workflows through its Conductor service (or an admin HTTP
+    endpoint this worker does not run). ``DBOS.resume_workflow`` is public but not the
+    same: it re-enqueues any unfinished workflow whoever holds it, so two live workers
+    that both saw a death could each put back a job the other already took, and the
+    job would run twice. DBOS's own recovery, called here, re-enqueues a workflow
+    only while it is PENDING under a dead executor, so a second recovery of the same
+    death matches nothing. It is private, so this is its only caller, and
+    ``tests/test_workers.py::test_recovering_a_dead_workers_jobs`` fails if DBOS changes it.
+    """
+    handles = dbos._recover_pending_workflows(executors)
+    return [h.get_workflow_id() for h in handles]

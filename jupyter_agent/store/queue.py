@@ -37,6 +37,17 @@ SCHEDULED_WORKFLOW = "jupyter_agent_scheduled_job"
 #: How a worker's connections name themselves, so a live worker can be told from a dead one.
 WORKER_TAG = "jupyter-agent-worker:"
 
+
+def executor_id(worker: str, run: int) -> str:
+    """The DBOS executor of a worker's ``run``-th concurrent run (a worker of one is its own)."""
+    return f"{worker}.{run}"
+
+
+def worker_of(executor: str) -> str:
+    """The worker an executor belongs to, as ``jupyter agent worker`` named it when it started."""
+    return executor.split(".", 1)[0]
+
+
 INSTALL = (
     "The worker pool needs DBOS: pip install 'jupyter-agent-cells[workers]' (or pip install dbos)."
 )
@@ -229,7 +240,11 @@ def list_jobs(store: Store, *, limit: int = 200) -> list[dict[str, Any]]:
                     "submitted": _when(w.created_at),
                     "status": STATUS.get(str(w.status), str(w.status).lower()),
                     "every": job.get("every"),
-                    "worker": w.executor_id if str(w.status) == "PENDING" else None,
+                    "worker": (
+                        worker_of(w.executor_id)
+                        if str(w.status) == "PENDING" and w.executor_id
+                        else None
+                    ),
                     "error": _first_line(error) if error is not None else None,
                 }
             )

@@ -16,14 +16,19 @@ A call has a time limit, ``"call_timeout"`` in the server's configuration
 (seconds, default :data:`CALL_TIMEOUT`): a call that gets no answer by then
 pauses the run like ``%agent pause`` (:class:`CallTimedOut`), and the call runs
 again, or asks first, when the agent resumes. Pausing works during a call too,
-and the servers still open when the kernel's process exits are stopped then.
+and the servers still open when the kernel's process exits are stopped then;
+a kernel that is killed takes its stdio servers with it (:func:`dying_with_kernel`).
 """
 
 from __future__ import annotations
 
 import atexit
+import errno
 import json
+import os
 import re
+import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -240,14 +245,49 @@ async def _session(spec: dict, errlog: Any) -> AsyncIterator[Any]:
         else:
             from mcp import StdioServerParameters, stdio_client
 
+            command, args = dying_with_kernel(spec["command"], spec["args"], spec["env"])
             params = StdioServerParameters(
-                command=spec["command"], args=spec["args"], env=spec["env"] or None, cwd=spec["cwd"]
+                command=command, args=args, env=spec["env"] or None, cwd=spec["cwd"]
             )
             streams = await stack.enter_async_context(stdio_client(params, errlog=errlog))
         session = await stack.enter_async_context(ClientSession(streams[0], streams[1]))
         with anyio.fail_after(spec["timeout"]):
             await session.initialize()
         yield session
+
+
+#: Run by the kernel's Python before a stdio server on Linux: ask for SIGTERM when the
+#: kernel dies (prctl PR_SET_PDEATHSIG, kept across exec), give up if it died already,
+#: then become the server. argv: the kernel's pid, the server's command and arguments.
+_LAUNCH = """import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as exc:
+    sys.exit(f"{sys.argv[2]}: {exc.strerror}")
+"""
+
+
+def dying_with_kernel(command: str, args: list[str], env: dict) -> tuple[str, list[str]]:
+    """The command line that starts a stdio server so that it ends when this kernel dies.
+
+    The SDK starts a server in a session of its own and stops it when the execution
+    ends, or at the kernel's exit; a kernel that is killed (SIGKILL, the OOM killer)
+    does neither, and a server busy in a call does not read that its stdin closed.
+    On Linux the server is therefore started through :data:`_LAUNCH`, which has the
+    system send it SIGTERM when the kernel dies (the signal the SDK's own stop
+    sends first). Elsewhere the command runs as it is. A command that cannot be
+    found is refused here, as starting it would be.
+    """
+    if not sys.platform.startswith("linux"):
+        return command, args
+    path = env.get("PATH", os.environ.get("PATH", os.defpath))
+    relative = os.sep in command and not os.path.isabs(command)  # to the server's cwd
+    if not relative and shutil.which(command, path=path) is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
+    return sys.executable, ["-I", "-S", "-c", _LAUNCH, str(os.getpid()), command, *args]
 
 
 async def _http_transport(stack: AsyncExitStack, url: str, headers: dict) -> Any:

@@ -238,6 +238,11 @@ def table(rows: Sequence[Sequence[str]]) -> str:
     )
 
 
+def job_status(job: dict[str, Any]) -> str:
+    """A worker pool job's status as ``jobs`` and ``list`` print it: a failure with its reason."""
+    return job["status"] + (f": {job['error']}" if job.get("error") else "")
+
+
 def checkpoint_line(cp: CheckpointRow) -> str:
     """A checkpoint as ``show`` prints it (its summary may name any tool)."""
     return f"[{cp.step:>3}] {cp.kind:<12} {cp.status:<18} {vocab.printable(cp.summary)}"

@@ -9,7 +9,7 @@ import { IDisposable } from '@lumino/disposable';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { APIError, IAgentSummary, IJob, listAgents, listJobs } from './api';
-import { agentNameForCell } from './cells';
+import { parseAgentName } from './cells';
 
 export type CellWidget = Notebook['widgets'][number];
 
@@ -103,33 +103,44 @@ export class NotebookAgents implements IDisposable {
 
   /** The notebook's agents, in the order of their cells (agents without a cell last). */
   entries(): IAgentEntry[] {
-    const byName = new Map<string, { cell: CellWidget; index: number }>();
+    const byAgent = new Map<IAgentSummary, { cell: CellWidget; index: number }>();
     this.panel.content.widgets.forEach((cell, index) => {
-      const name = this.agentName(cell);
-      if (name && !byName.has(name)) {
-        byName.set(name, { cell, index });
+      const agent = this.agentFor(cell);
+      if (agent && !byAgent.has(agent)) {
+        byAgent.set(agent, { cell, index });
       }
     });
     const entries = [...this._agents.values()].map(agent => {
-      const found = byName.get(agent.name);
+      const found = byAgent.get(agent);
       return { agent, cell: found?.cell ?? null, index: found?.index ?? -1 };
     });
     const position = (e: IAgentEntry) => (e.index < 0 ? Number.MAX_SAFE_INTEGER : e.index);
     return entries.sort((a, b) => position(a) - position(b));
   }
 
-  /** The agent name a cell runs under, or null for other cells. */
-  agentName(cell: CellWidget): string | null {
-    if (cell.model.type !== 'code') {
-      return null;
-    }
-    return agentNameForCell(cell.model.id, cell.model.sharedModel.getSource());
+  /** Whether a cell is an `%%agent` cell. */
+  isAgentCell(cell: CellWidget): boolean {
+    return this._nameOf(cell) !== undefined;
   }
 
-  /** The agent of a cell, if the store knows it. */
+  /**
+   * The agent of a cell, if the store knows it: by the `--name` on its `%%agent`
+   * line, else the unnamed agent the server lists with the cell's id.
+   */
   agentFor(cell: CellWidget): IAgentSummary | undefined {
-    const name = this.agentName(cell);
-    return name ? this._agents.get(name) : undefined;
+    const name = this._nameOf(cell);
+    if (name === undefined) {
+      return undefined;
+    }
+    return name === null ? this._byCell.get(cell.model.id) : this._agents.get(name);
+  }
+
+  /** A cell's `--name`: `null` for an unnamed agent cell, `undefined` for other cells. */
+  private _nameOf(cell: CellWidget): string | null | undefined {
+    if (cell.model.type !== 'code') {
+      return undefined;
+    }
+    return parseAgentName(cell.model.sharedModel.getSource());
   }
 
   /** Fetch the agents now (a refresh already under way is reused). */
@@ -180,6 +191,11 @@ export class NotebookAgents implements IDisposable {
         return;
       }
       this._agents = new Map(list.agents.map(agent => [agent.name, agent]));
+      this._byCell = new Map(
+        list.agents
+          .filter(agent => !agent.named && agent.cell_id)
+          .map(agent => [agent.cell_id!, agent])
+      );
       this._running = list.running;
       // Jobs are extra: a server without the worker pool answers none, or an error, ignored.
       this._jobs = await listJobs(path).then(
@@ -239,7 +255,7 @@ export class NotebookAgents implements IDisposable {
   }
 
   private _onScheduled(_: unknown, args: { notebook: Notebook; cell: CellWidget }): void {
-    if (!this._isOurs(args.notebook) || !this.agentName(args.cell)) {
+    if (!this._isOurs(args.notebook) || !this.isAgentCell(args.cell)) {
       return;
     }
     this._executing.add(args.cell.model.id);
@@ -253,7 +269,7 @@ export class NotebookAgents implements IDisposable {
       return;
     }
     const wasAgent = this._executing.delete(args.cell.model.id);
-    if (wasAgent || this.agentName(args.cell)) {
+    if (wasAgent || this.isAgentCell(args.cell)) {
       void this.refresh();
     }
   }
@@ -274,6 +290,8 @@ export class NotebookAgents implements IDisposable {
   }
 
   private _agents = new Map<string, IAgentSummary>();
+  /** Unnamed agents by the id of their cell, as the server lists them. */
+  private _byCell = new Map<string, IAgentSummary>();
   private _badges = new Map<string, Badge>();
   private _changed = new Signal<this, void>(this);
   private _disposed = false;

@@ -2,9 +2,9 @@
  * Which cells are agent cells, and which agent each one is.
  *
  * The kernel names an agent by `--name NAME` (or `-n NAME`) on the `%%agent`
- * line, and otherwise by the cell's nbformat id as `cell-<id>`; this mirrors it.
- * (An id that would not make a valid name, which JupyterLab never gives, is
- * named by its digest in the kernel; such a cell shows no badge.)
+ * line, and otherwise by a name it makes from the cell's nbformat id. That name
+ * is the kernel's rule alone (in Python): the server lists each agent with the id
+ * of its cell, and an unnamed agent is found by that id, never by a name made here.
  */
 
 const AGENT_LINE = /^%%agent(\s|$)/;
@@ -43,15 +43,6 @@ export function parseAgentName(source: string): string | null | undefined {
     }
   }
   return name;
-}
-
-/** The agent a cell runs, or `null` if the cell is not an `%%agent` cell. */
-export function agentNameForCell(cellId: string, source: string): string | null {
-  const name = parseAgentName(source);
-  if (name === undefined) {
-    return null;
-  }
-  return name ?? `cell-${cellId}`;
 }
 
 /** Whether a cell loads the extension (`%load_ext jupyter_agent`). */

@@ -69,7 +69,7 @@ export async function resumeInterrupted(
     );
   }
   cells.push(...interrupted);
-  const names = interrupted.map(cell => agents.agentName(cell)).join(', ');
+  const names = interrupted.map(cell => agents.agentFor(cell)?.name).join(', ');
   Notification.info(`Resuming ${names}`, { autoClose: 3000 });
   const ok = await NotebookActions.runCells(panel.content, cells, sessionContext, sessionDialogs);
   await agents.refresh();

@@ -105,6 +105,8 @@ def test_timeline_approve_and_fork_by_clicking(
         detail = timeline.locator(".ja-detail")
         expect(detail.locator(".ja-vars")).to_contain_text("numbers")
         expect(detail).to_contain_text("[3, 1, 4, 1, 5]")
+        # A checkpoint with no text of its own shows none: no stray "null" under its head.
+        expect(detail).not_to_contain_text("null")
         expect(detail).to_contain_text("5 numbers")  # the tool result, decoded in the kernel
         # The fork dialog offers the output, prefilled, to fork a "what if" from.
         expect(detail.locator(".ja-edit")).to_have_value(re.compile("5 numbers"))

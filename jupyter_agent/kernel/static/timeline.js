@@ -575,7 +575,8 @@ class View {
     // Fork and Rewind act on this agent's runs, not on a child's (open its own timeline).
     const own = (this.model.get("runs") || []).some((r) => r.id === run) || run === this.model.get("run_id");
     if (own) parts.push(this.detailActions(loaded ? d : null));
-    this.detailEl.replaceChildren(...parts);
+    // replaceChildren writes a null as the text "null": drop the parts this checkpoint has not
+    this.detailEl.replaceChildren(...parts.filter(Boolean));
     this.updateBusy();
   }
 

@@ -16,7 +16,6 @@ buttons change (a fork, a rewind) is :mod:`jupyter_agent.kernel.actions`.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 from .. import vocab
 from ..core.history import Segments
 from ..core.history import segments as history_of
-from ..core.state import AWAITING_APPROVAL, RunState, decode_delta
+from ..core.state import AWAITING_APPROVAL, RunState, call_code, decode_delta
 from ..errors import NotFound
 from ..model.base import OFFLINE_MODEL
 from ..store.api import CheckpointRow, RunRow, Store
@@ -460,17 +459,14 @@ def _find_call(messages: list[dict], call_id: str) -> dict | None:
 
 
 def _call(call: dict) -> dict:
+    """A tool call as the detail pane shows it: its code when it carries some, else its arguments."""
     fn = call.get("function") or {}
-    args = fn.get("arguments") or ""
-    try:
-        code = json.loads(args).get("code")
-    except (ValueError, AttributeError):
-        code = None
+    code = call_code(call)
     return {
         "id": call.get("id", ""),
         "name": fn.get("name") or "?",
-        "code": _clip(code, CONTENT_LIMIT) if isinstance(code, str) else None,
-        "arguments": None if isinstance(code, str) else _clip(args, CONTENT_LIMIT),
+        "code": None if code is None else _clip(code, CONTENT_LIMIT),
+        "arguments": None if code is not None else _clip(fn.get("arguments") or "", CONTENT_LIMIT),
     }
 
 

@@ -112,7 +112,8 @@ it in this list, so no two threads ever wait for each other:
    widgets' ``_cell_lock`` (each cell's widget), a cell output's ``_lock``
    (:class:`~jupyter_agent.kernel.cell_output.LiveCell`), the stale reader's ``_lock``
    (never held during a read), the model client's ``_quirks_lock`` and
-   ``_http_lock``, the PostgreSQL ``_ready_lock`` (and ``pg_advisory_xact_lock``
+   ``_http_lock``, a connection pool's ``_lock``
+   (:class:`~jupyter_agent.model.transport.Pool`), the PostgreSQL ``_ready_lock`` (and ``pg_advisory_xact_lock``
    around DDL across processes).
 
 Thread-local, so never shared: a store's session connection and wait

@@ -82,11 +82,31 @@ def announcing(hook: Callable[[], None] | None) -> Iterator[None]:
         _sending.hook = None
 
 
+@contextlib.contextmanager
+def after_sending(callback: Callable[[], None] | None) -> Iterator[None]:
+    """Call ``callback`` once, after the first request this thread sends meanwhile has gone out.
+
+    What can wait for the endpoint's work on the reply is done then, not before the
+    request: a cell's timeline widget is built there (:mod:`jupyter_agent.kernel.slot`).
+    Its failure never fails the request.
+    """
+    _sending.after = callback
+    try:
+        yield
+    finally:
+        _sending.after = None
+
+
 def sent() -> None:
-    """A transport calls this as a request goes out (in the thread that sends it)."""
+    """A client calls this as a request goes out (in the thread that sends it)."""
     hook = getattr(_sending, "hook", None)
     if hook is not None:
         hook()
+    after = getattr(_sending, "after", None)
+    if after is not None:
+        _sending.after = None
+        with contextlib.suppress(Exception):
+            after()
 
 
 def _sent(request: object) -> None:
@@ -115,24 +135,18 @@ def warm_up() -> None:
     """Do in the background, before the first agent cell, what it would otherwise wait for.
 
     Called by ``%load_ext``: a new kernel's first agent cell (a resume after a
-    restart) then does not wait for the CA bundle to load or for the modules
-    of its first model request and its timeline to be imported.
+    restart) then does not wait for the modules of its first model request to be
+    imported, nor for the CA bundle to load. Only those: Python imports under
+    the GIL, so anything more would slow a cell sent at once; the timeline
+    widget is built after the first request has gone out (:mod:`..kernel.slot`).
     """
     threading.Thread(target=_warm, name="jupyter-agent-warm-up", daemon=True).start()
 
 
 def _warm() -> None:
     with contextlib.suppress(Exception):  # a warm-up: the cell does it all anyway
-        import openai
-
-        openai.DefaultHttpxClient(verify=ssl_context()).close()  # imports the transport
-        for module in (
-            "openai.resources.chat.completions",
-            "jupyter_agent.model.chat",
-            "jupyter_agent.store.duckdb.store",
-            "jupyter_agent.kernel.widget",
-        ):
-            importlib.import_module(module)
+        importlib.import_module("jupyter_agent.model.clients")
+        ssl_context()
 
 
 def close_shared_http() -> None:

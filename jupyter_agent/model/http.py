@@ -146,7 +146,10 @@ def warm_up() -> None:
 def _warm() -> None:
     with contextlib.suppress(Exception):  # a warm-up: the cell does it all anyway
         importlib.import_module("jupyter_agent.model.clients")
-        ssl_context()
+        # The CA bundle holds the GIL while it loads: not for a plain-HTTP endpoint
+        # (a local server), which a cell sent at once would otherwise wait for.
+        if not os.environ.get("OPENAI_BASE_URL", "").startswith("http:"):
+            ssl_context()
 
 
 def close_shared_http() -> None:

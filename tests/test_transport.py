@@ -32,7 +32,7 @@ from jupyter_agent.errors import (
 from jupyter_agent.model import endpoint_errors
 from jupyter_agent.model.base import Endpoint
 from jupyter_agent.model.chat import ChatCompletionsClient
-from jupyter_agent.model.http import ssl_context
+from jupyter_agent.model.http import after_sending, announcing, ssl_context
 from jupyter_agent.model.transport import ChatTransport, Response, shared_pool
 from jupyter_agent.testing import ScriptedServer
 
@@ -211,6 +211,8 @@ def test_https_through_a_connect_tunnel_with_ssl_cert_file(
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
         monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
         assert client(url, 4.9).complete(USER, []).content == "tunnelled"
+        assert client(url, 4.9).complete(USER, []).content == "tunnelled"
+        # One tunnel: the TLS connection through it is kept alive and used again.
         assert [line.split(" HTTP/")[0] for line in seen] == [f"CONNECT localhost:{tls_port}"]
 
 
@@ -285,3 +287,22 @@ def test_server_sent_events_split_anywhere() -> None:
     assert info.value.code == 529 and info.value.status_code is None
     with pytest.raises(ValueError):
         events([b'data: {"a": \n\n'])
+
+
+def test_what_waits_for_the_first_request_runs_once_it_is_out_or_could_not_be(
+    server: ScriptedServer,
+) -> None:
+    """The cell's timeline is built then (``after_sending``); ``on_sent`` hears every request."""
+    server.set_script([{"content": "x"}])
+    transport = ChatTransport(server.url, "sk-test", 5.0, {}, {}, {})
+    after: list[int] = []
+    each: list[int] = []
+    body = {"model": "m", "messages": USER}
+    with after_sending(lambda: after.append(len(each))), announcing(lambda: each.append(1)):
+        transport.post("/chat/completions", body).read()
+        transport.post("/chat/completions", body).read()
+    assert (after, each) == ([1], [1, 1])  # once, after the first request's own hook
+    dead = ChatTransport("http://127.0.0.1:9/v1", "sk-test", 5.0, {}, {}, {})
+    with after_sending(lambda: after.append(-1)), pytest.raises(TransportError):
+        dead.post("/chat/completions", body)
+    assert after == [1, -1]

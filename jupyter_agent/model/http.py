@@ -84,7 +84,8 @@ def announcing(hook: Callable[[], None] | None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def after_sending(callback: Callable[[], None] | None) -> Iterator[None]:
-    """Call ``callback`` once, after the first request this thread sends meanwhile has gone out.
+    """Call ``callback`` once, after the first request this thread sends meanwhile has gone
+    out (or could not: :func:`unsent`).
 
     What can wait for the endpoint's work on the reply is done then, not before the
     request: a cell's timeline widget is built there (:mod:`jupyter_agent.kernel.slot`).
@@ -102,6 +103,12 @@ def sent() -> None:
     hook = getattr(_sending, "hook", None)
     if hook is not None:
         hook()
+    unsent()
+
+
+def unsent() -> None:
+    """A client calls this when a request could not go out (no connection): what waits
+    for a request to be sent (:func:`after_sending`) need not wait for a retry's."""
     after = getattr(_sending, "after", None)
     if after is not None:
         _sending.after = None

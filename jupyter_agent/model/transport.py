@@ -19,10 +19,13 @@ an error status a :class:`StatusError` carrying the response (its body read).
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import re
 import select
+import socket
+import ssl
 import threading
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -31,7 +34,7 @@ from urllib.parse import unquote, urlencode, urljoin, urlsplit
 
 from .. import __version__
 from ..errors import EndpointTimeout, ErrorEvent, StatusError, TransportError
-from .http import sent, shared, ssl_context
+from .http import sent, shared, ssl_context, unsent
 
 #: Redirects followed: those that keep the method and body (a POST stays a POST).
 _REDIRECTS = (307, 308)
@@ -241,7 +244,12 @@ class Pool:
         conn = self._take(origin) or self._open(scheme, host, port, proxy)
         try:
             conn.request("POST", target, body=body, headers=headers)
-            sent()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            unsent()
+            raise _failure(exc) from exc
+        sent()
+        try:
             raw = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
@@ -269,10 +277,26 @@ class Pool:
                 conn = idle.pop() if idle else None
             if conn is None:
                 return None
-            sock = conn.sock
-            if sock is not None and not select.select([sock], [], [], 0)[0]:
+            if conn.sock is not None and self._idle_and_open(conn.sock):
                 return conn
-            conn.close()  # readable while idle: closed by the server (or garbage)
+            conn.close()
+
+    def _idle_and_open(self, sock: socket.socket) -> bool:
+        """Whether an idle connection is still open: a socket readable while idle was
+        closed by the server, unless what it holds is TLS's own (a session ticket)."""
+        if not select.select([sock], [], [], 0)[0]:
+            return True
+        try:
+            sock.setblocking(False)
+            sock.recv(1)  # b"": closed; a byte: nothing a request of ours asked for
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return True
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(self.timeout)
+        return False
 
     def _put(self, origin: tuple, conn: Any) -> None:
         with self._lock:

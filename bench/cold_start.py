@@ -157,8 +157,8 @@ the CA bundle. The timeline widget (ipywidgets) is built once the first request 
 in the place its line held above the cell's output. `tests/test_imports.py` pins it: at
 a new kernel's first connection to the endpoint, neither openai, anthropic, httpx,
 pydantic nor the widget is imported. Both columns are byte-compiled, as installed;
-without bytecode every kernel compiles the package again, which was most of the
-package's own import time in the measurements before these.
+without bytecode (`PYTHONDONTWRITEBYTECODE`, a source checkout) every kernel compiles
+the package again, which about triples the package's own import time.
 
 Where the target is missed, and why: back to back, the path is `%load_ext`'s imports
 (the row above: the package's own modules, most of whose self time is creating their

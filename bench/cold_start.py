@@ -11,8 +11,13 @@ timed), against the scripted server in a process of its own, and measures:
   after ``%load_ext`` answered (a user typing the cell), from its execute request.
 
 And, in a fresh interpreter that has imported IPython and ipykernel as a kernel has,
-``python -X importtime`` of what ``%load_ext`` imports: its total and the largest
-third-party packages in it.
+``python -X importtime`` of what ``%load_ext`` imports, of what a new agent's cell adds
+before its first model request, and of the timeline widget: their totals and the
+largest packages in them.
+
+Each tree is byte-compiled first (``compileall``), as a package installed by pip is:
+otherwise every kernel would compile the package's sources again, which is most of
+what its imports cost (and is skipped with ``PYTHONDONTWRITEBYTECODE``).
 
 ``--tree DIR`` runs the kernels on the package found in DIR (another checkout, e.g.
 ``git archive <commit> jupyter_agent | tar -x -C DIR``) for a before/after comparison
@@ -47,11 +52,11 @@ LOAD = "%load_ext jupyter_agent"
 KERNEL_IMPORTS = "import IPython, ipykernel.ipkernel, ipykernel.zmqshell"
 #: What ``%load_ext`` imports.
 LOAD_IMPORTS = "jupyter_agent.kernel.magics, jupyter_agent.model.http"
-#: What a new agent's first cell imports besides (the warm-up thread's list).
-CELL_IMPORTS = (
-    "openai, openai.resources.chat.completions, jupyter_agent.model.chat, "
-    "jupyter_agent.store.duckdb.store, jupyter_agent.kernel.widget"
-)
+#: What a new agent's cell imports besides, before its first model request: the model
+#: client (with the SDK in trees whose client is the SDK's) and the store.
+CELL_IMPORTS = "jupyter_agent.model.clients, jupyter_agent.store.duckdb.store"
+#: The timeline widget: built once the first request is out (before it, in older trees).
+WIDGET_IMPORTS = "jupyter_agent.kernel.widget"
 
 
 def first_request(k: Any, server: Any, sent: float, logged: int) -> float:
@@ -63,6 +68,17 @@ def first_request(k: Any, server: Any, sent: float, logged: int) -> float:
             return arrived[0] - sent
         k.pump(0.005)
     raise RuntimeError("no model request")
+
+
+def finished(k: Any, run: Any, sent: float) -> float:
+    """Seconds from ``sent`` until ``run`` finished, seen in steps of 5 ms (a kernel's
+    ``wait`` looks every 200 ms, too coarse here)."""
+    deadline = time.perf_counter() + 120
+    while run.status is None:
+        if time.perf_counter() > deadline:
+            raise RuntimeError("the cell did not finish")
+        k.pump(0.005)
+    return time.perf_counter() - sent
 
 
 def trial(tree: Path, workdir: Path, n: int) -> dict[str, float]:
@@ -85,8 +101,8 @@ def trial(tree: Path, workdir: Path, n: int) -> dict[str, float]:
         k = kernel(env, cwd)
         try:  # load_ext alone, then the cell a second later
             sent = time.perf_counter()
-            done = k.run(LOAD)
-            out["load_ext"] = time.perf_counter() - sent
+            done = k.start(LOAD)
+            out["load_ext"] = finished(k, done, sent)
             if done.status != "ok":
                 raise RuntimeError(done.text)
             time.sleep(1.0)
@@ -133,24 +149,26 @@ def import_profile(tree: Path, before: str = "", modules: str = LOAD_IMPORTS) ->
 
 
 NOTE = """\
-`%load_ext` imports neither the openai SDK, httpx, DuckDB nor pydantic (pinned by
-`tests/test_imports.py`): only the package's own modules, to register the magics and
-start the warm-up thread, which imports the SDK, the Chat Completions client, the DuckDB
-store and the timeline widget while the user writes the cell, and builds the SSL context.
-A cell sent a second later finds them imported once the warm-up has finished: on a loaded
-machine it takes longer than that second, and the cell waits for the rest.
+A new agent's first model request waits for no SDK: Chat Completions requests go
+through the package's own client over the standard library (`model/transport.py`),
+whose modules a kernel has loaded before any cell. `%load_ext` imports the magics and
+starts a warm-up thread that imports that client and, for an `https` endpoint, loads
+the CA bundle. The timeline widget (ipywidgets) is built once the first request is out,
+in the place its line held above the cell's output. `tests/test_imports.py` pins it: at
+a new kernel's first connection to the endpoint, neither openai, anthropic, httpx,
+pydantic nor the widget is imported. Both columns are byte-compiled, as installed;
+without bytecode (`PYTHONDONTWRITEBYTECODE`, a source checkout) every kernel compiles
+the package again, which about triples the package's own import time.
 
-Where the target is missed, and why: sent back to back with `%load_ext`, the cell waits
-for all of the warm-up's imports. Python runs imports under the GIL, so the warm-up
-thread overlaps them with the user's typing, not with the cell's own work. The last two
-rows are their profile: the openai SDK is most of it (`import openai` imports
-`openai.types.eval_create_params`, and through its graders `openai.types.responses`:
-about half of the SDK; its vendored aiohttp transport imports aiohttp whenever that is
-installed, as it is next to JupyterHub), then pydantic (the SDK's models), ipywidgets (the timeline),
-DuckDB (to learn that the new agent has no run yet) and httpx. Meeting 150 ms back to
-back needs a first request without the SDK (Chat Completions over httpx alone, its
-streaming, retries and error reading written again outside the SDK) and the store and
-widget imported after that request is sent: a client of its own, not a deferral.
+Where the target is missed, and why: back to back, the path is `%load_ext`'s imports
+(the row above: the package's own modules, most of whose self time is creating their
+dataclasses, then dill) and the cell's. In a profile of the cell up to its first
+request (`cProfile` in the kernel, under load), 58–70 % of it is the store's first read,
+which tells a new agent it has no run yet: importing DuckDB, opening the file and
+checking its schema; in a kernel DuckDB's connect also imports ipywidgets (for its
+progress bar), the widget's cost this tree otherwise moves after the request. Reading
+that without opening DuckDB removes the largest part; the package's own imports
+(`%load_ext`'s, and the runner's and the loop's) are most of what is left.
 
 Every time here grows several-fold on a loaded machine (see the load average above);
 the profile's shares hold."""
@@ -194,12 +212,18 @@ def render(results: dict[str, dict[str, Any]], trials: int) -> str:
         "largest packages in them (self time)",
         lambda r: ", ".join(f"{p} {ms(s)}" for p, s in r["imports"]["packages"]),
     )
-    row("imports a new agent's first cell adds (the warm-up's: SDK, client, store, widget)",
-        lambda r: ms(r["cell_imports"]["seconds"]))  # fmt: skip
-    row(
-        "largest packages in them (self time)",
-        lambda r: ", ".join(f"{p} {ms(s)}" for p, s in r["cell_imports"]["packages"]),
-    )
+    for key, label in (
+        (
+            "cell_imports",
+            "imports a new agent's cell adds before its first request (client, store)",
+        ),
+        ("widget_imports", "imports of the timeline widget (after the first request in this tree)"),
+    ):
+        row(label, lambda r, key=key: ms(r[key]["seconds"]))
+        row(
+            "largest packages in them (self time)",
+            lambda r, key=key: ", ".join(f"{p} {ms(s)}" for p, s in r[key]["packages"]),
+        )
     load = os.getloadavg()[0]
     return (
         "## Cold start\n\n"
@@ -222,14 +246,23 @@ def main(argv: list[str] | None = None) -> int:
     trees = [("before", t) for t in args.tree] + [("this tree", ROOT)]
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        for _, tree in trees:  # byte-compiled, as installed (see the docstring)
+            compile_ = [sys.executable, "-m", "compileall", "-q", str(tree / "jupyter_agent")]
+            subprocess.run(compile_, check=True, stdout=subprocess.DEVNULL)
+        runs: dict[str, list[dict[str, float]]] = {label: [] for label, _ in trees}
+        for n in range(args.trials):  # the trees in turn, so that both meet the same load
+            for label, tree in trees:
+                runs[label].append(trial(tree, Path(tmp) / label, n))
         for label, tree in trees:
-            runs = [trial(tree, Path(tmp) / label, n) for n in range(args.trials)]
             results[label] = {
-                "trials": runs,
+                "trials": runs[label],
                 "imports": import_profile(tree),
                 "cell_imports": import_profile(tree, f"import {LOAD_IMPORTS}", CELL_IMPORTS),
+                "widget_imports": import_profile(
+                    tree, f"import {LOAD_IMPORTS}, {CELL_IMPORTS}", WIDGET_IMPORTS
+                ),
             }
-            print(label, runs, file=sys.stderr)
+            print(label, runs[label], file=sys.stderr)
     publish(args.out, "cold-start", render(results, args.trials))
     return 0
 

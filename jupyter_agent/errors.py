@@ -12,6 +12,12 @@ widget, the CLI, the REST handlers) catches :class:`AgentError` alone::
     ├── ModelError              the model endpoint kept failing; the run pauses, resumable
     │   ├── ContextOverflow     the prompt is too long for the window; compaction shortens it
     │   └── ReplyLimitExceeded  a runaway reply (too long, past the deadline); not retried
+    ├── EndpointError           one request to a model endpoint failed; its client retries or
+    │   │                       turns it into a ModelError (never reaches a user as it is)
+    │   ├── TransportError      no connection, or it was lost mid-reply (a cut stream)
+    │   │   └── EndpointTimeout no answer within the client's timeout
+    │   ├── StatusError         the endpoint answered with an error status (``response``)
+    │   └── ErrorEvent          the endpoint reported an error inside its reply
     ├── StoreError              the store cannot be used (damaged, full, read-only)
     │   ├── StoreBusy           another process held the store past the wait
     │   └── StoreUnavailable    the store's database server cannot be reached now
@@ -104,6 +110,46 @@ class ReplyLimitExceeded(ModelError):
 
     Not retried (a runaway model would run away again); the run pauses, resumable.
     """
+
+
+class EndpointError(AgentError):
+    """One request to a model endpoint failed: the model client retries it or says why.
+
+    Raised by the Chat Completions transport (:mod:`jupyter_agent.model.transport`),
+    shaped like the SDKs' errors so one reading of them serves both
+    (:mod:`jupyter_agent.model.endpoint_errors`): ``message``; ``body``, the error
+    object the endpoint sent (a dict, a text, or None); ``code``, its ``code``;
+    ``status_code`` and ``response`` where the endpoint answered.
+    """
+
+    status_code: int | None = None
+
+    def __init__(self, message: str, body: object = None, response: object = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.body = body
+        self.response = response
+        self.code = body.get("code") if isinstance(body, dict) else None
+
+
+class TransportError(EndpointError):
+    """No connection to the endpoint, or it was lost before the reply ended (retried)."""
+
+
+class EndpointTimeout(TransportError):
+    """The endpoint did not answer, or stopped sending, within the timeout (retried)."""
+
+
+class StatusError(EndpointError):
+    """The endpoint answered with an error status; ``response`` holds its headers and body."""
+
+    def __init__(self, message: str, status_code: int, body: object, response: object) -> None:
+        super().__init__(message, body, response)
+        self.status_code = status_code
+
+
+class ErrorEvent(EndpointError):
+    """The endpoint reported an error inside its reply (``data: {"error": ...}``)."""
 
 
 class StoreError(AgentError):

@@ -3,13 +3,17 @@ the order the package happens to load them in)."""
 
 from __future__ import annotations
 
+import json
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import jupyter_agent
+from jupyter_agent.testing import ScriptedServer
+from tests.kernels import Kernel
 
 MODULES = sorted(
     m.name
@@ -28,7 +32,15 @@ def test_module_imports_on_its_own(module: str) -> None:
 
 #: Imported by the first agent cell (or the warm-up thread), never by `%load_ext` itself:
 #: the openai SDK alone takes half a second, which the kernel would wait for.
-DEFERRED = ("openai", "httpx", "duckdb", "pydantic", "jupyter_agent.model.chat")
+DEFERRED = (
+    "openai",
+    "httpx",
+    "duckdb",
+    "pydantic",
+    "ipywidgets",
+    "anywidget",
+    "jupyter_agent.model.chat",
+)
 
 
 def test_load_ext_defers_the_heavy_imports() -> None:
@@ -52,3 +64,48 @@ def test_the_default_store_path_is_found_without_duckdb() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "False"
+
+
+#: Never imported before a new agent's first model request: the SDKs, the HTTP library
+#: and the models they bring, the timeline widget (built once the request is out).
+NOT_BEFORE_FIRST_REQUEST = (
+    "openai",
+    "anthropic",
+    "httpx",
+    "httpx2",
+    "pydantic",
+    "anywidget",
+    "jupyter_agent.kernel.widget",
+)
+#: What the kernel had imported when it first connected to the endpoint (an audit hook).
+AT_FIRST_CONNECT = """
+import sys as _sys
+_first = []
+def _at_connect(event, args):
+    if event == "socket.connect" and not _first and tuple(args[1])[1:2] == (PORT,):
+        _first.append(sorted(_sys.modules))
+_sys.addaudithook(_at_connect)
+"""
+
+
+def test_a_new_agents_first_request_waits_for_no_sdk_and_no_widget(
+    agent_env: dict[str, str], scripted: ScriptedServer, tmp_path: Path
+) -> None:
+    """``%load_ext`` and a new agent's cell back to back, as a user's first two cells."""
+    scripted.set_script([{"content": "One, two, three."}])
+    kernel = Kernel(agent_env, cwd=tmp_path)
+    try:
+        assert kernel.run(AT_FIRST_CONNECT.replace("PORT", str(scripted.port))).status == "ok"
+        load = kernel.start("%load_ext jupyter_agent")
+        cell = kernel.start("%%agent --model scripted\nCount to three.", cell_id="first")
+        assert kernel.wait(load).status == "ok"
+        done = kernel.wait(cell)
+        assert done.status == "ok" and "One, two, three." in done.text, done.text
+        loaded = json.loads(kernel.run("import json; print(json.dumps(_first[0]))").stdout)
+    finally:
+        kernel.shutdown()
+    # DuckDB's connect imports ipywidgets in a kernel (its progress bar): pinned once a
+    # new agent's first request no longer opens the store.
+    pinned = [*NOT_BEFORE_FIRST_REQUEST, *(["ipywidgets"] if "duckdb" not in loaded else [])]
+    assert [m for m in pinned if m in loaded] == []
+    assert "application/vnd.jupyter.widget-view+json" in json.dumps(done.outputs)  # then built

@@ -293,7 +293,13 @@ def test_timeline_appears_once_the_run_has_begun(
     cell = "%%agent -m scripted\nSet a, then b."
     run = kernel.run(cell, cell_id=CELL_ID)
     assert run.status == "ok", run.text
-    assert VIEW in run.outputs[0].get("data", {}), run.outputs  # above the run's output
+    # Above the run's output: the timeline's place, which its widget takes once built.
+    first = run.outputs[0]
+    assert "application/vnd.jupyter-agent.timeline+json" in first["data"], run.outputs
+    views = [o for o in run.outputs if VIEW in o.get("data", {})]
+    assert views and {o["transient"]["display_id"] for o in views} == {
+        first["transient"]["display_id"]
+    }, run.outputs
     assert "■ done after 3 steps" in run.text
     # Re-running restores the finished run without a checkpoint; its timeline still shows.
     again = kernel.run(cell, cell_id=CELL_ID)

@@ -1,4 +1,4 @@
-"""ChatCompletionsClient against the scripted server over HTTP, with the real ``openai`` client.
+"""ChatCompletionsClient against the scripted server over HTTP.
 
 Every broken reply format an endpoint can produce must be either repaired
 (retried, continued, parsed another way) or turned into a :class:`ModelError`;
@@ -18,7 +18,7 @@ from jupyter_agent.errors import ContextOverflow, ModelError, ReplyLimitExceeded
 from jupyter_agent.model.base import Endpoint
 from jupyter_agent.model.chat import ChatCompletionsClient
 from jupyter_agent.model.endpoint_errors import context_overflow
-from jupyter_agent.model.http import shared_http
+from jupyter_agent.model.transport import shared_pool
 from jupyter_agent.testing import ScriptedServer
 
 USER = [{"role": "user", "content": "hello there"}]
@@ -414,10 +414,10 @@ def test_clients_of_one_endpoint_share_one_http_client(server: ScriptedServer) -
     first = model_client(server)
     assert first.complete(USER, TOOLS).content == "first"
     first.close()
-    pool = shared_http(server.url, 5.0)
+    pool = shared_pool(server.url, 5.0)
     assert not pool.is_closed  # closing an execution's client leaves the pool to the next
     second = model_client(server)
-    assert second._client._client is pool
+    assert second._client.pool is pool
     server.set_script([{"content": "second"}])
     assert second.complete(USER, TOOLS).content == "second"
-    assert model_client(server, timeout=7.0)._client._client is not pool
+    assert model_client(server, timeout=7.0)._client.pool is not pool

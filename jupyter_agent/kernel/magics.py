@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -19,19 +20,16 @@ from ..config import Settings
 from ..core.state import AWAITING_APPROVAL, DONE, ERROR, prompt_hash
 from ..errors import AgentBusy, AgentError, Cancelled, UsageProblem
 from ..loop.runs import load_state, owner_of
+from ..model.http import after_sending
 from ..store.api import RunRow, Store
 from ..tools.python import showing_in
-from ..views import diff as views_diff
-from ..views import points
 from ..views.cell import CellEvents
 from ..views.listing import Reader, agents_text, checkpoint_line
 from ..views.render import TextEvents, known_steps
-from ..views.timeline import Timeline
 from ..vocab import plural, printable, what_if_text
 from . import runner
 from .after import After
 from .cell_output import LiveCell
-from .cells import insert_cells, show_restored
 from .identity import (
     AgentIdentity,
     notebook_path,
@@ -42,6 +40,7 @@ from .identity import (
 from .options import HelpShown, cell_arguments, line_parser, parse_cell, parser_of, split_line
 from .runner import CellRequest, Outcome
 from .runtime import AgentRuntime, current
+from .slot import TimelineSlot
 from .traits import AgentTraits
 
 
@@ -169,19 +168,21 @@ class AgentMagics(AgentTraits, Magics):
         )
         with runtime.claimed(key), runtime.reads() as reads:
             text = CellEvents(live) if live is not None else TextEvents()
-            view = self._show_timeline(runtime.store(), identity) if cell else None
+            # The timeline widget is built once the first model request is out (see .slot).
+            slot = self._timeline_slot(runtime.store(), identity) if cell else None
             # Steps so far, for the output, read in this session rather than later.
-            text.known = (
-                view.timeline.known_steps()
-                if view is not None
-                else known_steps(runtime.store(), identity.notebook, identity.agent)
-            )
+            text.known = known_steps(runtime.store(), identity.notebook, identity.agent)
             outcome: Outcome | None = None
             try:
                 events = runtime.events(key, text)
-                with showing_in(live) if live is not None else contextlib.nullcontext():
+                with (
+                    showing_in(live) if live is not None else contextlib.nullcontext(),
+                    after_sending(slot.build if slot is not None else None),
+                ):
                     outcome = runtime.run(request, settings, events, reads=reads)
             finally:
+                if slot is not None:
+                    slot.end(failed=sys.exc_info()[0] is not None)
                 # A restore wrote nothing: the timelines show the store as it is already.
                 wrote = outcome is None or outcome.action not in ("restore", "waiting")
                 runtime.refresh(key, reread=wrote)
@@ -191,7 +192,7 @@ class AgentMagics(AgentTraits, Magics):
             outcome,
             identity,
             live,
-            restored=lambda: show_restored(runtime.store(), outcome.run, self.shell),
+            restored=lambda: _show_restored(runtime.store(), outcome.run, self.shell),
         )
         return outcome
 
@@ -237,7 +238,17 @@ class AgentMagics(AgentTraits, Magics):
     def _key(self, identity: AgentIdentity) -> tuple[str, str]:
         return (self._store().resolve_notebook(identity.notebook), identity.agent)
 
-    def _show_timeline(self, store: Store, identity: AgentIdentity) -> Any:
+    def _timeline_slot(self, store: Store, identity: AgentIdentity) -> TimelineSlot | None:
+        """Where the cell's timeline widget will be (None outside a kernel, or with the
+        timeline off); :meth:`_show_timeline` builds it when the slot asks."""
+        if not self.timeline or getattr(self.shell, "kernel", None) is None:
+            return None
+        key = (identity.notebook, identity.agent)
+        return TimelineSlot(
+            self.runtime, key, lambda handle: self._show_timeline(store, identity, handle)
+        )
+
+    def _show_timeline(self, store: Store, identity: AgentIdentity, slot: Any = None) -> Any:
         """The cell's timeline widget (None outside a kernel, or with the timeline off)."""
         if not self.timeline or getattr(self.shell, "kernel", None) is None:
             return None
@@ -250,6 +261,7 @@ class AgentMagics(AgentTraits, Magics):
             shell=self.shell,
             options=self._settings,
             replace=True,
+            slot=slot,
         )
 
     # -- %agent ---------------------------------------------------------------------
@@ -356,6 +368,8 @@ class AgentMagics(AgentTraits, Magics):
             print(f"Here, %agent show {run.agent} prints the checkpoints of agent {run.agent}.")
 
     def _cmd_cells(self, args: argparse.Namespace) -> None:
+        from .cells import insert_cells
+
         insert_cells(self._store(), self._find(args.name), self.shell, replace=args.replace)
 
     def _cmd_pause(self, args: argparse.Namespace) -> None:
@@ -371,6 +385,8 @@ class AgentMagics(AgentTraits, Magics):
         replay_agent(self._store(), self._find(args.name), self.shell, self._settings())
 
     def _cmd_diff(self, args: argparse.Namespace) -> dict | None:
+        from ..views import diff as views_diff
+
         a, b, diff = views_diff.compare_points(self._store(), args.a, args.b, self._notebook())
         if args.json:
             return views_diff.as_dict(a, b, diff)
@@ -378,6 +394,9 @@ class AgentMagics(AgentTraits, Magics):
         return None
 
     def _cmd_fork(self, args: argparse.Namespace) -> None:
+        from ..views import points
+        from ..views.timeline import Timeline
+
         name, at = points.parse_point(args.target)
         if at is None:
             raise UsageError(
@@ -450,3 +469,10 @@ def report(
     if live is not None:
         answer = state.final_answer() if state.status == DONE else None
         live.finish(state.status, state.model_calls, answer)
+
+
+def _show_restored(store: Store, run: RunRow, shell: Any) -> None:
+    """A restored run's outputs shown again (imported when a cell restores one)."""
+    from .cells import show_restored
+
+    show_restored(store, run, shell)

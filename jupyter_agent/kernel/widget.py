@@ -19,7 +19,6 @@ for more.
 from __future__ import annotations
 
 import contextlib
-import html
 import sys
 import threading
 import time
@@ -45,22 +44,9 @@ from ..views.timeline import WINDOW, Timeline, detail, notebook_name
 from .actions import Rewound, check_edit
 from .runner import CellRequest, Outcome
 from .runtime import AgentRuntime, Job, Key, current
+from .slot import TEXT_REPR, TIMELINE_MIME, fallbacks
 
 STATIC = Path(__file__).parent / "static"
-#: The text/plain of the widget: shown only where the widget is not (no widget
-#: manager, nbconvert, a terminal), and what nbval compares, so deterministic on
-#: purpose (no ids, times or counts). docs/timeline.md quotes it. It names no
-#: command: in a terminal, the command just run is what printed it.
-TEXT_REPR = (
-    "Agent timeline of {agent} (a widget: shown in JupyterLab and Notebook 7 with its kernel)"
-)
-#: Marks a timeline's output for the lab extension (labextension/src/fallback.ts).
-TIMELINE_MIME = "application/vnd.jupyter-agent.timeline+json"
-#: Its text/html, for notebook viewers without widgets (nbconvert, GitHub).
-HTML_REPR = (
-    "<div class='jp-agent-timeline-fallback'>Agent timeline of <b>{agent}</b> "
-    "(a widget: shown in JupyterLab and Notebook 7 with its kernel)</div>"
-)
 LOG_LIMIT = 20_000  # characters of background output a widget keeps
 SNAPSHOT_EVERY = 50  # appends between list refreshes that heal a view that missed some
 #: Seconds a queued checkpoint may wait for the flusher: what queued meanwhile goes in
@@ -125,11 +111,9 @@ class TimelineWidget(anywidget.AnyWidget):
         """The widget's view, with a text and an HTML fallback for where it cannot render."""
         bundle = super()._repr_mimebundle_(**kwargs)
         if bundle is not None:  # (data, metadata)
-            agent = self.timeline.agent
-            bundle[0]["text/html"] = HTML_REPR.format(agent=html.escape(agent))
-            # The lab extension's renderer of it shows this line until the view renders,
-            # and instead of "model not found" in a notebook reopened without its kernel.
-            bundle[0][TIMELINE_MIME] = {"agent": agent, "text": TEXT_REPR.format(agent=agent)}
+            fallback = fallbacks(self.timeline.agent)
+            bundle[0]["text/html"] = fallback["text/html"]
+            bundle[0][TIMELINE_MIME] = fallback[TIMELINE_MIME]
         return bundle
 
     @property
@@ -463,6 +447,7 @@ def display_timeline(
     options: Callable[[], Settings],
     replace: bool = False,
     lazy: bool | None = None,
+    slot: Any = None,
 ) -> TimelineWidget:
     """Show a timeline; with ``replace``, close the one an earlier run of the cell showed.
 
@@ -470,6 +455,7 @@ def display_timeline(
     displayed once the run has begun — its first checkpoint or output, a
     background job starting, or the execution ending well — so a run that fails
     before it starts (a configuration error) shows its error and no empty timeline.
+    ``slot``: the display handle whose place it takes (see :mod:`.slot`), not lazy.
     """
     widget = TimelineWidget(store, notebook, agent, shell=shell, options=options)
     if replace:
@@ -478,14 +464,14 @@ def display_timeline(
             _CELL_WIDGETS[widget.key] = widget
         if old is not None and widget.runtime.job(old.key) is None:
             old.close()
-    if replace if lazy is None else lazy:
+    if slot is None and (replace if lazy is None else lazy):
         widget._pending_display = threading.current_thread()
     else:
-        _display(widget)
+        _display(widget, slot)
     return widget
 
 
-def _display(widget: TimelineWidget) -> None:
+def _display(widget: TimelineWidget, slot: Any = None) -> None:
     """Display a timeline; its output's metadata records the store, which the notebook
     keeps when it is saved (see :mod:`jupyter_agent.core.notebook_store`)."""
     from IPython.display import display
@@ -493,7 +479,11 @@ def _display(widget: TimelineWidget) -> None:
     store_id = None
     with contextlib.suppress(AgentError):  # the timeline says what is wrong with the store
         store_id = widget.timeline.store.store_id()
-    display(widget, metadata=output_metadata(store_id) if store_id else None)
+    metadata = output_metadata(store_id) if store_id else None
+    if slot is not None:
+        slot.update(widget, metadata=metadata)
+    else:
+        display(widget, metadata=metadata)
 
 
 _CELL_WIDGETS: dict[Key, TimelineWidget] = {}  # the timeline each agent's cell shows

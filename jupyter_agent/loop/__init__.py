@@ -41,8 +41,9 @@ Threads
    DuckDB folds what finished (the server's store thread, a re-read, a cell).
 8. **The server's store thread** (``jupyter_agent.server``, one worker): every
    store read of the REST API, so the server's event loop never waits.
-9. **Warm-up** (:func:`jupyter_agent.model.http.warm_up`): imports and the SSL
-   context, once per kernel, touching no shared state but module imports.
+9. **Warm-up** (:func:`jupyter_agent.model.http.warm_up`): the model client's
+   imports and the SSL context, once per kernel, touching no shared state but
+   module imports.
 10. **A cell output's update timer** (:class:`jupyter_agent.kernel.cell_output.LiveCell`):
     shows what a throttled write left unshown, under that output's lock only.
 11. **A timeline's flusher** (``timeline-flusher``, one per widget followed live,
@@ -101,8 +102,10 @@ it in this list, so no two threads ever wait for each other:
    by a refresh, and by the browser's requests; it may read the store (6). The
    thread reporting a checkpoint (with 4 possibly held) takes it only to start
    the flusher, or to send inline where ``FLUSH_EVERY`` is 0.
-   A cell builds its own widget inside its reads' session (6); nobody else
-   can hold that widget's lock then, as the cell has claimed the agent.
+   A cell builds its own widget inside its reads' session (6), in the
+   execution's thread once the first model request is out (no lock of ours
+   held there but 1-3), or when the execution ends; nobody else can hold that
+   widget's lock then, as the cell has claimed the agent.
 6. **The store file**: DuckDB lets one process at a time open it, so a
    connection waits (up to ``busy_timeout``) while another process holds it.
    A store session (:meth:`Store.session`) holds one connection: the reads of a
@@ -118,7 +121,8 @@ it in this list, so no two threads ever wait for each other:
    (the events on their way), a cell output's ``_lock``
    (:class:`~jupyter_agent.kernel.cell_output.LiveCell`), the stale reader's ``_lock``
    (never held during a read), the model client's ``_quirks_lock`` and
-   ``_http_lock``, the PostgreSQL ``_ready_lock`` (and ``pg_advisory_xact_lock``
+   ``_http_lock``, a connection pool's ``_lock``
+   (:class:`~jupyter_agent.model.transport.Pool`), the PostgreSQL ``_ready_lock`` (and ``pg_advisory_xact_lock``
    around DDL across processes).
 
 Thread-local, so never shared: a store's session connection and wait

@@ -175,7 +175,6 @@ def usage_of(start: dict, end: dict) -> dict:
 class AnthropicClient(ChatCompletionsClient):
     """A :class:`~.base.ModelClient` over Anthropic's Messages API (``POST /v1/messages``)."""
 
-    sdk = anthropic
     #: The largest ``max_tokens`` the model accepts, once it said (see :data:`_MAX_ALLOWED`).
     max_tokens: int = 1 << 30
     retryable = (
@@ -184,6 +183,8 @@ class AnthropicClient(ChatCompletionsClient):
         anthropic.InternalServerError,  # includes 529 overloaded_error
         anthropic.APIResponseValidationError,
     )
+    status_error = anthropic.APIStatusError
+    api_error = anthropic.APIError
 
     def _make_client(self, timeout: float, headers: dict[str, str], query: dict[str, str]) -> Any:
         base_url = self.endpoint.base_url

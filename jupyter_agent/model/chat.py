@@ -1,4 +1,4 @@
-"""The Chat Completions client: streamed replies with tool calls, over the ``openai`` client.
+"""The Chat Completions client: streamed replies with tool calls, over the standard library.
 
 :class:`ChatCompletionsClient` is a :class:`~jupyter_agent.model.base.ModelClient`.
 
@@ -13,24 +13,36 @@ exponential backoff; what still fails after the retries becomes a
 A reply is complete only when the endpoint said so with a ``finish_reason``
 other than ``length``: the caller checkpoints the reply, and a half reply
 stored once would be restored forever. Every text produced here is redacted.
+
+Requests go through :mod:`.transport` (the standard library), not the ``openai`` SDK,
+whose import alone would delay a new agent's first request most of a second.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import openai
-
 from ..core.redaction import redact, secrets_in_environment
-from ..errors import Cancelled, ContextOverflow, ModelError, ReplyLimitExceeded
+from ..errors import (
+    Cancelled,
+    ContextOverflow,
+    EndpointError,
+    ErrorEvent,
+    ModelError,
+    ReplyLimitExceeded,
+    StatusError,
+    TransportError,
+)
 from . import endpoint_errors as errors
 from .base import Endpoint, Hooks, ModelReply, sendable
-from .http import announcing, shared_http
+from .http import announcing
+from .transport import ChatTransport, Response, without_none
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -258,14 +270,16 @@ class ChatCompletionsClient:
     ``thinking``, the Responses API's ``reasoning``).
 
     The native clients (:mod:`.responses`, :mod:`.anthropic_messages`) are this
-    class with another request and stream reader: the retries, limits and
-    error sorting are this one's, over their SDK's exceptions (:attr:`sdk`).
+    class with another request and stream reader: the retries, limits and error
+    sorting are this one's, over their SDK's exceptions (the attributes below).
     """
 
-    #: The SDK whose exceptions a request raises (the Stainless SDKs name them alike).
-    sdk: Any = openai
-    #: Exceptions of one attempt that are worth another.
-    retryable: tuple[type[Exception], ...] = errors.RETRYABLE
+    #: Exceptions of one attempt that are worth another (a lost connection, a timeout).
+    retryable: tuple[type[Exception], ...] = (TransportError,)
+    #: The endpoint answered with an error status (retried if 429, 5xx, 408, 409, 529).
+    status_error: type[Exception] = StatusError
+    #: The endpoint said it failed, with or without a status (an error event).
+    api_error: type[Exception] = EndpointError
 
     def __init__(
         self,
@@ -298,16 +312,8 @@ class ChatCompletionsClient:
         self._client = self._make_client(timeout, dict(headers or {}), dict(query or {}))
 
     def _make_client(self, timeout: float, headers: dict[str, str], query: dict[str, str]) -> Any:
-        """The SDK client, over the process's connection pool for the endpoint."""
-        return openai.OpenAI(
-            api_key=self.endpoint.api_key,
-            base_url=self.endpoint.base_url,
-            timeout=timeout,
-            max_retries=0,
-            default_headers=headers or None,
-            default_query=query or None,
-            http_client=shared_http(self._key, timeout),
-        )
+        """Where requests go, over the process's connection pool for the endpoint."""
+        return ChatTransport(self._key, self.endpoint.api_key, timeout, headers, query, os.environ)
 
     def _clean(self, text: str) -> str:
         return redact(text, self.secrets)
@@ -388,21 +394,22 @@ class ChatCompletionsClient:
         except (Cancelled, ModelError):
             raise
         except self.retryable as exc:
-            if isinstance(exc, self.sdk.APIError) and (overflow := self._overflow(exc)):
+            if isinstance(exc, self.api_error) and (overflow := self._overflow(exc)):
                 raise overflow from None
             raise _Retry(self._clean(errors.describe(exc)), errors.retry_after(exc)) from None
-        except self.sdk.APIStatusError as exc:
+        except self.status_error as exc:
             if overflow := self._overflow(exc):
                 raise overflow from None
-            if exc.status_code < 400:  # an error event inside a stream (Anthropic's)
+            status = getattr(exc, "status_code", None) or 0
+            if status < 400:  # an error event inside a stream (Anthropic's)
                 self._stream_failure(exc)
-            if exc.status_code not in errors.RETRYABLE_STATUS:
+            if not errors.retryable_status(status):
                 raise ModelError(
                     self._clean(self._refusal(exc)),
                     self._clean(errors.detail(exc)),
                 ) from None
             raise _Retry(self._clean(errors.describe(exc)), errors.retry_after(exc)) from None
-        except self.sdk.APIError as exc:  # an error event inside the stream
+        except self.api_error as exc:  # an error event inside the stream
             if overflow := self._overflow(exc):
                 raise overflow from None
             self._stream_failure(exc)
@@ -438,59 +445,49 @@ class ChatCompletionsClient:
     ) -> None:
         """Send the request (adapting to what the endpoint refuses) and read the reply."""
         while True:
-            params: dict[str, Any] = {
-                "model": self.endpoint.model,
-                # The client walks typed params in Python on every request (0.4 s for a
-                # 1,000-message conversation); the messages are plain JSON already, so
-                # they go in extra_body, which is merged into the body as it is.
-                "messages": [],
-                "extra_body": {**self.extra_body, "messages": sendable(messages)},
-            }
+            body: dict[str, Any] = {"model": self.endpoint.model}
             if tools:
-                params["tools"] = tools
-            if room:
-                name = "max_completion_tokens" if self.quirks.get("max_tokens") else "max_tokens"
-                params["extra_body"][name] = room
+                body["tools"] = tools
             streaming = not self.quirks.get("stream")
             if streaming:
-                params["stream"] = True
+                body["stream"] = True
                 if not self.quirks.get("stream_options"):
-                    params["stream_options"] = {"include_usage": True}
+                    body["stream_options"] = {"include_usage": True}
+            body.update(self.extra_body)
+            body["messages"] = sendable(messages)
+            if room:
+                name = "max_completion_tokens" if self.quirks.get("max_tokens") else "max_tokens"
+                body[name] = room
             try:
-                response = self._client.chat.completions.create(**params)
-            except openai.BadRequestError as exc:
-                if quirk := errors.refused_parameter(exc, params):
+                response = self._client.post("/chat/completions", body)
+            except StatusError as exc:
+                if exc.status_code == 400 and (quirk := errors.refused_parameter(exc, body)):
                     self._learn(quirk)
                     continue
                 raise
-            if not streaming:
-                acc.chunk(response.model_dump(exclude_none=True, warnings=False))
-                return
-            self._read_stream(response, acc)
+            self._read(response, acc, streaming)
             return
 
-    def _read_stream(self, stream: Any, acc: _Reply) -> None:
+    def _read(self, response: Response, acc: _Reply, streaming: bool) -> None:
+        """Fold the reply into ``acc``: events of a stream, or one JSON completion."""
         try:
-            ctype = stream.response.headers.get("content-type", "")
-            if "json" in ctype:  # a plain completion in answer to a streaming request
-                data = json.loads(stream.response.read())
+            if not streaming or "json" in response.headers.get("content-type", ""):
+                data = response.json()  # a plain completion, asked for or not
                 if isinstance(data, dict) and isinstance(data.get("error"), dict):
-                    raise openai.APIError(
-                        str(data["error"].get("message") or "error"),
-                        stream.response.request,
-                        body=data["error"],
-                    )
-                self._learn("stream")
-                acc.chunk(data if isinstance(data, dict) else {})
+                    error = data["error"]
+                    raise ErrorEvent(str(error.get("message") or "error"), error)
+                if streaming:
+                    self._learn("stream")
+                acc.chunk(without_none(data) if isinstance(data, dict) else {})
                 return
-            for chunk in stream:
+            for chunk in response.events():
                 if self.cancel.is_set():
                     raise Cancelled()
-                acc.chunk(chunk.model_dump(exclude_none=True, warnings=False))
+                acc.chunk(without_none(chunk) if isinstance(chunk, dict) else {})
         finally:
-            stream.close()
+            response.close()
 
-    def _overflow(self, exc: openai.APIError) -> ContextOverflow | None:
+    def _overflow(self, exc: Any) -> ContextOverflow | None:
         overflow = errors.overflow_of(exc)
         if overflow is not None:
             overflow.args = (self._clean(str(overflow)),)
@@ -498,4 +495,4 @@ class ChatCompletionsClient:
         return overflow
 
     def close(self) -> None:
-        """Nothing to release: the connection pool is the process's (:func:`shared_http`)."""
+        """Nothing to release: the connection pool is the process's (:func:`.shared_pool`)."""

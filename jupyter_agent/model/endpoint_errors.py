@@ -4,26 +4,22 @@ Every OpenAI-compatible server words its errors its own way (docs/endpoints.md).
 Here they are sorted — worth retrying, a parameter to do without, a prompt too
 long for the context window, or a refusal — and described in one short phrase
 for the user, the whole of the error kept as the detail.
+
+The errors read are the Chat Completions transport's (:class:`~jupyter_agent.errors.EndpointError`)
+and the SDKs' of the native APIs, which have the same shape (``status_code``,
+``body``, ``message``, ``code``, ``response``): they are read by that shape,
+and no SDK is imported here.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
-import httpx
-import openai
+from ..errors import ContextOverflow, EndpointTimeout, TransportError
 
-from ..errors import ContextOverflow
-
-RETRYABLE = (
-    openai.APIConnectionError,  # includes timeouts and streams cut midway
-    openai.RateLimitError,
-    openai.InternalServerError,
-    openai.APIResponseValidationError,
-    httpx.TransportError,  # a connection lost while a stream is read, if not wrapped
-)
-#: Statuses that say "try again" without being a 429 or a 5xx (529: Anthropic overloaded).
+#: Statuses that say "try again" besides 429 and the 5xx (529: Anthropic overloaded).
 RETRYABLE_STATUS = {408, 409, 529}
 #: Error types and codes of an error event inside a stream that say "try again".
 _TRANSIENT_STREAM_ERROR = re.compile(
@@ -43,12 +39,17 @@ def body_of(exc: Exception) -> dict:
     return inner if body.get("type") == "error" and isinstance(inner, dict) else body
 
 
+def retryable_status(status: int) -> bool:
+    """Whether an error status says "try again": a rate limit, a server error, a conflict."""
+    return status == 429 or status >= 500 or status in RETRYABLE_STATUS
+
+
 def is_a(exc: Exception, name: str) -> bool:
     """Whether ``exc`` is the SDK exception ``name`` of either SDK (they name them alike)."""
     return any(cls.__name__ == name for cls in type(exc).__mro__)
 
 
-def stream_error(exc: openai.APIError) -> tuple[str, bool]:
+def stream_error(exc: Any) -> tuple[str, bool]:
     """What an error event inside a stream said (one line), and whether it is transient."""
     body = body_of(exc)
     kind = " ".join(str(body.get(k) or "") for k in ("type", "code")).strip()
@@ -57,17 +58,18 @@ def stream_error(exc: openai.APIError) -> tuple[str, bool]:
     return said, transient
 
 
-def stream_error_detail(exc: openai.APIError, said: str) -> str:
+def stream_error_detail(exc: Any, said: str) -> str:
     """The whole error event, for ``ModelError.detail``."""
     return f"{said} ({json.dumps(exc.body, default=str)})"
 
 
-def refused_parameter(exc: openai.BadRequestError, params: dict) -> str | None:
-    """The quirk to learn when an endpoint refuses a parameter we can do without."""
+def refused_parameter(exc: Any, body: dict) -> str | None:
+    """The quirk to learn when an endpoint refuses (400) a parameter of ``body`` we can
+    do without."""
     text = f"{exc.message} {exc.body}".lower()
-    if "stream_options" in params and "stream_options" in text:
+    if "stream_options" in body and "stream_options" in text:
         return "stream_options"
-    if "max_tokens" in params["extra_body"] and "max_completion_tokens" in text:
+    if "max_tokens" in body and "max_completion_tokens" in text:
         return "max_tokens"
     return None
 
@@ -127,7 +129,7 @@ def context_overflow(
     return _first_number(_LIMIT, message), _first_number(_REQUESTED, message)
 
 
-def overflow_of(exc: openai.APIError) -> ContextOverflow | None:
+def overflow_of(exc: Any) -> ContextOverflow | None:
     """The :class:`ContextOverflow` an endpoint error amounts to, if it is one."""
     body = body_of(exc)
     message = str(body.get("message") or exc.message)
@@ -187,9 +189,9 @@ def retry_after(exc: Exception) -> float | None:
 def describe(exc: Exception) -> str:
     """One short phrase: the status and the first line of the server's message."""
     status = getattr(exc, "status_code", None)
-    if is_a(exc, "APITimeoutError"):
+    if isinstance(exc, EndpointTimeout) or is_a(exc, "APITimeoutError"):
         return "the request timed out"
-    if is_a(exc, "APIConnectionError"):
+    if isinstance(exc, TransportError) or is_a(exc, "APIConnectionError"):
         return first_line(f"cannot reach the endpoint ({exc.__cause__ or exc})")
     if status:
         return f"HTTP {status}: {first_line(_server_message(exc))}"

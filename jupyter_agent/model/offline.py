@@ -39,6 +39,7 @@ from ..core.context import HARNESS_NOTE
 from ..core.plan import PLANNER_PROMPT
 from ..errors import Cancelled
 from .base import Endpoint, Hooks, ModelReply
+from .http import announcing, sent
 from .offline_task import PYTHON, Action, Script, parse_task
 
 if TYPE_CHECKING:
@@ -321,9 +322,8 @@ class OfflineClient:
         """The offline model's next step, streamed to ``on_text`` in pieces like a server's."""
         if self.cancel.is_set():
             raise Cancelled()
-        on_sent = hooks.get("on_sent")
-        if on_sent is not None:
-            on_sent()  # no request to wait for
+        with announcing(hooks.get("on_sent")):
+            sent()  # no request to wait for: it is as good as sent
         if tools:
             answer = offline_reply({"messages": messages})
         else:  # a compaction asks for a summary; the offline model counts results instead

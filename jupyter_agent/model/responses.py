@@ -8,8 +8,8 @@ reply (``include=["reasoning.encrypted_content"]``), are checkpointed with the
 assistant message under :data:`~.base.PROVIDER_STATE`, and are sent back as
 input items on every later request, after a resume too.
 
-The retries, limits and error sorting are :class:`~.chat.ChatCompletionsClient`'s
-(the same ``openai`` SDK raises the same exceptions); only the request and the
+The retries, limits and error sorting are :class:`~.chat.ChatCompletionsClient`'s,
+over the ``openai`` SDK's exceptions; only the SDK client, the request and the
 reading of the stream's events are this module's.
 """
 
@@ -23,6 +23,7 @@ import openai
 from ..errors import Cancelled
 from .base import provider_items
 from .chat import ChatCompletionsClient, _Reply
+from .http import shared_http
 
 #: The name of this API in :data:`~.base.PROVIDER_STATE` and in ``--model responses:NAME``.
 API = "responses"
@@ -126,8 +127,38 @@ class _Items:
     streamed: set[str] = field(default_factory=set)
 
 
+try:  # an SDK over httpx (before 3.x) may let a connection lost mid-stream through unwrapped
+    from httpx import TransportError as _HttpxTransportError
+
+    _unwrapped: tuple[type[Exception], ...] = (_HttpxTransportError,)
+except ImportError:
+    _unwrapped = ()
+
+
 class ResponsesClient(ChatCompletionsClient):
     """A :class:`~.base.ModelClient` over the OpenAI Responses API (``POST /responses``)."""
+
+    retryable = (
+        openai.APIConnectionError,  # includes timeouts and streams cut midway
+        openai.RateLimitError,
+        openai.InternalServerError,
+        openai.APIResponseValidationError,
+        *_unwrapped,
+    )
+    status_error = openai.APIStatusError
+    api_error = openai.APIError
+
+    def _make_client(self, timeout: float, headers: dict[str, str], query: dict[str, str]) -> Any:
+        """The SDK client, over the process's connection pool for the endpoint."""
+        return openai.OpenAI(
+            api_key=self.endpoint.api_key,
+            base_url=self.endpoint.base_url,
+            timeout=timeout,
+            max_retries=0,
+            default_headers=headers or None,
+            default_query=query or None,
+            http_client=shared_http(self._key, timeout),
+        )
 
     def _request(
         self, messages: list[dict], tools: list[dict], acc: _Reply, room: int | None

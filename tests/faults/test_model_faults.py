@@ -152,7 +152,9 @@ def test_backoff_doubles(env: Env) -> None:
     # 0.05, 0.1, 0.2, 0.4 s plus request time: each at least the planned delay, and growing.
     for gap, planned in zip(gaps, [0.05, 0.1, 0.2, 0.4], strict=True):
         assert gap >= planned * 0.9, gaps
-    assert gaps[3] > gaps[0] * 3, gaps
+    # The first gap also holds the building of the cell's timeline widget, which waits
+    # for the first request to go out (jupyter_agent.kernel.slot): compared from the second.
+    assert gaps[3] > gaps[1] * 3, gaps
     record(
         "model",
         "backoff",

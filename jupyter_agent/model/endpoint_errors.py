@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 from ..errors import ContextOverflow, EndpointTimeout, TransportError
+from ..vocab import clipped
 
 #: Statuses that say "try again" besides 429 and the 5xx (529: Anthropic overloaded).
 RETRYABLE_STATUS = {408, 409, 529}
@@ -154,8 +155,7 @@ def overflow_of(exc: Any) -> ContextOverflow | None:
 def first_line(text: str, limit: int = 200) -> str:
     """The first non-empty line, at most ``limit`` characters."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    line = lines[0] if lines else ""
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    return clipped(lines[0] if lines else "", limit)
 
 
 _ERROR_CODE_PREFIX = re.compile(r"^Error code: \d+ - ")

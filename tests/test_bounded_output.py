@@ -106,3 +106,37 @@ def test_the_cell_output_keeps_a_clipped_tail() -> None:
     # status taken out of it (said below and above instead), are shown.
     assert f"  … {101 - (TAIL - 2)} earlier lines" in text.splitlines()
     assert len(text) < 4_000 and len(out.html()) < 6_000
+
+
+def cell_displays(outputs: list[dict]) -> list[str]:
+    """The texts the agent cell's display showed, first display and updates, in order."""
+    return [
+        o["data"]["text/plain"]
+        for o in outputs
+        if (o.get("transient") or {}).get("display_id")
+        and str(o.get("data", {}).get("text/plain", "")).startswith("Agent ")
+    ]
+
+
+def test_checkpoints_update_the_cell_at_most_every_quarter_second(kernel_factory, scripted):
+    """A step's checkpoints do not each update the cell's display (a millisecond of the
+    step's thread apiece); what the last one left unshown shows within EVERY seconds."""
+    from jupyter_agent.kernel.cell_output import EVERY
+
+    steps = 60
+    script = [tool(f"print('step', {i})") for i in range(steps)]
+    script += [tool("import time; time.sleep(3)"), {"content": "All done."}]
+    scripted.set_script(script)
+    k = kernel_factory()
+    run = k.start("%%agent --model scripted --name quick --max-steps 100\nWork.", cell_id="quick")
+    k.wait_for(run, "time.sleep(3)", timeout=60)
+    # The sleeping call's start is shown while it runs, without a write after it.
+    during = cell_displays(run.outputs)[-1]
+    assert "time.sleep(3)" in during.split("Full transcript")[0], during
+    k.wait(run, timeout=60)
+    assert run.status == "ok", run.text
+    shown = cell_displays(run.outputs)
+    assert "All done." in shown[-1] and "done after" in shown[-1].splitlines()[0]
+    # Three checkpoints a step; each shown at once would be 3 × steps updates.
+    assert len(shown) < steps, f"{len(shown)} updates for {3 * steps} checkpoints"
+    assert EVERY <= 0.25

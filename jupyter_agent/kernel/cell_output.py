@@ -2,13 +2,17 @@
 
 The text and HTML are :class:`~jupyter_agent.views.cell.CellOutput`'s; this
 module only displays them: once, with a display id, then by updating that
-display (``update_display_data``), at most every :data:`EVERY` seconds while
-output streams in, at once at each checkpoint (a tool call or a model request
-may take long: what led to it must show meanwhile), and once more when the
-run ends. What a throttled write left unshown is shown by a timer when no
-write follows. A frontend and nbclient keep the last update only, so the
-notebook holds one small output per cell. Under nbval, which drops display
-updates (``in_place`` false), the output is displayed once, when the run ends.
+display (``update_display_data``), at most every :data:`EVERY` seconds, and at
+once when the run ends or a checkpoint stops it. What a throttled write or
+checkpoint left unshown is shown by a timer when nothing follows it: a tool
+call or a model request may take long, and what led to it shows within
+:data:`EVERY` seconds meanwhile. A step's checkpoint is not shown at once:
+displaying costs the step's thread about a millisecond (the formatters, the
+message to the frontend), more than the rest of the harness's work on a step,
+and a fast run writes hundreds a second. A frontend and nbclient keep the last
+update only, so the notebook holds one small output per cell. Under nbval,
+which drops display updates (``in_place`` false), the output is displayed
+once, when the run ends.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from typing import Any
 
 from ..views.cell import CellOutput
+from ..vocab import Status
 
 EVERY = 0.25  # seconds between updates of the display while output streams in
 
@@ -60,7 +65,9 @@ class LiveCell(CellOutput):
     def reached(self, step: int, status: str, info: Any = None) -> None:
         with self._lock:
             super().reached(step, status, info)
-        self.update(force=True)
+        # A step's checkpoint waits for the throttle (the timer shows it if nothing
+        # follows); one where the run stops (done, waiting for approval) shows at once.
+        self.update(force=Status.of(status) is not Status.RUNNING)
 
     def finish(self, status: str, steps: int, answer: str | None) -> None:
         with self._lock:

@@ -156,3 +156,19 @@ def test_a_stored_usage_that_is_not_a_number_counts_nothing_and_the_fold_goes_on
                     info={"usage": usage})  # fmt: skip
     assert (state.prompt_tokens, state.completion_tokens) == (7, 12)
     assert (state.cached_tokens, state.cache_write_tokens, state.model_calls) == (0, 0, 3)
+
+
+def test_ctrl_c_waits_until_a_checkpoint_is_written_whole():
+    import os
+    import signal
+
+    from jupyter_agent.loop.checkpoints import shield_from_interrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    written = []
+    with pytest.raises(KeyboardInterrupt):
+        with shield_from_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            written.append("whole")  # not cut short by the signal
+    assert written == ["whole"]
+    assert signal.getsignal(signal.SIGINT) is before  # the kernel's handler is back

@@ -166,9 +166,8 @@ def test_ctrl_c_waits_until_a_checkpoint_is_written_whole():
 
     before = signal.getsignal(signal.SIGINT)
     written = []
-    with pytest.raises(KeyboardInterrupt):
-        with shield_from_interrupt():
-            os.kill(os.getpid(), signal.SIGINT)
-            written.append("whole")  # not cut short by the signal
+    with pytest.raises(KeyboardInterrupt), shield_from_interrupt():
+        os.kill(os.getpid(), signal.SIGINT)
+        written.append("whole")  # not cut short by the signal
     assert written == ["whole"]
     assert signal.getsignal(signal.SIGINT) is before  # the kernel's handler is back

@@ -370,7 +370,7 @@ def test_a_journaled_row_reads_back_as_written_whatever_its_values() -> None:
 
     odd = [
         {"summary": "plain ascii", "tokens": 3, "created_at": 1.5, "info": "{}"},
-        {"summary": "ünïcödé ✓ and a quote \" and a \\ and \n", "size": 0},
+        {"summary": 'ünïcödé ✓ and a quote " and a \\ and \n', "size": 0},
         {"summary": "a lone surrogate \udc80", "step": 2},
         {"tokens": 2**70, "step": -(2**65)},  # past 64 bits
         {"duration_ms": float("nan")},
@@ -380,11 +380,11 @@ def test_a_journaled_row_reads_back_as_written_whatever_its_values() -> None:
     data = b"".join(journal.encode(Record("checkpoints", row, b"\x00payload")) for row in odd)
     found = journal.decode(data)
     assert not found.damaged and not found.torn and len(found.records) == len(odd)
-    for row, record in zip(odd, found.records, strict=True):
+    for row, framed in zip(odd, found.records, strict=True):
         expected = json.loads(json.dumps(row))
-        assert record.payload == b"\x00payload"
+        assert framed.payload == b"\x00payload"
         for key, value in expected.items():
-            got = record.row[key]
+            got = framed.row[key]
             if isinstance(value, float) and math.isnan(value):
                 assert isinstance(got, float) and math.isnan(got)
             else:

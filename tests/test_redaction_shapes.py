@@ -49,3 +49,45 @@ def test_text_without_a_credential_is_left_as_it_is():
                       for i in range(15))  # fmt: skip
     for text in [plain, "the author of a bearer bond", "risk-free", "gh_pages", ""]:
         assert redact(text, []) == text
+
+
+def test_a_checkpoint_row_is_stored_redacted_whatever_the_secret_or_where_it_is(tmp_path):
+    """The writer searches a row's JSON whole before redacting value by value: a row it
+    leaves alone must be one redaction leaves alone, for secrets JSON keeps as they are
+    and for those it escapes (a quote, a backslash, a non-ASCII letter)."""
+    import json
+
+    from jupyter_agent.store.api import CHECKPOINT_COLUMNS, CheckpointRow
+    from jupyter_agent.store.duckdb import journal
+    from jupyter_agent.store.duckdb.store import DuckDBStore
+
+    secrets_cases = [
+        ["plain-secret-123"],
+        ['quo"ted-secret-1'],
+        ["back\\slash-secret"],
+        ["clé-secrète-42"],
+    ]
+    for n, secrets in enumerate(secrets_cases):
+        secret = secrets[0]
+        infos = [
+            {"code": "print(1)"},  # nothing to redact
+            {"code": f"key = {secret!r}", "nested": [{"deep": f"x{secret}y"}]},
+            {"code": f"headers = {{'Authorization': 'Bearer {TOKEN}'}}"},
+            {"note": "ünïcödé and no secret", "n": 3},
+        ]
+        store = DuckDBStore(tmp_path / f"s{n}" / "agents.duckdb")
+        writer = store.writer("run", secrets)
+        rows = []
+        for step, info in enumerate(infos):
+            row = CheckpointRow(
+                "run", step, "tool_call", "running", f"summary {step}", 1.0, 0.0, 0, 0, info
+            )
+            rows.append(row)
+            writer.put_checkpoint(row, b"{}")
+        writer.close(merge=False)
+        (path,) = store.journal_dir.glob("*" + journal.SUFFIX)
+        stored = [r.row for r in journal.decode(path.read_bytes()).records]
+        for row, got in zip(rows, stored, strict=True):
+            expected = redact({c: getattr(row, c) for c in CHECKPOINT_COLUMNS}, secrets)
+            assert json.loads(got["info"]) == expected["info"], (secrets, got)
+            assert secret not in got["info"] and TOKEN not in got["info"]

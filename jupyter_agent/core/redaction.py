@@ -57,6 +57,18 @@ def _may_hold_credential(text: str) -> bool:
     return any(h in low for h in _HINTS_LOWER)
 
 
+def verbatim_in_json(secrets: list[str]) -> bool:
+    """Whether every secret appears as it is in JSON text holding it (``json.dumps``, ASCII
+    or not): printable ASCII without quotes or backslashes, which JSON escapes."""
+    return all(s.isascii() and s.isprintable() and '"' not in s and "\\" not in s for s in secrets)
+
+
+def nothing_to_redact(text: str, secrets: list[str]) -> bool:
+    """True when :func:`redact` would leave ``text`` (or each string of a JSON text, where
+    :func:`verbatim_in_json` holds for the secrets) as it is; False may be a false alarm."""
+    return not _may_hold_credential(text) and not any(s in text for s in secrets)
+
+
 def secrets_in_environment(*extra: str | None) -> list[str]:
     """Secret values to redact: ``extra`` (e.g. the API key) and secret-looking env values."""
     found = {v for v in extra if v and len(v) >= _MIN_LENGTH}

@@ -140,3 +140,32 @@ def test_checkpoints_update_the_cell_at_most_every_quarter_second(kernel_factory
     # Three checkpoints a step; each shown at once would be 3 × steps updates.
     assert len(shown) < steps, f"{len(shown)} updates for {3 * steps} checkpoints"
     assert EVERY <= 0.25
+
+
+def test_one_thread_shows_what_throttled_updates_left_unshown(ip) -> None:
+    """A cell's output starts one timer thread for its life, not one per throttled
+    update; it shows the last write within EVERY seconds, and ends with the run."""
+    import threading
+    import time
+
+    from jupyter_agent.kernel.cell_output import EVERY, LiveCell
+
+    def timers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "jupyter-agent-cell"]
+
+    cell = LiveCell("quick")
+    cell.write("first\n")  # displayed at once
+    for burst in range(3):
+        for i in range(50):
+            cell.write(f"line {burst}.{i}\n")
+        assert len(timers()) == 1
+        deadline = time.monotonic() + EVERY + 2.0
+        while cell._dirty and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not cell._dirty, "the last write was not shown"
+        assert f"line {burst}.49" in cell.text()
+    cell.finish("done", 3, "All done.")
+    deadline = time.monotonic() + 2.0
+    while timers() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert timers() == []

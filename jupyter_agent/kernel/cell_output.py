@@ -44,7 +44,12 @@ class LiveCell(CellOutput):
         self._shown_at = 0.0
         # Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
         self._lock = threading.RLock()
-        self._timer: threading.Timer | None = None
+        #: Shows what a throttled update left unshown, when ``_due`` comes: one thread for
+        #: the output's life, not one per update (starting a thread waits for it to run,
+        #: which on a busy machine takes the step's thread a millisecond).
+        self._timer: threading.Thread | None = None
+        self._due: float | None = None
+        self._wake = threading.Event()
         self._dirty = False
         # Displaying flushes the kernel's streams, which may write here again.
         self._updating = False
@@ -73,12 +78,14 @@ class LiveCell(CellOutput):
         with self._lock:
             super().finish(status, steps, answer)
             self._ended = True
+        self._wake.set()  # the timer's thread ends
         self.update(force=True)
 
     def failed(self) -> None:
         with self._lock:
             super().failed()
             self._ended = True
+        self._wake.set()
         if self._handle is not None or not self.in_place:
             self.update(force=True)
 
@@ -95,10 +102,15 @@ class LiveCell(CellOutput):
                 wait = self.every - (time.monotonic() - self._shown_at)
                 if wait > 0:
                     self._dirty = True
-                    if self._timer is None:  # show it then, unless a write does first
-                        self._timer = threading.Timer(wait, self._trailing)
-                        self._timer.daemon = True
-                        self._timer.start()
+                    if self._due is None:  # show it then, unless a write does first
+                        self._due = time.monotonic() + wait
+                        if self._timer is None:
+                            self._timer = threading.Thread(
+                                target=self._trailing, name="jupyter-agent-cell", daemon=True
+                            )
+                            self._timer.start()
+                        else:
+                            self._wake.set()
                     return
             from IPython.display import display
 
@@ -114,7 +126,24 @@ class LiveCell(CellOutput):
                 self._updating = False
 
     def _trailing(self) -> None:
-        with self._lock:
-            self._timer = None
-            if self._dirty:
-                self.update(force=True)
+        """The timer's thread: waits for ``_due``, shows what is unshown, until the run
+        has ended with nothing unshown.
+
+        ``_wake`` only says "look again": the state is read under the lock each time,
+        so a wake-up cleared unseen loses nothing.
+        """
+        while True:
+            with self._lock:
+                if self._ended and not self._dirty:
+                    self._timer = self._due = None
+                    return
+                due = self._due
+            delay = None if due is None else due - time.monotonic()
+            if delay is None or delay > 0:
+                self._wake.wait(delay)
+                self._wake.clear()
+                continue
+            with self._lock:
+                self._due = None
+                if self._dirty:
+                    self.update(force=True)

@@ -84,13 +84,35 @@ PROFILE_OUT = (
 )
 
 
+def probe_code(parts: bool) -> str:
+    """The kernel's probe; without ``parts`` it times only the model call and the tool (each
+    part's timer costs the step a few microseconds)."""
+    if parts:
+        return PROBE
+    theirs = ('"model call")', '"tool (run_python)")')
+    return "\n".join(
+        line
+        for line in PROBE.splitlines()
+        if not line.startswith("_kb_wrap(") or line.endswith(theirs)
+    )
+
+
 def run(
-    steps: int, workdir: Path, tree: Path, durability: str, profile: bool = False
+    steps: int,
+    workdir: Path,
+    tree: Path,
+    durability: str,
+    profile: bool = False,
+    parts: bool = True,
 ) -> dict[str, Any]:
     """One harness run of ``steps`` steps on the package in ``tree``; per-step figures."""
-    cwd = workdir / f"{tree.name}-{durability}-{steps}-{profile}"
+    cwd = workdir / f"{tree.name}-{durability}-{steps}-{profile}-{parts}"
     cwd.mkdir(parents=True)
-    setup = [PROBE, "%load_ext jupyter_agent", f"%config AgentMagics.durability = {durability!r}"]
+    setup = [
+        probe_code(parts),
+        "%load_ext jupyter_agent",
+        f"%config AgentMagics.durability = {durability!r}",
+    ]
     if profile:
         setup.append(PROFILE_ON)
     cell = f"%%agent --model scripted --max-steps {steps + 10}\n{PROMPT}"
@@ -204,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tree", type=Path, action="append", default=[])
     parser.add_argument("--mode", choices=MODES, action="append", default=[])
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--no-parts", action="store_true", help="time only the model call and the tool"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.steps < 2 * WINDOW:
@@ -222,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"{label}, {mode}, {steps} steps")
                     started = time.perf_counter()
                     r = {"tree": label, "durability": mode, "steps": steps}
-                    r.update(run(steps, workdir, tree, mode))
+                    r.update(run(steps, workdir, tree, mode, parts=not args.no_parts))
                     runs.append(r)
                     load.append(os.getloadavg()[0])
                     log(

@@ -7,12 +7,11 @@ once when the run ends or a checkpoint stops it. What a throttled write or
 checkpoint left unshown is shown by a timer when nothing follows it: a tool
 call or a model request may take long, and what led to it shows within
 :data:`EVERY` seconds meanwhile. A step's checkpoint is not shown at once:
-displaying costs the step's thread about a millisecond (the formatters, the
-message to the frontend), more than the rest of the harness's work on a step,
-and a fast run writes hundreds a second. A frontend and nbclient keep the last
-update only, so the notebook holds one small output per cell. Under nbval,
-which drops display updates (``in_place`` false), the output is displayed
-once, when the run ends.
+displaying costs the step's thread about half a millisecond (the formatters,
+the message to the frontend), and a fast run writes hundreds of checkpoints a
+second. A frontend and nbclient keep the last update only, so the notebook
+holds one small output per cell. Under nbval, which drops display updates
+(``in_place`` false), the output is displayed once, when the run ends.
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ request, and the kernel's RSS over the run (psutil).
 widget sent to by each step itself (``widget.FLUSH_EVERY = 0``, as before the
 flusher) and with the flusher (the default), at ``--steps``; it prints a table.
 
+``bench/step_overhead.py`` runs these harness kernels alone, in both durability modes,
+on this tree and another (``--tree``) side by side, with the kernel's CPU time per step.
+
 Usage: ``python bench/kernel_overhead.py [--steps 500] [--long] [--profile] [--out docs/performance.md]``
 (``--long`` adds a 10,000-step harness run for steps 9,951–10,000 and RSS growth, and
 the resume after 10,000 steps;
@@ -94,23 +97,36 @@ import jupyter_agent.model.chat as _kb_model, jupyter_agent.namespace.tracking a
 import jupyter_agent.views.render as _kb_render, jupyter_agent.core.state as _kb_state
 import jupyter_agent.tools.python as _kb_tools, jupyter_agent.kernel.widget as _kb_widget
 import jupyter_agent.core.context as _kb_context, jupyter_agent.kernel.runtime as _kb_runtime
-_kb = {"parts": {}, "step": [0], "rss": [], "model_at": [], "connects": []}
+_kb = {"parts": {}, "cpu": {}, "step": [0], "rss": [], "model_at": [], "connects": [], "at": []}
 _kb_proc = _kb_psutil.Process()
+_kb_prof = [None]  # a cProfile.Profile: enabled outside the model call and the tool only
+_kb_clocks = lambda: (_kb_time.perf_counter(), _kb_time.thread_time(), _kb_time.process_time())
 def _kb_wrap(owner, name, label):
-    original = getattr(owner, name)
+    original = getattr(owner, name, None)
+    if original is None:  # not in this tree (``--tree``): that part is not timed
+        return
     parts = _kb["parts"].setdefault(label, {})
+    cpu = _kb["cpu"].setdefault(label, {})
+    theirs = label in ("model call", "tool (run_python)")  # the work a bare loop does too
     def timed(*args, **kwargs):
         if label == "model call" and len(args) > 2 and args[2]:  # not a summary request
             _kb["step"][0] += 1
             _kb["model_at"].append(_kb_time.time())
+            _kb["at"].append(_kb_clocks())  # where a step starts: (wall, thread CPU, process CPU)
             if _kb["step"][0] % 50 == 1:
                 _kb["rss"].append((_kb["step"][0], _kb_proc.memory_info().rss))
-        start = _kb_time.perf_counter()
+        prof = _kb_prof[0] if theirs else None
+        if prof is not None:
+            prof.disable()
+        start, start_cpu = _kb_time.perf_counter(), _kb_time.thread_time()
         try:
             return original(*args, **kwargs)
         finally:
             step = _kb["step"][0]
             parts[step] = parts.get(step, 0.0) + _kb_time.perf_counter() - start
+            cpu[step] = cpu.get(step, 0.0) + _kb_time.thread_time() - start_cpu
+            if prof is not None:
+                prof.enable()
     setattr(owner, name, timed)
 _kb_wrap(_kb_model.ChatCompletionsClient, "complete", "model call")
 _kb_wrap(_kb_tools, "run_python", "tool (run_python)")
@@ -128,6 +144,14 @@ _kb_wrap(_kb_ns.Tracker, "snapshot", "Tracker.snapshot")
 _kb_wrap(_kb_compaction.Window, "view", "Window.view")
 _kb_wrap(_kb_context, "estimate_tokens", "context.estimate_tokens")
 _kb_wrap(_kb_compaction.Window, "compact", "Window.compact")
+import jupyter_agent.namespace.files as _kb_files, jupyter_agent.views.cell as _kb_cell
+import jupyter_agent.store.writer as _kb_writer, jupyter_agent.loop.execution as _kb_exec
+_kb_wrap(_kb_files.Watch, "before", "Watch.before")
+_kb_wrap(_kb_files.Watch, "after", "Watch.after")
+_kb_wrap(_kb_cell.CellEvents, "checkpoint", "CellEvents.checkpoint")
+_kb_wrap(_kb_writer.RunWriter, "put_checkpoint", "RunWriter.put_checkpoint")
+_kb_wrap(_kb_state.RunState, "pending_tool_call", "RunState.pending_tool_call")
+_kb_wrap(_kb_exec, "stuck_reason", "stuck_reason")
 _kb_connect = _kb_duckdb.connect
 import traceback as _kb_tb
 def _kb_counted_connect(*args, **kwargs):

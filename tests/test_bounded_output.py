@@ -106,3 +106,66 @@ def test_the_cell_output_keeps_a_clipped_tail() -> None:
     # status taken out of it (said below and above instead), are shown.
     assert f"  … {101 - (TAIL - 2)} earlier lines" in text.splitlines()
     assert len(text) < 4_000 and len(out.html()) < 6_000
+
+
+def cell_displays(outputs: list[dict]) -> list[str]:
+    """The texts the agent cell's display showed, first display and updates, in order."""
+    return [
+        o["data"]["text/plain"]
+        for o in outputs
+        if (o.get("transient") or {}).get("display_id")
+        and str(o.get("data", {}).get("text/plain", "")).startswith("Agent ")
+    ]
+
+
+def test_checkpoints_update_the_cell_at_most_every_quarter_second(kernel_factory, scripted):
+    """A step's checkpoints do not each update the cell's display (a millisecond of the
+    step's thread apiece); what the last one left unshown shows within EVERY seconds."""
+    from jupyter_agent.kernel.cell_output import EVERY
+
+    steps = 60
+    script = [tool(f"print('step', {i})") for i in range(steps)]
+    script += [tool("import time; time.sleep(3)"), {"content": "All done."}]
+    scripted.set_script(script)
+    k = kernel_factory()
+    run = k.start("%%agent --model scripted --name quick --max-steps 100\nWork.", cell_id="quick")
+    k.wait_for(run, "time.sleep(3)", timeout=60)
+    # The sleeping call's start is shown while it runs, without a write after it.
+    during = cell_displays(run.outputs)[-1]
+    assert "time.sleep(3)" in during.split("Full transcript")[0], during
+    k.wait(run, timeout=60)
+    assert run.status == "ok", run.text
+    shown = cell_displays(run.outputs)
+    assert "All done." in shown[-1] and "done after" in shown[-1].splitlines()[0]
+    # Three checkpoints a step; each shown at once would be 3 × steps updates.
+    assert len(shown) < steps, f"{len(shown)} updates for {3 * steps} checkpoints"
+    assert EVERY <= 0.25
+
+
+def test_one_thread_shows_what_throttled_updates_left_unshown(ip) -> None:
+    """A cell's output starts one timer thread for its life, not one per throttled
+    update; it shows the last write within EVERY seconds, and ends with the run."""
+    import threading
+    import time
+
+    from jupyter_agent.kernel.cell_output import EVERY, LiveCell
+
+    def timers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "jupyter-agent-cell"]
+
+    cell = LiveCell("quick")
+    cell.write("first\n")  # displayed at once
+    for burst in range(3):
+        for i in range(50):
+            cell.write(f"line {burst}.{i}\n")
+        assert len(timers()) == 1
+        deadline = time.monotonic() + EVERY + 2.0
+        while cell._dirty and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not cell._dirty, "the last write was not shown"
+        assert f"line {burst}.49" in cell.text()
+    cell.finish("done", 3, "All done.")
+    deadline = time.monotonic() + 2.0
+    while timers() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert timers() == []

@@ -166,3 +166,18 @@ def test_the_code_of_a_call_is_read_one_way_whatever_its_arguments() -> None:
     for odd in ('{"code": 3}', "[1, 2]", "not json", ""):
         assert call_code(call(odd)) is None, odd
     assert call_code({"id": "c"}) is None
+
+
+def test_ctrl_c_waits_until_a_checkpoint_is_written_whole():
+    import os
+    import signal
+
+    from jupyter_agent.loop.checkpoints import shield_from_interrupt
+
+    before = signal.getsignal(signal.SIGINT)
+    written = []
+    with pytest.raises(KeyboardInterrupt), shield_from_interrupt():
+        os.kill(os.getpid(), signal.SIGINT)
+        written.append("whole")  # not cut short by the signal
+    assert written == ["whole"]
+    assert signal.getsignal(signal.SIGINT) is before  # the kernel's handler is back

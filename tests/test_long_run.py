@@ -582,3 +582,33 @@ def test_a_large_changed_value_is_saved_while_the_model_is_asked(
     assert restored["big"][0] == 7 and len(restored["big"]) == 9 * 2**20
     assert restored["small"] == [1]
     del ip.user_ns["big"], ip.user_ns["small"]
+
+
+def test_a_view_kept_between_steps_is_the_view_made_anew():
+    """The view's latest steps are kept between steps (``Sizes.body``); whatever the history
+    and its compaction do, the view is the one made from scratch."""
+    messages = conversation(40, output="y" * 3_000)
+    sizes = context.Sizes()
+    compaction: dict = {}
+
+    def same() -> None:
+        kept = context.model_view(messages, compaction, [], sizes)
+        assert kept == context.model_view(messages, compaction, [])
+
+    same()
+    messages += conversation(3, output="z")[2:]  # steps added
+    same()
+    compaction = {"summary": "s", "upto": 20, "trim_before": 30}  # bounds moved
+    same()
+    compaction = {**compaction, "trim_before": 36}  # older outputs stubbed
+    same()
+    last = messages[-1]
+    del messages[-4:]  # the same list, shorter
+    same()
+    messages += [{"role": "user", "content": f"instead {i}"} for i in range(5)]  # and regrown
+    same()
+    messages[-1] = last  # its last message put back where another was
+    same()
+    messages = [dict(m) for m in messages[:-1]]  # another list of the same messages
+    same()
+    assert len(sizes.body(messages, 20, 36)) == len(messages) - 20

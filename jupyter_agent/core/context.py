@@ -128,6 +128,9 @@ class Sizes:
         self._pinned: tuple[object, int, int, list[dict]] = (None, 0, 0, [])
         #: (history, (upto, trim_before), messages counted, their characters)
         self._tail: tuple[object, tuple[int, int], int, int] = (None, (0, 0), 0, 0)
+        #: (history, (upto, trim_before), its last message looked at, the view's latest
+        #: steps as sent: see :meth:`body`)
+        self._body: tuple[object, tuple[int, int], object, list[dict]] = (None, (0, 0), None, [])
 
     def turn(self) -> None:
         """A new view is being built: drop what the previous one did not use."""
@@ -188,6 +191,29 @@ class Sizes:
             chars += self.chars(self.shown(messages[i], i < trim_before))
         self._tail = (messages, (upto, trim_before), len(messages), chars)
         return chars, max(len(messages) - upto, 0)
+
+    def body(self, messages: list[dict], upto: int, trim_before: int) -> list[dict]:
+        """The view's latest steps as sent, ``messages[upto:]`` (old tool outputs stubbed):
+        kept from the last view, only the messages added since are looked at, so a
+        step's view costs the same however many steps it shows. Made anew when the
+        compaction moves its bounds, or the history is another list (a resumed state)
+        or no longer ends in the message the last view ended in where it did.
+        Callers copy it (the view is built around it), never change it.
+        """
+        held, bounds, last, shown = self._body
+        end = upto + len(shown)
+        if (
+            held is not messages
+            or bounds != (upto, trim_before)
+            or end > len(messages)
+            or (shown and messages[end - 1] is not last)
+        ):
+            shown, end = [], upto
+        for i in range(end, len(messages)):
+            shown.append(self.shown(messages[i], i < trim_before))
+        last = messages[-1] if len(messages) > upto else None
+        self._body = (messages, (upto, trim_before), last, shown)
+        return shown
 
     def tools(self, tools: list | None) -> int:
         if not tools:
@@ -320,8 +346,7 @@ def model_view(
         sizes.turn()
     sizes = sizes or Sizes()
     view, upto, trim_before = _view_head(messages, compaction, sizes)
-    view += [sizes.shown(messages[i], i < trim_before) for i in range(upto, len(messages))]
-    return view + _plan_note(plan)
+    return view + sizes.body(messages, upto, trim_before) + _plan_note(plan)
 
 
 def view_tokens(

@@ -40,6 +40,35 @@ _CREDENTIAL = re.compile(
 )
 
 
+#: What a text must hold for :data:`_CREDENTIAL` to match in it: "author" and "bearer"
+#: lowercased (no character that ``(?i)`` matches to one of their letters lowercases to
+#: another letter), the key formats' prefixes as they are. Searching for these is ten
+#: times faster than the pattern, which tries its alternatives at every character.
+_HINTS_LOWER = ("author", "bearer")
+_HINTS = ("sk-", "xox", "AKIA")
+_GITHUB = re.compile(r"gh[pousr]_")
+
+
+def _may_hold_credential(text: str) -> bool:
+    """False only where :data:`_CREDENTIAL` cannot match: most text, searched fast."""
+    if any(h in text for h in _HINTS) or _GITHUB.search(text) is not None:
+        return True
+    low = text.lower()
+    return any(h in low for h in _HINTS_LOWER)
+
+
+def verbatim_in_json(secrets: list[str]) -> bool:
+    """Whether every secret appears as it is in JSON text holding it (``json.dumps``, ASCII
+    or not): printable ASCII without quotes or backslashes, which JSON escapes."""
+    return all(s.isascii() and s.isprintable() and '"' not in s and "\\" not in s for s in secrets)
+
+
+def nothing_to_redact(text: str, secrets: list[str]) -> bool:
+    """True when :func:`redact` would leave ``text`` (or each string of a JSON text, where
+    :func:`verbatim_in_json` holds for the secrets) as it is; False may be a false alarm."""
+    return not _may_hold_credential(text) and not any(s in text for s in secrets)
+
+
 def secrets_in_environment(*extra: str | None) -> list[str]:
     """Secret values to redact: ``extra`` (e.g. the API key) and secret-looking env values."""
     found = {v for v in extra if v and len(v) >= _MIN_LENGTH}
@@ -54,7 +83,7 @@ def _redact_text(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    if _CREDENTIAL.search(text):
+    if _may_hold_credential(text) and _CREDENTIAL.search(text):
         text = _CREDENTIAL.sub(lambda m: (m.group(1) or m.group(2) or "") + REDACTED, text)
     return text
 

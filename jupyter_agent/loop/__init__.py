@@ -44,8 +44,9 @@ Threads
 9. **Warm-up** (:func:`jupyter_agent.model.http.warm_up`): the model client's
    imports and the SSL context, once per kernel, touching no shared state but
    module imports.
-10. **A cell output's update timer** (:class:`jupyter_agent.kernel.cell_output.LiveCell`):
-    shows what a throttled write left unshown, under that output's lock only.
+10. **A cell output's update timer** (``jupyter-agent-cell``, one per cell output while
+    its run lasts, :class:`jupyter_agent.kernel.cell_output.LiveCell`): shows what a
+    throttled write or checkpoint left unshown, under that output's lock only.
 11. **A timeline's flusher** (``timeline-flusher``, one per widget followed live,
     :meth:`jupyter_agent.kernel.widget.TimelineWidget.flush`): sends the checkpoints
     that reporting threads queued, under the widget's lock (5); a step only queues.

@@ -39,6 +39,11 @@ if TYPE_CHECKING:
 
 SUMMARY_LIMIT = 120
 
+try:  # the C function: ``signal.signal`` wraps it in enum conversions, 12 µs a checkpoint
+    from _signal import signal as _set_handler
+except ImportError:  # not CPython
+    _set_handler = signal.signal
+
 
 class Events(Protocol):
     """Where a run reports progress: the text renderer, the timeline widget, or both."""
@@ -406,10 +411,10 @@ def shield_from_interrupt() -> Iterator[None]:
         yield
         return
     received: list[tuple] = []
-    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
+    previous = _set_handler(signal.SIGINT, lambda *args: received.append(args))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        _set_handler(signal.SIGINT, previous)
         if received and callable(previous):
             previous(*received[0])

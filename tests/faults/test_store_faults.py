@@ -358,3 +358,34 @@ def test_full_and_read_only_disks_say_so_and_a_read_only_store_still_reads(tmpfs
         outcome="'the disk is full … free space' (no advice to start over); the read-only "
         "store opened read-only: listed and restored from",
     )
+
+
+def test_a_journaled_row_reads_back_as_written_whatever_its_values() -> None:
+    """Rows are framed with orjson, and with json where orjson would refuse or change a
+    value: each reads back equal to what json itself would have written."""
+    import json
+    import math
+
+    from jupyter_agent.store.rows import Record
+
+    odd = [
+        {"summary": "plain ascii", "tokens": 3, "created_at": 1.5, "info": "{}"},
+        {"summary": 'ünïcödé ✓ and a quote " and a \\ and \n', "size": 0},
+        {"summary": "a lone surrogate \udc80", "step": 2},
+        {"tokens": 2**70, "step": -(2**65)},  # past 64 bits
+        {"duration_ms": float("nan")},
+        {"duration_ms": float("inf"), "created_at": float("-inf")},
+        {"info": None, "ok": True, "f": 1e300},
+    ]
+    data = b"".join(journal.encode(Record("checkpoints", row, b"\x00payload")) for row in odd)
+    found = journal.decode(data)
+    assert not found.damaged and not found.torn and len(found.records) == len(odd)
+    for row, framed in zip(odd, found.records, strict=True):
+        expected = json.loads(json.dumps(row))
+        assert framed.payload == b"\x00payload"
+        for key, value in expected.items():
+            got = framed.row[key]
+            if isinstance(value, float) and math.isnan(value):
+                assert isinstance(got, float) and math.isnan(got)
+            else:
+                assert got == value and type(got) is type(value), (key, got, value)

@@ -44,6 +44,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import stat
 import struct
@@ -52,6 +53,8 @@ import weakref
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import orjson
 
 from ..faults import crash, crash_due
 from ..rows import Record
@@ -68,8 +71,24 @@ FOLDED_SUFFIX = ".folded"
 MAX_BODY = 2**32 - 1
 
 
+def _meta(record: Record) -> bytes:
+    """The record's table and row as JSON: orjson, a tenth of json's time on every append;
+    json for what orjson refuses (an integer past 64 bits, a lone surrogate), and for a
+    float that is not a number, which orjson would write as null."""
+    meta = {"t": record.table, "r": record.row}
+    for value in record.row.values():
+        if type(value) is float and not math.isfinite(value):
+            break
+    else:
+        try:
+            return orjson.dumps(meta)
+        except TypeError:
+            pass
+    return json.dumps(meta, separators=(",", ":")).encode()
+
+
 def encode(record: Record) -> bytes:
-    meta = json.dumps({"t": record.table, "r": record.row}, separators=(",", ":")).encode()
+    meta = _meta(record)
     body = _JSON_LEN.pack(len(meta)) + meta + record.payload
     if len(body) > MAX_BODY:
         raise ValueError(f"a journal record is limited to 4 GiB (this one is {len(body)} bytes)")

@@ -73,6 +73,10 @@ class LiveCell(CellOutput):
         # follows); one where the run stops (done, waiting for approval) shows at once.
         self.update(force=Status.of(status) is not Status.RUNNING)
 
+    def show_now(self) -> None:
+        """Show what was written at once, not within :data:`EVERY` seconds: a warning."""
+        self.update(force=True)
+
     def finish(self, status: str, steps: int, answer: str | None) -> None:
         with self._lock:
             super().finish(status, steps, answer)

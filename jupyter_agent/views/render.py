@@ -112,6 +112,11 @@ class TextEvents:
 
     def notice(self, message: str) -> None:
         self._line(f"⚠ {message}")
+        # A warning (a retry, a dropped notification) is rare and must be read: an output
+        # that updates itself at most so often (an agent cell's) shows it now.
+        show_now = getattr(self.out, "show_now", None)
+        if show_now is not None:
+            show_now()
 
     def checkpoint(self, run: RunRow, row: CheckpointRow, delta: Delta) -> None:
         steps = self._count(run, row)

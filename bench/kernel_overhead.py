@@ -236,7 +236,9 @@ def kernel(env: dict[str, str], cwd: Path, *setup: str) -> Any:
         done = k.run(code)
         if done.status != "ok":
             k.shutdown()
-            raise RuntimeError(done.text[-3000:])
+            error = done.error or {}
+            raised = f"{error.get('ename', '')}: {error.get('evalue', '')}" if error else ""
+            raise RuntimeError(f"{code.splitlines()[0]!r} failed: {raised}\n{done.text[-3000:]}")
     return k
 
 
@@ -253,12 +255,16 @@ def run_to_end(k: Any, code: str, steps: int, probe: str) -> Any:
     return kernel_json(k, probe)
 
 
-def env_for(server: Any, cwd: Path) -> dict[str, str]:
+def env_for(server: Any, cwd: Path, tree: Path = ROOT) -> dict[str, str]:
+    """A kernel's environment: the package measured is the one in ``tree`` (this checkout by
+    default), never whichever an installation points at; the kernel runs in a directory of
+    its own, so without it the package may not import at all."""
     return {
         "JUPYTER_AGENT_STORE": str(cwd / "agents.duckdb"),
         "JUPYTER_AGENT_NOTEBOOK": str(cwd / "bench.ipynb"),
         "OPENAI_BASE_URL": server.url,
         "OPENAI_API_KEY": API_KEY,
+        "PYTHONPATH": str(tree),
     }
 
 

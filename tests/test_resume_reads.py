@@ -235,3 +235,46 @@ def test_a_new_agent_reads_nothing_of_duckdb_nor_imports_it(ip, scripted, store_
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["0", "False"]
+
+
+_WATCH = """
+import sys as _w_sys, time as _w_time
+import jupyter_agent.model.chat as _w_chat, jupyter_agent.store.duckdb.files as _w_files
+_w = {"opens": [], "asked": None, "duckdb": None}
+_w_open, _w_complete = _w_files.DuckDBFile._open, _w_chat.ChatCompletionsClient.complete
+def _w_opened(self):
+    _w["opens"].append(_w_time.perf_counter())
+    return _w_open(self)
+def _w_asked(self, *args, **kwargs):
+    if _w["asked"] is None:
+        _w["asked"], _w["duckdb"] = _w_time.perf_counter(), "duckdb" in _w_sys.modules
+    return _w_complete(self, *args, **kwargs)
+_w_files.DuckDBFile._open, _w_chat.ChatCompletionsClient.complete = _w_opened, _w_asked
+def _w_report():
+    report = (len([t for t in _w["opens"] if t < _w["asked"]]), _w["duckdb"], len(_w["opens"]))
+    _w.update(opens=[], asked=None, duckdb=None)
+    return report
+"""
+
+
+def test_in_a_new_kernel_the_first_model_request_comes_before_duckdb(
+    kernel_factory, scripted: ScriptedServer
+):
+    """A resume with current files, then a new agent: neither opens nor imports DuckDB
+    before its first model request; the store is read as each execution ends."""
+    scripted.set_script(_script(3))
+    k1 = kernel_factory()
+    cell = "%%agent --model scripted --max-steps {}\nPrint numbers."
+    assert "step limit" in k1.run(cell.format(1), cell_id="c").text
+    k1.shutdown()
+    k2 = kernel_factory()
+    assert k2.run(_WATCH).status == "ok"
+    done = k2.run(cell.format(9), cell_id="c")
+    assert "Done." in done.text, done.text
+    before, imported, opens = eval(k2.run("print(_w_report())").stdout)
+    assert (before, imported) == (0, False) and opens >= 1  # opened as the execution ended
+    scripted.set_script(_script(0))
+    done = k2.run("%%agent --model scripted --name newcomer\nSay done.", cell_id="d")
+    assert "Done." in done.text, done.text
+    before, imported, opens = eval(k2.run("print(_w_report())").stdout)
+    assert before == 0 and opens >= 1

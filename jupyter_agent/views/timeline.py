@@ -137,8 +137,13 @@ class Timeline:
         if self._load_kept(run_id):
             return
         with self.store.session():
+            if not self.store.runs(notebook=self.notebook, agent=self.agent):
+                # A new agent (which the store may know without a query): nothing to read.
+                self.runs, self._last, self._model_steps = [], {}, {}
+                self._live = self.store.live_runs()
+                return self.select("")
             as_of = getattr(self.store, "as_of", None)
-            stamp = as_of() if as_of is not None else None
+            stamp = as_of() if as_of is not None else None  # before the reads it vouches for
             self.runs = self.store.runs(notebook=self.notebook, agent=self.agent)
             self._last = self.store.latest_checkpoints([r.run_id for r in self.runs])
             self._live = self.store.live_runs()

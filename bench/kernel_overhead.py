@@ -40,7 +40,11 @@ on this tree and another (``--tree``) side by side, with the kernel's CPU time p
 Usage: ``python bench/kernel_overhead.py [--steps 500] [--long] [--profile] [--out docs/performance.md]``
 (``--long`` adds a 10,000-step harness run for steps 9,951–10,000 and RSS growth, and
 the resume after 10,000 steps;
-``--resume-only`` measures only the resume and prints its figures, writing nothing.)
+``--resume-only`` measures only the resume and prints its figures, writing nothing; with
+``--tree DIR`` (another checkout's package, e.g. ``git archive <commit> jupyter_agent | tar -x
+-C DIR``) each step count of ``--resume-steps`` is resumed with both, ``--trials`` times each,
+taking turns, and printed as one table:
+``python bench/kernel_overhead.py --resume-only --resume-steps 1000 10000 --tree /tmp/base``.)
 """
 
 from __future__ import annotations
@@ -260,7 +264,9 @@ def kernel(env: dict[str, str], cwd: Path, *setup: str) -> Any:
         done = k.run(code)
         if done.status != "ok":
             k.shutdown()
-            raise RuntimeError(done.text[-3000:])
+            error = done.error or {}
+            raised = f"{error.get('ename', '')}: {error.get('evalue', '')}" if error else ""
+            raise RuntimeError(f"{code.splitlines()[0]!r} failed: {raised}\n{done.text[-3000:]}")
     return k
 
 
@@ -277,12 +283,16 @@ def run_to_end(k: Any, code: str, steps: int, probe: str) -> Any:
     return kernel_json(k, probe)
 
 
-def env_for(server: Any, cwd: Path) -> dict[str, str]:
+def env_for(server: Any, cwd: Path, tree: Path = ROOT) -> dict[str, str]:
+    """A kernel's environment: the package measured is the one in ``tree`` (this checkout by
+    default), never whichever an installation points at; the kernel runs in a directory of
+    its own, so without it the package may not import at all."""
     return {
         "JUPYTER_AGENT_STORE": str(cwd / "agents.duckdb"),
         "JUPYTER_AGENT_NOTEBOOK": str(cwd / "bench.ipynb"),
         "OPENAI_BASE_URL": server.url,
         "OPENAI_API_KEY": API_KEY,
+        "PYTHONPATH": str(tree),
     }
 
 
@@ -373,34 +383,48 @@ def bare(steps: int, workdir: Path) -> dict[str, Any]:
     }
 
 
-def resume(steps: int, workdir: Path) -> dict[str, Any]:
-    """Stop a run at ``--max-steps steps``; time a new kernel's re-run to its model request."""
-    cwd = workdir / f"resume-{steps}"
+def resume(steps: int, workdir: Path, tree: Path = ROOT, trials: int = 1) -> dict[str, Any]:
+    """Stop a run at ``--max-steps steps``; time new kernels' re-runs to their model request.
+
+    ``trials`` resumes of the same run, one new kernel each (each runs one step and stops
+    at the limit again); the figures are the median trial's."""
+    with scripted(TurnScript(steps + 50 + trials)) as server:
+        env, cwd = stopped_run(steps, workdir, server, tree)
+        return summarized([resume_once(env, cwd, server) for _ in range(trials)])
+
+
+def stopped_run(steps: int, workdir: Path, server: Any, tree: Path) -> tuple[dict[str, str], Path]:
+    """A run of ``steps`` steps stopped at its step limit, in a store of its own."""
+    cwd = workdir / f"resume-{steps}-{tree.name}-{time.monotonic_ns()}"
     cwd.mkdir(parents=True)
-    with scripted(TurnScript(steps + 50)) as server:
-        env = env_for(server, cwd)
-        k = kernel(env, cwd, "%load_ext jupyter_agent")
-        first = k.run(
-            f"%%agent --model scripted --max-steps {steps}\n{PROMPT}", cell_id="bench", timeout=3600
-        )
-        k.shutdown()
-        if "step limit" not in first.text:
-            raise RuntimeError(first.text[-3000:])
-        k = kernel(env, cwd, PROBE)
-        loaded = time.time()
-        k.run("%load_ext jupyter_agent")
-        logged = len(server.requests())
-        sent = time.time()
-        execution = k.start(f"%%agent --model scripted --max-steps 1\n{PROMPT}", cell_id="bench")
-        deadline = time.monotonic() + 120
-        while True:
-            arrived = [r["time"] for r in server.requests(logged) if r["time"] >= sent]
-            if arrived or time.monotonic() > deadline:
-                break
-            k.pump(0.01)
-        k.wait(execution, timeout=120)
-        probe = kernel_json(k, "_kb")
-        k.shutdown()
+    env = env_for(server, cwd, tree)
+    k = kernel(env, cwd, "%load_ext jupyter_agent")
+    first = k.run(
+        f"%%agent --model scripted --max-steps {steps}\n{PROMPT}", cell_id="bench", timeout=3600
+    )
+    k.shutdown()
+    if "step limit" not in first.text:
+        raise RuntimeError(first.text[-3000:])
+    return env, cwd
+
+
+def resume_once(env: dict[str, str], cwd: Path, server: Any) -> dict[str, Any]:
+    """One resume in a new kernel: from the execute request to the next model request."""
+    k = kernel(env, cwd, PROBE)
+    loaded = time.time()
+    k.run("%load_ext jupyter_agent")
+    logged = len(server.requests())
+    sent = time.time()
+    execution = k.start(f"%%agent --model scripted --max-steps 1\n{PROMPT}", cell_id="bench")
+    deadline = time.monotonic() + 120
+    while True:
+        arrived = [r["time"] for r in server.requests(logged) if r["time"] >= sent]
+        if arrived or time.monotonic() > deadline:
+            break
+        k.pump(0.01)
+    k.wait(execution, timeout=120)
+    probe = kernel_json(k, "_kb")
+    k.shutdown()
     if not arrived:
         raise RuntimeError("no model request after resuming")
     first_model = probe["model_at"][0] if probe["model_at"] else arrived[0]
@@ -417,6 +441,63 @@ def resume(steps: int, workdir: Path) -> dict[str, Any]:
         "callers": callers,
         "in_kernel": first_model - sent,
     }
+
+
+def summarized(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median trial (by latency), with every trial's latency and time in the kernel."""
+    ordered = sorted(runs, key=lambda r: r["latency"])
+    median = dict(ordered[(len(ordered) - 1) // 2])
+    median["latencies"] = [r["latency"] for r in runs]
+    median["in_kernel_all"] = [r["in_kernel"] for r in runs]
+    return median
+
+
+def resume_side_by_side(
+    steps: list[int], trees: list[tuple[str, Path]], trials: int
+) -> dict[tuple[int, str], dict[str, Any]]:
+    """Each tree's resume at each step count, in one run: the trials of the trees take turns,
+    so a change in the machine's load falls on both alike."""
+    out: dict[tuple[int, str], dict[str, Any]] = {}
+    workdir = Path(tempfile.mkdtemp(prefix="jupyter-agent-kernel-"))
+    try:
+        for n in steps:
+            with scripted(TurnScript(n + 50 + trials)) as server:
+                made = {}
+                for label, tree in trees:
+                    log(f"{label}: a run stopped at {n:,} steps")
+                    made[label] = stopped_run(n, workdir, server, tree)
+                runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in trees}
+                for _ in range(trials):
+                    for label, _ in trees:
+                        runs[label].append(resume_once(*made[label], server))
+                        log(f"  {label}: {ms(runs[label][-1]['latency'])}")
+                for label, _ in trees:
+                    out[(n, label)] = summarized(runs[label])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return out
+
+
+def side_by_side_table(
+    results: dict[tuple[int, str], dict[str, Any]], labels: list[str], command: str
+) -> str:
+    lines = [
+        f"`{command}`; median of each column's resumes (all of them in brackets), "
+        f"1-minute load average at the end {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores.",
+        "",
+        "| steps | tree | execute request → model request | in the kernel | "
+        "DuckDB opens before the request | target ≤ 50 ms |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for (n, label), r in sorted(results.items(), key=lambda kv: (kv[0][0], labels.index(kv[0][1]))):
+        every = ", ".join(f"{x * 1000:.0f}" for x in r["latencies"])
+        opens = f"{r['connects_before_model']} ({ms(r['connect_seconds'])})"
+        met = "met" if r["latency"] <= 0.050 else "not met"
+        lines.append(
+            f"| {n:,} | {label} | {ms(r['latency'])} ({every}) | {ms(r['in_kernel'])} | "
+            f"{opens} | {met} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def restore(steps: int, workdir: Path) -> dict[str, Any]:
@@ -620,20 +701,15 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def resume_only(steps: int) -> int:
-    """Measure the resume alone (a quick check while working on it)."""
-    workdir = Path(tempfile.mkdtemp(prefix="jupyter-agent-kernel-"))
-    try:
-        res = resume(steps, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    print(f"resume at {steps:,} steps: {ms(res['latency'])} (in kernel {ms(res['in_kernel'])})")
-    print(
-        f"duckdb.connect before the model request: {res['connects_before_model']}, "
-        f"{ms(res['connect_seconds'])}"
-    )
-    for caller, times in sorted(res["callers"].items(), key=lambda kv: -sum(kv[1])):
-        print(f"  {caller}: {len(times)}x, {ms(sum(times))}")
+def resume_only(steps: list[int], trees: list[Path], trials: int, command: str) -> int:
+    """Measure the resume alone: this tree's, and each ``--tree``'s side by side with it."""
+    labelled = [(str(t), t) for t in trees] + [("this tree", ROOT)]
+    results = resume_side_by_side(steps, labelled, trials)
+    print(side_by_side_table(results, [label for label, _ in labelled], command))
+    for (n, label), res in results.items():
+        print(f"{label}, {n:,} steps: duckdb.connect before the model request:")
+        for caller, times in sorted(res["callers"].items(), key=lambda kv: -sum(kv[1])):
+            print(f"  {caller}: {len(times)}x, {ms(sum(times))}")
     return 0
 
 
@@ -681,7 +757,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--long", action="store_true", help="add a 10,000-step harness run")
     parser.add_argument("--long-steps", type=int, default=10_000, help=argparse.SUPPRESS)
-    parser.add_argument("--resume-steps", type=int, default=1000)
+    parser.add_argument(
+        "--resume-steps",
+        type=int,
+        nargs="+",
+        default=[1000],
+        help="steps of the resumed run (--resume-only takes several)",
+    )
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        action="append",
+        default=[],
+        help="--resume-only: also resume with the package in this directory, side by side",
+    )
+    parser.add_argument("--trials", type=int, default=3, help="--resume-only: resumes per column")
     parser.add_argument("--profile", action="store_true", help="add a cProfile of the harness")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
@@ -701,7 +791,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume_only:
         if args.out:
             parser.error("--resume-only writes nothing; drop --out")
-        return resume_only(args.resume_steps)
+        command = " ".join(
+            ["python bench/kernel_overhead.py", *(sys.argv[1:] if argv is None else argv)]
+        )
+        return resume_only(args.resume_steps, args.tree, args.trials, command)
     if args.steps < 2 * WINDOW:
         parser.error(f"--steps must be at least {2 * WINDOW}")
     command = " ".join(
@@ -715,12 +808,13 @@ def main(argv: list[str] | None = None) -> int:
         log(f"bare loop, {args.steps} steps")
         b = bare(args.steps, workdir)
         log(f"  p50 {ms(p50(b['per_step'][:WINDOW]))} → {ms(p50(b['per_step'][-WINDOW:]))}")
-        log(f"resume at {args.resume_steps} steps")
-        res = resume(args.resume_steps, workdir)
-        res["steps"] = args.resume_steps
+        resume_steps = args.resume_steps[0]
+        log(f"resume at {resume_steps} steps")
+        res = resume(resume_steps, workdir)
+        res["steps"] = resume_steps
         log(f"  {ms(res['latency'])}, {res['connects_before_model']} connects")
-        log(f"restore of a finished {args.resume_steps}-step run")
-        restored = restore(args.resume_steps, workdir)
+        log(f"restore of a finished {resume_steps}-step run")
+        restored = restore(resume_steps, workdir)
         log(f"  {ms(restored['latency'])}, {restored['model_requests']} model requests")
         long = res_long = None
         if args.long:

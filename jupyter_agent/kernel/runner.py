@@ -31,7 +31,7 @@ from ..loop.checkpoints import Collaborators
 from ..loop.execution import SYSTEM_PROMPT, Execution
 from ..loop.fingerprint import restored_change
 from ..loop.notify import Delivery, notebook_link
-from ..loop.runs import idle_state, new_run
+from ..loop.runs import idle_state, new_run, saved_settings
 from ..model.base import OFFLINE_MODEL, Endpoint, ModelClient, with_api
 from ..model.offline import OfflineClient
 from ..namespace import tracking as namespace
@@ -275,9 +275,12 @@ def last_settings(
 ) -> dict[str, Any]:
     """The model and approval policy of the run's latest execution (its latest resume).
 
-    ``rows``: the run's checkpoints to look in (default: its resumes).
+    ``rows``: the run's checkpoints to look in (default: its resumes, or what the agent's
+    state file kept of them while it is current).
     """
     if rows is None:
+        if (saved := saved_settings(store, run)) is not None:
+            return saved
         rows = store.checkpoints(run.run_id, kind="resume")
     for cp in reversed(rows):
         if cp.run_id == run.run_id and cp.kind == "resume" and "model" in cp.info:

@@ -111,7 +111,9 @@ it in this list, so no two threads ever wait for each other:
    connection waits (up to ``busy_timeout``) while another process holds it.
    A store session (:meth:`Store.session`) holds one connection: the reads of a
    cell before its first model request share one, closed before the execution
-   starts, so no model call or user wait happens inside it. Folding a journal
+   starts, so no model call or user wait happens inside it. On DuckDB it is opened
+   by the first read that needs it: while the files beside the store are current
+   (:mod:`jupyter_agent.store.duckdb.known`), a cell's reads need none. Folding a journal
    (a writer's close, after 4 is released; any reader's open) holds it too,
    with ``_merge_locks[path]`` (folding within the process), ``_migrate_lock``
    (schema changes) and ``_umask_lock`` (new files).

@@ -68,7 +68,7 @@ from .compaction import Window
 from .control import DelegateStep, PlanStep, ReadAgentStep
 from .decisions import record_decision
 from .fingerprint import changes, fingerprint, since_last
-from .runs import save_latest
+from .runs import execution_settings, save_latest
 from .steps import ModelStep, ToolStep
 
 SYSTEM_PROMPT = (
@@ -194,7 +194,9 @@ class Execution:
                 self.client.close()
                 self.toolbox.close()
         with contextlib.suppress(StoreError, OSError, TypeError, ValueError):  # only a cache
-            save_latest(self.store, self.run, self.state, writer.secrets)
+            resumed = None if first else self._recorded()
+            settings = execution_settings(self.run, resumed)
+            save_latest(self.store, self.run, self.state, writer.secrets, settings)
         return self.state
 
     def _open_tools(self, first: bool) -> None:

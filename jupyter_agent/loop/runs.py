@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, fields
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -93,7 +93,7 @@ def load_state(store: Store, run: RunRow, *, full: bool = False) -> RunState:
     (see :func:`saved_latest`): no checkpoint is read, and nothing of DuckDB.
     """
     if not full:
-        saved = saved_latest(store, run.notebook, run.agent)
+        saved = _saved(store, run.notebook, run.agent)
         if saved is not None and saved[0].run_id == run.run_id:
             return saved[1]
     with store.session():
@@ -130,7 +130,13 @@ def resume_point(store: Store, segments: list[tuple[str, int | None]]) -> int:
     return 0
 
 
-def save_latest(store: Store, run: RunRow, state: RunState, secrets: list[str]) -> None:
+def save_latest(
+    store: Store,
+    run: RunRow,
+    state: RunState,
+    secrets: list[str],
+    settings: dict[str, Any] | None = None,
+) -> None:
     """Keep the run and its state where the next resume reads them without a query.
 
     Called as an execution ends, after its journal is folded in: the store
@@ -138,16 +144,31 @@ def save_latest(store: Store, run: RunRow, state: RunState, secrets: list[str]) 
     kept is what :func:`load_state` gives, the messages from the latest
     compaction's snapshot on, so reading it costs a window's worth of messages
     however long the run. Redacted as the checkpoints it folds from were
-    (``secrets``: the execution's writer's). Raises TypeError for a state JSON cannot hold.
+    (``secrets``: the execution's writer's). ``settings``: the model and approval
+    policy in effect after the execution (:func:`execution_settings`), what
+    :func:`saved_settings` gives for the run then; None: not known, the store answers.
+    Raises TypeError for a state JSON cannot hold.
     """
     values = {f.name: getattr(state, f.name) for f in fields(state)}
     values["messages"] = _view(state)
-    kept = redact({"v": _SAVED_VERSION, "run": asdict(run), "state": values}, secrets)
+    kept = redact(
+        {"v": _SAVED_VERSION, "run": asdict(run), "state": values, "settings": settings}, secrets
+    )
     store.save_latest(run.notebook, run.agent, run.run_id, orjson.dumps(kept))
 
 
+def execution_settings(run: RunRow, resumed: dict[str, Any] | None) -> dict[str, Any]:
+    """The model and approval policy a later resume of ``run`` continues with, as the
+    store's checkpoints give them (``kernel.runner.last_settings``): those recorded on
+    this execution's resume checkpoint (``resumed``, its info), else the run's own
+    (a first execution, which resumed nothing)."""
+    if resumed is not None and "model" in resumed:
+        return {"model": resumed["model"], "approve": resumed.get("approve", False)}
+    return {"model": run.model, "approve": run.info.get("approve", False)}
+
+
 #: The layout of :func:`save_latest`'s body; a file of another is ignored.
-_SAVED_VERSION = 2
+_SAVED_VERSION = 3
 
 
 def _view(state: RunState) -> dict:
@@ -165,9 +186,39 @@ def _view(state: RunState) -> dict:
 
 def saved_latest(store: Store, notebook: str, agent: str) -> tuple[RunRow, RunState] | None:
     """The agent's latest run and its state as :func:`save_latest` kept them, if still current."""
-    found = store.saved_latest(notebook, agent)
-    if found is None:
+    found = _saved(store, notebook, agent)
+    return None if found is None else (found[0], found[1])
+
+
+def saved_settings(store: Store, run: RunRow) -> dict[str, Any] | None:
+    """The model and approval policy of ``run``'s latest execution, from the agent's state
+    file while it is current and about ``run`` (None: ask the store's checkpoints).
+
+    The file was parsed moments ago by the same cell's :func:`load_state`, as a rule:
+    its settings are kept with the text they came from, so it is not parsed twice."""
+    found = store.saved_latest(run.notebook, run.agent)
+    if found is None or found[0] != run.run_id:
         return None
+    memo = _settings_memo
+    if memo is not None and memo[0] == found[1]:
+        return dict(memo[1]) if memo[1] is not None else None
+    parsed = _parse(found)
+    return None if parsed is None or parsed[2] is None else dict(parsed[2])
+
+
+def _saved(
+    store: Store, notebook: str, agent: str
+) -> tuple[RunRow, RunState, dict[str, Any] | None] | None:
+    found = store.saved_latest(notebook, agent)
+    return None if found is None else _parse(found)
+
+
+#: The last state file parsed, and the settings in it (see :func:`saved_settings`).
+_settings_memo: tuple[bytes, dict[str, Any] | None] | None = None
+
+
+def _parse(found: tuple[str, bytes]) -> tuple[RunRow, RunState, dict[str, Any] | None] | None:
+    global _settings_memo
     try:
         with _collection_paused():
             data = orjson.loads(found[1])
@@ -179,9 +230,15 @@ def saved_latest(store: Store, notebook: str, agent: str) -> tuple[RunRow, RunSt
             values["messages"] = placeholders(int(view["length"]), view["kept"]) + view["later"]
             values["message_steps"] = [tuple(pair) for pair in values["message_steps"]]
             state = RunState(**values)
+            settings = data.get("settings")
+            if not (isinstance(settings, dict) and {"model", "approve"} <= settings.keys()):
+                settings = None
     except (ValueError, TypeError, KeyError, AttributeError):
         return None  # damaged in a way its frame cannot tell: DuckDB answers
-    return (run, state) if run.run_id == found[0] else None
+    if run.run_id != found[0]:
+        return None
+    _settings_memo = (found[1], settings)
+    return run, state, settings
 
 
 @contextlib.contextmanager

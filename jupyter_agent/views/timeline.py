@@ -17,7 +17,7 @@ buttons change (a fork, a rewind) is :mod:`jupyter_agent.kernel.actions`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import vocab
@@ -129,8 +129,20 @@ class Timeline:
         """Read the agent's runs from the store; select ``run_id``, else keep or take the latest.
 
         One store session for all of it: each read would otherwise open the store.
+        A store that keeps what this read last found (DuckDB's timeline file, while
+        nothing was written since) answers without a query, and is given what a read
+        found to keep.
         """
+        if self._load_kept(run_id):
+            return
         with self.store.session():
+            if not self.store.runs(notebook=self.notebook, agent=self.agent):
+                # A new agent (which the store may know without a query): nothing to read.
+                self.runs, self._last, self._model_steps = [], {}, {}
+                self._live = self.store.live_runs()
+                return self.select("")
+            as_of = getattr(self.store, "as_of", None)
+            stamp = as_of() if as_of is not None else None  # before the reads it vouches for
             self.runs = self.store.runs(notebook=self.notebook, agent=self.agent)
             self._last = self.store.latest_checkpoints([r.run_id for r in self.runs])
             self._live = self.store.live_runs()
@@ -138,13 +150,55 @@ class Timeline:
             ids = {r.run_id for r in self.runs}
             want = run_id if run_id in ids else self.selected if self.selected in ids else None
             self.select(want or (self.runs[-1].run_id if self.runs else ""))
+            keep = getattr(self.store, "keep_timeline", None)
+            if (
+                keep is not None
+                and stamp is not None
+                and self.selected == (self.runs[-1].run_id if self.runs else "")
+            ):
+                keep(self.notebook, self.agent, stamp, self.runs, self._kept())
 
-    def select(self, run_id: str) -> None:
-        """Make ``run_id``'s history (its ancestors' checkpoints up to each fork, then its own) current."""
+    #: What :meth:`_kept` saves of a loaded timeline, besides its runs.
+    _KEPT = ("selected", "history", "dropped", "_ledger", "_plan", "_size", "_model_steps")
+
+    def _kept(self) -> dict:
+        view = {name: getattr(self, name) for name in self._KEPT}
+        view["_last"] = {run_id: asdict(row) for run_id, row in self._last.items()}
+        view["window"] = self.window
+        return view
+
+    def _load_kept(self, run_id: str | None) -> bool:
+        """Load what the store kept of the latest run's view, if it is current and is what
+        :meth:`load` would read now (the latest run, the same window)."""
+        saved = getattr(self.store, "saved_timeline", None)
+        kept = saved(self.notebook, self.agent) if saved is not None else None
+        if kept is None:
+            return False
+        runs, view = kept
+        latest = runs[-1].run_id if runs else ""
+        ids = {r.run_id for r in runs}
+        want = run_id if run_id in ids else self.selected if self.selected in ids else latest
+        if want != view.get("selected") or view.get("window") != self.window:
+            return False
+        try:
+            last = {k: CheckpointRow(**row) for k, row in view["_last"].items()}
+            values = {name: view[name] for name in self._KEPT}
+        except (KeyError, TypeError):
+            return False
+        self.runs, self._last, self._live = runs, last, self.store.live_runs()
+        for name, value in values.items():
+            setattr(self, name, value)
+        self._nest()
+        self._trim(self.keep)
+        return True
+
+    def select(self, run_id: str, *, stored: bool = True) -> None:
+        """Make ``run_id``'s history (its ancestors' checkpoints up to each fork, then its own)
+        current; ``stored=False``: it has none in the store yet (nothing is read)."""
         self.selected = run_id
         self.history, self.dropped = [], 0
         self._ledger, self._size, self._plan = vocab.ledger([]), 0, None
-        if not run_id:
+        if not run_id or not stored:
             return self._nest()
         segments = self.segments(self.run(run_id))
         tail = getattr(self.store, "history_tail", None)
@@ -243,7 +297,8 @@ class Timeline:
             if not seqs or seqs[-1] < row.step:
                 seqs.append(row.step)
         if new:  # a run started here (new, restarted or forked): follow it
-            self.select(run.run_id)
+            # A run without a parent, at its first checkpoint, has nothing stored before it.
+            self.select(run.run_id, stored=bool(run.parent_run) or row.step > 0)
             self._append(row)  # unless the store already had it
             return Change(reloaded=True, runs=True)
         runs_changed = old is None or old.status != row.status

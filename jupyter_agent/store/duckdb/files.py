@@ -23,14 +23,17 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-import duckdb
+from typing import TYPE_CHECKING, Any
 
 from ...errors import StoreBusy, StoreError
 from ..dialect import pinned
 from ..schema import SCHEMA_VERSION, STORE_ID, checked_version, new_store_id, parse_version
 from .paths import default_store_path, exposure, warn
+
+if TYPE_CHECKING:
+    import duckdb
+else:
+    from .lazy import duckdb  # imported at the first connection
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);

@@ -22,16 +22,20 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-import duckdb
+from typing import TYPE_CHECKING
 
 from ..api import CHECKPOINT_COLUMNS, RUN_COLUMNS
-from ..dialect import first, move_runs
+from ..dialect import first, move_runs, pinned
 from ..faults import crash, crash_due
 from ..rows import Record, malformed
 from . import journal
 from .files import INSPECT, DuckDBFile, DuckDBQuery
 from .paths import exposure, private_files, warn
+
+if TYPE_CHECKING:
+    import duckdb
+else:
+    from .lazy import duckdb  # imported at the first connection
 
 _TABLE_COLUMNS = {
     "runs": RUN_COLUMNS,
@@ -40,14 +44,17 @@ _TABLE_COLUMNS = {
 #: Serializes folding within this process; DuckDB's file lock does so across processes.
 # Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
 _merge_locks: dict[Path, threading.Lock] = {}
-#: DuckDB errors that mean one record's values cannot be stored, not a broken store.
-_DATA_ERRORS = (
-    duckdb.ConstraintException,
-    duckdb.ConversionException,
-    duckdb.InvalidInputException,
-    duckdb.TypeMismatchException,
-    duckdb.NotImplementedException,
-)
+
+
+def _data_errors() -> tuple[type[Exception], ...]:
+    """DuckDB errors that mean one record's values cannot be stored, not a broken store."""
+    return (
+        duckdb.ConstraintException,
+        duckdb.ConversionException,
+        duckdb.InvalidInputException,
+        duckdb.TypeMismatchException,
+        duckdb.NotImplementedException,
+    )
 
 
 class JournalFolding(DuckDBFile):
@@ -76,9 +83,18 @@ class JournalFolding(DuckDBFile):
         error says the store itself is damaged, full or read-only.
 
         Inside a session (see :meth:`DuckDBStore.session`) the session's connection
-        is used again (its journals were folded when it opened).
+        is used again (its journals were folded when it opened); the first read of a
+        session that needs DuckDB opens it, for the rest of the session.
         """
         shared = getattr(self._local, "con", None)
+        session = getattr(self._local, "session", None)
+        if shared is None and session is not None:
+            self._local.session = None  # the open below is the session's own
+            try:
+                shared = session.enter_context(self._connect())
+            finally:
+                self._local.session = session
+            session.enter_context(pinned(self._local, "con", shared))
         if shared is not None:
             with self._mapped():
                 yield shared
@@ -96,6 +112,8 @@ class JournalFolding(DuckDBFile):
                         if live and pending:
                             shown = self._show_live(con, pending)
                     yield con
+                    if not (read_only or shown):
+                        self._closing(con)
             finally:
                 if shown:
                     with contextlib.suppress(duckdb.Error):
@@ -104,6 +122,10 @@ class JournalFolding(DuckDBFile):
                 con.close()
                 # What this connection wrote is not a reason to check the schema again.
                 self._checked = (self._identity(), read_only)
+
+    def _closing(self, con: duckdb.DuckDBPyConnection) -> None:
+        """A connection that showed nothing uncommitted is about to close; the store's
+        own may note what it holds (see ``DuckDBStore``)."""
 
     def _merge(self, con: duckdb.DuckDBPyConnection) -> list[tuple[journal.JournalFile, bytes]]:
         """Fold finished runs' journals into DuckDB and delete them; return live ones' news.
@@ -206,7 +228,7 @@ class JournalFolding(DuckDBFile):
                 elif not _insert(con, rec, rows) and unknown is None:
                     unknown = offset
             rows.flush()
-        except _DATA_ERRORS as exc:  # a record DuckDB refuses: set the whole journal aside
+        except _data_errors() as exc:  # a record DuckDB refuses: set the whole journal aside
             con.execute("ROLLBACK")
             self._quarantine(jf, f"a record could not be stored ({exc})")
             return b""

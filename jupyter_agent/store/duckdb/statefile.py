@@ -20,6 +20,21 @@ disagree with the store:
 Otherwise the reader goes to DuckDB and its journals as before. Written to a
 temporary name and renamed into place, unsynced: a machine crash can only lose
 the cache, never make it lie (the checks above still hold after one).
+
+Two more files are kept the same way, under the same checks, so that a cell reads
+nothing of DuckDB before its first model request while they are current:
+
+* ``<agent key>.timeline``: what the agent's timeline shows at once (its runs, their
+  last checkpoints, the selected history's tail and totals), written by a timeline's
+  read of the store;
+* ``store.summary`` (:data:`SUMMARY`): the store's id, which agents have runs, the
+  context windows learnt, and when that was true, written as a connection that
+  changed nothing closes: a new agent learns it has no run yet from it, and a
+  kernel started since then that no notebook was moved since.
+
+Each is stamped while DuckDB is held open by the writer (no other process can
+write it then) or after the writes it reflects, so a stamp that still matches
+means DuckDB holds what the file says.
 """
 
 from __future__ import annotations
@@ -32,6 +47,8 @@ from ..rows import Record
 from . import journal
 
 SUFFIX = ".state"
+TIMELINE = ".timeline"
+SUMMARY = "store.summary"
 _TABLE = "state"
 
 
@@ -39,7 +56,7 @@ def path_of(directory: Path, key: str) -> Path:
     return directory / (key + SUFFIX)
 
 
-def _stamp(db_path: Path) -> list[int] | None:
+def stamp(db_path: Path) -> list[int] | None:
     """Size and modification time of the DuckDB file and of its write-ahead log.
 
     The log's too: a fold's rows may sit in it, the file itself untouched,
@@ -58,11 +75,24 @@ def _stamp(db_path: Path) -> list[int] | None:
 
 def write(directory: Path, key: str, db_path: Path, run_id: str, body: bytes) -> None:
     """Save ``body`` (the run's state) as of the DuckDB file now; best effort."""
-    stamp = _stamp(db_path)
-    if stamp is None or not directory.is_dir():
+    _put(directory / (key + SUFFIX), {"run_id": run_id, "db": stamp(db_path)}, body)
+
+
+def write_as_of(path: Path, db: list[int] | None, body: bytes, **row: object) -> None:
+    """Save ``body`` at ``path``, true of the DuckDB file whose :func:`stamp` was ``db``."""
+    _put(path, {**row, "db": db}, body)
+
+
+def read_current(path: Path, db_path: Path) -> tuple[dict, bytes] | None:
+    """(header row, body) of a file :func:`write_as_of` wrote, if whole and still current."""
+    found = _get(path, db_path)
+    return None if found is None else (found.row, found.payload)
+
+
+def _put(path: Path, row: dict, body: bytes) -> None:
+    if row["db"] is None or not path.parent.is_dir():
         return
-    frame = journal.encode(Record(_TABLE, {"run_id": run_id, "db": stamp}, body))
-    path = path_of(directory, key)
+    frame = journal.encode(Record(_TABLE, row, body))
     tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -77,8 +107,16 @@ def write(directory: Path, key: str, db_path: Path, run_id: str, body: bytes) ->
 
 
 def drop(directory: Path, run_ids: set[str]) -> None:
-    """Delete the state files of deleted runs: what they hold must leave the disk with them."""
-    for path in directory.glob("*" + SUFFIX) if directory.is_dir() else ():
+    """Delete the state files of deleted runs: what they hold must leave the disk with them.
+
+    Every timeline file and the summary too: they name other runs, and are rebuilt
+    by the next read of the store."""
+    if not directory.is_dir():
+        return
+    for path in [*directory.glob("*" + TIMELINE), directory / SUMMARY]:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    for path in directory.glob("*" + SUFFIX):
         try:
             head = path.read_bytes()
         except OSError:
@@ -91,8 +129,15 @@ def drop(directory: Path, run_ids: set[str]) -> None:
 
 def read(directory: Path, key: str, db_path: Path) -> tuple[str, bytes] | None:
     """(run id, body) if the saved state is whole and still agrees with the store, else None."""
+    found = _get(path_of(directory, key), db_path)
+    run_id = str(found.row.get("run_id", "")) if found is not None else ""
+    return (run_id, found.payload) if found is not None and run_id else None
+
+
+def _get(path: Path, db_path: Path) -> Record | None:
+    """The file's one record, if whole, ours alone, and true of the store as it is now."""
     try:
-        fd = os.open(path_of(directory, key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
     try:
@@ -105,10 +150,8 @@ def read(directory: Path, key: str, db_path: Path) -> tuple[str, bytes] | None:
     records, end = journal.decode_all(data)
     if len(records) != 1 or end != len(data) or records[0].table != _TABLE:
         return None
-    row = records[0].row
-    run_id = str(row.get("run_id", ""))
-    if row.get("db") != _stamp(db_path) or not run_id:
+    if records[0].row.get("db") != stamp(db_path):
         return None
-    if any(name.endswith((journal.SUFFIX, ".tmp")) for name in os.listdir(directory)):
+    if any(name.endswith((journal.SUFFIX, ".tmp")) for name in os.listdir(path.parent)):
         return None  # a journal, or one being born
-    return run_id, records[0].payload
+    return records[0]

@@ -27,22 +27,28 @@ import contextlib
 import errno
 import hashlib
 import json
+import os
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...config import SYNC
 from ...core.redaction import secrets_in_environment
 from ...errors import AgentBusy, StoreError
-from ..api import CHECKPOINT_COLUMNS, Capability, CheckpointRow
+from ..api import CHECKPOINT_COLUMNS, Capability, CheckpointRow, RunRow
 from ..dialect import MAX_STEP, Dialect, Nothing, Query, first, pinned
 from ..rows import checkpoint_from_row
-from ..sql import SQLStore
-from . import blobfiles, journal, locks, statefile
+from ..sql import SQLStore, process_started_at
+from . import blobfiles, journal, known, locks, statefile
 from .files import DuckDBQuery
 from .fold import JournalFolding
 from .journal import JournalWriter
 from .paths import warn
 from .writer import DuckDBRunWriter
+
+if TYPE_CHECKING:
+    import duckdb
+else:
+    from .lazy import duckdb  # imported at the first connection
 
 
 class DuckDBDialect(Dialect):
@@ -92,17 +98,30 @@ class DuckDBStore(JournalFolding, SQLStore):
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
-        """Serve this thread's reads from one connection (journals folded once, at the start).
+        """Serve this thread's reads from one connection (journals folded once, as it opens).
 
         For a batch of reads that belong together, such as everything a resume
-        reads before its first model request. It holds the DuckDB file, so no
-        model call or user wait may happen inside. Re-entrant.
+        reads before its first model request. DuckDB is opened by the first read
+        that needs it (what the small files of :mod:`.known` and the state file
+        answer needs none), and held until the session ends, so no model call or
+        user wait may happen inside. Re-entrant.
         """
-        if getattr(self._local, "con", None) is not None or not self.exists():
-            yield  # nothing to read yet: each read finds that out (and creates nothing)
-            return
-        with self._connect() as con, pinned(self._local, "con", con):
+        if (
+            getattr(self._local, "con", None) is not None
+            or getattr(self._local, "session", None) is not None
+        ):
             yield
+            return
+        with contextlib.ExitStack() as opened, pinned(self._local, "session", opened):
+            yield
+
+    def as_of(self) -> list[int] | None:
+        """The DuckDB file's stamp (:func:`statefile.stamp`) once this thread's session, if
+        any, has opened it: what is read after this is at least as new as the stamp."""
+        if getattr(self._local, "session", None) is not None and self.exists():
+            with self._reads():
+                pass
+        return statefile.stamp(self.path)
 
     def flush(self) -> None:
         """Fold finished runs' journals into DuckDB now (running ones are their kernel's)."""
@@ -169,6 +188,85 @@ class DuckDBStore(JournalFolding, SQLStore):
 
     def saved_latest(self, notebook: str, agent: str) -> tuple[str, bytes] | None:
         return statefile.read(self.journal_dir, _agent_key(notebook, agent), self.path)
+
+    # -- what the small files answer (see .known) -----------------------------------------
+
+    def saved_timeline(self, notebook: str, agent: str) -> tuple[list[RunRow], dict] | None:
+        """The agent's runs and what its timeline showed, kept by :meth:`keep_timeline`,
+        if nothing was written since."""
+        return known.read_timeline(self.journal_dir, _agent_key(notebook, agent), self.path)
+
+    def keep_timeline(
+        self, notebook: str, agent: str, as_of: list[int] | None, runs: list[RunRow], view: dict
+    ) -> None:
+        """Keep the agent's runs and a timeline's ``view`` of them, read after :meth:`as_of`
+        gave ``as_of``; best effort."""
+        with contextlib.suppress(OSError, TypeError):
+            key = _agent_key(notebook, agent)
+            known.write_timeline(self.journal_dir, key, as_of, runs, view)
+
+    def _summary(self) -> known.Summary | None:
+        summary = known.read_summary(self.journal_dir, self.path)
+        if summary is not None and summary.store_id:
+            self._known_id = (self._inode(), summary.store_id)
+        return summary
+
+    def _inode(self) -> int | None:
+        try:
+            return os.stat(self.path).st_ino
+        except OSError:
+            return None
+
+    #: The store id a current summary gave, with the DuckDB file's inode then: an id never
+    #: changes while the file is the same one, journals written since or not.
+    _known_id: tuple[int | None, str] | None = None
+
+    def _closing(self, con: Any) -> None:
+        """Note what the small files answer, unless they are current already."""
+        db = statefile.stamp(self.path)  # before the reads: no other process writes now
+        if db is None or len(db) > 2 and db[2] > 0:
+            return  # this connection wrote: its close checkpoints the log, a new stamp
+        if statefile.read_current(known.summary_path(self.journal_dir), self.path) is not None:
+            return
+        with contextlib.suppress(OSError, TypeError, ValueError, duckdb.Error):
+            q = DuckDBQuery(con)
+            known.write_summary(
+                self.journal_dir,
+                db,
+                q.all("SELECT DISTINCT notebook, agent FROM runs"),
+                q.all("SELECT key, value FROM meta"),
+                q.all("SELECT old, new, moved_at FROM notebook_moves ORDER BY moved_at"),
+            )
+
+    def runs(self, notebook: str | None = None, agent: str | None = None) -> list[RunRow]:
+        if notebook is not None and agent is not None:
+            if (kept := self.saved_timeline(notebook, agent)) is not None:
+                return kept[0]
+            summary = self._summary()
+            if summary is not None and not summary.has_runs(notebook, agent):
+                return []  # a new agent: no run in DuckDB, none in a journal
+        return super().runs(notebook, agent)
+
+    def store_id(self) -> str | None:
+        summary = self._summary()
+        if summary is not None and summary.store_id:
+            return summary.store_id
+        known_id = self._known_id
+        if known_id is not None and known_id[0] is not None and known_id[0] == self._inode():
+            return known_id[1]
+        return super().store_id()
+
+    def resolve_notebook(self, path: str, since: float | None = None) -> str:
+        summary = self._summary()
+        cutoff = process_started_at() if since is None else since
+        found = summary.resolve(path, cutoff) if summary is not None else None
+        return found if found is not None else super().resolve_notebook(path, since)
+
+    def learnt_window(self, model: str) -> int | None:
+        summary = self._summary()
+        if summary is not None:
+            return summary.windows.get(model)
+        return super().learnt_window(model)
 
     # -- what the files say ------------------------------------------------------------
 

@@ -75,6 +75,8 @@ NOT_BEFORE_FIRST_REQUEST = (
     "httpx2",
     "pydantic",
     "anywidget",
+    "ipywidgets",
+    "duckdb",
     "jupyter_agent.kernel.widget",
 )
 #: What the kernel had imported when it first connected to the endpoint (an audit hook).
@@ -104,8 +106,7 @@ def test_a_new_agents_first_request_waits_for_no_sdk_and_no_widget(
         loaded = json.loads(kernel.run("import json; print(json.dumps(_first[0]))").stdout)
     finally:
         kernel.shutdown()
-    # DuckDB's connect imports ipywidgets in a kernel (its progress bar): pinned once a
-    # new agent's first request no longer opens the store.
-    pinned = [*NOT_BEFORE_FIRST_REQUEST, *(["ipywidgets"] if "duckdb" not in loaded else [])]
-    assert [m for m in pinned if m in loaded] == []
+    # DuckDB too: a new agent learns it has no run from the files beside the store (and
+    # DuckDB's connect would import ipywidgets in a kernel, for its progress bar).
+    assert [m for m in NOT_BEFORE_FIRST_REQUEST if m in loaded] == []
     assert "application/vnd.jupyter.widget-view+json" in json.dumps(done.outputs)  # then built

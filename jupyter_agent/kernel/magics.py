@@ -170,8 +170,16 @@ class AgentMagics(AgentTraits, Magics):
             text = CellEvents(live) if live is not None else TextEvents()
             # The timeline widget is built once the first model request is out (see .slot).
             slot = self._timeline_slot(runtime.store(), identity) if cell else None
-            # Steps so far, for the output, read in this session rather than later.
-            text.known = known_steps(runtime.store(), identity.notebook, identity.agent)
+            # Steps so far, for the output, read in this session rather than later; with
+            # a timeline, as it reads them (from what the store kept of it while current,
+            # so a resume's first request waits for no DuckDB).
+            from ..views.timeline import Timeline
+
+            text.known = (
+                Timeline.loaded(runtime.store(), identity.notebook, identity.agent).known_steps()
+                if slot is not None
+                else known_steps(runtime.store(), identity.notebook, identity.agent)
+            )
             outcome: Outcome | None = None
             try:
                 events = runtime.events(key, text)

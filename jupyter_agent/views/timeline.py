@@ -125,6 +125,13 @@ class Timeline:
 
     # -- reading from the store ------------------------------------------------------
 
+    @classmethod
+    def loaded(cls, store: Store, notebook: str, agent: str) -> Timeline:
+        """The agent's timeline as :meth:`load` reads it: its latest run selected."""
+        timeline = cls(store, notebook, agent)
+        timeline.load()
+        return timeline
+
     def load(self, run_id: str | None = None) -> None:
         """Read the agent's runs from the store; select ``run_id``, else keep or take the latest.
 

@@ -370,6 +370,14 @@ def scan(
     return found
 
 
+def any_journal(directory: Path) -> bool:
+    """Whether ``directory`` holds a journal: being written, folded or set aside as damaged.
+
+    Agents' lock files live there too, and are created before any run is: they do not count.
+    """
+    return directory.is_dir() and any(directory.glob("*" + SUFFIX + "*"))
+
+
 def live_run_ids(directory: Path) -> set[str]:
     """Run ids whose journals are still owned by a running process."""
     live: set[str] = set()

@@ -239,6 +239,8 @@ class DuckDBStore(JournalFolding, SQLStore):
             )
 
     def runs(self, notebook: str | None = None, agent: str | None = None) -> list[RunRow]:
+        if not self.path.exists() and not journal.any_journal(self.journal_dir):
+            return []  # a new store: neither its file nor a journal holds a run
         if notebook is not None and agent is not None:
             if (kept := self.saved_timeline(notebook, agent)) is not None:
                 return kept[0]

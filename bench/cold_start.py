@@ -156,19 +156,17 @@ starts a warm-up thread that imports that client and, for an `https` endpoint, l
 the CA bundle. The timeline widget (ipywidgets) is built once the first request is out,
 in the place its line held above the cell's output. `tests/test_imports.py` pins it: at
 a new kernel's first connection to the endpoint, neither openai, anthropic, httpx,
-pydantic nor the widget is imported. Both columns are byte-compiled, as installed;
+pydantic, DuckDB nor the widget is imported. Both columns are byte-compiled, as installed;
 without bytecode (`PYTHONDONTWRITEBYTECODE`, a source checkout) every kernel compiles
 the package again, which about triples the package's own import time.
 
-Where the target is missed, and why: back to back, the path is `%load_ext`'s imports
-(the row above: the package's own modules, most of whose self time is creating their
-dataclasses, then dill) and the cell's. In a profile of the cell up to its first
-request (`cProfile` in the kernel, under load), 58–70 % of it is the store's first read,
-which tells a new agent it has no run yet: importing DuckDB, opening the file and
-checking its schema; in a kernel DuckDB's connect also imports ipywidgets (for its
-progress bar), the widget's cost this tree otherwise moves after the request. Reading
-that without opening DuckDB removes the largest part; the package's own imports
-(`%load_ext`'s, and the runner's and the loop's) are most of what is left.
+The target is met on a quiet machine. A new agent learns that it has no run yet from the
+small files beside the store (`store.summary`, trusted only while the DuckDB file and its
+log are as stamped and no journal waits; otherwise DuckDB is read as before), so neither
+DuckDB nor, through its connect's progress bar, ipywidgets is imported before the
+request: `tests/test_imports.py` pins both. What is left on the path is `%load_ext`'s
+imports (the row above: the package's own modules, most of whose self time is creating
+their dataclasses, then dill) and the cell's own work.
 
 Every time here grows several-fold on a loaded machine (see the load average above);
 the profile's shares hold."""

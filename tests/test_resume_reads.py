@@ -168,14 +168,17 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+def _python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``code`` run by a new interpreter (a process of its own) that imports this checkout."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
 def test_a_run_only_in_a_killed_kernels_journal_is_never_missed(ip, scripted, store_path):
     fresh, old = _new_agent_store(ip, scripted, store_path)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    done = subprocess.run(
-        [sys.executable, "-c", _KILLED_WRITER, str(store_path), old.notebook],
-        env=env,
-        timeout=60,
-    )
+    done = _python(_KILLED_WRITER, str(store_path), old.notebook)
     assert done.returncode == -signal.SIGKILL
     assert list(fresh.journal_dir.glob("*.jnl"))  # only in its journal
     assert [r.run_id for r in fresh.runs(old.notebook, "killed")] == ["killed-run"]
@@ -225,14 +228,7 @@ print(store.opens, "duckdb" in sys.modules)
 
 def test_a_new_agent_reads_nothing_of_duckdb_nor_imports_it(ip, scripted, store_path):
     _, old = _new_agent_store(ip, scripted, store_path)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    done = subprocess.run(
-        [sys.executable, "-c", _NEW_AGENT_READS, str(store_path), old.notebook],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _python(_NEW_AGENT_READS, str(store_path), old.notebook)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["0", "False"]
 

@@ -150,7 +150,9 @@ def test_notebook7_shows_restored_rich_output_and_inserts_cells(
         wait_for_kernel_idle(page, 60_000)
         run_all_cells(page, timeout=120_000)
         agent = cells.nth(1)
-        expect(agent.get_by_text("restored from the store").first).to_be_visible()
+        agent.scroll_into_view_if_needed()  # cells out of view are not drawn
+        # The restore's output replaces the cell's first display once the kernel sends it.
+        expect(agent.get_by_text("restored from the store").first).to_be_visible(timeout=30_000)
         expect(agent.locator(".jp-OutputArea-output table").first).to_be_visible()
         expect(agent.locator(".jp-OutputArea-output img").first).to_be_visible()
         assert len(scripted.requests) == requests

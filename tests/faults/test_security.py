@@ -140,7 +140,8 @@ def test_store_files_are_private(tmp_path: Path) -> None:
             writer.put_run(RunRow("r1", "/nb", "a", None, "t", "h", "m", None, None, 1.0, {}))
             journal = next(store.journal_dir.glob("*.jnl"))
             assert mode(journal) == 0o600 and mode(store.journal_dir) == 0o700
-            with store.session():  # one open connection; it folded the live journal
+            with store.session():  # one connection, opened by the first read that needs it
+                assert store.runs()  # it folded the live journal
                 wal = path.with_name(path.name + ".wal")
                 assert wal.exists() and mode(wal) == 0o600, oct(mode(wal))
                 store.remember_window("probe", 4096)  # a write while it is open

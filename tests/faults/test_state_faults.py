@@ -20,6 +20,7 @@ import duckdb
 import pytest
 
 from jupyter_agent.store.api import CheckpointRow as Row
+from jupyter_agent.store.duckdb import statefile
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.store.open import open_store
 
@@ -66,11 +67,16 @@ def file_digest(path: Path) -> str:
 
 
 def tree_digest(path: Path) -> dict[str, str]:
-    """Digest of the DuckDB file and of every journal beside it."""
+    """Digest of the DuckDB file and of every journal beside it.
+
+    Not of what a read keeps for the next one (an agent's timeline, the store's summary):
+    a read rewrites them when they are stale, and they are trusted only while current.
+    """
     out = {path.name: file_digest(path)}
     jdir = path.with_name(path.name + ".journal")
     if jdir.is_dir():
-        out |= {p.name: file_digest(p) for p in sorted(jdir.iterdir())}
+        kept = (statefile.TIMELINE, statefile.SUMMARY)
+        out |= {p.name: file_digest(p) for p in sorted(jdir.iterdir()) if not p.name.endswith(kept)}
     return out
 
 

@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import nbformat
 from playwright.sync_api import Page
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 STARTUP_TIMEOUT_S = 60.0
 
@@ -245,15 +246,53 @@ def open_notebook(page: Page, server: LabServer, path: str, timeout: float = 45_
     dismiss_toasts(page)
 
 
-def run_all_cells(page: Page, timeout: float = 60_000) -> None:
-    """Run every cell of the current notebook and wait until execution finished."""
+_WATCH_PROMPTS_JS = """() => {
+    // Notes whether any cell was queued ("[*]") from now on: the mark may come and go
+    // between two polls, so it is watched rather than looked for.
+    window.__agentRunStarted = false;
+    if (window.__agentRunWatch) window.__agentRunWatch.disconnect();
+    window.__agentRunWatch = new MutationObserver(records => {
+        for (const r of records) {
+            const text = r.target.nodeType === Node.TEXT_NODE;
+            const el = text ? r.target.parentElement : r.target;
+            if (!el || !el.closest('.jp-InputPrompt')) continue;
+            const shown = [text ? r.target.data : '',
+                ...[...r.addedNodes].map(n => n.textContent || '')];
+            if (shown.some(t => t.includes('[*]'))) window.__agentRunStarted = true;
+        }
+    });
+    window.__agentRunWatch.observe(document.body,
+        {subtree: true, childList: true, characterData: true});
+}"""
+
+_RUN_STARTED_JS = """() => window.__agentRunStarted || [...document.querySelectorAll(
+    '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-InputPrompt')].some(
+        el => el.textContent.includes('[*]'))"""
+
+
+def run_all_cells(page: Page, timeout: float = 60_000, attempts: int = 3) -> None:
+    """Run every cell of the current notebook and wait until execution finished.
+
+    A menu click or command that lands while the page is still settling can be
+    dropped without a trace (seen in Notebook 7: every prompt still ``[ ]``), so
+    the run must be seen to start, and is asked for again when it was not.
+    """
     has_app = page.evaluate("() => Boolean(window.jupyterapp)")
-    if has_app:
-        # The command's promise resolves only after all queued cells finished.
-        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    else:
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    for attempt in range(attempts):
+        page.evaluate(_WATCH_PROMPTS_JS)
+        if has_app:
+            # The command's promise resolves only after every queued cell ran.
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        else:
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        try:
+            page.wait_for_function(_RUN_STARTED_JS, timeout=10_000)
+            break
+        except PlaywrightTimeoutError:
+            if attempt == attempts - 1:
+                raise
+            page.keyboard.press("Escape")  # a menu left open
     page.wait_for_function(
         "() => ![...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) "
         ".jp-InputPrompt')].some(el => el.textContent.includes('[*]'))",

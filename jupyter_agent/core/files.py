@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..vocab import size_text
-from .state import FileRecord, RunState
+from .state import FileRecord
 
 #: Hex digits of a file's hash shown to users (enough to tell versions apart).
 SHOWN_HASH = 12
@@ -27,11 +27,6 @@ class FilesDiff:
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.changed)
-
-
-def files_at(state: RunState) -> dict[str, FileRecord]:
-    """The files a run's code had written at the state's checkpoint, by relative path."""
-    return dict(state.files)
 
 
 def diff_files(before: dict[str, FileRecord], after: dict[str, FileRecord]) -> FilesDiff:

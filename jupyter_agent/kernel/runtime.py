@@ -21,7 +21,6 @@ Its threads and locks, and the order they are taken in, are those of
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import threading
 import time
@@ -39,7 +38,7 @@ from ..loop.notify import Notifier
 from ..namespace.baseline import Baselines
 from ..namespace.lock import NamespaceLock
 from ..store.api import CheckpointRow, RunRow, Store
-from ..store.open import open_store
+from ..store.open import configured_target, open_store
 from ..views.listing import awaited_child
 from ..views.render import TextEvents
 from ..views.timeline import Timeline
@@ -115,9 +114,7 @@ class AgentRuntime:
 
     def store(self) -> Store:
         """The store of the configuration; one handle per path."""
-        from ..store.duckdb.paths import default_store_path
-
-        spec = self.store_path or os.environ.get("JUPYTER_AGENT_STORE") or str(default_store_path())
+        spec = configured_target(self.store_path)
         with self._lock:
             store = self._stores.get(spec)
             if store is None:

@@ -13,6 +13,18 @@ from ..errors import StoreError
 from .api import Store
 
 
+def configured_target(explicit: str | None = None) -> str:
+    """The store a session means: ``explicit``, else ``$JUPYTER_AGENT_STORE``, else the
+    default DuckDB file; one string per store, so a process can keep one handle each."""
+    if explicit:
+        return explicit
+    if env := os.environ.get("JUPYTER_AGENT_STORE"):
+        return env
+    from .duckdb.paths import default_store_path
+
+    return str(default_store_path())
+
+
 def open_store(target: str | os.PathLike | None = None, *, busy_timeout: float = 30.0) -> Store:
     """The store at ``target``: a ``postgresql://`` URL, ``duckdb://PATH`` or a file path.
 

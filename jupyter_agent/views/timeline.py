@@ -29,6 +29,7 @@ from ..model.base import OFFLINE_MODEL
 from ..store.api import CheckpointRow, RunRow, Store
 from .cells import editable
 from .listing import awaited_child, status_from
+from .render import Known, steps_known
 
 #: Entries of the selected history sent to a frontend at first; more on request.
 WINDOW = 100
@@ -351,13 +352,9 @@ class Timeline:
         """Model calls in the run's history, its parents' up to each fork point included."""
         return vocab.history_steps(self.segments(self.run(run_id)), self._model_steps)
 
-    def known_steps(self) -> dict[str, tuple[int, int]]:
-        """Per run: its last checkpoint's number and the steps of its history up to it.
-
-        What :class:`jupyter_agent.views.render.TextEvents` would otherwise read again.
-        """
-        return {r.run_id: (self._last[r.run_id].step, self.steps(r.run_id))
-                for r in self.runs if r.run_id in self._last}  # fmt: skip
+    def known_steps(self) -> Known:
+        """:func:`~jupyter_agent.views.render.steps_known` of every run, as read here."""
+        return steps_known(self.runs, self._last, lambda run: self.steps(run.run_id))
 
     def status_text(self, run_id: str) -> str:
         """The run's sentence: "done after 3 steps", "paused at the budget: …"."""

@@ -40,7 +40,8 @@ from ..loop.checkpoints import Events
 from ..store.api import CheckpointRow, RunRow, Store
 from ..views import diff as views_diff
 from ..views import points
-from ..views.timeline import WINDOW, Timeline, detail, notebook_name
+from ..views.checkpoint import detail
+from ..views.timeline import WINDOW, Timeline, notebook_name
 from .actions import Rewound, check_edit
 from .runner import CellRequest, Outcome
 from .runtime import AgentRuntime, Job, Key, current

@@ -5,12 +5,12 @@ cell would otherwise wait for before its first model request. So a ``%%agent``
 cell starts with a :class:`TimelineSlot` in the agent's views instead: when the
 run begins it displays the timeline's fallback line where the widget will be
 (above the cell's text, as before), and it keeps what the execution reports
-meanwhile. The widget is built once the first model request
-has gone out (:func:`~jupyter_agent.model.http.after_sending`), while the endpoint
-works on the reply; it takes the slot's place in the output (a display update),
-shows the timeline the cell read before its run (read once: the cell's step count
-came from it too), and is handed the checkpoints and lines the slot kept since, so
-it shows what it would have shown from the start. A run that sends no request (a
+meanwhile. The widget is built once the first model request has gone out
+(:func:`~jupyter_agent.model.http.after_sending`), while the endpoint works on the
+reply; it takes the slot's place in the output (a display update), shows the
+timeline the cell read before its run (read once: the cell's step count came from
+it too), and is handed the checkpoints and lines the slot kept since, so it shows
+what it would have shown from the start. A run that sends no request (a
 restore, a client that does not announce its requests) gets its widget at its
 next checkpoint or when it ends.
 """

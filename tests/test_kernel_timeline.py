@@ -341,3 +341,38 @@ def test_a_resume_opens_the_store_once_before_the_model(
     assert "resuming after step 1" in again.text  # the step count came without a read
     opens = value(kernel, "_at_first_request")
     assert opens == [1], opens
+
+
+COUNT_LOADS = """
+from jupyter_agent.views.timeline import Timeline as _T
+_loads, _load = [], _T.load
+def _counting_load(self, *a, **k):
+    _loads.append(1)
+    return _load(self, *a, **k)
+_T.load = _counting_load
+"""
+
+
+def test_a_cell_reads_its_agents_timeline_once_before_it_runs(
+    kernel_factory: Callable[..., Kernel], scripted: ScriptedServer
+) -> None:
+    """The steps so far and the widget built after the first request come from one read
+    of the agent's timeline; it is read again only once the execution wrote something."""
+    scripted.set_script([call("x = 1"), call("y = 2"), {"content": "Done."}])
+    kernel = kernel_factory()
+    cell = "%%agent -m scripted --max-steps {}\nSet x, then y."
+    assert "step limit" in kernel.run(cell.format(1), cell_id=CELL_ID).text
+    assert kernel.run(COUNT_LOADS).status == "ok"
+    loads = "(len(_loads), _loads.clear())[0]"
+
+    resumed = kernel.run(cell.format(5), cell_id=CELL_ID)
+    assert "resuming after step 1" in resumed.text and "■ done after 3 steps" in resumed.text
+    assert VIEW in json.dumps(resumed.outputs), resumed.outputs
+    assert value(kernel, loads) == 2  # before the run, and once it ended
+
+    restored = kernel.run(cell.format(5), cell_id=CELL_ID)
+    assert "restored from the store" in restored.text, restored.text
+    assert value(kernel, loads) == 1  # a restore writes nothing: its widget shows that read
+    s = state(kernel, widget_id(restored))
+    assert (s["summary"]["text"], s["summary"]["steps"]) == ("done after 3 steps", 3)
+    assert s["entries"]["first"] + len(s["entries"]["items"]) == s["summary"]["total"] > 0

@@ -26,6 +26,7 @@ from jupyter_agent.core.state import (
     fold_from_snapshot,
 )
 from jupyter_agent.core.stuck import stuck_reason
+from jupyter_agent.core.summary import summary_message
 from jupyter_agent.errors import PlanError
 from jupyter_agent.loop.runs import load_state
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store
@@ -97,7 +98,7 @@ def test_trim_first_then_summary_and_the_view_keeps_task_pins_and_latest_results
     decision = context.decide(messages, {}, [], window=5_000)
     assert decision is not None and decision.summarize is not None
     start, end = decision.summarize
-    compaction = {**decision.compaction, "summary": context.summary_message("did things", 9, 9)}
+    compaction = {**decision.compaction, "summary": summary_message("did things", 9, 9)}
     plan = [{"title": "load", "status": "done"}, {"title": "plot", "status": "pending"}]
     view = context.model_view(messages, compaction, plan)
     assert view[:2] == messages[:2]  # the system prompt and the task

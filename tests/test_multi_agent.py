@@ -19,8 +19,9 @@ from IPython.core.error import UsageError
 
 from jupyter_agent.store.duckdb.store import DuckDBStore as Store
 from jupyter_agent.testing import ScriptedServer
+from jupyter_agent.views.checkpoint import detail
 from jupyter_agent.views.listing import Reader
-from jupyter_agent.views.timeline import Timeline, detail
+from jupyter_agent.views.timeline import Timeline
 
 from .kernels import Kernel
 from .test_kernel_timeline import click, settle, state, value, widget_id

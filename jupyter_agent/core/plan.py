@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..errors import PlanError
 from . import context
+from .summary import summary_message
 
 STATUSES = ("pending", "in_progress", "done")
 MAX_ITEMS = 200
@@ -231,7 +232,7 @@ def next_item(
             "results": results,
             "notes": notes,
             "item": index,
-            "summary": context.summary_message(body, replies, results),
+            "summary": summary_message(body, replies, results),
         },
         f"{context.HARNESS_NOTE}Now work on item {index + 1} of {len(plan)}: {title}. "
         "Work on this item only. When it is done, call update_plan to mark it done, then "

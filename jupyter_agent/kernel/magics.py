@@ -11,7 +11,7 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
@@ -42,6 +42,9 @@ from .runner import CellRequest, Outcome
 from .runtime import AgentRuntime, current
 from .slot import TimelineSlot
 from .traits import AgentTraits
+
+if TYPE_CHECKING:
+    from ..views.timeline import Timeline
 
 
 @magics_class
@@ -168,15 +171,13 @@ class AgentMagics(AgentTraits, Magics):
         )
         with runtime.claimed(key), runtime.reads() as reads:
             text = CellEvents(live) if live is not None else TextEvents()
-            # The timeline widget is built once the first model request is out (see .slot).
+            # The timeline widget is built once the first model request is out (see .slot),
+            # on the agent's timeline read now, in this session (from what the store kept of
+            # it while current, so a resume's first request waits for no DuckDB). The steps
+            # so far, for the output, come from that read; without a timeline, from the store.
             slot = self._timeline_slot(runtime.store(), identity) if cell else None
-            # Steps so far, for the output, read in this session rather than later; with
-            # a timeline, as it reads them (from what the store kept of it while current,
-            # so a resume's first request waits for no DuckDB).
-            from ..views.timeline import Timeline
-
             text.known = (
-                Timeline.loaded(runtime.store(), identity.notebook, identity.agent).known_steps()
+                slot.timeline.known_steps()
                 if slot is not None
                 else known_steps(runtime.store(), identity.notebook, identity.agent)
             )
@@ -247,17 +248,29 @@ class AgentMagics(AgentTraits, Magics):
         return (self._store().resolve_notebook(identity.notebook), identity.agent)
 
     def _timeline_slot(self, store: Store, identity: AgentIdentity) -> TimelineSlot | None:
-        """Where the cell's timeline widget will be (None outside a kernel, or with the
-        timeline off); :meth:`_show_timeline` builds it when the slot asks."""
+        """Where the cell's timeline widget will be, and its timeline, read now (None
+        outside a kernel, or with the timeline off); :meth:`_show_timeline` builds the
+        widget on that timeline when the slot asks."""
         if not self.timeline or getattr(self.shell, "kernel", None) is None:
             return None
-        key = (identity.notebook, identity.agent)
+        from ..views.timeline import Timeline
+
+        timeline = Timeline.loaded(store, identity.notebook, identity.agent)
         return TimelineSlot(
-            self.runtime, key, lambda handle: self._show_timeline(store, identity, handle)
+            self.runtime,
+            timeline,
+            lambda handle, read: self._show_timeline(store, identity, handle, read),
         )
 
-    def _show_timeline(self, store: Store, identity: AgentIdentity, slot: Any = None) -> Any:
-        """The cell's timeline widget (None outside a kernel, or with the timeline off)."""
+    def _show_timeline(
+        self,
+        store: Store,
+        identity: AgentIdentity,
+        slot: Any = None,
+        timeline: Timeline | None = None,
+    ) -> Any:
+        """The cell's timeline widget (None outside a kernel, or with the timeline off);
+        ``timeline``: the agent's, read already, shown as it is."""
         if not self.timeline or getattr(self.shell, "kernel", None) is None:
             return None
         from . import widget  # only where a frontend can show it
@@ -270,6 +283,7 @@ class AgentMagics(AgentTraits, Magics):
             options=self._settings,
             replace=True,
             slot=slot,
+            timeline=timeline,
         )
 
     # -- %agent ---------------------------------------------------------------------

@@ -1,15 +1,16 @@
 """A cell's timeline before its widget exists: its place in the output, and what it missed.
 
-Building the timeline widget imports ipywidgets and reads the agent's runs, which
-a new kernel's first agent cell would otherwise wait for before its first model
-request. So a ``%%agent`` cell starts with a :class:`TimelineSlot` in the agent's
-views instead: when the run begins it displays the timeline's fallback line where
-the widget will be (above the cell's text, as before), and it keeps what the
-execution reports meanwhile. The widget is built once the first model request
-has gone out (:func:`~jupyter_agent.model.http.after_sending`), while the endpoint
-works on the reply; it takes the slot's place in the output (a display update),
-reads the store, and is handed the checkpoints and lines the slot kept, so it
-shows what it would have shown from the start. A run that sends no request (a
+Building the timeline widget imports ipywidgets, which a new kernel's first agent
+cell would otherwise wait for before its first model request. So a ``%%agent``
+cell starts with a :class:`TimelineSlot` in the agent's views instead: when the
+run begins it displays the timeline's fallback line where the widget will be
+(above the cell's text, as before), and it keeps what the execution reports
+meanwhile. The widget is built once the first model request has gone out
+(:func:`~jupyter_agent.model.http.after_sending`), while the endpoint works on the
+reply; it takes the slot's place in the output (a display update), shows the
+timeline the cell read before its run (read once: the cell's step count came from
+it too), and is handed the checkpoints and lines the slot kept since, so it shows
+what it would have shown from the start. A run that sends no request (a
 restore, a client that does not announce its requests) gets its widget at its
 next checkpoint or when it ends.
 """
@@ -18,10 +19,13 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..store.api import CheckpointRow, RunRow
-from .runtime import AgentRuntime, Key
+from .runtime import AgentRuntime
+
+if TYPE_CHECKING:
+    from ..views.timeline import Timeline
 
 #: The text/plain of the widget: shown only where the widget is not (no widget
 #: manager, nbconvert, a terminal), and what nbval compares, so deterministic on
@@ -58,12 +62,16 @@ _OPENING = ("start", "resume")
 class TimelineSlot:
     """Stands in the agent's views for a cell's timeline until the widget is built.
 
-    ``build(slot)`` builds the widget, displayed in the display handle ``slot``
-    (or anew when None), and returns it. Called in the cell's thread only.
+    ``build(slot, timeline)`` builds the widget on ``timeline`` (the agent's, as the
+    cell read it before its run), displayed in the display handle ``slot`` (or anew
+    when None), and returns it. Called in the cell's thread only.
     """
 
-    def __init__(self, runtime: AgentRuntime, key: Key, build: Callable[[Any], Any]) -> None:
-        self.runtime, self.key, self._build = runtime, key, build
+    def __init__(
+        self, runtime: AgentRuntime, timeline: Timeline, build: Callable[[Any, Timeline], Any]
+    ) -> None:
+        self.runtime, self.timeline, self._build = runtime, timeline, build
+        self.key = timeline.key
         self.widget: Any = None
         self.handle: Any = None  # the display held for the widget
         self._rows: list[tuple[RunRow, CheckpointRow]] = []
@@ -112,7 +120,7 @@ class TimelineSlot:
         """The widget, built now if it was not: in the held place, told what it missed."""
         if self.widget is None:
             self.runtime.unregister(self)
-            self.widget = widget = self._build(self.handle)
+            self.widget = widget = self._build(self.handle, self.timeline)
             for run, row in self._rows:
                 widget.add(run, row)
             for kind, what in self._said:

@@ -40,7 +40,8 @@ from ..loop.checkpoints import Events
 from ..store.api import CheckpointRow, RunRow, Store
 from ..views import diff as views_diff
 from ..views import points
-from ..views.timeline import WINDOW, Timeline, detail, notebook_name
+from ..views.checkpoint import detail
+from ..views.timeline import WINDOW, Timeline, notebook_name
 from .actions import Rewound, check_edit
 from .runner import CellRequest, Outcome
 from .runtime import AgentRuntime, Job, Key, current
@@ -84,11 +85,14 @@ class TimelineWidget(anywidget.AnyWidget):
         options: Callable[[], Settings] = Settings,
         window: int = WINDOW,
         runtime: AgentRuntime | None = None,
+        timeline: Timeline | None = None,
     ) -> None:
+        """``timeline``: the agent's, read already (a cell's, before its run), shown as it
+        is rather than read again; else the store is read now."""
         super().__init__(uid=uuid.uuid4().hex)
         #: Who executes what this widget starts.
         self.runtime = runtime or current()
-        self.timeline = Timeline(store, notebook, agent)
+        self.timeline = timeline if timeline is not None else Timeline(store, notebook, agent)
         self.shell, self.options, self.window = shell, options, window
         # Concurrency: its place in the lock order is in the docstring of jupyter_agent.loop.
         self._lock = threading.RLock()
@@ -102,7 +106,7 @@ class TimelineWidget(anywidget.AnyWidget):
         self._pending_display: threading.Thread | None = None  # see display_timeline(lazy=True)
         self.on_msg(self._on_message)
         self.runtime.register(self)
-        self.refresh()
+        self.refresh(reread=timeline is None)
 
     def __repr__(self) -> str:
         return TEXT_REPR.format(agent=self.timeline.agent)
@@ -127,11 +131,13 @@ class TimelineWidget(anywidget.AnyWidget):
 
     # -- state pushed to frontends ----------------------------------------------------
 
-    def refresh(self, run_id: str | None = None) -> None:
-        """Re-read everything from the store (after an execution ended, or on request)."""
+    def refresh(self, run_id: str | None = None, *, reread: bool = True) -> None:
+        """Re-read everything from the store (after an execution ended, or on request);
+        ``reread=False``: send the timeline as it is (read already)."""
         with self._lock:
             self.flush()  # what is queued came first
-            self.timeline.load(run_id)
+            if reread:
+                self.timeline.load(run_id)
             self._push()
         if sys.exc_info()[0] is None:
             # An execution that ended without an error has something to show
@@ -448,6 +454,7 @@ def display_timeline(
     replace: bool = False,
     lazy: bool | None = None,
     slot: Any = None,
+    timeline: Timeline | None = None,
 ) -> TimelineWidget:
     """Show a timeline; with ``replace``, close the one an earlier run of the cell showed.
 
@@ -455,9 +462,10 @@ def display_timeline(
     displayed once the run has begun — its first checkpoint or output, a
     background job starting, or the execution ending well — so a run that fails
     before it starts (a configuration error) shows its error and no empty timeline.
-    ``slot``: the display handle whose place it takes (see :mod:`.slot`), not lazy.
+    ``slot``: the display handle whose place it takes (see :mod:`.slot`), not lazy;
+    ``timeline``: the agent's, read already, shown without reading it again.
     """
-    widget = TimelineWidget(store, notebook, agent, shell=shell, options=options)
+    widget = TimelineWidget(store, notebook, agent, shell=shell, options=options, timeline=timeline)
     if replace:
         with _cell_lock:
             old = _CELL_WIDGETS.pop(widget.key, None)

@@ -103,10 +103,10 @@ it in this list, so no two threads ever wait for each other:
    by a refresh, and by the browser's requests; it may read the store (6). The
    thread reporting a checkpoint (with 4 possibly held) takes it only to start
    the flusher, or to send inline where ``FLUSH_EVERY`` is 0.
-   A cell builds its own widget inside its reads' session (6), in the
-   execution's thread once the first model request is out (no lock of ours
-   held there but 1-3), or when the execution ends; nobody else can hold that
-   widget's lock then, as the cell has claimed the agent.
+   A cell reads its widget's timeline inside its reads' session (6) and builds
+   the widget on it in the execution's thread once the first model request is
+   out (no lock of ours held there but 1-3), or when the execution ends; nobody
+   else can hold that widget's lock then, as the cell has claimed the agent.
 6. **The store file**: DuckDB lets one process at a time open it, so a
    connection waits (up to ``busy_timeout``) while another process holds it.
    A store session (:meth:`Store.session`) holds one connection: the reads of a

@@ -18,7 +18,7 @@ import contextlib
 from dataclasses import dataclass, field
 
 from .. import vocab
-from ..core import context
+from ..core import context, summary
 from ..core import plan as plans
 from ..core.budget import Budget, Price, cost_of, over_budget, usage_cost
 from ..core.plan import PLANNER_PROMPT, progress
@@ -203,7 +203,7 @@ class Window:
         counts: dict = {"usage": {}}
         if decision.summarize is not None:
             start, end = decision.summarize
-            request = context.summarizer_request(
+            request = summary.summarizer_request(
                 state.messages,
                 start,
                 end,
@@ -217,11 +217,11 @@ class Window:
                 f"Compacting the context (checkpoints before {end} into a summary)…"
             )
             reply = self.client.complete(request, [])
-            summary = redact(reply.content, self.recorder.secrets)
+            written = redact(reply.content, self.recorder.secrets)
             compaction = {
                 **compaction,
-                "summary": context.summary_message(
-                    summary, compaction["replies"], compaction["results"]
+                "summary": summary.summary_message(
+                    written, compaction["replies"], compaction["results"]
                 ),
             }
             tokens, counts = self.counted(reply, estimate)

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..config import Settings
-from ..core.context import summary_text
 from ..core.files import describe
 from ..core.state import Delta, FileRecord, RunState, decode_delta
+from ..core.summary import summary_text
 from ..errors import DelegateError
 from ..model.replayed import Recorded, ReplayedClient
 from ..store.api import CheckpointRow, RunRow, Store

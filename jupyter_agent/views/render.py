@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from collections.abc import Callable, Iterable, Mapping
 from typing import TextIO
 
 from .. import vocab
@@ -17,20 +18,27 @@ from ..store.api import CheckpointRow, RunRow, Store
 from ..vocab import RESUMABLE, Status, printable, status_text
 from .listing import history_steps
 
+#: Per run: its last checkpoint's number and the steps of its history up to it.
+Known = dict[str, tuple[int, int]]
 
-def known_steps(store: Store, notebook: str, agent: str) -> dict[str, tuple[int, int]]:
-    """For the agent's latest run: its last checkpoint's number and its history's steps.
 
-    What :class:`TextEvents` would otherwise read once the run continues, read now,
-    inside the session the cell opened (the timeline's
-    :meth:`~jupyter_agent.views.timeline.Timeline.known_steps` when there is one).
-    """
-    runs = store.runs(notebook=notebook, agent=agent) if store.exists() else []
-    if not runs:
-        return {}
-    run = runs[-1]
-    last = store.latest_checkpoints([run.run_id]).get(run.run_id)
-    return {} if last is None else {run.run_id: (last.step, history_steps(store, run))}
+def steps_known(
+    runs: Iterable[RunRow], last: Mapping[str, CheckpointRow], steps: Callable[[RunRow], int]
+) -> Known:
+    """What :class:`TextEvents` would otherwise read again once a run continues right after
+    its last checkpoint, from what a reader has: ``last`` (each run's last checkpoint) and
+    ``steps`` (a run's history's steps). The timeline's
+    :meth:`~jupyter_agent.views.timeline.Timeline.known_steps` and :func:`known_steps`."""
+    return {r.run_id: (last[r.run_id].step, steps(r)) for r in runs if r.run_id in last}
+
+
+def known_steps(store: Store, notebook: str, agent: str) -> Known:
+    """:func:`steps_known` for the agent's latest run, read from the store: where no
+    timeline was read (outside a kernel, or with the timeline off), inside the session
+    the cell opened."""
+    runs = store.runs(notebook=notebook, agent=agent)[-1:] if store.exists() else []
+    last = store.latest_checkpoints([r.run_id for r in runs]) if runs else {}
+    return steps_known(runs, last, lambda run: history_steps(store, run))
 
 
 class TextEvents:
@@ -41,7 +49,7 @@ class TextEvents:
         out: TextIO | None = None,
         *,
         store: Store | None = None,
-        known: dict[str, tuple[int, int]] | None = None,
+        known: Known | None = None,
         label: str = "",
     ) -> None:
         self._out = out

@@ -7,7 +7,7 @@ the fork point — and the entries of one selected run's history. Entries are
 built from store rows only (never payloads), so listing a long run stays cheap;
 of a long history only the latest entries are read (a window; earlier ones when a
 view asks for them), its totals come from the store, and a checkpoint's messages
-are decoded only when it is opened (:func:`detail`).
+are decoded only when it is opened (:func:`jupyter_agent.views.checkpoint.detail`).
 
 This module only reads, and knows nothing about widgets: the kernel's widget
 (:mod:`jupyter_agent.kernel.widget`) renders a :class:`Timeline`, and what its
@@ -17,18 +17,19 @@ buttons change (a fork, a rewind) is :mod:`jupyter_agent.kernel.actions`.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import vocab
 from ..core.history import Segments
 from ..core.history import segments as history_of
-from ..core.state import AWAITING_APPROVAL, RunState, call_code, decode_delta
+from ..core.state import AWAITING_APPROVAL
 from ..errors import NotFound
 from ..model.base import OFFLINE_MODEL
 from ..store.api import CheckpointRow, RunRow, Store
-from .cells import editable
+from . import kept
 from .listing import awaited_child, status_from
+from .render import Known, steps_known
 
 #: Entries of the selected history sent to a frontend at first; more on request.
 WINDOW = 100
@@ -36,7 +37,6 @@ WINDOW = 100
 #: older ones are read from the store again when asked for, so a long run's stay bounded.
 KEEP = 1_000
 CODE_LIMIT = 2_000  # characters of code kept in an entry
-CONTENT_LIMIT = 8_000  # characters of a message shown when a checkpoint is opened
 _INFO_KEYS = (
     *("vars", "deleted", "unsaved", "error", "code", "decision", "instruction", "usage", "plan"),
     *("strategy", "before_tokens", "after_tokens", "messages_dropped"),  # compaction
@@ -60,7 +60,7 @@ def entry(row: CheckpointRow) -> dict:
     }
     info = {k: row.info[k] for k in _INFO_KEYS if row.info.get(k) not in (None, "", [], {})}
     if isinstance(info.get("code"), str):
-        info["code"] = _clip(info["code"], CODE_LIMIT)
+        info["code"] = clip(info["code"], CODE_LIMIT)
     if info:
         e["info"] = info
     text = vocab.checkpoint_text(row.kind, row.info)
@@ -69,7 +69,8 @@ def entry(row: CheckpointRow) -> dict:
     return e
 
 
-def _clip(text: str, limit: int) -> str:
+def clip(text: str, limit: int) -> str:
+    """``text``, cut at ``limit`` characters with a note of how many more there were."""
     return (
         text if len(text) <= limit else text[:limit] + f"\n…[{len(text) - limit} more characters]"
     )
@@ -136,20 +137,20 @@ class Timeline:
         """Read the agent's runs from the store; select ``run_id``, else keep or take the latest.
 
         One store session for all of it: each read would otherwise open the store.
-        A store that keeps what this read last found (DuckDB's timeline file, while
-        nothing was written since) answers without a query, and is given what a read
-        found to keep.
+        A store that keeps what this read last found (:mod:`.kept`: DuckDB's timeline
+        file, while nothing was written since) answers without a query, and is given
+        what a read found to keep.
         """
-        if self._load_kept(run_id):
-            return
+        if kept.load(self, run_id):
+            self._nest()
+            return self._trim(self.keep)
         with self.store.session():
             if not self.store.runs(notebook=self.notebook, agent=self.agent):
                 # A new agent (which the store may know without a query): nothing to read.
                 self.runs, self._last, self._model_steps = [], {}, {}
                 self._live = self.store.live_runs()
                 return self.select("")
-            as_of = getattr(self.store, "as_of", None)
-            stamp = as_of() if as_of is not None else None  # before the reads it vouches for
+            as_of = kept.stamp(self.store)  # before the reads it vouches for
             self.runs = self.store.runs(notebook=self.notebook, agent=self.agent)
             self._last = self.store.latest_checkpoints([r.run_id for r in self.runs])
             self._live = self.store.live_runs()
@@ -157,47 +158,7 @@ class Timeline:
             ids = {r.run_id for r in self.runs}
             want = run_id if run_id in ids else self.selected if self.selected in ids else None
             self.select(want or (self.runs[-1].run_id if self.runs else ""))
-            keep = getattr(self.store, "keep_timeline", None)
-            if (
-                keep is not None
-                and stamp is not None
-                and self.selected == (self.runs[-1].run_id if self.runs else "")
-            ):
-                keep(self.notebook, self.agent, stamp, self.runs, self._kept())
-
-    #: What :meth:`_kept` saves of a loaded timeline, besides its runs.
-    _KEPT = ("selected", "history", "dropped", "_ledger", "_plan", "_size", "_model_steps")
-
-    def _kept(self) -> dict:
-        view = {name: getattr(self, name) for name in self._KEPT}
-        view["_last"] = {run_id: asdict(row) for run_id, row in self._last.items()}
-        view["window"] = self.window
-        return view
-
-    def _load_kept(self, run_id: str | None) -> bool:
-        """Load what the store kept of the latest run's view, if it is current and is what
-        :meth:`load` would read now (the latest run, the same window)."""
-        saved = getattr(self.store, "saved_timeline", None)
-        kept = saved(self.notebook, self.agent) if saved is not None else None
-        if kept is None:
-            return False
-        runs, view = kept
-        latest = runs[-1].run_id if runs else ""
-        ids = {r.run_id for r in runs}
-        want = run_id if run_id in ids else self.selected if self.selected in ids else latest
-        if want != view.get("selected") or view.get("window") != self.window:
-            return False
-        try:
-            last = {k: CheckpointRow(**row) for k, row in view["_last"].items()}
-            values = {name: view[name] for name in self._KEPT}
-        except (KeyError, TypeError):
-            return False
-        self.runs, self._last, self._live = runs, last, self.store.live_runs()
-        for name, value in values.items():
-            setattr(self, name, value)
-        self._nest()
-        self._trim(self.keep)
-        return True
+            kept.keep(self, as_of)
 
     def select(self, run_id: str, *, stored: bool = True) -> None:
         """Make ``run_id``'s history (its ancestors' checkpoints up to each fork, then its own)
@@ -351,13 +312,9 @@ class Timeline:
         """Model calls in the run's history, its parents' up to each fork point included."""
         return vocab.history_steps(self.segments(self.run(run_id)), self._model_steps)
 
-    def known_steps(self) -> dict[str, tuple[int, int]]:
-        """Per run: its last checkpoint's number and the steps of its history up to it.
-
-        What :class:`jupyter_agent.views.render.TextEvents` would otherwise read again.
-        """
-        return {r.run_id: (self._last[r.run_id].step, self.steps(r.run_id))
-                for r in self.runs if r.run_id in self._last}  # fmt: skip
+    def known_steps(self) -> Known:
+        """:func:`~jupyter_agent.views.render.steps_known` of every run, as read here."""
+        return steps_known(self.runs, self._last, lambda run: self.steps(run.run_id))
 
     def status_text(self, run_id: str) -> str:
         """The run's sentence: "done after 3 steps", "paused at the budget: …"."""
@@ -465,83 +422,6 @@ def _call_waiting(row: CheckpointRow) -> dict:
         "tool": row.info.get("tool", "python"),
         "code": row.info.get("code", ""),
     }
-
-
-# -- opening a checkpoint ----------------------------------------------------------------
-
-
-def detail(timeline: Timeline, run_id: str, step: int) -> dict:
-    """Everything about one checkpoint: its messages, tool call and result, variables."""
-    child = timeline.children.get(run_id)  # a delegated child's checkpoint, opened here
-    run = child or timeline.run(run_id)
-    if child:
-        segments = history_of(run, timeline.store.run, whole=True)
-    else:
-        segments = timeline.segments(run, whole=True)
-    segments[-1] = (run_id, step)
-    state = RunState()
-    found: tuple[CheckpointRow, Any] | None = None
-    for row, payload in timeline.store.payloads(segments):
-        delta = decode_delta(payload)
-        state.apply(delta, step=row.step, kind=row.kind, status=row.status, tokens=row.tokens)
-        if row.run_id == run_id and row.step == step:
-            found = (row, delta)
-    if found is None:
-        raise NotFound(f"Run {run_id} has no checkpoint {step}.")
-    row, delta = found
-    call_id = delta.tool_call_id or row.info.get("call_id")
-    if call_id is None and delta.decision:
-        call_id = delta.decision.get("call_id")
-    call = _find_call(state.messages, call_id) if call_id else None
-    result = next(
-        (m.get("content") for m in delta.messages if m.get("role") == "tool"),
-        None,
-    )
-    info = row.info.get("vars") or {}
-    return {
-        **entry(row),
-        "messages": [_message(m) for m in delta.messages],
-        "call": call,
-        "result": _clip(result, CONTENT_LIMIT) if isinstance(result, str) else None,
-        "vars": [{"name": n, **info[n]} for n in sorted(info)],
-        "deleted": sorted(n for n, h in delta.vars.items() if h is None),
-        "unsaved": dict(delta.unsaved),
-        "decision": delta.decision,
-        "namespace": sorted(state.vars),
-        "editable": editable(row.kind, delta.messages),
-    }
-
-
-def _find_call(messages: list[dict], call_id: str) -> dict | None:
-    for msg in reversed(messages):
-        for call in msg.get("tool_calls") or []:
-            if call.get("id") == call_id:
-                return _call(call)
-    return None
-
-
-def _call(call: dict) -> dict:
-    """A tool call as the detail pane shows it: its code when it carries some, else its arguments."""
-    fn = call.get("function") or {}
-    code = call_code(call)
-    return {
-        "id": call.get("id", ""),
-        "name": fn.get("name") or "?",
-        "code": None if code is None else _clip(code, CONTENT_LIMIT),
-        "arguments": None if code is not None else _clip(fn.get("arguments") or "", CONTENT_LIMIT),
-    }
-
-
-def _message(msg: dict) -> dict:
-    content = msg.get("content")
-    if not isinstance(content, str):
-        content = "" if content is None else str(content)
-    out = {"role": msg.get("role", "?"), "content": _clip(content, CONTENT_LIMIT)}
-    if msg.get("tool_calls"):
-        out["tool_calls"] = [_call(c) for c in msg["tool_calls"]]
-    if msg.get("tool_call_id"):
-        out["tool_call_id"] = msg["tool_call_id"]
-    return out
 
 
 def notebook_name(path: str) -> str:

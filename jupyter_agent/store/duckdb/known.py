@@ -15,7 +15,7 @@ stamped, and while no journal waits to be folded):
   file stale.
 * the agent's timeline file (``<agent key>.timeline``): its runs and what its
   timeline shows at once, written by a timeline's read of the store
-  (:meth:`jupyter_agent.views.timeline.Timeline.load`) and stamped before that read.
+  (:mod:`jupyter_agent.views.kept`) and stamped before that read.
 
 Nothing here imports DuckDB.
 """

@@ -291,22 +291,45 @@ def test_cancelling_a_running_job_stops_what_its_tool_started(
     wait_for(lambda: [j["status"] for j in jobs(agent_env)] == ["cancelled"], 15, "cancelled")
 
 
+def interrupted_by(mode: str, path: Path, env: dict[str, str]) -> dict[str, str]:
+    """A worker's env whose kernel for ``path`` is interrupted as ``mode`` says (kernel spec).
+
+    ``message``: a kernel spec of ``"interrupt_mode": "message"``, written on the
+    worker's JUPYTER_PATH and named in the notebook, so that the worker sends an
+    ``interrupt_request`` on the control channel rather than a signal.
+    """
+    if mode == "signal":
+        return env
+    spec = path.parent / "jupyter" / "kernels" / "python3-message"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    kernel = {"argv": argv, "display_name": "Python 3", "language": "python"}
+    (spec / "kernel.json").write_text(json.dumps({**kernel, "interrupt_mode": mode}))
+    nb = json.loads(path.read_text())
+    nb["metadata"]["kernelspec"] = {**nb["metadata"]["kernelspec"], "name": spec.name}
+    path.write_text(json.dumps(nb))
+    return {**env, "JUPYTER_PATH": str(spec.parent.parent)}
+
+
+@pytest.mark.parametrize("mode", ["signal", "message"])
 def test_a_cancel_the_agents_code_missed_still_stops_the_agent(
-    scripted: ScriptedServer, agent_env, tmp_path, workers
+    scripted: ScriptedServer, agent_env, tmp_path, workers, mode
 ):
     """The kernel ignores SIGINT while ``os.system`` runs: the interrupt ends the command only.
 
     No KeyboardInterrupt reaches the agent, which would go on with its next steps
     though its job shows ``cancelled``: the worker interrupts again until the run
     stops, so the model request it made next is cut short and no further call runs.
+    A kernel interrupted by message is interrupted again by message.
     """
     started, later = tmp_path / "started", tmp_path / "later.log"
     code = f"import os\nopen({str(started)!r}, 'w').close()\nos.system('sleep 30')"
     after = tool(f"open({str(later)!r}, 'a').write('ran\\n')")
     scripted.set_script([tool(code), {**after, "delay": 20}, after, {"content": "Done."}])
     path = notebook(tmp_path / "nb.ipynb", [SETUP, agent_cell(1)])
+    env = interrupted_by(mode, path, agent_env)
     job = json.loads(cli("submit", str(path), "--json", env=agent_env).stdout)["job"]
-    workers.start()
+    workers.start(env=env)
     wait_for(started.exists, 60, "the command started")
     time.sleep(0.5)  # into os.system
     assert cli("cancel", job, env=agent_env).returncode == 0
@@ -317,7 +340,7 @@ def test_a_cancel_the_agents_code_missed_still_stops_the_agent(
         last = store.latest_checkpoints([runs[-1].run_id]) if runs else {}
         return last[runs[-1].run_id].status if last else None
 
-    wait_for(lambda: last_status() == "interrupted", 15, "the agent was interrupted")
+    wait_for(lambda: last_status() == "interrupted", CANCEL_GRACE, "the agent was interrupted")
     wait_for(lambda: [j["status"] for j in jobs(agent_env)] == ["cancelled"], 15, "cancelled")
     assert not later.exists()  # no call after the one the cancel landed in ran
     assert scripted.turns_requested() == [0, 1]  # the request under way was the last

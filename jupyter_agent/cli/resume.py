@@ -134,6 +134,7 @@ def run_notebook(
 
     name = os.path.basename(path)
     stopping = threading.Event()  # set once ``cancelled`` said so
+    calls = threading.Lock()  # held by the watcher's calls to the kernel's manager (:func:`_call`)
 
     class Stopped(Exception):
         """Raised in place of the next cell's run once the run was cancelled."""
@@ -172,6 +173,11 @@ def run_notebook(
                 if cell.get("cell_type") == "code":
                     save()  # as papermill does: a crash keeps the outputs so far
 
+        async def _async_cleanup_kernel(self) -> None:
+            with calls:  # the watcher's call under way ends first, and no other starts
+                done.set()
+            await super()._async_cleanup_kernel()
+
         async def async_start_new_kernel_client(self) -> Any:
             kc = await super().async_start_new_kernel_client()
 
@@ -204,7 +210,7 @@ def run_notebook(
     done = threading.Event()
     if cancelled is not None:
         threading.Thread(
-            target=_watch, args=(client, cancelled, stopping, done), daemon=True
+            target=_watch, args=(client, cancelled, stopping, done, calls), daemon=True
         ).start()
     with tempfile.TemporaryFile("w+", prefix="jupyter-agent-kernel-") as log:
         try:
@@ -231,7 +237,11 @@ def run_notebook(
 
 
 def _watch(
-    client: Any, cancelled: Callable[[], bool], stopping: threading.Event, done: threading.Event
+    client: Any,
+    cancelled: Callable[[], bool],
+    stopping: threading.Event,
+    done: threading.Event,
+    calls: threading.Lock,
 ) -> None:
     """Until the run is ``done``: once ``cancelled`` says so, interrupt the kernel until it stops.
 
@@ -260,21 +270,26 @@ def _watch(
     stopping.set()
     deadline = time.monotonic() + CANCEL_GRACE
     while True:
-        _call(client.km.interrupt_kernel)
+        _call(client, calls, done, "interrupt_kernel")
         if done.wait(min(INTERRUPT_AGAIN, max(0.0, deadline - time.monotonic()))):
             return
         if time.monotonic() >= deadline:
-            _call(client.km.signal_kernel, signal.SIGKILL)  # its process group
+            _call(client, calls, done, "signal_kernel", signal.SIGKILL)  # its process group
             return
 
 
-def _call(method: Callable[..., Any], *args: Any) -> None:
-    """Call a kernel manager's method from the watcher thread, awaiting it if it is asynchronous.
+def _call(client: Any, calls: threading.Lock, done: threading.Event, name: str, *args: Any) -> None:
+    """Call the kernel manager's method ``name`` from the watcher thread, unless the run is done.
 
-    A kernel that is gone needs nothing more: its errors are ignored.
+    Under ``calls``, which the client's clean-up takes before it shuts the
+    kernel down: an interrupt message goes through the manager's control socket,
+    which that shutdown uses and closes, and a ZeroMQ socket is for one thread at a
+    time. A kernel that is gone needs nothing more: errors are ignored.
     """
-    with contextlib.suppress(Exception):
-        result = method(*args)
+    with calls, contextlib.suppress(Exception):
+        if done.is_set():
+            return
+        result = getattr(client.km, name)(*args)
         if inspect.iscoroutine(result):  # nbclient's manager is asynchronous
             asyncio.run(result)
 

@@ -158,9 +158,18 @@ def test_submit_and_a_worker_on_duckdb(
 def test_each_worker_keeps_its_own_concurrency(
     scripted: ScriptedServer, agent_env, tmp_path, workers
 ):
-    """Two workers, of 1 and of 3: neither's number is the other's (DBOS keeps one per queue)."""
-    log = tmp_path / "effects.log"
-    scripted.set_script(script(log, sleep=4))
+    """Two workers, of 1 and of 3: neither's number is the other's (DBOS keeps one per queue).
+
+    Each job's call waits at a gate the test opens once four calls wait there: all
+    four jobs run at once, and the workers running them are counted then.
+    """
+    waiting, gate = tmp_path / "waiting.log", tmp_path / "open"
+    code = (
+        "import os, time\n"
+        f"open({str(waiting)!r}, 'a').write(os.environ['JUPYTER_AGENT_NOTEBOOK'] + '\\n')\n"
+        f"while not os.path.exists({str(gate)!r}):\n    time.sleep(0.1)"
+    )
+    scripted.set_script([tool(code), {"content": "Done."}])
     paths = [notebook(tmp_path / f"nb{n}.ipynb", [SETUP, agent_cell(n)]) for n in range(4)]
     for path in paths:
         assert cli("submit", str(path), env=agent_env).returncode == 0
@@ -177,7 +186,17 @@ def test_each_worker_keeps_its_own_concurrency(
         assert set(running) <= {one, three}, running
         return all(j["status"] == "done" for j in listed)
 
-    wait_for(count, 120, "all four jobs done")
+    def all_waiting() -> bool:
+        count()
+        return waiting.exists() and len(waiting.read_text().splitlines()) == 4
+
+    try:
+        wait_for(all_waiting, 120, "all four jobs' calls at the gate")
+        count()  # all four are running now
+    finally:
+        gate.touch()
+    assert sorted(waiting.read_text().splitlines()) == sorted(map(str, paths))
+    wait_for(count, 60, "all four jobs done")
     assert most[one] == 1, most
     assert most[three] == 3, most
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_agent.cli.resume import CANCEL_GRACE
 from jupyter_agent.store import queue
 from jupyter_agent.store.open import open_store
 from jupyter_agent.testing import ScriptedServer
@@ -157,9 +158,18 @@ def test_submit_and_a_worker_on_duckdb(
 def test_each_worker_keeps_its_own_concurrency(
     scripted: ScriptedServer, agent_env, tmp_path, workers
 ):
-    """Two workers, of 1 and of 3: neither's number is the other's (DBOS keeps one per queue)."""
-    log = tmp_path / "effects.log"
-    scripted.set_script(script(log, sleep=4))
+    """Two workers, of 1 and of 3: neither's number is the other's (DBOS keeps one per queue).
+
+    Each job's call waits at a gate the test opens once four calls wait there: all
+    four jobs run at once, and the workers running them are counted then.
+    """
+    waiting, gate = tmp_path / "waiting.log", tmp_path / "open"
+    code = (
+        "import os, time\n"
+        f"open({str(waiting)!r}, 'a').write(os.environ['JUPYTER_AGENT_NOTEBOOK'] + '\\n')\n"
+        f"while not os.path.exists({str(gate)!r}):\n    time.sleep(0.1)"
+    )
+    scripted.set_script([tool(code), {"content": "Done."}])
     paths = [notebook(tmp_path / f"nb{n}.ipynb", [SETUP, agent_cell(n)]) for n in range(4)]
     for path in paths:
         assert cli("submit", str(path), env=agent_env).returncode == 0
@@ -176,7 +186,17 @@ def test_each_worker_keeps_its_own_concurrency(
         assert set(running) <= {one, three}, running
         return all(j["status"] == "done" for j in listed)
 
-    wait_for(count, 120, "all four jobs done")
+    def all_waiting() -> bool:
+        count()
+        return waiting.exists() and len(waiting.read_text().splitlines()) == 4
+
+    try:
+        wait_for(all_waiting, 120, "all four jobs' calls at the gate")
+        count()  # all four are running now
+    finally:
+        gate.touch()
+    assert sorted(waiting.read_text().splitlines()) == sorted(map(str, paths))
+    wait_for(count, 60, "all four jobs done")
     assert most[one] == 1, most
     assert most[three] == 3, most
 
@@ -288,6 +308,89 @@ def test_cancelling_a_running_job_stops_what_its_tool_started(
         if not ended(pid):
             os.kill(pid, signal.SIGKILL)  # not left behind by a failing run
     wait_for(lambda: [j["status"] for j in jobs(agent_env)] == ["cancelled"], 15, "cancelled")
+
+
+def interrupted_by(mode: str, path: Path, env: dict[str, str]) -> dict[str, str]:
+    """A worker's env whose kernel for ``path`` is interrupted as ``mode`` says (kernel spec).
+
+    ``message``: a kernel spec of ``"interrupt_mode": "message"``, written on the
+    worker's JUPYTER_PATH and named in the notebook, so that the worker sends an
+    ``interrupt_request`` on the control channel rather than a signal.
+    """
+    if mode == "signal":
+        return env
+    spec = path.parent / "jupyter" / "kernels" / "python3-message"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    kernel = {"argv": argv, "display_name": "Python 3", "language": "python"}
+    (spec / "kernel.json").write_text(json.dumps({**kernel, "interrupt_mode": mode}))
+    nb = json.loads(path.read_text())
+    nb["metadata"]["kernelspec"] = {**nb["metadata"]["kernelspec"], "name": spec.name}
+    path.write_text(json.dumps(nb))
+    return {**env, "JUPYTER_PATH": str(spec.parent.parent)}
+
+
+@pytest.mark.parametrize("mode", ["signal", "message"])
+def test_a_cancel_the_agents_code_missed_still_stops_the_agent(
+    scripted: ScriptedServer, agent_env, tmp_path, workers, mode
+):
+    """The kernel ignores SIGINT while ``os.system`` runs: the interrupt ends the command only.
+
+    No KeyboardInterrupt reaches the agent, which would go on with its next steps
+    though its job shows ``cancelled``: the worker interrupts again until the run
+    stops, so the model request it made next is cut short and no further call runs.
+    A kernel interrupted by message is interrupted again by message.
+    """
+    started, later = tmp_path / "started", tmp_path / "later.log"
+    code = f"import os\nopen({str(started)!r}, 'w').close()\nos.system('sleep 30')"
+    after = tool(f"open({str(later)!r}, 'a').write('ran\\n')")
+    scripted.set_script([tool(code), {**after, "delay": 20}, after, {"content": "Done."}])
+    path = notebook(tmp_path / "nb.ipynb", [SETUP, agent_cell(1)])
+    env = interrupted_by(mode, path, agent_env)
+    job = json.loads(cli("submit", str(path), "--json", env=agent_env).stdout)["job"]
+    workers.start(env=env)
+    wait_for(started.exists, 60, "the command started")
+    time.sleep(0.5)  # into os.system
+    assert cli("cancel", job, env=agent_env).returncode == 0
+    store = open_store(agent_env["JUPYTER_AGENT_STORE"])
+
+    def last_status() -> str | None:
+        runs = store.runs(notebook=str(path))
+        last = store.latest_checkpoints([runs[-1].run_id]) if runs else {}
+        return last[runs[-1].run_id].status if last else None
+
+    wait_for(lambda: last_status() == "interrupted", CANCEL_GRACE, "the agent was interrupted")
+    wait_for(lambda: [j["status"] for j in jobs(agent_env)] == ["cancelled"], 15, "cancelled")
+    assert not later.exists()  # no call after the one the cancel landed in ran
+    assert scripted.turns_requested() == [0, 1]  # the request under way was the last
+
+
+def test_a_kernel_that_ignores_every_interrupt_is_killed(
+    scripted: ScriptedServer, agent_env, tmp_path, workers
+):
+    """Code that catches every KeyboardInterrupt is stopped all the same, by a kill after a grace."""
+    pidfile = tmp_path / "kernel.pid"
+    code = (
+        f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+        "while True:\n    try:\n        time.sleep(60)\n    except KeyboardInterrupt:\n        pass"
+    )
+    scripted.set_script([tool(code), {"content": "Done."}])
+    path = notebook(tmp_path / "nb.ipynb", [SETUP, agent_cell(1)])
+    job = json.loads(cli("submit", str(path), "--json", env=agent_env).stdout)["job"]
+    workers.start()
+    wait_for(lambda: pidfile.exists() and pidfile.read_text().isdigit(), 60, "the call started")
+    kernel = int(pidfile.read_text())
+    try:
+        assert cli("cancel", job, env=agent_env).returncode == 0
+        cancelled = time.monotonic()
+        wait_for(lambda: ended(kernel), 1 + CANCEL_GRACE + 10, "the kernel was killed")
+        assert time.monotonic() - cancelled > CANCEL_GRACE - 1  # not before the grace
+    finally:
+        if not ended(kernel):
+            os.kill(kernel, signal.SIGKILL)  # not left behind by a failing run
+    wait_for(lambda: [j["status"] for j in jobs(agent_env)] == ["cancelled"], 15, "cancelled")
+    listed = json.loads(cli("list", "--json", env=agent_env).stdout)["agents"]
+    assert [a["status"] for a in listed] == ["interrupted"]  # its call in flight, resumable
 
 
 def test_recovering_a_dead_workers_jobs(tmp_path):

@@ -22,9 +22,11 @@ import inspect
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -36,6 +38,10 @@ from .export import write_atomic
 
 #: Seconds between looks at whether a run was cancelled (``cancelled`` of :func:`run_notebook`).
 CANCEL_POLL = 1.0
+#: Seconds between interrupts of a cancelled run's kernel while the run goes on.
+INTERRUPT_AGAIN = 2.0
+#: Seconds after its first interrupt that a cancelled run's kernel is killed if it still runs.
+CANCEL_GRACE = 10.0
 
 
 def read_notebook(path: str) -> Any:
@@ -117,8 +123,9 @@ def run_notebook(
     ``skip``: cells it names are not run (a job for one agent skips the others' cells).
     ``cancelled``: asked every :data:`CANCEL_POLL` seconds during the run; once it says
     so, the kernel is interrupted as JupyterLab's stop button does (a running agent
-    writes an interrupted checkpoint, so a later run continues it), no further cell
-    runs, and the run returns False. Otherwise it returns True.
+    writes an interrupted checkpoint, so a later run continues it), again while it
+    runs on and killed at last (:func:`_watch`); no further cell runs, and the run
+    returns False. Otherwise it returns True.
     """
     import nbformat
     from jupyter_client.kernelspec import NoSuchKernel
@@ -127,6 +134,7 @@ def run_notebook(
 
     name = os.path.basename(path)
     stopping = threading.Event()  # set once ``cancelled`` said so
+    calls = threading.Lock()  # held by the watcher's calls to the kernel's manager (:func:`_call`)
 
     class Stopped(Exception):
         """Raised in place of the next cell's run once the run was cancelled."""
@@ -165,6 +173,11 @@ def run_notebook(
                 if cell.get("cell_type") == "code":
                     save()  # as papermill does: a crash keeps the outputs so far
 
+        async def _async_cleanup_kernel(self) -> None:
+            with calls:  # the watcher's call under way ends first, and no other starts
+                done.set()
+            await super()._async_cleanup_kernel()
+
         async def async_start_new_kernel_client(self) -> Any:
             kc = await super().async_start_new_kernel_client()
 
@@ -197,7 +210,7 @@ def run_notebook(
     done = threading.Event()
     if cancelled is not None:
         threading.Thread(
-            target=_watch, args=(client, cancelled, stopping, done), daemon=True
+            target=_watch, args=(client, cancelled, stopping, done, calls), daemon=True
         ).start()
     with tempfile.TemporaryFile("w+", prefix="jupyter-agent-kernel-") as log:
         try:
@@ -224,29 +237,61 @@ def run_notebook(
 
 
 def _watch(
-    client: Any, cancelled: Callable[[], bool], stopping: threading.Event, done: threading.Event
+    client: Any,
+    cancelled: Callable[[], bool],
+    stopping: threading.Event,
+    done: threading.Event,
+    calls: threading.Lock,
 ) -> None:
-    """Until the run is ``done``: once ``cancelled`` says so, interrupt the kernel and stop.
+    """Until the run is ``done``: once ``cancelled`` says so, interrupt the kernel until it stops.
 
     The interrupt is the kernel manager's, what JupyterLab's stop button does: as the
     kernel spec asks (SIGINT, or an interrupt message), and a signal goes to the
-    kernel's process group, so what the agent's code started in it is told too (a
-    command run by ``os.system``, during which the kernel itself ignores SIGINT). The
+    kernel's process group, so what the agent's code started in it is told too. The
     group is the kernel's own session: no process of the worker or the user outside
     it. The agent running in the kernel writes an interrupted checkpoint.
+
+    One interrupt can be missed: the kernel ignores SIGINT while a command run by
+    ``os.system`` runs (the command ends, the agent goes on), and code may catch
+    KeyboardInterrupt. So the kernel is interrupted again every
+    :data:`INTERRUPT_AGAIN` seconds while the run goes on (a second interrupt during
+    a checkpoint waits for it to be written), and one that still runs
+    :data:`CANCEL_GRACE` seconds after the first is killed: a kill as in a crash,
+    after which the call in flight runs again when the agent is resumed.
     """
     while not done.wait(CANCEL_POLL):
         try:
-            if not cancelled():
-                continue
+            if cancelled():
+                break
         except Exception:  # a look that failed (a database busy a moment) is tried again
             continue
-        stopping.set()
-        with contextlib.suppress(Exception):  # a kernel that is gone needs no interrupt
-            interrupted = client.km.interrupt_kernel()
-            if inspect.iscoroutine(interrupted):  # nbclient's manager is asynchronous
-                asyncio.run(interrupted)
+    else:
         return
+    stopping.set()
+    deadline = time.monotonic() + CANCEL_GRACE
+    while True:
+        _call(client, calls, done, "interrupt_kernel")
+        if done.wait(min(INTERRUPT_AGAIN, max(0.0, deadline - time.monotonic()))):
+            return
+        if time.monotonic() >= deadline:
+            _call(client, calls, done, "signal_kernel", signal.SIGKILL)  # its process group
+            return
+
+
+def _call(client: Any, calls: threading.Lock, done: threading.Event, name: str, *args: Any) -> None:
+    """Call the kernel manager's method ``name`` from the watcher thread, unless the run is done.
+
+    Under ``calls``, which the client's clean-up takes before it shuts the
+    kernel down: an interrupt message goes through the manager's control socket,
+    which that shutdown uses and closes, and a ZeroMQ socket is for one thread at a
+    time. A kernel that is gone needs nothing more: errors are ignored.
+    """
+    with calls, contextlib.suppress(Exception):
+        if done.is_set():
+            return
+        result = getattr(client.km, name)(*args)
+        if inspect.iscoroutine(result):  # nbclient's manager is asynchronous
+            asyncio.run(result)
 
 
 def positive_seconds(text: str) -> float:

@@ -15,7 +15,9 @@ that dies mid-run leaves its job pending; a live worker sees it is gone
 the run continues from the store's last checkpoint: no completed model or tool
 step runs again. A job cancelled while it runs is seen by its worker within a
 second (:func:`was_cancelled`), which interrupts the kernel as JupyterLab does:
-its agent checkpoints as interrupted, and a later run continues it.
+its agent checkpoints as interrupted, and a later run continues it. An interrupt
+the kernel missed is sent again, and a kernel that runs on regardless is killed
+(:func:`~jupyter_agent.cli.resume.run_notebook`).
 """
 
 from __future__ import annotations

@@ -181,3 +181,16 @@ def test_a_kernel_warns_once_when_the_notebook_names_another_store(
     assert home and home in stores, first.outputs
     again = kernel.run(AGENT, cell_id=nb.cells[0].id)
     assert "keeps its agents in the store" not in again.text  # once per notebook
+
+
+def test_the_kernels_clean_up_that_a_cancel_waits_for_is_nbclients():
+    """A cancelled run's watcher and nbclient's shutdown of the kernel take turns through
+    ``_async_cleanup_kernel``, which nbclient does not promise to keep: if it is renamed
+    or no longer awaited where the kernel is set up, this fails instead of the guard
+    quietly applying to nothing."""
+    import inspect
+
+    from nbclient import NotebookClient
+
+    assert inspect.iscoroutinefunction(NotebookClient._async_cleanup_kernel)
+    assert "self._async_cleanup_kernel()" in inspect.getsource(NotebookClient.async_setup_kernel)

@@ -8,12 +8,11 @@ call, forking, or ``%%agent --background`` — runs on a background thread of th
 kernel, leaving the kernel free for more clicks (Pause) and for other cells.
 
 Updates stay cheap for long runs, and off the step's path: a new checkpoint is
-only queued (:meth:`TimelineWidget.add`); the widget's flusher thread sends what
-queued, at most every :data:`FLUSH_EVERY` seconds, as one small custom message
-(``append``) carrying the new entries in order and the summary fields they
-changed, never by resending the list; the list trait holds a window of the latest entries,
-refreshed only when an execution ends, the selection changes, or a frontend asks
-for more.
+only queued (:meth:`TimelineWidget.add`); the flusher thread sends what queued at
+most every :data:`FLUSH_EVERY` seconds as one small ``append`` message (the new
+entries in order, the summary fields they changed), never by resending the list,
+whose trait holds a window of the latest entries, refreshed only when an execution
+ends, the selection changes, or a frontend asks for more.
 """
 
 from __future__ import annotations
@@ -480,13 +479,15 @@ def display_timeline(
 
 
 def _display(widget: TimelineWidget, slot: Any = None) -> None:
-    """Display a timeline; its output's metadata records the store, which the notebook
-    keeps when it is saved (see :mod:`jupyter_agent.core.notebook_store`)."""
+    """Display a timeline, its output's metadata the store's id, for the notebook to keep."""
     from IPython.display import display
 
-    store_id = None
+    store, store_id = widget.timeline.store, None
     with contextlib.suppress(AgentError):  # the timeline says what is wrong with the store
-        store_id = widget.timeline.store.store_id()
+        # A brand-new store's id comes with its database: made now, its first run begun.
+        if (store_id := store.store_id()) is None and store.exists():
+            store.flush()
+            store_id = store.store_id()
     metadata = output_metadata(store_id) if store_id else None
     if slot is not None:
         slot.update(widget, metadata=metadata)

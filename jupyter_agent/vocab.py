@@ -32,6 +32,9 @@ ENV_NOTEBOOK = "JUPYTER_AGENT_NOTEBOOK"
 #: Set to "1" by `jupyter agent resume --strict`: the kernel's agents refuse to continue
 #: after a change (as ``AgentMagics.strict``).
 ENV_STRICT = "JUPYTER_AGENT_STRICT"
+#: A file whose existence stops the kernel's agents between two steps, as a pause does
+#: (set by the worker pool for a job's kernel, created once the job is cancelled).
+ENV_STOP_FILE = "JUPYTER_AGENT_STOP_FILE"
 #: Where `%agent replay` adds its report as a JSON line (set by `jupyter agent replay`).
 ENV_REPLAY_REPORT = "JUPYTER_AGENT_REPLAY_REPORT"
 

@@ -181,3 +181,32 @@ def test_a_cancelled_client_pauses_the_run(store: Store, tmp_path: Path) -> None
     state = execution.execute(first=True)
 
     assert state.status == INTERRUPTED and client.asked == [] and client.replies
+
+
+def test_a_stop_asked_from_outside_pauses_the_run_between_two_steps(
+    store: Store, tmp_path: Path
+) -> None:
+    """``stop_asked`` (a headless kernel's stop file) pauses as a set cancel does.
+
+    Asked before every step: the call under way when it says so ends, its result is
+    kept, and the model is not asked again; a resume without it goes on from there.
+    """
+    client = CannedClient(
+        [ModelReply("Computing.", [call("x = 41 + 1", "c1")]), ModelReply("x is 42.", [])]
+    )
+    identity = AgentIdentity(str(tmp_path / "n.ipynb"), "stopped", None, "test")
+    run = new_run(identity, "Set x to 42.", "canned")
+    shell = Shell()
+    stop = Collaborators(store, shell, Recorder(), stop_asked=lambda: "x" in shell.user_ns)
+
+    state = Execution(run, RunState(), client, stop, Settings()).execute(first=True)
+
+    assert state.status == INTERRUPTED and shell.user_ns["x"] == 42
+    assert len(client.asked) == 1  # not asked after the call's result
+    assert not client.cancel.is_set()  # nothing of the client's was needed
+    collaborators = Collaborators(store, shell, Recorder())
+    again = Execution(run, load_state(store, run), client, collaborators, Settings())
+    state = again.execute(first=False)
+    assert state.status == DONE and state.final_answer() == "x is 42."
+    assert len(client.asked) == 2  # the call did not run again: its result was kept
+    assert [m["role"] for m in client.asked[1][0]] == ["system", "user", "assistant", "tool"]

@@ -33,7 +33,7 @@ from typing import IO, Any
 from ..core.notebook_store import other_store, record_store, recorded_store
 from ..errors import NotebookError, OtherStore
 from ..store.api import Store
-from ..vocab import ENV_NOTEBOOK, ENV_STRICT
+from ..vocab import ENV_NOTEBOOK, ENV_STOP_FILE, ENV_STRICT
 from .export import write_atomic
 
 #: Seconds between looks at whether a run was cancelled (``cancelled`` of :func:`run_notebook`).
@@ -122,10 +122,11 @@ def run_notebook(
     ``written=False``: ``write`` keeps nothing, and errors do not say it does.
     ``skip``: cells it names are not run (a job for one agent skips the others' cells).
     ``cancelled``: asked every :data:`CANCEL_POLL` seconds during the run; once it says
-    so, the kernel is interrupted as JupyterLab's stop button does (a running agent
-    writes an interrupted checkpoint, so a later run continues it), again while it
-    runs on and killed at last (:func:`_watch`); no further cell runs, and the run
-    returns False. Otherwise it returns True.
+    so, the kernel's agents are told to stop before their next step, through a file
+    the kernel's environment names, and the kernel is interrupted as JupyterLab's stop
+    button does (a running agent writes an interrupted checkpoint, so a later run
+    continues it), again while it runs on and killed at last (:func:`_watch`); no
+    further cell runs, and the run returns False. Otherwise it returns True.
     """
     import nbformat
     from jupyter_client.kernelspec import NoSuchKernel
@@ -208,11 +209,15 @@ def run_notebook(
     seconds = None if timeout is None else max(1, math.ceil(timeout))
     client = Client(nb, timeout=seconds, resources={"metadata": {"path": os.path.dirname(path)}})
     done = threading.Event()
-    if cancelled is not None:
-        threading.Thread(
-            target=_watch, args=(client, cancelled, stopping, done, calls), daemon=True
-        ).start()
-    with tempfile.TemporaryFile("w+", prefix="jupyter-agent-kernel-") as log:
+    with (
+        tempfile.TemporaryDirectory(prefix="jupyter-agent-run-") as folder,
+        tempfile.TemporaryFile("w+", prefix="jupyter-agent-kernel-") as log,
+    ):
+        if cancelled is not None:
+            stop = os.path.join(folder, "stop")
+            env = {**env, ENV_STOP_FILE: stop}
+            watch = (client, cancelled, stop, stopping, done, calls)
+            threading.Thread(target=_watch, args=watch, daemon=True).start()
         try:
             client.execute(env={**os.environ, **env}, stdout=log, stderr=log)
         except Stopped:
@@ -239,11 +244,17 @@ def run_notebook(
 def _watch(
     client: Any,
     cancelled: Callable[[], bool],
+    stop: str,
     stopping: threading.Event,
     done: threading.Event,
     calls: threading.Lock,
 ) -> None:
-    """Until the run is ``done``: once ``cancelled`` says so, interrupt the kernel until it stops.
+    """Until the run is ``done``: once ``cancelled`` says so, stop the kernel's agents.
+
+    First the file ``stop`` is created, which the kernel's agents look for before
+    each step (:data:`~jupyter_agent.vocab.ENV_STOP_FILE`): whatever happens to the
+    interrupts, no agent asks the model again or starts another call. Then the
+    kernel is interrupted until it stops, to cut short the step under way.
 
     The interrupt is the kernel manager's, what JupyterLab's stop button does: as the
     kernel spec asks (SIGINT, or an interrupt message), and a signal goes to the
@@ -268,6 +279,8 @@ def _watch(
     else:
         return
     stopping.set()
+    with contextlib.suppress(OSError), open(stop, "a"):
+        pass  # a run that ended meanwhile took its folder with it
     deadline = time.monotonic() + CANCEL_GRACE
     while True:
         _call(client, calls, done, "interrupt_kernel")

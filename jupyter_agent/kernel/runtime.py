@@ -21,6 +21,7 @@ Its threads and locks, and the order they are taken in, are those of
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -42,12 +43,24 @@ from ..store.open import configured_target, open_store
 from ..views.listing import awaited_child
 from ..views.render import TextEvents
 from ..views.timeline import Timeline
+from ..vocab import ENV_STOP_FILE
 from . import actions, runner
 from .delegation import Delegation
 from .detached import ViewOutput, detached_output
 from .runner import CellRequest, Outcome
 
 Key = tuple[str, str]  # (notebook, agent)
+
+
+def stop_file() -> Callable[[], bool] | None:
+    """Whether the stop file the kernel was started with exists (None: it has none).
+
+    A headless run's cancel is told from another process (:data:`~jupyter_agent.vocab.ENV_STOP_FILE`):
+    the interrupt that also tells it can be missed, and its agents must not go on
+    meanwhile. Read once per execution; the check is one ``stat`` per step.
+    """
+    path = os.environ.get(ENV_STOP_FILE)
+    return None if not path else lambda: os.path.exists(path)
 
 
 RESULT_LINES = 12  # lines of a tool's output echoed into the background output
@@ -220,6 +233,7 @@ class AgentRuntime:
             shell=self._shell(),
             events=events,
             cancel=cancel,
+            stop_asked=stop_file(),
             children=Delegation(self, decisions),
             namespace=self.namespace,
             baselines=self.baselines,

@@ -101,6 +101,10 @@ class Collaborators:
     events: Events
     #: Set to pause the execution after its current step (None: a fresh, unset one).
     cancel: threading.Event | None = None
+    #: Asked between two steps, as ``cancel`` is: True pauses the execution the same way.
+    #: For a stop told from outside the kernel's process, which cannot set ``cancel``
+    #: (None: only ``cancel`` stops it). Cheap: it is asked before every step.
+    stop_asked: Callable[[], bool] | None = None
     #: Runs children for the ``delegate`` tool; None: neither it nor ``read_agent`` is offered.
     children: Children | None = None
     #: The kernel's namespace lock: one agent's code runs at a time (the runtime's).

@@ -102,6 +102,7 @@ class Execution:
         self.run, self.state, self.client = run, state, client
         self.collaborators, self.settings = collaborators, settings
         self.store, self.shell = collaborators.store, collaborators.shell
+        self.stop_asked = collaborators.stop_asked or _never
         policy = settings.policy
         self.recorder = Recorder(run, state, collaborators, settings.secrets)
         if settings.files.enabled:
@@ -417,7 +418,7 @@ class Execution:
     def _drive(self) -> None:
         model_calls = 0
         while True:
-            if self.client.cancel.is_set():  # Pause, between two steps
+            if self.client.cancel.is_set() or self.stop_asked():  # Pause, between two steps
                 raise Cancelled()
             call = self.state.pending_tool_call()
             if call is not None:
@@ -443,6 +444,11 @@ class Execution:
             self.window.compact()
             if self.model_step():
                 model_calls += 1
+
+
+def _never() -> bool:
+    """No stop asked from outside: only the client's cancel event pauses an execution."""
+    return False
 
 
 def _budget_dict(budget: Budget | None) -> dict | None:
